@@ -1,0 +1,17 @@
+//! Kiln's domain model: validated identifiers, events, builds and their state machine.
+//!
+//! This crate performs no I/O and knows nothing of HTTP, SQL or processes. Values are
+//! parsed once at the boundary into the newtypes defined here; past that point an invalid
+//! run id, event type or stage name cannot exist.
+
+pub mod build;
+pub mod event;
+pub mod ids;
+pub mod limits;
+pub mod time;
+pub mod token;
+
+pub use build::{Applied, BuildState, BuildStatus, Rejection, StageState, StageStatus};
+pub use event::{CoreEventType, EventType, FieldError, NewEvent};
+pub use ids::{ClientEventId, ProjectSlug, RunId, StageName};
+pub use time::Millis;

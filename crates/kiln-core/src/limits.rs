@@ -1,0 +1,38 @@
+//! Every size limit that ingest and the API enforce, in one place so docs and code agree.
+
+/// Largest request body accepted by any JSON route.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most events in one ingest request (a batch is one transaction).
+pub const MAX_BATCH_EVENTS: usize = 1000;
+/// Longest run id.
+pub const MAX_RUN_ID_LEN: usize = 128;
+/// Longest event type name (custom types included).
+pub const MAX_EVENT_TYPE_LEN: usize = 50;
+/// Longest client event id (`eventId`).
+pub const MAX_CLIENT_EVENT_ID_LEN: usize = 128;
+/// Longest stage name.
+pub const MAX_STAGE_LEN: usize = 200;
+/// Longest `command`.
+pub const MAX_COMMAND_LEN: usize = 4096;
+/// Longest `message`.
+pub const MAX_MESSAGE_LEN: usize = 16 * 1024;
+/// Longest of the short descriptive fields: env, origin, host, repo, branch.
+pub const MAX_SHORT_FIELD_LEN: usize = 255;
+/// Longest `commit` (a full SHA-256 object name is 64 hex digits).
+pub const MAX_COMMIT_LEN: usize = 64;
+/// Largest `data` object, measured as compact JSON.
+pub const MAX_DATA_BYTES: usize = 64 * 1024;
+/// Largest `durationMs` (about 31 years), to keep arithmetic far from overflow.
+pub const MAX_DURATION_MS: i64 = 1_000_000_000_000;
+/// Shortest and longest per-build heartbeat timeout override, in seconds.
+pub const MIN_HEARTBEAT_TIMEOUT_SECS: i64 = 5;
+pub const MAX_HEARTBEAT_TIMEOUT_SECS: i64 = 7 * 24 * 3600;
+/// Project slug length.
+pub const MAX_SLUG_LEN: usize = 64;
+/// Project and token display names.
+pub const MAX_NAME_LEN: usize = 200;
+/// Largest page of events or builds a read may ask for.
+pub const MAX_PAGE_LIMIT: i64 = 1000;
+/// Page size when a read names none.
+pub const DEFAULT_EVENT_PAGE_LIMIT: i64 = 500;
+pub const DEFAULT_BUILD_PAGE_LIMIT: i64 = 50;
