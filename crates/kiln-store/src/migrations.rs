@@ -1,0 +1,97 @@
+//! Forward-only, versioned migrations, one list per engine, applied at start-up.
+//!
+//! On PostgreSQL an advisory lock makes concurrent replicas start safely: the first
+//! applies, the others wait and find nothing left to do.
+
+use sqlx::{AnyConnection, Connection, Executor};
+
+use crate::{Engine, StoreResult};
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../migrations/sqlite/0001_init.sql"),
+}];
+
+const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../migrations/postgres/0001_init.sql"),
+}];
+
+/// An arbitrary constant naming Kiln's migration lock.
+const POSTGRES_MIGRATION_LOCK: i64 = 0x6b696c6e;
+
+pub(crate) async fn run(connection: &mut AnyConnection, engine: Engine) -> StoreResult<()> {
+    let migrations = match engine {
+        Engine::Sqlite => SQLITE,
+        Engine::Postgres => POSTGRES,
+    };
+    if engine == Engine::Postgres {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(POSTGRES_MIGRATION_LOCK)
+            .execute(&mut *connection)
+            .await?;
+    }
+    let result = apply_pending(connection, engine, migrations).await;
+    if engine == Engine::Postgres {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(POSTGRES_MIGRATION_LOCK)
+            .execute(&mut *connection)
+            .await?;
+    }
+    result
+}
+
+async fn apply_pending(
+    connection: &mut AnyConnection,
+    engine: Engine,
+    migrations: &[Migration],
+) -> StoreResult<()> {
+    connection
+        .execute(
+            "CREATE TABLE IF NOT EXISTS kiln_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM kiln_migrations")
+        .fetch_all(&mut *connection)
+        .await?;
+    for migration in migrations {
+        if applied.contains(&migration.version) {
+            continue;
+        }
+        let begin = match engine {
+            Engine::Sqlite => "BEGIN IMMEDIATE",
+            Engine::Postgres => "BEGIN",
+        };
+        let mut transaction = connection.begin_with(begin).await?;
+        for statement in migration
+            .sql
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            transaction.execute(statement).await?;
+        }
+        sqlx::query("INSERT INTO kiln_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(crate::sql::wall_clock_ms())
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            engine = engine.as_str(),
+            "applied migration"
+        );
+    }
+    Ok(())
+}

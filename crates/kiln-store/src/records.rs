@@ -1,0 +1,138 @@
+//! Plain records the store reads and writes.
+
+use kiln_core::token::{Scope, TokenKind};
+use kiln_core::{BuildState, BuildStatus, ClientEventId, Millis, NewEvent, RunId};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Project {
+    pub id: i64,
+    pub slug: String,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    pub project_id: Option<i64>,
+    pub kind: TokenKind,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub token_hash: String,
+    pub display_prefix: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub project_id: Option<i64>,
+    pub kind: TokenKind,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub display_prefix: String,
+    pub created_at: Millis,
+    pub last_used_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+}
+
+/// One client request's events, all for one project.
+#[derive(Clone, Debug)]
+pub struct IngestRequest {
+    pub project_id: i64,
+    pub events: Vec<NewEvent>,
+    pub precondition: Precondition,
+}
+
+/// A condition checked inside the ingest transaction, against the build as it is then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    None,
+    /// Apply only if the build is still stale (the reaper's guard against a heartbeat
+    /// that arrived between its scan and its write); otherwise every event is ignored.
+    BuildIsStale {
+        default_timeout_secs: i64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeStatus {
+    /// Stored now.
+    Stored,
+    /// Stored by an earlier request with the same `eventId`; the ids are that event's.
+    Duplicate,
+    /// Accepted and not stored (a heartbeat after the end).
+    Ignored,
+}
+
+impl OutcomeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Duplicate => "duplicate",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventOutcome {
+    pub run_id: RunId,
+    pub client_event_id: Option<ClientEventId>,
+    pub status: OutcomeStatus,
+    /// Global event id (absent when ignored).
+    pub id: Option<i64>,
+    /// Per-build sequence number, from 1 (absent when ignored).
+    pub seq: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IngestRejection {
+    /// The build had ended; lifecycle events are refused.
+    #[error("{message}")]
+    Terminal { index: usize, message: String },
+    /// The run id belongs to a build of another project.
+    #[error(
+        "runId {run_id} is already used by another project's build; generate a fresh UUID for each build"
+    )]
+    RunIdTaken { index: usize, run_id: String },
+}
+
+impl IngestRejection {
+    pub fn index(&self) -> usize {
+        match self {
+            Self::Terminal { index, .. } | Self::RunIdTaken { index, .. } => *index,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BuildRecord {
+    pub id: i64,
+    pub project_id: i64,
+    pub project_slug: String,
+    pub number: i64,
+    pub last_event_id: i64,
+    /// Stages are filled only by `build_by_run_id`.
+    pub state: BuildState,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BuildFilter {
+    pub project_id: Option<i64>,
+    pub branch: Option<String>,
+    pub status: Option<BuildStatus>,
+    /// Only builds with an internal id below this cursor (paging, newest first).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub seq: i64,
+    pub build_id: i64,
+    pub project_id: i64,
+    pub event_type: String,
+    pub received_at: Millis,
+    /// The event as received (`NewEvent::to_json`).
+    pub payload: serde_json::Value,
+}

@@ -1,0 +1,373 @@
+//! `SqlStore`: the `Store` implementation for SQLite and PostgreSQL over sqlx's `Any`.
+//!
+//! Statements use `$N` placeholders, which both engines accept, and only types both
+//! share (BIGINT, DOUBLE PRECISION, TEXT). Write transactions begin with a write to the
+//! `kiln_counters` row, which serialises ingest across connections and replicas; on
+//! SQLite they also `BEGIN IMMEDIATE`, so a writer waits for the lock (busy timeout)
+//! instead of failing when upgrading a read snapshot.
+
+mod ingest;
+mod rows;
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use kiln_core::token::Scope;
+use kiln_core::{Millis, ProjectSlug};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Connection, Executor};
+
+use crate::records::*;
+use crate::{Engine, Store, StoreError, StoreResult};
+use rows::{BUILD_SELECT, build_from_row, project_from_row, token_from_row};
+
+pub struct SqlStore {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("engine", &self.engine)
+            .finish()
+    }
+}
+
+/// Marks a statement assembled only from this crate's constants, never from input.
+pub(crate) fn trusted(sql: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(sql)
+}
+
+pub(crate) fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The engine a database URL names, or an error that says which URLs work.
+pub fn engine_of(database_url: &str) -> StoreResult<Engine> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Engine::Sqlite)
+    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Engine::Postgres)
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "unsupported database URL '{}': use sqlite://PATH or postgres://USER@HOST:PORT/DB",
+            database_url.split('@').next_back().unwrap_or_default()
+        )))
+    }
+}
+
+impl SqlStore {
+    pub async fn connect(database_url: &str) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let engine = engine_of(database_url)?;
+        let url = match engine {
+            Engine::Sqlite if !database_url.contains("mode=") => {
+                let separator = if database_url.contains('?') { '&' } else { '?' };
+                format!("{database_url}{separator}mode=rwc")
+            }
+            _ => database_url.to_owned(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool_options = AnyPoolOptions::new()
+            .max_connections(match engine {
+                Engine::Sqlite => 8,
+                Engine::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(10));
+        let pool_options = if engine == Engine::Sqlite {
+            pool_options.after_connect(|connection, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the single writer; FULL makes a commit
+                    // durable across power loss before the client is answered (group
+                    // commit amortises the fsync). See docs/operations.md.
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = FULL",
+                        "PRAGMA busy_timeout = 10000",
+                        "PRAGMA foreign_keys = ON",
+                    ] {
+                        connection.execute(pragma).await?;
+                    }
+                    Ok(())
+                })
+            })
+        } else {
+            pool_options
+        };
+        let pool = pool_options.connect_with(options).await?;
+        let mut connection = pool.acquire().await?;
+        crate::migrations::run(&mut connection, engine).await?;
+        drop(connection);
+        Ok(Self { pool, engine })
+    }
+
+    pub(crate) async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Engine::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Closes the pool; in-flight queries finish first.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut connection = self.pool.acquire().await?;
+        connection.ping().await?;
+        Ok(())
+    }
+
+    async fn create_project(
+        &self,
+        slug: &ProjectSlug,
+        name: &str,
+        now: Millis,
+    ) -> StoreResult<Project> {
+        let row = sqlx::query(
+            "INSERT INTO projects (slug, name, created_at) VALUES ($1, $2, $3) RETURNING id, slug, name, created_at",
+        )
+        .bind(slug.as_str())
+        .bind(name)
+        .bind(now.0)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|error| match StoreError::from(error) {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict(format!("a project with slug '{slug}' exists already"))
+            }
+            other => other,
+        })?;
+        project_from_row(&row)
+    }
+
+    async fn list_projects(&self) -> StoreResult<Vec<Project>> {
+        let rows = sqlx::query("SELECT id, slug, name, created_at FROM projects ORDER BY slug")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(project_from_row).collect()
+    }
+
+    async fn project_by_slug(&self, slug: &str) -> StoreResult<Option<Project>> {
+        let row = sqlx::query("SELECT id, slug, name, created_at FROM projects WHERE slug = $1")
+            .bind(slug)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(project_from_row).transpose()
+    }
+
+    async fn project_by_id(&self, id: i64) -> StoreResult<Option<Project>> {
+        let row = sqlx::query("SELECT id, slug, name, created_at FROM projects WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(project_from_row).transpose()
+    }
+
+    async fn create_token(&self, token: &NewToken, now: Millis) -> StoreResult<TokenRecord> {
+        let row = sqlx::query(trusted(format!(
+            "INSERT INTO tokens (project_id, kind, name, scopes, token_hash, display_prefix, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {}",
+            rows::TOKEN_COLUMNS
+        )))
+        .bind(token.project_id)
+        .bind(token.kind.as_str())
+        .bind(&token.name)
+        .bind(Scope::join(&token.scopes))
+        .bind(&token.token_hash)
+        .bind(&token.display_prefix)
+        .bind(now.0)
+        .fetch_one(&self.pool)
+        .await?;
+        token_from_row(&row)
+    }
+
+    async fn ensure_token(&self, token: &NewToken, now: Millis) -> StoreResult<TokenRecord> {
+        sqlx::query(
+            "INSERT INTO tokens (project_id, kind, name, scopes, token_hash, display_prefix, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (token_hash) DO NOTHING",
+        )
+        .bind(token.project_id)
+        .bind(token.kind.as_str())
+        .bind(&token.name)
+        .bind(Scope::join(&token.scopes))
+        .bind(&token.token_hash)
+        .bind(&token.display_prefix)
+        .bind(now.0)
+        .execute(&self.pool)
+        .await?;
+        self.token_by_hash(&token.token_hash)
+            .await?
+            .ok_or(StoreError::NotFound("token"))
+    }
+
+    async fn list_tokens(&self, project_id: Option<i64>) -> StoreResult<Vec<TokenRecord>> {
+        let rows = match project_id {
+            Some(project_id) => {
+                sqlx::query(trusted(format!(
+                    "SELECT {} FROM tokens WHERE project_id = $1 ORDER BY id",
+                    rows::TOKEN_COLUMNS
+                )))
+                .bind(project_id)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(trusted(format!(
+                    "SELECT {} FROM tokens WHERE project_id IS NULL ORDER BY id",
+                    rows::TOKEN_COLUMNS
+                )))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn token_by_hash(&self, token_hash: &str) -> StoreResult<Option<TokenRecord>> {
+        let row = sqlx::query(trusted(format!(
+            "SELECT {} FROM tokens WHERE token_hash = $1",
+            rows::TOKEN_COLUMNS
+        )))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn revoke_token(
+        &self,
+        project_id: Option<i64>,
+        token_id: i64,
+        now: Millis,
+    ) -> StoreResult<TokenRecord> {
+        // Instance tokens have no project; -1 stands for "none" so one statement serves both.
+        let row = sqlx::query(trusted(format!(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 AND COALESCE(project_id, -1) = $3 RETURNING {}",
+            rows::TOKEN_COLUMNS
+        )))
+        .bind(now.0)
+        .bind(token_id)
+        .bind(project_id.unwrap_or(-1))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(token_from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound("token"))
+    }
+
+    async fn touch_token(&self, token_id: i64, now: Millis) -> StoreResult<()> {
+        sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(now.0)
+            .bind(token_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(requests = requests.len()))]
+    async fn ingest(
+        &self,
+        requests: &[IngestRequest],
+        now: Millis,
+    ) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>> {
+        ingest::ingest(self, requests, now).await
+    }
+
+    async fn list_builds(&self, filter: &BuildFilter) -> StoreResult<Vec<BuildRecord>> {
+        // Optional filters become `($N IS NULL OR column = $N)` so one statement serves
+        // every combination and stays prepared.
+        let rows = sqlx::query(trusted(format!(
+            "{BUILD_SELECT} WHERE ($1 IS NULL OR b.project_id = $1) AND ($2 IS NULL OR b.branch = $2) \
+             AND ($3 IS NULL OR b.status = $3) AND ($4 IS NULL OR b.id < $4) ORDER BY b.id DESC LIMIT $5"
+        )))
+        .bind(filter.project_id)
+        .bind(filter.branch.as_deref())
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.before)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(build_from_row).collect()
+    }
+
+    async fn build_by_run_id(&self, run_id: &str) -> StoreResult<Option<BuildRecord>> {
+        let row = sqlx::query(trusted(format!("{BUILD_SELECT} WHERE b.run_id = $1")))
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut build = build_from_row(&row)?;
+        build.state.stages = rows::load_stages(&self.pool, build.id).await?;
+        Ok(Some(build))
+    }
+
+    async fn events_after(
+        &self,
+        build_id: i64,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
+             WHERE build_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(build_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::event_from_row).collect()
+    }
+
+    async fn project_events_after(
+        &self,
+        project_id: i64,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
+             WHERE project_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(project_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::event_from_row).collect()
+    }
+
+    async fn stale_builds(
+        &self,
+        now: Millis,
+        default_timeout_secs: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<BuildRecord>> {
+        let rows = sqlx::query(trusted(format!(
+            "{BUILD_SELECT} WHERE b.status = 'running' \
+             AND b.last_event_at + COALESCE(b.heartbeat_timeout_secs, $1) * 1000 <= $2 \
+             ORDER BY b.last_event_at LIMIT $3"
+        )))
+        .bind(default_timeout_secs)
+        .bind(now.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(build_from_row).collect()
+    }
+}

@@ -1,0 +1,131 @@
+//! Mapping database rows to records; a row that cannot be mapped is reported as a
+//! corrupt-data error rather than a panic.
+
+use kiln_core::token::{Scope, TokenKind};
+use kiln_core::{BuildState, BuildStatus, Millis, RunId, StageName, StageState, StageStatus};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::records::{BuildRecord, Project, StoredEvent, TokenRecord};
+use crate::{StoreError, StoreResult};
+
+pub(crate) const TOKEN_COLUMNS: &str =
+    "id, project_id, kind, name, scopes, display_prefix, created_at, last_used_at, revoked_at";
+
+pub(crate) const BUILD_SELECT: &str = "SELECT b.id, b.project_id, p.slug, b.number, b.last_event_id, b.run_id, \
+     b.status, b.progress_hundredths, b.current_stage, b.env, b.origin, b.command, b.host, b.pid, b.repo, b.branch, \
+     b.commit_sha, b.message, b.created_at, b.started_at, b.ended_at, b.duration_ms, b.last_event_at, \
+     b.heartbeat_timeout_secs, b.last_seq FROM builds b JOIN projects p ON p.id = b.project_id";
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("corrupt {what} row: {detail}"))
+}
+
+pub(crate) fn project_from_row(row: &AnyRow) -> StoreResult<Project> {
+    Ok(Project {
+        id: row.try_get("id")?,
+        slug: row.try_get("slug")?,
+        name: row.try_get("name")?,
+        created_at: Millis(row.try_get("created_at")?),
+    })
+}
+
+pub(crate) fn token_from_row(row: &AnyRow) -> StoreResult<TokenRecord> {
+    let kind: String = row.try_get("kind")?;
+    let scopes: String = row.try_get("scopes")?;
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        kind: TokenKind::from_name(&kind).ok_or_else(|| corrupt("token", &kind))?,
+        name: row.try_get("name")?,
+        scopes: Scope::split(&scopes),
+        display_prefix: row.try_get("display_prefix")?,
+        created_at: Millis(row.try_get("created_at")?),
+        last_used_at: row.try_get::<Option<i64>, _>("last_used_at")?.map(Millis),
+        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(Millis),
+    })
+}
+
+pub(crate) fn build_from_row(row: &AnyRow) -> StoreResult<BuildRecord> {
+    let run_id: String = row.try_get("run_id")?;
+    let status: String = row.try_get("status")?;
+    let current_stage: Option<String> = row.try_get("current_stage")?;
+    let state = BuildState {
+        run_id: RunId::parse("run_id", &run_id).map_err(|e| corrupt("build", e))?,
+        status: BuildStatus::from_name(&status).ok_or_else(|| corrupt("build", &status))?,
+        progress: row
+            .try_get::<Option<i64>, _>("progress_hundredths")?
+            .map(|hundredths| hundredths as f64 / 100.0),
+        current_stage: current_stage
+            .map(|name| StageName::parse("current_stage", &name))
+            .transpose()
+            .map_err(|e| corrupt("build", e))?,
+        env: row.try_get("env")?,
+        origin: row.try_get("origin")?,
+        command: row.try_get("command")?,
+        host: row.try_get("host")?,
+        pid: row.try_get("pid")?,
+        repo: row.try_get("repo")?,
+        branch: row.try_get("branch")?,
+        commit: row.try_get("commit_sha")?,
+        message: row.try_get("message")?,
+        created_at: Millis(row.try_get("created_at")?),
+        started_at: Millis(row.try_get("started_at")?),
+        ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(Millis),
+        duration_ms: row.try_get("duration_ms")?,
+        last_event_at: Millis(row.try_get("last_event_at")?),
+        heartbeat_timeout_secs: row.try_get("heartbeat_timeout_secs")?,
+        last_seq: row.try_get("last_seq")?,
+        stages: Vec::new(),
+    };
+    Ok(BuildRecord {
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        project_slug: row.try_get("slug")?,
+        number: row.try_get("number")?,
+        last_event_id: row.try_get("last_event_id")?,
+        state,
+    })
+}
+
+pub(crate) async fn load_stages<'c, E>(executor: E, build_id: i64) -> StoreResult<Vec<StageState>>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT name, position, status, started_at, ended_at, duration_ms, message FROM stages \
+         WHERE build_id = $1 ORDER BY position",
+    )
+    .bind(build_id)
+    .fetch_all(executor)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let name: String = row.try_get("name")?;
+            let status: String = row.try_get("status")?;
+            Ok(StageState {
+                name: StageName::parse("name", &name).map_err(|e| corrupt("stage", e))?,
+                position: row.try_get("position")?,
+                status: StageStatus::from_name(&status).ok_or_else(|| corrupt("stage", &status))?,
+                started_at: Millis(row.try_get("started_at")?),
+                ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(Millis),
+                duration_ms: row.try_get("duration_ms")?,
+                message: row.try_get("message")?,
+                dirty: false,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn event_from_row(row: &AnyRow) -> StoreResult<StoredEvent> {
+    let payload: String = row.try_get("payload")?;
+    Ok(StoredEvent {
+        id: row.try_get("id")?,
+        seq: row.try_get("seq")?,
+        build_id: row.try_get("build_id")?,
+        project_id: row.try_get("project_id")?,
+        event_type: row.try_get("event_type")?,
+        received_at: Millis(row.try_get("received_at")?),
+        payload: serde_json::from_str(&payload).map_err(|e| corrupt("event", e))?,
+    })
+}

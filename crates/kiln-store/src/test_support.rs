@@ -1,0 +1,61 @@
+//! Fresh databases for tests: a new SQLite file, or a new PostgreSQL database on the
+//! server named by `KILN_TEST_DATABASE_URL` (which `.ci/run` starts).
+
+use std::sync::Arc;
+
+use sqlx::{Connection, Executor};
+
+use crate::{Engine, SqlStore, Store};
+
+/// The environment variable naming a PostgreSQL server for tests.
+pub const POSTGRES_URL_VAR: &str = "KILN_TEST_DATABASE_URL";
+
+/// A fresh database; the SQLite directory is removed when this is dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub url: String,
+    _directory: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn create(engine: Engine) -> TestDatabase {
+        match engine {
+            Engine::Sqlite => {
+                let directory = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}/kiln.db", directory.path().display());
+                TestDatabase {
+                    url,
+                    _directory: Some(directory),
+                }
+            }
+            Engine::Postgres => {
+                let base = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+                    panic!("{POSTGRES_URL_VAR} must name a PostgreSQL server for this test")
+                });
+                sqlx::any::install_default_drivers();
+                let name = format!("kiln_t_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = sqlx::AnyConnection::connect(&base)
+                    .await
+                    .expect("connect to KILN_TEST_DATABASE_URL");
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                let (prefix, _) = base.rsplit_once('/').expect("URL with a database name");
+                TestDatabase {
+                    url: format!("{prefix}/{name}"),
+                    _directory: None,
+                }
+            }
+        }
+    }
+
+    pub async fn open(&self) -> Arc<SqlStore> {
+        Arc::new(SqlStore::connect(&self.url).await.expect("open store"))
+    }
+
+    pub async fn open_dyn(&self) -> Arc<dyn Store> {
+        self.open().await
+    }
+}
