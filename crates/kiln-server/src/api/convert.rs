@@ -1,0 +1,109 @@
+//! Records to wire DTOs.
+
+use kiln_core::{BuildStatus, Millis, StageStatus};
+use kiln_protocol::{BuildDto, BuildStatusDto, ProjectDto, StageDto, TokenDto};
+use kiln_store::{BuildRecord, Project, StoredEvent, TokenRecord};
+use serde_json::Value;
+
+pub(crate) fn project_dto(project: &Project) -> ProjectDto {
+    ProjectDto {
+        slug: project.slug.clone(),
+        name: project.name.clone(),
+        created_at: project.created_at.to_rfc3339(),
+    }
+}
+
+pub(crate) fn token_dto(token: &TokenRecord, project_slug: Option<&str>) -> TokenDto {
+    TokenDto {
+        id: token.id,
+        name: token.name.clone(),
+        kind: token.kind.as_str().into(),
+        project: project_slug.map(str::to_owned),
+        scopes: token.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+        prefix: token.display_prefix.clone(),
+        created_at: token.created_at.to_rfc3339(),
+        last_used_at: token.last_used_at.map(Millis::to_rfc3339),
+        revoked_at: token.revoked_at.map(Millis::to_rfc3339),
+    }
+}
+
+pub(crate) fn build_dto(
+    build: &BuildRecord,
+    default_timeout_secs: i64,
+    with_stages: bool,
+) -> BuildDto {
+    let state = &build.state;
+    BuildDto {
+        run_id: state.run_id.to_string(),
+        project: build.project_slug.clone(),
+        number: build.number,
+        status: state.status.as_str().into(),
+        progress: state.progress,
+        current_stage: state.current_stage.as_ref().map(ToString::to_string),
+        env: state.env.clone(),
+        origin: state.origin.clone(),
+        command: state.command.clone(),
+        host: state.host.clone(),
+        pid: state.pid,
+        repo: state.repo.clone(),
+        branch: state.branch.clone(),
+        commit: state.commit.clone(),
+        message: state.message.clone(),
+        created_at: state.created_at.to_rfc3339(),
+        started_at: state.started_at.to_rfc3339(),
+        ended_at: state.ended_at.map(Millis::to_rfc3339),
+        duration_ms: state.duration_ms,
+        last_event_at: state.last_event_at.to_rfc3339(),
+        last_event_id: build.last_event_id,
+        heartbeat_timeout_secs: state.heartbeat_timeout_secs.unwrap_or(default_timeout_secs),
+        stages: with_stages.then(|| {
+            state
+                .stages
+                .iter()
+                .map(|stage| StageDto {
+                    name: stage.name.to_string(),
+                    status: stage.status.as_str().into(),
+                    started_at: stage.started_at.to_rfc3339(),
+                    ended_at: stage.ended_at.map(Millis::to_rfc3339),
+                    duration_ms: stage.duration_ms,
+                    message: stage.message.clone(),
+                })
+                .collect()
+        }),
+    }
+}
+
+pub(crate) fn status_dto(build: &BuildRecord) -> BuildStatusDto {
+    let state = &build.state;
+    BuildStatusDto {
+        run_id: state.run_id.to_string(),
+        project: build.project_slug.clone(),
+        status: state.status.as_str().into(),
+        progress: state
+            .progress
+            .or_else(|| (state.status == BuildStatus::Success).then_some(100.0)),
+        current_stage: state.current_stage.as_ref().map(ToString::to_string),
+        started_at: state.started_at.to_rfc3339(),
+        ended_at: state.ended_at.map(Millis::to_rfc3339),
+        duration_ms: state.duration_ms,
+        last_event_at: state.last_event_at.to_rfc3339(),
+        last_event_id: build.last_event_id,
+        stages_total: state.stages.len(),
+        stages_completed: state
+            .stages
+            .iter()
+            .filter(|stage| stage.status != StageStatus::Running)
+            .count(),
+    }
+}
+
+/// A stored event as served: the payload plus `id`, `seq` and `receivedAt`.
+pub(crate) fn event_json(event: &StoredEvent) -> Value {
+    let mut value = event.payload.clone();
+    if let Value::Object(object) = &mut value {
+        object.insert("id".into(), event.id.into());
+        object.insert("seq".into(), event.seq.into());
+        object.insert("receivedAt".into(), event.received_at.to_rfc3339().into());
+    }
+    value
+}

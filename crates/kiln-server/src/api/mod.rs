@@ -1,0 +1,169 @@
+//! The HTTP API: `router()` lists every route with the access it requires; a guard
+//! layer authenticates and enforces that access before any handler runs.
+
+mod body;
+mod builds;
+mod convert;
+mod events;
+mod health;
+mod projects;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post};
+
+use crate::AppState;
+use crate::auth::Access;
+use crate::error::ApiError;
+
+/// One route and the access it requires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteRule {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: &'static str,
+}
+
+/// Every route with its rule; the single source for the router, the docs and the
+/// authorization tests.
+fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
+    vec![
+        ("GET", "/healthz", Access::Public, get(health::healthz)),
+        ("GET", "/readyz", Access::Public, get(health::readyz)),
+        (
+            "POST",
+            "/api/v1/projects",
+            Access::InstanceAdmin,
+            post(projects::create_project),
+        ),
+        (
+            "GET",
+            "/api/v1/projects",
+            Access::ProjectRead,
+            get(projects::list_projects),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}",
+            Access::ProjectRead,
+            get(projects::get_project),
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{slug}/tokens",
+            Access::InstanceAdmin,
+            post(projects::create_token),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/tokens",
+            Access::InstanceAdmin,
+            get(projects::list_tokens),
+        ),
+        (
+            "DELETE",
+            "/api/v1/projects/{slug}/tokens/{id}",
+            Access::InstanceAdmin,
+            delete(projects::revoke_token),
+        ),
+        (
+            "POST",
+            "/api/v1/events",
+            Access::ProjectIngest,
+            post(events::ingest),
+        ),
+        (
+            "POST",
+            "/api/internal/build-events",
+            Access::ProjectIngest,
+            post(events::ingest),
+        ),
+        (
+            "GET",
+            "/api/v1/builds",
+            Access::ProjectRead,
+            get(builds::list_builds),
+        ),
+        (
+            "GET",
+            "/api/v1/builds/{run_id}",
+            Access::ProjectRead,
+            get(builds::get_build),
+        ),
+        (
+            "GET",
+            "/api/v1/builds/{run_id}/events",
+            Access::ProjectRead,
+            get(builds::build_events),
+        ),
+        (
+            "GET",
+            "/api/v1/builds/{run_id}/status",
+            Access::ProjectRead,
+            get(builds::build_status),
+        ),
+        (
+            "GET",
+            "/api/v1/status",
+            Access::ProjectRead,
+            get(builds::project_status),
+        ),
+    ]
+}
+
+/// The route table, for documentation and tests.
+#[allow(non_snake_case)] // reads as the constant it stands for
+pub fn ROUTES() -> Vec<RouteRule> {
+    route_list()
+        .into_iter()
+        .map(|(method, path, access, _)| RouteRule {
+            method,
+            path,
+            access: access.as_str(),
+        })
+        .collect()
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (_, path, access, method_router) in route_list() {
+        let guarded = method_router.route_layer(middleware::from_fn_with_state(
+            (state.clone(), access),
+            guard,
+        ));
+        router = router.route(path, guarded);
+    }
+    router
+        .fallback(|| async {
+            ApiError::NotFound("no such route; the API is described in docs/api.md".into())
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::bad_request(
+                "method_not_allowed",
+                None,
+                "this route does not accept that method; see docs/api.md",
+            )
+        })
+        .with_state(state)
+}
+
+async fn guard(
+    State((state, access)): State<(AppState, Access)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if access == Access::Public {
+        return next.run(request).await;
+    }
+    let caller = match state.authenticator.authenticate(request.headers()).await {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    if let Err(error) = caller.check(access) {
+        return error.into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}

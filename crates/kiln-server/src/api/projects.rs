@@ -1,0 +1,182 @@
+//! Projects and their tokens.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use kiln_core::limits::MAX_NAME_LEN;
+use kiln_core::token::{Scope, TokenKind, display_prefix, hash_token};
+use kiln_core::{FieldError, ProjectSlug};
+use kiln_protocol::{CreatedToken, ProjectDto, ProjectList, TokenDto, TokenList};
+use kiln_store::{NewToken, Project, StoreError};
+use serde_json::Value;
+
+use super::body::{JsonBody, required_string};
+use super::convert::{project_dto, token_dto};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::{AppState, generate_token};
+
+fn display_name(body: &Value, field: &str) -> Result<String, ApiError> {
+    let name = required_string(body, field)?.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
+        return Err(FieldError::new(field, format!("must be 1-{MAX_NAME_LEN} characters")).into());
+    }
+    Ok(name.to_owned())
+}
+
+/// The project named by a path, if the caller may see it; otherwise 404, so other
+/// projects' existence does not leak.
+pub(crate) async fn readable_project(
+    state: &AppState,
+    caller: &Caller,
+    slug: &str,
+) -> Result<Project, ApiError> {
+    match state.store.project_by_slug(slug).await? {
+        Some(project) if caller.can_read(project.id) => Ok(project),
+        _ => Err(ApiError::NotFound(format!("project '{slug}' not found"))),
+    }
+}
+
+pub(crate) async fn create_project(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<ProjectDto>), ApiError> {
+    let slug = ProjectSlug::parse("slug", required_string(&body, "slug")?)?;
+    let name = display_name(&body, "name")?;
+    let project = state
+        .store
+        .create_project(&slug, &name, state.clock.now())
+        .await
+        .map_err(|error| match error {
+            StoreError::Conflict(message) => ApiError::Conflict {
+                code: "project_exists",
+                message: format!("{message}; pick another slug"),
+                field: Some("slug".into()),
+            },
+            other => other.into(),
+        })?;
+    Ok((StatusCode::CREATED, Json(project_dto(&project))))
+}
+
+pub(crate) async fn list_projects(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<ProjectList>, ApiError> {
+    let projects = state.store.list_projects().await?;
+    Ok(Json(ProjectList {
+        projects: projects
+            .iter()
+            .filter(|project| caller.can_read(project.id))
+            .map(project_dto)
+            .collect(),
+    }))
+}
+
+pub(crate) async fn get_project(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(slug): Path<String>,
+) -> Result<Json<ProjectDto>, ApiError> {
+    Ok(Json(project_dto(
+        &readable_project(&state, &caller, &slug).await?,
+    )))
+}
+
+pub(crate) async fn create_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(slug): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let project = readable_project(&state, &caller, &slug).await?;
+    let name = display_name(&body, "name")?;
+    let scopes = match body.get("scopes") {
+        None | Some(Value::Null) => vec![Scope::Ingest],
+        Some(Value::Array(items)) if !items.is_empty() => {
+            let mut scopes = items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| {
+                    let field = format!("scopes[{index}]");
+                    item.as_str()
+                        .ok_or_else(|| FieldError::new(&field, "must be \"ingest\" or \"read\""))
+                        .and_then(|raw| Scope::parse(&field, raw))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            scopes.sort();
+            scopes.dedup();
+            scopes
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                "scopes",
+                "must be a non-empty array of \"ingest\" and/or \"read\"",
+            )
+            .into());
+        }
+    };
+    let token = generate_token();
+    let record = state
+        .store
+        .create_token(
+            &NewToken {
+                project_id: Some(project.id),
+                kind: TokenKind::Project,
+                name,
+                scopes,
+                token_hash: hash_token(&token),
+                display_prefix: display_prefix(&token),
+            },
+            state.clock.now(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token,
+            info: token_dto(&record, Some(&project.slug)),
+        }),
+    ))
+}
+
+pub(crate) async fn list_tokens(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(slug): Path<String>,
+) -> Result<Json<TokenList>, ApiError> {
+    let project = readable_project(&state, &caller, &slug).await?;
+    let tokens = state.store.list_tokens(Some(project.id)).await?;
+    Ok(Json(TokenList {
+        tokens: tokens
+            .iter()
+            .map(|t| token_dto(t, Some(&project.slug)))
+            .collect(),
+    }))
+}
+
+pub(crate) async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, token_id)): Path<(String, String)>,
+) -> Result<Json<TokenDto>, ApiError> {
+    let project = readable_project(&state, &caller, &slug).await?;
+    let token_id: i64 = token_id.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_field",
+            Some("id"),
+            "id: must be a token id from the token list",
+        )
+    })?;
+    let record = state
+        .store
+        .revoke_token(Some(project.id), token_id, state.clock.now())
+        .await
+        .map_err(|error| match error {
+            StoreError::NotFound(_) => {
+                ApiError::NotFound(format!("token {token_id} not found in project '{slug}'"))
+            }
+            other => other.into(),
+        })?;
+    state.authenticator.forget_all();
+    Ok(Json(token_dto(&record, Some(&project.slug))))
+}

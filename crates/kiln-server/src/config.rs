@@ -1,0 +1,59 @@
+//! The server's settings tree (what `kiln serve` parses flags, env and file into).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+
+/// A secret string whose `Debug` output is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Default seconds without any event before a running build is marked stale.
+    pub heartbeat_timeout_secs: i64,
+    /// How often the reaper scans for stale builds.
+    pub reaper_interval: Duration,
+    /// `KILN_ADMIN_TOKEN`: made an instance-admin token at start-up.
+    pub admin_token: Option<Secret>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("heartbeat_timeout_secs", &self.heartbeat_timeout_secs)
+            .field("reaper_interval", &self.reaper_interval)
+            .field("admin_token", &self.admin_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout_secs: 90,
+            reaper_interval: Duration::from_secs(5),
+            admin_token: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The ingestor: one task that owns all event writes of this process and commits the
+//! requests waiting at any moment in one transaction (group commit).
+//!
+//! Handlers and the reaper only enqueue (`Ingestor::submit`) and await their answer,
+//! which arrives after the transaction committed. While one transaction is in flight
+//! new requests queue up, so under load each commit carries many requests and the
+//! fsync cost is shared; with no load a request commits alone, with no added delay.
+
+use std::sync::Arc;
+
+use kiln_store::{EventOutcome, IngestRejection, IngestRequest, Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+
+/// Most requests waiting in the queue; beyond it submitters wait (back-pressure).
+const QUEUE_CAPACITY: usize = 8192;
+/// Most events in one transaction, to bound its duration and memory.
+const MAX_EVENTS_PER_COMMIT: usize = 5000;
+
+pub(crate) type IngestResult = Result<Result<Vec<EventOutcome>, IngestRejection>, IngestFailure>;
+
+/// The transaction failed as a whole; the request may be retried.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct IngestFailure(pub String);
+
+struct Job {
+    request: IngestRequest,
+    reply: oneshot::Sender<IngestResult>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Ingestor {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Ingestor {
+    /// Starts the ingest task. It ends when every `Ingestor` clone is dropped and the
+    /// queue is drained.
+    pub fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> (Self, JoinHandle<()>) {
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let task = tokio::spawn(run(store, clock, receiver));
+        (Self { queue }, task)
+    }
+
+    pub async fn submit(&self, request: IngestRequest) -> IngestResult {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| IngestFailure("the server is shutting down; retry".into()))?;
+        answer
+            .await
+            .map_err(|_| IngestFailure("the ingest task stopped; retry".into()))?
+    }
+}
+
+async fn run(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut receiver: mpsc::Receiver<Job>) {
+    let mut jobs: Vec<Job> = Vec::new();
+    while let Some(first) = receiver.recv().await {
+        let mut events = first.request.events.len();
+        jobs.push(first);
+        while events < MAX_EVENTS_PER_COMMIT {
+            match receiver.try_recv() {
+                Ok(job) => {
+                    events += job.request.events.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        commit(&*store, &*clock, &mut jobs, events).await;
+    }
+}
+
+#[tracing::instrument(skip_all, fields(requests = jobs.len(), events))]
+async fn commit(store: &dyn Store, clock: &dyn Clock, jobs: &mut Vec<Job>, events: usize) {
+    let requests: Vec<IngestRequest> = jobs.iter().map(|job| job.request.clone()).collect();
+    let result = store.ingest(&requests, clock.now()).await;
+    match result {
+        Ok(results) => {
+            for (job, result) in jobs.drain(..).zip(results) {
+                let _ = job.reply.send(Ok(result));
+            }
+        }
+        Err(error) => {
+            let message = match &error {
+                StoreError::Unavailable(detail) => {
+                    tracing::error!(error = %detail, events, "ingest transaction failed");
+                    "the database is unavailable; nothing was stored, retry shortly".to_owned()
+                }
+                other => {
+                    tracing::error!(error = %other, events, "ingest transaction failed");
+                    "the events could not be stored; nothing was stored, retry shortly".to_owned()
+                }
+            };
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(IngestFailure(message.clone())));
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Kiln's HTTP server: the router, authentication, the group-commit ingestor and the
+//! stale-build reaper, wired around a `kiln_store::Store`.
+//!
+//! Only this crate knows axum. `run(listener, config, shutdown)` serves until `shutdown`
+//! resolves, then stops accepting, finishes in-flight requests and commits, and returns.
+
+mod api;
+mod auth;
+pub mod clock;
+mod config;
+mod error;
+mod ingest;
+mod reaper;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use kiln_core::token::{TokenKind, display_prefix, format_token, hash_token};
+use kiln_core::{Millis, ProjectSlug};
+use kiln_store::{NewToken, Store, StoreError};
+use tokio::net::TcpListener;
+
+pub use api::ROUTES;
+pub use config::{Secret, ServerConfig};
+pub use error::ApiError;
+
+use crate::auth::Authenticator;
+use crate::clock::Clock;
+use crate::ingest::Ingestor;
+
+/// Shared state of one server process.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub ingestor: Ingestor,
+    pub authenticator: Authenticator,
+    pub config: Arc<ServerConfig>,
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves Kiln on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let clock = config.clock.clone();
+    if let Some(admin_token) = &config.admin_token {
+        ensure_admin_token(&*store, admin_token.expose(), clock.now()).await?;
+    }
+    let config = Arc::new(config);
+    let (ingestor, ingest_task) = Ingestor::start(store.clone(), clock.clone());
+    let state = AppState {
+        store: store.clone(),
+        clock: clock.clone(),
+        ingestor: ingestor.clone(),
+        authenticator: Authenticator::new(store.clone(), clock.clone()),
+        config: config.clone(),
+    };
+    let (reaper_stop, reaper_stopped) = tokio::sync::watch::channel(false);
+    let reaper_task = tokio::spawn(reaper::run(
+        store.clone(),
+        ingestor,
+        clock,
+        config.heartbeat_timeout_secs,
+        config.reaper_interval,
+        reaper_stopped,
+    ));
+
+    let app = api::router(state);
+    tracing::info!(address = %listener.local_addr()?, engine = store.engine().as_str(), "kiln serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+
+    // Requests are done; stop the reaper, then let the ingestor drain its queue.
+    let _ = reaper_stop.send(true);
+    let _ = reaper_task.await;
+    let _ = ingest_task.await;
+    tracing::info!("kiln stopped");
+    Ok(())
+}
+
+/// Makes `token` an instance-admin token (stored hashed). Idempotent across restarts.
+pub async fn ensure_admin_token(
+    store: &dyn Store,
+    token: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    store
+        .ensure_token(
+            &NewToken {
+                project_id: None,
+                kind: TokenKind::Admin,
+                name: "KILN_ADMIN_TOKEN".into(),
+                scopes: vec![],
+                token_hash: hash_token(token),
+                display_prefix: display_prefix(token),
+            },
+            now,
+        )
+        .await?;
+    Ok(())
+}
+
+/// A fresh random token in Kiln's format.
+pub fn generate_token() -> String {
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).expect("the operating system's random source is available");
+    format_token(&random)
+}
+
+/// What `kiln up` creates on first run.
+#[derive(Debug)]
+pub struct Bootstrap {
+    pub project_slug: String,
+    /// The new ingest token, or `None` when the project existed already.
+    pub ingest_token: Option<String>,
+}
+
+/// Creates the `default` project and an ingest+read token for it, unless it exists.
+pub async fn bootstrap_default_project(
+    store: &dyn Store,
+    now: Millis,
+) -> Result<Bootstrap, StoreError> {
+    let slug = "default";
+    if store.project_by_slug(slug).await?.is_some() {
+        return Ok(Bootstrap {
+            project_slug: slug.into(),
+            ingest_token: None,
+        });
+    }
+    let project = store
+        .create_project(
+            &ProjectSlug::parse("slug", slug).map_err(|e| StoreError::Conflict(e.to_string()))?,
+            "Default project",
+            now,
+        )
+        .await?;
+    let token = generate_token();
+    store
+        .create_token(
+            &NewToken {
+                project_id: Some(project.id),
+                kind: TokenKind::Project,
+                name: "kiln up".into(),
+                scopes: vec![
+                    kiln_core::token::Scope::Ingest,
+                    kiln_core::token::Scope::Read,
+                ],
+                token_hash: hash_token(&token),
+                display_prefix: display_prefix(&token),
+            },
+            now,
+        )
+        .await?;
+    Ok(Bootstrap {
+        project_slug: slug.into(),
+        ingest_token: Some(token),
+    })
+}
