@@ -1,0 +1,365 @@
+//! `kiln run [--stage NAME=CMD]… [-- CMD ARGS…]`: runs a build and reports it.
+//!
+//! Stages run in order with `sh -c`; the first failure ends the build. The command after
+//! `--` runs last, directly (no shell). The build's exit code is kiln's exit code: the
+//! failing command's code, or 128 + the signal that killed it. Reporting never changes
+//! the outcome: delivery happens in the background and unsent events are spooled.
+
+use std::process::{ExitCode, ExitStatus};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use kiln_client::protocol::EventPayload;
+use serde_json::json;
+use tokio::process::Command;
+
+use crate::commands::emit::new_event_id;
+use crate::report::metadata::{self, BuildMetadata};
+use crate::report::{Reporter, spool};
+use crate::settings::ClientArgs;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A stage as NAME=COMMAND (run with sh -c); repeat for several, run in order.
+    #[arg(long = "stage", value_name = "NAME=CMD")]
+    pub stages: Vec<String>,
+    /// Use this run id instead of a new UUID.
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Deployment environment label (e.g. prod).
+    #[arg(long, env = "KILN_ENV")]
+    pub env: Option<String>,
+    /// Seconds between heartbeats.
+    #[arg(long, env = "KILN_HEARTBEAT_INTERVAL", default_value_t = 25.0)]
+    pub heartbeat_interval: f64,
+    /// Seconds to wait for delivery at the end before spooling.
+    #[arg(long, env = "KILN_FLUSH_TIMEOUT", default_value_t = 5.0)]
+    pub flush_timeout: f64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The build command and its arguments.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+struct Step {
+    stage: Option<String>,
+    program: String,
+    args: Vec<String>,
+    display: String,
+}
+
+fn parse_steps(args: &RunArgs) -> anyhow::Result<Vec<Step>> {
+    let mut steps = Vec::new();
+    for raw in &args.stages {
+        let (name, command) = raw
+            .split_once('=')
+            .filter(|(name, command)| !name.trim().is_empty() && !command.trim().is_empty())
+            .with_context(|| {
+                format!(
+                    "--stage '{raw}' must look like NAME=COMMAND, e.g. --stage \"Test=npm test\""
+                )
+            })?;
+        steps.push(Step {
+            stage: Some(name.trim().to_owned()),
+            program: "sh".into(),
+            args: vec!["-c".into(), command.to_owned()],
+            display: command.to_owned(),
+        });
+    }
+    if let Some((program, rest)) = args.command.split_first() {
+        steps.push(Step {
+            stage: None,
+            program: program.clone(),
+            args: rest.to_vec(),
+            display: args.command.join(" "),
+        });
+    }
+    if steps.is_empty() {
+        bail!("nothing to run: give a command after --, or --stage NAME=CMD");
+    }
+    Ok(steps)
+}
+
+/// The exit code a shell would report for this status.
+fn exit_code_of(status: ExitStatus) -> i32 {
+    if let Some(code) = status.code() {
+        return code;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return 128 + signal;
+        }
+    }
+    1
+}
+
+struct BuildReport {
+    reporter: Reporter,
+    run_id: String,
+    env: Option<String>,
+}
+
+impl BuildReport {
+    fn event(&self, kind: &str) -> EventPayload {
+        EventPayload {
+            run_id: self.run_id.clone(),
+            event: kind.into(),
+            event_id: Some(new_event_id()),
+            env: self.env.clone(),
+            ..EventPayload::default()
+        }
+    }
+
+    fn send(&self, event: EventPayload) {
+        self.reporter.send(event);
+    }
+}
+
+enum Outcome {
+    Success,
+    Failed {
+        code: i32,
+        stage: Option<String>,
+        message: String,
+    },
+    Cancelled {
+        code: i32,
+    },
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let steps = parse_steps(&args)?;
+    let target = args.client.target()?;
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let working_dir = std::env::current_dir().context("cannot read the current directory")?;
+    let BuildMetadata {
+        repo,
+        branch,
+        commit,
+        host,
+        ci,
+    } = metadata::collect(&working_dir);
+    let command_line = steps
+        .iter()
+        .map(|s| s.display.as_str())
+        .collect::<Vec<_>>()
+        .join(" && ");
+
+    let previous_spool = tokio::spawn({
+        let target = target.clone();
+        async move { spool::send_all(Some(&target)).await }
+    });
+    let report = BuildReport {
+        reporter: Reporter::start(target),
+        run_id: run_id.clone(),
+        env: args.env.clone(),
+    };
+    let started = Instant::now();
+    report.send(EventPayload {
+        origin: Some("kiln-cli".into()),
+        command: Some(command_line.chars().take(4096).collect()),
+        host,
+        pid: Some(std::process::id()),
+        repo,
+        branch,
+        commit,
+        data: ci.map(|ci| json!({ "ci": ci })),
+        heartbeat_timeout: None,
+        ..report.event("build_started")
+    });
+
+    let heartbeat_every = Duration::from_secs_f64(args.heartbeat_interval.max(0.05));
+    let outcome = run_steps(&report, &steps, &run_id, heartbeat_every).await;
+
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let exit_code = match &outcome {
+        Outcome::Success => {
+            report.send(EventPayload {
+                duration_ms: Some(duration_ms),
+                ..report.event("build_completed")
+            });
+            0
+        }
+        Outcome::Failed {
+            code,
+            stage,
+            message,
+        } => {
+            report.send(EventPayload {
+                duration_ms: Some(duration_ms),
+                stage: stage.clone(),
+                message: Some(message.clone()),
+                data: Some(json!({ "exitCode": code })),
+                ..report.event("build_failed")
+            });
+            *code
+        }
+        Outcome::Cancelled { code } => {
+            report.send(EventPayload {
+                duration_ms: Some(duration_ms),
+                message: Some("kiln run was interrupted".into()),
+                ..report.event("build_cancelled")
+            });
+            *code
+        }
+    };
+    let flush_timeout = Duration::from_secs_f64(args.flush_timeout.max(0.0));
+    report.reporter.finish(flush_timeout).await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), previous_spool).await;
+    Ok(ExitCode::from((exit_code & 0xff) as u8))
+}
+
+async fn run_steps(
+    report: &BuildReport,
+    steps: &[Step],
+    run_id: &str,
+    heartbeat_every: Duration,
+) -> Outcome {
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + heartbeat_every,
+        heartbeat_every,
+    );
+    let mut interrupted = std::pin::pin!(interrupted());
+    for step in steps {
+        if let Some(stage) = &step.stage {
+            report.send(EventPayload {
+                stage: Some(stage.clone()),
+                ..report.event("stage_started")
+            });
+        }
+        let stage_started = Instant::now();
+        let child = Command::new(&step.program)
+            .args(&step.args)
+            .env("KILN_RUN_ID", run_id)
+            .env("PATH", child_path())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(error) => {
+                let message = format!("cannot start '{}': {error}", step.program);
+                eprintln!("kiln: {message}");
+                let code = if error.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
+                if let Some(stage) = &step.stage {
+                    report.send(EventPayload {
+                        stage: Some(stage.clone()),
+                        message: Some(message.clone()),
+                        ..report.event("stage_failed")
+                    });
+                }
+                return Outcome::Failed {
+                    code,
+                    stage: step.stage.clone(),
+                    message,
+                };
+            }
+        };
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = heartbeat.tick() => report.send(report.event("heartbeat")),
+                _ = &mut interrupted => {
+                    // Give the command the same signal's chance to stop cleanly, then end it.
+                    if let Some(pid) = child.id() {
+                        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+                    }
+                    let status = match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+                        Ok(status) => status,
+                        Err(_) => { let _ = child.kill().await; child.wait().await }
+                    };
+                    let code = status.map(exit_code_of).unwrap_or(130);
+                    if let Some(stage) = &step.stage {
+                        report.send(EventPayload { stage: Some(stage.clone()), message: Some("interrupted".into()), ..report.event("stage_failed") });
+                    }
+                    return Outcome::Cancelled { code: if code == 0 { 130 } else { code } };
+                }
+            }
+        };
+        let duration_ms = Some(stage_started.elapsed().as_millis() as u64);
+        let code = match status {
+            Ok(status) => exit_code_of(status),
+            Err(error) => {
+                eprintln!("kiln: lost track of '{}': {error}", step.program);
+                1
+            }
+        };
+        if code != 0 {
+            let message = format!(
+                "'{}' exited with code {code}",
+                step.display.chars().take(200).collect::<String>()
+            );
+            if let Some(stage) = &step.stage {
+                report.send(EventPayload {
+                    stage: Some(stage.clone()),
+                    duration_ms,
+                    message: Some(message.clone()),
+                    ..report.event("stage_failed")
+                });
+            }
+            return Outcome::Failed {
+                code,
+                stage: step.stage.clone(),
+                message,
+            };
+        }
+        if let Some(stage) = &step.stage {
+            report.send(EventPayload {
+                stage: Some(stage.clone()),
+                duration_ms,
+                ..report.event("stage_completed")
+            });
+        }
+    }
+    Outcome::Success
+}
+
+/// The children's PATH: the inherited one, with kiln's own directory appended so nested
+/// `kiln emit` works even when kiln was started by path (e.g. `cargo run`).
+fn child_path() -> std::ffi::OsString {
+    let mut paths: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(ToOwned::to_owned))
+        && !paths.contains(&dir)
+    {
+        paths.push(dir);
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+/// Resolves when kiln receives SIGINT or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,175 @@
+//! `kiln serve` and `kiln up`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use kiln_server::clock::{Clock, SystemClock};
+use kiln_server::{Secret, ServerConfig};
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database (kiln.db) when no --database-url is given.
+    #[arg(long, env = "KILN_DATA_DIR", default_value = "./kiln-data")]
+    pub data_dir: PathBuf,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Seconds without any event after which a running build is marked stale.
+    #[arg(long, env = "KILN_HEARTBEAT_TIMEOUT", default_value_t = 90, value_parser = clap::value_parser!(i64).range(5..=604800))]
+    pub heartbeat_timeout: i64,
+    /// Milliseconds between scans for stale builds.
+    #[arg(long, env = "KILN_STALE_CHECK_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub stale_check_interval_ms: u64,
+    /// Log format on stderr.
+    #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+impl ServeArgs {
+    fn database_url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        std::fs::create_dir_all(&self.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                self.data_dir.display()
+            )
+        })?;
+        Ok(format!("sqlite://{}/kiln.db", self.data_dir.display()))
+    }
+
+    fn config(&self) -> ServerConfig {
+        ServerConfig {
+            heartbeat_timeout_secs: self.heartbeat_timeout,
+            reaper_interval: Duration::from_millis(self.stale_check_interval_ms),
+            admin_token: std::env::var("KILN_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
+            ..ServerConfig::default()
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn start(
+    args: &ServeArgs,
+) -> anyhow::Result<(
+    tokio::net::TcpListener,
+    std::sync::Arc<dyn kiln_store::Store>,
+    String,
+)> {
+    let database_url = args.database_url()?;
+    let store = kiln_store::connect(&database_url).await.with_context(|| {
+        "cannot open the database (check --database-url / --data-dir)".to_string()
+    })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another server running? pick --listen)",
+                args.listen
+            )
+        })?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok((listener, store, url))
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let (listener, store, url) = start(&args).await?;
+    // Tests and scripts read this line to learn the port when listening on :0.
+    eprintln!("kiln listening on {url}");
+    kiln_server::run(listener, store, args.config(), shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn up(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let (listener, store, url) = start(&args).await?;
+    let now = SystemClock.now();
+    let bootstrap = kiln_server::bootstrap_default_project(&*store, now).await?;
+    println!("Kiln is running at {url}");
+    println!(
+        "  data: {}",
+        args.database_url.as_deref().map_or_else(
+            || args.data_dir.display().to_string(),
+            |_| "the configured database".into()
+        )
+    );
+    match &bootstrap.ingest_token {
+        Some(token) => {
+            let admin_token = kiln_server::generate_token();
+            kiln_server::ensure_admin_token(&*store, &admin_token, now).await?;
+            println!("  project: {} (created)", bootstrap.project_slug);
+            println!("  project token (ingest + read; shown once, keep it): {token}");
+            println!("  admin token (instance admin; shown once, keep it):  {admin_token}");
+            println!();
+            println!("Report a build from another terminal:");
+            println!("  export KILN_URL={url} KILN_TOKEN={token}");
+            println!("  cargo run --release -- run --stage \"Build=sleep 1\" -- echo done");
+            println!("  cargo run --release -- builds");
+        }
+        None => {
+            println!(
+                "  project: {} (exists; its token was printed on the first run)",
+                bootstrap.project_slug
+            );
+            println!("  lost it? create another with an admin token:");
+            println!(
+                "    KILN_URL={url} KILN_TOKEN=<admin token> kiln token create --project {} --name laptop",
+                bootstrap.project_slug
+            );
+        }
+    }
+    println!("Stop with Ctrl-C.");
+    kiln_server::run(listener, store, args.config(), shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}

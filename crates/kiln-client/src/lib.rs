@@ -1,0 +1,275 @@
+//! A typed async client for Kiln's HTTP API, used by the `kiln` CLI and by tests that
+//! drive the real server.
+
+use std::sync::Once;
+use std::time::Duration;
+
+pub use kiln_protocol as protocol;
+use kiln_protocol::*;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{status}: {}", .body.error.message)]
+    Api { status: u16, body: ErrorBody },
+    /// The server could not be reached or the answer could not be read.
+    #[error("cannot reach the Kiln server: {0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            Self::Transport(_) => None,
+        }
+    }
+
+    /// Whether retrying the same request may succeed (transport errors, 5xx, 429).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Transport(_) => true,
+            Self::Api { status, .. } => *status >= 500 || *status == 429,
+        }
+    }
+}
+
+/// Installs the TLS crypto provider once per process (ring; see Cargo.toml).
+fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8090`).
+    pub fn new(base_url: &str, token: Option<String>) -> Self {
+        Self::with_timeout(base_url, token, Duration::from_secs(30))
+    }
+
+    pub fn with_timeout(base_url: &str, token: Option<String>, timeout: Duration) -> Self {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()
+            .expect("HTTP client configuration is valid");
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if status.is_success() {
+            serde_json::from_slice(&bytes).map_err(|e| {
+                ClientError::Transport(format!("unexpected answer from the server: {e}"))
+            })
+        } else {
+            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+                error: ErrorDetail {
+                    code: status_code_name(status),
+                    message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+                    field: None,
+                },
+            });
+            Err(ClientError::Api {
+                status: status.as_u16(),
+                body,
+            })
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call::<(), T>(Method::GET, path, None).await
+    }
+
+    pub async fn healthz(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/healthz").await
+    }
+
+    pub async fn create_project(&self, slug: &str, name: &str) -> Result<ProjectDto, ClientError> {
+        let body = CreateProject {
+            slug: slug.into(),
+            name: name.into(),
+        };
+        self.call(Method::POST, "/api/v1/projects", Some(&body))
+            .await
+    }
+
+    pub async fn list_projects(&self) -> Result<ProjectList, ClientError> {
+        self.get("/api/v1/projects").await
+    }
+
+    pub async fn create_token(
+        &self,
+        project: &str,
+        name: &str,
+        scopes: &[&str],
+    ) -> Result<CreatedToken, ClientError> {
+        let body = CreateToken {
+            name: name.into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        self.call(
+            Method::POST,
+            &format!("/api/v1/projects/{}/tokens", encode(project)),
+            Some(&body),
+        )
+        .await
+    }
+
+    pub async fn list_tokens(&self, project: &str) -> Result<TokenList, ClientError> {
+        self.get(&format!("/api/v1/projects/{}/tokens", encode(project)))
+            .await
+    }
+
+    pub async fn revoke_token(
+        &self,
+        project: &str,
+        token_id: i64,
+    ) -> Result<TokenDto, ClientError> {
+        self.call::<(), _>(
+            Method::DELETE,
+            &format!("/api/v1/projects/{}/tokens/{token_id}", encode(project)),
+            None,
+        )
+        .await
+    }
+
+    /// Sends events (one request; a batch is one transaction).
+    pub async fn send_events(
+        &self,
+        events: &[EventPayload],
+    ) -> Result<IngestResponse, ClientError> {
+        self.call(Method::POST, "/api/v1/events", Some(&events))
+            .await
+    }
+
+    pub async fn list_builds(&self, query: &BuildQuery) -> Result<BuildList, ClientError> {
+        let mut pairs = Vec::new();
+        for (key, value) in [
+            ("project", query.project.clone()),
+            ("branch", query.branch.clone()),
+            ("status", query.status.clone()),
+            ("limit", query.limit.map(|v| v.to_string())),
+            ("before", query.before.map(|v| v.to_string())),
+        ] {
+            if let Some(value) = value {
+                pairs.push(format!("{key}={}", encode(&value)));
+            }
+        }
+        self.get(&format!("/api/v1/builds?{}", pairs.join("&")))
+            .await
+    }
+
+    pub async fn get_build(&self, run_id: &str) -> Result<BuildDto, ClientError> {
+        self.get(&format!("/api/v1/builds/{}", encode(run_id)))
+            .await
+    }
+
+    pub async fn build_events(
+        &self,
+        run_id: &str,
+        last_event_id: i64,
+        limit: Option<i64>,
+    ) -> Result<EventPage, ClientError> {
+        let limit = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
+        self.get(&format!(
+            "/api/v1/builds/{}/events?lastEventId={last_event_id}{limit}",
+            encode(run_id)
+        ))
+        .await
+    }
+
+    pub async fn build_status(&self, run_id: &str) -> Result<BuildStatusDto, ClientError> {
+        self.get(&format!("/api/v1/builds/{}/status", encode(run_id)))
+            .await
+    }
+
+    pub async fn project_status(
+        &self,
+        project: Option<&str>,
+        heartbeat_timeout_secs: Option<i64>,
+    ) -> Result<ProjectStatus, ClientError> {
+        let mut pairs = Vec::new();
+        if let Some(project) = project {
+            pairs.push(format!("project={}", encode(project)));
+        }
+        if let Some(timeout) = heartbeat_timeout_secs {
+            pairs.push(format!("heartbeatTimeout={timeout}"));
+        }
+        self.get(&format!("/api/v1/status?{}", pairs.join("&")))
+            .await
+    }
+}
+
+/// Filters for `list_builds`.
+#[derive(Clone, Debug, Default)]
+pub struct BuildQuery {
+    pub project: Option<String>,
+    pub branch: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub before: Option<i64>,
+}
+
+fn status_code_name(status: StatusCode) -> String {
+    status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace(' ', "_")
+}
+
+/// Percent-encodes a path segment or query value.
+fn encode(raw: &str) -> String {
+    let mut encoded = String::with_capacity(raw.len());
+    for byte in raw.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b':') {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
