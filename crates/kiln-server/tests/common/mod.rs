@@ -1,0 +1,166 @@
+//! `TestApp`: the real server on 127.0.0.1:0 with a fresh database, and helpers.
+
+#![allow(dead_code)] // each test binary uses a different subset of these helpers
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_client::Client;
+use kiln_core::Millis;
+use kiln_server::clock::ManualClock;
+use kiln_server::{Secret, ServerConfig};
+use kiln_store::Engine;
+use kiln_store::test_support::TestDatabase;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_TOKEN: &str = "kiln_test_admin_token_0123456789abcdef";
+
+/// Declares one test per engine; PostgreSQL variants need `KILN_TEST_DATABASE_URL`.
+#[macro_export]
+macro_rules! engine_test {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(kiln_store::Engine::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(kiln_postgres_tests),
+                ignore = "PostgreSQL skipped: set KILN_TEST_DATABASE_URL (bash .ci/run does)"
+            )]
+            async fn postgres() {
+                super::$name(kiln_store::Engine::Postgres).await;
+            }
+        }
+    };
+}
+
+pub struct TestApp {
+    pub base_url: String,
+    pub admin: Client,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub database: Arc<TestDatabase>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(engine: Engine) -> TestApp {
+        let database = Arc::new(TestDatabase::create(engine).await);
+        let clock = ManualClock::new(Millis(1_800_000_000_000));
+        Self::spawn_on(database, clock).await
+    }
+
+    /// Starts a server on an existing database (a restart, or a second replica).
+    pub async fn spawn_on(database: Arc<TestDatabase>, clock: Arc<ManualClock>) -> TestApp {
+        let store = database.open_dyn().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let config = ServerConfig {
+            heartbeat_timeout_secs: 90,
+            reaper_interval: Duration::from_millis(20),
+            admin_token: Some(Secret::new(ADMIN_TOKEN)),
+            clock: clock.clone(),
+        };
+        let (shutdown, shutdown_signal) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            kiln_server::run(listener, store, config, async {
+                let _ = shutdown_signal.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        let app = TestApp {
+            admin: Client::new(&base_url, Some(ADMIN_TOKEN.into())),
+            base_url,
+            http: reqwest::Client::new(),
+            clock,
+            database,
+            shutdown: Some(shutdown),
+            server: Some(server),
+        };
+        for _ in 0..200 {
+            if app.admin.healthz().await.is_ok() {
+                return app;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("server did not become healthy");
+    }
+
+    /// Graceful shutdown: returns once the server has stopped.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+
+    /// Creates a project and returns a client holding a token with the given scopes.
+    pub async fn project_client(&self, slug: &str, scopes: &[&str]) -> (Client, String) {
+        match self.admin.create_project(slug, slug).await {
+            Ok(_) => {}
+            Err(error) if error.status() == Some(409) => {}
+            Err(error) => panic!("create project {slug}: {error}"),
+        }
+        let token = self
+            .admin
+            .create_token(slug, "test", scopes)
+            .await
+            .unwrap()
+            .token;
+        (Client::new(&self.base_url, Some(token.clone())), token)
+    }
+
+    /// A raw request, for bad input and header tests: returns status and JSON body.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        (status, value)
+    }
+}
+
+/// Asserts the error shape `{"error":{"code","message","field"}}`.
+pub fn assert_error(body: &Value, code: &str, field: Option<&str>) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    match field {
+        Some(field) => assert_eq!(body["error"]["field"], field, "{body}"),
+        None => assert!(
+            body["error"].get("field").is_none() || body["error"]["field"].is_null(),
+            "{body}"
+        ),
+    }
+}
