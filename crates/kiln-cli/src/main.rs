@@ -50,6 +50,8 @@ enum Command {
     Builds(admin::BuildsArgs),
     /// Show one build with its stages.
     Build(admin::BuildArgs),
+    /// List a build's events (all, or those after --after).
+    Events(admin::EventsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
             Command::Token { command } => admin::token(command).await,
             Command::Builds(args) => admin::builds(args).await,
             Command::Build(args) => admin::build(args).await,
+            Command::Events(args) => admin::events(args).await,
         }
     });
     match result {

@@ -83,6 +83,19 @@ pub struct BuildArgs {
     client: ClientArgs,
 }
 
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    run_id: String,
+    /// Only events after this id (the cursor from a previous call).
+    #[arg(long, default_value_t = 0)]
+    after: i64,
+    /// Print the JSON page instead of one line per event.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -219,6 +232,41 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             stage
                 .duration_ms
                 .map_or_else(String::new, |d| format!(" ({:.1}s)", d as f64 / 1000.0))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.client.client()?;
+    let mut cursor = args.after;
+    let mut all = Vec::new();
+    loop {
+        let page = client
+            .build_events(&args.run_id, cursor, Some(1000))
+            .await?;
+        cursor = page.last_event_id;
+        let more = page.has_more;
+        all.extend(page.events);
+        if !more {
+            break;
+        }
+    }
+    if args.json {
+        print_json(&serde_json::json!({ "events": all, "lastEventId": cursor }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for event in all {
+        println!(
+            "{}\t{}\t{}\t{}{}",
+            event["id"],
+            event["receivedAt"].as_str().unwrap_or_default(),
+            event["event"].as_str().unwrap_or_default(),
+            event["stage"].as_str().unwrap_or_default(),
+            event["message"]
+                .as_str()
+                .map(|m| format!("\t{m}"))
+                .unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)
