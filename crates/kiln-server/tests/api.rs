@@ -38,7 +38,8 @@ async fn every_route_refuses_the_wrong_caller(engine: Engine) {
     let project_body = body(json!({"slug": "new", "name": "New"}));
     let token_body = body(json!({"name": "t", "scopes": ["read"]}));
     // (method, path, body, caller, expected status)
-    let cases: Vec<(Method, &str, Option<Vec<u8>>, Option<&str>, u16)> = vec![
+    type Case<'a> = (Method, &'a str, Option<Vec<u8>>, Option<&'a str>, u16);
+    let cases: Vec<Case> = vec![
         (Method::GET, "/api/v1/builds", None, None, 401),
         (
             Method::GET,

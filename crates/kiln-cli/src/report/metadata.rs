@@ -52,7 +52,8 @@ pub fn hostname() -> Option<String> {
         .or_else(|| env("HOSTNAME"))
 }
 
-fn ci_metadata() -> Option<(Value, Option<String>, Option<String>, Option<String>)> {
+/// Metadata from a known CI provider's variables (`host` left empty).
+fn ci_metadata() -> Option<BuildMetadata> {
     if env("GITHUB_ACTIONS").as_deref() == Some("true") {
         let url = match (
             env("GITHUB_SERVER_URL"),
@@ -65,22 +66,24 @@ fn ci_metadata() -> Option<(Value, Option<String>, Option<String>, Option<String
             _ => None,
         };
         let branch = env("GITHUB_HEAD_REF").or_else(|| env("GITHUB_REF_NAME"));
-        return Some((
-            json!({"provider": "github_actions", "url": url, "workflow": env("GITHUB_WORKFLOW"),
-                   "job": env("GITHUB_JOB"), "runId": env("GITHUB_RUN_ID"), "actor": env("GITHUB_ACTOR")}),
-            env("GITHUB_REPOSITORY"),
+        return Some(BuildMetadata {
+            ci: Some(json!({"provider": "github_actions", "url": url, "workflow": env("GITHUB_WORKFLOW"),
+                   "job": env("GITHUB_JOB"), "runId": env("GITHUB_RUN_ID"), "actor": env("GITHUB_ACTOR")})),
+            repo: env("GITHUB_REPOSITORY"),
             branch,
-            env("GITHUB_SHA"),
-        ));
+            commit: env("GITHUB_SHA"),
+            host: None,
+        });
     }
     if env("GITLAB_CI").as_deref() == Some("true") {
-        return Some((
-            json!({"provider": "gitlab_ci", "url": env("CI_JOB_URL").or_else(|| env("CI_PIPELINE_URL")),
-                   "pipelineId": env("CI_PIPELINE_ID"), "job": env("CI_JOB_NAME"), "user": env("GITLAB_USER_LOGIN")}),
-            env("CI_PROJECT_PATH"),
-            env("CI_COMMIT_REF_NAME"),
-            env("CI_COMMIT_SHA"),
-        ));
+        return Some(BuildMetadata {
+            ci: Some(json!({"provider": "gitlab_ci", "url": env("CI_JOB_URL").or_else(|| env("CI_PIPELINE_URL")),
+                   "pipelineId": env("CI_PIPELINE_ID"), "job": env("CI_JOB_NAME"), "user": env("GITLAB_USER_LOGIN")})),
+            repo: env("CI_PROJECT_PATH"),
+            branch: env("CI_COMMIT_REF_NAME"),
+            commit: env("CI_COMMIT_SHA"),
+            host: None,
+        });
     }
     if env("CIRCLECI").as_deref() == Some("true") {
         let repo = match (
@@ -91,13 +94,14 @@ fn ci_metadata() -> Option<(Value, Option<String>, Option<String>, Option<String
             (None, name) => name,
             (Some(_), None) => None,
         };
-        return Some((
-            json!({"provider": "circleci", "url": env("CIRCLE_BUILD_URL"), "job": env("CIRCLE_JOB"),
-                   "buildNum": env("CIRCLE_BUILD_NUM"), "user": env("CIRCLE_USERNAME")}),
+        return Some(BuildMetadata {
+            ci: Some(json!({"provider": "circleci", "url": env("CIRCLE_BUILD_URL"), "job": env("CIRCLE_JOB"),
+                   "buildNum": env("CIRCLE_BUILD_NUM"), "user": env("CIRCLE_USERNAME")})),
             repo,
-            env("CIRCLE_BRANCH"),
-            env("CIRCLE_SHA1"),
-        ));
+            branch: env("CIRCLE_BRANCH"),
+            commit: env("CIRCLE_SHA1"),
+            host: None,
+        });
     }
     None
 }
@@ -133,11 +137,11 @@ pub fn collect(dir: &Path) -> BuildMetadata {
                     .map(|n| n.to_string_lossy().into_owned())
             });
     }
-    if let Some((ci, repo, branch, commit)) = ci_metadata() {
-        metadata.ci = Some(without_nulls(ci));
-        metadata.repo = repo.or(metadata.repo);
-        metadata.branch = branch.or(metadata.branch);
-        metadata.commit = commit.or(metadata.commit);
+    if let Some(ci) = ci_metadata() {
+        metadata.ci = ci.ci.map(without_nulls);
+        metadata.repo = ci.repo.or(metadata.repo);
+        metadata.branch = ci.branch.or(metadata.branch);
+        metadata.commit = ci.commit.or(metadata.commit);
     }
     metadata
 }
