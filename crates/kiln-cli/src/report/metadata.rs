@@ -67,8 +67,10 @@ fn ci_metadata() -> Option<BuildMetadata> {
         };
         let branch = env("GITHUB_HEAD_REF").or_else(|| env("GITHUB_REF_NAME"));
         return Some(BuildMetadata {
-            ci: Some(json!({"provider": "github_actions", "url": url, "workflow": env("GITHUB_WORKFLOW"),
-                   "job": env("GITHUB_JOB"), "runId": env("GITHUB_RUN_ID"), "actor": env("GITHUB_ACTOR")})),
+            ci: Some(
+                json!({"provider": "github_actions", "url": url, "workflow": env("GITHUB_WORKFLOW"),
+                   "job": env("GITHUB_JOB"), "runId": env("GITHUB_RUN_ID"), "actor": env("GITHUB_ACTOR")}),
+            ),
             repo: env("GITHUB_REPOSITORY"),
             branch,
             commit: env("GITHUB_SHA"),
@@ -77,8 +79,10 @@ fn ci_metadata() -> Option<BuildMetadata> {
     }
     if env("GITLAB_CI").as_deref() == Some("true") {
         return Some(BuildMetadata {
-            ci: Some(json!({"provider": "gitlab_ci", "url": env("CI_JOB_URL").or_else(|| env("CI_PIPELINE_URL")),
-                   "pipelineId": env("CI_PIPELINE_ID"), "job": env("CI_JOB_NAME"), "user": env("GITLAB_USER_LOGIN")})),
+            ci: Some(
+                json!({"provider": "gitlab_ci", "url": env("CI_JOB_URL").or_else(|| env("CI_PIPELINE_URL")),
+                   "pipelineId": env("CI_PIPELINE_ID"), "job": env("CI_JOB_NAME"), "user": env("GITLAB_USER_LOGIN")}),
+            ),
             repo: env("CI_PROJECT_PATH"),
             branch: env("CI_COMMIT_REF_NAME"),
             commit: env("CI_COMMIT_SHA"),
@@ -95,8 +99,10 @@ fn ci_metadata() -> Option<BuildMetadata> {
             (Some(_), None) => None,
         };
         return Some(BuildMetadata {
-            ci: Some(json!({"provider": "circleci", "url": env("CIRCLE_BUILD_URL"), "job": env("CIRCLE_JOB"),
-                   "buildNum": env("CIRCLE_BUILD_NUM"), "user": env("CIRCLE_USERNAME")})),
+            ci: Some(
+                json!({"provider": "circleci", "url": env("CIRCLE_BUILD_URL"), "job": env("CIRCLE_JOB"),
+                   "buildNum": env("CIRCLE_BUILD_NUM"), "user": env("CIRCLE_USERNAME")}),
+            ),
             repo,
             branch: env("CIRCLE_BRANCH"),
             commit: env("CIRCLE_SHA1"),
