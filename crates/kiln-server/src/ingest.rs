@@ -77,12 +77,12 @@ async fn run(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut receiver: mpsc::R
 
 #[tracing::instrument(skip_all, fields(requests = jobs.len(), events))]
 async fn commit(store: &dyn Store, clock: &dyn Clock, jobs: &mut Vec<Job>, events: usize) {
-    let requests: Vec<IngestRequest> = jobs.iter().map(|job| job.request.clone()).collect();
-    let result = store.ingest(&requests, clock.now()).await;
-    match result {
+    let (requests, replies): (Vec<IngestRequest>, Vec<oneshot::Sender<IngestResult>>) =
+        jobs.drain(..).map(|job| (job.request, job.reply)).unzip();
+    match store.ingest(&requests, clock.now()).await {
         Ok(results) => {
-            for (job, result) in jobs.drain(..).zip(results) {
-                let _ = job.reply.send(Ok(result));
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
             }
         }
         Err(error) => {
@@ -96,8 +96,8 @@ async fn commit(store: &dyn Store, clock: &dyn Clock, jobs: &mut Vec<Job>, event
                     "the events could not be stored; nothing was stored, retry shortly".to_owned()
                 }
             };
-            for job in jobs.drain(..) {
-                let _ = job.reply.send(Err(IngestFailure(message.clone())));
+            for reply in replies {
+                let _ = reply.send(Err(IngestFailure(message.clone())));
             }
         }
     }
