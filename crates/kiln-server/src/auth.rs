@@ -23,6 +23,7 @@ const CACHE_MAX_ENTRIES: usize = 10_000;
 /// The authenticated caller of a request.
 #[derive(Clone, Debug)]
 pub struct Caller {
+    pub token_id: i64,
     pub kind: TokenKind,
     pub project_id: Option<i64>,
     pub scopes: Vec<Scope>,
@@ -176,6 +177,7 @@ impl Authenticator {
         }
         self.touch(&token_hash, record.id, entry.touched_at);
         Ok(Caller {
+            token_id: record.id,
             kind: record.kind,
             project_id: record.project_id,
             scopes: record.scopes,

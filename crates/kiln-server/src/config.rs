@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub reaper_interval: Duration,
     /// `KILN_ADMIN_TOKEN`: made an instance-admin token at start-up.
     pub admin_token: Option<Secret>,
+    /// Concurrent live streams (SSE and Socket.IO subscriptions) one token may hold.
+    pub max_streams_per_token: usize,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -43,6 +45,7 @@ impl fmt::Debug for ServerConfig {
             .field("heartbeat_timeout_secs", &self.heartbeat_timeout_secs)
             .field("reaper_interval", &self.reaper_interval)
             .field("admin_token", &self.admin_token)
+            .field("max_streams_per_token", &self.max_streams_per_token)
             .finish_non_exhaustive()
     }
 }
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             heartbeat_timeout_secs: 90,
             reaper_interval: Duration::from_secs(5),
             admin_token: None,
+            max_streams_per_token: 500,
             clock: Arc::new(SystemClock),
         }
     }

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
+use crate::live::Bus;
 
 /// Most requests waiting in the queue; beyond it submitters wait (back-pressure).
 const QUEUE_CAPACITY: usize = 8192;
@@ -39,9 +40,13 @@ pub(crate) struct Ingestor {
 impl Ingestor {
     /// Starts the ingest task. It ends when every `Ingestor` clone is dropped and the
     /// queue is drained.
-    pub fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> (Self, JoinHandle<()>) {
+    pub fn start(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        bus: Arc<Bus>,
+    ) -> (Self, JoinHandle<()>) {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let task = tokio::spawn(run(store, clock, receiver));
+        let task = tokio::spawn(run(store, clock, bus, receiver));
         (Self { queue }, task)
     }
 
@@ -57,7 +62,12 @@ impl Ingestor {
     }
 }
 
-async fn run(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut receiver: mpsc::Receiver<Job>) {
+async fn run(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    bus: Arc<Bus>,
+    mut receiver: mpsc::Receiver<Job>,
+) {
     let mut jobs: Vec<Job> = Vec::new();
     while let Some(first) = receiver.recv().await {
         let mut events = first.request.events.len();
@@ -72,6 +82,7 @@ async fn run(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut receiver: mpsc::R
             }
         }
         commit(&*store, &*clock, &mut jobs, events).await;
+        bus.notify_commit();
     }
 }
 

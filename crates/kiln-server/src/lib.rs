@@ -10,6 +10,7 @@ pub mod clock;
 mod config;
 mod error;
 mod ingest;
+mod live;
 mod reaper;
 
 use std::future::Future;
@@ -36,6 +37,8 @@ pub(crate) struct AppState {
     pub ingestor: Ingestor,
     pub authenticator: Authenticator,
     pub config: Arc<ServerConfig>,
+    pub bus: Arc<live::Bus>,
+    pub streams: api::StreamLimiter,
 }
 
 /// Errors that stop the server from starting.
@@ -59,15 +62,19 @@ pub async fn run(
         ensure_admin_token(&*store, admin_token.expose(), clock.now()).await?;
     }
     let config = Arc::new(config);
-    let (ingestor, ingest_task) = Ingestor::start(store.clone(), clock.clone());
+    let bus = Arc::new(live::Bus::default());
+    let (ingestor, ingest_task) = Ingestor::start(store.clone(), clock.clone(), bus.clone());
     let state = AppState {
         store: store.clone(),
         clock: clock.clone(),
         ingestor: ingestor.clone(),
         authenticator: Authenticator::new(store.clone(), clock.clone()),
         config: config.clone(),
+        bus: bus.clone(),
+        streams: api::StreamLimiter::new(config.max_streams_per_token),
     };
     let (reaper_stop, reaper_stopped) = tokio::sync::watch::channel(false);
+    let tail_task = tokio::spawn(live::tail(store.clone(), bus, reaper_stopped.clone()));
     let reaper_task = tokio::spawn(reaper::run(
         store.clone(),
         ingestor,
@@ -86,6 +93,7 @@ pub async fn run(
     // Requests are done; stop the reaper, then let the ingestor drain its queue.
     let _ = reaper_stop.send(true);
     let _ = reaper_task.await;
+    let _ = tail_task.await;
     let _ = ingest_task.await;
     tracing::info!("kiln stopped");
     Ok(())

@@ -120,6 +120,14 @@ pub trait Store: Send + Sync + 'static {
         after_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<StoredEvent>>;
+    /// Events of every project with `id > after_id`, oldest first (the live tailer).
+    async fn events_after_global(&self, after_id: i64, limit: i64)
+    -> StoreResult<Vec<StoredEvent>>;
+    /// The highest event id committed so far (0 when none).
+    async fn max_event_id(&self) -> StoreResult<i64>;
+    /// Signals commits made by other processes on the same database (PostgreSQL
+    /// `LISTEN`); `None` where only this process writes (SQLite).
+    async fn commit_signals(&self) -> StoreResult<Option<tokio::sync::mpsc::Receiver<()>>>;
     /// Running builds whose last event is older than their heartbeat timeout.
     async fn stale_builds(
         &self,

@@ -19,7 +19,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// The project a read is about: the `project` parameter, or the token's own project.
-async fn project_filter(
+pub(crate) async fn project_filter(
     state: &AppState,
     caller: &Caller,
     params: &QueryParams,
@@ -31,7 +31,7 @@ async fn project_filter(
     }
 }
 
-async fn readable_build(
+pub(crate) async fn readable_build(
     state: &AppState,
     caller: &Caller,
     run_id: &str,

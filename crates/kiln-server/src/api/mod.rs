@@ -7,6 +7,10 @@ mod convert;
 mod events;
 mod health;
 mod projects;
+mod stream;
+
+pub(crate) use convert::event_json;
+pub(crate) use stream::StreamLimiter;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -109,6 +113,18 @@ fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppStat
             "/api/v1/status",
             Access::ProjectRead,
             get(builds::project_status),
+        ),
+        (
+            "GET",
+            "/api/v1/builds/{run_id}/stream",
+            Access::ProjectRead,
+            get(stream::build_stream),
+        ),
+        (
+            "GET",
+            "/api/v1/stream",
+            Access::ProjectRead,
+            get(stream::project_stream),
         ),
     ]
 }

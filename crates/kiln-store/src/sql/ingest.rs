@@ -79,6 +79,14 @@ pub(super) async fn ingest(
             .bind(next_id)
             .execute(&mut *transaction)
             .await?;
+        if store.engine == crate::Engine::Postgres {
+            // Delivered to listeners at commit; other replicas' tailers wake up.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::COMMIT_CHANNEL)
+                .bind(next_id.to_string())
+                .execute(&mut *transaction)
+                .await?;
+        }
     }
     transaction.commit().await?;
     Ok(results)

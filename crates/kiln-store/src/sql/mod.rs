@@ -25,7 +25,12 @@ use rows::{BUILD_SELECT, build_from_row, project_from_row, token_from_row};
 pub struct SqlStore {
     pool: AnyPool,
     engine: Engine,
+    /// Kept for engine-specific connections (PostgreSQL `LISTEN`).
+    database_url: String,
 }
+
+/// The PostgreSQL channel on which ingest announces commits.
+pub(crate) const COMMIT_CHANNEL: &str = "kiln_events";
 
 impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,7 +108,11 @@ impl SqlStore {
         let mut connection = pool.acquire().await?;
         crate::migrations::run(&mut connection, engine).await?;
         drop(connection);
-        Ok(Self { pool, engine })
+        Ok(Self {
+            pool,
+            engine,
+            database_url: url,
+        })
     }
 
     pub(crate) async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Any>> {
@@ -350,6 +359,60 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::event_from_row).collect()
+    }
+
+    async fn events_after_global(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::event_from_row).collect()
+    }
+
+    async fn max_event_id(&self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT value FROM kiln_counters WHERE name = 'event_id'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(sqlx::Row::try_get(&row, 0)?)
+    }
+
+    async fn commit_signals(&self) -> StoreResult<Option<tokio::sync::mpsc::Receiver<()>>> {
+        if self.engine != Engine::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.database_url).await?;
+        listener.listen(COMMIT_CHANNEL).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(_) => {
+                        // A full channel already holds a wake-up; one is enough.
+                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+                            sender.try_send(())
+                        {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        // PgListener reconnects by itself; commits missed meanwhile are
+                        // found by the tailer's periodic catch-up.
+                        tracing::warn!(%error, "commit notifications interrupted");
+                        let _ = sender.try_send(());
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(receiver))
     }
 
     async fn stale_builds(

@@ -1,0 +1,219 @@
+//! Server-Sent Events: one build (`/builds/{runId}/stream`) or every build of a project
+//! (`/stream?project=`), resumable with `Last-Event-ID` or `?lastEventId=`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::body::QueryParams;
+use super::builds::{project_filter, readable_build};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::live::follow::{Delivery, Scope, follow};
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+const RETRY_HINT: Duration = Duration::from_secs(2);
+
+/// Counts live streams per token and refuses those beyond the limit.
+#[derive(Clone)]
+pub(crate) struct StreamLimiter {
+    limit: usize,
+    open: Arc<Mutex<HashMap<i64, usize>>>,
+}
+
+/// Held by a stream; frees its place when dropped.
+pub(crate) struct StreamPermit {
+    token_id: i64,
+    open: Arc<Mutex<HashMap<i64, usize>>>,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("stream limiter lock");
+        if let Some(count) = open.get_mut(&self.token_id) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.token_id);
+            }
+        }
+    }
+}
+
+impl StreamLimiter {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            open: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn acquire(&self, token_id: i64) -> Result<StreamPermit, ApiError> {
+        let mut open = self.open.lock().expect("stream limiter lock");
+        let count = open.entry(token_id).or_default();
+        if *count >= self.limit {
+            return Err(ApiError::TooManyRequests(format!(
+                "this token already holds {} live streams, the limit; close some or use another token",
+                self.limit
+            )));
+        }
+        *count += 1;
+        Ok(StreamPermit {
+            token_id,
+            open: self.open.clone(),
+        })
+    }
+}
+
+/// The resume cursor: the `Last-Event-ID` header (a reconnecting EventSource) wins over
+/// the `lastEventId` query parameter.
+fn cursor(headers: &HeaderMap, params: &QueryParams) -> Result<i64, ApiError> {
+    if let Some(value) = headers.get("last-event-id") {
+        let raw = value.to_str().unwrap_or_default().trim();
+        if raw.is_empty() {
+            return Ok(0);
+        }
+        return raw
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    Some("Last-Event-ID"),
+                    format!("Last-Event-ID: '{raw}' is not an event id (a whole number ≥ 0)"),
+                )
+            });
+    }
+    Ok(params.integer("lastEventId", 0, i64::MAX)?.unwrap_or(0))
+}
+
+/// `?coalesce=50ms`: the window for progress-like events; off when absent.
+fn coalesce_window(params: &QueryParams) -> Result<Option<Duration>, ApiError> {
+    let Some(raw) = params.string("coalesce") else {
+        return Ok(None);
+    };
+    if raw == "off" || raw == "0" {
+        return Ok(None);
+    }
+    let millis = raw
+        .strip_suffix("ms")
+        .unwrap_or(raw)
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| (1..=10_000).contains(ms));
+    millis
+        .map(|ms| Some(Duration::from_millis(ms)))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_field",
+                Some("coalesce"),
+                format!("coalesce: '{raw}' must look like 50ms (1-10000) or off"),
+            )
+        })
+}
+
+fn sse_response(
+    deliveries: tokio::sync::mpsc::Receiver<Delivery>,
+    permit: StreamPermit,
+    run_id: Option<String>,
+) -> Response {
+    let hint = tokio_stream::once(Ok::<_, Infallible>(
+        Event::default()
+            .retry(RETRY_HINT)
+            .comment("kiln live stream"),
+    ));
+    let events = ReceiverStream::new(deliveries).map(move |delivery| {
+        // The permit lives as long as the stream.
+        let _held = &permit;
+        Ok::<_, Infallible>(match delivery {
+            Delivery::Event(event) => Event::default()
+                .id(event.id.to_string())
+                .event(event.event_type.as_str())
+                .data(&*event.json),
+            Delivery::End => Event::default()
+                .event("end")
+                .data(json!({"runId": run_id, "reason": "the build ended"}).to_string()),
+            Delivery::Dropped {
+                reason,
+                resume_from,
+            } => Event::default()
+                .event("dropped")
+                .data(json!({"reason": reason, "lastEventId": resume_from}).to_string()),
+        })
+    });
+    let sse = Sse::new(hint.chain(events)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        sse,
+    )
+        .into_response()
+}
+
+pub(crate) async fn build_stream(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = QueryParams::from_uri(uri.query());
+    let after = cursor(&headers, &params)?;
+    let coalesce = coalesce_window(&params)?;
+    let build = readable_build(&state, &caller, &run_id).await?;
+    let permit = state.streams.acquire(caller.token_id)?;
+    let scope = Scope::Build {
+        build_id: build.id,
+        ended: build.state.status.is_terminal(),
+    };
+    let deliveries = follow(
+        state.store.clone(),
+        state.bus.clone(),
+        scope,
+        after,
+        coalesce,
+    );
+    Ok(sse_response(deliveries, permit, Some(run_id)))
+}
+
+pub(crate) async fn project_stream(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = QueryParams::from_uri(uri.query());
+    let after = cursor(&headers, &params)?;
+    let coalesce = coalesce_window(&params)?;
+    let project_id = project_filter(&state, &caller, &params)
+        .await?
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_field",
+                Some("project"),
+                "project: is required with an instance-admin token",
+            )
+        })?;
+    let permit = state.streams.acquire(caller.token_id)?;
+    let deliveries = follow(
+        state.store.clone(),
+        state.bus.clone(),
+        Scope::Project { project_id },
+        after,
+        coalesce,
+    );
+    Ok(sse_response(deliveries, permit, None))
+}

@@ -1,0 +1,354 @@
+//! Following a build or a project: replay from the store, then live events, with no gap
+//! and no duplicate, optionally coalescing progress-like events.
+//!
+//! The follow task subscribes to the room first, replays everything after the client's
+//! cursor from the store, then forwards live events whose id is above the last one it
+//! handled (the overlap between replay and live is skipped by id). It ends a build's
+//! stream after the build's terminal event, and drops a subscriber that lagged behind
+//! its room, telling it where to resume; the store has everything, so nothing is lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_store::{Store, StoredEvent};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+use super::{Bus, LiveEvent, Room};
+
+const REPLAY_PAGE: i64 = 1000;
+/// Deliveries queued for one subscriber's connection before the follow task waits.
+const OUTBOX: usize = 256;
+
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    Event(Arc<LiveEvent>),
+    /// The build ended; nothing more will come.
+    End,
+    /// The subscriber fell behind; it should reconnect from `resume_from`.
+    Dropped {
+        reason: String,
+        resume_from: i64,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scope {
+    Build { build_id: i64, ended: bool },
+    Project { project_id: i64 },
+}
+
+/// Starts following; the receiver yields deliveries until the stream ends or the
+/// receiver is dropped (which stops the task).
+pub(crate) fn follow(
+    store: Arc<dyn Store>,
+    bus: Arc<Bus>,
+    scope: Scope,
+    after: i64,
+    coalesce: Option<Duration>,
+) -> mpsc::Receiver<Delivery> {
+    let (outbox, receiver) = mpsc::channel(OUTBOX);
+    let room = match scope {
+        Scope::Build { build_id, .. } => Room::Build(build_id),
+        Scope::Project { project_id } => Room::Project(project_id),
+    };
+    let live = bus.subscribe(room);
+    tokio::spawn(async move {
+        let mut follower = Follower {
+            outbox,
+            seen: after,
+            delivered: after,
+            coalescer: Coalescer::new(coalesce),
+            scope,
+        };
+        follower.run(&*store, live).await;
+    });
+    receiver
+}
+
+struct Follower {
+    outbox: mpsc::Sender<Delivery>,
+    /// The highest id handled (delivered or coalesced away): the dedupe line.
+    seen: i64,
+    /// The highest id actually delivered: where a dropped subscriber resumes.
+    delivered: i64,
+    coalescer: Coalescer,
+    scope: Scope,
+}
+
+/// Whether to keep going after a step.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Follower {
+    async fn run(&mut self, store: &dyn Store, mut live: broadcast::Receiver<Arc<LiveEvent>>) {
+        if let Flow::Stop = self.replay(store).await {
+            return;
+        }
+        if let Scope::Build { ended: true, .. } = self.scope {
+            // The build had ended before we subscribed and the client has its end.
+            let _ = self.flush_and_end().await;
+            return;
+        }
+        loop {
+            let deadline = self.coalescer.deadline;
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) => {
+                        if event.id > self.seen && let Flow::Stop = self.offer(event).await {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let pending = self.coalescer.flush(Instant::now());
+                        let _ = self.send(pending).await;
+                        let _ = self.outbox.send(Delivery::Dropped {
+                            reason: format!("this subscriber fell {missed} events behind; reconnect with Last-Event-ID {}", self.delivered),
+                            resume_from: self.delivered,
+                        }).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = async { match deadline { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                    let pending = self.coalescer.flush(Instant::now());
+                    if let Flow::Stop = self.send(pending).await {
+                        return;
+                    }
+                }
+                _ = self.outbox.closed() => return,
+            }
+        }
+    }
+
+    async fn replay(&mut self, store: &dyn Store) -> Flow {
+        loop {
+            let page: Result<Vec<StoredEvent>, _> = match self.scope {
+                Scope::Build { build_id, .. } => {
+                    store.events_after(build_id, self.seen, REPLAY_PAGE).await
+                }
+                Scope::Project { project_id } => {
+                    store
+                        .project_events_after(project_id, self.seen, REPLAY_PAGE)
+                        .await
+                }
+            };
+            let page = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "replay failed; closing the stream so the client retries");
+                    let _ = self
+                        .outbox
+                        .send(Delivery::Dropped {
+                            reason: "the database is unavailable; reconnect shortly".into(),
+                            resume_from: self.delivered,
+                        })
+                        .await;
+                    return Flow::Stop;
+                }
+            };
+            let full = page.len() as i64 == REPLAY_PAGE;
+            for stored in &page {
+                if let Flow::Stop = self.offer(Arc::new(LiveEvent::from_stored(stored))).await {
+                    return Flow::Stop;
+                }
+            }
+            if !full {
+                return Flow::Continue;
+            }
+        }
+    }
+
+    async fn offer(&mut self, event: Arc<LiveEvent>) -> Flow {
+        self.seen = event.id;
+        let ends_build = event.terminal && matches!(self.scope, Scope::Build { .. });
+        let ready = self.coalescer.offer(event, Instant::now());
+        if let Flow::Stop = self.send(ready).await {
+            return Flow::Stop;
+        }
+        if ends_build {
+            return self.flush_and_end().await;
+        }
+        Flow::Continue
+    }
+
+    async fn send(&mut self, events: Vec<Arc<LiveEvent>>) -> Flow {
+        for event in events {
+            let id = event.id;
+            if self.outbox.send(Delivery::Event(event)).await.is_err() {
+                return Flow::Stop;
+            }
+            self.delivered = id;
+        }
+        Flow::Continue
+    }
+
+    async fn flush_and_end(&mut self) -> Flow {
+        let pending = self.coalescer.flush(Instant::now());
+        let _ = self.send(pending).await;
+        let _ = self.outbox.send(Delivery::End).await;
+        Flow::Stop
+    }
+}
+
+/// Per subscriber: progress-like events of one (build, type) pass at most once per
+/// window, the latest one winning; anything else passes at once, after whatever is
+/// pending (which always has lower ids), so nothing is reordered.
+pub(crate) struct Coalescer {
+    window: Option<Duration>,
+    pending: Vec<Arc<LiveEvent>>,
+    last_sent: HashMap<(i64, String), Instant>,
+    pub deadline: Option<Instant>,
+}
+
+impl Coalescer {
+    pub fn new(window: Option<Duration>) -> Self {
+        Self {
+            window,
+            pending: Vec::new(),
+            last_sent: HashMap::new(),
+            deadline: None,
+        }
+    }
+
+    pub fn offer(&mut self, event: Arc<LiveEvent>, now: Instant) -> Vec<Arc<LiveEvent>> {
+        let Some(window) = self.window else {
+            return vec![event];
+        };
+        if event.coalescible {
+            let key = (event.build_id, event.event_type.clone());
+            if let Some(last) = self.last_sent.get(&key)
+                && now < *last + window
+            {
+                self.pending.retain(|held| {
+                    (held.build_id, held.event_type.as_str()) != (key.0, key.1.as_str())
+                });
+                self.pending.push(event);
+                let due = *last + window;
+                self.deadline = Some(self.deadline.map_or(due, |d| d.min(due)));
+                return Vec::new();
+            }
+        }
+        let mut ready = self.take_pending();
+        ready.push(event);
+        self.mark_sent(&ready, now);
+        ready
+    }
+
+    pub fn flush(&mut self, now: Instant) -> Vec<Arc<LiveEvent>> {
+        let ready = self.take_pending();
+        self.mark_sent(&ready, now);
+        ready
+    }
+
+    fn take_pending(&mut self) -> Vec<Arc<LiveEvent>> {
+        self.deadline = None;
+        let mut ready = std::mem::take(&mut self.pending);
+        ready.sort_by_key(|event| event.id);
+        ready
+    }
+
+    fn mark_sent(&mut self, events: &[Arc<LiveEvent>], now: Instant) {
+        for event in events.iter().filter(|event| event.coalescible) {
+            self.last_sent
+                .insert((event.build_id, event.event_type.clone()), now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: i64, event_type: &str, coalescible: bool) -> Arc<LiveEvent> {
+        Arc::new(LiveEvent {
+            id,
+            build_id: 1,
+            project_id: 1,
+            event_type: event_type.into(),
+            terminal: false,
+            coalescible,
+            json: "{}".into(),
+        })
+    }
+
+    #[test]
+    fn progress_is_thinned_and_lifecycle_is_never_dropped_or_reordered() {
+        let mut coalescer = Coalescer::new(Some(Duration::from_millis(50)));
+        let start = Instant::now();
+        let mut delivered = Vec::new();
+        // 1,000 progress events over one second, with a stage event every 100.
+        for i in 0..1000 {
+            let now = start + Duration::from_millis(i);
+            if let Some(deadline) = coalescer.deadline
+                && now >= deadline
+            {
+                delivered.extend(coalescer.flush(now).into_iter().map(|e| e.id));
+            }
+            let id = i as i64 * 2 + 1;
+            delivered.extend(
+                coalescer
+                    .offer(event(id, "build_progress", true), now)
+                    .into_iter()
+                    .map(|e| e.id),
+            );
+            if i % 100 == 99 {
+                delivered.extend(
+                    coalescer
+                        .offer(event(id + 1, "stage_started", false), now)
+                        .into_iter()
+                        .map(|e| e.id),
+                );
+            }
+        }
+        delivered.extend(
+            coalescer
+                .flush(start + Duration::from_secs(1))
+                .into_iter()
+                .map(|e| e.id),
+        );
+        let lifecycle: Vec<i64> = delivered.iter().copied().filter(|id| id % 2 == 0).collect();
+        assert_eq!(lifecycle.len(), 10, "every lifecycle event arrives");
+        let progress = delivered.len() - lifecycle.len();
+        // One per 50 ms window, plus at most one released early by each lifecycle event.
+        assert!(progress <= 21 + 10, "{progress} progress events delivered");
+        assert!(
+            delivered.windows(2).all(|w| w[0] < w[1]),
+            "ids stay in order: {delivered:?}"
+        );
+        assert_eq!(
+            *delivered.last().unwrap(),
+            2000,
+            "the last progress is never lost"
+        );
+    }
+
+    #[test]
+    fn a_thousand_progress_events_in_a_second_become_about_twenty() {
+        let mut coalescer = Coalescer::new(Some(Duration::from_millis(50)));
+        let start = Instant::now();
+        let mut delivered = 0;
+        for i in 0..1000 {
+            let now = start + Duration::from_millis(i);
+            if coalescer.deadline.is_some_and(|deadline| now >= deadline) {
+                delivered += coalescer.flush(now).len();
+            }
+            delivered += coalescer
+                .offer(event(i as i64 + 1, "build_progress", true), now)
+                .len();
+        }
+        delivered += coalescer.flush(start + Duration::from_secs(1)).len();
+        assert!((19..=25).contains(&delivered), "{delivered} delivered");
+    }
+
+    #[test]
+    fn without_a_window_everything_passes() {
+        let mut coalescer = Coalescer::new(None);
+        let now = Instant::now();
+        assert_eq!(coalescer.offer(event(1, "heartbeat", true), now).len(), 1);
+        assert_eq!(coalescer.offer(event(2, "heartbeat", true), now).len(), 1);
+    }
+}
