@@ -27,6 +27,9 @@ pub struct ServeArgs {
     /// Milliseconds between scans for stale builds.
     #[arg(long, env = "KILN_STALE_CHECK_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub stale_check_interval_ms: u64,
+    /// Concurrent live streams (SSE and Socket.IO subscriptions) one token may hold.
+    #[arg(long, env = "KILN_MAX_STREAMS_PER_TOKEN", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_streams_per_token: u64,
     /// Log format on stderr.
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -68,6 +71,7 @@ impl ServeArgs {
         ServerConfig {
             heartbeat_timeout_secs: self.heartbeat_timeout,
             reaper_interval: Duration::from_millis(self.stale_check_interval_ms),
+            max_streams_per_token: self.max_streams_per_token as usize,
             admin_token: std::env::var("KILN_ADMIN_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty())

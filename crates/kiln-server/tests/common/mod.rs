@@ -65,6 +65,7 @@ impl TestApp {
             heartbeat_timeout_secs: 90,
             reaper_interval: Duration::from_millis(20),
             admin_token: Some(Secret::new(ADMIN_TOKEN)),
+            max_streams_per_token: 20,
             clock: clock.clone(),
         };
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
