@@ -1,6 +1,9 @@
 -- wrk script for Kiln's ingest (and the baselines, which accept the same body).
 --
---   [WRK_RATE=R] wrk -t2 -c64 -d15s -s bench/load/ingest.lua URL/api/v1/events -- TOKEN TAG
+--   [WRK_RATE=R] [WRK_BATCH=N] wrk -t2 -c64 -d15s -s bench/load/ingest.lua URL/api/v1/events -- TOKEN TAG 2
+--
+-- (TOKEN may be "" for the baselines; TAG makes event ids unique; the last argument must
+-- equal wrk's -t.)
 --
 -- Every request POSTs ONE event with a unique eventId (TAG-thread-counter, so runs that
 -- share a database never collide). 64 run ids are split between the threads; each thread
@@ -12,6 +15,9 @@
 -- requests on a fixed schedule per thread (slot k is due at start + k/rate, a connection
 -- that is free sends the next due slot, late slots are sent at once), which is what wrk2
 -- would do; latency is measured by wrk from the moment a request is written.
+--
+-- WRK_BATCH=N (default 1) sends N events per request as a JSON array instead (an extra
+-- measurement of the storage path with the per-request HTTP cost amortised).
 --
 -- done() prints one machine-readable line starting with "RESULT".
 
@@ -27,20 +33,20 @@ local function now_ms()
 end
 
 local RUN_IDS = 64
-local threads = {}
-local thread_count = 0
+-- setup() runs in wrk's main Lua state, once per thread just before that thread starts;
+-- thread:set() defines the GLOBAL thread_index in the thread's own state. The thread count
+-- is passed as an argument: thread 1 is already running when thread 2 is set up.
+local setup_count = 0
+thread_index = 1
 
 function setup(thread)
-  thread_count = thread_count + 1
-  thread:set("thread_index", thread_count)
-  table.insert(threads, thread)
-  for _, t in ipairs(threads) do
-    t:set("thread_count", thread_count)
-  end
+  setup_count = setup_count + 1
+  thread:set("thread_index", setup_count)
 end
 
 local token, tag
 local rate = tonumber(os.getenv("WRK_RATE") or "0") or 0
+local batch = tonumber(os.getenv("WRK_BATCH") or "1") or 1
 local counter = 0
 local my_runs = {}
 local interval, next_slot = nil, nil
@@ -53,6 +59,7 @@ end
 function init(args)
   token = args[1] or ""
   tag = args[2] or tostring(os.time())
+  thread_count = tonumber(args[3] or "1") or 1
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   if token ~= "" then
@@ -62,7 +69,6 @@ end
 
 local function ensure_runs()
   if #my_runs > 0 then return end
-  -- thread_count is only complete once every thread was set up, so compute lazily.
   local tc, ti = thread_count, thread_index
   for n = 1, RUN_IDS do
     if (n - 1) % tc == ti - 1 then
@@ -75,8 +81,7 @@ local function ensure_runs()
   end
 end
 
-function request()
-  ensure_runs()
+local function event()
   counter = counter + 1
   local run = my_runs[(counter % #my_runs) + 1]
   local kind = counter % 3
@@ -92,9 +97,21 @@ function request()
   else
     body = string.format(
       '{"runId":"%s","event":"stage_started","eventId":"%s-%d-%d","stage":"%s","host":"h1","pid":123,"command":"make"}',
-      run, tag, thread_index, counter, stages[(counter % 3) + 1])
+      run, tag, thread_index, counter, stages[(math.floor(counter / 3) % 3) + 1])
   end
-  return wrk.format(nil, nil, nil, body)
+  return body
+end
+
+function request()
+  ensure_runs()
+  if batch <= 1 then
+    return wrk.format(nil, nil, nil, event())
+  end
+  local events = {}
+  for i = 1, batch do
+    events[i] = event()
+  end
+  return wrk.format(nil, nil, nil, "[" .. table.concat(events, ",") .. "]")
 end
 
 -- Without a rate, delay() must not exist at all: wrk then sends the next request straight
