@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 LUA = os.path.join(BENCH, "load", "ingest.lua")
+CEILING_LUA = os.path.join(BENCH, "load", "ceiling.lua")
 SCHEMA = os.path.join(ROOT, "crates", "kiln-store", "migrations", "sqlite", "0001_init.sql")
 ADMIN = "kiln_benchadmin"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -163,11 +164,16 @@ class Load:
 
 
 def run_wrk(args, url, token, tag, seconds, connections, rate=0, batch=1, server_pid=None,
-            pg_pid=None):
+            pg_pid=None, ceiling=False):
     env = dict(os.environ, WRK_RATE=str(int(rate)), WRK_BATCH=str(batch))
+    env.pop("WRK_NO_EVENT_ID", None)
     command = ["wrk", f"-t{args.wrk_threads}", f"-c{connections}", f"-d{seconds}s",
-               "--timeout", "10s", "-s", LUA, url + "/api/v1/events", "--", token or "", tag,
-               str(args.wrk_threads)]
+               "--timeout", "10s"]
+    if ceiling:
+        command += ["-s", CEILING_LUA, url + "/healthz"]
+    else:
+        command += ["-s", LUA, url + "/api/v1/events", "--", token or "", tag,
+                    str(args.wrk_threads)]
     before = (machine_busy(), proc_cpu(server_pid) if server_pid else 0.0, tree_cpu(pg_pid))
     started = time.monotonic()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -262,6 +268,9 @@ def measure_server(args, name, command, env, url, token_setup, pg_pid):
             result["batched"] = run_wrk(args, url, token, f"{tag}-batch", args.paced_duration,
                                         args.batch_connections, batch=args.batch,
                                         server_pid=process.pid, pg_pid=pg_pid)
+        if name == "Kiln SQLite":
+            result["ceiling"] = run_wrk(args, url, None, f"{tag}-ceiling", 5, 64,
+                                        server_pid=process.pid, ceiling=True)
         result["rss_after_kib"] = rss_kib(process.pid)
     finally:
         stop(process, name)
@@ -302,6 +311,9 @@ def report(args, r, machine):
         f"one event per request, {args.duration} s per maximum run (after a {args.warmup} s "
         f"warm-up), {args.paced_duration} s per paced run. Everything on loopback, load "
         "generator and servers share the 2 cores.")
+    if args.kiln_desc:
+        add("")
+        add(f"Kiln: {args.kiln_desc}.")
     add("")
     add("| system | events/s (64 conn., 1 event/request) | p50 ms | p99 ms | p99 ms at half max rate (achieved rate) | idle RSS | cores: server / postgres / wrk / other |")
     add("|---|---:|---:|---:|---|---:|---|")
@@ -328,6 +340,10 @@ def report(args, r, machine):
             b = res["batched"]
             add(f"| {label}, {args.batch} events/request, {args.batch_connections} conn. (extra) | "
                 f"{fmt_rate(b.events_per_s)} | {b.p50_ms:.2f} | {b.p99_ms:.2f} | | | {cores(b)} |")
+    if "ceiling" in ks:
+        c = ks["ceiling"]
+        add(f"| HTTP ceiling: Kiln `GET /healthz`, 64 conn. (no database; extra) | "
+            f"{fmt_rate(c.ok_rps)} req/s | {c.p50_ms:.2f} | {c.p99_ms:.2f} | | | {cores(c)} |")
     add("")
     add("## Against the targets")
     add("")
@@ -358,6 +374,13 @@ def report(args, r, machine):
 
     add(f"| idle RSS ≤ 50 MB | {rss(ks)} | {rss(kp)} |")
     add("")
+    others = [load.cpu["other"] for res in (r["b1"], ks, kp) for load in (res["max"], res["paced"])]
+    worst = max(others)
+    if r["background_cores"] > 0.2 or worst > 0.25:
+        add(f"**Warning: the machine was not quiet** (background {r['background_cores']:.2f} cores "
+            f"before the run, up to {worst:.2f} cores of 'other' during it): every figure is "
+            "depressed and the ratios are less reliable; re-run on an idle machine.")
+        add("")
     add(f"Kiln RSS after the load: SQLite {ks['rss_after_kib'] / 1024:.1f} MB, "
         f"PostgreSQL {kp['rss_after_kib'] / 1024:.1f} MB. "
         f"Machine load average before the run: {r['loadavg_before']}; "
@@ -380,15 +403,24 @@ def main():
     parser.add_argument("--batch-connections", type=int, default=8)
     parser.add_argument("--pg-pid", type=int, default=None)
     parser.add_argument("--machine", default="")
+    parser.add_argument("--kiln-desc", default="")
     args = parser.parse_args()
     # `timeout` and Ctrl-C end the run through the finally blocks, which stop the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    # How busy the machine is before anything starts: other work on these 2 cores (a cargo
+    # build next door) depresses every figure, and fsync latency (B5) most of all.
+    busy0, t0 = machine_busy(), time.monotonic()
+    time.sleep(3)
+    background = (machine_busy() - busy0) / (time.monotonic() - t0)
+    log(f"background CPU before the run: {background:.2f} cores")
 
     run_tag = f"{os.getpid()}"
     args.work = tempfile.mkdtemp(prefix="kiln-bench.", dir=os.environ.get("BENCH_TMP", "/var/tmp"))
     databases = [f"bench_b1_{run_tag}", f"bench_kiln_{run_tag}"]
     results = {"loadavg_before": open("/proc/loadavg").read().split()[0:3]}
     results["loadavg_before"] = " ".join(results["loadavg_before"])
+    results["background_cores"] = background
     try:
         log(f"B4/B5: raw SQLite ({args.duration} s each)")
         results["b4"] = sqlite_baseline(args, args.work, 1000, args.duration)

@@ -30,7 +30,11 @@ fi
 build_dir="$root/target/bench"
 mkdir -p "$build_dir"
 kiln_bin=${BENCH_KILN:-}
-if [ -z "$kiln_bin" ]; then
+if [ -n "$kiln_bin" ]; then
+  kiln_desc="the binary given as BENCH_KILN ($kiln_bin)"
+else
+  kiln_desc="target/release/kiln built at commit $(git rev-parse --short HEAD)"
+  git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || kiln_desc="$kiln_desc plus uncommitted changes"
   if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     log "building kiln (cargo build --release -p kiln-cli)"
     cargo build --release -p kiln-cli >&2
@@ -84,4 +88,4 @@ timeout 600 python3 bench/driver.py \
   --duration "${BENCH_DURATION:-12}" \
   --paced-duration "${BENCH_PACED_DURATION:-10}" \
   --wrk-threads "${BENCH_WRK_THREADS:-2}" \
-  --machine "$machine"
+  --machine "$machine" --kiln-desc "$kiln_desc"

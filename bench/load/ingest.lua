@@ -16,6 +16,7 @@
 -- that is free sends the next due slot, late slots are sent at once), which is what wrk2
 -- would do; latency is measured by wrk from the moment a request is written.
 --
+-- WRK_NO_EVENT_ID=1 drops eventId (a diagnostic of the dedup cost, not part of run.sh).
 -- WRK_BATCH=N (default 1) sends N events per request as a JSON array instead (an extra
 -- measurement of the storage path with the per-request HTTP cost amortised).
 --
@@ -47,6 +48,8 @@ end
 local token, tag
 local rate = tonumber(os.getenv("WRK_RATE") or "0") or 0
 local batch = tonumber(os.getenv("WRK_BATCH") or "1") or 1
+-- WRK_NO_EVENT_ID=1 leaves eventId out (diagnostics only: it skips Kiln's dedup lookup).
+local with_id = os.getenv("WRK_NO_EVENT_ID") ~= "1"
 local counter = 0
 local my_runs = {}
 local interval, next_slot = nil, nil
@@ -98,6 +101,9 @@ local function event()
     body = string.format(
       '{"runId":"%s","event":"stage_started","eventId":"%s-%d-%d","stage":"%s","host":"h1","pid":123,"command":"make"}',
       run, tag, thread_index, counter, stages[(math.floor(counter / 3) % 3) + 1])
+  end
+  if not with_id then
+    body = body:gsub('"eventId":"[^"]*",', "", 1)
   end
   return body
 end
