@@ -1,6 +1,9 @@
 //! A typed async client for Kiln's HTTP API, used by the `kiln` CLI and by tests that
 //! drive the real server.
 
+pub mod sse;
+
+use std::collections::VecDeque;
 use std::sync::Once;
 use std::time::Duration;
 
@@ -9,6 +12,12 @@ use kiln_protocol::*;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+pub use sse::SseEvent;
+use sse::SseParser;
+
+/// A live stream with no byte for this long is considered lost (the server sends a
+/// keep-alive comment every 15 s).
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -105,17 +114,7 @@ impl Client {
                 ClientError::Transport(format!("unexpected answer from the server: {e}"))
             })
         } else {
-            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                error: ErrorDetail {
-                    code: status_code_name(status),
-                    message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-                    field: None,
-                },
-            });
-            Err(ClientError::Api {
-                status: status.as_u16(),
-                body,
-            })
+            Err(api_error(status, &bytes))
         }
     }
 
@@ -240,6 +239,133 @@ impl Client {
         }
         self.get(&format!("/api/v1/status?{}", pairs.join("&")))
             .await
+    }
+}
+
+impl Client {
+    /// Opens a build's live stream (Server-Sent Events), resuming after `last_event_id`
+    /// (replaying the build's history from the start when `None`). The stream ends after
+    /// the build's `end` event; a lost connection is an error, to be resumed by calling
+    /// again with the last id received.
+    pub async fn build_stream(
+        &self,
+        run_id: &str,
+        last_event_id: Option<i64>,
+    ) -> Result<EventStream, ClientError> {
+        // A stream has no total deadline, only an idle one: another client than `http`.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(STREAM_IDLE_TIMEOUT)
+            .build()
+            .map_err(|e| ClientError::Transport(describe(&e)))?;
+        let mut request = http
+            .get(format!(
+                "{}/api/v1/builds/{}/stream",
+                self.base_url,
+                encode(run_id)
+            ))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(describe(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| ClientError::Transport(describe(&e)))?;
+            return Err(api_error(status, &bytes));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !content_type.starts_with("text/event-stream") {
+            return Err(ClientError::Transport(format!(
+                "unexpected answer from the server: content type '{content_type}' instead of text/event-stream"
+            )));
+        }
+        Ok(EventStream {
+            response,
+            parser: SseParser::new(),
+            ready: VecDeque::new(),
+        })
+    }
+}
+
+/// An open Server-Sent Events stream: `next` yields its events in order.
+#[derive(Debug)]
+pub struct EventStream {
+    response: reqwest::Response,
+    parser: SseParser,
+    ready: VecDeque<SseEvent>,
+}
+
+impl EventStream {
+    /// The next event; `Ok(None)` when the server closed the stream cleanly, an error when
+    /// the connection broke or went silent for [`STREAM_IDLE_TIMEOUT`].
+    pub async fn next(&mut self) -> Result<Option<SseEvent>, ClientError> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(Some(event));
+            }
+            let chunk = self
+                .response
+                .chunk()
+                .await
+                .map_err(|e| ClientError::Transport(describe(&e)))?;
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
+            let mut parsed = Vec::new();
+            self.parser
+                .feed(&chunk, &mut parsed)
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
+            self.ready.extend(parsed);
+        }
+    }
+
+    /// The reconnection delay the server suggested (`retry:`), once received.
+    pub fn retry(&self) -> Option<Duration> {
+        self.parser.retry()
+    }
+}
+
+/// A transport error with its causes ("error decoding response body: connection reset").
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// An error answer as `ClientError::Api`, with a synthetic body when it is not Kiln's JSON.
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let body = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
+        error: ErrorDetail {
+            code: status_code_name(status),
+            message: String::from_utf8_lossy(bytes).chars().take(500).collect(),
+            field: None,
+        },
+    });
+    ClientError::Api {
+        status: status.as_u16(),
+        body,
     }
 }
 
