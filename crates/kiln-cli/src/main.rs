@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{admin, emit, run, serve};
+use crate::commands::{admin, emit, run, serve, watch};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,6 +52,8 @@ enum Command {
     Build(admin::BuildArgs),
     /// List a build's events (all, or those after --after).
     Events(admin::EventsArgs),
+    /// Follow a build live until it ends; exits 0 if it succeeded, 1 otherwise.
+    Watch(watch::WatchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
             Command::Builds(args) => admin::builds(args).await,
             Command::Build(args) => admin::build(args).await,
             Command::Events(args) => admin::events(args).await,
+            Command::Watch(args) => watch::watch(args).await,
         }
     });
     match result {

@@ -4,3 +4,4 @@ pub mod admin;
 pub mod emit;
 pub mod run;
 pub mod serve;
+pub mod watch;
