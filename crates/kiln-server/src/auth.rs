@@ -137,6 +137,12 @@ impl Authenticator {
                 "a token is required: send `Authorization: Bearer <token>`".into(),
             )
         })?;
+        self.authenticate_token(token).await
+    }
+
+    /// Resolves a token presented outside the HTTP headers (the Socket.IO handshake's
+    /// `auth.token`), with the same cache and rules as `authenticate`.
+    pub async fn authenticate_token(&self, token: &str) -> Result<Caller, ApiError> {
         let token_hash = hash_token(token);
         let cached = self
             .cache

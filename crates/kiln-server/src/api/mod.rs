@@ -7,6 +7,7 @@ mod convert;
 mod events;
 mod health;
 mod projects;
+mod socketio;
 mod stream;
 
 pub(crate) use convert::event_json;
@@ -32,6 +33,10 @@ pub struct RouteRule {
 
 /// Every route with its rule; the single source for the router, the docs and the
 /// authorization tests.
+///
+/// Not listed: Socket.IO at `/socket.io/` (`socketio::layer`), which answers before
+/// routing. Its handshake needs a token that may read some project (its `auth.token`,
+/// or the same headers as here); each `subscribe` is then checked like a `read` route.
 fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
     vec![
         ("GET", "/healthz", Access::Public, get(health::healthz)),
@@ -162,6 +167,7 @@ pub(crate) fn router(state: AppState) -> Router {
                 "this route does not accept that method; see docs/api.md",
             )
         })
+        .layer(socketio::layer(&state))
         .with_state(state)
 }
 
