@@ -4,7 +4,8 @@
 #   bash bench/run.sh            # builds what it needs, runs B4, B5, B1, Kiln/SQLite, Kiln/PostgreSQL
 #
 # Knobs (environment): BENCH_DURATION (s per maximum-rate run, default 12),
-# BENCH_PACED_DURATION (s per half-rate run, default 10), BENCH_PG_PORT (default 55433: a
+# BENCH_PACED_DURATION (s per half-rate run, default 10), BENCH_QUIET_WAIT (s to wait for
+# the machine to be idle before measuring, default 60), BENCH_PG_PORT (default 55433: a
 # private cluster, so tests using .ci/postgres.sh's default port neither disturb nor are
 # disturbed), BENCH_WRK_THREADS (default 2), BENCH_SKIP_BUILD=1 (no cargo build: use
 # target/release/kiln as it is), BENCH_KILN=PATH (measure that kiln binary instead).
@@ -80,7 +81,7 @@ fs=$(df -T /var/tmp | awk 'NR==2 {print $2}')
 wrk_version=$( (wrk -v 2>&1 || true) | head -1 | cut -d' ' -f1-2)
 machine="$(nproc) cores ($cpu), $mem RAM, $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r), data on $fs; PostgreSQL $pg_version (fsync=on, synchronous_commit=on), Node $(node --version), $wrk_version"
 
-timeout 600 python3 bench/driver.py \
+timeout 480 python3 bench/driver.py \
   --kiln "$build_dir/kiln" \
   --sqlite-insert "$build_dir/sqlite_insert" \
   --pg-port "$pg_port" --pg-pid "$pg_pid" \
@@ -88,4 +89,5 @@ timeout 600 python3 bench/driver.py \
   --duration "${BENCH_DURATION:-12}" \
   --paced-duration "${BENCH_PACED_DURATION:-10}" \
   --wrk-threads "${BENCH_WRK_THREADS:-2}" \
+  --quiet-wait "${BENCH_QUIET_WAIT:-60}" \
   --machine "$machine" --kiln-desc "$kiln_desc"
