@@ -74,7 +74,11 @@ pub async fn run(
         streams: api::StreamLimiter::new(config.max_streams_per_token),
     };
     let (reaper_stop, reaper_stopped) = tokio::sync::watch::channel(false);
-    let tail_task = tokio::spawn(live::tail(store.clone(), bus, reaper_stopped.clone()));
+    let tail_task = tokio::spawn(live::tail(
+        store.clone(),
+        bus.clone(),
+        reaper_stopped.clone(),
+    ));
     let reaper_task = tokio::spawn(reaper::run(
         store.clone(),
         ingestor,
@@ -86,6 +90,10 @@ pub async fn run(
 
     let app = api::router(state);
     tracing::info!(address = %listener.local_addr()?, engine = store.engine().as_str(), "kiln serving");
+    let shutdown = async move {
+        shutdown.await;
+        bus.close_streams();
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -512,6 +512,11 @@ impl Session {
                 let body = target.with(json!({"reason": reason, "lastEventId": resume_from}));
                 self.emit("dropped", &body).await
             }
+            Delivery::Closing { resume_from } => {
+                self.remove(&target);
+                let body = target.with(json!({"reason": "the server is shutting down; reconnect", "lastEventId": resume_from}));
+                self.emit("shutdown", &body).await
+            }
         }
     }
 

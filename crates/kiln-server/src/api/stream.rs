@@ -150,6 +150,10 @@ fn sse_response(
             } => Event::default()
                 .event("dropped")
                 .data(json!({"reason": reason, "lastEventId": resume_from}).to_string()),
+            Delivery::Closing { resume_from } => Event::default().event("shutdown").data(
+                json!({"reason": "the server is shutting down; reconnect", "lastEventId": resume_from})
+                    .to_string(),
+            ),
         })
     });
     let sse = Sse::new(hint.chain(events)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_store::{Store, StoredEvent};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use super::{Bus, LiveEvent, Room};
@@ -29,6 +29,11 @@ pub(crate) enum Delivery {
     /// The subscriber fell behind; it should reconnect from `resume_from`.
     Dropped {
         reason: String,
+        resume_from: i64,
+    },
+    /// The server is shutting down; reconnect (to it or another replica) from
+    /// `resume_from`.
+    Closing {
         resume_from: i64,
     },
 }
@@ -54,6 +59,7 @@ pub(crate) fn follow(
         Scope::Project { project_id } => Room::Project(project_id),
     };
     let live = bus.subscribe(room);
+    let closing = bus.closing();
     tokio::spawn(async move {
         let mut follower = Follower {
             outbox,
@@ -62,7 +68,7 @@ pub(crate) fn follow(
             coalescer: Coalescer::new(coalesce),
             scope,
         };
-        follower.run(&*store, live).await;
+        follower.run(&*store, live, closing).await;
     });
     receiver
 }
@@ -84,7 +90,12 @@ enum Flow {
 }
 
 impl Follower {
-    async fn run(&mut self, store: &dyn Store, mut live: broadcast::Receiver<Arc<LiveEvent>>) {
+    async fn run(
+        &mut self,
+        store: &dyn Store,
+        mut live: broadcast::Receiver<Arc<LiveEvent>>,
+        mut closing: watch::Receiver<bool>,
+    ) {
         if let Flow::Stop = self.replay(store).await {
             return;
         }
@@ -120,6 +131,12 @@ impl Follower {
                     }
                 }
                 _ = self.outbox.closed() => return,
+                () = async { let _ = closing.wait_for(|closing| *closing).await; } => {
+                    let pending = self.coalescer.flush(Instant::now());
+                    let _ = self.send(pending).await;
+                    let _ = self.outbox.send(Delivery::Closing { resume_from: self.delivered }).await;
+                    return;
+                }
             }
         }
     }

@@ -68,10 +68,22 @@ pub(crate) enum Room {
     Project(i64),
 }
 
-#[derive(Default)]
 pub(crate) struct Bus {
     rooms: Mutex<HashMap<Room, broadcast::Sender<Arc<LiveEvent>>>>,
     commits: Notify,
+    /// True once the server shuts down: every follower ends its stream with a retry
+    /// hint, so open streams do not hold the graceful shutdown open.
+    closing: watch::Sender<bool>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self {
+            rooms: Mutex::default(),
+            commits: Notify::new(),
+            closing: watch::channel(false).0,
+        }
+    }
 }
 
 impl Bus {
@@ -95,6 +107,15 @@ impl Bus {
                 rooms.remove(&room);
             }
         }
+    }
+
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Ends every live stream (at shutdown).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Called by the ingestor after each commit.

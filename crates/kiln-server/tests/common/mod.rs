@@ -15,6 +15,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod sse;
+
 pub const ADMIN_TOKEN: &str = "kiln_test_admin_token_0123456789abcdef";
 
 /// Declares one test per engine; PostgreSQL variants need `KILN_TEST_DATABASE_URL`.
