@@ -43,6 +43,9 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// The longest a step waits for earlier events to be delivered before it starts.
+const SETTLE_LIMIT: Duration = Duration::from_millis(500);
+
 struct Step {
     stage: Option<String>,
     program: String,
@@ -234,6 +237,7 @@ async fn run_steps(
                 ..report.event("stage_started")
             });
         }
+        report.reporter.settle(SETTLE_LIMIT).await;
         let stage_started = Instant::now();
         let child = Command::new(&step.program)
             .args(&step.args)

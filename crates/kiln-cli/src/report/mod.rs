@@ -87,6 +87,25 @@ impl Reporter {
         }
     }
 
+    /// Waits until everything queued so far was delivered, for at most `limit`, and not
+    /// at all once the server proved unreachable. `kiln run` calls this before starting
+    /// each step, so the events a step emits itself (nested `kiln emit`) arrive after
+    /// its build_started and stage_started.
+    pub async fn settle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.shared.warned.load(Ordering::SeqCst)
+            && !self
+                .shared
+                .queue
+                .lock()
+                .expect("reporter queue lock")
+                .is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Delivers what it can within `flush_timeout`, spools the rest.
     pub async fn finish(mut self, flush_timeout: Duration) {
         self.shared.closed.store(true, Ordering::SeqCst);
