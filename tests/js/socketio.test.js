@@ -138,6 +138,23 @@ describe('Socket.IO live endpoint', () => {
     }
   });
 
+  test('a burst larger than a room buffers (4,000 events in one group commit) reaches a subscriber whole', async () => {
+    const socket = await connectSocket(server, { token: tokenB }, { transports: ['websocket'] });
+    try {
+      const seen = record(socket);
+      assert.equal((await socket.timeout(5000).emitWithAck('subscribe', { project: 'beta' })).ok, true);
+      const batches = await Promise.all([0, 1, 2, 3].map((batch) => ingest(server, tokenB,
+        Array.from({ length: 1000 }, (_, i) => ({ runId: `burst-${batch}`, event: 'log_line', data: { i } })))));
+      const ids = batches.flat().sort((a, b) => a - b);
+      await waitFor(() => seen.length >= ids.length || seen.some((entry) => entry.kind !== 'update'), 20_000, 'the burst');
+      await sleep(200);
+      assert.deepEqual(seen.filter((entry) => entry.kind !== 'update'), [], 'not dropped');
+      assert.deepEqual(seen.map((entry) => entry.event.id), ids, 'every event once, in order');
+    } finally {
+      socket.close();
+    }
+  });
+
   test('an instance-admin token may follow any project', async () => {
     const socket = await connectSocket(server, { token: server.adminToken });
     try {

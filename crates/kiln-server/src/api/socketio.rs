@@ -48,6 +48,11 @@ const EMIT_RETRY: Duration = Duration::from_millis(10);
 /// A socket whose buffer stayed full this long is not reading; it is disconnected (the
 /// engine's own ping timeout usually gets there first).
 const EMIT_GIVE_UP: Duration = Duration::from_secs(30);
+/// A subscription that falls behind its room is resumed from the store by the session
+/// itself (an EventSource reconnects by itself; a Socket.IO client should not have to).
+/// Only this many times in a row without an event delivered in between, so a store that
+/// keeps failing ends in `dropped` rather than a loop.
+const MAX_QUIET_RESUMES: u32 = 3;
 
 /// What Socket.IO needs of the server state. Deliberately not `AppState`: socketioxide
 /// keeps its handlers alive in tasks that can outlive `axum::serve` (its connect timeout,
@@ -169,7 +174,7 @@ fn connected(state: Live, socket: SocketRef) {
         caller,
         socket,
         deliveries: StreamMap::new(),
-        permits: HashMap::new(),
+        subscriptions: HashMap::new(),
     };
     tokio::spawn(session.run(inbox, closed));
 }
@@ -362,8 +367,16 @@ struct Session {
     caller: Caller,
     socket: SocketRef,
     deliveries: StreamMap<Target, ReceiverStream<Delivery>>,
-    /// One per subscription, keyed like `deliveries`; frees the token's place when removed.
-    permits: HashMap<Target, StreamPermit>,
+    /// Keyed like `deliveries`.
+    subscriptions: HashMap<Target, Subscription>,
+}
+
+struct Subscription {
+    scope: Scope,
+    /// Frees the token's place when the subscription is removed.
+    _permit: StreamPermit,
+    /// Resumes since the last event delivered (see `MAX_QUIET_RESUMES`).
+    quiet_resumes: u32,
 }
 
 impl Session {
@@ -433,7 +446,7 @@ impl Session {
         };
         // Subscribing again replaces the subscription: the client resumes from a new cursor.
         self.remove(&target);
-        if self.permits.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET {
+        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET {
             return Err(AckError {
                 status: 429,
                 code: "too_many_subscriptions",
@@ -444,6 +457,21 @@ impl Session {
             });
         }
         let permit = self.state.streams.acquire(self.caller.token_id)?;
+        self.follow(&target, scope, after);
+        self.subscriptions.insert(
+            target.clone(),
+            Subscription {
+                scope,
+                _permit: permit,
+                quiet_resumes: 0,
+            },
+        );
+        Ok(target.with(json!({"ok": true, "lastEventId": after})))
+    }
+
+    /// Starts (or restarts) following `scope` after `after`, replacing any previous
+    /// follow of `target`.
+    fn follow(&mut self, target: &Target, scope: Scope, after: i64) {
         let deliveries = follow(
             self.state.store.clone(),
             self.state.bus.clone(),
@@ -453,8 +481,6 @@ impl Session {
         );
         self.deliveries
             .insert(target.clone(), ReceiverStream::new(deliveries));
-        self.permits.insert(target.clone(), permit);
-        Ok(target.with(json!({"ok": true, "lastEventId": after})))
     }
 
     /// As `builds::readable_build`, which takes the whole `AppState` (see `Live`).
@@ -482,7 +508,7 @@ impl Session {
     /// Ends a subscription: dropping its receiver stops its follow task.
     fn remove(&mut self, target: &Target) -> bool {
         self.deliveries.remove(target);
-        self.permits.remove(target).is_some()
+        self.subscriptions.remove(target).is_some()
     }
 
     async fn deliver(&mut self, target: Target, delivery: Delivery) -> Flow {
@@ -491,6 +517,9 @@ impl Session {
                 // The second argument says which subscription this is for: one event can
                 // reach a socket through its build's and its project's subscription.
                 Ok(payload) => {
+                    if let Some(subscription) = self.subscriptions.get_mut(&target) {
+                        subscription.quiet_resumes = 0;
+                    }
                     self.emit("update", &(payload, target.with(Value::Null)))
                         .await
                 }
@@ -508,6 +537,17 @@ impl Session {
                 reason,
                 resume_from,
             } => {
+                // Everything up to `resume_from` was emitted, in order, before this; the
+                // store has the rest, so following again from there loses nothing.
+                if let Some(subscription) = self.subscriptions.get_mut(&target)
+                    && subscription.quiet_resumes < MAX_QUIET_RESUMES
+                {
+                    subscription.quiet_resumes += 1;
+                    let scope = subscription.scope;
+                    tracing::debug!(?target, resume_from, %reason, "resuming a Socket.IO subscription that fell behind");
+                    self.follow(&target, scope, resume_from);
+                    return Flow::Continue;
+                }
                 self.remove(&target);
                 let body = target.with(json!({"reason": reason, "lastEventId": resume_from}));
                 self.emit("dropped", &body).await
@@ -521,7 +561,7 @@ impl Session {
     }
 
     /// Emits, waiting while the socket's buffer is full: the follow tasks then wait too,
-    /// and one that falls behind its room is dropped with a cursor, as for SSE.
+    /// and one that falls behind its room is resumed from the store (see `deliver`).
     async fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Flow {
         let started = Instant::now();
         loop {
