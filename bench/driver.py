@@ -76,6 +76,36 @@ def tree_cpu(pid):
     return proc_cpu(pid) + sum(proc_cpu(kid) for kid in children_of(pid))
 
 
+def snapshot():
+    """pid -> (name, CPU seconds incl. reaped children) for every process."""
+    result = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        name = text[text.find("(") + 1:text.rfind(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        result[int(entry)] = (name, sum(int(v) for v in fields[11:15]) / TICK)
+    return result
+
+
+def top_others(before, after, exclude, wall):
+    """The processes outside the benchmark that used the most CPU between two snapshots."""
+    usage = {}
+    for pid, (name, cpu) in after.items():
+        if pid in exclude:
+            continue
+        delta = cpu - before.get(pid, (name, 0.0))[1]
+        if delta > 0:
+            usage[name] = usage.get(name, 0.0) + delta
+    ranked = sorted(usage.items(), key=lambda item: -item[1])[:3]
+    return ", ".join(f"{name} {cpu / wall:.2f}" for name, cpu in ranked if cpu / wall >= 0.05)
+
+
 def machine_busy():
     """Non-idle CPU seconds of the whole machine so far (all cores)."""
     with open("/proc/stat") as f:
@@ -164,9 +194,11 @@ class Load:
 
 
 def run_wrk(args, url, token, tag, seconds, connections, rate=0, batch=1, server_pid=None,
-            pg_pid=None, ceiling=False):
+            pg_pid=None, ceiling=False, extra_env=None):
     env = dict(os.environ, WRK_RATE=str(int(rate)), WRK_BATCH=str(batch))
     env.pop("WRK_NO_EVENT_ID", None)
+    env.pop("WRK_RUNS", None)
+    env.update(extra_env or {})
     command = ["wrk", f"-t{args.wrk_threads}", f"-c{connections}", f"-d{seconds}s",
                "--timeout", "10s"]
     if ceiling:
@@ -175,6 +207,7 @@ def run_wrk(args, url, token, tag, seconds, connections, rate=0, batch=1, server
         command += ["-s", LUA, url + "/api/v1/events", "--", token or "", tag,
                     str(args.wrk_threads)]
     before = (machine_busy(), proc_cpu(server_pid) if server_pid else 0.0, tree_cpu(pg_pid))
+    processes_before = snapshot()
     started = time.monotonic()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -183,6 +216,13 @@ def run_wrk(args, url, token, tag, seconds, connections, rate=0, batch=1, server
     process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - started
     after = (machine_busy(), proc_cpu(server_pid) if server_pid else 0.0, tree_cpu(pg_pid))
+    exclude = {os.getpid(), process.pid}
+    if server_pid:
+        exclude.add(server_pid)
+    if pg_pid:
+        exclude.add(pg_pid)
+        exclude.update(children_of(pg_pid))
+    others = top_others(processes_before, snapshot(), exclude, wall)
     match = re.search(r"^RESULT (.*)$", output, re.M)
     if process.returncode != 0 or not match:
         raise RuntimeError(f"wrk failed ({process.returncode}):\n{output}")
@@ -207,7 +247,9 @@ def run_wrk(args, url, token, tag, seconds, connections, rate=0, batch=1, server
     }
     log(f"  {tag}: {load.events_per_s:,.0f} events/s ok, {load.failed} failed, "
         f"p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms; cores used: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in load.cpu.items() if k != "wall"))
+        + ", ".join(f"{k} {v:.2f}" for k, v in load.cpu.items() if k != "wall")
+        + (f" (others: {others})" if others else ""))
+    load.cpu["others"] = others
     if load.failed:
         log(f"  WARNING: {load.failed} requests failed in {tag}")
     return load
@@ -380,11 +422,53 @@ def report(args, r, machine):
         add(f"**Warning: the machine was not quiet** (background {r['background_cores']:.2f} cores "
             f"before the run, up to {worst:.2f} cores of 'other' during it): every figure is "
             "depressed and the ratios are less reliable; re-run on an idle machine.")
+        named = sorted({load.cpu.get("others", "") for res in (r["b1"], ks, kp)
+                        for load in (res["max"], res["paced"])} - {""})
+        if named:
+            add(f"Busiest processes outside the benchmark during the runs: {'; '.join(named)}.")
         add("")
     add(f"Kiln RSS after the load: SQLite {ks['rss_after_kib'] / 1024:.1f} MB, "
         f"PostgreSQL {kp['rss_after_kib'] / 1024:.1f} MB. "
         f"Machine load average before the run: {r['loadavg_before']}; "
         "'other' cores are processes outside the benchmark (a busy machine skews every row).")
+    return "\n".join(lines) + "\n"
+
+
+DIAGNOSTICS = [
+    ("64 run ids, eventId (the standard load)", 64, 1, {}),
+    ("64 run ids, no eventId (no dedup lookup)", 64, 1, {"WRK_NO_EVENT_ID": "1"}),
+    ("8 run ids, eventId", 64, 1, {"WRK_RUNS": "8"}),
+    ("1 run id, eventId", 64, 1, {"WRK_RUNS": "1"}),
+    ("64 run ids, 100 events/request, 8 conn.", 8, 100, {}),
+    ("64 run ids, 100 events/request, 8 conn., no eventId", 8, 100, {"WRK_NO_EVENT_ID": "1"}),
+]
+
+
+def diagnose(args, engine_name, command, env, url, pg_pid):
+    """Variants of the load against one Kiln server, to see what its ingest cost scales with."""
+    rows = []
+    with open(os.path.join(args.work, "diagnose.log"), "w") as server_log:
+        process = subprocess.Popen(command, env=env, stdout=server_log, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(url, process)
+        token = kiln_token_setup(url)
+        seed_builds(url, token)
+        run_wrk(args, url, token, "diag-warmup", args.warmup, 64, server_pid=process.pid,
+                pg_pid=pg_pid)
+        for index, (label, connections, batch, extra) in enumerate(DIAGNOSTICS):
+            load = run_wrk(args, url, token, f"diag{index}", args.duration, connections,
+                           batch=batch, server_pid=process.pid, pg_pid=pg_pid, extra_env=extra)
+            rows.append((label, load))
+    finally:
+        stop(process, engine_name)
+    lines = [f"## Kiln on {engine_name}: what the ingest cost scales with", "",
+             "| load | events/s | p50 ms | p99 ms | cores: server / postgres / wrk / other |",
+             "|---|---:|---:|---:|---|"]
+    for label, load in rows:
+        c = load.cpu
+        lines.append(f"| {label} | {fmt_rate(load.events_per_s)} | {load.p50_ms:.2f} | "
+                     f"{load.p99_ms:.2f} | {c['server']:.2f} / {c['postgres']:.2f} / "
+                     f"{c['wrk']:.2f} / {c['other']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -405,6 +489,8 @@ def main():
     parser.add_argument("--machine", default="")
     parser.add_argument("--kiln-desc", default="")
     parser.add_argument("--quiet-wait", type=float, default=60)
+    parser.add_argument("--diagnose", action="store_true",
+                        help="instead of the benchmark, run load variants against Kiln")
     args = parser.parse_args()
     # `timeout` and Ctrl-C end the run through the finally blocks, which stop the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -428,6 +514,8 @@ def main():
     results = {"loadavg_before": open("/proc/loadavg").read().split()[0:3]}
     results["loadavg_before"] = " ".join(results["loadavg_before"])
     results["background_cores"] = background
+    if args.diagnose:
+        return main_diagnose(args, databases[1])
     try:
         log(f"B4/B5: raw SQLite ({args.duration} s each)")
         results["b4"] = sqlite_baseline(args, args.work, 1000, args.duration)
@@ -479,6 +567,38 @@ def main():
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(results, f, indent=2, default=lambda o: o.__dict__)
     print(text)
+
+
+def main_diagnose(args, database):
+    kiln_env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    kiln_env["KILN_ADMIN_TOKEN"] = ADMIN
+    text = []
+    try:
+        port = free_port()
+        log("diagnostics: Kiln on SQLite")
+        text.append(diagnose(args, "SQLite",
+                             [args.kiln, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir",
+                              os.path.join(args.work, "kiln-data")],
+                             kiln_env, f"http://127.0.0.1:{port}", None))
+        psql(args, f"DROP DATABASE IF EXISTS {database}")
+        psql(args, f"CREATE DATABASE {database}")
+        port = free_port()
+        log("diagnostics: Kiln on PostgreSQL")
+        text.append(diagnose(args, "PostgreSQL",
+                             [args.kiln, "serve", "--listen", f"127.0.0.1:{port}", "--database-url",
+                              f"postgres://postgres@127.0.0.1:{args.pg_port}/{database}"],
+                             kiln_env, f"http://127.0.0.1:{port}", args.pg_pid))
+    finally:
+        try:
+            psql(args, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(args.work, ignore_errors=True)
+    out = os.path.join(os.path.dirname(args.out), "diagnose.md")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        f.write("\n".join(text))
+    print("\n".join(text))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 # Kiln's ingest benchmark: one command, bounded in time, loopback only.
 #
 #   bash bench/run.sh            # builds what it needs, runs B4, B5, B1, Kiln/SQLite, Kiln/PostgreSQL
+#   bash bench/run.sh --diagnose # instead: load variants against Kiln (run ids, eventId, batches)
 #
 # Knobs (environment): BENCH_DURATION (s per maximum-rate run, default 12),
 # BENCH_PACED_DURATION (s per half-rate run, default 10), BENCH_QUIET_WAIT (s to wait for
@@ -90,4 +91,4 @@ timeout 480 python3 bench/driver.py \
   --paced-duration "${BENCH_PACED_DURATION:-10}" \
   --wrk-threads "${BENCH_WRK_THREADS:-2}" \
   --quiet-wait "${BENCH_QUIET_WAIT:-60}" \
-  --machine "$machine" --kiln-desc "$kiln_desc"
+  --machine "$machine" --kiln-desc "$kiln_desc" "$@"

@@ -33,7 +33,8 @@ local function now_ms()
   return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
 end
 
-local RUN_IDS = 64
+-- WRK_RUNS=N (diagnostics only) spreads the load over N run ids instead of 64.
+local RUN_IDS = tonumber(os.getenv("WRK_RUNS") or "64") or 64
 -- setup() runs in wrk's main Lua state, once per thread just before that thread starts;
 -- thread:set() defines the GLOBAL thread_index in the thread's own state. The thread count
 -- is passed as an argument: thread 1 is already running when thread 2 is set up.
@@ -77,6 +78,9 @@ local function ensure_runs()
     if (n - 1) % tc == ti - 1 then
       table.insert(my_runs, run_id(n))
     end
+  end
+  if #my_runs == 0 then
+    table.insert(my_runs, run_id(1))
   end
   if rate > 0 then
     interval = 1000.0 * tc / rate
