@@ -183,6 +183,17 @@ describe('Socket.IO live endpoint', () => {
     });
     await api(server, 'DELETE', `/api/v1/projects/alpha/tokens/${created.body.id}`, { token: server.adminToken });
     await assert.rejects(connectSocket(server, { token: created.body.token }), refusedWith(/^unauthorized: this token was revoked/));
+
+    // Clients that can set headers may authenticate the handshake request instead.
+    const byHeader = { transports: ['polling'], extraHeaders: { Authorization: `Bearer ${tokenA}` } };
+    const socket = await connectSocket(server, undefined, byHeader);
+    try {
+      assert.equal((await socket.timeout(5000).emitWithAck('subscribe', { project: 'alpha' })).ok, true);
+    } finally {
+      socket.close();
+    }
+    const badHeader = { transports: ['polling'], extraHeaders: { Authorization: 'Token nope' } };
+    await assert.rejects(connectSocket(server, undefined, badHeader), refusedWith(/^unauthorized: use `Authorization: Bearer <token>`/));
   });
 
   test('bad subscriptions get an error ack, and the socket stays usable', async () => {
