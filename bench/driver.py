@@ -77,7 +77,9 @@ def tree_cpu(pid):
 
 
 def snapshot():
-    """pid -> (name, CPU seconds incl. reaped children) for every process."""
+    """pid -> (name, CPU seconds) for every process (a process that ends between two
+    snapshots is not seen: its parent's reaped-children time is not counted either, as
+    that may include work done long before)."""
     result = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -89,7 +91,7 @@ def snapshot():
             continue
         name = text[text.find("(") + 1:text.rfind(")")]
         fields = text.rsplit(")", 1)[1].split()
-        result[int(entry)] = (name, sum(int(v) for v in fields[11:15]) / TICK)
+        result[int(entry)] = (name, sum(int(v) for v in fields[11:13]) / TICK)
     return result
 
 
@@ -352,7 +354,8 @@ def report(args, r, machine):
     add(f"Machine: {machine}. Load generator: wrk {args.wrk_threads} threads, 64 connections, "
         f"one event per request, {args.duration} s per maximum run (after a {args.warmup} s "
         f"warm-up), {args.paced_duration} s per paced run. Everything on loopback, load "
-        "generator and servers share the 2 cores.")
+        "generator and servers share the 2 cores."
+        + (f" Benchmark processes ran at nice {args.nice}." if args.nice else ""))
     if args.kiln_desc:
         add("")
         add(f"Kiln: {args.kiln_desc}.")
@@ -489,6 +492,7 @@ def main():
     parser.add_argument("--machine", default="")
     parser.add_argument("--kiln-desc", default="")
     parser.add_argument("--quiet-wait", type=float, default=60)
+    parser.add_argument("--nice", type=int, default=0)
     parser.add_argument("--diagnose", action="store_true",
                         help="instead of the benchmark, run load variants against Kiln")
     args = parser.parse_args()

@@ -9,7 +9,8 @@
 # the machine to be idle before measuring, default 60), BENCH_PG_PORT (default 55433: a
 # private cluster, so tests using .ci/postgres.sh's default port neither disturb nor are
 # disturbed), BENCH_WRK_THREADS (default 2), BENCH_SKIP_BUILD=1 (no cargo build: use
-# target/release/kiln as it is), BENCH_KILN=PATH (measure that kiln binary instead).
+# target/release/kiln as it is), BENCH_KILN=PATH (measure that kiln binary instead),
+# BENCH_NICE (priority of the benchmark's processes when root, default -10; 0 = none).
 # Writes bench/results/latest.md (and latest.json) and prints the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,7 +83,19 @@ fs=$(df -T /var/tmp | awk 'NR==2 {print $2}')
 wrk_version=$( (wrk -v 2>&1 || true) | head -1 | cut -d' ' -f1-2)
 machine="$(nproc) cores ($cpu), $mem RAM, $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r), data on $fs; PostgreSQL $pg_version (fsync=on, synchronous_commit=on), Node $(node --version), $wrk_version"
 
-timeout 480 python3 bench/driver.py \
+# On a shared machine, background work (a build, a test suite) lands in every figure. Run
+# the benchmark's processes at a higher priority (root only) so that CPU-bound background
+# work takes less from them; disk contention is not helped by this. BENCH_NICE=0 disables.
+nice_level=${BENCH_NICE:--10}
+nice_cmd=()
+if [ "$(id -u)" = 0 ] && [ "$nice_level" != 0 ]; then
+  nice_cmd=(nice -n "$nice_level")
+  if [ "$pg_started" = 1 ]; then
+    for pid in "$pg_pid" $(pgrep -P "$pg_pid"); do renice -n "$nice_level" -p "$pid" >/dev/null; done
+  fi
+fi
+
+timeout 480 "${nice_cmd[@]}" python3 bench/driver.py \
   --kiln "$build_dir/kiln" \
   --sqlite-insert "$build_dir/sqlite_insert" \
   --pg-port "$pg_port" --pg-pid "$pg_pid" \
@@ -91,4 +104,4 @@ timeout 480 python3 bench/driver.py \
   --paced-duration "${BENCH_PACED_DURATION:-10}" \
   --wrk-threads "${BENCH_WRK_THREADS:-2}" \
   --quiet-wait "${BENCH_QUIET_WAIT:-60}" \
-  --machine "$machine" --kiln-desc "$kiln_desc" "$@"
+  --machine "$machine" --kiln-desc "$kiln_desc" --nice "$nice_level" "$@"
