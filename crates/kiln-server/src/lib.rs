@@ -88,11 +88,15 @@ pub async fn run(
         reaper_stopped,
     ));
 
-    let app = api::router(state);
+    let (app, socket_io) = api::router(state);
     tracing::info!(address = %listener.local_addr()?, engine = store.engine().as_str(), "kiln serving");
     let shutdown = async move {
         shutdown.await;
         bus.close_streams();
+        // Give followers a moment to emit their `shutdown` notices (with resume
+        // cursors) before the sockets close; SSE streams end by themselves.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        socket_io.close().await;
     };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -147,6 +147,34 @@ async fn every_route_refuses_the_wrong_caller(engine: Engine) {
             Some(&api_token),
             404,
         ),
+        (
+            Method::GET,
+            "/api/v1/builds/web-run/stream",
+            None,
+            None,
+            401,
+        ),
+        (
+            Method::GET,
+            "/api/v1/builds/web-run/stream",
+            None,
+            Some(&api_token),
+            404,
+        ),
+        (
+            Method::GET,
+            "/api/v1/stream?project=web",
+            None,
+            Some(&api_token),
+            404,
+        ),
+        (
+            Method::GET,
+            "/api/v1/stream",
+            None,
+            Some("kiln_not_a_real_token"),
+            401,
+        ),
         // The right callers.
         (
             Method::GET,
@@ -218,6 +246,8 @@ async fn every_route_refuses_the_wrong_caller(engine: Engine) {
         "/api/v1/builds/{run_id}/events",
         "/api/v1/builds/{run_id}/status",
         "/api/v1/status",
+        "/api/v1/builds/{run_id}/stream",
+        "/api/v1/stream",
     ];
     for rule in kiln_server::ROUTES() {
         assert!(

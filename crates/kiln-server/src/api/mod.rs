@@ -147,7 +147,9 @@ pub fn ROUTES() -> Vec<RouteRule> {
         .collect()
 }
 
-pub(crate) fn router(state: AppState) -> Router {
+/// The HTTP router, and the Socket.IO handle that closes sockets at shutdown.
+pub(crate) fn router(state: AppState) -> (Router, socketioxide::SocketIo) {
+    let (socket_layer, socket_io) = socketio::layer(&state);
     let mut router = Router::new();
     for (_, path, access, method_router) in route_list() {
         let guarded = method_router.route_layer(middleware::from_fn_with_state(
@@ -156,7 +158,7 @@ pub(crate) fn router(state: AppState) -> Router {
         ));
         router = router.route(path, guarded);
     }
-    router
+    let router = router
         .fallback(|| async {
             ApiError::NotFound("no such route; the API is described in docs/api.md".into())
         })
@@ -167,8 +169,8 @@ pub(crate) fn router(state: AppState) -> Router {
                 "this route does not accept that method; see docs/api.md",
             )
         })
-        .layer(socketio::layer(&state))
-        .with_state(state)
+        .layer(socket_layer);
+    (router.with_state(state), socket_io)
 }
 
 async fn guard(

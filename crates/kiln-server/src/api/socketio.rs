@@ -66,8 +66,9 @@ struct Live {
     streams: StreamLimiter,
 }
 
-/// The Socket.IO layer for the router; requests outside `/socket.io/` pass through.
-pub(crate) fn layer(state: &AppState) -> SocketIoLayer {
+/// The Socket.IO layer for the router (requests outside `/socket.io/` pass through), and
+/// the handle that closes every socket at shutdown.
+pub(crate) fn layer(state: &AppState) -> (SocketIoLayer, SocketIo) {
     let state = Live {
         store: state.store.clone(),
         bus: state.bus.clone(),
@@ -87,7 +88,7 @@ pub(crate) fn layer(state: &AppState) -> SocketIoLayer {
         async move { authorize(&state, &socket, auth.ok()).await }
     };
     io.ns("/", on_connect.with(check));
-    layer
+    (layer, io)
 }
 
 /// Why a handshake was refused; socket.io-client shows it as the `connect_error`'s

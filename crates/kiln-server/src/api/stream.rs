@@ -77,16 +77,18 @@ impl StreamLimiter {
 
 /// The resume cursor: the `Last-Event-ID` header (a reconnecting EventSource) wins over
 /// the `lastEventId` query parameter.
-fn cursor(headers: &HeaderMap, params: &QueryParams) -> Result<i64, ApiError> {
+/// `None` when the client gave neither.
+fn cursor(headers: &HeaderMap, params: &QueryParams) -> Result<Option<i64>, ApiError> {
     if let Some(value) = headers.get("last-event-id") {
         let raw = value.to_str().unwrap_or_default().trim();
         if raw.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         return raw
             .parse::<i64>()
             .ok()
             .filter(|id| *id >= 0)
+            .map(Some)
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_field",
@@ -95,7 +97,7 @@ fn cursor(headers: &HeaderMap, params: &QueryParams) -> Result<i64, ApiError> {
                 )
             });
     }
-    Ok(params.integer("lastEventId", 0, i64::MAX)?.unwrap_or(0))
+    params.integer("lastEventId", 0, i64::MAX)
 }
 
 /// `?coalesce=50ms`: the window for progress-like events; off when absent.
@@ -175,7 +177,7 @@ pub(crate) async fn build_stream(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let params = QueryParams::from_uri(uri.query());
-    let after = cursor(&headers, &params)?;
+    let after = cursor(&headers, &params)?.unwrap_or(0);
     let coalesce = coalesce_window(&params)?;
     let build = readable_build(&state, &caller, &run_id).await?;
     let permit = state.streams.acquire(caller.token_id)?;
@@ -212,6 +214,12 @@ pub(crate) async fn project_stream(
             )
         })?;
     let permit = state.streams.acquire(caller.token_id)?;
+    // Without a cursor a project stream starts now: a project's whole history is what
+    // the builds API is for. Events committed after this read are replayed.
+    let after = match after {
+        Some(after) => after,
+        None => state.store.max_event_id().await?,
+    };
     let deliveries = follow(
         state.store.clone(),
         state.bus.clone(),

@@ -114,6 +114,18 @@ impl Follower {
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        // A burst (one group commit can publish thousands of events)
+                        // outran the room's buffer. If this subscriber's connection keeps
+                        // up, catch up from the store: rejoin the room at its tail first,
+                        // then replay what was missed, as at subscription. A subscriber
+                        // whose own connection is backed up is slow: drop it.
+                        if self.outbox.capacity() >= OUTBOX / 2 {
+                            live = live.resubscribe();
+                            if let Flow::Stop = self.replay(store).await {
+                                return;
+                            }
+                            continue;
+                        }
                         let pending = self.coalescer.flush(Instant::now());
                         let _ = self.send(pending).await;
                         let _ = self.outbox.send(Delivery::Dropped {
