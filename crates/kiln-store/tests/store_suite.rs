@@ -663,3 +663,77 @@ async fn migrations_are_idempotent_across_reopen(engine: Engine) {
     let next = ingest_one(&*reopened, request(&web, vec![event("r", "heartbeat")]), 2).await;
     assert_eq!(next[0].id, Some(2));
 }
+
+async fn event_ids_are_per_build_even_when_prefetched_together(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    ingest_one(
+        &*store,
+        request(
+            &web,
+            vec![
+                with_id(event("a", "heartbeat"), "x"),
+                with_id(event("b", "heartbeat"), "y"),
+            ],
+        ),
+        1,
+    )
+    .await;
+    // The same eventIds on the other build are new events: a group that looks both up at
+    // once must not confuse (a, y) with (b, y).
+    let results = store
+        .ingest(
+            &[
+                request(&web, vec![with_id(event("a", "heartbeat"), "y")]),
+                request(
+                    &web,
+                    vec![
+                        with_id(event("b", "heartbeat"), "x"),
+                        with_id(event("b", "heartbeat"), "y"),
+                    ],
+                ),
+            ],
+            Millis(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        results[0].as_ref().unwrap()[0].status,
+        OutcomeStatus::Stored
+    );
+    let second = results[1].as_ref().unwrap();
+    assert_eq!(second[0].status, OutcomeStatus::Stored);
+    assert_eq!(second[1].status, OutcomeStatus::Duplicate);
+    assert_eq!(second[1].seq, Some(1));
+    // Many builds in one group: numbers in arrival order, every build written.
+    let many: Vec<IngestRequest> = (0..700)
+        .map(|i| request(&web, vec![event(&format!("m{i:03}"), "build_started")]))
+        .collect();
+    let results = store.ingest(&many, Millis(3)).await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(
+        store.build_by_run_id("m000").await.unwrap().unwrap().number,
+        3
+    );
+    assert_eq!(
+        store.build_by_run_id("m699").await.unwrap().unwrap().number,
+        702
+    );
+    let updates: Vec<IngestRequest> = (0..700)
+        .map(|i| {
+            request(
+                &web,
+                vec![stage_event(&format!("m{i:03}"), "stage_started", "S")],
+            )
+        })
+        .collect();
+    store.ingest(&updates, Millis(4)).await.unwrap();
+    let last = store.build_by_run_id("m699").await.unwrap().unwrap();
+    assert_eq!((last.state.last_seq, last.state.stages.len()), (2, 1));
+}
+
+store_test!(
+    event_ids_are_per_build_even_when_prefetched_together,
+    event_ids_are_per_build_even_when_prefetched_together
+);

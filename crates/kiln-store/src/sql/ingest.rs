@@ -1,8 +1,12 @@
 //! The ingest transaction: many requests, one commit (group commit).
 //!
-//! Phase 1 replays each request's events on in-memory copies of the builds they touch
-//! (`BuildState::apply`), so a rejected request is dropped without any write and without
-//! disturbing the requests beside it. Phase 2 writes what the accepted requests changed.
+//! Phase 0 prefetches, in a handful of `IN (…)` queries, every build the group touches,
+//! their stages and the earlier events whose `eventId`s reappear. Phase 1 replays each
+//! request's events on in-memory copies of those builds (`BuildState::apply`) without any
+//! query, so a rejected request is dropped without a write and without disturbing the
+//! requests beside it. Phase 2 writes what the accepted requests changed with multi-row
+//! statements. The number of statements per commit therefore depends on the number of
+//! projects and on size limits, not on the number of requests, builds or events.
 //!
 //! Global event ids come from the `kiln_counters` row, which is locked by the very first
 //! statement and updated by the last. Two transactions therefore never interleave their
@@ -10,23 +14,29 @@
 //! every id below N. That is what makes `lastEventId` cursors gap-free on PostgreSQL, where
 //! sequence values would otherwise become visible out of order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use kiln_core::{Applied, BuildState, Millis, RunId};
+use kiln_core::{Applied, BuildState, Millis, NewEvent, RunId, StageState};
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
 use sqlx::{Any, Row, Transaction};
 
-use super::rows::{BUILD_SELECT, build_from_row, load_stages};
+use super::rows::{BUILD_SELECT, build_from_row, stage_from_row};
 use super::{SqlStore, trusted};
 use crate::StoreResult;
 use crate::records::*;
 
-/// Rows per multi-row INSERT; 8 columns each stays far below SQLite's parameter limit.
-const EVENT_INSERT_CHUNK: usize = 200;
+/// Rows per multi-row statement and values per `IN (…)` list: far below both engines'
+/// parameter limits (SQLite 32,766; PostgreSQL 65,535) even at 23 columns.
+const CHUNK: usize = 500;
+
+type Tx = Transaction<'static, Any>;
 
 #[derive(Clone)]
 struct WorkingBuild {
     db_id: Option<i64>,
     project_id: i64,
+    number: i64,
     last_event_id: i64,
     state: BuildState,
     changed: bool,
@@ -52,6 +62,12 @@ struct Batch {
     client_ids: HashMap<(String, String), (i64, i64)>,
 }
 
+/// Builds and eventIds that existed before this transaction.
+struct Prefetched {
+    builds: HashMap<String, WorkingBuild>,
+    client_ids: HashMap<(String, String), (i64, i64)>,
+}
+
 pub(super) async fn ingest(
     store: &SqlStore,
     requests: &[IngestRequest],
@@ -65,13 +81,13 @@ pub(super) async fn ingest(
     .await?
     .try_get(0)?;
 
+    let prefetched = prefetch(&mut transaction, requests).await?;
     let mut batch = Batch::default();
     let mut next_id = last_id;
-    let mut results = Vec::with_capacity(requests.len());
-    for request in requests {
-        let result = simulate(&mut transaction, &mut batch, &mut next_id, request, now).await?;
-        results.push(result);
-    }
+    let results: Vec<_> = requests
+        .iter()
+        .map(|request| simulate(&prefetched, &mut batch, &mut next_id, request, now))
+        .collect();
 
     if next_id > last_id {
         write(&mut transaction, &mut batch, now).await?;
@@ -92,15 +108,147 @@ pub(super) async fn ingest(
     Ok(results)
 }
 
+/// `$first, $first+1, …` for `count` values, as an `IN (…)` list body.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `($1,…,$k),($k+1,…)` for `rows` rows of `columns` values.
+fn row_placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", placeholders(row * columns + 1, columns)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn prefetch(transaction: &mut Tx, requests: &[IngestRequest]) -> StoreResult<Prefetched> {
+    let mut run_ids: Vec<&str> = requests
+        .iter()
+        .flat_map(|request| request.events.iter().map(|event| event.run_id.as_str()))
+        .collect();
+    run_ids.sort_unstable();
+    run_ids.dedup();
+
+    let mut builds: HashMap<String, WorkingBuild> = HashMap::new();
+    let mut by_id: BTreeMap<i64, String> = BTreeMap::new();
+    for chunk in run_ids.chunks(CHUNK) {
+        let sql = format!(
+            "{BUILD_SELECT} WHERE b.run_id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(trusted(sql));
+        for run_id in chunk {
+            query = query.bind(*run_id);
+        }
+        for row in query.fetch_all(&mut **transaction).await? {
+            let record = build_from_row(&row)?;
+            let run_id = record.state.run_id.to_string();
+            by_id.insert(record.id, run_id.clone());
+            builds.insert(
+                run_id,
+                WorkingBuild {
+                    db_id: Some(record.id),
+                    project_id: record.project_id,
+                    number: record.number,
+                    last_event_id: record.last_event_id,
+                    state: record.state,
+                    changed: false,
+                },
+            );
+        }
+    }
+
+    let build_ids: Vec<i64> = by_id.keys().copied().collect();
+    for chunk in build_ids.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT build_id, name, position, status, started_at, ended_at, duration_ms, message FROM stages \
+             WHERE build_id IN ({}) ORDER BY build_id, position",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(trusted(sql));
+        for build_id in chunk {
+            query = query.bind(*build_id);
+        }
+        for row in query.fetch_all(&mut **transaction).await? {
+            let build_id: i64 = row.try_get("build_id")?;
+            let stage: StageState = stage_from_row(&row)?;
+            if let Some(working) = by_id
+                .get(&build_id)
+                .and_then(|run_id| builds.get_mut(run_id))
+            {
+                working.state.stages.push(stage);
+            }
+        }
+    }
+
+    // eventIds that may repeat earlier events: only those of builds that exist.
+    let mut wanted: HashSet<(i64, &str)> = HashSet::new();
+    for event in requests.iter().flat_map(|request| &request.events) {
+        if let (Some(client_event_id), Some(working)) =
+            (&event.client_event_id, builds.get(event.run_id.as_str()))
+            && let Some(build_id) = working.db_id
+        {
+            wanted.insert((build_id, client_event_id.as_str()));
+        }
+    }
+    let mut client_ids = HashMap::new();
+    let wanted_builds: Vec<i64> = wanted
+        .iter()
+        .map(|(b, _)| *b)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let wanted_ids: Vec<&str> = wanted
+        .iter()
+        .map(|(_, c)| *c)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    for build_chunk in wanted_builds.chunks(CHUNK) {
+        for id_chunk in wanted_ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT build_id, client_event_id, id, seq FROM events WHERE build_id IN ({}) AND client_event_id IN ({})",
+                placeholders(1, build_chunk.len()),
+                placeholders(build_chunk.len() + 1, id_chunk.len())
+            );
+            let mut query = sqlx::query(trusted(sql));
+            for build_id in build_chunk {
+                query = query.bind(*build_id);
+            }
+            for client_event_id in id_chunk {
+                query = query.bind(*client_event_id);
+            }
+            for row in query.fetch_all(&mut **transaction).await? {
+                let build_id: i64 = row.try_get(0)?;
+                let client_event_id: String = row.try_get(1)?;
+                // The IN × IN query can match pairs nobody asked about; keep the asked.
+                if !wanted.contains(&(build_id, client_event_id.as_str())) {
+                    continue;
+                }
+                if let Some(run_id) = by_id.get(&build_id) {
+                    client_ids.insert(
+                        (run_id.clone(), client_event_id),
+                        (row.try_get(2)?, row.try_get(3)?),
+                    );
+                }
+            }
+        }
+    }
+    Ok(Prefetched { builds, client_ids })
+}
+
 /// Applies one request to copies of its builds; merges them into the batch only if the
-/// whole request is accepted.
-async fn simulate(
-    transaction: &mut Transaction<'static, Any>,
+/// whole request is accepted. Runs no query.
+fn simulate(
+    prefetched: &Prefetched,
     batch: &mut Batch,
     next_id: &mut i64,
     request: &IngestRequest,
     now: Millis,
-) -> StoreResult<Result<Vec<EventOutcome>, IngestRejection>> {
+) -> Result<Vec<EventOutcome>, IngestRejection> {
     let mut local_builds: HashMap<String, WorkingBuild> = HashMap::new();
     let mut local_order: Vec<String> = Vec::new();
     let mut local_rows: Vec<EventRow> = Vec::new();
@@ -111,10 +259,12 @@ async fn simulate(
     for (index, event) in request.events.iter().enumerate() {
         let key = event.run_id.as_str();
         if !local_builds.contains_key(key) {
-            let working = match batch.builds.get(key) {
-                Some(working) => working.clone(),
-                None => load_build(transaction, &event.run_id, request.project_id, now).await?,
-            };
+            let working = batch
+                .builds
+                .get(key)
+                .or_else(|| prefetched.builds.get(key))
+                .cloned()
+                .unwrap_or_else(|| new_build(&event.run_id, request.project_id, now));
             local_builds.insert(key.to_owned(), working);
             local_order.push(key.to_owned());
         }
@@ -122,39 +272,26 @@ async fn simulate(
             continue;
         };
         if working.project_id != request.project_id {
-            return Ok(Err(IngestRejection::RunIdTaken {
+            return Err(IngestRejection::RunIdTaken {
                 index,
                 run_id: key.to_owned(),
-            }));
+            });
         }
 
         if let Some(client_event_id) = &event.client_event_id {
             let client_key = (key.to_owned(), client_event_id.as_str().to_owned());
-            let mut earlier = local_client_ids
+            let earlier = local_client_ids
                 .get(&client_key)
                 .or_else(|| batch.client_ids.get(&client_key))
+                .or_else(|| prefetched.client_ids.get(&client_key))
                 .copied();
-            if earlier.is_none()
-                && let Some(build_id) = working.db_id
-            {
-                earlier = sqlx::query(
-                    "SELECT id, seq FROM events WHERE build_id = $1 AND client_event_id = $2",
-                )
-                .bind(build_id)
-                .bind(client_event_id.as_str())
-                .fetch_optional(&mut **transaction)
-                .await?
-                .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
-                .transpose()?;
-            }
             if let Some((id, seq)) = earlier {
-                outcomes.push(EventOutcome {
-                    run_id: event.run_id.clone(),
-                    client_event_id: event.client_event_id.clone(),
-                    status: OutcomeStatus::Duplicate,
-                    id: Some(id),
-                    seq: Some(seq),
-                });
+                outcomes.push(outcome(
+                    event,
+                    OutcomeStatus::Duplicate,
+                    Some(id),
+                    Some(seq),
+                ));
                 continue;
             }
         }
@@ -164,7 +301,7 @@ async fn simulate(
         } = request.precondition
             && (working.db_id.is_none() || !working.state.is_stale(now, default_timeout_secs))
         {
-            outcomes.push(ignored(event));
+            outcomes.push(outcome(event, OutcomeStatus::Ignored, None, None));
             continue;
         }
 
@@ -192,20 +329,21 @@ async fn simulate(
                         .map(|c| c.as_str().to_owned()),
                     payload: event.to_json().to_string(),
                 });
-                outcomes.push(EventOutcome {
-                    run_id: event.run_id.clone(),
-                    client_event_id: event.client_event_id.clone(),
-                    status: OutcomeStatus::Stored,
-                    id: Some(local_next_id),
-                    seq: Some(seq),
-                });
+                outcomes.push(outcome(
+                    event,
+                    OutcomeStatus::Stored,
+                    Some(local_next_id),
+                    Some(seq),
+                ));
             }
-            Ok(Applied::Ignored) => outcomes.push(ignored(event)),
+            Ok(Applied::Ignored) => {
+                outcomes.push(outcome(event, OutcomeStatus::Ignored, None, None))
+            }
             Err(rejection) => {
-                return Ok(Err(IngestRejection::Terminal {
+                return Err(IngestRejection::Terminal {
                     index,
                     message: rejection.to_string(),
-                }));
+                });
             }
         }
     }
@@ -221,114 +359,201 @@ async fn simulate(
     }
     batch.rows.extend(local_rows);
     batch.client_ids.extend(local_client_ids);
-    Ok(Ok(outcomes))
+    Ok(outcomes)
 }
 
-fn ignored(event: &kiln_core::NewEvent) -> EventOutcome {
+fn new_build(run_id: &RunId, project_id: i64, now: Millis) -> WorkingBuild {
+    WorkingBuild {
+        db_id: None,
+        project_id,
+        number: 0,
+        last_event_id: 0,
+        state: BuildState::new(run_id.clone(), now),
+        changed: false,
+    }
+}
+
+fn outcome(
+    event: &NewEvent,
+    status: OutcomeStatus,
+    id: Option<i64>,
+    seq: Option<i64>,
+) -> EventOutcome {
     EventOutcome {
         run_id: event.run_id.clone(),
         client_event_id: event.client_event_id.clone(),
-        status: OutcomeStatus::Ignored,
-        id: None,
-        seq: None,
+        status,
+        id,
+        seq,
     }
 }
 
-async fn load_build(
-    transaction: &mut Transaction<'static, Any>,
-    run_id: &RunId,
-    project_id: i64,
-    now: Millis,
-) -> StoreResult<WorkingBuild> {
-    let row = sqlx::query(trusted(format!("{BUILD_SELECT} WHERE b.run_id = $1")))
-        .bind(run_id.as_str())
-        .fetch_optional(&mut **transaction)
-        .await?;
-    match row {
-        Some(row) => {
-            let mut record = build_from_row(&row)?;
-            record.state.stages = load_stages(&mut **transaction, record.id).await?;
-            Ok(WorkingBuild {
-                db_id: Some(record.id),
-                project_id: record.project_id,
-                last_event_id: record.last_event_id,
-                state: record.state,
-                changed: false,
-            })
-        }
-        None => Ok(WorkingBuild {
-            db_id: None,
-            project_id,
-            last_event_id: 0,
-            state: BuildState::new(run_id.clone(), now),
-            changed: false,
-        }),
-    }
+/// Progress is kept as an integer (hundredths of a percent) so both engines store it
+/// exactly and no float crosses the `Any` driver.
+fn progress_to_hundredths(progress: f64) -> i64 {
+    (progress * 100.0).round() as i64
 }
 
-async fn write(
-    transaction: &mut Transaction<'static, Any>,
-    batch: &mut Batch,
-    now: Millis,
-) -> StoreResult<()> {
-    let mut build_ids: HashMap<String, i64> = HashMap::new();
+const BUILD_COLUMNS: &str = "project_id, run_id, number, status, progress_hundredths, current_stage, env, origin, \
+     command, host, pid, repo, branch, commit_sha, message, created_at, started_at, ended_at, duration_ms, \
+     last_event_at, last_event_id, last_seq, heartbeat_timeout_secs";
+const BUILD_COLUMN_COUNT: usize = 23;
+
+/// Binds one build's columns in `BUILD_COLUMNS` order.
+fn bind_build<'q>(
+    query: Query<'q, Any, AnyArguments>,
+    working: &'q WorkingBuild,
+) -> Query<'q, Any, AnyArguments> {
+    let state = &working.state;
+    query
+        .bind(working.project_id)
+        .bind(state.run_id.as_str())
+        .bind(working.number)
+        .bind(state.status.as_str())
+        .bind(state.progress.map(progress_to_hundredths))
+        .bind(state.current_stage.as_ref().map(|s| s.as_str()))
+        .bind(state.env.as_deref())
+        .bind(state.origin.as_deref())
+        .bind(state.command.as_deref())
+        .bind(state.host.as_deref())
+        .bind(state.pid)
+        .bind(state.repo.as_deref())
+        .bind(state.branch.as_deref())
+        .bind(state.commit.as_deref())
+        .bind(state.message.as_deref())
+        .bind(state.created_at.0)
+        .bind(state.started_at.0)
+        .bind(state.ended_at.map(|m| m.0))
+        .bind(state.duration_ms)
+        .bind(state.last_event_at.0)
+        .bind(working.last_event_id)
+        .bind(state.last_seq)
+        .bind(state.heartbeat_timeout_secs)
+}
+
+async fn write(transaction: &mut Tx, batch: &mut Batch, now: Millis) -> StoreResult<()> {
+    // Build numbers for new builds: one counter update per project, in arrival order.
+    let mut new_per_project: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     for key in &batch.order {
-        let Some(working) = batch.builds.get(key) else {
-            continue;
-        };
-        if !working.changed {
-            continue;
+        if let Some(working) = batch.builds.get(key)
+            && working.changed
+            && working.db_id.is_none()
+        {
+            new_per_project
+                .entry(working.project_id)
+                .or_default()
+                .push(key.clone());
         }
-        let build_id = match working.db_id {
-            Some(build_id) => {
-                update_build(transaction, build_id, working).await?;
-                build_id
+    }
+    for (project_id, keys) in &new_per_project {
+        let last: i64 = sqlx::query(
+            "UPDATE projects SET last_build_number = last_build_number + $1 WHERE id = $2 RETURNING last_build_number",
+        )
+        .bind(keys.len() as i64)
+        .bind(*project_id)
+        .fetch_one(&mut **transaction)
+        .await?
+        .try_get(0)?;
+        let first = last - keys.len() as i64 + 1;
+        for (offset, key) in keys.iter().enumerate() {
+            if let Some(working) = batch.builds.get_mut(key) {
+                working.number = first + offset as i64;
             }
-            None => insert_build(transaction, working).await?,
-        };
-        for stage in working.state.stages.iter().filter(|stage| stage.dirty) {
-            sqlx::query(
-                "INSERT INTO stages (build_id, name, position, status, started_at, ended_at, duration_ms, message) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (build_id, name) DO UPDATE SET \
-                 status = excluded.status, started_at = excluded.started_at, ended_at = excluded.ended_at, \
-                 duration_ms = excluded.duration_ms, message = excluded.message",
-            )
-            .bind(build_id)
-            .bind(stage.name.as_str())
-            .bind(stage.position)
-            .bind(stage.status.as_str())
-            .bind(stage.started_at.0)
-            .bind(stage.ended_at.map(|m| m.0))
-            .bind(stage.duration_ms)
-            .bind(stage.message.as_deref())
-            .execute(&mut **transaction)
-            .await?;
         }
-        build_ids.insert(key.clone(), build_id);
     }
 
-    for chunk in batch.rows.chunks(EVENT_INSERT_CHUNK) {
-        let mut sql = String::from(
-            "INSERT INTO events (id, build_id, project_id, seq, event_type, client_event_id, received_at, payload) VALUES ",
+    let mut build_ids: HashMap<String, i64> = HashMap::new();
+    let changed: Vec<&WorkingBuild> = batch
+        .order
+        .iter()
+        .filter_map(|key| batch.builds.get(key))
+        .filter(|working| working.changed)
+        .collect();
+    let (existing, created): (Vec<&WorkingBuild>, Vec<&WorkingBuild>) =
+        changed.iter().partition(|working| working.db_id.is_some());
+
+    for chunk in created.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO builds ({BUILD_COLUMNS}) VALUES {} RETURNING id, run_id",
+            row_placeholders(chunk.len(), BUILD_COLUMN_COUNT)
         );
-        for (row_index, _) in chunk.iter().enumerate() {
-            let base = row_index * 8;
-            if row_index > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${})",
-                base + 1,
-                base + 2,
-                base + 3,
-                base + 4,
-                base + 5,
-                base + 6,
-                base + 7,
-                base + 8
-            ));
+        let mut query = sqlx::query(trusted(sql));
+        for working in chunk {
+            query = bind_build(query, working);
         }
-        let mut query = sqlx::query(trusted(sql.clone()));
+        for row in query.fetch_all(&mut **transaction).await? {
+            build_ids.insert(row.try_get(1)?, row.try_get(0)?);
+        }
+    }
+    for chunk in existing.chunks(CHUNK) {
+        // An upsert on the primary key updates many rows in one statement.
+        let sql = format!(
+            "INSERT INTO builds (id, {BUILD_COLUMNS}) VALUES {} ON CONFLICT (id) DO UPDATE SET \
+             status = excluded.status, progress_hundredths = excluded.progress_hundredths, \
+             current_stage = excluded.current_stage, env = excluded.env, origin = excluded.origin, \
+             command = excluded.command, host = excluded.host, pid = excluded.pid, repo = excluded.repo, \
+             branch = excluded.branch, commit_sha = excluded.commit_sha, message = excluded.message, \
+             started_at = excluded.started_at, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms, \
+             last_event_at = excluded.last_event_at, last_event_id = excluded.last_event_id, \
+             last_seq = excluded.last_seq, heartbeat_timeout_secs = excluded.heartbeat_timeout_secs",
+            row_placeholders(chunk.len(), BUILD_COLUMN_COUNT + 1)
+        );
+        let mut query = sqlx::query(trusted(sql));
+        for working in chunk {
+            query = bind_build(query.bind(working.db_id), working);
+        }
+        query.execute(&mut **transaction).await?;
+        for working in chunk {
+            if let Some(build_id) = working.db_id {
+                build_ids.insert(working.state.run_id.to_string(), build_id);
+            }
+        }
+    }
+
+    let dirty_stages: Vec<(i64, &StageState)> = changed
+        .iter()
+        .flat_map(|working| {
+            let build_id = build_ids
+                .get(working.state.run_id.as_str())
+                .copied()
+                .unwrap_or_default();
+            working
+                .state
+                .stages
+                .iter()
+                .filter(|stage| stage.dirty)
+                .map(move |stage| (build_id, stage))
+        })
+        .collect();
+    for chunk in dirty_stages.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO stages (build_id, name, position, status, started_at, ended_at, duration_ms, message) \
+             VALUES {} ON CONFLICT (build_id, name) DO UPDATE SET status = excluded.status, \
+             started_at = excluded.started_at, ended_at = excluded.ended_at, \
+             duration_ms = excluded.duration_ms, message = excluded.message",
+            row_placeholders(chunk.len(), 8)
+        );
+        let mut query = sqlx::query(trusted(sql));
+        for (build_id, stage) in chunk {
+            query = query
+                .bind(*build_id)
+                .bind(stage.name.as_str())
+                .bind(stage.position)
+                .bind(stage.status.as_str())
+                .bind(stage.started_at.0)
+                .bind(stage.ended_at.map(|m| m.0))
+                .bind(stage.duration_ms)
+                .bind(stage.message.as_deref());
+        }
+        query.execute(&mut **transaction).await?;
+    }
+
+    for chunk in batch.rows.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO events (id, build_id, project_id, seq, event_type, client_event_id, received_at, payload) VALUES {}",
+            row_placeholders(chunk.len(), 8)
+        );
+        let mut query = sqlx::query(trusted(sql));
         for row in chunk {
             let build_id = build_ids.get(&row.run_id).copied().unwrap_or_default();
             query = query
@@ -343,95 +568,5 @@ async fn write(
         }
         query.execute(&mut **transaction).await?;
     }
-    Ok(())
-}
-
-/// Progress is kept as an integer (hundredths of a percent) so both engines store it
-/// exactly and no float crosses the `Any` driver.
-fn progress_to_hundredths(progress: f64) -> i64 {
-    (progress * 100.0).round() as i64
-}
-
-async fn insert_build(
-    transaction: &mut Transaction<'static, Any>,
-    working: &WorkingBuild,
-) -> StoreResult<i64> {
-    let number: i64 = sqlx::query(
-        "UPDATE projects SET last_build_number = last_build_number + 1 WHERE id = $1 RETURNING last_build_number",
-    )
-    .bind(working.project_id)
-    .fetch_one(&mut **transaction)
-    .await?
-    .try_get(0)?;
-    let state = &working.state;
-    let row = sqlx::query(
-        "INSERT INTO builds (project_id, run_id, number, status, progress_hundredths, current_stage, env, origin, command, \
-         host, pid, repo, branch, commit_sha, message, created_at, started_at, ended_at, duration_ms, \
-         last_event_at, last_event_id, last_seq, heartbeat_timeout_secs) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) \
-         RETURNING id",
-    )
-    .bind(working.project_id)
-    .bind(state.run_id.as_str())
-    .bind(number)
-    .bind(state.status.as_str())
-    .bind(state.progress.map(progress_to_hundredths))
-    .bind(state.current_stage.as_ref().map(|s| s.as_str()))
-    .bind(state.env.as_deref())
-    .bind(state.origin.as_deref())
-    .bind(state.command.as_deref())
-    .bind(state.host.as_deref())
-    .bind(state.pid)
-    .bind(state.repo.as_deref())
-    .bind(state.branch.as_deref())
-    .bind(state.commit.as_deref())
-    .bind(state.message.as_deref())
-    .bind(state.created_at.0)
-    .bind(state.started_at.0)
-    .bind(state.ended_at.map(|m| m.0))
-    .bind(state.duration_ms)
-    .bind(state.last_event_at.0)
-    .bind(working.last_event_id)
-    .bind(state.last_seq)
-    .bind(state.heartbeat_timeout_secs)
-    .fetch_one(&mut **transaction)
-    .await?;
-    Ok(row.try_get(0)?)
-}
-
-async fn update_build(
-    transaction: &mut Transaction<'static, Any>,
-    build_id: i64,
-    working: &WorkingBuild,
-) -> StoreResult<()> {
-    let state = &working.state;
-    sqlx::query(
-        "UPDATE builds SET status = $2, progress_hundredths = $3, current_stage = $4, env = $5, origin = $6, command = $7, \
-         host = $8, pid = $9, repo = $10, branch = $11, commit_sha = $12, message = $13, started_at = $14, \
-         ended_at = $15, duration_ms = $16, last_event_at = $17, last_event_id = $18, last_seq = $19, \
-         heartbeat_timeout_secs = $20 WHERE id = $1",
-    )
-    .bind(build_id)
-    .bind(state.status.as_str())
-    .bind(state.progress.map(progress_to_hundredths))
-    .bind(state.current_stage.as_ref().map(|s| s.as_str()))
-    .bind(state.env.as_deref())
-    .bind(state.origin.as_deref())
-    .bind(state.command.as_deref())
-    .bind(state.host.as_deref())
-    .bind(state.pid)
-    .bind(state.repo.as_deref())
-    .bind(state.branch.as_deref())
-    .bind(state.commit.as_deref())
-    .bind(state.message.as_deref())
-    .bind(state.started_at.0)
-    .bind(state.ended_at.map(|m| m.0))
-    .bind(state.duration_ms)
-    .bind(state.last_event_at.0)
-    .bind(working.last_event_id)
-    .bind(state.last_seq)
-    .bind(state.heartbeat_timeout_secs)
-    .execute(&mut **transaction)
-    .await?;
     Ok(())
 }

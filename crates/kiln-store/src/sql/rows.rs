@@ -88,6 +88,21 @@ pub(crate) fn build_from_row(row: &AnyRow) -> StoreResult<BuildRecord> {
     })
 }
 
+pub(crate) fn stage_from_row(row: &AnyRow) -> StoreResult<StageState> {
+    let name: String = row.try_get("name")?;
+    let status: String = row.try_get("status")?;
+    Ok(StageState {
+        name: StageName::parse("name", &name).map_err(|e| corrupt("stage", e))?,
+        position: row.try_get("position")?,
+        status: StageStatus::from_name(&status).ok_or_else(|| corrupt("stage", &status))?,
+        started_at: Millis(row.try_get("started_at")?),
+        ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(Millis),
+        duration_ms: row.try_get("duration_ms")?,
+        message: row.try_get("message")?,
+        dirty: false,
+    })
+}
+
 pub(crate) async fn load_stages<'c, E>(executor: E, build_id: i64) -> StoreResult<Vec<StageState>>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
@@ -99,22 +114,7 @@ where
     .bind(build_id)
     .fetch_all(executor)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let name: String = row.try_get("name")?;
-            let status: String = row.try_get("status")?;
-            Ok(StageState {
-                name: StageName::parse("name", &name).map_err(|e| corrupt("stage", e))?,
-                position: row.try_get("position")?,
-                status: StageStatus::from_name(&status).ok_or_else(|| corrupt("stage", &status))?,
-                started_at: Millis(row.try_get("started_at")?),
-                ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(Millis),
-                duration_ms: row.try_get("duration_ms")?,
-                message: row.try_get("message")?,
-                dirty: false,
-            })
-        })
-        .collect()
+    rows.iter().map(stage_from_row).collect()
 }
 
 pub(crate) fn event_from_row(row: &AnyRow) -> StoreResult<StoredEvent> {
