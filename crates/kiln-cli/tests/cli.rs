@@ -2,134 +2,15 @@
 //! codes, nested `kiln emit`, the server being down or killed mid-build, and `kiln up`.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-const ADMIN: &str = "kiln_cli_test_admin_token_0123456789";
+mod common;
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    /// Starts `kiln serve` on `port` (0 for any) with its SQLite data in `data_dir`.
-    fn start(data_dir: &Path, port: u16) -> Server {
-        let mut child = Command::new(KILN)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .env("KILN_ADMIN_TOKEN", ADMIN)
-            .env("KILN_LOG", "warn")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start kiln serve");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let url = loop {
-            let line = lines.next().expect("kiln serve exited early").unwrap();
-            if let Some(url) = line.strip_prefix("kiln listening on ") {
-                break url.trim().to_owned();
-            }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
-    }
-
-    fn port(&self) -> u16 {
-        self.url.rsplit(':').next().unwrap().parse().unwrap()
-    }
-
-    fn kill_hard(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Workspace {
-    dir: tempfile::TempDir,
-}
-
-impl Workspace {
-    fn new() -> Workspace {
-        Workspace {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn spool(&self) -> PathBuf {
-        self.dir.path().join("spool")
-    }
-
-    /// A `kiln` command with the spool in this workspace and no inherited settings.
-    fn kiln(&self, server: &str, token: &str) -> Command {
-        let mut command = Command::new(KILN);
-        command
-            .current_dir(self.dir.path())
-            .env("KILN_URL", server)
-            .env("KILN_TOKEN", token)
-            .env("KILN_SPOOL_DIR", self.spool())
-            .env_remove("KILN_RUN_ID")
-            .env_remove("GITHUB_ACTIONS")
-            .env_remove("GITLAB_CI")
-            .env_remove("CIRCLECI");
-        command
-    }
-}
-
-fn output(command: &mut Command) -> Output {
-    command.output().expect("run kiln")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Creates project `web` and returns an ingest+read token, using the CLI itself.
-fn project_token(workspace: &Workspace, server: &Server) -> String {
-    let created = output(
-        workspace
-            .kiln(&server.url, ADMIN)
-            .args(["project", "create", "web"]),
-    );
-    assert!(created.status.success(), "{}", stderr(&created));
-    let token = output(workspace.kiln(&server.url, ADMIN).args([
-        "token",
-        "create",
-        "--project",
-        "web",
-        "--scope",
-        "ingest,read",
-    ]));
-    assert!(token.status.success(), "{}", stderr(&token));
-    stdout(&token).trim().to_owned()
-}
+use common::*;
 
 fn builds(workspace: &Workspace, server: &str, token: &str) -> Vec<Value> {
     let listed = output(workspace.kiln(server, token).args(["builds", "--json"]));
@@ -148,18 +29,10 @@ fn build(workspace: &Workspace, server: &str, token: &str, run_id: &str) -> Valu
     serde_json::from_slice(&shown.stdout).unwrap()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn run_reports_stages_and_keeps_the_exit_code() {
     let workspace = Workspace::new();
-    let server = Server::start(&workspace.data(), 0);
+    let server = Server::start(&workspace.data(), 0, &[]);
     let token = project_token(&workspace, &server);
 
     let success = output(workspace.kiln(&server.url, &token).args([
@@ -297,7 +170,7 @@ fn with_the_server_down_the_build_is_unaffected_and_events_arrive_later() {
     );
     assert!(std::fs::read_dir(workspace.spool()).unwrap().count() >= 1);
 
-    let server = Server::start(&workspace.data(), port);
+    let server = Server::start(&workspace.data(), port, &[]);
     let token = project_token(&workspace, &server);
     // The spool remembers the old token; sending with a valid one here is what a user does.
     let spool_files: Vec<PathBuf> = std::fs::read_dir(workspace.spool())
@@ -328,7 +201,7 @@ fn with_the_server_down_the_build_is_unaffected_and_events_arrive_later() {
 #[test]
 fn a_server_killed_mid_build_loses_nothing() {
     let workspace = Workspace::new();
-    let server = Server::start(&workspace.data(), 0);
+    let server = Server::start(&workspace.data(), 0, &[]);
     let port = server.port();
     let url = server.url.clone();
     let token = project_token(&workspace, &server);
@@ -355,7 +228,7 @@ fn a_server_killed_mid_build_loses_nothing() {
     let status = run.wait().unwrap();
     assert!(status.success());
 
-    let server = Server::start(&workspace.data(), port);
+    let server = Server::start(&workspace.data(), port, &[]);
     let sent = output(workspace.kiln(&server.url, &token).args(["spool", "send"]));
     assert!(sent.status.success(), "{}{}", stdout(&sent), stderr(&sent));
     let listed = builds(&workspace, &server.url, &token);
@@ -382,7 +255,7 @@ fn a_server_killed_mid_build_loses_nothing() {
 #[test]
 fn the_seeds_environment_variables_work() {
     let workspace = Workspace::new();
-    let server = Server::start(&workspace.data(), 0);
+    let server = Server::start(&workspace.data(), 0, &[]);
     let token = project_token(&workspace, &server);
     let run = output(
         Command::new(KILN)

@@ -3,100 +3,19 @@
 //! builds, unknown run ids and giving up with --timeout.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-const ADMIN: &str = "kiln_watch_test_admin_token_0123456789";
+mod common;
+
+use common::*;
+
 /// Generous: the machine may be busy running other tests.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    /// Starts `kiln serve` on `port` (0 for any) with its SQLite data in `data_dir`.
-    fn start(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
-        let mut child = Command::new(KILN)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(extra)
-            .env("KILN_ADMIN_TOKEN", ADMIN)
-            .env("KILN_LOG", "warn")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start kiln serve");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let url = loop {
-            let line = lines.next().expect("kiln serve exited early").unwrap();
-            if let Some(url) = line.strip_prefix("kiln listening on ") {
-                break url.trim().to_owned();
-            }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
-    }
-
-    fn port(&self) -> u16 {
-        self.url.rsplit(':').next().unwrap().parse().unwrap()
-    }
-
-    fn kill_hard(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Workspace {
-    dir: tempfile::TempDir,
-}
-
 impl Workspace {
-    fn new() -> Workspace {
-        Workspace {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    /// A `kiln` command with the spool in this workspace and no inherited settings.
-    fn kiln(&self, server: &str, token: &str) -> Command {
-        let mut command = Command::new(KILN);
-        command
-            .current_dir(self.dir.path())
-            .env("KILN_URL", server)
-            .env("KILN_TOKEN", token)
-            .env("KILN_SPOOL_DIR", self.dir.path().join("spool"))
-            .env_remove("KILN_RUN_ID")
-            .env_remove("OM_BUILD_EVENT_URL")
-            .env_remove("OM_BUILD_EVENT_TOKEN");
-        command
-    }
-
     /// Reports one event with `kiln emit`, which must be delivered.
     fn emit(&self, server: &str, token: &str, run_id: &str, event: &str, extra: &[&str]) {
         let sent = output(
@@ -220,46 +139,6 @@ impl Drop for Watch {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn output(command: &mut Command) -> Output {
-    command.output().expect("run kiln")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Creates project `web` and returns an ingest+read token, using the CLI itself.
-fn project_token(workspace: &Workspace, server: &Server) -> String {
-    let created = output(
-        workspace
-            .kiln(&server.url, ADMIN)
-            .args(["project", "create", "web"]),
-    );
-    assert!(created.status.success(), "{}", stderr(&created));
-    let token = output(workspace.kiln(&server.url, ADMIN).args([
-        "token",
-        "create",
-        "--project",
-        "web",
-        "--scope",
-        "ingest,read",
-    ]));
-    assert!(token.status.success(), "{}", stderr(&token));
-    stdout(&token).trim().to_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Asserts that `needles` appear in `text` in this order.

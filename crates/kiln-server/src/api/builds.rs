@@ -31,6 +31,22 @@ pub(crate) async fn project_filter(
     }
 }
 
+/// Like `project_filter`, for routes about exactly one project: an instance admin must
+/// name it.
+pub(crate) async fn required_project(
+    state: &AppState,
+    caller: &Caller,
+    params: &QueryParams,
+) -> Result<i64, ApiError> {
+    project_filter(state, caller, params).await?.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_field",
+            Some("project"),
+            "project: is required with an instance-admin token",
+        )
+    })
+}
+
 pub(crate) async fn readable_build(
     state: &AppState,
     caller: &Caller,
@@ -137,15 +153,7 @@ pub(crate) async fn project_status(
     uri: Uri,
 ) -> Result<Json<ProjectStatus>, ApiError> {
     let params = QueryParams::from_uri(uri.query());
-    let project_id = project_filter(&state, &caller, &params)
-        .await?
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_field",
-                Some("project"),
-                "project: is required with an instance-admin token",
-            )
-        })?;
+    let project_id = required_project(&state, &caller, &params).await?;
     let timeout_secs = params
         .integer("heartbeatTimeout", 1, MAX_HEARTBEAT_TIMEOUT_SECS)?
         .unwrap_or(state.config.heartbeat_timeout_secs);

@@ -16,7 +16,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::body::QueryParams;
-use super::builds::{project_filter, readable_build};
+use super::builds::{readable_build, required_project};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -204,15 +204,7 @@ pub(crate) async fn project_stream(
     let params = QueryParams::from_uri(uri.query());
     let after = cursor(&headers, &params)?;
     let coalesce = coalesce_window(&params)?;
-    let project_id = project_filter(&state, &caller, &params)
-        .await?
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_field",
-                Some("project"),
-                "project: is required with an instance-admin token",
-            )
-        })?;
+    let project_id = required_project(&state, &caller, &params).await?;
     let permit = state.streams.acquire(caller.token_id)?;
     // Without a cursor a project stream starts now: a project's whole history is what
     // the builds API is for. Events committed after this read are replayed.

@@ -122,6 +122,27 @@ impl SqlStore {
         })
     }
 
+    /// Events with `id > after_id` where `column = value`, oldest first. `column` is one
+    /// of this module's constants (`"0"` with value 0 matches every event).
+    async fn events_where(
+        &self,
+        column: &'static str,
+        value: i64,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let rows = sqlx::query(trusted(format!(
+            "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
+             WHERE {column} = $1 AND id > $2 ORDER BY id LIMIT $3"
+        )))
+        .bind(value)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::event_from_row).collect()
+    }
+
     /// Closes the pool; in-flight queries finish first.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -331,16 +352,8 @@ impl Store for SqlStore {
         after_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<StoredEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
-             WHERE build_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(build_id)
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::event_from_row).collect()
+        self.events_where("build_id", build_id, after_id, limit)
+            .await
     }
 
     async fn project_events_after(
@@ -349,16 +362,8 @@ impl Store for SqlStore {
         after_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<StoredEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
-             WHERE project_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(project_id)
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::event_from_row).collect()
+        self.events_where("project_id", project_id, after_id, limit)
+            .await
     }
 
     async fn events_after_global(
@@ -366,15 +371,7 @@ impl Store for SqlStore {
         after_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<StoredEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
-             WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::event_from_row).collect()
+        self.events_where("0", 0, after_id, limit).await
     }
 
     async fn max_event_id(&self) -> StoreResult<i64> {
