@@ -45,7 +45,9 @@ else
   kiln_bin="$root/target/release/kiln"
 fi
 # A private copy, so a concurrent `cargo build` cannot swap the binary mid-run.
-cp "$kiln_bin" "$build_dir/kiln"
+if [ "$(realpath "$kiln_bin")" != "$(realpath -m "$build_dir/kiln")" ]; then
+  cp "$kiln_bin" "$build_dir/kiln"
+fi
 log "building the raw SQLite inserter"
 gcc -O2 -Wall -o "$build_dir/sqlite_insert" bench/baseline-sqlite/sqlite_insert.c -lsqlite3
 if [ ! -d bench/baseline-fastify/node_modules ] || [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
