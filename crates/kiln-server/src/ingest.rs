@@ -90,8 +90,15 @@ async fn run(
 async fn commit(store: &dyn Store, clock: &dyn Clock, jobs: &mut Vec<Job>, events: usize) {
     let (requests, replies): (Vec<IngestRequest>, Vec<oneshot::Sender<IngestResult>>) =
         jobs.drain(..).map(|job| (job.request, job.reply)).unzip();
+    let started = std::time::Instant::now();
     match store.ingest(&requests, clock.now()).await {
         Ok(results) => {
+            tracing::debug!(
+                requests = requests.len(),
+                events,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "committed"
+            );
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
             }

@@ -419,3 +419,42 @@ async fn a_slow_subscriber_is_dropped_without_slowing_ingest(engine: Engine) {
     assert!(ids.windows(2).all(|w| w[1] == w[0] + 1));
     app.stop().await;
 }
+
+engine_test!(a_burst_larger_than_the_room_buffer_reaches_a_reader_that_keeps_up);
+
+async fn a_burst_larger_than_the_room_buffer_reaches_a_reader_that_keeps_up(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (web, token) = app.project_client("web", &["ingest", "read"]).await;
+    let mut stream = SseStream::open(&format!("{}/api/v1/stream", app.base_url), &token, None)
+        .await
+        .unwrap();
+    // Four concurrent batches of 1,000 usually share one group commit: 4,000 events are
+    // published at once, four times the room's buffer.
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let web = web.clone();
+        writers.push(tokio::spawn(async move {
+            let batch: Vec<EventPayload> = (0..1000)
+                .map(|_| event(&format!("burst-{writer}"), "heartbeat"))
+                .collect();
+            web.send_events(&batch).await.unwrap();
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let mut ids = Vec::new();
+    while ids.len() < 4000 {
+        let received = stream.next(WAIT).await.expect("the stream stays open");
+        assert_ne!(
+            received.event, "dropped",
+            "a reader that keeps up is not dropped"
+        );
+        ids.push(received.id.unwrap());
+    }
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap-free and in order"
+    );
+    app.stop().await;
+}

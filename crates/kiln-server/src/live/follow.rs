@@ -20,6 +20,9 @@ use super::{Bus, LiveEvent, Room};
 const REPLAY_PAGE: i64 = 1000;
 /// Deliveries queued for one subscriber's connection before the follow task waits.
 const OUTBOX: usize = 256;
+/// How long a subscriber catching up after a lag may leave its outbox full before it
+/// is dropped as too slow.
+const CATCH_UP_PATIENCE: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub(crate) enum Delivery {
@@ -67,6 +70,7 @@ pub(crate) fn follow(
             delivered: after,
             coalescer: Coalescer::new(coalesce),
             scope,
+            catching_up: false,
         };
         follower.run(&*store, live, closing).await;
     });
@@ -81,6 +85,8 @@ struct Follower {
     delivered: i64,
     coalescer: Coalescer,
     scope: Scope,
+    /// Replaying from the store after a lag: sends must not wait on a full outbox.
+    catching_up: bool,
 }
 
 /// Whether to keep going after a step.
@@ -121,7 +127,10 @@ impl Follower {
                         // whose own connection is backed up is slow: drop it.
                         if self.outbox.capacity() >= OUTBOX / 2 {
                             live = live.resubscribe();
-                            if let Flow::Stop = self.replay(store).await {
+                            self.catching_up = true;
+                            let flow = self.replay(store).await;
+                            self.catching_up = false;
+                            if let Flow::Stop = flow {
                                 return;
                             }
                             continue;
@@ -207,7 +216,33 @@ impl Follower {
     async fn send(&mut self, events: Vec<Arc<LiveEvent>>) -> Flow {
         for event in events {
             let id = event.id;
-            if self.outbox.send(Delivery::Event(event)).await.is_err() {
+            if self.catching_up {
+                // After a lag, an outbox that stays full means this subscriber's own
+                // connection is what falls behind: waiting longer would only move the
+                // lag here. A reader that keeps up drains it within the patience.
+                match tokio::time::timeout(
+                    CATCH_UP_PATIENCE,
+                    self.outbox.send(Delivery::Event(event)),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Flow::Stop,
+                    Err(_) => {
+                        let _ = self
+                            .outbox
+                            .send(Delivery::Dropped {
+                                reason: format!(
+                                    "this subscriber fell behind and its connection is not keeping up; reconnect with Last-Event-ID {}",
+                                    self.delivered
+                                ),
+                                resume_from: self.delivered,
+                            })
+                            .await;
+                        return Flow::Stop;
+                    }
+                }
+            } else if self.outbox.send(Delivery::Event(event)).await.is_err() {
                 return Flow::Stop;
             }
             self.delivered = id;
