@@ -315,7 +315,25 @@ impl Store for SqlStore {
         requests: &[IngestRequest],
         now: Millis,
     ) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>> {
-        ingest::ingest(self, requests, now).await
+        // SQLite can answer "database is locked" despite the busy timeout when another
+        // process shares the file (a lock upgrade or a checkpoint in the way). The
+        // transaction rolled back and wrote nothing, so running it again is safe.
+        let mut delay = Duration::from_millis(10);
+        for attempt in 1.. {
+            match ingest::ingest(self, requests, now).await {
+                Err(StoreError::Unavailable(message))
+                    if self.engine == Engine::Sqlite
+                        && message.contains("database is locked")
+                        && attempt < 8 =>
+                {
+                    tracing::debug!(attempt, "ingest met a locked SQLite database; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+                result => return result,
+            }
+        }
+        unreachable!("the retry loop returns")
     }
 
     async fn list_builds(&self, filter: &BuildFilter) -> StoreResult<Vec<BuildRecord>> {
