@@ -3,8 +3,9 @@
 //! Only this crate knows SQL. One implementation (`sql::SqlStore`, over sqlx's `Any`
 //! driver) serves both SQLite and PostgreSQL: the statements are written in the common
 //! dialect and the engines differ only in their migrations, connection set-up and how a
-//! write transaction begins. The same test suite (`tests/store_suite.rs`) runs against
-//! both engines.
+//! write transaction begins — except SQLite ingest, which a dedicated writer thread runs
+//! over rusqlite (`sql::sqlite_writer`) with the same transaction logic. The same test
+//! suite (`tests/store_suite.rs`) runs against both engines.
 
 mod migrations;
 mod records;
@@ -55,6 +56,26 @@ impl From<sqlx::Error> for StoreError {
             return StoreError::Conflict(database_error.message().to_owned());
         }
         StoreError::Unavailable(error.to_string())
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(failure, message) = &error
+            && (failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+        {
+            return StoreError::Conflict(message.clone().unwrap_or_else(|| error.to_string()));
+        }
+        StoreError::Unavailable(error.to_string())
+    }
+}
+
+impl StoreError {
+    /// SQLite's "database is locked" (another connection or process holds the write
+    /// lock past the busy timeout): the transaction wrote nothing and may be retried.
+    pub(crate) fn is_sqlite_busy(&self) -> bool {
+        matches!(self, StoreError::Unavailable(message) if message.contains("database is locked"))
     }
 }
 

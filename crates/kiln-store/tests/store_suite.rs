@@ -58,6 +58,10 @@ store_test!(
     concurrent_writers_on_two_stores_leave_no_gaps
 );
 store_test!(
+    two_stores_writing_one_build_keep_its_sequence,
+    two_stores_writing_one_build_keep_its_sequence
+);
+store_test!(
     migrations_are_idempotent_across_reopen,
     migrations_are_idempotent_across_reopen
 );
@@ -641,6 +645,86 @@ async fn concurrent_writers_on_two_stores_leave_no_gaps(engine: Engine) {
         let unique: HashSet<i64> = events.iter().map(|e| e.id).collect();
         assert_eq!(unique.len(), REQUESTS * 2);
     }
+}
+
+/// A writer that remembers builds between transactions (SQLite's) must notice that
+/// another connection wrote the same build in between, and continue from there.
+async fn two_stores_writing_one_build_keep_its_sequence(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let stores: [Arc<dyn Store>; 2] = [database.open_dyn().await, database.open_dyn().await];
+    let web = project(&*stores[0], "web").await;
+    let first = ingest_one(
+        &*stores[0],
+        request(&web, vec![event("shared", "build_started")]),
+        1,
+    )
+    .await;
+    assert_eq!(first[0].seq, Some(1));
+    for index in 0..10_i64 {
+        let store = &stores[(index % 2) as usize ^ 1];
+        let stage = format!("stage-{index}");
+        let outcome = ingest_one(
+            &**store,
+            request(
+                &web,
+                vec![with_id(
+                    stage_event("shared", "stage_started", &stage),
+                    &format!("e{index}"),
+                )],
+            ),
+            2 + index,
+        )
+        .await;
+        assert_eq!(outcome[0].status, OutcomeStatus::Stored);
+        assert_eq!(
+            outcome[0].seq,
+            Some(index + 2),
+            "seq continues across stores"
+        );
+    }
+    // A retry through the other store is still recognised as a duplicate.
+    let retry = ingest_one(
+        &*stores[0],
+        request(
+            &web,
+            vec![with_id(
+                stage_event("shared", "stage_started", "stage-9"),
+                "e9",
+            )],
+        ),
+        50,
+    )
+    .await;
+    assert_eq!(retry[0].status, OutcomeStatus::Duplicate);
+    assert_eq!(retry[0].seq, Some(11));
+    let build = stores[1].build_by_run_id("shared").await.unwrap().unwrap();
+    assert_eq!(build.state.last_seq, 11);
+    assert_eq!(build.state.stages.len(), 10);
+    assert_eq!(
+        build.state.current_stage.as_ref().map(|s| s.as_str()),
+        Some("stage-9")
+    );
+    let ended = ingest_one(
+        &*stores[1],
+        request(&web, vec![event("shared", "build_completed")]),
+        60,
+    )
+    .await;
+    assert_eq!(ended[0].seq, Some(12));
+    let after = stores[0]
+        .ingest(
+            &[request(
+                &web,
+                vec![stage_event("shared", "stage_started", "late")],
+            )],
+            Millis(61),
+        )
+        .await
+        .unwrap();
+    assert!(
+        after[0].is_err(),
+        "the ended build refuses lifecycle events on either store"
+    );
 }
 
 async fn migrations_are_idempotent_across_reopen(engine: Engine) {

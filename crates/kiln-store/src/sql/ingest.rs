@@ -1,5 +1,9 @@
 //! The ingest transaction: many requests, one commit (group commit).
 //!
+//! This module holds the engine-independent parts (prefetched state, the in-memory replay,
+//! the write plan) and the sqlx executor used on PostgreSQL; SQLite runs the same plan in
+//! `sqlite_writer`.
+//!
 //! Phase 0 prefetches, in a handful of `IN (…)` queries, every build the group touches,
 //! their stages and the earlier events whose `eventId`s reappear. Phase 1 replays each
 //! request's events on in-memory copies of those builds (`BuildState::apply`) without any
@@ -52,39 +56,139 @@ fn chunks<T>(items: &[T]) -> Vec<&[T]> {
 type Tx = Transaction<'static, Any>;
 
 #[derive(Clone)]
-struct WorkingBuild {
-    db_id: Option<i64>,
-    project_id: i64,
-    number: i64,
-    last_event_id: i64,
-    state: BuildState,
-    changed: bool,
+pub(super) struct WorkingBuild {
+    pub(super) db_id: Option<i64>,
+    pub(super) project_id: i64,
+    pub(super) number: i64,
+    pub(super) last_event_id: i64,
+    pub(super) state: BuildState,
+    pub(super) changed: bool,
 }
 
-struct EventRow {
-    id: i64,
-    run_id: String,
-    project_id: i64,
-    seq: i64,
-    event_type: String,
-    client_event_id: Option<String>,
-    payload: String,
+impl WorkingBuild {
+    pub(super) fn existing(record: BuildRecord) -> Self {
+        WorkingBuild {
+            db_id: Some(record.id),
+            project_id: record.project_id,
+            number: record.number,
+            last_event_id: record.last_event_id,
+            state: record.state,
+            changed: false,
+        }
+    }
+}
+
+pub(super) struct EventRow {
+    pub(super) id: i64,
+    pub(super) run_id: String,
+    pub(super) project_id: i64,
+    pub(super) seq: i64,
+    pub(super) event_type: String,
+    pub(super) client_event_id: Option<String>,
+    pub(super) payload: String,
 }
 
 /// What the accepted requests of this transaction have produced so far.
 #[derive(Default)]
-struct Batch {
+pub(super) struct Batch {
     /// Builds in order of first appearance, so build numbers follow arrival order.
-    order: Vec<String>,
-    builds: HashMap<String, WorkingBuild>,
-    rows: Vec<EventRow>,
+    pub(super) order: Vec<String>,
+    pub(super) builds: HashMap<String, WorkingBuild>,
+    pub(super) rows: Vec<EventRow>,
     client_ids: HashMap<(String, String), (i64, i64)>,
 }
 
+impl Batch {
+    /// New builds that need a number, per project, in arrival order.
+    pub(super) fn new_builds_per_project(&self) -> BTreeMap<i64, Vec<String>> {
+        let mut per_project: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        for key in &self.order {
+            if let Some(working) = self.builds.get(key)
+                && working.changed
+                && working.db_id.is_none()
+            {
+                per_project
+                    .entry(working.project_id)
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
+        per_project
+    }
+
+    /// Gives the builds of `keys` the numbers ending at `last` (a project's counter after
+    /// adding `keys.len()`).
+    pub(super) fn number_builds(&mut self, keys: &[String], last: i64) {
+        let first = last - keys.len() as i64 + 1;
+        for (offset, key) in keys.iter().enumerate() {
+            if let Some(working) = self.builds.get_mut(key) {
+                working.number = first + offset as i64;
+            }
+        }
+    }
+
+    /// Builds the accepted requests changed, in arrival order.
+    pub(super) fn changed(&self) -> impl Iterator<Item = &WorkingBuild> {
+        self.order
+            .iter()
+            .filter_map(|key| self.builds.get(key))
+            .filter(|working| working.changed)
+    }
+}
+
 /// Builds and eventIds that existed before this transaction.
-struct Prefetched {
-    builds: HashMap<String, WorkingBuild>,
-    client_ids: HashMap<(String, String), (i64, i64)>,
+#[derive(Default)]
+pub(super) struct Prefetched {
+    pub(super) builds: HashMap<String, WorkingBuild>,
+    pub(super) client_ids: HashMap<(String, String), (i64, i64)>,
+}
+
+/// The distinct run ids of a group of requests, sorted.
+pub(super) fn run_ids(requests: &[IngestRequest]) -> Vec<&str> {
+    let mut run_ids: Vec<&str> = requests
+        .iter()
+        .flat_map(|request| request.events.iter().map(|event| event.run_id.as_str()))
+        .collect();
+    run_ids.sort_unstable();
+    run_ids.dedup();
+    run_ids
+}
+
+/// `(build id, eventId)` pairs of the group that may repeat events stored earlier: those
+/// of builds that exist already.
+pub(super) fn wanted_client_ids<'r>(
+    requests: &'r [IngestRequest],
+    builds: &HashMap<String, WorkingBuild>,
+) -> Vec<(i64, &'r str)> {
+    let mut wanted: HashSet<(i64, &str)> = HashSet::new();
+    for event in requests.iter().flat_map(|request| &request.events) {
+        if let (Some(client_event_id), Some(working)) =
+            (&event.client_event_id, builds.get(event.run_id.as_str()))
+            && let Some(build_id) = working.db_id
+        {
+            wanted.insert((build_id, client_event_id.as_str()));
+        }
+    }
+    wanted.into_iter().collect()
+}
+
+pub(super) type Results = Vec<Result<Vec<EventOutcome>, IngestRejection>>;
+
+/// Phase 1: replays every request on the prefetched builds, in order, without a query.
+/// Returns the batch to write, one result per request and the last event id used.
+pub(super) fn simulate_all(
+    prefetched: &Prefetched,
+    requests: &[IngestRequest],
+    now: Millis,
+    last_id: i64,
+) -> (Batch, Results, i64) {
+    let mut batch = Batch::default();
+    let mut next_id = last_id;
+    let results = requests
+        .iter()
+        .map(|request| simulate(prefetched, &mut batch, &mut next_id, request, now))
+        .collect();
+    (batch, results, next_id)
 }
 
 pub(super) async fn ingest(
@@ -105,12 +209,7 @@ pub(super) async fn ingest(
     let locked = started.elapsed();
     let prefetched = prefetch(&mut transaction, store.engine, requests).await?;
     let fetched = started.elapsed();
-    let mut batch = Batch::default();
-    let mut next_id = last_id;
-    let results: Vec<_> = requests
-        .iter()
-        .map(|request| simulate(&prefetched, &mut batch, &mut next_id, request, now))
-        .collect();
+    let (mut batch, results, next_id) = simulate_all(&prefetched, requests, now, last_id);
 
     let simulated = started.elapsed();
     if next_id > last_id {
@@ -168,13 +267,7 @@ async fn prefetch(
     engine: Engine,
     requests: &[IngestRequest],
 ) -> StoreResult<Prefetched> {
-    let mut run_ids: Vec<&str> = requests
-        .iter()
-        .flat_map(|request| request.events.iter().map(|event| event.run_id.as_str()))
-        .collect();
-    run_ids.sort_unstable();
-    run_ids.dedup();
-
+    let run_ids = run_ids(requests);
     let mut builds: HashMap<String, WorkingBuild> = HashMap::new();
     let mut by_id: BTreeMap<i64, String> = BTreeMap::new();
     for chunk in chunks(&run_ids) {
@@ -190,17 +283,7 @@ async fn prefetch(
             let record = build_from_row(&row)?;
             let run_id = record.state.run_id.to_string();
             by_id.insert(record.id, run_id.clone());
-            builds.insert(
-                run_id,
-                WorkingBuild {
-                    db_id: Some(record.id),
-                    project_id: record.project_id,
-                    number: record.number,
-                    last_event_id: record.last_event_id,
-                    state: record.state,
-                    changed: false,
-                },
-            );
+            builds.insert(run_id, WorkingBuild::existing(record));
         }
     }
 
@@ -227,20 +310,10 @@ async fn prefetch(
         }
     }
 
-    // eventIds that may repeat earlier events: only those of builds that exist.
-    let mut wanted: HashSet<(i64, &str)> = HashSet::new();
-    for event in requests.iter().flat_map(|request| &request.events) {
-        if let (Some(client_event_id), Some(working)) =
-            (&event.client_event_id, builds.get(event.run_id.as_str()))
-            && let Some(build_id) = working.db_id
-        {
-            wanted.insert((build_id, client_event_id.as_str()));
-        }
-    }
     // Exact (build, eventId) pairs, so each is one probe of the unique index; an
     // `IN (…) AND IN (…)` form let SQLite scan every event of each build instead.
     let mut client_ids = HashMap::new();
-    let wanted: Vec<(i64, &str)> = wanted.into_iter().collect();
+    let wanted = wanted_client_ids(requests, &builds);
     for chunk in chunks(&wanted) {
         let sql = format!(
             "SELECT build_id, client_event_id, id, seq FROM events WHERE (build_id, client_event_id) IN (VALUES {})",
@@ -386,7 +459,7 @@ fn simulate(
     Ok(outcomes)
 }
 
-fn new_build(run_id: &RunId, project_id: i64, now: Millis) -> WorkingBuild {
+pub(super) fn new_build(run_id: &RunId, project_id: i64, now: Millis) -> WorkingBuild {
     WorkingBuild {
         db_id: None,
         project_id,
@@ -414,7 +487,7 @@ fn outcome(
 
 /// Progress is kept as an integer (hundredths of a percent) so both engines store it
 /// exactly and no float crosses the `Any` driver.
-fn progress_to_hundredths(progress: f64) -> i64 {
+pub(super) fn progress_to_hundredths(progress: f64) -> i64 {
     (progress * 100.0).round() as i64
 }
 
@@ -462,19 +535,7 @@ async fn write(
     now: Millis,
 ) -> StoreResult<()> {
     // Build numbers for new builds: one counter update per project, in arrival order.
-    let mut new_per_project: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-    for key in &batch.order {
-        if let Some(working) = batch.builds.get(key)
-            && working.changed
-            && working.db_id.is_none()
-        {
-            new_per_project
-                .entry(working.project_id)
-                .or_default()
-                .push(key.clone());
-        }
-    }
-    for (project_id, keys) in &new_per_project {
+    for (project_id, keys) in &batch.new_builds_per_project() {
         let last: i64 = sqlx::query(
             "UPDATE projects SET last_build_number = last_build_number + $1 WHERE id = $2 RETURNING last_build_number",
         )
@@ -483,21 +544,11 @@ async fn write(
         .fetch_one(&mut **transaction)
         .await?
         .try_get(0)?;
-        let first = last - keys.len() as i64 + 1;
-        for (offset, key) in keys.iter().enumerate() {
-            if let Some(working) = batch.builds.get_mut(key) {
-                working.number = first + offset as i64;
-            }
-        }
+        batch.number_builds(keys, last);
     }
 
     let mut build_ids: HashMap<String, i64> = HashMap::new();
-    let changed: Vec<&WorkingBuild> = batch
-        .order
-        .iter()
-        .filter_map(|key| batch.builds.get(key))
-        .filter(|working| working.changed)
-        .collect();
+    let changed: Vec<&WorkingBuild> = batch.changed().collect();
     let (existing, created): (Vec<&WorkingBuild>, Vec<&WorkingBuild>) =
         changed.iter().partition(|working| working.db_id.is_some());
 

@@ -5,9 +5,14 @@
 //! `kiln_counters` row, which serialises ingest across connections and replicas; on
 //! SQLite they also `BEGIN IMMEDIATE`, so a writer waits for the lock (busy timeout)
 //! instead of failing when upgrading a read snapshot.
+//!
+//! Ingest on SQLite does not go through sqlx: `sqlite_writer` runs it on a dedicated
+//! thread with its own rusqlite connection (same file, same pragmas), sharing the
+//! transaction's logic with the PostgreSQL path in `ingest`.
 
 mod ingest;
 mod rows;
+mod sqlite_writer;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,6 +30,8 @@ use rows::{BUILD_SELECT, build_from_row, project_from_row, token_from_row};
 pub struct SqlStore {
     pool: AnyPool,
     engine: Engine,
+    /// SQLite only: the thread that runs every ingest transaction.
+    writer: Option<sqlite_writer::SqliteWriter>,
     /// Kept for engine-specific connections (PostgreSQL `LISTEN`).
     database_url: String,
 }
@@ -108,9 +115,24 @@ impl SqlStore {
         let mut connection = pool.acquire().await?;
         crate::migrations::run(&mut connection, engine).await?;
         drop(connection);
+        let writer = match engine {
+            Engine::Sqlite => {
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?;
+                if options.get_filename() == std::path::Path::new(":memory:") {
+                    return Err(StoreError::Unavailable(
+                        "in-memory SQLite is not supported (every connection would see another \
+                         database): use sqlite://PATH"
+                            .into(),
+                    ));
+                }
+                Some(sqlite_writer::SqliteWriter::start(options.get_filename())?)
+            }
+            Engine::Postgres => None,
+        };
         Ok(Self {
             pool,
             engine,
+            writer,
             database_url: url,
         })
     }
@@ -315,25 +337,10 @@ impl Store for SqlStore {
         requests: &[IngestRequest],
         now: Millis,
     ) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>> {
-        // SQLite can answer "database is locked" despite the busy timeout when another
-        // process shares the file (a lock upgrade or a checkpoint in the way). The
-        // transaction rolled back and wrote nothing, so running it again is safe.
-        let mut delay = Duration::from_millis(10);
-        for attempt in 1.. {
-            match ingest::ingest(self, requests, now).await {
-                Err(StoreError::Unavailable(message))
-                    if self.engine == Engine::Sqlite
-                        && message.contains("database is locked")
-                        && attempt < 8 =>
-                {
-                    tracing::debug!(attempt, "ingest met a locked SQLite database; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(500));
-                }
-                result => return result,
-            }
+        match &self.writer {
+            Some(writer) => writer.ingest(requests, now).await,
+            None => ingest::ingest(self, requests, now).await,
         }
-        unreachable!("the retry loop returns")
     }
 
     async fn list_builds(&self, filter: &BuildFilter) -> StoreResult<Vec<BuildRecord>> {

@@ -46,59 +46,98 @@ pub(crate) fn token_from_row(row: &AnyRow) -> StoreResult<TokenRecord> {
     })
 }
 
-pub(crate) fn build_from_row(row: &AnyRow) -> StoreResult<BuildRecord> {
-    let run_id: String = row.try_get("run_id")?;
-    let status: String = row.try_get("status")?;
-    let current_stage: Option<String> = row.try_get("current_stage")?;
+/// Named column access shared by sqlx rows (reads, PostgreSQL ingest) and rusqlite rows
+/// (the SQLite writer), so one mapping serves both.
+pub(crate) trait Columns {
+    fn int(&self, name: &str) -> StoreResult<i64>;
+    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>>;
+    fn text(&self, name: &str) -> StoreResult<String>;
+    fn opt_text(&self, name: &str) -> StoreResult<Option<String>>;
+}
+
+impl Columns for AnyRow {
+    fn int(&self, name: &str) -> StoreResult<i64> {
+        Ok(self.try_get(name)?)
+    }
+    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
+        Ok(self.try_get(name)?)
+    }
+    fn text(&self, name: &str) -> StoreResult<String> {
+        Ok(self.try_get(name)?)
+    }
+    fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
+        Ok(self.try_get(name)?)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn int(&self, name: &str) -> StoreResult<i64> {
+        Ok(self.get(name)?)
+    }
+    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
+        Ok(self.get(name)?)
+    }
+    fn text(&self, name: &str) -> StoreResult<String> {
+        Ok(self.get(name)?)
+    }
+    fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
+        Ok(self.get(name)?)
+    }
+}
+
+pub(crate) fn build_from_row(row: &impl Columns) -> StoreResult<BuildRecord> {
+    let run_id = row.text("run_id")?;
+    let status = row.text("status")?;
+    let current_stage = row.opt_text("current_stage")?;
     let state = BuildState {
         run_id: RunId::parse("run_id", &run_id).map_err(|e| corrupt("build", e))?,
         status: BuildStatus::from_name(&status).ok_or_else(|| corrupt("build", &status))?,
         progress: row
-            .try_get::<Option<i64>, _>("progress_hundredths")?
+            .opt_int("progress_hundredths")?
             .map(|hundredths| hundredths as f64 / 100.0),
         current_stage: current_stage
             .map(|name| StageName::parse("current_stage", &name))
             .transpose()
             .map_err(|e| corrupt("build", e))?,
-        env: row.try_get("env")?,
-        origin: row.try_get("origin")?,
-        command: row.try_get("command")?,
-        host: row.try_get("host")?,
-        pid: row.try_get("pid")?,
-        repo: row.try_get("repo")?,
-        branch: row.try_get("branch")?,
-        commit: row.try_get("commit_sha")?,
-        message: row.try_get("message")?,
-        created_at: Millis(row.try_get("created_at")?),
-        started_at: Millis(row.try_get("started_at")?),
-        ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(Millis),
-        duration_ms: row.try_get("duration_ms")?,
-        last_event_at: Millis(row.try_get("last_event_at")?),
-        heartbeat_timeout_secs: row.try_get("heartbeat_timeout_secs")?,
-        last_seq: row.try_get("last_seq")?,
+        env: row.opt_text("env")?,
+        origin: row.opt_text("origin")?,
+        command: row.opt_text("command")?,
+        host: row.opt_text("host")?,
+        pid: row.opt_int("pid")?,
+        repo: row.opt_text("repo")?,
+        branch: row.opt_text("branch")?,
+        commit: row.opt_text("commit_sha")?,
+        message: row.opt_text("message")?,
+        created_at: Millis(row.int("created_at")?),
+        started_at: Millis(row.int("started_at")?),
+        ended_at: row.opt_int("ended_at")?.map(Millis),
+        duration_ms: row.opt_int("duration_ms")?,
+        last_event_at: Millis(row.int("last_event_at")?),
+        heartbeat_timeout_secs: row.opt_int("heartbeat_timeout_secs")?,
+        last_seq: row.int("last_seq")?,
         stages: Vec::new(),
     };
     Ok(BuildRecord {
-        id: row.try_get("id")?,
-        project_id: row.try_get("project_id")?,
-        project_slug: row.try_get("slug")?,
-        number: row.try_get("number")?,
-        last_event_id: row.try_get("last_event_id")?,
+        id: row.int("id")?,
+        project_id: row.int("project_id")?,
+        project_slug: row.text("slug")?,
+        number: row.int("number")?,
+        last_event_id: row.int("last_event_id")?,
         state,
     })
 }
 
-pub(crate) fn stage_from_row(row: &AnyRow) -> StoreResult<StageState> {
-    let name: String = row.try_get("name")?;
-    let status: String = row.try_get("status")?;
+pub(crate) fn stage_from_row(row: &impl Columns) -> StoreResult<StageState> {
+    let name = row.text("name")?;
+    let status = row.text("status")?;
     Ok(StageState {
         name: StageName::parse("name", &name).map_err(|e| corrupt("stage", e))?,
-        position: row.try_get("position")?,
+        position: row.int("position")?,
         status: StageStatus::from_name(&status).ok_or_else(|| corrupt("stage", &status))?,
-        started_at: Millis(row.try_get("started_at")?),
-        ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(Millis),
-        duration_ms: row.try_get("duration_ms")?,
-        message: row.try_get("message")?,
+        started_at: Millis(row.int("started_at")?),
+        ended_at: row.opt_int("ended_at")?.map(Millis),
+        duration_ms: row.opt_int("duration_ms")?,
+        message: row.opt_text("message")?,
         dirty: false,
     })
 }
