@@ -90,7 +90,11 @@ impl SqlStore {
                 Engine::Sqlite => 8,
                 Engine::Postgres => 16,
             })
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(Duration::from_secs(10))
+            // No ping before every use (a round trip per query on PostgreSQL): a broken
+            // connection fails its query, the caller gets a retryable 503, and the pool
+            // replaces the connection.
+            .test_before_acquire(false);
         let pool_options = if engine == Engine::Sqlite {
             pool_options.after_connect(|connection, _meta| {
                 Box::pin(async move {
