@@ -178,7 +178,15 @@ process.on('message', async (m) => {
     process.send({ reset: true });
   } else if (m.cmd === 'stop') {
     stopAll();
+    // Do not exit here: a large answer may still be in the IPC pipe (exiting 200 ms after
+    // send() lost it at 10,000 subscribers, when closing 5,000 sockets kept this loop
+    // busy). The orchestrator disconnects us once it has the answer.
     process.send({ done: true, ks: ks.slice(0, n), ts: ts.slice(0, n), gaps, dups, errors, connected, failed, closedEarly, doneTimes: Float64Array.from(doneTimes) });
-    setTimeout(() => process.exit(0), 200);
   }
+});
+// The orchestrator went away (or has our answer): nothing left to do.
+process.on('disconnect', () => process.exit(0));
+process.on('uncaughtException', (e) => {
+  process.stderr.write(`worker ${process.pid}: ${e && e.stack || e}\n`);
+  process.exit(3);
 });
