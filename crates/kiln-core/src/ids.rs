@@ -53,6 +53,11 @@ string_newtype!(
     /// The client's idempotency key for one event: 1–128 printable ASCII characters.
     ClientEventId
 );
+string_newtype!(
+    /// A label an agent offers and a pipeline step asks for (`linux`, `gpu`, `arch=arm64`):
+    /// 1–64 characters from `A-Z a-z 0-9 - _ . : = /`, compared exactly.
+    AgentLabel
+);
 
 impl RunId {
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
@@ -140,6 +145,24 @@ impl ClientEventId {
     }
 }
 
+impl AgentLabel {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        let valid_chars = raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '=' | '/'));
+        if raw.is_empty() || raw.len() > limits::MAX_AGENT_LABEL_LEN || !valid_chars {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "must be 1-{} characters of letters, digits and '-', '_', '.', ':', '=', '/' (for example 'linux' or 'arch=arm64')",
+                    limits::MAX_AGENT_LABEL_LEN
+                ),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +200,17 @@ mod tests {
         assert!(StageName::parse("stage", "a\nb").is_err());
         assert!(StageName::parse("stage", &"é".repeat(200)).is_ok());
         assert!(StageName::parse("stage", &"é".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn agent_labels() {
+        assert_eq!(
+            AgentLabel::parse("label", "arch=arm64").unwrap().as_str(),
+            "arch=arm64"
+        );
+        assert!(AgentLabel::parse("label", "").is_err());
+        assert!(AgentLabel::parse("label", "a,b").is_err());
+        assert!(AgentLabel::parse("label", "has space").is_err());
+        assert!(AgentLabel::parse("label", &"a".repeat(65)).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Kiln's domain model: validated identifiers, events, builds and their state machine.
+//! Kiln's domain model: validated identifiers, events, builds and their state machine, and
+//! the pipeline file that says what a build runs.
 //!
 //! This crate performs no I/O and knows nothing of HTTP, SQL or processes. Values are
 //! parsed once at the boundary into the newtypes defined here; past that point an invalid
@@ -8,10 +9,12 @@ pub mod build;
 pub mod event;
 pub mod ids;
 pub mod limits;
+pub mod pipeline;
 pub mod time;
 pub mod token;
 
 pub use build::{Applied, BuildState, BuildStatus, Rejection, StageState, StageStatus};
 pub use event::{CoreEventType, EventType, FieldError, NewEvent};
-pub use ids::{ClientEventId, ProjectSlug, RunId, StageName};
+pub use ids::{AgentLabel, ClientEventId, ProjectSlug, RunId, StageName};
+pub use pipeline::{Pipeline, PipelineError};
 pub use time::Millis;

@@ -36,3 +36,37 @@ pub const MAX_PAGE_LIMIT: i64 = 1000;
 /// Page size when a read names none.
 pub const DEFAULT_EVENT_PAGE_LIMIT: i64 = 500;
 pub const DEFAULT_BUILD_PAGE_LIMIT: i64 = 50;
+
+// The pipeline file (`.kiln.yml`); see docs/pipeline.md.
+
+/// Largest pipeline file.
+pub const MAX_PIPELINE_FILE_BYTES: usize = 256 * 1024;
+/// Most steps in one pipeline.
+pub const MAX_PIPELINE_STEPS: usize = 200;
+/// Most commands in one step's `run`.
+pub const MAX_STEP_COMMANDS: usize = 100;
+/// Longest single command (a block script counts as one command).
+pub const MAX_STEP_COMMAND_BYTES: usize = 64 * 1024;
+/// Most variables in one `env` mapping (top-level or one step's).
+pub const MAX_ENV_VARS: usize = 100;
+/// Longest environment variable name.
+pub const MAX_ENV_NAME_LEN: usize = 128;
+/// Longest environment variable value.
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+/// Most entries in one of a step's short lists: `branches`, `agents`, `artifacts`,
+/// `cache.key_files`, `cache.paths`, `retry.automatic.on`.
+pub const MAX_STEP_LIST_ENTRIES: usize = 50;
+/// Longest path, glob or branch pattern.
+pub const MAX_PIPELINE_PATH_LEN: usize = 1024;
+/// Longest agent label.
+pub const MAX_AGENT_LABEL_LEN: usize = 64;
+/// Longest container image reference.
+pub const MAX_IMAGE_LEN: usize = 255;
+/// Shortest, longest and default step timeout, in seconds.
+pub const MIN_STEP_TIMEOUT_SECS: u64 = 1;
+pub const MAX_STEP_TIMEOUT_SECS: u64 = 72 * 3600;
+pub const DEFAULT_STEP_TIMEOUT_SECS: u64 = 60 * 60;
+/// Most automatic retries of one step.
+pub const MAX_RETRY_LIMIT: u32 = 10;
+/// Largest `package.json` that pipeline inference reads.
+pub const MAX_PACKAGE_JSON_BYTES: usize = 1024 * 1024;
