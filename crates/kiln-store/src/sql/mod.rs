@@ -113,7 +113,20 @@ impl SqlStore {
                 })
             })
         } else {
-            pool_options
+            pool_options.after_connect(|connection, _meta| {
+                Box::pin(async move {
+                    // Plan every execution with its actual values. Prepared statements
+                    // otherwise switch to a generic plan after five runs, and for the
+                    // ingest lookups (`run_id IN (…)`, `(build_id, client_event_id) IN
+                    // (VALUES …)`) and the optional filters of the read queries that plan
+                    // was a hash join over a sequential scan of events: a commit's cost
+                    // grew with the table.
+                    connection
+                        .execute("SET plan_cache_mode = force_custom_plan")
+                        .await?;
+                    Ok(())
+                })
+            })
         };
         let pool = pool_options.connect_with(options).await?;
         let mut connection = pool.acquire().await?;

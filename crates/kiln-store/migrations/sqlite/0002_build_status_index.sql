@@ -1,0 +1,2 @@
+DROP INDEX builds_running;
+CREATE INDEX builds_status ON builds (status)
