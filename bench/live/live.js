@@ -302,7 +302,7 @@ async function storm(tk, kiln) {
     const done = res.reduce((a, r) => a + r.doneTimes.length, 0);
     const times = [].concat(...res.map((r) => Array.from(r.doneTimes)));
     return { kind: 'storm', clients: STORM_CLIENTS, behind: STORM_BEHIND, completed: done, gaps: res.reduce((a, r) => a + r.gaps, 0), dups: res.reduce((a, r) => a + r.dups, 0),
-      failed: res.reduce((a, r) => a + r.failed, 0), errors: res.reduce((a, r) => a + r.errors, 0), closedEarly: res.reduce((a, r) => a + r.closedEarly, 0),
+      failed: res.reduce((a, r) => a + r.failed, 0), errors: res.reduce((a, r) => a + r.errors, 0), closedEarly: res.reduce((a, r) => a + r.closedEarly, 0), resumed: res.reduce((a, r) => a + (r.resumed || 0), 0),
       totalS, clientP50s: pct(times, 50) / 1000, clientP99s: pct(times, 99) / 1000, eventsReplayed: done * STORM_BEHIND,
       cpu: cpuDiff(c0, c1, ['server', ...ws.map((_, i) => `client${i}`)]), rssAfter: rss(kiln.proc.pid) };
   } finally { endWorkers(ws); }
@@ -329,7 +329,7 @@ function renderReport(report) {
     if (r.kind !== 'storm') continue;
     L.push('');
     if (r.failed) { L.push(`Replay storm **failed**: ${r.error}`); continue; }
-    L.push(`Replay storm: ${r.completed}/${r.clients} clients completed ${r.behind} events each in ${fmt(r.totalS)} s (per client p50 ${fmt(r.clientP50s)} s, p99 ${fmt(r.clientP99s)} s); gaps ${r.gaps}, duplicates ${r.dups}, failed ${r.failed}, errors ${r.errors}, closed early ${r.closedEarly}; cores server ${r.cpu.server}, machine ${r.cpu.machine}`);
+    L.push(`Replay storm: ${r.completed}/${r.clients} clients completed ${r.behind} events each in ${fmt(r.totalS)} s (per client p50 ${fmt(r.clientP50s)} s, p99 ${fmt(r.clientP99s)} s); gaps ${r.gaps}, duplicates ${r.dups}, failed ${r.failed}, errors ${r.errors}, closed early ${r.closedEarly}, dropped as slow and resumed by Last-Event-ID ${r.resumed || 0}; cores server ${r.cpu.server}, machine ${r.cpu.machine}`);
   }
   if (report.loadavgEnd) L.push('', `loadavg at end ${report.loadavgEnd.map((x) => x.toFixed(2)).join(' ')}`);
   return L.join('\n');

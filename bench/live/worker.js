@@ -12,7 +12,7 @@ let cap = 1 << 20;
 let ks = new Int32Array(cap);
 let ts = new Float64Array(cap);
 let n = 0;
-let gaps = 0, dups = 0, errors = 0, connected = 0, failed = 0, closedEarly = 0;
+let gaps = 0, dups = 0, errors = 0, connected = 0, failed = 0, closedEarly = 0, resumed = 0;
 const conns = [];
 const doneTimes = [];
 
@@ -37,48 +37,61 @@ function onEvent(st, ev, t) {
 const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
 
 function sseOpen(runId, lastEventId, until, onDone) {
-  return new Promise((resolve) => {
-    const st = { seq: null, req: null, done: false, t0: now() };
-    if (until !== undefined) st.seq = 1; // storm: cursor = the build_started (seq 1)
-    const headers = { Authorization: `Bearer ${cfg.token}`, Accept: 'text/event-stream' };
-    if (lastEventId !== undefined) headers['Last-Event-ID'] = String(lastEventId);
-    const req = http.get({ host: '127.0.0.1', port: cfg.port, path: `/api/v1/builds/${encodeURIComponent(runId)}/stream`, headers, agent });
-    st.req = req;
-    req.on('response', (res) => {
-      if (res.statusCode !== 200) { failed++; res.resume(); resolve(st); return; }
-      connected++;
-      resolve(st);
-      res.setEncoding('utf8');
-      let buf = '';
-      res.on('data', (chunk) => {
-        const t = now();
-        buf += chunk;
-        let i;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const block = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          let type = 'message', data = null;
-          for (const line of block.split('\n')) {
-            if (line.startsWith('data: ')) data = line.slice(6);
-            else if (line.startsWith('event: ')) type = line.slice(7);
-          }
-          if (data === null) continue;
-          if (type === 'dropped' || type === 'shutdown' || type === 'end') { closedEarly++; continue; }
-          const ev = JSON.parse(data);
-          onEvent(st, ev, t);
-          if (until !== undefined && !st.done && ev.seq >= until) {
-            st.done = true;
-            doneTimes.push(t - st.t0);
-            req.destroy();
-            if (onDone) onDone();
-          }
+  const st = { seq: null, req: null, done: false, t0: now(), lastId: lastEventId };
+  if (until !== undefined) st.seq = 1; // storm: cursor = the build_started (seq 1)
+  conns.push(st);
+  return new Promise((resolve) => sseConnect(st, runId, until, onDone, resolve));
+}
+
+// One HTTP stream of `st`; a storm client that the server drops as a slow consumer
+// (`event: dropped`) reconnects with Last-Event-ID = the last id it received, as
+// EventSource does, and continues (gap and duplicate checks span the reconnection).
+function sseConnect(st, runId, until, onDone, resolve) {
+  const headers = { Authorization: `Bearer ${cfg.token}`, Accept: 'text/event-stream' };
+  if (st.lastId !== undefined) headers['Last-Event-ID'] = String(st.lastId);
+  const req = http.get({ host: '127.0.0.1', port: cfg.port, path: `/api/v1/builds/${encodeURIComponent(runId)}/stream`, headers, agent });
+  st.req = req;
+  req.on('response', (res) => {
+    if (res.statusCode !== 200) { failed++; res.resume(); resolve(st); return; }
+    connected++;
+    resolve(st);
+    res.setEncoding('utf8');
+    let buf = '';
+    res.on('data', (chunk) => {
+      const t = now();
+      buf += chunk;
+      let i;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        let type = 'message', data = null, id = null;
+        for (const line of block.split('\n')) {
+          if (line.startsWith('data: ')) data = line.slice(6);
+          else if (line.startsWith('event: ')) type = line.slice(7);
+          else if (line.startsWith('id: ')) id = line.slice(4);
         }
-      });
-      res.on('error', () => {});
+        if (data === null) continue;
+        if (type === 'dropped' && until !== undefined && !st.done) {
+          resumed++;
+          req.destroy();
+          sseConnect(st, runId, until, onDone, () => {});
+          return;
+        }
+        if (type === 'dropped' || type === 'shutdown' || type === 'end') { closedEarly++; continue; }
+        if (id !== null) st.lastId = id;
+        const ev = JSON.parse(data);
+        onEvent(st, ev, t);
+        if (until !== undefined && !st.done && ev.seq >= until) {
+          st.done = true;
+          doneTimes.push(t - st.t0);
+          req.destroy();
+          if (onDone) onDone();
+        }
+      }
     });
-    req.on('error', () => { if (!st.done) { errors++; } resolve(st); });
-    conns.push(st);
+    res.on('error', () => {});
   });
+  req.on('error', () => { if (!st.done && !req.destroyed) { errors++; } resolve(st); });
 }
 
 async function runSse() {
@@ -181,7 +194,7 @@ process.on('message', async (m) => {
     // Do not exit here: a large answer may still be in the IPC pipe (exiting 200 ms after
     // send() lost it at 10,000 subscribers, when closing 5,000 sockets kept this loop
     // busy). The orchestrator disconnects us once it has the answer.
-    process.send({ done: true, ks: ks.slice(0, n), ts: ts.slice(0, n), gaps, dups, errors, connected, failed, closedEarly, doneTimes: Float64Array.from(doneTimes) });
+    process.send({ done: true, ks: ks.slice(0, n), ts: ts.slice(0, n), gaps, dups, errors, connected, failed, closedEarly, resumed, doneTimes: Float64Array.from(doneTimes) });
   }
 });
 // The orchestrator went away (or has our answer): nothing left to do.
