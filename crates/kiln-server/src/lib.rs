@@ -12,6 +12,7 @@ mod error;
 mod ingest;
 mod live;
 mod reaper;
+mod serve;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -98,11 +99,7 @@ pub async fn run(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         socket_io.close().await;
     };
-    // A make-service builds the router once; serving `app` directly cloned the whole
-    // route table into every connection (~15 KiB each, most of an idle SSE subscriber).
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    serve::serve(listener, app, shutdown).await?;
 
     // Requests are done; stop the reaper, then let the ingestor drain its queue.
     let _ = reaper_stop.send(true);

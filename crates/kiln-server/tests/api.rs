@@ -497,6 +497,31 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(engine: Engine) {
         .await;
     assert_eq!(status, 400);
     assert_error(&response, "invalid_field", Some("scopes[0]"));
+
+    // A request head is read into one 8 KiB buffer: larger heads are refused by the HTTP
+    // layer (431, no body); a head just under the limit and large bodies still work.
+    let http = reqwest::Client::new();
+    let refused = http
+        .get(format!("{}/healthz", app.base_url))
+        .header("x-pad", "p".repeat(16 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 431);
+    let accepted = http
+        .get(format!("{}/healthz", app.base_url))
+        .header("x-pad", "p".repeat(7 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status().as_u16(), 200);
+    let large: Vec<EventPayload> = (0..1000)
+        .map(|i| EventPayload {
+            message: Some(format!("{i}:{}", "m".repeat(800))),
+            ..event("large-body", "heartbeat")
+        })
+        .collect();
+    assert_eq!(web.send_events(&large).await.unwrap().events.len(), 1000);
     app.stop().await;
 }
 
