@@ -71,6 +71,7 @@ pub(crate) fn follow(
             coalescer: Coalescer::new(coalesce),
             scope,
             catching_up: false,
+            stalled: false,
         };
         follower.run(&*store, live, closing).await;
     });
@@ -87,6 +88,9 @@ struct Follower {
     scope: Scope,
     /// Replaying from the store after a lag: sends must not wait on a full outbox.
     catching_up: bool,
+    /// A send waited longer than the catch-up patience since the last lag: the
+    /// connection, not the room, is what fell behind.
+    stalled: bool,
 }
 
 /// Whether to keep going after a step.
@@ -121,11 +125,14 @@ impl Follower {
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         // A burst (one group commit can publish thousands of events)
-                        // outran the room's buffer. If this subscriber's connection keeps
-                        // up, catch up from the store: rejoin the room at its tail first,
-                        // then replay what was missed, as at subscription. A subscriber
-                        // whose own connection is backed up is slow: drop it.
-                        if self.outbox.capacity() >= OUTBOX / 2 {
+                        // outran the room's buffer, or the tailer published a backlog
+                        // while this subscriber was still replaying it. If this
+                        // subscriber's connection keeps up (or drains within the
+                        // patience), catch up from the store: rejoin the room at its tail
+                        // first, then replay what was missed, as at subscription. A
+                        // subscriber whose own connection stalls is slow: drop it.
+                        let stalled = std::mem::take(&mut self.stalled);
+                        if !stalled && self.connection_drains().await {
                             live = live.resubscribe();
                             self.catching_up = true;
                             let flow = self.replay(store).await;
@@ -160,6 +167,21 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// After a lag: whether this subscriber's outbox is, or within the catch-up patience
+    /// gets, at most half full. A client still reading a replay (its outbox full, but
+    /// draining) passes; one whose connection does not move is slow, and so is one that
+    /// kept a send waiting longer than the patience before the lag (`stalled`).
+    async fn connection_drains(&self) -> bool {
+        let drained = async {
+            while self.outbox.capacity() < OUTBOX / 2 && !self.outbox.is_closed() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(CATCH_UP_PATIENCE, drained)
+            .await
+            .is_ok()
     }
 
     async fn replay(&mut self, store: &dyn Store) -> Flow {
@@ -242,8 +264,14 @@ impl Follower {
                         return Flow::Stop;
                     }
                 }
-            } else if self.outbox.send(Delivery::Event(event)).await.is_err() {
-                return Flow::Stop;
+            } else {
+                let started = Instant::now();
+                if self.outbox.send(Delivery::Event(event)).await.is_err() {
+                    return Flow::Stop;
+                }
+                if started.elapsed() > CATCH_UP_PATIENCE {
+                    self.stalled = true;
+                }
             }
             self.delivered = id;
         }

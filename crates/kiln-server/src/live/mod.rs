@@ -22,8 +22,12 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use crate::api::event_json;
 
-/// Events a room buffers for its slowest subscriber before that subscriber is dropped.
-pub(crate) const ROOM_CAPACITY: usize = 1024;
+/// Events a room buffers for its slowest subscriber before that subscriber lags (and
+/// catches up from the store, see `follow`). A slot is 32 bytes allocated with the room:
+/// build rooms, of which there are many with few subscribers each, get fewer than
+/// project rooms, which see every event of a project.
+pub(crate) const BUILD_ROOM_CAPACITY: usize = 256;
+pub(crate) const PROJECT_ROOM_CAPACITY: usize = 1024;
 const TAIL_PAGE: i64 = 1000;
 const CATCH_UP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -91,9 +95,13 @@ impl Bus {
     /// before this call was committed before it, so the replay that follows sees it.
     pub fn subscribe(&self, room: Room) -> broadcast::Receiver<Arc<LiveEvent>> {
         let mut rooms = self.rooms.lock().expect("bus lock");
+        let capacity = match room {
+            Room::Build(_) => BUILD_ROOM_CAPACITY,
+            Room::Project(_) => PROJECT_ROOM_CAPACITY,
+        };
         rooms
             .entry(room)
-            .or_insert_with(|| broadcast::channel(ROOM_CAPACITY).0)
+            .or_insert_with(|| broadcast::channel(capacity).0)
             .subscribe()
     }
 
