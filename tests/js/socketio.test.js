@@ -196,6 +196,34 @@ describe('Socket.IO live endpoint', () => {
     await assert.rejects(connectSocket(server, undefined, badHeader), refusedWith(/^unauthorized: use `Authorization: Bearer <token>`/));
   });
 
+  test('revoking the token of a connected socket ends its subscriptions and disconnects it', async () => {
+    const runId = uniqueRunId('sio-revoke');
+    await ingest(server, tokenA, [{ runId, event: 'build_started' }]);
+    const created = await api(server, 'POST', '/api/v1/projects/alpha/tokens', {
+      token: server.adminToken,
+      body: { name: 'dashboard', scopes: ['read'] },
+    });
+    const socket = await connectSocket(server, { token: created.body.token });
+    const seen = record(socket);
+    const notices = [];
+    socket.on('revoked', (body) => notices.push(body));
+    let disconnected = null;
+    socket.on('disconnect', (reason) => { disconnected = reason; });
+    try {
+      const ack = await socket.timeout(5000).emitWithAck('subscribe', { buildId: runId, lastEventId: 0 });
+      assert.equal(ack.ok, true);
+      await waitFor(() => seen.length === 1, 5000, 'the replayed build_started');
+      await api(server, 'DELETE', `/api/v1/projects/alpha/tokens/${created.body.id}`, { token: server.adminToken });
+      await waitFor(() => notices.length === 1 && disconnected !== null, 5000, 'the revoked notice and the disconnect');
+      assert.equal(notices[0].buildId, runId);
+      assert.equal(notices[0].lastEventId, seen[0].event.id);
+      assert.match(notices[0].reason, /revoked/);
+      assert.equal(disconnected, 'io server disconnect');
+    } finally {
+      socket.close();
+    }
+  });
+
   test('bad subscriptions get an error ack, and the socket stays usable', async () => {
     const runA = uniqueRunId('secret');
     await ingest(server, tokenA, { runId: runA, event: 'build_started' });

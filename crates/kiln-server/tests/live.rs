@@ -423,6 +423,49 @@ async fn a_slow_subscriber_is_dropped_without_slowing_ingest(engine: Engine) {
     app.stop().await;
 }
 
+engine_test!(revoking_a_token_ends_the_streams_it_opened);
+
+async fn revoking_a_token_ends_the_streams_it_opened(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (web, _) = app.project_client("web", &["ingest"]).await;
+    web.send_events(&[event("r", "build_started")])
+        .await
+        .unwrap();
+    let reader = app
+        .admin
+        .create_token("web", "dashboard", &["read"])
+        .await
+        .unwrap();
+    let (_, other) = app.project_client("web", &["read"]).await;
+    let url = format!("{}/api/v1/builds/r/stream", app.base_url);
+    let mut revoked_stream = SseStream::open(&url, &reader.token, None).await.unwrap();
+    let mut kept_stream = SseStream::open(&url, &other, None).await.unwrap();
+    assert_eq!(
+        revoked_stream.next(WAIT).await.unwrap().event,
+        "build_started"
+    );
+    assert_eq!(kept_stream.next(WAIT).await.unwrap().event, "build_started");
+
+    app.admin.revoke_token("web", reader.info.id).await.unwrap();
+    let notice = revoked_stream
+        .next(WAIT)
+        .await
+        .expect("the stream says why it ends");
+    assert_eq!(notice.event, "revoked");
+    assert_eq!(notice.json()["lastEventId"], 1);
+    assert!(revoked_stream.next(WAIT).await.is_none(), "then it ends");
+    let (status, _) = SseStream::open(&url, &reader.token, None)
+        .await
+        .err()
+        .expect("a revoked token opens no stream");
+    assert_eq!(status, 401);
+
+    // Streams of other tokens carry on.
+    web.send_events(&[event("r", "heartbeat")]).await.unwrap();
+    assert_eq!(kept_stream.next(WAIT).await.unwrap().event, "heartbeat");
+    app.stop().await;
+}
+
 engine_test!(a_burst_larger_than_the_room_buffer_reaches_a_reader_that_keeps_up);
 
 async fn a_burst_larger_than_the_room_buffer_reaches_a_reader_that_keeps_up(engine: Engine) {

@@ -178,5 +178,7 @@ pub(crate) async fn revoke_token(
             other => other.into(),
         })?;
     state.authenticator.forget_all();
+    // Open streams were authorised when they opened; end them now (on this replica).
+    state.streams.revoke(record.id);
     Ok(Json(token_dto(&record, Some(&project.slug))))
 }

@@ -370,7 +370,7 @@ struct Session {
 struct Subscription {
     scope: Scope,
     /// Frees the token's place when the subscription is removed.
-    _permit: StreamPermit,
+    permit: StreamPermit,
     /// Resumes since the last event delivered (see `MAX_QUIET_RESUMES`).
     quiet_resumes: u32,
 }
@@ -453,12 +453,12 @@ impl Session {
             });
         }
         let permit = self.state.streams.acquire(self.caller.token_id)?;
-        self.follow(&target, scope, after);
+        self.follow(&target, scope, after, permit.revoked());
         self.subscriptions.insert(
             target.clone(),
             Subscription {
                 scope,
-                _permit: permit,
+                permit,
                 quiet_resumes: 0,
             },
         );
@@ -467,13 +467,20 @@ impl Session {
 
     /// Starts (or restarts) following `scope` after `after`, replacing any previous
     /// follow of `target`.
-    fn follow(&mut self, target: &Target, scope: Scope, after: i64) {
+    fn follow(
+        &mut self,
+        target: &Target,
+        scope: Scope,
+        after: i64,
+        revoked: tokio::sync::watch::Receiver<bool>,
+    ) {
         let deliveries = follow(
             self.state.store.clone(),
             self.state.bus.clone(),
             scope,
             after,
             Some(COALESCE),
+            revoked,
         );
         self.deliveries
             .insert(target.clone(), ReceiverStream::new(deliveries));
@@ -540,8 +547,9 @@ impl Session {
                 {
                     subscription.quiet_resumes += 1;
                     let scope = subscription.scope;
+                    let revoked = subscription.permit.revoked();
                     tracing::debug!(?target, resume_from, %reason, "resuming a Socket.IO subscription that fell behind");
-                    self.follow(&target, scope, resume_from);
+                    self.follow(&target, scope, resume_from, revoked);
                     return Flow::Continue;
                 }
                 self.remove(&target);
@@ -552,6 +560,15 @@ impl Session {
                 self.remove(&target);
                 let body = target.with(json!({"reason": "the server is shutting down; reconnect", "lastEventId": resume_from}));
                 self.emit("shutdown", &body).await
+            }
+            Delivery::Revoked { resume_from } => {
+                // The socket authenticated with that token: it goes, with every
+                // subscription it holds.
+                self.remove(&target);
+                let body = target.with(json!({"reason": "the token of this connection was revoked; reconnect with a valid token", "lastEventId": resume_from}));
+                let _ = self.emit("revoked", &body).await;
+                let _ = self.socket.clone().disconnect();
+                Flow::Stop
             }
         }
     }

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -25,25 +26,39 @@ use crate::live::follow::{Delivery, Scope, follow};
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const RETRY_HINT: Duration = Duration::from_secs(2);
 
-/// Counts live streams per token and refuses those beyond the limit.
+/// Counts live streams per token, refuses those beyond the limit, and ends a token's
+/// streams when it is revoked (on this replica).
 #[derive(Clone)]
 pub(crate) struct StreamLimiter {
     limit: usize,
-    open: Arc<Mutex<HashMap<i64, usize>>>,
+    open: Arc<Mutex<HashMap<i64, TokenStreams>>>,
+}
+
+struct TokenStreams {
+    count: usize,
+    revoked: watch::Sender<bool>,
 }
 
 /// Held by a stream; frees its place when dropped.
 pub(crate) struct StreamPermit {
     token_id: i64,
-    open: Arc<Mutex<HashMap<i64, usize>>>,
+    open: Arc<Mutex<HashMap<i64, TokenStreams>>>,
+    revoked: watch::Receiver<bool>,
+}
+
+impl StreamPermit {
+    /// Becomes true when the stream's token is revoked.
+    pub fn revoked(&self) -> watch::Receiver<bool> {
+        self.revoked.clone()
+    }
 }
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
         let mut open = self.open.lock().expect("stream limiter lock");
-        if let Some(count) = open.get_mut(&self.token_id) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(streams) = open.get_mut(&self.token_id) {
+            streams.count -= 1;
+            if streams.count == 0 {
                 open.remove(&self.token_id);
             }
         }
@@ -60,18 +75,30 @@ impl StreamLimiter {
 
     pub fn acquire(&self, token_id: i64) -> Result<StreamPermit, ApiError> {
         let mut open = self.open.lock().expect("stream limiter lock");
-        let count = open.entry(token_id).or_default();
-        if *count >= self.limit {
+        let streams = open.entry(token_id).or_insert_with(|| TokenStreams {
+            count: 0,
+            revoked: watch::channel(false).0,
+        });
+        if streams.count >= self.limit {
             return Err(ApiError::TooManyRequests(format!(
                 "this token already holds {} live streams, the limit; close some or use another token",
                 self.limit
             )));
         }
-        *count += 1;
+        streams.count += 1;
         Ok(StreamPermit {
             token_id,
             open: self.open.clone(),
+            revoked: streams.revoked.subscribe(),
         })
+    }
+
+    /// Ends every stream this replica holds for `token_id`.
+    pub fn revoke(&self, token_id: i64) {
+        let open = self.open.lock().expect("stream limiter lock");
+        if let Some(streams) = open.get(&token_id) {
+            streams.revoked.send_replace(true);
+        }
     }
 }
 
@@ -156,6 +183,10 @@ fn sse_response(
                 json!({"reason": "the server is shutting down; reconnect", "lastEventId": resume_from})
                     .to_string(),
             ),
+            Delivery::Revoked { resume_from } => Event::default().event("revoked").data(
+                json!({"reason": "the token of this stream was revoked; reconnect with a valid token", "lastEventId": resume_from})
+                    .to_string(),
+            ),
         })
     });
     let sse = Sse::new(hint.chain(events)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
@@ -191,6 +222,7 @@ pub(crate) async fn build_stream(
         scope,
         after,
         coalesce,
+        permit.revoked(),
     );
     Ok(sse_response(deliveries, permit, Some(run_id)))
 }
@@ -218,6 +250,7 @@ pub(crate) async fn project_stream(
         Scope::Project { project_id },
         after,
         coalesce,
+        permit.revoked(),
     );
     Ok(sse_response(deliveries, permit, None))
 }

@@ -39,6 +39,10 @@ pub(crate) enum Delivery {
     Closing {
         resume_from: i64,
     },
+    /// The token this subscription was opened with has been revoked.
+    Revoked {
+        resume_from: i64,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -55,6 +59,7 @@ pub(crate) fn follow(
     scope: Scope,
     after: i64,
     coalesce: Option<Duration>,
+    revoked: watch::Receiver<bool>,
 ) -> mpsc::Receiver<Delivery> {
     let (outbox, receiver) = mpsc::channel(OUTBOX);
     let room = match scope {
@@ -73,7 +78,7 @@ pub(crate) fn follow(
             catching_up: false,
             stalled: false,
         };
-        follower.run(&*store, live, closing).await;
+        follower.run(&*store, live, closing, revoked).await;
     });
     receiver
 }
@@ -105,6 +110,7 @@ impl Follower {
         store: &dyn Store,
         mut live: broadcast::Receiver<Arc<LiveEvent>>,
         mut closing: watch::Receiver<bool>,
+        mut revoked: watch::Receiver<bool>,
     ) {
         if let Flow::Stop = self.replay(store).await {
             return;
@@ -159,6 +165,12 @@ impl Follower {
                     }
                 }
                 _ = self.outbox.closed() => return,
+                true = async { revoked.wait_for(|revoked| *revoked).await.is_ok() } => {
+                    let pending = self.coalescer.flush(Instant::now());
+                    let _ = self.send(pending).await;
+                    let _ = self.outbox.send(Delivery::Revoked { resume_from: self.delivered }).await;
+                    return;
+                }
                 () = async { let _ = closing.wait_for(|closing| *closing).await; } => {
                     let pending = self.coalescer.flush(Instant::now());
                     let _ = self.send(pending).await;
