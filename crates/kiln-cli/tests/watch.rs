@@ -81,6 +81,13 @@ struct Finished {
     stderr: String,
 }
 
+impl Finished {
+    /// Asserts the exit code, showing what the command printed when it differs.
+    fn assert_code(&self, code: i32) {
+        assert_eq!(self.code, Some(code), "{}\n{}", self.stdout, self.stderr);
+    }
+}
+
 impl Watch {
     /// Waits until a line containing `needle` is printed.
     fn wait_for(&mut self, needle: &str) {
@@ -176,13 +183,7 @@ fn follows_a_running_build_to_success() {
     emit("build_completed", &[]);
 
     let finished = watch.finish();
-    assert_eq!(
-        finished.code,
-        Some(0),
-        "{}\n{}",
-        finished.stdout,
-        finished.stderr
-    );
+    finished.assert_code(0);
     assert_in_order(
         &finished.stdout,
         &[
@@ -227,13 +228,7 @@ fn a_failing_build_exits_1_with_the_failure() {
     emit("build_failed", &["--message", "Test failed"]);
 
     let finished = watch.finish();
-    assert_eq!(
-        finished.code,
-        Some(1),
-        "{}\n{}",
-        finished.stdout,
-        finished.stderr
-    );
+    finished.assert_code(1);
     assert_in_order(
         &finished.stdout,
         &[
@@ -267,13 +262,7 @@ fn a_build_that_already_ended_prints_its_history_and_exits() {
 
     let started = Instant::now();
     let finished = workspace.watch(&server.url, &token, "done-1", &[]).finish();
-    assert_eq!(
-        finished.code,
-        Some(0),
-        "{}\n{}",
-        finished.stdout,
-        finished.stderr
-    );
+    finished.assert_code(0);
     assert_in_order(
         &finished.stdout,
         &[
@@ -323,13 +312,7 @@ fn a_server_restarted_mid_watch_is_reconnected_to() {
     emit("build_failed", &[]);
 
     let finished = watch.finish();
-    assert_eq!(
-        finished.code,
-        Some(1),
-        "{}\n{}",
-        finished.stdout,
-        finished.stderr
-    );
+    finished.assert_code(1);
     assert_in_order(
         &finished.stdout,
         &[
@@ -376,13 +359,7 @@ fn a_stale_build_exits_1() {
     let finished = workspace
         .watch(&server.url, &token, "stale-1", &[])
         .finish();
-    assert_eq!(
-        finished.code,
-        Some(1),
-        "{}\n{}",
-        finished.stdout,
-        finished.stderr
-    );
+    finished.assert_code(1);
     assert_in_order(&finished.stdout, &["build started", "build went stale"]);
 }
 

@@ -255,18 +255,7 @@ async fn run_steps(
                 } else {
                     126
                 };
-                if let Some(stage) = &step.stage {
-                    report.send(EventPayload {
-                        stage: Some(stage.clone()),
-                        message: Some(message.clone()),
-                        ..report.event("stage_failed")
-                    });
-                }
-                return Outcome::Failed {
-                    code,
-                    stage: step.stage.clone(),
-                    message,
-                };
+                return step_failed(report, step, code, None, message);
             }
         };
         let status = loop {
@@ -283,9 +272,7 @@ async fn run_steps(
                         Err(_) => { let _ = child.kill().await; child.wait().await }
                     };
                     let code = status.map(exit_code_of).unwrap_or(130);
-                    if let Some(stage) = &step.stage {
-                        report.send(EventPayload { stage: Some(stage.clone()), message: Some("interrupted".into()), ..report.event("stage_failed") });
-                    }
+                    report_stage_failed(report, step, None, "interrupted");
                     return Outcome::Cancelled { code: if code == 0 { 130 } else { code } };
                 }
             }
@@ -303,19 +290,7 @@ async fn run_steps(
                 "'{}' exited with code {code}",
                 step.display.chars().take(200).collect::<String>()
             );
-            if let Some(stage) = &step.stage {
-                report.send(EventPayload {
-                    stage: Some(stage.clone()),
-                    duration_ms,
-                    message: Some(message.clone()),
-                    ..report.event("stage_failed")
-                });
-            }
-            return Outcome::Failed {
-                code,
-                stage: step.stage.clone(),
-                message,
-            };
+            return step_failed(report, step, code, duration_ms, message);
         }
         if let Some(stage) = &step.stage {
             report.send(EventPayload {
@@ -326,6 +301,34 @@ async fn run_steps(
         }
     }
     Outcome::Success
+}
+
+/// Reports the step's stage, if it has one, as failed.
+fn report_stage_failed(report: &BuildReport, step: &Step, duration_ms: Option<u64>, message: &str) {
+    if let Some(stage) = &step.stage {
+        report.send(EventPayload {
+            stage: Some(stage.clone()),
+            duration_ms,
+            message: Some(message.to_owned()),
+            ..report.event("stage_failed")
+        });
+    }
+}
+
+/// The step failed with `code`: its stage is reported failed and the build ends so.
+fn step_failed(
+    report: &BuildReport,
+    step: &Step,
+    code: i32,
+    duration_ms: Option<u64>,
+    message: String,
+) -> Outcome {
+    report_stage_failed(report, step, duration_ms, &message);
+    Outcome::Failed {
+        code,
+        stage: step.stage.clone(),
+        message,
+    }
 }
 
 /// The children's PATH: the inherited one, with kiln's own directory appended so nested

@@ -27,8 +27,8 @@ use sqlx::{Any, Row, Transaction};
 
 use super::rows::{BUILD_SELECT, build_from_row, stage_from_row};
 use super::{SqlStore, trusted};
+use crate::StoreResult;
 use crate::records::*;
-use crate::{Engine, StoreResult};
 
 /// Rows per multi-row statement and values per `IN (…)` list come in these sizes only,
 /// so a handful of distinct statements serve every commit and stay in sqlx's prepared
@@ -197,7 +197,7 @@ pub(super) async fn ingest(
     now: Millis,
 ) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>> {
     let started = std::time::Instant::now();
-    let mut transaction = store.begin_write().await?;
+    let mut transaction = store.pool.begin().await?;
     let began = started.elapsed();
     let last_id: i64 = sqlx::query(
         "UPDATE kiln_counters SET value = value WHERE name = 'event_id' RETURNING value",
@@ -207,25 +207,23 @@ pub(super) async fn ingest(
     .try_get(0)?;
 
     let locked = started.elapsed();
-    let prefetched = prefetch(&mut transaction, store.engine, requests).await?;
+    let prefetched = prefetch(&mut transaction, requests).await?;
     let fetched = started.elapsed();
     let (mut batch, results, next_id) = simulate_all(&prefetched, requests, now, last_id);
 
     let simulated = started.elapsed();
     if next_id > last_id {
-        write(&mut transaction, store.engine, &mut batch, now).await?;
+        write(&mut transaction, &mut batch, now).await?;
         sqlx::query("UPDATE kiln_counters SET value = $1 WHERE name = 'event_id'")
             .bind(next_id)
             .execute(&mut *transaction)
             .await?;
-        if store.engine == Engine::Postgres {
-            // Delivered to listeners at commit; other replicas' tailers wake up.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(super::COMMIT_CHANNEL)
-                .bind(next_id.to_string())
-                .execute(&mut *transaction)
-                .await?;
-        }
+        // Delivered to listeners at commit; other replicas' tailers wake up.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::COMMIT_CHANNEL)
+            .bind(next_id.to_string())
+            .execute(&mut *transaction)
+            .await?;
     }
     let written = started.elapsed();
     transaction.commit().await?;
@@ -241,39 +239,30 @@ pub(super) async fn ingest(
     Ok(results)
 }
 
-/// `count` placeholders numbered from `first`, as an `IN (…)` list body: `$n` on
-/// PostgreSQL, positional `?` on SQLite, where resolving each `$n` by name scans the
-/// statement's parameter list (quadratic in a multi-row statement: 14% of CPU).
-fn placeholders(engine: Engine, first: usize, count: usize) -> String {
-    match engine {
-        Engine::Sqlite => vec!["?"; count].join(","),
-        Engine::Postgres => (first..first + count)
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    }
-}
-
-/// `(…),(…)` for `rows` rows of `columns` values.
-fn row_placeholders(engine: Engine, rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|row| format!("({})", placeholders(engine, row * columns + 1, columns)))
+/// `count` placeholders numbered from `first`, as an `IN (…)` list body.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
         .collect::<Vec<_>>()
         .join(",")
 }
 
-async fn prefetch(
-    transaction: &mut Tx,
-    engine: Engine,
-    requests: &[IngestRequest],
-) -> StoreResult<Prefetched> {
+/// `(…),(…)` for `rows` rows of `columns` values.
+fn row_placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", placeholders(row * columns + 1, columns)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn prefetch(transaction: &mut Tx, requests: &[IngestRequest]) -> StoreResult<Prefetched> {
     let run_ids = run_ids(requests);
     let mut builds: HashMap<String, WorkingBuild> = HashMap::new();
     let mut by_id: BTreeMap<i64, String> = BTreeMap::new();
     for chunk in chunks(&run_ids) {
         let sql = format!(
             "{BUILD_SELECT} WHERE b.run_id IN ({})",
-            placeholders(engine, 1, chunk.len())
+            placeholders(1, chunk.len())
         );
         let mut query = sqlx::query(trusted(sql));
         for run_id in chunk {
@@ -292,7 +281,7 @@ async fn prefetch(
         let sql = format!(
             "SELECT build_id, name, position, status, started_at, ended_at, duration_ms, message FROM stages \
              WHERE build_id IN ({}) ORDER BY build_id, position",
-            placeholders(engine, 1, chunk.len())
+            placeholders(1, chunk.len())
         );
         let mut query = sqlx::query(trusted(sql));
         for build_id in chunk {
@@ -317,7 +306,7 @@ async fn prefetch(
     for chunk in chunks(&wanted) {
         let sql = format!(
             "SELECT build_id, client_event_id, id, seq FROM events WHERE (build_id, client_event_id) IN (VALUES {})",
-            row_placeholders(engine, chunk.len(), 2)
+            row_placeholders(chunk.len(), 2)
         );
         let mut query = sqlx::query(trusted(sql));
         for (build_id, client_event_id) in chunk {
@@ -491,10 +480,27 @@ pub(super) fn progress_to_hundredths(progress: f64) -> i64 {
     (progress * 100.0).round() as i64
 }
 
-const BUILD_COLUMNS: &str = "project_id, run_id, number, status, progress_hundredths, current_stage, env, origin, \
+// Statement text shared with the SQLite writer, so both engines write the same rows.
+pub(super) const BUILD_COLUMNS: &str = "project_id, run_id, number, status, progress_hundredths, current_stage, env, origin, \
      command, host, pid, repo, branch, commit_sha, message, created_at, started_at, ended_at, duration_ms, \
      last_event_at, last_event_id, last_seq, heartbeat_timeout_secs";
-const BUILD_COLUMN_COUNT: usize = 23;
+pub(super) const BUILD_COLUMN_COUNT: usize = 23;
+/// What an upsert of a build by id changes (everything but its identity and number).
+pub(super) const BUILD_UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET \
+     status = excluded.status, progress_hundredths = excluded.progress_hundredths, \
+     current_stage = excluded.current_stage, env = excluded.env, origin = excluded.origin, \
+     command = excluded.command, host = excluded.host, pid = excluded.pid, repo = excluded.repo, \
+     branch = excluded.branch, commit_sha = excluded.commit_sha, message = excluded.message, \
+     started_at = excluded.started_at, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms, \
+     last_event_at = excluded.last_event_at, last_event_id = excluded.last_event_id, \
+     last_seq = excluded.last_seq, heartbeat_timeout_secs = excluded.heartbeat_timeout_secs";
+pub(super) const STAGE_COLUMNS: &str =
+    "build_id, name, position, status, started_at, ended_at, duration_ms, message";
+pub(super) const STAGE_UPSERT: &str = "ON CONFLICT (build_id, name) DO UPDATE SET \
+     status = excluded.status, started_at = excluded.started_at, ended_at = excluded.ended_at, \
+     duration_ms = excluded.duration_ms, message = excluded.message";
+pub(super) const EVENT_COLUMNS: &str =
+    "id, build_id, project_id, seq, event_type, client_event_id, received_at, payload";
 
 /// Binds one build's columns in `BUILD_COLUMNS` order.
 fn bind_build<'q>(
@@ -528,12 +534,7 @@ fn bind_build<'q>(
         .bind(state.heartbeat_timeout_secs)
 }
 
-async fn write(
-    transaction: &mut Tx,
-    engine: Engine,
-    batch: &mut Batch,
-    now: Millis,
-) -> StoreResult<()> {
+async fn write(transaction: &mut Tx, batch: &mut Batch, now: Millis) -> StoreResult<()> {
     // Build numbers for new builds: one counter update per project, in arrival order.
     for (project_id, keys) in &batch.new_builds_per_project() {
         let last: i64 = sqlx::query(
@@ -555,7 +556,7 @@ async fn write(
     for chunk in chunks(&created) {
         let sql = format!(
             "INSERT INTO builds ({BUILD_COLUMNS}) VALUES {} RETURNING id, run_id",
-            row_placeholders(engine, chunk.len(), BUILD_COLUMN_COUNT)
+            row_placeholders(chunk.len(), BUILD_COLUMN_COUNT)
         );
         let mut query = sqlx::query(trusted(sql));
         for working in chunk {
@@ -568,15 +569,8 @@ async fn write(
     for chunk in chunks(&existing) {
         // An upsert on the primary key updates many rows in one statement.
         let sql = format!(
-            "INSERT INTO builds (id, {BUILD_COLUMNS}) VALUES {} ON CONFLICT (id) DO UPDATE SET \
-             status = excluded.status, progress_hundredths = excluded.progress_hundredths, \
-             current_stage = excluded.current_stage, env = excluded.env, origin = excluded.origin, \
-             command = excluded.command, host = excluded.host, pid = excluded.pid, repo = excluded.repo, \
-             branch = excluded.branch, commit_sha = excluded.commit_sha, message = excluded.message, \
-             started_at = excluded.started_at, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms, \
-             last_event_at = excluded.last_event_at, last_event_id = excluded.last_event_id, \
-             last_seq = excluded.last_seq, heartbeat_timeout_secs = excluded.heartbeat_timeout_secs",
-            row_placeholders(engine, chunk.len(), BUILD_COLUMN_COUNT + 1)
+            "INSERT INTO builds (id, {BUILD_COLUMNS}) VALUES {} {BUILD_UPSERT}",
+            row_placeholders(chunk.len(), BUILD_COLUMN_COUNT + 1)
         );
         let mut query = sqlx::query(trusted(sql));
         for working in chunk {
@@ -607,11 +601,8 @@ async fn write(
         .collect();
     for chunk in chunks(&dirty_stages) {
         let sql = format!(
-            "INSERT INTO stages (build_id, name, position, status, started_at, ended_at, duration_ms, message) \
-             VALUES {} ON CONFLICT (build_id, name) DO UPDATE SET status = excluded.status, \
-             started_at = excluded.started_at, ended_at = excluded.ended_at, \
-             duration_ms = excluded.duration_ms, message = excluded.message",
-            row_placeholders(engine, chunk.len(), 8)
+            "INSERT INTO stages ({STAGE_COLUMNS}) VALUES {} {STAGE_UPSERT}",
+            row_placeholders(chunk.len(), 8)
         );
         let mut query = sqlx::query(trusted(sql));
         for (build_id, stage) in chunk {
@@ -630,8 +621,8 @@ async fn write(
 
     for chunk in chunks(&batch.rows) {
         let sql = format!(
-            "INSERT INTO events (id, build_id, project_id, seq, event_type, client_event_id, received_at, payload) VALUES {}",
-            row_placeholders(engine, chunk.len(), 8)
+            "INSERT INTO events ({EVENT_COLUMNS}) VALUES {}",
+            row_placeholders(chunk.len(), 8)
         );
         let mut query = sqlx::query(trusted(sql));
         for row in chunk {

@@ -1,14 +1,13 @@
 //! `SqlStore`: the `Store` implementation for SQLite and PostgreSQL over sqlx's `Any`.
 //!
 //! Statements use `$N` placeholders, which both engines accept, and only types both
-//! share (BIGINT, DOUBLE PRECISION, TEXT). Write transactions begin with a write to the
-//! `kiln_counters` row, which serialises ingest across connections and replicas; on
-//! SQLite they also `BEGIN IMMEDIATE`, so a writer waits for the lock (busy timeout)
-//! instead of failing when upgrading a read snapshot.
+//! share (BIGINT, DOUBLE PRECISION, TEXT). Ingest transactions begin with a write to the
+//! `kiln_counters` row, which serialises them across connections and replicas.
 //!
 //! Ingest on SQLite does not go through sqlx: `sqlite_writer` runs it on a dedicated
-//! thread with its own rusqlite connection (same file, same pragmas), sharing the
-//! transaction's logic with the PostgreSQL path in `ingest`.
+//! thread with its own rusqlite connection (same file, same pragmas), `BEGIN IMMEDIATE`,
+//! sharing the transaction's logic and statement text with the PostgreSQL path in
+//! `ingest`.
 
 mod ingest;
 mod rows;
@@ -151,13 +150,6 @@ impl SqlStore {
             engine,
             writer,
             database_url: url,
-        })
-    }
-
-    pub(crate) async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(match self.engine {
-            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Engine::Postgres => self.pool.begin().await?,
         })
     }
 

@@ -12,6 +12,10 @@ use crate::{StoreError, StoreResult};
 pub(crate) const TOKEN_COLUMNS: &str =
     "id, project_id, kind, name, scopes, display_prefix, created_at, last_used_at, revoked_at";
 
+/// The stages of build `$1`, in order (read by `stage_from_row`).
+pub(crate) const STAGES_OF_BUILD: &str = "SELECT name, position, status, started_at, ended_at, duration_ms, message \
+     FROM stages WHERE build_id = $1 ORDER BY position";
+
 pub(crate) const BUILD_SELECT: &str = "SELECT b.id, b.project_id, p.slug, b.number, b.last_event_id, b.run_id, \
      b.status, b.progress_hundredths, b.current_stage, b.env, b.origin, b.command, b.host, b.pid, b.repo, b.branch, \
      b.commit_sha, b.message, b.created_at, b.started_at, b.ended_at, b.duration_ms, b.last_event_at, \
@@ -146,13 +150,10 @@ pub(crate) async fn load_stages<'c, E>(executor: E, build_id: i64) -> StoreResul
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
-    let rows = sqlx::query(
-        "SELECT name, position, status, started_at, ended_at, duration_ms, message FROM stages \
-         WHERE build_id = $1 ORDER BY position",
-    )
-    .bind(build_id)
-    .fetch_all(executor)
-    .await?;
+    let rows = sqlx::query(STAGES_OF_BUILD)
+        .bind(build_id)
+        .fetch_all(executor)
+        .await?;
     rows.iter().map(stage_from_row).collect()
 }
 

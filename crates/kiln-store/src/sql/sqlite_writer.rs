@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{LazyLock, mpsc};
 use std::time::{Duration, Instant};
 
 use kiln_core::Millis;
@@ -24,10 +24,11 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::ingest::{
-    Prefetched, Results, WorkingBuild, progress_to_hundredths, run_ids, simulate_all,
+    BUILD_COLUMN_COUNT, BUILD_COLUMNS, BUILD_UPSERT, EVENT_COLUMNS, Prefetched, Results,
+    STAGE_COLUMNS, STAGE_UPSERT, WorkingBuild, progress_to_hundredths, run_ids, simulate_all,
     wanted_client_ids,
 };
-use super::rows::{BUILD_SELECT, build_from_row, stage_from_row};
+use super::rows::{BUILD_SELECT, STAGES_OF_BUILD, build_from_row, stage_from_row};
 use crate::records::IngestRequest;
 use crate::{StoreError, StoreResult};
 
@@ -241,20 +242,9 @@ fn ingest(
         }
 
         for working in batch.changed() {
-            let build_id = match working.db_id {
-                Some(build_id) => {
-                    update_build(&transaction, build_id, working)?;
-                    build_id
-                }
-                None => insert_build(&transaction, working)?,
-            };
+            let build_id = upsert_build(&transaction, working)?;
             build_ids.insert(working.state.run_id.to_string(), build_id);
-            let mut upsert = transaction.prepare_cached(
-                "INSERT INTO stages (build_id, name, position, status, started_at, ended_at, duration_ms, message) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (build_id, name) DO UPDATE SET \
-                 status = excluded.status, started_at = excluded.started_at, ended_at = excluded.ended_at, \
-                 duration_ms = excluded.duration_ms, message = excluded.message",
-            )?;
+            let mut upsert = transaction.prepare_cached(&UPSERT_STAGE)?;
             for stage in working.state.stages.iter().filter(|stage| stage.dirty) {
                 upsert.execute(params![
                     build_id,
@@ -269,10 +259,7 @@ fn ingest(
             }
         }
 
-        let mut insert = transaction.prepare_cached(
-            "INSERT INTO events (id, build_id, project_id, seq, event_type, client_event_id, received_at, payload) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
+        let mut insert = transaction.prepare_cached(&INSERT_EVENT)?;
         for row in &batch.rows {
             let build_id = build_ids.get(row.run_id.as_str()).copied().ok_or_else(|| {
                 StoreError::Unavailable(format!("no build id for run '{}'", row.run_id))
@@ -321,10 +308,7 @@ fn prefetch(
 ) -> StoreResult<Prefetched> {
     let mut prefetched = Prefetched::default();
     let mut build = connection.prepare_cached(&format!("{BUILD_SELECT} WHERE b.run_id = ?1"))?;
-    let mut stages = connection.prepare_cached(
-        "SELECT name, position, status, started_at, ended_at, duration_ms, message FROM stages \
-         WHERE build_id = ?1 ORDER BY position",
-    )?;
+    let mut stages = connection.prepare_cached(STAGES_OF_BUILD)?;
     for run_id in run_ids(requests) {
         if let Some(working) = cache.builds.get(run_id) {
             prefetched.builds.insert(run_id.to_owned(), working.clone());
@@ -366,17 +350,41 @@ fn prefetch(
     Ok(prefetched)
 }
 
-const BUILD_VALUES: &str = "status = ?2, progress_hundredths = ?3, current_stage = ?4, env = ?5, \
-     origin = ?6, command = ?7, host = ?8, pid = ?9, repo = ?10, branch = ?11, commit_sha = ?12, \
-     message = ?13, started_at = ?14, ended_at = ?15, duration_ms = ?16, last_event_at = ?17, \
-     last_event_id = ?18, last_seq = ?19, heartbeat_timeout_secs = ?20";
+/// `?, ?, …`: `count` anonymous positional parameters.
+fn positional(count: usize) -> String {
+    vec!["?"; count].join(", ")
+}
 
-fn update_build(connection: &Connection, build_id: i64, working: &WorkingBuild) -> StoreResult<()> {
+// The statements, built once from the text the PostgreSQL path uses.
+static UPSERT_BUILD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO builds (id, {BUILD_COLUMNS}) VALUES ({}) {BUILD_UPSERT} RETURNING id",
+        positional(BUILD_COLUMN_COUNT + 1)
+    )
+});
+static UPSERT_STAGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO stages ({STAGE_COLUMNS}) VALUES ({}) {STAGE_UPSERT}",
+        positional(8)
+    )
+});
+static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO events ({EVENT_COLUMNS}) VALUES ({})",
+        positional(8)
+    )
+});
+
+/// Inserts a new build (`db_id` None: SQLite assigns the id) or updates an existing one,
+/// with the PostgreSQL path's column list and update rule; returns the build's id.
+fn upsert_build(connection: &Connection, working: &WorkingBuild) -> StoreResult<i64> {
     let state = &working.state;
-    connection
-        .prepare_cached(&format!("UPDATE builds SET {BUILD_VALUES} WHERE id = ?1"))?
-        .execute(params![
-            build_id,
+    let build_id = connection.prepare_cached(&UPSERT_BUILD)?.query_row(
+        params![
+            working.db_id,
+            working.project_id,
+            state.run_id.as_str(),
+            working.number,
             state.status.as_str(),
             state.progress.map(progress_to_hundredths),
             state.current_stage.as_ref().map(|s| s.as_str()),
@@ -389,6 +397,7 @@ fn update_build(connection: &Connection, build_id: i64, working: &WorkingBuild) 
             state.branch,
             state.commit,
             state.message,
+            state.created_at.0,
             state.started_at.0,
             state.ended_at.map(|m| m.0),
             state.duration_ms,
@@ -396,47 +405,8 @@ fn update_build(connection: &Connection, build_id: i64, working: &WorkingBuild) 
             working.last_event_id,
             state.last_seq,
             state.heartbeat_timeout_secs,
-        ])?;
-    Ok(())
-}
-
-fn insert_build(connection: &Connection, working: &WorkingBuild) -> StoreResult<i64> {
-    let state = &working.state;
-    let build_id = connection
-        .prepare_cached(
-            "INSERT INTO builds (project_id, run_id, number, status, progress_hundredths, current_stage, env, \
-             origin, command, host, pid, repo, branch, commit_sha, message, created_at, started_at, ended_at, \
-             duration_ms, last_event_at, last_event_id, last_seq, heartbeat_timeout_secs) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-             ?20, ?21, ?22, ?23) RETURNING id",
-        )?
-        .query_row(
-            params![
-                working.project_id,
-                state.run_id.as_str(),
-                working.number,
-                state.status.as_str(),
-                state.progress.map(progress_to_hundredths),
-                state.current_stage.as_ref().map(|s| s.as_str()),
-                state.env,
-                state.origin,
-                state.command,
-                state.host,
-                state.pid,
-                state.repo,
-                state.branch,
-                state.commit,
-                state.message,
-                state.created_at.0,
-                state.started_at.0,
-                state.ended_at.map(|m| m.0),
-                state.duration_ms,
-                state.last_event_at.0,
-                working.last_event_id,
-                state.last_seq,
-                state.heartbeat_timeout_secs,
-            ],
-            |row| row.get(0),
-        )?;
+        ],
+        |row| row.get(0),
+    )?;
     Ok(build_id)
 }
