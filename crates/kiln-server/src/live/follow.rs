@@ -321,12 +321,15 @@ impl Coalescer {
         };
         if event.coalescible {
             let key = (event.build_id, event.event_type.clone());
+            // A held event of the same kind is superseded by this one, whether this one
+            // is held too or goes out now (its window opened before the flush timer fired:
+            // sending both would put two in one window).
+            self.pending.retain(|held| {
+                (held.build_id, held.event_type.as_str()) != (key.0, key.1.as_str())
+            });
             if let Some(last) = self.last_sent.get(&key)
                 && now < *last + window
             {
-                self.pending.retain(|held| {
-                    (held.build_id, held.event_type.as_str()) != (key.0, key.1.as_str())
-                });
                 self.pending.push(event);
                 let due = *last + window;
                 self.deadline = Some(self.deadline.map_or(due, |d| d.min(due)));
@@ -443,6 +446,41 @@ mod tests {
         }
         delivered += coalescer.flush(start + Duration::from_secs(1)).len();
         assert!((19..=25).contains(&delivered), "{delivered} delivered");
+    }
+
+    #[test]
+    fn a_held_event_is_superseded_when_the_window_opens_before_its_flush() {
+        let mut coalescer = Coalescer::new(Some(Duration::from_millis(50)));
+        let start = Instant::now();
+        assert_eq!(
+            coalescer
+                .offer(event(1, "build_progress", true), start)
+                .len(),
+            1
+        );
+        let held = start + Duration::from_millis(10);
+        assert!(
+            coalescer
+                .offer(event(2, "build_progress", true), held)
+                .is_empty()
+        );
+        // The flush timer has not fired yet when the next one arrives after the window:
+        // only the newest goes out, not the held one beside it.
+        let late = start + Duration::from_millis(60);
+        let sent = coalescer.offer(event(3, "build_progress", true), late);
+        assert_eq!(sent.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3]);
+        assert!(coalescer.flush(late).is_empty());
+        // Events of other kinds held meanwhile still go out, in id order.
+        let mut coalescer = Coalescer::new(Some(Duration::from_millis(50)));
+        coalescer.offer(event(1, "heartbeat", true), start);
+        coalescer.offer(event(2, "build_progress", true), start);
+        assert!(
+            coalescer
+                .offer(event(3, "heartbeat", true), held)
+                .is_empty()
+        );
+        let sent = coalescer.offer(event(4, "build_progress", true), late);
+        assert_eq!(sent.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4]);
     }
 
     #[test]
