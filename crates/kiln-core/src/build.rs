@@ -213,6 +213,12 @@ impl BuildState {
         }
         match core {
             None | Some(CoreEventType::Heartbeat | CoreEventType::BuildProgress) => {}
+            Some(CoreEventType::BuildQueued) => {
+                // Only a build's first event queues it; later it changes nothing.
+                if self.last_seq == 0 {
+                    self.status = BuildStatus::Queued;
+                }
+            }
             Some(CoreEventType::BuildStarted) => {
                 if self.status == BuildStatus::Queued {
                     self.status = BuildStatus::Running;
@@ -220,6 +226,10 @@ impl BuildState {
                 }
             }
             Some(CoreEventType::StageStarted) => {
+                if self.status == BuildStatus::Queued {
+                    self.status = BuildStatus::Running;
+                    self.started_at = now;
+                }
                 if let Some(name) = &event.stage {
                     self.start_stage(name, now);
                 }

@@ -28,6 +28,9 @@ impl FieldError {
 /// The event types whose meaning Kiln knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CoreEventType {
+    /// A build Kiln will run was triggered; as a build's first event it creates the build
+    /// in status `queued` (its first step's start makes it `running`).
+    BuildQueued,
     BuildStarted,
     StageStarted,
     StageCompleted,
@@ -40,7 +43,8 @@ pub enum CoreEventType {
 }
 
 impl CoreEventType {
-    pub const ALL: [CoreEventType; 9] = [
+    pub const ALL: [CoreEventType; 10] = [
+        Self::BuildQueued,
         Self::BuildStarted,
         Self::StageStarted,
         Self::StageCompleted,
@@ -54,6 +58,7 @@ impl CoreEventType {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::BuildQueued => "build_queued",
             Self::BuildStarted => "build_started",
             Self::StageStarted => "stage_started",
             Self::StageCompleted => "stage_completed",

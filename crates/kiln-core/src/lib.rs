@@ -8,6 +8,7 @@
 pub mod build;
 pub mod event;
 pub mod ids;
+pub mod jobs;
 pub mod limits;
 pub mod pipeline;
 pub mod time;
@@ -16,5 +17,6 @@ pub mod token;
 pub use build::{Applied, BuildState, BuildStatus, Rejection, StageState, StageStatus};
 pub use event::{CoreEventType, EventType, FieldError, NewEvent};
 pub use ids::{AgentLabel, ClientEventId, ProjectSlug, RunId, StageName};
+pub use jobs::JobState;
 pub use pipeline::{Pipeline, PipelineError};
 pub use time::Millis;

@@ -70,3 +70,27 @@ pub const DEFAULT_STEP_TIMEOUT_SECS: u64 = 60 * 60;
 pub const MAX_RETRY_LIMIT: u32 = 10;
 /// Largest `package.json` that pipeline inference reads.
 pub const MAX_PACKAGE_JSON_BYTES: usize = 1024 * 1024;
+
+/// A job's log is capped at this size by default; past it the agent writes one marker
+/// line and discards the rest (the server refuses more than the cap plus the marker).
+pub const DEFAULT_JOB_LOG_CAP_BYTES: u64 = 100 * 1024 * 1024;
+/// One log chunk sent by an agent.
+pub const MAX_LOG_CHUNK_BYTES: usize = 1024 * 1024;
+/// The checkout of a job's commit fails with reason `timeout` past this.
+pub const DEFAULT_CHECKOUT_TIMEOUT_SECS: u64 = 5 * 60;
+/// A claimed job's lease; an agent renews it by heartbeats.
+pub const DEFAULT_JOB_LEASE_SECS: u64 = 60;
+/// How long a claim waits for work before answering "nothing" (long poll).
+pub const MAX_CLAIM_WAIT_SECS: u64 = 30;
+/// A waiting job gains one priority level per this much waiting (aging), so low
+/// priorities cannot starve.
+pub const DEFAULT_PRIORITY_AGING_SECS: u64 = 5 * 60;
+/// Agent names and hostnames.
+pub const MAX_AGENT_NAME_LEN: usize = 128;
+/// Labels per agent.
+pub const MAX_AGENT_LABELS: usize = 50;
+/// Jobs one agent may run at once.
+pub const MAX_AGENT_CONCURRENCY: i64 = 64;
+/// Git repository URLs and branch names.
+pub const MAX_REPO_URL_LEN: usize = 2048;
+pub const MAX_BRANCH_LEN: usize = 255;

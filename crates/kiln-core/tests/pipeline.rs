@@ -41,6 +41,7 @@ steps:
         on: [agent_lost, "exit_status:137", "exit_status:*"]
         limit: 3
     image: node:22
+    network: true
     artifacts: [coverage/**, "reports/*.xml"]
   - name: deploy
     run: ./deploy.sh
@@ -101,6 +102,8 @@ fn full_file_parses_to_the_values_written() {
     );
     assert_eq!(retry.limit, 3);
     assert_eq!(test.image.as_deref(), Some("node:22"));
+    assert!(test.network);
+    assert!(!install.network, "network is off unless asked for");
     assert_eq!(test.artifacts, vec!["coverage/**", "reports/*.xml"]);
 
     let deploy = pipeline.step("deploy").unwrap();
@@ -400,12 +403,19 @@ fn every_refusal_names_its_line_field_and_reason() {
 }
 
 #[test]
+fn network_takes_only_true_or_false() {
+    let error = refusal("steps:\n  - name: a\n    run: x\n    network: yes\n");
+    assert_eq!(error.field, "steps[0].network");
+    assert!(error.message.contains("true or false"), "{error}");
+}
+
+#[test]
 fn errors_display_line_field_and_message() {
     let error = refusal("steps:\n  - name: a\n    run: x\n    depend_on: [b]\n");
     assert_eq!(error.column, Some(5));
     assert_eq!(
         error.to_string(),
-        "line 4: steps[0].depend_on: unknown key 'depend_on': did you mean 'depends_on'? the keys allowed here are 'name', 'run', 'depends_on', 'env', 'timeout', 'cache', 'branches', 'agents', 'image', 'retry', 'artifacts'"
+        "line 4: steps[0].depend_on: unknown key 'depend_on': did you mean 'depends_on'? the keys allowed here are 'name', 'run', 'depends_on', 'env', 'timeout', 'cache', 'branches', 'agents', 'image', 'network', 'retry', 'artifacts'"
     );
 }
 

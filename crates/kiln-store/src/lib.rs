@@ -8,6 +8,7 @@
 //! suite (`tests/store_suite.rs`) runs against both engines.
 
 mod migrations;
+pub(crate) mod queue;
 mod records;
 pub mod sql;
 #[cfg(feature = "test-support")]
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kiln_core::{Millis, ProjectSlug};
 
+pub use queue::*;
 pub use records::*;
 pub use sql::SqlStore;
 
@@ -156,6 +158,133 @@ pub trait Store: Send + Sync + 'static {
         default_timeout_secs: i64,
         limit: i64,
     ) -> StoreResult<Vec<BuildRecord>>;
+
+    // ---- Builds Kiln runs: repositories, branches, agents, the job queue, logs.
+
+    /// Sets a project's repository settings (a `None` repo stops Kiln building it).
+    async fn set_project_repo(
+        &self,
+        project_id: i64,
+        repo: Option<&str>,
+        default_branch: &str,
+        max_concurrency: Option<i64>,
+    ) -> StoreResult<Project>;
+    /// Creates or updates a branch; `last_commit` is kept.
+    async fn upsert_branch(
+        &self,
+        project_id: i64,
+        name: &str,
+        priority: Option<i64>,
+        auto_build: bool,
+        now: Millis,
+    ) -> StoreResult<BranchRecord>;
+    async fn list_branches(&self, project_id: i64) -> StoreResult<Vec<BranchRecord>>;
+    async fn delete_branch(&self, project_id: i64, name: &str) -> StoreResult<()>;
+    /// Branches with `auto_build` of projects that have a repository.
+    async fn auto_build_branches(&self) -> StoreResult<Vec<(Project, BranchRecord)>>;
+    /// Records that the poller queued `commit` for a branch, if the branch's last commit
+    /// is still `previous` (so concurrent pollers queue one build). True when recorded.
+    async fn advance_branch_commit(
+        &self,
+        project_id: i64,
+        name: &str,
+        previous: Option<&str>,
+        commit: &str,
+    ) -> StoreResult<bool>;
+
+    /// Registers an agent by name, or updates the registration of that name.
+    async fn register_agent(&self, agent: &NewAgent, now: Millis) -> StoreResult<AgentRecord>;
+    async fn agent_by_id(&self, id: i64) -> StoreResult<Option<AgentRecord>>;
+    async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>>;
+    /// Records that an agent was heard from, with its resource use.
+    async fn touch_agent(
+        &self,
+        id: i64,
+        now: Millis,
+        metrics: Option<&serde_json::Value>,
+    ) -> StoreResult<()>;
+
+    /// Creates a build's jobs (existing steps of the build are left as they are).
+    async fn create_jobs(
+        &self,
+        build_id: i64,
+        project_id: i64,
+        priority: i64,
+        jobs: &[JobPlan],
+        now: Millis,
+    ) -> StoreResult<()>;
+    async fn job_by_id(&self, id: i64) -> StoreResult<Option<JobRecord>>;
+    /// The jobs of a build, in pipeline order.
+    async fn jobs_of_build(&self, build_id: i64) -> StoreResult<Vec<JobRecord>>;
+    /// Jobs not yet ended (blocked, queued, running), oldest first.
+    async fn unfinished_jobs(&self, limit: i64) -> StoreResult<Vec<JobRecord>>;
+    /// Claims the first queued job the agent may run: by aged priority, then FIFO,
+    /// among jobs whose labels the agent offers, within per-project and per-agent
+    /// concurrency. The job becomes `running` under a lease with its attempt counted.
+    async fn claim_job(
+        &self,
+        agent: &AgentRecord,
+        rules: ClaimRules,
+        now: Millis,
+    ) -> StoreResult<Option<JobRecord>>;
+    /// Renews (to `now + lease_ms`, once a third of the lease is used) the leases of an
+    /// agent's running jobs among `job_ids` and tells, for each, whether the agent still
+    /// holds it and whether it was cancelled.
+    async fn renew_leases(
+        &self,
+        agent_id: i64,
+        job_ids: &[i64],
+        now: Millis,
+        lease_ms: i64,
+    ) -> StoreResult<Vec<HeldJob>>;
+    /// Ends attempt `attempt` of a running job held by `agent_id` (None: whoever holds
+    /// it, for the lease reaper). False when the job is not in that state any more.
+    async fn finish_job(
+        &self,
+        job_id: i64,
+        attempt: i64,
+        agent_id: Option<i64>,
+        end: &JobEnd,
+        now: Millis,
+    ) -> StoreResult<bool>;
+    /// Puts attempt `attempt` of a running job back in the queue (automatic retry).
+    async fn requeue_job(&self, job_id: i64, attempt: i64, now: Millis) -> StoreResult<bool>;
+    /// Moves blocked jobs of a build to queued (`queue`) or skipped (`skip`).
+    async fn unblock_jobs(
+        &self,
+        build_id: i64,
+        queue: &[String],
+        skip: &[String],
+        now: Millis,
+    ) -> StoreResult<()>;
+    /// Cancels a build's waiting jobs and asks agents to stop its running ones.
+    /// Returns how many running jobs were asked to stop.
+    async fn cancel_jobs(&self, build_id: i64, now: Millis) -> StoreResult<u64>;
+    /// Running jobs whose lease ran out before `now`.
+    async fn expired_leases(&self, now: Millis, limit: i64) -> StoreResult<Vec<JobRecord>>;
+    /// Gives every running job a lease until at least `until` (a server that starts
+    /// gives agents time to reconnect).
+    async fn extend_leases(&self, until: Millis) -> StoreResult<u64>;
+    /// Builds that are not ended, have jobs, and have none queued or running: their jobs
+    /// need advancing (or the build ending).
+    async fn builds_to_advance(&self, limit: i64) -> StoreResult<Vec<i64>>;
+
+    /// Appends a chunk to a job's log at byte `offset`. A chunk that was stored before
+    /// (a retry) is acknowledged again.
+    async fn append_log(
+        &self,
+        job_id: i64,
+        offset: i64,
+        bytes: &[u8],
+        cap: i64,
+    ) -> StoreResult<LogAppend>;
+    /// Up to `max_bytes` of a job's log from `offset`, and the log's size.
+    async fn read_log(
+        &self,
+        job_id: i64,
+        offset: i64,
+        max_bytes: i64,
+    ) -> StoreResult<(Vec<u8>, i64)>;
 }
 
 /// Opens the store named by a database URL (`sqlite://…`, `postgres://…`), creating

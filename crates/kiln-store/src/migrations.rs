@@ -28,6 +28,13 @@ const SQLITE: &[Migration] = &[
         name: "build_status_index",
         sql: include_str!("../migrations/sqlite/0002_build_status_index.sql"),
     },
+    // Builds that Kiln runs: repositories and branches of projects, agents, the job
+    // queue and job logs (append-only chunks keyed by byte offset).
+    Migration {
+        version: 3,
+        name: "jobs",
+        sql: include_str!("../migrations/sqlite/0003_jobs.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -44,6 +51,13 @@ const POSTGRES: &[Migration] = &[
         version: 2,
         name: "build_status_index",
         sql: include_str!("../migrations/postgres/0002_build_status_index.sql"),
+    },
+    // Builds that Kiln runs: repositories and branches of projects, agents, the job
+    // queue and job logs (append-only chunks keyed by byte offset).
+    Migration {
+        version: 3,
+        name: "jobs",
+        sql: include_str!("../migrations/postgres/0003_jobs.sql"),
     },
 ];
 

@@ -9,6 +9,12 @@ pub struct Project {
     pub slug: String,
     pub name: String,
     pub created_at: Millis,
+    /// The git repository Kiln builds from (any URL git accepts, or a local path);
+    /// `None` for projects whose builds only report themselves.
+    pub repo: Option<String>,
+    pub default_branch: String,
+    /// Jobs of this project that may run at once; `None` is unlimited.
+    pub max_concurrency: Option<i64>,
 }
 
 #[derive(Clone, Debug)]

@@ -7,6 +7,29 @@ use sqlx::{Connection, Executor};
 
 use crate::{Engine, SqlStore, Store};
 
+/// Declares one test per engine. PostgreSQL variants need `KILN_TEST_DATABASE_URL`
+/// (set by `.ci/run`); without it they are listed as ignored with that reason.
+#[macro_export]
+macro_rules! store_test {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body(kiln_store::Engine::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(kiln_postgres_tests),
+                ignore = "PostgreSQL skipped: set KILN_TEST_DATABASE_URL (bash .ci/run does)"
+            )]
+            async fn postgres() {
+                super::$body(kiln_store::Engine::Postgres).await;
+            }
+        }
+    };
+}
+
 /// The environment variable naming a PostgreSQL server for tests.
 pub const POSTGRES_URL_VAR: &str = "KILN_TEST_DATABASE_URL";
 

@@ -5,31 +5,10 @@ use std::sync::Arc;
 
 use kiln_core::token::{Scope, TokenKind};
 use kiln_core::{BuildStatus, EventType, Millis, NewEvent, ProjectSlug, RunId, StageName};
+use kiln_store::store_test;
 use kiln_store::test_support::TestDatabase;
 use kiln_store::*;
 use serde_json::json;
-
-/// Declares one test per engine. PostgreSQL variants need `KILN_TEST_DATABASE_URL`
-/// (set by `.ci/run`); without it they are listed as ignored with that reason.
-macro_rules! store_test {
-    ($name:ident, $body:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$body(kiln_store::Engine::Sqlite).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(
-                not(kiln_postgres_tests),
-                ignore = "PostgreSQL skipped: set KILN_TEST_DATABASE_URL (bash .ci/run does)"
-            )]
-            async fn postgres() {
-                super::$body(kiln_store::Engine::Postgres).await;
-            }
-        }
-    };
-}
 
 store_test!(projects_and_tokens, projects_and_tokens);
 store_test!(

@@ -13,7 +13,7 @@ mod branch;
 mod dag;
 mod duration;
 mod infer;
-mod parse;
+pub(crate) mod parse;
 mod render;
 mod yaml;
 
@@ -74,6 +74,10 @@ pub struct Step {
     pub agents: Vec<AgentLabel>,
     /// Container image for the container executor.
     pub image: Option<String>,
+    /// Whether the step may use the network under the `sandbox` and `container`
+    /// executors (off unless the file says `network: true`; the `process` executor does
+    /// not isolate).
+    pub network: bool,
     /// When a failed attempt is retried automatically.
     pub retry: Option<AutomaticRetry>,
     /// Globs, relative to the workspace, of files uploaded after the step succeeds.
@@ -310,6 +314,7 @@ impl Step {
             branches: Vec::new(),
             agents: Vec::new(),
             image: None,
+            network: false,
             retry: None,
             artifacts: Vec::new(),
         }

@@ -25,6 +25,7 @@ const STEP_KEYS: &[&str] = &[
     "branches",
     "agents",
     "image",
+    "network",
     "retry",
     "artifacts",
 ];
@@ -285,6 +286,7 @@ fn parse_step(
                 }
             }
             "image" => step.image = Some(parse_image(value, &field)?),
+            "network" => step.network = parse_bool(value, &field)?,
             "retry" => step.retry = Some(parse_retry(value, &field)?),
             "artifacts" => {
                 for (raw, glob_node, item_field) in
@@ -681,6 +683,18 @@ fn relative_path(raw: &str, node: &Node, field: String) -> Result<String, Pipeli
     }
 }
 
+fn parse_bool(node: &Node, field: &str) -> Result<bool, PipelineError> {
+    match scalar(node, field)?.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(error_on(
+            node,
+            field,
+            format!("must be true or false, found '{other}'"),
+        )),
+    }
+}
+
 fn parse_image(node: &Node, field: &str) -> Result<String, PipelineError> {
     let image = scalar(node, field)?.trim();
     if image.is_empty()
@@ -772,7 +786,7 @@ fn parse_retry(node: &Node, field: &str) -> Result<AutomaticRetry, PipelineError
     Ok(AutomaticRetry::new(on, limit))
 }
 
-fn parse_retry_on(raw: &str) -> Option<RetryOn> {
+pub(crate) fn parse_retry_on(raw: &str) -> Option<RetryOn> {
     if raw == "agent_lost" {
         return Some(RetryOn::AgentLost);
     }

@@ -66,6 +66,9 @@ pub(super) fn render(pipeline: &Pipeline) -> String {
         if let Some(image) = &step.image {
             let _ = writeln!(out, "    image: {}", quote(image));
         }
+        if step.network {
+            out.push_str("    network: true\n");
+        }
         if let Some(retry) = &step.retry {
             let on: Vec<String> = retry.on.iter().map(ToString::to_string).collect();
             out.push_str("    retry:\n      automatic:\n");

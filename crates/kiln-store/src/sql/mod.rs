@@ -10,6 +10,7 @@
 //! `ingest`.
 
 mod ingest;
+mod queue;
 mod rows;
 mod sqlite_writer;
 
@@ -22,6 +23,7 @@ use kiln_core::{Millis, ProjectSlug};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
+use crate::queue::*;
 use crate::records::*;
 use crate::{Engine, Store, StoreError, StoreResult};
 use rows::{BUILD_SELECT, build_from_row, project_from_row, token_from_row};
@@ -198,9 +200,10 @@ impl Store for SqlStore {
         name: &str,
         now: Millis,
     ) -> StoreResult<Project> {
-        let row = sqlx::query(
-            "INSERT INTO projects (slug, name, created_at) VALUES ($1, $2, $3) RETURNING id, slug, name, created_at",
-        )
+        let row = sqlx::query(trusted(format!(
+            "INSERT INTO projects (slug, name, created_at) VALUES ($1, $2, $3) RETURNING {}",
+            rows::PROJECT_COLUMNS
+        )))
         .bind(slug.as_str())
         .bind(name)
         .bind(now.0)
@@ -216,25 +219,34 @@ impl Store for SqlStore {
     }
 
     async fn list_projects(&self) -> StoreResult<Vec<Project>> {
-        let rows = sqlx::query("SELECT id, slug, name, created_at FROM projects ORDER BY slug")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(trusted(format!(
+            "SELECT {} FROM projects ORDER BY slug",
+            rows::PROJECT_COLUMNS
+        )))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(project_from_row).collect()
     }
 
     async fn project_by_slug(&self, slug: &str) -> StoreResult<Option<Project>> {
-        let row = sqlx::query("SELECT id, slug, name, created_at FROM projects WHERE slug = $1")
-            .bind(slug)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(trusted(format!(
+            "SELECT {} FROM projects WHERE slug = $1",
+            rows::PROJECT_COLUMNS
+        )))
+        .bind(slug)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(project_from_row).transpose()
     }
 
     async fn project_by_id(&self, id: i64) -> StoreResult<Option<Project>> {
-        let row = sqlx::query("SELECT id, slug, name, created_at FROM projects WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(trusted(format!(
+            "SELECT {} FROM projects WHERE id = $1",
+            rows::PROJECT_COLUMNS
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(project_from_row).transpose()
     }
 
@@ -454,6 +466,7 @@ impl Store for SqlStore {
     ) -> StoreResult<Vec<BuildRecord>> {
         let rows = sqlx::query(trusted(format!(
             "{BUILD_SELECT} WHERE b.status = 'running' \
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id) \
              AND b.last_event_at + COALESCE(b.heartbeat_timeout_secs, $1) * 1000 <= $2 \
              ORDER BY b.last_event_at LIMIT $3"
         )))
@@ -463,5 +476,175 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(build_from_row).collect()
+    }
+
+    async fn set_project_repo(
+        &self,
+        project_id: i64,
+        repo: Option<&str>,
+        default_branch: &str,
+        max_concurrency: Option<i64>,
+    ) -> StoreResult<Project> {
+        self.q_set_project_repo(project_id, repo, default_branch, max_concurrency)
+            .await
+    }
+
+    async fn upsert_branch(
+        &self,
+        project_id: i64,
+        name: &str,
+        priority: Option<i64>,
+        auto_build: bool,
+        now: Millis,
+    ) -> StoreResult<BranchRecord> {
+        self.q_upsert_branch(project_id, name, priority, auto_build, now)
+            .await
+    }
+
+    async fn list_branches(&self, project_id: i64) -> StoreResult<Vec<BranchRecord>> {
+        self.q_list_branches(project_id).await
+    }
+
+    async fn delete_branch(&self, project_id: i64, name: &str) -> StoreResult<()> {
+        self.q_delete_branch(project_id, name).await
+    }
+
+    async fn auto_build_branches(&self) -> StoreResult<Vec<(Project, BranchRecord)>> {
+        self.q_auto_build_branches().await
+    }
+
+    async fn advance_branch_commit(
+        &self,
+        project_id: i64,
+        name: &str,
+        previous: Option<&str>,
+        commit: &str,
+    ) -> StoreResult<bool> {
+        self.q_advance_branch_commit(project_id, name, previous, commit)
+            .await
+    }
+
+    async fn register_agent(&self, agent: &NewAgent, now: Millis) -> StoreResult<AgentRecord> {
+        self.q_register_agent(agent, now).await
+    }
+
+    async fn agent_by_id(&self, id: i64) -> StoreResult<Option<AgentRecord>> {
+        self.q_agent_by_id(id).await
+    }
+
+    async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
+        self.q_list_agents().await
+    }
+
+    async fn touch_agent(
+        &self,
+        id: i64,
+        now: Millis,
+        metrics: Option<&serde_json::Value>,
+    ) -> StoreResult<()> {
+        self.q_touch_agent(id, now, metrics).await
+    }
+
+    async fn create_jobs(
+        &self,
+        build_id: i64,
+        project_id: i64,
+        priority: i64,
+        jobs: &[JobPlan],
+        now: Millis,
+    ) -> StoreResult<()> {
+        self.q_create_jobs(build_id, project_id, priority, jobs, now)
+            .await
+    }
+
+    async fn job_by_id(&self, id: i64) -> StoreResult<Option<JobRecord>> {
+        self.q_job_by_id(id).await
+    }
+
+    async fn jobs_of_build(&self, build_id: i64) -> StoreResult<Vec<JobRecord>> {
+        self.q_jobs_of_build(build_id).await
+    }
+
+    async fn unfinished_jobs(&self, limit: i64) -> StoreResult<Vec<JobRecord>> {
+        self.q_unfinished_jobs(limit).await
+    }
+
+    async fn claim_job(
+        &self,
+        agent: &AgentRecord,
+        rules: ClaimRules,
+        now: Millis,
+    ) -> StoreResult<Option<JobRecord>> {
+        self.q_claim_job(agent, rules, now).await
+    }
+
+    async fn renew_leases(
+        &self,
+        agent_id: i64,
+        job_ids: &[i64],
+        now: Millis,
+        lease_ms: i64,
+    ) -> StoreResult<Vec<HeldJob>> {
+        self.q_renew_leases(agent_id, job_ids, now, lease_ms).await
+    }
+
+    async fn finish_job(
+        &self,
+        job_id: i64,
+        attempt: i64,
+        agent_id: Option<i64>,
+        end: &JobEnd,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        self.q_finish_job(job_id, attempt, agent_id, end, now).await
+    }
+
+    async fn requeue_job(&self, job_id: i64, attempt: i64, now: Millis) -> StoreResult<bool> {
+        self.q_requeue_job(job_id, attempt, now).await
+    }
+
+    async fn unblock_jobs(
+        &self,
+        build_id: i64,
+        queue: &[String],
+        skip: &[String],
+        now: Millis,
+    ) -> StoreResult<()> {
+        self.q_unblock_jobs(build_id, queue, skip, now).await
+    }
+
+    async fn cancel_jobs(&self, build_id: i64, now: Millis) -> StoreResult<u64> {
+        self.q_cancel_jobs(build_id, now).await
+    }
+
+    async fn expired_leases(&self, now: Millis, limit: i64) -> StoreResult<Vec<JobRecord>> {
+        self.q_expired_leases(now, limit).await
+    }
+
+    async fn extend_leases(&self, until: Millis) -> StoreResult<u64> {
+        self.q_extend_leases(until).await
+    }
+
+    async fn builds_to_advance(&self, limit: i64) -> StoreResult<Vec<i64>> {
+        self.q_builds_to_advance(limit).await
+    }
+
+    async fn append_log(
+        &self,
+        job_id: i64,
+        offset: i64,
+        bytes: &[u8],
+        cap: i64,
+    ) -> StoreResult<LogAppend> {
+        self.q_append_log(job_id, offset, bytes, cap).await
+    }
+
+    async fn read_log(
+        &self,
+        job_id: i64,
+        offset: i64,
+        max_bytes: i64,
+    ) -> StoreResult<(Vec<u8>, i64)> {
+        self.q_read_log(job_id, offset, max_bytes).await
     }
 }

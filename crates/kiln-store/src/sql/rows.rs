@@ -9,6 +9,9 @@ use sqlx::any::AnyRow;
 use crate::records::{BuildRecord, Project, StoredEvent, TokenRecord};
 use crate::{StoreError, StoreResult};
 
+pub(crate) const PROJECT_COLUMNS: &str =
+    "id, slug, name, created_at, repo, default_branch, max_concurrency";
+
 pub(crate) const TOKEN_COLUMNS: &str =
     "id, project_id, kind, name, scopes, display_prefix, created_at, last_used_at, revoked_at";
 
@@ -31,6 +34,9 @@ pub(crate) fn project_from_row(row: &AnyRow) -> StoreResult<Project> {
         slug: row.try_get("slug")?,
         name: row.try_get("name")?,
         created_at: Millis(row.try_get("created_at")?),
+        repo: row.try_get("repo")?,
+        default_branch: row.try_get("default_branch")?,
+        max_concurrency: row.try_get("max_concurrency")?,
     })
 }
 

@@ -1,0 +1,119 @@
+//! Records of builds Kiln runs: branches of a project, agents, jobs and job logs.
+
+use kiln_core::{JobState, Millis};
+use serde_json::Value;
+
+/// A branch Kiln knows of: its priority and whether new commits are built by themselves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BranchRecord {
+    pub project_id: i64,
+    pub name: String,
+    /// 1 (highest) … 10; `None` takes the pipeline's or the default.
+    pub priority: Option<i64>,
+    pub auto_build: bool,
+    /// The last commit the poller queued a build for.
+    pub last_commit: Option<String>,
+    pub created_at: Millis,
+}
+
+/// What an agent says of itself when it registers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewAgent {
+    pub name: String,
+    pub token_id: i64,
+    pub labels: Vec<String>,
+    pub concurrency: i64,
+    pub executor: String,
+    pub hostname: Option<String>,
+    pub version: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentRecord {
+    pub id: i64,
+    pub name: String,
+    pub token_id: Option<i64>,
+    pub labels: Vec<String>,
+    pub concurrency: i64,
+    pub executor: String,
+    pub hostname: Option<String>,
+    pub version: Option<String>,
+    pub registered_at: Millis,
+    pub last_seen_at: Millis,
+    /// The last heartbeat's resource use (CPU, memory, disk), as sent.
+    pub metrics: Option<Value>,
+}
+
+/// One job: a step of a build, with where it is in the queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRecord {
+    pub id: i64,
+    pub build_id: i64,
+    pub project_id: i64,
+    pub project_slug: String,
+    pub run_id: String,
+    pub build_number: i64,
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    pub step: String,
+    pub position: i64,
+    pub state: JobState,
+    pub priority: i64,
+    pub depends_on: Vec<String>,
+    pub labels: Vec<String>,
+    pub spec: Value,
+    /// Claims so far: 1 while the first attempt runs.
+    pub attempt: i64,
+    pub agent_id: Option<i64>,
+    pub agent_name: Option<String>,
+    pub lease_expires_at: Option<Millis>,
+    pub cancel_requested: bool,
+    pub created_at: Millis,
+    pub queued_at: Option<Millis>,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub log_size: i64,
+}
+
+/// A job to create (see `kiln_core::jobs::plan`).
+pub use kiln_core::jobs::JobPlan;
+
+/// How a claim picks jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimRules {
+    /// The lease the claimed job gets.
+    pub lease_ms: i64,
+    /// A waiting job gains one priority level per this many milliseconds.
+    pub aging_ms: i64,
+}
+
+/// How an attempt ended, as the agent (or the lease reaper) reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobEnd {
+    pub state: JobState,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// A running job of one agent, after a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldJob {
+    pub job_id: i64,
+    /// False when the job is no longer this agent's (lease expired, requeued, ended):
+    /// the agent must stop it.
+    pub held: bool,
+    pub cancel_requested: bool,
+}
+
+/// The answer to a log append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogAppend {
+    /// Stored (or stored before: a retried chunk); the log's size now.
+    Stored { size: i64 },
+    /// The chunk does not start where the log ends.
+    WrongOffset { size: i64 },
+    /// The log would grow past its cap.
+    TooLarge { size: i64 },
+}

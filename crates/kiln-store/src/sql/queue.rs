@@ -1,0 +1,733 @@
+//! Builds Kiln runs, in SQL: project repositories, branches, agents, the job queue and
+//! job logs. Every state change is a single compare-and-set statement (`… WHERE state =
+//! 'running' AND attempt = $n`), so concurrent servers and agents cannot both win, and
+//! SQLite's write lock is taken by the first statement of any transaction here.
+
+use std::collections::HashMap;
+
+use kiln_core::{JobState, Millis};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{SqlStore, rows, trusted};
+use crate::queue::*;
+use crate::records::Project;
+use crate::{StoreError, StoreResult};
+
+const AGENT_COLUMNS: &str = "id, name, token_id, labels, concurrency, executor, hostname, version, \
+     registered_at, last_seen_at, metrics";
+
+const BRANCH_COLUMNS: &str = "project_id, name, priority, auto_build, last_commit, created_at";
+
+const JOB_SELECT: &str = "SELECT j.id, j.build_id, j.project_id, p.slug, b.run_id, b.number, b.branch, \
+     b.commit_sha, j.step, j.position, j.state, j.priority, j.depends_on, j.labels, j.spec, j.attempt, \
+     j.agent_id, a.name AS agent_name, j.lease_expires_at, j.cancel_requested, j.created_at, j.queued_at, \
+     j.started_at, j.finished_at, j.exit_code, j.reason, j.log_size \
+     FROM jobs j JOIN builds b ON b.id = j.build_id JOIN projects p ON p.id = j.project_id \
+     LEFT JOIN agents a ON a.id = j.agent_id";
+
+/// Queued jobs a claim looks at, best first; enough that label and concurrency filters
+/// rarely exhaust them.
+const CLAIM_CANDIDATES: i64 = 200;
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("corrupt {what} row: {detail}"))
+}
+
+fn json_list(text: &str, what: &str) -> StoreResult<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| corrupt(what, e))
+}
+
+fn to_json_text(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
+}
+
+fn agent_from_row(row: &AnyRow) -> StoreResult<AgentRecord> {
+    let labels: String = row.try_get("labels")?;
+    let metrics: Option<String> = row.try_get("metrics")?;
+    Ok(AgentRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        token_id: row.try_get("token_id")?,
+        labels: json_list(&labels, "agent")?,
+        concurrency: row.try_get("concurrency")?,
+        executor: row.try_get("executor")?,
+        hostname: row.try_get("hostname")?,
+        version: row.try_get("version")?,
+        registered_at: Millis(row.try_get("registered_at")?),
+        last_seen_at: Millis(row.try_get("last_seen_at")?),
+        metrics: metrics.and_then(|text| serde_json::from_str(&text).ok()),
+    })
+}
+
+fn branch_from_row(row: &AnyRow) -> StoreResult<BranchRecord> {
+    Ok(BranchRecord {
+        project_id: row.try_get("project_id")?,
+        name: row.try_get("name")?,
+        priority: row.try_get("priority")?,
+        auto_build: row.try_get::<i64, _>("auto_build")? != 0,
+        last_commit: row.try_get("last_commit")?,
+        created_at: Millis(row.try_get("created_at")?),
+    })
+}
+
+fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
+    let state: String = row.try_get("state")?;
+    let depends_on: String = row.try_get("depends_on")?;
+    let labels: String = row.try_get("labels")?;
+    let spec: String = row.try_get("spec")?;
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        build_id: row.try_get("build_id")?,
+        project_id: row.try_get("project_id")?,
+        project_slug: row.try_get("slug")?,
+        run_id: row.try_get("run_id")?,
+        build_number: row.try_get("number")?,
+        branch: row.try_get("branch")?,
+        commit: row.try_get("commit_sha")?,
+        step: row.try_get("step")?,
+        position: row.try_get("position")?,
+        state: JobState::from_name(&state).ok_or_else(|| corrupt("job", &state))?,
+        priority: row.try_get("priority")?,
+        depends_on: json_list(&depends_on, "job")?,
+        labels: json_list(&labels, "job")?,
+        spec: serde_json::from_str(&spec).map_err(|e| corrupt("job", e))?,
+        attempt: row.try_get("attempt")?,
+        agent_id: row.try_get("agent_id")?,
+        agent_name: row.try_get("agent_name")?,
+        lease_expires_at: row
+            .try_get::<Option<i64>, _>("lease_expires_at")?
+            .map(Millis),
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        created_at: Millis(row.try_get("created_at")?),
+        queued_at: row.try_get::<Option<i64>, _>("queued_at")?.map(Millis),
+        started_at: row.try_get::<Option<i64>, _>("started_at")?.map(Millis),
+        finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(Millis),
+        exit_code: row.try_get("exit_code")?,
+        reason: row.try_get("reason")?,
+        log_size: row.try_get("log_size")?,
+    })
+}
+
+/// `$first, $first+1, …` for `count` values.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl SqlStore {
+    pub(super) async fn q_set_project_repo(
+        &self,
+        project_id: i64,
+        repo: Option<&str>,
+        default_branch: &str,
+        max_concurrency: Option<i64>,
+    ) -> StoreResult<Project> {
+        let row = sqlx::query(trusted(format!(
+            "UPDATE projects SET repo = $1, default_branch = $2, max_concurrency = $3 WHERE id = $4 RETURNING {}",
+            rows::PROJECT_COLUMNS
+        )))
+        .bind(repo)
+        .bind(default_branch)
+        .bind(max_concurrency)
+        .bind(project_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(rows::project_from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound("project"))
+    }
+
+    pub(super) async fn q_upsert_branch(
+        &self,
+        project_id: i64,
+        name: &str,
+        priority: Option<i64>,
+        auto_build: bool,
+        now: Millis,
+    ) -> StoreResult<BranchRecord> {
+        let row = sqlx::query(trusted(format!(
+            "INSERT INTO branches (project_id, name, priority, auto_build, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (project_id, name) DO UPDATE SET priority = excluded.priority, auto_build = excluded.auto_build \
+             RETURNING {BRANCH_COLUMNS}"
+        )))
+        .bind(project_id)
+        .bind(name)
+        .bind(priority)
+        .bind(i64::from(auto_build))
+        .bind(now.0)
+        .fetch_one(&self.pool)
+        .await?;
+        branch_from_row(&row)
+    }
+
+    pub(super) async fn q_list_branches(&self, project_id: i64) -> StoreResult<Vec<BranchRecord>> {
+        let rows = sqlx::query(trusted(format!(
+            "SELECT {BRANCH_COLUMNS} FROM branches WHERE project_id = $1 ORDER BY name"
+        )))
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(branch_from_row).collect()
+    }
+
+    pub(super) async fn q_delete_branch(&self, project_id: i64, name: &str) -> StoreResult<()> {
+        let done = sqlx::query("DELETE FROM branches WHERE project_id = $1 AND name = $2")
+            .bind(project_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("branch"));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn q_auto_build_branches(&self) -> StoreResult<Vec<(Project, BranchRecord)>> {
+        let rows = sqlx::query(trusted(format!(
+            "SELECT br.project_id, br.name, br.priority, br.auto_build, br.last_commit, br.created_at \
+             FROM branches br JOIN projects p ON p.id = br.project_id WHERE br.auto_build = 1 AND p.repo IS NOT NULL ORDER BY br.project_id, br.name"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut projects: HashMap<i64, Project> = HashMap::new();
+        let mut result = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let branch = branch_from_row(row)?;
+            let project = match projects.get(&branch.project_id) {
+                Some(project) => project.clone(),
+                None => {
+                    let project = self
+                        .project_by_id_inner(branch.project_id)
+                        .await?
+                        .ok_or(StoreError::NotFound("project"))?;
+                    projects.insert(project.id, project.clone());
+                    project
+                }
+            };
+            result.push((project, branch));
+        }
+        Ok(result)
+    }
+
+    async fn project_by_id_inner(&self, id: i64) -> StoreResult<Option<Project>> {
+        let row = sqlx::query(trusted(format!(
+            "SELECT {} FROM projects WHERE id = $1",
+            rows::PROJECT_COLUMNS
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rows::project_from_row).transpose()
+    }
+
+    pub(super) async fn q_advance_branch_commit(
+        &self,
+        project_id: i64,
+        name: &str,
+        previous: Option<&str>,
+        commit: &str,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE branches SET last_commit = $1 WHERE project_id = $2 AND name = $3 \
+             AND COALESCE(last_commit, '') = $4",
+        )
+        .bind(commit)
+        .bind(project_id)
+        .bind(name)
+        .bind(previous.unwrap_or(""))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(super) async fn q_register_agent(
+        &self,
+        agent: &NewAgent,
+        now: Millis,
+    ) -> StoreResult<AgentRecord> {
+        let row = sqlx::query(trusted(format!(
+            "INSERT INTO agents (name, token_id, labels, concurrency, executor, hostname, version, registered_at, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (name) DO UPDATE SET token_id = excluded.token_id, \
+             labels = excluded.labels, concurrency = excluded.concurrency, executor = excluded.executor, \
+             hostname = excluded.hostname, version = excluded.version, registered_at = excluded.registered_at, \
+             last_seen_at = excluded.last_seen_at RETURNING {AGENT_COLUMNS}"
+        )))
+        .bind(&agent.name)
+        .bind(agent.token_id)
+        .bind(to_json_text(&agent.labels))
+        .bind(agent.concurrency)
+        .bind(&agent.executor)
+        .bind(agent.hostname.as_deref())
+        .bind(agent.version.as_deref())
+        .bind(now.0)
+        .fetch_one(&self.pool)
+        .await?;
+        agent_from_row(&row)
+    }
+
+    pub(super) async fn q_agent_by_id(&self, id: i64) -> StoreResult<Option<AgentRecord>> {
+        let row = sqlx::query(trusted(format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    pub(super) async fn q_list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
+        let rows = sqlx::query(trusted(format!(
+            "SELECT {AGENT_COLUMNS} FROM agents ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    pub(super) async fn q_touch_agent(
+        &self,
+        id: i64,
+        now: Millis,
+        metrics: Option<&Value>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE agents SET last_seen_at = $1, metrics = COALESCE($2, metrics) WHERE id = $3",
+        )
+        .bind(now.0)
+        .bind(metrics.map(Value::to_string))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn q_create_jobs(
+        &self,
+        build_id: i64,
+        project_id: i64,
+        priority: i64,
+        jobs: &[JobPlan],
+        now: Millis,
+    ) -> StoreResult<()> {
+        let mut transaction = self.pool.begin().await?;
+        for job in jobs {
+            let queued_at = (job.state == JobState::Queued).then_some(now.0);
+            sqlx::query(
+                "INSERT INTO jobs (build_id, project_id, step, position, state, priority, depends_on, labels, spec, \
+                 created_at, queued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (build_id, step) DO NOTHING",
+            )
+            .bind(build_id)
+            .bind(project_id)
+            .bind(&job.step)
+            .bind(job.position)
+            .bind(job.state.as_str())
+            .bind(priority)
+            .bind(to_json_text(&job.depends_on))
+            .bind(to_json_text(&job.labels))
+            .bind(job.spec.to_string())
+            .bind(now.0)
+            .bind(queued_at)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn q_job_by_id(&self, id: i64) -> StoreResult<Option<JobRecord>> {
+        let row = sqlx::query(trusted(format!("{JOB_SELECT} WHERE j.id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    pub(super) async fn q_jobs_of_build(&self, build_id: i64) -> StoreResult<Vec<JobRecord>> {
+        let rows = sqlx::query(trusted(format!(
+            "{JOB_SELECT} WHERE j.build_id = $1 ORDER BY j.position"
+        )))
+        .bind(build_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub(super) async fn q_unfinished_jobs(&self, limit: i64) -> StoreResult<Vec<JobRecord>> {
+        let rows = sqlx::query(trusted(format!(
+            "{JOB_SELECT} WHERE j.state IN ('blocked', 'queued', 'running') ORDER BY j.id LIMIT $1"
+        )))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub(super) async fn q_claim_job(
+        &self,
+        agent: &AgentRecord,
+        rules: ClaimRules,
+        now: Millis,
+    ) -> StoreResult<Option<JobRecord>> {
+        let running: i64 =
+            sqlx::query("SELECT COUNT(*) FROM jobs WHERE agent_id = $1 AND state = 'running'")
+                .bind(agent.id)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?;
+        if running >= agent.concurrency {
+            return Ok(None);
+        }
+        let candidates = sqlx::query(
+            "SELECT j.id, j.project_id, j.labels, p.max_concurrency FROM jobs j \
+             JOIN projects p ON p.id = j.project_id WHERE j.state = 'queued' \
+             ORDER BY j.priority - (($1 - j.queued_at) / $2), j.queued_at, j.id LIMIT $3",
+        )
+        .bind(now.0)
+        .bind(rules.aging_ms.max(1))
+        .bind(CLAIM_CANDIDATES)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut project_running: HashMap<i64, i64> = HashMap::new();
+        for candidate in &candidates {
+            let job_id: i64 = candidate.try_get("id")?;
+            let project_id: i64 = candidate.try_get("project_id")?;
+            let labels: String = candidate.try_get("labels")?;
+            let labels = json_list(&labels, "job")?;
+            if !labels.iter().all(|label| agent.labels.contains(label)) {
+                continue;
+            }
+            if let Some(limit) = candidate.try_get::<Option<i64>, _>("max_concurrency")? {
+                let running = match project_running.get(&project_id) {
+                    Some(count) => *count,
+                    None => {
+                        let count: i64 = sqlx::query(
+                            "SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND state = 'running'",
+                        )
+                        .bind(project_id)
+                        .fetch_one(&self.pool)
+                        .await?
+                        .try_get(0)?;
+                        project_running.insert(project_id, count);
+                        count
+                    }
+                };
+                if running >= limit {
+                    continue;
+                }
+            }
+            let claimed = sqlx::query(
+                "UPDATE jobs SET state = 'running', agent_id = $1, attempt = attempt + 1, lease_expires_at = $2, \
+                 started_at = $3, finished_at = NULL, exit_code = NULL, reason = NULL, cancel_requested = 0 \
+                 WHERE id = $4 AND state = 'queued'",
+            )
+            .bind(agent.id)
+            .bind(now.0 + rules.lease_ms)
+            .bind(now.0)
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+            if claimed.rows_affected() == 1 {
+                return self.q_job_by_id(job_id).await;
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn q_renew_leases(
+        &self,
+        agent_id: i64,
+        job_ids: &[i64],
+        now: Millis,
+        lease_ms: i64,
+    ) -> StoreResult<Vec<HeldJob>> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT id, cancel_requested, lease_expires_at FROM jobs WHERE agent_id = $1 AND state = 'running'",
+        )
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut held: HashMap<i64, (bool, i64)> = HashMap::new();
+        for row in &rows {
+            held.insert(
+                row.try_get("id")?,
+                (
+                    row.try_get::<i64, _>("cancel_requested")? != 0,
+                    row.try_get::<Option<i64>, _>("lease_expires_at")?
+                        .unwrap_or(0),
+                ),
+            );
+        }
+        // Renew only once a third of the lease is used: a heartbeat every second must
+        // not be a write every second.
+        let lease_until = now.0 + lease_ms;
+        let renew: Vec<i64> = job_ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                held.get(id)
+                    .is_some_and(|(_, expires)| lease_until - expires > lease_ms / 3)
+            })
+            .collect();
+        if !renew.is_empty() {
+            let statement = format!(
+                "UPDATE jobs SET lease_expires_at = $1 WHERE agent_id = $2 AND state = 'running' AND id IN ({})",
+                placeholders(3, renew.len())
+            );
+            let mut query = sqlx::query(trusted(statement))
+                .bind(lease_until)
+                .bind(agent_id);
+            for id in &renew {
+                query = query.bind(*id);
+            }
+            query.execute(&self.pool).await?;
+        }
+        Ok(job_ids
+            .iter()
+            .map(|id| HeldJob {
+                job_id: *id,
+                held: held.contains_key(id),
+                cancel_requested: held.get(id).is_some_and(|(cancel, _)| *cancel),
+            })
+            .collect())
+    }
+
+    pub(super) async fn q_finish_job(
+        &self,
+        job_id: i64,
+        attempt: i64,
+        agent_id: Option<i64>,
+        end: &JobEnd,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = $1, exit_code = $2, reason = $3, finished_at = $4, lease_expires_at = NULL \
+             WHERE id = $5 AND state = 'running' AND attempt = $6 AND ($7 IS NULL OR agent_id = $7)",
+        )
+        .bind(end.state.as_str())
+        .bind(end.exit_code)
+        .bind(end.reason.as_deref())
+        .bind(now.0)
+        .bind(job_id)
+        .bind(attempt)
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(super) async fn q_requeue_job(
+        &self,
+        job_id: i64,
+        attempt: i64,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', agent_id = NULL, lease_expires_at = NULL, queued_at = $1, \
+             cancel_requested = 0 WHERE id = $2 AND state = 'running' AND attempt = $3",
+        )
+        .bind(now.0)
+        .bind(job_id)
+        .bind(attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(super) async fn q_unblock_jobs(
+        &self,
+        build_id: i64,
+        queue: &[String],
+        skip: &[String],
+        now: Millis,
+    ) -> StoreResult<()> {
+        for (steps, statement) in [
+            (
+                queue,
+                "UPDATE jobs SET state = 'queued', queued_at = $1 WHERE build_id = $2 AND step = $3 AND state = 'blocked'",
+            ),
+            (
+                skip,
+                "UPDATE jobs SET state = 'skipped', finished_at = $1, reason = 'dependency' \
+                 WHERE build_id = $2 AND step = $3 AND state = 'blocked'",
+            ),
+        ] {
+            for step in steps {
+                sqlx::query(statement)
+                    .bind(now.0)
+                    .bind(build_id)
+                    .bind(step)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn q_cancel_jobs(&self, build_id: i64, now: Millis) -> StoreResult<u64> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', finished_at = $1, reason = 'cancelled' \
+             WHERE build_id = $2 AND state IN ('blocked', 'queued')",
+        )
+        .bind(now.0)
+        .bind(build_id)
+        .execute(&self.pool)
+        .await?;
+        let running = sqlx::query(
+            "UPDATE jobs SET cancel_requested = 1 WHERE build_id = $1 AND state = 'running'",
+        )
+        .bind(build_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(running.rows_affected())
+    }
+
+    pub(super) async fn q_expired_leases(
+        &self,
+        now: Millis,
+        limit: i64,
+    ) -> StoreResult<Vec<JobRecord>> {
+        let rows = sqlx::query(trusted(format!(
+            "{JOB_SELECT} WHERE j.state = 'running' AND j.lease_expires_at < $1 ORDER BY j.lease_expires_at LIMIT $2"
+        )))
+        .bind(now.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub(super) async fn q_extend_leases(&self, until: Millis) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = $1 WHERE state = 'running' AND lease_expires_at < $1",
+        )
+        .bind(until.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub(super) async fn q_builds_to_advance(&self, limit: i64) -> StoreResult<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT b.id FROM builds b WHERE b.status IN ('queued', 'running') \
+             AND EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id) \
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id AND j.state IN ('queued', 'running')) \
+             ORDER BY b.id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<i64, _>(0)?))
+            .collect()
+    }
+
+    pub(super) async fn q_append_log(
+        &self,
+        job_id: i64,
+        offset: i64,
+        bytes: &[u8],
+        cap: i64,
+    ) -> StoreResult<LogAppend> {
+        let length = bytes.len() as i64;
+        let mut transaction = self.pool.begin().await?;
+        // The size check and the growth are one statement, so two senders of the same
+        // offset cannot both append.
+        let grown = sqlx::query(
+            "UPDATE jobs SET log_size = log_size + $1 WHERE id = $2 AND log_size = $3 AND log_size + $1 <= $4",
+        )
+        .bind(length)
+        .bind(job_id)
+        .bind(offset)
+        .bind(cap)
+        .execute(&mut *transaction)
+        .await?;
+        if grown.rows_affected() == 1 {
+            if length > 0 {
+                sqlx::query(
+                    "INSERT INTO job_logs (job_id, offset_bytes, data) VALUES ($1, $2, $3)",
+                )
+                .bind(job_id)
+                .bind(offset)
+                .bind(bytes.to_vec())
+                .execute(&mut *transaction)
+                .await?;
+            }
+            transaction.commit().await?;
+            return Ok(LogAppend::Stored {
+                size: offset + length,
+            });
+        }
+        transaction.rollback().await?;
+        let size: Option<i64> = sqlx::query("SELECT log_size FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        let Some(size) = size else {
+            return Err(StoreError::NotFound("job"));
+        };
+        Ok(if offset + length <= size {
+            LogAppend::Stored { size }
+        } else if offset == size {
+            LogAppend::TooLarge { size }
+        } else {
+            LogAppend::WrongOffset { size }
+        })
+    }
+
+    pub(super) async fn q_read_log(
+        &self,
+        job_id: i64,
+        offset: i64,
+        max_bytes: i64,
+    ) -> StoreResult<(Vec<u8>, i64)> {
+        let size: Option<i64> = sqlx::query("SELECT log_size FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        let Some(size) = size else {
+            return Err(StoreError::NotFound("job"));
+        };
+        let mut out = Vec::new();
+        if offset >= size || max_bytes <= 0 {
+            return Ok((out, size));
+        }
+        let rows = sqlx::query(
+            "SELECT offset_bytes, data FROM job_logs WHERE job_id = $1 AND offset_bytes >= \
+             COALESCE((SELECT MAX(offset_bytes) FROM job_logs WHERE job_id = $1 AND offset_bytes <= $2), 0) \
+             AND offset_bytes < $3 ORDER BY offset_bytes",
+        )
+        .bind(job_id)
+        .bind(offset)
+        .bind(offset.saturating_add(max_bytes))
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &rows {
+            let start: i64 = row.try_get("offset_bytes")?;
+            let data: Vec<u8> = row.try_get("data")?;
+            let skip = usize::try_from((offset - start).max(0)).unwrap_or(0);
+            if skip >= data.len() {
+                continue;
+            }
+            let room = usize::try_from(max_bytes).unwrap_or(usize::MAX) - out.len();
+            let end = data.len().min(skip + room);
+            out.extend_from_slice(&data[skip..end]);
+            if out.len() as i64 >= max_bytes {
+                break;
+            }
+        }
+        Ok((out, size))
+    }
+}

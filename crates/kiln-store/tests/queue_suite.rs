@@ -1,0 +1,551 @@
+//! The job queue, agents, branches and job logs, against SQLite and PostgreSQL alike.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use kiln_core::jobs::JobPlan;
+use kiln_core::{EventType, JobState, Millis, NewEvent, ProjectSlug, RunId};
+use kiln_store::store_test;
+use kiln_store::test_support::TestDatabase;
+use kiln_store::*;
+use serde_json::json;
+
+store_test!(
+    claims_follow_priority_fifo_and_aging,
+    claims_follow_priority_fifo_and_aging
+);
+store_test!(
+    claims_respect_labels_and_concurrency,
+    claims_respect_labels_and_concurrency
+);
+store_test!(
+    leases_expire_and_old_attempts_are_refused,
+    leases_expire_and_old_attempts_are_refused
+);
+store_test!(
+    blocked_jobs_advance_and_builds_cancel,
+    blocked_jobs_advance_and_builds_cancel
+);
+store_test!(
+    logs_append_idempotently_and_read_by_offset,
+    logs_append_idempotently_and_read_by_offset
+);
+store_test!(repos_branches_and_agents, repos_branches_and_agents);
+store_test!(
+    concurrent_claims_on_two_stores_hand_out_each_job_once,
+    concurrent_claims_on_two_stores_hand_out_each_job_once
+);
+
+const RULES: ClaimRules = ClaimRules {
+    lease_ms: 60_000,
+    aging_ms: 300_000,
+};
+
+async fn project(store: &dyn Store, slug: &str) -> Project {
+    store
+        .create_project(&ProjectSlug::parse("slug", slug).unwrap(), slug, Millis(1))
+        .await
+        .unwrap()
+}
+
+/// A queued build with one job per `(step, depends_on, labels)`.
+async fn queued_build(
+    store: &dyn Store,
+    project: &Project,
+    run_id: &str,
+    priority: i64,
+    steps: &[(&str, &[&str], &[&str])],
+    now: i64,
+) -> BuildRecord {
+    let event = NewEvent::new(
+        RunId::parse("runId", run_id).unwrap(),
+        EventType::parse("event", "build_queued").unwrap(),
+    );
+    let request = IngestRequest {
+        project_id: project.id,
+        events: vec![event],
+        precondition: Precondition::None,
+    };
+    store
+        .ingest(&[request], Millis(now))
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    let build = store.build_by_run_id(run_id).await.unwrap().unwrap();
+    assert_eq!(build.state.status, kiln_core::BuildStatus::Queued);
+    let plans: Vec<JobPlan> = steps
+        .iter()
+        .enumerate()
+        .map(|(position, (step, depends_on, labels))| JobPlan {
+            step: step.to_string(),
+            position: position as i64,
+            depends_on: depends_on.iter().map(|s| s.to_string()).collect(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            state: if depends_on.is_empty() {
+                JobState::Queued
+            } else {
+                JobState::Blocked
+            },
+            spec: json!({"commands": [format!("echo {step}")]}),
+        })
+        .collect();
+    store
+        .create_jobs(build.id, project.id, priority, &plans, Millis(now))
+        .await
+        .unwrap();
+    build
+}
+
+async fn agent(store: &dyn Store, name: &str, labels: &[&str], concurrency: i64) -> AgentRecord {
+    store
+        .register_agent(
+            &NewAgent {
+                name: name.into(),
+                token_id: 1,
+                labels: labels.iter().map(|s| s.to_string()).collect(),
+                concurrency,
+                executor: "process".into(),
+                hostname: Some("host".into()),
+                version: Some("0.1.0".into()),
+            },
+            Millis(10),
+        )
+        .await
+        .unwrap()
+}
+
+async fn claim(store: &dyn Store, agent: &AgentRecord, now: i64) -> Option<JobRecord> {
+    store.claim_job(agent, RULES, Millis(now)).await.unwrap()
+}
+
+fn passed() -> JobEnd {
+    JobEnd {
+        state: JobState::Passed,
+        exit_code: Some(0),
+        reason: None,
+    }
+}
+
+async fn claims_follow_priority_fifo_and_aging(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    queued_build(&*store, &web, "low", 9, &[("a", &[], &[])], 1_000).await;
+    queued_build(&*store, &web, "mid-1", 5, &[("a", &[], &[])], 2_000).await;
+    queued_build(&*store, &web, "high", 1, &[("a", &[], &[])], 3_000).await;
+    queued_build(&*store, &web, "mid-2", 5, &[("a", &[], &[])], 4_000).await;
+    let worker = agent(&*store, "w", &[], 10).await;
+    let mut order = Vec::new();
+    while let Some(job) = claim(&*store, &worker, 5_000).await {
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.agent_id, Some(worker.id));
+        assert_eq!(job.lease_expires_at, Some(Millis(65_000)));
+        order.push(job.run_id);
+    }
+    assert_eq!(order, ["high", "mid-1", "mid-2", "low"]);
+
+    // Aging: a priority-9 job that waited 8 aging periods (one level each) overtakes a
+    // fresh priority-5 job; after 3 periods it does not.
+    let aging = project(&*store, "aging").await;
+    queued_build(&*store, &aging, "old-low", 9, &[("a", &[], &[])], 10_000).await;
+    let now = 10_000 + 8 * RULES.aging_ms;
+    queued_build(&*store, &aging, "new-mid", 5, &[("a", &[], &[])], now).await;
+    assert_eq!(
+        claim(&*store, &worker, now).await.unwrap().run_id,
+        "old-low"
+    );
+    queued_build(&*store, &aging, "old-low-2", 9, &[("a", &[], &[])], now).await;
+    let later = now + 3 * RULES.aging_ms;
+    queued_build(&*store, &aging, "new-mid-2", 5, &[("a", &[], &[])], later).await;
+    assert_eq!(
+        claim(&*store, &worker, later).await.unwrap().run_id,
+        "new-mid"
+    );
+    assert_eq!(
+        claim(&*store, &worker, later).await.unwrap().run_id,
+        "new-mid-2"
+    );
+    assert_eq!(
+        claim(&*store, &worker, later).await.unwrap().run_id,
+        "old-low-2"
+    );
+}
+
+async fn claims_respect_labels_and_concurrency(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    queued_build(
+        &*store,
+        &web,
+        "r1",
+        5,
+        &[("gpu-step", &[], &["gpu", "linux"]), ("any", &[], &[])],
+        1_000,
+    )
+    .await;
+    let plain = agent(&*store, "plain", &["linux"], 1).await;
+    let gpu = agent(&*store, "gpu", &["linux", "gpu", "big"], 1).await;
+    let job = claim(&*store, &plain, 2_000).await.unwrap();
+    assert_eq!(job.step, "any", "the gpu step needs labels plain lacks");
+    assert_eq!(job.agent_name.as_deref(), Some("plain"));
+    assert!(
+        claim(&*store, &plain, 2_000).await.is_none(),
+        "concurrency 1"
+    );
+    assert_eq!(claim(&*store, &gpu, 2_000).await.unwrap().step, "gpu-step");
+
+    // Per-project concurrency.
+    let limited = project(&*store, "limited").await;
+    store
+        .set_project_repo(limited.id, None, "main", Some(1))
+        .await
+        .unwrap();
+    queued_build(
+        &*store,
+        &limited,
+        "l1",
+        5,
+        &[("a", &[], &[]), ("b", &[], &[])],
+        3_000,
+    )
+    .await;
+    let big = agent(&*store, "big", &[], 5).await;
+    assert_eq!(claim(&*store, &big, 4_000).await.unwrap().run_id, "l1");
+    assert!(
+        claim(&*store, &big, 4_000).await.is_none(),
+        "project limit 1"
+    );
+}
+
+async fn leases_expire_and_old_attempts_are_refused(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    queued_build(&*store, &web, "r1", 5, &[("a", &[], &[])], 1_000).await;
+    let first = agent(&*store, "first", &[], 1).await;
+    let second = agent(&*store, "second", &[], 1).await;
+    let job = claim(&*store, &first, 2_000).await.unwrap();
+    assert_eq!(job.lease_expires_at, Some(Millis(62_000)));
+
+    // A heartbeat early in the lease does not rewrite it; one after a third renews it.
+    let held = store
+        .renew_leases(first.id, &[job.id, 999], Millis(3_000), 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        vec![
+            HeldJob {
+                job_id: job.id,
+                held: true,
+                cancel_requested: false
+            },
+            HeldJob {
+                job_id: 999,
+                held: false,
+                cancel_requested: false
+            }
+        ]
+    );
+    let unchanged = store.job_by_id(job.id).await.unwrap().unwrap();
+    assert_eq!(unchanged.lease_expires_at, Some(Millis(62_000)));
+    store
+        .renew_leases(first.id, &[job.id], Millis(30_000), 60_000)
+        .await
+        .unwrap();
+    let renewed = store.job_by_id(job.id).await.unwrap().unwrap();
+    assert_eq!(renewed.lease_expires_at, Some(Millis(90_000)));
+
+    assert!(
+        store
+            .expired_leases(Millis(89_999), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let expired = store.expired_leases(Millis(90_001), 10).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert!(store.requeue_job(job.id, 1, Millis(90_001)).await.unwrap());
+    assert!(
+        !store.requeue_job(job.id, 1, Millis(90_001)).await.unwrap(),
+        "requeued once"
+    );
+    let again = claim(&*store, &second, 91_000).await.unwrap();
+    assert_eq!((again.id, again.attempt), (job.id, 2));
+    // The first agent's late report of attempt 1 is refused; the holder's is taken.
+    assert!(
+        !store
+            .finish_job(job.id, 1, Some(first.id), &passed(), Millis(92_000))
+            .await
+            .unwrap()
+    );
+    let held = store
+        .renew_leases(first.id, &[job.id], Millis(92_000), 60_000)
+        .await
+        .unwrap();
+    assert!(!held[0].held, "the first agent no longer holds it");
+    assert!(
+        store
+            .finish_job(job.id, 2, Some(second.id), &passed(), Millis(93_000))
+            .await
+            .unwrap()
+    );
+    let done = store.job_by_id(job.id).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Passed);
+    assert_eq!(done.finished_at, Some(Millis(93_000)));
+    assert_eq!(done.exit_code, Some(0));
+
+    // A restarted server gives running jobs time to be reported again.
+    queued_build(&*store, &web, "r2", 5, &[("a", &[], &[])], 100_000).await;
+    let job = claim(&*store, &first, 100_000).await.unwrap();
+    assert_eq!(store.extend_leases(Millis(500_000)).await.unwrap(), 1);
+    let extended = store.job_by_id(job.id).await.unwrap().unwrap();
+    assert_eq!(extended.lease_expires_at, Some(Millis(500_000)));
+}
+
+async fn blocked_jobs_advance_and_builds_cancel(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let build = queued_build(
+        &*store,
+        &web,
+        "r1",
+        5,
+        &[("a", &[], &[]), ("b", &["a"], &[]), ("c", &["b"], &[])],
+        1_000,
+    )
+    .await;
+    let worker = agent(&*store, "w", &[], 4).await;
+    let a = claim(&*store, &worker, 2_000).await.unwrap();
+    assert_eq!(a.step, "a");
+    assert!(
+        claim(&*store, &worker, 2_000).await.is_none(),
+        "b waits for a"
+    );
+    assert!(store.builds_to_advance(10).await.unwrap().is_empty());
+    store
+        .finish_job(a.id, 1, Some(worker.id), &passed(), Millis(3_000))
+        .await
+        .unwrap();
+    assert_eq!(store.builds_to_advance(10).await.unwrap(), vec![build.id]);
+    store
+        .unblock_jobs(build.id, &["b".into()], &[], Millis(3_000))
+        .await
+        .unwrap();
+    let jobs = store.jobs_of_build(build.id).await.unwrap();
+    let states: Vec<JobState> = jobs.iter().map(|job| job.state).collect();
+    assert_eq!(
+        states,
+        [JobState::Passed, JobState::Queued, JobState::Blocked]
+    );
+    assert_eq!(jobs[2].depends_on, vec!["b"]);
+    let b = claim(&*store, &worker, 4_000).await.unwrap();
+    assert_eq!(b.step, "b");
+
+    assert_eq!(store.cancel_jobs(build.id, Millis(5_000)).await.unwrap(), 1);
+    let jobs = store.jobs_of_build(build.id).await.unwrap();
+    assert_eq!(jobs[2].state, JobState::Cancelled);
+    assert!(jobs[1].cancel_requested);
+    let held = store
+        .renew_leases(worker.id, &[b.id], Millis(5_000), 60_000)
+        .await
+        .unwrap();
+    assert!(held[0].held && held[0].cancel_requested);
+
+    // Skipping.
+    let other = queued_build(
+        &*store,
+        &web,
+        "r2",
+        5,
+        &[("a", &[], &[]), ("b", &["a"], &[])],
+        6_000,
+    )
+    .await;
+    let a = claim(&*store, &worker, 6_000).await.unwrap();
+    let failed = JobEnd {
+        state: JobState::Failed,
+        exit_code: Some(2),
+        reason: Some("exit_status".into()),
+    };
+    store
+        .finish_job(a.id, 1, Some(worker.id), &failed, Millis(7_000))
+        .await
+        .unwrap();
+    store
+        .unblock_jobs(other.id, &[], &["b".into()], Millis(7_000))
+        .await
+        .unwrap();
+    let jobs = store.jobs_of_build(other.id).await.unwrap();
+    assert_eq!(jobs[1].state, JobState::Skipped);
+    assert_eq!(
+        store.unfinished_jobs(100).await.unwrap().len(),
+        1,
+        "r1's b runs"
+    );
+}
+
+async fn logs_append_idempotently_and_read_by_offset(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    queued_build(&*store, &web, "r1", 5, &[("a", &[], &[])], 1_000).await;
+    let worker = agent(&*store, "w", &[], 1).await;
+    let job = claim(&*store, &worker, 2_000).await.unwrap();
+    let cap = 64;
+    assert_eq!(
+        store.append_log(job.id, 0, b"hello ", cap).await.unwrap(),
+        LogAppend::Stored { size: 6 }
+    );
+    // Binary, ANSI and a retried chunk.
+    let binary = [0u8, 159, 146, 150, 0x1b, b'[', b'3', b'1', b'm', b'\n'];
+    assert_eq!(
+        store.append_log(job.id, 6, &binary, cap).await.unwrap(),
+        LogAppend::Stored { size: 16 }
+    );
+    assert_eq!(
+        store.append_log(job.id, 6, &binary, cap).await.unwrap(),
+        LogAppend::Stored { size: 16 },
+        "a retry is acknowledged, not stored twice"
+    );
+    assert_eq!(
+        store.append_log(job.id, 20, b"gap", cap).await.unwrap(),
+        LogAppend::WrongOffset { size: 16 }
+    );
+    assert_eq!(
+        store
+            .append_log(job.id, 16, &[b'x'; 49], cap)
+            .await
+            .unwrap(),
+        LogAppend::TooLarge { size: 16 }
+    );
+    let (all, size) = store.read_log(job.id, 0, 1_000).await.unwrap();
+    assert_eq!(size, 16);
+    assert_eq!(&all[..6], b"hello ");
+    assert_eq!(&all[6..], &binary);
+    let (middle, _) = store.read_log(job.id, 3, 5).await.unwrap();
+    assert_eq!(middle, b"lo \0\x9f");
+    let (tail, _) = store.read_log(job.id, 16, 100).await.unwrap();
+    assert!(tail.is_empty());
+    assert!(matches!(
+        store.read_log(9_999, 0, 10).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn repos_branches_and_agents(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    assert_eq!(web.repo, None);
+    assert_eq!(web.default_branch, "main");
+    let updated = store
+        .set_project_repo(web.id, Some("file:///tmp/repo"), "trunk", None)
+        .await
+        .unwrap();
+    assert_eq!(updated.repo.as_deref(), Some("file:///tmp/repo"));
+    assert_eq!(
+        store
+            .project_by_slug("web")
+            .await
+            .unwrap()
+            .unwrap()
+            .default_branch,
+        "trunk"
+    );
+    let branch = store
+        .upsert_branch(web.id, "release/1", Some(2), true, Millis(5))
+        .await
+        .unwrap();
+    assert_eq!(branch.priority, Some(2));
+    store
+        .upsert_branch(web.id, "feature", None, false, Millis(6))
+        .await
+        .unwrap();
+    let polled = store.auto_build_branches().await.unwrap();
+    assert_eq!(polled.len(), 1);
+    assert_eq!(polled[0].0.id, web.id);
+    assert_eq!(polled[0].1.name, "release/1");
+    assert!(
+        store
+            .advance_branch_commit(web.id, "release/1", None, "abc")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .advance_branch_commit(web.id, "release/1", None, "abc")
+            .await
+            .unwrap(),
+        "a second poller with the same view loses"
+    );
+    let branches = store.list_branches(web.id).await.unwrap();
+    assert_eq!(branches.len(), 2);
+    assert_eq!(branches[1].last_commit.as_deref(), Some("abc"));
+    store.delete_branch(web.id, "feature").await.unwrap();
+    assert!(matches!(
+        store.delete_branch(web.id, "feature").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let first = agent(&*store, "builder-1", &["linux"], 2).await;
+    let again = agent(&*store, "builder-1", &["linux", "gpu"], 4).await;
+    assert_eq!(first.id, again.id, "registering a name again updates it");
+    assert_eq!(again.labels, vec!["linux", "gpu"]);
+    store
+        .touch_agent(again.id, Millis(50), Some(&json!({"cpuPercent": 12.5})))
+        .await
+        .unwrap();
+    let listed = store.list_agents().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_seen_at, Millis(50));
+    assert_eq!(listed[0].metrics, Some(json!({"cpuPercent": 12.5})));
+    assert_eq!(
+        store.agent_by_id(again.id).await.unwrap(),
+        Some(listed[0].clone())
+    );
+}
+
+async fn concurrent_claims_on_two_stores_hand_out_each_job_once(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let first: Arc<dyn Store> = database.open_dyn().await;
+    let second: Arc<dyn Store> = database.open_dyn().await;
+    let web = project(&*first, "web").await;
+    let steps: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+    let step_refs: Vec<(&str, &[&str], &[&str])> = steps
+        .iter()
+        .map(|s| (s.as_str(), &[][..], &[][..]))
+        .collect();
+    queued_build(&*first, &web, "r1", 5, &step_refs, 1_000).await;
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let store = if n % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        let worker = agent(&*store, &format!("w{n}"), &[], 100).await;
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(job) = store
+                .claim_job(&worker, RULES, Millis(2_000))
+                .await
+                .unwrap()
+            {
+                mine.push(job.id);
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 40, "every job claimed");
+    assert_eq!(unique.len(), 40, "no job claimed twice");
+}
