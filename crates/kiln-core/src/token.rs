@@ -14,6 +14,9 @@ pub enum TokenKind {
     Admin,
     /// A project token; what it may do is given by its scopes.
     Project,
+    /// An agent token (instance-wide): registers agents, claims and runs jobs. It works
+    /// only on the agent endpoints.
+    Agent,
 }
 
 impl TokenKind {
@@ -21,6 +24,7 @@ impl TokenKind {
         match self {
             Self::Admin => "admin",
             Self::Project => "project",
+            Self::Agent => "agent",
         }
     }
 
@@ -28,6 +32,7 @@ impl TokenKind {
         match name {
             "admin" => Some(Self::Admin),
             "project" => Some(Self::Project),
+            "agent" => Some(Self::Agent),
             _ => None,
         }
     }

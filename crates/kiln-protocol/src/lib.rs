@@ -216,3 +216,219 @@ pub struct ProjectStatus {
     pub active_run: Option<BuildStatusDto>,
     pub updated_at: String,
 }
+
+// ---- Builds Kiln runs (docs/api.md, "Running builds").
+
+/// `PUT /api/v1/projects/{slug}/repo`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoSettings {
+    pub repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchDto {
+    pub name: String,
+    pub priority: Option<i64>,
+    pub auto_build: bool,
+    pub last_commit: Option<String>,
+}
+
+/// `POST /api/v1/projects/{slug}/builds`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerBuild {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+}
+
+/// The answer to a trigger (and to a retry).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggeredBuild {
+    pub run_id: String,
+    pub number: i64,
+    pub status: String,
+    pub branch: String,
+    pub commit: String,
+    pub commit_message: Option<String>,
+    pub project: String,
+    pub priority: i64,
+    pub jobs: Vec<JobDto>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobDto {
+    pub id: i64,
+    pub run_id: String,
+    pub project: String,
+    pub step: String,
+    pub state: String,
+    pub priority: i64,
+    pub depends_on: Vec<String>,
+    pub labels: Vec<String>,
+    pub attempt: i64,
+    pub agent: Option<String>,
+    pub queued_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub log_size: i64,
+    /// In the queue view: why the job is waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobList {
+    pub jobs: Vec<JobDto>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentDto {
+    pub id: i64,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub concurrency: i64,
+    pub executor: String,
+    pub hostname: Option<String>,
+    pub version: Option<String>,
+    /// `connected` (heard from within a lease), else `lost`.
+    pub health: String,
+    pub registered_at: String,
+    pub last_seen_at: String,
+    pub metrics: Option<Value>,
+    pub jobs: Vec<JobDto>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AgentList {
+    pub agents: Vec<AgentDto>,
+}
+
+/// `POST /api/v1/agent/register`, sent by `kiln agent` at start.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterAgent {
+    pub name: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub concurrency: i64,
+    pub executor: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRegistered {
+    pub agent_id: i64,
+    pub lease_secs: u64,
+    pub heartbeat_interval_ms: u64,
+    pub max_claim_wait_secs: u64,
+}
+
+/// `POST /api/v1/agent/claim`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRequest {
+    pub agent_id: i64,
+    /// Seconds to wait for a job (long poll), at most 30.
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+}
+
+/// A job handed to an agent: everything it needs to run the step.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentJob {
+    pub job_id: i64,
+    pub attempt: i64,
+    pub run_id: String,
+    pub build_number: i64,
+    pub project: String,
+    pub step: String,
+    pub repo: String,
+    pub commit: String,
+    pub branch: Option<String>,
+    pub commands: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub timeout_secs: u64,
+    pub checkout_timeout_secs: u64,
+    pub cache: Option<JobCache>,
+    pub image: Option<String>,
+    pub network: bool,
+    /// Where this attempt's log continues (earlier attempts' output comes first).
+    pub log_offset: i64,
+    pub log_cap_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobCache {
+    pub key_files: Vec<String>,
+    pub paths: Vec<String>,
+}
+
+/// `POST /api/v1/agent/heartbeat`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentHeartbeat {
+    pub agent_id: i64,
+    #[serde(default)]
+    pub jobs: Vec<i64>,
+    /// Resource use: `cpuPercent`, `memoryBytes`, `memoryTotalBytes`, `diskFreeBytes`.
+    #[serde(default)]
+    pub metrics: Option<Value>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatReply {
+    /// Jobs to stop: cancelled by a user.
+    pub cancel: Vec<i64>,
+    /// Jobs this agent no longer holds (lease expired, given to another agent): stop
+    /// them without reporting.
+    pub lost: Vec<i64>,
+}
+
+/// `POST /api/v1/agent/jobs/{id}/finish`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FinishJob {
+    pub agent_id: i64,
+    pub attempt: i64,
+    /// `passed`, `failed` or `cancelled`.
+    pub state: String,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// Why it failed: `exit_status`, `timeout`, `checkout`, `cancelled`, `error`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub duration_ms: Option<i64>,
+}
+
+/// The answer to a log chunk.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LogAck {
+    pub size: i64,
+    pub cancel: bool,
+}

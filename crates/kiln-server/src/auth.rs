@@ -41,6 +41,11 @@ pub enum Access {
     ProjectIngest,
     /// Any valid token; the handler checks it may read the project concerned.
     ProjectRead,
+    /// Triggering, retrying and cancelling builds: an instance admin or a project token
+    /// with the `ingest` scope; the handler checks the project.
+    ProjectWrite,
+    /// Agent tokens only (`kiln agent`).
+    Agent,
 }
 
 impl Access {
@@ -50,6 +55,8 @@ impl Access {
             Self::InstanceAdmin => "instance admin",
             Self::ProjectIngest => "project ingest token",
             Self::ProjectRead => "project read or ingest token, or instance admin",
+            Self::ProjectWrite => "project ingest token, or instance admin",
+            Self::Agent => "agent token",
         }
     }
 }
@@ -67,9 +74,33 @@ impl Caller {
                 && (self.scopes.contains(&Scope::Read) || self.scopes.contains(&Scope::Ingest)))
     }
 
+    /// Whether the caller may trigger, retry and cancel the project's builds.
+    pub fn can_write(&self, project_id: i64) -> bool {
+        self.is_admin()
+            || (self.project_id == Some(project_id) && self.scopes.contains(&Scope::Ingest))
+    }
+
     pub fn check(&self, access: Access) -> Result<(), ApiError> {
+        if self.kind == TokenKind::Agent && !matches!(access, Access::Agent | Access::Public) {
+            return Err(ApiError::Forbidden(
+                "agent tokens work only on the agent endpoints (/api/v1/agent/…); use a project or admin token here"
+                    .into(),
+            ));
+        }
         match access {
             Access::Public | Access::ProjectRead => Ok(()),
+            Access::Agent if self.kind == TokenKind::Agent => Ok(()),
+            Access::Agent => Err(ApiError::Forbidden(
+                "this endpoint is for build agents: use an agent token (`kiln token create --agent`)"
+                    .into(),
+            )),
+            Access::ProjectWrite if self.is_admin() || self.scopes.contains(&Scope::Ingest) => {
+                Ok(())
+            }
+            Access::ProjectWrite => Err(ApiError::Forbidden(
+                "triggering, retrying and cancelling builds needs a project token with the \"ingest\" scope or an instance-admin token"
+                    .into(),
+            )),
             Access::InstanceAdmin if self.is_admin() => Ok(()),
             Access::InstanceAdmin => Err(ApiError::Forbidden(
                 "this needs an instance-admin token (KILN_ADMIN_TOKEN or one printed by `kiln up`)"

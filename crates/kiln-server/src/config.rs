@@ -37,6 +37,8 @@ pub struct ServerConfig {
     /// Concurrent live streams (SSE and Socket.IO subscriptions) one token may hold.
     pub max_streams_per_token: usize,
     pub clock: Arc<dyn Clock>,
+    /// Builds Kiln runs: leases, aging, branch polling, log cap, git mirrors.
+    pub runner: crate::runner::RunnerConfig,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -46,6 +48,7 @@ impl fmt::Debug for ServerConfig {
             .field("reaper_interval", &self.reaper_interval)
             .field("admin_token", &self.admin_token)
             .field("max_streams_per_token", &self.max_streams_per_token)
+            .field("runner", &self.runner)
             .finish_non_exhaustive()
     }
 }
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             admin_token: None,
             max_streams_per_token: 500,
             clock: Arc::new(SystemClock),
+            runner: crate::runner::RunnerConfig::default(),
         }
     }
 }

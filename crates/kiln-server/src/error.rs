@@ -28,6 +28,14 @@ pub enum ApiError {
         message: String,
         field: Option<String>,
     },
+    /// Well-formed, but naming something that does not exist or cannot be used (an
+    /// unknown branch or commit, a project without a repository).
+    #[error("{message}")]
+    Unprocessable {
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -66,6 +74,9 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             Self::Conflict { code, field, .. } => (StatusCode::CONFLICT, code, field.as_deref()),
+            Self::Unprocessable { code, field, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, code, field.as_deref())
+            }
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams", None),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),

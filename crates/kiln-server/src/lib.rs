@@ -12,6 +12,7 @@ mod error;
 mod ingest;
 mod live;
 mod reaper;
+mod runner;
 mod serve;
 
 use std::future::Future;
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 pub use api::ROUTES;
 pub use config::{Secret, ServerConfig};
 pub use error::ApiError;
+pub use runner::RunnerConfig;
 
 use crate::auth::Authenticator;
 use crate::clock::Clock;
@@ -40,6 +42,7 @@ pub(crate) struct AppState {
     pub config: Arc<ServerConfig>,
     pub bus: Arc<live::Bus>,
     pub streams: api::StreamLimiter,
+    pub runner: runner::Runner,
 }
 
 /// Errors that stop the server from starting.
@@ -65,6 +68,12 @@ pub async fn run(
     let config = Arc::new(config);
     let bus = Arc::new(live::Bus::default());
     let (ingestor, ingest_task) = Ingestor::start(store.clone(), clock.clone(), bus.clone());
+    let runner = runner::Runner::new(
+        store.clone(),
+        ingestor.clone(),
+        clock.clone(),
+        config.runner.clone(),
+    );
     let state = AppState {
         store: store.clone(),
         clock: clock.clone(),
@@ -73,6 +82,7 @@ pub async fn run(
         config: config.clone(),
         bus: bus.clone(),
         streams: api::StreamLimiter::new(config.max_streams_per_token),
+        runner: runner.clone(),
     };
     let (reaper_stop, reaper_stopped) = tokio::sync::watch::channel(false);
     let tail_task = tokio::spawn(live::tail(
@@ -80,6 +90,7 @@ pub async fn run(
         bus.clone(),
         reaper_stopped.clone(),
     ));
+    let runner_task = tokio::spawn(runner::tasks::run(runner, reaper_stopped.clone()));
     let reaper_task = tokio::spawn(reaper::run(
         store.clone(),
         ingestor,
@@ -104,6 +115,7 @@ pub async fn run(
     // Requests are done; stop the reaper, then let the ingestor drain its queue.
     let _ = reaper_stop.send(true);
     let _ = reaper_task.await;
+    let _ = runner_task.await;
     let _ = tail_task.await;
     let _ = ingest_task.await;
     tracing::info!("kiln stopped");

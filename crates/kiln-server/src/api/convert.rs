@@ -107,3 +107,25 @@ pub(crate) fn event_json(event: &StoredEvent) -> Value {
     }
     value
 }
+
+pub(crate) fn job_dto(job: &kiln_store::JobRecord) -> kiln_protocol::JobDto {
+    kiln_protocol::JobDto {
+        id: job.id,
+        run_id: job.run_id.clone(),
+        project: job.project_slug.clone(),
+        step: job.step.clone(),
+        state: job.state.as_str().into(),
+        priority: job.priority,
+        depends_on: job.depends_on.clone(),
+        labels: job.labels.clone(),
+        attempt: job.attempt,
+        agent: job.agent_name.clone(),
+        queued_at: job.queued_at.map(Millis::to_rfc3339),
+        started_at: job.started_at.map(Millis::to_rfc3339),
+        finished_at: job.finished_at.map(Millis::to_rfc3339),
+        exit_code: job.exit_code,
+        reason: job.reason.clone(),
+        log_size: job.log_size,
+        waiting_for: None,
+    }
+}

@@ -1,23 +1,27 @@
 //! The HTTP API: `router()` lists every route with the access it requires; a guard
 //! layer authenticates and enforces that access before any handler runs.
 
+mod agent;
 mod body;
 mod builds;
 mod convert;
 mod events;
+mod fleet;
 mod health;
 mod projects;
+mod repos;
+mod runs;
 mod socketio;
 mod stream;
 
-pub(crate) use convert::event_json;
+pub(crate) use convert::{event_json, job_dto};
 pub(crate) use stream::StreamLimiter;
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 
 use crate::AppState;
 use crate::auth::Access;
@@ -130,6 +134,127 @@ fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppStat
             "/api/v1/stream",
             Access::ProjectRead,
             get(stream::project_stream),
+        ),
+        // Builds Kiln runs.
+        (
+            "PUT",
+            "/api/v1/projects/{slug}/repo",
+            Access::InstanceAdmin,
+            put(repos::set_repo),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/branches",
+            Access::InstanceAdmin,
+            get(repos::list_branches),
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{slug}/branches",
+            Access::InstanceAdmin,
+            post(repos::upsert_branch),
+        ),
+        (
+            "DELETE",
+            "/api/v1/projects/{slug}/branches/{name}",
+            Access::InstanceAdmin,
+            delete(repos::delete_branch),
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{slug}/builds",
+            Access::ProjectWrite,
+            post(runs::trigger),
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{slug}/builds/{run_id}/retry",
+            Access::ProjectWrite,
+            post(runs::retry),
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{slug}/builds/{run_id}/cancel",
+            Access::ProjectWrite,
+            post(runs::cancel),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/builds/{run_id}/jobs",
+            Access::ProjectRead,
+            get(runs::jobs),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/builds/{run_id}/jobs/{job}/log",
+            Access::ProjectRead,
+            get(runs::log),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/builds/{run_id}/jobs/{job}/log/stream",
+            Access::ProjectRead,
+            get(runs::log_stream),
+        ),
+        (
+            "GET",
+            "/api/v1/queue",
+            Access::ProjectRead,
+            get(fleet::queue),
+        ),
+        (
+            "GET",
+            "/api/v1/agents",
+            Access::ProjectRead,
+            get(fleet::list_agents),
+        ),
+        (
+            "POST",
+            "/api/v1/agent-tokens",
+            Access::InstanceAdmin,
+            post(fleet::create_agent_token),
+        ),
+        (
+            "GET",
+            "/api/v1/agent-tokens",
+            Access::InstanceAdmin,
+            get(fleet::list_agent_tokens),
+        ),
+        (
+            "DELETE",
+            "/api/v1/agent-tokens/{id}",
+            Access::InstanceAdmin,
+            delete(fleet::revoke_agent_token),
+        ),
+        (
+            "POST",
+            "/api/v1/agent/register",
+            Access::Agent,
+            post(agent::register),
+        ),
+        (
+            "POST",
+            "/api/v1/agent/claim",
+            Access::Agent,
+            post(agent::claim),
+        ),
+        (
+            "POST",
+            "/api/v1/agent/heartbeat",
+            Access::Agent,
+            post(agent::heartbeat),
+        ),
+        (
+            "POST",
+            "/api/v1/agent/jobs/{id}/log",
+            Access::Agent,
+            post(agent::append_log),
+        ),
+        (
+            "POST",
+            "/api/v1/agent/jobs/{id}/finish",
+            Access::Agent,
+            post(agent::finish),
         ),
     ]
 }

@@ -270,6 +270,7 @@ impl From<ApiError> for AckError {
             ApiError::Forbidden(_) => (403, "forbidden", None),
             ApiError::NotFound(_) => (404, "not_found", None),
             ApiError::Conflict { code, field, .. } => (409, code, field),
+            ApiError::Unprocessable { code, field, .. } => (422, code, field),
             ApiError::PayloadTooLarge(_) => (413, "body_too_large", None),
             ApiError::TooManyRequests(_) => (429, "too_many_streams", None),
             ApiError::Unavailable(_) => (503, "unavailable", None),

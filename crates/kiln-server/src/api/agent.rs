@@ -1,0 +1,253 @@
+//! The agent endpoints (agent tokens only): register, claim (long poll), heartbeat,
+//! log chunks, and the end of an attempt.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use kiln_core::limits::{
+    MAX_AGENT_CONCURRENCY, MAX_AGENT_LABELS, MAX_AGENT_NAME_LEN, MAX_CLAIM_WAIT_SECS,
+    MAX_LOG_CHUNK_BYTES, MAX_MESSAGE_LEN,
+};
+use kiln_core::{AgentLabel, FieldError};
+use kiln_protocol::{
+    AgentHeartbeat, AgentRegistered, ClaimRequest, FinishJob, HeartbeatReply, LogAck, RegisterAgent,
+};
+use kiln_store::{AgentRecord, JobEnd, NewAgent};
+use serde::de::DeserializeOwned;
+
+use super::body::{JsonBody, QueryParams};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::runner::reported_state;
+
+fn parse<T: DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|error| {
+        let field = error.path().to_string();
+        ApiError::bad_request(
+            "invalid_field",
+            Some(&field),
+            format!("{field}: {}", error.inner()),
+        )
+    })
+}
+
+fn short_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            format!("must be 1-{max} characters without control characters"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The agent named in a request, if it registered with this caller's token.
+async fn own_agent(
+    state: &AppState,
+    caller: &Caller,
+    agent_id: i64,
+) -> Result<AgentRecord, ApiError> {
+    match state.store.agent_by_id(agent_id).await? {
+        Some(agent) if agent.token_id == Some(caller.token_id) => Ok(agent),
+        _ => Err(ApiError::NotFound(format!(
+            "agent {agent_id} is not registered with this token; register again (POST /api/v1/agent/register)"
+        ))),
+    }
+}
+
+pub(crate) async fn register(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<AgentRegistered>, ApiError> {
+    let request: RegisterAgent = parse(body)?;
+    short_text("name", &request.name, MAX_AGENT_NAME_LEN)?;
+    if request.labels.len() > MAX_AGENT_LABELS {
+        return Err(FieldError::new("labels", format!("at most {MAX_AGENT_LABELS} labels")).into());
+    }
+    let mut labels = Vec::new();
+    for (index, label) in request.labels.iter().enumerate() {
+        let label = AgentLabel::parse(&format!("labels[{index}]"), label)?;
+        if !labels.contains(&label.as_str().to_owned()) {
+            labels.push(label.as_str().to_owned());
+        }
+    }
+    if !(1..=MAX_AGENT_CONCURRENCY).contains(&request.concurrency) {
+        return Err(
+            FieldError::new("concurrency", format!("must be 1-{MAX_AGENT_CONCURRENCY}")).into(),
+        );
+    }
+    if !["process", "sandbox", "container"].contains(&request.executor.as_str()) {
+        return Err(FieldError::new(
+            "executor",
+            "must be \"process\", \"sandbox\" or \"container\"",
+        )
+        .into());
+    }
+    for (field, value) in [
+        ("hostname", &request.hostname),
+        ("version", &request.version),
+    ] {
+        if let Some(value) = value {
+            short_text(field, value, MAX_AGENT_NAME_LEN)?;
+        }
+    }
+    let agent = state
+        .store
+        .register_agent(
+            &NewAgent {
+                name: request.name.trim().to_owned(),
+                token_id: caller.token_id,
+                labels,
+                concurrency: request.concurrency,
+                executor: request.executor,
+                hostname: request.hostname,
+                version: request.version,
+            },
+            state.clock.now(),
+        )
+        .await?;
+    let config = state.runner.config();
+    Ok(Json(AgentRegistered {
+        agent_id: agent.id,
+        lease_secs: config.job_lease.as_secs(),
+        heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+        max_claim_wait_secs: MAX_CLAIM_WAIT_SECS,
+    }))
+}
+
+pub(crate) async fn claim(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let request: ClaimRequest = parse(body)?;
+    let wait = request.wait_secs.unwrap_or(MAX_CLAIM_WAIT_SECS);
+    if wait > MAX_CLAIM_WAIT_SECS {
+        return Err(FieldError::new("waitSecs", format!("must be 0-{MAX_CLAIM_WAIT_SECS}")).into());
+    }
+    let agent = own_agent(&state, &caller, request.agent_id).await?;
+    match state
+        .runner
+        .claim(&agent, Duration::from_secs(wait))
+        .await?
+    {
+        Some(job) => Ok((StatusCode::OK, Json(job)).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+pub(crate) async fn heartbeat(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    let request: AgentHeartbeat = parse(body)?;
+    if request.jobs.len() > MAX_AGENT_CONCURRENCY as usize {
+        return Err(
+            FieldError::new("jobs", format!("at most {MAX_AGENT_CONCURRENCY} jobs")).into(),
+        );
+    }
+    if request
+        .metrics
+        .as_ref()
+        .is_some_and(|m| !m.is_object() || m.to_string().len() > 4096)
+    {
+        return Err(FieldError::new("metrics", "must be an object of at most 4 KiB").into());
+    }
+    let agent = own_agent(&state, &caller, request.agent_id).await?;
+    let reply = state
+        .runner
+        .heartbeat(&agent, &request.jobs, request.metrics.as_ref())
+        .await?;
+    Ok(Json(reply))
+}
+
+/// `POST /api/v1/agent/jobs/{id}/log?agentId=&attempt=&offset=`, the raw bytes as body.
+pub(crate) async fn append_log(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(job_id): Path<i64>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Json<LogAck>, ApiError> {
+    let params = QueryParams::from_uri(uri.query());
+    let required = |key: &str| -> Result<i64, ApiError> {
+        params.integer(key, 0, i64::MAX)?.ok_or_else(|| {
+            ApiError::bad_request("invalid_field", Some(key), format!("{key}: is required"))
+        })
+    };
+    let (agent_id, attempt, offset) = (
+        required("agentId")?,
+        required("attempt")?,
+        required("offset")?,
+    );
+    if body.len() > MAX_LOG_CHUNK_BYTES {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "a log chunk is at most {MAX_LOG_CHUNK_BYTES} bytes; send smaller chunks"
+        )));
+    }
+    own_agent(&state, &caller, agent_id).await?;
+    let job = state.runner.held_job(job_id, agent_id, attempt).await?;
+    let size = state.runner.append_log(&job, offset, &body).await?;
+    Ok(Json(LogAck {
+        size,
+        cancel: job.cancel_requested,
+    }))
+}
+
+pub(crate) async fn finish(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(job_id): Path<i64>,
+    JsonBody(body): JsonBody,
+) -> Result<StatusCode, ApiError> {
+    let request: FinishJob = parse(body)?;
+    let job_state = reported_state(&request.state)?;
+    if let Some(message) = &request.message {
+        if message.len() > MAX_MESSAGE_LEN {
+            return Err(
+                FieldError::new("message", format!("at most {MAX_MESSAGE_LEN} bytes")).into(),
+            );
+        }
+    }
+    if let Some(reason) = &request.reason {
+        short_text("reason", reason, 64)?;
+    }
+    own_agent(&state, &caller, request.agent_id).await?;
+    let job = match state
+        .runner
+        .held_job(job_id, request.agent_id, request.attempt)
+        .await
+    {
+        Ok(job) => job,
+        // A repeated report of an attempt that already ended the same way is fine.
+        Err(error) => {
+            if let Some(job) = state.store.job_by_id(job_id).await? {
+                if job.attempt == request.attempt
+                    && job.agent_id == Some(request.agent_id)
+                    && job.state == job_state
+                {
+                    return Ok(StatusCode::NO_CONTENT);
+                }
+            }
+            return Err(error);
+        }
+    };
+    let end = JobEnd {
+        state: job_state,
+        exit_code: request.exit_code,
+        reason: request.reason,
+    };
+    state
+        .runner
+        .finish(&job, end, request.message, request.duration_ms)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

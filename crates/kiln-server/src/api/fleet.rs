@@ -1,0 +1,233 @@
+//! The fleet, for users and admins: agent tokens, the agents and the queue with why
+//! each job waits.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use kiln_core::JobState;
+use kiln_core::token::{TokenKind, display_prefix, hash_token};
+use kiln_protocol::{AgentDto, AgentList, CreatedToken, JobList, TokenDto, TokenList};
+use kiln_store::{AgentRecord, JobRecord, NewToken, StoreError};
+
+use super::body::{JsonBody, required_string};
+use super::convert::{job_dto, token_dto};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::{AppState, generate_token};
+
+/// Most unfinished jobs the queue view lists.
+const QUEUE_LIMIT: i64 = 1000;
+
+pub(crate) async fn create_agent_token(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let name = required_string(&body, "name")?.trim().to_owned();
+    if name.is_empty() || name.len() > kiln_core::limits::MAX_NAME_LEN {
+        return Err(kiln_core::FieldError::new("name", "must be 1-200 characters").into());
+    }
+    let token = generate_token();
+    let record = state
+        .store
+        .create_token(
+            &NewToken {
+                project_id: None,
+                kind: TokenKind::Agent,
+                name,
+                scopes: vec![],
+                token_hash: hash_token(&token),
+                display_prefix: display_prefix(&token),
+            },
+            state.clock.now(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token,
+            info: token_dto(&record, None),
+        }),
+    ))
+}
+
+pub(crate) async fn list_agent_tokens(
+    State(state): State<AppState>,
+) -> Result<Json<TokenList>, ApiError> {
+    let tokens = state.store.list_tokens(None).await?;
+    Ok(Json(TokenList {
+        tokens: tokens
+            .iter()
+            .filter(|t| t.kind == TokenKind::Agent)
+            .map(|t| token_dto(t, None))
+            .collect(),
+    }))
+}
+
+pub(crate) async fn revoke_agent_token(
+    State(state): State<AppState>,
+    Path(token_id): Path<String>,
+) -> Result<Json<TokenDto>, ApiError> {
+    let token_id: i64 = token_id.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_field",
+            Some("id"),
+            "id: must be a token id from the token list",
+        )
+    })?;
+    let existing = state.store.list_tokens(None).await?;
+    if !existing
+        .iter()
+        .any(|t| t.id == token_id && t.kind == TokenKind::Agent)
+    {
+        return Err(ApiError::NotFound(format!(
+            "agent token {token_id} not found"
+        )));
+    }
+    let record = state
+        .store
+        .revoke_token(None, token_id, state.clock.now())
+        .await
+        .map_err(|error| match error {
+            StoreError::NotFound(_) => {
+                ApiError::NotFound(format!("agent token {token_id} not found"))
+            }
+            other => other.into(),
+        })?;
+    state.authenticator.forget_all();
+    Ok(Json(token_dto(&record, None)))
+}
+
+/// Whether an agent was heard from within a lease.
+fn connected(state: &AppState, agent: &AgentRecord) -> bool {
+    let lease = state.runner.config().job_lease.as_millis() as i64;
+    state.clock.now().saturating_sub(agent.last_seen_at) <= lease
+}
+
+pub(crate) async fn list_agents(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<AgentList>, ApiError> {
+    let agents = state.store.list_agents().await?;
+    let jobs = state.store.unfinished_jobs(QUEUE_LIMIT).await?;
+    let mut running: HashMap<i64, Vec<&JobRecord>> = HashMap::new();
+    for job in jobs.iter().filter(|job| job.state == JobState::Running) {
+        if let Some(agent) = job.agent_id {
+            running.entry(agent).or_default().push(job);
+        }
+    }
+    Ok(Json(AgentList {
+        agents: agents
+            .iter()
+            .map(|agent| AgentDto {
+                id: agent.id,
+                name: agent.name.clone(),
+                labels: agent.labels.clone(),
+                concurrency: agent.concurrency,
+                executor: agent.executor.clone(),
+                hostname: agent.hostname.clone(),
+                version: agent.version.clone(),
+                health: if connected(&state, agent) {
+                    "connected"
+                } else {
+                    "lost"
+                }
+                .into(),
+                registered_at: agent.registered_at.to_rfc3339(),
+                last_seen_at: agent.last_seen_at.to_rfc3339(),
+                metrics: agent.metrics.clone(),
+                jobs: running
+                    .get(&agent.id)
+                    .map(|jobs| {
+                        jobs.iter()
+                            .filter(|job| caller.can_read(job.project_id))
+                            .map(|job| job_dto(job))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    }))
+}
+
+/// Jobs waiting or running, oldest first, with why each waiting job waits.
+pub(crate) async fn queue(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<JobList>, ApiError> {
+    let jobs = state.store.unfinished_jobs(QUEUE_LIMIT).await?;
+    let agents: Vec<AgentRecord> = state
+        .store
+        .list_agents()
+        .await?
+        .into_iter()
+        .filter(|agent| connected(&state, agent))
+        .collect();
+    let mut running_by_agent: HashMap<i64, i64> = HashMap::new();
+    let mut running_by_project: HashMap<i64, i64> = HashMap::new();
+    for job in jobs.iter().filter(|job| job.state == JobState::Running) {
+        *running_by_project.entry(job.project_id).or_default() += 1;
+        if let Some(agent) = job.agent_id {
+            *running_by_agent.entry(agent).or_default() += 1;
+        }
+    }
+    let mut limits: HashMap<i64, Option<i64>> = HashMap::new();
+    let mut listed = Vec::new();
+    for job in jobs.iter().filter(|job| caller.can_read(job.project_id)) {
+        let mut dto = job_dto(job);
+        dto.waiting_for = match job.state {
+            JobState::Blocked => Some(format!(
+                "dependency: waiting for {}",
+                job.depends_on.join(", ")
+            )),
+            JobState::Queued => {
+                let limit = match limits.get(&job.project_id) {
+                    Some(limit) => *limit,
+                    None => {
+                        let limit = state
+                            .store
+                            .project_by_id(job.project_id)
+                            .await?
+                            .and_then(|p| p.max_concurrency);
+                        limits.insert(job.project_id, limit);
+                        limit
+                    }
+                };
+                let matching: Vec<&AgentRecord> = agents
+                    .iter()
+                    .filter(|agent| job.labels.iter().all(|label| agent.labels.contains(label)))
+                    .collect();
+                let running = running_by_project
+                    .get(&job.project_id)
+                    .copied()
+                    .unwrap_or(0);
+                Some(if matching.is_empty() {
+                    if job.labels.is_empty() {
+                        "no matching agent: no agent is connected".to_owned()
+                    } else {
+                        format!(
+                            "no matching agent: no connected agent has labels {}",
+                            job.labels.join(", ")
+                        )
+                    }
+                } else if limit.is_some_and(|limit| running >= limit) {
+                    format!(
+                        "concurrency: project {} runs {running} of at most {} jobs",
+                        job.project_slug,
+                        limit.unwrap_or(0)
+                    )
+                } else if matching.iter().all(|agent| {
+                    running_by_agent.get(&agent.id).copied().unwrap_or(0) >= agent.concurrency
+                }) {
+                    "concurrency: every matching agent is busy".to_owned()
+                } else {
+                    "agent: about to be claimed".to_owned()
+                })
+            }
+            _ => None,
+        };
+        listed.push(dto);
+    }
+    Ok(Json(JobList { jobs: listed }))
+}

@@ -1,0 +1,167 @@
+//! A project's repository and branches (what Kiln builds, and which branches it polls).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use kiln_core::FieldError;
+use kiln_protocol::{BranchDto, ProjectDto};
+use kiln_store::BranchRecord;
+use serde_json::{Value, json};
+
+use super::body::JsonBody;
+use super::convert::project_dto;
+use crate::AppState;
+use crate::error::ApiError;
+use crate::runner::check_branch;
+
+fn branch_dto(branch: &BranchRecord) -> BranchDto {
+    BranchDto {
+        name: branch.name.clone(),
+        priority: branch.priority,
+        auto_build: branch.auto_build,
+        last_commit: branch.last_commit.clone(),
+    }
+}
+
+async fn project(state: &AppState, slug: &str) -> Result<kiln_store::Project, ApiError> {
+    state
+        .store
+        .project_by_slug(slug)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("project '{slug}' not found")))
+}
+
+fn check_repo(repo: &str) -> Result<(), ApiError> {
+    let repo_ok = !repo.trim().is_empty()
+        && repo.len() <= kiln_core::limits::MAX_REPO_URL_LEN
+        && !repo.starts_with('-')
+        && !repo.chars().any(|c| c.is_control());
+    if !repo_ok {
+        return Err(FieldError::new(
+            "repo",
+            "must be a git URL (https://…, ssh://…, git@host:path, file://…) or a local path, at most 2048 characters, not starting with '-'",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// `PUT /api/v1/projects/{slug}/repo` `{repo, defaultBranch?, maxConcurrency?}`.
+pub(crate) async fn set_repo(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let project = project(&state, &slug).await?;
+    let repo = match body.get("repo") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(repo)) => {
+            check_repo(repo)?;
+            Some(repo.trim().to_owned())
+        }
+        Some(_) => return Err(FieldError::new("repo", "must be a string or null").into()),
+    };
+    let default_branch = match body.get("defaultBranch") {
+        None | Some(Value::Null) => project.default_branch.clone(),
+        Some(Value::String(branch)) => {
+            check_branch("defaultBranch", branch.trim())?;
+            branch.trim().to_owned()
+        }
+        Some(_) => return Err(FieldError::new("defaultBranch", "must be a string").into()),
+    };
+    let max_concurrency = match body.get("maxConcurrency") {
+        None => project.max_concurrency,
+        Some(Value::Null) => None,
+        Some(value) => Some(
+            value
+                .as_i64()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    FieldError::new(
+                        "maxConcurrency",
+                        "must be a whole number from 1 to 10000, or null for no limit",
+                    )
+                })?,
+        ),
+    };
+    let updated = state
+        .store
+        .set_project_repo(
+            project.id,
+            repo.as_deref(),
+            &default_branch,
+            max_concurrency,
+        )
+        .await?;
+    Ok(Json(repo_json(&updated)))
+}
+
+pub(crate) fn repo_json(project: &kiln_store::Project) -> Value {
+    let dto: ProjectDto = project_dto(project);
+    json!({
+        "project": dto,
+        "repo": project.repo.as_deref().map(crate::runner::git::mask_url),
+        "defaultBranch": project.default_branch,
+        "maxConcurrency": project.max_concurrency,
+    })
+}
+
+/// `POST /api/v1/projects/{slug}/branches` `{name, priority?, autoBuild?}`: creates or
+/// updates.
+pub(crate) async fn upsert_branch(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<BranchDto>), ApiError> {
+    let project = project(&state, &slug).await?;
+    let name = super::body::required_string(&body, "name")?
+        .trim()
+        .to_owned();
+    check_branch("name", &name)?;
+    let priority =
+        match body.get("priority") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(value.as_i64().filter(|p| (1..=10).contains(p)).ok_or_else(
+                || FieldError::new("priority", "must be a whole number from 1 (highest) to 10"),
+            )?),
+        };
+    let auto_build = match body.get("autoBuild") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(value)) => *value,
+        Some(_) => return Err(FieldError::new("autoBuild", "must be true or false").into()),
+    };
+    let branch = state
+        .store
+        .upsert_branch(project.id, &name, priority, auto_build, state.clock.now())
+        .await?;
+    Ok((StatusCode::OK, Json(branch_dto(&branch))))
+}
+
+pub(crate) async fn list_branches(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let project = project(&state, &slug).await?;
+    let branches = state.store.list_branches(project.id).await?;
+    Ok(Json(json!({
+        "branches": branches.iter().map(branch_dto).collect::<Vec<_>>()
+    })))
+}
+
+pub(crate) async fn delete_branch(
+    State(state): State<AppState>,
+    Path((slug, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let project = project(&state, &slug).await?;
+    state
+        .store
+        .delete_branch(project.id, &name)
+        .await
+        .map_err(|error| match error {
+            kiln_store::StoreError::NotFound(_) => {
+                ApiError::NotFound(format!("branch '{name}' not found in project '{slug}'"))
+            }
+            other => other.into(),
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}

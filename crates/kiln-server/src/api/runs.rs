@@ -1,0 +1,327 @@
+//! Builds Kiln runs, for users: trigger, retry, cancel, a build's jobs and their logs
+//! (a page by byte offset, or a live SSE tail that resumes by offset).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use kiln_protocol::{JobList, TriggeredBuild};
+use kiln_store::{BuildRecord, JobRecord, Project};
+use serde_json::{Value, json};
+
+use super::body::QueryParams;
+use super::convert::job_dto;
+use super::projects::readable_project;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::runner::TriggerRequest;
+
+/// Most bytes one log page returns.
+const MAX_LOG_PAGE: i64 = 1024 * 1024;
+/// A live tail also looks for chunks stored by other replicas this often.
+const TAIL_POLL: Duration = Duration::from_millis(500);
+
+fn optional_string(body: &Value, field: &str) -> Result<Option<String>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.trim().to_owned())),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_field",
+            Some(field),
+            format!("{field}: must be a string"),
+        )),
+    }
+}
+
+/// The project, if the caller may trigger its builds (404 when it may not even read it).
+async fn writable_project(
+    state: &AppState,
+    caller: &Caller,
+    slug: &str,
+) -> Result<Project, ApiError> {
+    let project = readable_project(state, caller, slug).await?;
+    if !caller.can_write(project.id) {
+        return Err(ApiError::Forbidden(
+            "this token may read the project but not run its builds: use a token with the \"ingest\" scope".into(),
+        ));
+    }
+    Ok(project)
+}
+
+async fn project_build(
+    state: &AppState,
+    project: &Project,
+    run_id: &str,
+) -> Result<BuildRecord, ApiError> {
+    match state.store.build_by_run_id(run_id).await? {
+        Some(build) if build.project_id == project.id => Ok(build),
+        _ => Err(ApiError::NotFound(format!(
+            "build '{run_id}' not found in project '{}'",
+            project.slug
+        ))),
+    }
+}
+
+pub(crate) async fn trigger(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(slug): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<TriggeredBuild>), ApiError> {
+    let project = writable_project(&state, &caller, &slug).await?;
+    // An empty body builds the default branch's tip.
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            ApiError::bad_request(
+                "invalid_json",
+                Some("body"),
+                format!("the body is not valid JSON: {error}"),
+            )
+        })?
+    };
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            Some("body"),
+            "the body must be a JSON object such as {\"branch\":\"main\"}",
+        ));
+    }
+    let priority = match body.get("priority") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_i64().ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_field",
+                Some("priority"),
+                "priority: must be a whole number from 1 (highest) to 10",
+            )
+        })?),
+    };
+    let request = TriggerRequest {
+        branch: optional_string(&body, "branch")?,
+        commit: optional_string(&body, "commit")?,
+        priority,
+        cause: "api",
+        retry_of: None,
+    };
+    let build = state.runner.trigger(&project, request).await?;
+    Ok((StatusCode::CREATED, Json(build)))
+}
+
+pub(crate) async fn retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, run_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<TriggeredBuild>), ApiError> {
+    let project = writable_project(&state, &caller, &slug).await?;
+    let build = project_build(&state, &project, &run_id).await?;
+    if !build.state.status.is_terminal() {
+        return Err(ApiError::Conflict {
+            code: "build_running",
+            message: format!("build {run_id} has not ended; cancel it first or wait"),
+            field: None,
+        });
+    }
+    let (Some(branch), Some(commit)) = (build.state.branch.clone(), build.state.commit.clone())
+    else {
+        return Err(ApiError::Unprocessable {
+            code: "unprocessable",
+            message: format!(
+                "build {run_id} has no branch and commit to build again (it reported itself; Kiln did not run it)"
+            ),
+            field: Some("runId".into()),
+        });
+    };
+    let request = TriggerRequest {
+        branch: Some(branch),
+        commit: Some(commit),
+        priority: None,
+        cause: "retry",
+        retry_of: Some(run_id),
+    };
+    let build = state.runner.trigger(&project, request).await?;
+    Ok((StatusCode::CREATED, Json(build)))
+}
+
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, run_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let project = writable_project(&state, &caller, &slug).await?;
+    let build = project_build(&state, &project, &run_id).await?;
+    let by = format!("token {}", caller.token_id);
+    let stopping = state.runner.cancel(&build, &by).await?;
+    Ok(Json(json!({
+        "runId": run_id,
+        "status": "cancelled",
+        "stoppingJobs": stopping,
+    })))
+}
+
+pub(crate) async fn jobs(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, run_id)): Path<(String, String)>,
+) -> Result<Json<JobList>, ApiError> {
+    let project = readable_project(&state, &caller, &slug).await?;
+    let build = project_build(&state, &project, &run_id).await?;
+    let jobs = state.store.jobs_of_build(build.id).await?;
+    Ok(Json(JobList {
+        jobs: jobs.iter().map(job_dto).collect(),
+    }))
+}
+
+/// The job named by a path segment: its id, or its step name.
+async fn build_job(
+    state: &AppState,
+    caller: &Caller,
+    slug: &str,
+    run_id: &str,
+    job: &str,
+) -> Result<JobRecord, ApiError> {
+    let project = readable_project(state, caller, slug).await?;
+    let build = project_build(state, &project, run_id).await?;
+    let jobs = state.store.jobs_of_build(build.id).await?;
+    jobs.into_iter()
+        .find(|candidate| candidate.step == job || candidate.id.to_string() == job)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "build {run_id} has no job '{job}'; list them at /api/v1/projects/{slug}/builds/{run_id}/jobs"
+            ))
+        })
+}
+
+fn log_offset(headers: &HeaderMap, params: &QueryParams) -> Result<i64, ApiError> {
+    if let Some(offset) = params.integer("offset", 0, i64::MAX)? {
+        return Ok(offset);
+    }
+    match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(raw) => raw
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .map(Ok)
+            .unwrap_or_else(|| {
+                Err(ApiError::bad_request(
+                    "invalid_field",
+                    Some("Last-Event-ID"),
+                    "Last-Event-ID: must be a byte offset",
+                ))
+            }),
+        None => Ok(0),
+    }
+}
+
+pub(crate) async fn log(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, run_id, job)): Path<(String, String, String)>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = QueryParams::from_uri(uri.query());
+    let offset = params.integer("offset", 0, i64::MAX)?.unwrap_or(0);
+    let limit = params
+        .integer("limit", 1, MAX_LOG_PAGE)?
+        .unwrap_or(MAX_LOG_PAGE);
+    let job = build_job(&state, &caller, &slug, &run_id, &job).await?;
+    let (bytes, size) = state.store.read_log(job.id, offset, limit).await?;
+    let next = offset.min(size) + bytes.len() as i64;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (
+                header::HeaderName::from_static("x-kiln-log-offset"),
+                next.to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-kiln-log-size"),
+                size.to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-kiln-job-state"),
+                job.state.as_str().to_owned(),
+            ),
+        ],
+        Body::from(bytes),
+    )
+        .into_response())
+}
+
+/// SSE: `log` events whose data is the log text from the offset in their `id`'s
+/// predecessor (lines of the chunk become `data:` lines; invalid UTF-8 is replaced),
+/// each `id` the byte offset after the chunk; `end` when the job has ended and its whole
+/// log was sent. Resume with `Last-Event-ID` or `?offset=`.
+pub(crate) async fn log_stream(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, run_id, job)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = QueryParams::from_uri(uri.query());
+    let mut offset = log_offset(&headers, &params)?;
+    let job = build_job(&state, &caller, &slug, &run_id, &job).await?;
+    let permit = state.streams.acquire(caller.token_id)?;
+    let mut stored = state.runner.logs().subscribe(job.id);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(16);
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        let _held = permit;
+        loop {
+            let (bytes, _size) = match store.read_log(job.id, offset, 256 * 1024).await {
+                Ok(page) => page,
+                Err(_) => return,
+            };
+            if !bytes.is_empty() {
+                offset += bytes.len() as i64;
+                let event = Event::default()
+                    .id(offset.to_string())
+                    .event("log")
+                    .data(String::from_utf8_lossy(&bytes));
+                if sender.send(event).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let ended = match store.job_by_id(job.id).await {
+                Ok(Some(current)) => current.state.is_terminal() && current.log_size <= offset,
+                _ => true,
+            };
+            if ended {
+                let _ = sender
+                    .send(
+                        Event::default()
+                            .event("end")
+                            .data(json!({"offset": offset}).to_string()),
+                    )
+                    .await;
+                return;
+            }
+            tokio::select! {
+                changed = stored.changed() => if changed.is_err() { tokio::time::sleep(TAIL_POLL).await; },
+                _ = tokio::time::sleep(TAIL_POLL) => {}
+                _ = sender.closed() => return,
+            }
+        }
+    });
+    let events = tokio_stream::wrappers::ReceiverStream::new(receiver).map(Ok::<_, Infallible>);
+    Ok((
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
+    )
+        .into_response())
+}
+
+use tokio_stream::StreamExt as _;

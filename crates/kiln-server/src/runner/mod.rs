@@ -1,0 +1,555 @@
+//! Builds Kiln runs: triggering (`trigger`), handing jobs to agents under a lease,
+//! turning what agents report into the build's events, advancing a build's jobs as
+//! steps end, cancelling, and the background work (`tasks`: expired leases, stuck
+//! builds, polling auto-build branches).
+//!
+//! The job rows are the queue's truth; the build's events follow them. Every write is a
+//! compare-and-set in the store and every event has a deterministic `eventId`, so each
+//! step here can be repeated safely (agents retry, the reaper re-runs `advance`).
+
+mod events;
+pub(crate) mod git;
+mod logbus;
+pub(crate) mod tasks;
+mod trigger;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_core::jobs::{self, BuildOutcome, JobSpec, JobView};
+use kiln_core::pipeline::StepFailure;
+use kiln_core::{CoreEventType, JobState, Millis, NewEvent};
+use kiln_protocol::{AgentJob, HeartbeatReply, JobCache};
+use kiln_store::{
+    AgentRecord, ClaimRules, IngestRequest, JobEnd, JobRecord, LogAppend, Precondition, Store,
+};
+use serde_json::json;
+use tokio::sync::Notify;
+
+pub(crate) use logbus::LogBus;
+pub(crate) use trigger::{TriggerRequest, check_branch};
+
+use crate::clock::Clock;
+use crate::error::ApiError;
+use crate::ingest::Ingestor;
+
+/// Settings of the runner (from `ServerConfig`).
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// A claimed job's lease; agents renew it by heartbeats (`--job-lease`).
+    pub job_lease: Duration,
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A waiting job gains one priority level per this much waiting.
+    pub priority_aging: Duration,
+    /// How often auto-build branches are polled with `git ls-remote`.
+    pub branch_poll_interval: Duration,
+    /// A job's log cap.
+    pub log_cap_bytes: u64,
+    pub checkout_timeout: Duration,
+    /// Where the server keeps its git mirrors.
+    pub git_dir: PathBuf,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            job_lease: Duration::from_secs(kiln_core::limits::DEFAULT_JOB_LEASE_SECS),
+            heartbeat_interval: Duration::from_secs(1),
+            priority_aging: Duration::from_secs(kiln_core::limits::DEFAULT_PRIORITY_AGING_SECS),
+            branch_poll_interval: Duration::from_secs(60),
+            log_cap_bytes: kiln_core::limits::DEFAULT_JOB_LOG_CAP_BYTES,
+            checkout_timeout: Duration::from_secs(kiln_core::limits::DEFAULT_CHECKOUT_TIMEOUT_SECS),
+            git_dir: std::env::temp_dir().join(format!("kiln-git-{}", std::process::id())),
+        }
+    }
+}
+
+/// Extra room past the cap for the agent's truncation marker line.
+const LOG_CAP_SLACK: u64 = 4096;
+
+#[derive(Clone)]
+pub(crate) struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    ingestor: Ingestor,
+    clock: Arc<dyn Clock>,
+    config: RunnerConfig,
+    /// Woken when a job may have become claimable (queued, or a slot freed).
+    work: Notify,
+    logs: LogBus,
+    /// When each agent was last recorded as seen, to write that at most every few
+    /// seconds.
+    touched: Mutex<HashMap<i64, Instant>>,
+    /// Serialises the git mirror's fetches.
+    git: tokio::sync::Mutex<()>,
+}
+
+const TOUCH_EVERY: Duration = Duration::from_secs(5);
+
+impl Runner {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ingestor: Ingestor,
+        clock: Arc<dyn Clock>,
+        config: RunnerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                ingestor,
+                clock,
+                config,
+                work: Notify::new(),
+                logs: LogBus::default(),
+                touched: Mutex::new(HashMap::new()),
+                git: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RunnerConfig {
+        &self.inner.config
+    }
+
+    pub fn logs(&self) -> &LogBus {
+        &self.inner.logs
+    }
+
+    fn store(&self) -> &dyn Store {
+        &*self.inner.store
+    }
+
+    fn now(&self) -> Millis {
+        self.inner.clock.now()
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.inner.config.job_lease.as_millis() as i64
+    }
+
+    /// Tells waiting claims to look again.
+    pub fn work_changed(&self) {
+        self.inner.work.notify_waiters();
+    }
+
+    /// Writes events of one build; a refusal (the build ended meanwhile) is logged, not
+    /// an error: the job rows stay the truth.
+    async fn write(&self, project_id: i64, events: Vec<NewEvent>) -> Result<(), ApiError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        match self
+            .inner
+            .ingestor
+            .submit(IngestRequest {
+                project_id,
+                events,
+                precondition: Precondition::None,
+            })
+            .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(rejection)) => {
+                tracing::debug!(%rejection, "build event not written: the build had ended");
+                Ok(())
+            }
+            Err(failure) => Err(ApiError::Unavailable(format!(
+                "the database is unavailable ({failure}); retry"
+            ))),
+        }
+    }
+
+    /// Waits up to `wait` for a job the agent may run and claims it.
+    pub async fn claim(
+        &self,
+        agent: &AgentRecord,
+        wait: Duration,
+    ) -> Result<Option<AgentJob>, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let rules = ClaimRules {
+            lease_ms: self.lease_ms(),
+            aging_ms: self.inner.config.priority_aging.as_millis() as i64,
+        };
+        loop {
+            // Registered before looking, so a job queued meanwhile wakes this claim.
+            let notified = self.inner.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(job) = self.store().claim_job(agent, rules, self.now()).await? {
+                return self.started(agent, job).await.map(Some);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            // Other replicas' jobs do not notify here: look again at least every second.
+            let recheck = (now + Duration::from_secs(1)).min(deadline);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(recheck) => {}
+            }
+        }
+    }
+
+    /// Records that a claimed job started and builds what the agent needs.
+    async fn started(&self, agent: &AgentRecord, job: JobRecord) -> Result<AgentJob, ApiError> {
+        let project = self
+            .store()
+            .project_by_id(job.project_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("the job's project no longer exists".into()))?;
+        let mut started = events::stage_event(
+            &job.run_id,
+            CoreEventType::StageStarted,
+            &job.step,
+            format!("kiln-job-{}-{}-started", job.id, job.attempt),
+            None,
+            json!({"jobId": job.id, "attempt": job.attempt, "agent": agent.name}),
+        );
+        if let Some(event) = started.as_mut() {
+            event.host = agent.hostname.clone();
+        }
+        self.write(job.project_id, started.into_iter().collect())
+            .await?;
+        let spec = JobSpec::from_json(&job.spec);
+        let mut env = spec.env.clone();
+        let commit = job.commit.clone().unwrap_or_default();
+        for (name, value) in [
+            ("CI", "true".to_owned()),
+            ("KILN", "true".to_owned()),
+            ("KILN_RUN_ID", job.run_id.clone()),
+            ("KILN_BUILD_NUMBER", job.build_number.to_string()),
+            ("KILN_PROJECT", job.project_slug.clone()),
+            ("KILN_STEP", job.step.clone()),
+            ("KILN_JOB_ID", job.id.to_string()),
+            ("KILN_ATTEMPT", job.attempt.to_string()),
+            ("KILN_BRANCH", job.branch.clone().unwrap_or_default()),
+            ("KILN_COMMIT", commit.clone()),
+            ("KILN_AGENT_NAME", agent.name.clone()),
+        ] {
+            env.entry(name.to_owned()).or_insert(value);
+        }
+        Ok(AgentJob {
+            job_id: job.id,
+            attempt: job.attempt,
+            run_id: job.run_id.clone(),
+            build_number: job.build_number,
+            project: job.project_slug.clone(),
+            step: job.step.clone(),
+            repo: project.repo.unwrap_or_default(),
+            commit,
+            branch: job.branch.clone(),
+            commands: spec.commands,
+            env,
+            timeout_secs: spec.timeout_secs,
+            checkout_timeout_secs: self.inner.config.checkout_timeout.as_secs(),
+            cache: spec
+                .cache
+                .map(|(key_files, paths)| JobCache { key_files, paths }),
+            image: spec.image,
+            network: spec.network,
+            log_offset: job.log_size,
+            log_cap_bytes: self.inner.config.log_cap_bytes,
+        })
+    }
+
+    /// An agent's heartbeat: renews its jobs' leases, says which to stop.
+    pub async fn heartbeat(
+        &self,
+        agent: &AgentRecord,
+        job_ids: &[i64],
+        metrics: Option<&serde_json::Value>,
+    ) -> Result<HeartbeatReply, ApiError> {
+        let now = self.now();
+        let touch = {
+            let mut touched = self.inner.touched.lock().expect("touch lock");
+            let due = touched
+                .get(&agent.id)
+                .is_none_or(|last| last.elapsed() >= TOUCH_EVERY);
+            if due {
+                touched.insert(agent.id, Instant::now());
+            }
+            due
+        };
+        if touch {
+            self.store().touch_agent(agent.id, now, metrics).await?;
+        }
+        let held = self
+            .store()
+            .renew_leases(agent.id, job_ids, now, self.lease_ms())
+            .await?;
+        Ok(HeartbeatReply {
+            cancel: held
+                .iter()
+                .filter(|job| job.held && job.cancel_requested)
+                .map(|job| job.job_id)
+                .collect(),
+            lost: held
+                .iter()
+                .filter(|job| !job.held)
+                .map(|job| job.job_id)
+                .collect(),
+        })
+    }
+
+    /// The job, if `agent_id` holds attempt `attempt` of it.
+    pub async fn held_job(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        attempt: i64,
+    ) -> Result<JobRecord, ApiError> {
+        let job = self
+            .store()
+            .job_by_id(job_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("job {job_id} not found")))?;
+        if job.state != JobState::Running
+            || job.agent_id != Some(agent_id)
+            || job.attempt != attempt
+        {
+            return Err(ApiError::Conflict {
+                code: "job_not_held",
+                message: format!(
+                    "attempt {attempt} of job {job_id} is no longer this agent's (its lease expired or it ended); stop it"
+                ),
+                field: None,
+            });
+        }
+        Ok(job)
+    }
+
+    pub async fn append_log(
+        &self,
+        job: &JobRecord,
+        offset: i64,
+        bytes: &[u8],
+    ) -> Result<i64, ApiError> {
+        let cap = (self.inner.config.log_cap_bytes + LOG_CAP_SLACK) as i64;
+        match self.store().append_log(job.id, offset, bytes, cap).await? {
+            LogAppend::Stored { size } => {
+                self.inner.logs.stored(job.id, size);
+                Ok(size)
+            }
+            LogAppend::WrongOffset { size } => Err(ApiError::Conflict {
+                code: "wrong_offset",
+                message: format!(
+                    "the log of job {} is {size} bytes long; send the chunk that starts at offset {size}",
+                    job.id
+                ),
+                field: Some("offset".into()),
+            }),
+            LogAppend::TooLarge { size } => Err(ApiError::PayloadTooLarge(format!(
+                "the log of job {} is capped at {} bytes ({size} stored); stop sending and write the truncation marker",
+                job.id, self.inner.config.log_cap_bytes
+            ))),
+        }
+    }
+
+    /// An agent's report that an attempt ended.
+    pub async fn finish(
+        &self,
+        job: &JobRecord,
+        end: JobEnd,
+        message: Option<String>,
+        duration_ms: Option<i64>,
+    ) -> Result<(), ApiError> {
+        let now = self.now();
+        let spec = JobSpec::from_json(&job.spec);
+        let failure = match (end.state, end.reason.as_deref()) {
+            (JobState::Failed, Some("timeout")) => Some(StepFailure::TimedOut),
+            (JobState::Failed, Some("exit_status")) => {
+                Some(StepFailure::ExitStatus(end.exit_code.unwrap_or(1) as i32))
+            }
+            _ => None,
+        };
+        if failure.is_some_and(|f| spec.retries_after(f, job.attempt)) {
+            if self.store().requeue_job(job.id, job.attempt, now).await? {
+                let text = format!(
+                    "{}; retrying automatically (attempt {} next)",
+                    message.as_deref().unwrap_or("failed"),
+                    job.attempt + 1
+                );
+                self.stage_ended(job, JobState::Failed, Some(text), duration_ms, "retry")
+                    .await?;
+                self.work_changed();
+            }
+            return Ok(());
+        }
+        if !self
+            .store()
+            .finish_job(job.id, job.attempt, job.agent_id, &end, now)
+            .await?
+        {
+            return Err(ApiError::Conflict {
+                code: "job_not_held",
+                message: format!("job {} already ended or is no longer this agent's", job.id),
+                field: None,
+            });
+        }
+        self.stage_ended(
+            job,
+            end.state,
+            message,
+            duration_ms,
+            &end.reason.clone().unwrap_or_default(),
+        )
+        .await?;
+        self.work_changed();
+        self.advance(job.build_id).await
+    }
+
+    async fn stage_ended(
+        &self,
+        job: &JobRecord,
+        state: JobState,
+        message: Option<String>,
+        duration_ms: Option<i64>,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        let kind = if state == JobState::Passed {
+            CoreEventType::StageCompleted
+        } else {
+            CoreEventType::StageFailed
+        };
+        let mut event = events::stage_event(
+            &job.run_id,
+            kind,
+            &job.step,
+            format!("kiln-job-{}-{}-ended", job.id, job.attempt),
+            message,
+            json!({"jobId": job.id, "attempt": job.attempt, "state": state.as_str(), "reason": reason}),
+        );
+        if let Some(event) = event.as_mut() {
+            event.duration_ms = duration_ms.filter(|ms| *ms >= 0);
+        }
+        self.write(job.project_id, event.into_iter().collect())
+            .await
+    }
+
+    /// Moves a build's blocked jobs on, and ends the build once every job has ended.
+    pub async fn advance(&self, build_id: i64) -> Result<(), ApiError> {
+        let jobs = self.store().jobs_of_build(build_id).await?;
+        let Some(first) = jobs.first() else {
+            return Ok(());
+        };
+        let views: Vec<JobView> = jobs
+            .iter()
+            .map(|job| JobView {
+                step: job.step.clone(),
+                state: job.state,
+                depends_on: job.depends_on.clone(),
+            })
+            .collect();
+        let next = jobs::advance(&views);
+        if !next.queue.is_empty() || !next.skip.is_empty() {
+            self.store()
+                .unblock_jobs(build_id, &next.queue, &next.skip, self.now())
+                .await?;
+            if !next.queue.is_empty() {
+                self.work_changed();
+            }
+        }
+        let Some(outcome) = next.outcome else {
+            return Ok(());
+        };
+        let (kind, message) = match outcome {
+            BuildOutcome::Passed => (CoreEventType::BuildCompleted, None),
+            BuildOutcome::Failed(steps) => (
+                CoreEventType::BuildFailed,
+                Some(format!("step {} failed", steps.join(", "))),
+            ),
+            BuildOutcome::Cancelled => (CoreEventType::BuildCancelled, None),
+        };
+        let mut event = events::event(&first.run_id, kind, "kiln-build-ended".into());
+        if let Some(event) = event.as_mut() {
+            event.message = message;
+        }
+        self.write(first.project_id, event.into_iter().collect())
+            .await
+    }
+
+    /// Cancels a build: its waiting jobs at once, its running jobs by their agents.
+    pub async fn cancel(&self, build: &kiln_store::BuildRecord, by: &str) -> Result<u64, ApiError> {
+        if build.state.status.is_terminal() {
+            return Err(ApiError::Conflict {
+                code: "build_ended",
+                message: format!(
+                    "build {} already ended with status '{}'; nothing to cancel",
+                    build.state.run_id, build.state.status
+                ),
+                field: None,
+            });
+        }
+        let stopping = self.store().cancel_jobs(build.id, self.now()).await?;
+        let mut event = events::event(
+            build.state.run_id.as_str(),
+            CoreEventType::BuildCancelled,
+            "kiln-build-cancelled".into(),
+        );
+        if let Some(event) = event.as_mut() {
+            event.message = Some(format!("cancelled by {by}"));
+        }
+        self.write(build.project_id, event.into_iter().collect())
+            .await?;
+        self.work_changed();
+        Ok(stopping)
+    }
+
+    /// Fails or requeues (per its retry rule) a job whose agent stopped renewing its
+    /// lease.
+    pub async fn lease_expired(&self, job: &JobRecord) -> Result<(), ApiError> {
+        let now = self.now();
+        let spec = JobSpec::from_json(&job.spec);
+        let agent = job.agent_name.clone().unwrap_or_else(|| "?".into());
+        if spec.retries_after(StepFailure::AgentLost, job.attempt) {
+            if self.store().requeue_job(job.id, job.attempt, now).await? {
+                let message = format!(
+                    "agent '{agent}' lost (its lease expired); retrying (attempt {} next)",
+                    job.attempt + 1
+                );
+                self.stage_ended(job, JobState::Failed, Some(message), None, "agent_lost")
+                    .await?;
+                self.work_changed();
+            }
+            return Ok(());
+        }
+        let end = JobEnd {
+            state: JobState::Failed,
+            exit_code: None,
+            reason: Some("agent_lost".into()),
+        };
+        if self
+            .store()
+            .finish_job(job.id, job.attempt, None, &end, now)
+            .await?
+        {
+            let message = format!(
+                "agent '{agent}' lost (its lease expired); add `retry: {{automatic: {{on: [agent_lost]}}}}` to the step to run it again elsewhere"
+            );
+            self.stage_ended(job, JobState::Failed, Some(message), None, "agent_lost")
+                .await?;
+            self.work_changed();
+            self.advance(job.build_id).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads an agent's `state` report.
+pub(crate) fn reported_state(state: &str) -> Result<JobState, ApiError> {
+    match JobState::from_name(state) {
+        Some(state @ (JobState::Passed | JobState::Failed | JobState::Cancelled)) => Ok(state),
+        _ => Err(ApiError::bad_request(
+            "invalid_field",
+            Some("state"),
+            "state: must be \"passed\", \"failed\" or \"cancelled\"",
+        )),
+    }
+}

@@ -1,0 +1,134 @@
+//! The runner's background work, one task per replica: fail or requeue jobs whose lease
+//! expired, advance builds whose jobs are all waiting or ended (repairing a crash
+//! between two writes), and poll auto-build branches for new commits.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::git::remote_branches;
+use super::{Runner, TriggerRequest};
+
+const SCAN_LIMIT: i64 = 200;
+
+pub(crate) async fn run(runner: Runner, mut stop: watch::Receiver<bool>) {
+    // Agents keep running their jobs while no server answers; a server that starts
+    // gives them a lease's time to be heard again before anything expires.
+    let until = runner.now().plus_ms(runner.lease_ms());
+    if let Err(error) = runner.store().extend_leases(until).await {
+        tracing::warn!(%error, "could not extend running jobs' leases at start-up");
+    }
+    let lease_check =
+        (runner.config().job_lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let mut leases = tokio::time::interval(lease_check);
+    leases.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut polls = tokio::time::interval(runner.config().branch_poll_interval);
+    polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = leases.tick() => {
+                if let Err(error) = check_leases(&runner).await {
+                    tracing::warn!(%error, "lease check failed; retrying");
+                }
+            }
+            _ = polls.tick() => poll_branches(&runner).await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn check_leases(runner: &Runner) -> Result<(), String> {
+    let expired = runner
+        .store()
+        .expired_leases(runner.now(), SCAN_LIMIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    for job in expired {
+        tracing::info!(job = job.id, run_id = %job.run_id, step = %job.step, agent = ?job.agent_name, "job lease expired");
+        runner
+            .lease_expired(&job)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    for build_id in runner
+        .store()
+        .builds_to_advance(SCAN_LIMIT)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        runner.advance(build_id).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Queues a build for each auto-build branch whose tip moved since the last poll.
+pub(crate) async fn poll_branches(runner: &Runner) {
+    let branches = match runner.store().auto_build_branches().await {
+        Ok(branches) => branches,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list auto-build branches");
+            return;
+        }
+    };
+    let mut heads_by_repo: std::collections::HashMap<String, Vec<(String, String)>> =
+        Default::default();
+    for (project, branch) in branches {
+        let Some(repo) = project.repo.clone() else {
+            continue;
+        };
+        if !heads_by_repo.contains_key(&repo) {
+            match remote_branches(&repo).await {
+                Ok(heads) => {
+                    heads_by_repo.insert(repo.clone(), heads);
+                }
+                Err(error) => {
+                    tracing::warn!(project = %project.slug, %error, "cannot poll the repository");
+                    continue;
+                }
+            }
+        }
+        let Some(tip) = heads_by_repo[&repo]
+            .iter()
+            .find(|(name, _)| *name == branch.name)
+            .map(|(_, sha)| sha.clone())
+        else {
+            continue;
+        };
+        if branch.last_commit.as_deref() == Some(tip.as_str()) {
+            continue;
+        }
+        // Claim the commit first, so replicas polling at once queue one build.
+        match runner
+            .store()
+            .advance_branch_commit(
+                project.id,
+                &branch.name,
+                branch.last_commit.as_deref(),
+                &tip,
+            )
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "cannot record a polled commit");
+                continue;
+            }
+        }
+        let request = TriggerRequest {
+            branch: Some(branch.name.clone()),
+            commit: Some(tip.clone()),
+            priority: None,
+            cause: "poll",
+            retry_of: None,
+        };
+        match runner.trigger(&project, request).await {
+            Ok(build) => {
+                tracing::info!(project = %project.slug, branch = %branch.name, commit = %tip, run_id = %build.run_id, "queued a build for a new commit")
+            }
+            Err(error) => {
+                tracing::warn!(project = %project.slug, branch = %branch.name, %error, "cannot queue a build for a new commit")
+            }
+        }
+    }
+}

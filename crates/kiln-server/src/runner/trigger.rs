@@ -1,0 +1,388 @@
+//! Triggering a build: resolve the branch to a commit, read the commit's `.kiln.yml`
+//! (or infer a pipeline), write `build_queued` and create one job per step.
+//!
+//! Problems with the request (no repository, unknown branch or commit) are refused with
+//! 4xx. Problems with the repository's content are the build's: a repository that
+//! cannot be fetched makes a build that failed in its `checkout` step with git's message
+//! in the log; an invalid pipeline file makes a build that failed at once with the line
+//! and the reason.
+
+use kiln_core::jobs::{self, JobPlan};
+use kiln_core::pipeline::{PIPELINE_FILE, Pipeline, Priority, RepoListing, infer};
+use kiln_core::{CoreEventType, JobState};
+use kiln_protocol::TriggeredBuild;
+use kiln_store::{BuildRecord, IngestRequest, Precondition, Project};
+use serde_json::json;
+
+use super::Runner;
+use super::events;
+use super::git::{GitError, Mirror, mask_url, resolve_branch};
+use crate::api::job_dto;
+use crate::error::ApiError;
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TriggerRequest {
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    pub priority: Option<i64>,
+    /// What started it: `api`, `poll`, `retry`.
+    pub cause: &'static str,
+    pub retry_of: Option<String>,
+}
+
+/// A branch name git would accept, within Kiln's limits.
+pub(crate) fn check_branch(field: &str, name: &str) -> Result<(), ApiError> {
+    let bad = name.is_empty()
+        || name.len() > kiln_core::limits::MAX_BRANCH_LEN
+        || name.starts_with('-')
+        || name.starts_with('/')
+        || name.ends_with('/')
+        || name.ends_with(".lock")
+        || name.contains("..")
+        || name.contains("@{")
+        || name
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c));
+    if bad {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some(field),
+            format!(
+                "{field}: '{name}' is not a valid branch name (1-{} characters, no spaces, '..', '~^:?*[\\\\')",
+                kiln_core::limits::MAX_BRANCH_LEN
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn unprocessable(field: &str, message: String) -> ApiError {
+    ApiError::Unprocessable {
+        code: "unprocessable",
+        message,
+        field: Some(field.into()),
+    }
+}
+
+impl Runner {
+    pub async fn trigger(
+        &self,
+        project: &Project,
+        request: TriggerRequest,
+    ) -> Result<TriggeredBuild, ApiError> {
+        let Some(repo) = project.repo.clone() else {
+            return Err(unprocessable(
+                "repo",
+                format!(
+                    "project '{}' has no repository: set one with `kiln project set-repo {} URL` (PUT /api/v1/projects/{}/repo)",
+                    project.slug, project.slug, project.slug
+                ),
+            ));
+        };
+        let branch = request
+            .branch
+            .clone()
+            .unwrap_or_else(|| project.default_branch.clone());
+        check_branch("branch", &branch)?;
+        let requested_priority = match request.priority {
+            Some(value) => Some(Priority::new(value).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    Some("priority"),
+                    "priority: must be 1 (highest) to 10",
+                )
+            })?),
+            None => None,
+        };
+        if let Some(commit) = &request.commit {
+            if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    Some("commit"),
+                    "commit: must be a full 40-character commit sha (`git rev-parse HEAD`)",
+                ));
+            }
+        }
+
+        let commit = match &request.commit {
+            Some(commit) => Ok(commit.to_ascii_lowercase()),
+            None => resolve_branch(&repo, &branch).await,
+        };
+        let commit = match commit {
+            Ok(commit) => commit,
+            Err(GitError::NotFound(message)) => return Err(unprocessable("branch", message)),
+            Err(GitError::Unreachable(message)) => {
+                return self
+                    .failed_checkout(project, &repo, &branch, None, &request, message)
+                    .await;
+            }
+        };
+        let files = {
+            let _one_at_a_time = self.inner.git.lock().await;
+            let mirror = Mirror::open(
+                self.inner
+                    .config
+                    .git_dir
+                    .join(format!("project-{}.git", project.id)),
+            )
+            .await;
+            match mirror {
+                Ok(mirror) => match mirror.fetch(&repo, &commit).await {
+                    Ok(()) => mirror.read(&commit).await,
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(error),
+            }
+        };
+        let files = match files {
+            Ok(files) => files,
+            Err(GitError::NotFound(message)) => return Err(unprocessable("commit", message)),
+            Err(GitError::Unreachable(message)) => {
+                return self
+                    .failed_checkout(project, &repo, &branch, Some(&commit), &request, message)
+                    .await;
+            }
+        };
+        let pipeline = match &files.pipeline_file {
+            Some(text) => {
+                Pipeline::parse(text).map_err(|error| format!("{PIPELINE_FILE}: {error}"))
+            }
+            None => {
+                let mut listing = RepoListing::new(files.top_level.iter().map(String::as_str));
+                if let Some(package_json) = &files.package_json {
+                    listing = listing.with_package_json(package_json.clone());
+                }
+                infer(&listing).map_err(|error| {
+                    format!("no {PIPELINE_FILE} in the commit and none could be inferred: {error}")
+                })
+            }
+        };
+        let branch_priority = self
+            .store()
+            .list_branches(project.id)
+            .await?
+            .into_iter()
+            .find(|b| b.name == branch)
+            .and_then(|b| b.priority)
+            .and_then(Priority::new);
+        let priority =
+            jobs::build_priority(requested_priority, branch_priority, pipeline.as_ref().ok());
+        let plans = match &pipeline {
+            Ok(pipeline) => jobs::plan(pipeline, &branch),
+            Err(_) => Vec::new(),
+        };
+        let queued = self
+            .queue_build(
+                project,
+                &repo,
+                &branch,
+                Some(&commit),
+                Some(&files.message),
+                &request,
+                priority.get() as i64,
+            )
+            .await?;
+        let end = match (&pipeline, plans.is_empty()) {
+            (Err(message), _) => Some((CoreEventType::BuildFailed, message.clone())),
+            (Ok(_), true) => Some((
+                CoreEventType::BuildCompleted,
+                format!("no step of the pipeline runs on branch '{branch}'"),
+            )),
+            (Ok(_), false) => None,
+        };
+        if let Some((kind, message)) = end {
+            let mut event = events::event(
+                queued.state.run_id.as_str(),
+                kind,
+                "kiln-build-ended".into(),
+            );
+            if let Some(event) = event.as_mut() {
+                event.message = Some(message);
+                event.data = Some(json!({"reason": "pipeline"}));
+            }
+            self.write(project.id, event.into_iter().collect()).await?;
+        } else {
+            self.store()
+                .create_jobs(
+                    queued.id,
+                    project.id,
+                    priority.get() as i64,
+                    &plans,
+                    self.now(),
+                )
+                .await?;
+            self.work_changed();
+        }
+        self.answer(
+            project,
+            &queued,
+            &branch,
+            &commit,
+            Some(files.message),
+            priority.get() as i64,
+        )
+        .await
+    }
+
+    /// Writes `build_queued` and returns the new build.
+    #[allow(clippy::too_many_arguments)]
+    async fn queue_build(
+        &self,
+        project: &Project,
+        repo: &str,
+        branch: &str,
+        commit: Option<&str>,
+        commit_message: Option<&str>,
+        request: &TriggerRequest,
+        priority: i64,
+    ) -> Result<BuildRecord, ApiError> {
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let mut event = events::event(
+            &run_id,
+            CoreEventType::BuildQueued,
+            "kiln-build-queued".into(),
+        )
+        .ok_or_else(|| ApiError::Unavailable("could not make a run id; retry".into()))?;
+        event.repo = Some(mask_url(repo));
+        event.branch = Some(branch.to_owned());
+        event.commit = commit.map(str::to_owned);
+        event.data = Some(json!({
+            "trigger": request.cause,
+            "priority": priority,
+            "commitMessage": commit_message,
+            "retryOf": request.retry_of,
+        }));
+        match self
+            .inner
+            .ingestor
+            .submit(IngestRequest {
+                project_id: project.id,
+                events: vec![event],
+                precondition: Precondition::None,
+            })
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(rejection)) => {
+                return Err(ApiError::Conflict {
+                    code: "conflict",
+                    message: rejection.to_string(),
+                    field: None,
+                });
+            }
+            Err(failure) => {
+                return Err(ApiError::Unavailable(format!(
+                    "the database is unavailable ({failure}); retry"
+                )));
+            }
+        }
+        self.store()
+            .build_by_run_id(&run_id)
+            .await?
+            .ok_or_else(|| ApiError::Unavailable("the new build vanished; retry".into()))
+    }
+
+    /// A build whose repository could not be fetched: it fails in its `checkout` step,
+    /// with git's message in that step's log.
+    async fn failed_checkout(
+        &self,
+        project: &Project,
+        repo: &str,
+        branch: &str,
+        commit: Option<&str>,
+        request: &TriggerRequest,
+        message: String,
+    ) -> Result<TriggeredBuild, ApiError> {
+        let build = self
+            .queue_build(project, repo, branch, commit, None, request, 5)
+            .await?;
+        let plan = JobPlan {
+            step: "checkout".into(),
+            position: 0,
+            depends_on: Vec::new(),
+            labels: Vec::new(),
+            state: JobState::Failed,
+            spec: json!({}),
+        };
+        let now = self.now();
+        self.store()
+            .create_jobs(build.id, project.id, 5, &[plan], now)
+            .await?;
+        let log = format!(
+            "{} kiln| cannot fetch {}:\n{} kiln| {}\n",
+            now.to_rfc3339(),
+            mask_url(repo),
+            now.to_rfc3339(),
+            message.replace('\n', "\n    ")
+        );
+        if let Some(job) = self.store().jobs_of_build(build.id).await?.first() {
+            let cap = self.inner.config.log_cap_bytes as i64;
+            self.store()
+                .append_log(job.id, 0, log.as_bytes(), cap)
+                .await?;
+        }
+        let run_id = build.state.run_id.as_str();
+        let text = format!("cannot fetch the repository: {message}");
+        let events = [
+            events::stage_event(
+                run_id,
+                CoreEventType::StageStarted,
+                "checkout",
+                "kiln-checkout-started".into(),
+                None,
+                json!({}),
+            ),
+            events::stage_event(
+                run_id,
+                CoreEventType::StageFailed,
+                "checkout",
+                "kiln-checkout-failed".into(),
+                Some(text.clone()),
+                json!({"reason": "checkout"}),
+            ),
+            events::event(
+                run_id,
+                CoreEventType::BuildFailed,
+                "kiln-build-ended".into(),
+            )
+            .map(|mut event| {
+                event.message = Some(text.clone());
+                event.data = Some(json!({"reason": "checkout"}));
+                event
+            }),
+        ];
+        self.write(project.id, events.into_iter().flatten().collect())
+            .await?;
+        self.answer(project, &build, branch, commit.unwrap_or_default(), None, 5)
+            .await
+    }
+
+    async fn answer(
+        &self,
+        project: &Project,
+        build: &BuildRecord,
+        branch: &str,
+        commit: &str,
+        commit_message: Option<String>,
+        priority: i64,
+    ) -> Result<TriggeredBuild, ApiError> {
+        let status = self
+            .store()
+            .build_by_run_id(build.state.run_id.as_str())
+            .await?
+            .map(|b| b.state.status)
+            .unwrap_or(build.state.status);
+        let jobs = self.store().jobs_of_build(build.id).await?;
+        Ok(TriggeredBuild {
+            run_id: build.state.run_id.to_string(),
+            number: build.number,
+            status: status.as_str().into(),
+            branch: branch.into(),
+            commit: commit.into(),
+            commit_message,
+            project: project.slug.clone(),
+            priority,
+            jobs: jobs.iter().map(job_dto).collect(),
+        })
+    }
+}
