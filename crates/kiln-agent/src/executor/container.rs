@@ -1,6 +1,6 @@
 //! The container executor: one container per step through the Docker Engine API
 //! (create with the workspace bound at `/workspace`, network `none` unless the step
-//! asks, label `kiln.step`; start; follow its logs; wait; `stop` on cancel and timeout;
+//! asks, label `kiln.step`; attach to its output; start; wait; `stop` on cancel and timeout;
 //! forced removal in cleanup).
 //!
 //! The script runs as `sh -e -c <script>`, so `sh` is the container's PID 1, which
@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use hyper::{Method, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -34,7 +35,7 @@ const EXIT_AFTER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ContainerExecutor {
     client: DockerClient,
     container_id: Option<String>,
-    logs: Option<JoinHandle<()>>,
+    output: Option<JoinHandle<()>>,
     exit: Option<StepExit>,
 }
 
@@ -44,7 +45,7 @@ impl ContainerExecutor {
         Self {
             client: DockerClient::new(socket),
             container_id: None,
-            logs: None,
+            output: None,
             exit: None,
         }
     }
@@ -164,6 +165,29 @@ impl Executor for ContainerExecutor {
 
     async fn start(&mut self, output: OutputSender) -> Result<(), ExecError> {
         let id = self.container_id()?.to_owned();
+        // Attached before the start, so no output is missed; the engine relays it as it
+        // is written and holds the container back while we read slowly. (Following the
+        // logs instead lost the tail of fast output with Podman 4.3.)
+        let action = "attach to the container";
+        let path = format!("/containers/{id}/attach?stream=1&stdout=1&stderr=1");
+        let attach = self.client.send(Method::POST, &path, None, action);
+        let attached = match tokio::time::timeout(CALL_TIMEOUT, attach).await {
+            Ok(attached) => attached?,
+            Err(_) => {
+                return Err(ExecError::Engine {
+                    action: action.into(),
+                    status: None,
+                    message: format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+                });
+            }
+        };
+        if !attached.status().is_success() {
+            return Err(ExecError::Engine {
+                action: action.into(),
+                status: Some(attached.status().as_u16()),
+                message: "the engine refused the attach".into(),
+            });
+        }
         let response = self
             .client
             .call(
@@ -177,9 +201,7 @@ impl Executor for ContainerExecutor {
         if !(response.status.is_success() || response.status == StatusCode::NOT_MODIFIED) {
             return Err(response.error("start the container"));
         }
-        // The engine keeps the logs from the start, so following them after the start
-        // loses nothing.
-        self.logs = Some(tokio::spawn(follow_logs(self.client.clone(), id, output)));
+        self.output = Some(tokio::spawn(stream_output(attached, id, output)));
         Ok(())
     }
 
@@ -258,19 +280,19 @@ impl Executor for ContainerExecutor {
     }
 
     async fn drain_output(&mut self, within: Duration) {
-        if let Some(logs) = self.logs.as_mut()
-            && tokio::time::timeout(within, logs).await.is_err()
+        if let Some(reader) = self.output.as_mut()
+            && tokio::time::timeout(within, reader).await.is_err()
         {
-            tracing::warn!("the container's log stream did not end; stopped reading it");
+            tracing::warn!("the container's output stream did not end; stopped reading it");
         }
-        if let Some(logs) = self.logs.take() {
-            logs.abort();
+        if let Some(reader) = self.output.take() {
+            reader.abort();
         }
     }
 
     async fn cleanup(&mut self) {
-        if let Some(logs) = self.logs.take() {
-            logs.abort();
+        if let Some(reader) = self.output.take() {
+            reader.abort();
         }
         if let Some(id) = self.container_id.take() {
             remove_container(self.client.clone(), id).await;
@@ -278,8 +300,8 @@ impl Executor for ContainerExecutor {
     }
 
     fn cleanup_detached(&mut self) {
-        if let Some(logs) = self.logs.take() {
-            logs.abort();
+        if let Some(reader) = self.output.take() {
+            reader.abort();
         }
         let Some(id) = self.container_id.take() else {
             return;
@@ -316,38 +338,18 @@ async fn remove_container(client: DockerClient, id: String) {
     }
 }
 
-/// Streams `logs?follow=1` into `output` until the container stops.
-async fn follow_logs(client: DockerClient, id: String, output: OutputSender) {
-    let path = format!("/containers/{id}/logs?follow=1&stdout=1&stderr=1");
-    let action = "follow the container's logs";
-    let response = match client.send(Method::GET, &path, None, action).await {
-        Ok(response) if response.status().is_success() => response,
-        Ok(response) => {
-            let status = response.status();
-            let _ = output
-                .send(OutputChunk::agent(format!(
-                    "cannot read the container's output: HTTP {status} from {}",
-                    client.socket().display()
-                )))
-                .await;
-            return;
-        }
-        Err(error) => {
-            let _ = output
-                .send(OutputChunk::agent(format!(
-                    "cannot read the container's output: {error}"
-                )))
-                .await;
-            return;
-        }
-    };
-    let mut body = response.into_body();
+/// Demultiplexes the attached stream into `output` until the container stops. When
+/// nobody listens any more, it keeps reading so the container never blocks on us.
+async fn stream_output(attached: Response<Incoming>, id: String, output: OutputSender) {
+    let mut body = attached.into_body();
     let mut demultiplexer = Demultiplexer::default();
     let mut chunks = Vec::new();
     let mut listening = true;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
-            tracing::warn!(container = %id, "the container's log stream broke off");
+            tracing::warn!(container = %id, "the container's output stream broke off");
+            let message = "the container's output stream broke off; output may be missing";
+            let _ = output.send(OutputChunk::agent(message)).await;
             return;
         };
         let Ok(data) = frame.into_data() else {

@@ -2,7 +2,7 @@
 //! compatible service): one HTTP/1 connection per request, JSON in and out, and the
 //! demultiplexer of non-TTY log streams (8-byte frame headers).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -62,10 +62,6 @@ impl DockerClient {
         Self {
             socket: socket.into(),
         }
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// Sends one request and reads the whole answer, all within `within`.
