@@ -333,15 +333,22 @@ async fn invalid_steps_are_refused_with_a_reason() {
 async fn cancel_before_start_runs_nothing() {
     let workspace = workspace();
     let spec = step("never", "touch ran", workspace.path());
-    let (result, _) = run(
+    let (output, receiver) = mpsc::channel(16);
+    let collector = tokio::spawn(collect(receiver));
+    let (_cancel_sender, cancel) = watch::channel(true);
+    let outcome = run_step(
         &ExecutorKind::Process,
         &spec,
+        output,
+        cancel,
         short_limits(),
-        Some(Duration::ZERO),
     )
-    .await;
-    // The cancel may land before or just after the start; either way it is cancelled.
-    assert_eq!(result.unwrap().ending, Ending::Cancelled);
+    .await
+    .unwrap();
+    collector.await.unwrap();
+    assert_eq!(outcome.ending, Ending::Cancelled);
+    assert_eq!((outcome.exit_code, outcome.signal), (None, None));
+    assert!(!workspace.path().join("ran").exists());
 }
 
 // ---------------------------------------------------------------------------------
@@ -717,7 +724,7 @@ async fn container_runs_the_script_with_separate_streams_and_exit_code() {
 }
 
 #[tokio::test]
-async fn container_sees_the_workspace_and_no_network() {
+async fn container_sees_the_workspace_and_network_only_when_asked() {
     let Some((socket, image)) = container_engine() else {
         return;
     };
@@ -743,6 +750,20 @@ async fn container_sees_the_workspace_and_no_network() {
     );
     let back = std::fs::read_to_string(workspace.path().join("output.txt")).unwrap();
     assert_eq!(back, "back\n");
+    assert_removed(&socket, &name);
+
+    spec.script = "ls /sys/class/net".into();
+    spec.network = true;
+    let (result, collected) = run(&kind, &spec, short_limits(), None).await;
+    assert!(result.unwrap().success());
+    assert!(
+        collected
+            .stdout_text()
+            .lines()
+            .any(|interface| interface != "lo"),
+        "an interface besides loopback with network: {}",
+        collected.stdout_text()
+    );
     assert_removed(&socket, &name);
 }
 
