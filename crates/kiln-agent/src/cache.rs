@@ -406,7 +406,21 @@ impl Cache {
                 if pinned.contains_key(&entry.key) {
                     continue;
                 }
-                fs::rename(&entry_dir, &doomed).map_err(io_error("evict", &entry_dir))?;
+                match fs::rename(&entry_dir, &doomed) {
+                    Ok(()) => {}
+                    // A concurrent save's eviction got there first.
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                        total -= entry.bytes;
+                        continue;
+                    }
+                    Err(source) => {
+                        return Err(CacheError::Io {
+                            action: "evict",
+                            path: entry_dir,
+                            source,
+                        });
+                    }
+                }
             }
             remove_path(&doomed)?;
             tracing::debug!(key = %entry.key, bytes = entry.bytes, "evicted a cache entry");

@@ -335,3 +335,24 @@ async fn open_removes_leftovers_of_interrupted_saves() {
     assert_eq!(fs::read_dir(&cache_dir).unwrap().count(), 0);
     assert_eq!(cache.total_bytes().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn concurrent_saves_of_different_keys_evict_without_errors() {
+    let temp = tempfile::tempdir().unwrap();
+    let cache = Cache::open(temp.path().join("cache"), 3000).await.unwrap();
+    let paths = strings(&["deps"]);
+
+    let saves: Vec<_> = (0..8)
+        .map(|index| {
+            let (workspace, key) = workspace_of(temp.path(), &format!("w{index}"), 1000);
+            let cache = cache.clone();
+            let paths = paths.clone();
+            tokio::spawn(async move { cache.save(&key, &paths, &workspace).await })
+        })
+        .collect();
+    for save in saves {
+        save.await.unwrap().unwrap();
+    }
+
+    assert!(cache.total_bytes().await.unwrap() <= 3000);
+}
