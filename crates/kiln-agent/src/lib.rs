@@ -3,6 +3,7 @@
 //! (`cache`) and the log shipper (`logs`). The agent loop that claims jobs from the
 //! server and drives these parts lives in `agent`.
 
+pub mod agent;
 pub mod cache;
 pub mod checkout;
 pub mod executor;

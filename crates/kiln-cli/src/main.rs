@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{admin, emit, run, serve, watch};
+use crate::commands::{admin, agent, emit, run, runs, serve, watch};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,8 +25,11 @@ struct Cli {
 enum Command {
     /// Run the Kiln server.
     Serve(serve::ServeArgs),
-    /// Run Kiln for a newcomer: server on SQLite, a default project and token on first run.
-    Up(serve::ServeArgs),
+    /// Run Kiln for a newcomer: server on SQLite with a local agent, a default project and
+    /// tokens on first run; `--demo` builds a small example repository at once.
+    Up(serve::UpArgs),
+    /// Run a build agent: claims jobs from the server and runs them.
+    Agent(agent::AgentArgs),
     /// Report one event of the current build (inside `kiln run`, the run id is inherited).
     Emit(emit::EmitArgs),
     /// Run a command as a build, reporting its lifecycle; exits with the command's code.
@@ -48,8 +51,24 @@ enum Command {
     },
     /// List builds, newest first.
     Builds(admin::BuildsArgs),
-    /// Show one build with its stages.
-    Build(admin::BuildArgs),
+    /// With RUN_ID: show one build with its stages. Without: trigger a build of the
+    /// project's repository (--project, --branch, --commit, --priority).
+    Build(runs::BuildArgs),
+    /// Cancel a build Kiln runs.
+    Cancel(runs::RunRef),
+    /// Build the same commit again.
+    Retry(runs::RunRef),
+    /// Print a build's job logs (-f: follow until the jobs end).
+    Logs(runs::LogsArgs),
+    /// A project's branches (which to build by themselves, and their priority).
+    Branch {
+        #[command(subcommand)]
+        command: runs::BranchCommand,
+    },
+    /// Jobs waiting or running, with why each waits.
+    Queue(runs::ListArgs),
+    /// Build agents, their health and current jobs.
+    Agents(runs::ListArgs),
     /// List a build's events (all, or those after --after).
     Events(admin::EventsArgs),
     /// Follow a build live until it ends; exits 0 if it succeeded, 1 otherwise.
@@ -78,6 +97,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
             Command::Up(args) => serve::up(args).await,
+            Command::Agent(args) => agent::agent(args).await,
             Command::Emit(args) => emit::emit(args).await,
             Command::Run(args) => run::run(args).await,
             Command::Spool {
@@ -86,7 +106,13 @@ fn main() -> ExitCode {
             Command::Project { command } => admin::project(command).await,
             Command::Token { command } => admin::token(command).await,
             Command::Builds(args) => admin::builds(args).await,
-            Command::Build(args) => admin::build(args).await,
+            Command::Build(args) => runs::build(args).await,
+            Command::Cancel(args) => runs::cancel(args).await,
+            Command::Retry(args) => runs::retry(args).await,
+            Command::Logs(args) => runs::logs(args).await,
+            Command::Branch { command } => runs::branch(command).await,
+            Command::Queue(args) => runs::queue(args).await,
+            Command::Agents(args) => runs::agents(args).await,
             Command::Events(args) => admin::events(args).await,
             Command::Watch(args) => watch::watch(args).await,
         }

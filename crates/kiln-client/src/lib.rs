@@ -1,7 +1,10 @@
 //! A typed async client for Kiln's HTTP API, used by the `kiln` CLI and by tests that
 //! drive the real server.
 
+mod runs;
 pub mod sse;
+
+pub use runs::LogPage;
 
 use std::collections::VecDeque;
 use std::sync::Once;

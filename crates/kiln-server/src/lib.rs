@@ -144,6 +144,83 @@ pub async fn ensure_admin_token(
     Ok(())
 }
 
+/// Makes `token` an agent token (stored hashed). Idempotent across restarts: `kiln up`
+/// keeps its local agent's token in the data directory.
+pub async fn ensure_agent_token(
+    store: &dyn Store,
+    token: &str,
+    name: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    store
+        .ensure_token(
+            &NewToken {
+                project_id: None,
+                kind: TokenKind::Agent,
+                name: name.into(),
+                scopes: vec![],
+                token_hash: hash_token(token),
+                display_prefix: display_prefix(token),
+            },
+            now,
+        )
+        .await?;
+    Ok(())
+}
+
+/// A new project token with the `ingest` and `read` scopes (shown to no one: `kiln up
+/// --demo` uses it to trigger its build).
+pub async fn create_project_token(
+    store: &dyn Store,
+    project_slug: &str,
+    name: &str,
+    now: Millis,
+) -> Result<String, StoreError> {
+    let project = store
+        .project_by_slug(project_slug)
+        .await?
+        .ok_or(StoreError::NotFound("project"))?;
+    let token = generate_token();
+    store
+        .create_token(
+            &NewToken {
+                project_id: Some(project.id),
+                kind: TokenKind::Project,
+                name: name.into(),
+                scopes: vec![
+                    kiln_core::token::Scope::Ingest,
+                    kiln_core::token::Scope::Read,
+                ],
+                token_hash: hash_token(&token),
+                display_prefix: display_prefix(&token),
+            },
+            now,
+        )
+        .await?;
+    Ok(token)
+}
+
+/// Points a project at a git repository (what `PUT /api/v1/projects/{slug}/repo` does).
+pub async fn set_project_repo(
+    store: &dyn Store,
+    project_slug: &str,
+    repo: &str,
+) -> Result<(), StoreError> {
+    let project = store
+        .project_by_slug(project_slug)
+        .await?
+        .ok_or(StoreError::NotFound("project"))?;
+    store
+        .set_project_repo(
+            project.id,
+            Some(repo),
+            &project.default_branch,
+            project.max_concurrency,
+        )
+        .await?;
+    Ok(())
+}
+
 /// A fresh random token in Kiln's format.
 pub fn generate_token() -> String {
     let mut random = [0u8; 32];

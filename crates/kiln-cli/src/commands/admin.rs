@@ -24,14 +24,33 @@ pub enum ProjectCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Set the git repository Kiln builds the project from (any git URL or a local path).
+    SetRepo {
+        slug: String,
+        /// The repository: https://… (a token in it stays on the server), ssh://…,
+        /// git@host:path, file://… or a local path.
+        repo: String,
+        /// The branch built when a trigger names none.
+        #[arg(long)]
+        default_branch: Option<String>,
+        /// Jobs of this project that may run at once.
+        #[arg(long)]
+        max_concurrency: Option<i64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
-    /// Create a project token; the token is printed once.
+    /// Create a project token, or with --agent an agent token; printed once.
     Create {
-        #[arg(long)]
-        project: String,
+        /// The project (required unless --agent).
+        #[arg(long, required_unless_present = "agent")]
+        project: Option<String>,
+        /// An instance-wide agent token for `kiln agent` (instance admin token needed).
+        #[arg(long, conflicts_with_all = ["project", "scopes"])]
+        agent: bool,
         #[arg(long, default_value = "cli")]
         name: String,
         /// Scopes: ingest, read (repeat or comma-separate).
@@ -75,15 +94,6 @@ pub struct BuildsArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct BuildArgs {
-    run_id: String,
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
-#[derive(Args, Debug)]
 pub struct EventsArgs {
     run_id: String,
     /// Only events after this id (the cursor from a previous call).
@@ -96,7 +106,7 @@ pub struct EventsArgs {
     client: ClientArgs,
 }
 
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -110,6 +120,25 @@ pub async fn project(command: ProjectCommand) -> anyhow::Result<ExitCode> {
                 .await?;
             println!("created project {} ({})", project.slug, project.name);
         }
+        ProjectCommand::SetRepo {
+            slug,
+            repo,
+            default_branch,
+            max_concurrency,
+            client,
+        } => {
+            let settings = kiln_protocol::RepoSettings {
+                repo: Some(repo),
+                default_branch,
+                max_concurrency,
+            };
+            let answer = client.client()?.set_repo(&slug, &settings).await?;
+            println!(
+                "project {slug} builds {} (default branch {})",
+                answer["repo"].as_str().unwrap_or("?"),
+                answer["defaultBranch"].as_str().unwrap_or("?")
+            );
+        }
         ProjectCommand::List { client } => {
             for project in client.client()?.list_projects().await?.projects {
                 println!("{}\t{}\t{}", project.slug, project.name, project.created_at);
@@ -122,11 +151,26 @@ pub async fn project(command: ProjectCommand) -> anyhow::Result<ExitCode> {
 pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
         TokenCommand::Create {
+            agent: true,
+            name,
+            client,
+            ..
+        } => {
+            let created = client.client()?.create_agent_token(&name).await?;
+            eprintln!(
+                "created agent token {} '{}'; it works only for `kiln agent` and is shown only now:",
+                created.info.id, created.info.name
+            );
+            println!("{}", created.token);
+        }
+        TokenCommand::Create {
             project,
             name,
             scopes,
             client,
+            ..
         } => {
+            let project = project.unwrap_or_default();
             let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
             let created = client
                 .client()?
@@ -205,9 +249,9 @@ pub async fn builds(args: BuildsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let build = args.client.client()?.get_build(&args.run_id).await?;
-    if args.json {
+pub async fn show_build(run_id: &str, json: bool, client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let build = client.client()?.get_build(run_id).await?;
+    if json {
         print_json(&build)?;
         return Ok(ExitCode::SUCCESS);
     }

@@ -1,7 +1,10 @@
 //! One module per command family; each parses nothing itself beyond its clap struct.
 
 pub mod admin;
+pub mod agent;
 pub mod emit;
 pub mod run;
+pub mod runs;
 pub mod serve;
+pub mod up;
 pub mod watch;

@@ -33,6 +33,35 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Seconds a claimed job's lease lasts without a heartbeat; then the job is
+    /// requeued or failed (reason agent_lost).
+    #[arg(long, env = "KILN_JOB_LEASE", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub job_lease: u64,
+    /// Seconds between polls of auto-build branches (`git ls-remote`).
+    #[arg(long, env = "KILN_BRANCH_POLL_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub branch_poll_interval: u64,
+    /// Seconds a waiting job needs to gain one priority level (aging).
+    #[arg(long, env = "KILN_PRIORITY_AGING", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub priority_aging: u64,
+    /// A job's log cap in MiB; past it the rest is discarded with a marker line.
+    #[arg(long, env = "KILN_JOB_LOG_CAP_MIB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10240))]
+    pub job_log_cap_mib: u64,
+}
+
+/// `kiln up`: the server, a local agent, and optionally a demo build.
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Create a small git repository with a .kiln.yml and build it at once.
+    #[arg(long)]
+    pub demo: bool,
+    /// Do not start the local agent.
+    #[arg(long)]
+    pub no_agent: bool,
+    /// The local agent's executor: process, sandbox or container.
+    #[arg(long, default_value = "process")]
+    pub agent_executor: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -41,7 +70,7 @@ pub enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
@@ -76,12 +105,21 @@ impl ServeArgs {
                 .ok()
                 .filter(|t| !t.is_empty())
                 .map(Secret::new),
+            runner: kiln_server::RunnerConfig {
+                job_lease: Duration::from_secs(self.job_lease),
+                heartbeat_interval: Duration::from_secs(1),
+                priority_aging: Duration::from_secs(self.priority_aging),
+                branch_poll_interval: Duration::from_secs(self.branch_poll_interval),
+                log_cap_bytes: self.job_log_cap_mib * 1024 * 1024,
+                git_dir: self.data_dir.join("git"),
+                ..kiln_server::RunnerConfig::default()
+            },
             ..ServerConfig::default()
         }
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -135,12 +173,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn up(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
+    let args = up.serve.clone();
     init_logging(args.log_format);
     let (listener, store, url) = start(&args).await?;
     let now = SystemClock.now();
     let bootstrap = kiln_server::bootstrap_default_project(&*store, now).await?;
     println!("Kiln is running at {url}");
+    println!("  dashboard and API: {url}/");
     println!(
         "  data: {}",
         args.database_url.as_deref().map_or_else(
@@ -173,7 +213,31 @@ pub async fn up(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let (agent_stop, agent_stopped) = tokio::sync::watch::channel(false);
+    let mut agent_task = None;
+    if !up.no_agent {
+        let options =
+            super::up::local_agent(&*store, &args.data_dir, &url, &up.agent_executor, now).await?;
+        println!(
+            "  local agent: '{}' ({} executor, work in {})",
+            options.name,
+            options.executor.name(),
+            options.work_dir.display()
+        );
+        agent_task = Some(tokio::spawn(kiln_agent::agent::run(options, agent_stopped)));
+    }
+    if up.demo {
+        super::up::demo(&*store, &args.data_dir, &url, now).await?;
+    }
     println!("Stop with Ctrl-C.");
-    kiln_server::run(listener, store, args.config(), shutdown_signal()).await?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        // The local agent cancels and reports its jobs while the server still answers.
+        let _ = agent_stop.send(true);
+        if let Some(task) = agent_task {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    };
+    kiln_server::run(listener, store, args.config(), shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -210,12 +210,10 @@ pub(crate) async fn finish(
 ) -> Result<StatusCode, ApiError> {
     let request: FinishJob = parse(body)?;
     let job_state = reported_state(&request.state)?;
-    if let Some(message) = &request.message {
-        if message.len() > MAX_MESSAGE_LEN {
-            return Err(
-                FieldError::new("message", format!("at most {MAX_MESSAGE_LEN} bytes")).into(),
-            );
-        }
+    if let Some(message) = &request.message
+        && message.len() > MAX_MESSAGE_LEN
+    {
+        return Err(FieldError::new("message", format!("at most {MAX_MESSAGE_LEN} bytes")).into());
     }
     if let Some(reason) = &request.reason {
         short_text("reason", reason, 64)?;
@@ -229,13 +227,12 @@ pub(crate) async fn finish(
         Ok(job) => job,
         // A repeated report of an attempt that already ended the same way is fine.
         Err(error) => {
-            if let Some(job) = state.store.job_by_id(job_id).await? {
-                if job.attempt == request.attempt
-                    && job.agent_id == Some(request.agent_id)
-                    && job.state == job_state
-                {
-                    return Ok(StatusCode::NO_CONTENT);
-                }
+            if let Some(job) = state.store.job_by_id(job_id).await?
+                && job.attempt == request.attempt
+                && job.agent_id == Some(request.agent_id)
+                && job.state == job_state
+            {
+                return Ok(StatusCode::NO_CONTENT);
             }
             return Err(error);
         }

@@ -24,12 +24,11 @@ pub(crate) enum GitError {
 
 /// Hides the credentials of `https://user:token@host/…` URLs.
 pub(crate) fn mask_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((credentials, host)) = rest.split_once('@') {
-            if !credentials.contains('/') {
-                return format!("{scheme}://***@{host}");
-            }
-        }
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((credentials, host)) = rest.split_once('@')
+        && !credentials.contains('/')
+    {
+        return format!("{scheme}://***@{host}");
     }
     url.to_owned()
 }

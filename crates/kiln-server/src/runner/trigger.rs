@@ -94,14 +94,14 @@ impl Runner {
             })?),
             None => None,
         };
-        if let Some(commit) = &request.commit {
-            if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(ApiError::bad_request(
-                    "invalid_field",
-                    Some("commit"),
-                    "commit: must be a full 40-character commit sha (`git rev-parse HEAD`)",
-                ));
-            }
+        if let Some(commit) = &request.commit
+            && (commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                Some("commit"),
+                "commit: must be a full 40-character commit sha (`git rev-parse HEAD`)",
+            ));
         }
 
         let commit = match &request.commit {
@@ -308,13 +308,12 @@ impl Runner {
         self.store()
             .create_jobs(build.id, project.id, 5, &[plan], now)
             .await?;
-        let log = format!(
-            "{} kiln| cannot fetch {}:\n{} kiln| {}\n",
-            now.to_rfc3339(),
-            mask_url(repo),
-            now.to_rfc3339(),
-            message.replace('\n', "\n    ")
-        );
+        // The agents' log format (`kiln_agent::logs`): time, the `kiln` tag, the text.
+        let stamp = now.to_rfc3339();
+        let mut log = format!("{stamp} kiln cannot fetch {}:\n", mask_url(repo));
+        for line in message.lines() {
+            log.push_str(&format!("{stamp} kiln {line}\n"));
+        }
         if let Some(job) = self.store().jobs_of_build(build.id).await?.first() {
             let cap = self.inner.config.log_cap_bytes as i64;
             self.store()

@@ -41,6 +41,16 @@ macro_rules! engine_test {
     };
 }
 
+/// A git mirror directory of its own for each test server.
+fn database_git_dir(database: &TestDatabase) -> std::path::PathBuf {
+    let unique = database
+        .url
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect::<String>();
+    std::env::temp_dir().join(format!("kiln-test-git-{unique}"))
+}
+
 pub struct TestApp {
     pub base_url: String,
     pub admin: Client,
@@ -69,6 +79,10 @@ impl TestApp {
             admin_token: Some(Secret::new(ADMIN_TOKEN)),
             max_streams_per_token: 20,
             clock: clock.clone(),
+            runner: kiln_server::RunnerConfig {
+                git_dir: database_git_dir(&database),
+                ..kiln_server::RunnerConfig::default()
+            },
         };
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {

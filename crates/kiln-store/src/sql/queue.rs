@@ -188,10 +188,10 @@ impl SqlStore {
     }
 
     pub(super) async fn q_auto_build_branches(&self) -> StoreResult<Vec<(Project, BranchRecord)>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = sqlx::query(
             "SELECT br.project_id, br.name, br.priority, br.auto_build, br.last_commit, br.created_at \
              FROM branches br JOIN projects p ON p.id = br.project_id WHERE br.auto_build = 1 AND p.repo IS NOT NULL ORDER BY br.project_id, br.name"
-        )))
+        )
         .fetch_all(&self.pool)
         .await?;
         let mut projects: HashMap<i64, Project> = HashMap::new();

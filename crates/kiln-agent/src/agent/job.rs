@@ -1,0 +1,390 @@
+//! One job on the agent: a fresh workspace, the checkout of the exact commit, the
+//! dependency cache, the step in the configured executor, its log shipped live, and the
+//! report of how it ended (retried until the server takes it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kiln_client::ClientError;
+use kiln_protocol::{AgentJob, FinishJob};
+use tokio::sync::watch;
+
+use super::{Running, Shared};
+use crate::cache::{SaveOutcome, cache_key};
+use crate::checkout::{CheckoutError, checkout};
+use crate::executor::{Ending, StepLimits, StepSpec, run_step};
+use crate::logs::{LogSink, LogSinkError, ShipOptions, ship_logs};
+use crate::output::{OutputChunk, OutputSender};
+
+/// How long the agent keeps trying to report a job's end while the server is away.
+const REPORT_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Ships log chunks to the server at the job's offset.
+struct ServerLog {
+    shared: Arc<Shared>,
+    job_id: i64,
+    attempt: i64,
+    base: i64,
+    cancel: watch::Sender<bool>,
+}
+
+impl LogSink for ServerLog {
+    async fn append(&self, offset: u64, bytes: Bytes) -> Result<(), LogSinkError> {
+        let result = self
+            .shared
+            .client
+            .agent_log(
+                self.job_id,
+                self.shared.agent_id(),
+                self.attempt,
+                self.base + offset as i64,
+                bytes.to_vec(),
+            )
+            .await;
+        match result {
+            Ok(ack) => {
+                if ack.cancel {
+                    let _ = self.cancel.send(true);
+                }
+                Ok(())
+            }
+            Err(ClientError::Api { status, body })
+                if (400..500).contains(&status) && status != 429 =>
+            {
+                Err(LogSinkError::Refused(body.error.message))
+            }
+            Err(error) => Err(LogSinkError::Transient(error.to_string())),
+        }
+    }
+}
+
+/// Quotes text for `sh`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// The step's script: each command echoed (`$ command`) before it runs; `sh -e` stops
+/// at the first that fails.
+fn script(commands: &[String]) -> String {
+    let mut script = String::new();
+    for command in commands {
+        script.push_str(&format!(
+            "printf '%s\\n' {}\n",
+            shell_quote(&format!("$ {command}"))
+        ));
+        script.push_str(command);
+        script.push('\n');
+    }
+    script
+}
+
+struct Report {
+    state: &'static str,
+    exit_code: Option<i64>,
+    reason: Option<&'static str>,
+    message: Option<String>,
+}
+
+pub(super) async fn run(shared: &Arc<Shared>, job: AgentJob) {
+    let (cancel_sender, cancel) = watch::channel(false);
+    let lost = Arc::new(AtomicBool::new(false));
+    shared.running.lock().expect("running lock").insert(
+        job.job_id,
+        Running {
+            cancel: cancel_sender.clone(),
+            lost: lost.clone(),
+        },
+    );
+    tracing::info!(job = job.job_id, run_id = %job.run_id, step = %job.step, attempt = job.attempt, "job started");
+    let started = Instant::now();
+    let (output, received) = tokio::sync::mpsc::channel(256);
+    let sink = ServerLog {
+        shared: shared.clone(),
+        job_id: job.job_id,
+        attempt: job.attempt,
+        base: job.log_offset,
+        cancel: cancel_sender.clone(),
+    };
+    let options = ShipOptions {
+        cap_bytes: job
+            .log_cap_bytes
+            .saturating_sub(job.log_offset.max(0) as u64)
+            .max(4096),
+        ..ShipOptions::default()
+    };
+    let shipper = tokio::spawn(ship_logs(received, sink, options));
+    let workspace = shared
+        .options
+        .work_dir
+        .join(format!("job-{}-{}", job.job_id, job.attempt));
+    let report = execute(shared, &job, &workspace, &output, cancel).await;
+    drop(output);
+    match shipper.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(job = job.job_id, %error, "log shipping ended early"),
+        Err(error) => tracing::warn!(job = job.job_id, %error, "log shipper failed"),
+    }
+    if let Err(error) = tokio::fs::remove_dir_all(&workspace).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %workspace.display(), %error, "cannot remove the workspace");
+    }
+    if !lost.load(Ordering::SeqCst) {
+        finish(shared, &job, report, started.elapsed()).await;
+    } else {
+        tracing::warn!(
+            job = job.job_id,
+            "the server gave this job to another agent; not reporting it"
+        );
+    }
+    shared
+        .running
+        .lock()
+        .expect("running lock")
+        .remove(&job.job_id);
+}
+
+async fn say(output: &OutputSender, message: impl Into<String>) {
+    let _ = output.send(OutputChunk::agent(message)).await;
+}
+
+async fn execute(
+    shared: &Arc<Shared>,
+    job: &AgentJob,
+    workspace: &std::path::Path,
+    output: &OutputSender,
+    cancel: watch::Receiver<bool>,
+) -> Report {
+    let options = &shared.options;
+    say(
+        output,
+        format!(
+            "step '{}' of build #{} ({}), attempt {}, on agent '{}' with the {} executor",
+            job.step,
+            job.build_number,
+            job.project,
+            job.attempt,
+            options.name,
+            options.executor.name()
+        ),
+    )
+    .await;
+    let _ = tokio::fs::remove_dir_all(workspace).await;
+    if job.repo.is_empty() {
+        return Report {
+            state: "failed",
+            exit_code: None,
+            reason: Some("checkout"),
+            message: Some("the project has no repository to check out".into()),
+        };
+    }
+    let checkout_timeout = Duration::from_secs(job.checkout_timeout_secs.max(1));
+    match checkout(
+        &job.repo,
+        &job.commit,
+        workspace,
+        checkout_timeout,
+        output,
+        cancel.clone(),
+    )
+    .await
+    {
+        Ok(_) => {}
+        Err(CheckoutError::Cancelled) => {
+            return Report {
+                state: "cancelled",
+                exit_code: None,
+                reason: Some("cancelled"),
+                message: Some("cancelled during the checkout".into()),
+            };
+        }
+        Err(error @ CheckoutError::TimedOut { .. }) => {
+            say(output, error.to_string()).await;
+            return Report {
+                state: "failed",
+                exit_code: None,
+                reason: Some("timeout"),
+                message: Some(format!("checkout: {error}")),
+            };
+        }
+        Err(error) => {
+            say(output, format!("checkout failed: {error}")).await;
+            return Report {
+                state: "failed",
+                exit_code: None,
+                reason: Some("checkout"),
+                message: Some(format!("checkout failed: {error}")),
+            };
+        }
+    }
+
+    let mut cache_miss_key = None;
+    if let Some(cache) = &job.cache {
+        match cache_key(&job.step, &cache.key_files, workspace) {
+            Ok(key) => match shared.cache.restore(&key, &cache.paths, workspace).await {
+                Ok(true) => {
+                    say(
+                        output,
+                        format!(
+                            "cache hit: restored {} (key {})",
+                            cache.paths.join(", "),
+                            &key[..12.min(key.len())]
+                        ),
+                    )
+                    .await
+                }
+                Ok(false) => {
+                    say(
+                        output,
+                        format!(
+                            "cache miss (key {}); it is saved after the step succeeds",
+                            &key[..12.min(key.len())]
+                        ),
+                    )
+                    .await;
+                    cache_miss_key = Some(key);
+                }
+                Err(error) => say(output, format!("cache not restored: {error}")).await,
+            },
+            Err(error) => say(output, format!("cache skipped: {error}")).await,
+        }
+    }
+
+    let mut spec = StepSpec::new(
+        job.step.clone(),
+        script(&job.commands),
+        workspace.to_path_buf(),
+    );
+    spec.env = job.env.clone();
+    spec.image = job.image.clone();
+    spec.network = job.network;
+    let limits = StepLimits {
+        timeout: Duration::from_secs(job.timeout_secs.max(1)),
+        grace: options.grace,
+    };
+    let outcome = match run_step(&options.executor, &spec, output.clone(), cancel, limits).await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            say(output, format!("the step could not run: {error}")).await;
+            return Report {
+                state: "failed",
+                exit_code: None,
+                reason: Some("error"),
+                message: Some(error.to_string()),
+            };
+        }
+    };
+    let code = outcome
+        .exit_code
+        .map(i64::from)
+        .or(outcome.signal.map(|s| 128 + i64::from(s)));
+    let report = match outcome.ending {
+        Ending::Exited if outcome.success() => Report {
+            state: "passed",
+            exit_code: Some(0),
+            reason: None,
+            message: None,
+        },
+        Ending::Exited => Report {
+            state: "failed",
+            exit_code: code,
+            reason: Some("exit_status"),
+            message: Some(match (outcome.exit_code, outcome.signal) {
+                (_, Some(signal)) => format!("killed by signal {signal}"),
+                (Some(status), None) => format!("exit status {status}"),
+                (None, None) => "ended without a status".into(),
+            }),
+        },
+        Ending::TimedOut => Report {
+            state: "failed",
+            exit_code: code,
+            reason: Some("timeout"),
+            message: Some(format!(
+                "timed out after {}",
+                kiln_core::pipeline::format_duration(limits.timeout)
+            )),
+        },
+        Ending::Cancelled => Report {
+            state: "cancelled",
+            exit_code: code,
+            reason: Some("cancelled"),
+            message: Some("cancelled".into()),
+        },
+    };
+    let seconds = outcome.duration.as_secs_f64();
+    match &report.message {
+        None => say(output, format!("step passed in {seconds:.1}s")).await,
+        Some(why) => {
+            say(
+                output,
+                format!("step {}: {why} after {seconds:.1}s", report.state),
+            )
+            .await
+        }
+    }
+    if report.state == "passed"
+        && let (Some(key), Some(cache)) = (cache_miss_key, &job.cache)
+    {
+        {
+            match shared.cache.save(&key, &cache.paths, workspace).await {
+                Ok(saved) if saved.outcome == SaveOutcome::Stored => {
+                    say(output, format!("cache saved: {} bytes", saved.bytes)).await
+                }
+                Ok(saved) if saved.outcome == SaveOutcome::TooLarge => {
+                    say(
+                        output,
+                        format!(
+                            "cache not saved: {} bytes exceed the agent's cache size",
+                            saved.bytes
+                        ),
+                    )
+                    .await
+                }
+                Ok(_) => {}
+                Err(error) => say(output, format!("cache not saved: {error}")).await,
+            }
+        }
+    }
+    report
+}
+
+async fn finish(shared: &Arc<Shared>, job: &AgentJob, report: Report, elapsed: Duration) {
+    let request = FinishJob {
+        agent_id: shared.agent_id(),
+        attempt: job.attempt,
+        state: report.state.into(),
+        exit_code: report.exit_code,
+        reason: report.reason.map(str::to_owned),
+        message: report.message,
+        duration_ms: Some(elapsed.as_millis() as i64),
+    };
+    let deadline = Instant::now() + REPORT_PATIENCE;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match shared.client.agent_finish(job.job_id, &request).await {
+            Ok(()) => {
+                tracing::info!(job = job.job_id, state = report.state, "job reported");
+                return;
+            }
+            Err(
+                error @ ClientError::Api {
+                    status: 400..=499, ..
+                },
+            ) if !matches!(error, ClientError::Api { status: 429, .. }) => {
+                tracing::warn!(job = job.job_id, %error, "the server refused the job's report");
+                return;
+            }
+            Err(error) if Instant::now() < deadline => {
+                tracing::warn!(job = job.job_id, %error, "cannot report the job yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                tracing::error!(job = job.job_id, %error, "gave up reporting the job");
+                return;
+            }
+        }
+    }
+}

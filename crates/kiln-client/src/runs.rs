@@ -1,0 +1,306 @@
+//! Builds Kiln runs: triggering, cancelling and retrying builds, their jobs and logs,
+//! repository settings, and the agent protocol (`kiln agent`).
+
+use std::time::Duration;
+
+use kiln_protocol::*;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{Client, ClientError, api_error, encode};
+
+/// A page of a job's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogPage {
+    pub bytes: Vec<u8>,
+    /// Where the next page starts.
+    pub next_offset: i64,
+    /// The log's size when read.
+    pub size: i64,
+    /// The job's state when read (`running`, `passed`, …).
+    pub job_state: String,
+}
+
+impl Client {
+    /// Sends a request; `None` for 204 No Content.
+    async fn send_for<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<Option<T>, ClientError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if status.is_success() {
+            serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                ClientError::Transport(format!("unexpected answer from the server: {e}"))
+            })
+        } else {
+            Err(api_error(status, &bytes))
+        }
+    }
+
+    async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        self.send_for(method, path, body, None)
+            .await?
+            .ok_or_else(|| ClientError::Transport("the server sent no answer body".into()))
+    }
+
+    pub async fn set_repo(
+        &self,
+        project: &str,
+        settings: &RepoSettings,
+    ) -> Result<Value, ClientError> {
+        self.send_json(
+            Method::PUT,
+            &format!("/api/v1/projects/{}/repo", encode(project)),
+            Some(settings),
+        )
+        .await
+    }
+
+    pub async fn add_branch(
+        &self,
+        project: &str,
+        name: &str,
+        priority: Option<i64>,
+        auto_build: bool,
+    ) -> Result<BranchDto, ClientError> {
+        let body = serde_json::json!({"name": name, "priority": priority, "autoBuild": auto_build});
+        self.send_json(
+            Method::POST,
+            &format!("/api/v1/projects/{}/branches", encode(project)),
+            Some(&body),
+        )
+        .await
+    }
+
+    pub async fn trigger_build(
+        &self,
+        project: &str,
+        request: &TriggerBuild,
+    ) -> Result<TriggeredBuild, ClientError> {
+        self.send_json(
+            Method::POST,
+            &format!("/api/v1/projects/{}/builds", encode(project)),
+            Some(request),
+        )
+        .await
+    }
+
+    pub async fn retry_build(
+        &self,
+        project: &str,
+        run_id: &str,
+    ) -> Result<TriggeredBuild, ClientError> {
+        self.send_json::<(), _>(
+            Method::POST,
+            &format!(
+                "/api/v1/projects/{}/builds/{}/retry",
+                encode(project),
+                encode(run_id)
+            ),
+            None,
+        )
+        .await
+    }
+
+    pub async fn cancel_build(&self, project: &str, run_id: &str) -> Result<Value, ClientError> {
+        self.send_json::<(), _>(
+            Method::POST,
+            &format!(
+                "/api/v1/projects/{}/builds/{}/cancel",
+                encode(project),
+                encode(run_id)
+            ),
+            None,
+        )
+        .await
+    }
+
+    pub async fn build_jobs(&self, project: &str, run_id: &str) -> Result<JobList, ClientError> {
+        self.send_json::<(), _>(
+            Method::GET,
+            &format!(
+                "/api/v1/projects/{}/builds/{}/jobs",
+                encode(project),
+                encode(run_id)
+            ),
+            None,
+        )
+        .await
+    }
+
+    /// A page of a job's log (`job`: the step name or the job id) from `offset`.
+    pub async fn job_log(
+        &self,
+        project: &str,
+        run_id: &str,
+        job: &str,
+        offset: i64,
+    ) -> Result<LogPage, ClientError> {
+        let mut request = self.http.get(format!(
+            "{}/api/v1/projects/{}/builds/{}/jobs/{}/log?offset={offset}",
+            self.base_url,
+            encode(project),
+            encode(run_id),
+            encode(job)
+        ));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = response.status();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let next_offset = header("x-kiln-log-offset").and_then(|v| v.parse().ok());
+        let size = header("x-kiln-log-size").and_then(|v| v.parse().ok());
+        let job_state = header("x-kiln-job-state").unwrap_or_default();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok(LogPage {
+            next_offset: next_offset.unwrap_or(offset + bytes.len() as i64),
+            size: size.unwrap_or_default(),
+            bytes: bytes.to_vec(),
+            job_state,
+        })
+    }
+
+    pub async fn queue(&self) -> Result<JobList, ClientError> {
+        self.send_json::<(), _>(Method::GET, "/api/v1/queue", None)
+            .await
+    }
+
+    pub async fn agents(&self) -> Result<AgentList, ClientError> {
+        self.send_json::<(), _>(Method::GET, "/api/v1/agents", None)
+            .await
+    }
+
+    pub async fn create_agent_token(&self, name: &str) -> Result<CreatedToken, ClientError> {
+        let body = serde_json::json!({"name": name});
+        self.send_json(Method::POST, "/api/v1/agent-tokens", Some(&body))
+            .await
+    }
+
+    // ---- The agent protocol.
+
+    pub async fn agent_register(
+        &self,
+        request: &RegisterAgent,
+    ) -> Result<AgentRegistered, ClientError> {
+        self.send_json(Method::POST, "/api/v1/agent/register", Some(request))
+            .await
+    }
+
+    /// Long-polls for a job (`None` when none came within `wait_secs`).
+    pub async fn agent_claim(
+        &self,
+        request: &ClaimRequest,
+    ) -> Result<Option<AgentJob>, ClientError> {
+        let wait = request.wait_secs.unwrap_or(30);
+        self.send_for(
+            Method::POST,
+            "/api/v1/agent/claim",
+            Some(request),
+            Some(Duration::from_secs(wait + 15)),
+        )
+        .await
+    }
+
+    pub async fn agent_heartbeat(
+        &self,
+        request: &AgentHeartbeat,
+    ) -> Result<HeartbeatReply, ClientError> {
+        self.send_json(Method::POST, "/api/v1/agent/heartbeat", Some(request))
+            .await
+    }
+
+    pub async fn agent_log(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        attempt: i64,
+        offset: i64,
+        bytes: Vec<u8>,
+    ) -> Result<LogAck, ClientError> {
+        let mut request = self
+            .http
+            .post(format!(
+                "{}/api/v1/agent/jobs/{job_id}/log?agentId={agent_id}&attempt={attempt}&offset={offset}",
+                self.base_url
+            ))
+            .header("content-type", "application/octet-stream")
+            .body(bytes);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Transport(format!("unexpected answer from the server: {e}")))
+    }
+
+    pub async fn agent_finish(&self, job_id: i64, request: &FinishJob) -> Result<(), ClientError> {
+        self.send_for::<_, Value>(
+            Method::POST,
+            &format!("/api/v1/agent/jobs/{job_id}/finish"),
+            Some(request),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+}
