@@ -248,6 +248,25 @@ async fn every_route_refuses_the_wrong_caller(engine: Engine) {
         "/api/v1/status",
         "/api/v1/builds/{run_id}/stream",
         "/api/v1/stream",
+        // Builds Kiln runs: refused callers are tested in runner_api.rs.
+        "/api/v1/projects/{slug}/repo",
+        "/api/v1/projects/{slug}/branches",
+        "/api/v1/projects/{slug}/branches/{name}",
+        "/api/v1/projects/{slug}/builds",
+        "/api/v1/projects/{slug}/builds/{run_id}/retry",
+        "/api/v1/projects/{slug}/builds/{run_id}/cancel",
+        "/api/v1/projects/{slug}/builds/{run_id}/jobs",
+        "/api/v1/projects/{slug}/builds/{run_id}/jobs/{job}/log",
+        "/api/v1/projects/{slug}/builds/{run_id}/jobs/{job}/log/stream",
+        "/api/v1/queue",
+        "/api/v1/agents",
+        "/api/v1/agent-tokens",
+        "/api/v1/agent-tokens/{id}",
+        "/api/v1/agent/register",
+        "/api/v1/agent/claim",
+        "/api/v1/agent/heartbeat",
+        "/api/v1/agent/jobs/{id}/log",
+        "/api/v1/agent/jobs/{id}/finish",
     ];
     for rule in kiln_server::ROUTES() {
         assert!(

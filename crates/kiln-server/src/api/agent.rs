@@ -27,12 +27,20 @@ use crate::runner::reported_state;
 
 fn parse<T: DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(|error| {
-        let field = error.path().to_string();
-        ApiError::bad_request(
-            "invalid_field",
-            Some(&field),
-            format!("{field}: {}", error.inner()),
-        )
+        let message = error.inner().to_string();
+        let path = error.path().to_string();
+        // A missing member is reported at its parent; name the member itself.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned);
+        let field = match (missing, path.as_str()) {
+            (Some(name), ".") => name,
+            (Some(name), parent) => format!("{parent}.{name}"),
+            (None, ".") => "body".to_owned(),
+            (None, path) => path.to_owned(),
+        };
+        ApiError::bad_request("invalid_field", Some(&field), format!("{field}: {message}"))
     })
 }
 

@@ -1,0 +1,932 @@
+//! Builds Kiln runs, through the real server (both engines) with a real agent in the
+//! test process: real git repositories, real step processes, real HTTP and SSE.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::sse::SseStream;
+use common::{ADMIN_TOKEN, TestApp, assert_error};
+use kiln_agent::agent::{AgentOptions, run};
+use kiln_agent::executor::ExecutorKind;
+use kiln_store::Engine;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+engine_test!(runner_routes_refuse_the_wrong_caller);
+engine_test!(a_pipeline_runs_its_steps_in_dependency_order);
+engine_test!(bad_triggers_are_refused_and_broken_repos_fail_the_build);
+engine_test!(cancel_stops_running_and_waiting_jobs);
+
+fn body(value: Value) -> Option<Vec<u8>> {
+    Some(serde_json::to_vec(&value).unwrap())
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A repository with `files` committed on `main`; returns its directory and the commit.
+fn repo(files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "-q"]);
+    for (name, contents) in files {
+        std::fs::write(dir.path().join(name), contents).unwrap();
+    }
+    git(dir.path(), &["add", "."]);
+    git(
+        dir.path(),
+        &["commit", "-q", "-m", "first commit\n\nwith a body"],
+    );
+    let sha = git(dir.path(), &["rev-parse", "HEAD"]);
+    (dir, sha)
+}
+
+struct Setup {
+    project_token: String,
+    agent_token: String,
+}
+
+/// A project `web` building `repo`, an ingest+read token and an agent token.
+async fn setup(app: &TestApp, repo: &Path) -> Setup {
+    let (_, project_token) = app.project_client("web", &["ingest", "read"]).await;
+    let (status, answer) = app
+        .raw(
+            Method::PUT,
+            "/api/v1/projects/web/repo",
+            Some(ADMIN_TOKEN),
+            body(json!({"repo": repo.display().to_string()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["defaultBranch"], "main");
+    let (status, created) = app
+        .raw(
+            Method::POST,
+            "/api/v1/agent-tokens",
+            Some(ADMIN_TOKEN),
+            body(json!({"name": "agents"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["kind"], "agent");
+    Setup {
+        project_token,
+        agent_token: created["token"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// A real agent in this process; stops when the sender is dropped or set.
+fn agent(
+    app: &TestApp,
+    token: &str,
+    name: &str,
+    labels: &[&str],
+    work: &Path,
+) -> watch::Sender<bool> {
+    let (stop, stopped) = watch::channel(false);
+    let options = AgentOptions {
+        server: app.base_url.clone(),
+        token: token.into(),
+        name: name.into(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        concurrency: 2,
+        executor: ExecutorKind::Process,
+        work_dir: work.join(name).join("work"),
+        cache_dir: work.join(name).join("cache"),
+        cache_max_bytes: 64 * 1024 * 1024,
+        grace: Duration::from_secs(1),
+    };
+    tokio::spawn(async move {
+        if let Err(error) = run(options, stopped).await {
+            panic!("agent failed: {error}");
+        }
+    });
+    stop
+}
+
+async fn trigger(app: &TestApp, token: &str, request: Value) -> (u16, Value) {
+    app.raw(
+        Method::POST,
+        "/api/v1/projects/web/builds",
+        Some(token),
+        body(request),
+    )
+    .await
+}
+
+async fn build(app: &TestApp, token: &str, run_id: &str) -> Value {
+    let (status, build) = app
+        .raw(
+            Method::GET,
+            &format!("/api/v1/builds/{run_id}"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{build}");
+    build
+}
+
+async fn jobs(app: &TestApp, token: &str, run_id: &str) -> Vec<Value> {
+    let (status, list) = app
+        .raw(
+            Method::GET,
+            &format!("/api/v1/projects/web/builds/{run_id}/jobs"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    list["jobs"].as_array().unwrap().clone()
+}
+
+async fn wait_for_status(app: &TestApp, token: &str, run_id: &str, wanted: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let build = build(app, token, run_id).await;
+        if build["status"] == wanted {
+            return build;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "build never became {wanted}: {build}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn log_text(app: &TestApp, token: &str, run_id: &str, job: &str) -> String {
+    let response = app
+        .http
+        .get(format!(
+            "{}/api/v1/projects/web/builds/{run_id}/jobs/{job}/log",
+            app.base_url
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    String::from_utf8_lossy(&response.bytes().await.unwrap()).into_owned()
+}
+
+async fn runner_routes_refuse_the_wrong_caller(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (repo_dir, _) = repo(&[("README", "hi\n")]);
+    let setup = setup(&app, repo_dir.path()).await;
+    let (_, read_token) = app.project_client("web", &["read"]).await;
+    let (_, other_token) = app.project_client("api", &["ingest", "read"]).await;
+    let agent_token = setup.agent_token.as_str();
+    let web = setup.project_token.as_str();
+    let register = body(json!({"name": "a1", "concurrency": 1, "executor": "process"}));
+    type Case<'a> = (Method, &'a str, Option<Vec<u8>>, Option<&'a str>, u16);
+    let cases: Vec<Case> = vec![
+        // Agent tokens work only on agent endpoints.
+        (Method::GET, "/api/v1/builds", None, Some(agent_token), 403),
+        (
+            Method::POST,
+            "/api/v1/projects/web/builds",
+            body(json!({})),
+            Some(agent_token),
+            403,
+        ),
+        (Method::GET, "/api/v1/queue", None, Some(agent_token), 403),
+        (Method::GET, "/api/v1/agents", None, Some(agent_token), 403),
+        (
+            Method::POST,
+            "/api/v1/events",
+            body(json!({"runId": "r", "event": "heartbeat"})),
+            Some(agent_token),
+            403,
+        ),
+        (
+            Method::POST,
+            "/api/v1/agent-tokens",
+            body(json!({"name": "x"})),
+            Some(agent_token),
+            403,
+        ),
+        // …and other tokens not on them.
+        (
+            Method::POST,
+            "/api/v1/agent/register",
+            register.clone(),
+            Some(web),
+            403,
+        ),
+        (
+            Method::POST,
+            "/api/v1/agent/register",
+            register.clone(),
+            Some(ADMIN_TOKEN),
+            403,
+        ),
+        (
+            Method::POST,
+            "/api/v1/agent/register",
+            register.clone(),
+            None,
+            401,
+        ),
+        (
+            Method::POST,
+            "/api/v1/agent/claim",
+            body(json!({"agentId": 1, "waitSecs": 0})),
+            Some(web),
+            403,
+        ),
+        (
+            Method::POST,
+            "/api/v1/agent/heartbeat",
+            body(json!({"agentId": 1})),
+            Some(ADMIN_TOKEN),
+            403,
+        ),
+        (
+            Method::POST,
+            "/api/v1/agent/jobs/1/log?agentId=1&attempt=1&offset=0",
+            Some(b"x".to_vec()),
+            Some(web),
+            403,
+        ),
+        (
+            Method::POST,
+            "/api/v1/agent/jobs/1/finish",
+            body(json!({"agentId": 1, "attempt": 1, "state": "passed"})),
+            Some(read_token.as_str()),
+            403,
+        ),
+        // An agent id not registered with this token.
+        (
+            Method::POST,
+            "/api/v1/agent/claim",
+            body(json!({"agentId": 999, "waitSecs": 0})),
+            Some(agent_token),
+            404,
+        ),
+        (
+            Method::POST,
+            "/api/v1/agent/heartbeat",
+            body(json!({"agentId": 999})),
+            Some(agent_token),
+            404,
+        ),
+        // Instance settings are the admin's.
+        (
+            Method::POST,
+            "/api/v1/agent-tokens",
+            body(json!({"name": "x"})),
+            Some(web),
+            403,
+        ),
+        (Method::GET, "/api/v1/agent-tokens", None, Some(web), 403),
+        (
+            Method::DELETE,
+            "/api/v1/agent-tokens/1",
+            None,
+            Some(web),
+            403,
+        ),
+        (
+            Method::PUT,
+            "/api/v1/projects/web/repo",
+            body(json!({"repo": "/x"})),
+            Some(web),
+            403,
+        ),
+        (
+            Method::GET,
+            "/api/v1/projects/web/branches",
+            None,
+            Some(web),
+            403,
+        ),
+        (
+            Method::POST,
+            "/api/v1/projects/web/branches",
+            body(json!({"name": "main"})),
+            Some(web),
+            403,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/projects/web/branches/main",
+            None,
+            Some(web),
+            403,
+        ),
+        // Running builds needs the ingest scope; other projects' builds do not exist.
+        (
+            Method::POST,
+            "/api/v1/projects/web/builds",
+            body(json!({})),
+            Some(read_token.as_str()),
+            403,
+        ),
+        (
+            Method::POST,
+            "/api/v1/projects/web/builds",
+            body(json!({})),
+            Some(other_token.as_str()),
+            404,
+        ),
+        (
+            Method::POST,
+            "/api/v1/projects/web/builds",
+            body(json!({})),
+            None,
+            401,
+        ),
+        (
+            Method::POST,
+            "/api/v1/projects/web/builds/r1/retry",
+            None,
+            Some(read_token.as_str()),
+            403,
+        ),
+        (
+            Method::POST,
+            "/api/v1/projects/web/builds/r1/cancel",
+            None,
+            Some(read_token.as_str()),
+            403,
+        ),
+        (
+            Method::POST,
+            "/api/v1/projects/web/builds/r1/cancel",
+            None,
+            Some(other_token.as_str()),
+            404,
+        ),
+        (
+            Method::GET,
+            "/api/v1/projects/web/builds/r1/jobs",
+            None,
+            Some(other_token.as_str()),
+            404,
+        ),
+        (
+            Method::GET,
+            "/api/v1/projects/web/builds/r1/jobs/a/log",
+            None,
+            Some(other_token.as_str()),
+            404,
+        ),
+        (
+            Method::GET,
+            "/api/v1/projects/web/builds/r1/jobs/a/log/stream",
+            None,
+            Some(other_token.as_str()),
+            404,
+        ),
+        (
+            Method::GET,
+            "/api/v1/projects/web/builds/r1/jobs/a/log/stream",
+            None,
+            None,
+            401,
+        ),
+        // The right callers.
+        (
+            Method::GET,
+            "/api/v1/queue",
+            None,
+            Some(read_token.as_str()),
+            200,
+        ),
+        (Method::GET, "/api/v1/agents", None, Some(web), 200),
+        (
+            Method::GET,
+            "/api/v1/agent-tokens",
+            None,
+            Some(ADMIN_TOKEN),
+            200,
+        ),
+        (
+            Method::GET,
+            "/api/v1/projects/web/branches",
+            None,
+            Some(ADMIN_TOKEN),
+            200,
+        ),
+        (
+            Method::POST,
+            "/api/v1/projects/web/branches",
+            body(json!({"name": "main", "priority": 2})),
+            Some(ADMIN_TOKEN),
+            200,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/projects/web/branches/main",
+            None,
+            Some(ADMIN_TOKEN),
+            204,
+        ),
+        (
+            Method::POST,
+            "/api/v1/agent/register",
+            register,
+            Some(agent_token),
+            200,
+        ),
+    ];
+    for (method, path, request_body, caller, expected) in cases {
+        let mut request = app
+            .http
+            .request(method.clone(), format!("{}{path}", app.base_url));
+        if let Some(token) = caller {
+            request = request.bearer_auth(token);
+        }
+        if let Some(request_body) = request_body {
+            request = request
+                .header("content-type", "application/json")
+                .body(request_body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, expected, "{method} {path} as {caller:?}: {text}");
+        if status >= 400 {
+            let error: Value = serde_json::from_str(&text).unwrap();
+            assert!(error["error"]["message"].is_string(), "{text}");
+        }
+    }
+    // A revoked agent token stops working at once.
+    let (_, tokens) = app
+        .raw(Method::GET, "/api/v1/agent-tokens", Some(ADMIN_TOKEN), None)
+        .await;
+    let id = tokens["tokens"][0]["id"].as_i64().unwrap();
+    let (status, _) = app
+        .raw(
+            Method::DELETE,
+            &format!("/api/v1/agent-tokens/{id}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .raw(
+            Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(agent_token),
+            body(json!({"agentId": 1})),
+        )
+        .await;
+    assert_eq!(status, 401);
+}
+
+const PIPELINE: &str = r#"
+env:
+  GREETING: hello
+steps:
+  - name: install
+    run:
+      - echo "installing $GREETING"
+      - mkdir -p deps && echo lib > deps/lib.txt
+    cache:
+      key_files: deps.lock
+      paths: deps
+  - name: test
+    run: echo "testing on $KILN_BRANCH at $KILN_COMMIT"
+    depends_on: install
+  - name: lint
+    run: printf 'lint\033[32m ok\033[0m\n'
+    depends_on: install
+  - name: deploy
+    run: echo deploying
+    depends_on: [test, lint]
+    branches: release/*
+"#;
+
+async fn a_pipeline_runs_its_steps_in_dependency_order(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (repo_dir, sha) = repo(&[(".kiln.yml", PIPELINE), ("deps.lock", "lib 1.0\n")]);
+    let setup = setup(&app, repo_dir.path()).await;
+    let token = setup.project_token.as_str();
+
+    // Queued while no agent runs, with the reason.
+    let (status, triggered) = trigger(&app, token, json!({"priority": 3})).await;
+    assert_eq!(status, 201, "{triggered}");
+    assert_eq!(triggered["status"], "queued");
+    assert_eq!(triggered["branch"], "main");
+    assert_eq!(triggered["commit"], sha.as_str());
+    assert_eq!(triggered["commitMessage"], "first commit\n\nwith a body");
+    assert_eq!(triggered["number"], 1);
+    assert_eq!(triggered["priority"], 3);
+    let steps: Vec<&str> = triggered["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["install", "test", "lint"],
+        "deploy runs only on release/*"
+    );
+    let run_id = triggered["runId"].as_str().unwrap().to_owned();
+    let (_, queue) = app
+        .raw(Method::GET, "/api/v1/queue", Some(token), None)
+        .await;
+    let waiting: Vec<(&str, &str)> = queue["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["step"].as_str().unwrap(),
+                j["waitingFor"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(waiting[0].0, "install");
+    assert!(waiting[0].1.starts_with("no matching agent"), "{waiting:?}");
+    assert!(
+        waiting[1].1.starts_with("dependency: waiting for install"),
+        "{waiting:?}"
+    );
+
+    // A live log tail opened before the job runs.
+    let work = tempfile::tempdir().unwrap();
+    let mut tail = SseStream::open(
+        &format!(
+            "{}/api/v1/projects/web/builds/{run_id}/jobs/install/log/stream",
+            app.base_url
+        ),
+        token,
+        None,
+    )
+    .await
+    .unwrap();
+    let _agent = agent(&app, &setup.agent_token, "builder", &["linux"], work.path());
+    let done = wait_for_status(&app, token, &run_id, "success").await;
+    assert_eq!(done["branch"], "main");
+    let stages: Vec<(&str, &str)> = done["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(stages.len(), 3, "{stages:?}");
+    assert!(
+        stages.iter().all(|(_, status)| *status == "success"),
+        "{stages:?}"
+    );
+
+    let jobs = jobs(&app, token, &run_id).await;
+    let at = |step: &str, field: &str| -> String {
+        jobs.iter().find(|j| j["step"] == step).unwrap()[field]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for job in &jobs {
+        assert_eq!(job["state"], "passed", "{job}");
+        assert_eq!(job["agent"], "builder");
+        assert_eq!(job["attempt"], 1);
+    }
+    // RFC 3339 times in UTC compare as text.
+    assert!(at("test", "startedAt") >= at("install", "finishedAt"));
+    assert!(at("lint", "startedAt") >= at("install", "finishedAt"));
+
+    let install_log = log_text(&app, token, &run_id, "install").await;
+    assert!(
+        install_log.contains(" out  installing hello\n"),
+        "{install_log}"
+    );
+    assert!(install_log.contains("cache miss"), "{install_log}");
+    assert!(install_log.contains("cache saved"), "{install_log}");
+    let test_log = log_text(&app, token, &run_id, "test").await;
+    assert!(
+        test_log.contains(&format!("testing on main at {sha}")),
+        "{test_log}"
+    );
+    let lint_log = log_text(&app, token, &run_id, "lint").await;
+    assert!(
+        lint_log.contains("lint\u{1b}[32m ok\u{1b}[0m"),
+        "ANSI kept: {lint_log}"
+    );
+
+    // The tail delivered the same bytes, then ended.
+    let mut streamed = String::new();
+    let mut last_offset = 0;
+    loop {
+        let event = tail
+            .next(Duration::from_secs(10))
+            .await
+            .expect("the tail ends with an end event");
+        match event.event.as_str() {
+            "log" => {
+                streamed.push_str(&event.data);
+                last_offset = event.id.unwrap();
+            }
+            "end" => break,
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    assert_eq!(streamed, install_log);
+    assert_eq!(last_offset as usize, install_log.len());
+    // Resuming at an offset replays only the rest.
+    let mut resumed = SseStream::open(
+        &format!(
+            "{}/api/v1/projects/web/builds/{run_id}/jobs/install/log/stream",
+            app.base_url
+        ),
+        token,
+        Some(10),
+    )
+    .await
+    .unwrap();
+    let first = resumed.next(Duration::from_secs(5)).await.unwrap();
+    assert!(install_log[10..].starts_with(&first.data), "{first:?}");
+
+    // Paging the log by offset.
+    let page = app
+        .http
+        .get(format!(
+            "{}/api/v1/projects/web/builds/{run_id}/jobs/install/log?offset=5&limit=7",
+            app.base_url
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.headers()["x-kiln-log-offset"], "12");
+    assert_eq!(
+        page.headers()["x-kiln-log-size"],
+        install_log.len().to_string().as_str()
+    );
+    assert_eq!(page.text().await.unwrap(), install_log[5..12]);
+
+    // The events are those of any build: queued, started, stages, completed.
+    let (_, events) = app
+        .raw(
+            Method::GET,
+            &format!("/api/v1/builds/{run_id}/events"),
+            Some(token),
+            None,
+        )
+        .await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"build_queued"));
+    assert_eq!(kinds.last(), Some(&"build_completed"));
+    assert_eq!(kinds.iter().filter(|k| **k == "stage_started").count(), 3);
+    assert_eq!(kinds.iter().filter(|k| **k == "stage_completed").count(), 3);
+
+    // The agent is listed, connected, with its metrics.
+    let (_, agents) = app
+        .raw(Method::GET, "/api/v1/agents", Some(token), None)
+        .await;
+    let listed = &agents["agents"][0];
+    assert_eq!(listed["name"], "builder");
+    assert_eq!(listed["health"], "connected");
+    assert_eq!(listed["labels"], json!(["linux"]));
+    assert!(
+        listed["metrics"]["memoryTotalBytes"].as_u64().unwrap() > 0,
+        "{listed}"
+    );
+
+    // A second build of the same lockfile restores the cache; a branch build runs deploy.
+    let (_, second) = trigger(&app, token, json!({})).await;
+    let second_id = second["runId"].as_str().unwrap();
+    assert_eq!(second["number"], 2);
+    wait_for_status(&app, token, second_id, "success").await;
+    let second_log = log_text(&app, token, second_id, "install").await;
+    assert!(second_log.contains("cache hit"), "{second_log}");
+
+    git(repo_dir.path(), &["checkout", "-q", "-b", "release/1"]);
+    let (status, release) = trigger(&app, token, json!({"branch": "release/1"})).await;
+    assert_eq!(status, 201, "{release}");
+    assert_eq!(release["jobs"].as_array().unwrap().len(), 4);
+    wait_for_status(&app, token, release["runId"].as_str().unwrap(), "success").await;
+
+    // Retry builds the same commit again.
+    let (status, retried) = app
+        .raw(
+            Method::POST,
+            &format!("/api/v1/projects/web/builds/{run_id}/retry"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{retried}");
+    assert_eq!(retried["commit"], sha.as_str());
+    assert_ne!(retried["runId"], run_id.as_str());
+}
+
+async fn bad_triggers_are_refused_and_broken_repos_fail_the_build(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (_, no_repo_token) = app.project_client("bare", &["ingest"]).await;
+    let (status, answer) = app
+        .raw(
+            Method::POST,
+            "/api/v1/projects/bare/builds",
+            Some(&no_repo_token),
+            body(json!({})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_error(&answer, "unprocessable", Some("repo"));
+    let (status, _) = app
+        .raw(
+            Method::POST,
+            "/api/v1/projects/nope/builds",
+            Some(ADMIN_TOKEN),
+            body(json!({})),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    let (repo_dir, _) = repo(&[(
+        ".kiln.yml",
+        "steps:\n  - name: a\n    run: echo a\n    depend_on: [b]\n",
+    )]);
+    let setup = setup(&app, repo_dir.path()).await;
+    let token = setup.project_token.as_str();
+    for (request, code, field) in [
+        (json!({"branch": "nope"}), "unprocessable", "branch"),
+        (json!({"commit": "abc"}), "invalid_field", "commit"),
+        (
+            json!({"commit": "0123456789abcdef0123456789abcdef01234567"}),
+            "unprocessable",
+            "commit",
+        ),
+        (json!({"priority": 11}), "invalid_field", "priority"),
+        (json!({"priority": "high"}), "invalid_field", "priority"),
+        (json!({"branch": "a..b"}), "invalid_field", "branch"),
+        (json!({"branch": 5}), "invalid_field", "branch"),
+    ] {
+        let (status, answer) = trigger(&app, token, request.clone()).await;
+        assert!(
+            status == 400 || status == 422,
+            "{request}: {status} {answer}"
+        );
+        assert_error(&answer, code, Some(field));
+    }
+    let (status, answer) = app
+        .raw(
+            Method::POST,
+            "/api/v1/projects/web/builds",
+            Some(token),
+            Some(b"{not json".to_vec()),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_error(&answer, "invalid_json", Some("body"));
+
+    // An invalid pipeline file fails the build at once, with the line and the reason.
+    let (status, triggered) = trigger(&app, token, json!({})).await;
+    assert_eq!(status, 201, "{triggered}");
+    assert_eq!(triggered["status"], "failed");
+    assert!(triggered["jobs"].as_array().unwrap().is_empty());
+    let failed = build(&app, token, triggered["runId"].as_str().unwrap()).await;
+    let message = failed["message"].as_str().unwrap();
+    assert!(message.contains(".kiln.yml: line 4"), "{message}");
+    assert!(message.contains("did you mean 'depends_on'"), "{message}");
+
+    // A repository that cannot be fetched fails the build in its checkout step, with
+    // git's message in that step's log.
+    let missing = repo_dir.path().join("does-not-exist");
+    app.raw(
+        Method::PUT,
+        "/api/v1/projects/web/repo",
+        Some(ADMIN_TOKEN),
+        body(json!({"repo": missing.display().to_string()})),
+    )
+    .await;
+    let (status, triggered) = trigger(&app, token, json!({})).await;
+    assert_eq!(status, 201, "{triggered}");
+    assert_eq!(triggered["status"], "failed");
+    let run_id = triggered["runId"].as_str().unwrap();
+    let jobs = jobs(&app, token, run_id).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["step"], "checkout");
+    assert_eq!(jobs[0]["state"], "failed");
+    let log = log_text(&app, token, run_id, "checkout").await;
+    assert!(log.contains(" kiln cannot fetch"), "{log}");
+    assert!(
+        log.contains("does not appear to be a git repository"),
+        "{log}"
+    );
+    let failed = build(&app, token, run_id).await;
+    assert_eq!(failed["stages"][0]["name"], "checkout");
+    assert_eq!(failed["stages"][0]["status"], "failed");
+
+    // Bad agent input.
+    let register = |value: Value| {
+        app.raw(
+            Method::POST,
+            "/api/v1/agent/register",
+            Some(&setup.agent_token),
+            body(value),
+        )
+    };
+    for (value, field) in [
+        (
+            json!({"name": "", "concurrency": 1, "executor": "process"}),
+            "name",
+        ),
+        (
+            json!({"name": "a", "concurrency": 0, "executor": "process"}),
+            "concurrency",
+        ),
+        (
+            json!({"name": "a", "concurrency": 1, "executor": "vm"}),
+            "executor",
+        ),
+        (
+            json!({"name": "a", "concurrency": 1, "executor": "process", "labels": ["bad label"]}),
+            "labels[0]",
+        ),
+        (json!({"name": "a", "executor": "process"}), "concurrency"),
+    ] {
+        let (status, answer) = register(value.clone()).await;
+        assert_eq!(status, 400, "{value}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{value}: {answer}");
+    }
+}
+
+async fn cancel_stops_running_and_waiting_jobs(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let pipeline = "steps:\n  - name: long\n    run: trap 'echo got TERM; exit 143' TERM; echo started; while true; do sleep 0.1; done\n  - name: after\n    run: echo never\n    depends_on: long\n";
+    let (repo_dir, _) = repo(&[(".kiln.yml", pipeline)]);
+    let setup = setup(&app, repo_dir.path()).await;
+    let token = setup.project_token.as_str();
+    let work = tempfile::tempdir().unwrap();
+    let _agent = agent(&app, &setup.agent_token, "builder", &[], work.path());
+    let (_, triggered) = trigger(&app, token, json!({})).await;
+    let run_id = triggered["runId"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log_text(&app, token, run_id, "long")
+        .await
+        .contains(" out  started")
+    {
+        assert!(Instant::now() < deadline, "the step never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancelled_at = Instant::now();
+    let (status, answer) = app
+        .raw(
+            Method::POST,
+            &format!("/api/v1/projects/web/builds/{run_id}/cancel"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["stoppingJobs"], 1);
+    assert_eq!(build(&app, token, run_id).await["status"], "cancelled");
+    loop {
+        let jobs = jobs(&app, token, run_id).await;
+        if jobs[0]["state"] == "cancelled" {
+            assert_eq!(jobs[1]["state"], "cancelled", "the waiting job too");
+            break;
+        }
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(2),
+            "not stopped within 2 s: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = log_text(&app, token, run_id, "long").await;
+    assert!(log.contains("got TERM"), "{log}");
+    let (status, answer) = app
+        .raw(
+            Method::POST,
+            &format!("/api/v1/projects/web/builds/{run_id}/cancel"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_error(&answer, "build_ended", None);
+}
