@@ -140,3 +140,145 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A git repository in a temporary directory, committed to with a fixed identity.
+pub struct GitRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl GitRepo {
+    /// A new repository whose first branch is `main`.
+    pub fn new() -> GitRepo {
+        let repo = GitRepo {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        repo.git(&["init", "--quiet", "--initial-branch=main"]);
+        repo
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs git in the repository and returns its trimmed standard output.
+    pub fn git(&self, args: &[&str]) -> String {
+        let output = Command::new("git")
+            .current_dir(self.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .output()
+            .expect("run git");
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    pub fn write(&self, file: &str, contents: &str) {
+        let path = self.path().join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(path, contents).unwrap();
+    }
+
+    /// Commits every change on the current branch and returns the commit's id.
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["add", "--all"]);
+        self.git(&["commit", "--quiet", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+/// A real `kiln agent` process; its log goes to `log`. Dropping it stops it with
+/// SIGTERM (so it cancels its running steps) and SIGKILL if it lingers.
+pub struct Agent {
+    pub child: Option<Child>,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `kiln agent` named `name` with its work and cache directories under
+    /// `dir/name`; `extra` adds flags (`--labels`, `--executor`, …).
+    pub fn start(dir: &Path, server: &str, token: &str, name: &str, extra: &[&str]) -> Agent {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = Command::new(KILN)
+            .args([
+                "agent", "--server", server, "--token", token, "--name", name,
+            ])
+            .arg("--work-dir")
+            .arg(home.join("work"))
+            .arg("--cache-dir")
+            .arg(home.join("cache"))
+            .args(extra)
+            .env("KILN_LOG", "info")
+            .env_remove("KILN_URL")
+            .env_remove("KILN_AGENT_LABELS")
+            .env_remove("KILN_AGENT_EXECUTOR")
+            .env_remove("KILN_AGENT_CONCURRENCY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start kiln agent");
+        Agent {
+            child: Some(child),
+            name: name.to_owned(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
+    /// SIGKILL, like `kill -9`: the agent has no chance to stop its steps or report.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// What the agent logged so far (for failure messages).
+    pub fn logged(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logged = self.logged();
+            let mut start = logged.len().saturating_sub(4000);
+            while !logged.is_char_boundary(start) {
+                start += 1;
+            }
+            let tail = &logged[start..];
+            eprintln!("--- agent {} logged (tail):\n{tail}", self.name);
+        }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -1,0 +1,894 @@
+//! Builds Kiln runs, end to end with real processes: a `kiln serve` process, `kiln agent`
+//! processes, git repositories made in temp dirs and real build steps. Agents killed
+//! mid-step, a server killed mid-step, priorities, labels, timeouts, cancel, the cache,
+//! capped logs, branch polling and the isolating executors.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kiln_client::protocol::{JobDto, RepoSettings, TriggerBuild, TriggeredBuild};
+use kiln_client::{BuildQuery, Client};
+use serde_json::Value;
+
+mod common;
+
+use common::*;
+
+const PROJECT: &str = "app";
+
+/// A server with one project whose repository is a fresh git repository, the clients
+/// of the admin and of a project token (ingest + read), and an agent token.
+struct Kiln {
+    runtime: tokio::runtime::Runtime,
+    workspace: Workspace,
+    server: Option<Server>,
+    server_flags: Vec<String>,
+    admin: Client,
+    user: Client,
+    user_token: String,
+    agent_token: String,
+    repo: GitRepo,
+}
+
+impl Kiln {
+    fn start(server_flags: &[&str]) -> Kiln {
+        let workspace = Workspace::new();
+        let server = Server::start(&workspace.data(), 0, server_flags);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let admin = Client::new(&server.url, Some(ADMIN.into()));
+        let repo = GitRepo::new();
+        runtime
+            .block_on(admin.create_project(PROJECT, "App"))
+            .unwrap();
+        let settings = RepoSettings {
+            repo: Some(repo.path().display().to_string()),
+            default_branch: None,
+            max_concurrency: None,
+        };
+        runtime
+            .block_on(admin.set_repo(PROJECT, &settings))
+            .unwrap();
+        let user_token = runtime
+            .block_on(admin.create_token(PROJECT, "user", &["ingest", "read"]))
+            .unwrap()
+            .token;
+        let agent_token = runtime
+            .block_on(admin.create_agent_token("agents"))
+            .unwrap()
+            .token;
+        let user = Client::new(&server.url, Some(user_token.clone()));
+        Kiln {
+            runtime,
+            workspace,
+            server: Some(server),
+            server_flags: server_flags.iter().map(|f| (*f).to_owned()).collect(),
+            admin,
+            user,
+            user_token,
+            agent_token,
+            repo,
+        }
+    }
+
+    fn url(&self) -> String {
+        self.admin.base_url().to_owned()
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Starts `kiln agent` named `name`; `extra` adds flags.
+    fn agent(&self, name: &str, extra: &[&str]) -> Agent {
+        Agent::start(
+            &self.workspace.dir.path().join("agents"),
+            &self.url(),
+            &self.agent_token,
+            name,
+            extra,
+        )
+    }
+
+    /// Writes `.kiln.yml` (and other files) and commits them on the current branch.
+    fn commit_pipeline(&self, pipeline: &str) -> String {
+        self.repo.write(".kiln.yml", pipeline);
+        self.repo.commit("pipeline")
+    }
+
+    fn trigger(&self, request: TriggerBuild) -> TriggeredBuild {
+        self.block_on(self.user.trigger_build(PROJECT, &request))
+            .unwrap_or_else(|error| panic!("trigger {request:?}: {error}"))
+    }
+
+    fn trigger_main(&self) -> TriggeredBuild {
+        self.trigger(TriggerBuild::default())
+    }
+
+    fn jobs(&self, run_id: &str) -> Vec<JobDto> {
+        self.block_on(self.user.build_jobs(PROJECT, run_id))
+            .unwrap()
+            .jobs
+    }
+
+    fn job(&self, run_id: &str, step: &str) -> JobDto {
+        self.jobs(run_id)
+            .into_iter()
+            .find(|job| job.step == step)
+            .unwrap_or_else(|| panic!("build {run_id} has no step {step}"))
+    }
+
+    fn status(&self, run_id: &str) -> String {
+        self.block_on(self.user.get_build(run_id)).unwrap().status
+    }
+
+    /// The whole log of a job, page by page.
+    fn log(&self, run_id: &str, step: &str) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        loop {
+            let page = self
+                .block_on(self.user.job_log(PROJECT, run_id, step, bytes.len() as i64))
+                .unwrap();
+            if page.bytes.is_empty() {
+                return bytes;
+            }
+            bytes.extend_from_slice(&page.bytes);
+        }
+    }
+
+    fn log_text(&self, run_id: &str, step: &str) -> String {
+        String::from_utf8_lossy(&self.log(run_id, step)).into_owned()
+    }
+
+    fn events(&self, run_id: &str) -> Vec<Value> {
+        self.block_on(self.user.build_events(run_id, 0, None))
+            .unwrap()
+            .events
+    }
+
+    /// Waits until the build has ended and returns its status.
+    fn wait_for_build(&self, run_id: &str, timeout: Duration) -> String {
+        wait_until(
+            || format!("build {run_id} to end; its jobs: {:#?}", self.jobs(run_id)),
+            timeout,
+            || {
+                let status = self.status(run_id);
+                ["success", "failed", "cancelled", "stale"]
+                    .contains(&status.as_str())
+                    .then_some(status)
+            },
+        )
+    }
+
+    /// Waits until the step's job satisfies `done` and returns it.
+    fn wait_for_job(
+        &self,
+        run_id: &str,
+        step: &str,
+        timeout: Duration,
+        done: impl Fn(&JobDto) -> bool,
+    ) -> JobDto {
+        wait_until(
+            || {
+                format!(
+                    "step {step} of {run_id}; now: {:#?}",
+                    self.job(run_id, step)
+                )
+            },
+            timeout,
+            || Some(self.job(run_id, step)).filter(&done),
+        )
+    }
+
+    /// Waits until the step's output has a line equal to `line`.
+    fn wait_for_output(&self, run_id: &str, step: &str, line: &str, timeout: Duration) {
+        wait_until(
+            || {
+                format!(
+                    "'{line}' in the log of {step}: {}",
+                    self.log_text(run_id, step)
+                )
+            },
+            timeout,
+            || {
+                output_lines(&self.log_text(run_id, step))
+                    .contains(&line.to_owned())
+                    .then_some(())
+            },
+        )
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same port and data.
+    fn kill_server(&mut self) -> u16 {
+        let server = self.server.take().expect("the server runs");
+        let port = server.port();
+        server.kill_hard();
+        port
+    }
+
+    fn start_server_again(&mut self, port: u16) {
+        let flags: Vec<&str> = self.server_flags.iter().map(String::as_str).collect();
+        let server = Server::start(&self.workspace.data(), port, &flags);
+        // New clients: the old ones' pooled connections went down with the old server.
+        self.admin = Client::new(&server.url, Some(ADMIN.into()));
+        self.user = Client::new(&server.url, Some(self.user_token.clone()));
+        self.server = Some(server);
+    }
+}
+
+fn wait_until<T>(
+    what: impl Fn() -> String,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {}", what());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One step of a `.kiln.yml`: `run` lists `commands` (one line each, so the agent's
+/// `$ command` echo is one line too); `extra` holds more keys, indented by four spaces.
+fn step(name: &str, commands: &[&str], extra: &str) -> String {
+    let mut yaml = format!("  - name: {name}\n    run:\n");
+    for command in commands {
+        yaml.push_str(&format!("      - '{}'\n", command.replace('\'', "''")));
+    }
+    yaml.push_str(extra);
+    yaml
+}
+
+fn pipeline(steps: &[String]) -> String {
+    format!("steps:\n{}", steps.concat())
+}
+
+/// Log lines are `<24-character timestamp> <4-character tag> <text>`.
+const LOG_PREFIX: usize = 24 + 1 + 4 + 1;
+
+/// The text of the lines the step's commands wrote (tags `out ` and `err `), without
+/// the script's echo of each command (`$ echo x`).
+fn output_lines(log: &str) -> Vec<String> {
+    tagged_lines(log, &["out ", "err "])
+        .into_iter()
+        .filter(|line| !line.starts_with("$ "))
+        .collect()
+}
+
+/// The agent's own lines (tag `kiln`).
+fn kiln_lines(log: &str) -> Vec<String> {
+    tagged_lines(log, &["kiln"])
+}
+
+fn tagged_lines(log: &str, tags: &[&str]) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.len() >= LOG_PREFIX && line.is_char_boundary(LOG_PREFIX))
+        .filter(|line| tags.contains(&&line[25..29]))
+        .map(|line| line[LOG_PREFIX..].to_owned())
+        .collect()
+}
+
+/// Milliseconds since the epoch of the API's `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn millis(timestamp: &str) -> i64 {
+    assert_eq!(timestamp.len(), 24, "unexpected timestamp {timestamp}");
+    let number = |range: std::ops::Range<usize>| timestamp[range].parse::<i64>().unwrap();
+    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
+    // Days from civil (Howard Hinnant's algorithm).
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    ((days * 24 + number(11..13)) * 60 + number(14..16)) * 60_000
+        + number(17..19) * 1000
+        + number(20..23)
+}
+
+/// How long a job ran, from the API's `startedAt` and `finishedAt`.
+fn duration_ms(job: &JobDto) -> i64 {
+    millis(job.finished_at.as_deref().expect("finished"))
+        - millis(job.started_at.as_deref().expect("started"))
+}
+
+fn is_terminal(job: &JobDto) -> bool {
+    ["passed", "failed", "cancelled", "skipped"].contains(&job.state.as_str())
+}
+
+/// Kills, by process id, the step processes an agent killed with SIGKILL left behind:
+/// each such step wrote its shell's pid (its process group) to `file`.
+struct Orphans {
+    file: PathBuf,
+}
+
+impl Drop for Orphans {
+    fn drop(&mut self) {
+        let pids = std::fs::read_to_string(&self.file).unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+}
+
+/// Whether a test that needs an executor's tool should run: `false` (after one
+/// `skipped:` line) when it is missing, unless `KILN_REQUIRE_EXECUTORS=1` demands it.
+fn available(what: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var("KILN_REQUIRE_EXECUTORS").as_deref() == Ok("1") {
+        panic!("{what} is missing but KILN_REQUIRE_EXECUTORS=1 requires it");
+    }
+    eprintln!("skipped: {what} is missing");
+    false
+}
+
+#[test]
+fn a_killed_agent_is_requeued_and_finished_by_another() {
+    let kiln = Kiln::start(&["--job-lease", "3"]);
+    let orphans = Orphans {
+        file: kiln.workspace.dir.path().join("orphan-pids"),
+    };
+    // Attempt 1 records its process group and sleeps "forever"; later attempts pass.
+    let first_attempt_hangs = format!(
+        "if [ \"$KILN_ATTEMPT\" = 1 ]; then echo $$ >> '{}'; exec sleep 600; fi",
+        orphans.file.display()
+    );
+    let commands = [
+        "echo \"attempt $KILN_ATTEMPT on $KILN_AGENT_NAME\"",
+        first_attempt_hangs.as_str(),
+        "echo done",
+    ];
+    let retried = kiln.commit_pipeline(&pipeline(&[step(
+        "survive",
+        &commands,
+        "    retry:\n      automatic:\n        on: [agent_lost]\n        limit: 2\n",
+    )]));
+    let not_retried = kiln.commit_pipeline(&pipeline(&[step("fragile", &commands, "")]));
+    let with_retry = kiln.trigger(TriggerBuild {
+        commit: Some(retried),
+        ..TriggerBuild::default()
+    });
+    let without_retry = kiln.trigger(TriggerBuild {
+        commit: Some(not_retried),
+        ..TriggerBuild::default()
+    });
+
+    let mut agent_a = kiln.agent("agent-a", &["--concurrency", "2"]);
+    let timeout = Duration::from_secs(15);
+    kiln.wait_for_output(
+        &with_retry.run_id,
+        "survive",
+        "attempt 1 on agent-a",
+        timeout,
+    );
+    kiln.wait_for_output(
+        &without_retry.run_id,
+        "fragile",
+        "attempt 1 on agent-a",
+        timeout,
+    );
+    agent_a.kill_hard();
+    let killed_at = Instant::now();
+    let _agent_b = kiln.agent("agent-b", &[]);
+
+    // Without a retry rule the job fails once its lease (3 s) has expired.
+    let fragile = kiln.wait_for_job(&without_retry.run_id, "fragile", timeout, is_terminal);
+    let lost_after = killed_at.elapsed();
+    assert_eq!(fragile.state, "failed");
+    assert_eq!(fragile.reason.as_deref(), Some("agent_lost"));
+    assert_eq!(fragile.attempt, 1);
+    assert!(
+        lost_after < Duration::from_secs(3 + 3),
+        "the lost job failed {lost_after:?} after the kill; the lease is 3 s"
+    );
+    assert_eq!(
+        kiln.wait_for_build(&without_retry.run_id, timeout),
+        "failed"
+    );
+
+    // With one, it runs again on the agent still alive.
+    assert_eq!(kiln.wait_for_build(&with_retry.run_id, timeout), "success");
+    let survive = kiln.job(&with_retry.run_id, "survive");
+    assert_eq!(survive.state, "passed");
+    assert_eq!(survive.attempt, 2);
+    assert_eq!(survive.agent.as_deref(), Some("agent-b"));
+    assert_eq!(survive.exit_code, Some(0));
+    let lines = output_lines(&kiln.log_text(&with_retry.run_id, "survive"));
+    assert_eq!(
+        lines,
+        ["attempt 1 on agent-a", "attempt 2 on agent-b", "done"],
+        "both attempts' output, in order"
+    );
+
+    let stage_failures = |run_id: &str| -> Vec<Value> {
+        kiln.events(run_id)
+            .into_iter()
+            .filter(|event| event["event"] == "stage_failed")
+            .map(|event| event["data"].clone())
+            .collect()
+    };
+    let failures = stage_failures(&with_retry.run_id);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["reason"], "agent_lost");
+    assert_eq!(failures[0]["attempt"], 1);
+    let failures = stage_failures(&without_retry.run_id);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["reason"], "agent_lost");
+    drop(orphans);
+}
+
+#[test]
+fn a_server_restart_does_not_kill_running_jobs() {
+    let mut kiln = Kiln::start(&[]);
+    kiln.commit_pipeline(&pipeline(&[step(
+        "slow",
+        &[
+            "for i in 1 2 3 4 5; do echo \"tick $i\"; sleep 1; done",
+            "echo \"last line of the step\"",
+        ],
+        "",
+    )]));
+    let build = kiln.trigger_main();
+    let _agent = kiln.agent("steady", &[]);
+    kiln.wait_for_output(&build.run_id, "slow", "tick 1", Duration::from_secs(15));
+
+    let port = kiln.kill_server();
+    // The step goes on printing while no server answers.
+    std::thread::sleep(Duration::from_millis(1500));
+    kiln.start_server_again(port);
+
+    assert_eq!(
+        kiln.wait_for_build(&build.run_id, Duration::from_secs(25)),
+        "success"
+    );
+    let slow = kiln.job(&build.run_id, "slow");
+    assert_eq!(slow.state, "passed");
+    assert_eq!(slow.attempt, 1, "the job was not run again");
+    assert_eq!(slow.agent.as_deref(), Some("steady"));
+    let lines = output_lines(&kiln.log_text(&build.run_id, "slow"));
+    assert_eq!(
+        lines,
+        [
+            "tick 1",
+            "tick 2",
+            "tick 3",
+            "tick 4",
+            "tick 5",
+            "last line of the step"
+        ],
+        "every line once, in order"
+    );
+}
+
+#[test]
+fn priorities_order_the_queue() {
+    let kiln = Kiln::start(&[]);
+    kiln.commit_pipeline("steps:\n  - name: only\n    run: echo \"build $KILN_BUILD_NUMBER\"\n");
+    let builds: Vec<TriggeredBuild> = [9, 1, 5, 1]
+        .into_iter()
+        .map(|priority| {
+            kiln.trigger(TriggerBuild {
+                priority: Some(priority),
+                ..TriggerBuild::default()
+            })
+        })
+        .collect();
+
+    let queue = kiln.block_on(kiln.user.queue()).unwrap().jobs;
+    let waiting: Vec<(&str, i64)> = queue
+        .iter()
+        .map(|job| (job.run_id.as_str(), job.priority))
+        .collect();
+    let expected: Vec<(&str, i64)> = builds
+        .iter()
+        .map(|build| (build.run_id.as_str(), build.priority))
+        .collect();
+    assert_eq!(waiting, expected, "oldest first");
+    assert_eq!(
+        queue.iter().map(|job| job.priority).collect::<Vec<_>>(),
+        [9, 1, 5, 1]
+    );
+    for job in &queue {
+        assert_eq!(job.state, "queued");
+        let why = job.waiting_for.as_deref().unwrap_or_default();
+        assert!(why.starts_with("no matching agent"), "{why}");
+    }
+
+    let _agent = kiln.agent("solo", &["--concurrency", "1"]);
+    for build in &builds {
+        assert_eq!(
+            kiln.wait_for_build(&build.run_id, Duration::from_secs(20)),
+            "success"
+        );
+    }
+    let mut started: Vec<(i64, String)> = builds
+        .iter()
+        .map(|build| {
+            let job = kiln.job(&build.run_id, "only");
+            (millis(job.started_at.as_deref().unwrap()), job.run_id)
+        })
+        .collect();
+    started.sort();
+    let order: Vec<&str> = started.iter().map(|(_, run_id)| run_id.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            builds[1].run_id.as_str(),
+            builds[3].run_id.as_str(),
+            builds[2].run_id.as_str(),
+            builds[0].run_id.as_str()
+        ],
+        "p1, p1 (FIFO), p5, p9"
+    );
+}
+
+#[test]
+fn labels_route_steps_to_matching_agents() {
+    let kiln = Kiln::start(&[]);
+    kiln.commit_pipeline(
+        "steps:\n  - name: render\n    run: echo rendering\n    agents: [gpu]\n  - name: lint\n    run: echo linting\n",
+    );
+    let build = kiln.trigger_main();
+    let _plain = kiln.agent("plain", &["--labels", "linux"]);
+    let timeout = Duration::from_secs(15);
+    let lint = kiln.wait_for_job(&build.run_id, "lint", timeout, is_terminal);
+    assert_eq!(lint.state, "passed");
+    assert_eq!(lint.agent.as_deref(), Some("plain"));
+
+    let queue = kiln.block_on(kiln.user.queue()).unwrap().jobs;
+    let render = queue
+        .iter()
+        .find(|job| job.step == "render")
+        .expect("render waits in the queue");
+    assert_eq!(render.state, "queued");
+    assert_eq!(render.labels, ["gpu"]);
+    assert_eq!(
+        render.waiting_for.as_deref(),
+        Some("no matching agent: no connected agent has labels gpu")
+    );
+
+    let _gpu = kiln.agent("gpu", &["--labels", "linux,gpu"]);
+    assert_eq!(kiln.wait_for_build(&build.run_id, timeout), "success");
+    let render = kiln.job(&build.run_id, "render");
+    assert_eq!(render.state, "passed");
+    assert_eq!(render.agent.as_deref(), Some("gpu"));
+
+    let mut agents: Vec<(String, Vec<String>, String)> = kiln
+        .block_on(kiln.user.agents())
+        .unwrap()
+        .agents
+        .into_iter()
+        .map(|agent| (agent.name, agent.labels, agent.health))
+        .collect();
+    agents.sort();
+    assert_eq!(
+        agents,
+        [
+            (
+                "gpu".to_owned(),
+                vec!["linux".to_owned(), "gpu".to_owned()],
+                "connected".to_owned()
+            ),
+            (
+                "plain".to_owned(),
+                vec!["linux".to_owned()],
+                "connected".to_owned()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_step_timeout_fails_it_with_reason_timeout() {
+    let kiln = Kiln::start(&[]);
+    kiln.commit_pipeline(&pipeline(&[step(
+        "hang",
+        &["echo start", "sleep 60"],
+        "    timeout: 2s\n",
+    )]));
+    let build = kiln.trigger_main();
+    let _agent = kiln.agent("timer", &["--grace-secs", "1"]);
+    let hang = kiln.wait_for_job(&build.run_id, "hang", Duration::from_secs(15), is_terminal);
+    assert_eq!(hang.state, "failed");
+    assert_eq!(hang.reason.as_deref(), Some("timeout"));
+    let ran = duration_ms(&hang);
+    eprintln!("timed-out job ran {ran} ms");
+    assert!(
+        (2000..2000 + 1000 + 1500).contains(&ran),
+        "ran {ran} ms: 2 s, plus at most the 1 s grace and the checkout"
+    );
+    assert_eq!(
+        kiln.wait_for_build(&build.run_id, Duration::from_secs(5)),
+        "failed"
+    );
+    let log = kiln.log_text(&build.run_id, "hang");
+    assert_eq!(output_lines(&log), ["start"]);
+    assert!(
+        kiln_lines(&log)
+            .iter()
+            .any(|line| line.starts_with("step failed: timed out after 2s")),
+        "{log}"
+    );
+}
+
+#[test]
+fn cancel_stops_the_step_within_two_seconds() {
+    let kiln = Kiln::start(&[]);
+    kiln.commit_pipeline(&pipeline(&[step(
+        "loop",
+        &[
+            "trap 'echo got TERM; exit 143' TERM",
+            "echo waiting",
+            "while true; do sleep 0.1; done",
+        ],
+        "",
+    )]));
+    let build = kiln.trigger_main();
+    // The default 10 s grace: only SIGTERM can end the step within 2 s.
+    let _agent = kiln.agent("stopper", &[]);
+    kiln.wait_for_output(&build.run_id, "loop", "waiting", Duration::from_secs(15));
+
+    let cancelled_at = Instant::now();
+    let answer = kiln
+        .block_on(kiln.user.cancel_build(PROJECT, &build.run_id))
+        .unwrap();
+    assert_eq!(answer["status"], "cancelled");
+    assert_eq!(answer["stoppingJobs"], 1);
+    assert_eq!(kiln.status(&build.run_id), "cancelled");
+
+    let job = kiln.wait_for_job(&build.run_id, "loop", Duration::from_secs(5), is_terminal);
+    let stopped_after = cancelled_at.elapsed();
+    eprintln!("cancelled job ended {stopped_after:?} after the cancel");
+    assert_eq!(job.state, "cancelled");
+    assert!(
+        stopped_after < Duration::from_secs(2),
+        "the step ended {stopped_after:?} after the cancel"
+    );
+    let lines = output_lines(&kiln.log_text(&build.run_id, "loop"));
+    // The shell may also report, on standard error, the `sleep` that SIGTERM ended.
+    let lines: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .filter(|line| *line != "Terminated")
+        .collect();
+    assert_eq!(lines, ["waiting", "got TERM"]);
+    assert!(
+        kiln.events(&build.run_id)
+            .iter()
+            .any(|event| event["event"] == "build_cancelled")
+    );
+    assert_eq!(kiln.status(&build.run_id), "cancelled");
+}
+
+#[test]
+fn the_second_build_restores_the_cache_and_is_faster() {
+    let kiln = Kiln::start(&[]);
+    kiln.repo.write("deps.lock", "left-pad 1.3.0\n");
+    kiln.commit_pipeline(&pipeline(&[step(
+        "install",
+        &[
+            "if [ -d deps ]; then echo 'deps present'; else echo 'installing deps'; sleep 3; mkdir deps; echo left-pad > deps/left-pad; fi",
+            "cat deps/left-pad",
+        ],
+        "    cache:\n      key_files: deps.lock\n      paths: deps\n",
+    )]));
+    let _agent = kiln.agent("cacher", &[]);
+    let timeout = Duration::from_secs(20);
+
+    let first = kiln.trigger_main();
+    assert_eq!(kiln.wait_for_build(&first.run_id, timeout), "success");
+    let second = kiln.trigger_main();
+    assert_eq!(kiln.wait_for_build(&second.run_id, timeout), "success");
+
+    let first_log = kiln.log_text(&first.run_id, "install");
+    let second_log = kiln.log_text(&second.run_id, "install");
+    assert_eq!(output_lines(&first_log), ["installing deps", "left-pad"]);
+    assert_eq!(output_lines(&second_log), ["deps present", "left-pad"]);
+    let said = |log: &str, prefix: &str| kiln_lines(log).iter().any(|l| l.starts_with(prefix));
+    assert!(said(&first_log, "cache miss"), "{first_log}");
+    assert!(said(&first_log, "cache saved"), "{first_log}");
+    assert!(said(&second_log, "cache hit"), "{second_log}");
+
+    let first_ms = duration_ms(&kiln.job(&first.run_id, "install"));
+    let second_ms = duration_ms(&kiln.job(&second.run_id, "install"));
+    eprintln!("cache: first build's install {first_ms} ms, second (cache hit) {second_ms} ms");
+    assert!(
+        second_ms < first_ms - 2000,
+        "the second build took {second_ms} ms, the first {first_ms} ms"
+    );
+}
+
+#[test]
+fn logs_are_capped_and_binary_output_is_kept() {
+    let kiln = Kiln::start(&["--job-log-cap-mib", "1"]);
+    kiln.commit_pipeline(&pipeline(&[step(
+        "noisy",
+        &["head -c 5000000 /dev/urandom", "echo", "echo after"],
+        "",
+    )]));
+    let build = kiln.trigger_main();
+    let _agent = kiln.agent("noisy", &[]);
+    assert_eq!(
+        kiln.wait_for_build(&build.run_id, Duration::from_secs(25)),
+        "success"
+    );
+    let job = kiln.job(&build.run_id, "noisy");
+    assert_eq!(job.state, "passed");
+
+    let log = kiln.log(&build.run_id, "noisy");
+    assert_eq!(log.len() as i64, job.log_size);
+    assert!(
+        log.len() <= 1024 * 1024 + 4096,
+        "the log is {} bytes",
+        log.len()
+    );
+    assert!(log.len() > 1000 * 1000, "the log is {} bytes", log.len());
+    assert!(
+        String::from_utf8(log.clone()).is_err(),
+        "the random bytes are stored as they came, not replaced"
+    );
+    let text = String::from_utf8_lossy(&log);
+    let last = text.trim_end_matches('\n').rsplit('\n').next().unwrap();
+    assert!(last.contains("log truncated"), "last line: {last}");
+    assert!(!output_lines(&text).contains(&"after".to_owned()));
+
+    let health = kiln.block_on(kiln.admin.healthz()).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(kiln.status(&build.run_id), "success");
+}
+
+#[test]
+fn auto_build_branches_are_polled() {
+    let kiln = Kiln::start(&["--branch-poll-interval", "1"]);
+    kiln.commit_pipeline("steps:\n  - name: only\n    run: echo hi\n");
+    let branch = kiln
+        .block_on(kiln.admin.add_branch(PROJECT, "feature", Some(2), true))
+        .unwrap();
+    assert!(branch.auto_build);
+
+    let feature_builds = || {
+        let query = BuildQuery {
+            project: Some(PROJECT.into()),
+            branch: Some("feature".into()),
+            ..BuildQuery::default()
+        };
+        kiln.block_on(kiln.user.list_builds(&query)).unwrap().builds
+    };
+    let timeout = Duration::from_secs(10);
+    kiln.repo.git(&["checkout", "--quiet", "-b", "feature"]);
+    kiln.repo.write("feature.txt", "one\n");
+    let first_commit = kiln.repo.commit("feature one");
+    let builds = wait_until(
+        || format!("a build of feature: {:?}", feature_builds()),
+        timeout,
+        || Some(feature_builds()).filter(|builds| !builds.is_empty()),
+    );
+    assert_eq!(builds.len(), 1);
+    assert_eq!(builds[0].branch.as_deref(), Some("feature"));
+    assert_eq!(builds[0].commit.as_deref(), Some(first_commit.as_str()));
+    let jobs = kiln.jobs(&builds[0].run_id);
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].priority, 2, "the branch's priority");
+
+    kiln.repo.write("feature.txt", "two\n");
+    let second_commit = kiln.repo.commit("feature two");
+    let builds = wait_until(
+        || format!("a second build of feature: {:?}", feature_builds()),
+        timeout,
+        || Some(feature_builds()).filter(|builds| builds.len() >= 2),
+    );
+    assert_eq!(builds.len(), 2);
+    assert_eq!(builds[0].commit.as_deref(), Some(second_commit.as_str()));
+
+    // Three polls without a change queue nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(feature_builds().len(), 2);
+    let all = kiln
+        .block_on(kiln.user.list_builds(&BuildQuery {
+            project: Some(PROJECT.into()),
+            ..BuildQuery::default()
+        }))
+        .unwrap()
+        .builds;
+    assert_eq!(all.len(), 2, "main is not polled");
+}
+
+/// A listener on 127.0.0.1 that counts the connections made to it.
+fn probe_listener() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+fn connections(listener: &TcpListener) -> usize {
+    let mut count = 0;
+    while listener.accept().is_ok() {
+        count += 1;
+    }
+    count
+}
+
+#[test]
+fn the_sandbox_executor_refuses_network() {
+    let has_bwrap = Command::new("sh")
+        .args(["-c", "command -v bwrap"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !available("bwrap (bubblewrap)", has_bwrap) {
+        return;
+    }
+    let kiln = Kiln::start(&[]);
+    let (listener, port) = probe_listener();
+    // `$((1+1))` makes the output differ from the agent's echo of the command.
+    let probe =
+        format!("bash -c 'echo probe > /dev/tcp/127.0.0.1/{port}' && echo \"reached $((1+1))\"");
+    kiln.commit_pipeline(&pipeline(&[
+        step("offline", &[&probe], ""),
+        step("online", &[&probe], "    network: true\n"),
+    ]));
+    let build = kiln.trigger_main();
+    let _agent = kiln.agent("boxed", &["--executor", "sandbox", "--concurrency", "2"]);
+    assert_eq!(
+        kiln.wait_for_build(&build.run_id, Duration::from_secs(20)),
+        "failed"
+    );
+
+    let offline = kiln.job(&build.run_id, "offline");
+    let offline_log = kiln.log_text(&build.run_id, "offline");
+    assert_eq!(offline.state, "failed", "{offline_log}");
+    assert_eq!(offline.reason.as_deref(), Some("exit_status"));
+    assert!(!output_lines(&offline_log).contains(&"reached 2".to_owned()));
+
+    let online = kiln.job(&build.run_id, "online");
+    let online_log = kiln.log_text(&build.run_id, "online");
+    assert_eq!(online.state, "passed", "{online_log}");
+    assert_eq!(output_lines(&online_log), ["reached 2"]);
+    assert_eq!(connections(&listener), 1, "only the online step connected");
+}
+
+#[test]
+fn the_container_executor_runs_steps_through_the_docker_api() {
+    let socket = std::env::var("KILN_TEST_DOCKER_SOCKET").ok();
+    let image = std::env::var("KILN_TEST_DOCKER_IMAGE").ok();
+    let (Some(socket), Some(image)) = (socket, image) else {
+        available(
+            "a Docker API (KILN_TEST_DOCKER_SOCKET and KILN_TEST_DOCKER_IMAGE)",
+            false,
+        );
+        return;
+    };
+    let kiln = Kiln::start(&[]);
+    kiln.repo.write("README", "read from the checkout\n");
+    kiln.commit_pipeline(&pipeline(&[step(
+        "boxed",
+        &["echo in-container", "cat README"],
+        &format!("    image: {image}\n"),
+    )]));
+    let build = kiln.trigger_main();
+    let _agent = kiln.agent(
+        "docker",
+        &["--executor", "container", "--docker-socket", &socket],
+    );
+    let status = kiln.wait_for_build(&build.run_id, Duration::from_secs(30));
+    let log = kiln.log_text(&build.run_id, "boxed");
+    assert_eq!(status, "success", "{log}");
+    assert_eq!(
+        output_lines(&log),
+        ["in-container", "read from the checkout"]
+    );
+}
