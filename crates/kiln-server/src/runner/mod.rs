@@ -88,6 +88,12 @@ struct Inner {
     touched: Mutex<HashMap<i64, Instant>>,
     /// Serialises the git mirror's fetches.
     git: tokio::sync::Mutex<()>,
+    /// Serialises this replica's claim attempts. A queued job wakes every waiting claim;
+    /// racing them into the store made each try the job's compare-and-set (on SQLite
+    /// a write-lock wait per agent), so with 200 agents waiting the winner's answer came
+    /// ≈ 20 ms after the job was queued. In turn, the first claim takes the job and the
+    /// rest find the queue empty with reads alone (bench/runner).
+    claiming: tokio::sync::Mutex<()>,
 }
 
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
@@ -109,6 +115,7 @@ impl Runner {
                 logs: LogBus::default(),
                 touched: Mutex::new(HashMap::new()),
                 git: tokio::sync::Mutex::new(()),
+                claiming: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -181,7 +188,11 @@ impl Runner {
             let notified = self.inner.work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(job) = self.store().claim_job(agent, rules, self.now()).await? {
+            let claimed = {
+                let _one_at_a_time = self.inner.claiming.lock().await;
+                self.store().claim_job(agent, rules, self.now()).await?
+            };
+            if let Some(job) = claimed {
                 return self.started(agent, job).await.map(Some);
             }
             let now = tokio::time::Instant::now();
