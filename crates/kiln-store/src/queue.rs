@@ -51,6 +51,8 @@ pub struct JobRecord {
     pub build_id: i64,
     pub project_id: i64,
     pub project_slug: String,
+    /// The project's repository now (what an agent checks out).
+    pub repo: Option<String>,
     pub run_id: String,
     pub build_number: i64,
     pub branch: Option<String>,

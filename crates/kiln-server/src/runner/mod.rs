@@ -208,26 +208,22 @@ impl Runner {
         }
     }
 
-    /// Records that a claimed job started and builds what the agent needs.
+    /// Records that a claimed job started and builds what the agent needs. The
+    /// `stage_started` event is written after the answer (its `eventId` is fixed, and
+    /// `stage_ended` writes it again first, so the order holds and nothing doubles): a
+    /// claim costs the agent no commit.
     async fn started(&self, agent: &AgentRecord, job: JobRecord) -> Result<AgentJob, ApiError> {
-        let project = self
-            .store()
-            .project_by_id(job.project_id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound("the job's project no longer exists".into()))?;
-        let mut started = events::stage_event(
-            &job.run_id,
-            CoreEventType::StageStarted,
-            &job.step,
-            format!("kiln-job-{}-{}-started", job.id, job.attempt),
-            None,
-            json!({"jobId": job.id, "attempt": job.attempt, "agent": agent.name}),
-        );
-        if let Some(event) = started.as_mut() {
-            event.host = agent.hostname.clone();
-        }
-        self.write(job.project_id, started.into_iter().collect())
-            .await?;
+        let runner = self.clone();
+        let started = started_event(&job, &agent.name, agent.hostname.clone());
+        let project_id = job.project_id;
+        tokio::spawn(async move {
+            if let Err(error) = runner
+                .write(project_id, started.into_iter().collect())
+                .await
+            {
+                tracing::warn!(%error, "stage_started not written yet; the step's end writes it");
+            }
+        });
         let spec = JobSpec::from_json(&job.spec);
         let mut env = spec.env.clone();
         let commit = job.commit.clone().unwrap_or_default();
@@ -253,7 +249,7 @@ impl Runner {
             build_number: job.build_number,
             project: job.project_slug.clone(),
             step: job.step.clone(),
-            repo: project.repo.unwrap_or_default(),
+            repo: job.repo.clone().unwrap_or_default(),
             commit,
             branch: job.branch.clone(),
             commands: spec.commands,
@@ -551,6 +547,20 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// The `stage_started` event of a job's attempt.
+fn started_event(job: &JobRecord, agent: &str, host: Option<String>) -> Option<NewEvent> {
+    let mut event = events::stage_event(
+        &job.run_id,
+        CoreEventType::StageStarted,
+        &job.step,
+        format!("kiln-job-{}-{}-started", job.id, job.attempt),
+        None,
+        json!({"jobId": job.id, "attempt": job.attempt, "agent": agent}),
+    )?;
+    event.host = host;
+    Some(event)
 }
 
 /// Reads an agent's `state` report.

@@ -20,7 +20,7 @@ const AGENT_COLUMNS: &str = "id, name, token_id, labels, concurrency, executor, 
 
 const BRANCH_COLUMNS: &str = "project_id, name, priority, auto_build, last_commit, created_at";
 
-const JOB_SELECT: &str = "SELECT j.id, j.build_id, j.project_id, p.slug, b.run_id, b.number, b.branch, \
+const JOB_SELECT: &str = "SELECT j.id, j.build_id, j.project_id, p.slug, p.repo, b.run_id, b.number, b.branch, \
      b.commit_sha, j.step, j.position, j.state, j.priority, j.depends_on, j.labels, j.spec, j.attempt, \
      j.agent_id, a.name AS agent_name, j.lease_expires_at, j.cancel_requested, j.created_at, j.queued_at, \
      j.started_at, j.finished_at, j.exit_code, j.reason, j.log_size \
@@ -82,6 +82,7 @@ fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
         build_id: row.try_get("build_id")?,
         project_id: row.try_get("project_id")?,
         project_slug: row.try_get("slug")?,
+        repo: row.try_get("repo")?,
         run_id: row.try_get("run_id")?,
         build_number: row.try_get("number")?,
         branch: row.try_get("branch")?,
@@ -374,25 +375,26 @@ impl SqlStore {
         rules: ClaimRules,
         now: Millis,
     ) -> StoreResult<Option<JobRecord>> {
-        let running: i64 =
-            sqlx::query("SELECT COUNT(*) FROM jobs WHERE agent_id = $1 AND state = 'running'")
-                .bind(agent.id)
-                .fetch_one(&self.pool)
-                .await?
-                .try_get(0)?;
-        if running >= agent.concurrency {
-            return Ok(None);
-        }
+        // One round trip: the best queued jobs, each row also carrying how many jobs
+        // the agent runs now.
         let candidates = sqlx::query(
-            "SELECT j.id, j.project_id, j.labels, p.max_concurrency FROM jobs j \
-             JOIN projects p ON p.id = j.project_id WHERE j.state = 'queued' \
+            "SELECT j.id, j.project_id, j.labels, p.max_concurrency, \
+             (SELECT COUNT(*) FROM jobs r WHERE r.agent_id = $4 AND r.state = 'running') AS agent_running \
+             FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.state = 'queued' \
              ORDER BY j.priority - (($1 - j.queued_at) / $2), j.queued_at, j.id LIMIT $3",
         )
         .bind(now.0)
         .bind(rules.aging_ms.max(1))
         .bind(CLAIM_CANDIDATES)
+        .bind(agent.id)
         .fetch_all(&self.pool)
         .await?;
+        let Some(first) = candidates.first() else {
+            return Ok(None);
+        };
+        if first.try_get::<i64, _>("agent_running")? >= agent.concurrency {
+            return Ok(None);
+        }
         let mut project_running: HashMap<i64, i64> = HashMap::new();
         for candidate in &candidates {
             let job_id: i64 = candidate.try_get("id")?;
