@@ -11,6 +11,7 @@ pub mod ids;
 pub mod jobs;
 pub mod limits;
 pub mod pipeline;
+pub mod roles;
 pub mod time;
 pub mod token;
 
@@ -19,4 +20,5 @@ pub use event::{CoreEventType, EventType, FieldError, NewEvent};
 pub use ids::{AgentLabel, ClientEventId, ProjectSlug, RunId, StageName};
 pub use jobs::JobState;
 pub use pipeline::{Pipeline, PipelineError};
+pub use roles::Role;
 pub use time::Millis;

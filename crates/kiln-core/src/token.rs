@@ -17,6 +17,9 @@ pub enum TokenKind {
     /// An agent token (instance-wide): registers agents, claims and runs jobs. It works
     /// only on the agent endpoints.
     Agent,
+    /// A user's personal API token: acts as its user (their roles, their instance-admin
+    /// flag).
+    User,
 }
 
 impl TokenKind {
@@ -25,6 +28,7 @@ impl TokenKind {
             Self::Admin => "admin",
             Self::Project => "project",
             Self::Agent => "agent",
+            Self::User => "user",
         }
     }
 
@@ -33,6 +37,7 @@ impl TokenKind {
             "admin" => Some(Self::Admin),
             "project" => Some(Self::Project),
             "agent" => Some(Self::Agent),
+            "user" => Some(Self::User),
             _ => None,
         }
     }

@@ -7,6 +7,7 @@
 //! over rusqlite (`sql::sqlite_writer`) with the same transaction logic. The same test
 //! suite (`tests/store_suite.rs`) runs against both engines.
 
+pub(crate) mod accounts;
 mod migrations;
 pub(crate) mod queue;
 mod records;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kiln_core::{Millis, ProjectSlug};
 
+pub use accounts::*;
 pub use queue::*;
 pub use records::*;
 pub use sql::SqlStore;
@@ -285,6 +287,77 @@ pub trait Store: Send + Sync + 'static {
         offset: i64,
         max_bytes: i64,
     ) -> StoreResult<(Vec<u8>, i64)>;
+
+    // ---- Accounts: users, sessions, memberships, user tokens, the audit log.
+
+    /// Creates a user; an email in use is a conflict.
+    async fn create_user(
+        &self,
+        email: &str,
+        name: &str,
+        password_hash: Option<&str>,
+        instance_admin: bool,
+        now: Millis,
+    ) -> StoreResult<UserRecord>;
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_id(&self, id: i64) -> StoreResult<Option<UserRecord>>;
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+    async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()>;
+    /// Stores a session by the hash of its cookie value.
+    async fn create_session(
+        &self,
+        user_id: i64,
+        token_hash: &str,
+        csrf_token: &str,
+        now: Millis,
+        expires_at: Millis,
+    ) -> StoreResult<SessionRecord>;
+    async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>>;
+    async fn revoke_session(&self, id: i64, now: Millis) -> StoreResult<()>;
+    /// Gives a user a role in a project (or changes it).
+    async fn set_membership(
+        &self,
+        project_id: i64,
+        user_id: i64,
+        role: kiln_core::Role,
+        now: Millis,
+    ) -> StoreResult<Membership>;
+    async fn remove_membership(&self, project_id: i64, user_id: i64) -> StoreResult<()>;
+    async fn memberships_of_user(&self, user_id: i64) -> StoreResult<Vec<Membership>>;
+    async fn members_of_project(&self, project_id: i64) -> StoreResult<Vec<Membership>>;
+    /// Users who administer a project: its admins and every instance admin (enabled).
+    async fn project_admins(&self, project_id: i64) -> StoreResult<Vec<i64>>;
+    /// A personal token of a user (kind `user`).
+    async fn create_user_token(
+        &self,
+        user_id: i64,
+        token: &NewToken,
+        now: Millis,
+    ) -> StoreResult<TokenRecord>;
+    async fn user_tokens(&self, user_id: i64) -> StoreResult<Vec<TokenRecord>>;
+    async fn revoke_user_token(
+        &self,
+        user_id: i64,
+        token_id: i64,
+        now: Millis,
+    ) -> StoreResult<TokenRecord>;
+    /// Records an admin action.
+    async fn append_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        project_id: Option<i64>,
+        target: Option<&str>,
+        detail: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<()>;
+    /// Audit entries, newest first (of one project, or all).
+    async fn audit_log(
+        &self,
+        project_id: Option<i64>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditEntry>>;
 }
 
 /// Opens the store named by a database URL (`sqlite://…`, `postgres://…`), creating

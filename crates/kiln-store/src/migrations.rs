@@ -35,6 +35,12 @@ const SQLITE: &[Migration] = &[
         name: "jobs",
         sql: include_str!("../migrations/sqlite/0003_jobs.sql"),
     },
+    // Accounts: users, dashboard sessions, per-project roles, user tokens, the audit log.
+    Migration {
+        version: 4,
+        name: "users",
+        sql: include_str!("../migrations/sqlite/0004_users.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -58,6 +64,12 @@ const POSTGRES: &[Migration] = &[
         version: 3,
         name: "jobs",
         sql: include_str!("../migrations/postgres/0003_jobs.sql"),
+    },
+    // Accounts: users, dashboard sessions, per-project roles, user tokens, the audit log.
+    Migration {
+        version: 4,
+        name: "users",
+        sql: include_str!("../migrations/postgres/0004_users.sql"),
     },
 ];
 

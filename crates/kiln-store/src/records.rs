@@ -31,6 +31,8 @@ pub struct NewToken {
 pub struct TokenRecord {
     pub id: i64,
     pub project_id: Option<i64>,
+    /// The user a `user` token acts as.
+    pub user_id: Option<i64>,
     pub kind: TokenKind,
     pub name: String,
     pub scopes: Vec<Scope>,

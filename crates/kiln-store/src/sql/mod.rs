@@ -9,6 +9,7 @@
 //! sharing the transaction's logic and statement text with the PostgreSQL path in
 //! `ingest`.
 
+mod accounts;
 mod ingest;
 mod queue;
 mod rows;
@@ -23,6 +24,7 @@ use kiln_core::{Millis, ProjectSlug};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
+use crate::accounts::*;
 use crate::queue::*;
 use crate::records::*;
 use crate::{Engine, Store, StoreError, StoreResult};
@@ -646,5 +648,123 @@ impl Store for SqlStore {
         max_bytes: i64,
     ) -> StoreResult<(Vec<u8>, i64)> {
         self.q_read_log(job_id, offset, max_bytes).await
+    }
+
+    async fn create_user(
+        &self,
+        email: &str,
+        name: &str,
+        password_hash: Option<&str>,
+        instance_admin: bool,
+        now: Millis,
+    ) -> StoreResult<UserRecord> {
+        self.q_create_user(email, name, password_hash, instance_admin, now)
+            .await
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        self.q_user_by_email(email).await
+    }
+
+    async fn user_by_id(&self, id: i64) -> StoreResult<Option<UserRecord>> {
+        self.q_user_by_id(id).await
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        self.q_list_users().await
+    }
+
+    async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()> {
+        self.q_set_password(user_id, password_hash).await
+    }
+
+    async fn create_session(
+        &self,
+        user_id: i64,
+        token_hash: &str,
+        csrf_token: &str,
+        now: Millis,
+        expires_at: Millis,
+    ) -> StoreResult<SessionRecord> {
+        self.q_create_session(user_id, token_hash, csrf_token, now, expires_at)
+            .await
+    }
+
+    async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
+        self.q_session_by_hash(token_hash).await
+    }
+
+    async fn revoke_session(&self, id: i64, now: Millis) -> StoreResult<()> {
+        self.q_revoke_session(id, now).await
+    }
+
+    async fn set_membership(
+        &self,
+        project_id: i64,
+        user_id: i64,
+        role: kiln_core::Role,
+        now: Millis,
+    ) -> StoreResult<Membership> {
+        self.q_set_membership(project_id, user_id, role, now).await
+    }
+
+    async fn remove_membership(&self, project_id: i64, user_id: i64) -> StoreResult<()> {
+        self.q_remove_membership(project_id, user_id).await
+    }
+
+    async fn memberships_of_user(&self, user_id: i64) -> StoreResult<Vec<Membership>> {
+        self.q_memberships_of_user(user_id).await
+    }
+
+    async fn members_of_project(&self, project_id: i64) -> StoreResult<Vec<Membership>> {
+        self.q_members_of_project(project_id).await
+    }
+
+    async fn project_admins(&self, project_id: i64) -> StoreResult<Vec<i64>> {
+        self.q_project_admins(project_id).await
+    }
+
+    async fn create_user_token(
+        &self,
+        user_id: i64,
+        token: &NewToken,
+        now: Millis,
+    ) -> StoreResult<TokenRecord> {
+        self.q_create_user_token(user_id, token, now).await
+    }
+
+    async fn user_tokens(&self, user_id: i64) -> StoreResult<Vec<TokenRecord>> {
+        self.q_user_tokens(user_id).await
+    }
+
+    async fn revoke_user_token(
+        &self,
+        user_id: i64,
+        token_id: i64,
+        now: Millis,
+    ) -> StoreResult<TokenRecord> {
+        self.q_revoke_user_token(user_id, token_id, now).await
+    }
+
+    async fn append_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        project_id: Option<i64>,
+        target: Option<&str>,
+        detail: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<()> {
+        self.q_append_audit(actor, action, project_id, target, detail, now)
+            .await
+    }
+
+    async fn audit_log(
+        &self,
+        project_id: Option<i64>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        self.q_audit_log(project_id, before, limit).await
     }
 }

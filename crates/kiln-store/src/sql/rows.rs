@@ -12,8 +12,7 @@ use crate::{StoreError, StoreResult};
 pub(crate) const PROJECT_COLUMNS: &str =
     "id, slug, name, created_at, repo, default_branch, max_concurrency";
 
-pub(crate) const TOKEN_COLUMNS: &str =
-    "id, project_id, kind, name, scopes, display_prefix, created_at, last_used_at, revoked_at";
+pub(crate) const TOKEN_COLUMNS: &str = "id, project_id, user_id, kind, name, scopes, display_prefix, created_at, last_used_at, revoked_at";
 
 /// The stages of build `$1`, in order (read by `stage_from_row`).
 pub(crate) const STAGES_OF_BUILD: &str = "SELECT name, position, status, started_at, ended_at, duration_ms, message \
@@ -46,6 +45,7 @@ pub(crate) fn token_from_row(row: &AnyRow) -> StoreResult<TokenRecord> {
     Ok(TokenRecord {
         id: row.try_get("id")?,
         project_id: row.try_get("project_id")?,
+        user_id: row.try_get("user_id")?,
         kind: TokenKind::from_name(&kind).ok_or_else(|| corrupt("token", &kind))?,
         name: row.try_get("name")?,
         scopes: Scope::split(&scopes),
