@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock>,
     /// Builds Kiln runs: leases, aging, branch polling, log cap, git mirrors.
     pub runner: crate::runner::RunnerConfig,
+    /// Mark session cookies `Secure` (always, not only behind `X-Forwarded-Proto: https`).
+    pub secure_cookies: bool,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
             max_streams_per_token: 500,
             clock: Arc::new(SystemClock),
             runner: crate::runner::RunnerConfig::default(),
+            secure_cookies: false,
         }
     }
 }

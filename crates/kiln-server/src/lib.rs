@@ -4,6 +4,7 @@
 //! Only this crate knows axum. `run(listener, config, shutdown)` serves until `shutdown`
 //! resolves, then stops accepting, finishes in-flight requests and commits, and returns.
 
+mod accounts;
 mod api;
 mod auth;
 pub mod clock;
@@ -43,6 +44,7 @@ pub(crate) struct AppState {
     pub bus: Arc<live::Bus>,
     pub streams: api::StreamLimiter,
     pub runner: runner::Runner,
+    pub logins: Arc<accounts::LoginLimiter>,
 }
 
 /// Errors that stop the server from starting.
@@ -83,6 +85,7 @@ pub async fn run(
         bus: bus.clone(),
         streams: api::StreamLimiter::new(config.max_streams_per_token),
         runner: runner.clone(),
+        logins: Arc::new(accounts::LoginLimiter::default()),
     };
     let (reaper_stop, reaper_stopped) = tokio::sync::watch::channel(false);
     let tail_task = tokio::spawn(live::tail(

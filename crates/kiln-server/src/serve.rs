@@ -37,9 +37,9 @@ pub(crate) async fn serve(
     let (open_tx, open_rx) = watch::channel(());
     let mut shutdown = pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like: wait instead of spinning.
                     tracing::warn!(%error, "cannot accept a connection");
@@ -53,7 +53,12 @@ pub(crate) async fn serve(
         let app = app.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut app = app.clone();
-            async move { app.call(request.map(Body::new)).await }
+            let mut request = request.map(Body::new);
+            // The client's address, for per-address limits (login).
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            async move { app.call(request).await }
         });
         let mut stop = stop_rx.clone();
         let open = open_rx.clone();

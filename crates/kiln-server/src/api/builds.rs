@@ -27,6 +27,15 @@ pub(crate) async fn project_filter(
     match params.string("project") {
         Some(slug) => Ok(Some(readable_project(state, caller, slug).await?.id)),
         None if caller.is_admin() => Ok(None),
+        // A user in exactly one project means that one; otherwise they must say.
+        None if caller.user_id.is_some() && caller.roles.len() == 1 => {
+            Ok(caller.roles.keys().next().copied())
+        }
+        None if caller.user_id.is_some() => Err(ApiError::bad_request(
+            "invalid_field",
+            Some("project"),
+            "project: is required (you are a member of several projects, or of none)",
+        )),
         None => Ok(caller.project_id),
     }
 }
@@ -154,6 +163,10 @@ pub(crate) async fn project_status(
 ) -> Result<Json<ProjectStatus>, ApiError> {
     let params = QueryParams::from_uri(uri.query());
     let project_id = required_project(&state, &caller, &params).await?;
+    // Seed 000 guards the status behind the admin role.
+    if !caller.can_admin(project_id) {
+        return Err(caller.missing(kiln_core::Role::Admin));
+    }
     let timeout_secs = params
         .integer("heartbeatTimeout", 1, MAX_HEARTBEAT_TIMEOUT_SECS)?
         .unwrap_or(state.config.heartbeat_timeout_secs);

@@ -22,6 +22,7 @@ const QUEUE_LIMIT: i64 = 1000;
 
 pub(crate) async fn create_agent_token(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let name = required_string(&body, "name")?.trim().to_owned();
@@ -43,6 +44,14 @@ pub(crate) async fn create_agent_token(
             state.clock.now(),
         )
         .await?;
+    super::users::audit(
+        &state,
+        &caller,
+        "agent_token.create",
+        None,
+        Some(&record.name),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
@@ -67,6 +76,7 @@ pub(crate) async fn list_agent_tokens(
 
 pub(crate) async fn revoke_agent_token(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(token_id): Path<String>,
 ) -> Result<Json<TokenDto>, ApiError> {
     let token_id: i64 = token_id.parse().map_err(|_| {
@@ -96,6 +106,14 @@ pub(crate) async fn revoke_agent_token(
             other => other.into(),
         })?;
     state.authenticator.forget_all();
+    super::users::audit(
+        &state,
+        &caller,
+        "agent_token.revoke",
+        None,
+        Some(&record.name),
+    )
+    .await;
     Ok(Json(token_dto(&record, None)))
 }
 

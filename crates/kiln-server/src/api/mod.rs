@@ -8,11 +8,13 @@ mod convert;
 mod events;
 mod fleet;
 mod health;
+mod members;
 mod projects;
 mod repos;
 mod runs;
 mod socketio;
 mod stream;
+mod users;
 
 pub(crate) use convert::{event_json, job_dto};
 pub(crate) use stream::StreamLimiter;
@@ -44,6 +46,74 @@ pub struct RouteRule {
 fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
     vec![
         ("GET", "/healthz", Access::Public, get(health::healthz)),
+        // Accounts.
+        (
+            "POST",
+            "/api/v1/session",
+            Access::Public,
+            post(users::login),
+        ),
+        (
+            "DELETE",
+            "/api/v1/session",
+            Access::User,
+            delete(users::logout),
+        ),
+        ("GET", "/api/v1/me", Access::User, get(users::me)),
+        (
+            "POST",
+            "/api/v1/me/tokens",
+            Access::User,
+            post(users::create_my_token),
+        ),
+        (
+            "GET",
+            "/api/v1/me/tokens",
+            Access::User,
+            get(users::list_my_tokens),
+        ),
+        (
+            "DELETE",
+            "/api/v1/me/tokens/{id}",
+            Access::User,
+            delete(users::revoke_my_token),
+        ),
+        (
+            "POST",
+            "/api/v1/users",
+            Access::InstanceAdmin,
+            post(users::create_user),
+        ),
+        (
+            "GET",
+            "/api/v1/users",
+            Access::InstanceAdmin,
+            get(users::list_users),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/members",
+            Access::ProjectAdmin,
+            get(members::list_members),
+        ),
+        (
+            "PUT",
+            "/api/v1/projects/{slug}/members/{user}",
+            Access::ProjectAdmin,
+            put(members::set_member),
+        ),
+        (
+            "DELETE",
+            "/api/v1/projects/{slug}/members/{user}",
+            Access::ProjectAdmin,
+            delete(members::remove_member),
+        ),
+        (
+            "GET",
+            "/api/v1/audit",
+            Access::ProjectAdmin,
+            get(members::audit_log),
+        ),
         ("GET", "/readyz", Access::Public, get(health::readyz)),
         (
             "POST",
@@ -66,19 +136,19 @@ fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppStat
         (
             "POST",
             "/api/v1/projects/{slug}/tokens",
-            Access::InstanceAdmin,
+            Access::ProjectAdmin,
             post(projects::create_token),
         ),
         (
             "GET",
             "/api/v1/projects/{slug}/tokens",
-            Access::InstanceAdmin,
+            Access::ProjectAdmin,
             get(projects::list_tokens),
         ),
         (
             "DELETE",
             "/api/v1/projects/{slug}/tokens/{id}",
-            Access::InstanceAdmin,
+            Access::ProjectAdmin,
             delete(projects::revoke_token),
         ),
         (
@@ -120,7 +190,7 @@ fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppStat
         (
             "GET",
             "/api/v1/status",
-            Access::ProjectRead,
+            Access::ProjectAdmin,
             get(builds::project_status),
         ),
         (
@@ -139,25 +209,25 @@ fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppStat
         (
             "PUT",
             "/api/v1/projects/{slug}/repo",
-            Access::InstanceAdmin,
+            Access::ProjectAdmin,
             put(repos::set_repo),
         ),
         (
             "GET",
             "/api/v1/projects/{slug}/branches",
-            Access::InstanceAdmin,
+            Access::ProjectAdmin,
             get(repos::list_branches),
         ),
         (
             "POST",
             "/api/v1/projects/{slug}/branches",
-            Access::InstanceAdmin,
+            Access::ProjectAdmin,
             post(repos::upsert_branch),
         ),
         (
             "DELETE",
             "/api/v1/projects/{slug}/branches/{name}",
-            Access::InstanceAdmin,
+            Access::ProjectAdmin,
             delete(repos::delete_branch),
         ),
         (
@@ -312,6 +382,25 @@ async fn guard(
     };
     if let Err(error) = caller.check(access) {
         return error.into_response();
+    }
+    // A browser sends the session cookie by itself; an unsafe request must also prove it
+    // comes from Kiln's own pages by echoing the session's CSRF token.
+    if let Some(expected) = &caller.csrf_token {
+        let unsafe_method = !matches!(
+            *request.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+        );
+        let presented = request
+            .headers()
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok());
+        if unsafe_method && presented != Some(expected.as_str()) {
+            return ApiError::Forbidden(
+                "missing or wrong X-CSRF-Token: send the csrfToken from the login answer (or GET /api/v1/me)"
+                    .into(),
+            )
+            .into_response();
+        }
     }
     request.extensions_mut().insert(caller);
     next.run(request).await

@@ -88,7 +88,7 @@ pub(crate) async fn create_token(
     Path(slug): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let project = readable_project(&state, &caller, &slug).await?;
+    let project = super::members::administered_project(&state, &caller, &slug).await?;
     let name = display_name(&body, "name")?;
     let scopes = match body.get("scopes") {
         None | Some(Value::Null) => vec![Scope::Ingest],
@@ -130,6 +130,14 @@ pub(crate) async fn create_token(
             state.clock.now(),
         )
         .await?;
+    super::users::audit(
+        &state,
+        &caller,
+        "token.create",
+        Some(project.id),
+        Some(&record.name),
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
@@ -144,7 +152,7 @@ pub(crate) async fn list_tokens(
     Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
 ) -> Result<Json<TokenList>, ApiError> {
-    let project = readable_project(&state, &caller, &slug).await?;
+    let project = super::members::administered_project(&state, &caller, &slug).await?;
     let tokens = state.store.list_tokens(Some(project.id)).await?;
     Ok(Json(TokenList {
         tokens: tokens
@@ -159,7 +167,7 @@ pub(crate) async fn revoke_token(
     Extension(caller): Extension<Caller>,
     Path((slug, token_id)): Path<(String, String)>,
 ) -> Result<Json<TokenDto>, ApiError> {
-    let project = readable_project(&state, &caller, &slug).await?;
+    let project = super::members::administered_project(&state, &caller, &slug).await?;
     let token_id: i64 = token_id.parse().map_err(|_| {
         ApiError::bad_request(
             "invalid_field",
@@ -180,5 +188,13 @@ pub(crate) async fn revoke_token(
     state.authenticator.forget_all();
     // Open streams were authorised when they opened; end them now (on this replica).
     state.streams.revoke(record.id);
+    super::users::audit(
+        &state,
+        &caller,
+        "token.revoke",
+        Some(project.id),
+        Some(&record.name),
+    )
+    .await;
     Ok(Json(token_dto(&record, Some(&project.slug))))
 }

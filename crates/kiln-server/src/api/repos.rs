@@ -1,8 +1,8 @@
 //! A project's repository and branches (what Kiln builds, and which branches it polls).
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use kiln_core::FieldError;
 use kiln_protocol::{BranchDto, ProjectDto};
 use kiln_store::BranchRecord;
@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 use super::body::JsonBody;
 use super::convert::project_dto;
+use super::users::audit;
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::runner::check_branch;
 
@@ -23,12 +25,12 @@ fn branch_dto(branch: &BranchRecord) -> BranchDto {
     }
 }
 
-async fn project(state: &AppState, slug: &str) -> Result<kiln_store::Project, ApiError> {
-    state
-        .store
-        .project_by_slug(slug)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("project '{slug}' not found")))
+async fn project(
+    state: &AppState,
+    caller: &Caller,
+    slug: &str,
+) -> Result<kiln_store::Project, ApiError> {
+    super::members::administered_project(state, caller, slug).await
 }
 
 fn check_repo(repo: &str) -> Result<(), ApiError> {
@@ -49,10 +51,11 @@ fn check_repo(repo: &str) -> Result<(), ApiError> {
 /// `PUT /api/v1/projects/{slug}/repo` `{repo, defaultBranch?, maxConcurrency?}`.
 pub(crate) async fn set_repo(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let project = project(&state, &slug).await?;
+    let project = project(&state, &caller, &slug).await?;
     let repo = match body.get("repo") {
         None | Some(Value::Null) => None,
         Some(Value::String(repo)) => {
@@ -110,10 +113,11 @@ pub(crate) fn repo_json(project: &kiln_store::Project) -> Value {
 /// updates.
 pub(crate) async fn upsert_branch(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<BranchDto>), ApiError> {
-    let project = project(&state, &slug).await?;
+    let project = project(&state, &caller, &slug).await?;
     let name = super::body::required_string(&body, "name")?
         .trim()
         .to_owned();
@@ -134,14 +138,16 @@ pub(crate) async fn upsert_branch(
         .store
         .upsert_branch(project.id, &name, priority, auto_build, state.clock.now())
         .await?;
+    audit(&state, &caller, "branch.set", Some(project.id), Some(&name)).await;
     Ok((StatusCode::OK, Json(branch_dto(&branch))))
 }
 
 pub(crate) async fn list_branches(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let project = project(&state, &slug).await?;
+    let project = project(&state, &caller, &slug).await?;
     let branches = state.store.list_branches(project.id).await?;
     Ok(Json(json!({
         "branches": branches.iter().map(branch_dto).collect::<Vec<_>>()
@@ -150,9 +156,10 @@ pub(crate) async fn list_branches(
 
 pub(crate) async fn delete_branch(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((slug, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let project = project(&state, &slug).await?;
+    let project = project(&state, &caller, &slug).await?;
     state
         .store
         .delete_branch(project.id, &name)
@@ -163,5 +170,13 @@ pub(crate) async fn delete_branch(
             }
             other => other.into(),
         })?;
+    audit(
+        &state,
+        &caller,
+        "branch.remove",
+        Some(project.id),
+        Some(&name),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

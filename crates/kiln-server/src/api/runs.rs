@@ -47,9 +47,7 @@ async fn writable_project(
 ) -> Result<Project, ApiError> {
     let project = readable_project(state, caller, slug).await?;
     if !caller.can_write(project.id) {
-        return Err(ApiError::Forbidden(
-            "this token may read the project but not run its builds: use a token with the \"ingest\" scope".into(),
-        ));
+        return Err(caller.missing(kiln_core::Role::Developer));
     }
     Ok(project)
 }

@@ -124,7 +124,9 @@ async fn authorize(state: &Live, socket: &SocketRef, auth: Option<Value>) -> Res
         )),
     }
     .map_err(|error| Refused(error.into()))?;
-    let may_read = caller.is_admin() || caller.project_id.is_some_and(|id| caller.can_read(id));
+    let may_read = caller.is_admin()
+        || !caller.roles.is_empty()
+        || caller.project_id.is_some_and(|id| caller.can_read(id));
     if !may_read {
         return Err(Refused(
             ApiError::Forbidden(

@@ -83,6 +83,7 @@ impl TestApp {
                 git_dir: database_git_dir(&database),
                 ..kiln_server::RunnerConfig::default()
             },
+            secure_cookies: false,
         };
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {

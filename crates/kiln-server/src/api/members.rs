@@ -1,0 +1,135 @@
+//! A project's members and their roles, and the audit log.
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::{Extension, Json};
+use kiln_core::{FieldError, Role};
+use serde_json::{Value, json};
+
+use super::body::{JsonBody, QueryParams, required_string};
+use super::projects::readable_project;
+use super::users::{audit, user_json};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// The project, if the caller administers it (404 when it may not even see it).
+pub(crate) async fn administered_project(
+    state: &AppState,
+    caller: &Caller,
+    slug: &str,
+) -> Result<kiln_store::Project, ApiError> {
+    let project = readable_project(state, caller, slug).await?;
+    if !caller.can_admin(project.id) {
+        return Err(caller.missing(Role::Admin));
+    }
+    Ok(project)
+}
+
+pub(crate) async fn list_members(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    let mut members = Vec::new();
+    for membership in state.store.members_of_project(project.id).await? {
+        if let Some(user) = state.store.user_by_id(membership.user_id).await? {
+            members.push(json!({"user": user_json(&user), "role": membership.role.as_str()}));
+        }
+    }
+    Ok(Json(json!({"members": members})))
+}
+
+/// `PUT /api/v1/projects/{slug}/members/{userId}` `{role}`.
+pub(crate) async fn set_member(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, user_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    let role = Role::parse("role", required_string(&body, "role")?)?;
+    let user = user_by_path(&state, &user_id).await?;
+    let membership = state
+        .store
+        .set_membership(project.id, user.id, role, state.clock.now())
+        .await?;
+    state.authenticator.forget_all();
+    audit(
+        &state,
+        &caller,
+        "member.set",
+        Some(project.id),
+        Some(&format!("{} as {role}", user.email)),
+    )
+    .await;
+    Ok(Json(
+        json!({"user": user_json(&user), "role": membership.role.as_str()}),
+    ))
+}
+
+pub(crate) async fn remove_member(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, user_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    let user = user_by_path(&state, &user_id).await?;
+    state
+        .store
+        .remove_membership(project.id, user.id)
+        .await
+        .map_err(|_| ApiError::NotFound(format!("{} is not a member of {slug}", user.email)))?;
+    state.authenticator.forget_all();
+    audit(
+        &state,
+        &caller,
+        "member.remove",
+        Some(project.id),
+        Some(&user.email),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A user named by id or email.
+async fn user_by_path(state: &AppState, raw: &str) -> Result<kiln_store::UserRecord, ApiError> {
+    let user = match raw.parse::<i64>() {
+        Ok(id) => state.store.user_by_id(id).await?,
+        Err(_) => state.store.user_by_email(&raw.to_ascii_lowercase()).await?,
+    };
+    user.ok_or_else(|| ApiError::NotFound(format!("user '{raw}' not found")))
+}
+
+/// `GET /api/v1/audit?project=&before=&limit=`: instance admins see everything, project
+/// admins their project's entries (then `project` is required).
+pub(crate) async fn audit_log(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let params = QueryParams::from_uri(uri.query());
+    let project_id = match params.string("project") {
+        Some(slug) => Some(administered_project(&state, &caller, slug).await?.id),
+        None if caller.is_admin() => None,
+        None => {
+            return Err(
+                FieldError::new("project", "is required unless you are an instance admin").into(),
+            );
+        }
+    };
+    let before = params.integer("before", 1, i64::MAX)?;
+    let limit = params.integer("limit", 1, 1000)?.unwrap_or(100);
+    let entries = state.store.audit_log(project_id, before, limit).await?;
+    Ok(Json(json!({
+        "entries": entries.iter().map(|entry| json!({
+            "id": entry.id,
+            "at": entry.at.to_rfc3339(),
+            "actor": entry.actor,
+            "action": entry.action,
+            "target": entry.target,
+            "detail": entry.detail,
+        })).collect::<Vec<_>>()
+    })))
+}

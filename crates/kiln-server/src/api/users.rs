@@ -1,0 +1,353 @@
+//! Users: login and logout (session cookie + CSRF token), the caller's own account and
+//! personal tokens, and user management for instance admins.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use kiln_core::FieldError;
+use kiln_core::token::{TokenKind, display_prefix, hash_token};
+use kiln_store::{NewToken, StoreError, UserRecord};
+use serde_json::{Value, json};
+
+use super::body::{JsonBody, required_string};
+use super::convert::token_dto;
+use crate::accounts::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, verify_password};
+use crate::auth::{Caller, SESSION_COOKIE, session_cookie};
+use crate::error::ApiError;
+use crate::{AppState, generate_token};
+
+/// How long a dashboard session lasts.
+const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
+const MAX_EMAIL_LEN: usize = 254;
+
+pub(crate) fn user_json(user: &UserRecord) -> Value {
+    json!({
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "instanceAdmin": user.instance_admin,
+        "createdAt": user.created_at.to_rfc3339(),
+        "disabled": user.disabled_at.is_some(),
+    })
+}
+
+fn email_field(body: &Value) -> Result<String, ApiError> {
+    let email = required_string(body, "email")?.trim().to_ascii_lowercase();
+    let valid = email.len() <= MAX_EMAIL_LEN
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !valid {
+        return Err(
+            FieldError::new("email", "must be an email address such as ada@example.com").into(),
+        );
+    }
+    Ok(email)
+}
+
+fn password_field(body: &Value, field: &str) -> Result<String, ApiError> {
+    let password = required_string(body, field)?;
+    if password.len() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
+        return Err(FieldError::new(
+            field,
+            format!("must be {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} bytes"),
+        )
+        .into());
+    }
+    Ok(password.to_owned())
+}
+
+fn secure(state: &AppState, headers: &HeaderMap) -> bool {
+    state.config.secure_cookies
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
+}
+
+fn cookie(value: &str, max_age_secs: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("kiln_session=; Path=/; Max-Age=0"))
+}
+
+/// `POST /api/v1/session` `{email, password}`: sets the session cookie; answers the user
+/// and the CSRF token that unsafe requests must send in `X-CSRF-Token`.
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let email = email_field(&body)?;
+    let password = required_string(&body, "password")?.to_owned();
+    if password.len() > MAX_PASSWORD_LEN {
+        return Err(FieldError::new(
+            "password",
+            format!("must be at most {MAX_PASSWORD_LEN} bytes"),
+        )
+        .into());
+    }
+    let address = Some(peer.ip());
+    if !state.logins.allowed(&email, address) {
+        return Err(ApiError::TooManyRequests(
+            "too many failed logins for this account or address; wait 15 minutes".into(),
+        ));
+    }
+    let user = state.store.user_by_email(&email).await?;
+    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+    let matches = verify_password(password, hash).await;
+    let user = match user {
+        Some(user) if matches && user.disabled_at.is_none() => user,
+        _ => {
+            state.logins.failed(&email, address);
+            return Err(ApiError::Unauthorized("wrong email or password".into()));
+        }
+    };
+    state.logins.succeeded(&email);
+    let secret = generate_token();
+    let csrf = generate_token();
+    let now = state.clock.now();
+    state
+        .store
+        .create_session(
+            user.id,
+            &hash_token(&secret),
+            &csrf,
+            now,
+            now.plus_ms(SESSION_TTL_MS),
+        )
+        .await?;
+    let mut response = Json(json!({"user": user_json(&user), "csrfToken": csrf})).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie(&secret, SESSION_TTL_MS / 1000, secure(&state, &headers)),
+    );
+    Ok(response)
+}
+
+/// `DELETE /api/v1/session`: ends the session of the cookie.
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if caller.csrf_token.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("Cookie"),
+            "there is no session to end: logout is for dashboard sessions (revoke tokens instead)",
+        ));
+    }
+    if let Some(session) = session_cookie(&headers)
+        && let Some(record) = state.store.session_by_hash(&hash_token(session)).await?
+    {
+        state
+            .store
+            .revoke_session(record.id, state.clock.now())
+            .await?;
+    }
+    state.authenticator.forget_all();
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, cookie("", 0, secure(&state, &headers)));
+    Ok(response)
+}
+
+/// `GET /api/v1/me`: the caller's account and roles.
+pub(crate) async fn me(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = caller.user_id.unwrap_or_default();
+    let user = state
+        .store
+        .user_by_id(user_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+    let mut roles = Vec::new();
+    for (project_id, role) in caller.roles.iter() {
+        if let Some(project) = state.store.project_by_id(*project_id).await? {
+            roles.push(json!({"project": project.slug, "role": role.as_str()}));
+        }
+    }
+    Ok(Json(
+        json!({"user": user_json(&user), "roles": roles, "csrfToken": caller.csrf_token}),
+    ))
+}
+
+/// `POST /api/v1/me/tokens` `{name}`: a personal token, shown once.
+pub(crate) async fn create_my_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = required_string(&body, "name")?.trim().to_owned();
+    if name.is_empty() || name.len() > kiln_core::limits::MAX_NAME_LEN {
+        return Err(FieldError::new("name", "must be 1-200 characters").into());
+    }
+    let user_id = caller.user_id.unwrap_or_default();
+    let token = generate_token();
+    let record = state
+        .store
+        .create_user_token(
+            user_id,
+            &NewToken {
+                project_id: None,
+                kind: TokenKind::User,
+                name,
+                scopes: vec![],
+                token_hash: hash_token(&token),
+                display_prefix: display_prefix(&token),
+            },
+            state.clock.now(),
+        )
+        .await?;
+    audit(
+        &state,
+        &caller,
+        "user_token.create",
+        None,
+        Some(&record.name),
+    )
+    .await;
+    let mut answer = serde_json::to_value(token_dto(&record, None)).unwrap_or_default();
+    answer["token"] = json!(token);
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+pub(crate) async fn list_my_tokens(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let tokens = state
+        .store
+        .user_tokens(caller.user_id.unwrap_or_default())
+        .await?;
+    Ok(Json(
+        json!({"tokens": tokens.iter().map(|t| token_dto(t, None)).collect::<Vec<_>>()}),
+    ))
+}
+
+pub(crate) async fn revoke_my_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(token_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let token_id: i64 = token_id.parse().map_err(|_| {
+        ApiError::bad_request("invalid_field", Some("id"), "id: must be a token id")
+    })?;
+    let record = state
+        .store
+        .revoke_user_token(
+            caller.user_id.unwrap_or_default(),
+            token_id,
+            state.clock.now(),
+        )
+        .await
+        .map_err(|error| match error {
+            StoreError::NotFound(_) => ApiError::NotFound(format!("token {token_id} not found")),
+            other => other.into(),
+        })?;
+    state.authenticator.forget_all();
+    state.streams.revoke(record.id);
+    audit(
+        &state,
+        &caller,
+        "user_token.revoke",
+        None,
+        Some(&record.name),
+    )
+    .await;
+    Ok(Json(
+        serde_json::to_value(token_dto(&record, None)).unwrap_or_default(),
+    ))
+}
+
+/// `POST /api/v1/users` `{email, name, password?, instanceAdmin?}` (instance admin): a
+/// new user; without `password`, a one-time password is generated and answered once.
+pub(crate) async fn create_user(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let email = email_field(&body)?;
+    let name = required_string(&body, "name")?.trim().to_owned();
+    if name.is_empty() || name.len() > kiln_core::limits::MAX_NAME_LEN {
+        return Err(FieldError::new("name", "must be 1-200 characters").into());
+    }
+    let instance_admin = match body.get("instanceAdmin") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(flag)) => *flag,
+        Some(_) => return Err(FieldError::new("instanceAdmin", "must be true or false").into()),
+    };
+    let (password, generated) = match body.get("password") {
+        None | Some(Value::Null) => (generate_token(), true),
+        Some(_) => (password_field(&body, "password")?, false),
+    };
+    let hash = hash_password(password.clone())
+        .await
+        .map_err(ApiError::Unavailable)?;
+    let user = state
+        .store
+        .create_user(
+            &email,
+            &name,
+            Some(&hash),
+            instance_admin,
+            state.clock.now(),
+        )
+        .await
+        .map_err(|error| match error {
+            StoreError::Conflict(message) => ApiError::Conflict {
+                code: "user_exists",
+                message,
+                field: Some("email".into()),
+            },
+            other => other.into(),
+        })?;
+    audit(&state, &caller, "user.create", None, Some(&email)).await;
+    let mut answer = json!({"user": user_json(&user)});
+    if generated {
+        answer["password"] = json!(password);
+    }
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+pub(crate) async fn list_users(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let users = state.store.list_users().await?;
+    Ok(Json(
+        json!({"users": users.iter().map(user_json).collect::<Vec<_>>()}),
+    ))
+}
+
+/// Records an admin action; a failure to record is logged, not fatal.
+pub(crate) async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    project_id: Option<i64>,
+    target: Option<&str>,
+) {
+    if let Err(error) = state
+        .store
+        .append_audit(
+            &caller.actor(),
+            action,
+            project_id,
+            target,
+            None,
+            state.clock.now(),
+        )
+        .await
+    {
+        tracing::error!(%error, action, "could not write the audit log");
+    }
+}

@@ -1,0 +1,722 @@
+//! The authorization table, tested whole: every route of the router, called as every
+//! kind of caller, answers what its rule says — and a route without a rule here fails.
+//!
+//! Allowed callers may still get a business refusal (400, 409, 422: a build that has not
+//! ended, a body the route refuses); refused callers get exactly 401 (no or dead
+//! credential), 403 (the wrong kind of credential or a missing role, named) or 404 (a
+//! project the caller may not see, so its existence does not leak).
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use common::{ADMIN_TOKEN, TestApp};
+use kiln_store::Engine;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+engine_test!(every_route_answers_every_caller_by_its_rule);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Who {
+    Anonymous,
+    Viewer,
+    Developer,
+    Admin,
+    OtherAdmin,
+    InstanceAdmin,
+    Ingest,
+    Read,
+    Agent,
+    Revoked,
+}
+
+const EVERYONE: [Who; 10] = [
+    Who::Anonymous,
+    Who::Viewer,
+    Who::Developer,
+    Who::Admin,
+    Who::OtherAdmin,
+    Who::InstanceAdmin,
+    Who::Ingest,
+    Who::Read,
+    Who::Agent,
+    Who::Revoked,
+];
+
+/// Who may call a route (for project routes: about project `web`).
+#[derive(Clone, Copy, Debug)]
+enum Rule {
+    Public,
+    /// Any live credential but an agent's (lists filtered to what the caller may read).
+    Authenticated,
+    Viewer,
+    Developer,
+    ProjectAdmin,
+    InstanceAdmin,
+    Ingest,
+    User,
+    Agent,
+}
+
+/// `None`: allowed; `Some(status)`: refused with exactly that status.
+fn expected(rule: Rule, who: Who) -> Option<u16> {
+    use Who::*;
+    if matches!(rule, Rule::Public) {
+        return None;
+    }
+    if matches!(who, Anonymous | Revoked) {
+        return Some(401);
+    }
+    if who == Agent {
+        return if matches!(rule, Rule::Agent) {
+            None
+        } else {
+            Some(403)
+        };
+    }
+    let allowed = |yes: &[Who]| if yes.contains(&who) { None } else { Some(403) };
+    match rule {
+        Rule::Public | Rule::Authenticated => None,
+        Rule::Agent => Some(403),
+        Rule::Ingest => allowed(&[Ingest]),
+        Rule::User => allowed(&[Viewer, Developer, Admin, OtherAdmin, InstanceAdmin]),
+        Rule::InstanceAdmin => allowed(&[InstanceAdmin]),
+        Rule::Viewer | Rule::Developer | Rule::ProjectAdmin if who == OtherAdmin => Some(404),
+        Rule::Viewer => None,
+        Rule::Developer => allowed(&[Developer, Admin, InstanceAdmin, Ingest]),
+        Rule::ProjectAdmin => allowed(&[Admin, InstanceAdmin]),
+    }
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn call(
+    app: &TestApp,
+    method: &Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, String) {
+    let mut request = app
+        .http
+        .request(method.clone(), format!("{}{path}", app.base_url));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let streaming = response.headers().get("content-type").is_some_and(|v| {
+        v.to_str()
+            .unwrap_or_default()
+            .starts_with("text/event-stream")
+    });
+    // Live streams never end: the status says enough.
+    let text = if streaming {
+        String::new()
+    } else {
+        response.text().await.unwrap_or_default()
+    };
+    (status, text)
+}
+
+async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let admin = |method: Method, path: &str, body: Value| {
+        let path = path.to_owned();
+        let app = &app;
+        async move {
+            let (status, text) = call(app, &method, &path, Some(ADMIN_TOKEN), Some(&body)).await;
+            assert!(status < 300, "setup {method} {path}: {status} {text}");
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null)
+        }
+    };
+    // Projects, a repository, users with roles, tokens of every kind.
+    admin(
+        Method::POST,
+        "/api/v1/projects",
+        json!({"slug": "web", "name": "Web"}),
+    )
+    .await;
+    admin(
+        Method::POST,
+        "/api/v1/projects",
+        json!({"slug": "api", "name": "API"}),
+    )
+    .await;
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(
+        repo.path().join(".kiln.yml"),
+        "steps:\n  - name: a\n    run: echo a\n",
+    )
+    .unwrap();
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "c"]);
+    admin(
+        Method::PUT,
+        "/api/v1/projects/web/repo",
+        json!({"repo": repo.path().display().to_string()}),
+    )
+    .await;
+    let mut tokens: HashMap<Who, String> = HashMap::new();
+    let mut passwords = Vec::new();
+    for (who, email, instance_admin, role) in [
+        (Who::Viewer, "viewer@x.io", false, Some(("web", "viewer"))),
+        (
+            Who::Developer,
+            "dev@x.io",
+            false,
+            Some(("web", "developer")),
+        ),
+        (Who::Admin, "admin@x.io", false, Some(("web", "admin"))),
+        (Who::OtherAdmin, "other@x.io", false, Some(("api", "admin"))),
+        (Who::InstanceAdmin, "root@x.io", true, None),
+    ] {
+        let created = admin(
+            Method::POST,
+            "/api/v1/users",
+            json!({"email": email, "name": email, "instanceAdmin": instance_admin}),
+        )
+        .await;
+        let password = created["password"].as_str().unwrap().to_owned();
+        passwords.push(password.clone());
+        if let Some((project, role)) = role {
+            admin(
+                Method::PUT,
+                &format!("/api/v1/projects/{project}/members/{email}"),
+                json!({"role": role}),
+            )
+            .await;
+        }
+        // Log in, then make a personal token with the session (and its CSRF token).
+        let login = app
+            .http
+            .post(format!("{}/api/v1/session", app.base_url))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status().as_u16(), 200);
+        let cookie = login.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let csrf = login.json::<Value>().await.unwrap()["csrfToken"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let token = app
+            .http
+            .post(format!("{}/api/v1/me/tokens", app.base_url))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&json!({"name": "t"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(token.status().as_u16(), 201);
+        tokens.insert(
+            who,
+            token.json::<Value>().await.unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let project_token = |scopes: &[&str]| {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let admin = &admin;
+        async move {
+            admin(
+                Method::POST,
+                "/api/v1/projects/web/tokens",
+                json!({"name": "t", "scopes": scopes}),
+            )
+            .await
+        }
+    };
+    tokens.insert(
+        Who::Ingest,
+        project_token(&["ingest"]).await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    tokens.insert(
+        Who::Read,
+        project_token(&["read"]).await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    let revoked = project_token(&["ingest", "read"]).await;
+    admin(
+        Method::DELETE,
+        &format!("/api/v1/projects/web/tokens/{}", revoked["id"]),
+        json!({}),
+    )
+    .await;
+    tokens.insert(Who::Revoked, revoked["token"].as_str().unwrap().to_owned());
+    let throwaway = project_token(&["read"]).await["id"].as_i64().unwrap();
+    let agent = admin(
+        Method::POST,
+        "/api/v1/agent-tokens",
+        json!({"name": "pool"}),
+    )
+    .await;
+    tokens.insert(Who::Agent, agent["token"].as_str().unwrap().to_owned());
+    let spare_agent_token = admin(
+        Method::POST,
+        "/api/v1/agent-tokens",
+        json!({"name": "spare"}),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    admin(
+        Method::POST,
+        "/api/v1/users",
+        json!({"email": "member@x.io", "name": "m"}),
+    )
+    .await;
+    let registered = call(
+        &app,
+        &Method::POST,
+        "/api/v1/agent/register",
+        Some(&tokens[&Who::Agent]),
+        Some(&json!({"name": "a1", "concurrency": 1, "executor": "process"})),
+    )
+    .await;
+    let agent_id = serde_json::from_str::<Value>(&registered.1).unwrap()["agentId"]
+        .as_i64()
+        .unwrap();
+    // A self-reported build and a Kiln build with a job.
+    call(
+        &app,
+        &Method::POST,
+        "/api/v1/events",
+        Some(&tokens[&Who::Ingest]),
+        Some(&json!({"runId": "web-run", "event": "build_started"})),
+    )
+    .await;
+    let triggered = admin(Method::POST, "/api/v1/projects/web/builds", json!({})).await;
+    let run_id = triggered["runId"].as_str().unwrap().to_owned();
+    let job_id = triggered["jobs"][0]["id"].as_i64().unwrap();
+
+    // (method, path, body, rule)
+    let w = "/api/v1/projects/web";
+    let routes: Vec<(&str, String, Value, Rule)> = vec![
+        ("GET", "/healthz".into(), Value::Null, Rule::Public),
+        ("GET", "/readyz".into(), Value::Null, Rule::Public),
+        (
+            "POST",
+            "/api/v1/session".into(),
+            json!({"email": "not-an-email", "password": "x"}),
+            Rule::Public,
+        ),
+        ("DELETE", "/api/v1/session".into(), Value::Null, Rule::User),
+        ("GET", "/api/v1/me".into(), Value::Null, Rule::User),
+        (
+            "POST",
+            "/api/v1/me/tokens".into(),
+            json!({"name": "x"}),
+            Rule::User,
+        ),
+        ("GET", "/api/v1/me/tokens".into(), Value::Null, Rule::User),
+        (
+            "DELETE",
+            "/api/v1/me/tokens/not-a-number".into(),
+            Value::Null,
+            Rule::User,
+        ),
+        (
+            "POST",
+            "/api/v1/users".into(),
+            json!({"email": "root@x.io", "name": "dup"}),
+            Rule::InstanceAdmin,
+        ),
+        (
+            "GET",
+            "/api/v1/users".into(),
+            Value::Null,
+            Rule::InstanceAdmin,
+        ),
+        (
+            "GET",
+            format!("{w}/members"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "PUT",
+            format!("{w}/members/member@x.io"),
+            json!({"role": "viewer"}),
+            Rule::ProjectAdmin,
+        ),
+        (
+            "DELETE",
+            format!("{w}/members/member@x.io"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "GET",
+            "/api/v1/audit?project=web".into(),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "POST",
+            "/api/v1/projects".into(),
+            json!({"slug": "web", "name": "dup"}),
+            Rule::InstanceAdmin,
+        ),
+        (
+            "GET",
+            "/api/v1/projects".into(),
+            Value::Null,
+            Rule::Authenticated,
+        ),
+        ("GET", w.into(), Value::Null, Rule::Viewer),
+        (
+            "POST",
+            format!("{w}/tokens"),
+            json!({"name": "x", "scopes": ["read"]}),
+            Rule::ProjectAdmin,
+        ),
+        (
+            "GET",
+            format!("{w}/tokens"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "DELETE",
+            format!("{w}/tokens/{throwaway}"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "POST",
+            "/api/v1/events".into(),
+            json!({"runId": "web-run", "event": "heartbeat"}),
+            Rule::Ingest,
+        ),
+        (
+            "POST",
+            "/api/internal/build-events".into(),
+            json!({"runId": "web-run", "event": "heartbeat"}),
+            Rule::Ingest,
+        ),
+        (
+            "GET",
+            "/api/v1/builds?project=web".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            "/api/v1/builds/web-run".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            "/api/v1/builds/web-run/events".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            "/api/v1/builds/web-run/status".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            "/api/v1/status?project=web".into(),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "GET",
+            "/api/v1/builds/web-run/stream".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            "/api/v1/stream?project=web".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "PUT",
+            format!("{w}/repo"),
+            json!({"repo": repo.path().display().to_string()}),
+            Rule::ProjectAdmin,
+        ),
+        (
+            "GET",
+            format!("{w}/branches"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "POST",
+            format!("{w}/branches"),
+            json!({"name": "feature"}),
+            Rule::ProjectAdmin,
+        ),
+        (
+            "DELETE",
+            format!("{w}/branches/feature"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "POST",
+            format!("{w}/builds"),
+            json!({"branch": "no-such-branch"}),
+            Rule::Developer,
+        ),
+        (
+            "POST",
+            format!("{w}/builds/{run_id}/retry"),
+            Value::Null,
+            Rule::Developer,
+        ),
+        (
+            "POST",
+            format!("{w}/builds/{run_id}/cancel"),
+            Value::Null,
+            Rule::Developer,
+        ),
+        (
+            "GET",
+            format!("{w}/builds/{run_id}/jobs"),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            format!("{w}/builds/{run_id}/jobs/a/log"),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            format!("{w}/builds/{run_id}/jobs/a/log/stream"),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            "/api/v1/queue".into(),
+            Value::Null,
+            Rule::Authenticated,
+        ),
+        (
+            "GET",
+            "/api/v1/agents".into(),
+            Value::Null,
+            Rule::Authenticated,
+        ),
+        (
+            "POST",
+            "/api/v1/agent-tokens".into(),
+            json!({"name": "x"}),
+            Rule::InstanceAdmin,
+        ),
+        (
+            "GET",
+            "/api/v1/agent-tokens".into(),
+            Value::Null,
+            Rule::InstanceAdmin,
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/agent-tokens/{spare_agent_token}"),
+            Value::Null,
+            Rule::InstanceAdmin,
+        ),
+        (
+            "POST",
+            "/api/v1/agent/register".into(),
+            json!({"name": "a1", "concurrency": 1, "executor": "process"}),
+            Rule::Agent,
+        ),
+        (
+            "POST",
+            "/api/v1/agent/claim".into(),
+            json!({"agentId": agent_id, "waitSecs": 0}),
+            Rule::Agent,
+        ),
+        (
+            "POST",
+            "/api/v1/agent/heartbeat".into(),
+            json!({"agentId": agent_id}),
+            Rule::Agent,
+        ),
+        (
+            "POST",
+            format!("/api/v1/agent/jobs/{job_id}/log?agentId={agent_id}&attempt=99&offset=0"),
+            json!({}),
+            Rule::Agent,
+        ),
+        (
+            "POST",
+            format!("/api/v1/agent/jobs/{job_id}/finish"),
+            json!({"agentId": agent_id, "attempt": 99, "state": "passed"}),
+            Rule::Agent,
+        ),
+    ];
+
+    // Every route of the router has a rule here.
+    for route in kiln_server::ROUTES() {
+        let known = routes.iter().any(|(method, path, _, _)| {
+            let concrete: Vec<&str> = path.split('?').next().unwrap().split('/').collect();
+            let pattern: Vec<&str> = route.path.split('/').collect();
+            *method == route.method
+                && concrete.len() == pattern.len()
+                && concrete
+                    .iter()
+                    .zip(&pattern)
+                    .all(|(c, p)| c == p || (p.starts_with('{') && p.ends_with('}')))
+        });
+        assert!(
+            known,
+            "route {} {} has no rule in this test: add it",
+            route.method, route.path
+        );
+    }
+
+    for (method, path, body, rule) in &routes {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        for who in EVERYONE {
+            let token = tokens.get(&who).map(String::as_str);
+            let body = (!body.is_null()).then_some(body);
+            // Each allowed caller deletes something that is there.
+            if method == Method::DELETE && path.ends_with("/members/member@x.io") {
+                admin(Method::PUT, path, json!({"role": "viewer"})).await;
+            }
+            if method == Method::DELETE && path.ends_with("/branches/feature") {
+                admin(
+                    Method::POST,
+                    &format!("{w}/branches"),
+                    json!({"name": "feature"}),
+                )
+                .await;
+            }
+            let (status, text) = call(&app, &method, path, token, body).await;
+            match expected(*rule, who) {
+                Some(refused) => {
+                    assert_eq!(
+                        status, refused,
+                        "{method} {path} as {who:?} ({rule:?}): {text}"
+                    );
+                    let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    assert!(
+                        error["error"]["message"].is_string(),
+                        "{method} {path} as {who:?}: {text}"
+                    );
+                }
+                None => assert!(
+                    !matches!(status, 401 | 403 | 404) && status < 500,
+                    "{method} {path} as {who:?} ({rule:?}) should be allowed: {status} {text}"
+                ),
+            }
+        }
+    }
+
+    // Nothing secret is stored in clear: read the database's own files (SQLite) or every
+    // text column (PostgreSQL) and look for each token and password.
+    let secrets: Vec<&String> = tokens.values().chain(passwords.iter()).collect();
+    let stored = stored_text(&app, engine).await;
+    assert!(stored.len() > 1000, "the dump has the data");
+    for secret in secrets {
+        assert!(
+            !stored.contains(secret.as_str()),
+            "a secret is stored in clear"
+        );
+    }
+
+    // A viewer's refusal names what is missing.
+    let (_, text) = call(
+        &app,
+        &Method::POST,
+        &format!("{w}/builds/{run_id}/cancel"),
+        Some(&tokens[&Who::Viewer]),
+        None,
+    )
+    .await;
+    assert!(text.contains("developer role"), "{text}");
+    app.stop().await;
+}
+
+/// Everything the database holds, as text.
+async fn stored_text(app: &TestApp, engine: Engine) -> String {
+    match engine {
+        Engine::Sqlite => {
+            let path = app.database.url.trim_start_matches("sqlite://").to_owned();
+            let mut text = String::new();
+            for file in [path.clone(), format!("{path}-wal")] {
+                if let Ok(bytes) = std::fs::read(&file) {
+                    text.push_str(&String::from_utf8_lossy(&bytes));
+                }
+            }
+            text
+        }
+        Engine::Postgres => {
+            use sqlx::{Connection, Row};
+            let mut connection = sqlx::PgConnection::connect(&app.database.url)
+                .await
+                .unwrap();
+            let tables: Vec<String> =
+                sqlx::query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                    .fetch_all(&mut connection)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| row.get::<String, _>(0))
+                    .collect();
+            let mut text = String::new();
+            for table in tables {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT t::text FROM {table} t"
+                )))
+                .fetch_all(&mut connection)
+                .await
+                .unwrap();
+                for row in rows {
+                    text.push_str(&row.get::<String, _>(0));
+                    text.push('\n');
+                }
+            }
+            text
+        }
+    }
+}
