@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{admin, agent, emit, run, runs, serve, watch};
+use crate::commands::{admin, agent, emit, run, runs, serve, users, watch};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,7 +44,21 @@ enum Command {
         #[command(subcommand)]
         command: admin::ProjectCommand,
     },
-    /// Manage project tokens (instance admin token).
+    /// Manage users (instance admin token).
+    User {
+        #[command(subcommand)]
+        command: users::UserCommand,
+    },
+    /// Log in with email and password; prints a personal token for KILN_TOKEN.
+    Login(users::LoginArgs),
+    /// A project's members and their roles (project admin).
+    Member {
+        #[command(subcommand)]
+        command: users::MemberCommand,
+    },
+    /// The audit log of admin actions.
+    Audit(users::AuditArgs),
+    /// Manage project tokens (project admin token).
     Token {
         #[command(subcommand)]
         command: admin::TokenCommand,
@@ -105,6 +119,10 @@ fn main() -> ExitCode {
             } => report::spool::send_command(args).await,
             Command::Project { command } => admin::project(command).await,
             Command::Token { command } => admin::token(command).await,
+            Command::User { command } => users::user(command).await,
+            Command::Login(args) => users::login(args).await,
+            Command::Member { command } => users::member(command).await,
+            Command::Audit(args) => users::audit(args).await,
             Command::Builds(args) => admin::builds(args).await,
             Command::Build(args) => runs::build(args).await,
             Command::Cancel(args) => runs::cancel(args).await,

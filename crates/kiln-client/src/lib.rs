@@ -50,7 +50,7 @@ impl ClientError {
 }
 
 /// Installs the TLS crypto provider once per process (ring; see Cargo.toml).
-fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();

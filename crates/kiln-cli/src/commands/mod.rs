@@ -7,4 +7,5 @@ pub mod run;
 pub mod runs;
 pub mod serve;
 pub mod up;
+pub mod users;
 pub mod watch;

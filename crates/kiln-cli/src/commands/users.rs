@@ -1,0 +1,301 @@
+//! Accounts from the command line: `kiln user create|list`, `kiln login` (a personal
+//! token from an email and password), `kiln member set|remove|list`, `kiln audit`.
+
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::settings::ClientArgs;
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user (instance admin token); prints a one-time password unless
+    /// --password-stdin gives one.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        /// Make the user an instance admin.
+        #[arg(long)]
+        instance_admin: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List users (instance admin token).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Give a user a role in a project (viewer, developer, admin).
+    Set {
+        #[arg(long, env = "KILN_PROJECT", default_value = "default")]
+        project: String,
+        /// The user's email or id.
+        user: String,
+        role: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a user from a project.
+    Remove {
+        #[arg(long, env = "KILN_PROJECT", default_value = "default")]
+        project: String,
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A project's members and their roles.
+    List {
+        #[arg(long, env = "KILN_PROJECT", default_value = "default")]
+        project: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    #[arg(long)]
+    email: String,
+    /// A name for the personal token this creates.
+    #[arg(long, default_value = "kiln cli")]
+    token_name: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    #[arg(long)]
+    project: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+async fn request(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let target = client.target()?;
+    let token = target
+        .token
+        .context("no token: pass --token or set KILN_TOKEN")?;
+    kiln_client::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let mut request = http
+        .request(method, format!("{}{path}", target.server))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    answer(
+        request
+            .send()
+            .await
+            .context("cannot reach the Kiln server")?,
+    )
+    .await
+}
+
+async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "{} ({status})",
+            value["error"]["message"].as_str().unwrap_or(&text)
+        );
+    }
+    Ok(value)
+}
+
+fn read_password(prompt: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        eprint!("{prompt}");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        UserCommand::Create {
+            email,
+            name,
+            instance_admin,
+            password_stdin,
+            client,
+        } => {
+            let mut body = json!({"email": email, "name": name, "instanceAdmin": instance_admin});
+            if password_stdin {
+                body["password"] = json!(read_password("password: ")?);
+            }
+            let created =
+                request(&client, reqwest::Method::POST, "/api/v1/users", Some(body)).await?;
+            eprintln!(
+                "created user {} ({})",
+                created["user"]["email"].as_str().unwrap_or("?"),
+                created["user"]["id"]
+            );
+            if let Some(password) = created["password"].as_str() {
+                eprintln!(
+                    "one-time password (shown only now; log in with `kiln login --email …`):"
+                );
+                println!("{password}");
+            }
+        }
+        UserCommand::List { client } => {
+            let users = request(&client, reqwest::Method::GET, "/api/v1/users", None).await?;
+            for user in users["users"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    user["id"],
+                    user["email"].as_str().unwrap_or_default(),
+                    user["name"].as_str().unwrap_or_default(),
+                    if user["instanceAdmin"] == true {
+                        "instance admin"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs in with email and password (read from standard input) and prints a new personal
+/// token, to use as KILN_TOKEN.
+pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let target = args.client.target()?;
+    let password = read_password("password: ")?;
+    kiln_client::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let login = http
+        .post(format!("{}/api/v1/session", target.server))
+        .json(&json!({"email": args.email, "password": password}))
+        .send()
+        .await
+        .context("cannot reach the Kiln server")?;
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
+    let session = answer(login).await?;
+    let cookie = cookie.context("the server set no session cookie")?;
+    let csrf = session["csrfToken"].as_str().unwrap_or_default().to_owned();
+    let token = answer(
+        http.post(format!("{}/api/v1/me/tokens", target.server))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&json!({"name": args.token_name}))
+            .send()
+            .await?,
+    )
+    .await?;
+    // The session was only needed to make the token.
+    let _ = http
+        .delete(format!("{}/api/v1/session", target.server))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await;
+    eprintln!(
+        "logged in as {}; your personal token (shown only now; export KILN_TOKEN=…):",
+        args.email
+    );
+    println!("{}", token["token"].as_str().unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        MemberCommand::Set {
+            project,
+            user,
+            role,
+            client,
+        } => {
+            let answer = request(
+                &client,
+                reqwest::Method::PUT,
+                &format!("/api/v1/projects/{project}/members/{user}"),
+                Some(json!({"role": role})),
+            )
+            .await?;
+            println!(
+                "{} is {} of {project}",
+                answer["user"]["email"].as_str().unwrap_or("?"),
+                answer["role"].as_str().unwrap_or("?")
+            );
+        }
+        MemberCommand::Remove {
+            project,
+            user,
+            client,
+        } => {
+            request(
+                &client,
+                reqwest::Method::DELETE,
+                &format!("/api/v1/projects/{project}/members/{user}"),
+                None,
+            )
+            .await?;
+            println!("removed {user} from {project}");
+        }
+        MemberCommand::List { project, client } => {
+            let members = request(
+                &client,
+                reqwest::Method::GET,
+                &format!("/api/v1/projects/{project}/members"),
+                None,
+            )
+            .await?;
+            for member in members["members"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}",
+                    member["user"]["email"].as_str().unwrap_or_default(),
+                    member["role"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/api/v1/audit?limit={}", args.limit);
+    if let Some(project) = &args.project {
+        path.push_str(&format!("&project={project}"));
+    }
+    let log = request(&args.client, reqwest::Method::GET, &path, None).await?;
+    for entry in log["entries"].as_array().into_iter().flatten() {
+        println!(
+            "{}\t{}\t{}\t{}",
+            entry["at"].as_str().unwrap_or_default(),
+            entry["actor"].as_str().unwrap_or_default(),
+            entry["action"].as_str().unwrap_or_default(),
+            entry["target"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
