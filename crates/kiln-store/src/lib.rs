@@ -9,6 +9,7 @@
 
 pub(crate) mod accounts;
 mod migrations;
+pub(crate) mod notifications;
 pub(crate) mod queue;
 mod records;
 pub mod sql;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use kiln_core::{Millis, ProjectSlug};
 
 pub use accounts::*;
+pub use notifications::*;
 pub use queue::*;
 pub use records::*;
 pub use sql::SqlStore;
@@ -358,6 +360,79 @@ pub trait Store: Send + Sync + 'static {
         before: Option<i64>,
         limit: i64,
     ) -> StoreResult<Vec<AuditEntry>>;
+
+    // ---- Notifications: users' inboxes, mutes, the email outbox, the notifier cursor.
+
+    /// Gives one event's notification to each recipient that has not muted its project
+    /// or kind, at most once per (user, event) and per (user, build, kind), so replays
+    /// notify no one twice. With `Delivery::InboxAndEmail` each new notification is also
+    /// queued in the email outbox, in the same transaction. Returns the new ids.
+    async fn insert_notifications(
+        &self,
+        notification: &NewNotification,
+        recipients: &[i64],
+        delivery: Delivery,
+    ) -> StoreResult<Vec<i64>>;
+    /// A user's notifications, newest first.
+    async fn list_notifications(
+        &self,
+        filter: &NotificationFilter,
+    ) -> StoreResult<Vec<NotificationRecord>>;
+    /// Marks one of the user's notifications read (NotFound for another user's).
+    async fn mark_notification_read(
+        &self,
+        user_id: i64,
+        id: i64,
+        now: Millis,
+    ) -> StoreResult<NotificationRecord>;
+    /// Marks all of the user's notifications read; returns how many were unread.
+    async fn mark_all_notifications_read(&self, user_id: i64, now: Millis) -> StoreResult<u64>;
+    async fn archive_notification(
+        &self,
+        user_id: i64,
+        id: i64,
+        now: Millis,
+    ) -> StoreResult<NotificationRecord>;
+    /// Archives every notification created before `cutoff` (auto-archive).
+    async fn archive_notifications_before(&self, cutoff: Millis, now: Millis) -> StoreResult<u64>;
+    async fn notification_stats(&self, user_id: i64) -> StoreResult<NotificationStats>;
+    /// Adds a mute (an existing identical mute is returned as it is).
+    async fn add_notification_mute(
+        &self,
+        user_id: i64,
+        project_id: Option<i64>,
+        kind: Option<NotificationKind>,
+        now: Millis,
+    ) -> StoreResult<NotificationMute>;
+    async fn remove_notification_mute(
+        &self,
+        user_id: i64,
+        project_id: Option<i64>,
+        kind: Option<NotificationKind>,
+    ) -> StoreResult<()>;
+    async fn notification_mutes(&self, user_id: i64) -> StoreResult<Vec<NotificationMute>>;
+    /// The id of the last event the notifiers processed.
+    async fn notifier_cursor(&self) -> StoreResult<i64>;
+    /// Moves the notifier cursor from `from` to `to`; false when it is no longer at
+    /// `from` (another replica's notifier moved it).
+    async fn advance_notifier_cursor(&self, from: i64, to: i64) -> StoreResult<bool>;
+    /// Claims up to `limit` outbox emails due at `now` for one attempt each: they are not
+    /// due again before `claimed_until` unless the attempt reports back.
+    async fn claim_due_emails(
+        &self,
+        now: Millis,
+        claimed_until: Millis,
+        limit: i64,
+    ) -> StoreResult<Vec<OutboxEmail>>;
+    async fn email_sent(&self, id: i64, now: Millis) -> StoreResult<()>;
+    /// Records a failed attempt: retried at `retry_at`, or given up when `None`.
+    async fn email_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Millis>,
+        now: Millis,
+    ) -> StoreResult<()>;
 }
 
 /// Opens the store named by a database URL (`sqlite://…`, `postgres://…`), creating

@@ -41,6 +41,13 @@ const SQLITE: &[Migration] = &[
         name: "users",
         sql: include_str!("../migrations/sqlite/0004_users.sql"),
     },
+    // Notifications of build events for users, their mutes, the email outbox, and the
+    // notifier's cursor (starting at the current last event: no notifications of the past).
+    Migration {
+        version: 5,
+        name: "notifications",
+        sql: include_str!("../migrations/sqlite/0005_notifications.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -70,6 +77,13 @@ const POSTGRES: &[Migration] = &[
         version: 4,
         name: "users",
         sql: include_str!("../migrations/postgres/0004_users.sql"),
+    },
+    // Notifications of build events for users, their mutes, the email outbox, and the
+    // notifier's cursor (starting at the current last event: no notifications of the past).
+    Migration {
+        version: 5,
+        name: "notifications",
+        sql: include_str!("../migrations/postgres/0005_notifications.sql"),
     },
 ];
 

@@ -11,6 +11,7 @@
 
 mod accounts;
 mod ingest;
+mod notifications;
 mod queue;
 mod rows;
 mod sqlite_writer;
@@ -25,6 +26,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
 use crate::accounts::*;
+use crate::notifications::*;
 use crate::queue::*;
 use crate::records::*;
 use crate::{Engine, Store, StoreError, StoreResult};
@@ -766,5 +768,108 @@ impl Store for SqlStore {
         limit: i64,
     ) -> StoreResult<Vec<AuditEntry>> {
         self.q_audit_log(project_id, before, limit).await
+    }
+
+    async fn insert_notifications(
+        &self,
+        notification: &NewNotification,
+        recipients: &[i64],
+        delivery: Delivery,
+    ) -> StoreResult<Vec<i64>> {
+        self.q_insert_notifications(notification, recipients, delivery)
+            .await
+    }
+
+    async fn list_notifications(
+        &self,
+        filter: &NotificationFilter,
+    ) -> StoreResult<Vec<NotificationRecord>> {
+        self.q_list_notifications(filter).await
+    }
+
+    async fn mark_notification_read(
+        &self,
+        user_id: i64,
+        id: i64,
+        now: Millis,
+    ) -> StoreResult<NotificationRecord> {
+        self.q_mark_notification_read(user_id, id, now).await
+    }
+
+    async fn mark_all_notifications_read(&self, user_id: i64, now: Millis) -> StoreResult<u64> {
+        self.q_mark_all_notifications_read(user_id, now).await
+    }
+
+    async fn archive_notification(
+        &self,
+        user_id: i64,
+        id: i64,
+        now: Millis,
+    ) -> StoreResult<NotificationRecord> {
+        self.q_archive_notification(user_id, id, now).await
+    }
+
+    async fn archive_notifications_before(&self, cutoff: Millis, now: Millis) -> StoreResult<u64> {
+        self.q_archive_notifications_before(cutoff, now).await
+    }
+
+    async fn notification_stats(&self, user_id: i64) -> StoreResult<NotificationStats> {
+        self.q_notification_stats(user_id).await
+    }
+
+    async fn add_notification_mute(
+        &self,
+        user_id: i64,
+        project_id: Option<i64>,
+        kind: Option<NotificationKind>,
+        now: Millis,
+    ) -> StoreResult<NotificationMute> {
+        self.q_add_notification_mute(user_id, project_id, kind, now)
+            .await
+    }
+
+    async fn remove_notification_mute(
+        &self,
+        user_id: i64,
+        project_id: Option<i64>,
+        kind: Option<NotificationKind>,
+    ) -> StoreResult<()> {
+        self.q_remove_notification_mute(user_id, project_id, kind)
+            .await
+    }
+
+    async fn notification_mutes(&self, user_id: i64) -> StoreResult<Vec<NotificationMute>> {
+        self.q_notification_mutes(user_id).await
+    }
+
+    async fn notifier_cursor(&self) -> StoreResult<i64> {
+        self.q_notifier_cursor().await
+    }
+
+    async fn advance_notifier_cursor(&self, from: i64, to: i64) -> StoreResult<bool> {
+        self.q_advance_notifier_cursor(from, to).await
+    }
+
+    async fn claim_due_emails(
+        &self,
+        now: Millis,
+        claimed_until: Millis,
+        limit: i64,
+    ) -> StoreResult<Vec<OutboxEmail>> {
+        self.q_claim_due_emails(now, claimed_until, limit).await
+    }
+
+    async fn email_sent(&self, id: i64, now: Millis) -> StoreResult<()> {
+        self.q_email_sent(id, now).await
+    }
+
+    async fn email_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Millis>,
+        now: Millis,
+    ) -> StoreResult<()> {
+        self.q_email_failed(id, error, retry_at, now).await
     }
 }
