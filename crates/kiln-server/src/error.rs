@@ -40,6 +40,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     TooManyRequests(String),
+    /// Too many attempts (failed logins); wait.
+    #[error("{0}")]
+    RateLimited(String),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -79,6 +82,7 @@ impl ApiError {
             }
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams", None),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", None),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
         }
     }

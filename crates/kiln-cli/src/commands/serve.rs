@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// A job's log cap in MiB; past it the rest is discarded with a marker line.
     #[arg(long, env = "KILN_JOB_LOG_CAP_MIB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10240))]
     pub job_log_cap_mib: u64,
+    /// Mark session cookies Secure (Kiln behind an https proxy that sets no X-Forwarded-Proto).
+    #[arg(long, env = "KILN_SECURE_COOKIES")]
+    pub secure_cookies: bool,
 }
 
 /// `kiln up`: the server, a local agent, and optionally a demo build.
@@ -114,6 +117,7 @@ impl ServeArgs {
                 git_dir: self.data_dir.join("git"),
                 ..kiln_server::RunnerConfig::default()
             },
+            secure_cookies: self.secure_cookies,
             ..ServerConfig::default()
         }
     }

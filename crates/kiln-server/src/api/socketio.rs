@@ -275,6 +275,7 @@ impl From<ApiError> for AckError {
             ApiError::Unprocessable { code, field, .. } => (422, code, field),
             ApiError::PayloadTooLarge(_) => (413, "body_too_large", None),
             ApiError::TooManyRequests(_) => (429, "too_many_streams", None),
+            ApiError::RateLimited(_) => (429, "rate_limited", None),
             ApiError::Unavailable(_) => (503, "unavailable", None),
         };
         AckError {

@@ -96,7 +96,7 @@ pub(crate) async fn login(
     }
     let address = Some(peer.ip());
     if !state.logins.allowed(&email, address) {
-        return Err(ApiError::TooManyRequests(
+        return Err(ApiError::RateLimited(
             "too many failed logins for this account or address; wait 15 minutes".into(),
         ));
     }

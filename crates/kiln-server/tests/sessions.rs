@@ -1,0 +1,213 @@
+//! Logins and sessions through the real server: cookies, CSRF, logout, expiry, limits.
+
+mod common;
+
+use common::{ADMIN_TOKEN, TestApp};
+use kiln_store::Engine;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+engine_test!(sessions_need_csrf_expire_and_log_out);
+
+async fn login(app: &TestApp, email: &str, password: &str) -> (u16, Option<String>, Value) {
+    let response = app
+        .http
+        .post(format!("{}/api/v1/session", app.base_url))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, cookie, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn with_cookie(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<Value>,
+) -> u16 {
+    let mut request = app
+        .http
+        .request(method, format!("{}{path}", app.base_url))
+        .header("cookie", cookie);
+    if let Some(csrf) = csrf {
+        request = request.header("x-csrf-token", csrf);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+async fn sessions_need_csrf_expire_and_log_out(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (status, created) = app
+        .raw(
+            Method::POST,
+            "/api/v1/users",
+            Some(ADMIN_TOKEN),
+            Some(serde_json::to_vec(&json!({"email": "Ada@Example.com", "name": "Ada", "password": "correct horse"})).unwrap()),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert!(
+        created.get("password").is_none(),
+        "a given password is not echoed"
+    );
+    assert_eq!(
+        created["user"]["email"], "ada@example.com",
+        "emails are case-insensitive"
+    );
+
+    let (status, cookie, answer) = login(&app, "ada@example.com", "wrong horse").await;
+    assert_eq!(status, 401);
+    assert!(cookie.is_none());
+    assert_eq!(answer["error"]["message"], "wrong email or password");
+    let (status, _, unknown) = login(&app, "nobody@example.com", "wrong horse").await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        unknown["error"]["message"], answer["error"]["message"],
+        "no hint whether the account exists"
+    );
+
+    let (status, cookie, answer) = login(&app, "ADA@example.com", "correct horse").await;
+    assert_eq!(status, 200, "{answer}");
+    let set_cookie = cookie.unwrap();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
+    assert!(!set_cookie.contains("Secure"), "plain http");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let csrf = answer["csrfToken"].as_str().unwrap().to_owned();
+
+    assert_eq!(
+        with_cookie(&app, Method::GET, "/api/v1/me", &cookie, None, None).await,
+        200
+    );
+    // Unsafe requests need the CSRF token.
+    let body = Some(json!({"name": "laptop"}));
+    assert_eq!(
+        with_cookie(
+            &app,
+            Method::POST,
+            "/api/v1/me/tokens",
+            &cookie,
+            None,
+            body.clone()
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        with_cookie(
+            &app,
+            Method::POST,
+            "/api/v1/me/tokens",
+            &cookie,
+            Some("wrong"),
+            body.clone()
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        with_cookie(
+            &app,
+            Method::POST,
+            "/api/v1/me/tokens",
+            &cookie,
+            Some(&csrf),
+            body
+        )
+        .await,
+        201
+    );
+
+    // Logout ends the session.
+    assert_eq!(
+        with_cookie(
+            &app,
+            Method::DELETE,
+            "/api/v1/session",
+            &cookie,
+            Some(&csrf),
+            None
+        )
+        .await,
+        204
+    );
+    assert_eq!(
+        with_cookie(&app, Method::GET, "/api/v1/me", &cookie, None, None).await,
+        401
+    );
+
+    // Sessions expire after 12 hours.
+    let (_, cookie, _) = login(&app, "ada@example.com", "correct horse").await;
+    let cookie = cookie.unwrap().split(';').next().unwrap().to_owned();
+    assert_eq!(
+        with_cookie(&app, Method::GET, "/api/v1/me", &cookie, None, None).await,
+        200
+    );
+    app.clock.advance_ms(12 * 3600 * 1000 + 1);
+    assert_eq!(
+        with_cookie(&app, Method::GET, "/api/v1/me", &cookie, None, None).await,
+        401
+    );
+
+    // Five failures lock the account for a while (the right password too).
+    for _ in 0..5 {
+        assert_eq!(login(&app, "ada@example.com", "guess guess").await.0, 401);
+    }
+    let (status, _, answer) = login(&app, "ada@example.com", "correct horse").await;
+    assert_eq!(status, 429);
+    assert_eq!(answer["error"]["code"], "rate_limited");
+
+    // Bad input.
+    for (body, field) in [
+        (json!({"email": "no-at-sign", "password": "x"}), "email"),
+        (json!({"email": "a@b.c"}), "password"),
+    ] {
+        let (status, answer) = app
+            .raw(
+                Method::POST,
+                "/api/v1/session",
+                None,
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["field"], field);
+    }
+    let (status, answer) = app
+        .raw(
+            Method::POST,
+            "/api/v1/users",
+            Some(ADMIN_TOKEN),
+            Some(
+                serde_json::to_vec(&json!({"email": "b@x.io", "name": "B", "password": "short"}))
+                    .unwrap(),
+            ),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(answer["error"]["field"], "password");
+    let (status, answer) = app
+        .raw(
+            Method::POST,
+            "/api/v1/users",
+            Some(ADMIN_TOKEN),
+            Some(serde_json::to_vec(&json!({"email": "ada@example.com", "name": "Dup"})).unwrap()),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(answer["error"]["code"], "user_exists");
+    app.stop().await;
+}
