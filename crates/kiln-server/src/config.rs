@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub runner: crate::runner::RunnerConfig,
     /// Mark session cookies `Secure` (always, not only behind `X-Forwarded-Proto: https`).
     pub secure_cookies: bool,
+    /// Notifications of build events: retention, email.
+    pub notifications: crate::notify::NotificationConfig,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -51,6 +53,7 @@ impl fmt::Debug for ServerConfig {
             .field("admin_token", &self.admin_token)
             .field("max_streams_per_token", &self.max_streams_per_token)
             .field("runner", &self.runner)
+            .field("notifications", &self.notifications)
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             clock: Arc::new(SystemClock),
             runner: crate::runner::RunnerConfig::default(),
             secure_cookies: false,
+            notifications: crate::notify::NotificationConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ mod config;
 mod error;
 mod ingest;
 mod live;
+mod notify;
 mod reaper;
 mod runner;
 mod serve;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 pub use api::ROUTES;
 pub use config::{Secret, ServerConfig};
 pub use error::ApiError;
+pub use notify::{EmailConfig, NotificationConfig};
 pub use runner::RunnerConfig;
 
 use crate::auth::Authenticator;
@@ -94,6 +96,25 @@ pub async fn run(
         reaper_stopped.clone(),
     ));
     let runner_task = tokio::spawn(runner::tasks::run(runner, reaper_stopped.clone()));
+    let mail_queued = Arc::new(tokio::sync::Notify::new());
+    let notifier_task = tokio::spawn(notify::run(
+        store.clone(),
+        bus.clone(),
+        clock.clone(),
+        config.notifications.clone(),
+        mail_queued.clone(),
+        reaper_stopped.clone(),
+    ));
+    let mail_task = config.notifications.email.clone().map(|email| {
+        tokio::spawn(notify::mail::run(
+            store.clone(),
+            clock.clone(),
+            email,
+            config.notifications.poll_interval,
+            mail_queued,
+            reaper_stopped.clone(),
+        ))
+    });
     let reaper_task = tokio::spawn(reaper::run(
         store.clone(),
         ingestor,
@@ -119,6 +140,10 @@ pub async fn run(
     let _ = reaper_stop.send(true);
     let _ = reaper_task.await;
     let _ = runner_task.await;
+    let _ = notifier_task.await;
+    if let Some(mail_task) = mail_task {
+        let _ = mail_task.await;
+    }
     let _ = tail_task.await;
     let _ = ingest_task.await;
     tracing::info!("kiln stopped");

@@ -593,6 +593,55 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             json!({"agentId": agent_id, "attempt": 99, "state": "passed"}),
             Rule::Agent,
         ),
+        // Notifications: every user has an inbox (the mute is added before it is removed).
+        (
+            "GET",
+            "/api/v1/notifications".into(),
+            Value::Null,
+            Rule::User,
+        ),
+        (
+            "POST",
+            "/api/v1/notifications/not-a-number/read".into(),
+            Value::Null,
+            Rule::User,
+        ),
+        (
+            "POST",
+            "/api/v1/notifications/read-all".into(),
+            Value::Null,
+            Rule::User,
+        ),
+        (
+            "POST",
+            "/api/v1/notifications/not-a-number/archive".into(),
+            Value::Null,
+            Rule::User,
+        ),
+        (
+            "GET",
+            "/api/v1/notifications/stats".into(),
+            Value::Null,
+            Rule::User,
+        ),
+        (
+            "GET",
+            "/api/v1/notifications/mutes".into(),
+            Value::Null,
+            Rule::User,
+        ),
+        (
+            "POST",
+            "/api/v1/notifications/mutes".into(),
+            json!({"kind": "build_started"}),
+            Rule::User,
+        ),
+        (
+            "DELETE",
+            "/api/v1/notifications/mutes?kind=build_started".into(),
+            Value::Null,
+            Rule::User,
+        ),
     ];
 
     // Every route of the router has a rule here.

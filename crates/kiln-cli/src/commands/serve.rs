@@ -49,6 +49,16 @@ pub struct ServeArgs {
     /// Mark session cookies Secure (Kiln behind an https proxy that sets no X-Forwarded-Proto).
     #[arg(long, env = "KILN_SECURE_COOKIES")]
     pub secure_cookies: bool,
+    /// Days after which notifications are archived automatically.
+    #[arg(long, env = "KILN_NOTIFICATION_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=36500))]
+    pub notification_retention_days: i64,
+    /// Email notifications through this SMTP relay (smtp://HOST[:PORT], plain SMTP, no
+    /// TLS or login: a local relay). Off when absent.
+    #[arg(long, env = "KILN_SMTP_URL", requires = "smtp_from")]
+    pub smtp_url: Option<String>,
+    /// The sender address of notification emails.
+    #[arg(long, env = "KILN_SMTP_FROM", requires = "smtp_url")]
+    pub smtp_from: Option<String>,
 }
 
 /// `kiln up`: the server, a local agent, and optionally a demo build.
@@ -99,8 +109,14 @@ impl ServeArgs {
         Ok(format!("sqlite://{}/kiln.db", self.data_dir.display()))
     }
 
-    fn config(&self) -> ServerConfig {
-        ServerConfig {
+    fn config(&self) -> anyhow::Result<ServerConfig> {
+        let email = match (&self.smtp_url, &self.smtp_from) {
+            (Some(url), Some(from)) => {
+                Some(kiln_server::EmailConfig::parse(url, from).map_err(anyhow::Error::msg)?)
+            }
+            _ => None,
+        };
+        Ok(ServerConfig {
             heartbeat_timeout_secs: self.heartbeat_timeout,
             reaper_interval: Duration::from_millis(self.stale_check_interval_ms),
             max_streams_per_token: self.max_streams_per_token as usize,
@@ -118,8 +134,13 @@ impl ServeArgs {
                 ..kiln_server::RunnerConfig::default()
             },
             secure_cookies: self.secure_cookies,
+            notifications: kiln_server::NotificationConfig {
+                retention_days: self.notification_retention_days,
+                email,
+                ..kiln_server::NotificationConfig::default()
+            },
             ..ServerConfig::default()
-        }
+        })
     }
 }
 
@@ -173,7 +194,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (listener, store, url) = start(&args).await?;
     // Tests and scripts read this line to learn the port when listening on :0.
     eprintln!("kiln listening on {url}");
-    kiln_server::run(listener, store, args.config(), shutdown_signal()).await?;
+    kiln_server::run(listener, store, args.config()?, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -242,6 +263,6 @@ pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         }
     };
-    kiln_server::run(listener, store, args.config(), shutdown).await?;
+    kiln_server::run(listener, store, args.config()?, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ mod events;
 mod fleet;
 mod health;
 mod members;
+mod notifications;
 mod projects;
 mod repos;
 mod runs;
@@ -325,6 +326,55 @@ fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppStat
             "/api/v1/agent/jobs/{id}/finish",
             Access::Agent,
             post(agent::finish),
+        ),
+        // Notifications.
+        (
+            "GET",
+            "/api/v1/notifications",
+            Access::User,
+            get(notifications::list),
+        ),
+        (
+            "POST",
+            "/api/v1/notifications/{id}/read",
+            Access::User,
+            post(notifications::mark_read),
+        ),
+        (
+            "POST",
+            "/api/v1/notifications/read-all",
+            Access::User,
+            post(notifications::mark_all_read),
+        ),
+        (
+            "POST",
+            "/api/v1/notifications/{id}/archive",
+            Access::User,
+            post(notifications::archive),
+        ),
+        (
+            "GET",
+            "/api/v1/notifications/stats",
+            Access::User,
+            get(notifications::stats),
+        ),
+        (
+            "GET",
+            "/api/v1/notifications/mutes",
+            Access::User,
+            get(notifications::list_mutes),
+        ),
+        (
+            "POST",
+            "/api/v1/notifications/mutes",
+            Access::User,
+            post(notifications::add_mute),
+        ),
+        (
+            "DELETE",
+            "/api/v1/notifications/mutes",
+            Access::User,
+            delete(notifications::remove_mute),
         ),
     ]
 }

@@ -75,6 +75,8 @@ pub(crate) enum Room {
 pub(crate) struct Bus {
     rooms: Mutex<HashMap<Room, broadcast::Sender<Arc<LiveEvent>>>>,
     commits: Notify,
+    /// Wakes the notifier (`crate::notify`) after each local commit.
+    notifier_commits: Notify,
     /// True once the server shuts down: every follower ends its stream with a retry
     /// hint, so open streams do not hold the graceful shutdown open.
     closing: watch::Sender<bool>,
@@ -85,6 +87,7 @@ impl Default for Bus {
         Self {
             rooms: Mutex::default(),
             commits: Notify::new(),
+            notifier_commits: Notify::new(),
             closing: watch::channel(false).0,
         }
     }
@@ -129,6 +132,12 @@ impl Bus {
     /// Called by the ingestor after each commit.
     pub fn notify_commit(&self) {
         self.commits.notify_one();
+        self.notifier_commits.notify_one();
+    }
+
+    /// Woken after each local commit; a commit made while nobody waits leaves a permit.
+    pub fn notifier_commits(&self) -> &Notify {
+        &self.notifier_commits
     }
 }
 

@@ -70,10 +70,19 @@ impl TestApp {
 
     /// Starts a server on an existing database (a restart, or a second replica).
     pub async fn spawn_on(database: Arc<TestDatabase>, clock: Arc<ManualClock>) -> TestApp {
+        Self::spawn_configured(database, clock, |_| {}).await
+    }
+
+    /// Starts a server with settings changed from the tests' defaults.
+    pub async fn spawn_configured(
+        database: Arc<TestDatabase>,
+        clock: Arc<ManualClock>,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestApp {
         let store = database.open_dyn().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             heartbeat_timeout_secs: 90,
             reaper_interval: Duration::from_millis(20),
             admin_token: Some(Secret::new(ADMIN_TOKEN)),
@@ -84,7 +93,9 @@ impl TestApp {
                 ..kiln_server::RunnerConfig::default()
             },
             secure_cookies: false,
+            ..ServerConfig::default()
         };
+        configure(&mut config);
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             kiln_server::run(listener, store, config, async {

@@ -1,0 +1,348 @@
+//! A user's notifications: the inbox (unread, archived, paging), mark read, archive,
+//! stats and mutes. Every route acts on the caller's own user only.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::{Extension, Json};
+use kiln_core::Millis;
+use kiln_store::{NotificationFilter, NotificationKind, NotificationMute, NotificationRecord};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::body::{JsonBody, QueryParams};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::notify::kind_names;
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 200;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NotificationDto {
+    id: i64,
+    kind: &'static str,
+    title: String,
+    body: String,
+    project: String,
+    run_id: String,
+    event_id: i64,
+    unread: bool,
+    created_at: String,
+    read_at: Option<String>,
+    archived_at: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NotificationList {
+    notifications: Vec<NotificationDto>,
+    /// Pass as `before=` for the next (older) page; absent on the last page.
+    next_before: Option<i64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MuteDto {
+    id: i64,
+    project: Option<String>,
+    kind: Option<&'static str>,
+    created_at: String,
+}
+
+fn notification_dto(record: &NotificationRecord) -> NotificationDto {
+    NotificationDto {
+        id: record.id,
+        kind: record.kind.as_str(),
+        title: record.title.clone(),
+        body: record.body.clone(),
+        project: record.project_slug.clone(),
+        run_id: record.run_id.clone(),
+        event_id: record.event_id,
+        unread: record.read_at.is_none(),
+        created_at: record.created_at.to_rfc3339(),
+        read_at: record.read_at.map(Millis::to_rfc3339),
+        archived_at: record.archived_at.map(Millis::to_rfc3339),
+    }
+}
+
+fn mute_dto(mute: &NotificationMute) -> MuteDto {
+    MuteDto {
+        id: mute.id,
+        project: mute.project_slug.clone(),
+        kind: mute.kind.map(NotificationKind::as_str),
+        created_at: mute.created_at.to_rfc3339(),
+    }
+}
+
+fn to_json(value: impl Serialize) -> Json<Value> {
+    Json(serde_json::to_value(value).unwrap_or_default())
+}
+
+/// The caller's user; project, agent and admin tokens have none.
+fn user_of(caller: &Caller) -> Result<i64, ApiError> {
+    caller.user_id.ok_or_else(|| {
+        ApiError::Forbidden("notifications belong to users; log in or use a personal token".into())
+    })
+}
+
+fn boolean(params: &QueryParams, key: &str) -> Result<Option<bool>, ApiError> {
+    match params.string(key) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_field",
+            Some(key),
+            format!("{key}: must be true or false, got '{other}'"),
+        )),
+    }
+}
+
+fn notification_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::bad_request("invalid_field", Some("id"), "id: must be a notification id")
+    })
+}
+
+fn not_found(id: i64) -> impl FnOnce(kiln_store::StoreError) -> ApiError {
+    move |error| match error {
+        kiln_store::StoreError::NotFound(_) => {
+            ApiError::NotFound(format!("notification {id} not found"))
+        }
+        other => other.into(),
+    }
+}
+
+/// `GET /api/v1/notifications?unread=true|false&archived=true|false&limit=&before=`:
+/// newest first; without `archived`, the inbox (not archived).
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = user_of(&caller)?;
+    let params = QueryParams::from_uri(uri.query());
+    let limit = params
+        .integer("limit", 1, MAX_LIMIT)?
+        .unwrap_or(DEFAULT_LIMIT);
+    let filter = NotificationFilter {
+        user_id,
+        unread: boolean(&params, "unread")?,
+        archived: Some(boolean(&params, "archived")?.unwrap_or(false)),
+        before: params.integer("before", 1, i64::MAX)?,
+        limit,
+    };
+    let records = state.store.list_notifications(&filter).await?;
+    let next_before = (records.len() as i64 == limit)
+        .then(|| records.last().map(|record| record.id))
+        .flatten();
+    Ok(to_json(NotificationList {
+        notifications: records.iter().map(notification_dto).collect(),
+        next_before,
+    }))
+}
+
+/// `POST /api/v1/notifications/{id}/read`.
+pub(crate) async fn mark_read(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = user_of(&caller)?;
+    let id = notification_id(&id)?;
+    let record = state
+        .store
+        .mark_notification_read(user_id, id, state.clock.now())
+        .await
+        .map_err(not_found(id))?;
+    Ok(to_json(notification_dto(&record)))
+}
+
+/// `POST /api/v1/notifications/read-all`: `{"marked": N}`.
+pub(crate) async fn mark_all_read(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = user_of(&caller)?;
+    let marked = state
+        .store
+        .mark_all_notifications_read(user_id, state.clock.now())
+        .await?;
+    Ok(Json(json!({ "marked": marked })))
+}
+
+/// `POST /api/v1/notifications/{id}/archive`.
+pub(crate) async fn archive(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = user_of(&caller)?;
+    let id = notification_id(&id)?;
+    let record = state
+        .store
+        .archive_notification(user_id, id, state.clock.now())
+        .await
+        .map_err(not_found(id))?;
+    Ok(to_json(notification_dto(&record)))
+}
+
+/// `GET /api/v1/notifications/stats`: `{"unread": N, "byKind": {"build_failed": n, …}}`
+/// (every kind listed, unread in the inbox only).
+pub(crate) async fn stats(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = user_of(&caller)?;
+    let stats = state.store.notification_stats(user_id).await?;
+    let mut by_kind = Map::new();
+    for kind in NotificationKind::ALL {
+        let count = stats
+            .unread_by_kind
+            .iter()
+            .find(|(counted, _)| *counted == kind)
+            .map_or(0, |(_, count)| *count);
+        by_kind.insert(kind.as_str().into(), count.into());
+    }
+    Ok(Json(json!({ "unread": stats.unread, "byKind": by_kind })))
+}
+
+/// `GET /api/v1/notifications/mutes`.
+pub(crate) async fn list_mutes(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = user_of(&caller)?;
+    let mutes = state.store.notification_mutes(user_id).await?;
+    Ok(Json(json!({
+        "mutes": mutes.iter().map(mute_dto).map(|m| serde_json::to_value(m).unwrap_or_default()).collect::<Vec<_>>()
+    })))
+}
+
+/// What a mute names: a project the caller may read and/or a kind; at least one.
+async fn mute_target(
+    state: &AppState,
+    caller: &Caller,
+    project: Option<&str>,
+    kind: Option<&str>,
+) -> Result<(Option<i64>, Option<NotificationKind>), ApiError> {
+    let kind = kind
+        .map(|kind| {
+            NotificationKind::parse(kind).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    Some("kind"),
+                    format!("kind: must be one of {}, got '{kind}'", kind_names()),
+                )
+            })
+        })
+        .transpose()?;
+    let project_id = match project {
+        None => None,
+        Some(slug) => {
+            let project = state
+                .store
+                .project_by_slug(slug)
+                .await?
+                .filter(|project| caller.can_read(project.id))
+                .ok_or_else(|| ApiError::NotFound(format!("project '{slug}' not found")))?;
+            Some(project.id)
+        }
+    };
+    if project_id.is_none() && kind.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some("project"),
+            "name a project, a kind, or both (e.g. {\"project\": \"web\", \"kind\": \"build_started\"})",
+        ));
+    }
+    Ok((project_id, kind))
+}
+
+/// An optional string member of a mute body.
+fn optional_string<'a>(body: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(value)) => Ok(Some(value)),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_field",
+            Some(field),
+            format!("{field}: must be a string"),
+        )),
+    }
+}
+
+/// `POST /api/v1/notifications/mutes` `{project?: slug, kind?}`: 201 with the mute (an
+/// existing identical mute is answered as it is).
+pub(crate) async fn add_mute(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let user_id = user_of(&caller)?;
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            Some("body"),
+            "send a JSON object {\"project\"?: slug, \"kind\"?: kind}",
+        ));
+    }
+    let (project_id, kind) = mute_target(
+        &state,
+        &caller,
+        optional_string(&body, "project")?,
+        optional_string(&body, "kind")?,
+    )
+    .await?;
+    let mute = state
+        .store
+        .add_notification_mute(user_id, project_id, kind, state.clock.now())
+        .await?;
+    Ok((StatusCode::CREATED, to_json(mute_dto(&mute))))
+}
+
+/// `DELETE /api/v1/notifications/mutes` with `{project?, kind?}` as a JSON body or as
+/// query parameters.
+pub(crate) async fn remove_mute(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = user_of(&caller)?;
+    let (project, kind) = if body.is_empty() {
+        let params = QueryParams::from_uri(uri.query());
+        (
+            params.string("project").map(str::to_owned),
+            params.string("kind").map(str::to_owned),
+        )
+    } else {
+        let body: Value = serde_json::from_slice(&body).map_err(|error| {
+            ApiError::bad_request(
+                "invalid_json",
+                Some("body"),
+                format!("the body is not valid JSON: {error}"),
+            )
+        })?;
+        (
+            optional_string(&body, "project")?.map(str::to_owned),
+            optional_string(&body, "kind")?.map(str::to_owned),
+        )
+    };
+    let (project_id, kind) =
+        mute_target(&state, &caller, project.as_deref(), kind.as_deref()).await?;
+    state
+        .store
+        .remove_notification_mute(user_id, project_id, kind)
+        .await
+        .map_err(|error| match error {
+            kiln_store::StoreError::NotFound(_) => ApiError::NotFound(
+                "no such mute; GET /api/v1/notifications/mutes lists them".into(),
+            ),
+            other => other.into(),
+        })?;
+    Ok(Json(json!({ "removed": true })))
+}
