@@ -44,6 +44,10 @@ pub(crate) async fn run(
         if let Err(error) = send_due(&*store, &*clock, &config, &mut stop).await {
             tracing::warn!(%error, "cannot read the email outbox; retrying");
         }
+        // `send_due` may have seen the stop already (then `changed` would not fire).
+        if *stop.borrow() {
+            return;
+        }
         wake = tokio::select! {
             _ = queued.notified() => Wake::Queued,
             _ = tokio::time::sleep(poll_interval) => Wake::Tick,
@@ -74,11 +78,16 @@ async fn send_due(
             return Ok(());
         }
         for email in &emails {
+            // At shutdown an unfinished send is abandoned: its claim ends and it is
+            // sent again later (email is at least once), rather than holding the
+            // shutdown for a slow relay.
             if *stop.borrow() {
-                // Unsent claims become due again when their claim ends.
                 return Ok(());
             }
-            deliver(store, clock, config, email).await?;
+            tokio::select! {
+                delivered = deliver(store, clock, config, email) => delivered?,
+                _ = stop.changed() => return Ok(()),
+            }
         }
     }
 }
