@@ -191,16 +191,19 @@ async fn start(
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
+    // Bad settings stop the command before it opens the database or listens.
+    let config = args.config()?;
     let (listener, store, url) = start(&args).await?;
     // Tests and scripts read this line to learn the port when listening on :0.
     eprintln!("kiln listening on {url}");
-    kiln_server::run(listener, store, args.config()?, shutdown_signal()).await?;
+    kiln_server::run(listener, store, config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
     let args = up.serve.clone();
     init_logging(args.log_format);
+    let config = args.config()?;
     let (listener, store, url) = start(&args).await?;
     let now = SystemClock.now();
     let bootstrap = kiln_server::bootstrap_default_project(&*store, now).await?;
@@ -263,6 +266,6 @@ pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         }
     };
-    kiln_server::run(listener, store, args.config()?, shutdown).await?;
+    kiln_server::run(listener, store, config, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
