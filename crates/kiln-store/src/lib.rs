@@ -15,6 +15,7 @@ mod records;
 pub mod sql;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+pub(crate) mod webhooks;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub use notifications::*;
 pub use queue::*;
 pub use records::*;
 pub use sql::SqlStore;
+pub use webhooks::*;
 
 /// Which database engine a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,6 +435,83 @@ pub trait Store: Send + Sync + 'static {
         retry_at: Option<Millis>,
         now: Millis,
     ) -> StoreResult<()>;
+
+    // ---- Webhooks: endpoints, the delivery outbox and its attempts, the consumer cursor.
+
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: &NewWebhookEndpoint,
+    ) -> StoreResult<WebhookEndpoint>;
+    /// A project's endpoints, or every endpoint with `None`, in id order.
+    async fn webhook_endpoints(&self, project_id: Option<i64>)
+    -> StoreResult<Vec<WebhookEndpoint>>;
+    /// NotFound for an endpoint of another project.
+    async fn webhook_endpoint(&self, project_id: i64, id: i64) -> StoreResult<WebhookEndpoint>;
+    async fn update_webhook_endpoint(
+        &self,
+        project_id: i64,
+        id: i64,
+        patch: &WebhookEndpointPatch,
+        now: Millis,
+    ) -> StoreResult<WebhookEndpoint>;
+    /// Makes `new_secret` the signing secret; the old one keeps signing until
+    /// `previous_until`.
+    async fn rotate_webhook_secret(
+        &self,
+        project_id: i64,
+        id: i64,
+        new_secret: &str,
+        previous_until: Millis,
+        now: Millis,
+    ) -> StoreResult<WebhookEndpoint>;
+    /// Deletes an endpoint with its deliveries and their attempts.
+    async fn delete_webhook_endpoint(&self, project_id: i64, id: i64) -> StoreResult<()>;
+    /// The id of the last event the webhook consumers processed.
+    async fn webhook_cursor(&self) -> StoreResult<i64>;
+    /// Moves the webhook cursor from `from` to `to`; false when another replica moved it.
+    async fn advance_webhook_cursor(&self, from: i64, to: i64) -> StoreResult<bool>;
+    /// Queues a delivery; `None` when the endpoint already has one for that event.
+    async fn insert_webhook_delivery(
+        &self,
+        delivery: &NewWebhookDelivery,
+    ) -> StoreResult<Option<i64>>;
+    /// Claims up to `limit` due deliveries, at most the oldest pending one per active
+    /// endpoint, for one attempt each (counted); they are not due again before
+    /// `claimed_until` unless the attempt reports back.
+    async fn claim_due_webhook_deliveries(
+        &self,
+        now: Millis,
+        claimed_until: Millis,
+        limit: i64,
+    ) -> StoreResult<Vec<ClaimedWebhookDelivery>>;
+    /// Records an attempt and its outcome; ignored unless the delivery is still pending
+    /// at that attempt (a stale claim's report).
+    async fn finish_webhook_attempt(
+        &self,
+        delivery_id: i64,
+        attempt: &WebhookAttempt,
+        outcome: &WebhookOutcome,
+        now: Millis,
+    ) -> StoreResult<()>;
+    /// An endpoint's deliveries, newest first, with their attempts.
+    async fn webhook_deliveries(
+        &self,
+        endpoint_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<WebhookDeliveryRecord>>;
+    /// Queues a delivered or failed delivery again (Conflict while it is pending).
+    async fn redeliver_webhook(
+        &self,
+        endpoint_id: i64,
+        delivery_id: i64,
+        now: Millis,
+    ) -> StoreResult<WebhookDeliveryRecord>;
+    /// Per-endpoint delivery figures of a project, or of every project with `None`.
+    async fn webhook_status(
+        &self,
+        project_id: Option<i64>,
+    ) -> StoreResult<Vec<WebhookEndpointStatus>>;
+
 }
 
 /// Opens the store named by a database URL (`sqlite://…`, `postgres://…`), creating

@@ -48,6 +48,13 @@ const SQLITE: &[Migration] = &[
         name: "notifications",
         sql: include_str!("../migrations/sqlite/0005_notifications.sql"),
     },
+    // Outbound webhooks: endpoints of projects, one delivery per (endpoint, event) with
+    // its attempts, and the webhook consumer's cursor (starting at the current last event).
+    Migration {
+        version: 6,
+        name: "webhooks",
+        sql: include_str!("../migrations/sqlite/0006_webhooks.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -84,6 +91,13 @@ const POSTGRES: &[Migration] = &[
         version: 5,
         name: "notifications",
         sql: include_str!("../migrations/postgres/0005_notifications.sql"),
+    },
+    // Outbound webhooks: endpoints of projects, one delivery per (endpoint, event) with
+    // its attempts, and the webhook consumer's cursor (starting at the current last event).
+    Migration {
+        version: 6,
+        name: "webhooks",
+        sql: include_str!("../migrations/postgres/0006_webhooks.sql"),
     },
 ];
 

@@ -15,6 +15,7 @@ mod notifications;
 mod queue;
 mod rows;
 mod sqlite_writer;
+mod webhooks;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +30,7 @@ use crate::accounts::*;
 use crate::notifications::*;
 use crate::queue::*;
 use crate::records::*;
+use crate::webhooks::*;
 use crate::{Engine, Store, StoreError, StoreResult};
 use rows::{BUILD_SELECT, build_from_row, project_from_row, token_from_row};
 
@@ -871,5 +873,111 @@ impl Store for SqlStore {
         now: Millis,
     ) -> StoreResult<()> {
         self.q_email_failed(id, error, retry_at, now).await
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: &NewWebhookEndpoint,
+    ) -> StoreResult<WebhookEndpoint> {
+        self.q_create_webhook_endpoint(endpoint).await
+    }
+
+    async fn webhook_endpoints(
+        &self,
+        project_id: Option<i64>,
+    ) -> StoreResult<Vec<WebhookEndpoint>> {
+        self.q_webhook_endpoints(project_id).await
+    }
+
+    async fn webhook_endpoint(&self, project_id: i64, id: i64) -> StoreResult<WebhookEndpoint> {
+        self.q_webhook_endpoint(project_id, id).await
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        project_id: i64,
+        id: i64,
+        patch: &WebhookEndpointPatch,
+        now: Millis,
+    ) -> StoreResult<WebhookEndpoint> {
+        self.q_update_webhook_endpoint(project_id, id, patch, now)
+            .await
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        project_id: i64,
+        id: i64,
+        new_secret: &str,
+        previous_until: Millis,
+        now: Millis,
+    ) -> StoreResult<WebhookEndpoint> {
+        self.q_rotate_webhook_secret(project_id, id, new_secret, previous_until, now)
+            .await
+    }
+
+    async fn delete_webhook_endpoint(&self, project_id: i64, id: i64) -> StoreResult<()> {
+        self.q_delete_webhook_endpoint(project_id, id).await
+    }
+
+    async fn webhook_cursor(&self) -> StoreResult<i64> {
+        self.q_webhook_cursor().await
+    }
+
+    async fn advance_webhook_cursor(&self, from: i64, to: i64) -> StoreResult<bool> {
+        self.q_advance_webhook_cursor(from, to).await
+    }
+
+    async fn insert_webhook_delivery(
+        &self,
+        delivery: &NewWebhookDelivery,
+    ) -> StoreResult<Option<i64>> {
+        self.q_insert_webhook_delivery(delivery).await
+    }
+
+    async fn claim_due_webhook_deliveries(
+        &self,
+        now: Millis,
+        claimed_until: Millis,
+        limit: i64,
+    ) -> StoreResult<Vec<ClaimedWebhookDelivery>> {
+        self.q_claim_due_webhook_deliveries(now, claimed_until, limit)
+            .await
+    }
+
+    async fn finish_webhook_attempt(
+        &self,
+        delivery_id: i64,
+        attempt: &WebhookAttempt,
+        outcome: &WebhookOutcome,
+        now: Millis,
+    ) -> StoreResult<()> {
+        self.q_finish_webhook_attempt(delivery_id, attempt, outcome, now)
+            .await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        endpoint_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<WebhookDeliveryRecord>> {
+        self.q_webhook_deliveries(endpoint_id, limit).await
+    }
+
+    async fn redeliver_webhook(
+        &self,
+        endpoint_id: i64,
+        delivery_id: i64,
+        now: Millis,
+    ) -> StoreResult<WebhookDeliveryRecord> {
+        self.q_redeliver_webhook(endpoint_id, delivery_id, now)
+            .await
+    }
+
+    async fn webhook_status(
+        &self,
+        project_id: Option<i64>,
+    ) -> StoreResult<Vec<WebhookEndpointStatus>> {
+        self.q_webhook_status(project_id).await
     }
 }

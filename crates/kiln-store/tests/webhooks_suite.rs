@@ -1,0 +1,351 @@
+//! Outbound webhooks: endpoints, the delivery outbox (once per endpoint and event, in
+//! order per endpoint), attempts, retries, 410, redelivery, status and the cursor, on
+//! both engines.
+
+use kiln_core::{Millis, ProjectSlug};
+use kiln_store::store_test;
+use kiln_store::test_support::TestDatabase;
+use kiln_store::*;
+
+store_test!(endpoints_crud_and_rotation, endpoints_crud_and_rotation);
+store_test!(
+    deliveries_once_in_order_with_retries,
+    deliveries_once_in_order_with_retries
+);
+store_test!(
+    gone_disables_and_redelivery_requeues,
+    gone_disables_and_redelivery_requeues
+);
+store_test!(
+    webhook_cursor_compare_and_set,
+    webhook_cursor_compare_and_set
+);
+
+async fn project(store: &dyn Store, slug: &str) -> Project {
+    store
+        .create_project(&ProjectSlug::parse("slug", slug).unwrap(), slug, Millis(1))
+        .await
+        .unwrap()
+}
+
+async fn endpoint(store: &dyn Store, project: &Project, url: &str) -> WebhookEndpoint {
+    store
+        .create_webhook_endpoint(&NewWebhookEndpoint {
+            project_id: project.id,
+            url: url.into(),
+            secret: "whsec_AAAA".into(),
+            events: vec!["build_*".into()],
+            format: WebhookFormat::Kiln,
+            active: true,
+            created_at: Millis(5),
+        })
+        .await
+        .unwrap()
+}
+
+fn delivery(endpoint: &WebhookEndpoint, event_id: i64) -> NewWebhookDelivery {
+    NewWebhookDelivery {
+        endpoint_id: endpoint.id,
+        event_id: Some(event_id),
+        event_type: "build_started".into(),
+        body: format!("{{\"event\":{event_id}}}"),
+        created_at: Millis(100),
+    }
+}
+
+fn attempt(number: i64, status: Option<i64>) -> WebhookAttempt {
+    WebhookAttempt {
+        attempt: number,
+        started_at: Millis(100),
+        status_code: status,
+        latency_ms: 7,
+        request_headers: "{}".into(),
+        response_excerpt: Some("ok".into()),
+        error: None,
+    }
+}
+
+async fn endpoints_crud_and_rotation(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let api = project(&*store, "api").await;
+    let created = endpoint(&*store, &web, "https://example.com/hook").await;
+    assert!(created.active);
+    assert_eq!(created.events, vec!["build_*".to_string()]);
+    assert!(created.wants("build_failed"));
+    assert!(!created.wants("stage_failed"));
+    assert_eq!(
+        store.webhook_endpoints(Some(web.id)).await.unwrap().len(),
+        1
+    );
+    assert!(
+        store
+            .webhook_endpoints(Some(api.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        store.webhook_endpoint(api.id, created.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let patched = store
+        .update_webhook_endpoint(
+            web.id,
+            created.id,
+            &WebhookEndpointPatch {
+                events: Some(vec![]),
+                format: Some(WebhookFormat::Cdevents),
+                active: Some(false),
+                ..Default::default()
+            },
+            Millis(6),
+        )
+        .await
+        .unwrap();
+    assert!(!patched.active);
+    assert!(patched.wants("anything"));
+    assert_eq!(patched.format, WebhookFormat::Cdevents);
+    assert_eq!(patched.url, created.url);
+
+    let rotated = store
+        .rotate_webhook_secret(web.id, created.id, "whsec_BBBB", Millis(1_000), Millis(7))
+        .await
+        .unwrap();
+    assert_eq!(rotated.secret, "whsec_BBBB");
+    assert_eq!(rotated.previous_secret.as_deref(), Some("whsec_AAAA"));
+    assert_eq!(
+        rotated.signing_secrets(Millis(999)),
+        vec!["whsec_BBBB", "whsec_AAAA"]
+    );
+    assert_eq!(rotated.signing_secrets(Millis(1_000)), vec!["whsec_BBBB"]);
+
+    store
+        .insert_webhook_delivery(&delivery(&created, 1))
+        .await
+        .unwrap();
+    store
+        .delete_webhook_endpoint(web.id, created.id)
+        .await
+        .unwrap();
+    assert!(store.webhook_endpoints(None).await.unwrap().is_empty());
+    assert!(matches!(
+        store.delete_webhook_endpoint(web.id, created.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn deliveries_once_in_order_with_retries(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let first = endpoint(&*store, &web, "https://a.example/hook").await;
+    let second = endpoint(&*store, &web, "https://b.example/hook").await;
+    for event_id in [1, 2] {
+        assert!(
+            store
+                .insert_webhook_delivery(&delivery(&first, event_id))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    // A replay queues nothing twice.
+    assert!(
+        store
+            .insert_webhook_delivery(&delivery(&first, 1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .insert_webhook_delivery(&delivery(&second, 1))
+        .await
+        .unwrap();
+
+    // One delivery per endpoint at a time: event 1 of each.
+    let claimed = store
+        .claim_due_webhook_deliveries(Millis(100), Millis(200), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed[0].delivery.event_id, Some(1));
+    assert_eq!(claimed[0].delivery.attempts, 1);
+    assert_eq!(claimed[0].endpoint.id, first.id);
+    assert_eq!(claimed[1].endpoint.id, second.id);
+    // In flight: nothing more is due, not even event 2 of the first endpoint.
+    assert!(
+        store
+            .claim_due_webhook_deliveries(Millis(150), Millis(250), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let first_delivery = claimed[0].delivery.id;
+    store
+        .finish_webhook_attempt(
+            first_delivery,
+            &attempt(1, Some(500)),
+            &WebhookOutcome::RetryAt(Millis(300)),
+            Millis(120),
+        )
+        .await
+        .unwrap();
+    store
+        .finish_webhook_attempt(
+            claimed[1].delivery.id,
+            &attempt(1, Some(204)),
+            &WebhookOutcome::Delivered,
+            Millis(120),
+        )
+        .await
+        .unwrap();
+    // Event 2 waits while event 1 retries.
+    assert!(
+        store
+            .claim_due_webhook_deliveries(Millis(299), Millis(400), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retried = store
+        .claim_due_webhook_deliveries(Millis(300), Millis(400), 10)
+        .await
+        .unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].delivery.id, first_delivery);
+    assert_eq!(retried[0].delivery.attempts, 2);
+    // A stale report (of attempt 1) is ignored.
+    store
+        .finish_webhook_attempt(
+            first_delivery,
+            &attempt(1, Some(200)),
+            &WebhookOutcome::Delivered,
+            Millis(310),
+        )
+        .await
+        .unwrap();
+    store
+        .finish_webhook_attempt(
+            first_delivery,
+            &attempt(2, Some(200)),
+            &WebhookOutcome::Delivered,
+            Millis(310),
+        )
+        .await
+        .unwrap();
+    let next = store
+        .claim_due_webhook_deliveries(Millis(310), Millis(400), 10)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].delivery.event_id, Some(2));
+
+    let log = store.webhook_deliveries(first.id, 10).await.unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].state, WebhookDeliveryState::Delivered);
+    assert_eq!(log[1].attempt_log.len(), 2);
+    assert_eq!(log[1].attempt_log[0].status_code, Some(500));
+    assert_eq!(log[1].last_status, Some(200));
+
+    let status = store.webhook_status(Some(web.id)).await.unwrap();
+    assert_eq!(status.len(), 2);
+    assert_eq!(status[0].delivered, 1);
+    assert_eq!(status[0].pending, 1);
+    assert_eq!(status[0].successful_attempts, 1);
+    assert_eq!(status[0].total_attempts, 2);
+    assert_eq!(status[0].p50_latency_ms, Some(7));
+    assert_eq!(status[0].oldest_pending_at, Some(Millis(100)));
+    assert_eq!(status[1].delivered, 1);
+    assert_eq!(status[1].oldest_pending_at, None);
+}
+
+async fn gone_disables_and_redelivery_requeues(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let gone = endpoint(&*store, &web, "https://gone.example/hook").await;
+    store
+        .insert_webhook_delivery(&delivery(&gone, 1))
+        .await
+        .unwrap();
+    store
+        .insert_webhook_delivery(&delivery(&gone, 2))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_due_webhook_deliveries(Millis(100), Millis(200), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let delivery_id = claimed[0].delivery.id;
+    assert!(matches!(
+        store
+            .redeliver_webhook(gone.id, delivery_id, Millis(101))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .finish_webhook_attempt(
+            delivery_id,
+            &attempt(1, Some(410)),
+            &WebhookOutcome::FailedAndDisable,
+            Millis(110),
+        )
+        .await
+        .unwrap();
+    let disabled = store.webhook_endpoint(web.id, gone.id).await.unwrap();
+    assert!(!disabled.active);
+    assert!(disabled.disabled_reason.is_some());
+    // Nothing is sent to an inactive endpoint.
+    assert!(
+        store
+            .claim_due_webhook_deliveries(Millis(500), Millis(600), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Reactivated and redelivered: the failed delivery goes again, first.
+    store
+        .update_webhook_endpoint(
+            web.id,
+            gone.id,
+            &WebhookEndpointPatch {
+                active: Some(true),
+                ..Default::default()
+            },
+            Millis(600),
+        )
+        .await
+        .unwrap();
+    let requeued = store
+        .redeliver_webhook(gone.id, delivery_id, Millis(600))
+        .await
+        .unwrap();
+    assert_eq!(requeued.state, WebhookDeliveryState::Pending);
+    let claimed = store
+        .claim_due_webhook_deliveries(Millis(600), Millis(700), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].delivery.id, delivery_id);
+    assert_eq!(claimed[0].delivery.attempts, 2);
+    assert!(matches!(
+        store.redeliver_webhook(gone.id, 9_999, Millis(600)).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn webhook_cursor_compare_and_set(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let start = store.webhook_cursor().await.unwrap();
+    assert_eq!(start, 0);
+    assert!(store.advance_webhook_cursor(0, 5).await.unwrap());
+    assert!(!store.advance_webhook_cursor(0, 7).await.unwrap());
+    assert_eq!(store.webhook_cursor().await.unwrap(), 5);
+}
