@@ -58,6 +58,9 @@ enum Rule {
     Ingest,
     User,
     Agent,
+    /// Authenticated by a signature over the body, not a token: unsigned calls get 401
+    /// whoever makes them.
+    Signature,
 }
 
 /// `None`: allowed; `Some(status)`: refused with exactly that status.
@@ -65,6 +68,9 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
     use Who::*;
     if matches!(rule, Rule::Public) {
         return None;
+    }
+    if matches!(rule, Rule::Signature) {
+        return Some(401);
     }
     if matches!(who, Anonymous | Revoked) {
         return Some(401);
@@ -79,6 +85,7 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
     let allowed = |yes: &[Who]| if yes.contains(&who) { None } else { Some(403) };
     match rule {
         Rule::Public | Rule::Authenticated => None,
+        Rule::Signature => Some(401),
         Rule::Agent => Some(403),
         Rule::Ingest => allowed(&[Ingest]),
         Rule::User => allowed(&[Viewer, Developer, Admin, OtherAdmin, InstanceAdmin]),
@@ -178,6 +185,7 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         json!({"repo": repo.path().display().to_string()}),
     )
     .await;
+    admin(Method::PUT, "/api/v1/projects/web/hooks/github", json!({})).await;
     let mut tokens: HashMap<Who, String> = HashMap::new();
     let mut passwords = Vec::new();
     for (who, email, instance_admin, role) in [
@@ -330,6 +338,18 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
     let w = "/api/v1/projects/web";
     let routes: Vec<(&str, String, Value, Rule)> = vec![
         ("GET", "/healthz".into(), Value::Null, Rule::Public),
+        (
+            "POST",
+            "/api/v1/hooks/github/web".into(),
+            json!({"zen": "x"}),
+            Rule::Signature,
+        ),
+        (
+            "PUT",
+            format!("{w}/hooks/github"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
         ("GET", "/readyz".into(), Value::Null, Rule::Public),
         (
             "POST",

@@ -512,6 +512,12 @@ pub trait Store: Send + Sync + 'static {
         project_id: Option<i64>,
     ) -> StoreResult<Vec<WebhookEndpointStatus>>;
 
+    // ---- Inbound hooks.
+
+    /// Sets (or clears) the secret that signs the project's GitHub webhooks.
+    async fn set_github_secret(&self, project_id: i64, secret: Option<&str>) -> StoreResult<()>;
+    /// The project's GitHub webhook secret, if one is set.
+    async fn github_secret(&self, project_id: i64) -> StoreResult<Option<String>>;
 }
 
 /// Opens the store named by a database URL (`sqlite://…`, `postgres://…`), creating

@@ -55,6 +55,12 @@ const SQLITE: &[Migration] = &[
         name: "webhooks",
         sql: include_str!("../migrations/sqlite/0006_webhooks.sql"),
     },
+    // Inbound hooks: the secret GitHub signs a project's push webhooks with.
+    Migration {
+        version: 7,
+        name: "inbound_hooks",
+        sql: include_str!("../migrations/sqlite/0007_inbound_hooks.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -98,6 +104,12 @@ const POSTGRES: &[Migration] = &[
         version: 6,
         name: "webhooks",
         sql: include_str!("../migrations/postgres/0006_webhooks.sql"),
+    },
+    // Inbound hooks: the secret GitHub signs a project's push webhooks with.
+    Migration {
+        version: 7,
+        name: "inbound_hooks",
+        sql: include_str!("../migrations/postgres/0007_inbound_hooks.sql"),
     },
 ];
 

@@ -8,6 +8,7 @@ mod convert;
 mod events;
 mod fleet;
 mod health;
+mod hooks;
 mod members;
 mod notifications;
 mod projects;
@@ -47,6 +48,19 @@ pub struct RouteRule {
 fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
     vec![
         ("GET", "/healthz", Access::Public, get(health::healthz)),
+        // Inbound hooks (authenticated by their signature, not a token).
+        (
+            "POST",
+            "/api/v1/hooks/github/{slug}",
+            Access::Public,
+            post(hooks::github),
+        ),
+        (
+            "PUT",
+            "/api/v1/projects/{slug}/hooks/github",
+            Access::ProjectAdmin,
+            put(hooks::set_github),
+        ),
         // Accounts.
         (
             "POST",

@@ -10,6 +10,7 @@
 //! `ingest`.
 
 mod accounts;
+mod hooks;
 mod ingest;
 mod notifications;
 mod queue;
@@ -979,5 +980,13 @@ impl Store for SqlStore {
         project_id: Option<i64>,
     ) -> StoreResult<Vec<WebhookEndpointStatus>> {
         self.q_webhook_status(project_id).await
+    }
+
+    async fn set_github_secret(&self, project_id: i64, secret: Option<&str>) -> StoreResult<()> {
+        self.q_set_github_secret(project_id, secret).await
+    }
+
+    async fn github_secret(&self, project_id: i64) -> StoreResult<Option<String>> {
+        self.q_github_secret(project_id).await
     }
 }
