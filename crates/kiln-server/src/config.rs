@@ -43,6 +43,11 @@ pub struct ServerConfig {
     pub secure_cookies: bool,
     /// Notifications of build events: retention, email.
     pub notifications: crate::notify::NotificationConfig,
+    /// Outbound webhooks: retry schedule, timeout, secret overlap.
+    pub webhooks: crate::webhooks::WebhookConfig,
+    /// Let webhooks call private, loopback and link-local addresses
+    /// (`--webhooks-allow-private`; off by default, on in tests).
+    pub webhooks_allow_private: bool,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -54,6 +59,8 @@ impl fmt::Debug for ServerConfig {
             .field("max_streams_per_token", &self.max_streams_per_token)
             .field("runner", &self.runner)
             .field("notifications", &self.notifications)
+            .field("webhooks", &self.webhooks)
+            .field("webhooks_allow_private", &self.webhooks_allow_private)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +76,8 @@ impl Default for ServerConfig {
             runner: crate::runner::RunnerConfig::default(),
             secure_cookies: false,
             notifications: crate::notify::NotificationConfig::default(),
+            webhooks: crate::webhooks::WebhookConfig::default(),
+            webhooks_allow_private: false,
         }
     }
 }

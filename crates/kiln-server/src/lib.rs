@@ -16,6 +16,7 @@ mod notify;
 mod reaper;
 mod runner;
 mod serve;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use config::{Secret, ServerConfig};
 pub use error::ApiError;
 pub use notify::{EmailConfig, NotificationConfig};
 pub use runner::RunnerConfig;
+pub use webhooks::WebhookConfig;
 
 use crate::auth::Authenticator;
 use crate::clock::Clock;
@@ -47,6 +49,8 @@ pub(crate) struct AppState {
     pub streams: api::StreamLimiter,
     pub runner: runner::Runner,
     pub logins: Arc<accounts::LoginLimiter>,
+    /// Wakes the webhook sender when deliveries are queued (test events, redeliveries).
+    pub webhook_sender: Arc<tokio::sync::Notify>,
 }
 
 /// Errors that stop the server from starting.
@@ -71,6 +75,7 @@ pub async fn run(
     }
     let config = Arc::new(config);
     let bus = Arc::new(live::Bus::default());
+    let webhook_sender = Arc::new(tokio::sync::Notify::new());
     let (ingestor, ingest_task) = Ingestor::start(store.clone(), clock.clone(), bus.clone());
     let runner = runner::Runner::new(
         store.clone(),
@@ -88,6 +93,7 @@ pub async fn run(
         streams: api::StreamLimiter::new(config.max_streams_per_token),
         runner: runner.clone(),
         logins: Arc::new(accounts::LoginLimiter::default()),
+        webhook_sender: webhook_sender.clone(),
     };
     let (reaper_stop, reaper_stopped) = tokio::sync::watch::channel(false);
     let tail_task = tokio::spawn(live::tail(
@@ -115,6 +121,22 @@ pub async fn run(
             reaper_stopped.clone(),
         ))
     });
+    let webhook_consumer_task = tokio::spawn(webhooks::run_consumer(
+        store.clone(),
+        bus.clone(),
+        clock.clone(),
+        config.webhooks.clone(),
+        webhook_sender.clone(),
+        reaper_stopped.clone(),
+    ));
+    let webhook_sender_task = tokio::spawn(webhooks::run_sender(
+        store.clone(),
+        clock.clone(),
+        config.webhooks.clone(),
+        config.webhooks_allow_private,
+        webhook_sender,
+        reaper_stopped.clone(),
+    ));
     let reaper_task = tokio::spawn(reaper::run(
         store.clone(),
         ingestor,
@@ -141,6 +163,8 @@ pub async fn run(
     let _ = reaper_task.await;
     let _ = runner_task.await;
     let _ = notifier_task.await;
+    let _ = webhook_consumer_task.await;
+    let _ = webhook_sender_task.await;
     if let Some(mail_task) = mail_task {
         let _ = mail_task.await;
     }
@@ -254,6 +278,14 @@ pub fn generate_token() -> String {
     let mut random = [0u8; 32];
     getrandom::fill(&mut random).expect("the operating system's random source is available");
     format_token(&random)
+}
+
+/// Installs rustls' ring provider once (webhook deliveries to https URLs).
+pub(crate) fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// What `kiln up` creates on first run.

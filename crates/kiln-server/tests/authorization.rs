@@ -662,6 +662,68 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             Value::Null,
             Rule::User,
         ),
+        // Webhooks: ids that are not numbers answer 400 to allowed callers, after the
+        // project check (a loopback URL is refused with 422 unless allowed).
+        (
+            "POST",
+            format!("{w}/webhooks"),
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["build_*"]}),
+            Rule::ProjectAdmin,
+        ),
+        (
+            "GET",
+            format!("{w}/webhooks"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "GET",
+            format!("{w}/webhooks/not-a-number"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "PATCH",
+            format!("{w}/webhooks/not-a-number"),
+            json!({"active": false}),
+            Rule::ProjectAdmin,
+        ),
+        (
+            "DELETE",
+            format!("{w}/webhooks/not-a-number"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "POST",
+            format!("{w}/webhooks/not-a-number/rotate-secret"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "POST",
+            format!("{w}/webhooks/not-a-number/test"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "GET",
+            format!("{w}/webhooks/not-a-number/deliveries"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "POST",
+            format!("{w}/webhooks/not-a-number/deliveries/1/redeliver"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "GET",
+            "/api/v1/webhooks/status?project=web".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
     ];
 
     // Every route of the router has a rule here.

@@ -17,6 +17,7 @@ mod runs;
 mod socketio;
 mod stream;
 mod users;
+mod webhooks;
 
 pub(crate) use convert::{event_json, job_dto};
 pub(crate) use stream::StreamLimiter;
@@ -25,7 +26,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 use crate::AppState;
 use crate::auth::Access;
@@ -389,6 +390,67 @@ fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppStat
             "/api/v1/notifications/mutes",
             Access::User,
             delete(notifications::remove_mute),
+        ),
+        // Webhooks.
+        (
+            "POST",
+            "/api/v1/projects/{slug}/webhooks",
+            Access::ProjectAdmin,
+            post(webhooks::create),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/webhooks",
+            Access::ProjectAdmin,
+            get(webhooks::list),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/webhooks/{id}",
+            Access::ProjectAdmin,
+            get(webhooks::show),
+        ),
+        (
+            "PATCH",
+            "/api/v1/projects/{slug}/webhooks/{id}",
+            Access::ProjectAdmin,
+            patch(webhooks::update),
+        ),
+        (
+            "DELETE",
+            "/api/v1/projects/{slug}/webhooks/{id}",
+            Access::ProjectAdmin,
+            delete(webhooks::remove),
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{slug}/webhooks/{id}/rotate-secret",
+            Access::ProjectAdmin,
+            post(webhooks::rotate_secret),
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{slug}/webhooks/{id}/test",
+            Access::ProjectAdmin,
+            post(webhooks::send_test),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/webhooks/{id}/deliveries",
+            Access::ProjectAdmin,
+            get(webhooks::deliveries),
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{slug}/webhooks/{id}/deliveries/{delivery}/redeliver",
+            Access::ProjectAdmin,
+            post(webhooks::redeliver),
+        ),
+        (
+            "GET",
+            "/api/v1/webhooks/status",
+            Access::ProjectRead,
+            get(webhooks::status),
         ),
     ]
 }

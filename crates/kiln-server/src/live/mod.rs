@@ -77,6 +77,8 @@ pub(crate) struct Bus {
     commits: Notify,
     /// Wakes the notifier (`crate::notify`) after each local commit.
     notifier_commits: Notify,
+    /// Wakes the webhook consumer (`crate::webhooks`) after each local commit.
+    webhook_commits: Notify,
     /// True once the server shuts down: every follower ends its stream with a retry
     /// hint, so open streams do not hold the graceful shutdown open.
     closing: watch::Sender<bool>,
@@ -88,6 +90,7 @@ impl Default for Bus {
             rooms: Mutex::default(),
             commits: Notify::new(),
             notifier_commits: Notify::new(),
+            webhook_commits: Notify::new(),
             closing: watch::channel(false).0,
         }
     }
@@ -133,11 +136,17 @@ impl Bus {
     pub fn notify_commit(&self) {
         self.commits.notify_one();
         self.notifier_commits.notify_one();
+        self.webhook_commits.notify_one();
     }
 
     /// Woken after each local commit; a commit made while nobody waits leaves a permit.
     pub fn notifier_commits(&self) -> &Notify {
         &self.notifier_commits
+    }
+
+    /// Woken after each local commit, like `notifier_commits`, for the webhook consumer.
+    pub fn webhook_commits(&self) -> &Notify {
+        &self.webhook_commits
     }
 }
 

@@ -1,0 +1,451 @@
+//! A project's outbound webhook endpoints, their delivery logs, redelivery, test events
+//! and the delivery status (`crate::webhooks` sends them).
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::{Extension, Json};
+use kiln_store::{
+    NewWebhookDelivery, WebhookDeliveryRecord, WebhookEndpoint, WebhookEndpointPatch,
+    WebhookEndpointStatus, WebhookFormat,
+};
+use serde_json::{Value, json};
+
+use super::body::{JsonBody, QueryParams};
+use super::members::administered_project;
+use super::projects::readable_project;
+use super::users::audit;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::webhooks::{address, payload};
+
+/// Deliveries shown by the log.
+const LOG_LIMIT: i64 = 100;
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_field", Some(field), message)
+}
+
+fn unprocessable(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Unprocessable {
+        code: "invalid_url",
+        message: message.into(),
+        field: Some(field.into()),
+    }
+}
+
+fn parse_id(value: &str, what: &str) -> Result<i64, ApiError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| invalid("id", format!("{what}: give the numeric id")))
+}
+
+/// Checks a URL: http(s) with a host; its addresses must be public unless allowed.
+async fn checked_url(state: &AppState, url: &str) -> Result<String, ApiError> {
+    let target = address::parse(url).map_err(|error| unprocessable("url", error))?;
+    if !state.config.webhooks_allow_private {
+        address::resolve(&target, false)
+            .await
+            .map_err(|error| unprocessable("url", error))?;
+    }
+    Ok(target.url.to_string())
+}
+
+fn events_field(body: &Value) -> Result<Option<Vec<String>>, ApiError> {
+    match body.get("events") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item.as_str() {
+                Some(pattern)
+                    if !pattern.is_empty()
+                        && pattern.len() <= 64
+                        && pattern.trim_end_matches('*').chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
+                        }) =>
+                {
+                    Ok(pattern.to_owned())
+                }
+                _ => Err(invalid(
+                    "events",
+                    "events: give event types or prefix patterns like [\"build_*\", \"stage_failed\"]",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(invalid("events", "events: must be an array of strings")),
+    }
+}
+
+fn format_field(body: &Value) -> Result<Option<WebhookFormat>, ApiError> {
+    match body.get("format") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(value)) => WebhookFormat::parse(value)
+            .map(Some)
+            .ok_or_else(|| invalid("format", "format: use \"kiln\" or \"cdevents\"")),
+        Some(_) => Err(invalid("format", "format: use \"kiln\" or \"cdevents\"")),
+    }
+}
+
+fn bool_field(body: &Value, field: &str) -> Result<Option<bool>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(value)) => Ok(Some(*value)),
+        Some(_) => Err(invalid(field, format!("{field}: must be true or false"))),
+    }
+}
+
+fn object(body: &Value) -> Result<(), ApiError> {
+    if body.is_object() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_json",
+            Some("body"),
+            "send a JSON object {\"url\", \"events\"?, \"format\"?, \"active\"?}",
+        ))
+    }
+}
+
+/// An endpoint as served (never its secrets).
+fn endpoint_json(endpoint: &WebhookEndpoint, project_slug: &str) -> Value {
+    json!({
+        "id": endpoint.id,
+        "project": project_slug,
+        "url": endpoint.url,
+        "events": endpoint.events,
+        "format": endpoint.format.as_str(),
+        "active": endpoint.active,
+        "disabledReason": endpoint.disabled_reason,
+        "secretPrefix": endpoint.secret.chars().take(10).collect::<String>(),
+        "previousSecretUntil": endpoint.previous_secret_until.map(|at| at.to_rfc3339()),
+        "createdAt": endpoint.created_at.to_rfc3339(),
+        "updatedAt": endpoint.updated_at.to_rfc3339(),
+    })
+}
+
+fn delivery_json(delivery: &WebhookDeliveryRecord) -> Value {
+    let attempts: Vec<Value> = delivery
+        .attempt_log
+        .iter()
+        .map(|attempt| {
+            json!({
+                "attempt": attempt.attempt,
+                "startedAt": attempt.started_at.to_rfc3339(),
+                "statusCode": attempt.status_code,
+                "latencyMs": attempt.latency_ms,
+                "requestHeaders": serde_json::from_str::<Value>(&attempt.request_headers).unwrap_or(Value::Null),
+                "responseExcerpt": attempt.response_excerpt,
+                "error": attempt.error,
+            })
+        })
+        .collect();
+    json!({
+        "id": delivery.id,
+        "endpointId": delivery.endpoint_id,
+        "eventId": delivery.event_id,
+        "type": delivery.event_type,
+        "state": delivery.state.as_str(),
+        "attempts": delivery.attempts,
+        "nextAttemptAt": (delivery.state == kiln_store::WebhookDeliveryState::Pending)
+            .then(|| delivery.next_attempt_at.to_rfc3339()),
+        "createdAt": delivery.created_at.to_rfc3339(),
+        "finishedAt": delivery.finished_at.map(|at| at.to_rfc3339()),
+        "lastStatus": delivery.last_status,
+        "lastError": delivery.last_error,
+        "body": serde_json::from_str::<Value>(&delivery.body).unwrap_or(Value::Null),
+        "attemptLog": attempts,
+    })
+}
+
+/// `POST /api/v1/projects/{slug}/webhooks` `{url, events?, format?, active?}`: 201 with
+/// the endpoint and its secret (shown only here).
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(slug): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    object(&body)?;
+    let url = match body.get("url") {
+        Some(Value::String(url)) => checked_url(&state, url).await?,
+        _ => return Err(invalid("url", "url: give the receiver's http(s) URL")),
+    };
+    let endpoint = state
+        .store
+        .create_webhook_endpoint(&kiln_store::NewWebhookEndpoint {
+            project_id: project.id,
+            url,
+            secret: payload::generate_secret(),
+            events: events_field(&body)?.unwrap_or_default(),
+            format: format_field(&body)?.unwrap_or(WebhookFormat::Kiln),
+            active: bool_field(&body, "active")?.unwrap_or(true),
+            created_at: state.clock.now(),
+        })
+        .await?;
+    audit(
+        &state,
+        &caller,
+        "webhook.create",
+        Some(project.id),
+        Some(&endpoint.url),
+    )
+    .await;
+    let mut answer = endpoint_json(&endpoint, &project.slug);
+    answer["secret"] = endpoint.secret.clone().into();
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// `GET /api/v1/projects/{slug}/webhooks`.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    let endpoints = state.store.webhook_endpoints(Some(project.id)).await?;
+    let items: Vec<Value> = endpoints
+        .iter()
+        .map(|endpoint| endpoint_json(endpoint, &project.slug))
+        .collect();
+    Ok(Json(json!({ "webhooks": items })))
+}
+
+/// `GET /api/v1/projects/{slug}/webhooks/{id}`.
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    let endpoint = state
+        .store
+        .webhook_endpoint(project.id, parse_id(&id, "webhook")?)
+        .await?;
+    Ok(Json(endpoint_json(&endpoint, &project.slug)))
+}
+
+/// `PATCH /api/v1/projects/{slug}/webhooks/{id}` `{url?, events?, format?, active?}`.
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, id)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    let id = parse_id(&id, "webhook")?;
+    object(&body)?;
+    let url = match body.get("url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => Some(checked_url(&state, url).await?),
+        Some(_) => return Err(invalid("url", "url: give the receiver's http(s) URL")),
+    };
+    let patch = WebhookEndpointPatch {
+        url,
+        events: events_field(&body)?,
+        format: format_field(&body)?,
+        active: bool_field(&body, "active")?,
+    };
+    let endpoint = state
+        .store
+        .update_webhook_endpoint(project.id, id, &patch, state.clock.now())
+        .await?;
+    if patch.active == Some(true) {
+        state.webhook_sender.notify_one();
+    }
+    Ok(Json(endpoint_json(&endpoint, &project.slug)))
+}
+
+/// `DELETE /api/v1/projects/{slug}/webhooks/{id}`: 204; its deliveries go with it.
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    let id = parse_id(&id, "webhook")?;
+    let endpoint = state.store.webhook_endpoint(project.id, id).await?;
+    state.store.delete_webhook_endpoint(project.id, id).await?;
+    audit(
+        &state,
+        &caller,
+        "webhook.delete",
+        Some(project.id),
+        Some(&endpoint.url),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/projects/{slug}/webhooks/{id}/rotate-secret`: the new secret, shown
+/// once; the old one keeps signing (a second `v1,` signature) for the overlap window.
+pub(crate) async fn rotate_secret(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    let id = parse_id(&id, "webhook")?;
+    let now = state.clock.now();
+    let overlap_ms = state.config.webhooks.secret_overlap.as_millis() as i64;
+    let endpoint = state
+        .store
+        .rotate_webhook_secret(
+            project.id,
+            id,
+            &payload::generate_secret(),
+            now.plus_ms(overlap_ms),
+            now,
+        )
+        .await?;
+    audit(
+        &state,
+        &caller,
+        "webhook.rotate_secret",
+        Some(project.id),
+        Some(&endpoint.url),
+    )
+    .await;
+    let mut answer = endpoint_json(&endpoint, &project.slug);
+    answer["secret"] = endpoint.secret.clone().into();
+    Ok(Json(answer))
+}
+
+/// `POST /api/v1/projects/{slug}/webhooks/{id}/test`: 202 with a queued `webhook_test`
+/// delivery.
+pub(crate) async fn send_test(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    let endpoint = state
+        .store
+        .webhook_endpoint(project.id, parse_id(&id, "webhook")?)
+        .await?;
+    let now = state.clock.now();
+    let delivery_id = state
+        .store
+        .insert_webhook_delivery(&NewWebhookDelivery {
+            endpoint_id: endpoint.id,
+            event_id: None,
+            event_type: payload::TEST_EVENT.into(),
+            body: payload::test_body(endpoint.format, &project.slug, now),
+            created_at: now,
+        })
+        .await?;
+    state.webhook_sender.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "deliveryId": delivery_id, "active": endpoint.active })),
+    ))
+}
+
+/// `GET /api/v1/projects/{slug}/webhooks/{id}/deliveries`: the newest 100 deliveries
+/// with their attempts (request headers, status, latency, response excerpt).
+pub(crate) async fn deliveries(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    let endpoint = state
+        .store
+        .webhook_endpoint(project.id, parse_id(&id, "webhook")?)
+        .await?;
+    let deliveries = state
+        .store
+        .webhook_deliveries(endpoint.id, LOG_LIMIT)
+        .await?;
+    let items: Vec<Value> = deliveries.iter().map(delivery_json).collect();
+    Ok(Json(json!({ "deliveries": items })))
+}
+
+/// `POST /api/v1/projects/{slug}/webhooks/{id}/deliveries/{delivery}/redeliver`: queues
+/// a delivered or failed delivery once more (409 while it is pending).
+pub(crate) async fn redeliver(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, id, delivery)): Path<(String, String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let project = administered_project(&state, &caller, &slug).await?;
+    let endpoint = state
+        .store
+        .webhook_endpoint(project.id, parse_id(&id, "webhook")?)
+        .await?;
+    let delivery = state
+        .store
+        .redeliver_webhook(
+            endpoint.id,
+            parse_id(&delivery, "delivery")?,
+            state.clock.now(),
+        )
+        .await?;
+    state.webhook_sender.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(delivery_json(&delivery))))
+}
+
+/// `GET /api/v1/webhooks/status?project=`: pending, delivered and failed deliveries,
+/// and per endpoint its success rate, median latency and oldest pending delivery.
+/// Without `project`, every project the caller may read.
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let params = QueryParams::from_uri(uri.query());
+    let statuses: Vec<WebhookEndpointStatus> = match params.string("project") {
+        Some(slug) => {
+            let project = readable_project(&state, &caller, slug).await?;
+            state.store.webhook_status(Some(project.id)).await?
+        }
+        None => state
+            .store
+            .webhook_status(None)
+            .await?
+            .into_iter()
+            .filter(|status| caller.can_read(status.project_id))
+            .collect(),
+    };
+    let now = state.clock.now();
+    let (pending, delivered, failed) = statuses.iter().fold((0, 0, 0), |totals, status| {
+        (
+            totals.0 + status.pending,
+            totals.1 + status.delivered,
+            totals.2 + status.failed,
+        )
+    });
+    let oldest_pending = statuses
+        .iter()
+        .filter_map(|status| status.oldest_pending_at)
+        .min();
+    let endpoints: Vec<Value> = statuses
+        .iter()
+        .map(|status| {
+            json!({
+                "id": status.endpoint_id,
+                "url": status.url,
+                "active": status.active,
+                "pending": status.pending,
+                "delivered": status.delivered,
+                "failed": status.failed,
+                "successRate": (status.total_attempts > 0)
+                    .then(|| status.successful_attempts as f64 / status.total_attempts as f64),
+                "p50LatencyMs": status.p50_latency_ms,
+                "oldestPendingAgeSeconds": status
+                    .oldest_pending_at
+                    .map(|at| now.saturating_sub(at).max(0) / 1000),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "pending": pending,
+        "delivered": delivered,
+        "failed": failed,
+        "oldestPendingAgeSeconds": oldest_pending.map(|at| now.saturating_sub(at).max(0) / 1000),
+        "endpoints": endpoints,
+    })))
+}

@@ -1,0 +1,209 @@
+//! Outbound webhooks: two tasks per replica that push committed events to the
+//! endpoints of their project.
+//!
+//! The consumer (`run_consumer`) reads committed events in id order after the cursor
+//! persisted in the store (`kiln_counters.webhook_cursor`) and queues one delivery per
+//! (endpoint, event) whose filter matches, with its body rendered once (so every retry
+//! sends the same bytes). The store keeps one delivery per (endpoint, event) and the
+//! cursor moves by compare-and-set, so replays and concurrent replicas queue nothing
+//! twice, and a restart loses nothing. It wakes on local commits (the bus), a tick
+//! (other replicas' commits) or stop: a closed set (`Wake`).
+//!
+//! The sender (`run_sender`) claims due deliveries — only the oldest pending one of each
+//! active endpoint, so an endpoint receives its events in order — and sends each with
+//! Standard Webhooks signatures, a timeout, and the address check (`address`). Answers
+//! decide what follows: 2xx delivered; 410 failed and the endpoint disabled; anything
+//! else retried on the schedule (`Retry-After` honoured on 429/503) until the retries
+//! are used up, then failed (kept for manual redelivery). Neither task is on the ingest
+//! path: a slow or broken receiver delays only its own endpoint's deliveries.
+
+pub(crate) mod address;
+pub(crate) mod payload;
+mod send;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_store::{NewWebhookDelivery, Store, StoreError, StoredEvent, WebhookEndpoint};
+use tokio::sync::{Notify, watch};
+
+use crate::clock::Clock;
+use crate::live::Bus;
+
+pub(crate) use send::run_sender;
+
+/// Events read per page.
+const PAGE: i64 = 500;
+
+/// Delivery of outbound webhooks: timing and retries.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// The wait before each retry: the first retry waits `retry_schedule[0]`, and so on
+    /// (the last entry repeats if there are more retries than entries).
+    pub retry_schedule: Vec<Duration>,
+    /// Retries after the first attempt before a delivery is marked failed (the seed's
+    /// "retried 1, 2, 4, 8, 16 minutes apart, at most 5 attempts").
+    pub max_retries: i64,
+    /// Limit on one attempt (connect, request, response head and body excerpt).
+    pub timeout: Duration,
+    /// How long the previous secret keeps signing after a rotation.
+    pub secret_overlap: Duration,
+    /// How often the consumer looks for other replicas' events and the sender for due
+    /// retries (local commits and new deliveries wake them at once).
+    pub poll_interval: Duration,
+    /// Deliveries sent concurrently by one replica (each to a different endpoint).
+    pub concurrency: i64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            retry_schedule: [1, 2, 4, 8, 16]
+                .into_iter()
+                .map(|minutes| Duration::from_secs(minutes * 60))
+                .collect(),
+            max_retries: 5,
+            timeout: Duration::from_secs(15),
+            secret_overlap: Duration::from_secs(24 * 3600),
+            poll_interval: Duration::from_secs(1),
+            concurrency: 32,
+        }
+    }
+}
+
+/// Why the consumer loop runs an iteration.
+enum Wake {
+    Commit,
+    Tick,
+    Stop,
+}
+
+struct Consumer {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// Wakes the sender when deliveries are queued.
+    sender_wake: Arc<Notify>,
+    project_slugs: HashMap<i64, String>,
+}
+
+/// The consumer task; returns when `stop` changes.
+pub(crate) async fn run_consumer(
+    store: Arc<dyn Store>,
+    bus: Arc<Bus>,
+    clock: Arc<dyn Clock>,
+    config: WebhookConfig,
+    sender_wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut consumer = Consumer {
+        store,
+        clock,
+        sender_wake,
+        project_slugs: HashMap::new(),
+    };
+    let mut wake = Wake::Tick;
+    loop {
+        match wake {
+            Wake::Stop => return,
+            Wake::Commit | Wake::Tick => {
+                if let Err(error) = consumer.catch_up().await {
+                    tracing::warn!(%error, "webhook consumer cannot process events; retrying");
+                }
+            }
+        }
+        wake = tokio::select! {
+            _ = bus.webhook_commits().notified() => Wake::Commit,
+            _ = tokio::time::sleep(config.poll_interval) => Wake::Tick,
+            _ = stop.changed() => Wake::Stop,
+        };
+    }
+}
+
+impl Consumer {
+    /// Queues deliveries for every event after the persisted cursor, page by page.
+    async fn catch_up(&mut self) -> Result<(), StoreError> {
+        let mut cursor = self.store.webhook_cursor().await?;
+        loop {
+            let events = self.store.events_after_global(cursor, PAGE).await?;
+            let Some(last) = events.last().map(|event| event.id) else {
+                return Ok(());
+            };
+            // Endpoints are read once per page: one created meanwhile receives events
+            // from the next page on.
+            let endpoints: Vec<WebhookEndpoint> = self
+                .store
+                .webhook_endpoints(None)
+                .await?
+                .into_iter()
+                .filter(|endpoint| endpoint.active)
+                .collect();
+            let mut queued = 0;
+            if !endpoints.is_empty() {
+                for event in &events {
+                    queued += self.queue(event, &endpoints).await?;
+                }
+            }
+            if queued > 0 {
+                self.sender_wake.notify_one();
+            }
+            if self.store.advance_webhook_cursor(cursor, last).await? {
+                cursor = last;
+            } else {
+                // Another replica's consumer moved the cursor: continue from whichever
+                // of us is further (what both queued is stored once).
+                let stored = self.store.webhook_cursor().await?;
+                if stored < last {
+                    self.store.advance_webhook_cursor(stored, last).await?;
+                }
+                cursor = stored.max(last);
+            }
+            if (events.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn queue(
+        &mut self,
+        event: &StoredEvent,
+        endpoints: &[WebhookEndpoint],
+    ) -> Result<usize, StoreError> {
+        let mut queued = 0;
+        for endpoint in endpoints {
+            if endpoint.project_id != event.project_id || !endpoint.wants(&event.event_type) {
+                continue;
+            }
+            let slug = self.project_slug(event.project_id).await?;
+            let Some(body) = payload::render(endpoint.format, event, &slug, "/kiln") else {
+                continue;
+            };
+            let inserted = self
+                .store
+                .insert_webhook_delivery(&NewWebhookDelivery {
+                    endpoint_id: endpoint.id,
+                    event_id: Some(event.id),
+                    event_type: event.event_type.clone(),
+                    body,
+                    created_at: self.clock.now(),
+                })
+                .await?;
+            queued += usize::from(inserted.is_some());
+        }
+        Ok(queued)
+    }
+
+    async fn project_slug(&mut self, project_id: i64) -> Result<String, StoreError> {
+        if let Some(slug) = self.project_slugs.get(&project_id) {
+            return Ok(slug.clone());
+        }
+        let slug = self
+            .store
+            .project_by_id(project_id)
+            .await?
+            .map(|project| project.slug.to_string())
+            .unwrap_or_default();
+        self.project_slugs.insert(project_id, slug.clone());
+        Ok(slug)
+    }
+}

@@ -1,0 +1,295 @@
+//! The webhook sender: one task per replica that claims due deliveries and sends each
+//! once per claim, concurrently across endpoints and in order within one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_core::Millis;
+use kiln_store::{ClaimedWebhookDelivery, Store, WebhookAttempt, WebhookOutcome};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use super::{WebhookConfig, address, payload};
+use crate::clock::Clock;
+
+/// At most this much of a response body is kept in the delivery log.
+const EXCERPT_BYTES: usize = 1024;
+/// The longest `Retry-After` honoured; a longer one waits this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Everything one attempt needs.
+#[derive(Clone)]
+struct Sender {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: WebhookConfig,
+    allow_private: bool,
+}
+
+/// The sender task; returns when `stop` changes (an attempt in flight is abandoned and
+/// claimed again once its claim expires).
+pub(crate) async fn run_sender(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: WebhookConfig,
+    allow_private: bool,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    crate::install_crypto_provider();
+    let poll_interval = config.poll_interval;
+    let sender = Sender {
+        store,
+        clock,
+        config,
+        allow_private,
+    };
+    loop {
+        let now = sender.clock.now();
+        // A claim outlives the attempt's timeout, so a crashed sender's delivery is
+        // retried after it, and a live one reports back before it expires.
+        let claimed_until = now.plus_ms((sender.config.timeout.as_millis() as i64) + 30_000);
+        let claimed = match sender
+            .store
+            .claim_due_webhook_deliveries(now, claimed_until, sender.config.concurrency)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot claim webhook deliveries; retrying");
+                Vec::new()
+            }
+        };
+        if !claimed.is_empty() {
+            let mut attempts = JoinSet::new();
+            for claimed in claimed {
+                let sender = sender.clone();
+                attempts.spawn(async move { sender.attempt(claimed).await });
+            }
+            tokio::select! {
+                _ = async { while attempts.join_next().await.is_some() {} } => continue,
+                _ = stop.changed() => return,
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(poll_interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// What one request produced.
+struct Answer {
+    status: Option<StatusCode>,
+    retry_after: Option<Duration>,
+    excerpt: Option<String>,
+    error: Option<String>,
+}
+
+impl Sender {
+    #[tracing::instrument(skip_all, fields(delivery_id = claimed.delivery.id, endpoint_id = claimed.endpoint.id))]
+    async fn attempt(&self, claimed: ClaimedWebhookDelivery) {
+        let ClaimedWebhookDelivery { delivery, endpoint } = claimed;
+        let started_at = self.clock.now();
+        let timestamp = started_at.0.div_euclid(1000);
+        let webhook_id = delivery.id.to_string();
+        let secrets = endpoint.signing_secrets(started_at);
+        let mut headers = HeaderMap::new();
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        };
+        put("content-type", "application/json".into());
+        put(
+            "user-agent",
+            format!("Kiln-Webhooks/{}", env!("CARGO_PKG_VERSION")),
+        );
+        put("webhook-id", webhook_id.clone());
+        put("webhook-timestamp", timestamp.to_string());
+        put(
+            "webhook-signature",
+            payload::standard_signature(&secrets, &webhook_id, timestamp, &delivery.body),
+        );
+        put(
+            "x-webhook-signature",
+            payload::body_signature(&endpoint.secret, &delivery.body),
+        );
+        put("x-kiln-event", delivery.event_type.clone());
+        let request_headers = headers_json(&headers);
+
+        let clock_started = Instant::now();
+        let answer = self.request(&endpoint.url, headers, delivery.body).await;
+        let latency_ms = clock_started.elapsed().as_millis() as i64;
+        let now = self.clock.now();
+        let outcome = self.outcome(&answer, delivery.attempts, now);
+        match &outcome {
+            WebhookOutcome::Delivered => tracing::debug!(latency_ms, "webhook delivered"),
+            WebhookOutcome::RetryAt(at) => tracing::info!(
+                status = answer.status.map(|status| status.as_u16()),
+                error = answer.error.as_deref(),
+                retry_in_ms = at.saturating_sub(now),
+                "webhook attempt failed; retrying"
+            ),
+            WebhookOutcome::Failed => tracing::warn!(
+                status = answer.status.map(|status| status.as_u16()),
+                error = answer.error.as_deref(),
+                "webhook delivery failed after its last attempt"
+            ),
+            WebhookOutcome::FailedAndDisable => {
+                tracing::warn!(url = %endpoint.url, "webhook receiver answered 410 Gone; endpoint disabled")
+            }
+        }
+        let attempt = WebhookAttempt {
+            attempt: delivery.attempts,
+            started_at,
+            status_code: answer.status.map(|status| i64::from(status.as_u16())),
+            latency_ms,
+            request_headers,
+            response_excerpt: answer.excerpt,
+            error: answer.error,
+        };
+        if let Err(error) = self
+            .store
+            .finish_webhook_attempt(delivery.id, &attempt, &outcome, now)
+            .await
+        {
+            tracing::warn!(%error, "cannot record a webhook attempt; it is retried after its claim expires");
+        }
+    }
+
+    async fn request(&self, url: &str, headers: HeaderMap, body: String) -> Answer {
+        let failed = |error: String| Answer {
+            status: None,
+            retry_after: None,
+            excerpt: None,
+            error: Some(error),
+        };
+        let target = match address::parse(url) {
+            Ok(target) => target,
+            Err(error) => return failed(error),
+        };
+        let resolved = match address::resolve(&target, self.allow_private).await {
+            Ok(resolved) => resolved,
+            Err(error) => return failed(error),
+        };
+        // Connect to the address just checked, not to whatever a second lookup says.
+        let client = match reqwest::Client::builder()
+            .timeout(self.config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve(&target.host, resolved)
+            .build()
+        {
+            Ok(client) => client,
+            Err(error) => return failed(format!("cannot build the HTTP client: {error}")),
+        };
+        let send = async {
+            let mut response = client
+                .post(target.url)
+                .headers(headers)
+                .body(body)
+                .send()
+                .await?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+            let mut excerpt = Vec::new();
+            while excerpt.len() < EXCERPT_BYTES {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
+                    _ => break,
+                }
+            }
+            excerpt.truncate(EXCERPT_BYTES);
+            Ok::<_, reqwest::Error>(Answer {
+                status: Some(status),
+                retry_after,
+                excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
+                error: None,
+            })
+        };
+        match tokio::time::timeout(self.config.timeout, send).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => failed(describe(&error)),
+            Err(_) => failed(format!(
+                "no answer within {} s",
+                self.config.timeout.as_secs_f64()
+            )),
+        }
+    }
+
+    /// What follows an attempt numbered `attempt` (1 for the first send).
+    fn outcome(&self, answer: &Answer, attempt: i64, now: Millis) -> WebhookOutcome {
+        match answer.status {
+            Some(status) if status.is_success() => return WebhookOutcome::Delivered,
+            Some(StatusCode::GONE) => return WebhookOutcome::FailedAndDisable,
+            _ => {}
+        }
+        let retry = attempt; // the retry that would follow: 1 for the first
+        if retry > self.config.max_retries {
+            return WebhookOutcome::Failed;
+        }
+        let honoured = matches!(
+            answer.status,
+            Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+        );
+        let delay = match answer.retry_after {
+            Some(retry_after) if honoured => retry_after,
+            _ => {
+                let schedule = &self.config.retry_schedule;
+                let index = (retry as usize)
+                    .saturating_sub(1)
+                    .min(schedule.len().saturating_sub(1));
+                let base = schedule
+                    .get(index)
+                    .copied()
+                    .unwrap_or(Duration::from_secs(60));
+                base + jitter(base)
+            }
+        };
+        WebhookOutcome::RetryAt(now.plus_ms(delay.as_millis() as i64))
+    }
+}
+
+/// Up to a tenth of `base`, so receivers that failed together are not retried together.
+fn jitter(base: Duration) -> Duration {
+    let mut random = [0u8; 4];
+    if getrandom::fill(&mut random).is_err() {
+        return Duration::ZERO;
+    }
+    let fraction = f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX);
+    base.mul_f64(0.1 * fraction)
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+fn headers_json(headers: &HeaderMap) -> String {
+    let object: Map<String, Value> = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                Value::String(value.to_str().unwrap_or_default().to_owned()),
+            )
+        })
+        .collect();
+    Value::Object(object).to_string()
+}
