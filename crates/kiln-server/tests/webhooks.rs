@@ -1,0 +1,439 @@
+//! Outbound webhooks end to end: a real receiver on 127.0.0.1 (a minimal HTTP/1.1 server
+//! in this file) that fails the first attempts, answers 410 for another endpoint and 429
+//! with `Retry-After` for a third; the server's manual clock moves time on, so retries
+//! follow the configured schedule exactly. Signatures are recomputed here independently.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use common::{ADMIN_TOKEN, TestApp};
+use hmac::{Hmac, Mac};
+use kiln_core::Millis;
+use kiln_server::clock::ManualClock;
+use kiln_store::Engine;
+use kiln_store::test_support::TestDatabase;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+engine_test!(deliveries_retry_in_order_and_verify);
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+struct Received {
+    path: String,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// How the receiver answers, per path: the statuses of the first requests, then 200.
+#[derive(Default)]
+struct Receiver {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<HashMap<String, Vec<(u16, Option<&'static str>)>>>,
+}
+
+impl Receiver {
+    fn requests(&self, path: &str) -> Vec<Received> {
+        let received = self.received.lock().unwrap();
+        received
+            .iter()
+            .filter(|request| request.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+async fn start_receiver(receiver: Arc<Receiver>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let receiver = receiver.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let read = socket.read(&mut chunk).await.unwrap_or(0);
+                    if read == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..read]);
+                    if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+                let mut lines = head.split("\r\n");
+                let path = lines
+                    .next()
+                    .and_then(|line| line.split(' ').nth(1))
+                    .unwrap_or_default()
+                    .to_owned();
+                let headers: HashMap<String, String> = lines
+                    .filter_map(|line| line.split_once(':'))
+                    .map(|(name, value)| (name.trim().to_lowercase(), value.trim().to_owned()))
+                    .collect();
+                let length: usize = headers
+                    .get("content-length")
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(0);
+                while buffer.len() < head_end + length {
+                    let read = socket.read(&mut chunk).await.unwrap_or(0);
+                    if read == 0 {
+                        break;
+                    }
+                    buffer.extend_from_slice(&chunk[..read]);
+                }
+                let body = String::from_utf8_lossy(&buffer[head_end..]).into_owned();
+                let (status, retry_after) = {
+                    let mut script = receiver.script.lock().unwrap();
+                    match script.get_mut(&path) {
+                        Some(queue) if !queue.is_empty() => queue.remove(0),
+                        _ => (200, None),
+                    }
+                };
+                receiver.received.lock().unwrap().push(Received {
+                    path,
+                    headers,
+                    body,
+                });
+                let extra = retry_after
+                    .map(|seconds| format!("Retry-After: {seconds}\r\n"))
+                    .unwrap_or_default();
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n{extra}Connection: close\r\n\r\nanswer"
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    base
+}
+
+async fn call(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    app.raw(
+        method,
+        path,
+        Some(ADMIN_TOKEN),
+        body.map(|body| serde_json::to_vec(&body).unwrap()),
+    )
+    .await
+}
+
+/// Waits until `condition` holds, polling (the sender runs on its own task).
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Checks the Standard Webhooks signature made with `secret` and, when it is the
+/// endpoint's current secret, the seed's `X-Webhook-Signature`.
+fn verify(secret: &str, request: &Received, current: bool) {
+    let key = BASE64
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let id = &request.headers["webhook-id"];
+    let timestamp = &request.headers["webhook-timestamp"];
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.{}", request.body).as_bytes());
+    let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+    let presented: Vec<&str> = request.headers["webhook-signature"].split(' ').collect();
+    assert!(
+        presented.contains(&expected.as_str()),
+        "{presented:?} lacks {expected}"
+    );
+    if !current {
+        return;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(request.body.as_bytes());
+    assert_eq!(
+        request.headers["x-webhook-signature"],
+        hex::encode(mac.finalize().into_bytes())
+    );
+}
+
+async fn deliveries_retry_in_order_and_verify(engine: Engine) {
+    let database = Arc::new(TestDatabase::create(engine).await);
+    let clock = ManualClock::new(Millis(1_800_000_000_000));
+    let app = TestApp::spawn_configured(database, clock.clone(), |config| {
+        config.webhooks_allow_private = true;
+        config.webhooks.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    let receiver = Arc::new(Receiver::default());
+    let base = start_receiver(receiver.clone()).await;
+    {
+        let mut script = receiver.script.lock().unwrap();
+        script.insert("/flaky".into(), vec![(500, None), (500, None)]);
+        script.insert("/gone".into(), vec![(410, None)]);
+        script.insert("/limited".into(), vec![(429, Some("1"))]);
+    }
+    let (_, ingest) = app.project_client("web", &["ingest"]).await;
+
+    let mut secrets = HashMap::new();
+    for (path, events, format) in [
+        ("/flaky", json!(["build_*"]), "kiln"),
+        ("/gone", json!([]), "kiln"),
+        ("/limited", json!(["build_started", "stage_*"]), "cdevents"),
+    ] {
+        let (status, created) = call(
+            &app,
+            Method::POST,
+            "/api/v1/projects/web/webhooks",
+            Some(json!({"url": format!("{base}{path}"), "events": events, "format": format})),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let secret = created["secret"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("whsec_"));
+        secrets.insert(path, (created["id"].as_i64().unwrap(), secret));
+    }
+    // The list never shows secrets.
+    let (_, listed) = call(&app, Method::GET, "/api/v1/projects/web/webhooks", None).await;
+    assert_eq!(listed["webhooks"].as_array().unwrap().len(), 3);
+    assert!(listed["webhooks"][0].get("secret").is_none());
+
+    let (status, body) = app
+        .raw(
+            Method::POST,
+            "/api/v1/events",
+            Some(&ingest),
+            Some(
+                serde_json::to_vec(&json!([
+                    {"runId": "r1", "event": "build_started", "eventId": "a"},
+                    {"runId": "r1", "event": "stage_started", "stage": "test", "eventId": "b"},
+                    {"runId": "r1", "event": "heartbeat"},
+                    {"runId": "r1", "event": "build_completed", "eventId": "c"},
+                ]))
+                .unwrap(),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // 410: one request, the endpoint disabled, nothing more sent to it.
+    eventually("the 410", || receiver.requests("/gone").len() == 1).await;
+    let gone_id = secrets["/gone"].0;
+    for _ in 0..100 {
+        let (_, endpoint) = call(
+            &app,
+            Method::GET,
+            &format!("/api/v1/projects/web/webhooks/{gone_id}"),
+            None,
+        )
+        .await;
+        if endpoint["active"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, endpoint) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/projects/web/webhooks/{gone_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(endpoint["active"], false, "{endpoint}");
+    assert!(endpoint["disabledReason"].is_string());
+
+    // 429 with Retry-After: 1 — retried once a second has passed, not before.
+    eventually("the 429", || receiver.requests("/limited").len() == 1).await;
+    eventually("the first 500", || receiver.requests("/flaky").len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(receiver.requests("/limited").len(), 1);
+    clock.advance_ms(1_000);
+    eventually("the retried 429", || {
+        receiver.requests("/limited").len() == 3
+    })
+    .await;
+    // The first retry of /flaky is due after 1 minute (+ at most 10% jitter).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(receiver.requests("/flaky").len(), 1);
+    clock.advance_ms(58_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        receiver.requests("/flaky").len(),
+        1,
+        "retried before 1 minute"
+    );
+    clock.advance_ms(7_001);
+    eventually("the second attempt", || {
+        receiver.requests("/flaky").len() == 2
+    })
+    .await;
+    // The second retry waits 2 minutes.
+    clock.advance_ms(119_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        receiver.requests("/flaky").len(),
+        2,
+        "retried before 2 minutes"
+    );
+    clock.advance_ms(13_001);
+    eventually("every /flaky event", || {
+        receiver.requests("/flaky").len() == 4
+    })
+    .await;
+
+    // /flaky: build_started three times (same webhook-id), then build_completed; in order,
+    // each signed, stage events and heartbeats filtered out.
+    let flaky = receiver.requests("/flaky");
+    let types: Vec<String> = flaky
+        .iter()
+        .map(|request| {
+            serde_json::from_str::<Value>(&request.body).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "build_started",
+            "build_started",
+            "build_started",
+            "build_completed"
+        ]
+    );
+    assert_eq!(
+        flaky[0].headers["webhook-id"],
+        flaky[2].headers["webhook-id"]
+    );
+    assert_ne!(
+        flaky[0].headers["webhook-id"],
+        flaky[3].headers["webhook-id"]
+    );
+    let first: Value = serde_json::from_str(&flaky[0].body).unwrap();
+    assert_eq!(first["buildId"], "r1");
+    assert_eq!(first["data"]["event"], "build_started");
+    assert!(first["timestamp"].as_str().unwrap().ends_with('Z'));
+    for request in &flaky {
+        verify(&secrets["/flaky"].1, request, true);
+    }
+    let timestamps: Vec<i64> = flaky
+        .iter()
+        .map(|request| request.headers["webhook-timestamp"].parse().unwrap())
+        .collect();
+    assert!(
+        (60..=66).contains(&(timestamps[1] - timestamps[0])),
+        "{timestamps:?}"
+    );
+    assert!(
+        (120..=132).contains(&(timestamps[2] - timestamps[1])),
+        "{timestamps:?}"
+    );
+
+    // /limited: CloudEvents with CDEvents types, build_started then the stage.
+    let limited = receiver.requests("/limited");
+    let cdevent: Value = serde_json::from_str(&limited[1].body).unwrap();
+    assert_eq!(cdevent["specversion"], "1.0");
+    assert_eq!(cdevent["type"], "dev.cdevents.pipelinerun.started.0.2.0");
+    assert_eq!(cdevent["data"]["subject"]["id"], "r1");
+    let stage: Value = serde_json::from_str(&limited[2].body).unwrap();
+    assert_eq!(stage["type"], "dev.cdevents.taskrun.started.0.2.0");
+    assert_eq!(stage["data"]["subject"]["content"]["taskName"], "test");
+    for request in &limited {
+        verify(&secrets["/limited"].1, request, true);
+    }
+
+    // The log and the status.
+    let flaky_id = secrets["/flaky"].0;
+    let (_, log) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/projects/web/webhooks/{flaky_id}/deliveries"),
+        None,
+    )
+    .await;
+    let deliveries = log["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 2);
+    let started = &deliveries[1];
+    assert_eq!(started["state"], "delivered");
+    assert_eq!(started["attemptLog"].as_array().unwrap().len(), 3);
+    assert_eq!(started["attemptLog"][0]["statusCode"], 500);
+    assert_eq!(started["attemptLog"][0]["responseExcerpt"], "answer");
+    assert!(started["attemptLog"][0]["requestHeaders"]["webhook-signature"].is_string());
+    let (status, summary) = call(
+        &app,
+        Method::GET,
+        "/api/v1/webhooks/status?project=web",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{summary}");
+    // /gone's other three events wait for it to be reactivated.
+    assert_eq!(summary["pending"], 3, "{summary}");
+    assert_eq!(summary["delivered"], 4, "{summary}");
+    assert_eq!(summary["failed"], 1, "{summary}");
+
+    // Rotation: both secrets sign during the overlap; a test event and a redelivery go out.
+    let (status, rotated) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/projects/web/webhooks/{flaky_id}/rotate-secret"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/projects/web/webhooks/{flaky_id}/test"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    eventually("the test event", || receiver.requests("/flaky").len() == 5).await;
+    let test = &receiver.requests("/flaky")[4];
+    assert_eq!(test.headers["webhook-signature"].split(' ').count(), 2);
+    verify(&new_secret, test, true);
+    verify(&secrets["/flaky"].1, test, false);
+    let delivery_id = started["id"].as_i64().unwrap();
+    let (status, redelivered) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/projects/web/webhooks/{flaky_id}/deliveries/{delivery_id}/redeliver"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{redelivered}");
+    eventually("the redelivery", || receiver.requests("/flaky").len() == 6).await;
+    assert_eq!(
+        receiver.requests("/flaky")[5].headers["webhook-id"],
+        flaky[0].headers["webhook-id"]
+    );
+
+    // A private target is refused unless the instance allows it (checked here through
+    // the URL parser: this instance allows them).
+    let (status, refused) = call(
+        &app,
+        Method::POST,
+        "/api/v1/projects/web/webhooks",
+        Some(json!({"url": "ftp://example.com/x"})),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["field"], "url");
+    app.stop().await;
+}
