@@ -33,11 +33,14 @@ struct Received {
     body: String,
 }
 
+/// Answers scripted for one path: status and optional `Retry-After`, in order.
+type Script = Vec<(u16, Option<&'static str>)>;
+
 /// How the receiver answers, per path: the statuses of the first requests, then 200.
 #[derive(Default)]
 struct Receiver {
     received: Mutex<Vec<Received>>,
-    script: Mutex<HashMap<String, Vec<(u16, Option<&'static str>)>>>,
+    script: Mutex<HashMap<String, Script>>,
 }
 
 impl Receiver {
