@@ -59,6 +59,15 @@ pub struct ServeArgs {
     /// The sender address of notification emails.
     #[arg(long, env = "KILN_SMTP_FROM", requires = "smtp_url")]
     pub smtp_from: Option<String>,
+    /// Let webhooks call private, loopback and link-local addresses (refused by default).
+    #[arg(long, env = "KILN_WEBHOOKS_ALLOW_PRIVATE")]
+    pub webhooks_allow_private: bool,
+    /// Seconds before each webhook retry, comma-separated (the last repeats).
+    #[arg(long, env = "KILN_WEBHOOK_RETRY_SCHEDULE", value_delimiter = ',', default_value = "60,120,240,480,960", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub webhook_retry_schedule: Vec<u64>,
+    /// Webhook retries after the first attempt before a delivery is marked failed.
+    #[arg(long, env = "KILN_WEBHOOK_MAX_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(i64).range(0..=100))]
+    pub webhook_max_retries: i64,
 }
 
 /// `kiln up`: the server, a local agent, and optionally a demo build.
@@ -139,6 +148,16 @@ impl ServeArgs {
                 email,
                 ..kiln_server::NotificationConfig::default()
             },
+            webhooks: kiln_server::WebhookConfig {
+                retry_schedule: self
+                    .webhook_retry_schedule
+                    .iter()
+                    .map(|seconds| Duration::from_secs(*seconds))
+                    .collect(),
+                max_retries: self.webhook_max_retries,
+                ..kiln_server::WebhookConfig::default()
+            },
+            webhooks_allow_private: self.webhooks_allow_private,
             ..ServerConfig::default()
         })
     }
