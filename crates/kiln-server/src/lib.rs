@@ -21,7 +21,7 @@ mod webhooks;
 use std::future::Future;
 use std::sync::Arc;
 
-use kiln_core::token::{TokenKind, display_prefix, format_token, hash_token};
+use kiln_core::token::{Scope, TokenKind, format_token};
 use kiln_core::{Millis, ProjectSlug};
 use kiln_store::{NewToken, Store, StoreError};
 use tokio::net::TcpListener;
@@ -182,14 +182,7 @@ pub async fn ensure_admin_token(
 ) -> Result<(), StoreError> {
     store
         .ensure_token(
-            &NewToken {
-                project_id: None,
-                kind: TokenKind::Admin,
-                name: "KILN_ADMIN_TOKEN".into(),
-                scopes: vec![],
-                token_hash: hash_token(token),
-                display_prefix: display_prefix(token),
-            },
+            &NewToken::new(token, TokenKind::Admin, None, "KILN_ADMIN_TOKEN", vec![]),
             now,
         )
         .await?;
@@ -206,22 +199,15 @@ pub async fn ensure_agent_token(
 ) -> Result<(), StoreError> {
     store
         .ensure_token(
-            &NewToken {
-                project_id: None,
-                kind: TokenKind::Agent,
-                name: name.into(),
-                scopes: vec![],
-                token_hash: hash_token(token),
-                display_prefix: display_prefix(token),
-            },
+            &NewToken::new(token, TokenKind::Agent, None, name, vec![]),
             now,
         )
         .await?;
     Ok(())
 }
 
-/// A new project token with the `ingest` and `read` scopes (shown to no one: `kiln up
-/// --demo` uses it to trigger its build).
+/// A new project token with the `ingest` and `read` scopes (`kiln up` prints its first;
+/// `kiln up --demo` triggers its build with another).
 pub async fn create_project_token(
     store: &dyn Store,
     project_slug: &str,
@@ -233,19 +219,10 @@ pub async fn create_project_token(
         .await?
         .ok_or(StoreError::NotFound("project"))?;
     let token = generate_token();
+    let scopes = vec![Scope::Ingest, Scope::Read];
     store
         .create_token(
-            &NewToken {
-                project_id: Some(project.id),
-                kind: TokenKind::Project,
-                name: name.into(),
-                scopes: vec![
-                    kiln_core::token::Scope::Ingest,
-                    kiln_core::token::Scope::Read,
-                ],
-                token_hash: hash_token(&token),
-                display_prefix: display_prefix(&token),
-            },
+            &NewToken::new(&token, TokenKind::Project, Some(project.id), name, scopes),
             now,
         )
         .await?;
@@ -308,30 +285,14 @@ pub async fn bootstrap_default_project(
             ingest_token: None,
         });
     }
-    let project = store
+    store
         .create_project(
             &ProjectSlug::parse("slug", slug).map_err(|e| StoreError::Conflict(e.to_string()))?,
             "Default project",
             now,
         )
         .await?;
-    let token = generate_token();
-    store
-        .create_token(
-            &NewToken {
-                project_id: Some(project.id),
-                kind: TokenKind::Project,
-                name: "kiln up".into(),
-                scopes: vec![
-                    kiln_core::token::Scope::Ingest,
-                    kiln_core::token::Scope::Read,
-                ],
-                token_hash: hash_token(&token),
-                display_prefix: display_prefix(&token),
-            },
-            now,
-        )
-        .await?;
+    let token = create_project_token(store, slug, "kiln up", now).await?;
     Ok(Bootstrap {
         project_slug: slug.into(),
         ingest_token: Some(token),

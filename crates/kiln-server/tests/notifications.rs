@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestApp;
-use kiln_core::token::{TokenKind, display_prefix, hash_token};
+use kiln_core::token::TokenKind;
 use kiln_core::{Millis, Role};
 use kiln_server::clock::ManualClock;
 use kiln_store::test_support::TestDatabase;
@@ -44,14 +44,7 @@ async fn user(
     store
         .create_user_token(
             record.id,
-            &NewToken {
-                project_id: None,
-                kind: TokenKind::User,
-                name: "test".into(),
-                scopes: vec![],
-                token_hash: hash_token(&token),
-                display_prefix: display_prefix(&token),
-            },
+            &NewToken::new(&token, TokenKind::User, None, "test", vec![]),
             Millis(1),
         )
         .await

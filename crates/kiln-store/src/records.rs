@@ -27,6 +27,26 @@ pub struct NewToken {
     pub display_prefix: String,
 }
 
+impl NewToken {
+    /// The record of a token `secret`: only its hash and a display prefix are kept.
+    pub fn new(
+        secret: &str,
+        kind: TokenKind,
+        project_id: Option<i64>,
+        name: impl Into<String>,
+        scopes: Vec<Scope>,
+    ) -> NewToken {
+        NewToken {
+            project_id,
+            kind,
+            name: name.into(),
+            scopes,
+            token_hash: kiln_core::token::hash_token(secret),
+            display_prefix: kiln_core::token::display_prefix(secret),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenRecord {
     pub id: i64,

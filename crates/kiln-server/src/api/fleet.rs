@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_core::JobState;
-use kiln_core::token::{TokenKind, display_prefix, hash_token};
+use kiln_core::token::TokenKind;
 use kiln_protocol::{AgentDto, AgentList, CreatedToken, JobList, TokenDto, TokenList};
 use kiln_store::{AgentRecord, JobRecord, NewToken, StoreError};
 
@@ -33,14 +33,7 @@ pub(crate) async fn create_agent_token(
     let record = state
         .store
         .create_token(
-            &NewToken {
-                project_id: None,
-                kind: TokenKind::Agent,
-                name,
-                scopes: vec![],
-                token_hash: hash_token(&token),
-                display_prefix: display_prefix(&token),
-            },
+            &NewToken::new(&token, TokenKind::Agent, None, name, vec![]),
             state.clock.now(),
         )
         .await?;

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_core::limits::MAX_NAME_LEN;
-use kiln_core::token::{Scope, TokenKind, display_prefix, hash_token};
+use kiln_core::token::{Scope, TokenKind};
 use kiln_core::{FieldError, ProjectSlug};
 use kiln_protocol::{CreatedToken, ProjectDto, ProjectList, TokenDto, TokenList};
 use kiln_store::{NewToken, Project, StoreError};
@@ -119,14 +119,7 @@ pub(crate) async fn create_token(
     let record = state
         .store
         .create_token(
-            &NewToken {
-                project_id: Some(project.id),
-                kind: TokenKind::Project,
-                name,
-                scopes,
-                token_hash: hash_token(&token),
-                display_prefix: display_prefix(&token),
-            },
+            &NewToken::new(&token, TokenKind::Project, Some(project.id), name, scopes),
             state.clock.now(),
         )
         .await?;

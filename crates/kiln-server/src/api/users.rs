@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use kiln_core::FieldError;
-use kiln_core::token::{TokenKind, display_prefix, hash_token};
+use kiln_core::token::{TokenKind, hash_token};
 use kiln_store::{NewToken, StoreError, UserRecord};
 use serde_json::{Value, json};
 
@@ -199,14 +199,7 @@ pub(crate) async fn create_my_token(
         .store
         .create_user_token(
             user_id,
-            &NewToken {
-                project_id: None,
-                kind: TokenKind::User,
-                name,
-                scopes: vec![],
-                token_hash: hash_token(&token),
-                display_prefix: display_prefix(&token),
-            },
+            &NewToken::new(&token, TokenKind::User, None, name, vec![]),
             state.clock.now(),
         )
         .await?;
