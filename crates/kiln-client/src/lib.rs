@@ -88,37 +88,68 @@ impl Client {
         &self.base_url
     }
 
+    /// A request to `path` with the client's token.
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, format!("{}{}", self.base_url, path));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends a request and reads the whole answer; an error status is `ClientError::Api`.
+    async fn exchange(
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok((status, headers, bytes.to_vec()))
+    }
+
+    /// Sends a JSON request and reads a JSON answer; `None` for 204 No Content.
+    async fn send_for<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<Option<T>, ClientError> {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let (status, _, bytes) = Self::exchange(request).await?;
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        json_answer(&bytes).map(Some)
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{}", self.base_url, path));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|e| {
-                ClientError::Transport(format!("unexpected answer from the server: {e}"))
-            })
-        } else {
-            Err(api_error(status, &bytes))
-        }
+        self.send_for(method, path, body, None)
+            .await?
+            .ok_or_else(|| ClientError::Transport("the server sent no answer body".into()))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -358,6 +389,11 @@ fn describe(error: &reqwest::Error) -> String {
 }
 
 /// An error answer as `ClientError::Api`, with a synthetic body when it is not Kiln's JSON.
+fn json_answer<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ClientError::Transport(format!("unexpected answer from the server: {e}")))
+}
+
 fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
     let body = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
         error: ErrorDetail {

@@ -4,12 +4,10 @@
 use std::time::Duration;
 
 use kiln_protocol::*;
-use reqwest::{Method, StatusCode};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use reqwest::Method;
 use serde_json::Value;
 
-use super::{Client, ClientError, api_error, encode};
+use super::{Client, ClientError, encode, json_answer};
 
 /// A page of a job's log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,64 +22,12 @@ pub struct LogPage {
 }
 
 impl Client {
-    /// Sends a request; `None` for 204 No Content.
-    async fn send_for<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&B>,
-        timeout: Option<Duration>,
-    ) -> Result<Option<T>, ClientError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{}", self.base_url, path));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        if let Some(timeout) = timeout {
-            request = request.timeout(timeout);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        if status == StatusCode::NO_CONTENT {
-            return Ok(None);
-        }
-        if status.is_success() {
-            serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                ClientError::Transport(format!("unexpected answer from the server: {e}"))
-            })
-        } else {
-            Err(api_error(status, &bytes))
-        }
-    }
-
-    async fn send_json<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&B>,
-    ) -> Result<T, ClientError> {
-        self.send_for(method, path, body, None)
-            .await?
-            .ok_or_else(|| ClientError::Transport("the server sent no answer body".into()))
-    }
-
     pub async fn set_repo(
         &self,
         project: &str,
         settings: &RepoSettings,
     ) -> Result<Value, ClientError> {
-        self.send_json(
+        self.call(
             Method::PUT,
             &format!("/api/v1/projects/{}/repo", encode(project)),
             Some(settings),
@@ -97,7 +43,7 @@ impl Client {
         auto_build: bool,
     ) -> Result<BranchDto, ClientError> {
         let body = serde_json::json!({"name": name, "priority": priority, "autoBuild": auto_build});
-        self.send_json(
+        self.call(
             Method::POST,
             &format!("/api/v1/projects/{}/branches", encode(project)),
             Some(&body),
@@ -110,7 +56,7 @@ impl Client {
         project: &str,
         request: &TriggerBuild,
     ) -> Result<TriggeredBuild, ClientError> {
-        self.send_json(
+        self.call(
             Method::POST,
             &format!("/api/v1/projects/{}/builds", encode(project)),
             Some(request),
@@ -123,7 +69,7 @@ impl Client {
         project: &str,
         run_id: &str,
     ) -> Result<TriggeredBuild, ClientError> {
-        self.send_json::<(), _>(
+        self.call::<(), _>(
             Method::POST,
             &format!(
                 "/api/v1/projects/{}/builds/{}/retry",
@@ -136,7 +82,7 @@ impl Client {
     }
 
     pub async fn cancel_build(&self, project: &str, run_id: &str) -> Result<Value, ClientError> {
-        self.send_json::<(), _>(
+        self.call::<(), _>(
             Method::POST,
             &format!(
                 "/api/v1/projects/{}/builds/{}/cancel",
@@ -149,7 +95,7 @@ impl Client {
     }
 
     pub async fn build_jobs(&self, project: &str, run_id: &str) -> Result<JobList, ClientError> {
-        self.send_json::<(), _>(
+        self.call::<(), _>(
             Method::GET,
             &format!(
                 "/api/v1/projects/{}/builds/{}/jobs",
@@ -169,59 +115,40 @@ impl Client {
         job: &str,
         offset: i64,
     ) -> Result<LogPage, ClientError> {
-        let mut request = self.http.get(format!(
-            "{}/api/v1/projects/{}/builds/{}/jobs/{}/log?offset={offset}",
-            self.base_url,
-            encode(project),
-            encode(run_id),
-            encode(job)
-        ));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = response.status();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let request = self.request(
+            Method::GET,
+            &format!(
+                "/api/v1/projects/{}/builds/{}/jobs/{}/log?offset={offset}",
+                encode(project),
+                encode(run_id),
+                encode(job)
+            ),
+        );
+        let (_, headers, bytes) = Self::exchange(request).await?;
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let next_offset = header("x-kiln-log-offset").and_then(|v| v.parse().ok());
         let size = header("x-kiln-log-size").and_then(|v| v.parse().ok());
-        let job_state = header("x-kiln-job-state").unwrap_or_default();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        if !status.is_success() {
-            return Err(api_error(status, &bytes));
-        }
+        let job_state = header("x-kiln-job-state").unwrap_or_default().to_owned();
         Ok(LogPage {
             next_offset: next_offset.unwrap_or(offset + bytes.len() as i64),
             size: size.unwrap_or_default(),
-            bytes: bytes.to_vec(),
+            bytes,
             job_state,
         })
     }
 
     pub async fn queue(&self) -> Result<JobList, ClientError> {
-        self.send_json::<(), _>(Method::GET, "/api/v1/queue", None)
-            .await
+        self.call::<(), _>(Method::GET, "/api/v1/queue", None).await
     }
 
     pub async fn agents(&self) -> Result<AgentList, ClientError> {
-        self.send_json::<(), _>(Method::GET, "/api/v1/agents", None)
+        self.call::<(), _>(Method::GET, "/api/v1/agents", None)
             .await
     }
 
     pub async fn create_agent_token(&self, name: &str) -> Result<CreatedToken, ClientError> {
         let body = serde_json::json!({"name": name});
-        self.send_json(Method::POST, "/api/v1/agent-tokens", Some(&body))
+        self.call(Method::POST, "/api/v1/agent-tokens", Some(&body))
             .await
     }
 
@@ -231,7 +158,7 @@ impl Client {
         &self,
         request: &RegisterAgent,
     ) -> Result<AgentRegistered, ClientError> {
-        self.send_json(Method::POST, "/api/v1/agent/register", Some(request))
+        self.call(Method::POST, "/api/v1/agent/register", Some(request))
             .await
     }
 
@@ -254,7 +181,7 @@ impl Client {
         &self,
         request: &AgentHeartbeat,
     ) -> Result<HeartbeatReply, ClientError> {
-        self.send_json(Method::POST, "/api/v1/agent/heartbeat", Some(request))
+        self.call(Method::POST, "/api/v1/agent/heartbeat", Some(request))
             .await
     }
 
@@ -266,31 +193,17 @@ impl Client {
         offset: i64,
         bytes: Vec<u8>,
     ) -> Result<LogAck, ClientError> {
-        let mut request = self
-            .http
-            .post(format!(
-                "{}/api/v1/agent/jobs/{job_id}/log?agentId={agent_id}&attempt={attempt}&offset={offset}",
-                self.base_url
-            ))
+        let request = self
+            .request(
+                Method::POST,
+                &format!(
+                    "/api/v1/agent/jobs/{job_id}/log?agentId={agent_id}&attempt={attempt}&offset={offset}"
+                ),
+            )
             .header("content-type", "application/octet-stream")
             .body(bytes);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        if !status.is_success() {
-            return Err(api_error(status, &body));
-        }
-        serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Transport(format!("unexpected answer from the server: {e}")))
+        let (_, _, body) = Self::exchange(request).await?;
+        json_answer(&body)
     }
 
     pub async fn agent_finish(&self, job_id: i64, request: &FinishJob) -> Result<(), ClientError> {
