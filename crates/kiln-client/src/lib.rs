@@ -152,6 +152,16 @@ impl Client {
             .ok_or_else(|| ClientError::Transport("the server sent no answer body".into()))
     }
 
+    /// Any JSON request, for routes without a typed method (`None` for 204).
+    pub async fn send_value(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>, ClientError> {
+        self.send_for(method, path, body, None).await
+    }
+
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call::<(), T>(Method::GET, path, None).await
     }

@@ -91,25 +91,11 @@ async fn request(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let target = client.target()?;
-    let token = target
-        .token
-        .context("no token: pass --token or set KILN_TOKEN")?;
-    kiln_client::install_crypto_provider();
-    let http = reqwest::Client::new();
-    let mut request = http
-        .request(method, format!("{}{path}", target.server))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    answer(
-        request
-            .send()
-            .await
-            .context("cannot reach the Kiln server")?,
-    )
-    .await
+    let answer = client
+        .client()?
+        .send_value(method, path, body.as_ref())
+        .await?;
+    Ok(answer.unwrap_or(Value::Null))
 }
 
 async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
