@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 use super::{SqlStore, rows, trusted};
 use crate::queue::*;
 use crate::records::Project;
-use crate::{StoreError, StoreResult};
+use crate::{Store, StoreError, StoreResult};
 
 const AGENT_COLUMNS: &str = "id, name, token_id, labels, concurrency, executor, hostname, version, \
      registered_at, last_seen_at, metrics";
@@ -202,8 +202,7 @@ impl SqlStore {
             let project = match projects.get(&branch.project_id) {
                 Some(project) => project.clone(),
                 None => {
-                    let project = self
-                        .project_by_id_inner(branch.project_id)
+                    let project = Store::project_by_id(self, branch.project_id)
                         .await?
                         .ok_or(StoreError::NotFound("project"))?;
                     projects.insert(project.id, project.clone());
@@ -213,17 +212,6 @@ impl SqlStore {
             result.push((project, branch));
         }
         Ok(result)
-    }
-
-    async fn project_by_id_inner(&self, id: i64) -> StoreResult<Option<Project>> {
-        let row = sqlx::query(trusted(format!(
-            "SELECT {} FROM projects WHERE id = $1",
-            rows::PROJECT_COLUMNS
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(rows::project_from_row).transpose()
     }
 
     pub(super) async fn q_advance_branch_commit(
