@@ -145,13 +145,16 @@ impl Runner {
         self.inner.work.notify_waiters();
     }
 
-    /// Writes events of one build; a refusal (the build ended meanwhile) is logged, not
-    /// an error: the job rows stay the truth.
-    async fn write(&self, project_id: i64, events: Vec<NewEvent>) -> Result<(), ApiError> {
+    /// Writes events of one build: `Ok(Err(_))` when the build refused them (it ended).
+    async fn submit(
+        &self,
+        project_id: i64,
+        events: Vec<NewEvent>,
+    ) -> Result<Result<(), kiln_store::IngestRejection>, ApiError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Ok(()));
         }
-        match self
+        let outcome = self
             .inner
             .ingestor
             .submit(IngestRequest {
@@ -160,16 +163,19 @@ impl Runner {
                 precondition: Precondition::None,
             })
             .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(rejection)) => {
-                tracing::debug!(%rejection, "build event not written: the build had ended");
-                Ok(())
-            }
-            Err(failure) => Err(ApiError::Unavailable(format!(
-                "the database is unavailable ({failure}); retry"
-            ))),
+            .map_err(|failure| {
+                ApiError::Unavailable(format!("the database is unavailable ({failure}); retry"))
+            })?;
+        Ok(outcome.map(|_| ()))
+    }
+
+    /// Writes events of one build; a refusal (the build ended meanwhile) is logged, not
+    /// an error: the job rows stay the truth.
+    async fn write(&self, project_id: i64, events: Vec<NewEvent>) -> Result<(), ApiError> {
+        if let Err(rejection) = self.submit(project_id, events).await? {
+            tracing::debug!(%rejection, "build event not written: the build had ended");
         }
+        Ok(())
     }
 
     /// Waits up to `wait` for a job the agent may run and claims it.

@@ -11,7 +11,7 @@ use kiln_core::jobs::{self, JobPlan};
 use kiln_core::pipeline::{PIPELINE_FILE, Pipeline, Priority, RepoListing, infer};
 use kiln_core::{CoreEventType, JobState};
 use kiln_protocol::TriggeredBuild;
-use kiln_store::{BuildRecord, IngestRequest, Precondition, Project};
+use kiln_store::{BuildRecord, Project};
 use serde_json::json;
 
 use super::Runner;
@@ -252,30 +252,13 @@ impl Runner {
             "commitMessage": commit_message,
             "retryOf": request.retry_of,
         }));
-        match self
-            .inner
-            .ingestor
-            .submit(IngestRequest {
-                project_id: project.id,
-                events: vec![event],
-                precondition: Precondition::None,
-            })
-            .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(rejection)) => {
-                return Err(ApiError::Conflict {
-                    code: "conflict",
-                    message: rejection.to_string(),
-                    field: None,
-                });
-            }
-            Err(failure) => {
-                return Err(ApiError::Unavailable(format!(
-                    "the database is unavailable ({failure}); retry"
-                )));
-            }
-        }
+        self.submit(project.id, vec![event])
+            .await?
+            .map_err(|rejection| ApiError::Conflict {
+                code: "conflict",
+                message: rejection.to_string(),
+                field: None,
+            })?;
         self.store()
             .build_by_run_id(&run_id)
             .await?
