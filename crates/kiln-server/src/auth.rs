@@ -65,6 +65,10 @@ pub enum Access {
     User,
     /// Agent tokens only (`kiln agent`).
     Agent,
+    /// A dashboard page: a user (session or personal token), like `User`, but an
+    /// anonymous browser is sent to `/login` instead of answered 401, and refusals are
+    /// HTML pages.
+    Page,
 }
 
 impl Access {
@@ -80,6 +84,9 @@ impl Access {
             Self::ProjectAdmin => "project admin (member with admin role, instance admin)",
             Self::User => "user (session or personal token)",
             Self::Agent => "agent token",
+            Self::Page => {
+                "dashboard page: signed-in user (anonymous browsers are redirected to /login)"
+            }
         }
     }
 }
@@ -154,8 +161,8 @@ impl Caller {
                 "this endpoint is for build agents: use an agent token (`kiln token create --agent`)"
                     .into(),
             )),
-            Access::User if self.user_id.is_some() => Ok(()),
-            Access::User => Err(ApiError::Forbidden(
+            Access::User | Access::Page if self.user_id.is_some() => Ok(()),
+            Access::User | Access::Page => Err(ApiError::Forbidden(
                 "this belongs to users: log in (POST /api/v1/session) or use a personal token (`kiln user token create`)"
                     .into(),
             )),

@@ -16,6 +16,7 @@ mod notify;
 mod reaper;
 mod runner;
 mod serve;
+mod web;
 mod webhooks;
 
 use std::future::Future;

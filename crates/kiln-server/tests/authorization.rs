@@ -61,6 +61,9 @@ enum Rule {
     /// Authenticated by a signature over the body, not a token: unsigned calls get 401
     /// whoever makes them.
     Signature,
+    /// A dashboard page: users only; an anonymous browser is redirected (303) to
+    /// `/login`, other refusals are HTML pages.
+    Page,
 }
 
 /// `None`: allowed; `Some(status)`: refused with exactly that status.
@@ -73,7 +76,7 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
         return Some(401);
     }
     if matches!(who, Anonymous | Revoked) {
-        return Some(401);
+        return Some(if matches!(rule, Rule::Page) { 303 } else { 401 });
     }
     if who == Agent {
         return if matches!(rule, Rule::Agent) {
@@ -88,7 +91,7 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
         Rule::Signature => Some(401),
         Rule::Agent => Some(403),
         Rule::Ingest => allowed(&[Ingest]),
-        Rule::User => allowed(&[Viewer, Developer, Admin, OtherAdmin, InstanceAdmin]),
+        Rule::User | Rule::Page => allowed(&[Viewer, Developer, Admin, OtherAdmin, InstanceAdmin]),
         Rule::InstanceAdmin => allowed(&[InstanceAdmin]),
         Rule::Viewer | Rule::Developer | Rule::ProjectAdmin if who == OtherAdmin => Some(404),
         Rule::Viewer => None,
@@ -121,9 +124,12 @@ async fn call(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> (u16, String) {
-    let mut request = app
-        .http
-        .request(method.clone(), format!("{}{path}", app.base_url));
+    // Redirects are answers here (pages send anonymous browsers to /login).
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut request = http.request(method.clone(), format!("{}{path}", app.base_url));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -724,6 +730,13 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             Value::Null,
             Rule::Viewer,
         ),
+        // The dashboard.
+        ("GET", "/".into(), Value::Null, Rule::Page),
+        ("GET", "/login?next=/".into(), Value::Null, Rule::Public),
+        ("POST", "/login".into(), Value::Null, Rule::Public),
+        ("GET", "/assets/kiln.css".into(), Value::Null, Rule::Public),
+        // Last: it ends the caller's session (tokens keep working).
+        ("POST", "/logout".into(), Value::Null, Rule::Page),
     ];
 
     // Every route of the router has a rule here.
@@ -769,11 +782,19 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
                         status, refused,
                         "{method} {path} as {who:?} ({rule:?}): {text}"
                     );
-                    let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                    assert!(
-                        error["error"]["message"].is_string(),
-                        "{method} {path} as {who:?}: {text}"
-                    );
+                    if matches!(rule, Rule::Page) {
+                        // HTML: the login redirect, or a page saying why.
+                        assert!(
+                            refused == 303 || text.contains("<h1>"),
+                            "{method} {path} as {who:?}: {text}"
+                        );
+                    } else {
+                        let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        assert!(
+                            error["error"]["message"].is_string(),
+                            "{method} {path} as {who:?}: {text}"
+                        );
+                    }
                 }
                 None => assert!(
                     !matches!(status, 401 | 403 | 404) && status < 500,

@@ -16,7 +16,7 @@ mod repos;
 mod runs;
 mod socketio;
 mod stream;
-mod users;
+pub(crate) mod users;
 mod webhooks;
 
 pub(crate) use convert::{event_json, job_dto};
@@ -47,6 +47,13 @@ pub struct RouteRule {
 /// routing. Its handshake needs a token that may read some project (its `auth.token`,
 /// or the same headers as here); each `subscribe` is then checked like a `read` route.
 fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
+    let mut routes = crate::web::route_list();
+    routes.extend(api_route_list());
+    routes
+}
+
+/// The JSON API's routes.
+fn api_route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
     vec![
         ("GET", "/healthz", Access::Public, get(health::healthz)),
         // Inbound hooks (authenticated by their signature, not a token).
@@ -504,10 +511,27 @@ async fn guard(
     }
     let caller = match state.authenticator.authenticate(request.headers()).await {
         Ok(caller) => caller,
+        // A browser without a (live) session goes to the login page, then back.
+        Err(_) if access == Access::Page => {
+            let target = request
+                .uri()
+                .path_and_query()
+                .map_or("/", |target| target.as_str());
+            return crate::web::to_login(target);
+        }
         Err(error) => return error.into_response(),
     };
     if let Err(error) = caller.check(access) {
+        if access == Access::Page {
+            return crate::web::PageError(error).into_response();
+        }
         return error.into_response();
+    }
+    // Dashboard forms carry the CSRF token in a `_csrf` field, checked by their handler
+    // (`web::check_csrf`).
+    if access == Access::Page {
+        request.extensions_mut().insert(caller);
+        return next.run(request).await;
     }
     // A browser sends the session cookie by itself; an unsafe request must also prove it
     // comes from Kiln's own pages by echoing the session's CSRF token.

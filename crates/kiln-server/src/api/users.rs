@@ -36,12 +36,7 @@ pub(crate) fn user_json(user: &UserRecord) -> Value {
 
 fn email_field(body: &Value) -> Result<String, ApiError> {
     let email = required_string(body, "email")?.trim().to_ascii_lowercase();
-    let valid = email.len() <= MAX_EMAIL_LEN
-        && email
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    if !valid {
+    if !valid_email(&email) {
         return Err(
             FieldError::new("email", "must be an email address such as ada@example.com").into(),
         );
@@ -87,6 +82,31 @@ pub(crate) async fn login(
 ) -> Result<Response, ApiError> {
     let email = email_field(&body)?;
     let password = required_string(&body, "password")?.to_owned();
+    let session = open_session(&state, peer, &headers, &email, password).await?;
+    let mut response =
+        Json(json!({"user": user_json(&session.user), "csrfToken": session.csrf})).into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session.cookie);
+    Ok(response)
+}
+
+/// A session just opened: its user, CSRF token and `Set-Cookie` value.
+pub(crate) struct OpenedSession {
+    pub user: UserRecord,
+    pub csrf: String,
+    pub cookie: HeaderValue,
+}
+
+/// Checks a password (with the login limiter) and opens a session: the API's login and
+/// the dashboard's login form share it.
+pub(crate) async fn open_session(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    email: &str,
+    password: String,
+) -> Result<OpenedSession, ApiError> {
     if password.len() > MAX_PASSWORD_LEN {
         return Err(FieldError::new(
             "password",
@@ -95,22 +115,22 @@ pub(crate) async fn login(
         .into());
     }
     let address = Some(peer.ip());
-    if !state.logins.allowed(&email, address) {
+    if !state.logins.allowed(email, address) {
         return Err(ApiError::RateLimited(
             "too many failed logins for this account or address; wait 15 minutes".into(),
         ));
     }
-    let user = state.store.user_by_email(&email).await?;
+    let user = state.store.user_by_email(email).await?;
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
     let matches = verify_password(password, hash).await;
     let user = match user {
         Some(user) if matches && user.disabled_at.is_none() => user,
         _ => {
-            state.logins.failed(&email, address);
+            state.logins.failed(email, address);
             return Err(ApiError::Unauthorized("wrong email or password".into()));
         }
     };
-    state.logins.succeeded(&email);
+    state.logins.succeeded(email);
     let secret = generate_token();
     let csrf = generate_token();
     let now = state.clock.now();
@@ -124,12 +144,38 @@ pub(crate) async fn login(
             now.plus_ms(SESSION_TTL_MS),
         )
         .await?;
-    let mut response = Json(json!({"user": user_json(&user), "csrfToken": csrf})).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        cookie(&secret, SESSION_TTL_MS / 1000, secure(&state, &headers)),
-    );
-    Ok(response)
+    Ok(OpenedSession {
+        user,
+        csrf,
+        cookie: cookie(&secret, SESSION_TTL_MS / 1000, secure(state, headers)),
+    })
+}
+
+/// Ends the session of the request's cookie, if any; answers the `Set-Cookie` value that
+/// clears it.
+pub(crate) async fn close_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<HeaderValue, ApiError> {
+    if let Some(session) = session_cookie(headers)
+        && let Some(record) = state.store.session_by_hash(&hash_token(session)).await?
+    {
+        state
+            .store
+            .revoke_session(record.id, state.clock.now())
+            .await?;
+    }
+    state.authenticator.forget_all();
+    Ok(cookie("", 0, secure(state, headers)))
+}
+
+/// Checks an email address's form (the login form and user creation).
+pub(crate) fn valid_email(email: &str) -> bool {
+    email.len() <= MAX_EMAIL_LEN
+        && email
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// `DELETE /api/v1/session`: ends the session of the cookie.
@@ -145,19 +191,9 @@ pub(crate) async fn logout(
             "there is no session to end: logout is for dashboard sessions (revoke tokens instead)",
         ));
     }
-    if let Some(session) = session_cookie(&headers)
-        && let Some(record) = state.store.session_by_hash(&hash_token(session)).await?
-    {
-        state
-            .store
-            .revoke_session(record.id, state.clock.now())
-            .await?;
-    }
-    state.authenticator.forget_all();
+    let cleared = close_session(&state, &headers).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, cookie("", 0, secure(&state, &headers)));
+    response.headers_mut().insert(header::SET_COOKIE, cleared);
     Ok(response)
 }
 
