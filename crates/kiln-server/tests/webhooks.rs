@@ -2,12 +2,14 @@
 //! in this file) that fails the first attempts, answers 410 for another endpoint and 429
 //! with `Retry-After` for a third; the server's manual clock moves time on, so retries
 //! follow the configured schedule exactly. Signatures are recomputed here independently.
+//! A second test holds one receiver's answer for seconds and checks that another
+//! endpoint's deliveries went out meanwhile (the sender does not wait for a batch).
 
 mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -24,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 engine_test!(deliveries_retry_in_order_and_verify);
+engine_test!(slow_endpoint_does_not_delay_others);
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
@@ -31,16 +34,21 @@ struct Received {
     path: String,
     headers: HashMap<String, String>,
     body: String,
+    /// When the request had been read, and when its answer was written.
+    received_at: Instant,
+    answered_at: Instant,
 }
 
 /// Answers scripted for one path: status and optional `Retry-After`, in order.
 type Script = Vec<(u16, Option<&'static str>)>;
 
-/// How the receiver answers, per path: the statuses of the first requests, then 200.
+/// How the receiver answers, per path: the statuses of the first requests, then 200;
+/// the first request to a path in `hold` is answered only after that long.
 #[derive(Default)]
 struct Receiver {
     received: Mutex<Vec<Received>>,
     script: Mutex<HashMap<String, Script>>,
+    hold: Mutex<HashMap<String, Duration>>,
 }
 
 impl Receiver {
@@ -99,6 +107,11 @@ async fn start_receiver(receiver: Arc<Receiver>) -> String {
                     buffer.extend_from_slice(&chunk[..read]);
                 }
                 let body = String::from_utf8_lossy(&buffer[head_end..]).into_owned();
+                let received_at = Instant::now();
+                let hold = receiver.hold.lock().unwrap().remove(&path);
+                if let Some(hold) = hold {
+                    tokio::time::sleep(hold).await;
+                }
                 let (status, retry_after) = {
                     let mut script = receiver.script.lock().unwrap();
                     match script.get_mut(&path) {
@@ -110,6 +123,8 @@ async fn start_receiver(receiver: Arc<Receiver>) -> String {
                     path,
                     headers,
                     body,
+                    received_at,
+                    answered_at: Instant::now(),
                 });
                 let extra = retry_after
                     .map(|seconds| format!("Retry-After: {seconds}\r\n"))
@@ -438,5 +453,97 @@ async fn deliveries_retry_in_order_and_verify(engine: Engine) {
     .await;
     assert_eq!(status, 422, "{refused}");
     assert_eq!(refused["error"]["field"], "url");
+    app.stop().await;
+}
+
+/// Types of the kiln-format bodies received on `path`, in order.
+fn received_types(receiver: &Receiver, path: &str) -> Vec<String> {
+    receiver
+        .requests(path)
+        .iter()
+        .map(|request| {
+            serde_json::from_str::<Value>(&request.body).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+async fn slow_endpoint_does_not_delay_others(engine: Engine) {
+    const HOLD: Duration = Duration::from_secs(4);
+    let database = Arc::new(TestDatabase::create(engine).await);
+    let clock = ManualClock::new(Millis(1_800_000_000_000));
+    let app = TestApp::spawn_configured(database, clock, |config| {
+        config.webhooks_allow_private = true;
+        // Polling would not hide a batch-at-a-time sender: it is the wait for the
+        // batch, not the poll, that would hold the fast endpoint back.
+        config.webhooks.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    let receiver = Arc::new(Receiver::default());
+    let base = start_receiver(receiver.clone()).await;
+    receiver.hold.lock().unwrap().insert("/slow".into(), HOLD);
+    let (_, ingest) = app.project_client("web", &["ingest"]).await;
+    for path in ["/slow", "/fast"] {
+        let (status, created) = call(
+            &app,
+            Method::POST,
+            "/api/v1/projects/web/webhooks",
+            Some(json!({"url": format!("{base}{path}"), "events": ["build_*", "stage_*"]})),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+    }
+    let (status, body) = app
+        .raw(
+            Method::POST,
+            "/api/v1/events",
+            Some(&ingest),
+            Some(
+                serde_json::to_vec(&json!([
+                    {"runId": "r1", "event": "build_started", "eventId": "a"},
+                    {"runId": "r1", "event": "stage_started", "stage": "test", "eventId": "b"},
+                    {"runId": "r1", "event": "stage_completed", "stage": "test", "eventId": "c"},
+                    {"runId": "r1", "event": "build_completed", "eventId": "d"},
+                ]))
+                .unwrap(),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let expected = [
+        "build_started",
+        "stage_started",
+        "stage_completed",
+        "build_completed",
+    ];
+    // Both endpoints get every event, each in order (the wait covers the held answer).
+    eventually("every delivery", || {
+        receiver.requests("/fast").len() == 4 && receiver.requests("/slow").len() == 4
+    })
+    .await;
+    assert_eq!(received_types(&receiver, "/fast"), expected);
+    assert_eq!(received_types(&receiver, "/slow"), expected);
+
+    // The receivers' own clocks: the fast endpoint had all four answered before the
+    // slow one answered its first request, which it held for HOLD.
+    let slow = receiver.requests("/slow");
+    let fast = receiver.requests("/fast");
+    assert!(
+        slow[0].answered_at - slow[0].received_at >= HOLD,
+        "the slow receiver held its answer"
+    );
+    for (index, request) in fast.iter().enumerate() {
+        assert!(
+            request.answered_at < slow[0].answered_at,
+            "fast delivery {index} waited for the slow endpoint: answered {:?} after the slow one's first request arrived, which was answered after {:?}",
+            request.answered_at - slow[0].received_at,
+            slow[0].answered_at - slow[0].received_at,
+        );
+    }
+    // The slow endpoint itself stayed one at a time, in order: its second delivery
+    // arrived only after its first was answered.
+    assert!(slow[1].received_at >= slow[0].answered_at);
     app.stop().await;
 }

@@ -261,6 +261,45 @@ async fn deliveries_once_in_order_with_retries(engine: Engine) {
     assert_eq!(status[0].oldest_pending_at, Some(Millis(100)));
     assert_eq!(status[1].delivered, 1);
     assert_eq!(status[1].oldest_pending_at, None);
+
+    // Event 1 redelivered while event 2 is in flight: it waits, so the endpoint never
+    // has two deliveries in flight; once event 2 reports, event 1 goes.
+    store
+        .redeliver_webhook(first.id, first_delivery, Millis(311))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_due_webhook_deliveries(Millis(320), Millis(500), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .finish_webhook_attempt(
+            next[0].delivery.id,
+            &attempt(1, Some(200)),
+            &WebhookOutcome::Delivered,
+            Millis(330),
+        )
+        .await
+        .unwrap();
+    let again = store
+        .claim_due_webhook_deliveries(Millis(330), Millis(500), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery.id, first_delivery);
+    assert_eq!(again[0].delivery.attempts, 3);
+    store
+        .finish_webhook_attempt(
+            first_delivery,
+            &attempt(3, Some(200)),
+            &WebhookOutcome::Delivered,
+            Millis(340),
+        )
+        .await
+        .unwrap();
 }
 
 async fn gone_disables_and_redelivery_requeues(engine: Engine) {

@@ -11,7 +11,8 @@
 //!
 //! The sender (`run_sender`) claims due deliveries — only the oldest pending one of each
 //! active endpoint, so an endpoint receives its events in order — and sends each with
-//! Standard Webhooks signatures, a timeout, and the address check (`address`). Answers
+//! Standard Webhooks signatures, a timeout, and the address check (`address`); it claims
+//! more whenever an attempt ends (up to `concurrency` in flight), not per batch. Answers
 //! decide what follows: 2xx delivered; 410 failed and the endpoint disabled; anything
 //! else retried on the schedule (`Retry-After` honoured on 429/503) until the retries
 //! are used up, then failed (kept for manual redelivery). Neither task is on the ingest

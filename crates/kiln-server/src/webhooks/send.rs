@@ -29,8 +29,16 @@ struct Sender {
     allow_private: bool,
 }
 
-/// The sender task; returns when `stop` changes (an attempt in flight is abandoned and
-/// claimed again once its claim expires).
+/// The sender task; returns when `stop` changes (attempts in flight are abandoned and
+/// claimed again once their claims expire).
+///
+/// Attempts run concurrently, up to `concurrency`, in a `JoinSet`. The task claims more
+/// whenever a slot frees, a wake arrives (a new delivery, a re-activated endpoint) or the
+/// poll interval passes — never waiting for the other attempts in flight, so an endpoint
+/// that hangs until the timeout holds one slot and delays only its own deliveries. The
+/// store's claim gives out only the oldest pending delivery of an endpoint and keeps it
+/// (and so its successors) out of later claims until the attempt reports; a second
+/// delivery of an endpoint therefore never starts while one is in flight.
 pub(crate) async fn run_sender(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -41,44 +49,40 @@ pub(crate) async fn run_sender(
 ) {
     crate::install_crypto_provider();
     let poll_interval = config.poll_interval;
+    let concurrency = config.concurrency.max(1);
     let sender = Sender {
         store,
         clock,
         config,
         allow_private,
     };
+    let mut in_flight: JoinSet<()> = JoinSet::new();
     loop {
-        let now = sender.clock.now();
-        // A claim outlives the attempt's timeout, so a crashed sender's delivery is
-        // retried after it, and a live one reports back before it expires.
-        let claimed_until = now.plus_ms((sender.config.timeout.as_millis() as i64) + 30_000);
-        let claimed = match sender
-            .store
-            .claim_due_webhook_deliveries(now, claimed_until, sender.config.concurrency)
-            .await
-        {
-            Ok(claimed) => claimed,
-            Err(error) => {
-                tracing::warn!(%error, "cannot claim webhook deliveries; retrying");
-                Vec::new()
-            }
-        };
-        if !claimed.is_empty() {
-            let mut attempts = JoinSet::new();
-            for claimed in claimed {
+        let free = concurrency - in_flight.len() as i64;
+        if free > 0 {
+            for claimed in sender.claim(free).await {
                 let sender = sender.clone();
-                attempts.spawn(async move { sender.attempt(claimed).await });
-            }
-            tokio::select! {
-                _ = async { while attempts.join_next().await.is_some() {} } => continue,
-                _ = stop.changed() => return,
+                in_flight.spawn(async move { sender.attempt(claimed).await });
             }
         }
         tokio::select! {
+            Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
+                report_panic(finished);
+                // Collect every other attempt that ended meanwhile: one claim for all.
+                while let Some(finished) = in_flight.try_join_next() {
+                    report_panic(finished);
+                }
+            }
             _ = wake.notified() => {}
             _ = tokio::time::sleep(poll_interval) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+fn report_panic(finished: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = finished {
+        tracing::error!(%error, "a webhook attempt panicked; it is retried after its claim expires");
     }
 }
 
@@ -91,6 +95,25 @@ struct Answer {
 }
 
 impl Sender {
+    /// Claims up to `limit` due deliveries (none on a store error, logged).
+    async fn claim(&self, limit: i64) -> Vec<ClaimedWebhookDelivery> {
+        let now = self.clock.now();
+        // A claim outlives the attempt's timeout, so a crashed sender's delivery is
+        // retried after it, and a live one reports back before it expires.
+        let claimed_until = now.plus_ms((self.config.timeout.as_millis() as i64) + 30_000);
+        match self
+            .store
+            .claim_due_webhook_deliveries(now, claimed_until, limit)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot claim webhook deliveries; retrying");
+                Vec::new()
+            }
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(delivery_id = claimed.delivery.id, endpoint_id = claimed.endpoint.id))]
     async fn attempt(&self, claimed: ClaimedWebhookDelivery) {
         let ClaimedWebhookDelivery { delivery, endpoint } = claimed;

@@ -3,7 +3,8 @@
 //! A delivery is unique per (endpoint, event) and inserted with `ON CONFLICT DO NOTHING`,
 //! so replaying events (after a crash, or by another replica's consumer) queues none
 //! twice. A claim takes, per endpoint, only its oldest pending delivery, so an endpoint
-//! receives its events in order: event N+1 waits while N is pending or retrying.
+//! receives its events in order: event N+1 waits while N is pending or retrying, and an
+//! endpoint never has two deliveries in flight.
 
 use kiln_core::Millis;
 use sqlx::Row;
@@ -259,15 +260,21 @@ impl SqlStore {
     ) -> StoreResult<Vec<ClaimedWebhookDelivery>> {
         // Only the oldest pending delivery of each active endpoint qualifies (in order per
         // endpoint); a claimed one stays pending with a later next_attempt_at, so it keeps
-        // blocking its successors while it is in flight. The conditions are repeated
-        // outside the subquery so PostgreSQL re-checks a row another replica claimed.
+        // blocking its successors while it is in flight, and the sender may claim again
+        // while other attempts run without ever getting a second delivery of an endpoint.
+        // The one way an older delivery becomes pending behind a newer one is a
+        // redelivery: it waits while the newer one is in flight or waiting for a retry
+        // (`attempts > 0`, not due), so that, too, never puts two in flight at once.
+        // The due and pending conditions are repeated outside the subquery so
+        // PostgreSQL re-checks a row another replica claimed meanwhile (it skips it).
         let rows = sqlx::query(trusted(format!(
             "UPDATE webhook_deliveries SET next_attempt_at = $1, attempts = attempts + 1 \
              WHERE state = 'pending' AND next_attempt_at <= $2 AND id IN ( \
                SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
                WHERE d.state = 'pending' AND d.next_attempt_at <= $2 AND e.active = 1 \
-               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries earlier \
-                 WHERE earlier.endpoint_id = d.endpoint_id AND earlier.state = 'pending' AND earlier.id < d.id) \
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries other \
+                 WHERE other.endpoint_id = d.endpoint_id AND other.state = 'pending' AND other.id <> d.id \
+                 AND (other.id < d.id OR (other.attempts > 0 AND other.next_attempt_at > $2))) \
                ORDER BY d.id LIMIT $3) \
              RETURNING {DELIVERY_COLUMNS}"
         )))
