@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{admin, agent, emit, run, runs, serve, users, watch};
+use crate::commands::{admin, agent, emit, run, runs, serve, users, watch, webhooks};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -87,6 +87,11 @@ enum Command {
     Events(admin::EventsArgs),
     /// Follow a build live until it ends; exits 0 if it succeeded, 1 otherwise.
     Watch(watch::WatchArgs),
+    /// A project's outbound webhooks: endpoints, secrets, deliveries (project admin).
+    Webhook {
+        #[command(subcommand)]
+        command: webhooks::WebhookCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
             Command::Agents(args) => runs::agents(args).await,
             Command::Events(args) => admin::events(args).await,
             Command::Watch(args) => watch::watch(args).await,
+            Command::Webhook { command } => webhooks::webhook(command).await,
         }
     });
     match result {

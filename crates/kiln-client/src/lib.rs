@@ -3,6 +3,7 @@
 
 mod runs;
 pub mod sse;
+mod webhooks;
 
 pub use runs::LogPage;
 

@@ -1,8 +1,11 @@
 //! The JSON shapes of Kiln's HTTP API (camelCase on the wire). Serialized by the server,
 //! deserialized by `kiln-client`; domain types never cross the wire directly.
 
+mod webhooks;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+pub use webhooks::*;
 
 /// Every error answer: `{"error":{"code","message","field"}}`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

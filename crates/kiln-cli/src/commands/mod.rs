@@ -9,3 +9,4 @@ pub mod serve;
 pub mod up;
 pub mod users;
 pub mod watch;
+pub mod webhooks;

@@ -1,0 +1,144 @@
+//! Outbound webhooks on the wire (docs/api.md, "Webhooks (outbound)"): endpoints, their
+//! delivery log, test events and the delivery status.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `POST /api/v1/projects/{slug}/webhooks`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CreateWebhook {
+    pub url: String,
+    /// Event types or `prefix*` patterns; absent or empty means every event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// `kiln` (default) or `cdevents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+}
+
+/// `PATCH /api/v1/projects/{slug}/webhooks/{id}`: only the fields given change;
+/// activating clears the reason it was disabled.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct UpdateWebhook {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+}
+
+/// An endpoint as served: never its secret, only the secret's first characters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDto {
+    pub id: i64,
+    pub project: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub format: String,
+    pub active: bool,
+    /// Why Kiln disabled it (a `410 Gone`), until it is activated again.
+    pub disabled_reason: Option<String>,
+    pub secret_prefix: String,
+    /// Until when the secret before the last rotation still signs.
+    pub previous_secret_until: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The answer to creation and to a secret rotation: the only time the secret is shown.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WebhookWithSecret {
+    /// `whsec_` + base64 of the key.
+    pub secret: String,
+    #[serde(flatten)]
+    pub webhook: WebhookDto,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookDto>,
+}
+
+/// `POST …/webhooks/{id}/test`: the queued `webhook_test` delivery.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookTestQueued {
+    pub delivery_id: Option<i64>,
+    /// An inactive endpoint keeps the test pending until it is activated.
+    pub active: bool,
+}
+
+/// One attempt of a delivery, as logged.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookAttemptDto {
+    pub attempt: i64,
+    pub started_at: String,
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    /// The headers sent, signatures included.
+    pub request_headers: Value,
+    /// At most 1 KiB of the answer's body.
+    pub response_excerpt: Option<String>,
+    pub error: Option<String>,
+}
+
+/// One delivery: an event (or a test) for one endpoint, with its attempts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDeliveryDto {
+    /// Also the `webhook-id` header of every attempt.
+    pub id: i64,
+    pub endpoint_id: i64,
+    pub event_id: Option<i64>,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: i64,
+    /// When a pending delivery is due next.
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub body: Value,
+    pub attempt_log: Vec<WebhookAttemptDto>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WebhookDeliveryList {
+    pub deliveries: Vec<WebhookDeliveryDto>,
+}
+
+/// `GET /api/v1/webhooks/status`: totals over the endpoints the caller may read.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStatusDto {
+    pub pending: i64,
+    pub delivered: i64,
+    pub failed: i64,
+    pub oldest_pending_age_seconds: Option<i64>,
+    pub endpoints: Vec<WebhookEndpointStatusDto>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookEndpointStatusDto {
+    pub id: i64,
+    pub url: String,
+    pub active: bool,
+    pub pending: i64,
+    pub delivered: i64,
+    pub failed: i64,
+    /// Over the endpoint's last 100 attempts; absent before the first.
+    pub success_rate: Option<f64>,
+    pub p50_latency_ms: Option<i64>,
+    pub oldest_pending_age_seconds: Option<i64>,
+}
