@@ -1,0 +1,142 @@
+// Phone width (no sideways scrolling of the whole page) and keyboard navigation (Skip to
+// content, Tab reaches the Build button); screenshots of the remaining pages.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  checkPage,
+  ingest,
+  launchBrowser,
+  loggedInContext,
+  startFixture,
+  stopFixture,
+  triggerBuild,
+  waitForBuild,
+  watchConsole,
+} from './harness.js';
+
+let fixture;
+let browser;
+let built;
+
+before(async () => {
+  fixture = await startFixture();
+  browser = await launchBrowser();
+  built = await triggerBuild(fixture, 'web');
+  await waitForBuild(fixture, built.runId, (b) => b.status === 'success', 60_000, 'the fixture build to succeed');
+});
+
+after(async () => {
+  await browser?.close();
+  if (fixture) await stopFixture(fixture);
+});
+
+/** The whole page does not scroll sideways (wide tables may scroll inside their own box). */
+async function assertNoHorizontalScroll(page, what) {
+  const sizes = await page.evaluate(() => ({
+    scrollWidth: document.scrollingElement.scrollWidth,
+    innerWidth: window.innerWidth,
+    widest: [...document.querySelectorAll('body *')]
+      .filter((el) => el.getBoundingClientRect().right > window.innerWidth + 1)
+      .slice(0, 5)
+      .map((el) => `${el.tagName.toLowerCase()}${el.className ? `.${String(el.className).split(' ').join('.')}` : ''}`),
+  }));
+  assert.ok(
+    sizes.scrollWidth <= sizes.innerWidth,
+    `${what}: the page is ${sizes.scrollWidth} px wide in a ${sizes.innerWidth} px window (sticking out: ${sizes.widest})`,
+  );
+}
+
+test('at phone width (390×844) the overview and the build page fit the screen', async () => {
+  const context = await loggedInContext(browser, fixture, fixture.users.dev, {
+    viewport: { width: 390, height: 844 },
+    deviceScaleFactor: 2,
+    isMobile: true,
+    hasTouch: true,
+  });
+  const page = await context.newPage();
+  const problems = watchConsole(page);
+
+  await page.goto('/');
+  await page.locator(`[data-run-id="${built.runId}"]`).first().waitFor();
+  await assertNoHorizontalScroll(page, 'overview');
+  await checkPage(page, 'overview-phone');
+
+  await page.goto(`/builds/${built.runId}`);
+  await page.locator('.log .line').first().waitFor();
+  await assertNoHorizontalScroll(page, 'build page');
+  await checkPage(page, 'build-phone');
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test('from the keyboard: the first Tab reaches "Skip to content", which moves focus to the content; Tab reaches the Build button', async () => {
+  const context = await loggedInContext(browser, fixture, fixture.users.dev);
+  const page = await context.newPage();
+  await page.goto('/');
+  const focused = () => page.evaluate(() => {
+    const el = document.activeElement;
+    return { tag: el?.tagName.toLowerCase(), text: (el?.innerText || el?.getAttribute('aria-label') || '').trim(), id: el?.id };
+  });
+
+  await page.keyboard.press('Tab');
+  assert.equal((await focused()).text, 'Skip to content', 'the first stop is the skip link');
+  assert.ok(await page.getByRole('link', { name: 'Skip to content' }).isVisible(), 'it is visible when focused');
+  await page.keyboard.press('Enter');
+  assert.equal((await focused()).id, 'main', 'Enter on it focuses the content');
+
+  let reached = null;
+  for (let i = 0; i < 80 && !reached; i += 1) {
+    await page.keyboard.press('Tab');
+    const now = await focused();
+    if (now.tag === 'button' && /^Build\b/.test(now.text)) reached = now;
+  }
+  assert.ok(reached, 'Tab reaches a Build button');
+  // The focused button shows a focus ring.
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  assert.notEqual(outline, 'none', 'the focused button is outlined');
+  await context.close();
+});
+
+test('an ingested build, the project settings and the other pages render, with screenshots and no serious accessibility violations', async () => {
+  const runId = `ingested-${Date.now()}`;
+  await ingest(fixture, [
+    { runId, event: 'build_started', branch: 'main', commit: 'abc1234', command: 'make test', host: 'laptop' },
+    { runId, event: 'stage_started', stage: 'compile' },
+    { runId, event: 'stage_completed', stage: 'compile', durationMs: 1200 },
+    { runId, event: 'stage_started', stage: 'unit tests' },
+    { runId, event: 'build_progress', progress: 60 },
+  ]);
+  const context = await loggedInContext(browser, fixture, fixture.users.admin);
+  const page = await context.newPage();
+  const problems = watchConsole(page, [/status of 404 \(Not Found\)/]);
+
+  await page.goto(`/builds/${runId}`);
+  const stages = await page.locator('[data-timeline] li[data-step]').evaluateAll((items) =>
+    items.map((li) => [li.dataset.step, li.dataset.status]));
+  assert.deepEqual(stages, [['compile', 'success'], ['unit tests', 'running']]);
+  await checkPage(page, 'build-ingested');
+
+  await page.goto('/projects/web/settings');
+  await page.getByRole('heading', { name: 'Project web settings', level: 1 }).waitFor();
+  for (const section of ['Tokens', 'Members', 'Branches', 'Repository', 'Webhooks']) {
+    await page.getByRole('heading', { name: section, level: 2 }).waitFor();
+  }
+  await page.locator(`tr[data-member="${fixture.users.viewer.email}"]`).waitFor();
+  await checkPage(page, 'project-settings');
+
+  // A project setting page refused to a developer is an HTML page, not a crash.
+  const devContext = await loggedInContext(browser, fixture, fixture.users.dev);
+  const devPage = await devContext.newPage();
+  const refused = await devPage.goto('/projects/web/settings');
+  assert.equal(refused.status(), 403);
+  assert.match(await refused.headerValue('content-type'), /text\/html/);
+  await checkPage(devPage, 'project-settings-refused');
+  await devContext.close();
+
+  const missing = await page.goto('/builds/no-such-build');
+  assert.equal(missing.status(), 404);
+  await checkPage(page, 'build-not-found');
+  assert.deepEqual(problems, []);
+  await context.close();
+});
