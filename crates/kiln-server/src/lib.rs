@@ -274,6 +274,50 @@ pub struct Bootstrap {
     pub ingest_token: Option<String>,
 }
 
+/// The dashboard login `kiln up` makes on a fresh instance.
+#[derive(Debug)]
+pub struct FirstUser {
+    pub email: String,
+    /// Generated, shown once.
+    pub password: String,
+}
+
+/// The email of the first user `kiln up` creates.
+pub const FIRST_USER_EMAIL: &str = "admin@kiln.localhost";
+
+/// On an instance without users, creates an instance-admin user (`admin@kiln.localhost`,
+/// "Admin") with a generated password, so a browser can log in; `None` when users exist.
+pub async fn bootstrap_first_user(
+    store: &dyn Store,
+    now: Millis,
+) -> Result<Option<FirstUser>, StoreError> {
+    if !store.list_users().await?.is_empty() {
+        return Ok(None);
+    }
+    let password = generate_password();
+    let hash = accounts::hash_password(password.clone())
+        .await
+        .map_err(StoreError::Unavailable)?;
+    store
+        .create_user(FIRST_USER_EMAIL, "Admin", Some(&hash), true, now)
+        .await?;
+    Ok(Some(FirstUser {
+        email: FIRST_USER_EMAIL.into(),
+        password,
+    }))
+}
+
+/// 20 random letters and digits (over 110 bits), easy to copy from a terminal.
+fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut random = [0u8; 20];
+    getrandom::fill(&mut random).expect("the operating system's random source is available");
+    random
+        .iter()
+        .map(|byte| ALPHABET[usize::from(*byte) % ALPHABET.len()] as char)
+        .collect()
+}
+
 /// Creates the `default` project and an ingest+read token for it, unless it exists.
 pub async fn bootstrap_default_project(
     store: &dyn Store,

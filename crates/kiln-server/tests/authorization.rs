@@ -64,6 +64,9 @@ enum Rule {
     /// A dashboard page: users only; an anonymous browser is redirected (303) to
     /// `/login`, other refusals are HTML pages.
     Page,
+    /// A dashboard page of project `web` for its admins (and instance admins): like
+    /// `Page`, then 403 for members without the admin role, 404 for other projects' users.
+    PageProjectAdmin,
 }
 
 /// `None`: allowed; `Some(status)`: refused with exactly that status.
@@ -76,7 +79,11 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
         return Some(401);
     }
     if matches!(who, Anonymous | Revoked) {
-        return Some(if matches!(rule, Rule::Page) { 303 } else { 401 });
+        return Some(if matches!(rule, Rule::Page | Rule::PageProjectAdmin) {
+            303
+        } else {
+            401
+        });
     }
     if who == Agent {
         return if matches!(rule, Rule::Agent) {
@@ -93,7 +100,12 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
         Rule::Ingest => allowed(&[Ingest]),
         Rule::User | Rule::Page => allowed(&[Viewer, Developer, Admin, OtherAdmin, InstanceAdmin]),
         Rule::InstanceAdmin => allowed(&[InstanceAdmin]),
-        Rule::Viewer | Rule::Developer | Rule::ProjectAdmin if who == OtherAdmin => Some(404),
+        Rule::Viewer | Rule::Developer | Rule::ProjectAdmin | Rule::PageProjectAdmin
+            if who == OtherAdmin =>
+        {
+            Some(404)
+        }
+        Rule::PageProjectAdmin => allowed(&[Admin, InstanceAdmin]),
         Rule::Viewer => None,
         Rule::Developer => allowed(&[Developer, Admin, InstanceAdmin, Ingest]),
         Rule::ProjectAdmin => allowed(&[Admin, InstanceAdmin]),
@@ -133,8 +145,15 @@ async fn call(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    if let Some(body) = body {
-        request = request.json(body);
+    match body {
+        // A string is a dashboard form.
+        Some(Value::String(form)) => {
+            request = request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form.clone());
+        }
+        Some(body) => request = request.json(body),
+        None => {}
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
@@ -735,6 +754,142 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         ("GET", "/login?next=/".into(), Value::Null, Rule::Public),
         ("POST", "/login".into(), Value::Null, Rule::Public),
         ("GET", "/assets/kiln.css".into(), Value::Null, Rule::Public),
+        ("GET", "/agents".into(), Value::Null, Rule::Page),
+        ("GET", "/queue".into(), Value::Null, Rule::Page),
+        (
+            "GET",
+            "/notifications?show=unread".into(),
+            Value::Null,
+            Rule::Page,
+        ),
+        (
+            "POST",
+            "/notifications/not-a-number/read".into(),
+            Value::Null,
+            Rule::Page,
+        ),
+        (
+            "POST",
+            "/notifications/read-all".into(),
+            Value::Null,
+            Rule::Page,
+        ),
+        (
+            "POST",
+            "/notifications/not-a-number/archive".into(),
+            Value::Null,
+            Rule::Page,
+        ),
+        ("GET", "/projects".into(), Value::Null, Rule::Page),
+        ("GET", "/account".into(), Value::Null, Rule::Page),
+        (
+            "POST",
+            "/account/password".into(),
+            json!("current=x&new=short&confirm=short"),
+            Rule::Page,
+        ),
+        (
+            "POST",
+            "/api/v1/me/password".into(),
+            json!({"current": "x", "new": "short"}),
+            Rule::User,
+        ),
+        (
+            "GET",
+            "/projects/web/settings".into(),
+            Value::Null,
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/tokens".into(),
+            json!("name=t"),
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/tokens/not-a-number/revoke".into(),
+            Value::Null,
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/members".into(),
+            json!("email=member%40x.io&role=king"),
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/members/member@x.io/role".into(),
+            json!("role=viewer"),
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/members/member@x.io/remove".into(),
+            Value::Null,
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/branches".into(),
+            json!("name=&priority=1"),
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/branches/delete".into(),
+            json!("name=feature"),
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/repo".into(),
+            json!("max_concurrency=many"),
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/webhooks".into(),
+            json!("url=not+a+url"),
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "GET",
+            "/projects/web/settings/webhooks/not-a-number".into(),
+            Value::Null,
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/webhooks/not-a-number/active".into(),
+            json!("active=true"),
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/webhooks/not-a-number/rotate-secret".into(),
+            Value::Null,
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/webhooks/not-a-number/test".into(),
+            Value::Null,
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/webhooks/not-a-number/delete".into(),
+            Value::Null,
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/webhooks/not-a-number/deliveries/1/redeliver".into(),
+            Value::Null,
+            Rule::PageProjectAdmin,
+        ),
         // Last: it ends the caller's session (tokens keep working).
         ("POST", "/logout".into(), Value::Null, Rule::Page),
     ];
@@ -764,10 +919,19 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             let token = tokens.get(&who).map(String::as_str);
             let body = (!body.is_null()).then_some(body);
             // Each allowed caller deletes something that is there.
-            if method == Method::DELETE && path.ends_with("/members/member@x.io") {
-                admin(Method::PUT, path, json!({"role": "viewer"})).await;
+            if (method == Method::DELETE && path.ends_with("/members/member@x.io"))
+                || path.ends_with("/settings/members/member@x.io/remove")
+            {
+                admin(
+                    Method::PUT,
+                    &format!("{w}/members/member@x.io"),
+                    json!({"role": "viewer"}),
+                )
+                .await;
             }
-            if method == Method::DELETE && path.ends_with("/branches/feature") {
+            if (method == Method::DELETE && path.ends_with("/branches/feature"))
+                || path.ends_with("/settings/branches/delete")
+            {
                 admin(
                     Method::POST,
                     &format!("{w}/branches"),
@@ -782,7 +946,7 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
                         status, refused,
                         "{method} {path} as {who:?} ({rule:?}): {text}"
                     );
-                    if matches!(rule, Rule::Page) {
+                    if matches!(rule, Rule::Page | Rule::PageProjectAdmin) {
                         // HTML: the login redirect, or a page saying why.
                         assert!(
                             refused == 303 || text.contains("<h1>"),

@@ -46,14 +46,19 @@ impl Metrics {
         let memory = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let total = meminfo("MemTotal:", &memory);
         let available = meminfo("MemAvailable:", &memory);
-        let disk_free = nix::sys::statvfs::statvfs(work_dir)
-            .ok()
+        let disk = nix::sys::statvfs::statvfs(work_dir).ok();
+        let disk_free = disk
+            .as_ref()
             .map(|stat| stat.blocks_available() * stat.fragment_size());
+        let disk_total = disk
+            .as_ref()
+            .map(|stat| stat.blocks() * stat.fragment_size());
         json!({
             "cpuPercent": cpu_percent,
             "memoryBytes": total.zip(available).map(|(t, a)| t.saturating_sub(a)),
             "memoryTotalBytes": total,
             "diskFreeBytes": disk_free,
+            "diskTotalBytes": disk_total,
         })
     }
 }

@@ -226,8 +226,16 @@ pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
     let (listener, store, url) = start(&args).await?;
     let now = SystemClock.now();
     let bootstrap = kiln_server::bootstrap_default_project(&*store, now).await?;
+    let first_user = kiln_server::bootstrap_first_user(&*store, now).await?;
     println!("Kiln is running at {url}");
     println!("  dashboard and API: {url}/");
+    if let Some(user) = &first_user {
+        // Tests read this line for the password.
+        println!(
+            "  dashboard login: {} / {} (shown once; change it on the Account page, {url}/account)",
+            user.email, user.password
+        );
+    }
     println!(
         "  data: {}",
         args.database_url.as_deref().map_or_else(

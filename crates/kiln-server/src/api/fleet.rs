@@ -111,7 +111,7 @@ pub(crate) async fn revoke_agent_token(
 }
 
 /// Whether an agent was heard from within a lease.
-fn connected(state: &AppState, agent: &AgentRecord) -> bool {
+pub(crate) fn connected(state: &AppState, agent: &AgentRecord) -> bool {
     let lease = state.runner.config().job_lease.as_millis() as i64;
     state.clock.now().saturating_sub(agent.last_seen_at) <= lease
 }
@@ -120,6 +120,12 @@ pub(crate) async fn list_agents(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<AgentList>, ApiError> {
+    Ok(Json(agent_list(&state, &caller).await?))
+}
+
+/// Every agent with its health and the running jobs the caller may read (the agents
+/// API and the dashboard's agents page).
+pub(crate) async fn agent_list(state: &AppState, caller: &Caller) -> Result<AgentList, ApiError> {
     let agents = state.store.list_agents().await?;
     let jobs = state.store.unfinished_jobs(QUEUE_LIMIT).await?;
     let mut running: HashMap<i64, Vec<&JobRecord>> = HashMap::new();
@@ -128,7 +134,7 @@ pub(crate) async fn list_agents(
             running.entry(agent).or_default().push(job);
         }
     }
-    Ok(Json(AgentList {
+    Ok(AgentList {
         agents: agents
             .iter()
             .map(|agent| AgentDto {
@@ -139,7 +145,7 @@ pub(crate) async fn list_agents(
                 executor: agent.executor.clone(),
                 hostname: agent.hostname.clone(),
                 version: agent.version.clone(),
-                health: if connected(&state, agent) {
+                health: if connected(state, agent) {
                     "connected"
                 } else {
                     "lost"
@@ -159,7 +165,7 @@ pub(crate) async fn list_agents(
                     .unwrap_or_default(),
             })
             .collect(),
-    }))
+    })
 }
 
 /// Jobs waiting or running, oldest first, with why each waiting job waits.
@@ -167,13 +173,19 @@ pub(crate) async fn queue(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<JobList>, ApiError> {
+    Ok(Json(queued_jobs(&state, &caller).await?))
+}
+
+/// The unfinished jobs the caller may read, in dispatch order, each waiting one with
+/// `waitingFor` (the queue API and the dashboard's queue page).
+pub(crate) async fn queued_jobs(state: &AppState, caller: &Caller) -> Result<JobList, ApiError> {
     let jobs = state.store.unfinished_jobs(QUEUE_LIMIT).await?;
     let agents: Vec<AgentRecord> = state
         .store
         .list_agents()
         .await?
         .into_iter()
-        .filter(|agent| connected(&state, agent))
+        .filter(|agent| connected(state, agent))
         .collect();
     let mut running_by_agent: HashMap<i64, i64> = HashMap::new();
     let mut running_by_project: HashMap<i64, i64> = HashMap::new();
@@ -240,5 +252,5 @@ pub(crate) async fn queue(
         };
         listed.push(dto);
     }
-    Ok(Json(JobList { jobs: listed }))
+    Ok(JobList { jobs: listed })
 }

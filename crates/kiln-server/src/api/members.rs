@@ -49,24 +49,37 @@ pub(crate) async fn set_member(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
-    let role = Role::parse("role", required_string(&body, "role")?)?;
-    let user = user_by_path(&state, &user_id).await?;
+    let role = required_string(&body, "role")?;
+    let (user, role) = set_member_role(&state, &caller, &project, &user_id, role).await?;
+    Ok(Json(
+        json!({"user": user_json(&user), "role": role.as_str()}),
+    ))
+}
+
+/// Gives a user (by id or email) a role in the project (the API and the settings page).
+pub(crate) async fn set_member_role(
+    state: &AppState,
+    caller: &Caller,
+    project: &kiln_store::Project,
+    user: &str,
+    role: &str,
+) -> Result<(kiln_store::UserRecord, Role), ApiError> {
+    let role = Role::parse("role", role)?;
+    let user = user_by_path(state, user).await?;
     let membership = state
         .store
         .set_membership(project.id, user.id, role, state.clock.now())
         .await?;
     state.authenticator.forget_all();
     audit(
-        &state,
-        &caller,
+        state,
+        caller,
         "member.set",
         Some(project.id),
         Some(&format!("{} as {role}", user.email)),
     )
     .await;
-    Ok(Json(
-        json!({"user": user_json(&user), "role": membership.role.as_str()}),
-    ))
+    Ok((user, membership.role))
 }
 
 pub(crate) async fn remove_member(
@@ -75,22 +88,38 @@ pub(crate) async fn remove_member(
     Path((slug, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
-    let user = user_by_path(&state, &user_id).await?;
+    remove_member_of(&state, &caller, &project, &user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a user (by id or email) from the project (the API and the settings page).
+pub(crate) async fn remove_member_of(
+    state: &AppState,
+    caller: &Caller,
+    project: &kiln_store::Project,
+    user: &str,
+) -> Result<kiln_store::UserRecord, ApiError> {
+    let user = user_by_path(state, user).await?;
     state
         .store
         .remove_membership(project.id, user.id)
         .await
-        .map_err(|_| ApiError::NotFound(format!("{} is not a member of {slug}", user.email)))?;
+        .map_err(|_| {
+            ApiError::NotFound(format!(
+                "{} is not a member of {}",
+                user.email, project.slug
+            ))
+        })?;
     state.authenticator.forget_all();
     audit(
-        &state,
-        &caller,
+        state,
+        caller,
         "member.remove",
         Some(project.id),
         Some(&user.email),
     )
     .await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(user)
 }
 
 /// A user named by id or email.

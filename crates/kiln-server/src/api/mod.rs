@@ -6,18 +6,18 @@ mod body;
 mod builds;
 mod convert;
 mod events;
-mod fleet;
+pub(crate) mod fleet;
 mod health;
 mod hooks;
-mod members;
-mod notifications;
-mod projects;
-mod repos;
+pub(crate) mod members;
+pub(crate) mod notifications;
+pub(crate) mod projects;
+pub(crate) mod repos;
 mod runs;
 mod socketio;
 mod stream;
 pub(crate) mod users;
-mod webhooks;
+pub(crate) mod webhooks;
 
 pub(crate) use convert::{event_json, job_dto};
 pub(crate) use stream::StreamLimiter;
@@ -83,6 +83,12 @@ fn api_route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<App
             delete(users::logout),
         ),
         ("GET", "/api/v1/me", Access::User, get(users::me)),
+        (
+            "POST",
+            "/api/v1/me/password",
+            Access::User,
+            post(users::change_my_password),
+        ),
         (
             "POST",
             "/api/v1/me/tokens",

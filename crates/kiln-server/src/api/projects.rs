@@ -89,7 +89,25 @@ pub(crate) async fn create_token(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let project = super::members::administered_project(&state, &caller, &slug).await?;
-    let name = display_name(&body, "name")?;
+    let (token, record) = create_project_token(&state, &caller, &project, &body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token,
+            info: token_dto(&record, Some(&project.slug)),
+        }),
+    ))
+}
+
+/// Creates a project token from `{name, scopes?}` (the API and the settings page): the
+/// secret (shown once) and its record.
+pub(crate) async fn create_project_token(
+    state: &AppState,
+    caller: &Caller,
+    project: &Project,
+    body: &Value,
+) -> Result<(String, kiln_store::TokenRecord), ApiError> {
+    let name = display_name(body, "name")?;
     let scopes = match body.get("scopes") {
         None | Some(Value::Null) => vec![Scope::Ingest],
         Some(Value::Array(items)) if !items.is_empty() => {
@@ -124,20 +142,14 @@ pub(crate) async fn create_token(
         )
         .await?;
     super::users::audit(
-        &state,
-        &caller,
+        state,
+        caller,
         "token.create",
         Some(project.id),
         Some(&record.name),
     )
     .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedToken {
-            token,
-            info: token_dto(&record, Some(&project.slug)),
-        }),
-    ))
+    Ok((token, record))
 }
 
 pub(crate) async fn list_tokens(
@@ -161,6 +173,19 @@ pub(crate) async fn revoke_token(
     Path((slug, token_id)): Path<(String, String)>,
 ) -> Result<Json<TokenDto>, ApiError> {
     let project = super::members::administered_project(&state, &caller, &slug).await?;
+    let record = revoke_project_token(&state, &caller, &project, &token_id).await?;
+    Ok(Json(token_dto(&record, Some(&project.slug))))
+}
+
+/// Revokes a project token by its id (the API and the settings page), ending its open
+/// streams on this replica.
+pub(crate) async fn revoke_project_token(
+    state: &AppState,
+    caller: &Caller,
+    project: &Project,
+    token_id: &str,
+) -> Result<kiln_store::TokenRecord, ApiError> {
+    let slug = &project.slug;
     let token_id: i64 = token_id.parse().map_err(|_| {
         ApiError::bad_request(
             "invalid_field",
@@ -182,12 +207,12 @@ pub(crate) async fn revoke_token(
     // Open streams were authorised when they opened; end them now (on this replica).
     state.streams.revoke(record.id);
     super::users::audit(
-        &state,
-        &caller,
+        state,
+        caller,
         "token.revoke",
         Some(project.id),
         Some(&record.name),
     )
     .await;
-    Ok(Json(token_dto(&record, Some(&project.slug))))
+    Ok(record)
 }

@@ -56,6 +56,17 @@ pub(crate) async fn set_repo(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let project = project(&state, &caller, &slug).await?;
+    let updated = set_repo_of(&state, &project, &body).await?;
+    Ok(Json(repo_json(&updated)))
+}
+
+/// Sets the repository, default branch and concurrency limit from
+/// `{repo, defaultBranch?, maxConcurrency?}` (the API and the settings page).
+pub(crate) async fn set_repo_of(
+    state: &AppState,
+    project: &kiln_store::Project,
+    body: &Value,
+) -> Result<kiln_store::Project, ApiError> {
     let repo = match body.get("repo") {
         None | Some(Value::Null) => None,
         Some(Value::String(repo)) => {
@@ -96,7 +107,7 @@ pub(crate) async fn set_repo(
             max_concurrency,
         )
         .await?;
-    Ok(Json(repo_json(&updated)))
+    Ok(updated)
 }
 
 pub(crate) fn repo_json(project: &kiln_store::Project) -> Value {
@@ -118,7 +129,19 @@ pub(crate) async fn upsert_branch(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<BranchDto>), ApiError> {
     let project = project(&state, &caller, &slug).await?;
-    let name = super::body::required_string(&body, "name")?
+    let branch = upsert_branch_of(&state, &caller, &project, &body).await?;
+    Ok((StatusCode::OK, Json(branch_dto(&branch))))
+}
+
+/// Adds or updates a branch from `{name, priority?, autoBuild?}` (the API and the
+/// settings page).
+pub(crate) async fn upsert_branch_of(
+    state: &AppState,
+    caller: &Caller,
+    project: &kiln_store::Project,
+    body: &Value,
+) -> Result<BranchRecord, ApiError> {
+    let name = super::body::required_string(body, "name")?
         .trim()
         .to_owned();
     check_branch("name", &name)?;
@@ -138,8 +161,8 @@ pub(crate) async fn upsert_branch(
         .store
         .upsert_branch(project.id, &name, priority, auto_build, state.clock.now())
         .await?;
-    audit(&state, &caller, "branch.set", Some(project.id), Some(&name)).await;
-    Ok((StatusCode::OK, Json(branch_dto(&branch))))
+    audit(state, caller, "branch.set", Some(project.id), Some(&name)).await;
+    Ok(branch)
 }
 
 pub(crate) async fn list_branches(
@@ -160,9 +183,21 @@ pub(crate) async fn delete_branch(
     Path((slug, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let project = project(&state, &caller, &slug).await?;
+    delete_branch_of(&state, &caller, &project, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a branch (the API and the settings page).
+pub(crate) async fn delete_branch_of(
+    state: &AppState,
+    caller: &Caller,
+    project: &kiln_store::Project,
+    name: &str,
+) -> Result<(), ApiError> {
+    let slug = &project.slug;
     state
         .store
-        .delete_branch(project.id, &name)
+        .delete_branch(project.id, name)
         .await
         .map_err(|error| match error {
             kiln_store::StoreError::NotFound(_) => {
@@ -170,13 +205,6 @@ pub(crate) async fn delete_branch(
             }
             other => other.into(),
         })?;
-    audit(
-        &state,
-        &caller,
-        "branch.remove",
-        Some(project.id),
-        Some(&name),
-    )
-    .await;
-    Ok(StatusCode::NO_CONTENT)
+    audit(state, caller, "branch.remove", Some(project.id), Some(name)).await;
+    Ok(())
 }

@@ -219,6 +219,72 @@ pub(crate) async fn me(
     ))
 }
 
+/// `POST /api/v1/me/password` `{current, new}`: changes the caller's own password
+/// (204); the current one must be given (a wrong one counts as a failed login).
+pub(crate) async fn change_my_password(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(body): JsonBody,
+) -> Result<StatusCode, ApiError> {
+    let current = required_string(&body, "current")?.to_owned();
+    let new = password_field(&body, "new")?;
+    change_password(&state, &caller, peer, current, new).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks the caller's current password (through the login limiter) and stores the new
+/// one's hash (the API and the dashboard's account page).
+pub(crate) async fn change_password(
+    state: &AppState,
+    caller: &Caller,
+    peer: SocketAddr,
+    current: String,
+    new: String,
+) -> Result<(), ApiError> {
+    if new.len() < MIN_PASSWORD_LEN || new.len() > MAX_PASSWORD_LEN {
+        return Err(FieldError::new(
+            "new",
+            format!("must be {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} bytes"),
+        )
+        .into());
+    }
+    if current.len() > MAX_PASSWORD_LEN {
+        return Err(FieldError::new(
+            "current",
+            format!("must be at most {MAX_PASSWORD_LEN} bytes"),
+        )
+        .into());
+    }
+    let user_id = caller.user_id.ok_or_else(|| {
+        ApiError::Forbidden("passwords belong to users; log in or use a personal token".into())
+    })?;
+    let user = state
+        .store
+        .user_by_id(user_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+    let address = Some(peer.ip());
+    if !state.logins.allowed(&user.email, address) {
+        return Err(ApiError::RateLimited(
+            "too many failed password checks for this account or address; wait 15 minutes".into(),
+        ));
+    }
+    if !verify_password(current, user.password_hash.clone()).await {
+        state.logins.failed(&user.email, address);
+        return Err(ApiError::bad_request(
+            "wrong_password",
+            Some("current"),
+            "current: that is not your current password; type it again",
+        ));
+    }
+    state.logins.succeeded(&user.email);
+    let hash = hash_password(new).await.map_err(ApiError::Unavailable)?;
+    state.store.set_password(user.id, &hash).await?;
+    audit(state, caller, "user.password", None, Some(&user.email)).await;
+    Ok(())
+}
+
 /// `POST /api/v1/me/tokens` `{name}`: a personal token, shown once.
 pub(crate) async fn create_my_token(
     State(state): State<AppState>,

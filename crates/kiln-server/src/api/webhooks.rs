@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::webhooks::{address, payload};
 
 /// Deliveries shown by the log.
-const LOG_LIMIT: i64 = 100;
+pub(crate) const LOG_LIMIT: i64 = 100;
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_field", Some(field), message)
@@ -34,7 +34,7 @@ fn unprocessable(field: &str, message: impl Into<String>) -> ApiError {
     }
 }
 
-fn parse_id(value: &str, what: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_id(value: &str, what: &str) -> Result<i64, ApiError> {
     value
         .parse::<i64>()
         .ok()
@@ -169,9 +169,23 @@ pub(crate) async fn create(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
-    object(&body)?;
+    let endpoint = create_endpoint(&state, &caller, &project, &body).await?;
+    let mut answer = endpoint_json(&endpoint, &project.slug);
+    answer["secret"] = endpoint.secret.clone().into();
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// Creates an endpoint from `{url, events?, format?, active?}` (the API and the settings
+/// page); its `secret` is to be shown once.
+pub(crate) async fn create_endpoint(
+    state: &AppState,
+    caller: &Caller,
+    project: &kiln_store::Project,
+    body: &Value,
+) -> Result<WebhookEndpoint, ApiError> {
+    object(body)?;
     let url = match body.get("url") {
-        Some(Value::String(url)) => checked_url(&state, url).await?,
+        Some(Value::String(url)) => checked_url(state, url).await?,
         _ => return Err(invalid("url", "url: give the receiver's http(s) URL")),
     };
     let endpoint = state
@@ -180,23 +194,21 @@ pub(crate) async fn create(
             project_id: project.id,
             url,
             secret: payload::generate_secret(),
-            events: events_field(&body)?.unwrap_or_default(),
-            format: format_field(&body)?.unwrap_or(WebhookFormat::Kiln),
-            active: bool_field(&body, "active")?.unwrap_or(true),
+            events: events_field(body)?.unwrap_or_default(),
+            format: format_field(body)?.unwrap_or(WebhookFormat::Kiln),
+            active: bool_field(body, "active")?.unwrap_or(true),
             created_at: state.clock.now(),
         })
         .await?;
     audit(
-        &state,
-        &caller,
+        state,
+        caller,
         "webhook.create",
         Some(project.id),
         Some(&endpoint.url),
     )
     .await;
-    let mut answer = endpoint_json(&endpoint, &project.slug);
-    answer["secret"] = endpoint.secret.clone().into();
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok(endpoint)
 }
 
 /// `GET /api/v1/projects/{slug}/webhooks`.
@@ -236,18 +248,29 @@ pub(crate) async fn update(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
-    let id = parse_id(&id, "webhook")?;
-    object(&body)?;
+    let endpoint = update_endpoint(&state, &project, parse_id(&id, "webhook")?, &body).await?;
+    Ok(Json(endpoint_json(&endpoint, &project.slug)))
+}
+
+/// Changes an endpoint from `{url?, events?, format?, active?}` (the API and the
+/// settings page); enabling it wakes the sender.
+pub(crate) async fn update_endpoint(
+    state: &AppState,
+    project: &kiln_store::Project,
+    id: i64,
+    body: &Value,
+) -> Result<WebhookEndpoint, ApiError> {
+    object(body)?;
     let url = match body.get("url") {
         None | Some(Value::Null) => None,
-        Some(Value::String(url)) => Some(checked_url(&state, url).await?),
+        Some(Value::String(url)) => Some(checked_url(state, url).await?),
         Some(_) => return Err(invalid("url", "url: give the receiver's http(s) URL")),
     };
     let patch = WebhookEndpointPatch {
         url,
-        events: events_field(&body)?,
-        format: format_field(&body)?,
-        active: bool_field(&body, "active")?,
+        events: events_field(body)?,
+        format: format_field(body)?,
+        active: bool_field(body, "active")?,
     };
     let endpoint = state
         .store
@@ -256,7 +279,7 @@ pub(crate) async fn update(
     if patch.active == Some(true) {
         state.webhook_sender.notify_one();
     }
-    Ok(Json(endpoint_json(&endpoint, &project.slug)))
+    Ok(endpoint)
 }
 
 /// `DELETE /api/v1/projects/{slug}/webhooks/{id}`: 204; its deliveries go with it.
@@ -288,7 +311,21 @@ pub(crate) async fn rotate_secret(
     Path((slug, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
-    let id = parse_id(&id, "webhook")?;
+    let endpoint =
+        rotate_endpoint_secret(&state, &caller, &project, parse_id(&id, "webhook")?).await?;
+    let mut answer = endpoint_json(&endpoint, &project.slug);
+    answer["secret"] = endpoint.secret.clone().into();
+    Ok(Json(answer))
+}
+
+/// Gives an endpoint a new secret (to be shown once); the old one keeps signing for the
+/// overlap window (the API and the settings page).
+pub(crate) async fn rotate_endpoint_secret(
+    state: &AppState,
+    caller: &Caller,
+    project: &kiln_store::Project,
+    id: i64,
+) -> Result<WebhookEndpoint, ApiError> {
     let now = state.clock.now();
     let overlap_ms = state.config.webhooks.secret_overlap.as_millis() as i64;
     let endpoint = state
@@ -302,16 +339,14 @@ pub(crate) async fn rotate_secret(
         )
         .await?;
     audit(
-        &state,
-        &caller,
+        state,
+        caller,
         "webhook.rotate_secret",
         Some(project.id),
         Some(&endpoint.url),
     )
     .await;
-    let mut answer = endpoint_json(&endpoint, &project.slug);
-    answer["secret"] = endpoint.secret.clone().into();
-    Ok(Json(answer))
+    Ok(endpoint)
 }
 
 /// `POST /api/v1/projects/{slug}/webhooks/{id}/test`: 202 with a queued `webhook_test`
@@ -322,10 +357,22 @@ pub(crate) async fn send_test(
     Path((slug, id)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
-    let endpoint = state
-        .store
-        .webhook_endpoint(project.id, parse_id(&id, "webhook")?)
-        .await?;
+    let (delivery_id, endpoint) =
+        queue_test_event(&state, &project, parse_id(&id, "webhook")?).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "deliveryId": delivery_id, "active": endpoint.active })),
+    ))
+}
+
+/// Queues a `webhook_test` delivery to an endpoint (the API and the settings page): its
+/// id (as the store answers it) and the endpoint.
+pub(crate) async fn queue_test_event(
+    state: &AppState,
+    project: &kiln_store::Project,
+    id: i64,
+) -> Result<(Option<i64>, WebhookEndpoint), ApiError> {
+    let endpoint = state.store.webhook_endpoint(project.id, id).await?;
     let now = state.clock.now();
     let delivery_id = state
         .store
@@ -338,10 +385,7 @@ pub(crate) async fn send_test(
         })
         .await?;
     state.webhook_sender.notify_one();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "deliveryId": delivery_id, "active": endpoint.active })),
-    ))
+    Ok((delivery_id, endpoint))
 }
 
 /// `GET /api/v1/projects/{slug}/webhooks/{id}/deliveries`: the newest 100 deliveries
@@ -372,20 +416,33 @@ pub(crate) async fn redeliver(
     Path((slug, id, delivery)): Path<(String, String, String)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
+    let delivery = redeliver_one(
+        &state,
+        &project,
+        parse_id(&id, "webhook")?,
+        parse_id(&delivery, "delivery")?,
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(delivery_json(&delivery))))
+}
+
+/// Queues a finished delivery of an endpoint once more (the API and the settings page).
+pub(crate) async fn redeliver_one(
+    state: &AppState,
+    project: &kiln_store::Project,
+    endpoint_id: i64,
+    delivery_id: i64,
+) -> Result<WebhookDeliveryRecord, ApiError> {
     let endpoint = state
         .store
-        .webhook_endpoint(project.id, parse_id(&id, "webhook")?)
+        .webhook_endpoint(project.id, endpoint_id)
         .await?;
     let delivery = state
         .store
-        .redeliver_webhook(
-            endpoint.id,
-            parse_id(&delivery, "delivery")?,
-            state.clock.now(),
-        )
+        .redeliver_webhook(endpoint.id, delivery_id, state.clock.now())
         .await?;
     state.webhook_sender.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(delivery_json(&delivery))))
+    Ok(delivery)
 }
 
 /// `GET /api/v1/webhooks/status?project=`: pending, delivered and failed deliveries,

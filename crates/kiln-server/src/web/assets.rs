@@ -20,6 +20,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../assets/kiln.js"),
     ),
     (
+        "admin.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/admin.js"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_str!("../../assets/favicon.svg"),

@@ -9,8 +9,12 @@
 //! call the JSON API with `X-CSRF-Token` from `<meta name="csrf-token">`.
 
 mod assets;
+mod fleet;
+mod form;
+mod inbox;
 mod login;
 mod overview;
+mod settings;
 
 use askama::Template;
 use axum::http::{StatusCode, header};
@@ -31,6 +35,137 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
         ("POST", "/login", Access::Public, post(login::submit)),
         ("POST", "/logout", Access::Page, post(login::logout)),
         ("GET", "/assets/{name}", Access::Public, get(assets::serve)),
+        // Agents, queue, notifications, projects and their settings, the account.
+        ("GET", "/agents", Access::Page, get(fleet::agents_page)),
+        ("GET", "/queue", Access::Page, get(fleet::queue_page)),
+        ("GET", "/notifications", Access::Page, get(inbox::page)),
+        (
+            "POST",
+            "/notifications/{id}/read",
+            Access::Page,
+            post(inbox::mark_read),
+        ),
+        (
+            "POST",
+            "/notifications/read-all",
+            Access::Page,
+            post(inbox::mark_all_read),
+        ),
+        (
+            "POST",
+            "/notifications/{id}/archive",
+            Access::Page,
+            post(inbox::archive),
+        ),
+        (
+            "GET",
+            "/projects",
+            Access::Page,
+            get(settings::projects_page),
+        ),
+        (
+            "GET",
+            "/projects/{slug}/settings",
+            Access::Page,
+            get(settings::page),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/tokens",
+            Access::Page,
+            post(settings::create_token),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/tokens/{id}/revoke",
+            Access::Page,
+            post(settings::revoke_token),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/members",
+            Access::Page,
+            post(settings::add_member),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/members/{user}/role",
+            Access::Page,
+            post(settings::set_role),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/members/{user}/remove",
+            Access::Page,
+            post(settings::remove_member),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/branches",
+            Access::Page,
+            post(settings::add_branch),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/branches/delete",
+            Access::Page,
+            post(settings::delete_branch),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/repo",
+            Access::Page,
+            post(settings::set_repo),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/webhooks",
+            Access::Page,
+            post(settings::create_webhook),
+        ),
+        (
+            "GET",
+            "/projects/{slug}/settings/webhooks/{id}",
+            Access::Page,
+            get(settings::webhook_page),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/webhooks/{id}/active",
+            Access::Page,
+            post(settings::set_webhook_active),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/webhooks/{id}/rotate-secret",
+            Access::Page,
+            post(settings::rotate_webhook_secret),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/webhooks/{id}/test",
+            Access::Page,
+            post(settings::test_webhook),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/webhooks/{id}/delete",
+            Access::Page,
+            post(settings::delete_webhook),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/webhooks/{id}/deliveries/{delivery}/redeliver",
+            Access::Page,
+            post(settings::redeliver),
+        ),
+        ("GET", "/account", Access::Page, get(settings::account_page)),
+        (
+            "POST",
+            "/account/password",
+            Access::Page,
+            post(settings::change_password_form),
+        ),
     ]
 }
 
@@ -43,7 +178,8 @@ pub(crate) struct Chrome {
     /// Echoed by forms (`_csrf`) and scripts (`X-CSRF-Token`); empty for token callers.
     pub csrf: String,
     pub unread: i64,
-    /// The nav entry to highlight: "builds", "agents", "queue", "notifications", "settings".
+    /// The nav entry to highlight: "builds", "agents", "queue", "notifications",
+    /// "projects", "account".
     pub nav: &'static str,
     pub title: String,
     pub asset_version: &'static str,

@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod snapshot;
 pub mod sse;
 
 pub const ADMIN_TOKEN: &str = "kiln_test_admin_token_0123456789abcdef";

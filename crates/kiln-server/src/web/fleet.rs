@@ -1,0 +1,325 @@
+//! The fleet pages: `/agents` (every agent, online or not, its last heartbeat, labels,
+//! CPU / memory / disk gauges and current jobs) and `/queue` (unfinished jobs in
+//! dispatch order with why each waits).
+//!
+//! Both read what the JSON API answers (`api::fleet::agent_list`, `api::fleet::queued_jobs`),
+//! so online/offline, the jobs a viewer may see and the waiting reasons are decided in
+//! one place. `assets/admin.js` keeps them live: while the page is visible it refetches
+//! the page itself every few seconds and swaps the `[data-live]` region, so the markup
+//! with and without JavaScript is the same (there is no fleet event stream to follow).
+
+use askama::Template;
+use axum::Extension;
+use axum::extract::State;
+use kiln_core::Millis;
+use kiln_protocol::JobDto;
+use serde_json::Value;
+
+use super::{Chrome, PageResult, render};
+use crate::AppState;
+use crate::api::fleet::{agent_list, queued_jobs};
+use crate::auth::Caller;
+
+/// One agent as a row of the agents page.
+#[derive(Debug)]
+struct AgentRow {
+    id: i64,
+    name: String,
+    online: bool,
+    labels: Vec<String>,
+    executor: String,
+    hostname: String,
+    version: String,
+    concurrency: i64,
+    last_seen_at: String,
+    last_seen_age: String,
+    cpu: Option<Gauge>,
+    memory: Option<Gauge>,
+    disk: Option<Gauge>,
+    jobs: Vec<JobLink>,
+}
+
+/// A resource gauge: a `<meter>` from 0 to 100 and the same value said in words.
+#[derive(Debug)]
+struct Gauge {
+    /// Absent when only the words are known (an agent that reports free disk only).
+    percent: Option<f64>,
+    text: String,
+}
+
+/// A running job, linking to its build.
+#[derive(Debug)]
+struct JobLink {
+    id: i64,
+    run_id: String,
+    project: String,
+    step: String,
+}
+
+#[derive(Template)]
+#[template(path = "agents.html")]
+struct AgentsPage {
+    chrome: Chrome,
+    agents: Vec<AgentRow>,
+    online: usize,
+}
+
+/// "3 s ago", "5 min ago", "2 h ago", "4 d ago" (as `kilnAgo` in kiln.js renders it).
+pub(crate) fn age(now: Millis, then: Millis) -> String {
+    let seconds = (now.saturating_sub(then).max(0) + 500) / 1000;
+    match seconds {
+        0..=59 => format!("{seconds} s ago"),
+        60..=3599 => format!("{} min ago", seconds / 60),
+        3600..=86_399 => format!("{} h ago", seconds / 3600),
+        _ => format!("{} d ago", seconds / 86_400),
+    }
+}
+
+/// Bytes as "1.5 GiB".
+fn bytes(value: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = value;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The gauges from an agent's last heartbeat metrics (`cpuPercent`, `memoryBytes`,
+/// `memoryTotalBytes`, `diskFreeBytes`, `diskTotalBytes`); a missing figure shows no gauge.
+fn gauges(metrics: Option<&Value>) -> (Option<Gauge>, Option<Gauge>, Option<Gauge>) {
+    let number = |key: &str| {
+        metrics
+            .and_then(|metrics| metrics.get(key))
+            .and_then(Value::as_f64)
+    };
+    let cpu = number("cpuPercent").map(|percent| Gauge {
+        percent: Some(percent.clamp(0.0, 100.0)),
+        text: format!("{percent:.0}% busy"),
+    });
+    let memory = number("memoryBytes")
+        .zip(number("memoryTotalBytes"))
+        .filter(|(_, total)| *total > 0.0)
+        .map(|(used, total)| Gauge {
+            percent: Some((used * 100.0 / total).clamp(0.0, 100.0)),
+            text: format!("{} of {} used", bytes(used), bytes(total)),
+        });
+    let disk = match (number("diskFreeBytes"), number("diskTotalBytes")) {
+        (Some(free), Some(total)) if total > 0.0 => Some(Gauge {
+            percent: Some(((total - free) * 100.0 / total).clamp(0.0, 100.0)),
+            text: format!("{} free of {}", bytes(free), bytes(total)),
+        }),
+        (Some(free), _) => Some(Gauge {
+            percent: None,
+            text: format!("{} free", bytes(free)),
+        }),
+        _ => None,
+    };
+    (cpu, memory, disk)
+}
+
+/// Parses the API's RFC 3339 rendering back to an instant (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
+fn parse_instant(text: &str) -> Option<Millis> {
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hours, minutes, seconds) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    let millis = number(20..23).unwrap_or(0);
+    // Howard Hinnant's days_from_civil.
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(Millis(
+        days * 86_400_000 + hours * 3_600_000 + minutes * 60_000 + seconds * 1000 + millis,
+    ))
+}
+
+/// `GET /agents`.
+pub(crate) async fn agents_page(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> PageResult {
+    let chrome = Chrome::load(&state, &caller, "agents", "Agents").await?;
+    let now = state.clock.now();
+    let mut agents: Vec<AgentRow> = agent_list(&state, &caller)
+        .await?
+        .agents
+        .into_iter()
+        .map(|agent| {
+            let last_seen = parse_instant(&agent.last_seen_at).unwrap_or(now);
+            let (cpu, memory, disk) = gauges(agent.metrics.as_ref());
+            AgentRow {
+                id: agent.id,
+                online: agent.health == "connected",
+                labels: agent.labels,
+                executor: agent.executor,
+                hostname: agent.hostname.unwrap_or_default(),
+                version: agent.version.unwrap_or_default(),
+                concurrency: agent.concurrency,
+                last_seen_age: age(now, last_seen),
+                last_seen_at: agent.last_seen_at,
+                cpu,
+                memory,
+                disk,
+                jobs: agent
+                    .jobs
+                    .into_iter()
+                    .map(|job| JobLink {
+                        id: job.id,
+                        run_id: job.run_id,
+                        project: job.project,
+                        step: job.step,
+                    })
+                    .collect(),
+                name: agent.name,
+            }
+        })
+        .collect();
+    // Online agents first, then by name.
+    agents.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));
+    let online = agents.iter().filter(|agent| agent.online).count();
+    Ok(render(&AgentsPage {
+        chrome,
+        agents,
+        online,
+    }))
+}
+
+/// One job as a row of the queue page.
+#[derive(Debug)]
+struct QueueRow {
+    id: i64,
+    run_id: String,
+    project: String,
+    step: String,
+    state: String,
+    priority: i64,
+    labels: Vec<String>,
+    waiting_for: String,
+    agent: String,
+    since: String,
+    age: String,
+}
+
+#[derive(Template)]
+#[template(path = "queue.html")]
+struct QueuePage {
+    chrome: Chrome,
+    waiting: Vec<QueueRow>,
+    running: Vec<QueueRow>,
+}
+
+/// `GET /queue`: waiting jobs in the order agents will claim them (the claim's aged
+/// priority: a lower number first, one step better per aging period waited, then the
+/// oldest), blocked jobs after them, then the running jobs.
+pub(crate) async fn queue_page(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> PageResult {
+    let chrome = Chrome::load(&state, &caller, "queue", "Queue").await?;
+    let now = state.clock.now();
+    let aging_ms = (state.runner.config().priority_aging.as_millis() as i64).max(1);
+    let jobs = queued_jobs(&state, &caller).await?.jobs;
+    let row = |job: JobDto, since: Option<String>| {
+        let since = since.unwrap_or_default();
+        let at = parse_instant(&since);
+        QueueRow {
+            id: job.id,
+            run_id: job.run_id,
+            project: job.project,
+            step: job.step,
+            state: job.state,
+            priority: job.priority,
+            labels: job.labels,
+            waiting_for: job.waiting_for.unwrap_or_default(),
+            agent: job.agent.unwrap_or_default(),
+            age: at.map(|at| age(now, at)).unwrap_or_default(),
+            since,
+        }
+    };
+    let mut queued: Vec<(i64, i64, JobDto)> = Vec::new();
+    let mut blocked = Vec::new();
+    let mut running = Vec::new();
+    for job in jobs {
+        match job.state.as_str() {
+            "queued" => {
+                let queued_at = job
+                    .queued_at
+                    .as_deref()
+                    .and_then(parse_instant)
+                    .unwrap_or(now);
+                let aged = job.priority - now.saturating_sub(queued_at) / aging_ms;
+                queued.push((aged, queued_at.0, job));
+            }
+            "running" => {
+                let since = job.started_at.clone();
+                running.push(row(job, since));
+            }
+            _ => {
+                let since = job.queued_at.clone();
+                blocked.push((job, since));
+            }
+        }
+    }
+    queued.sort_by_key(|(aged, queued_at, job)| (*aged, *queued_at, job.id));
+    let mut waiting: Vec<QueueRow> = queued
+        .into_iter()
+        .map(|(_, _, job)| {
+            let since = job.queued_at.clone();
+            row(job, since)
+        })
+        .collect();
+    waiting.extend(blocked.into_iter().map(|(job, since)| row(job, since)));
+    Ok(render(&QueuePage {
+        chrome,
+        waiting,
+        running,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_round_trip_through_rfc3339() {
+        for millis in [0, 1_800_000_000_000, 1_764_000_123_456, 951_782_400_000] {
+            let text = Millis(millis).to_rfc3339();
+            assert_eq!(parse_instant(&text), Some(Millis(millis)), "{text}");
+        }
+        assert_eq!(parse_instant("yesterday"), None);
+    }
+
+    #[test]
+    fn ages_read_like_the_script() {
+        let now = Millis(1_000_000_000);
+        assert_eq!(age(now, Millis(now.0 - 3_000)), "3 s ago");
+        assert_eq!(age(now, Millis(now.0 - 300_000)), "5 min ago");
+        assert_eq!(age(now, Millis(now.0 - 7_200_000)), "2 h ago");
+        assert_eq!(age(now, Millis(now.0 + 5_000)), "0 s ago");
+    }
+
+    #[test]
+    fn gauges_need_their_figures() {
+        let metrics = serde_json::json!({
+            "cpuPercent": 42.4, "memoryBytes": 1073741824u64, "memoryTotalBytes": 4294967296u64,
+            "diskFreeBytes": 1073741824u64
+        });
+        let (cpu, memory, disk) = gauges(Some(&metrics));
+        assert_eq!(cpu.unwrap().text, "42% busy");
+        let memory = memory.unwrap();
+        assert_eq!(memory.percent, Some(25.0));
+        assert_eq!(memory.text, "1.0 GiB of 4.0 GiB used");
+        let disk = disk.unwrap();
+        assert_eq!((disk.percent, disk.text.as_str()), (None, "1.0 GiB free"));
+        assert!(gauges(None).0.is_none());
+    }
+}

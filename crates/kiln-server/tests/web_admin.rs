@@ -1,0 +1,1037 @@
+//! The dashboard's agents, queue, notifications, projects, settings and account pages,
+//! fetched over HTTP from the real server as signed-in users of different roles: HTML
+//! compared with snapshots (`tests/snapshots/*.html`, `KILN_UPDATE_SNAPSHOTS=1` rewrites
+//! them), and what the forms do — refusals by role and CSRF token, a token shown once
+//! that works, roles, branches, the repository, marking read, and a webhook's delivery
+//! log with an attempt to a real receiver on 127.0.0.1.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::snapshot::{Volatile, assert_snapshot, normalize};
+use common::{ADMIN_TOKEN, TestApp};
+use kiln_store::Engine;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+engine_test!(pages_render_for_each_role);
+engine_test!(settings_forms_do_what_the_api_does);
+engine_test!(a_webhook_delivery_log_shows_the_attempt_to_a_real_receiver);
+
+/// A signed-in browser: the session cookie and its CSRF token; redirects are answers.
+struct Browser {
+    base: String,
+    http: reqwest::Client,
+    cookie: String,
+    csrf: String,
+}
+
+struct Answer {
+    status: u16,
+    location: String,
+    text: String,
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+fn form_body(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Answer {
+        status,
+        location,
+        text: response.text().await.unwrap(),
+    }
+}
+
+impl Browser {
+    /// Logs in with the login form.
+    async fn log_in(app: &TestApp, email: &str, password: &str) -> Browser {
+        let http = no_redirects();
+        let response = http
+            .post(format!("{}/login", app.base_url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form_body(&[
+                ("email", email),
+                ("password", password),
+                ("next", "/"),
+            ]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 303, "log in as {email}");
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let me: Value = http
+            .get(format!("{}/api/v1/me", app.base_url))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Browser {
+            base: app.base_url.clone(),
+            http,
+            cookie,
+            csrf: me["csrfToken"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        answer(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .header("cookie", &self.cookie)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// Posts a form with this session's CSRF token.
+    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> Answer {
+        let mut all = vec![("_csrf", self.csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post_raw(path, &form_body(&all)).await
+    }
+
+    async fn post_raw(&self, path: &str, body: &str) -> Answer {
+        answer(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("cookie", &self.cookie)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body.to_owned())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// The JSON API as this user (with the CSRF header).
+    async fn api(&self, method: Method, path: &str) -> Value {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .header("x-csrf-token", &self.csrf)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null)
+    }
+
+    async fn unread(&self) -> i64 {
+        self.api(Method::GET, "/api/v1/notifications/stats").await["unread"]
+            .as_i64()
+            .unwrap()
+    }
+}
+
+async fn admin_call(app: &TestApp, method: Method, path: &str, body: Value) -> Value {
+    let response = app
+        .http
+        .request(method.clone(), format!("{}{path}", app.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    assert!(status < 300, "{method} {path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+async fn agent_call(app: &TestApp, token: &str, path: &str, body: Value) -> (u16, Value) {
+    let response = app
+        .http
+        .post(format!("{}{path}", app.base_url))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn create_user(app: &TestApp, email: &str, name: &str, project_role: Option<&str>) {
+    admin_call(
+        app,
+        Method::POST,
+        "/api/v1/users",
+        json!({"email": email, "name": name, "password": "correct horse battery"}),
+    )
+    .await;
+    if let Some(role) = project_role {
+        admin_call(
+            app,
+            Method::PUT,
+            &format!("/api/v1/projects/web/members/{email}"),
+            json!({ "role": role }),
+        )
+        .await;
+    }
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Projects `web` (with a repository) and `api`; an admin, a viewer of `web`, and a user
+/// of `api` only.
+async fn world(app: &TestApp) -> tempfile::TempDir {
+    for (slug, name) in [("web", "Web"), ("api", "API")] {
+        admin_call(
+            app,
+            Method::POST,
+            "/api/v1/projects",
+            json!({"slug": slug, "name": name}),
+        )
+        .await;
+    }
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(
+        repo.path().join(".kiln.yml"),
+        "steps:\n  - name: lint\n    run: echo lint\n    agents: [linux]\n  - name: gpu-tests\n    run: echo gpu\n    agents: [gpu]\n  - name: package\n    run: echo package\n    depends_on: [gpu-tests]\n",
+    )
+    .unwrap();
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "c"]);
+    admin_call(
+        app,
+        Method::PUT,
+        "/api/v1/projects/web/repo",
+        json!({"repo": repo.path().display().to_string()}),
+    )
+    .await;
+    create_user(app, "ada@example.com", "Ada Admin", Some("admin")).await;
+    create_user(app, "vic@example.com", "Vic Viewer", Some("viewer")).await;
+    create_user(app, "otto@example.com", "Otto Outsider", None).await;
+    admin_call(
+        app,
+        Method::PUT,
+        "/api/v1/projects/api/members/otto@example.com",
+        json!({"role": "admin"}),
+    )
+    .await;
+    repo
+}
+
+/// Waits until `check` holds (the notifier and webhook sender run on their own tasks).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn pages_render_for_each_role(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let repo = world(&app).await;
+
+    // An agent with labels and figures, running the `lint` job of a triggered build.
+    let agent_token = admin_call(
+        &app,
+        Method::POST,
+        "/api/v1/agent-tokens",
+        json!({"name": "pool"}),
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // An agent silent for longer than a lease: offline.
+    agent_call(
+        &app,
+        &agent_token,
+        "/api/v1/agent/register",
+        json!({"name": "old-mac", "labels": ["macos"], "concurrency": 1, "executor": "process"}),
+    )
+    .await;
+    app.clock.advance_ms(3_600_000);
+    let (_, registered) = agent_call(
+        &app,
+        &agent_token,
+        "/api/v1/agent/register",
+        json!({"name": "builder-1", "labels": ["linux", "x86_64"], "concurrency": 2,
+               "executor": "process", "hostname": "rack-1", "version": "0.1.0"}),
+    )
+    .await;
+    let agent_id = registered["agentId"].as_i64().unwrap();
+    let build = admin_call(&app, Method::POST, "/api/v1/projects/web/builds", json!({})).await;
+    let run_id = build["runId"].as_str().unwrap().to_owned();
+    let (status, claimed) = agent_call(
+        &app,
+        &agent_token,
+        "/api/v1/agent/claim",
+        json!({"agentId": agent_id, "waitSecs": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{claimed}");
+    let (status, _) = agent_call(
+        &app,
+        &agent_token,
+        "/api/v1/agent/heartbeat",
+        json!({"agentId": agent_id, "jobs": [claimed["jobId"]], "metrics": {
+            "cpuPercent": 37.5, "memoryBytes": 3221225472u64, "memoryTotalBytes": 8589934592u64,
+            "diskFreeBytes": 53687091200u64, "diskTotalBytes": 107374182400u64}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let ada = Browser::log_in(&app, "ada@example.com", "correct horse battery").await;
+    let vic = Browser::log_in(&app, "vic@example.com", "correct horse battery").await;
+    let otto = Browser::log_in(&app, "otto@example.com", "correct horse battery").await;
+    // A build reports its start: its project admin hears of it.
+    let ingest = admin_call(
+        &app,
+        Method::POST,
+        "/api/v1/projects/web/tokens",
+        json!({"name": "nightly", "scopes": ["ingest"]}),
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reported = app
+        .http
+        .post(format!("{}/api/v1/events", app.base_url))
+        .bearer_auth(&ingest)
+        .json(&json!({"runId": "nightly-1", "event": "build_started"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reported.status().as_u16(), 201);
+    eventually("Ada's notification", || async { ada.unread().await == 1 }).await;
+    app.clock.advance_ms(7_000);
+    let volatile = Volatile::new()
+        .with(run_id.clone(), "run")
+        .with(repo.path().display().to_string(), "repo");
+
+    // Agents: both, online first, labels, gauges, the running job linking to its build.
+    let agents = vic.get("/agents").await;
+    assert_eq!(agents.status, 200);
+    assert!(
+        agents.text.contains(r#"data-agent="builder-1""#),
+        "{}",
+        agents.text
+    );
+    assert!(agents.text.contains(r#"<li data-label="linux">linux</li>"#));
+    assert!(agents.text.contains(r#"aria-label="CPU of builder-1""#));
+    assert!(agents.text.contains(&format!(r#"href="/builds/{run_id}""#)));
+    assert!(agents.text.contains("7 s ago"), "heartbeat age");
+    assert!(
+        agents
+            .text
+            .contains(r#"data-agent="old-mac" data-agent-id="#)
+    );
+    assert!(agents.text.contains("1 of 2 online."));
+    assert_snapshot("agents-viewer", &agents.text, &volatile);
+    // Otto reads nothing of `web`: he sees the agents but not the job.
+    let agents = otto.get("/agents").await;
+    assert!(agents.text.contains(r#"data-agent="builder-1""#));
+    assert!(!agents.text.contains(&run_id), "another project's job");
+
+    // Queue: the gpu job waits for an agent with its label, package for its dependency.
+    let queue = vic.get("/queue").await;
+    assert_eq!(queue.status, 200);
+    assert!(
+        queue
+            .text
+            .contains("no matching agent: no connected agent has labels gpu"),
+        "{}",
+        queue.text
+    );
+    assert!(queue.text.contains("dependency: waiting for gpu-tests"));
+    assert_snapshot("queue-viewer", &queue.text, &volatile);
+    assert!(!otto.get("/queue").await.text.contains(&run_id));
+
+    // Notifications, projects, settings, account.
+    let inbox = ada.get("/notifications").await;
+    assert_eq!(inbox.status, 200);
+    assert!(
+        inbox.text.contains("data-unread-count>1<"),
+        "{}",
+        inbox.text
+    );
+    assert_snapshot("notifications-admin", &inbox.text, &volatile);
+    assert_snapshot(
+        "projects-viewer",
+        &vic.get("/projects").await.text,
+        &volatile,
+    );
+    let projects = ada.get("/projects").await;
+    assert!(projects.text.contains(r#"href="/projects/web/settings""#));
+    assert_snapshot("projects-admin", &projects.text, &volatile);
+    let settings = ada.get("/projects/web/settings").await;
+    assert_eq!(settings.status, 200, "{}", settings.text);
+    assert_snapshot("settings-admin", &settings.text, &volatile);
+    assert_snapshot("account-viewer", &vic.get("/account").await.text, &volatile);
+
+    // Refusals: a viewer gets 403, another project's admin 404, both as HTML pages;
+    // an anonymous browser goes to the login page.
+    let refused = vic.get("/projects/web/settings").await;
+    assert_eq!(refused.status, 403);
+    assert!(refused.text.contains("<h1>403 Forbidden</h1>") && refused.text.contains("admin"));
+    assert!(
+        !vic.get("/projects")
+            .await
+            .text
+            .contains("/projects/web/settings")
+    );
+    let hidden = otto.get("/projects/web/settings").await;
+    assert_eq!(hidden.status, 404);
+    assert!(hidden.text.contains("<h1>404 Not Found</h1>"));
+    let anonymous = answer(
+        no_redirects()
+            .get(format!("{}/projects/web/settings", app.base_url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(anonymous.status, 303);
+    assert_eq!(anonymous.location, "/login?next=/projects/web/settings");
+    let bad_filter = ada.get("/notifications?show=everything").await;
+    assert_eq!(bad_filter.status, 400);
+    assert!(
+        bad_filter
+            .text
+            .contains("show: use all, unread or archived")
+    );
+    app.stop().await;
+}
+
+async fn settings_forms_do_what_the_api_does(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let _repo = world(&app).await;
+    let ada = Browser::log_in(&app, "ada@example.com", "correct horse battery").await;
+    let vic = Browser::log_in(&app, "vic@example.com", "correct horse battery").await;
+
+    // A wrong or missing CSRF token is refused before anything happens.
+    let forged = ada
+        .post_raw(
+            "/projects/web/settings/tokens",
+            "_csrf=forged&name=x&scopes=read",
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    assert!(forged.text.contains("reload the page"), "{}", forged.text);
+    let missing = ada.post_raw("/notifications/read-all", "").await;
+    assert_eq!(missing.status, 403);
+    // A viewer may not use the forms either, CSRF token or not.
+    let refused = vic
+        .post(
+            "/projects/web/settings/tokens",
+            &[("name", "x"), ("scopes", "read")],
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+
+    // Tokens: created with scopes, shown once, working against the API; revoked.
+    let created = ada
+        .post(
+            "/projects/web/settings/tokens",
+            &[
+                ("name", "ci reader"),
+                ("scopes", "read"),
+                ("scopes", "ingest"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let token = created
+        .text
+        .split("data-secret readonly value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(token.starts_with("kiln_"), "{token}");
+    let normal = normalize(&created.text, &Volatile::new());
+    assert!(normal.contains("Copy the token now"));
+    let listed = app
+        .http
+        .get(format!("{}/api/v1/builds?project=web", app.base_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status().as_u16(), 200, "the new token reads");
+    let settings = ada.get("/projects/web/settings").await;
+    assert!(settings.text.contains("ci reader"));
+    assert!(!settings.text.contains(&token), "shown once");
+    let token_id = admin_call(
+        &app,
+        Method::GET,
+        "/api/v1/projects/web/tokens",
+        json!(null),
+    )
+    .await["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci reader")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let revoked = ada
+        .post(
+            &format!("/projects/web/settings/tokens/{token_id}/revoke"),
+            &[],
+        )
+        .await;
+    assert_eq!(revoked.status, 303);
+    assert_eq!(
+        revoked.location,
+        "/projects/web/settings?notice=token-revoked#tokens"
+    );
+    assert!(
+        ada.get(&revoked.location)
+            .await
+            .text
+            .contains("Token revoked")
+    );
+    let refused = app
+        .http
+        .get(format!("{}/api/v1/builds?project=web", app.base_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401, "revoked");
+    // No scope ticked: the page again, saying what to do.
+    let no_scope = ada
+        .post("/projects/web/settings/tokens", &[("name", "x")])
+        .await;
+    assert_eq!(no_scope.status, 400);
+    assert!(
+        no_scope
+            .text
+            .contains("role=\"alert\">scopes: tick ingest, read or both")
+    );
+
+    // Members: add by email, change the role, remove; an unknown user is a clear 404.
+    let added = ada
+        .post(
+            "/projects/web/settings/members",
+            &[("email", "Otto@Example.com"), ("role", "developer")],
+        )
+        .await;
+    assert_eq!(added.status, 303, "{}", added.text);
+    let members = admin_call(
+        &app,
+        Method::GET,
+        "/api/v1/projects/web/members",
+        json!(null),
+    )
+    .await;
+    let otto = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"]["email"] == "otto@example.com")
+        .unwrap()
+        .clone();
+    assert_eq!(otto["role"], "developer");
+    let otto_id = otto["user"]["id"].as_i64().unwrap();
+    let set = ada
+        .post(
+            &format!("/projects/web/settings/members/{otto_id}/role"),
+            &[("role", "admin")],
+        )
+        .await;
+    assert_eq!(set.status, 303);
+    let page = ada.get("/projects/web/settings").await.text;
+    assert!(page.contains(r#"data-member="otto@example.com""#));
+    let bad_role = ada
+        .post(
+            &format!("/projects/web/settings/members/{otto_id}/role"),
+            &[("role", "king")],
+        )
+        .await;
+    assert_eq!(bad_role.status, 400);
+    assert!(bad_role.text.contains("role"), "{}", bad_role.text);
+    let removed = ada
+        .post(
+            &format!("/projects/web/settings/members/{otto_id}/remove"),
+            &[],
+        )
+        .await;
+    assert_eq!(removed.status, 303);
+    assert!(
+        !ada.get("/projects/web/settings")
+            .await
+            .text
+            .contains("data-member=\"otto@example.com\"")
+    );
+    let unknown = ada
+        .post(
+            "/projects/web/settings/members",
+            &[("email", "nobody@example.com"), ("role", "viewer")],
+        )
+        .await;
+    assert_eq!(unknown.status, 404);
+    assert!(
+        unknown
+            .text
+            .contains("user &#x27;nobody@example.com&#x27; not found")
+            || unknown.text.contains("nobody@example.com")
+    );
+
+    // Branches with slashes, priority and auto-build; bad priority refused; deleted.
+    let branch = ada
+        .post(
+            "/projects/web/settings/branches",
+            &[
+                ("name", "release/1.x"),
+                ("priority", "2"),
+                ("auto_build", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(branch.status, 303, "{}", branch.text);
+    let branches = admin_call(
+        &app,
+        Method::GET,
+        "/api/v1/projects/web/branches",
+        json!(null),
+    )
+    .await;
+    assert_eq!(branches["branches"][0]["name"], "release/1.x");
+    assert_eq!(branches["branches"][0]["priority"], 2);
+    assert_eq!(branches["branches"][0]["autoBuild"], true);
+    let bad = ada
+        .post(
+            "/projects/web/settings/branches",
+            &[("name", "main"), ("priority", "11")],
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.text.contains("priority"));
+    let deleted = ada
+        .post(
+            "/projects/web/settings/branches/delete",
+            &[("name", "release/1.x")],
+        )
+        .await;
+    assert_eq!(deleted.status, 303);
+    let branches = admin_call(
+        &app,
+        Method::GET,
+        "/api/v1/projects/web/branches",
+        json!(null),
+    )
+    .await;
+    assert_eq!(branches["branches"], json!([]));
+
+    // Repository: keep the URL (empty field), change branch and concurrency.
+    let before = admin_call(&app, Method::GET, "/api/v1/projects/web", json!(null)).await;
+    let saved = ada
+        .post(
+            "/projects/web/settings/repo",
+            &[
+                ("repo", ""),
+                ("default_branch", "trunk"),
+                ("max_concurrency", "3"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.text);
+    let page = ada.get("/projects/web/settings").await.text;
+    assert!(page.contains("<dt>Jobs at once</dt><dd>3</dd>"), "{page}");
+    assert!(page.contains("<dt>Default branch</dt><dd><code>trunk</code></dd>"));
+    let after = admin_call(&app, Method::GET, "/api/v1/projects/web", json!(null)).await;
+    assert_eq!(before["repo"], after["repo"]);
+    let bad = ada
+        .post(
+            "/projects/web/settings/repo",
+            &[("max_concurrency", "lots")],
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.text.contains("maxConcurrency: must be a whole number"));
+
+    // Notifications: a build starts (an ingested one), Ada hears; mark read, archive.
+    let (_, ingest) = {
+        let created = admin_call(
+            &app,
+            Method::POST,
+            "/api/v1/projects/web/tokens",
+            json!({"name": "ingest", "scopes": ["ingest"]}),
+        )
+        .await;
+        (
+            created["id"].clone(),
+            created["token"].as_str().unwrap().to_owned(),
+        )
+    };
+    for run in ["r1", "r2"] {
+        let response = app
+            .http
+            .post(format!("{}/api/v1/events", app.base_url))
+            .bearer_auth(&ingest)
+            .json(&json!({"runId": run, "event": "build_started"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    }
+    eventually("two notifications", || async { ada.unread().await == 2 }).await;
+    let inbox = ada.get("/notifications").await.text;
+    let first_id = inbox
+        .split("data-notification-id=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let read = ada
+        .post(
+            &format!("/notifications/{first_id}/read"),
+            &[("show", "unread")],
+        )
+        .await;
+    assert_eq!(read.status, 303);
+    assert_eq!(read.location, "/notifications?show=unread");
+    assert_eq!(
+        ada.unread().await,
+        1,
+        "marking read changes the unread count"
+    );
+    let unread_page = ada.get("/notifications?show=unread").await.text;
+    assert!(!unread_page.contains(&format!("data-notification-id=\"{first_id}\"")));
+    assert!(unread_page.contains("data-unread-count>1<"));
+    let archived = ada
+        .post(&format!("/notifications/{first_id}/archive"), &[])
+        .await;
+    assert_eq!(archived.status, 303);
+    assert!(
+        ada.get("/notifications?show=archived")
+            .await
+            .text
+            .contains(&format!("data-notification-id=\"{first_id}\""))
+    );
+    let all = ada.post("/notifications/read-all", &[]).await;
+    assert_eq!(all.status, 303);
+    assert_eq!(ada.unread().await, 0);
+    assert!(
+        ada.get("/notifications")
+            .await
+            .text
+            .contains("data-unread-count hidden>0<")
+    );
+    // Someone else's notification is not found.
+    let theirs = vic
+        .post(&format!("/notifications/{first_id}/read"), &[])
+        .await;
+    assert_eq!(theirs.status, 404);
+
+    // The account page changes the password; the old one stops working.
+    let mismatch = vic
+        .post(
+            "/account/password",
+            &[
+                ("current", "correct horse battery"),
+                ("new", "new secret 1"),
+                ("confirm", "new secret 2"),
+            ],
+        )
+        .await;
+    assert_eq!(mismatch.status, 400);
+    let wrong = vic
+        .post(
+            "/account/password",
+            &[
+                ("current", "wrong"),
+                ("new", "new secret 1"),
+                ("confirm", "new secret 1"),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, 400);
+    assert!(wrong.text.contains("not your current password"));
+    let changed = vic
+        .post(
+            "/account/password",
+            &[
+                ("current", "correct horse battery"),
+                ("new", "new secret 1"),
+                ("confirm", "new secret 1"),
+            ],
+        )
+        .await;
+    assert_eq!(changed.status, 303, "{}", changed.text);
+    Browser::log_in(&app, "vic@example.com", "new secret 1").await;
+    // And the JSON route, as the API documents it.
+    let response = app
+        .http
+        .post(format!("{}/api/v1/me/password", app.base_url))
+        .header("cookie", &ada.cookie)
+        .header("x-csrf-token", &ada.csrf)
+        .json(&json!({"current": "correct horse battery", "new": "another secret"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    Browser::log_in(&app, "ada@example.com", "another secret").await;
+    app.stop().await;
+}
+
+/// A receiver on 127.0.0.1 that answers every request 200 with a short body.
+async fn receiver() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    let Ok(read) = socket.read(&mut buffer).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..read]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|line| {
+                                let (name, value) = line.split_once(':')?;
+                                name.eq_ignore_ascii_case("content-length")
+                                    .then(|| value.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break;
+                        }
+                    }
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nthanks, kiln!\n")
+                    .await;
+            });
+        }
+    });
+    (url, task)
+}
+
+async fn a_webhook_delivery_log_shows_the_attempt_to_a_real_receiver(engine: Engine) {
+    let database =
+        std::sync::Arc::new(kiln_store::test_support::TestDatabase::create(engine).await);
+    let clock = kiln_server::clock::ManualClock::new(kiln_core::Millis(1_800_000_000_000));
+    let app = TestApp::spawn_configured(database, clock, |config| {
+        config.webhooks_allow_private = true;
+    })
+    .await;
+    let _repo = world(&app).await;
+    let ada = Browser::log_in(&app, "ada@example.com", "correct horse battery").await;
+    let (url, receiver_task) = receiver().await;
+
+    let created = ada
+        .post(
+            "/projects/web/settings/webhooks",
+            &[
+                ("url", &url),
+                ("format", "kiln"),
+                ("events", "build_*, stage_failed"),
+                ("active", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert!(created.text.contains("Copy the signing secret now"));
+    let secret = created
+        .text
+        .split("data-secret readonly value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(!secret.is_empty());
+    let hooks = admin_call(
+        &app,
+        Method::GET,
+        "/api/v1/projects/web/webhooks",
+        json!(null),
+    )
+    .await;
+    let id = hooks["webhooks"][0]["id"].as_i64().unwrap();
+    assert_eq!(
+        hooks["webhooks"][0]["events"],
+        json!(["build_*", "stage_failed"])
+    );
+    let settings = ada.get("/projects/web/settings").await.text;
+    assert!(settings.contains(&format!("data-webhook-id=\"{id}\"")));
+    assert!(!settings.contains(&secret), "the secret is shown once");
+
+    // Send a test event; the log lists the delivered attempt with its response.
+    let page_path = format!("/projects/web/settings/webhooks/{id}");
+    let sent = ada.post(&format!("{page_path}/test"), &[]).await;
+    assert_eq!(sent.status, 303);
+    assert_eq!(sent.location, format!("{page_path}?notice=test-queued"));
+    eventually("the delivery", || async {
+        ada.get(&page_path)
+            .await
+            .text
+            .contains("data-state=\"delivered\"")
+    })
+    .await;
+    let log = ada.get(&page_path).await.text;
+    assert!(log.contains("data-event-type=\"webhook_test\""), "{log}");
+    assert!(
+        log.contains("data-attempt=\"1\" data-status-code=\"200\""),
+        "{log}"
+    );
+    assert!(log.contains("thanks, kiln!"), "the response excerpt");
+    assert!(
+        log.contains("<dt>webhook-signature</dt>"),
+        "the request headers: {log}"
+    );
+    assert!(log.contains("100% of 1 attempt"));
+
+    // Redeliver it: a second attempt, answered the same.
+    let delivery_id = log
+        .split("data-delivery-id=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let again = ada
+        .post(
+            &format!("{page_path}/deliveries/{delivery_id}/redeliver"),
+            &[],
+        )
+        .await;
+    assert_eq!(again.status, 303, "{}", again.text);
+    eventually("the redelivery", || async {
+        ada.get(&page_path)
+            .await
+            .text
+            .contains("data-attempt=\"2\" data-status-code=\"200\"")
+    })
+    .await;
+
+    // Disable, enable, rotate (the new secret shown once), delete.
+    let disabled = ada
+        .post(&format!("{page_path}/active"), &[("active", "false")])
+        .await;
+    assert_eq!(disabled.status, 303);
+    assert!(
+        ada.get(&page_path)
+            .await
+            .text
+            .contains("<dd data-webhook-state>disabled</dd>")
+    );
+    let bad = ada
+        .post(&format!("{page_path}/active"), &[("active", "maybe")])
+        .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.text.contains("active: must be true or false"));
+    ada.post(&format!("{page_path}/active"), &[("active", "true")])
+        .await;
+    let rotated = ada.post(&format!("{page_path}/rotate-secret"), &[]).await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text);
+    assert!(rotated.text.contains("Webhook secret rotated"));
+    assert!(!rotated.text.contains(&secret));
+    let refused = ada
+        .post(
+            "/projects/web/settings/webhooks",
+            &[("url", "ftp://example.com/x")],
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    let deleted = ada.post(&format!("{page_path}/delete"), &[]).await;
+    assert_eq!(deleted.status, 303);
+    assert_eq!(ada.get(&page_path).await.status, 404);
+    receiver_task.abort();
+    app.stop().await;
+}
+
+#[test]
+fn normalize_replaces_volatile_parts() {
+    let html = r#"<meta name="csrf-token" content="abc"><input name="_csrf" value="abc"><link href="/x.css?v=0123abcd"><code>kiln_Ab1_x</code> <tr data-token-id="12"><a href="/builds/r-1">"#;
+    assert_eq!(
+        normalize(html, &Volatile::new().with("r-1", "run")),
+        r#"<meta name="csrf-token" content="{csrf}"><input name="_csrf" value="{csrf}"><link href="/x.css?v={version}"><code>kiln_{secret}</code> <tr data-token-id="{id}"><a href="/builds/{run}">"#
+    );
+}
