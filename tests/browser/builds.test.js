@@ -233,6 +233,8 @@ test('a viewer sees builds but no Build, Cancel or Retry buttons', async () => {
     await page.goto('/');
     await page.locator(`[data-run-id="${build.runId}"]`).first().waitFor();
     assert.equal(await page.getByRole('button', { name: /^Build\b/ }).count(), 0, 'no Build button for a viewer');
+    // A viewer is notified of nothing: the header shows no unread count (not even "0").
+    assert.equal(await page.locator('[data-unread-count]').isVisible(), false, 'no unread badge when nothing is unread');
     await checkPage(page, 'overview-viewer');
 
     await page.goto(`/builds/${build.runId}`);

@@ -52,11 +52,11 @@ export const installReader = (page) => page.evaluate(`window.__kilnRead = ${read
 /** `readBuildWidgets` evaluated in the page. */
 export const widgets = (page, rootSelector = null) => page.evaluate(readBuildWidgets, rootSelector);
 
-/** The header's unread count as shown (0 when hidden). */
+/** The header's unread count as shown (0 when hidden or not displayed). */
 export async function unreadCount(page) {
   return page.evaluate(() => {
     const el = document.querySelector('[data-unread-count]');
-    if (!el || el.hidden) return 0;
+    if (!el || el.hidden || getComputedStyle(el).display === 'none') return 0;
     return Number(el.textContent.trim()) || 0;
   });
 }
