@@ -36,9 +36,15 @@ async function kilnRefreshUnread() {
   }
 }
 
-/** Replaces each [data-live] region with the same region of a fresh copy of the page. */
+/**
+ * The [data-live="name"] regions. Only named ones: the build page's log section carries a
+ * bare data-live (its own stream keeps it current), which must not be swapped.
+ */
+const KILN_LIVE_REGIONS = '[data-live]:not([data-live=""])';
+
+/** Replaces each [data-live="name"] region with the same region of a fresh copy of the page. */
 async function kilnRefreshLive() {
-  const regions = document.querySelectorAll("[data-live]");
+  const regions = document.querySelectorAll(KILN_LIVE_REGIONS);
   if (regions.length === 0) return;
   const response = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
   if (!response.ok || response.redirected) return;
@@ -116,7 +122,7 @@ async function kilnInboxAction(form) {
 document.addEventListener("DOMContentLoaded", () => {
   kilnWhileVisible(kilnRefreshUnread, KILN_UNREAD_EVERY_MS);
   document.addEventListener("kiln:build-ended", () => kilnRefreshUnread());
-  if (document.querySelector("[data-live]")) kilnWhileVisible(kilnRefreshLive, KILN_LIVE_EVERY_MS);
+  if (document.querySelector(KILN_LIVE_REGIONS)) kilnWhileVisible(kilnRefreshLive, KILN_LIVE_EVERY_MS);
   if (document.querySelector("time[data-ago]")) {
     kilnRefreshAges();
     kilnWhileVisible(kilnRefreshAges, 1000);
