@@ -6,6 +6,7 @@
 //! run id, event type or stage name cannot exist.
 
 pub mod build;
+pub mod eta;
 pub mod event;
 pub mod ids;
 pub mod jobs;

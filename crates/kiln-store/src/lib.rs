@@ -8,6 +8,7 @@
 //! suite (`tests/store_suite.rs`) runs against both engines.
 
 pub(crate) mod accounts;
+mod dashboard;
 mod migrations;
 pub(crate) mod notifications;
 pub(crate) mod queue;
@@ -23,6 +24,7 @@ use async_trait::async_trait;
 use kiln_core::{Millis, ProjectSlug};
 
 pub use accounts::*;
+pub use dashboard::*;
 pub use notifications::*;
 pub use queue::*;
 pub use records::*;
@@ -133,6 +135,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>>;
 
     async fn list_builds(&self, filter: &BuildFilter) -> StoreResult<Vec<BuildRecord>>;
+    /// The durations (newest first, at most `per_key` each) of the latest successful
+    /// builds of each pipeline, in one query: the sample the dashboard's ETA takes its
+    /// median from. Keys without a successful build are left out.
+    async fn recent_success_durations(
+        &self,
+        keys: &[PipelineKey],
+        per_key: i64,
+    ) -> StoreResult<Vec<(PipelineKey, Vec<i64>)>>;
+    /// The first stored event (`seq` 1: `build_queued` or `build_started`, usually) of
+    /// each of these builds, in one query: who or what started them.
+    async fn first_events(&self, build_ids: &[i64]) -> StoreResult<Vec<StoredEvent>>;
+    /// The newest `limit` events of one build, newest first (the build page's list).
+    async fn latest_events(&self, build_id: i64, limit: i64) -> StoreResult<Vec<StoredEvent>>;
     /// The build with its stages.
     async fn build_by_run_id(&self, run_id: &str) -> StoreResult<Option<BuildRecord>>;
     /// Events of one build with `id > after_id`, oldest first.
@@ -291,6 +306,10 @@ pub trait Store: Send + Sync + 'static {
         offset: i64,
         max_bytes: i64,
     ) -> StoreResult<(Vec<u8>, i64)>;
+    /// How many lines of a job's log end before byte `offset` (its newlines there),
+    /// counted in the database, so a viewer showing only a log's tail still numbers its
+    /// lines from the start without reading the rest.
+    async fn log_lines_before(&self, job_id: i64, offset: i64) -> StoreResult<i64>;
 
     // ---- Accounts: users, sessions, memberships, user tokens, the audit log.
 

@@ -146,6 +146,10 @@ pub struct BuildRecord {
 #[derive(Clone, Debug, Default)]
 pub struct BuildFilter {
     pub project_id: Option<i64>,
+    /// Only builds of these projects (a caller's readable set, so a dashboard lists the
+    /// builds of all its projects in one query); `None` means every project, an empty
+    /// set matches nothing.
+    pub project_ids: Option<Vec<i64>>,
     pub branch: Option<String>,
     pub status: Option<BuildStatus>,
     /// Only builds with an internal id below this cursor (paging, newest first).

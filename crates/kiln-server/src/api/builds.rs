@@ -94,6 +94,7 @@ pub(crate) async fn list_builds(
         .unwrap_or(DEFAULT_BUILD_PAGE_LIMIT);
     let filter = BuildFilter {
         project_id,
+        project_ids: None,
         branch: params.string("branch").map(str::to_owned),
         status,
         before: params.integer("before", 1, i64::MAX)?,

@@ -10,6 +10,7 @@
 //! `ingest`.
 
 mod accounts;
+mod dashboard;
 mod hooks;
 mod ingest;
 mod notifications;
@@ -28,6 +29,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
 use crate::accounts::*;
+use crate::dashboard::*;
 use crate::notifications::*;
 use crate::queue::*;
 use crate::records::*;
@@ -372,20 +374,27 @@ impl Store for SqlStore {
     }
 
     async fn list_builds(&self, filter: &BuildFilter) -> StoreResult<Vec<BuildRecord>> {
-        // Optional filters become `($N IS NULL OR column = $N)` so one statement serves
-        // every combination and stays prepared.
-        let rows = sqlx::query(trusted(format!(
-            "{BUILD_SELECT} WHERE ($1 IS NULL OR b.project_id = $1) AND ($2 IS NULL OR b.branch = $2) \
-             AND ($3 IS NULL OR b.status = $3) AND ($4 IS NULL OR b.id < $4) ORDER BY b.id DESC LIMIT $5"
-        )))
-        .bind(filter.project_id)
-        .bind(filter.branch.as_deref())
-        .bind(filter.status.map(|s| s.as_str()))
-        .bind(filter.before)
-        .bind(filter.limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(build_from_row).collect()
+        self.q_list_builds(filter).await
+    }
+
+    async fn recent_success_durations(
+        &self,
+        keys: &[PipelineKey],
+        per_key: i64,
+    ) -> StoreResult<Vec<(PipelineKey, Vec<i64>)>> {
+        self.q_recent_success_durations(keys, per_key).await
+    }
+
+    async fn log_lines_before(&self, job_id: i64, offset: i64) -> StoreResult<i64> {
+        self.q_log_lines_before(job_id, offset).await
+    }
+
+    async fn latest_events(&self, build_id: i64, limit: i64) -> StoreResult<Vec<StoredEvent>> {
+        self.q_latest_events(build_id, limit).await
+    }
+
+    async fn first_events(&self, build_ids: &[i64]) -> StoreResult<Vec<StoredEvent>> {
+        self.q_first_events(build_ids).await
     }
 
     async fn build_by_run_id(&self, run_id: &str) -> StoreResult<Option<BuildRecord>> {
