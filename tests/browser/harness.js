@@ -188,7 +188,8 @@ export const GPU_PIPELINE = `steps:
  */
 export async function startFixture({ agent = true } = {}) {
   const tmp = mkdtempSync(join(tmpdir(), 'kiln-browser-fixture-'));
-  const server = await startServer();
+  // Webhooks to 127.0.0.1 are allowed, so a test can point one at a local port.
+  const server = await startServer(['--webhooks-allow-private']);
   const admin = server.adminToken;
   const fixture = { server, tmp, users: {}, agents: [] };
   try {

@@ -4,6 +4,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
+  api,
   checkPage,
   ingest,
   launchBrowser,
@@ -11,6 +12,7 @@ import {
   startFixture,
   stopFixture,
   triggerBuild,
+  until,
   waitForBuild,
   watchConsole,
 } from './harness.js';
@@ -98,7 +100,7 @@ test('from the keyboard: the first Tab reaches "Skip to content", which moves fo
   await context.close();
 });
 
-test('an ingested build, the project settings and the other pages render, with screenshots and no serious accessibility violations', async () => {
+test('an ingested build, the project settings (a token and a webhook made with its forms), the webhook page, projects and account render, with screenshots and no serious accessibility violations', async () => {
   const runId = `ingested-${Date.now()}`;
   await ingest(fixture, [
     { runId, event: 'build_started', branch: 'main', commit: 'abc1234', command: 'make test', host: 'laptop' },
@@ -124,6 +126,43 @@ test('an ingested build, the project settings and the other pages render, with s
   }
   await page.locator(`tr[data-member="${fixture.users.viewer.email}"]`).waitFor();
   await checkPage(page, 'project-settings');
+
+  // A token made with the form is shown once, and works.
+  const tokenForm = page.getByRole('form', { name: 'Create token' });
+  await tokenForm.getByLabel('Name').fill('from the browser');
+  await tokenForm.getByLabel('read').check();
+  await tokenForm.getByRole('button', { name: 'Create token' }).click();
+  const secret = await page.locator('input[data-secret]').inputValue();
+  assert.match(secret, /^kiln_/);
+  await checkPage(page, 'token-created');
+  const read = await api(fixture.server, 'GET', '/api/v1/projects/web', { token: secret });
+  assert.equal(read.status, 200, 'the new token reads its project');
+
+  // A webhook made with the form; its page holds the delivery log.
+  const hookUrl = 'http://127.0.0.1:9/kiln'; // nothing listens: deliveries fail and are logged
+  await page.goto('/projects/web/settings#webhooks');
+  const hookForm = page.getByRole('form', { name: 'Create webhook' });
+  await hookForm.getByLabel('Receiver URL').fill(hookUrl);
+  await hookForm.getByRole('button', { name: 'Create webhook' }).click();
+  await page.locator('input[data-secret], [role="alert"]').first().waitFor();
+  assert.equal(await page.locator('[role="alert"]').count(), 0, `no refusal: ${await page.locator('[role="alert"]').allInnerTexts()}`);
+  await checkPage(page, 'webhook-created');
+  await page.goto('/projects/web/settings#webhooks');
+  await page.getByRole('link', { name: `Deliveries of ${hookUrl}` }).click();
+  await page.getByRole('heading', { name: `Webhook ${hookUrl}`, level: 1 }).waitFor();
+  await page.getByRole('button', { name: 'Send test event' }).click();
+  await until(async () => {
+    await page.reload();
+    return (await page.locator('li[data-delivery-id]').count()) > 0;
+  }, 15_000, 'the test delivery to be logged');
+  await checkPage(page, 'webhook');
+
+  await page.goto('/projects');
+  await page.getByRole('link', { name: 'Settings of web' }).waitFor();
+  await checkPage(page, 'projects');
+  await page.goto('/account');
+  await page.getByRole('heading', { name: 'Account', level: 1 }).waitFor();
+  await checkPage(page, 'account');
 
   // A project setting page refused to a developer is an HTML page, not a crash.
   const devContext = await loggedInContext(browser, fixture, fixture.users.dev);
