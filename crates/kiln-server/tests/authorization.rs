@@ -64,6 +64,13 @@ enum Rule {
     /// A dashboard page: users only; an anonymous browser is redirected (303) to
     /// `/login`, other refusals are HTML pages.
     Page,
+    /// A dashboard page about a build of project `web`: like `Page`, then 404 for other
+    /// projects' users.
+    PageViewer,
+    /// A dashboard form that changes a build of project `web` (Build, Cancel, Retry):
+    /// developers, project admins and instance admins; 403 for viewers, 404 for other
+    /// projects' users.
+    PageDeveloper,
     /// A dashboard page of project `web` for its admins (and instance admins): like
     /// `Page`, then 403 for members without the admin role, 404 for other projects' users.
     PageProjectAdmin,
@@ -79,11 +86,16 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
         return Some(401);
     }
     if matches!(who, Anonymous | Revoked) {
-        return Some(if matches!(rule, Rule::Page | Rule::PageProjectAdmin) {
-            303
-        } else {
-            401
-        });
+        return Some(
+            if matches!(
+                rule,
+                Rule::Page | Rule::PageProjectAdmin | Rule::PageViewer | Rule::PageDeveloper
+            ) {
+                303
+            } else {
+                401
+            },
+        );
     }
     if who == Agent {
         return if matches!(rule, Rule::Agent) {
@@ -100,6 +112,9 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
         Rule::Ingest => allowed(&[Ingest]),
         Rule::User | Rule::Page => allowed(&[Viewer, Developer, Admin, OtherAdmin, InstanceAdmin]),
         Rule::InstanceAdmin => allowed(&[InstanceAdmin]),
+        Rule::PageViewer | Rule::PageDeveloper if who == OtherAdmin => Some(404),
+        Rule::PageViewer => allowed(&[Viewer, Developer, Admin, InstanceAdmin]),
+        Rule::PageDeveloper => allowed(&[Developer, Admin, InstanceAdmin]),
         Rule::Viewer | Rule::Developer | Rule::ProjectAdmin | Rule::PageProjectAdmin
             if who == OtherAdmin =>
         {
@@ -754,6 +769,37 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         ("GET", "/login?next=/".into(), Value::Null, Rule::Public),
         ("POST", "/login".into(), Value::Null, Rule::Public),
         ("GET", "/assets/kiln.css".into(), Value::Null, Rule::Public),
+        ("GET", "/assets/build.js".into(), Value::Null, Rule::Public),
+        (
+            "POST",
+            "/projects/web/build".into(),
+            json!("branch=main"),
+            Rule::PageDeveloper,
+        ),
+        (
+            "GET",
+            format!("/builds/{run_id}"),
+            Value::Null,
+            Rule::PageViewer,
+        ),
+        (
+            "GET",
+            format!("/builds/{run_id}/jobs/a/raw"),
+            Value::Null,
+            Rule::PageViewer,
+        ),
+        (
+            "POST",
+            format!("/builds/{run_id}/cancel"),
+            Value::Null,
+            Rule::PageDeveloper,
+        ),
+        (
+            "POST",
+            format!("/builds/{run_id}/retry"),
+            Value::Null,
+            Rule::PageDeveloper,
+        ),
         ("GET", "/agents".into(), Value::Null, Rule::Page),
         ("GET", "/queue".into(), Value::Null, Rule::Page),
         (
@@ -946,7 +992,13 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
                         status, refused,
                         "{method} {path} as {who:?} ({rule:?}): {text}"
                     );
-                    if matches!(rule, Rule::Page | Rule::PageProjectAdmin) {
+                    if matches!(
+                        rule,
+                        Rule::Page
+                            | Rule::PageProjectAdmin
+                            | Rule::PageViewer
+                            | Rule::PageDeveloper
+                    ) {
                         // HTML: the login redirect, or a page saying why.
                         assert!(
                             refused == 303 || text.contains("<h1>"),

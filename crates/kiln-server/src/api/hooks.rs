@@ -161,6 +161,7 @@ async fn push(
                 priority: None,
                 cause: "github",
                 retry_of: None,
+                by: None,
             },
         )
         .await?;

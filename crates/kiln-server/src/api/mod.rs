@@ -19,7 +19,11 @@ mod stream;
 pub(crate) mod users;
 pub(crate) mod webhooks;
 
+pub(crate) use body::QueryParams;
+pub(crate) use builds::readable_build;
 pub(crate) use convert::{event_json, job_dto};
+pub(crate) use projects::readable_project;
+pub(crate) use runs::{caller_email, retry_request, writable_project};
 pub(crate) use stream::StreamLimiter;
 
 use axum::Router;

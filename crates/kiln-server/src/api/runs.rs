@@ -40,7 +40,7 @@ fn optional_string(body: &Value, field: &str) -> Result<Option<String>, ApiError
 }
 
 /// The project, if the caller may trigger its builds (404 when it may not even read it).
-async fn writable_project(
+pub(crate) async fn writable_project(
     state: &AppState,
     caller: &Caller,
     slug: &str,
@@ -50,6 +50,21 @@ async fn writable_project(
         return Err(caller.missing(kiln_core::Role::Developer));
     }
     Ok(project)
+}
+
+/// The email of the person calling, recorded as who triggered a build.
+pub(crate) async fn caller_email(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Option<String>, ApiError> {
+    Ok(match caller.user_id {
+        Some(user_id) => state
+            .store
+            .user_by_id(user_id)
+            .await?
+            .map(|user| user.email),
+        None => None,
+    })
 }
 
 async fn project_build(
@@ -108,6 +123,7 @@ pub(crate) async fn trigger(
         priority,
         cause: "api",
         retry_of: None,
+        by: caller_email(&state, &caller).await?,
     };
     let build = state.runner.trigger(&project, request).await?;
     Ok((StatusCode::CREATED, Json(build)))
@@ -120,6 +136,18 @@ pub(crate) async fn retry(
 ) -> Result<(StatusCode, Json<TriggeredBuild>), ApiError> {
     let project = writable_project(&state, &caller, &slug).await?;
     let build = project_build(&state, &project, &run_id).await?;
+    let request = retry_request(&build, caller_email(&state, &caller).await?)?;
+    let build = state.runner.trigger(&project, request).await?;
+    Ok((StatusCode::CREATED, Json(build)))
+}
+
+/// What retrying `build` asks the runner for: its branch at its commit, again. Only an
+/// ended build that Kiln ran (it has both) can be retried.
+pub(crate) fn retry_request(
+    build: &BuildRecord,
+    by: Option<String>,
+) -> Result<TriggerRequest, ApiError> {
+    let run_id = build.state.run_id.to_string();
     if !build.state.status.is_terminal() {
         return Err(ApiError::Conflict {
             code: "build_running",
@@ -137,15 +165,14 @@ pub(crate) async fn retry(
             field: Some("runId".into()),
         });
     };
-    let request = TriggerRequest {
+    Ok(TriggerRequest {
         branch: Some(branch),
         commit: Some(commit),
         priority: None,
         cause: "retry",
         retry_of: Some(run_id),
-    };
-    let build = state.runner.trigger(&project, request).await?;
-    Ok((StatusCode::CREATED, Json(build)))
+        by,
+    })
 }
 
 pub(crate) async fn cancel(

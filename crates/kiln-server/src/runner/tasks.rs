@@ -121,6 +121,7 @@ pub(crate) async fn poll_branches(runner: &Runner) {
             priority: None,
             cause: "poll",
             retry_of: None,
+            by: None,
         };
         match runner.trigger(&project, request).await {
             Ok(build) => {

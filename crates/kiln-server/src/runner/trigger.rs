@@ -28,6 +28,8 @@ pub(crate) struct TriggerRequest {
     /// What started it: `api`, `poll`, `retry`.
     pub cause: &'static str,
     pub retry_of: Option<String>,
+    /// The person who asked (their email), recorded as `data.by` for the dashboard.
+    pub by: Option<String>,
 }
 
 /// A branch name git would accept, within Kiln's limits.
@@ -251,6 +253,7 @@ impl Runner {
             "priority": priority,
             "commitMessage": commit_message,
             "retryOf": request.retry_of,
+            "by": request.by,
         }));
         self.submit(project.id, vec![event])
             .await?

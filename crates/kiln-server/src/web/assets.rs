@@ -25,6 +25,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../assets/admin.js"),
     ),
     (
+        "build.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/build.js"),
+    ),
+    (
+        "build.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/build.css"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_str!("../../assets/favicon.svg"),

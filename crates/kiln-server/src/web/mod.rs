@@ -8,13 +8,16 @@
 //! streams. Forms post with a hidden `_csrf` field (checked by `check_csrf`), scripts
 //! call the JSON API with `X-CSRF-Token` from `<meta name="csrf-token">`.
 
+mod ansi;
 mod assets;
+mod build;
 mod fleet;
 mod form;
 mod inbox;
 mod login;
 mod overview;
 mod settings;
+mod view;
 
 use askama::Template;
 use axum::http::{StatusCode, header};
@@ -35,6 +38,32 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
         ("POST", "/login", Access::Public, post(login::submit)),
         ("POST", "/logout", Access::Page, post(login::logout)),
         ("GET", "/assets/{name}", Access::Public, get(assets::serve)),
+        // Builds: the overview's Build form, the build page, its buttons, raw logs.
+        (
+            "POST",
+            "/projects/{slug}/build",
+            Access::Page,
+            post(overview::trigger),
+        ),
+        ("GET", "/builds/{run_id}", Access::Page, get(build::page)),
+        (
+            "POST",
+            "/builds/{run_id}/cancel",
+            Access::Page,
+            post(build::cancel),
+        ),
+        (
+            "POST",
+            "/builds/{run_id}/retry",
+            Access::Page,
+            post(build::retry),
+        ),
+        (
+            "GET",
+            "/builds/{run_id}/jobs/{job}/raw",
+            Access::Page,
+            get(build::raw_log),
+        ),
         // Agents, queue, notifications, projects and their settings, the account.
         ("GET", "/agents", Access::Page, get(fleet::agents_page)),
         ("GET", "/queue", Access::Page, get(fleet::queue_page)),

@@ -1,0 +1,510 @@
+//! The build page (`/builds/{runId}`): header (status, progress, ETA, duration,
+//! branch, commit, trigger), the stage timeline, the event list, the log viewer of one
+//! job (Kiln-run builds), and the forms behind its Cancel and Retry buttons; plus the
+//! whole raw log of a job as a download (`/builds/{runId}/jobs/{job}/raw`). Builds that
+//! report themselves (`kiln run`) show the same page without jobs.
+
+use askama::Template;
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{Uri, header};
+use axum::response::{IntoResponse, Redirect};
+use kiln_core::{JobState, Millis, StageStatus};
+use kiln_store::{BuildRecord, JobRecord, StoredEvent};
+use serde_json::Value;
+
+use super::ansi::{LogLine, plain, render_log};
+use super::view::{BuildView, build_views};
+use super::{Chrome, PageError, PageResult, check_csrf, render};
+use crate::AppState;
+use crate::api::{QueryParams, readable_build};
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// The log viewer renders this much of a log's end; earlier parts are a link away
+/// ("load earlier") and newer ones stream in.
+pub(crate) const LOG_WINDOW: i64 = 32 * 1024;
+/// Events the page lists (the newest; heartbeats are not shown).
+const EVENT_LIMIT: i64 = 100;
+/// How much of a log one read of the raw download takes.
+const RAW_CHUNK: i64 = 1024 * 1024;
+
+/// One bar of the stage timeline.
+#[derive(Debug)]
+struct TimelineRow {
+    name: String,
+    /// `running`, `success`, `failed`, `cancelled`, `queued`, `blocked`, `skipped`.
+    status: &'static str,
+    /// Left edge and width in percent of the build's span; no bar when not started.
+    left: String,
+    width: String,
+    started: bool,
+    duration: String,
+    /// The job's id (Kiln-run builds), to link its log.
+    job_id: Option<i64>,
+    note: String,
+}
+
+#[derive(Debug)]
+struct EventRow {
+    id: i64,
+    kind: String,
+    time: String,
+    stage: String,
+    message: String,
+    progress: String,
+}
+
+#[derive(Debug)]
+struct JobTab {
+    id: i64,
+    step: String,
+    state: &'static str,
+    selected: bool,
+}
+
+/// The one log the page shows.
+#[derive(Debug)]
+struct LogView {
+    job_id: i64,
+    step: String,
+    state: &'static str,
+    lines: Vec<LogLine>,
+    /// Byte offset where the rendered part starts (0: from the beginning).
+    from: i64,
+    /// Byte offset after the last complete rendered line: the live stream resumes here.
+    to: i64,
+    size: i64,
+    next_line: i64,
+    /// `?job=…&from=…` of the part before this one.
+    earlier: Option<String>,
+    /// The window does not reach the log's end (an earlier part was asked for).
+    later: Option<String>,
+    live: bool,
+    raw_href: String,
+    stream_href: String,
+}
+
+#[derive(Template)]
+#[template(path = "build.html")]
+struct BuildPage {
+    chrome: Chrome,
+    build: BuildView,
+    timeline: Vec<TimelineRow>,
+    events: Vec<EventRow>,
+    events_more: bool,
+    jobs: Vec<JobTab>,
+    log: Option<LogView>,
+    can_write: bool,
+    can_retry: bool,
+    kiln_run: bool,
+    stream_href: String,
+    events_href: String,
+    /// The latest event id the page shows: the build stream resumes after it.
+    last_event_id: i64,
+}
+
+/// `GET /builds/{runId}` (`?job=` picks the log, `&from=` an earlier part of it).
+pub(crate) async fn page(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(run_id): Path<String>,
+    uri: Uri,
+) -> PageResult {
+    let params = QueryParams::from_uri(uri.query());
+    let chosen_job = params.integer("job", 1, i64::MAX)?;
+    let from = params.integer("from", 0, i64::MAX)?;
+    let build = readable_build(&state, &caller, &run_id).await?;
+    let title = format!("{} #{}", build.project_slug, build.number);
+    let chrome = Chrome::load(&state, &caller, "builds", title).await?;
+    let view = build_views(&state, std::slice::from_ref(&build))
+        .await?
+        .remove(0);
+    let now = state.clock.now();
+    let jobs = state.store.jobs_of_build(build.id).await?;
+    let timeline = timeline(&build, &jobs, now);
+    let mut recent = state.store.latest_events(build.id, EVENT_LIMIT).await?;
+    let events_more = recent.len() as i64 == EVENT_LIMIT;
+    recent.reverse();
+    let events = recent
+        .iter()
+        .filter(|event| event.event_type != "heartbeat")
+        .map(event_row)
+        .collect();
+
+    let selected = match chosen_job {
+        Some(id) => Some(jobs.iter().find(|job| job.id == id).ok_or_else(|| {
+            PageError(ApiError::NotFound(format!(
+                "build {run_id} has no job {id}; pick one of its steps on the build page"
+            )))
+        })?),
+        None => default_job(&jobs),
+    };
+    let log = match selected {
+        Some(job) => Some(log_view(&state, &build, job, from).await?),
+        None => None,
+    };
+    let can_write = caller.can_write(build.project_id);
+    let kiln_run = !jobs.is_empty();
+    let page = BuildPage {
+        chrome,
+        can_retry: can_write
+            && kiln_run
+            && build.state.status.is_terminal()
+            && build.state.branch.is_some()
+            && build.state.commit.is_some(),
+        can_write,
+        kiln_run,
+        jobs: jobs
+            .iter()
+            .map(|job| JobTab {
+                id: job.id,
+                step: job.step.clone(),
+                state: job.state.as_str(),
+                selected: selected.is_some_and(|s| s.id == job.id),
+            })
+            .collect(),
+        stream_href: format!("/api/v1/builds/{}/stream", view.run_id),
+        events_href: format!("/api/v1/builds/{}/events", view.run_id),
+        last_event_id: build.last_event_id,
+        build: view,
+        timeline,
+        events,
+        events_more,
+        log,
+    };
+    Ok(render(&page))
+}
+
+/// The job whose log a build page opens with: a running one, else the first that
+/// failed, else the last that started.
+fn default_job(jobs: &[JobRecord]) -> Option<&JobRecord> {
+    jobs.iter()
+        .find(|job| job.state == JobState::Running)
+        .or_else(|| jobs.iter().find(|job| job.state == JobState::Failed))
+        .or_else(|| jobs.iter().rev().find(|job| job.started_at.is_some()))
+        .or_else(|| jobs.first())
+}
+
+async fn log_view(
+    state: &AppState,
+    build: &BuildRecord,
+    job: &JobRecord,
+    from: Option<i64>,
+) -> Result<LogView, PageError> {
+    let size = job.log_size;
+    let requested = from.map(|f| f.min(size));
+    let window_start = requested.unwrap_or((size - LOG_WINDOW).max(0));
+    let (bytes, size) = state
+        .store
+        .read_log(job.id, window_start, LOG_WINDOW)
+        .await?;
+    // Start at a line start (unless at the log's start), end after the last newline.
+    let skip = if window_start > 0 {
+        bytes
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(bytes.len(), |i| i + 1)
+    } else {
+        0
+    };
+    let end = bytes
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(skip, |i| (i + 1).max(skip));
+    let start = window_start + skip as i64;
+    let to = window_start + end as i64;
+    let first_number = if start == 0 {
+        1
+    } else {
+        state.store.log_lines_before(job.id, start).await? + 1
+    };
+    let text = String::from_utf8_lossy(&bytes[skip..end]);
+    let lines = render_log(&text, first_number);
+    let next_line = first_number + lines.len() as i64;
+    let base = format!("/builds/{}", build.state.run_id);
+    let earlier = (start > 0).then(|| {
+        format!(
+            "{base}?job={}&from={}#log",
+            job.id,
+            (start - LOG_WINDOW).max(0)
+        )
+    });
+    // A window that stops well before the log's end links to the rest instead of
+    // streaming it (the stream would replay it all); the tail window streams what comes.
+    let live = requested.is_none() || size - to <= LOG_WINDOW;
+    let later = (!live).then(|| format!("{base}?job={}&from={}#log", job.id, to));
+    Ok(LogView {
+        job_id: job.id,
+        step: job.step.clone(),
+        state: job.state.as_str(),
+        lines,
+        from: start,
+        to,
+        size,
+        next_line,
+        earlier,
+        later,
+        live,
+        raw_href: format!("{base}/jobs/{}/raw", job.id),
+        stream_href: format!(
+            "/api/v1/projects/{}/builds/{}/jobs/{}/log/stream",
+            build.project_slug, build.state.run_id, job.id
+        ),
+    })
+}
+
+fn percent(value: i64, span: i64) -> String {
+    format!(
+        "{:.2}",
+        (value.max(0) as f64 * 100.0 / span.max(1) as f64).min(100.0)
+    )
+}
+
+/// The waterfall: jobs for Kiln-run builds, else the stages the build reported.
+fn timeline(build: &BuildRecord, jobs: &[JobRecord], now: Millis) -> Vec<TimelineRow> {
+    let origin = build.state.started_at.0.min(build.state.created_at.0);
+    let end_of = |ended: Option<Millis>| ended.unwrap_or(now).0;
+    let mut span_end = build.state.ended_at.map_or(now.0, |e| e.0);
+    for job in jobs {
+        if job.started_at.is_some() {
+            span_end = span_end.max(end_of(job.finished_at));
+        }
+    }
+    for stage in &build.state.stages {
+        span_end = span_end.max(end_of(stage.ended_at));
+    }
+    let span = (span_end - origin).max(1);
+    let bar = |start: i64, end: i64| {
+        let width = ((end - start).max(0) as f64 * 100.0 / span as f64).max(0.5);
+        (percent(start - origin, span), format!("{width:.2}"))
+    };
+    if !jobs.is_empty() {
+        return jobs
+            .iter()
+            .map(|job| {
+                let (left, width, duration) = match job.started_at {
+                    Some(started) => {
+                        let ended = end_of(job.finished_at);
+                        let (left, width) = bar(started.0, ended);
+                        (
+                            left,
+                            width,
+                            kiln_core::eta::format_duration(ended - started.0),
+                        )
+                    }
+                    None => (String::new(), String::new(), String::new()),
+                };
+                let status = match job.state {
+                    JobState::Passed => "success",
+                    other => other.as_str(),
+                };
+                let note = match job.state {
+                    JobState::Blocked => format!("waits for {}", job.depends_on.join(", ")),
+                    JobState::Queued => "waiting for an agent".into(),
+                    _ => job
+                        .reason
+                        .as_deref()
+                        .map(plain)
+                        .or_else(|| job.exit_code.map(|code| format!("exit code {code}")))
+                        .unwrap_or_default(),
+                };
+                TimelineRow {
+                    name: job.step.clone(),
+                    status,
+                    started: job.started_at.is_some(),
+                    left,
+                    width,
+                    duration,
+                    job_id: Some(job.id),
+                    note,
+                }
+            })
+            .collect();
+    }
+    build
+        .state
+        .stages
+        .iter()
+        .map(|stage| {
+            let ended = end_of(stage.ended_at);
+            let (left, width) = bar(stage.started_at.0, ended);
+            TimelineRow {
+                name: stage.name.to_string(),
+                status: match stage.status {
+                    StageStatus::Running if build.state.status.is_terminal() => "cancelled",
+                    other => other.as_str(),
+                },
+                started: true,
+                left,
+                width,
+                duration: kiln_core::eta::format_duration(
+                    stage.duration_ms.unwrap_or(ended - stage.started_at.0),
+                ),
+                job_id: None,
+                note: plain(stage.message.as_deref().unwrap_or_default()),
+            }
+        })
+        .collect()
+}
+
+fn event_row(event: &StoredEvent) -> EventRow {
+    let text = |key: &str| {
+        event
+            .payload
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    EventRow {
+        id: event.id,
+        kind: event.event_type.clone(),
+        time: event.received_at.to_rfc3339(),
+        stage: text("stage"),
+        message: plain(&text("message")),
+        progress: event
+            .payload
+            .get("progress")
+            .and_then(Value::as_f64)
+            .map(|p| format!("{p:.0}%"))
+            .unwrap_or_default(),
+    }
+}
+
+/// The form fields of a button: only the CSRF token.
+fn form_csrf(body: &[u8]) -> String {
+    QueryParams::from_uri(Some(&String::from_utf8_lossy(body)))
+        .string("_csrf")
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A build the caller may change (developers): 404 when it may not read it, 403 when it
+/// may only read it.
+async fn writable_build(
+    state: &AppState,
+    caller: &Caller,
+    run_id: &str,
+) -> Result<BuildRecord, PageError> {
+    let build = readable_build(state, caller, run_id).await?;
+    if !caller.can_write(build.project_id) {
+        return Err(PageError(caller.missing(kiln_core::Role::Developer)));
+    }
+    Ok(build)
+}
+
+/// `POST /builds/{runId}/cancel` (form: `_csrf`): cancels the build, back to its page.
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(run_id): Path<String>,
+    body: axum::body::Bytes,
+) -> PageResult {
+    check_csrf(&caller, &form_csrf(&body))?;
+    let build = writable_build(&state, &caller, &run_id).await?;
+    let by = crate::api::caller_email(&state, &caller)
+        .await?
+        .unwrap_or_else(|| format!("token {}", caller.token_id));
+    state.runner.cancel(&build, &by).await?;
+    Ok(Redirect::to(&format!("/builds/{run_id}")).into_response())
+}
+
+/// `POST /builds/{runId}/retry` (form: `_csrf`): builds the same commit again and shows
+/// the new build.
+pub(crate) async fn retry(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(run_id): Path<String>,
+    body: axum::body::Bytes,
+) -> PageResult {
+    check_csrf(&caller, &form_csrf(&body))?;
+    let build = writable_build(&state, &caller, &run_id).await?;
+    let project = state
+        .store
+        .project_by_id(build.project_id)
+        .await?
+        .ok_or_else(|| PageError(ApiError::NotFound(format!("build '{run_id}' not found"))))?;
+    let request =
+        crate::api::retry_request(&build, crate::api::caller_email(&state, &caller).await?)?;
+    let triggered = state.runner.trigger(&project, request).await?;
+    Ok(Redirect::to(&format!("/builds/{}", triggered.run_id)).into_response())
+}
+
+/// `GET /builds/{runId}/jobs/{job}/raw`: the job's whole log as a download, read from
+/// the store a megabyte at a time.
+pub(crate) async fn raw_log(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((run_id, job_id)): Path<(String, String)>,
+) -> PageResult {
+    let build = readable_build(&state, &caller, &run_id).await?;
+    let job = job_id.parse::<i64>().ok();
+    let jobs = state.store.jobs_of_build(build.id).await?;
+    let job = jobs
+        .into_iter()
+        .find(|candidate| Some(candidate.id) == job || candidate.step == job_id)
+        .ok_or_else(|| {
+            PageError(ApiError::NotFound(format!(
+                "build {run_id} has no job '{job_id}'; pick one of its steps on the build page"
+            )))
+        })?;
+    let store = state.store.clone();
+    let job_id = job.id;
+    let chunks = futures_stream(store, job_id);
+    let file_name = format!(
+        "{}-{}-{}.log",
+        build.project_slug,
+        build.number,
+        job.step
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            })
+            .collect::<String>()
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response())
+}
+
+/// The log from offset 0 to its size at the time of the request, a chunk at a time.
+fn futures_stream(
+    store: std::sync::Arc<dyn kiln_store::Store>,
+    job_id: i64,
+) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let mut offset = 0;
+        loop {
+            match store.read_log(job_id, offset, RAW_CHUNK).await {
+                Ok((bytes, _)) if bytes.is_empty() => return,
+                Ok((bytes, _)) => {
+                    offset += bytes.len() as i64;
+                    if sender.send(Ok(bytes)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    let _ = sender
+                        .send(Err(std::io::Error::other(error.to_string())))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}

@@ -1,0 +1,287 @@
+//! What the builds pages show of a build: status, progress, ETA, duration, commit and
+//! trigger, computed for a whole page of builds with two queries (the first event of
+//! each build, and the recent durations of each running build's pipeline).
+
+use std::collections::HashMap;
+
+use kiln_core::eta::{self, ETA_SAMPLE};
+use kiln_core::{BuildStatus, Millis};
+use kiln_store::{BuildRecord, PipelineKey, StoredEvent};
+use serde_json::Value;
+
+use super::PageError;
+use crate::AppState;
+
+/// One build as the overview and the build page's header show it.
+#[derive(Clone, Debug)]
+pub(crate) struct BuildView {
+    pub run_id: String,
+    pub project: String,
+    pub number: i64,
+    pub status: &'static str,
+    pub active: bool,
+    pub branch: String,
+    pub commit: String,
+    pub commit_short: String,
+    pub commit_message: String,
+    /// Who or what started it, in words ("dev@example.com (API)", "kiln run on ci-3").
+    pub trigger: String,
+    /// The build this one retries, if any.
+    pub retry_of: String,
+    pub started_at: String,
+    pub ended_at: String,
+    /// Elapsed so far for an active build, the final duration for an ended one.
+    pub duration_ms: i64,
+    pub duration: String,
+    /// Percent done for the progress bar (0–100, one decimal), when known.
+    pub percent: Option<f64>,
+    /// Whether `percent` is the build's own `progress` or derived from history.
+    pub percent_reported: bool,
+    pub eta: Option<EtaView>,
+    pub current_stage: String,
+    pub message: String,
+    pub origin: String,
+    pub host: String,
+    pub command: String,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct EtaView {
+    pub remaining_ms: i64,
+    pub words: String,
+    pub source: &'static str,
+    pub overdue: bool,
+    /// The pipeline's median duration (history estimates; 0 otherwise), for the script.
+    pub median_ms: i64,
+}
+
+impl BuildView {
+    pub fn branch_query(&self) -> String {
+        super::encode_query(&self.branch)
+    }
+
+    pub fn percent_text(&self) -> String {
+        self.percent.map(|p| format!("{p:.0}")).unwrap_or_default()
+    }
+
+    /// The width of the bar: the percent, or full for an ended build.
+    pub fn bar_width(&self) -> String {
+        match self.percent {
+            Some(p) => format!("{p:.1}"),
+            None if !self.active => "100".into(),
+            None => "0".into(),
+        }
+    }
+}
+
+/// Views of a page of builds: one query for their first events (the trigger) and one
+/// for the recent durations of the pipelines of the active ones (their ETA).
+pub(crate) async fn build_views(
+    state: &AppState,
+    builds: &[BuildRecord],
+) -> Result<Vec<BuildView>, PageError> {
+    let now = state.clock.now();
+    let ids: Vec<i64> = builds.iter().map(|b| b.id).collect();
+    let firsts: HashMap<i64, StoredEvent> = state
+        .store
+        .first_events(&ids)
+        .await?
+        .into_iter()
+        .map(|event| (event.build_id, event))
+        .collect();
+    let mut keys: Vec<PipelineKey> = Vec::new();
+    for build in builds.iter().filter(|b| !b.state.status.is_terminal()) {
+        let key = PipelineKey::of(build);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let medians: HashMap<PipelineKey, i64> = state
+        .store
+        .recent_success_durations(&keys, ETA_SAMPLE)
+        .await?
+        .into_iter()
+        .filter_map(|(key, durations)| eta::median(&durations).map(|median| (key, median)))
+        .collect();
+    Ok(builds
+        .iter()
+        .map(|build| {
+            let median = medians.get(&PipelineKey::of(build)).copied();
+            build_view(build, firsts.get(&build.id), median, now)
+        })
+        .collect())
+}
+
+pub(crate) fn build_view(
+    build: &BuildRecord,
+    first: Option<&StoredEvent>,
+    history_median_ms: Option<i64>,
+    now: Millis,
+) -> BuildView {
+    let state = &build.state;
+    let active = !state.status.is_terminal();
+    let duration_ms = match (state.duration_ms, state.ended_at) {
+        (Some(duration), _) => duration,
+        (None, Some(ended)) => ended.saturating_sub(state.started_at),
+        (None, None) => now.saturating_sub(state.started_at),
+    }
+    .max(0);
+    let (percent, eta) = if active {
+        let elapsed = now.saturating_sub(state.started_at);
+        let percent = eta::percent_done(elapsed, state.progress, history_median_ms);
+        let eta =
+            eta::estimate(elapsed, state.progress, history_median_ms).map(|estimate| EtaView {
+                remaining_ms: estimate.remaining_ms,
+                words: eta::describe_remaining(&estimate),
+                source: estimate.source.as_str(),
+                overdue: estimate.overdue,
+                median_ms: history_median_ms.unwrap_or(0),
+            });
+        (percent, eta)
+    } else if state.status == BuildStatus::Success {
+        (Some(100.0), None)
+    } else {
+        (state.progress.map(|p| p.clamp(0.0, 100.0)), None)
+    };
+    let payload = first.map(|event| &event.payload);
+    let data = payload.and_then(|p| p.get("data"));
+    let text = |value: Option<&Value>, key: &str| {
+        value
+            .and_then(|v| v.get(key))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let commit = state.commit.clone().unwrap_or_default();
+    BuildView {
+        run_id: state.run_id.to_string(),
+        project: build.project_slug.clone(),
+        number: build.number,
+        status: state.status.as_str(),
+        active,
+        branch: state.branch.clone().unwrap_or_default(),
+        commit_short: commit.chars().take(8).collect(),
+        commit,
+        commit_message: first_line(&text(data, "commitMessage")),
+        trigger: describe_trigger(state.origin.as_deref(), state.host.as_deref(), data),
+        retry_of: text(data, "retryOf"),
+        started_at: state.started_at.to_rfc3339(),
+        ended_at: state.ended_at.map(Millis::to_rfc3339).unwrap_or_default(),
+        duration_ms,
+        duration: eta::format_duration(duration_ms),
+        percent_reported: state.progress.is_some(),
+        percent,
+        eta,
+        current_stage: state
+            .current_stage
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        message: super::ansi::plain(state.message.as_deref().unwrap_or_default()),
+        origin: state.origin.clone().unwrap_or_default(),
+        host: state.host.clone().unwrap_or_default(),
+        command: state.command.clone().unwrap_or_default(),
+    }
+}
+
+fn first_line(text: &str) -> String {
+    let text = super::ansi::plain(text);
+    let line = text.lines().next().unwrap_or_default().trim();
+    if line.chars().count() > 100 {
+        format!("{}…", line.chars().take(99).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
+/// Who or what started a build, from its first event: Kiln's own triggers carry
+/// `data.trigger` (and `data.by` for a person), builds that report themselves carry
+/// their origin and host, and `kiln run` in CI adds `data.ci`.
+pub(crate) fn describe_trigger(
+    origin: Option<&str>,
+    host: Option<&str>,
+    data: Option<&Value>,
+) -> String {
+    let field = |key: &str| {
+        data.and_then(|d| d.get(key))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let by = field("by");
+    let kiln_trigger = match field("trigger") {
+        Some("api") => Some(match by {
+            Some(by) => format!("{by} (Build button or API)"),
+            None => "the API".to_owned(),
+        }),
+        Some("retry") => Some(match by {
+            Some(by) => format!("{by} (retry)"),
+            None => "a retry".to_owned(),
+        }),
+        Some("poll") => Some("a new commit (branch poller)".to_owned()),
+        Some("github") => Some("a GitHub push".to_owned()),
+        Some(other) => Some(other.to_owned()),
+        None => None,
+    };
+    if let Some(trigger) = kiln_trigger {
+        return trigger;
+    }
+    let ci = data.and_then(|d| d.get("ci"));
+    let ci_text = ci.map(|ci| {
+        let provider = ci
+            .get("provider")
+            .and_then(Value::as_str)
+            .unwrap_or("CI")
+            .replace('_', " ");
+        let person = ["actor", "user"]
+            .iter()
+            .find_map(|key| ci.get(*key).and_then(Value::as_str));
+        match person {
+            Some(person) => format!("{provider} ({person})"),
+            None => provider,
+        }
+    });
+    let reporter = match origin {
+        Some("kiln-cli") => "kiln run".to_owned(),
+        Some(origin) if !origin.is_empty() => origin.to_owned(),
+        _ => "a build script".to_owned(),
+    };
+    let mut words = match host.filter(|h| !h.is_empty()) {
+        Some(host) => format!("{reporter} on {host}"),
+        None => reporter,
+    };
+    if let Some(ci_text) = ci_text {
+        words.push_str(&format!(", {ci_text}"));
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn triggers_in_words() {
+        assert_eq!(
+            describe_trigger(
+                Some("kiln"),
+                None,
+                Some(&json!({"trigger": "api", "by": "ada@example.com"}))
+            ),
+            "ada@example.com (Build button or API)"
+        );
+        assert_eq!(
+            describe_trigger(Some("kiln"), None, Some(&json!({"trigger": "poll"}))),
+            "a new commit (branch poller)"
+        );
+        assert_eq!(
+            describe_trigger(
+                Some("kiln-cli"),
+                Some("ci-3"),
+                Some(&json!({"ci": {"provider": "github_actions", "actor": "ada"}}))
+            ),
+            "kiln run on ci-3, github actions (ada)"
+        );
+        assert_eq!(describe_trigger(None, None, None), "a build script");
+    }
+}

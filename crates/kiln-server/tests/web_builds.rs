@@ -1,0 +1,625 @@
+//! The builds pages through the real server, as signed-in users over HTTP: the overview
+//! and the build page compared with snapshots (`tests/snapshots/`, rewritten with
+//! `KILN_UPDATE_SNAPSHOTS=1`), who sees which buttons, refusals as HTML pages, escaping,
+//! paging, and the Build / Cancel / Retry forms.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{ADMIN_TOKEN, TestApp};
+use kiln_core::jobs::JobPlan;
+use kiln_core::{JobState, Millis};
+use kiln_store::{ClaimRules, Engine, JobEnd, NewAgent, Store};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+engine_test!(pages_render_as_their_snapshots);
+engine_test!(roles_decide_buttons_and_refusals_are_pages);
+engine_test!(the_overview_pages_sixty_builds);
+engine_test!(build_cancel_and_retry_forms_work_without_javascript);
+
+/// A signed-in browser: its session cookie and CSRF token.
+struct Browser {
+    cookie: String,
+    csrf: String,
+    http: reqwest::Client,
+    base_url: String,
+}
+
+impl Browser {
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// Posts a form; returns the status, the `Location` (redirects are not followed)
+    /// and the body.
+    async fn post(&self, path: &str, form: &str) -> (u16, String, String) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .header("cookie", &self.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, location, response.text().await.unwrap())
+    }
+}
+
+async fn admin_call(app: &TestApp, method: Method, path: &str, body: Value) -> Value {
+    let (status, value) = app
+        .raw(
+            method.clone(),
+            path,
+            Some(ADMIN_TOKEN),
+            Some(serde_json::to_vec(&body).unwrap()),
+        )
+        .await;
+    assert!(status < 300, "{method} {path}: {status} {value}");
+    value
+}
+
+/// A user with `role` in `project` (or none), signed in.
+async fn browser(app: &TestApp, email: &str, membership: Option<(&str, &str)>) -> Browser {
+    let created = admin_call(
+        app,
+        Method::POST,
+        "/api/v1/users",
+        json!({"email": email, "name": email.split('@').next().unwrap()}),
+    )
+    .await;
+    let password = created["password"].as_str().unwrap().to_owned();
+    if let Some((project, role)) = membership {
+        admin_call(
+            app,
+            Method::PUT,
+            &format!("/api/v1/projects/{project}/members/{email}"),
+            json!({"role": role}),
+        )
+        .await;
+    }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .post(format!("{}/api/v1/session", app.base_url))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status().as_u16(), 200);
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = login.json::<Value>().await.unwrap()["csrfToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    Browser {
+        cookie,
+        csrf,
+        http,
+        base_url: app.base_url.clone(),
+    }
+}
+
+async fn project(app: &TestApp, slug: &str, name: &str) -> String {
+    admin_call(
+        app,
+        Method::POST,
+        "/api/v1/projects",
+        json!({"slug": slug, "name": name}),
+    )
+    .await;
+    let created = admin_call(
+        app,
+        Method::POST,
+        &format!("/api/v1/projects/{slug}/tokens"),
+        json!({"name": "ci", "scopes": ["ingest"]}),
+    )
+    .await;
+    created["token"].as_str().unwrap().to_owned()
+}
+
+async fn ingest(app: &TestApp, token: &str, events: Value) {
+    let (status, body) = app
+        .raw(
+            Method::POST,
+            "/api/v1/events",
+            Some(token),
+            Some(serde_json::to_vec(&events).unwrap()),
+        )
+        .await;
+    assert!(status < 300, "ingest: {status} {body}");
+}
+
+/// Replaces what changes from run to run: the session's CSRF token and the assets'
+/// content hash (which other files' edits move).
+fn normalise(html: &str, browser: &Browser) -> String {
+    let mut text = html.replace(&browser.csrf, "{csrf}");
+    let mut out = String::with_capacity(text.len());
+    while let Some(at) = text.find("?v=") {
+        out.push_str(&text[..at + 3]);
+        let rest = &text[at + 3..];
+        let hash_len = rest.bytes().take_while(|b| b.is_ascii_hexdigit()).count();
+        out.push_str("{assets}");
+        text = rest[hash_len..].to_owned();
+    }
+    out.push_str(&text);
+    out
+}
+
+/// Compares with `tests/snapshots/{name}.html`, or writes it with
+/// `KILN_UPDATE_SNAPSHOTS=1`. Both engines compare with the same file.
+fn assert_snapshot(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(format!("{name}.html"));
+    if std::env::var("KILN_UPDATE_SNAPSHOTS").is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "no snapshot {}: run with KILN_UPDATE_SNAPSHOTS=1 to write it, then review it",
+            path.display()
+        )
+    });
+    if expected == actual {
+        return;
+    }
+    let expected_lines: Vec<&str> = expected.lines().collect();
+    let actual_lines: Vec<&str> = actual.lines().collect();
+    let mut diff = String::new();
+    let mut shown = 0;
+    for index in 0..expected_lines.len().max(actual_lines.len()) {
+        let (want, got) = (expected_lines.get(index), actual_lines.get(index));
+        if want != got && shown < 12 {
+            diff.push_str(&format!(
+                "line {}:\n  - {}\n  + {}\n",
+                index + 1,
+                want.unwrap_or(&"<none>"),
+                got.unwrap_or(&"<none>")
+            ));
+            shown += 1;
+        }
+    }
+    panic!(
+        "{name} differs from {} (KILN_UPDATE_SNAPSHOTS=1 rewrites it after review):\n{diff}",
+        path.display()
+    );
+}
+
+const T0: i64 = 1_800_000_000_000;
+
+/// A Kiln-run build made directly in the store (as the runner and an agent would):
+/// `checkout` passed, `test` running with a log full of colours and markup, `deploy`
+/// waiting for it.
+async fn kiln_run_build(app: &TestApp, store: &dyn Store, token: &str) -> i64 {
+    ingest(
+        app,
+        token,
+        json!([{"runId": "web-kiln-7", "event": "build_queued", "origin": "kiln", "branch": "main",
+                "commit": "0123456789abcdef0123456789abcdef01234567", "eventId": "kiln-build-queued",
+                "data": {"trigger": "api", "by": "dev@example.com", "commitMessage": "Fix the <b>build</b>\n\nlong body"}},
+               {"runId": "web-kiln-7", "event": "build_started", "origin": "kiln", "eventId": "kiln-build-started"}]),
+    )
+    .await;
+    let build = store.build_by_run_id("web-kiln-7").await.unwrap().unwrap();
+    let plan = |step: &str, position: i64, depends_on: &[&str], state: JobState| JobPlan {
+        step: step.into(),
+        position,
+        depends_on: depends_on.iter().map(|s| s.to_string()).collect(),
+        labels: Vec::new(),
+        state,
+        spec: json!({}),
+    };
+    store
+        .create_jobs(
+            build.id,
+            build.project_id,
+            5,
+            &[
+                plan("checkout", 0, &[], JobState::Queued),
+                plan("test", 1, &["checkout"], JobState::Blocked),
+                plan("deploy", 2, &["test"], JobState::Blocked),
+            ],
+            Millis(T0),
+        )
+        .await
+        .unwrap();
+    let agent = store
+        .register_agent(
+            &NewAgent {
+                name: "builder-1".into(),
+                token_id: 1,
+                labels: Vec::new(),
+                concurrency: 1,
+                executor: "process".into(),
+                hostname: Some("builder-1".into()),
+                version: Some("0.1.0".into()),
+            },
+            Millis(T0),
+        )
+        .await
+        .unwrap();
+    let rules = ClaimRules {
+        lease_ms: 3_600_000,
+        aging_ms: 300_000,
+    };
+    let checkout = store
+        .claim_job(&agent, rules, Millis(T0 + 1_000))
+        .await
+        .unwrap()
+        .unwrap();
+    let end = JobEnd {
+        state: JobState::Passed,
+        exit_code: Some(0),
+        reason: None,
+    };
+    assert!(
+        store
+            .finish_job(checkout.id, 1, Some(agent.id), &end, Millis(T0 + 4_000))
+            .await
+            .unwrap()
+    );
+    store
+        .unblock_jobs(build.id, &["test".into()], &[], Millis(T0 + 4_000))
+        .await
+        .unwrap();
+    let test = store
+        .claim_job(&agent, rules, Millis(T0 + 4_000))
+        .await
+        .unwrap()
+        .unwrap();
+    let log = "2027-01-15T08:00:04.100Z kiln $ make test\n\
+               2027-01-15T08:00:05.000Z out  \u{1b}[1;32mPASS\u{1b}[0m unit <script>alert(1)</script>\n\
+               2027-01-15T08:00:06.000Z err  warning: \u{1b}[33mslow\u{1b}[39m & steady\n\
+               2027-01-15T08:00:07.000Z out  1 test FAILED\n";
+    store
+        .append_log(test.id, 0, log.as_bytes(), 1 << 20)
+        .await
+        .unwrap();
+    test.id
+}
+
+async fn pages_render_as_their_snapshots(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let store = app.database.open_dyn().await;
+    let token = project(&app, "web", "Web shop").await;
+    let developer = browser(&app, "dev@example.com", Some(("web", "developer"))).await;
+    // Reported builds at fixed times: three successes of `make ci` on main (for the
+    // ETA's median), a failure with a hostile message, and one running now.
+    for (index, duration) in [(1, 60_000), (2, 90_000), (3, 120_000)] {
+        ingest(
+            &app,
+            &token,
+            json!([{"runId": format!("web-ci-{index}"), "event": "build_started", "origin": "kiln-cli",
+                    "host": "ci-1", "command": "make ci", "branch": "main", "commit": format!("{index}bcdef0123456789")},
+                   {"runId": format!("web-ci-{index}"), "event": "stage_started", "stage": "compile"},
+                   {"runId": format!("web-ci-{index}"), "event": "stage_completed", "stage": "compile", "durationMs": duration / 2},
+                   {"runId": format!("web-ci-{index}"), "event": "build_completed", "durationMs": duration}]),
+        )
+        .await;
+        app.clock.advance_ms(1_000);
+    }
+    ingest(
+        &app,
+        &token,
+        json!([{"runId": "web-bad-1", "event": "build_started", "origin": "kiln-cli", "host": "laptop",
+                "command": "make ci", "branch": "feature/<x>", "data": {"ci": {"provider": "github_actions", "actor": "ada"}}},
+               {"runId": "web-bad-1", "event": "stage_started", "stage": "lint"},
+               {"runId": "web-bad-1", "event": "stage_failed", "stage": "lint",
+                "message": "\u{1b}[31m<script>alert('x')</script>\u{1b}[0m failed"},
+               {"runId": "web-bad-1", "event": "build_failed", "message": "lint failed: <img src=x onerror=alert(1)>", "durationMs": 4_000}]),
+    )
+    .await;
+    app.clock.advance_ms(1_000);
+    ingest(
+        &app,
+        &token,
+        json!([{"runId": "web-ci-4", "event": "build_started", "origin": "kiln-cli", "host": "ci-1",
+                "command": "make ci", "branch": "main", "commit": "4bcdef0123456789"},
+               {"runId": "web-ci-4", "event": "stage_started", "stage": "compile"}]),
+    )
+    .await;
+    let test_job = kiln_run_build(&app, &*store, &token).await;
+    app.clock.advance_ms(30_000);
+
+    let (status, overview) = developer.get("/").await;
+    assert_eq!(status, 200, "{overview}");
+    assert_snapshot("overview", &normalise(&overview, &developer));
+    // The running `make ci` build: 30 s of a 90 s median (of 60, 90 and 120 s).
+    assert!(overview.contains("about 1 min left"), "{overview}");
+
+    let (status, reported) = developer.get("/builds/web-bad-1").await;
+    assert_eq!(status, 200, "{reported}");
+    assert_snapshot("build_reported", &normalise(&reported, &developer));
+
+    let (status, kiln) = developer.get("/builds/web-kiln-7").await;
+    assert_eq!(status, 200, "{kiln}");
+    assert_snapshot("build_kiln_run", &normalise(&kiln, &developer));
+
+    // Nothing hostile comes through unescaped, and no raw escape code.
+    for page in [&overview, &reported, &kiln] {
+        assert!(!page.contains("<script>alert"), "{page}");
+        assert!(!page.contains("<img src=x"), "{page}");
+        assert!(!page.contains("<b>build</b>"), "{page}");
+        assert!(!page.contains('\u{1b}'), "{page}");
+    }
+    assert!(reported.contains("&#60;script&#62;alert("), "{reported}");
+    assert!(
+        kiln.contains(
+            "<span class=\"a-f2 a-bold\">PASS</span> unit &lt;script&gt;alert(1)&lt;/script&gt;"
+        ),
+        "{kiln}"
+    );
+    assert!(
+        kiln.contains(&format!("id=\"job-{test_job}-L4\"")),
+        "{kiln}"
+    );
+
+    // The raw log downloads whole, as it was written.
+    let (status, raw) = developer
+        .get(&format!("/builds/web-kiln-7/jobs/{test_job}/raw"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(raw.starts_with("2027-01-15T08:00:04.100Z kiln $ make test\n"));
+    assert!(raw.contains("\u{1b}[1;32mPASS"));
+    app.stop().await;
+}
+
+async fn roles_decide_buttons_and_refusals_are_pages(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let store = app.database.open_dyn().await;
+    let token = project(&app, "web", "Web").await;
+    let secret_token = project(&app, "secret", "Secret").await;
+    let repo = git_repo();
+    admin_call(
+        &app,
+        Method::PUT,
+        "/api/v1/projects/web/repo",
+        json!({"repo": repo.path().display().to_string()}),
+    )
+    .await;
+    kiln_run_build(&app, &*store, &token).await;
+    ingest(
+        &app,
+        &secret_token,
+        json!({"runId": "secret-1", "event": "build_started"}),
+    )
+    .await;
+    let viewer = browser(&app, "viewer@example.com", Some(("web", "viewer"))).await;
+    let developer = browser(&app, "dev@example.com", Some(("web", "developer"))).await;
+
+    // A viewer sees builds but no Build or Cancel buttons; a developer sees both.
+    let (_, seen) = viewer.get("/").await;
+    assert!(seen.contains("data-run-id=\"web-kiln-7\""));
+    assert!(!seen.contains("data-build-form"), "{seen}");
+    assert!(
+        !seen.contains("secret-1"),
+        "another project's builds stay hidden"
+    );
+    let (_, seen) = developer.get("/").await;
+    assert!(
+        seen.contains("aria-label=\"Build web\">Build</button>"),
+        "{seen}"
+    );
+    let (_, page) = viewer.get("/builds/web-kiln-7").await;
+    assert!(!page.contains(">Cancel</button>"), "{page}");
+    let (_, page) = developer.get("/builds/web-kiln-7").await;
+    assert!(page.contains(">Cancel</button>"), "{page}");
+    assert!(
+        !page.contains(">Retry</button>"),
+        "a running build is not retried"
+    );
+
+    // A viewer's form post is refused with a page naming the role.
+    let form = format!("_csrf={}&branch=main", viewer.csrf);
+    let (status, _, body) = viewer.post("/projects/web/build", &form).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("developer role"), "{body}");
+    let (status, _, body) = viewer
+        .post(
+            "/builds/web-kiln-7/cancel",
+            &format!("_csrf={}", viewer.csrf),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // A wrong or missing CSRF token: 403, nothing built.
+    let (status, _, body) = developer
+        .post("/projects/web/build", "_csrf=wrong&branch=main")
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("reload the page"), "{body}");
+    let (status, _, _) = developer.post("/projects/web/build", "branch=main").await;
+    assert_eq!(status, 403);
+    // Projects and builds the user may not read are not found, as pages.
+    for path in ["/builds/secret-1", "/?project=secret", "/builds/nope"] {
+        let (status, body) = developer.get(path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body.contains("<h1>404 Not Found</h1>"), "{body}");
+    }
+    let (status, _, body) = developer
+        .post(
+            "/projects/secret/build",
+            &format!("_csrf={}&branch=main", developer.csrf),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    // Bad filter values: 400 pages naming the field.
+    for (path, field) in [
+        ("/?status=exploded", "status:"),
+        ("/?before=soon", "before:"),
+        ("/?before=0", "before:"),
+        ("/builds/web-kiln-7?job=x", "job:"),
+    ] {
+        let (status, body) = developer.get(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(field), "{path}: {body}");
+    }
+    // A branch the repository lacks: the API's message, as a page.
+    let (status, _, body) = developer
+        .post(
+            "/projects/web/build",
+            &format!("_csrf={}&branch=no-such-branch", developer.csrf),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("no-such-branch"), "{body}");
+    // The developer's Build button: a real build of the repository's main branch.
+    let (status, location, body) = developer
+        .post(
+            "/projects/web/build",
+            &format!("_csrf={}&branch=main", developer.csrf),
+        )
+        .await;
+    assert_eq!(status, 303, "{body}");
+    let run_id = location.strip_prefix("/builds/").expect("to the new build");
+    let (status, page) = developer.get(&location).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("dev@example.com (Build button or API)"),
+        "{page}"
+    );
+    assert!(page.contains(&format!("data-run-id=\"{run_id}\"")));
+    app.stop().await;
+}
+
+async fn the_overview_pages_sixty_builds(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let token = project(&app, "web", "Web").await;
+    let events: Vec<Value> = (0..60)
+        .map(|index| json!({"runId": format!("page-{index:02}"), "event": "build_started", "branch": "main"}))
+        .collect();
+    ingest(&app, &token, Value::Array(events)).await;
+    let viewer = browser(&app, "viewer@example.com", Some(("web", "viewer"))).await;
+    let rows = |html: &str| html.matches("<tr data-run-id=").count();
+    let (status, first) = viewer.get("/?status=running").await;
+    assert_eq!(status, 200);
+    assert_eq!(rows(&first), 50);
+    assert!(first.contains("data-run-id=\"page-59\""));
+    let next = first
+        .split("rel=\"next\"")
+        .next()
+        .and_then(|head| head.rsplit("href=\"").next())
+        .and_then(|tail| tail.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&")
+        .replace("&#38;", "&");
+    assert!(next.contains("status=running"), "filters stay: {next}");
+    let (status, second) = viewer.get(&next).await;
+    assert_eq!(status, 200);
+    assert_eq!(rows(&second), 10, "{next}: {second}");
+    assert!(second.contains("data-run-id=\"page-00\""));
+    assert!(!second.contains("rel=\"next\""));
+    assert!(second.contains("data-newest"));
+    let (_, none) = viewer.get("/?branch=elsewhere").await;
+    assert_eq!(rows(&none), 0);
+    assert!(none.contains("No builds match these filters"));
+    app.stop().await;
+}
+
+async fn build_cancel_and_retry_forms_work_without_javascript(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let token = project(&app, "web", "Web").await;
+    let repo = git_repo();
+    admin_call(
+        &app,
+        Method::PUT,
+        "/api/v1/projects/web/repo",
+        json!({"repo": repo.path().display().to_string()}),
+    )
+    .await;
+    let developer = browser(&app, "dev@example.com", Some(("web", "developer"))).await;
+    let csrf = format!("_csrf={}", developer.csrf);
+    let (status, location, body) = developer
+        .post("/projects/web/build", &format!("{csrf}&branch=main"))
+        .await;
+    assert_eq!(status, 303, "{body}");
+    let run_id = location.trim_start_matches("/builds/").to_owned();
+    let (status, back, body) = developer
+        .post(&format!("/builds/{run_id}/cancel"), &csrf)
+        .await;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(back, location);
+    let (_, page) = developer.get(&location).await;
+    assert!(page.contains("data-status=\"cancelled\""), "{page}");
+    assert!(page.contains(">Retry</button>"), "{page}");
+    let (status, retried, body) = developer
+        .post(&format!("/builds/{run_id}/retry"), &csrf)
+        .await;
+    assert_eq!(status, 303, "{body}");
+    assert_ne!(retried, location);
+    let (_, page) = developer.get(&retried).await;
+    assert!(page.contains("(retry)"), "{page}");
+    assert!(
+        page.contains(&format!("href=\"/builds/{run_id}\"")),
+        "{page}"
+    );
+    // A reported build cannot be retried: the API's reason, as a page.
+    ingest(
+        &app,
+        &token,
+        json!([{"runId": "reported-1", "event": "build_started"}, {"runId": "reported-1", "event": "build_completed"}]),
+    )
+    .await;
+    let (status, _, body) = developer.post("/builds/reported-1/retry", &csrf).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("Kiln did not run it"), "{body}");
+    app.stop().await;
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A local repository with a one-step pipeline on `main`.
+fn git_repo() -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(
+        repo.path().join(".kiln.yml"),
+        "steps:\n  - name: test\n    run: echo ok\n",
+    )
+    .unwrap();
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "First commit"]);
+    repo
+}
