@@ -394,7 +394,8 @@ pub struct AgentHeartbeat {
     pub agent_id: i64,
     #[serde(default)]
     pub jobs: Vec<i64>,
-    /// Resource use: `cpuPercent`, `memoryBytes`, `memoryTotalBytes`, `diskFreeBytes`.
+    /// Resource use: `cpuPercent`, `memoryBytes`, `memoryTotalBytes`, `diskFreeBytes`,
+    /// `diskTotalBytes`.
     #[serde(default)]
     pub metrics: Option<Value>,
 }
