@@ -274,6 +274,9 @@ pub struct TriggeredBuild {
 pub struct JobDto {
     pub id: i64,
     pub run_id: String,
+    /// The build's number in its project (`web #12`).
+    #[serde(default)]
+    pub build_number: i64,
     pub project: String,
     pub step: String,
     pub state: String,

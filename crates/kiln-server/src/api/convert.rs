@@ -112,6 +112,7 @@ pub(crate) fn job_dto(job: &kiln_store::JobRecord) -> kiln_protocol::JobDto {
     kiln_protocol::JobDto {
         id: job.id,
         run_id: job.run_id.clone(),
+        build_number: job.build_number,
         project: job.project_slug.clone(),
         step: job.step.clone(),
         state: job.state.as_str().into(),

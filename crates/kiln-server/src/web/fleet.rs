@@ -52,6 +52,7 @@ struct Gauge {
 struct JobLink {
     id: i64,
     run_id: String,
+    build_number: i64,
     project: String,
     step: String,
 }
@@ -175,6 +176,7 @@ pub(crate) async fn agents_page(
                     .map(|job| JobLink {
                         id: job.id,
                         run_id: job.run_id,
+                        build_number: job.build_number,
                         project: job.project,
                         step: job.step,
                     })
@@ -198,6 +200,7 @@ pub(crate) async fn agents_page(
 struct QueueRow {
     id: i64,
     run_id: String,
+    build_number: i64,
     project: String,
     step: String,
     state: String,
@@ -234,6 +237,7 @@ pub(crate) async fn queue_page(
         QueueRow {
             id: job.id,
             run_id: job.run_id,
+            build_number: job.build_number,
             project: job.project,
             step: job.step,
             state: job.state,
