@@ -51,11 +51,20 @@ async function kilnRefreshLive() {
   const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
   regions.forEach((region) => {
     const replacement = fresh.querySelector(`[data-live="${region.dataset.live}"]`);
-    if (replacement && replacement.innerHTML !== region.innerHTML) {
+    // Ages tick every second on both sides; only a real change replaces the markup, so
+    // keyboard focus and text selection inside the region survive quiet refreshes.
+    if (replacement && kilnLiveKey(replacement) !== kilnLiveKey(region)) {
       region.innerHTML = replacement.innerHTML;
     }
   });
   kilnRefreshAges();
+}
+
+/** A region's markup with its "N s ago" texts left out, for comparing two copies. */
+function kilnLiveKey(region) {
+  const copy = region.cloneNode(true);
+  copy.querySelectorAll("time[data-ago]").forEach((el) => { el.textContent = ""; });
+  return copy.innerHTML;
 }
 
 /** Renders every time[data-ago] relative to now. */
