@@ -52,6 +52,8 @@ pub(crate) struct AppState {
     pub logins: Arc<accounts::LoginLimiter>,
     /// Wakes the webhook sender when deliveries are queued (test events, redeliveries).
     pub webhook_sender: Arc<tokio::sync::Notify>,
+    /// Line counts of job logs the build page has numbered (logs only grow).
+    pub log_lines: Arc<web::LogLineCache>,
 }
 
 /// Errors that stop the server from starting.
@@ -95,6 +97,7 @@ pub async fn run(
         runner: runner.clone(),
         logins: Arc::new(accounts::LoginLimiter::default()),
         webhook_sender: webhook_sender.clone(),
+        log_lines: Arc::new(web::LogLineCache::default()),
     };
     let (reaper_stop, reaper_stopped) = tokio::sync::watch::channel(false);
     let tail_task = tokio::spawn(live::tail(

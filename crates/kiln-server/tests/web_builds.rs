@@ -19,6 +19,7 @@ engine_test!(pages_render_as_their_snapshots);
 engine_test!(roles_decide_buttons_and_refusals_are_pages);
 engine_test!(the_overview_pages_sixty_builds);
 engine_test!(build_cancel_and_retry_forms_work_without_javascript);
+engine_test!(long_logs_show_their_end_numbered_from_the_start);
 
 /// A signed-in browser: its session cookie and CSRF token.
 struct Browser {
@@ -590,6 +591,69 @@ async fn build_cancel_and_retry_forms_work_without_javascript(engine: Engine) {
     let (status, _, body) = developer.post("/builds/reported-1/retry", &csrf).await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("Kiln did not run it"), "{body}");
+    app.stop().await;
+}
+
+async fn long_logs_show_their_end_numbered_from_the_start(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let store = app.database.open_dyn().await;
+    let token = project(&app, "web", "Web").await;
+    let job = kiln_run_build(&app, &*store, &token).await;
+    let viewer = browser(&app, "viewer@example.com", Some(("web", "viewer"))).await;
+    // 4 lines already there, then 3,000 more in chunks: about 100 KB.
+    let mut size = store.read_log(job, 0, 0).await.unwrap().1;
+    let mut line = 4;
+    for _ in 0..30 {
+        let mut chunk = String::new();
+        for _ in 0..100 {
+            line += 1;
+            chunk.push_str(&format!(
+                "2027-01-15T08:00:08.000Z out  line {line:05} of the long log\n"
+            ));
+        }
+        store
+            .append_log(job, size, chunk.as_bytes(), 1 << 30)
+            .await
+            .unwrap();
+        size += chunk.len() as i64;
+    }
+    let first_shown = |html: &str| -> i64 {
+        let at = html.find(&format!("id=\"job-{job}-L")).expect("log lines");
+        let rest = &html[at + format!("id=\"job-{job}-L").len()..];
+        rest[..rest.find('"').unwrap()].parse().unwrap()
+    };
+    for _ in 0..2 {
+        // The second time the count comes from the page cache.
+        let (status, page) = viewer.get("/builds/web-kiln-7").await;
+        assert_eq!(status, 200);
+        let first = first_shown(&page);
+        assert!(first > 2000, "only the end is shown: {first}");
+        assert!(page.contains(&format!("id=\"job-{job}-L{first}\"><a class=\"ln\" href=\"#job-{job}-L{first}\" title=\"08:00:08.000\">{first}</a><span class=\"txt s-out\">line {first:05} of")));
+        assert!(page.contains(&format!("id=\"job-{job}-L3004\"")));
+        assert!(page.contains("Load earlier lines"));
+    }
+    // The log grows: numbers continue from the remembered count.
+    let chunk = "2027-01-15T08:00:09.000Z out  line 03005 of the long log\n";
+    store
+        .append_log(job, size, chunk.as_bytes(), 1 << 30)
+        .await
+        .unwrap();
+    let (_, page) = viewer.get("/builds/web-kiln-7").await;
+    let first = first_shown(&page);
+    assert!(page.contains(&format!(
+        ">{first}</a><span class=\"txt s-out\">line {first:05} of"
+    )));
+    assert!(page.contains(&format!("id=\"job-{job}-L3005\"")));
+    // An earlier part, by link, numbered the same way.
+    let (status, part) = viewer
+        .get(&format!("/builds/web-kiln-7?job={job}&from=1000"))
+        .await;
+    assert_eq!(status, 200);
+    let first = first_shown(&part);
+    assert!(part.contains(&format!(
+        ">{first}</a><span class=\"txt s-out\">line {first:05} of"
+    )));
+    assert!(part.contains("Load later lines"), "{part}");
     app.stop().await;
 }
 

@@ -30,6 +30,55 @@ const EVENT_LIMIT: i64 = 100;
 /// How much of a log one read of the raw download takes.
 const RAW_CHUNK: i64 = 1024 * 1024;
 
+/// Most jobs whose line counts are remembered; the map starts over beyond.
+const LINE_CACHE_JOBS: usize = 4096;
+/// A remembered count is extended by reading at most this much of the log after it;
+/// farther away the database counts again.
+const LINE_CACHE_REACH: i64 = 4 * 1024 * 1024;
+
+/// How many lines of a job's log come before a byte offset, remembered per job. Logs
+/// are append-only, so a count never changes: an ended job's page is numbered without
+/// counting again, and a running one's from its last count plus the newlines read
+/// since.
+#[derive(Debug, Default)]
+pub(crate) struct LogLineCache {
+    counts: std::sync::Mutex<std::collections::HashMap<i64, (i64, i64)>>,
+}
+
+impl LogLineCache {
+    async fn lines_before(
+        &self,
+        state: &AppState,
+        job_id: i64,
+        offset: i64,
+    ) -> Result<i64, PageError> {
+        let known = self
+            .counts
+            .lock()
+            .map_err(|_| PageError(ApiError::Unavailable("the line cache failed; retry".into())))?
+            .get(&job_id)
+            .copied();
+        let lines = match known {
+            Some((at, lines)) if at == offset => lines,
+            Some((at, lines)) if at < offset && offset - at <= LINE_CACHE_REACH => {
+                let (between, _) = state.store.read_log(job_id, at, offset - at).await?;
+                lines + between.iter().filter(|byte| **byte == b'\n').count() as i64
+            }
+            _ => state.store.log_lines_before(job_id, offset).await?,
+        };
+        if let Ok(mut counts) = self.counts.lock() {
+            if counts.len() >= LINE_CACHE_JOBS && !counts.contains_key(&job_id) {
+                counts.clear();
+            }
+            let entry = counts.entry(job_id).or_insert((offset, lines));
+            if entry.0 <= offset {
+                *entry = (offset, lines);
+            }
+        }
+        Ok(lines)
+    }
+}
+
 /// One bar of the stage timeline.
 #[derive(Debug)]
 struct TimelineRow {
@@ -218,7 +267,7 @@ async fn log_view(
     let first_number = if start == 0 {
         1
     } else {
-        state.store.log_lines_before(job.id, start).await? + 1
+        state.log_lines.lines_before(state, job.id, start).await? + 1
     };
     let text = String::from_utf8_lossy(&bytes[skip..end]);
     let lines = render_log(&text, first_number);

@@ -29,6 +29,7 @@ use crate::auth::{Access, Caller};
 use crate::error::ApiError;
 
 pub(crate) use assets::ASSET_VERSION;
+pub(crate) use build::LogLineCache;
 
 /// The dashboard's routes, merged into the API's route table.
 pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
