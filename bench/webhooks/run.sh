@@ -16,12 +16,14 @@
 #       alternating, on the same server; the ratio of the two.
 # Every process it starts is stopped by its pid on exit (trap).
 #
-# Knobs: BENCH_ENGINES ("sqlite postgres"), BENCH_EVENTS (200: burst events, × 100
+# Knobs: BENCH_ENGINES ("sqlite postgres"), BENCH_EVENTS (100: burst events, × 100
 # endpoints), BENCH_ENDPOINTS (100), BENCH_PACED_RATE (0 = half the burst's delivery rate),
-# BENCH_PACED_SECONDS (20), BENCH_INGEST_ENDPOINTS (10), BENCH_ROUNDS (3),
+# BENCH_PACED_SECONDS (30), BENCH_INGEST_ENDPOINTS (10), BENCH_ROUNDS (3),
 # BENCH_ROUND_SECONDS (10), BENCH_RECEIVER_WORKERS (2), BENCH_PHASES ("fanout ingest"),
 # BENCH_PG_PORT (55435: not the tests' 55432 nor the other benchmarks' 55433/55434),
-# BENCH_SKIP_BUILD=1 (use $CARGO_TARGET_DIR/release/kiln as it is), BENCH_KILN=PATH
+# BENCH_KEEP_BACKLOG=1 ((b) keeps the same endpoints across rounds, deactivated between
+# them, so the undelivered backlog grows from round to round; default: new endpoints per
+# active round, deleted after it), BENCH_SKIP_BUILD=1 (use $CARGO_TARGET_DIR/release/kiln as it is), BENCH_KILN=PATH
 # (measure that binary), BENCH_TIMEOUT (1800 s).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,6 +49,9 @@ cleanup() {
     kill -TERM "$driver_pid" 2>/dev/null || true
     wait "$driver_pid" 2>/dev/null || true
   fi
+  # Keep the servers' logs (warnings about slow statements or unrecorded attempts).
+  mkdir -p bench/results/webhooks-logs
+  cp "$work"/kiln-*.log bench/results/webhooks-logs/ 2>/dev/null || true
   if [ "$pg_started" = 1 ] && [ -n "$pg_data" ]; then
     log "stopping the PostgreSQL this run started"
     runuser -u postgres -- "$pgbin/pg_ctl" -D "$pg_data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
@@ -87,11 +92,11 @@ timeout --kill-after=10 "${BENCH_TIMEOUT:-1800}" python3 bench/webhooks/webhooks
   --kiln "$work/kiln" --kiln-desc "$kiln_desc" --work "$work" \
   --engines "$engines" --pg-port "$pg_port" \
   --phases "${BENCH_PHASES:-fanout ingest}" \
-  --events "${BENCH_EVENTS:-200}" --endpoints "${BENCH_ENDPOINTS:-100}" \
-  --paced-rate "${BENCH_PACED_RATE:-0}" --paced-seconds "${BENCH_PACED_SECONDS:-20}" \
+  --events "${BENCH_EVENTS:-100}" --endpoints "${BENCH_ENDPOINTS:-100}" \
+  --paced-rate "${BENCH_PACED_RATE:-0}" --paced-seconds "${BENCH_PACED_SECONDS:-30}" \
   --ingest-endpoints "${BENCH_INGEST_ENDPOINTS:-10}" --rounds "${BENCH_ROUNDS:-3}" \
   --round-seconds "${BENCH_ROUND_SECONDS:-10}" \
-  --receiver-workers "${BENCH_RECEIVER_WORKERS:-2}" &
+  --receiver-workers "${BENCH_RECEIVER_WORKERS:-2}" ${BENCH_KEEP_BACKLOG:+--keep-backlog} &
 driver_pid=$!
 wait "$driver_pid"
 status=$?

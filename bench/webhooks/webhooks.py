@@ -25,6 +25,7 @@ Per engine:
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -68,6 +69,24 @@ def context():
                          text=True).stdout.splitlines()[:4]
     return f"{time.strftime('%H:%M:%SZ', time.gmtime())} load average {load}; busiest: " + \
         ", ".join(" ".join(line.split()[::-1]) + "%" for line in top)
+
+
+def fsync_probe(directory, count=100):
+    """p50/p99 ms of an 8 KiB append + fsync in `directory` (the data directories' disk):
+    every webhook delivery costs commits, so this disk's flush latency bounds them."""
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    times = []
+    try:
+        for _ in range(count):
+            os.write(fd, b"x" * 8192)
+            started = time.perf_counter()
+            os.fsync(fd)
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        os.remove(path)
+    return f"fsync p50 {pct(times, 50):.2f} ms, p99 {pct(times, 99):.2f} ms"
 
 
 # ---------------------------------------------------------------- the receiver
@@ -142,7 +161,9 @@ class Kiln:
         self.data = tempfile.mkdtemp(prefix=f"kiln-wh-{label}-", dir=args.work)
         self.db = None
         command = [args.kiln, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir",
-                   self.data, "--webhooks-allow-private", "--branch-poll-interval", "86400"]
+                   self.data, "--webhooks-allow-private", "--branch-poll-interval", "86400",
+                   # no build goes stale (the reaper's events would add deliveries)
+                   "--heartbeat-timeout", "86400"]
         if engine == "postgres":
             self.db = f"kiln_wh_bench_{label}_{os.getpid()}"
             psql(args, f"drop database if exists {self.db}")
@@ -184,6 +205,53 @@ def pg_pid(args, engine):
         return int(f.readline())
 
 
+def store_query(kiln, sql):
+    """One read-only query against the server's own database (diagnostics only)."""
+    if kiln.engine == "postgres":
+        out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(kiln.args.pg_port), "-U",
+                              "postgres", "-d", kiln.db, "-qAtF", ",", "-c", sql],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        return [float(v) if v not in ("",) else float("nan") for v in out.split(",")]
+    import sqlite3
+    db = sqlite3.connect(f"file:{os.path.join(kiln.data, 'kiln.db')}?mode=ro", uri=True, timeout=30)
+    try:
+        row = db.execute(sql).fetchone()
+    finally:
+        db.close()
+    return [float("nan") if v is None else float(v) for v in row]
+
+
+def delivery_diagnostics(kiln):
+    """Where the time went: how fast the consumer queued deliveries (one row per endpoint
+    and event) and how long the sender's attempts took (its own latency_ms, measured
+    around building the HTTP client, the address check and the request)."""
+    first, last, count = store_query(
+        kiln, "SELECT MIN(created_at), MAX(created_at), COUNT(*) FROM webhook_deliveries")
+    a_first, a_last, attempts = store_query(
+        kiln, "SELECT MIN(started_at), MAX(started_at), COUNT(*) FROM webhook_attempts")
+    latencies = []
+    if kiln.engine == "postgres":
+        out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(kiln.args.pg_port), "-U",
+                              "postgres", "-d", kiln.db, "-qAtc",
+                              "SELECT latency_ms FROM webhook_attempts"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        latencies = [float(v) for v in out]
+    else:
+        import sqlite3
+        db = sqlite3.connect(f"file:{os.path.join(kiln.data, 'kiln.db')}?mode=ro", uri=True,
+                             timeout=30)
+        latencies = [r[0] for r in db.execute("SELECT latency_ms FROM webhook_attempts")]
+        db.close()
+    span = (last - first) / 1000.0
+    return {
+        "queued": count, "queued_span_s": span,
+        "queued_per_s": (count - 1) / span if span > 0 else float("nan"),
+        "attempts": attempts, "attempt_span_s": (a_last - a_first) / 1000.0,
+        "attempt_p50_ms": pct(latencies, 50), "attempt_p90_ms": pct(latencies, 90),
+        "attempt_p99_ms": pct(latencies, 99),
+    }
+
+
 def create_project(kiln, slug):
     http("POST", kiln.url + "/api/v1/projects", {"slug": slug, "name": slug}, ADMIN)
     _, body = http("POST", kiln.url + f"/api/v1/projects/{slug}/tokens",
@@ -195,7 +263,8 @@ def create_endpoints(kiln, slug, receiver, count, active):
     ids = []
     for k in range(count):
         status, body = http("POST", kiln.url + f"/api/v1/projects/{slug}/webhooks",
-                            {"url": f"{receiver.url}/{slug}/{k}", "active": active}, ADMIN)
+                            {"url": f"{receiver.url}/{slug}/{k}", "active": active}, ADMIN,
+                            timeout=120)
         if status != 201:
             raise RuntimeError(f"creating an endpoint answered {status}: {body}")
         ids.append(body["id"])
@@ -204,14 +273,15 @@ def create_endpoints(kiln, slug, receiver, count, active):
 
 def set_active(kiln, slug, ids, active):
     for endpoint in ids:
+        # A generous timeout: on SQLite this write can wait long for the write lock.
         http("PATCH", kiln.url + f"/api/v1/projects/{slug}/webhooks/{endpoint}", {"active": active},
-             ADMIN)
+             ADMIN, timeout=120)
 
 
 def webhook_status(kiln, slug):
     try:
         _, body = http("GET", kiln.url + f"/api/v1/webhooks/status?project={slug}", None, ADMIN,
-                       timeout=60)
+                       timeout=120)
         return body
     except OSError as error:
         return {"error": str(error)}
@@ -331,6 +401,14 @@ def fan_out(args, engine, receiver):
             "machine_cores": (machine_busy() - busy0) / wall, "wall_s": wall,
         })
         result["burst"] = burst
+        try:
+            burst["store"] = delivery_diagnostics(kiln)
+            d = burst["store"]
+            log(f"    consumer queued {d['queued']:,.0f} deliveries at {d['queued_per_s']:,.0f}/s "
+                f"(over {d['queued_span_s']:.1f} s); sender attempts p50 {d['attempt_p50_ms']:.0f} ms, "
+                f"p90 {d['attempt_p90_ms']:.0f}, p99 {d['attempt_p99_ms']:.0f}")
+        except (subprocess.CalledProcessError, OSError, ValueError) as error:
+            log(f"    (store diagnostics unavailable: {error})")
         log(f"    {burst['delivered']:,}/{burst['expected']:,} delivered"
             f"{' (STALLED)' if stalled else ''}, {burst['deliveries_per_s']:,.0f} deliveries/s over "
             f"{burst['span_s']:.1f} s; commit → delivered p50 {burst['p50_ms']:.0f} ms, p99 "
@@ -344,6 +422,11 @@ def fan_out(args, engine, receiver):
         if rate <= 0:
             rate = max(0.1, min(50.0, 0.5 * burst["deliveries_per_s"] / args.endpoints))
         log(f"  (a) paced: {rate:.1f} events/s × {args.endpoints} endpoints for {args.paced_seconds} s")
+        runs = [f"00000000-0000-4000-9001-{n:012d}" for n in range(1, 11)]
+        ingest(kiln, token, [{"runId": run, "event": "build_started", "eventId": f"start-{i}"}
+                             for i, run in enumerate(runs)])
+        wait_deliveries(receiver, len(runs) * args.endpoints, args.stall_seconds)
+        receiver.collect()
         acks = {}
         cpu0, pg0, rcv0, busy0, t0 = kiln.cpu(), tree_cpu(pg), receiver.cpu(), machine_busy(), time.monotonic()
         interval = 1.0 / rate
@@ -383,25 +466,55 @@ def fan_out(args, engine, receiver):
     return result
 
 
+def delete_endpoints(kiln, slug, ids):
+    """Deletes endpoints (with their deliveries); returns how many DELETEs answered 503 and
+    were retried. (On PostgreSQL a DELETE can race the consumer, which read the endpoint
+    before it was deactivated and still inserts its deliveries: the endpoint's row then
+    fails its foreign key and the API answers 503.)"""
+    retried = 0
+    for endpoint in ids:
+        for attempt in range(30):
+            try:
+                http("DELETE", kiln.url + f"/api/v1/projects/{slug}/webhooks/{endpoint}", None,
+                     ADMIN, timeout=300)
+                break
+            except urllib.error.HTTPError as error:
+                if error.code == 404:
+                    break
+                if error.code != 503 or attempt == 29:
+                    raise
+                retried += 1
+                time.sleep(1)
+    if retried:
+        log(f"    {retried} endpoint DELETEs answered 503 and were retried")
+    return retried
+
+
 def ingest_rounds(args, engine, receiver):
-    """(b): ingest with 0 vs INGEST_ENDPOINTS active endpoints, alternating."""
+    """(b): ingest with 0 vs INGEST_ENDPOINTS active endpoints, alternating.
+
+    Each active round gets new endpoints, deleted (with their deliveries) after it, so
+    every round starts without a backlog: the rounds are comparable, and a 0-endpoint
+    round measures ingest with no webhook work left over (--keep-backlog keeps the same
+    endpoints across rounds, deactivated in between, instead)."""
     kiln = Kiln(args, engine, "ingest")
     pg = pg_pid(args, engine)
     rounds = []
     try:
         token = kiln_token_setup(kiln.url)  # project "bench", the load's token
         seed_builds(kiln.url, token)
-        ids = create_endpoints(kiln, "bench", receiver, args.ingest_endpoints, False)
+        ids = []
+        if args.keep_backlog:
+            ids = create_endpoints(kiln, "bench", receiver, args.ingest_endpoints, False)
         run_wrk(args, kiln.url, token, f"{engine}-warmup", args.warmup, 64, server_pid=kiln.pid,
                 pg_pid=pg)
-        active = False
         for r in range(args.rounds):
             order = [0, args.ingest_endpoints] if r % 2 == 0 else [args.ingest_endpoints, 0]
             for n in order:
-                want = n > 0
-                if want != active:
-                    set_active(kiln, "bench", ids, want)
-                    active = want
+                if n and args.keep_backlog:
+                    set_active(kiln, "bench", ids, True)
+                elif n:
+                    ids = create_endpoints(kiln, "bench", receiver, n, True)
                 time.sleep(args.settle)
                 receiver.collect()
                 rcv0 = receiver.cpu()
@@ -419,8 +532,15 @@ def ingest_rounds(args, engine, receiver):
                     entry["delivered_total"] = status.get("delivered")
                     log(f"    deliveries during the round: {delivered:,} ({entry['deliveries_per_s']:,.0f}/s); "
                         f"pending after it: {status.get('pending')}")
+                    cleanup_started = time.monotonic()
+                    set_active(kiln, "bench", ids, False)
+                    if not args.keep_backlog:
+                        entry["delete_503s"] = delete_endpoints(kiln, "bench", ids)
+                        ids = []
+                    entry["cleanup_s"] = time.monotonic() - cleanup_started
+                    log(f"    endpoints {'deactivated' if args.keep_backlog else 'deleted'} in "
+                        f"{entry['cleanup_s']:.1f} s")
                 rounds.append(entry)
-        set_active(kiln, "bench", ids, False)
     finally:
         kiln.stop()
     none = [r["events_per_s"] for r in rounds if r["endpoints"] == 0]
@@ -468,6 +588,14 @@ def report(args, results):
                 f"{p['p90_ms']:,.1f} / {p['p99_ms']:,.1f} / {p['max_ms']:,.0f} | "
                 f"{p['server_cores']:.2f} / {p['postgres_cores']:.2f} / {p['receiver_cores']:.2f} / "
                 f"{p['machine_cores']:.2f} |")
+    for engine, r in results["engines"].items():
+        d = (r.get("fanout") or {}).get("burst", {}).get("store")
+        if d:
+            add(f"- {engine} burst, from the server's own tables: the consumer queued "
+                f"{d['queued']:,.0f} deliveries at {d['queued_per_s']:,.0f}/s (over "
+                f"{d['queued_span_s']:.1f} s); the sender's attempts took p50 "
+                f"{d['attempt_p50_ms']:.0f} / p90 {d['attempt_p90_ms']:.0f} / p99 "
+                f"{d['attempt_p99_ms']:.0f} ms (client set-up, address check and request).")
     add("")
     add("## (b) ingest with endpoints vs without (same server, alternating rounds)")
     add("")
@@ -508,18 +636,21 @@ def main():
     p.add_argument("--receiver-workers", type=int, default=2)
     p.add_argument("--ceiling-seconds", type=int, default=5)
     p.add_argument("--endpoints", type=int, default=100)
-    p.add_argument("--events", type=int, default=200)
+    p.add_argument("--events", type=int, default=100)
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--paced-rate", type=float, default=0)
-    p.add_argument("--paced-seconds", type=int, default=20)
+    p.add_argument("--paced-seconds", type=int, default=30)
     p.add_argument("--stall-seconds", type=float, default=30)
     p.add_argument("--ingest-endpoints", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--round-seconds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--settle", type=float, default=1.0)
+    p.add_argument("--settle", type=float, default=2.0)
+    p.add_argument("--keep-backlog", action="store_true")
     p.add_argument("--wrk-threads", type=int, default=2)
     args = p.parse_args()
+    # run.sh's timeout and cleanup send SIGTERM: stop the servers and the receiver first.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     results = {"engines": {}, "context": [f"START {context()}"]}
     receiver = Receiver(args.receiver_workers)
@@ -528,13 +659,14 @@ def main():
         results["receiver_ceiling"] = receiver_ceiling(args, receiver)
         for engine in args.engines.split():
             log(f"=== {engine}")
-            results["context"].append(f"{engine} {context()}")
+            results["context"].append(f"{engine} {context()}; {fsync_probe(args.work)}")
+            log(results["context"][-1])
             r = results["engines"].setdefault(engine, {})
             if "fanout" in args.phases:
                 r["fanout"] = fan_out(args, engine, receiver)
             if "ingest" in args.phases:
                 r["ingest"] = ingest_rounds(args, engine, receiver)
-        results["context"].append(f"END {context()}")
+        results["context"].append(f"END {context()}; {fsync_probe(args.work)}")
     finally:
         receiver.stop()
     text = report(args, results)
