@@ -161,6 +161,31 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Waits until the store has recorded `count` attempts to the endpoint: its sender has
+/// finished them (not just sent the requests), so moving the manual clock now cannot
+/// overtake an attempt still in flight (whose claim would then look expired).
+async fn attempts_recorded(app: &TestApp, endpoint_id: i64, count: usize) {
+    let path = format!("/api/v1/projects/web/webhooks/{endpoint_id}/deliveries");
+    let mut recorded = 0;
+    for _ in 0..400 {
+        let (_, body) = call(app, Method::GET, &path, None).await;
+        recorded = body["deliveries"]
+            .as_array()
+            .map(|deliveries| {
+                deliveries
+                    .iter()
+                    .map(|d| d["attemptLog"].as_array().map_or(0, Vec::len))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0);
+        if recorded == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("endpoint {endpoint_id}: {recorded} attempts recorded, expected {count}");
+}
+
 /// Checks the Standard Webhooks signature made with `secret` and, when it is the
 /// endpoint's current secret, the seed's `X-Webhook-Signature`.
 fn verify(secret: &str, request: &Received, current: bool) {
@@ -276,6 +301,8 @@ async fn deliveries_retry_in_order_and_verify(engine: Engine) {
     // 429 with Retry-After: 1 — retried once a second has passed, not before.
     eventually("the 429", || receiver.requests("/limited").len() == 1).await;
     eventually("the first 500", || receiver.requests("/flaky").len() == 1).await;
+    attempts_recorded(&app, secrets["/limited"].0, 1).await;
+    attempts_recorded(&app, secrets["/flaky"].0, 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(receiver.requests("/limited").len(), 1);
     clock.advance_ms(1_000);
@@ -283,6 +310,7 @@ async fn deliveries_retry_in_order_and_verify(engine: Engine) {
         receiver.requests("/limited").len() == 3
     })
     .await;
+    attempts_recorded(&app, secrets["/limited"].0, 3).await;
     // The first retry of /flaky is due after 1 minute (+ at most 10% jitter).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(receiver.requests("/flaky").len(), 1);
@@ -298,6 +326,7 @@ async fn deliveries_retry_in_order_and_verify(engine: Engine) {
         receiver.requests("/flaky").len() == 2
     })
     .await;
+    attempts_recorded(&app, secrets["/flaky"].0, 2).await;
     // The second retry waits 2 minutes.
     clock.advance_ms(119_000);
     tokio::time::sleep(Duration::from_millis(200)).await;
