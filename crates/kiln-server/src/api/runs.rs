@@ -224,10 +224,10 @@ async fn build_job(
         })
 }
 
+/// Where a log read or tail starts. `Last-Event-ID` wins over `?offset=`: a browser's
+/// EventSource reconnects to the same URL (so with the first `?offset=`) and sends the
+/// last offset it received in the header, which is where it must go on.
 fn log_offset(headers: &HeaderMap, params: &QueryParams) -> Result<i64, ApiError> {
-    if let Some(offset) = params.integer("offset", 0, i64::MAX)? {
-        return Ok(offset);
-    }
     match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         Some(raw) => raw
             .trim()
@@ -242,7 +242,7 @@ fn log_offset(headers: &HeaderMap, params: &QueryParams) -> Result<i64, ApiError
                     "Last-Event-ID: must be a byte offset",
                 ))
             }),
-        None => Ok(0),
+        None => Ok(params.integer("offset", 0, i64::MAX)?.unwrap_or(0)),
     }
 }
 
@@ -350,3 +350,27 @@ pub(crate) async fn log_stream(
 }
 
 use tokio_stream::StreamExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offset(query: Option<&str>, last_event_id: Option<&str>) -> Result<i64, ApiError> {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = last_event_id {
+            headers.insert("last-event-id", id.parse().unwrap());
+        }
+        log_offset(&headers, &QueryParams::from_uri(query))
+    }
+
+    #[test]
+    fn a_reconnect_resumes_from_last_event_id_not_the_first_offset() {
+        assert_eq!(offset(None, None).unwrap(), 0);
+        assert_eq!(offset(Some("offset=120"), None).unwrap(), 120);
+        assert_eq!(offset(None, Some("300")).unwrap(), 300);
+        // EventSource reconnects to its original URL and names where it got to.
+        assert_eq!(offset(Some("offset=120"), Some("300")).unwrap(), 300);
+        assert!(offset(None, Some("-1")).is_err());
+        assert!(offset(Some("offset=x"), None).is_err());
+    }
+}
