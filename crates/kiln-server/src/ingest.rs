@@ -7,6 +7,8 @@
 //! fsync cost is shared; with no load a request commits alone, with no added delay.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use kiln_store::{EventOutcome, IngestRejection, IngestRequest, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +37,26 @@ struct Job {
 #[derive(Clone)]
 pub(crate) struct Ingestor {
     queue: mpsc::Sender<Job>,
+    load: Arc<IngestLoad>,
+}
+
+/// How busy ingest is: the total time its transactions took, read by background work
+/// that yields to ingest (`crate::webhooks::Pace`).
+#[derive(Debug, Default)]
+pub(crate) struct IngestLoad {
+    busy_nanos: AtomicU64,
+}
+
+impl IngestLoad {
+    /// Time spent in ingest transactions since the start.
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed))
+    }
+
+    fn add(&self, spent: Duration) {
+        self.busy_nanos
+            .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+    }
 }
 
 impl Ingestor {
@@ -46,8 +68,14 @@ impl Ingestor {
         bus: Arc<Bus>,
     ) -> (Self, JoinHandle<()>) {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let task = tokio::spawn(run(store, clock, bus, receiver));
-        (Self { queue }, task)
+        let load = Arc::new(IngestLoad::default());
+        let task = tokio::spawn(run(store, clock, bus, load.clone(), receiver));
+        (Self { queue, load }, task)
+    }
+
+    /// How busy this process's ingest is.
+    pub fn load(&self) -> Arc<IngestLoad> {
+        self.load.clone()
     }
 
     pub async fn submit(&self, request: IngestRequest) -> IngestResult {
@@ -66,6 +94,7 @@ async fn run(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     bus: Arc<Bus>,
+    load: Arc<IngestLoad>,
     mut receiver: mpsc::Receiver<Job>,
 ) {
     let mut jobs: Vec<Job> = Vec::new();
@@ -81,7 +110,9 @@ async fn run(
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
         commit(&*store, &*clock, &mut jobs, events).await;
+        load.add(started.elapsed());
         bus.notify_commit();
     }
 }

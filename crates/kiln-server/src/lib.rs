@@ -131,6 +131,7 @@ pub async fn run(
         clock.clone(),
         config.webhooks.clone(),
         webhook_sender.clone(),
+        webhooks::Pace::new(ingestor.load()),
         reaper_stopped.clone(),
     ));
     let webhook_sender_task = tokio::spawn(webhooks::run_sender(
@@ -139,6 +140,7 @@ pub async fn run(
         config.webhooks.clone(),
         config.webhooks_allow_private,
         webhook_sender,
+        webhooks::Pace::new(ingestor.load()),
         reaper_stopped.clone(),
     ));
     let reaper_task = tokio::spawn(reaper::run(

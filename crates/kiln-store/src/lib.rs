@@ -503,15 +503,35 @@ pub trait Store: Send + Sync + 'static {
         claimed_until: Millis,
         limit: i64,
     ) -> StoreResult<Vec<ClaimedWebhookDelivery>>;
-    /// Records an attempt and its outcome; ignored unless the delivery is still pending
-    /// at that attempt (a stale claim's report).
+    /// The consumer's page in one transaction: queues `deliveries` (skipping those an
+    /// endpoint already has for their event) and moves the webhook cursor from
+    /// `cursor_from` to `cursor_to` (compare-and-set, like `advance_webhook_cursor`).
+    async fn queue_webhook_deliveries(
+        &self,
+        deliveries: &[NewWebhookDelivery],
+        cursor_from: i64,
+        cursor_to: i64,
+    ) -> StoreResult<QueuedWebhookDeliveries>;
+    /// Records attempts and their outcomes in one transaction; each is ignored unless its
+    /// delivery is still pending at that attempt (a stale claim's report).
+    async fn finish_webhook_attempts(&self, finished: &[FinishedWebhookAttempt])
+    -> StoreResult<()>;
+    /// `finish_webhook_attempts` for one attempt.
     async fn finish_webhook_attempt(
         &self,
         delivery_id: i64,
         attempt: &WebhookAttempt,
         outcome: &WebhookOutcome,
         now: Millis,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        self.finish_webhook_attempts(&[FinishedWebhookAttempt {
+            delivery_id,
+            attempt: attempt.clone(),
+            outcome: outcome.clone(),
+            finished_at: now,
+        }])
+        .await
+    }
     /// An endpoint's deliveries, newest first, with their attempts.
     async fn webhook_deliveries(
         &self,

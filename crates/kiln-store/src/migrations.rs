@@ -61,6 +61,14 @@ const SQLITE: &[Migration] = &[
         name: "inbound_hooks",
         sql: include_str!("../migrations/sqlite/0007_inbound_hooks.sql"),
     },
+    // The webhook claim's indexes: each endpoint's pending deliveries in id order (its
+    // head), and its attempted pending ones (in flight or waiting for a retry), so a claim
+    // costs per active endpoint rather than per pending delivery.
+    Migration {
+        version: 8,
+        name: "webhook_claim",
+        sql: include_str!("../migrations/sqlite/0008_webhook_claim.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -110,6 +118,14 @@ const POSTGRES: &[Migration] = &[
         version: 7,
         name: "inbound_hooks",
         sql: include_str!("../migrations/postgres/0007_inbound_hooks.sql"),
+    },
+    // The webhook claim's indexes: each endpoint's pending deliveries in id order (its
+    // head), and its attempted pending ones (in flight or waiting for a retry), so a claim
+    // costs per active endpoint rather than per pending delivery.
+    Migration {
+        version: 8,
+        name: "webhook_claim",
+        sql: include_str!("../migrations/postgres/0008_webhook_claim.sql"),
     },
 ];
 

@@ -165,6 +165,25 @@ pub struct WebhookDeliveryRecord {
     pub attempt_log: Vec<WebhookAttempt>,
 }
 
+/// A finished attempt to record, with what follows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinishedWebhookAttempt {
+    pub delivery_id: i64,
+    pub attempt: WebhookAttempt,
+    pub outcome: WebhookOutcome,
+    /// When the attempt ended.
+    pub finished_at: Millis,
+}
+
+/// What one page of the consumer changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueuedWebhookDeliveries {
+    /// Deliveries inserted (those an endpoint already had for the event are not counted).
+    pub queued: usize,
+    /// Whether the cursor moved; false when another replica had moved it first.
+    pub cursor_moved: bool,
+}
+
 /// A delivery claimed for one attempt, with its endpoint.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClaimedWebhookDelivery {

@@ -45,24 +45,60 @@ pub(crate) fn parse(url: &str) -> Result<Target, String> {
 pub(crate) async fn resolve(target: &Target, allow_private: bool) -> Result<SocketAddr, String> {
     let addresses: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, target.port)],
-        Err(_) => tokio::net::lookup_host((target.host.as_str(), target.port))
-            .await
-            .map_err(|error| format!("cannot resolve {}: {error}", target.host))?
-            .collect(),
+        Err(_) => lookup(&target.host, target.port).await?,
     };
-    let first = *addresses
-        .first()
-        .ok_or_else(|| format!("{} has no address", target.host))?;
+    check(&target.host, &addresses, allow_private)?;
+    Ok(addresses[0])
+}
+
+async fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    Ok(tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|error| format!("cannot resolve {host}: {error}"))?
+        .collect())
+}
+
+/// Refuses an empty list, and any private address unless allowed.
+pub(crate) fn check(
+    host: &str,
+    addresses: &[SocketAddr],
+    allow_private: bool,
+) -> Result<(), String> {
+    if addresses.is_empty() {
+        return Err(format!("{host} has no address"));
+    }
     if !allow_private
         && let Some(refused) = addresses.iter().find(|address| !is_public(address.ip()))
     {
         return Err(format!(
-            "{} resolves to {}, a private, loopback or link-local address; webhooks may only call public addresses (an instance admin can allow private ones with --webhooks-allow-private)",
-            target.host,
+            "{host} resolves to {}, a private, loopback or link-local address; webhooks may only call public addresses (an instance admin can allow private ones with --webhooks-allow-private)",
             refused.ip()
         ));
     }
-    Ok(first)
+    Ok(())
+}
+
+/// The sender's DNS resolver: every connection the shared HTTP client opens to a host
+/// name is to addresses checked here, so a name that starts resolving to a private
+/// address is refused at its next connection (an IP literal never reaches a resolver:
+/// the sender checks those itself). Pooled keep-alive connections were checked when
+/// they were opened.
+pub(crate) struct CheckingResolver {
+    pub allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for CheckingResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            // Port 0: the client puts in the URL's port.
+            let addresses = lookup(&host, 0).await?;
+            check(&host, &addresses, allow_private)?;
+            let addresses: reqwest::dns::Addrs = Box::new(addresses.into_iter());
+            Ok(addresses)
+        })
+    }
 }
 
 pub(crate) fn is_public(ip: IpAddr) -> bool {

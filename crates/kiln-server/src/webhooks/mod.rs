@@ -24,18 +24,78 @@ mod send;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kiln_store::{NewWebhookDelivery, Store, StoreError, StoredEvent, WebhookEndpoint};
+use kiln_store::{
+    NewWebhookDelivery, Store, StoreError, StoredEvent, WebhookEndpoint, WebhookFormat,
+};
 use tokio::sync::{Notify, watch};
 
 use crate::clock::Clock;
+use crate::ingest::IngestLoad;
 use crate::live::Bus;
 
 pub(crate) use send::run_sender;
 
+/// Keeps webhook work from slowing ingest. While this replica's ingest is busy (its
+/// commits took at least half the time since the last look), each stretch of webhook
+/// work is followed by a rest long enough that the work takes at most `BUSY_SHARE` of
+/// the time; otherwise it runs at full speed. Under sustained ingest load deliveries
+/// therefore fall behind (the event log and the outbox hold them durably) and catch up
+/// once the load eases, instead of taking the database or the CPU from ingest.
+pub(crate) struct Pace {
+    load: Arc<IngestLoad>,
+    last_look: Instant,
+    last_busy: Duration,
+    /// Rest still owed (a rest is at most `MAX_REST`; the remainder follows next time).
+    owed: Duration,
+}
+
+/// The share of time webhook work may take while ingest is busy.
+const BUSY_SHARE: f64 = 0.05;
+/// The longest single rest, so a stop is not held up.
+const MAX_REST: Duration = Duration::from_secs(1);
+/// Ingest counts as busy when its commits took at least this share of the time.
+const INGEST_BUSY: f64 = 0.5;
+
+impl Pace {
+    pub(crate) fn new(load: Arc<IngestLoad>) -> Self {
+        let last_busy = load.busy();
+        Self {
+            load,
+            last_look: Instant::now(),
+            last_busy,
+            owed: Duration::ZERO,
+        }
+    }
+
+    /// Rests after `spent` of webhook work if ingest is busy.
+    pub(crate) async fn rest(&mut self, spent: Duration) {
+        let busy = self.load.busy();
+        let window = self.last_look.elapsed();
+        let ingest_share = if window.is_zero() {
+            0.0
+        } else {
+            busy.saturating_sub(self.last_busy).as_secs_f64() / window.as_secs_f64()
+        };
+        if ingest_share >= INGEST_BUSY {
+            self.owed += spent.mul_f64((1.0 - BUSY_SHARE) / BUSY_SHARE);
+            let rest = self.owed.min(MAX_REST);
+            self.owed -= rest;
+            tokio::time::sleep(rest).await;
+        } else {
+            self.owed = Duration::ZERO;
+        }
+        self.last_look = Instant::now();
+        self.last_busy = self.load.busy();
+    }
+}
+
 /// Events read per page.
 const PAGE: i64 = 500;
+/// Most deliveries queued in one transaction (a page's events for 100 endpoints are cut
+/// into several), so one never holds the database for long.
+const MAX_DELIVERIES_PER_COMMIT: usize = 2_000;
 
 /// Delivery of outbound webhooks: timing and retries.
 #[derive(Clone, Debug)]
@@ -95,6 +155,7 @@ pub(crate) async fn run_consumer(
     clock: Arc<dyn Clock>,
     config: WebhookConfig,
     sender_wake: Arc<Notify>,
+    mut pace: Pace,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut consumer = Consumer {
@@ -108,7 +169,7 @@ pub(crate) async fn run_consumer(
         match wake {
             Wake::Stop => return,
             Wake::Commit | Wake::Tick => {
-                if let Err(error) = consumer.catch_up().await {
+                if let Err(error) = consumer.catch_up(&mut pace).await {
                     tracing::warn!(%error, "webhook consumer cannot process events; retrying");
                 }
             }
@@ -122,14 +183,17 @@ pub(crate) async fn run_consumer(
 }
 
 impl Consumer {
-    /// Queues deliveries for every event after the persisted cursor, page by page.
-    async fn catch_up(&mut self) -> Result<(), StoreError> {
+    /// Queues deliveries for every event after the persisted cursor, page by page; each
+    /// transaction queues at most `MAX_DELIVERIES_PER_COMMIT` deliveries and moves the
+    /// cursor past the events it covered.
+    async fn catch_up(&mut self, pace: &mut Pace) -> Result<(), StoreError> {
         let mut cursor = self.store.webhook_cursor().await?;
         loop {
+            let started = Instant::now();
             let events = self.store.events_after_global(cursor, PAGE).await?;
-            let Some(last) = events.last().map(|event| event.id) else {
+            if events.is_empty() {
                 return Ok(());
-            };
+            }
             // Endpoints are read once per page: one created meanwhile receives events
             // from the next page on.
             let endpoints: Vec<WebhookEndpoint> = self
@@ -139,59 +203,75 @@ impl Consumer {
                 .into_iter()
                 .filter(|endpoint| endpoint.active)
                 .collect();
+            let mut deliveries = Vec::new();
             let mut queued = 0;
-            if !endpoints.is_empty() {
-                for event in &events {
-                    queued += self.queue(event, &endpoints).await?;
+            for (index, event) in events.iter().enumerate() {
+                self.deliveries_of(event, &endpoints, &mut deliveries)
+                    .await?;
+                let last_of_page = index + 1 == events.len();
+                if deliveries.len() >= MAX_DELIVERIES_PER_COMMIT || last_of_page {
+                    let done = self
+                        .store
+                        .queue_webhook_deliveries(&deliveries, cursor, event.id)
+                        .await?;
+                    queued += done.queued;
+                    deliveries.clear();
+                    cursor = if done.cursor_moved {
+                        event.id
+                    } else {
+                        // Another replica's consumer moved the cursor: continue from
+                        // whichever of us is further (what both queued is stored once).
+                        let stored = self.store.webhook_cursor().await?;
+                        if stored < event.id {
+                            self.store.advance_webhook_cursor(stored, event.id).await?;
+                        }
+                        stored.max(event.id)
+                    };
                 }
             }
             if queued > 0 {
                 self.sender_wake.notify_one();
             }
-            if self.store.advance_webhook_cursor(cursor, last).await? {
-                cursor = last;
-            } else {
-                // Another replica's consumer moved the cursor: continue from whichever
-                // of us is further (what both queued is stored once).
-                let stored = self.store.webhook_cursor().await?;
-                if stored < last {
-                    self.store.advance_webhook_cursor(stored, last).await?;
-                }
-                cursor = stored.max(last);
-            }
+            pace.rest(started.elapsed()).await;
             if (events.len() as i64) < PAGE {
                 return Ok(());
             }
         }
     }
 
-    async fn queue(
+    /// Adds the deliveries of one event: one per active endpoint of its project whose
+    /// filter matches, with the body rendered once per format.
+    async fn deliveries_of(
         &mut self,
         event: &StoredEvent,
         endpoints: &[WebhookEndpoint],
-    ) -> Result<usize, StoreError> {
-        let mut queued = 0;
+        deliveries: &mut Vec<NewWebhookDelivery>,
+    ) -> Result<(), StoreError> {
+        let mut bodies: [Option<Option<String>>; 2] = [None, None];
         for endpoint in endpoints {
             if endpoint.project_id != event.project_id || !endpoint.wants(&event.event_type) {
                 continue;
             }
-            let slug = self.project_slug(event.project_id).await?;
-            let Some(body) = payload::render(endpoint.format, event, &slug, "/kiln") else {
+            let slot = match endpoint.format {
+                WebhookFormat::Kiln => 0,
+                WebhookFormat::Cdevents => 1,
+            };
+            if bodies[slot].is_none() {
+                let slug = self.project_slug(event.project_id).await?;
+                bodies[slot] = Some(payload::render(endpoint.format, event, &slug, "/kiln"));
+            }
+            let Some(Some(body)) = &bodies[slot] else {
                 continue;
             };
-            let inserted = self
-                .store
-                .insert_webhook_delivery(&NewWebhookDelivery {
-                    endpoint_id: endpoint.id,
-                    event_id: Some(event.id),
-                    event_type: event.event_type.clone(),
-                    body,
-                    created_at: self.clock.now(),
-                })
-                .await?;
-            queued += usize::from(inserted.is_some());
+            deliveries.push(NewWebhookDelivery {
+                endpoint_id: endpoint.id,
+                event_id: Some(event.id),
+                event_type: event.event_type.clone(),
+                body: body.clone(),
+                created_at: self.clock.now(),
+            });
         }
-        Ok(queued)
+        Ok(())
     }
 
     async fn project_slug(&mut self, project_id: i64) -> Result<String, StoreError> {

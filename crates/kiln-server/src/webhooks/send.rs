@@ -1,89 +1,144 @@
 //! The webhook sender: one task per replica that claims due deliveries and sends each
-//! once per claim, concurrently across endpoints and in order within one.
+//! once per claim, concurrently across endpoints and in order within one, through one
+//! shared HTTP client.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_core::Millis;
-use kiln_store::{ClaimedWebhookDelivery, Store, WebhookAttempt, WebhookOutcome};
+use kiln_store::{
+    ClaimedWebhookDelivery, FinishedWebhookAttempt, Store, WebhookAttempt, WebhookOutcome,
+};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use super::{WebhookConfig, address, payload};
+use super::{Pace, WebhookConfig, address, payload};
 use crate::clock::Clock;
 
 /// At most this much of a response body is kept in the delivery log.
 const EXCERPT_BYTES: usize = 1024;
 /// The longest `Retry-After` honoured; a longer one waits this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The pause before recording finished attempts again after the store refused.
+const RECORD_RETRY: Duration = Duration::from_millis(500);
 
 /// Everything one attempt needs.
-#[derive(Clone)]
 struct Sender {
-    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: WebhookConfig,
     allow_private: bool,
+    /// One client for every attempt: its TLS roots are loaded once and its connections
+    /// are kept alive between deliveries to the same receiver. Host names are resolved
+    /// and checked by `address::CheckingResolver` for every connection it opens.
+    client: reqwest::Client,
 }
 
 /// The sender task; returns when `stop` changes (attempts in flight are abandoned and
 /// claimed again once their claims expire).
 ///
-/// Attempts run concurrently, up to `concurrency`, in a `JoinSet`. The task claims more
-/// whenever a slot frees, a wake arrives (a new delivery, a re-activated endpoint) or the
-/// poll interval passes — never waiting for the other attempts in flight, so an endpoint
-/// that hangs until the timeout holds one slot and delays only its own deliveries. The
-/// store's claim gives out only the oldest pending delivery of an endpoint and keeps it
-/// (and so its successors) out of later claims until the attempt reports; a second
-/// delivery of an endpoint therefore never starts while one is in flight.
+/// Attempts run concurrently, up to `concurrency`, in a `JoinSet`, and hand their results
+/// back to the task, which records all that finished meanwhile in one transaction and
+/// then claims again — whenever a slot frees, a wake arrives (a new delivery, a
+/// re-activated endpoint) or the poll interval passes, never waiting for the other
+/// attempts in flight, so an endpoint that hangs until the timeout holds one slot and
+/// delays only its own deliveries. The store's claim gives out only the oldest pending
+/// delivery of an endpoint and keeps it (and so its successors) out of later claims
+/// until its result is recorded; a second delivery of an endpoint therefore never starts
+/// while one is in flight. A result the store cannot take is kept and recorded again
+/// (never sent again because of it). While ingest is busy, the task rests after each
+/// round of recording and claiming (`Pace`).
 pub(crate) async fn run_sender(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: WebhookConfig,
     allow_private: bool,
     wake: Arc<Notify>,
+    mut pace: Pace,
     mut stop: watch::Receiver<bool>,
 ) {
     crate::install_crypto_provider();
     let poll_interval = config.poll_interval;
     let concurrency = config.concurrency.max(1);
-    let sender = Sender {
-        store,
+    let client = loop {
+        match client(&config, allow_private) {
+            Ok(client) => break client,
+            Err(error) => {
+                tracing::error!(%error, "cannot build the webhook HTTP client; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(poll_interval) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    let sender = Arc::new(Sender {
         clock,
         config,
         allow_private,
-    };
-    let mut in_flight: JoinSet<()> = JoinSet::new();
+        client,
+    });
+    let mut in_flight: JoinSet<FinishedWebhookAttempt> = JoinSet::new();
+    let mut finished: Vec<FinishedWebhookAttempt> = Vec::new();
     loop {
+        let started = Instant::now();
+        let mut pause = poll_interval;
+        if !finished.is_empty() {
+            match store.finish_webhook_attempts(&finished).await {
+                Ok(()) => finished.clear(),
+                Err(error) => {
+                    tracing::warn!(%error, attempts = finished.len(), "cannot record webhook attempts; retrying");
+                    pause = RECORD_RETRY;
+                }
+            }
+        }
+        // Claim only once every result is recorded: an endpoint's next delivery is not
+        // claimable before its previous one's result is.
         let free = concurrency - in_flight.len() as i64;
-        if free > 0 {
-            for claimed in sender.claim(free).await {
+        if free > 0 && finished.is_empty() {
+            for claimed in sender.claim(&*store, free).await {
                 let sender = sender.clone();
                 in_flight.spawn(async move { sender.attempt(claimed).await });
             }
         }
+        pace.rest(started.elapsed()).await;
         tokio::select! {
-            Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
-                report_panic(finished);
-                // Collect every other attempt that ended meanwhile: one claim for all.
-                while let Some(finished) = in_flight.try_join_next() {
-                    report_panic(finished);
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                collect(done, &mut finished);
+                // Collect every other attempt that ended meanwhile: one record for all.
+                while let Some(done) = in_flight.try_join_next() {
+                    collect(done, &mut finished);
                 }
             }
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(poll_interval) => {}
+            _ = wake.notified(), if finished.is_empty() => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
         }
     }
 }
 
-fn report_panic(finished: Result<(), tokio::task::JoinError>) {
-    if let Err(error) = finished {
-        tracing::error!(%error, "a webhook attempt panicked; it is retried after its claim expires");
+fn collect(
+    done: Result<FinishedWebhookAttempt, tokio::task::JoinError>,
+    finished: &mut Vec<FinishedWebhookAttempt>,
+) {
+    match done {
+        Ok(attempt) => finished.push(attempt),
+        Err(error) => {
+            tracing::error!(%error, "a webhook attempt panicked; it is retried after its claim expires")
+        }
     }
+}
+
+/// The shared client: per-attempt timeout, no redirects, checked name resolution.
+fn client(config: &WebhookConfig, allow_private: bool) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(config.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(address::CheckingResolver { allow_private })
+        .build()
 }
 
 /// What one request produced.
@@ -96,13 +151,12 @@ struct Answer {
 
 impl Sender {
     /// Claims up to `limit` due deliveries (none on a store error, logged).
-    async fn claim(&self, limit: i64) -> Vec<ClaimedWebhookDelivery> {
+    async fn claim(&self, store: &dyn Store, limit: i64) -> Vec<ClaimedWebhookDelivery> {
         let now = self.clock.now();
         // A claim outlives the attempt's timeout, so a crashed sender's delivery is
         // retried after it, and a live one reports back before it expires.
         let claimed_until = now.plus_ms((self.config.timeout.as_millis() as i64) + 30_000);
-        match self
-            .store
+        match store
             .claim_due_webhook_deliveries(now, claimed_until, limit)
             .await
         {
@@ -115,7 +169,7 @@ impl Sender {
     }
 
     #[tracing::instrument(skip_all, fields(delivery_id = claimed.delivery.id, endpoint_id = claimed.endpoint.id))]
-    async fn attempt(&self, claimed: ClaimedWebhookDelivery) {
+    async fn attempt(&self, claimed: ClaimedWebhookDelivery) -> FinishedWebhookAttempt {
         let ClaimedWebhookDelivery { delivery, endpoint } = claimed;
         let started_at = self.clock.now();
         let timestamp = started_at.0.div_euclid(1000);
@@ -167,21 +221,19 @@ impl Sender {
                 tracing::warn!(url = %endpoint.url, "webhook receiver answered 410 Gone; endpoint disabled")
             }
         }
-        let attempt = WebhookAttempt {
-            attempt: delivery.attempts,
-            started_at,
-            status_code: answer.status.map(|status| i64::from(status.as_u16())),
-            latency_ms,
-            request_headers,
-            response_excerpt: answer.excerpt,
-            error: answer.error,
-        };
-        if let Err(error) = self
-            .store
-            .finish_webhook_attempt(delivery.id, &attempt, &outcome, now)
-            .await
-        {
-            tracing::warn!(%error, "cannot record a webhook attempt; it is retried after its claim expires");
+        FinishedWebhookAttempt {
+            delivery_id: delivery.id,
+            attempt: WebhookAttempt {
+                attempt: delivery.attempts,
+                started_at,
+                status_code: answer.status.map(|status| i64::from(status.as_u16())),
+                latency_ms,
+                request_headers,
+                response_excerpt: answer.excerpt,
+                error: answer.error,
+            },
+            outcome,
+            finished_at: now,
         }
     }
 
@@ -196,20 +248,15 @@ impl Sender {
             Ok(target) => target,
             Err(error) => return failed(error),
         };
-        let resolved = match address::resolve(&target, self.allow_private).await {
-            Ok(resolved) => resolved,
-            Err(error) => return failed(error),
-        };
-        // Connect to the address just checked, not to whatever a second lookup says.
-        let client = match reqwest::Client::builder()
-            .timeout(self.config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .resolve(&target.host, resolved)
-            .build()
-        {
-            Ok(client) => client,
-            Err(error) => return failed(format!("cannot build the HTTP client: {error}")),
-        };
+        // A host name is checked by the client's resolver when it connects; an IP
+        // literal never reaches a resolver, so it is checked here.
+        if let Ok(ip) = target.host.parse::<IpAddr>() {
+            let literal = [std::net::SocketAddr::new(ip, target.port)];
+            if let Err(error) = address::check(&target.host, &literal, self.allow_private) {
+                return failed(error);
+            }
+        }
+        let client = &self.client;
         let send = async {
             let mut response = client
                 .post(target.url)

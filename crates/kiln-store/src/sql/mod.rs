@@ -955,15 +955,21 @@ impl Store for SqlStore {
             .await
     }
 
-    async fn finish_webhook_attempt(
+    async fn queue_webhook_deliveries(
         &self,
-        delivery_id: i64,
-        attempt: &WebhookAttempt,
-        outcome: &WebhookOutcome,
-        now: Millis,
-    ) -> StoreResult<()> {
-        self.q_finish_webhook_attempt(delivery_id, attempt, outcome, now)
+        deliveries: &[NewWebhookDelivery],
+        cursor_from: i64,
+        cursor_to: i64,
+    ) -> StoreResult<QueuedWebhookDeliveries> {
+        self.q_queue_webhook_deliveries(deliveries, cursor_from, cursor_to)
             .await
+    }
+
+    async fn finish_webhook_attempts(
+        &self,
+        finished: &[FinishedWebhookAttempt],
+    ) -> StoreResult<()> {
+        self.q_finish_webhook_attempts(finished).await
     }
 
     async fn webhook_deliveries(

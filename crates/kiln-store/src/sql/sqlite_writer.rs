@@ -1,5 +1,6 @@
 //! The SQLite ingest writer: one thread owning one rusqlite connection that runs every
-//! ingest transaction of the process.
+//! ingest transaction of the process, and the frequent background writes (the webhook
+//! outbox) beside them.
 //!
 //! SQLite has one writer at a time anyway; giving it a dedicated thread with cached
 //! prepared statements removes what dominated ingest through sqlx (a cross-thread round
@@ -13,6 +14,12 @@
 //! other connection has committed: SQLite's `PRAGMA data_version` changes exactly then, and
 //! the cache is dropped (another process on the same file, or an administrative write of
 //! this one, costs one re-read per build).
+//!
+//! Other frequent writers (`SqliteWriter::run`) queue their transactions here too instead
+//! of taking the write lock through the sqlx pool: SQLite's busy handler *sleeps* while
+//! another connection holds the lock, so two busy writers on separate connections leave
+//! the lock idle between them and stall each other for up to the busy timeout. Queued on
+//! one thread they simply take turns.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,10 +39,15 @@ use super::rows::{BUILD_SELECT, STAGES_OF_BUILD, build_from_row, stage_from_row}
 use crate::records::IngestRequest;
 use crate::{StoreError, StoreResult};
 
-struct Job {
-    requests: Vec<IngestRequest>,
-    now: Millis,
-    reply: oneshot::Sender<StoreResult<Results>>,
+enum Job {
+    Ingest {
+        requests: Vec<IngestRequest>,
+        now: Millis,
+        reply: oneshot::Sender<StoreResult<Results>>,
+    },
+    /// Any other transaction: the closure runs it on the writer's connection and sends
+    /// its own answer.
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
 }
 
 /// Handle to the writer thread; the thread ends (closing its connection) when the last
@@ -89,8 +101,17 @@ impl SqliteWriter {
                     cache: BuildCache::default(),
                 };
                 while let Ok(job) = receiver.recv() {
-                    let result = writer.ingest_with_retry(&job.requests, job.now);
-                    let _ = job.reply.send(result);
+                    match job {
+                        Job::Ingest {
+                            requests,
+                            now,
+                            reply,
+                        } => {
+                            let result = writer.ingest_with_retry(&requests, now);
+                            let _ = reply.send(result);
+                        }
+                        Job::Run(work) => work(&mut writer.connection),
+                    }
                 }
                 tracing::debug!(path = %path.display(), "SQLite writer stopped");
             })
@@ -111,7 +132,7 @@ impl SqliteWriter {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the SQLite writer thread stopped".into());
         self.jobs
-            .send(Job {
+            .send(Job::Ingest {
                 requests: requests.to_vec(),
                 now,
                 reply,
@@ -119,6 +140,41 @@ impl SqliteWriter {
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
+
+    /// Runs `work` on the writer's connection, between ingest transactions. `work` must
+    /// do all its writing in one transaction it commits: when it fails with "database is
+    /// locked" (another process holds the lock) it ran back and is called again.
+    pub(super) async fn run<T, F>(&self, mut work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the SQLite writer thread stopped".into());
+        self.jobs
+            .send(Job::Run(Box::new(move |connection| {
+                let _ = reply.send(with_busy_retry(|| work(connection)));
+            })))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Runs a transaction again while it fails with "database is locked" (it rolled back and
+/// wrote nothing), up to 8 times with a growing pause.
+fn with_busy_retry<T>(mut transaction: impl FnMut() -> StoreResult<T>) -> StoreResult<T> {
+    let mut delay = Duration::from_millis(10);
+    for attempt in 1.. {
+        match transaction() {
+            Err(error) if error.is_sqlite_busy() && attempt < 8 => {
+                tracing::debug!(attempt, "a write met a locked SQLite database; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            result => return result,
+        }
+    }
+    unreachable!("the retry loop returns")
 }
 
 fn open(path: &Path) -> StoreResult<Connection> {
@@ -182,24 +238,15 @@ impl Writer {
         requests: &[IngestRequest],
         now: Millis,
     ) -> StoreResult<Results> {
-        let mut delay = Duration::from_millis(10);
-        for attempt in 1.. {
+        with_busy_retry(|| {
             let result = ingest(&mut self.connection, &mut self.cache, requests, now);
             if result.is_err() {
                 // The transaction rolled back, or its commit failed: what the cache holds
                 // may no longer match; it is re-read next time.
                 self.cache.builds.clear();
             }
-            match result {
-                Err(error) if error.is_sqlite_busy() && attempt < 8 => {
-                    tracing::debug!(attempt, "ingest met a locked SQLite database; retrying");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_millis(500));
-                }
-                result => return result,
-            }
-        }
-        unreachable!("the retry loop returns")
+            result
+        })
     }
 }
 

@@ -19,6 +19,63 @@ const ENDPOINT_COLUMNS: &str = "id, project_id, url, secret, previous_secret, pr
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, event_type, body, state, attempts, \
      next_attempt_at, created_at, finished_at, last_status, last_error";
 
+/// Queues one delivery (`$5` is both its creation and its first due time).
+const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, body, state, attempts, next_attempt_at, created_at) \
+     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT (endpoint_id, event_id) DO NOTHING";
+/// Multi-row inserts on PostgreSQL carry this many deliveries (5 parameters each).
+const INSERT_CHUNK: usize = 500;
+const ADVANCE_CURSOR: &str =
+    "UPDATE kiln_counters SET value = $1 WHERE name = 'webhook_cursor' AND value = $2";
+
+/// Claims, for up to `$3` active endpoints, the oldest pending delivery (`$1` claimed
+/// until, `$2` now); returns the claimed ids.
+///
+/// Only the oldest pending delivery of an endpoint (its head) qualifies, so an endpoint
+/// receives its events in order; a claimed one stays pending with a later
+/// `next_attempt_at`, so it keeps blocking its successors while in flight, and the sender
+/// may claim again while other attempts run without ever getting a second delivery of an
+/// endpoint. The one way an older delivery becomes pending behind a newer one is a
+/// redelivery: the endpoint then waits while any of its pending deliveries is in flight or
+/// waiting for a retry (`attempts > 0`, not due), so that, too, never puts two in flight.
+///
+/// The cost is per active endpoint, not per pending delivery: the head comes from the
+/// partial index `webhook_deliveries_pending (endpoint_id, id) WHERE state = 'pending'`,
+/// and the in-flight test from `webhook_deliveries_retrying`, which holds only attempted
+/// pending deliveries (about one per endpoint). The due and pending conditions are
+/// repeated outside the subquery so PostgreSQL re-checks a row another replica claimed
+/// meanwhile (and skips it).
+const CLAIM: &str = "UPDATE webhook_deliveries SET next_attempt_at = $1, attempts = attempts + 1 \
+     WHERE state = 'pending' AND next_attempt_at <= $2 AND id IN ( \
+       SELECT head FROM ( \
+         SELECT (SELECT MIN(d.id) FROM webhook_deliveries d \
+                 WHERE d.endpoint_id = e.id AND d.state = 'pending') AS head \
+         FROM webhook_endpoints e \
+         WHERE e.active = 1 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries busy \
+           WHERE busy.endpoint_id = e.id AND busy.state = 'pending' AND busy.attempts > 0 \
+           AND busy.next_attempt_at > $2) \
+       ) heads WHERE head IS NOT NULL ORDER BY head LIMIT $3) \
+     RETURNING id";
+
+/// Settles one attempt's delivery, only if it is still pending at that attempt.
+const SETTLE_DELIVERY: &str = "UPDATE webhook_deliveries SET state = $1, next_attempt_at = $2, finished_at = $3, \
+     last_status = $4, last_error = $5 \
+     WHERE id = $6 AND state = 'pending' AND attempts = $7 RETURNING endpoint_id";
+const INSERT_ATTEMPT: &str = "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms, request_headers, response_excerpt, error) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+const DISABLE_ENDPOINT: &str =
+    "UPDATE webhook_endpoints SET active = 0, disabled_reason = $1, updated_at = $2 WHERE id = $3";
+const GONE_REASON: &str = "the receiver answered 410 Gone";
+
+/// The delivery's state, next due time and end time after an attempt.
+fn settled(finished: &FinishedWebhookAttempt) -> (&'static str, i64, Option<i64>) {
+    let now = finished.finished_at.0;
+    match finished.outcome {
+        WebhookOutcome::Delivered => ("delivered", now, Some(now)),
+        WebhookOutcome::RetryAt(at) => ("pending", at.0, None),
+        WebhookOutcome::Failed | WebhookOutcome::FailedAndDisable => ("failed", now, Some(now)),
+    }
+}
+
 fn corrupt(what: &str) -> StoreError {
     StoreError::Unavailable(format!("corrupt webhook row: {what}"))
 }
@@ -223,13 +280,11 @@ impl SqlStore {
     }
 
     pub(super) async fn q_advance_webhook_cursor(&self, from: i64, to: i64) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE kiln_counters SET value = $1 WHERE name = 'webhook_cursor' AND value = $2",
-        )
-        .bind(to)
-        .bind(from)
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query(ADVANCE_CURSOR)
+            .bind(to)
+            .bind(from)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -237,19 +292,97 @@ impl SqlStore {
         &self,
         delivery: &NewWebhookDelivery,
     ) -> StoreResult<Option<i64>> {
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, body, state, attempts, next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) \
-             ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING id",
-        )
-        .bind(delivery.endpoint_id)
-        .bind(delivery.event_id)
-        .bind(&delivery.event_type)
-        .bind(&delivery.body)
-        .bind(delivery.created_at.0)
-        .fetch_optional(&self.pool)
-        .await?;
+        let id: Option<i64> =
+            sqlx::query_scalar(trusted(format!("{INSERT_DELIVERY} RETURNING id")))
+                .bind(delivery.endpoint_id)
+                .bind(delivery.event_id)
+                .bind(&delivery.event_type)
+                .bind(&delivery.body)
+                .bind(delivery.created_at.0)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(id)
+    }
+
+    pub(super) async fn q_queue_webhook_deliveries(
+        &self,
+        deliveries: &[NewWebhookDelivery],
+        cursor_from: i64,
+        cursor_to: i64,
+    ) -> StoreResult<QueuedWebhookDeliveries> {
+        if let Some(writer) = &self.writer {
+            let deliveries = deliveries.to_vec();
+            return writer
+                .run(move |connection| {
+                    let transaction = connection
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let mut queued = 0;
+                    {
+                        let mut insert = transaction.prepare_cached(INSERT_DELIVERY)?;
+                        for delivery in &deliveries {
+                            queued += insert.execute(rusqlite::params![
+                                delivery.endpoint_id,
+                                delivery.event_id,
+                                delivery.event_type,
+                                delivery.body,
+                                delivery.created_at.0,
+                            ])?;
+                        }
+                    }
+                    let moved = transaction
+                        .prepare_cached(ADVANCE_CURSOR)?
+                        .execute(rusqlite::params![cursor_to, cursor_from])?;
+                    transaction.commit()?;
+                    Ok(QueuedWebhookDeliveries {
+                        queued,
+                        cursor_moved: moved == 1,
+                    })
+                })
+                .await;
+        }
+        let mut transaction = self.pool.begin().await?;
+        let mut queued = 0;
+        for chunk in deliveries.chunks(INSERT_CHUNK) {
+            let rows = (0..chunk.len())
+                .map(|row| {
+                    let first = row * 5;
+                    format!(
+                        "(${}, ${}, ${}, ${}, 'pending', 0, ${}, ${})",
+                        first + 1,
+                        first + 2,
+                        first + 3,
+                        first + 4,
+                        first + 5,
+                        first + 5
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, body, state, attempts, next_attempt_at, created_at) \
+                 VALUES {rows} ON CONFLICT (endpoint_id, event_id) DO NOTHING"
+            );
+            let mut insert = sqlx::query(trusted(sql));
+            for delivery in chunk {
+                insert = insert
+                    .bind(delivery.endpoint_id)
+                    .bind(delivery.event_id)
+                    .bind(&delivery.event_type)
+                    .bind(&delivery.body)
+                    .bind(delivery.created_at.0);
+            }
+            queued += insert.execute(&mut *transaction).await?.rows_affected() as usize;
+        }
+        let moved = sqlx::query(ADVANCE_CURSOR)
+            .bind(cursor_to)
+            .bind(cursor_from)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(QueuedWebhookDeliveries {
+            queued,
+            cursor_moved: moved.rows_affected() == 1,
+        })
     }
 
     pub(super) async fn q_claim_due_webhook_deliveries(
@@ -258,105 +391,174 @@ impl SqlStore {
         claimed_until: Millis,
         limit: i64,
     ) -> StoreResult<Vec<ClaimedWebhookDelivery>> {
-        // Only the oldest pending delivery of each active endpoint qualifies (in order per
-        // endpoint); a claimed one stays pending with a later next_attempt_at, so it keeps
-        // blocking its successors while it is in flight, and the sender may claim again
-        // while other attempts run without ever getting a second delivery of an endpoint.
-        // The one way an older delivery becomes pending behind a newer one is a
-        // redelivery: it waits while the newer one is in flight or waiting for a retry
-        // (`attempts > 0`, not due), so that, too, never puts two in flight at once.
-        // The due and pending conditions are repeated outside the subquery so
-        // PostgreSQL re-checks a row another replica claimed meanwhile (it skips it).
-        let rows = sqlx::query(trusted(format!(
-            "UPDATE webhook_deliveries SET next_attempt_at = $1, attempts = attempts + 1 \
-             WHERE state = 'pending' AND next_attempt_at <= $2 AND id IN ( \
-               SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
-               WHERE d.state = 'pending' AND d.next_attempt_at <= $2 AND e.active = 1 \
-               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries other \
-                 WHERE other.endpoint_id = d.endpoint_id AND other.state = 'pending' AND other.id <> d.id \
-                 AND (other.id < d.id OR (other.attempts > 0 AND other.next_attempt_at > $2))) \
-               ORDER BY d.id LIMIT $3) \
-             RETURNING {DELIVERY_COLUMNS}"
-        )))
-        .bind(claimed_until.0)
-        .bind(now.0)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let delivery = delivery_from_row(row)?;
-            let row = sqlx::query(trusted(format!(
-                "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
-            )))
-            .bind(delivery.endpoint_id)
-            .fetch_one(&self.pool)
-            .await?;
-            claimed.push(ClaimedWebhookDelivery {
-                delivery,
-                endpoint: endpoint_from_row(&row)?,
-            });
-        }
-        claimed.sort_by_key(|claimed| claimed.delivery.id);
-        Ok(claimed)
-    }
-
-    pub(super) async fn q_finish_webhook_attempt(
-        &self,
-        delivery_id: i64,
-        attempt: &WebhookAttempt,
-        outcome: &WebhookOutcome,
-        now: Millis,
-    ) -> StoreResult<()> {
-        let mut transaction = self.pool.begin().await?;
-        // Only the claim of this attempt may report (a stale sender's report is dropped).
-        let (state, next_attempt_at, finished_at) = match outcome {
-            WebhookOutcome::Delivered => ("delivered", now.0, Some(now.0)),
-            WebhookOutcome::RetryAt(at) => ("pending", at.0, None),
-            WebhookOutcome::Failed | WebhookOutcome::FailedAndDisable => {
-                ("failed", now.0, Some(now.0))
+        let ids: Vec<i64> = match &self.writer {
+            Some(writer) => {
+                writer
+                    .run(move |connection| {
+                        let transaction = connection
+                            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                        let ids = transaction
+                            .prepare_cached(CLAIM)?
+                            .query_map(rusqlite::params![claimed_until.0, now.0, limit], |row| {
+                                row.get(0)
+                            })?
+                            .collect::<Result<Vec<i64>, _>>()?;
+                        transaction.commit()?;
+                        Ok(ids)
+                    })
+                    .await?
+            }
+            None => {
+                sqlx::query_scalar(CLAIM)
+                    .bind(claimed_until.0)
+                    .bind(now.0)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
             }
         };
-        let endpoint_id: Option<i64> = sqlx::query_scalar(
-            "UPDATE webhook_deliveries SET state = $1, next_attempt_at = $2, finished_at = $3, \
-             last_status = $4, last_error = $5 \
-             WHERE id = $6 AND state = 'pending' AND attempts = $7 RETURNING endpoint_id",
-        )
-        .bind(state)
-        .bind(next_attempt_at)
-        .bind(finished_at)
-        .bind(attempt.status_code)
-        .bind(attempt.error.as_deref())
-        .bind(delivery_id)
-        .bind(attempt.attempt)
-        .fetch_optional(&mut *transaction)
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The claimed rows and their endpoints, read back (on SQLite through the pool:
+        // the writer's commit is visible to every read that starts after it).
+        let list = ids
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(trusted(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id IN ({list}) ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
         .await?;
-        let Some(endpoint_id) = endpoint_id else {
+        let deliveries = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut endpoint_ids: Vec<i64> = deliveries.iter().map(|d| d.endpoint_id).collect();
+        endpoint_ids.sort_unstable();
+        endpoint_ids.dedup();
+        let list = endpoint_ids
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let endpoints = sqlx::query(trusted(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id IN ({list})"
+        )))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| endpoint_from_row(row).map(|endpoint| (endpoint.id, endpoint)))
+        .collect::<StoreResult<std::collections::HashMap<_, _>>>()?;
+        // A delivery whose endpoint was deleted meanwhile went with it.
+        Ok(deliveries
+            .into_iter()
+            .filter_map(|delivery| {
+                let endpoint = endpoints.get(&delivery.endpoint_id)?.clone();
+                Some(ClaimedWebhookDelivery { delivery, endpoint })
+            })
+            .collect())
+    }
+
+    pub(super) async fn q_finish_webhook_attempts(
+        &self,
+        finished: &[FinishedWebhookAttempt],
+    ) -> StoreResult<()> {
+        if finished.is_empty() {
             return Ok(());
-        };
-        sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms, request_headers, response_excerpt, error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(delivery_id)
-        .bind(attempt.attempt)
-        .bind(attempt.started_at.0)
-        .bind(attempt.status_code)
-        .bind(attempt.latency_ms)
-        .bind(&attempt.request_headers)
-        .bind(attempt.response_excerpt.as_deref())
-        .bind(attempt.error.as_deref())
-        .execute(&mut *transaction)
-        .await?;
-        if *outcome == WebhookOutcome::FailedAndDisable {
-            sqlx::query(
-                "UPDATE webhook_endpoints SET active = 0, disabled_reason = $1, updated_at = $2 WHERE id = $3",
-            )
-            .bind("the receiver answered 410 Gone")
-            .bind(now.0)
-            .bind(endpoint_id)
-            .execute(&mut *transaction)
-            .await?;
+        }
+        if let Some(writer) = &self.writer {
+            let finished = finished.to_vec();
+            return writer
+                .run(move |connection| {
+                    let transaction = connection
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    for one in &finished {
+                        let (state, next_attempt_at, finished_at) = settled(one);
+                        let attempt = &one.attempt;
+                        let endpoint_id: Option<i64> = transaction
+                            .prepare_cached(SETTLE_DELIVERY)?
+                            .query_row(
+                                rusqlite::params![
+                                    state,
+                                    next_attempt_at,
+                                    finished_at,
+                                    attempt.status_code,
+                                    attempt.error,
+                                    one.delivery_id,
+                                    attempt.attempt,
+                                ],
+                                |row| row.get(0),
+                            )
+                            .map(Some)
+                            .or_else(|error| match error {
+                                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                                other => Err(other),
+                            })?;
+                        let Some(endpoint_id) = endpoint_id else {
+                            continue;
+                        };
+                        transaction
+                            .prepare_cached(INSERT_ATTEMPT)?
+                            .execute(rusqlite::params![
+                                one.delivery_id,
+                                attempt.attempt,
+                                attempt.started_at.0,
+                                attempt.status_code,
+                                attempt.latency_ms,
+                                attempt.request_headers,
+                                attempt.response_excerpt,
+                                attempt.error,
+                            ])?;
+                        if one.outcome == WebhookOutcome::FailedAndDisable {
+                            transaction.prepare_cached(DISABLE_ENDPOINT)?.execute(
+                                rusqlite::params![GONE_REASON, one.finished_at.0, endpoint_id],
+                            )?;
+                        }
+                    }
+                    transaction.commit()?;
+                    Ok(())
+                })
+                .await;
+        }
+        let mut transaction = self.pool.begin().await?;
+        for one in finished {
+            let (state, next_attempt_at, finished_at) = settled(one);
+            let attempt = &one.attempt;
+            let endpoint_id: Option<i64> = sqlx::query_scalar(SETTLE_DELIVERY)
+                .bind(state)
+                .bind(next_attempt_at)
+                .bind(finished_at)
+                .bind(attempt.status_code)
+                .bind(attempt.error.as_deref())
+                .bind(one.delivery_id)
+                .bind(attempt.attempt)
+                .fetch_optional(&mut *transaction)
+                .await?;
+            let Some(endpoint_id) = endpoint_id else {
+                continue;
+            };
+            sqlx::query(INSERT_ATTEMPT)
+                .bind(one.delivery_id)
+                .bind(attempt.attempt)
+                .bind(attempt.started_at.0)
+                .bind(attempt.status_code)
+                .bind(attempt.latency_ms)
+                .bind(&attempt.request_headers)
+                .bind(attempt.response_excerpt.as_deref())
+                .bind(attempt.error.as_deref())
+                .execute(&mut *transaction)
+                .await?;
+            if one.outcome == WebhookOutcome::FailedAndDisable {
+                sqlx::query(DISABLE_ENDPOINT)
+                    .bind(GONE_REASON)
+                    .bind(one.finished_at.0)
+                    .bind(endpoint_id)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
         }
         transaction.commit().await?;
         Ok(())
