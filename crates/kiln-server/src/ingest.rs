@@ -57,6 +57,11 @@ impl IngestLoad {
         self.busy_nanos
             .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
     }
+
+    #[cfg(test)]
+    pub fn add_for_tests(&self, spent: Duration) {
+        self.add(spent);
+    }
 }
 
 impl Ingestor {

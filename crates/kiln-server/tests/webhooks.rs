@@ -432,6 +432,20 @@ async fn deliveries_retry_in_order_and_verify(engine: Engine) {
     assert_eq!(summary["pending"], 3, "{summary}");
     assert_eq!(summary["delivered"], 4, "{summary}");
     assert_eq!(summary["failed"], 1, "{summary}");
+    // Every event has been looked at by the consumer; the figure is for instance admins.
+    assert_eq!(summary["unqueuedEvents"], 0, "{summary}");
+    let (_, reader) = app.project_client("web", &["read"]).await;
+    let (status, read) = app
+        .raw(
+            Method::GET,
+            "/api/v1/webhooks/status?project=web",
+            Some(reader.as_str()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["pending"], 3, "{read}");
+    assert!(read.get("unqueuedEvents").is_none(), "{read}");
 
     // Rotation: both secrets sign during the overlap; a test event and a redelivery go out.
     let (status, rotated) = call(

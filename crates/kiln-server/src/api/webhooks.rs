@@ -498,11 +498,19 @@ pub(crate) async fn status(
             })
         })
         .collect();
-    Ok(Json(json!({
+    let mut body = json!({
         "pending": pending,
         "delivered": delivered,
         "failed": failed,
         "oldestPendingAgeSeconds": oldest_pending.map(|at| now.saturating_sub(at).max(0) / 1000),
         "endpoints": endpoints,
-    })))
+    });
+    // Events of every project that no consumer has looked at yet (deliveries not even
+    // queued: the backlog while ingest is busy); an instance-wide figure, so only for
+    // instance admins.
+    if caller.is_admin() {
+        let unqueued = state.store.max_event_id().await? - state.store.webhook_cursor().await?;
+        body["unqueuedEvents"] = json!(unqueued.max(0));
+    }
+    Ok(Json(body))
 }

@@ -170,6 +170,58 @@ mod tests {
         assert_eq!((target.host.as_str(), target.port), ("::1", 8080));
     }
 
+    /// The shared client's resolver refuses a name that resolves to loopback, for every
+    /// connection, and lets it through when private targets are allowed.
+    #[tokio::test]
+    async fn the_resolver_checks_every_connection() {
+        crate::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buffer = [0u8; 4096];
+                    let _ = socket.read(&mut buffer).await;
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        let url = format!("http://localhost:{port}/hook");
+        for (allow_private, expect_ok) in [(false, false), (true, true)] {
+            let client = reqwest::Client::builder()
+                .dns_resolver(CheckingResolver { allow_private })
+                .build()
+                .unwrap();
+            for _ in 0..2 {
+                let result = client.post(&url).body("{}").send().await;
+                match (expect_ok, result) {
+                    (true, Ok(response)) => assert_eq!(response.status().as_u16(), 204),
+                    (false, Err(error)) => {
+                        let mut message = error.to_string();
+                        let mut source = std::error::Error::source(&error);
+                        while let Some(cause) = source {
+                            message.push_str(&cause.to_string());
+                            source = cause.source();
+                        }
+                        assert!(message.contains("loopback"), "{message}");
+                        assert!(message.contains("--webhooks-allow-private"), "{message}");
+                    }
+                    (expect_ok, result) => {
+                        panic!(
+                            "allow_private {allow_private}: expected ok={expect_ok}, got {result:?}"
+                        )
+                    }
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn loopback_is_refused_unless_allowed() {
         let target = parse("http://127.0.0.1:9/hook").unwrap();

@@ -38,7 +38,7 @@ use crate::live::Bus;
 pub(crate) use send::run_sender;
 
 /// Keeps webhook work from slowing ingest. While this replica's ingest is busy (its
-/// commits took at least half the time since the last look), each stretch of webhook
+/// commits took at least half the time since the last look, judged over 100 ms or more), each stretch of webhook
 /// work is followed by a rest long enough that the work takes at most `BUSY_SHARE` of
 /// the time; otherwise it runs at full speed. Under sustained ingest load deliveries
 /// therefore fall behind (the event log and the outbox hold them durably) and catch up
@@ -47,6 +47,8 @@ pub(crate) struct Pace {
     load: Arc<IngestLoad>,
     last_look: Instant,
     last_busy: Duration,
+    /// Whether ingest was busy at the last look.
+    ingest_busy: bool,
     /// Rest still owed (a rest is at most `MAX_REST`; the remainder follows next time).
     owed: Duration,
 }
@@ -55,6 +57,8 @@ pub(crate) struct Pace {
 const BUSY_SHARE: f64 = 0.05;
 /// The longest single rest, so a stop is not held up.
 const MAX_REST: Duration = Duration::from_secs(1);
+/// The shortest stretch over which ingest's share of the time is judged.
+const LOOK_WINDOW: Duration = Duration::from_millis(100);
 /// Ingest counts as busy when its commits took at least this share of the time.
 const INGEST_BUSY: f64 = 0.5;
 
@@ -65,20 +69,25 @@ impl Pace {
             load,
             last_look: Instant::now(),
             last_busy,
+            ingest_busy: false,
             owed: Duration::ZERO,
         }
     }
 
     /// Rests after `spent` of webhook work if ingest is busy.
     pub(crate) async fn rest(&mut self, spent: Duration) {
-        let busy = self.load.busy();
+        // Ingest's share is judged over at least `LOOK_WINDOW`: over a shorter one, a
+        // single commit that happened to end inside it would look like a flood.
         let window = self.last_look.elapsed();
-        let ingest_share = if window.is_zero() {
-            0.0
-        } else {
-            busy.saturating_sub(self.last_busy).as_secs_f64() / window.as_secs_f64()
-        };
-        if ingest_share >= INGEST_BUSY {
+        if window >= LOOK_WINDOW {
+            let busy = self.load.busy();
+            let ingest_share =
+                busy.saturating_sub(self.last_busy).as_secs_f64() / window.as_secs_f64();
+            self.ingest_busy = ingest_share >= INGEST_BUSY;
+            self.last_look = Instant::now();
+            self.last_busy = busy;
+        }
+        if self.ingest_busy {
             self.owed += spent.mul_f64((1.0 - BUSY_SHARE) / BUSY_SHARE);
             let rest = self.owed.min(MAX_REST);
             self.owed -= rest;
@@ -86,8 +95,6 @@ impl Pace {
         } else {
             self.owed = Duration::ZERO;
         }
-        self.last_look = Instant::now();
-        self.last_busy = self.load.busy();
     }
 }
 
@@ -286,5 +293,57 @@ impl Consumer {
             .unwrap_or_default();
         self.project_slugs.insert(project_id, slug.clone());
         Ok(slug)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While ingest's commits fill the time, webhook work rests 19× what it spent
+    /// (5% share); when ingest is idle it does not rest at all.
+    #[tokio::test]
+    async fn pace_rests_only_while_ingest_is_busy() {
+        let load = Arc::new(IngestLoad::default());
+        let mut pace = Pace::new(load.clone());
+        let started = Instant::now();
+        pace.rest(Duration::from_millis(10)).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "rested while idle"
+        );
+
+        // Ingest took all of the last 120 ms.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        load.add_for_tests(Duration::from_millis(120));
+        let started = Instant::now();
+        pace.rest(Duration::from_millis(10)).await;
+        let rested = started.elapsed();
+        assert!(
+            rested >= Duration::from_millis(190) && rested < Duration::from_millis(1000),
+            "rested {rested:?}"
+        );
+
+        // A stretch longer than the longest rest is rested for over several turns.
+        load.add_for_tests(Duration::from_secs(10));
+        let started = Instant::now();
+        pace.rest(Duration::from_millis(100)).await;
+        assert!(
+            started.elapsed() >= MAX_REST,
+            "rested {:?}",
+            started.elapsed()
+        );
+        assert!(
+            pace.owed >= Duration::from_millis(800),
+            "owed {:?}",
+            pace.owed
+        );
+
+        // Idle again: nothing more is owed.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let started = Instant::now();
+        pace.rest(Duration::from_millis(10)).await;
+        assert!(started.elapsed() < Duration::from_millis(50));
+        assert_eq!(pace.owed, Duration::ZERO);
     }
 }

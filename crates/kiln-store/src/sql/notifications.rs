@@ -326,13 +326,25 @@ impl SqlStore {
     }
 
     pub(super) async fn q_advance_notifier_cursor(&self, from: i64, to: i64) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE kiln_counters SET value = $1 WHERE name = 'notifier_cursor' AND value = $2",
-        )
-        .bind(to)
-        .bind(from)
-        .execute(&self.pool)
-        .await?;
+        const ADVANCE: &str =
+            "UPDATE kiln_counters SET value = $1 WHERE name = 'notifier_cursor' AND value = $2";
+        if let Some(writer) = &self.writer {
+            // On SQLite through the writer thread: it moves after every page of events,
+            // so under ingest load it would otherwise wait (busy-sleeping) for the lock.
+            return writer
+                .run(move |connection| {
+                    Ok(connection
+                        .prepare_cached(ADVANCE)?
+                        .execute(rusqlite::params![to, from])?
+                        == 1)
+                })
+                .await;
+        }
+        let done = sqlx::query(ADVANCE)
+            .bind(to)
+            .bind(from)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 

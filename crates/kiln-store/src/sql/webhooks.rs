@@ -241,6 +241,26 @@ impl SqlStore {
     ) -> StoreResult<()> {
         // Children first: foreign keys are enforced.
         let mut transaction = self.pool.begin().await?;
+        if self.engine == crate::Engine::Postgres {
+            // Lock the endpoint first: a consumer inserting a delivery for it meanwhile
+            // waits for this transaction (its foreign-key check needs a share lock on the
+            // row) and then fails and re-reads the endpoints, instead of slipping a
+            // delivery in between the deletes (which failed the delete with a 503).
+            sqlx::query(
+                "SELECT id FROM webhook_endpoints WHERE id = $1 AND project_id = $2 FOR UPDATE",
+            )
+            .bind(id)
+            .bind(project_id)
+            .fetch_optional(&mut *transaction)
+            .await?;
+            // And its deliveries: a sender recording an attempt meanwhile waits (it updates
+            // the delivery before inserting the attempt) and then finds it gone, instead of
+            // adding an attempt between the deletes of attempts and of deliveries.
+            sqlx::query("SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_all(&mut *transaction)
+                .await?;
+        }
         sqlx::query(
             "DELETE FROM webhook_attempts WHERE delivery_id IN \
              (SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
