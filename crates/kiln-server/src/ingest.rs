@@ -45,22 +45,38 @@ pub(crate) struct Ingestor {
 #[derive(Debug, Default)]
 pub(crate) struct IngestLoad {
     busy_nanos: AtomicU64,
+    commits: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// What ingest had done up to a moment: time in transactions, transactions, requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct IngestTotals {
+    pub busy: Duration,
+    pub commits: u64,
+    pub requests: u64,
 }
 
 impl IngestLoad {
-    /// Time spent in ingest transactions since the start.
-    pub fn busy(&self) -> Duration {
-        Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed))
+    /// Totals since the start.
+    pub fn totals(&self) -> IngestTotals {
+        IngestTotals {
+            busy: Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)),
+            commits: self.commits.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+        }
     }
 
-    fn add(&self, spent: Duration) {
+    fn add(&self, spent: Duration, requests: usize) {
         self.busy_nanos
             .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
     }
 
     #[cfg(test)]
-    pub fn add_for_tests(&self, spent: Duration) {
-        self.add(spent);
+    pub fn add_for_tests(&self, spent: Duration, requests: usize) {
+        self.add(spent, requests);
     }
 }
 
@@ -116,8 +132,9 @@ async fn run(
             }
         }
         let started = Instant::now();
+        let requests = jobs.len();
         commit(&*store, &*clock, &mut jobs, events).await;
-        load.add(started.elapsed());
+        load.add(started.elapsed(), requests);
         bus.notify_commit();
     }
 }

@@ -520,12 +520,14 @@ pub trait Store: Send + Sync + 'static {
     async fn finish_webhook_attempt(
         &self,
         delivery_id: i64,
+        body: &str,
         attempt: &WebhookAttempt,
         outcome: &WebhookOutcome,
         now: Millis,
     ) -> StoreResult<()> {
         self.finish_webhook_attempts(&[FinishedWebhookAttempt {
             delivery_id,
+            body: body.to_owned(),
             attempt: attempt.clone(),
             outcome: outcome.clone(),
             finished_at: now,

@@ -102,6 +102,8 @@ pub struct NewWebhookDelivery {
     pub endpoint_id: i64,
     pub event_id: Option<i64>,
     pub event_type: String,
+    /// Empty for an event's delivery: the body is rendered at the first attempt and
+    /// kept from then on (so the outbox rows the consumer writes stay small).
     pub body: String,
     pub created_at: Millis,
 }
@@ -169,6 +171,8 @@ pub struct WebhookDeliveryRecord {
 #[derive(Clone, Debug, PartialEq)]
 pub struct FinishedWebhookAttempt {
     pub delivery_id: i64,
+    /// The body that was sent: kept as the delivery's body, so every retry sends it.
+    pub body: String,
     pub attempt: WebhookAttempt,
     pub outcome: WebhookOutcome,
     /// When the attempt ended.
@@ -189,6 +193,9 @@ pub struct QueuedWebhookDeliveries {
 pub struct ClaimedWebhookDelivery {
     pub delivery: WebhookDeliveryRecord,
     pub endpoint: WebhookEndpoint,
+    /// The event, when the delivery's body is still to be rendered (its first attempt);
+    /// `None` when the body is stored, or when the event no longer exists.
+    pub event: Option<crate::StoredEvent>,
 }
 
 /// What became of an attempt.

@@ -2,7 +2,7 @@
 //! order per endpoint), attempts, retries, 410, redelivery, status and the cursor, on
 //! both engines.
 
-use kiln_core::{Millis, ProjectSlug};
+use kiln_core::{EventType, Millis, NewEvent, ProjectSlug, RunId};
 use kiln_store::store_test;
 use kiln_store::test_support::TestDatabase;
 use kiln_store::*;
@@ -19,6 +19,10 @@ store_test!(
 store_test!(
     webhook_cursor_compare_and_set,
     webhook_cursor_compare_and_set
+);
+store_test!(
+    queued_page_renders_at_first_attempt,
+    queued_page_renders_at_first_attempt
 );
 
 async fn project(store: &dyn Store, slug: &str) -> Project {
@@ -188,6 +192,7 @@ async fn deliveries_once_in_order_with_retries(engine: Engine) {
     store
         .finish_webhook_attempt(
             first_delivery,
+            "{\"sent\":true}",
             &attempt(1, Some(500)),
             &WebhookOutcome::RetryAt(Millis(300)),
             Millis(120),
@@ -197,6 +202,7 @@ async fn deliveries_once_in_order_with_retries(engine: Engine) {
     store
         .finish_webhook_attempt(
             claimed[1].delivery.id,
+            "{\"sent\":true}",
             &attempt(1, Some(204)),
             &WebhookOutcome::Delivered,
             Millis(120),
@@ -222,6 +228,7 @@ async fn deliveries_once_in_order_with_retries(engine: Engine) {
     store
         .finish_webhook_attempt(
             first_delivery,
+            "{\"sent\":true}",
             &attempt(1, Some(200)),
             &WebhookOutcome::Delivered,
             Millis(310),
@@ -231,6 +238,7 @@ async fn deliveries_once_in_order_with_retries(engine: Engine) {
     store
         .finish_webhook_attempt(
             first_delivery,
+            "{\"sent\":true}",
             &attempt(2, Some(200)),
             &WebhookOutcome::Delivered,
             Millis(310),
@@ -278,6 +286,7 @@ async fn deliveries_once_in_order_with_retries(engine: Engine) {
     store
         .finish_webhook_attempt(
             next[0].delivery.id,
+            "{\"sent\":true}",
             &attempt(1, Some(200)),
             &WebhookOutcome::Delivered,
             Millis(330),
@@ -294,6 +303,7 @@ async fn deliveries_once_in_order_with_retries(engine: Engine) {
     store
         .finish_webhook_attempt(
             first_delivery,
+            "{\"sent\":true}",
             &attempt(3, Some(200)),
             &WebhookOutcome::Delivered,
             Millis(340),
@@ -330,6 +340,7 @@ async fn gone_disables_and_redelivery_requeues(engine: Engine) {
     store
         .finish_webhook_attempt(
             delivery_id,
+            "{\"sent\":true}",
             &attempt(1, Some(410)),
             &WebhookOutcome::FailedAndDisable,
             Millis(110),
@@ -387,4 +398,113 @@ async fn webhook_cursor_compare_and_set(engine: Engine) {
     assert!(store.advance_webhook_cursor(0, 5).await.unwrap());
     assert!(!store.advance_webhook_cursor(0, 7).await.unwrap());
     assert_eq!(store.webhook_cursor().await.unwrap(), 5);
+}
+
+/// The consumer's page: deliveries queued without bodies and the cursor moved in one
+/// transaction (nothing twice on a replay, the cursor by compare-and-set); the first
+/// claim hands out the event to render, the recorded body is kept for every retry.
+async fn queued_page_renders_at_first_attempt(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let first = endpoint(&*store, &web, "https://one.example/hook").await;
+    let second = endpoint(&*store, &web, "https://two.example/hook").await;
+    let mut results = store
+        .ingest(
+            &[IngestRequest {
+                project_id: web.id,
+                events: vec![NewEvent::new(
+                    RunId::parse("runId", "r-1").unwrap(),
+                    EventType::parse("event", "build_started").unwrap(),
+                )],
+                precondition: Precondition::None,
+            }],
+            Millis(10),
+        )
+        .await
+        .unwrap();
+    let event_id = results.remove(0).unwrap()[0].id.unwrap();
+    let cursor = store.webhook_cursor().await.unwrap();
+    let page: Vec<NewWebhookDelivery> = [&first, &second]
+        .iter()
+        .map(|endpoint| NewWebhookDelivery {
+            body: String::new(),
+            ..delivery(endpoint, event_id)
+        })
+        .collect();
+    let done = store
+        .queue_webhook_deliveries(&page, cursor, event_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        QueuedWebhookDeliveries {
+            queued: 2,
+            cursor_moved: true
+        }
+    );
+    assert_eq!(store.webhook_cursor().await.unwrap(), event_id);
+    // A replay (another replica with the old cursor): nothing queued twice, cursor kept.
+    let again = store
+        .queue_webhook_deliveries(&page, cursor, event_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        QueuedWebhookDeliveries {
+            queued: 0,
+            cursor_moved: false
+        }
+    );
+
+    let claimed = store
+        .claim_due_webhook_deliveries(Millis(100), Millis(200), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    for one in &claimed {
+        assert_eq!(one.delivery.body, "");
+        let event = one.event.as_ref().expect("the event to render");
+        assert_eq!(
+            (event.id, event.event_type.as_str()),
+            (event_id, "build_started")
+        );
+    }
+    // Both attempts recorded in one call: one delivered, one to retry.
+    store
+        .finish_webhook_attempts(&[
+            FinishedWebhookAttempt {
+                delivery_id: claimed[0].delivery.id,
+                body: "{\"rendered\":1}".into(),
+                attempt: attempt(1, Some(200)),
+                outcome: WebhookOutcome::Delivered,
+                finished_at: Millis(110),
+            },
+            FinishedWebhookAttempt {
+                delivery_id: claimed[1].delivery.id,
+                body: "{\"rendered\":2}".into(),
+                attempt: attempt(1, Some(500)),
+                outcome: WebhookOutcome::RetryAt(Millis(300)),
+                finished_at: Millis(110),
+            },
+        ])
+        .await
+        .unwrap();
+    let retried = store
+        .claim_due_webhook_deliveries(Millis(300), Millis(400), 10)
+        .await
+        .unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].delivery.id, claimed[1].delivery.id);
+    assert_eq!(retried[0].delivery.body, "{\"rendered\":2}");
+    assert!(
+        retried[0].event.is_none(),
+        "a stored body is not rendered again"
+    );
+    let log = store
+        .webhook_deliveries(claimed[0].endpoint.id, 10)
+        .await
+        .unwrap();
+    assert_eq!(log[0].body, "{\"rendered\":1}");
+    assert_eq!(log[0].state, WebhookDeliveryState::Delivered);
 }

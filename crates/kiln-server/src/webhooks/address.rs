@@ -1,7 +1,8 @@
 //! Which webhook targets Kiln may call: http(s) URLs whose host resolves only to public
 //! addresses, unless the instance allows private ones (`--webhooks-allow-private`).
-//! Checked when an endpoint is saved and again before every attempt (DNS can change);
-//! the attempt then connects to the address that was checked.
+//! Checked when an endpoint is saved (`resolve`) and again for every connection the
+//! sender opens (`CheckingResolver`, DNS can change); the connection goes to the
+//! addresses that were checked.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -3,8 +3,9 @@
 //!
 //! The consumer (`run_consumer`) reads committed events in id order after the cursor
 //! persisted in the store (`kiln_counters.webhook_cursor`) and queues one delivery per
-//! (endpoint, event) whose filter matches, with its body rendered once (so every retry
-//! sends the same bytes). The store keeps one delivery per (endpoint, event) and the
+//! (endpoint, event) whose filter matches; the sender renders its body at the first
+//! attempt and keeps it (so every retry sends the same bytes, and the rows queued at
+//! ingest rate stay small). The store keeps one delivery per (endpoint, event) and the
 //! cursor moves by compare-and-set, so replays and concurrent replicas queue nothing
 //! twice, and a restart loses nothing. It wakes on local commits (the bus), a tick
 //! (other replicas' commits) or stop: a closed set (`Wake`).
@@ -22,23 +23,21 @@ pub(crate) mod address;
 pub(crate) mod payload;
 mod send;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_store::{
-    NewWebhookDelivery, Store, StoreError, StoredEvent, WebhookEndpoint, WebhookFormat,
-};
+use kiln_store::{NewWebhookDelivery, Store, StoreError, StoredEvent, WebhookEndpoint};
 use tokio::sync::{Notify, watch};
 
 use crate::clock::Clock;
-use crate::ingest::IngestLoad;
+use crate::ingest::{IngestLoad, IngestTotals};
 use crate::live::Bus;
 
 pub(crate) use send::run_sender;
 
 /// Keeps webhook work from slowing ingest. While this replica's ingest is busy (its
-/// commits took at least half the time since the last look, judged over 100 ms or more), each stretch of webhook
+/// commits took at least half the time since the last look, judged over 100 ms or more,
+/// and requests queued up for them: two or more per commit on average), each stretch of webhook
 /// work is followed by a rest long enough that the work takes at most `BUSY_SHARE` of
 /// the time; otherwise it runs at full speed. Under sustained ingest load deliveries
 /// therefore fall behind (the event log and the outbox hold them durably) and catch up
@@ -46,7 +45,7 @@ pub(crate) use send::run_sender;
 pub(crate) struct Pace {
     load: Arc<IngestLoad>,
     last_look: Instant,
-    last_busy: Duration,
+    last: IngestTotals,
     /// Whether ingest was busy at the last look.
     ingest_busy: bool,
     /// Rest still owed (a rest is at most `MAX_REST`; the remainder follows next time).
@@ -59,16 +58,18 @@ const BUSY_SHARE: f64 = 0.05;
 const MAX_REST: Duration = Duration::from_secs(1);
 /// The shortest stretch over which ingest's share of the time is judged.
 const LOOK_WINDOW: Duration = Duration::from_millis(100);
-/// Ingest counts as busy when its commits took at least this share of the time.
+/// Ingest counts as busy when its commits took at least this share of the time…
 const INGEST_BUSY: f64 = 0.5;
+/// … and carried at least this many requests each on average (requests queued up).
+const QUEUED_REQUESTS: f64 = 2.0;
 
 impl Pace {
     pub(crate) fn new(load: Arc<IngestLoad>) -> Self {
-        let last_busy = load.busy();
+        let last = load.totals();
         Self {
             load,
             last_look: Instant::now(),
-            last_busy,
+            last,
             ingest_busy: false,
             owed: Duration::ZERO,
         }
@@ -80,12 +81,18 @@ impl Pace {
         // single commit that happened to end inside it would look like a flood.
         let window = self.last_look.elapsed();
         if window >= LOOK_WINDOW {
-            let busy = self.load.busy();
+            let totals = self.load.totals();
             let ingest_share =
-                busy.saturating_sub(self.last_busy).as_secs_f64() / window.as_secs_f64();
-            self.ingest_busy = ingest_share >= INGEST_BUSY;
+                totals.busy.saturating_sub(self.last.busy).as_secs_f64() / window.as_secs_f64();
+            let commits = totals.commits.saturating_sub(self.last.commits).max(1);
+            let requests = totals.requests.saturating_sub(self.last.requests);
+            // Commits that carry several requests each mean requests queued up: ingest
+            // has more to do than it can take one by one. Long commits of single
+            // requests (slowed by a busy disk, or by this very work) are not a flood.
+            self.ingest_busy =
+                ingest_share >= INGEST_BUSY && requests as f64 / commits as f64 >= QUEUED_REQUESTS;
             self.last_look = Instant::now();
-            self.last_busy = busy;
+            self.last = totals;
         }
         if self.ingest_busy {
             self.owed += spent.mul_f64((1.0 - BUSY_SHARE) / BUSY_SHARE);
@@ -152,7 +159,6 @@ struct Consumer {
     clock: Arc<dyn Clock>,
     /// Wakes the sender when deliveries are queued.
     sender_wake: Arc<Notify>,
-    project_slugs: HashMap<i64, String>,
 }
 
 /// The consumer task; returns when `stop` changes.
@@ -169,7 +175,6 @@ pub(crate) async fn run_consumer(
         store,
         clock,
         sender_wake,
-        project_slugs: HashMap::new(),
     };
     let mut wake = Wake::Tick;
     loop {
@@ -213,8 +218,7 @@ impl Consumer {
             let mut deliveries = Vec::new();
             let mut queued = 0;
             for (index, event) in events.iter().enumerate() {
-                self.deliveries_of(event, &endpoints, &mut deliveries)
-                    .await?;
+                self.deliveries_of(event, &endpoints, &mut deliveries);
                 let last_of_page = index + 1 == events.len();
                 if deliveries.len() >= MAX_DELIVERIES_PER_COMMIT || last_of_page {
                     let done = self
@@ -247,52 +251,29 @@ impl Consumer {
     }
 
     /// Adds the deliveries of one event: one per active endpoint of its project whose
-    /// filter matches, with the body rendered once per format.
-    async fn deliveries_of(
-        &mut self,
+    /// filter matches and whose format represents the event. Bodies are rendered by the
+    /// sender at the first attempt (and kept), so the rows written here stay small.
+    fn deliveries_of(
+        &self,
         event: &StoredEvent,
         endpoints: &[WebhookEndpoint],
         deliveries: &mut Vec<NewWebhookDelivery>,
-    ) -> Result<(), StoreError> {
-        let mut bodies: [Option<Option<String>>; 2] = [None, None];
+    ) {
         for endpoint in endpoints {
-            if endpoint.project_id != event.project_id || !endpoint.wants(&event.event_type) {
+            if endpoint.project_id != event.project_id
+                || !endpoint.wants(&event.event_type)
+                || !payload::renders(endpoint.format, event)
+            {
                 continue;
             }
-            let slot = match endpoint.format {
-                WebhookFormat::Kiln => 0,
-                WebhookFormat::Cdevents => 1,
-            };
-            if bodies[slot].is_none() {
-                let slug = self.project_slug(event.project_id).await?;
-                bodies[slot] = Some(payload::render(endpoint.format, event, &slug, "/kiln"));
-            }
-            let Some(Some(body)) = &bodies[slot] else {
-                continue;
-            };
             deliveries.push(NewWebhookDelivery {
                 endpoint_id: endpoint.id,
                 event_id: Some(event.id),
                 event_type: event.event_type.clone(),
-                body: body.clone(),
+                body: String::new(),
                 created_at: self.clock.now(),
             });
         }
-        Ok(())
-    }
-
-    async fn project_slug(&mut self, project_id: i64) -> Result<String, StoreError> {
-        if let Some(slug) = self.project_slugs.get(&project_id) {
-            return Ok(slug.clone());
-        }
-        let slug = self
-            .store
-            .project_by_id(project_id)
-            .await?
-            .map(|project| project.slug.to_string())
-            .unwrap_or_default();
-        self.project_slugs.insert(project_id, slug.clone());
-        Ok(slug)
     }
 }
 
@@ -300,8 +281,8 @@ impl Consumer {
 mod tests {
     use super::*;
 
-    /// While ingest's commits fill the time, webhook work rests 19× what it spent
-    /// (5% share); when ingest is idle it does not rest at all.
+    /// While ingest's commits fill the time with queued requests, webhook work rests 19×
+    /// what it spent (5% share); otherwise it does not rest at all.
     #[tokio::test]
     async fn pace_rests_only_while_ingest_is_busy() {
         let load = Arc::new(IngestLoad::default());
@@ -315,7 +296,7 @@ mod tests {
 
         // Ingest took all of the last 120 ms.
         tokio::time::sleep(Duration::from_millis(120)).await;
-        load.add_for_tests(Duration::from_millis(120));
+        load.add_for_tests(Duration::from_millis(120), 64);
         let started = Instant::now();
         pace.rest(Duration::from_millis(10)).await;
         let rested = started.elapsed();
@@ -325,7 +306,7 @@ mod tests {
         );
 
         // A stretch longer than the longest rest is rested for over several turns.
-        load.add_for_tests(Duration::from_secs(10));
+        load.add_for_tests(Duration::from_secs(10), 64);
         let started = Instant::now();
         pace.rest(Duration::from_millis(100)).await;
         assert!(
@@ -338,6 +319,20 @@ mod tests {
             "owed {:?}",
             pace.owed
         );
+
+        // Long commits of one request each (a slow disk, not a flood): no rest.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        for _ in 0..4 {
+            load.add_for_tests(Duration::from_millis(30), 1);
+        }
+        let started = Instant::now();
+        pace.rest(Duration::from_millis(10)).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "rested {:?}",
+            started.elapsed()
+        );
+        assert_eq!(pace.owed, Duration::ZERO);
 
         // Idle again: nothing more is owed.
         tokio::time::sleep(Duration::from_millis(120)).await;

@@ -68,6 +68,31 @@ pub(crate) fn body_signature(secret: &str, body: &str) -> String {
     hex::encode(mac(secret, &[body.as_bytes()]))
 }
 
+/// Whether `render` gives a body for this event in this format (without rendering it).
+pub(crate) fn renders(format: WebhookFormat, event: &StoredEvent) -> bool {
+    event.payload.get("runId").and_then(Value::as_str).is_some()
+        && match format {
+            WebhookFormat::Kiln => true,
+            WebhookFormat::Cdevents => cdevent_kind(&event.event_type).is_some(),
+        }
+}
+
+/// The CDEvents subject, predicate and outcome of a Kiln event type, for those that
+/// have one.
+fn cdevent_kind(event_type: &str) -> Option<(&'static str, &'static str, Option<&'static str>)> {
+    Some(match event_type {
+        "build_queued" => ("pipelinerun", "queued", None),
+        "build_started" => ("pipelinerun", "started", None),
+        "build_completed" => ("pipelinerun", "finished", Some("success")),
+        "build_failed" => ("pipelinerun", "finished", Some("failure")),
+        "build_cancelled" => ("pipelinerun", "finished", Some("cancel")),
+        "stage_started" => ("taskrun", "started", None),
+        "stage_completed" => ("taskrun", "finished", Some("success")),
+        "stage_failed" => ("taskrun", "finished", Some("failure")),
+        _ => return None,
+    })
+}
+
 /// The body of one event for one endpoint, or `None` when the format has no
 /// representation of it.
 pub(crate) fn render(
@@ -113,17 +138,7 @@ pub(crate) fn test_body(format: WebhookFormat, project_slug: &str, now: Millis) 
 
 fn cdevent(event: &StoredEvent, run_id: &str, project_slug: &str, source: &str) -> Option<Value> {
     let stage = event.payload.get("stage").and_then(Value::as_str);
-    let (subject_kind, predicate, outcome) = match event.event_type.as_str() {
-        "build_queued" => ("pipelinerun", "queued", None),
-        "build_started" => ("pipelinerun", "started", None),
-        "build_completed" => ("pipelinerun", "finished", Some("success")),
-        "build_failed" => ("pipelinerun", "finished", Some("failure")),
-        "build_cancelled" => ("pipelinerun", "finished", Some("cancel")),
-        "stage_started" => ("taskrun", "started", None),
-        "stage_completed" => ("taskrun", "finished", Some("success")),
-        "stage_failed" => ("taskrun", "finished", Some("failure")),
-        _ => return None,
-    };
+    let (subject_kind, predicate, outcome) = cdevent_kind(&event.event_type)?;
     let cdevents_type = format!("dev.cdevents.{subject_kind}.{predicate}.0.2.0");
     let source = format!("{source}/projects/{project_slug}");
     let time = event.received_at.to_rfc3339();

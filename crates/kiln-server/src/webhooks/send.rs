@@ -2,6 +2,7 @@
 //! once per claim, concurrently across endpoints and in order within one, through one
 //! shared HTTP client.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,6 +84,7 @@ pub(crate) async fn run_sender(
     });
     let mut in_flight: JoinSet<FinishedWebhookAttempt> = JoinSet::new();
     let mut finished: Vec<FinishedWebhookAttempt> = Vec::new();
+    let mut slugs: HashMap<i64, String> = HashMap::new();
     loop {
         let started = Instant::now();
         let mut pause = poll_interval;
@@ -99,7 +101,11 @@ pub(crate) async fn run_sender(
         // claimable before its previous one's result is.
         let free = concurrency - in_flight.len() as i64;
         if free > 0 && finished.is_empty() {
-            for claimed in sender.claim(&*store, free).await {
+            for mut claimed in sender.claim(&*store, free).await {
+                if let Err(reason) = render(&*store, &mut claimed, &mut slugs).await {
+                    finished.push(sender.unsendable(&claimed, reason));
+                    continue;
+                }
                 let sender = sender.clone();
                 in_flight.spawn(async move { sender.attempt(claimed).await });
             }
@@ -130,6 +136,44 @@ fn collect(
             tracing::error!(%error, "a webhook attempt panicked; it is retried after its claim expires")
         }
     }
+}
+
+/// Renders the body of a delivery's first attempt from its event (the project's slug
+/// cached in `slugs`); a stored body is used as it is. An error says why the delivery
+/// cannot be sent at all.
+async fn render(
+    store: &dyn Store,
+    claimed: &mut ClaimedWebhookDelivery,
+    slugs: &mut HashMap<i64, String>,
+) -> Result<(), String> {
+    if !claimed.delivery.body.is_empty() {
+        return Ok(());
+    }
+    let Some(event) = &claimed.event else {
+        return Err("the event of this delivery no longer exists".into());
+    };
+    let slug = match slugs.get(&event.project_id) {
+        Some(slug) => slug.clone(),
+        None => {
+            let slug = store
+                .project_by_id(event.project_id)
+                .await
+                .map_err(|error| format!("cannot read the project: {error}"))?
+                .map(|project| project.slug.to_string())
+                .unwrap_or_default();
+            slugs.insert(event.project_id, slug.clone());
+            slug
+        }
+    };
+    claimed.delivery.body = payload::render(claimed.endpoint.format, event, &slug, "/kiln")
+        .ok_or_else(|| {
+            format!(
+                "the {} format has no representation of {} events",
+                claimed.endpoint.format.as_str(),
+                event.event_type
+            )
+        })?;
+    Ok(())
 }
 
 /// The shared client: per-attempt timeout, no redirects, checked name resolution.
@@ -168,9 +212,37 @@ impl Sender {
         }
     }
 
+    /// The result of a delivery that cannot be sent (nothing to render): failed at once,
+    /// kept in the log with the reason.
+    fn unsendable(
+        &self,
+        claimed: &ClaimedWebhookDelivery,
+        reason: String,
+    ) -> FinishedWebhookAttempt {
+        tracing::warn!(delivery_id = claimed.delivery.id, %reason, "webhook delivery cannot be sent");
+        let now = self.clock.now();
+        FinishedWebhookAttempt {
+            delivery_id: claimed.delivery.id,
+            body: claimed.delivery.body.clone(),
+            attempt: WebhookAttempt {
+                attempt: claimed.delivery.attempts,
+                started_at: now,
+                status_code: None,
+                latency_ms: 0,
+                request_headers: "{}".into(),
+                response_excerpt: None,
+                error: Some(reason),
+            },
+            outcome: WebhookOutcome::Failed,
+            finished_at: now,
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(delivery_id = claimed.delivery.id, endpoint_id = claimed.endpoint.id))]
     async fn attempt(&self, claimed: ClaimedWebhookDelivery) -> FinishedWebhookAttempt {
-        let ClaimedWebhookDelivery { delivery, endpoint } = claimed;
+        let ClaimedWebhookDelivery {
+            delivery, endpoint, ..
+        } = claimed;
         let started_at = self.clock.now();
         let timestamp = started_at.0.div_euclid(1000);
         let webhook_id = delivery.id.to_string();
@@ -200,7 +272,9 @@ impl Sender {
         let request_headers = headers_json(&headers);
 
         let clock_started = Instant::now();
-        let answer = self.request(&endpoint.url, headers, delivery.body).await;
+        let answer = self
+            .request(&endpoint.url, headers, delivery.body.clone())
+            .await;
         let latency_ms = clock_started.elapsed().as_millis() as i64;
         let now = self.clock.now();
         let outcome = self.outcome(&answer, delivery.attempts, now);
@@ -223,6 +297,7 @@ impl Sender {
         }
         FinishedWebhookAttempt {
             delivery_id: delivery.id,
+            body: delivery.body,
             attempt: WebhookAttempt {
                 attempt: delivery.attempts,
                 started_at,

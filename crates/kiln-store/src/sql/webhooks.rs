@@ -56,10 +56,12 @@ const CLAIM: &str = "UPDATE webhook_deliveries SET next_attempt_at = $1, attempt
        ) heads WHERE head IS NOT NULL ORDER BY head LIMIT $3) \
      RETURNING id";
 
-/// Settles one attempt's delivery, only if it is still pending at that attempt.
+/// Settles one attempt's delivery, only if it is still pending at that attempt. (The
+/// statements here run through rusqlite too, which numbers `$N` parameters in order of
+/// first appearance: they appear in increasing order.)
 const SETTLE_DELIVERY: &str = "UPDATE webhook_deliveries SET state = $1, next_attempt_at = $2, finished_at = $3, \
-     last_status = $4, last_error = $5 \
-     WHERE id = $6 AND state = 'pending' AND attempts = $7 RETURNING endpoint_id";
+     last_status = $4, last_error = $5, body = $6 \
+     WHERE id = $7 AND state = 'pending' AND attempts = $8 RETURNING endpoint_id";
 const INSERT_ATTEMPT: &str = "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms, request_headers, response_excerpt, error) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 const DISABLE_ENDPOINT: &str =
@@ -472,12 +474,41 @@ impl SqlStore {
         .iter()
         .map(|row| endpoint_from_row(row).map(|endpoint| (endpoint.id, endpoint)))
         .collect::<StoreResult<std::collections::HashMap<_, _>>>()?;
+        // The events of first attempts, whose bodies the sender renders.
+        let unrendered: Vec<String> = deliveries
+            .iter()
+            .filter(|delivery| delivery.body.is_empty())
+            .filter_map(|delivery| delivery.event_id)
+            .map(|id| id.to_string())
+            .collect();
+        let mut events = std::collections::HashMap::new();
+        if !unrendered.is_empty() {
+            let rows = sqlx::query(trusted(format!(
+                "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
+                 WHERE id IN ({})",
+                unrendered.join(", ")
+            )))
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &rows {
+                let event = super::rows::event_from_row(row)?;
+                events.insert(event.id, event);
+            }
+        }
         // A delivery whose endpoint was deleted meanwhile went with it.
         Ok(deliveries
             .into_iter()
             .filter_map(|delivery| {
                 let endpoint = endpoints.get(&delivery.endpoint_id)?.clone();
-                Some(ClaimedWebhookDelivery { delivery, endpoint })
+                let event = match delivery.body.is_empty() {
+                    true => delivery.event_id.and_then(|id| events.get(&id).cloned()),
+                    false => None,
+                };
+                Some(ClaimedWebhookDelivery {
+                    delivery,
+                    endpoint,
+                    event,
+                })
             })
             .collect())
     }
@@ -507,6 +538,7 @@ impl SqlStore {
                                     finished_at,
                                     attempt.status_code,
                                     attempt.error,
+                                    one.body,
                                     one.delivery_id,
                                     attempt.attempt,
                                 ],
@@ -553,6 +585,7 @@ impl SqlStore {
                 .bind(finished_at)
                 .bind(attempt.status_code)
                 .bind(attempt.error.as_deref())
+                .bind(&one.body)
                 .bind(one.delivery_id)
                 .bind(attempt.attempt)
                 .fetch_optional(&mut *transaction)
