@@ -414,6 +414,24 @@ async fn deliveries_retry_in_order_and_verify(engine: Engine) {
     .await;
     let deliveries = log["deliveries"].as_array().unwrap();
     assert_eq!(deliveries.len(), 2);
+    let (_, newest) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/projects/web/webhooks/{flaky_id}/deliveries?limit=1"),
+        None,
+    )
+    .await;
+    assert_eq!(newest["deliveries"].as_array().unwrap().len(), 1);
+    assert_eq!(newest["deliveries"][0]["id"], deliveries[0]["id"]);
+    let (status, refused) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/projects/web/webhooks/{flaky_id}/deliveries?limit=0"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    common::assert_error(&refused, "invalid_field", Some("limit"));
     let started = &deliveries[1];
     assert_eq!(started["state"], "delivered");
     assert_eq!(started["attemptLog"].as_array().unwrap().len(), 3);

@@ -21,6 +21,8 @@ use crate::webhooks::{address, payload};
 
 /// Deliveries shown by the log.
 pub(crate) const LOG_LIMIT: i64 = 100;
+/// The most deliveries one request of the delivery log may ask for.
+const MAX_LOG_LIMIT: i64 = 1000;
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_field", Some(field), message)
@@ -388,22 +390,24 @@ pub(crate) async fn queue_test_event(
     Ok((delivery_id, endpoint))
 }
 
-/// `GET /api/v1/projects/{slug}/webhooks/{id}/deliveries`: the newest 100 deliveries
-/// with their attempts (request headers, status, latency, response excerpt).
+/// `GET /api/v1/projects/{slug}/webhooks/{id}/deliveries?limit=`: the newest deliveries
+/// (100, or `limit` from 1 to 1,000) with their attempts (request headers, status,
+/// latency, response excerpt).
 pub(crate) async fn deliveries(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((slug, id)): Path<(String, String)>,
+    uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
+    let limit = QueryParams::from_uri(uri.query())
+        .integer("limit", 1, MAX_LOG_LIMIT)?
+        .unwrap_or(LOG_LIMIT);
     let project = administered_project(&state, &caller, &slug).await?;
     let endpoint = state
         .store
         .webhook_endpoint(project.id, parse_id(&id, "webhook")?)
         .await?;
-    let deliveries = state
-        .store
-        .webhook_deliveries(endpoint.id, LOG_LIMIT)
-        .await?;
+    let deliveries = state.store.webhook_deliveries(endpoint.id, limit).await?;
     let items: Vec<Value> = deliveries.iter().map(delivery_json).collect();
     Ok(Json(json!({ "deliveries": items })))
 }
