@@ -131,7 +131,7 @@ pub async fn run(
         clock.clone(),
         config.webhooks.clone(),
         webhook_sender.clone(),
-        webhooks::Pace::new(ingestor.load()),
+        webhooks::Pace::new(ingestor.load(), config.webhooks.busy_share),
         reaper_stopped.clone(),
     ));
     let webhook_sender_task = tokio::spawn(webhooks::run_sender(
@@ -140,7 +140,7 @@ pub async fn run(
         config.webhooks.clone(),
         config.webhooks_allow_private,
         webhook_sender,
-        webhooks::Pace::new(ingestor.load()),
+        webhooks::Pace::new(ingestor.load(), config.webhooks.busy_share),
         reaper_stopped.clone(),
     ));
     let reaper_task = tokio::spawn(reaper::run(

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Webhook retries after the first attempt before a delivery is marked failed.
     #[arg(long, env = "KILN_WEBHOOK_MAX_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(i64).range(0..=100))]
     pub webhook_max_retries: i64,
+    /// Percent of the time webhook delivery may take while ingest is busy (its commits
+    /// fill half the time with requests queued); 100 never holds delivery back.
+    #[arg(long, env = "KILN_WEBHOOK_BUSY_SHARE", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub webhook_busy_share: u8,
 }
 
 /// `kiln up`: the server, a local agent, and optionally a demo build.
@@ -155,6 +159,7 @@ impl ServeArgs {
                     .map(|seconds| Duration::from_secs(*seconds))
                     .collect(),
                 max_retries: self.webhook_max_retries,
+                busy_share: f64::from(self.webhook_busy_share) / 100.0,
                 ..kiln_server::WebhookConfig::default()
             },
             webhooks_allow_private: self.webhooks_allow_private,

@@ -38,8 +38,9 @@ pub(crate) use send::run_sender;
 /// Keeps webhook work from slowing ingest. While this replica's ingest is busy (its
 /// commits took at least half the time since the last look, judged over 100 ms or more,
 /// and requests queued up for them: two or more per commit on average), each stretch of webhook
-/// work is followed by a rest long enough that the work takes at most `BUSY_SHARE` of
-/// the time; otherwise it runs at full speed. Under sustained ingest load deliveries
+/// work is followed by a rest long enough that the work takes at most
+/// `WebhookConfig::busy_share` of the time (2% by default; 100% never rests); otherwise it
+/// runs at full speed. Under sustained ingest load deliveries
 /// therefore fall behind (the event log and the outbox hold them durably) and catch up
 /// once the load eases, instead of taking the database or the CPU from ingest.
 pub(crate) struct Pace {
@@ -50,10 +51,10 @@ pub(crate) struct Pace {
     ingest_busy: bool,
     /// Rest still owed (a rest is at most `MAX_REST`; the remainder follows next time).
     owed: Duration,
+    /// The share of the time webhook work may take while ingest is busy, in (0, 1].
+    busy_share: f64,
 }
 
-/// The share of time webhook work may take while ingest is busy.
-const BUSY_SHARE: f64 = 0.02;
 /// The longest single rest, so a stop is not held up.
 const MAX_REST: Duration = Duration::from_secs(1);
 /// The shortest stretch over which ingest's share of the time is judged.
@@ -64,7 +65,7 @@ const INGEST_BUSY: f64 = 0.5;
 const QUEUED_REQUESTS: f64 = 2.0;
 
 impl Pace {
-    pub(crate) fn new(load: Arc<IngestLoad>) -> Self {
+    pub(crate) fn new(load: Arc<IngestLoad>, busy_share: f64) -> Self {
         let last = load.totals();
         Self {
             load,
@@ -72,6 +73,7 @@ impl Pace {
             last,
             ingest_busy: false,
             owed: Duration::ZERO,
+            busy_share: busy_share.clamp(0.001, 1.0),
         }
     }
 
@@ -94,8 +96,8 @@ impl Pace {
             self.last_look = Instant::now();
             self.last = totals;
         }
-        if self.ingest_busy {
-            self.owed += spent.mul_f64((1.0 - BUSY_SHARE) / BUSY_SHARE);
+        if self.ingest_busy && self.busy_share < 1.0 {
+            self.owed += spent.mul_f64((1.0 - self.busy_share) / self.busy_share);
             let rest = self.owed.min(MAX_REST);
             self.owed -= rest;
             tokio::time::sleep(rest).await;
@@ -129,6 +131,9 @@ pub struct WebhookConfig {
     pub poll_interval: Duration,
     /// Deliveries sent concurrently by one replica (each to a different endpoint).
     pub concurrency: i64,
+    /// The share of the time (0 < share ≤ 1) webhook work may take while this replica's
+    /// ingest is busy (`Pace`); 1 lets it run at full speed always.
+    pub busy_share: f64,
 }
 
 impl Default for WebhookConfig {
@@ -143,6 +148,7 @@ impl Default for WebhookConfig {
             secret_overlap: Duration::from_secs(24 * 3600),
             poll_interval: Duration::from_secs(1),
             concurrency: 32,
+            busy_share: 0.02,
         }
     }
 }
@@ -286,7 +292,7 @@ mod tests {
     #[tokio::test]
     async fn pace_rests_only_while_ingest_is_busy() {
         let load = Arc::new(IngestLoad::default());
-        let mut pace = Pace::new(load.clone());
+        let mut pace = Pace::new(load.clone(), 0.02);
         let started = Instant::now();
         pace.rest(Duration::from_millis(10)).await;
         assert!(
@@ -339,6 +345,23 @@ mod tests {
         let started = Instant::now();
         pace.rest(Duration::from_millis(10)).await;
         assert!(started.elapsed() < Duration::from_millis(50));
+        assert_eq!(pace.owed, Duration::ZERO);
+    }
+
+    /// With a share of 100% webhook work never rests, however busy ingest is.
+    #[tokio::test]
+    async fn pace_with_full_share_never_rests() {
+        let load = Arc::new(IngestLoad::default());
+        let mut pace = Pace::new(load.clone(), 1.0);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        load.add_for_tests(Duration::from_millis(120), 64);
+        let started = Instant::now();
+        pace.rest(Duration::from_millis(50)).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(40),
+            "rested {:?}",
+            started.elapsed()
+        );
         assert_eq!(pace.owed, Duration::ZERO);
     }
 }
