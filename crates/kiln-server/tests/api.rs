@@ -382,6 +382,11 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(engine: Engine) {
         (serde_json::to_vec(&json!("a string")).unwrap(), 400, "invalid_field", Some("body")),
         (serde_json::to_vec(&json!([{"runId": "ok", "event": "build_started"}, {"runId": "ok", "event": "stage_started"}])).unwrap(), 400, "invalid_field", Some("[1].stage")),
         (serde_json::to_vec(&too_many).unwrap(), 400, "batch_too_large", Some("body")),
+        // U+0000 anywhere is refused with its field (PostgreSQL's text cannot hold it; it
+        // used to fail the whole group commit there with a 503).
+        (serde_json::to_vec(&json!({"runId": "r", "event": "heartbeat", "message": "a\u{0}b"})).unwrap(), 400, "invalid_field", Some("message")),
+        (serde_json::to_vec(&json!([{"runId": "ok", "event": "build_started"}, {"runId": "ok", "event": "build_started", "branch": "x\u{0}"}])).unwrap(), 400, "invalid_field", Some("[1].branch")),
+        (serde_json::to_vec(&json!({"runId": "r", "event": "plan_generated", "data": {"steps": ["a", "b\u{0}"]}})).unwrap(), 400, "invalid_field", Some("data.steps[1]")),
         (format!("{{\"runId\":\"r\",\"event\":\"heartbeat\",\"message\":\"{}\"}}", "m".repeat(1024 * 1024 + 10)).into_bytes(), 413, "body_too_large", None),
     ];
     for (request_body, expected_status, code, field) in cases {
@@ -426,6 +431,27 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(engine: Engine) {
             Some("lastEventId"),
         ),
         (Method::GET, "/api/v1/builds/nope", None, 404, None),
+        (
+            Method::GET,
+            "/api/v1/builds?branch=%00",
+            None,
+            400,
+            Some("url"),
+        ),
+        (
+            Method::GET,
+            "/api/v1/builds/%00/events",
+            None,
+            400,
+            Some("url"),
+        ),
+        (
+            Method::GET,
+            "/api/v1/projects/web%00",
+            None,
+            400,
+            Some("url"),
+        ),
         (Method::GET, "/api/v1/nowhere", None, 404, None),
     ] {
         let (actual, response) = app.raw(method, path, token, request_body).await;
@@ -440,6 +466,7 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(engine: Engine) {
         (json!({"slug": "Bad Slug", "name": "x"}), "slug"),
         (json!({"slug": "ok"}), "name"),
         (json!({"slug": 5, "name": "x"}), "slug"),
+        (json!({"slug": "ok", "name": "a\u{0}b"}), "name"),
     ] {
         let (status, response) = app
             .raw(

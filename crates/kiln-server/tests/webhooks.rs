@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 
 engine_test!(deliveries_retry_in_order_and_verify);
 engine_test!(slow_endpoint_does_not_delay_others);
+engine_test!(receiver_text_with_nul_is_logged_and_sending_goes_on);
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
@@ -49,6 +50,8 @@ struct Receiver {
     received: Mutex<Vec<Received>>,
     script: Mutex<HashMap<String, Script>>,
     hold: Mutex<HashMap<String, Duration>>,
+    /// The answer body per path (`answer` when absent).
+    bodies: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl Receiver {
@@ -119,6 +122,7 @@ async fn start_receiver(receiver: Arc<Receiver>) -> String {
                         _ => (200, None),
                     }
                 };
+                let received_path = path.clone();
                 receiver.received.lock().unwrap().push(Received {
                     path,
                     headers,
@@ -129,10 +133,20 @@ async fn start_receiver(receiver: Arc<Receiver>) -> String {
                 let extra = retry_after
                     .map(|seconds| format!("Retry-After: {seconds}\r\n"))
                     .unwrap_or_default();
-                let answer = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n{extra}Connection: close\r\n\r\nanswer"
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
+                let answer_body = receiver
+                    .bodies
+                    .lock()
+                    .unwrap()
+                    .get(&received_path)
+                    .cloned()
+                    .unwrap_or_else(|| b"answer".to_vec());
+                let mut answer = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+                    answer_body.len()
+                )
+                .into_bytes();
+                answer.extend_from_slice(&answer_body);
+                let _ = socket.write_all(&answer).await;
                 let _ = socket.shutdown().await;
             });
         }
@@ -606,5 +620,81 @@ async fn slow_endpoint_does_not_delay_others(engine: Engine) {
     // The slow endpoint itself stayed one at a time, in order: its second delivery
     // arrived only after its first was answered.
     assert!(slow[1].received_at >= slow[0].answered_at);
+    app.stop().await;
+}
+
+/// A receiver whose answer holds NUL bytes (which PostgreSQL's text cannot store): the
+/// attempt is logged with the replacement character, the delivery counts as delivered,
+/// and the sender goes on with the next events, this endpoint's and another's. (Before,
+/// the batch of results was refused again and again, and every endpoint stood still.)
+async fn receiver_text_with_nul_is_logged_and_sending_goes_on(engine: Engine) {
+    let database = Arc::new(TestDatabase::create(engine).await);
+    let clock = ManualClock::new(Millis(1_800_000_000_000));
+    let app = TestApp::spawn_configured(database, clock, |config| {
+        config.webhooks_allow_private = true;
+        config.webhooks.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    let receiver = Arc::new(Receiver::default());
+    let base = start_receiver(receiver.clone()).await;
+    receiver
+        .bodies
+        .lock()
+        .unwrap()
+        .insert("/nul".into(), b"ok\0\0done".to_vec());
+    let (_, ingest) = app.project_client("web", &["ingest"]).await;
+    let mut endpoint_ids = Vec::new();
+    for path in ["/nul", "/plain"] {
+        let (status, created) = call(
+            &app,
+            Method::POST,
+            "/api/v1/projects/web/webhooks",
+            Some(json!({"url": format!("{base}{path}"), "events": ["build_*"]})),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        endpoint_ids.push(created["id"].as_i64().unwrap());
+    }
+    for (run, event) in [("n1", "build_started"), ("n1", "build_completed")] {
+        let (status, body) = app
+            .raw(
+                Method::POST,
+                "/api/v1/events",
+                Some(&ingest),
+                Some(serde_json::to_vec(&json!({"runId": run, "event": event})).unwrap()),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    eventually("both events at both endpoints", || {
+        receiver.requests("/nul").len() == 2 && receiver.requests("/plain").len() == 2
+    })
+    .await;
+    attempts_recorded(&app, endpoint_ids[0], 2).await;
+    attempts_recorded(&app, endpoint_ids[1], 2).await;
+    let path = format!(
+        "/api/v1/projects/web/webhooks/{}/deliveries",
+        endpoint_ids[0]
+    );
+    let (status, log) = call(&app, Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{log}");
+    for delivery in log["deliveries"].as_array().unwrap() {
+        assert_eq!(delivery["state"], "delivered", "{delivery}");
+        let attempt = &delivery["attemptLog"][0];
+        assert_eq!(attempt["statusCode"], 200, "{attempt}");
+        assert_eq!(
+            attempt["responseExcerpt"], "ok\u{FFFD}\u{FFFD}done",
+            "{attempt}"
+        );
+    }
+    // Each endpoint got its events once, in order.
+    assert_eq!(
+        received_types(&receiver, "/nul"),
+        ["build_started", "build_completed"]
+    );
+    assert_eq!(
+        received_types(&receiver, "/plain"),
+        ["build_started", "build_completed"]
+    );
     app.stop().await;
 }

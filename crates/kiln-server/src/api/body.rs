@@ -30,15 +30,58 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 "the body is empty; send a JSON object or array",
             ));
         }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|error| {
-                ApiError::bad_request(
-                    "invalid_json",
-                    Some("body"),
-                    format!("the body is not valid JSON: {error}"),
-                )
-            })
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses a JSON body. A string (or member name) holding U+0000 is refused with the
+/// field that holds it: no name, message or filter needs one, SQLite and PostgreSQL
+/// would store it differently (PostgreSQL's text refuses it), and in an event batch it
+/// would fail the group commit of every request beside it.
+pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|error| {
+        ApiError::bad_request(
+            "invalid_json",
+            Some("body"),
+            format!("the body is not valid JSON: {error}"),
+        )
+    })?;
+    if let Some(field) = field_with_nul(&value, "") {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some(&field),
+            format!(
+                "{field}: contains a NUL character (\\u0000), which Kiln does not store; remove it"
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// The path (`[2].message`, `data.key`; `body` for the whole) of the first string or
+/// member name holding U+0000.
+fn field_with_nul(value: &Value, path: &str) -> Option<String> {
+    let here = || match path {
+        "" => "body".to_owned(),
+        path => path.to_owned(),
+    };
+    match value {
+        Value::String(text) => text.contains('\0').then(here),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| field_with_nul(item, &format!("{path}[{index}]"))),
+        Value::Object(members) => members.iter().find_map(|(name, member)| {
+            let member_path = match path {
+                "" => name.clone(),
+                path => format!("{path}.{name}"),
+            };
+            if name.contains('\0') {
+                return Some(member_path);
+            }
+            field_with_nul(member, &member_path)
+        }),
+        _ => None,
     }
 }
 

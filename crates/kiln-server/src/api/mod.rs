@@ -507,8 +507,28 @@ pub(crate) fn router(state: AppState) -> (Router, socketioxide::SocketIo) {
                 "this route does not accept that method; see docs/api.md",
             )
         })
-        .layer(socket_layer);
+        .layer(socket_layer)
+        .layer(middleware::from_fn(refuse_nul_in_url));
     (router.with_state(state), socket_io)
+}
+
+/// Refuses a URL whose path or query holds `%00`: decoded, it would reach a handler as a
+/// slug, id or filter holding U+0000, which PostgreSQL's text cannot hold (a lookup would
+/// fail as if the database were down) and no name in Kiln contains.
+async fn refuse_nul_in_url(request: Request, next: Next) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("", |target| target.as_str());
+    if target.contains("%00") {
+        return ApiError::bad_request(
+            "invalid_url",
+            Some("url"),
+            "the URL contains %00 (a NUL character), which no name, id or filter in Kiln holds; remove it",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn guard(

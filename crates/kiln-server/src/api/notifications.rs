@@ -320,13 +320,7 @@ pub(crate) async fn remove_mute(
             params.string("kind").map(str::to_owned),
         )
     } else {
-        let body: Value = serde_json::from_slice(&body).map_err(|error| {
-            ApiError::bad_request(
-                "invalid_json",
-                Some("body"),
-                format!("the body is not valid JSON: {error}"),
-            )
-        })?;
+        let body: Value = super::body::parse_json(&body)?;
         (
             optional_string(&body, "project")?.map(str::to_owned),
             optional_string(&body, "kind")?.map(str::to_owned),

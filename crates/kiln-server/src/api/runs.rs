@@ -92,13 +92,7 @@ pub(crate) async fn trigger(
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(&body).map_err(|error| {
-            ApiError::bad_request(
-                "invalid_json",
-                Some("body"),
-                format!("the body is not valid JSON: {error}"),
-            )
-        })?
+        super::body::parse_json(&body)?
     };
     if !body.is_object() {
         return Err(ApiError::bad_request(

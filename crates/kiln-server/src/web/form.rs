@@ -89,7 +89,10 @@ fn decode(raw: &[u8]) -> String {
         }
         index += 1;
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    // U+0000 is no character of any name or text Kiln keeps (PostgreSQL's text refuses
+    // it): it reads as the replacement character, so a field holding it is refused or
+    // matches nothing, never fails a statement.
+    String::from_utf8_lossy(&bytes).replace('\0', "\u{FFFD}")
 }
 
 fn hex(byte: u8) -> Option<u8> {

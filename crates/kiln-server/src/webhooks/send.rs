@@ -357,13 +357,13 @@ impl Sender {
             Ok::<_, reqwest::Error>(Answer {
                 status: Some(status),
                 retry_after,
-                excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
+                excerpt: Some(storable(String::from_utf8_lossy(&excerpt).into_owned())),
                 error: None,
             })
         };
         match tokio::time::timeout(self.config.timeout, send).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => failed(describe(&error)),
+            Ok(Err(error)) => failed(storable(describe(&error))),
             Err(_) => failed(format!(
                 "no answer within {} s",
                 self.config.timeout.as_secs_f64()
@@ -412,6 +412,17 @@ fn jitter(base: Duration) -> Duration {
     }
     let fraction = f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX);
     base.mul_f64(0.1 * fraction)
+}
+
+/// A receiver's text as the delivery log can keep it on both engines: U+0000 (which
+/// PostgreSQL's text refuses, and which would fail the whole batch of results and so
+/// hold up every endpoint) becomes the replacement character.
+fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
 }
 
 fn describe(error: &reqwest::Error) -> String {
