@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 6's webhook benchmark, loopback only.
 #
-#   bash bench/webhooks/run.sh    # ≈ 6–10 min after the build; writes bench/results/webhooks-latest.{md,json}
+#   bash bench/webhooks/run.sh    # ≈ 4–5 min after the build; writes bench/results/webhooks-latest.{md,json}
 #
 # Builds a release `kiln` (CARGO_TARGET_DIR defaults to /work/target-bench), starts a fast
 # local receiver (bench/webhooks/receiver.mjs: Node, several processes sharing the port,

@@ -564,7 +564,8 @@ def report(args, results):
     add = out.append
     add(f"# Webhook benchmark ({time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {args.kiln_desc}, "
         f"{os.cpu_count()} cores, webhook busy share "
-        f"{os.environ.get('KILN_WEBHOOK_BUSY_SHARE', '2 (the default)')}%)")
+        f"{os.environ.get('KILN_WEBHOOK_BUSY_SHARE', '2') + '%'}"
+        f"{'' if 'KILN_WEBHOOK_BUSY_SHARE' in os.environ else ' (the default)'})")
     add("")
     c = results["receiver_ceiling"]
     add(f"Receiver (`node receiver.mjs`, {args.receiver_workers} workers) alone under wrk, 64 connections: "
