@@ -545,31 +545,51 @@ fn received_types(receiver: &Receiver, path: &str) -> Vec<String> {
         .collect()
 }
 
-async fn slow_endpoint_does_not_delay_others(engine: Engine) {
-    const HOLD: Duration = Duration::from_secs(4);
+/// A server whose sender polls every 20 ms and may call loopback, and a receiver for it.
+async fn spawn_with_receiver(engine: Engine) -> (TestApp, Arc<Receiver>, String) {
     let database = Arc::new(TestDatabase::create(engine).await);
     let clock = ManualClock::new(Millis(1_800_000_000_000));
     let app = TestApp::spawn_configured(database, clock, |config| {
         config.webhooks_allow_private = true;
-        // Polling would not hide a batch-at-a-time sender: it is the wait for the
-        // batch, not the poll, that would hold the fast endpoint back.
         config.webhooks.poll_interval = Duration::from_millis(20);
     })
     .await;
     let receiver = Arc::new(Receiver::default());
     let base = start_receiver(receiver.clone()).await;
-    receiver.hold.lock().unwrap().insert("/slow".into(), HOLD);
-    let (_, ingest) = app.project_client("web", &["ingest"]).await;
-    for path in ["/slow", "/fast"] {
+    (app, receiver, base)
+}
+
+/// Creates one endpoint of project `web` per path of the receiver at `base`; their ids.
+async fn create_endpoints(app: &TestApp, base: &str, paths: &[&str], events: Value) -> Vec<i64> {
+    let mut endpoint_ids = Vec::new();
+    for path in paths {
         let (status, created) = call(
-            &app,
+            app,
             Method::POST,
             "/api/v1/projects/web/webhooks",
-            Some(json!({"url": format!("{base}{path}"), "events": ["build_*", "stage_*"]})),
+            Some(json!({"url": format!("{base}{path}"), "events": events})),
         )
         .await;
         assert_eq!(status, 201, "{created}");
+        endpoint_ids.push(created["id"].as_i64().unwrap());
     }
+    endpoint_ids
+}
+
+async fn slow_endpoint_does_not_delay_others(engine: Engine) {
+    const HOLD: Duration = Duration::from_secs(4);
+    // Polling (every 20 ms) would not hide a batch-at-a-time sender: it is the wait for
+    // the batch, not the poll, that would hold the fast endpoint back.
+    let (app, receiver, base) = spawn_with_receiver(engine).await;
+    receiver.hold.lock().unwrap().insert("/slow".into(), HOLD);
+    let (_, ingest) = app.project_client("web", &["ingest"]).await;
+    create_endpoints(
+        &app,
+        &base,
+        &["/slow", "/fast"],
+        json!(["build_*", "stage_*"]),
+    )
+    .await;
     let (status, body) = app
         .raw(
             Method::POST,
@@ -628,33 +648,14 @@ async fn slow_endpoint_does_not_delay_others(engine: Engine) {
 /// and the sender goes on with the next events, this endpoint's and another's. (Before,
 /// the batch of results was refused again and again, and every endpoint stood still.)
 async fn receiver_text_with_nul_is_logged_and_sending_goes_on(engine: Engine) {
-    let database = Arc::new(TestDatabase::create(engine).await);
-    let clock = ManualClock::new(Millis(1_800_000_000_000));
-    let app = TestApp::spawn_configured(database, clock, |config| {
-        config.webhooks_allow_private = true;
-        config.webhooks.poll_interval = Duration::from_millis(20);
-    })
-    .await;
-    let receiver = Arc::new(Receiver::default());
-    let base = start_receiver(receiver.clone()).await;
+    let (app, receiver, base) = spawn_with_receiver(engine).await;
     receiver
         .bodies
         .lock()
         .unwrap()
         .insert("/nul".into(), b"ok\0\0done".to_vec());
     let (_, ingest) = app.project_client("web", &["ingest"]).await;
-    let mut endpoint_ids = Vec::new();
-    for path in ["/nul", "/plain"] {
-        let (status, created) = call(
-            &app,
-            Method::POST,
-            "/api/v1/projects/web/webhooks",
-            Some(json!({"url": format!("{base}{path}"), "events": ["build_*"]})),
-        )
-        .await;
-        assert_eq!(status, 201, "{created}");
-        endpoint_ids.push(created["id"].as_i64().unwrap());
-    }
+    let endpoint_ids = create_endpoints(&app, &base, &["/nul", "/plain"], json!(["build_*"])).await;
     for (run, event) in [("n1", "build_started"), ("n1", "build_completed")] {
         let (status, body) = app
             .raw(
