@@ -251,6 +251,10 @@ describe('Socket.IO live endpoint', () => {
       assert.equal((await subscribe({ buildId: runA, lastEventId: 'abc' })).error.field, 'lastEventId');
       assert.equal((await subscribe({})).error.field, 'buildId');
       assert.equal((await subscribe({ buildId: 'x', project: 'beta' })).error.field, 'buildId');
+      const nul = await subscribe({ buildId: 'a\u0000b' });
+      assert.equal(nul.error.status, 400, 'a NUL in a name is refused, not looked up');
+      assert.equal(nul.error.field, 'buildId');
+      assert.equal((await subscribe({ project: 'beta\u0000' })).error.field, 'project');
       assert.equal((await subscribe('nonsense')).error.code, 'invalid_field');
       assert.equal((await socket.timeout(5000).emitWithAck('subscribe')).error.code, 'invalid_field');
 
