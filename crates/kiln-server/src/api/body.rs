@@ -50,12 +50,15 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request(
             "invalid_field",
             Some(&field),
-            format!(
-                "{field}: contains a NUL character (\\u0000), which Kiln does not store; remove it"
-            ),
+            holds_nul(&field),
         ));
     }
     Ok(value)
+}
+
+/// The message for a field holding U+0000 (JSON bodies, Socket.IO requests).
+pub(crate) fn holds_nul(field: &str) -> String {
+    format!("{field}: contains a NUL character (\\u0000), which Kiln does not store; remove it")
 }
 
 /// The path (`[2].message`, `data.key`; `body` for the whole) of the first string or

@@ -305,12 +305,9 @@ fn parse_request(payload: Option<Value>) -> Result<Request, AckError> {
             None | Some(Value::Null) => Ok(None),
             // As in JSON bodies (`body::parse_json`): no name holds U+0000, and on
             // PostgreSQL the lookup would fail as if the database were down.
-            Some(Value::String(value)) if value.contains('\0') => Err(AckError::invalid(
-                field,
-                format!(
-                    "{field}: contains a NUL character (\\u0000), which Kiln does not store; remove it"
-                ),
-            )),
+            Some(Value::String(value)) if value.contains('\0') => {
+                Err(AckError::invalid(field, super::body::holds_nul(field)))
+            }
             Some(Value::String(value)) if !value.trim().is_empty() => Ok(Some(value.clone())),
             Some(_) => Err(AckError::invalid(
                 field,
