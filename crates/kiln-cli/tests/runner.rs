@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use kiln_client::protocol::{JobDto, RepoSettings, TriggerBuild, TriggeredBuild};
 use kiln_client::{BuildQuery, Client};
+use kiln_store::Engine;
+use kiln_store::test_support::{POSTGRES_URL_VAR, TestDatabase};
 use serde_json::Value;
 
 mod common;
@@ -429,6 +431,114 @@ fn a_killed_agent_is_requeued_and_finished_by_another() {
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0]["reason"], "agent_lost");
     drop(orphans);
+}
+
+#[test]
+fn a_kill_9_during_triggers_leaves_no_build_without_jobs_on_sqlite() {
+    kill_9_during_triggers(&[]);
+}
+
+#[test]
+fn a_kill_9_during_triggers_leaves_no_build_without_jobs_on_postgres() {
+    if std::env::var(POSTGRES_URL_VAR).is_err() {
+        eprintln!("skipped: PostgreSQL ({POSTGRES_URL_VAR} is not set)");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let database = runtime.block_on(TestDatabase::create(Engine::Postgres));
+    kill_9_during_triggers(&["--database-url", &database.url]);
+}
+
+/// Four clients trigger builds as fast as they can while the server is killed with
+/// SIGKILL; after a restart on the same database every build has its jobs (a trigger is
+/// one transaction: a crash cannot leave a queued build that nothing runs).
+fn kill_9_during_triggers(flags: &[&str]) {
+    let mut kiln = Kiln::start(flags);
+    kiln.commit_pipeline(&pipeline(&[
+        step("one", &["echo 1"], ""),
+        step("two", &["echo 2"], "    depends_on: [one]\n"),
+    ]));
+    let url = kiln.url();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, token) = (url.clone(), kiln.user_token.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let client = Client::new(&url, Some(token));
+                let mut answered = 0;
+                // Until the server is gone (a bounded loop: the kill comes within 2 s).
+                for _ in 0..10_000 {
+                    match runtime.block_on(client.trigger_build(PROJECT, &TriggerBuild::default()))
+                    {
+                        Ok(triggered) => {
+                            assert_eq!(triggered.jobs.len(), 2, "{triggered:?}");
+                            answered += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    // Kill once some triggers were answered, so the kill lands inside the burst.
+    let started = Instant::now();
+    while kiln
+        .block_on(kiln.user.list_builds(&BuildQuery {
+            project: Some(PROJECT.into()),
+            ..BuildQuery::default()
+        }))
+        .map(|list| list.builds.len())
+        .unwrap_or(0)
+        < 10
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let port = kiln.kill_server();
+    let answered: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(answered >= 10, "only {answered} triggers were answered");
+    kiln.start_server_again(port);
+
+    let mut builds = Vec::new();
+    let mut before = None;
+    loop {
+        let page = kiln
+            .block_on(kiln.user.list_builds(&BuildQuery {
+                project: Some(PROJECT.into()),
+                limit: Some(100),
+                before,
+                ..BuildQuery::default()
+            }))
+            .unwrap();
+        builds.extend(page.builds);
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert!(
+        builds.len() >= answered,
+        "{} builds stored, {answered} answered",
+        builds.len()
+    );
+    for build in &builds {
+        let jobs = kiln.jobs(&build.run_id);
+        assert_eq!(
+            jobs.len(),
+            2,
+            "build #{} ({:?}) has {} jobs after the restart",
+            build.number,
+            build.status,
+            jobs.len()
+        );
+    }
 }
 
 #[test]

@@ -229,6 +229,18 @@ fn webhook_commands_manage_endpoints_and_deliveries() {
 
     // status: totals and one line per endpoint, as text and JSON. /hook has three
     // deliveries (a redelivery is the same one again) from four 2xx attempts.
+    // The receiver has the test delivery before Kiln records the attempt's result:
+    // wait for the record, not only for the request.
+    wait_for(
+        "the test delivery's attempt recorded",
+        WAIT,
+        || {
+            web(&["status"])
+                .1
+                .starts_with("0 pending, 4 delivered, 0 failed")
+        },
+        || web(&["status"]).1,
+    );
     let (ok, status, err) = web(&["status"]);
     assert!(ok, "{err}");
     assert!(

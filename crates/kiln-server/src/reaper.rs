@@ -72,6 +72,7 @@ async fn reap_once(
                 precondition: Precondition::BuildIsStale {
                     default_timeout_secs,
                 },
+                jobs: None,
             })
             .await;
         match outcome {

@@ -20,6 +20,7 @@ engine_test!(runner_routes_refuse_the_wrong_caller);
 engine_test!(a_pipeline_runs_its_steps_in_dependency_order);
 engine_test!(bad_triggers_are_refused_and_broken_repos_fail_the_build);
 engine_test!(cancel_stops_running_and_waiting_jobs);
+engine_test!(a_triggered_build_is_never_seen_without_its_jobs);
 
 fn body(value: Value) -> Option<Vec<u8>> {
     Some(serde_json::to_vec(&value).unwrap())
@@ -929,4 +930,88 @@ async fn cancel_stops_running_and_waiting_jobs(engine: Engine) {
         .await;
     assert_eq!(status, 409);
     assert_error(&answer, "build_ended", None);
+}
+
+/// A trigger writes `build_queued` and the build's jobs in one transaction: readers that
+/// poll the builds list and each build's jobs as fast as they can, while 50 triggers run
+/// at once, never find a build without jobs.
+async fn a_triggered_build_is_never_seen_without_its_jobs(engine: Engine) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let app = Arc::new(TestApp::spawn(engine).await);
+    let pipeline = "steps:\n  - name: one\n    run: echo 1\n  - name: two\n    run: echo 2\n    depends_on: [one]\n";
+    let (repo_dir, sha) = repo(&[(".kiln.yml", pipeline)]);
+    let setup = setup(&app, repo_dir.path()).await;
+    let token = setup.project_token.clone();
+
+    let triggering = Arc::new(AtomicBool::new(true));
+    let checked = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (app, token) = (app.clone(), token.clone());
+        let (triggering, checked) = (triggering.clone(), checked.clone());
+        readers.push(tokio::spawn(async move {
+            let mut without_jobs = Vec::new();
+            while triggering.load(Ordering::SeqCst) {
+                let (status, list) = app
+                    .raw(
+                        Method::GET,
+                        "/api/v1/builds?project=web&limit=100",
+                        Some(&token),
+                        None,
+                    )
+                    .await;
+                assert_eq!(status, 200, "{list}");
+                for build in list["builds"].as_array().unwrap() {
+                    let run_id = build["runId"].as_str().unwrap();
+                    if jobs(&app, &token, run_id).await.is_empty() {
+                        without_jobs.push(build.clone());
+                    }
+                    checked.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            without_jobs
+        }));
+    }
+
+    let triggers: Vec<_> = (0..50)
+        .map(|n| {
+            let (app, token) = (app.clone(), token.clone());
+            // Half name the commit, half resolve the branch: both paths write the same way.
+            let request = if n % 2 == 0 {
+                json!({"commit": sha})
+            } else {
+                json!({})
+            };
+            tokio::spawn(async move { trigger(&app, &token, request).await })
+        })
+        .collect();
+    let mut run_ids = Vec::new();
+    for answer in triggers {
+        let (status, triggered) = answer.await.unwrap();
+        assert_eq!(status, 201, "{triggered}");
+        assert_eq!(
+            triggered["jobs"].as_array().unwrap().len(),
+            2,
+            "{triggered}"
+        );
+        run_ids.push(triggered["runId"].as_str().unwrap().to_owned());
+    }
+    triggering.store(false, Ordering::SeqCst);
+    for reader in readers {
+        let without_jobs = reader.await.unwrap();
+        assert!(
+            without_jobs.is_empty(),
+            "builds seen without their jobs: {without_jobs:#?}"
+        );
+    }
+    assert!(
+        checked.load(Ordering::SeqCst) >= 50,
+        "the readers looked at only {} builds while the triggers ran",
+        checked.load(Ordering::SeqCst)
+    );
+    for run_id in &run_ids {
+        assert_eq!(jobs(&app, &token, run_id).await.len(), 2, "{run_id}");
+    }
 }

@@ -68,6 +68,30 @@ pub struct IngestRequest {
     pub project_id: i64,
     pub events: Vec<NewEvent>,
     pub precondition: Precondition,
+    /// Job rows written in the same transaction as the events, when the request is
+    /// accepted: a triggered build and its jobs become visible together or not at all.
+    pub jobs: Option<NewJobs>,
+}
+
+impl IngestRequest {
+    /// A request of events only.
+    pub fn events(project_id: i64, events: Vec<NewEvent>) -> Self {
+        Self {
+            project_id,
+            events,
+            precondition: Precondition::None,
+            jobs: None,
+        }
+    }
+}
+
+/// The jobs of one build of an ingest request (a trigger's plan).
+#[derive(Clone, Debug)]
+pub struct NewJobs {
+    /// The build they belong to; one of the request's events names it.
+    pub run_id: RunId,
+    pub priority: i64,
+    pub plans: Vec<kiln_core::jobs::JobPlan>,
 }
 
 /// A condition checked inside the ingest transaction, against the build as it is then.

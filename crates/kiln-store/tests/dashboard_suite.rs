@@ -42,6 +42,7 @@ async fn ingest(store: &dyn Store, project: &Project, events: Vec<NewEvent>, now
                 project_id: project.id,
                 events,
                 precondition: Precondition::None,
+                jobs: None,
             }],
             Millis(now),
         )

@@ -42,6 +42,7 @@ async fn build(store: &dyn Store, project: &Project, run_id: &str) -> (i64, i64)
                 project_id: project.id,
                 events: vec![event],
                 precondition: Precondition::None,
+                jobs: None,
             }],
             Millis(10),
         )

@@ -65,6 +65,7 @@ async fn queued_build(
         project_id: project.id,
         events: vec![event],
         precondition: Precondition::None,
+        jobs: None,
     };
     store
         .ingest(&[request], Millis(now))

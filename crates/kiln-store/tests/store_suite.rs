@@ -69,6 +69,7 @@ fn request(project: &Project, events: Vec<NewEvent>) -> IngestRequest {
         project_id: project.id,
         events,
         precondition: Precondition::None,
+        jobs: None,
     }
 }
 
@@ -533,6 +534,7 @@ async fn stale_builds_are_found_and_failed_once(engine: Engine) {
         precondition: Precondition::BuildIsStale {
             default_timeout_secs: 90,
         },
+        jobs: None,
     };
     let outcome = ingest_one(&*store, guarded.clone(), 95_001).await;
     assert_eq!(outcome[0].status, OutcomeStatus::Ignored);

@@ -418,6 +418,7 @@ async fn queued_page_renders_at_first_attempt(engine: Engine) {
                     EventType::parse("event", "build_started").unwrap(),
                 )],
                 precondition: Precondition::None,
+                jobs: None,
             }],
             Millis(10),
         )

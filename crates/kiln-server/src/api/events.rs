@@ -63,6 +63,7 @@ pub(crate) async fn ingest(
             project_id,
             events,
             precondition: Precondition::None,
+            jobs: None,
         })
         .await
         .map_err(|failure| ApiError::Unavailable(failure.0))?;

@@ -22,9 +22,7 @@ use kiln_core::jobs::{self, BuildOutcome, JobSpec, JobView};
 use kiln_core::pipeline::StepFailure;
 use kiln_core::{CoreEventType, JobState, Millis, NewEvent};
 use kiln_protocol::{AgentJob, HeartbeatReply, JobCache};
-use kiln_store::{
-    AgentRecord, ClaimRules, IngestRequest, JobEnd, JobRecord, LogAppend, Precondition, Store,
-};
+use kiln_store::{AgentRecord, ClaimRules, IngestRequest, JobEnd, JobRecord, LogAppend, Store};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -154,14 +152,19 @@ impl Runner {
         if events.is_empty() {
             return Ok(Ok(()));
         }
+        self.submit_request(IngestRequest::events(project_id, events))
+            .await
+    }
+
+    /// Writes one ingest request (events, and jobs with them).
+    async fn submit_request(
+        &self,
+        request: IngestRequest,
+    ) -> Result<Result<(), kiln_store::IngestRejection>, ApiError> {
         let outcome = self
             .inner
             .ingestor
-            .submit(IngestRequest {
-                project_id,
-                events,
-                precondition: Precondition::None,
-            })
+            .submit(request)
             .await
             .map_err(|failure| {
                 ApiError::Unavailable(format!("the database is unavailable ({failure}); retry"))

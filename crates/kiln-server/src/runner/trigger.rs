@@ -9,9 +9,9 @@
 
 use kiln_core::jobs::{self, JobPlan};
 use kiln_core::pipeline::{PIPELINE_FILE, Pipeline, Priority, RepoListing, infer};
-use kiln_core::{CoreEventType, JobState};
+use kiln_core::{CoreEventType, JobState, NewEvent};
 use kiln_protocol::TriggeredBuild;
-use kiln_store::{BuildRecord, Project};
+use kiln_store::{BuildRecord, IngestRequest, NewJobs, Precondition, Project};
 use serde_json::json;
 
 use super::Runner;
@@ -56,6 +56,16 @@ pub(crate) fn check_branch(field: &str, name: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// What `build_queued` says about a new build.
+struct Queued<'a> {
+    repo: &'a str,
+    branch: &'a str,
+    commit: Option<&'a str>,
+    commit_message: Option<&'a str>,
+    request: &'a TriggerRequest,
+    priority: i64,
 }
 
 fn unprocessable(field: &str, message: String) -> ApiError {
@@ -173,17 +183,7 @@ impl Runner {
             Ok(pipeline) => jobs::plan(pipeline, &branch),
             Err(_) => Vec::new(),
         };
-        let queued = self
-            .queue_build(
-                project,
-                &repo,
-                &branch,
-                Some(&commit),
-                Some(&files.message),
-                &request,
-                priority.get() as i64,
-            )
-            .await?;
+        let run_id = uuid::Uuid::now_v7().to_string();
         let end = match (&pipeline, plans.is_empty()) {
             (Err(message), _) => Some((CoreEventType::BuildFailed, message.clone())),
             (Ok(_), true) => Some((
@@ -192,29 +192,32 @@ impl Runner {
             )),
             (Ok(_), false) => None,
         };
-        if let Some((kind, message)) = end {
-            let mut event = events::event(
-                queued.state.run_id.as_str(),
-                kind,
-                "kiln-build-ended".into(),
-            );
-            if let Some(event) = event.as_mut() {
+        // A build that ends at once ends in the transaction that queues it; any other
+        // gets its jobs in that transaction. Either way no reader (and no crash) ever
+        // sees a queued build that nothing will run.
+        let end_event = end.and_then(|(kind, message)| {
+            events::event(&run_id, kind, "kiln-build-ended".into()).map(|mut event| {
                 event.message = Some(message);
                 event.data = Some(json!({"reason": "pipeline"}));
-            }
-            self.write(project.id, event.into_iter().collect()).await?;
-        } else {
-            self.store()
-                .create_jobs(
-                    queued.id,
-                    project.id,
-                    priority.get() as i64,
-                    &plans,
-                    self.now(),
-                )
-                .await?;
-            self.work_changed();
-        }
+                event
+            })
+        });
+        let queued = self
+            .queue_build(
+                project,
+                &run_id,
+                Queued {
+                    repo: &repo,
+                    branch: &branch,
+                    commit: Some(&commit),
+                    commit_message: Some(&files.message),
+                    request: &request,
+                    priority: priority.get() as i64,
+                },
+                end_event.into_iter().collect(),
+                plans,
+            )
+            .await?;
         self.answer(
             project,
             &queued,
@@ -226,44 +229,57 @@ impl Runner {
         .await
     }
 
-    /// Writes `build_queued` and returns the new build.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes `build_queued`, then `more` events of the same build and the `jobs` in the
+    /// same transaction, and returns the new build.
     async fn queue_build(
         &self,
         project: &Project,
-        repo: &str,
-        branch: &str,
-        commit: Option<&str>,
-        commit_message: Option<&str>,
-        request: &TriggerRequest,
-        priority: i64,
+        run_id: &str,
+        queued: Queued<'_>,
+        more: Vec<NewEvent>,
+        jobs: Vec<JobPlan>,
     ) -> Result<BuildRecord, ApiError> {
-        let run_id = uuid::Uuid::now_v7().to_string();
         let mut event = events::event(
-            &run_id,
+            run_id,
             CoreEventType::BuildQueued,
             "kiln-build-queued".into(),
         )
         .ok_or_else(|| ApiError::Unavailable("could not make a run id; retry".into()))?;
-        event.repo = Some(mask_url(repo));
-        event.branch = Some(branch.to_owned());
-        event.commit = commit.map(str::to_owned);
+        event.repo = Some(mask_url(queued.repo));
+        event.branch = Some(queued.branch.to_owned());
+        event.commit = queued.commit.map(str::to_owned);
         event.data = Some(json!({
-            "trigger": request.cause,
-            "priority": priority,
-            "commitMessage": commit_message,
-            "retryOf": request.retry_of,
-            "by": request.by,
+            "trigger": queued.request.cause,
+            "priority": queued.priority,
+            "commitMessage": queued.commit_message,
+            "retryOf": queued.request.retry_of,
+            "by": queued.request.by,
         }));
-        self.submit(project.id, vec![event])
-            .await?
-            .map_err(|rejection| ApiError::Conflict {
-                code: "conflict",
-                message: rejection.to_string(),
-                field: None,
-            })?;
+        let jobs = (!jobs.is_empty()).then(|| NewJobs {
+            run_id: event.run_id.clone(),
+            priority: queued.priority,
+            plans: jobs,
+        });
+        let has_jobs = jobs.is_some();
+        let mut events = vec![event];
+        events.extend(more);
+        self.submit_request(IngestRequest {
+            project_id: project.id,
+            events,
+            precondition: Precondition::None,
+            jobs,
+        })
+        .await?
+        .map_err(|rejection| ApiError::Conflict {
+            code: "conflict",
+            message: rejection.to_string(),
+            field: None,
+        })?;
+        if has_jobs {
+            self.work_changed();
+        }
         self.store()
-            .build_by_run_id(&run_id)
+            .build_by_run_id(run_id)
             .await?
             .ok_or_else(|| ApiError::Unavailable("the new build vanished; retry".into()))
     }
@@ -279,9 +295,6 @@ impl Runner {
         request: &TriggerRequest,
         message: String,
     ) -> Result<TriggeredBuild, ApiError> {
-        let build = self
-            .queue_build(project, repo, branch, commit, None, request, 5)
-            .await?;
         let plan = JobPlan {
             step: "checkout".into(),
             position: 0,
@@ -290,12 +303,56 @@ impl Runner {
             state: JobState::Failed,
             spec: json!({}),
         };
-        let now = self.now();
-        self.store()
-            .create_jobs(build.id, project.id, 5, &[plan], now)
+        // The build, its failed job and its end are one transaction; the log follows.
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let text = format!("cannot fetch the repository: {message}");
+        let failure = [
+            events::stage_event(
+                &run_id,
+                CoreEventType::StageStarted,
+                "checkout",
+                "kiln-checkout-started".into(),
+                None,
+                json!({}),
+            ),
+            events::stage_event(
+                &run_id,
+                CoreEventType::StageFailed,
+                "checkout",
+                "kiln-checkout-failed".into(),
+                Some(text.clone()),
+                json!({"reason": "checkout"}),
+            ),
+            events::event(
+                &run_id,
+                CoreEventType::BuildFailed,
+                "kiln-build-ended".into(),
+            )
+            .map(|mut event| {
+                event.message = Some(text.clone());
+                event.data = Some(json!({"reason": "checkout"}));
+                event
+            }),
+        ];
+        let queued = Queued {
+            repo,
+            branch,
+            commit,
+            commit_message: None,
+            request,
+            priority: 5,
+        };
+        let build = self
+            .queue_build(
+                project,
+                &run_id,
+                queued,
+                failure.into_iter().flatten().collect(),
+                vec![plan],
+            )
             .await?;
         // The agents' log format (`kiln_agent::logs`): time, the `kiln` tag, the text.
-        let stamp = now.to_rfc3339();
+        let stamp = self.now().to_rfc3339();
         let mut log = format!("{stamp} kiln cannot fetch {}:\n", mask_url(repo));
         for line in message.lines() {
             log.push_str(&format!("{stamp} kiln {line}\n"));
@@ -306,38 +363,6 @@ impl Runner {
                 .append_log(job.id, 0, log.as_bytes(), cap)
                 .await?;
         }
-        let run_id = build.state.run_id.as_str();
-        let text = format!("cannot fetch the repository: {message}");
-        let events = [
-            events::stage_event(
-                run_id,
-                CoreEventType::StageStarted,
-                "checkout",
-                "kiln-checkout-started".into(),
-                None,
-                json!({}),
-            ),
-            events::stage_event(
-                run_id,
-                CoreEventType::StageFailed,
-                "checkout",
-                "kiln-checkout-failed".into(),
-                Some(text.clone()),
-                json!({"reason": "checkout"}),
-            ),
-            events::event(
-                run_id,
-                CoreEventType::BuildFailed,
-                "kiln-build-ended".into(),
-            )
-            .map(|mut event| {
-                event.message = Some(text.clone());
-                event.data = Some(json!({"reason": "checkout"}));
-                event
-            }),
-        ];
-        self.write(project.id, events.into_iter().flatten().collect())
-            .await?;
         self.answer(project, &build, branch, commit.unwrap_or_default(), None, 5)
             .await
     }

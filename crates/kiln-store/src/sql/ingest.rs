@@ -20,7 +20,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use kiln_core::{Applied, BuildState, Millis, NewEvent, RunId, StageState};
+use kiln_core::jobs::JobPlan;
+use kiln_core::{Applied, BuildState, JobState, Millis, NewEvent, RunId, StageState};
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, Row, Transaction};
@@ -96,6 +97,8 @@ pub(super) struct Batch {
     pub(super) builds: HashMap<String, WorkingBuild>,
     pub(super) rows: Vec<EventRow>,
     client_ids: HashMap<(String, String), (i64, i64)>,
+    /// Jobs of accepted requests, written after their builds.
+    pub(super) jobs: Vec<(i64, NewJobs)>,
 }
 
 impl Batch {
@@ -445,6 +448,9 @@ fn simulate(
     }
     batch.rows.extend(local_rows);
     batch.client_ids.extend(local_client_ids);
+    if let Some(jobs) = &request.jobs {
+        batch.jobs.push((request.project_id, jobs.clone()));
+    }
     Ok(outcomes)
 }
 
@@ -501,6 +507,72 @@ pub(super) const STAGE_UPSERT: &str = "ON CONFLICT (build_id, name) DO UPDATE SE
      duration_ms = excluded.duration_ms, message = excluded.message";
 pub(super) const EVENT_COLUMNS: &str =
     "id, build_id, project_id, seq, event_type, client_event_id, received_at, payload";
+pub(super) const JOB_COLUMNS: &str = "build_id, project_id, step, position, state, priority, depends_on, labels, spec, \
+     created_at, queued_at";
+pub(super) const JOB_COLUMN_COUNT: usize = 11;
+/// A job written twice (a repeated trigger) is kept as first written.
+pub(super) const JOB_CONFLICT: &str = "ON CONFLICT (build_id, step) DO NOTHING";
+
+/// One job row's values in `JOB_COLUMNS` order, as both engines bind them.
+pub(super) struct JobRow<'a> {
+    pub(super) build_id: i64,
+    pub(super) project_id: i64,
+    pub(super) step: &'a str,
+    pub(super) position: i64,
+    pub(super) state: &'static str,
+    pub(super) priority: i64,
+    pub(super) depends_on: String,
+    pub(super) labels: String,
+    pub(super) spec: String,
+    pub(super) created_at: i64,
+    pub(super) queued_at: Option<i64>,
+}
+
+impl<'a> JobRow<'a> {
+    pub(super) fn new(
+        build_id: i64,
+        project_id: i64,
+        priority: i64,
+        plan: &'a JobPlan,
+        now: Millis,
+    ) -> Self {
+        let json_list =
+            |list: &[String]| serde_json::to_string(list).unwrap_or_else(|_| "[]".into());
+        JobRow {
+            build_id,
+            project_id,
+            step: &plan.step,
+            position: plan.position,
+            state: plan.state.as_str(),
+            priority,
+            depends_on: json_list(&plan.depends_on),
+            labels: json_list(&plan.labels),
+            spec: plan.spec.to_string(),
+            created_at: now.0,
+            queued_at: (plan.state == JobState::Queued).then_some(now.0),
+        }
+    }
+}
+
+/// The job rows of a committed batch's accepted requests whose builds were written
+/// (a trigger repeated as a duplicate wrote its jobs the first time).
+pub(super) fn job_rows<'a>(
+    jobs: &'a [(i64, NewJobs)],
+    build_ids: &HashMap<String, i64>,
+    now: Millis,
+) -> Vec<JobRow<'a>> {
+    jobs.iter()
+        .filter_map(|(project_id, jobs)| {
+            let build_id = *build_ids.get(jobs.run_id.as_str())?;
+            Some((build_id, *project_id, jobs))
+        })
+        .flat_map(|(build_id, project_id, jobs)| {
+            jobs.plans
+                .iter()
+                .map(move |plan| JobRow::new(build_id, project_id, jobs.priority, plan, now))
+        })
+        .collect()
+}
 
 /// Binds one build's columns in `BUILD_COLUMNS` order.
 fn bind_build<'q>(
@@ -636,6 +708,30 @@ async fn write(transaction: &mut Tx, batch: &mut Batch, now: Millis) -> StoreRes
                 .bind(row.client_event_id.as_deref())
                 .bind(now.0)
                 .bind(row.payload.as_str());
+        }
+        query.execute(&mut **transaction).await?;
+    }
+
+    let job_rows = job_rows(&batch.jobs, &build_ids, now);
+    for chunk in chunks(&job_rows) {
+        let sql = format!(
+            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES {} {JOB_CONFLICT}",
+            row_placeholders(chunk.len(), JOB_COLUMN_COUNT)
+        );
+        let mut query = sqlx::query(trusted(sql));
+        for job in chunk {
+            query = query
+                .bind(job.build_id)
+                .bind(job.project_id)
+                .bind(job.step)
+                .bind(job.position)
+                .bind(job.state)
+                .bind(job.priority)
+                .bind(job.depends_on.as_str())
+                .bind(job.labels.as_str())
+                .bind(job.spec.as_str())
+                .bind(job.created_at)
+                .bind(job.queued_at);
         }
         query.execute(&mut **transaction).await?;
     }

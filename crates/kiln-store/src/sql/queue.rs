@@ -10,6 +10,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::ingest::{JOB_COLUMN_COUNT, JOB_COLUMNS, JOB_CONFLICT, JobRow};
 use super::{SqlStore, rows, trusted};
 use crate::queue::*;
 use crate::records::Project;
@@ -304,26 +305,29 @@ impl SqlStore {
         now: Millis,
     ) -> StoreResult<()> {
         let mut transaction = self.pool.begin().await?;
-        for job in jobs {
-            let queued_at = (job.state == JobState::Queued).then_some(now.0);
-            sqlx::query(
-                "INSERT INTO jobs (build_id, project_id, step, position, state, priority, depends_on, labels, spec, \
-                 created_at, queued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (build_id, step) DO NOTHING",
-            )
-            .bind(build_id)
-            .bind(project_id)
-            .bind(&job.step)
-            .bind(job.position)
-            .bind(job.state.as_str())
-            .bind(priority)
-            .bind(to_json_text(&job.depends_on))
-            .bind(to_json_text(&job.labels))
-            .bind(job.spec.to_string())
-            .bind(now.0)
-            .bind(queued_at)
-            .execute(&mut *transaction)
-            .await?;
+        let sql = format!(
+            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({}) {JOB_CONFLICT}",
+            (1..=JOB_COLUMN_COUNT)
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for plan in jobs {
+            let job = JobRow::new(build_id, project_id, priority, plan, now);
+            sqlx::query(trusted(sql.clone()))
+                .bind(job.build_id)
+                .bind(job.project_id)
+                .bind(job.step)
+                .bind(job.position)
+                .bind(job.state)
+                .bind(job.priority)
+                .bind(job.depends_on)
+                .bind(job.labels)
+                .bind(job.spec)
+                .bind(job.created_at)
+                .bind(job.queued_at)
+                .execute(&mut *transaction)
+                .await?;
         }
         transaction.commit().await?;
         Ok(())

@@ -31,9 +31,9 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::ingest::{
-    BUILD_COLUMN_COUNT, BUILD_COLUMNS, BUILD_UPSERT, EVENT_COLUMNS, Prefetched, Results,
-    STAGE_COLUMNS, STAGE_UPSERT, WorkingBuild, progress_to_hundredths, run_ids, simulate_all,
-    wanted_client_ids,
+    BUILD_COLUMN_COUNT, BUILD_COLUMNS, BUILD_UPSERT, EVENT_COLUMNS, JOB_COLUMN_COUNT, JOB_COLUMNS,
+    JOB_CONFLICT, Prefetched, Results, STAGE_COLUMNS, STAGE_UPSERT, WorkingBuild, job_rows,
+    progress_to_hundredths, run_ids, simulate_all, wanted_client_ids,
 };
 use super::rows::{BUILD_SELECT, STAGES_OF_BUILD, build_from_row, stage_from_row};
 use crate::records::IngestRequest;
@@ -323,6 +323,23 @@ fn ingest(
             ])?;
         }
         drop(insert);
+        let mut insert_job = transaction.prepare_cached(&INSERT_JOB)?;
+        for job in job_rows(&batch.jobs, &build_ids, now) {
+            insert_job.execute(params![
+                job.build_id,
+                job.project_id,
+                job.step,
+                job.position,
+                job.state,
+                job.priority,
+                job.depends_on,
+                job.labels,
+                job.spec,
+                job.created_at,
+                job.queued_at,
+            ])?;
+        }
+        drop(insert_job);
         transaction
             .prepare_cached("UPDATE kiln_counters SET value = ?1 WHERE name = 'event_id'")?
             .execute([next_id])?;
@@ -413,6 +430,12 @@ static UPSERT_STAGE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO stages ({STAGE_COLUMNS}) VALUES ({}) {STAGE_UPSERT}",
         positional(8)
+    )
+});
+static INSERT_JOB: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({}) {JOB_CONFLICT}",
+        positional(JOB_COLUMN_COUNT)
     )
 });
 static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| {
