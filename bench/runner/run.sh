@@ -112,7 +112,7 @@ start_server() { # engine
     args=(--database-url "postgres://postgres@127.0.0.1:$pg_port/$pg_db")
   fi
   KILN_ADMIN_TOKEN=$admin KILN_LOG=warn "$work/kiln" serve --listen "127.0.0.1:$port" \
-    --data-dir "$work/data-$engine" "${args[@]}" \
+    --data-dir "$work/data-$engine" "${args[@]}" --allow-local-repos "$repo" \
     --job-lease 600 --priority-aging 86400 --branch-poll-interval 86400 \
     >"$work/server-$engine.log" 2>&1 &
   server_pid=$!

@@ -21,7 +21,9 @@ export async function startServer(extraArgs = []) {
   const adminToken = `kiln_admin_${randomBytes(16).toString('hex')}`;
   const child = spawn(
     KILN_BIN,
-    ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, ...extraArgs],
+    // The tests' git repositories live in the temp dir (the data dir, also there, stays
+    // refused as a repository).
+    ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--allow-local-repos', tmpdir(), ...extraArgs],
     {
       env: { ...process.env, KILN_ADMIN_TOKEN: adminToken, KILN_LOG: process.env.KILN_LOG || 'warn' },
       stdio: ['ignore', 'ignore', 'pipe'],

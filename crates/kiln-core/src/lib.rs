@@ -11,6 +11,7 @@ pub mod event;
 pub mod ids;
 pub mod jobs;
 pub mod limits;
+pub mod net;
 pub mod pipeline;
 pub mod roles;
 pub mod time;

@@ -78,6 +78,9 @@ pub const DEFAULT_JOB_LOG_CAP_BYTES: u64 = 100 * 1024 * 1024;
 pub const MAX_LOG_CHUNK_BYTES: usize = 1024 * 1024;
 /// The checkout of a job's commit fails with reason `timeout` past this.
 pub const DEFAULT_CHECKOUT_TIMEOUT_SECS: u64 = 5 * 60;
+/// Most time one git command the server runs for a trigger or a branch poll may take
+/// (`ls-remote`, a shallow fetch of one commit).
+pub const DEFAULT_SERVER_GIT_TIMEOUT_SECS: u64 = 30;
 /// A claimed job's lease; an agent renews it by heartbeats.
 pub const DEFAULT_JOB_LEASE_SECS: u64 = 60;
 /// How long a claim waits for work before answering "nothing" (long poll).

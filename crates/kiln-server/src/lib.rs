@@ -5,6 +5,7 @@
 //! resolves, then stops accepting, finishes in-flight requests and commits, and returns.
 
 mod accounts;
+mod address;
 mod api;
 mod auth;
 pub mod clock;
@@ -31,7 +32,7 @@ pub use api::ROUTES;
 pub use config::{Secret, ServerConfig};
 pub use error::ApiError;
 pub use notify::{EmailConfig, NotificationConfig};
-pub use runner::RunnerConfig;
+pub use runner::{RepoPolicy, RunnerConfig};
 pub use webhooks::WebhookConfig;
 
 use crate::auth::Authenticator;

@@ -21,6 +21,7 @@ engine_test!(a_pipeline_runs_its_steps_in_dependency_order);
 engine_test!(bad_triggers_are_refused_and_broken_repos_fail_the_build);
 engine_test!(cancel_stops_running_and_waiting_jobs);
 engine_test!(a_triggered_build_is_never_seen_without_its_jobs);
+engine_test!(the_repository_policy_keeps_projects_to_their_own_code);
 
 fn body(value: Value) -> Option<Vec<u8>> {
     Some(serde_json::to_vec(&value).unwrap())
@@ -817,13 +818,15 @@ async fn bad_triggers_are_refused_and_broken_repos_fail_the_build(engine: Engine
     // A repository that cannot be fetched fails the build in its checkout step, with
     // git's message in that step's log.
     let missing = repo_dir.path().join("does-not-exist");
-    app.raw(
-        Method::PUT,
-        "/api/v1/projects/web/repo",
-        Some(ADMIN_TOKEN),
-        body(json!({"repo": missing.display().to_string()})),
-    )
-    .await;
+    let (status, answer) = app
+        .raw(
+            Method::PUT,
+            "/api/v1/projects/web/repo",
+            Some(ADMIN_TOKEN),
+            body(json!({"repo": missing.display().to_string()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
     let (status, triggered) = trigger(&app, token, json!({})).await;
     assert_eq!(status, 201, "{triggered}");
     assert_eq!(triggered["status"], "failed");
@@ -1014,4 +1017,101 @@ async fn a_triggered_build_is_never_seen_without_its_jobs(engine: Engine) {
     for run_id in &run_ids {
         assert_eq!(jobs(&app, &token, run_id).await.len(), 2, "{run_id}");
     }
+}
+
+/// A project admin cannot point a project at another project's mirror, at a local path
+/// outside the allowed directories, or at a private address; a repository the policy
+/// refuses later (it changed) refuses triggers too.
+async fn the_repository_policy_keeps_projects_to_their_own_code(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let pipeline = "steps:\n  - name: a\n    run: echo a\n";
+    let (victim_repo, victim_sha) = repo(&[(".kiln.yml", pipeline)]);
+    let setup = setup(&app, victim_repo.path()).await;
+    let (status, triggered) = trigger(&app, &setup.project_token, json!({})).await;
+    assert_eq!(status, 201, "{triggered}");
+    // The only mirror so far: web's.
+    let victim_mirror = std::fs::read_dir(common::database_git_dir(&app.database))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        victim_mirror.join("HEAD").exists(),
+        "the victim's mirror exists"
+    );
+
+    let attacker = app.member_token("xp-admin@x.io", "xp", "admin").await;
+    let set_repo = |repo: String| {
+        let app = &app;
+        let attacker = attacker.clone();
+        async move {
+            app.raw(
+                Method::PUT,
+                "/api/v1/projects/xp/repo",
+                Some(&attacker),
+                body(json!({"repo": repo})),
+            )
+            .await
+        }
+    };
+    for (repo, says) in [
+        (victim_mirror.display().to_string(), "git mirrors"),
+        (format!("file://{}", victim_mirror.display()), "git mirrors"),
+        ("/etc".to_owned(), "--allow-local-repos"),
+        ("http://127.0.0.1:9/x".to_owned(), "--repos-allow-private"),
+        (
+            "git://[64:ff9b::7f00:1]/x".to_owned(),
+            "--repos-allow-private",
+        ),
+        ("ext::sh -c id".to_owned(), "remote helpers"),
+    ] {
+        let (status, answer) = set_repo(repo.clone()).await;
+        assert_eq!(status, 422, "{repo}: {answer}");
+        assert_error(&answer, "repo_not_allowed", Some("repo"));
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{repo}: {message}");
+    }
+    // Checked after trimming: a leading option cannot hide behind a space.
+    let (status, answer) = set_repo(" --upload-pack=touch /tmp/x".into()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_error(&answer, "invalid_field", Some("repo"));
+
+    // Nothing was stored: xp has no repository, so its trigger names that.
+    let (status, answer) = app
+        .raw(
+            Method::POST,
+            "/api/v1/projects/xp/builds",
+            Some(&attacker),
+            body(json!({"commit": victim_sha})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_error(&answer, "unprocessable", Some("repo"));
+
+    // A repository stored before the policy refused it (here: a server started without
+    // local repositories on the same database) refuses triggers with the reason.
+    let (database, clock) = (app.database.clone(), app.clock.clone());
+    app.stop().await;
+    let strict = TestApp::spawn_configured(database, clock, |config| {
+        config.runner.repo_policy.allow_local.clear();
+    })
+    .await;
+    let (status, answer) = strict
+        .raw(
+            Method::POST,
+            "/api/v1/projects/web/builds",
+            Some(&setup.project_token),
+            body(json!({})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_error(&answer, "repo_not_allowed", Some("repo"));
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-local-repos"),
+        "{answer}"
+    );
 }

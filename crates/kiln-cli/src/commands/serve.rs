@@ -62,6 +62,25 @@ pub struct ServeArgs {
     /// Let webhooks call private, loopback and link-local addresses (refused by default).
     #[arg(long, env = "KILN_WEBHOOKS_ALLOW_PRIVATE")]
     pub webhooks_allow_private: bool,
+    /// Directories whose git repositories projects may build by local path or file://
+    /// URL (repeat the flag or separate with commas). None by default: a project admin
+    /// could otherwise read any repository the server can. Nothing inside the data
+    /// directory qualifies, except an allowed directory inside it.
+    #[arg(
+        long = "allow-local-repos",
+        env = "KILN_ALLOW_LOCAL_REPOS",
+        value_delimiter = ',',
+        value_name = "DIR"
+    )]
+    pub allow_local_repos: Vec<PathBuf>,
+    /// Let repositories be at private, loopback and link-local addresses (refused by
+    /// default, as for webhooks).
+    #[arg(long, env = "KILN_REPOS_ALLOW_PRIVATE")]
+    pub repos_allow_private: bool,
+    /// Seconds one git command the server runs for a trigger or a branch poll may take
+    /// (ls-remote, fetching one commit).
+    #[arg(long, env = "KILN_GIT_TIMEOUT", default_value_t = kiln_core::limits::DEFAULT_SERVER_GIT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub git_timeout: u64,
     /// Seconds before each webhook retry, comma-separated (the last repeats).
     #[arg(long, env = "KILN_WEBHOOK_RETRY_SCHEDULE", value_delimiter = ',', default_value = "60,120,240,480,960", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub webhook_retry_schedule: Vec<u64>,
@@ -144,6 +163,12 @@ impl ServeArgs {
                 branch_poll_interval: Duration::from_secs(self.branch_poll_interval),
                 log_cap_bytes: self.job_log_cap_mib * 1024 * 1024,
                 git_dir: self.data_dir.join("git"),
+                repo_policy: kiln_server::RepoPolicy {
+                    allow_local: self.allow_local_repos.clone(),
+                    allow_private: self.repos_allow_private,
+                    data_dir: Some(self.data_dir.clone()),
+                    git_timeout: Duration::from_secs(self.git_timeout),
+                },
                 ..kiln_server::RunnerConfig::default()
             },
             secure_cookies: self.secure_cookies,
@@ -225,7 +250,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
-    let args = up.serve.clone();
+    let mut args = up.serve.clone();
+    // The repository `--demo` creates (now or on an earlier run) may be built.
+    args.allow_local_repos
+        .push(args.data_dir.join(super::up::DEMO_REPO_DIR));
     init_logging(args.log_format);
     let config = args.config()?;
     let (listener, store, url) = start(&args).await?;

@@ -126,6 +126,9 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo repository's directory inside the data directory (`kiln up` allows it).
+pub const DEMO_REPO_DIR: &str = "demo-repo";
+
 /// Creates (once) the demo repository, points the default project at it, and triggers a
 /// build of it once the server answers.
 pub async fn demo(
@@ -134,7 +137,7 @@ pub async fn demo(
     url: &str,
     now: Millis,
 ) -> anyhow::Result<()> {
-    let repo = std::fs::canonicalize(data_dir)?.join("demo-repo");
+    let repo = std::fs::canonicalize(data_dir)?.join(DEMO_REPO_DIR);
     if !repo.join(".git").exists() {
         std::fs::create_dir_all(&repo)?;
         std::fs::write(repo.join(".kiln.yml"), DEMO_PIPELINE)?;

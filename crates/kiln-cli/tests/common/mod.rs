@@ -27,6 +27,9 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data_dir)
+            // The tests' repositories are made in the temp dir.
+            .arg("--allow-local-repos")
+            .arg(std::env::temp_dir())
             .args(extra)
             .env("KILN_ADMIN_TOKEN", ADMIN)
             .env("KILN_LOG", "warn")

@@ -70,8 +70,15 @@ pub(crate) async fn set_repo_of(
     let repo = match body.get("repo") {
         None | Some(Value::Null) => None,
         Some(Value::String(repo)) => {
+            // Checked as stored: trimmed first, so " --upload-pack=…" cannot pass.
+            let repo = repo.trim();
             check_repo(repo)?;
-            Some(repo.trim().to_owned())
+            state
+                .runner
+                .repo_access(repo)
+                .await
+                .map_err(|message| crate::runner::refused_repo(&project.slug, message))?;
+            Some(repo.to_owned())
         }
         Some(_) => return Err(FieldError::new("repo", "must be a string or null").into()),
     };

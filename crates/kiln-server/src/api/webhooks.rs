@@ -15,9 +15,10 @@ use super::members::administered_project;
 use super::projects::readable_project;
 use super::users::audit;
 use crate::AppState;
+use crate::address;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::webhooks::{address, payload};
+use crate::webhooks::payload;
 
 /// Deliveries shown by the log.
 pub(crate) const LOG_LIMIT: i64 = 100;

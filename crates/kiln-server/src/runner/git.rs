@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-/// Most time one git command of a trigger or a poll may take.
-const GIT_TIMEOUT: Duration = Duration::from_secs(120);
+use super::policy::RepoAccess;
+
+/// Most time a git command on the server's own mirror may take.
+const LOCAL_GIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why git could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,12 +35,28 @@ pub(crate) fn mask_url(url: &str) -> String {
     url.to_owned()
 }
 
-async fn git(args: &[&str], cwd: Option<&Path>) -> Result<Vec<u8>, String> {
+/// Runs git on the mirror (`access` None: no transport allowed) or against a repository
+/// that passed the policy (`access`: its one transport, its settings and timeout).
+async fn git(
+    args: &[&str],
+    cwd: Option<&Path>,
+    access: Option<&RepoAccess>,
+) -> Result<Vec<u8>, String> {
     let mut command = Command::new("git");
+    let timeout = access.map_or(LOCAL_GIT_TIMEOUT, |access| access.timeout);
+    for setting in access.map(|access| access.config.as_slice()).unwrap_or(&[]) {
+        command.args(["-c", setting]);
+    }
     command
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        // Only the transport the policy checked; never `ext::` and the like.
+        .env(
+            "GIT_ALLOW_PROTOCOL",
+            access.map_or("none", |access| access.allow_protocol),
+        )
+        .env("GIT_PROTOCOL_FROM_USER", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -46,13 +64,13 @@ async fn git(args: &[&str], cwd: Option<&Path>) -> Result<Vec<u8>, String> {
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
     }
-    let output = tokio::time::timeout(GIT_TIMEOUT, command.output())
+    let output = tokio::time::timeout(timeout, command.output())
         .await
         .map_err(|_| {
             format!(
-                "git {} took longer than {} s",
+                "git {} took longer than {} s (the server's --git-timeout)",
                 args[0],
-                GIT_TIMEOUT.as_secs()
+                timeout.as_secs()
             )
         })?
         .map_err(|error| format!("cannot run git ({error}); install git on the server"))?;
@@ -65,8 +83,11 @@ async fn git(args: &[&str], cwd: Option<&Path>) -> Result<Vec<u8>, String> {
 }
 
 /// The commit each `refs/heads/*` branch points at.
-pub(crate) async fn remote_branches(repo: &str) -> Result<Vec<(String, String)>, GitError> {
-    let output = git(&["ls-remote", "--heads", "--", repo], None)
+pub(crate) async fn remote_branches(
+    repo: &str,
+    access: &RepoAccess,
+) -> Result<Vec<(String, String)>, GitError> {
+    let output = git(&["ls-remote", "--heads", "--", repo], None, Some(access))
         .await
         .map_err(|message| GitError::Unreachable(scrub(&message, repo)))?;
     Ok(String::from_utf8_lossy(&output)
@@ -82,8 +103,12 @@ pub(crate) async fn remote_branches(repo: &str) -> Result<Vec<(String, String)>,
 }
 
 /// The commit `branch` points at in `repo`.
-pub(crate) async fn resolve_branch(repo: &str, branch: &str) -> Result<String, GitError> {
-    remote_branches(repo)
+pub(crate) async fn resolve_branch(
+    repo: &str,
+    branch: &str,
+    access: &RepoAccess,
+) -> Result<String, GitError> {
+    remote_branches(repo, access)
         .await?
         .into_iter()
         .find(|(name, _)| name == branch)
@@ -122,7 +147,7 @@ impl Mirror {
             tokio::fs::create_dir_all(&path).await.map_err(|e| {
                 GitError::Unreachable(format!("cannot create {}: {e}", path.display()))
             })?;
-            git(&["init", "--bare", "-q", "."], Some(&path))
+            git(&["init", "--bare", "-q", "."], Some(&path), None)
                 .await
                 .map_err(GitError::Unreachable)?;
         }
@@ -130,9 +155,14 @@ impl Mirror {
     }
 
     /// Fetches `commit` (full sha) from `repo` unless the mirror has it.
-    pub(crate) async fn fetch(&self, repo: &str, commit: &str) -> Result<(), GitError> {
+    pub(crate) async fn fetch(
+        &self,
+        repo: &str,
+        commit: &str,
+        access: &RepoAccess,
+    ) -> Result<(), GitError> {
         let object = format!("{commit}^{{commit}}");
-        if git(&["cat-file", "-e", &object], Some(&self.path))
+        if git(&["cat-file", "-e", &object], Some(&self.path), None)
             .await
             .is_ok()
         {
@@ -141,6 +171,7 @@ impl Mirror {
         match git(
             &["fetch", "-q", "--depth=1", "--no-tags", "--", repo, commit],
             Some(&self.path),
+            Some(access),
         )
         .await
         {
@@ -166,15 +197,19 @@ impl Mirror {
     }
 
     pub(crate) async fn read(&self, commit: &str) -> Result<CommitFiles, GitError> {
-        let message = git(&["log", "-1", "--format=%B", commit], Some(&self.path))
-            .await
-            .map_err(GitError::Unreachable)?;
+        let message = git(
+            &["log", "-1", "--format=%B", commit],
+            Some(&self.path),
+            None,
+        )
+        .await
+        .map_err(GitError::Unreachable)?;
         let show = |file: &str| format!("{commit}:{file}");
-        let pipeline_file = git(&["show", &show(".kiln.yml")], Some(&self.path))
+        let pipeline_file = git(&["show", &show(".kiln.yml")], Some(&self.path), None)
             .await
             .ok()
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
-        let listing = git(&["ls-tree", "--name-only", commit], Some(&self.path))
+        let listing = git(&["ls-tree", "--name-only", commit], Some(&self.path), None)
             .await
             .map_err(GitError::Unreachable)?;
         let top_level: Vec<String> = String::from_utf8_lossy(&listing)
@@ -182,7 +217,7 @@ impl Mirror {
             .map(str::to_owned)
             .collect();
         let package_json = if top_level.iter().any(|name| name == "package.json") {
-            git(&["show", &show("package.json")], Some(&self.path))
+            git(&["show", &show("package.json")], Some(&self.path), None)
                 .await
                 .ok()
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())

@@ -10,6 +10,7 @@
 mod events;
 pub(crate) mod git;
 mod logbus;
+pub(crate) mod policy;
 pub(crate) mod tasks;
 mod trigger;
 
@@ -27,7 +28,8 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 pub(crate) use logbus::LogBus;
-pub(crate) use trigger::{TriggerRequest, check_branch};
+pub use policy::RepoPolicy;
+pub(crate) use trigger::{TriggerRequest, check_branch, refused_repo};
 
 use crate::clock::Clock;
 use crate::error::ApiError;
@@ -49,6 +51,8 @@ pub struct RunnerConfig {
     pub checkout_timeout: Duration,
     /// Where the server keeps its git mirrors.
     pub git_dir: PathBuf,
+    /// Which repositories projects may build, and the server's git timeout.
+    pub repo_policy: RepoPolicy,
 }
 
 impl Default for RunnerConfig {
@@ -61,6 +65,7 @@ impl Default for RunnerConfig {
             log_cap_bytes: kiln_core::limits::DEFAULT_JOB_LOG_CAP_BYTES,
             checkout_timeout: Duration::from_secs(kiln_core::limits::DEFAULT_CHECKOUT_TIMEOUT_SECS),
             git_dir: std::env::temp_dir().join(format!("kiln-git-{}", std::process::id())),
+            repo_policy: RepoPolicy::default(),
         }
     }
 }
@@ -136,6 +141,16 @@ impl Runner {
 
     fn lease_ms(&self) -> i64 {
         self.inner.config.job_lease.as_millis() as i64
+    }
+
+    /// Checks a repository against the instance's policy (before every git command the
+    /// server runs for it); the error says what to do instead.
+    pub(crate) async fn repo_access(&self, repo: &str) -> Result<policy::RepoAccess, String> {
+        self.inner
+            .config
+            .repo_policy
+            .check(repo, &self.inner.config.git_dir)
+            .await
     }
 
     /// Tells waiting claims to look again.

@@ -77,7 +77,14 @@ pub(crate) async fn poll_branches(runner: &Runner) {
             continue;
         };
         if !heads_by_repo.contains_key(&repo) {
-            match remote_branches(&repo).await {
+            let access = match runner.repo_access(&repo).await {
+                Ok(access) => access,
+                Err(error) => {
+                    tracing::warn!(project = %project.slug, %error, "not polling a repository the policy refuses");
+                    continue;
+                }
+            };
+            match remote_branches(&repo, &access).await {
                 Ok(heads) => {
                     heads_by_repo.insert(repo.clone(), heads);
                 }

@@ -68,6 +68,15 @@ struct Queued<'a> {
     priority: i64,
 }
 
+/// A repository the instance's policy refuses (`runner::policy`).
+pub(crate) fn refused_repo(slug: &str, message: String) -> ApiError {
+    ApiError::Unprocessable {
+        code: "repo_not_allowed",
+        message: format!("{message} (set another with PUT /api/v1/projects/{slug}/repo)"),
+        field: Some("repo".into()),
+    }
+}
+
 fn unprocessable(field: &str, message: String) -> ApiError {
     ApiError::Unprocessable {
         code: "unprocessable",
@@ -116,9 +125,15 @@ impl Runner {
             ));
         }
 
+        // Checked again at every trigger: the policy or a DNS answer may have changed
+        // since the repository was set.
+        let access = self
+            .repo_access(&repo)
+            .await
+            .map_err(|message| refused_repo(&project.slug, message))?;
         let commit = match &request.commit {
             Some(commit) => Ok(commit.to_ascii_lowercase()),
-            None => resolve_branch(&repo, &branch).await,
+            None => resolve_branch(&repo, &branch, &access).await,
         };
         let commit = match commit {
             Ok(commit) => commit,
@@ -139,7 +154,7 @@ impl Runner {
             )
             .await;
             match mirror {
-                Ok(mirror) => match mirror.fetch(&repo, &commit).await {
+                Ok(mirror) => match mirror.fetch(&repo, &commit, &access).await {
                     Ok(()) => mirror.read(&commit).await,
                     Err(error) => Err(error),
                 },

@@ -19,7 +19,6 @@
 //! are used up, then failed (kept for manual redelivery). Neither task is on the ingest
 //! path: a slow or broken receiver delays only its own endpoint's deliveries.
 
-pub(crate) mod address;
 pub(crate) mod payload;
 mod send;
 

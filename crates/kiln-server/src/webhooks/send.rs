@@ -17,7 +17,8 @@ use serde_json::{Map, Value};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use super::{Pace, WebhookConfig, address, payload};
+use super::{Pace, WebhookConfig, payload};
+use crate::address;
 use crate::clock::Clock;
 
 /// At most this much of a response body is kept in the delivery log.

@@ -43,7 +43,7 @@ macro_rules! engine_test {
 }
 
 /// A git mirror directory of its own for each test server.
-fn database_git_dir(database: &TestDatabase) -> std::path::PathBuf {
+pub fn database_git_dir(database: &TestDatabase) -> std::path::PathBuf {
     let unique = database
         .url
         .chars()
@@ -91,6 +91,12 @@ impl TestApp {
             clock: clock.clone(),
             runner: kiln_server::RunnerConfig {
                 git_dir: database_git_dir(&database),
+                // Tests build repositories made in temp dirs; the mirrors, also under
+                // the temp dir, stay refused.
+                repo_policy: kiln_server::RepoPolicy {
+                    allow_local: vec![std::env::temp_dir()],
+                    ..kiln_server::RepoPolicy::default()
+                },
                 ..kiln_server::RunnerConfig::default()
             },
             secure_cookies: false,
@@ -147,6 +153,66 @@ impl TestApp {
             .unwrap()
             .token;
         (Client::new(&self.base_url, Some(token.clone())), token)
+    }
+
+    /// A user with `role` in `project` (created if needed), logged in, and a personal
+    /// token made with the session; returns the token.
+    pub async fn member_token(&self, email: &str, project: &str, role: &str) -> String {
+        let _ = self.admin.create_project(project, project).await;
+        let (status, created) = self
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/users",
+                Some(ADMIN_TOKEN),
+                Some(
+                    serde_json::to_vec(&serde_json::json!({"email": email, "name": email}))
+                        .unwrap(),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let (status, member) = self
+            .raw(
+                reqwest::Method::PUT,
+                &format!("/api/v1/projects/{project}/members/{email}"),
+                Some(ADMIN_TOKEN),
+                Some(serde_json::to_vec(&serde_json::json!({"role": role})).unwrap()),
+            )
+            .await;
+        assert!(status < 300, "{member}");
+        let login = self
+            .http
+            .post(format!("{}/api/v1/session", self.base_url))
+            .json(&serde_json::json!({"email": email, "password": created["password"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status().as_u16(), 200);
+        let cookie = login.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let csrf = login.json::<Value>().await.unwrap()["csrfToken"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let token = self
+            .http
+            .post(format!("{}/api/v1/me/tokens", self.base_url))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&serde_json::json!({"name": "t"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(token.status().as_u16(), 201);
+        token.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// A raw request, for bad input and header tests: returns status and JSON body.

@@ -1,10 +1,13 @@
-//! Which webhook targets Kiln may call: http(s) URLs whose host resolves only to public
-//! addresses, unless the instance allows private ones (`--webhooks-allow-private`).
-//! Checked when an endpoint is saved (`resolve`) and again for every connection the
-//! sender opens (`CheckingResolver`, DNS can change); the connection goes to the
-//! addresses that were checked.
+//! Which addresses the server may connect to on a user's behalf: webhook receivers
+//! (http(s) URLs) and repositories. A host must resolve only to public addresses
+//! (`kiln_core::net`: every special-purpose range and IPv4 carried in IPv6 refused) that
+//! are not the server's own, unless the instance allows private ones
+//! (`--webhooks-allow-private`, `--repos-allow-private`). Webhook targets are checked when
+//! an endpoint is saved (`resolve`) and again for every connection the sender opens
+//! (`CheckingResolver`, DNS can change); the connection goes to the addresses that were
+//! checked. Repositories are checked by `crate::runner::policy`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use reqwest::Url;
 
@@ -42,13 +45,44 @@ pub(crate) fn parse(url: &str) -> Result<Target, String> {
     })
 }
 
+/// What the server connects to, for the words of a refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Webhook,
+    Repository,
+}
+
+impl Purpose {
+    fn refusal(self) -> &'static str {
+        match self {
+            Purpose::Webhook => {
+                "webhooks may only call public addresses (an instance admin can allow private ones with --webhooks-allow-private)"
+            }
+            Purpose::Repository => {
+                "repositories must be at public addresses (an instance admin can allow private ones with --repos-allow-private)"
+            }
+        }
+    }
+}
+
 /// Resolves a target and checks its addresses; returns the address to connect to.
 pub(crate) async fn resolve(target: &Target, allow_private: bool) -> Result<SocketAddr, String> {
-    let addresses: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, target.port)],
-        Err(_) => lookup(&target.host, target.port).await?,
+    resolve_host(&target.host, target.port, allow_private, Purpose::Webhook).await
+}
+
+/// Resolves `host` (a name or an IP literal) and checks every address it has; returns the
+/// first, to connect to.
+pub(crate) async fn resolve_host(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+    purpose: Purpose,
+) -> Result<SocketAddr, String> {
+    let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => lookup(host, port).await?,
     };
-    check(&target.host, &addresses, allow_private)?;
+    check_for(host, &addresses, allow_private, purpose)?;
     Ok(addresses[0])
 }
 
@@ -59,22 +93,36 @@ async fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         .collect())
 }
 
-/// Refuses an empty list, and any private address unless allowed.
+/// Refuses an empty list, and any private address unless allowed (a webhook's).
 pub(crate) fn check(
     host: &str,
     addresses: &[SocketAddr],
     allow_private: bool,
 ) -> Result<(), String> {
+    check_for(host, addresses, allow_private, Purpose::Webhook)
+}
+
+/// Refuses an empty list, and any address that is not public unless allowed.
+pub(crate) fn check_for(
+    host: &str,
+    addresses: &[SocketAddr],
+    allow_private: bool,
+    purpose: Purpose,
+) -> Result<(), String> {
     if addresses.is_empty() {
         return Err(format!("{host} has no address"));
     }
-    if !allow_private
-        && let Some(refused) = addresses.iter().find(|address| !is_public(address.ip()))
-    {
-        return Err(format!(
-            "{host} resolves to {}, a private, loopback or link-local address; webhooks may only call public addresses (an instance admin can allow private ones with --webhooks-allow-private)",
-            refused.ip()
-        ));
+    if allow_private {
+        return Ok(());
+    }
+    for address in addresses {
+        if let Some(reason) = refusal_reason(address.ip()) {
+            return Err(format!(
+                "{host} resolves to {}, a private or special-purpose address: {reason}; {}",
+                address.ip(),
+                purpose.refusal()
+            ));
+        }
     }
     Ok(())
 }
@@ -102,42 +150,38 @@ impl reqwest::dns::Resolve for CheckingResolver {
     }
 }
 
-pub(crate) fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public_v4(v4),
-            None => is_public_v6(v6),
-        },
-    }
+/// Why `ip` may not be called: a special-purpose range, or one of this host's own
+/// addresses (its public address reaches its own loopback services too).
+pub(crate) fn refusal_reason(ip: IpAddr) -> Option<String> {
+    kiln_core::net::non_public_reason(ip).or_else(|| {
+        is_own_address(ip).then(|| "an address of the Kiln server's own host".to_owned())
+    })
 }
 
-fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    !(ip.is_private()
-        || ip.is_loopback()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || a == 0
-        // Shared address space (carrier-grade NAT), 100.64.0.0/10.
-        || (a == 100 && (64..128).contains(&b)))
+#[cfg(test)]
+fn is_public(ip: IpAddr) -> bool {
+    refusal_reason(ip).is_none()
 }
 
-fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    !(ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        // Unique local fc00::/7 and link-local fe80::/10.
-        || (first & 0xfe00) == 0xfc00
-        || (first & 0xffc0) == 0xfe80)
+/// Whether `ip` is assigned to this host: binding a socket to an address succeeds only
+/// for the host's own (a cheap system call, no packet sent).
+fn is_own_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host's own addresses are found by binding; a public address that is not the
+    /// host's is not.
+    #[test]
+    fn own_addresses_are_recognised() {
+        assert!(is_own_address("127.0.0.1".parse().unwrap()));
+        assert!(is_own_address("127.0.0.2".parse().unwrap()));
+        assert!(!is_own_address("8.8.8.8".parse().unwrap()));
+        assert!(!is_own_address("2606:4700::1111".parse().unwrap()));
+    }
 
     #[test]
     fn private_addresses_are_not_public() {
