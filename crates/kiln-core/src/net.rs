@@ -159,7 +159,15 @@ impl RepoLocation {
     /// Reads a repository string the way git does; refuses transports other than
     /// http(s), ssh, git and local (remote helpers such as `ext::` run commands).
     pub fn parse(repo: &str) -> Result<RepoLocation, String> {
-        if repo.contains("::") && !repo.contains("://") {
+        // git's `<transport>::<address>` form (a remote helper): a scheme-like word
+        // before `::` (an IPv6 literal such as `[::1]:repo` has a bracket there).
+        let helper = repo.split_once("::").is_some_and(|(transport, _)| {
+            !transport.is_empty()
+                && transport
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        });
+        if helper {
             return Err(
                 "remote helpers (TRANSPORT::ADDRESS) are not supported; use an https://, ssh:// or git:// URL".into(),
             );
@@ -190,6 +198,23 @@ impl RepoLocation {
                 scheme,
                 host,
                 port: port.unwrap_or(default_port),
+            });
+        }
+        // scp-like with a bracketed host: `[host]:path`, `user@[host]:path`.
+        let bracketed = repo
+            .split_once('[')
+            .filter(|(user, _)| user.is_empty() || (user.ends_with('@') && !user.contains('/')));
+        if let Some((_, rest)) = bracketed
+            && let Some((host, path)) = rest.split_once(']')
+            && path.starts_with(':')
+        {
+            if host.is_empty() {
+                return Err("give the host between '[' and ']'".into());
+            }
+            return Ok(RepoLocation::Remote {
+                scheme: "ssh",
+                host: host.to_owned(),
+                port: 22,
             });
         }
         // git's rule for scp-like syntax: a colon before any slash (and not a Windows

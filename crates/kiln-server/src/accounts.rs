@@ -1,16 +1,21 @@
 //! Passwords (argon2id, hashed off the async threads) and the login limiter.
 //!
 //! A failed login costs the same whether the account exists or not (a dummy hash is
-//! verified), and failures are limited per account and per client address.
+//! verified), and failures are limited per account and per client address. Logins in
+//! flight count against the address's limit too, and argon2 runs at most one per core at
+//! once (each takes ~19 MiB and tens of milliseconds): a burst of logins waits its turn
+//! or is refused with 503 and `Retry-After`, so memory stays bounded.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::Argon2;
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use tokio::sync::Semaphore;
+
+use argon2::password_hash::PasswordHasher;
+use argon2::password_hash::phc::{Output, PasswordHash};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 /// Failed logins allowed per account, and per client address, within `WINDOW`.
 pub(crate) const MAX_FAILURES_PER_ACCOUNT: u32 = 5;
@@ -28,52 +33,169 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
         .unwrap_or_default()
 });
 
+/// How long a password check waits for a free slot before it is refused as busy.
+pub(crate) const PASSWORD_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// Slots for argon2 work: one per core (at most 8).
+static PASSWORD_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| {
+    Semaphore::new(
+        std::thread::available_parallelism()
+            .map(|cores| cores.get())
+            .unwrap_or(1)
+            .clamp(1, 8),
+    )
+});
+
+/// Every password slot stayed taken for `PASSWORD_QUEUE_WAIT`.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is busy checking other passwords; retry in a few seconds")]
+pub(crate) struct PasswordsBusy;
+
+/// Argon2 working memory kept between checks (one per slot at most): a check reuses a
+/// buffer instead of allocating ~19 MiB, which the allocator would keep per thread.
+static PASSWORD_MEMORY: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
+
+/// Runs argon2 work off the async threads, at most one per slot, with a reused buffer.
+async fn in_password_slot<T: Send + 'static>(
+    work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
+) -> Result<T, PasswordsBusy> {
+    let permit = tokio::time::timeout(PASSWORD_QUEUE_WAIT, PASSWORD_SLOTS.acquire())
+        .await
+        .map_err(|_| PasswordsBusy)?
+        .map_err(|_| PasswordsBusy)?;
+    let result = tokio::task::spawn_blocking(move || {
+        let mut memory = PASSWORD_MEMORY
+            .lock()
+            .expect("password memory lock")
+            .pop()
+            .unwrap_or_default();
+        let result = work(&mut memory);
+        PASSWORD_MEMORY
+            .lock()
+            .expect("password memory lock")
+            .push(memory);
+        result
+    })
+    .await;
+    drop(permit);
+    result.map_err(|_| PasswordsBusy)
+}
+
+/// Checks `password` against a PHC string, computing into `memory` (grown as needed).
+fn matches_hash(password: &[u8], hash: &str, memory: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm.as_str()) else {
+        return false;
+    };
+    let Ok(version) = parsed
+        .version
+        .map_or(Ok(Version::default()), Version::try_from)
+    else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut computed = vec![0u8; expected.len()];
+    let argon2 = Argon2::new(algorithm, version, params);
+    if argon2
+        .hash_password_into_with_memory(password, salt, &mut computed, &mut memory[..blocks])
+        .is_err()
+    {
+        return false;
+    }
+    // `Output`'s equality is constant-time.
+    Output::new(&computed).is_ok_and(|computed| &computed == expected)
+}
+
 /// The argon2id PHC string of a password.
 pub(crate) async fn hash_password(password: String) -> Result<String, String> {
-    tokio::task::spawn_blocking(move || {
+    in_password_slot(move |_| {
         Argon2::default()
             .hash_password(password.as_bytes())
             .map(|hash| hash.to_string())
             .map_err(|error| format!("cannot hash the password: {error}"))
     })
     .await
-    .map_err(|error| format!("cannot hash the password: {error}"))?
+    .map_err(|busy| busy.to_string())?
 }
 
 /// Whether `password` matches `hash` (the dummy hash when the account has none).
-pub(crate) async fn verify_password(password: String, hash: Option<String>) -> bool {
+pub(crate) async fn verify_password(
+    password: String,
+    hash: Option<String>,
+) -> Result<bool, PasswordsBusy> {
     let real = hash.is_some();
     let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
-    tokio::task::spawn_blocking(move || {
-        let matches = PasswordHash::new(&hash).ok().is_some_and(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        });
-        matches && real
-    })
-    .await
-    .unwrap_or(false)
+    in_password_slot(move |memory| matches_hash(password.as_bytes(), &hash, memory) && real).await
 }
 
-/// Counts failed logins per account and per address in a sliding window.
+/// Counts failed logins per account and per address in a sliding window, and the
+/// password checks in flight per address.
 #[derive(Default)]
 pub(crate) struct LoginLimiter {
     failures: Mutex<HashMap<String, (u32, Instant)>>,
+    in_flight: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// A password check in flight from one address; counted until dropped.
+pub(crate) struct LoginInFlight {
+    limiter: Arc<LoginLimiter>,
+    address: Option<IpAddr>,
+}
+
+impl Drop for LoginInFlight {
+    fn drop(&mut self) {
+        if let Some(ip) = self.address {
+            let mut in_flight = self.limiter.in_flight.lock().expect("limiter lock");
+            if let Some(count) = in_flight.get_mut(&ip) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    in_flight.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 impl LoginLimiter {
-    fn over(&self, key: &str, limit: u32) -> bool {
+    fn failures_of(&self, key: &str) -> u32 {
         let failures = self.failures.lock().expect("limiter lock");
         failures
             .get(key)
-            .is_some_and(|(count, since)| since.elapsed() < WINDOW && *count >= limit)
+            .filter(|(_, since)| since.elapsed() < WINDOW)
+            .map_or(0, |(count, _)| *count)
     }
 
-    /// Refuses before checking the password when either key is over its limit.
-    pub fn allowed(&self, email: &str, address: Option<IpAddr>) -> bool {
-        !self.over(&format!("account:{email}"), MAX_FAILURES_PER_ACCOUNT)
-            && !address.is_some_and(|ip| self.over(&format!("ip:{ip}"), MAX_FAILURES_PER_ADDRESS))
+    /// Starts a password check: refused (`None`) when the account or the address is
+    /// over its limit, counting the address's checks still in flight as failures (a
+    /// burst of concurrent guesses cannot outrun the count).
+    pub fn begin(self: &Arc<Self>, email: &str, address: Option<IpAddr>) -> Option<LoginInFlight> {
+        if self.failures_of(&format!("account:{email}")) >= MAX_FAILURES_PER_ACCOUNT {
+            return None;
+        }
+        if let Some(ip) = address {
+            let failures = self.failures_of(&format!("ip:{ip}"));
+            let mut in_flight = self.in_flight.lock().expect("limiter lock");
+            let count = in_flight.entry(ip).or_insert(0);
+            if failures + *count >= MAX_FAILURES_PER_ADDRESS {
+                return None;
+            }
+            *count += 1;
+        }
+        Some(LoginInFlight {
+            limiter: self.clone(),
+            address,
+        })
     }
 
     pub fn failed(&self, email: &str, address: Option<IpAddr>) {
@@ -110,35 +232,60 @@ mod tests {
     async fn passwords_hash_and_verify() {
         let hash = hash_password("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse".into(), Some(hash.clone())).await);
-        assert!(!verify_password("wrong horse".into(), Some(hash)).await);
         assert!(
-            !verify_password("kiln-no-such-account".into(), None).await,
+            verify_password("correct horse".into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify_password("wrong horse".into(), Some(hash))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify_password("kiln-no-such-account".into(), None)
+                .await
+                .unwrap(),
             "the dummy never logs in"
         );
     }
 
     #[test]
-    fn failures_are_limited_per_account_and_address() {
-        let limiter = LoginLimiter::default();
+    fn checks_in_flight_count_against_the_address() {
+        let limiter = Arc::new(LoginLimiter::default());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let held: Vec<LoginInFlight> = (0..MAX_FAILURES_PER_ADDRESS)
+            .map(|n| limiter.begin(&format!("u{n}@x"), Some(ip)).unwrap())
+            .collect();
+        assert!(
+            limiter.begin("new@x", Some(ip)).is_none(),
+            "the address is full"
+        );
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(limiter.begin("new@x", Some(other)).is_some());
+        drop(held);
+        assert!(
+            limiter.begin("new@x", Some(ip)).is_some(),
+            "released when done"
+        );
+    }
+
+    #[test]
+    fn failures_are_limited_per_account_and_address() {
+        let limiter = Arc::new(LoginLimiter::default());
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let allowed = |email: &str| limiter.begin(email, Some(ip)).is_some();
         for _ in 0..MAX_FAILURES_PER_ACCOUNT {
-            assert!(limiter.allowed("a@x", Some(ip)));
+            assert!(allowed("a@x"));
             limiter.failed("a@x", Some(ip));
         }
-        assert!(!limiter.allowed("a@x", Some(ip)));
-        assert!(
-            limiter.allowed("b@x", Some(ip)),
-            "other accounts from the address still may"
-        );
+        assert!(!allowed("a@x"));
+        assert!(allowed("b@x"), "other accounts from the address still may");
         limiter.succeeded("a@x");
-        assert!(limiter.allowed("a@x", Some(ip)));
+        assert!(allowed("a@x"));
         for n in 0..MAX_FAILURES_PER_ADDRESS {
             limiter.failed(&format!("u{n}@x"), Some(ip));
         }
-        assert!(
-            !limiter.allowed("new@x", Some(ip)),
-            "the address is over its limit"
-        );
+        assert!(!allowed("new@x"), "the address is over its limit");
     }
 }

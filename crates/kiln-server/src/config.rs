@@ -48,6 +48,8 @@ pub struct ServerConfig {
     /// Let webhooks call private, loopback and link-local addresses
     /// (`--webhooks-allow-private`; off by default, on in tests).
     pub webhooks_allow_private: bool,
+    /// Connection timeouts and caps.
+    pub connections: crate::serve::ConnectionConfig,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -61,6 +63,7 @@ impl fmt::Debug for ServerConfig {
             .field("notifications", &self.notifications)
             .field("webhooks", &self.webhooks)
             .field("webhooks_allow_private", &self.webhooks_allow_private)
+            .field("connections", &self.connections)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +81,7 @@ impl Default for ServerConfig {
             notifications: crate::notify::NotificationConfig::default(),
             webhooks: crate::webhooks::WebhookConfig::default(),
             webhooks_allow_private: false,
+            connections: crate::serve::ConnectionConfig::default(),
         }
     }
 }

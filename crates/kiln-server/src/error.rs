@@ -93,6 +93,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::accounts::PasswordsBusy> for ApiError {
+    fn from(busy: crate::accounts::PasswordsBusy) -> Self {
+        Self::Unavailable(busy.to_string())
+    }
+}
+
 impl From<FieldError> for ApiError {
     fn from(error: FieldError) -> Self {
         Self::invalid_field(error)
@@ -134,6 +140,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::RateLimited(_)) {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("60"));
         }
         response
     }

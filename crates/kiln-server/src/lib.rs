@@ -33,6 +33,7 @@ pub use config::{Secret, ServerConfig};
 pub use error::ApiError;
 pub use notify::{EmailConfig, NotificationConfig};
 pub use runner::{RepoPolicy, RunnerConfig};
+pub use serve::ConnectionConfig;
 pub use webhooks::WebhookConfig;
 
 use crate::auth::Authenticator;
@@ -163,7 +164,7 @@ pub async fn run(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         socket_io.close().await;
     };
-    serve::serve(listener, app, shutdown).await?;
+    serve::serve(listener, app, config.connections.clone(), shutdown).await?;
 
     // Requests are done; stop the reaper, then let the ingestor drain its queue.
     let _ = reaper_stop.send(true);

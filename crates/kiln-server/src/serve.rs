@@ -1,4 +1,5 @@
-//! The HTTP accept loop: what `axum::serve` does, with the connection settings Kiln needs.
+//! The HTTP accept loop: what `axum::serve` does, with the connection settings and
+//! limits Kiln needs.
 //!
 //! Every open SSE stream keeps its connection, and a connection's buffers are most of a
 //! subscriber's memory. hyper's HTTP/1 read buffer is capped at 8 KiB here (hyper's
@@ -7,16 +8,29 @@
 //! unaffected. `TCP_NODELAY` is set so small live events are not held back by Nagle's
 //! algorithm. Shutdown is graceful: stop accepting, let each connection finish its
 //! in-flight request, then return once every connection task has ended.
+//!
+//! Connections cannot be held for free (`ConnectionConfig`): a connection with no request
+//! in flight is closed once it has been idle for the idle timeout, or once a request head
+//! it started has taken longer than the header timeout (slowloris); a connection past
+//! the cap, or past one address's share of it, is closed at once; accept errors (out of
+//! file descriptors) back off instead of spinning. A request in flight — a long SSE
+//! stream included — is never cut by these timers, and an upgraded connection (Socket.IO's
+//! WebSocket) leaves them when it upgrades.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::pin::pin;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::Service;
@@ -24,49 +38,351 @@ use tower::Service;
 /// The largest HTTP/1 read buffer per connection (and so the largest request head).
 pub const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
 
+/// How long connections may be held, and how many (`kiln serve` flags).
+#[derive(Clone, Debug)]
+pub struct ConnectionConfig {
+    /// A request head must be complete this long after its first byte.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Open connections at most; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// Open connections from one client address at most.
+    pub max_connections_per_address: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_connections_per_address: 2_500,
+        }
+    }
+}
+
+/// Open connections, in all and per address.
+#[derive(Default)]
+struct Census {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection; leaves the census when dropped.
+struct Admitted {
+    census: Arc<Mutex<Census>>,
+    address: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut census = self.census.lock().expect("census lock");
+        census.total = census.total.saturating_sub(1);
+        if let Some(count) = census.per_address.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                census.per_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+fn admit(
+    census: &Arc<Mutex<Census>>,
+    address: IpAddr,
+    config: &ConnectionConfig,
+) -> Option<Admitted> {
+    let mut counts = census.lock().expect("census lock");
+    let from_address = counts.per_address.get(&address).copied().unwrap_or(0);
+    if counts.total >= config.max_connections || from_address >= config.max_connections_per_address
+    {
+        return None;
+    }
+    counts.total += 1;
+    *counts.per_address.entry(address).or_insert(0) += 1;
+    Some(Admitted {
+        census: census.clone(),
+        address,
+    })
+}
+
+/// What a connection is doing, shared by its I/O, its service and its watchdog.
+struct Activity {
+    started: Instant,
+    /// Requests whose response has not been fully sent.
+    in_flight: AtomicUsize,
+    /// Milliseconds since `started` of the last time the connection became idle.
+    idle_since: AtomicU64,
+    /// Milliseconds since `started` when the bytes of a new request head began, while
+    /// no request was in flight; `u64::MAX` when none is being read.
+    head_since: AtomicU64,
+    /// Set when the connection upgraded (the timers no longer apply).
+    upgraded: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(u64::MAX),
+            upgraded: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.head_since.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    fn request_ended(&self) {
+        self.idle_since.store(self.now(), Ordering::SeqCst);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn bytes_read(&self) {
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            let now = self.now();
+            let _ =
+                self.head_since
+                    .compare_exchange(u64::MAX, now, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+
+    /// Why the connection should be closed now, if it should.
+    fn expired(&self, config: &ConnectionConfig) -> Option<&'static str> {
+        if self.upgraded.load(Ordering::SeqCst) || self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let now = self.now();
+        let head_since = self.head_since.load(Ordering::SeqCst);
+        if head_since != u64::MAX {
+            return (now.saturating_sub(head_since)
+                > config.header_read_timeout.as_millis() as u64)
+                .then_some("request head not complete within the header timeout");
+        }
+        let idle_since = self.idle_since.load(Ordering::SeqCst);
+        (now.saturating_sub(idle_since) > config.idle_timeout.as_millis() as u64)
+            .then_some("idle past the idle timeout")
+    }
+}
+
+/// The connection's socket, noting when request bytes arrive.
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bytes_read();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A response body that marks its request ended when it is finished or dropped.
+struct TrackedBody {
+    inner: Body,
+    activity: Option<Arc<Activity>>,
+}
+
+impl TrackedBody {
+    fn end(&mut self) {
+        if let Some(activity) = self.activity.take() {
+            activity.request_ended();
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.end();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Accept errors (out of file descriptors, mostly): wait, doubling up to a second, and
+/// log at most every 10 s with the count.
+struct AcceptBackoff {
+    delay: Duration,
+    errors_since_log: u64,
+    last_log: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    fn new() -> Self {
+        Self {
+            delay: Duration::from_millis(5),
+            errors_since_log: 0,
+            last_log: None,
+        }
+    }
+
+    async fn failed(&mut self, error: std::io::Error) {
+        self.errors_since_log += 1;
+        if self
+            .last_log
+            .is_none_or(|logged| logged.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(%error, errors = self.errors_since_log, "cannot accept connections; backing off (raise the open-files limit or lower --max-connections)");
+            self.errors_since_log = 0;
+            self.last_log = Some(Instant::now());
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(1));
+    }
+
+    fn succeeded(&mut self) {
+        self.delay = Duration::from_millis(5);
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then waits for open
 /// connections to finish their current request (long-lived streams end on their own
 /// when the server announces shutdown to them).
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
+    config: ConnectionConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     // Each connection task holds a receiver; `closed()` resolves when all are gone.
     let (open_tx, open_rx) = watch::channel(());
+    let census = Arc::new(Mutex::new(Census::default()));
+    let config = Arc::new(config);
+    let mut backoff = AcceptBackoff::new();
+    let mut refused_logged: Option<Instant> = None;
     let mut shutdown = pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff.succeeded();
+                    accepted
+                }
                 Err(error) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    backoff.failed(error).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        let Some(admitted) = admit(&census, peer.ip(), &config) else {
+            if refused_logged.is_none_or(|logged| logged.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(peer = %peer.ip(), "connection refused: the connection cap or this address's share of it is reached (--max-connections, --max-connections-per-address)");
+                refused_logged = Some(Instant::now());
+            }
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
         let app = app.clone();
+        let service_activity = activity.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut app = app.clone();
+            let activity = service_activity.clone();
+            activity.request_started();
+            let upgrading = request.headers().contains_key(hyper::header::UPGRADE);
             let mut request = request.map(Body::new);
             // The client's address, for per-address limits (login).
             request
                 .extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
-            async move { app.call(request).await }
+            async move {
+                let response = app.call(request).await?;
+                if upgrading && response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                    activity.upgraded.store(true, Ordering::SeqCst);
+                }
+                Ok::<_, std::convert::Infallible>(response.map(|body| TrackedBody {
+                    inner: body,
+                    activity: Some(activity),
+                }))
+            }
         });
         let mut stop = stop_rx.clone();
         let open = open_rx.clone();
+        let config = config.clone();
         tokio::spawn(async move {
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder.http1().max_buf_size(MAX_REQUEST_HEAD_BYTES);
-            let mut connection =
-                pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+            let _admitted = admitted;
+            // No hyper timer: its header timeout would also start on an idle
+            // keep-alive connection; the watchdog below tells the two apart.
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.max_buf_size(MAX_REQUEST_HEAD_BYTES);
+            let io = TokioIo::new(Watched {
+                inner: stream,
+                activity: activity.clone(),
+            });
+            let mut connection = pin!(builder.serve_connection(io, service).with_upgrades());
+            let mut watchdog = tokio::time::interval(Duration::from_millis(250));
             let mut stopping = false;
             loop {
                 tokio::select! {
@@ -80,6 +396,12 @@ pub(crate) async fn serve(
                         stopping = true;
                         connection.as_mut().graceful_shutdown();
                     }
+                    _ = watchdog.tick() => {
+                        if let Some(reason) = activity.expired(&config) {
+                            tracing::debug!(peer = %peer, reason, "closing a connection");
+                            break;
+                        }
+                    }
                 }
             }
             drop(open);
@@ -90,4 +412,56 @@ pub(crate) async fn serve(
     drop(open_rx);
     open_tx.closed().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_census_caps_totals_and_each_address() {
+        let census = Arc::new(Mutex::new(Census::default()));
+        let config = ConnectionConfig {
+            max_connections: 3,
+            max_connections_per_address: 2,
+            ..ConnectionConfig::default()
+        };
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let first = admit(&census, a, &config).unwrap();
+        let _second = admit(&census, a, &config).unwrap();
+        assert!(admit(&census, a, &config).is_none(), "a's share is used");
+        let _third = admit(&census, b, &config).unwrap();
+        assert!(admit(&census, b, &config).is_none(), "the cap is reached");
+        drop(first);
+        assert!(admit(&census, a, &config).is_some(), "a slot came free");
+    }
+
+    #[test]
+    fn a_connection_expires_idle_or_mid_head_never_mid_request() {
+        let config = ConnectionConfig {
+            header_read_timeout: Duration::from_millis(0),
+            idle_timeout: Duration::from_millis(0),
+            ..ConnectionConfig::default()
+        };
+        let activity = Activity::new();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(
+            activity.expired(&config),
+            Some("idle past the idle timeout")
+        );
+        activity.bytes_read();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(
+            activity.expired(&config),
+            Some("request head not complete within the header timeout")
+        );
+        activity.request_started();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(activity.expired(&config), None, "a request is in flight");
+        activity.request_ended();
+        activity.upgraded.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(activity.expired(&config), None, "upgraded");
+    }
 }

@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 engine_test!(pages_render_for_each_role);
 engine_test!(settings_forms_do_what_the_api_does);
 engine_test!(a_webhook_delivery_log_shows_the_attempt_to_a_real_receiver);
+engine_test!(pages_cannot_be_framed_and_login_goes_back_only_to_plain_paths);
 
 /// A signed-in browser: the session cookie and its CSRF token; redirects are answers.
 struct Browser {
@@ -1034,4 +1035,59 @@ fn normalize_replaces_volatile_parts() {
         normalize(html, &Volatile::new().with("r-1", "run")),
         r#"<meta name="csrf-token" content="{csrf}"><input name="_csrf" value="{csrf}"><link href="/x.css?v={version}"><code>kiln_{secret}</code> <tr data-token-id="{id}"><a href="/builds/{run}">"#
     );
+}
+
+/// Every answer carries the security headers (pages: a CSP without inline script and
+/// `frame-ancestors 'none'`), and the login form's `next` with a control character or
+/// another origin goes to `/` instead of failing (it was a 500).
+async fn pages_cannot_be_framed_and_login_goes_back_only_to_plain_paths(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let http = no_redirects();
+    for path in ["/login", "/healthz", "/api/v1/nope", "/assets/kiln.css"] {
+        let response = http
+            .get(format!("{}{path}", app.base_url))
+            .send()
+            .await
+            .unwrap();
+        let headers = response.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert_eq!(headers["referrer-policy"], "same-origin", "{path}");
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            policy.contains("frame-ancestors 'none'"),
+            "{path}: {policy}"
+        );
+        assert!(policy.contains("script-src 'self';"), "{path}: {policy}");
+        assert!(
+            !policy.contains("script-src 'self' 'unsafe-inline'"),
+            "{policy}"
+        );
+    }
+
+    let app_ref = &app;
+    app.project_client("web", &["read"]).await;
+    create_user(app_ref, "ada@example.com", "Ada", Some("viewer")).await;
+    for (next, expected) in [
+        ("/\n", "/"),
+        ("/\r\nSet-Cookie: x=1", "/"),
+        ("/\u{1}", "/"),
+        ("/\u{7f}", "/"),
+        ("//evil.example/x", "/"),
+        ("/projects", "/projects"),
+    ] {
+        let response = http
+            .post(format!("{}/login", app.base_url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form_body(&[
+                ("email", "ada@example.com"),
+                ("password", "correct horse battery"),
+                ("next", next),
+            ]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 303, "next {next:?}");
+        assert_eq!(response.headers()["location"], expected, "next {next:?}");
+    }
 }

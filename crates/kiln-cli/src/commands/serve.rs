@@ -81,6 +81,20 @@ pub struct ServeArgs {
     /// (ls-remote, fetching one commit).
     #[arg(long, env = "KILN_GIT_TIMEOUT", default_value_t = kiln_core::limits::DEFAULT_SERVER_GIT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub git_timeout: u64,
+    /// Seconds a client has to send a complete request head once it sent its first byte
+    /// (slow clients holding connections are closed).
+    #[arg(long, env = "KILN_HEADER_READ_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout: u64,
+    /// Seconds a connection with no request in flight is kept open (keep-alive).
+    #[arg(long, env = "KILN_IDLE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout: u64,
+    /// Open connections at most (live streams included); more are closed on arrival.
+    /// Lowered to fit the open-files limit, which Kiln raises to its hard limit.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: u64,
+    /// Open connections from one client address at most.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 2_500, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections_per_address: u64,
     /// Seconds before each webhook retry, comma-separated (the last repeats).
     #[arg(long, env = "KILN_WEBHOOK_RETRY_SCHEDULE", value_delimiter = ',', default_value = "60,120,240,480,960", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub webhook_retry_schedule: Vec<u64>,
@@ -141,6 +155,32 @@ impl ServeArgs {
         Ok(format!("sqlite://{}/kiln.db", self.data_dir.display()))
     }
 
+    /// Connection limits, the cap lowered to what the open-files limit allows (raised to
+    /// its hard limit first, leaving room for the database, git and log files).
+    fn connection_config(&self) -> kiln_server::ConnectionConfig {
+        let files = super::limits::raise_open_files_limit();
+        let reserve = 256;
+        let mut max_connections = self.max_connections as usize;
+        if let Some(files) = files
+            && files > reserve
+            && max_connections > (files - reserve) as usize
+        {
+            max_connections = (files - reserve) as usize;
+            tracing::warn!(
+                max_connections,
+                open_files_limit = files,
+                "--max-connections lowered to fit the open-files limit"
+            );
+        }
+        kiln_server::ConnectionConfig {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            max_connections,
+            max_connections_per_address: (self.max_connections_per_address as usize)
+                .min(max_connections),
+        }
+    }
+
     fn config(&self) -> anyhow::Result<ServerConfig> {
         let email = match (&self.smtp_url, &self.smtp_from) {
             (Some(url), Some(from)) => {
@@ -188,6 +228,7 @@ impl ServeArgs {
                 ..kiln_server::WebhookConfig::default()
             },
             webhooks_allow_private: self.webhooks_allow_private,
+            connections: self.connection_config(),
             ..ServerConfig::default()
         })
     }

@@ -7,6 +7,7 @@ mod builds;
 mod convert;
 mod events;
 pub(crate) mod fleet;
+mod headers;
 mod health;
 mod hooks;
 pub(crate) mod members;
@@ -508,7 +509,8 @@ pub(crate) fn router(state: AppState) -> (Router, socketioxide::SocketIo) {
             )
         })
         .layer(socket_layer)
-        .layer(middleware::from_fn(refuse_nul_in_url));
+        .layer(middleware::from_fn(refuse_nul_in_url))
+        .layer(middleware::map_response(headers::security_headers));
     (router.with_state(state), socket_io)
 }
 

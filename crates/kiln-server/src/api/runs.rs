@@ -257,6 +257,14 @@ pub(crate) async fn log(
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            // A log is untrusted text: a browser saves it rather than showing it.
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"{slug}-{}-{}.log\"",
+                    job.build_id, job.step
+                ),
+            ),
             (
                 header::HeaderName::from_static("x-kiln-log-offset"),
                 next.to_string(),

@@ -115,14 +115,15 @@ pub(crate) async fn open_session(
         .into());
     }
     let address = Some(peer.ip());
-    if !state.logins.allowed(email, address) {
+    let Some(_in_flight) = state.logins.begin(email, address) else {
         return Err(ApiError::RateLimited(
-            "too many failed logins for this account or address; wait 15 minutes".into(),
+            "too many failed or concurrent logins for this account or address; wait 15 minutes"
+                .into(),
         ));
-    }
+    };
     let user = state.store.user_by_email(email).await?;
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-    let matches = verify_password(password, hash).await;
+    let matches = verify_password(password, hash).await?;
     let user = match user {
         Some(user) if matches && user.disabled_at.is_none() => user,
         _ => {
@@ -265,12 +266,12 @@ pub(crate) async fn change_password(
         .await?
         .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
     let address = Some(peer.ip());
-    if !state.logins.allowed(&user.email, address) {
+    let Some(_in_flight) = state.logins.begin(&user.email, address) else {
         return Err(ApiError::RateLimited(
-            "too many failed password checks for this account or address; wait 15 minutes".into(),
+            "too many failed or concurrent password checks for this account or address; wait 15 minutes".into(),
         ));
-    }
-    if !verify_password(current, user.password_hash.clone()).await {
+    };
+    if !verify_password(current, user.password_hash.clone()).await? {
         state.logins.failed(&user.email, address);
         return Err(ApiError::bad_request(
             "wrong_password",

@@ -31,10 +31,18 @@ pub(crate) struct NextQuery {
     next: Option<String>,
 }
 
-/// Only a local path is a place to go back to after logging in.
+/// Only a plain local path is a place to go back to after logging in: it starts with
+/// one `/`, holds visible ASCII only (no control character, space or backslash, which a
+/// `Location` header cannot carry or a browser may read as another host), and is at
+/// most 2,048 bytes; anything else goes to `/`.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(next) if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') => {
+        Some(next)
+            if next.starts_with('/')
+                && !next.starts_with("//")
+                && next.len() <= 2048
+                && next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
             next.to_owned()
         }
         _ => "/".to_owned(),
@@ -136,5 +144,11 @@ mod tests {
         assert_eq!(safe_next(Some("/\\evil.example")), "/");
         assert_eq!(safe_next(Some("https://evil.example")), "/");
         assert_eq!(safe_next(None), "/");
+        assert_eq!(safe_next(Some("/builds/x?a=1#L2")), "/builds/x?a=1#L2");
+        // A Location header cannot carry these: they were a 500 before.
+        for refused in ["/\n", "/\r", "/\u{1}", "/\u{7f}", "/a b", "/é", ""] {
+            assert_eq!(safe_next(Some(refused)), "/", "{refused:?}");
+        }
+        assert_eq!(safe_next(Some(&format!("/{}", "a".repeat(3000)))), "/");
     }
 }
