@@ -97,3 +97,5 @@ pub const MAX_AGENT_CONCURRENCY: i64 = 64;
 /// Git repository URLs and branch names.
 pub const MAX_REPO_URL_LEN: usize = 2048;
 pub const MAX_BRANCH_LEN: usize = 255;
+/// Active personal tokens one user may hold.
+pub const MAX_PERSONAL_TOKENS_PER_USER: usize = 20;

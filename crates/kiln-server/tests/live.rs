@@ -19,6 +19,7 @@ engine_test!(events_ingested_on_one_replica_reach_subscribers_of_another);
 engine_test!(build_streams_end_and_refuse_bad_requests);
 engine_test!(coalescing_thins_progress_and_keeps_lifecycle);
 engine_test!(a_slow_subscriber_is_dropped_without_slowing_ingest);
+engine_test!(a_user_cannot_multiply_the_stream_limit_with_tokens);
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -502,5 +503,36 @@ async fn a_burst_larger_than_the_room_buffer_reaches_a_reader_that_keeps_up(engi
         ids.windows(2).all(|w| w[1] == w[0] + 1),
         "gap-free and in order"
     );
+    app.stop().await;
+}
+
+/// The stream limit (20 in tests) holds per user across their tokens, and a user may
+/// hold at most 20 personal tokens.
+async fn a_user_cannot_multiply_the_stream_limit_with_tokens(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (web, _) = app.project_client("web", &["ingest", "read"]).await;
+    web.send_events(&[event("long", "build_started")])
+        .await
+        .unwrap();
+    let (tokens, (status, refused)) = app.member_tokens("viewer@x.io", "web", "viewer", 20).await;
+    assert_eq!(status, 409, "the 21st personal token: {refused}");
+    assert_eq!(refused["error"]["code"], "too_many_tokens");
+
+    let url = format!("{}/api/v1/builds/long/stream", app.base_url);
+    let mut open = Vec::new();
+    for token in &tokens[..2] {
+        for _ in 0..10 {
+            open.push(SseStream::open(&url, token, None).await.unwrap());
+        }
+    }
+    let (status, body) = SseStream::open(&url, &tokens[2], None)
+        .await
+        .err()
+        .expect("a third token is refused: the user holds 20 streams");
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "too_many_streams");
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(SseStream::open(&url, &tokens[2], None).await.is_ok());
     app.stop().await;
 }

@@ -297,7 +297,7 @@ pub(crate) async fn log_stream(
     let params = QueryParams::from_uri(uri.query());
     let mut offset = log_offset(&headers, &params)?;
     let job = build_job(&state, &caller, &slug, &run_id, &job).await?;
-    let permit = state.streams.acquire(caller.token_id)?;
+    let permit = state.streams.acquire(&caller)?;
     let mut stored = state.runner.logs().subscribe(job.id);
     let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(16);
     let store = state.store.clone();

@@ -461,7 +461,7 @@ impl Session {
                 field: None,
             });
         }
-        let permit = self.state.streams.acquire(self.caller.token_id)?;
+        let permit = self.state.streams.acquire(&self.caller)?;
         self.follow(&target, scope, after, permit.revoked());
         self.subscriptions.insert(
             target.clone(),

@@ -32,6 +32,9 @@ const RETRY_HINT: Duration = Duration::from_secs(2);
 pub(crate) struct StreamLimiter {
     limit: usize,
     open: Arc<Mutex<HashMap<i64, TokenStreams>>>,
+    /// Streams per user, across all their tokens and sessions (the same limit), so a
+    /// user cannot multiply the limit by making tokens.
+    per_user: Arc<Mutex<HashMap<i64, usize>>>,
 }
 
 struct TokenStreams {
@@ -42,7 +45,9 @@ struct TokenStreams {
 /// Held by a stream; frees its place when dropped.
 pub(crate) struct StreamPermit {
     token_id: i64,
+    user_id: Option<i64>,
     open: Arc<Mutex<HashMap<i64, TokenStreams>>>,
+    per_user: Arc<Mutex<HashMap<i64, usize>>>,
     revoked: watch::Receiver<bool>,
 }
 
@@ -55,6 +60,15 @@ impl StreamPermit {
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
+        if let Some(user_id) = self.user_id {
+            let mut per_user = self.per_user.lock().expect("stream limiter lock");
+            if let Some(count) = per_user.get_mut(&user_id) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    per_user.remove(&user_id);
+                }
+            }
+        }
         let mut open = self.open.lock().expect("stream limiter lock");
         if let Some(streams) = open.get_mut(&self.token_id) {
             streams.count -= 1;
@@ -70,10 +84,24 @@ impl StreamLimiter {
         Self {
             limit,
             open: Arc::new(Mutex::new(HashMap::new())),
+            per_user: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    pub fn acquire(&self, token_id: i64) -> Result<StreamPermit, ApiError> {
+    /// A place for one more stream of this caller: within the limit for its token (or
+    /// session) and for its user.
+    pub fn acquire(&self, caller: &Caller) -> Result<StreamPermit, ApiError> {
+        let token_id = caller.token_id;
+        // Lock order: per_user, then open (as in `drop`, which takes them one at a time).
+        let mut per_user = self.per_user.lock().expect("stream limiter lock");
+        if let Some(user_id) = caller.user_id
+            && per_user.get(&user_id).copied().unwrap_or(0) >= self.limit
+        {
+            return Err(ApiError::TooManyRequests(format!(
+                "your tokens and sessions already hold {} live streams, the limit per user; close some",
+                self.limit
+            )));
+        }
         let mut open = self.open.lock().expect("stream limiter lock");
         let streams = open.entry(token_id).or_insert_with(|| TokenStreams {
             count: 0,
@@ -86,9 +114,14 @@ impl StreamLimiter {
             )));
         }
         streams.count += 1;
+        if let Some(user_id) = caller.user_id {
+            *per_user.entry(user_id).or_insert(0) += 1;
+        }
         Ok(StreamPermit {
             token_id,
+            user_id: caller.user_id,
             open: self.open.clone(),
+            per_user: self.per_user.clone(),
             revoked: streams.revoked.subscribe(),
         })
     }
@@ -211,7 +244,7 @@ pub(crate) async fn build_stream(
     let after = cursor(&headers, &params)?.unwrap_or(0);
     let coalesce = coalesce_window(&params)?;
     let build = readable_build(&state, &caller, &run_id).await?;
-    let permit = state.streams.acquire(caller.token_id)?;
+    let permit = state.streams.acquire(&caller)?;
     let scope = Scope::Build {
         build_id: build.id,
         ended: build.state.status.is_terminal(),
@@ -237,7 +270,7 @@ pub(crate) async fn project_stream(
     let after = cursor(&headers, &params)?;
     let coalesce = coalesce_window(&params)?;
     let project_id = required_project(&state, &caller, &params).await?;
-    let permit = state.streams.acquire(caller.token_id)?;
+    let permit = state.streams.acquire(&caller)?;
     // Without a cursor a project stream starts now: a project's whole history is what
     // the builds API is for. Events committed after this read are replayed.
     let after = match after {

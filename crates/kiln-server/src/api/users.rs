@@ -297,6 +297,24 @@ pub(crate) async fn create_my_token(
         return Err(FieldError::new("name", "must be 1-200 characters").into());
     }
     let user_id = caller.user_id.unwrap_or_default();
+    // A cap, so one user cannot multiply the per-token limits (live streams) with
+    // tokens; not atomic with the insert, which at worst lets a race add one or two.
+    let active = state
+        .store
+        .user_tokens(user_id)
+        .await?
+        .iter()
+        .filter(|token| token.revoked_at.is_none())
+        .count();
+    if active >= kiln_core::limits::MAX_PERSONAL_TOKENS_PER_USER {
+        return Err(ApiError::Conflict {
+            code: "too_many_tokens",
+            message: format!(
+                "you already have {active} personal tokens, the limit; revoke one you no longer use (DELETE /api/v1/me/tokens/{{id}})"
+            ),
+            field: None,
+        });
+    }
     let token = generate_token();
     let record = state
         .store

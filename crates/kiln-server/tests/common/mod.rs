@@ -158,6 +158,19 @@ impl TestApp {
     /// A user with `role` in `project` (created if needed), logged in, and a personal
     /// token made with the session; returns the token.
     pub async fn member_token(&self, email: &str, project: &str, role: &str) -> String {
+        let (tokens, _) = self.member_tokens(email, project, role, 1).await;
+        tokens.into_iter().next().unwrap()
+    }
+
+    /// Like `member_token`, with `count` personal tokens; also returns the answer to
+    /// one more token request (status, body), which the per-user cap may refuse.
+    pub async fn member_tokens(
+        &self,
+        email: &str,
+        project: &str,
+        role: &str,
+        count: usize,
+    ) -> (Vec<String>, (u16, Value)) {
         let _ = self.admin.create_project(project, project).await;
         let (status, created) = self
             .raw(
@@ -199,20 +212,26 @@ impl TestApp {
             .as_str()
             .unwrap()
             .to_owned();
-        let token = self
-            .http
-            .post(format!("{}/api/v1/me/tokens", self.base_url))
-            .header("cookie", &cookie)
-            .header("x-csrf-token", &csrf)
-            .json(&serde_json::json!({"name": "t"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(token.status().as_u16(), 201);
-        token.json::<Value>().await.unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        let create = || async {
+            let response = self
+                .http
+                .post(format!("{}/api/v1/me/tokens", self.base_url))
+                .header("cookie", &cookie)
+                .header("x-csrf-token", &csrf)
+                .json(&serde_json::json!({"name": "t"}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        };
+        let mut tokens = Vec::new();
+        for _ in 0..count {
+            let (status, token) = create().await;
+            assert_eq!(status, 201, "{token}");
+            tokens.push(token["token"].as_str().unwrap().to_owned());
+        }
+        (tokens, create().await)
     }
 
     /// A raw request, for bad input and header tests: returns status and JSON body.
