@@ -140,6 +140,108 @@ pub fn is_public(ip: IpAddr) -> bool {
     non_public_reason(ip).is_none()
 }
 
+/// An address range (`10.0.0.0/8`, `fd00::/8`, or one address), for `--trusted-proxies`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{text}' is not an address range like 10.0.0.0/8 or fd00::/8"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(prefix) => prefix
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|prefix| *prefix <= max)
+                .ok_or_else(|| format!("'{text}': the prefix length must be 0-{max}"))?,
+        };
+        Ok(Cidr { network, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => v4_in(ip, network, self.prefix),
+            (IpAddr::V6(network), IpAddr::V6(ip)) => v6_in(ip, network, self.prefix),
+            _ => false,
+        }
+    }
+}
+
+/// The client of a request that came through `peer`: when `peer` is a trusted proxy,
+/// the nearest address in the forwarding chain (`X-Forwarded-For` values or `Forwarded`
+/// `for=` values, oldest first) that is not itself a trusted proxy; otherwise `peer`.
+pub fn client_address(peer: IpAddr, chain: &[IpAddr], trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|range| range.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    chain
+        .iter()
+        .rev()
+        .copied()
+        .find(|ip| !is_trusted(*ip))
+        .or_else(|| chain.first().copied())
+        .unwrap_or(peer)
+}
+
+/// The addresses of `X-Forwarded-For` (`a, b`) or `Forwarded` (`for=a, for="[b]:1"`)
+/// values, oldest first; entries that are not addresses (`unknown`, obfuscated names)
+/// are skipped.
+pub fn forwarded_chain(x_forwarded_for: &[&str], forwarded: &[&str]) -> Vec<IpAddr> {
+    let mut chain = Vec::new();
+    for value in forwarded {
+        for element in value.split(',') {
+            for pair in element.split(';') {
+                let Some((name, node)) = pair.trim().split_once('=') else {
+                    continue;
+                };
+                if name.trim().eq_ignore_ascii_case("for")
+                    && let Some(ip) = parse_node(node.trim().trim_matches('"'))
+                {
+                    chain.push(ip);
+                }
+            }
+        }
+    }
+    if chain.is_empty() {
+        for value in x_forwarded_for {
+            chain.extend(value.split(',').filter_map(|node| parse_node(node.trim())));
+        }
+    }
+    chain
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]` or `[::1]:80`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    if let Ok(ip) = node.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    node.rsplit_once(':')?
+        .0
+        .parse::<std::net::Ipv4Addr>()
+        .ok()
+        .map(IpAddr::V4)
+}
+
 /// Where a project's repository is, as git would read the string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RepoLocation {
@@ -366,6 +468,43 @@ mod tests {
                 non_public_reason(ip)
             );
         }
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_hop() {
+        let trusted = [
+            Cidr::parse("10.0.0.0/8").unwrap(),
+            Cidr::parse("::1").unwrap(),
+        ];
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let chain = forwarded_chain(&["203.0.113.9, 198.51.100.7, 10.0.0.5"], &[]);
+        assert_eq!(
+            client_address(ip("10.1.1.1"), &chain, &trusted),
+            ip("198.51.100.7"),
+            "the client the proxies saw, not what the client claimed"
+        );
+        assert_eq!(
+            client_address(ip("192.0.2.1"), &chain, &trusted),
+            ip("192.0.2.1"),
+            "headers from an untrusted peer are ignored"
+        );
+        let chain = forwarded_chain(
+            &[],
+            &[r#"for="[2001:db8::1]:4711", for=unknown;proto=https"#],
+        );
+        assert_eq!(chain, vec![ip("2001:db8::1")]);
+        assert_eq!(
+            client_address(ip("::1"), &chain, &trusted),
+            ip("2001:db8::1")
+        );
+        assert_eq!(client_address(ip("::1"), &[], &trusted), ip("::1"));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("proxy").is_err());
+        assert!(
+            Cidr::parse("10.0.0.0/8")
+                .unwrap()
+                .contains(ip("::ffff:10.2.3.4"))
+        );
     }
 
     #[test]

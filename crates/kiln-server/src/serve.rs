@@ -49,6 +49,9 @@ pub struct ConnectionConfig {
     pub max_connections: usize,
     /// Open connections from one client address at most.
     pub max_connections_per_address: usize,
+    /// Reverse proxies whose `X-Forwarded-For`/`Forwarded` name the client
+    /// (`--trusted-proxies`); from any other peer those headers are ignored.
+    pub trusted_proxies: Vec<kiln_core::net::Cidr>,
 }
 
 impl Default for ConnectionConfig {
@@ -58,6 +61,7 @@ impl Default for ConnectionConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_connections_per_address: 2_500,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -304,6 +308,30 @@ impl AcceptBackoff {
     }
 }
 
+/// The client behind `peer`: itself, or, when `peer` is a trusted proxy, the address
+/// the forwarding headers name.
+fn client_of(
+    peer: std::net::SocketAddr,
+    headers: &hyper::HeaderMap,
+    trusted: &[kiln_core::net::Cidr],
+) -> std::net::SocketAddr {
+    if trusted.is_empty() {
+        return peer;
+    }
+    let values = |name: &str| -> Vec<&str> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .collect()
+    };
+    let chain = kiln_core::net::forwarded_chain(&values("x-forwarded-for"), &values("forwarded"));
+    std::net::SocketAddr::new(
+        kiln_core::net::client_address(peer.ip(), &chain, trusted),
+        peer.port(),
+    )
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then waits for open
 /// connections to finish their current request (long-lived streams end on their own
 /// when the server announces shutdown to them).
@@ -347,16 +375,19 @@ pub(crate) async fn serve(
         let activity = Arc::new(Activity::new());
         let app = app.clone();
         let service_activity = activity.clone();
+        let trusted_proxies = config.trusted_proxies.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut app = app.clone();
             let activity = service_activity.clone();
             activity.request_started();
             let upgrading = request.headers().contains_key(hyper::header::UPGRADE);
+            let client = client_of(peer, request.headers(), &trusted_proxies);
             let mut request = request.map(Body::new);
-            // The client's address, for per-address limits (login).
+            // The client's address, for per-address limits (login): the peer, or the
+            // client a trusted proxy names.
             request
                 .extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
+                .insert(axum::extract::ConnectInfo(client));
             async move {
                 let response = app.call(request).await?;
                 if upgrading && response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {

@@ -181,5 +181,11 @@ async fn pushes_queue_builds_of_built_branches(engine: Engine) {
     )
     .await;
     assert_eq!(status, 400, "{answer}");
+
+    // A body past the route's 5 MiB limit is 413 with the documented error body.
+    let huge = json!({"ref": "refs/heads/main", "pad": "x".repeat(6 * 1024 * 1024)});
+    let (status, answer) = deliver(&app, "push", &huge, Some("sha256=00".into())).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"]["code"], "body_too_large", "{answer}");
     app.stop().await;
 }

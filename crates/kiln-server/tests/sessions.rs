@@ -8,6 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 engine_test!(sessions_need_csrf_expire_and_log_out);
+engine_test!(behind_a_trusted_proxy_each_client_has_its_own_login_limit);
 
 async fn login(app: &TestApp, email: &str, password: &str) -> (u16, Option<String>, Value) {
     let response = app
@@ -210,4 +211,58 @@ async fn sessions_need_csrf_expire_and_log_out(engine: Engine) {
     assert_eq!(status, 409);
     assert_eq!(answer["error"]["code"], "user_exists");
     app.stop().await;
+}
+
+async fn login_from(app: &TestApp, forwarded_for: &str, email: &str) -> u16 {
+    app.http
+        .post(format!("{}/api/v1/session", app.base_url))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"email": email, "password": "wrong password"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// With `--trusted-proxies` naming the proxy (here the tests' 127.0.0.1), the login
+/// limit counts each forwarded client on its own; without it, a forged
+/// `X-Forwarded-For` changes nothing.
+async fn behind_a_trusted_proxy_each_client_has_its_own_login_limit(engine: Engine) {
+    let database =
+        std::sync::Arc::new(kiln_store::test_support::TestDatabase::create(engine).await);
+    let clock = kiln_server::clock::ManualClock::new(kiln_core::Millis(1_800_000_000_000));
+    let proxied = TestApp::spawn_configured(database.clone(), clock.clone(), |config| {
+        config.connections.trusted_proxies =
+            vec![kiln_core::net::Cidr::parse("127.0.0.1").unwrap()];
+    })
+    .await;
+    for n in 0..20 {
+        assert_eq!(
+            login_from(&proxied, "203.0.113.1", &format!("u{n}@x.io")).await,
+            401
+        );
+    }
+    assert_eq!(
+        login_from(&proxied, "203.0.113.1", "new@x.io").await,
+        429,
+        "client 1 is over its limit"
+    );
+    assert_eq!(
+        login_from(&proxied, "203.0.113.2", "new@x.io").await,
+        401,
+        "client 2 has its own limit"
+    );
+    proxied.stop().await;
+
+    let direct = TestApp::spawn_configured(database, clock, |_| {}).await;
+    for n in 0..20 {
+        login_from(&direct, &format!("203.0.113.{n}"), &format!("d{n}@x.io")).await;
+    }
+    assert_eq!(
+        login_from(&direct, "203.0.113.99", "new@x.io").await,
+        429,
+        "a forged header from an untrusted peer does not buy a fresh limit"
+    );
+    direct.stop().await;
 }

@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// Open connections from one client address at most.
     #[arg(long, env = "KILN_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 2_500, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_connections_per_address: u64,
+    /// Reverse proxies (address ranges like 10.0.0.0/8, comma-separated) whose
+    /// X-Forwarded-For / Forwarded headers name the client for per-address limits;
+    /// from other peers those headers are ignored.
+    #[arg(long, env = "KILN_TRUSTED_PROXIES", value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<kiln_core::net::Cidr>,
     /// Seconds before each webhook retry, comma-separated (the last repeats).
     #[arg(long, env = "KILN_WEBHOOK_RETRY_SCHEDULE", value_delimiter = ',', default_value = "60,120,240,480,960", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub webhook_retry_schedule: Vec<u64>,
@@ -121,6 +126,10 @@ pub struct UpArgs {
     /// The local agent's executor: process, sandbox or container.
     #[arg(long, default_value = "process")]
     pub agent_executor: String,
+}
+
+fn parse_cidr(text: &str) -> Result<kiln_core::net::Cidr, String> {
+    kiln_core::net::Cidr::parse(text)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -178,6 +187,7 @@ impl ServeArgs {
             max_connections,
             max_connections_per_address: (self.max_connections_per_address as usize)
                 .min(max_connections),
+            trusted_proxies: self.trusted_proxies.clone(),
         }
     }
 

@@ -34,6 +34,25 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
+/// A raw body of at most `LIMIT` bytes (a signed webhook payload, whose exact bytes the
+/// signature covers); a larger one is 413 `body_too_large` with Kiln's error body.
+pub(crate) struct RawBody<const LIMIT: usize>(pub axum::body::Bytes);
+
+impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for RawBody<LIMIT> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::body::to_bytes(request.into_body(), LIMIT)
+            .await
+            .map(RawBody)
+            .map_err(|_| {
+                ApiError::PayloadTooLarge(format!(
+                    "the body is larger than {LIMIT} bytes, the limit of this route"
+                ))
+            })
+    }
+}
+
 /// Parses a JSON body. A string (or member name) holding U+0000 is refused with the
 /// field that holds it: no name, message or filter needs one, SQLite and PostgreSQL
 /// would store it differently (PostgreSQL's text refuses it), and in an event batch it

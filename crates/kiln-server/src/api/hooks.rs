@@ -2,7 +2,6 @@
 //! authenticated by `X-Hub-Signature-256` with the project's secret, no token), and the
 //! project admin's route that sets that secret.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +10,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use super::body::RawBody;
 use super::members::administered_project;
 use super::users::audit;
 use crate::AppState;
@@ -66,13 +66,17 @@ fn ignored(why: String) -> Response {
     (StatusCode::ACCEPTED, Json(json!({"ignored": why}))).into_response()
 }
 
+/// The largest GitHub payload taken (GitHub sends at most 25 MB; push payloads of
+/// ordinary pushes are a few KiB).
+const MAX_GITHUB_PAYLOAD_BYTES: usize = 5 * 1024 * 1024;
+
 /// `POST /api/v1/hooks/github/{slug}`: `ping` → 200, `push` of a built branch → 201
 /// with the queued build, anything else → 202 ignored.
 pub(crate) async fn github(
     State(state): State<AppState>,
     Path(slug): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody<MAX_GITHUB_PAYLOAD_BYTES>,
 ) -> Result<Response, ApiError> {
     let not_configured = || {
         ApiError::NotFound(format!(
