@@ -77,6 +77,7 @@ pub enum CheckoutError {
 /// cancel).
 pub async fn checkout(
     repo: &str,
+    credentials: Option<&kiln_protocol::RepoCredentials>,
     commit: &str,
     dir: &Path,
     timeout: Duration,
@@ -95,6 +96,7 @@ pub async fn checkout(
         timeout,
         cancel: &mut cancel,
         log,
+        credentials,
     };
     let masked_repo = mask_credentials(repo);
 
@@ -337,6 +339,7 @@ struct Git<'a> {
     timeout: Duration,
     cancel: &'a mut watch::Receiver<bool>,
     log: &'a OutputSender,
+    credentials: Option<&'a kiln_protocol::RepoCredentials>,
 }
 
 enum Finish {
@@ -387,6 +390,16 @@ impl Git<'_> {
         let mut command = Command::new("git");
         if let Some(cwd) = cwd {
             command.arg("-C").arg(cwd);
+        }
+        // Credentials reach git through its environment and a credential helper, never
+        // its command line (which `ps` shows to every user of the machine).
+        if let Some(credentials) = self.credentials {
+            for setting in kiln_core::net::GIT_CREDENTIAL_SETTINGS {
+                command.arg("-c").arg(setting);
+            }
+            command
+                .env("KILN_GIT_USERNAME", &credentials.username)
+                .env("KILN_GIT_PASSWORD", &credentials.password);
         }
         command
             .args(args)

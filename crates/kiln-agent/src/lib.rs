@@ -8,4 +8,5 @@ pub mod cache;
 pub mod checkout;
 pub mod executor;
 pub mod logs;
+pub mod mask;
 pub mod output;

@@ -58,7 +58,7 @@ async fn run_checkout(
 ) -> Run {
     let (log_sender, mut log_receiver) = mpsc::channel::<OutputChunk>(4096);
     let started = Instant::now();
-    let result = checkout(repo, commit, dir, timeout, &log_sender, cancel).await;
+    let result = checkout(repo, None, commit, dir, timeout, &log_sender, cancel).await;
     let elapsed = started.elapsed();
     drop(log_sender);
     let mut log = String::new();
@@ -386,4 +386,38 @@ async fn cancel_stops_a_hanging_fetch() {
     );
     assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
     server.abort();
+}
+
+/// The credential settings the agent and the server give git hand the credentials over
+/// from the environment (real git's `credential fill`), so they never need to be in a
+/// URL or on a command line.
+#[test]
+fn git_takes_credentials_from_the_environment() {
+    let mut command = std::process::Command::new("git");
+    for setting in kiln_core::net::GIT_CREDENTIAL_SETTINGS {
+        command.arg("-c").arg(setting);
+    }
+    let mut child = command
+        .args(["credential", "fill"])
+        .env("KILN_GIT_USERNAME", "ci-bot")
+        .env("KILN_GIT_PASSWORD", "pa@ss word")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"protocol=https\nhost=git.example.com\n\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("username=ci-bot\n"), "{text}");
+    assert!(text.contains("password=pa@ss word\n"), "{text}");
 }

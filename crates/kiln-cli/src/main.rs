@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{admin, agent, emit, run, runs, serve, users, watch, webhooks};
+use crate::commands::{admin, agent, emit, run, runs, secrets, serve, users, watch, webhooks};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -92,6 +92,11 @@ enum Command {
         #[command(subcommand)]
         command: webhooks::WebhookCommand,
     },
+    /// A project's secrets for steps: set (value on stdin), list, rm (project admin).
+    Secret {
+        #[command(subcommand)]
+        command: secrets::SecretCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
             Command::Events(args) => admin::events(args).await,
             Command::Watch(args) => watch::watch(args).await,
             Command::Webhook { command } => webhooks::webhook(command).await,
+            Command::Secret { command } => secrets::secret(command).await,
         }
     });
     match result {

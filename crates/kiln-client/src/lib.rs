@@ -2,6 +2,7 @@
 //! drive the real server.
 
 mod runs;
+mod secrets;
 pub mod sse;
 mod webhooks;
 

@@ -214,3 +214,33 @@ mod tests {
         assert!(AgentLabel::parse("label", &"a".repeat(65)).is_err());
     }
 }
+
+/// A project secret's name: an environment variable name (`A-Z`, `0-9`, `_`, not
+/// starting with a digit, 1–128), not starting with `KILN_` (Kiln's own variables).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretName(String);
+
+impl SecretName {
+    pub fn parse(field: &str, name: &str) -> Result<Self, crate::FieldError> {
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            && !name.starts_with("KILN_");
+        if !valid {
+            return Err(crate::FieldError::new(
+                field,
+                format!(
+                    "'{name}' is not a secret name: use an environment variable name in capitals (A-Z, 0-9, _; not starting with a digit or KILN_), at most 128 characters"
+                ),
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}

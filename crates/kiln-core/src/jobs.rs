@@ -93,6 +93,8 @@ pub struct JobSpec {
     pub image: Option<String>,
     pub network: bool,
     pub retry: Option<AutomaticRetry>,
+    /// Names of the project secrets the step receives on this build's branch.
+    pub secrets: Vec<String>,
 }
 
 impl JobSpec {
@@ -108,6 +110,7 @@ impl JobSpec {
                 "on": retry.on.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "limit": retry.limit,
             })),
+            "secrets": self.secrets,
         })
     }
 
@@ -140,6 +143,7 @@ impl JobSpec {
             )
         });
         JobSpec {
+            secrets: value.get("secrets").map(strings).unwrap_or_default(),
             commands: value.get("commands").map(strings).unwrap_or_default(),
             env: value
                 .get("env")
@@ -209,6 +213,12 @@ pub fn plan(pipeline: &Pipeline, branch: &str) -> Vec<JobPlan> {
                 image: step.image.clone(),
                 network: step.network,
                 retry: step.retry.clone(),
+                secrets: step
+                    .secrets
+                    .iter()
+                    .filter(|secret| secret.given_on(branch))
+                    .map(|secret| secret.name.as_str().to_owned())
+                    .collect(),
             };
             JobPlan {
                 step: step.name.as_str().to_owned(),

@@ -19,7 +19,7 @@ pub mod token;
 
 pub use build::{Applied, BuildState, BuildStatus, Rejection, StageState, StageStatus};
 pub use event::{CoreEventType, EventType, FieldError, NewEvent};
-pub use ids::{AgentLabel, ClientEventId, ProjectSlug, RunId, StageName};
+pub use ids::{AgentLabel, ClientEventId, ProjectSlug, RunId, SecretName, StageName};
 pub use jobs::JobState;
 pub use pipeline::{Pipeline, PipelineError};
 pub use roles::Role;

@@ -99,3 +99,7 @@ pub const MAX_REPO_URL_LEN: usize = 2048;
 pub const MAX_BRANCH_LEN: usize = 255;
 /// Active personal tokens one user may hold.
 pub const MAX_PERSONAL_TOKENS_PER_USER: usize = 20;
+/// A project secret's value.
+pub const MAX_SECRET_VALUE_BYTES: usize = 64 * 1024;
+/// Secrets one project may hold.
+pub const MAX_SECRETS_PER_PROJECT: usize = 200;

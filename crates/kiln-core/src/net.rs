@@ -242,6 +242,61 @@ fn parse_node(node: &str) -> Option<IpAddr> {
         .map(IpAddr::V4)
 }
 
+/// git settings (`-c` values, in order) that make git take a repository's credentials
+/// from the environment variables `KILN_GIT_USERNAME` and `KILN_GIT_PASSWORD`: the
+/// secret never appears on a command line (where `ps` shows it) nor in a URL.
+pub const GIT_CREDENTIAL_SETTINGS: [&str; 2] = [
+    // An empty value first clears any helper configured elsewhere.
+    "credential.helper=",
+    "credential.helper=!f() { test \"$1\" = get && printf 'username=%s\\npassword=%s\\n' \"$KILN_GIT_USERNAME\" \"$KILN_GIT_PASSWORD\"; }; f",
+];
+
+/// Splits the credentials out of an `http(s)://user:password@host/…` URL (percent-
+/// decoded, as git would send them): the URL without them, and `(user, password)`. Other
+/// URLs come back unchanged (an ssh user name is not a secret).
+pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
+        return (url.to_owned(), None);
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return (url.to_owned(), None);
+    };
+    let (user, password) = match userinfo.split_once(':') {
+        Some((user, password)) => (user, password),
+        None => (userinfo, ""),
+    };
+    (
+        format!("{scheme}://{host}{path}"),
+        Some((percent_decode(user), percent_decode(password))),
+    )
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%'
+            && index + 2 < bytes.len()
+            && let Some(byte) = std::str::from_utf8(&bytes[index + 1..index + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            decoded.push(byte);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
 /// Where a project's repository is, as git would read the string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RepoLocation {
@@ -505,6 +560,32 @@ mod tests {
                 .unwrap()
                 .contains(ip("::ffff:10.2.3.4"))
         );
+    }
+
+    #[test]
+    fn credentials_are_split_out_of_http_urls() {
+        assert_eq!(
+            split_credentials("https://x-access-token:t%40k@github.com/a/b.git"),
+            (
+                "https://github.com/a/b.git".to_owned(),
+                Some(("x-access-token".to_owned(), "t@k".to_owned()))
+            )
+        );
+        assert_eq!(
+            split_credentials("https://TOKEN@git.example.com"),
+            (
+                "https://git.example.com".to_owned(),
+                Some(("TOKEN".to_owned(), String::new()))
+            )
+        );
+        for unchanged in [
+            "https://github.com/a/b",
+            "ssh://git@host/x",
+            "git@host:x",
+            "/srv/x",
+        ] {
+            assert_eq!(split_credentials(unchanged), (unchanged.to_owned(), None));
+        }
     }
 
     #[test]

@@ -415,7 +415,7 @@ fn errors_display_line_field_and_message() {
     assert_eq!(error.column, Some(5));
     assert_eq!(
         error.to_string(),
-        "line 4: steps[0].depend_on: unknown key 'depend_on': did you mean 'depends_on'? the keys allowed here are 'name', 'run', 'depends_on', 'env', 'timeout', 'cache', 'branches', 'agents', 'image', 'network', 'retry', 'artifacts'"
+        "line 4: steps[0].depend_on: unknown key 'depend_on': did you mean 'depends_on'? the keys allowed here are 'name', 'run', 'depends_on', 'env', 'timeout', 'cache', 'branches', 'agents', 'image', 'network', 'retry', 'artifacts', 'secrets'"
     );
 }
 
@@ -700,4 +700,76 @@ fn inference_errors_say_what_to_do() {
     assert_eq!(error.field, "package.json");
     assert_eq!(error.line, Some(2));
     assert!(error.message.contains("is not valid JSON"), "{error}");
+}
+
+const WITH_SECRETS: &str = r#"steps:
+  - name: deploy
+    run: ./deploy.sh
+    secrets:
+      - NPM_TOKEN
+      - name: PROD_KEY
+        branches: [main, "release/*"]
+  - name: test
+    run: make test
+    secrets: SENTRY_DSN
+"#;
+
+#[test]
+fn steps_name_the_secrets_they_receive_and_on_which_branches() {
+    let pipeline = Pipeline::parse(WITH_SECRETS).unwrap();
+    let deploy = pipeline.step("deploy").unwrap();
+    let names: Vec<&str> = deploy.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["NPM_TOKEN", "PROD_KEY"]);
+    assert!(deploy.secrets[0].given_on("feature"));
+    assert!(deploy.secrets[1].given_on("main"));
+    assert!(deploy.secrets[1].given_on("release/2"));
+    assert!(!deploy.secrets[1].given_on("feature"));
+    assert_eq!(
+        pipeline.step("test").unwrap().secrets[0].name.as_str(),
+        "SENTRY_DSN"
+    );
+    assert_eq!(Pipeline::parse(&pipeline.to_yaml()).unwrap(), pipeline);
+
+    // The job's spec carries the names given on the build's branch.
+    let secrets_on = |branch: &str| -> Vec<String> {
+        kiln_core::jobs::plan(&pipeline, branch)
+            .into_iter()
+            .find(|job| job.step == "deploy")
+            .map(|job| kiln_core::jobs::JobSpec::from_json(&job.spec).secrets)
+            .unwrap()
+    };
+    assert_eq!(secrets_on("main"), ["NPM_TOKEN", "PROD_KEY"]);
+    assert_eq!(secrets_on("feature"), ["NPM_TOKEN"]);
+
+    for (text, field, says) in [
+        (
+            "steps:\n  - name: a\n    run: x\n    secrets: [lower]\n",
+            "steps[0].secrets[0]",
+            "not a secret name",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    secrets: [KILN_TOKEN]\n",
+            "steps[0].secrets[0]",
+            "not a secret name",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    secrets: [A, A]\n",
+            "steps[0].secrets[1]",
+            "twice",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    secrets:\n      - branches: [main]\n",
+            "steps[0].secrets[0].name",
+            "is missing",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    secrets:\n      - name: A\n        only: [main]\n",
+            "steps[0].secrets[0].only",
+            "unknown key",
+        ),
+    ] {
+        let error = refusal(text);
+        assert_eq!(error.field, field, "{text}");
+        assert!(error.message.contains(says), "{text}: {}", error.message);
+    }
 }

@@ -381,6 +381,28 @@ pub struct AgentJob {
     /// Where this attempt's log continues (earlier attempts' output comes first).
     pub log_offset: i64,
     pub log_cap_bytes: u64,
+    /// The project secrets the step named (`secrets:` in `.kiln.yml`), by name: given to
+    /// the step as environment variables and masked in its log.
+    #[serde(default)]
+    pub secrets: SecretValues,
+    /// Secrets the step named that the project does not have (the agent says so in the
+    /// log).
+    #[serde(default)]
+    pub missing_secrets: Vec<String>,
+    /// Credentials for the repository, kept out of `repo` and out of git's command line.
+    #[serde(default)]
+    pub repo_credentials: Option<RepoCredentials>,
+}
+
+/// Secret values by name; `Debug` shows the names only.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct SecretValues(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -438,4 +460,42 @@ pub struct FinishJob {
 pub struct LogAck {
     pub size: i64,
     pub cancel: bool,
+}
+
+/// `PUT /api/v1/projects/{slug}/secrets/{name}`: the value, written once, never shown.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetSecret {
+    pub value: String,
+}
+
+/// A project secret as listed: its name and times, never its value.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretDto {
+    pub name: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SecretList {
+    pub secrets: Vec<SecretDto>,
+}
+
+/// Credentials for fetching a job's repository, passed to git through its environment.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RepoCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoCredentials")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
 }

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub webhooks_allow_private: bool,
     /// Connection timeouts and caps.
     pub connections: crate::serve::ConnectionConfig,
+    /// Encrypts project secrets and repository credentials at rest
+    /// (`--secret-key-file`); every replica of one database needs the same key.
+    pub secret_key: crate::secret_box::SecretKey,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -82,6 +85,8 @@ impl Default for ServerConfig {
             webhooks: crate::webhooks::WebhookConfig::default(),
             webhooks_allow_private: false,
             connections: crate::serve::ConnectionConfig::default(),
+            secret_key: crate::secret_box::SecretKey::generate()
+                .expect("the operating system provides randomness"),
         }
     }
 }

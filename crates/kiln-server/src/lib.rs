@@ -16,6 +16,7 @@ mod live;
 mod notify;
 mod reaper;
 mod runner;
+mod secret_box;
 mod serve;
 mod web;
 mod webhooks;
@@ -33,6 +34,7 @@ pub use config::{Secret, ServerConfig};
 pub use error::ApiError;
 pub use notify::{EmailConfig, NotificationConfig};
 pub use runner::{RepoPolicy, RunnerConfig};
+pub use secret_box::SecretKey;
 pub use serve::ConnectionConfig;
 pub use webhooks::WebhookConfig;
 
@@ -65,6 +67,34 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot serve: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Repositories stored by an earlier Kiln with credentials in their URL: the URL is
+/// stored without them and they are encrypted (once; later starts find none).
+async fn seal_repo_credentials(
+    store: &dyn Store,
+    key: &secret_box::SecretKey,
+) -> Result<(), StartError> {
+    for project in store.list_projects().await? {
+        let Some(repo) = &project.repo else { continue };
+        let (bare, Some((username, password))) = kiln_core::net::split_credentials(repo) else {
+            continue;
+        };
+        let plain = serde_json::to_vec(&kiln_protocol::RepoCredentials { username, password })
+            .unwrap_or_default();
+        let sealed = key
+            .seal(&secret_box::repo_credentials_context(project.id), &plain)
+            .map_err(|error| {
+                StartError::Config(format!("cannot encrypt repository credentials: {error}"))
+            })?;
+        store
+            .set_repo_credentials(project.id, Some(&bare), Some(&sealed))
+            .await?;
+        tracing::info!(project = %project.slug, "repository credentials moved out of the URL and encrypted");
+    }
+    Ok(())
 }
 
 /// Serves Kiln on `listener` until `shutdown` completes.
@@ -78,15 +108,18 @@ pub async fn run(
     if let Some(admin_token) = &config.admin_token {
         ensure_admin_token(&*store, admin_token.expose(), clock.now()).await?;
     }
+    seal_repo_credentials(&*store, &config.secret_key).await?;
     let config = Arc::new(config);
     let bus = Arc::new(live::Bus::default());
     let webhook_sender = Arc::new(tokio::sync::Notify::new());
     let (ingestor, ingest_task) = Ingestor::start(store.clone(), clock.clone(), bus.clone());
+    let mut runner_config = config.runner.clone();
+    runner_config.secret_key = Some(config.secret_key.clone());
     let runner = runner::Runner::new(
         store.clone(),
         ingestor.clone(),
         clock.clone(),
-        config.runner.clone(),
+        runner_config,
     );
     let state = AppState {
         store: store.clone(),

@@ -390,6 +390,24 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             Value::Null,
             Rule::ProjectAdmin,
         ),
+        (
+            "GET",
+            format!("{w}/secrets"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "PUT",
+            format!("{w}/secrets/DEPLOY_TOKEN"),
+            json!({"value": "s3cret-value"}),
+            Rule::ProjectAdmin,
+        ),
+        (
+            "DELETE",
+            format!("{w}/secrets/not-a-name"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
         ("GET", "/readyz".into(), Value::Null, Rule::Public),
         (
             "POST",

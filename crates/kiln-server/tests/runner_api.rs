@@ -22,6 +22,7 @@ engine_test!(bad_triggers_are_refused_and_broken_repos_fail_the_build);
 engine_test!(cancel_stops_running_and_waiting_jobs);
 engine_test!(a_triggered_build_is_never_seen_without_its_jobs);
 engine_test!(the_repository_policy_keeps_projects_to_their_own_code);
+engine_test!(steps_get_the_secrets_they_name_masked_in_their_logs);
 
 fn body(value: Value) -> Option<Vec<u8>> {
     Some(serde_json::to_vec(&value).unwrap())
@@ -1114,4 +1115,145 @@ async fn the_repository_policy_keeps_projects_to_their_own_code(engine: Engine) 
             .contains("--allow-local-repos"),
         "{answer}"
     );
+}
+
+/// Project secrets are write-only, reach only the steps that name them (and only on the
+/// branches they allow), and never appear in a log: not as given, not in base64, not
+/// URL-encoded. A repository's credentials are kept apart from its URL and encrypted.
+async fn steps_get_the_secrets_they_name_masked_in_their_logs(engine: Engine) {
+    let database =
+        std::sync::Arc::new(kiln_store::test_support::TestDatabase::create(engine).await);
+    let clock = kiln_server::clock::ManualClock::new(kiln_core::Millis(1_800_000_000_000));
+    let app = TestApp::spawn_configured(database.clone(), clock, |config| {
+        config.runner.repo_policy.allow_private = true;
+    })
+    .await;
+    let pipeline = "steps:\n  - name: deploy\n    run:\n      - echo \"token=$DEPLOY_TOKEN\"\n      - printf %s \"$DEPLOY_TOKEN\" | base64\n      - echo \"url=tok-3f9a%2Fsecret%2Bvalue\"\n      - echo \"prod=${PROD_KEY:-absent}\"\n    secrets:\n      - DEPLOY_TOKEN\n      - name: PROD_KEY\n        branches: [release]\n      - MISSING_ONE\n  - name: other\n    run: echo \"other=${DEPLOY_TOKEN:-absent}\"\n";
+    let (repo_dir, _) = repo(&[(".kiln.yml", pipeline)]);
+    let setup = setup(&app, repo_dir.path()).await;
+    let token = setup.project_token.as_str();
+    let secrets = "/api/v1/projects/web/secrets";
+    let put = |name: &str, value: Value| {
+        let path = format!("{secrets}/{name}");
+        let app = &app;
+        async move {
+            app.raw(Method::PUT, &path, Some(ADMIN_TOKEN), body(value))
+                .await
+        }
+    };
+    let (status, set) = put("DEPLOY_TOKEN", json!({"value": "tok-3f9a/secret+value"})).await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["name"], "DEPLOY_TOKEN");
+    assert!(set.get("value").is_none(), "{set}");
+    assert_eq!(
+        put("PROD_KEY", json!({"value": "prod-key-value"})).await.0,
+        200
+    );
+    for (name, value, field) in [
+        ("lower", json!({"value": "x"}), "name"),
+        ("KILN_X", json!({"value": "x"}), "name"),
+        ("OK", json!({"value": ""}), "value"),
+        ("OK", json!({"val": "x"}), "val"),
+    ] {
+        let (status, answer) = put(name, value).await;
+        assert_eq!(status, 400, "{name}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    let (status, listed) = app.raw(Method::GET, secrets, Some(ADMIN_TOKEN), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["secrets"].as_array().unwrap().len(), 2);
+    assert!(!listed.to_string().contains("tok-3f9a"), "{listed}");
+    // A project token may trigger builds but not read secrets.
+    assert_eq!(
+        app.raw(Method::GET, secrets, Some(token), None).await.0,
+        403
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let _agent = agent(&app, &setup.agent_token, "secret-agent", &[], work.path());
+    let (status, triggered) = trigger(&app, token, json!({})).await;
+    assert_eq!(status, 201, "{triggered}");
+    let run_id = triggered["runId"].as_str().unwrap().to_owned();
+    let ended = wait_for_status(&app, token, &run_id, "success").await;
+    assert_eq!(ended["status"], "success");
+    let log = log_text(&app, token, &run_id, "deploy").await;
+    assert!(log.contains("token=***"), "{log}");
+    assert!(log.contains("url=***"), "{log}");
+    assert!(log.contains("prod=absent"), "only on release: {log}");
+    assert!(!log.contains("tok-3f9a"), "{log}");
+    assert!(!log.contains("dG9rLTNmOWEv"), "the base64 form: {log}");
+    assert!(
+        log.contains("secret MISSING_ONE is named by the step but project 'web' has none"),
+        "{log}"
+    );
+    let other = log_text(&app, token, &run_id, "other").await;
+    assert!(
+        other.contains("other=absent"),
+        "a step that names no secret gets none: {other}"
+    );
+
+    // Deleted: gone from the list, audited.
+    let delete = || async {
+        app.http
+            .delete(format!("{}{secrets}/PROD_KEY", app.base_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(delete().await, 204);
+    assert_eq!(delete().await, 404);
+    let (_, audit) = app
+        .raw(
+            Method::GET,
+            "/api/v1/audit?project=web",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| e["action"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        actions.contains(&"secret.set") && actions.contains(&"secret.delete"),
+        "{audit}"
+    );
+
+    // Credentials in a repository URL are kept apart from it, encrypted.
+    let (status, answer) = app
+        .raw(
+            Method::PUT,
+            "/api/v1/projects/web/repo",
+            Some(ADMIN_TOKEN),
+            body(json!({"repo": "https://ci-bot:pa%40ss-9z@127.0.0.1:9/app.git"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["repo"], "https://***@127.0.0.1:9/app.git");
+    let store = database.open_dyn().await;
+    let stored = store.project_by_slug("web").await.unwrap().unwrap();
+    assert_eq!(stored.repo.as_deref(), Some("https://127.0.0.1:9/app.git"));
+    let sealed = stored.repo_credentials.unwrap();
+    assert!(
+        sealed.starts_with("kiln1:") && !sealed.contains("pa"),
+        "{sealed}"
+    );
+    // Setting the same URL again (the settings form's empty field) keeps them.
+    app.raw(
+        Method::PUT,
+        "/api/v1/projects/web/repo",
+        Some(ADMIN_TOKEN),
+        body(json!({"repo": "https://127.0.0.1:9/app.git"})),
+    )
+    .await;
+    let kept = store.project_by_slug("web").await.unwrap().unwrap();
+    assert_eq!(kept.repo_credentials.as_deref(), Some(sealed.as_str()));
 }

@@ -559,6 +559,30 @@ pub trait Store: Send + Sync + 'static {
     async fn set_github_secret(&self, project_id: i64, secret: Option<&str>) -> StoreResult<()>;
     /// The project's GitHub webhook secret, if one is set.
     async fn github_secret(&self, project_id: i64) -> StoreResult<Option<String>>;
+
+    // ---- Secrets: the store keeps ciphertext only (the server encrypts).
+
+    /// Creates or replaces a project secret.
+    async fn set_project_secret(
+        &self,
+        project_id: i64,
+        name: &str,
+        ciphertext: &str,
+        now: Millis,
+    ) -> StoreResult<SecretRecord>;
+    /// A project's secrets by name, without their values.
+    async fn list_project_secrets(&self, project_id: i64) -> StoreResult<Vec<SecretRecord>>;
+    /// A project's secrets as (name, ciphertext).
+    async fn project_secret_values(&self, project_id: i64) -> StoreResult<Vec<(String, String)>>;
+    /// Deletes a secret; false when there was none.
+    async fn delete_project_secret(&self, project_id: i64, name: &str) -> StoreResult<bool>;
+    /// Sets the repository URL (without credentials) and its encrypted credentials.
+    async fn set_repo_credentials(
+        &self,
+        project_id: i64,
+        repo: Option<&str>,
+        ciphertext: Option<&str>,
+    ) -> StoreResult<()>;
 }
 
 /// Opens the store named by a database URL (`sqlite://…`, `postgres://…`), creating

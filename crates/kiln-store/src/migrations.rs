@@ -69,6 +69,13 @@ const SQLITE: &[Migration] = &[
         name: "webhook_claim",
         sql: include_str!("../migrations/sqlite/0008_webhook_claim.sql"),
     },
+    // Project secrets (encrypted by the server; the store sees only ciphertext) and a
+    // repository's credentials, kept apart from its URL and encrypted the same way.
+    Migration {
+        version: 9,
+        name: "project_secrets",
+        sql: include_str!("../migrations/sqlite/0009_project_secrets.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -126,6 +133,13 @@ const POSTGRES: &[Migration] = &[
         version: 8,
         name: "webhook_claim",
         sql: include_str!("../migrations/postgres/0008_webhook_claim.sql"),
+    },
+    // Project secrets (encrypted by the server; the store sees only ciphertext) and a
+    // repository's credentials, kept apart from its URL and encrypted the same way.
+    Migration {
+        version: 9,
+        name: "project_secrets",
+        sql: include_str!("../migrations/postgres/0009_project_secrets.sql"),
     },
 ];
 

@@ -15,6 +15,16 @@ pub struct Project {
     pub default_branch: String,
     /// Jobs of this project that may run at once; `None` is unlimited.
     pub max_concurrency: Option<i64>,
+    /// The repository's credentials, encrypted by the server (kept out of `repo`).
+    pub repo_credentials: Option<String>,
+}
+
+/// A project secret, without its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRecord {
+    pub name: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
 }
 
 #[derive(Clone, Debug)]

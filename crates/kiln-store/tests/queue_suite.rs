@@ -32,6 +32,10 @@ store_test!(
 );
 store_test!(repos_branches_and_agents, repos_branches_and_agents);
 store_test!(
+    secrets_and_repo_credentials_keep_ciphertext,
+    secrets_and_repo_credentials_keep_ciphertext
+);
+store_test!(
     concurrent_claims_on_two_stores_hand_out_each_job_once,
     concurrent_claims_on_two_stores_hand_out_each_job_once
 );
@@ -549,4 +553,66 @@ async fn concurrent_claims_on_two_stores_hand_out_each_job_once(engine: Engine) 
     let unique: HashSet<i64> = all.iter().copied().collect();
     assert_eq!(all.len(), 40, "every job claimed");
     assert_eq!(unique.len(), 40, "no job claimed twice");
+}
+
+async fn secrets_and_repo_credentials_keep_ciphertext(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let api = project(&*store, "api").await;
+    let first = store
+        .set_project_secret(web.id, "DEPLOY_TOKEN", "kiln1:aa", Millis(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.created_at, first.updated_at),
+        (Millis(10), Millis(10))
+    );
+    let replaced = store
+        .set_project_secret(web.id, "DEPLOY_TOKEN", "kiln1:bb", Millis(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        (replaced.created_at, replaced.updated_at),
+        (Millis(10), Millis(20))
+    );
+    store
+        .set_project_secret(web.id, "A_KEY", "kiln1:cc", Millis(30))
+        .await
+        .unwrap();
+    store
+        .set_project_secret(api.id, "DEPLOY_TOKEN", "kiln1:dd", Millis(30))
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .list_project_secrets(web.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|secret| secret.name)
+        .collect();
+    assert_eq!(names, ["A_KEY", "DEPLOY_TOKEN"]);
+    assert_eq!(
+        store.project_secret_values(web.id).await.unwrap(),
+        [
+            ("A_KEY".to_owned(), "kiln1:cc".to_owned()),
+            ("DEPLOY_TOKEN".to_owned(), "kiln1:bb".to_owned())
+        ]
+    );
+    assert!(store.delete_project_secret(web.id, "A_KEY").await.unwrap());
+    assert!(!store.delete_project_secret(web.id, "A_KEY").await.unwrap());
+    assert_eq!(store.project_secret_values(api.id).await.unwrap().len(), 1);
+
+    store
+        .set_repo_credentials(
+            web.id,
+            Some("https://git.example.com/x.git"),
+            Some("kiln1:ee"),
+        )
+        .await
+        .unwrap();
+    let read = store.project_by_id(web.id).await.unwrap().unwrap();
+    assert_eq!(read.repo.as_deref(), Some("https://git.example.com/x.git"));
+    assert_eq!(read.repo_credentials.as_deref(), Some("kiln1:ee"));
+    assert!(store.set_repo_credentials(9999, None, None).await.is_err());
 }

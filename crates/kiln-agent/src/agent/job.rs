@@ -99,7 +99,11 @@ pub(super) async fn run(shared: &Arc<Shared>, job: AgentJob) {
     );
     tracing::info!(job = job.job_id, run_id = %job.run_id, step = %job.step, attempt = job.attempt, "job started");
     let started = Instant::now();
-    let (output, received) = tokio::sync::mpsc::channel(256);
+    // Output goes through the masker, so no secret of the job reaches the log.
+    let (output, unmasked) = tokio::sync::mpsc::channel(256);
+    let (masked, received) = tokio::sync::mpsc::channel(256);
+    let masker = crate::mask::Masker::new(job.secrets.0.values().map(String::as_str));
+    let relay = tokio::spawn(crate::mask::relay(unmasked, masked, masker));
     let sink = ServerLog {
         shared: shared.clone(),
         job_id: job.job_id,
@@ -121,6 +125,7 @@ pub(super) async fn run(shared: &Arc<Shared>, job: AgentJob) {
         .join(format!("job-{}-{}", job.job_id, job.attempt));
     let report = execute(shared, &job, &workspace, &output, cancel).await;
     drop(output);
+    let _ = relay.await;
     match shipper.await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => tracing::warn!(job = job.job_id, %error, "log shipping ended early"),
@@ -180,9 +185,20 @@ async fn execute(
             message: Some("the project has no repository to check out".into()),
         };
     }
+    for name in &job.missing_secrets {
+        say(
+            output,
+            format!(
+                "secret {name} is named by the step but project '{}' has none; a project admin sets it with `kiln secret set {name} --project {}`",
+                job.project, job.project
+            ),
+        )
+        .await;
+    }
     let checkout_timeout = Duration::from_secs(job.checkout_timeout_secs.max(1));
     match checkout(
         &job.repo,
+        job.repo_credentials.as_ref(),
         &job.commit,
         workspace,
         checkout_timeout,
@@ -258,6 +274,10 @@ async fn execute(
         workspace.to_path_buf(),
     );
     spec.env = job.env.clone();
+    // The step's secrets, as it named them; they win over the step's own `env`.
+    for (name, value) in &job.secrets.0 {
+        spec.env.insert(name.clone(), value.clone());
+    }
     spec.image = job.image.clone();
     spec.network = job.network;
     let limits = StepLimits {

@@ -6,6 +6,7 @@ pub mod emit;
 pub mod limits;
 pub mod run;
 pub mod runs;
+pub mod secrets;
 pub mod serve;
 pub mod up;
 pub mod users;

@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// Open connections from one client address at most.
     #[arg(long, env = "KILN_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 2_500, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_connections_per_address: u64,
+    /// The key that encrypts project secrets and repository credentials at rest (64 hex
+    /// digits). Created with mode 0600 on first start when missing; every replica of one
+    /// database needs the same file. Default: secret.key in the data directory.
+    #[arg(long, env = "KILN_SECRET_KEY_FILE", value_name = "PATH")]
+    pub secret_key_file: Option<PathBuf>,
     /// Reverse proxies (address ranges like 10.0.0.0/8, comma-separated) whose
     /// X-Forwarded-For / Forwarded headers name the client for per-address limits;
     /// from other peers those headers are ignored.
@@ -191,6 +196,43 @@ impl ServeArgs {
         }
     }
 
+    /// Reads the secret key file, creating it (mode 0600) on first start.
+    fn secret_key(&self) -> anyhow::Result<kiln_server::SecretKey> {
+        let path = self
+            .secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secret.key"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => kiln_server::SecretKey::parse(&text)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", path.display())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let key = kiln_server::SecretKey::generate().map_err(anyhow::Error::msg)?;
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).with_context(|| {
+                        format!("cannot create {} for the secret key", parent.display())
+                    })?;
+                }
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| {
+                        format!("cannot create the secret key file {}", path.display())
+                    })?;
+                file.write_all(format!("{}\n", key.to_hex()).as_bytes())?;
+                tracing::info!(path = %path.display(), "created the secret key file (keep it: secrets and repository credentials cannot be read without it)");
+                Ok(key)
+            }
+            Err(error) => Err(anyhow::anyhow!(
+                "cannot read the secret key file {}: {error}",
+                path.display()
+            )),
+        }
+    }
+
     fn config(&self) -> anyhow::Result<ServerConfig> {
         let email = match (&self.smtp_url, &self.smtp_from) {
             (Some(url), Some(from)) => {
@@ -239,6 +281,7 @@ impl ServeArgs {
             },
             webhooks_allow_private: self.webhooks_allow_private,
             connections: self.connection_config(),
+            secret_key: self.secret_key()?,
             ..ServerConfig::default()
         })
     }

@@ -82,6 +82,23 @@ pub struct Step {
     pub retry: Option<AutomaticRetry>,
     /// Globs, relative to the workspace, of files uploaded after the step succeeds.
     pub artifacts: Vec<String>,
+    /// Project secrets the step receives as environment variables (`secrets:`).
+    pub secrets: Vec<SecretUse>,
+}
+
+/// A project secret a step asks for, optionally only on some branches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretUse {
+    pub name: crate::SecretName,
+    /// Branch patterns; empty means every branch the step runs on.
+    pub branches: Vec<BranchPattern>,
+}
+
+impl SecretUse {
+    /// Whether the secret is given to the step on `branch`.
+    pub fn given_on(&self, branch: &str) -> bool {
+        branch::runs_on(&self.branches, branch)
+    }
 }
 
 /// A step's dependency cache: restored from a key made of the hash of `key_files`'
@@ -317,6 +334,7 @@ impl Step {
             network: false,
             retry: None,
             artifacts: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use super::yaml::{Entry, Node, NodeKind};
 use super::{
     AutomaticRetry, BranchPattern, CacheSpec, DEFAULT_RETRY_LIMIT, Pipeline, PipelineError,
-    Priority, RetryOn, Step, parse_duration,
+    Priority, RetryOn, SecretUse, Step, parse_duration,
 };
-use crate::ids::{AgentLabel, StageName};
+use crate::ids::{AgentLabel, SecretName, StageName};
 use crate::limits;
 
 const TOP_LEVEL_KEYS: &[&str] = &["priority", "env", "timeout", "steps"];
@@ -28,7 +28,9 @@ const STEP_KEYS: &[&str] = &[
     "network",
     "retry",
     "artifacts",
+    "secrets",
 ];
+const SECRET_KEYS: &[&str] = &["name", "branches"];
 const CACHE_KEYS: &[&str] = &["key_files", "paths"];
 const RETRY_KEYS: &[&str] = &["automatic"];
 const AUTOMATIC_RETRY_KEYS: &[&str] = &["on", "limit"];
@@ -296,6 +298,7 @@ fn parse_step(
                         .push(relative_path(raw, glob_node, item_field)?);
                 }
             }
+            "secrets" => step.secrets = parse_secrets(value, &field)?,
             _ => unreachable!("check_keys refused other keys"),
         }
     }
@@ -619,6 +622,74 @@ fn is_shell_name(name: &str) -> bool {
             .next()
             .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `secrets: [A, B]`, or entries `{name: A, branches: [main]}` for a secret given only
+/// on those branches.
+fn parse_secrets(node: &Node, field: &str) -> Result<Vec<SecretUse>, PipelineError> {
+    let items: Vec<&Node> = match &node.kind {
+        NodeKind::Sequence(items) => items.iter().collect(),
+        _ => vec![node],
+    };
+    if items.len() > limits::MAX_STEP_LIST_ENTRIES {
+        return Err(error_on(
+            node,
+            field,
+            format!(
+                "has {} entries; the limit is {}",
+                items.len(),
+                limits::MAX_STEP_LIST_ENTRIES
+            ),
+        ));
+    }
+    let mut secrets: Vec<SecretUse> = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let item_field = if matches!(node.kind, NodeKind::Sequence(_)) {
+            format!("{field}[{index}]")
+        } else {
+            field.to_owned()
+        };
+        let (name_node, name_field, branches) = match &item.kind {
+            NodeKind::Mapping(entries) => {
+                check_keys(entries, SECRET_KEYS, &item_field)?;
+                let name_field = format!("{item_field}.name");
+                let Some(name) = entries.iter().find(|entry| entry.key == "name") else {
+                    return Err(error_on(
+                        item,
+                        name_field,
+                        "is missing: name the project secret ('name: DEPLOY_TOKEN')",
+                    ));
+                };
+                let mut branches = Vec::new();
+                if let Some(entry) = entries.iter().find(|entry| entry.key == "branches") {
+                    let branches_field = format!("{item_field}.branches");
+                    for (raw, pattern_node, pattern_field) in
+                        string_list(&entry.value, &branches_field, limits::MAX_STEP_LIST_ENTRIES)?
+                    {
+                        branches.push(
+                            BranchPattern::parse(raw).map_err(|message| {
+                                error_on(pattern_node, pattern_field, message)
+                            })?,
+                        );
+                    }
+                }
+                (&name.value, name_field, branches)
+            }
+            _ => (item, item_field.clone(), Vec::new()),
+        };
+        let raw = scalar(name_node, &name_field)?;
+        let name = SecretName::parse(&name_field, raw.trim())
+            .map_err(|error| error_on(name_node, name_field.clone(), error.message))?;
+        if secrets.iter().any(|secret| secret.name == name) {
+            return Err(error_on(
+                name_node,
+                name_field,
+                format!("lists '{}' twice: keep one", name.as_str()),
+            ));
+        }
+        secrets.push(SecretUse { name, branches });
+    }
+    Ok(secrets)
 }
 
 fn parse_cache(node: &Node, field: &str) -> Result<CacheSpec, PipelineError> {

@@ -81,6 +81,24 @@ pub(super) fn render(pipeline: &Pipeline) -> String {
             "artifacts",
             step.artifacts.iter().map(String::as_str),
         );
+        if !step.secrets.is_empty() {
+            out.push_str("    secrets:\n");
+            for secret in &step.secrets {
+                if secret.branches.is_empty() {
+                    let _ = writeln!(out, "      - {}", quote(secret.name.as_str()));
+                } else {
+                    let _ = writeln!(out, "      - name: {}", quote(secret.name.as_str()));
+                    let branches: Vec<String> =
+                        secret.branches.iter().map(ToString::to_string).collect();
+                    list(
+                        &mut out,
+                        "        ",
+                        "branches",
+                        branches.iter().map(String::as_str),
+                    );
+                }
+            }
+        }
     }
     out
 }

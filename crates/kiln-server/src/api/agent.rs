@@ -25,7 +25,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::runner::reported_state;
 
-fn parse<T: DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(|error| {
         let message = error.inner().to_string();
         let path = error.path().to_string();

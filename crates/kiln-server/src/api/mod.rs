@@ -15,6 +15,7 @@ pub(crate) mod notifications;
 pub(crate) mod projects;
 pub(crate) mod repos;
 mod runs;
+mod secrets;
 mod socketio;
 mod stream;
 pub(crate) mod users;
@@ -73,6 +74,25 @@ fn api_route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<App
             "/api/v1/projects/{slug}/hooks/github",
             Access::ProjectAdmin,
             put(hooks::set_github),
+        ),
+        // Project secrets: write-only, encrypted at rest.
+        (
+            "GET",
+            "/api/v1/projects/{slug}/secrets",
+            Access::ProjectAdmin,
+            get(secrets::list_secrets),
+        ),
+        (
+            "PUT",
+            "/api/v1/projects/{slug}/secrets/{name}",
+            Access::ProjectAdmin,
+            put(secrets::set_secret),
+        ),
+        (
+            "DELETE",
+            "/api/v1/projects/{slug}/secrets/{name}",
+            Access::ProjectAdmin,
+            delete(secrets::delete_secret),
         ),
         // Accounts.
         (

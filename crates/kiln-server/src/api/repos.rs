@@ -105,7 +105,35 @@ pub(crate) async fn set_repo_of(
                 })?,
         ),
     };
-    let updated = state
+    // Credentials leave the URL: the URL is stored without them, they are stored
+    // encrypted, and git receives them through its environment.
+    let (repo, credentials) = match repo {
+        Some(repo) => {
+            let (bare, credentials) = kiln_core::net::split_credentials(&repo);
+            (Some(bare), credentials)
+        }
+        None => (None, None),
+    };
+    let sealed = match credentials {
+        Some((username, password)) => {
+            let plain = serde_json::to_vec(&kiln_protocol::RepoCredentials { username, password })
+                .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+            Some(
+                state
+                    .config
+                    .secret_key
+                    .seal(
+                        &crate::secret_box::repo_credentials_context(project.id),
+                        &plain,
+                    )
+                    .map_err(ApiError::Unavailable)?,
+            )
+        }
+        // The same URL again (the settings form's empty field) keeps the credentials.
+        None if repo.is_some() && repo == project.repo => project.repo_credentials.clone(),
+        None => None,
+    };
+    state
         .store
         .set_project_repo(
             project.id,
@@ -114,14 +142,31 @@ pub(crate) async fn set_repo_of(
             max_concurrency,
         )
         .await?;
-    Ok(updated)
+    state
+        .store
+        .set_repo_credentials(project.id, repo.as_deref(), sealed.as_deref())
+        .await?;
+    state
+        .store
+        .project_by_id(project.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("project not found".into()))
+}
+
+/// The repository as shown: its URL, with `***@` where credentials are kept.
+pub(crate) fn shown_repo(project: &kiln_store::Project) -> Option<String> {
+    let repo = project.repo.as_deref()?;
+    Some(match (&project.repo_credentials, repo.split_once("://")) {
+        (Some(_), Some((scheme, rest))) => format!("{scheme}://***@{rest}"),
+        _ => crate::runner::git::mask_url(repo),
+    })
 }
 
 pub(crate) fn repo_json(project: &kiln_store::Project) -> Value {
     let dto: ProjectDto = project_dto(project);
     json!({
         "project": dto,
-        "repo": project.repo.as_deref().map(crate::runner::git::mask_url),
+        "repo": shown_repo(project),
         "defaultBranch": project.default_branch,
         "maxConcurrency": project.max_concurrency,
     })

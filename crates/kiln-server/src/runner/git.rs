@@ -47,6 +47,14 @@ async fn git(
     for setting in access.map(|access| access.config.as_slice()).unwrap_or(&[]) {
         command.args(["-c", setting]);
     }
+    if let Some(credentials) = access.and_then(|access| access.credentials.as_ref()) {
+        for setting in kiln_core::net::GIT_CREDENTIAL_SETTINGS {
+            command.args(["-c", setting]);
+        }
+        command
+            .env("KILN_GIT_USERNAME", &credentials.username)
+            .env("KILN_GIT_PASSWORD", &credentials.password);
+    }
     command
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")

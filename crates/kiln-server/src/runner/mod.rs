@@ -53,6 +53,9 @@ pub struct RunnerConfig {
     pub git_dir: PathBuf,
     /// Which repositories projects may build, and the server's git timeout.
     pub repo_policy: RepoPolicy,
+    /// Decrypts project secrets and repository credentials (set by `run` from the
+    /// server's key).
+    pub secret_key: Option<crate::secret_box::SecretKey>,
 }
 
 impl Default for RunnerConfig {
@@ -66,6 +69,7 @@ impl Default for RunnerConfig {
             checkout_timeout: Duration::from_secs(kiln_core::limits::DEFAULT_CHECKOUT_TIMEOUT_SECS),
             git_dir: std::env::temp_dir().join(format!("kiln-git-{}", std::process::id())),
             repo_policy: RepoPolicy::default(),
+            secret_key: None,
         }
     }
 }
@@ -141,6 +145,79 @@ impl Runner {
 
     fn lease_ms(&self) -> i64 {
         self.inner.config.job_lease.as_millis() as i64
+    }
+
+    /// The values of the secrets a job names, and the names the project lacks (or whose
+    /// value cannot be decrypted: another key).
+    async fn job_secrets(
+        &self,
+        project_id: i64,
+        names: &[String],
+    ) -> Result<(std::collections::BTreeMap<String, String>, Vec<String>), ApiError> {
+        let mut values = std::collections::BTreeMap::new();
+        if names.is_empty() {
+            return Ok((values, Vec::new()));
+        }
+        let stored = self.store().project_secret_values(project_id).await?;
+        let mut missing = Vec::new();
+        for name in names {
+            let value = stored
+                .iter()
+                .find(|(stored_name, _)| stored_name == name)
+                .and_then(|(_, ciphertext)| {
+                    let key = self.inner.config.secret_key.as_ref()?;
+                    match key.open(&crate::secret_box::secret_context(project_id, name), ciphertext) {
+                        Ok(plain) => String::from_utf8(plain).ok(),
+                        Err(error) => {
+                            tracing::error!(project_id, secret = %name, %error, "cannot decrypt a project secret");
+                            None
+                        }
+                    }
+                });
+            match value {
+                Some(value) => {
+                    values.insert(name.clone(), value);
+                }
+                None => missing.push(name.clone()),
+            }
+        }
+        Ok((values, missing))
+    }
+
+    /// The decrypted credentials of a project's repository, if it has any.
+    pub(crate) async fn repo_credentials(
+        &self,
+        project_id: i64,
+    ) -> Result<Option<kiln_protocol::RepoCredentials>, ApiError> {
+        let Some(project) = self.store().project_by_id(project_id).await? else {
+            return Ok(None);
+        };
+        let (Some(ciphertext), Some(key)) =
+            (&project.repo_credentials, &self.inner.config.secret_key)
+        else {
+            return Ok(None);
+        };
+        let plain = key
+            .open(&crate::secret_box::repo_credentials_context(project_id), ciphertext)
+            .map_err(|error| {
+                tracing::error!(project_id, %error, "cannot decrypt the repository credentials");
+                ApiError::Unavailable(format!("the repository credentials of this project cannot be decrypted: {error}; set the repository again"))
+            })?;
+        Ok(serde_json::from_slice(&plain).ok())
+    }
+
+    /// The policy's check of a project's repository, with its credentials for git.
+    pub(crate) async fn project_repo_access(
+        &self,
+        project: &kiln_store::Project,
+        repo: &str,
+    ) -> Result<policy::RepoAccess, ApiError> {
+        let mut access = self
+            .repo_access(repo)
+            .await
+            .map_err(|message| refused_repo(&project.slug, message))?;
+        access.credentials = self.repo_credentials(project.id).await?;
+        Ok(access)
     }
 
     /// Checks a repository against the instance's policy (before every git command the
@@ -266,7 +343,12 @@ impl Runner {
         ] {
             env.entry(name.to_owned()).or_insert(value);
         }
+        let (secrets, missing_secrets) = self.job_secrets(job.project_id, &spec.secrets).await?;
+        let repo_credentials = self.repo_credentials(job.project_id).await?;
         Ok(AgentJob {
+            secrets: kiln_protocol::SecretValues(secrets),
+            missing_secrets,
+            repo_credentials,
             job_id: job.id,
             attempt: job.attempt,
             run_id: job.run_id.clone(),

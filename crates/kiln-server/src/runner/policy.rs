@@ -55,6 +55,8 @@ pub(crate) struct RepoAccess {
     /// `-c` settings: the checked address for http(s), no redirects.
     pub config: Vec<String>,
     pub timeout: Duration,
+    /// Given to git through its environment and a credential helper, never argv.
+    pub credentials: Option<kiln_protocol::RepoCredentials>,
 }
 
 impl RepoPolicy {
@@ -68,6 +70,7 @@ impl RepoPolicy {
                     allow_protocol: "file",
                     config: Vec::new(),
                     timeout: self.git_timeout,
+                    credentials: None,
                 })
             }
             RepoLocation::Remote { scheme, host, port } => {
@@ -184,6 +187,7 @@ fn remote_access(
         },
         config,
         timeout,
+        credentials: None,
     }
 }
 

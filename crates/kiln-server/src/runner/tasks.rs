@@ -77,7 +77,7 @@ pub(crate) async fn poll_branches(runner: &Runner) {
             continue;
         };
         if !heads_by_repo.contains_key(&repo) {
-            let access = match runner.repo_access(&repo).await {
+            let access = match runner.project_repo_access(&project, &repo).await {
                 Ok(access) => access,
                 Err(error) => {
                     tracing::warn!(project = %project.slug, %error, "not polling a repository the policy refuses");

@@ -127,10 +127,7 @@ impl Runner {
 
         // Checked again at every trigger: the policy or a DNS answer may have changed
         // since the repository was set.
-        let access = self
-            .repo_access(&repo)
-            .await
-            .map_err(|message| refused_repo(&project.slug, message))?;
+        let access = self.project_repo_access(project, &repo).await?;
         let commit = match &request.commit {
             Some(commit) => Ok(commit.to_ascii_lowercase()),
             None => resolve_branch(&repo, &branch, &access).await,

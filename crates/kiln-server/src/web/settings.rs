@@ -75,11 +75,7 @@ pub(crate) async fn projects_page(
                 None => "viewer".to_owned(),
             },
             admin: caller.can_admin(project.id),
-            repo: project
-                .repo
-                .as_deref()
-                .map(crate::runner::git::mask_url)
-                .unwrap_or_default(),
+            repo: crate::api::repos::shown_repo(&project).unwrap_or_default(),
             slug: project.slug,
             name: project.name,
         })
@@ -290,11 +286,7 @@ async fn settings_response(
         tokens,
         members,
         branches,
-        repo: project
-            .repo
-            .as_deref()
-            .map(crate::runner::git::mask_url)
-            .unwrap_or_default(),
+        repo: crate::api::repos::shown_repo(project).unwrap_or_default(),
         default_branch: project.default_branch.clone(),
         max_concurrency: project
             .max_concurrency

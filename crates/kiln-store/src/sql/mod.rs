@@ -16,6 +16,7 @@ mod ingest;
 mod notifications;
 mod queue;
 mod rows;
+mod secrets;
 mod sqlite_writer;
 mod webhooks;
 
@@ -1003,5 +1004,38 @@ impl Store for SqlStore {
 
     async fn github_secret(&self, project_id: i64) -> StoreResult<Option<String>> {
         self.q_github_secret(project_id).await
+    }
+
+    async fn set_project_secret(
+        &self,
+        project_id: i64,
+        name: &str,
+        ciphertext: &str,
+        now: Millis,
+    ) -> StoreResult<SecretRecord> {
+        self.q_set_project_secret(project_id, name, ciphertext, now)
+            .await
+    }
+
+    async fn list_project_secrets(&self, project_id: i64) -> StoreResult<Vec<SecretRecord>> {
+        self.q_list_project_secrets(project_id).await
+    }
+
+    async fn project_secret_values(&self, project_id: i64) -> StoreResult<Vec<(String, String)>> {
+        self.q_project_secret_values(project_id).await
+    }
+
+    async fn delete_project_secret(&self, project_id: i64, name: &str) -> StoreResult<bool> {
+        self.q_delete_project_secret(project_id, name).await
+    }
+
+    async fn set_repo_credentials(
+        &self,
+        project_id: i64,
+        repo: Option<&str>,
+        ciphertext: Option<&str>,
+    ) -> StoreResult<()> {
+        self.q_set_repo_credentials(project_id, repo, ciphertext)
+            .await
     }
 }

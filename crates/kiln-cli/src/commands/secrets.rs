@@ -1,0 +1,107 @@
+//! A project's secrets from the command line: `kiln secret set|list|rm`. The value is
+//! read from standard input (never a command-line argument, which `ps` and shell
+//! history would keep) and never printed.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand};
+
+use super::admin::print_json;
+use crate::settings::ClientArgs;
+
+#[derive(Args, Debug)]
+pub struct SecretProject {
+    /// The project.
+    #[arg(long, env = "KILN_PROJECT", default_value = "default")]
+    project: String,
+    /// Print the API's JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// Create or replace a secret; the value is read from standard input (one trailing
+    /// newline is dropped), e.g. `printf %s "$TOKEN" | kiln secret set DEPLOY_TOKEN`.
+    Set {
+        /// The name steps use (`secrets: [NAME]` in .kiln.yml), e.g. DEPLOY_TOKEN.
+        name: String,
+        #[command(flatten)]
+        project: SecretProject,
+    },
+    /// List the project's secrets by name and last change (values are never shown).
+    List {
+        #[command(flatten)]
+        project: SecretProject,
+    },
+    /// Delete a secret.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        project: SecretProject,
+    },
+}
+
+pub async fn secret(command: SecretCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SecretCommand::Set { name, project } => {
+            let mut value = String::new();
+            std::io::stdin()
+                .read_to_string(&mut value)
+                .context("cannot read the secret's value from standard input")?;
+            if value.ends_with('\n') {
+                value.pop();
+                if value.ends_with('\r') {
+                    value.pop();
+                }
+            }
+            if value.is_empty() {
+                return Err(anyhow!(
+                    "no value on standard input: pipe it in, e.g. printf %s \"$VALUE\" | kiln secret set {name}"
+                ));
+            }
+            let secret = project
+                .client
+                .client()?
+                .set_secret(&project.project, &name, &value)
+                .await?;
+            if project.json {
+                print_json(&secret)?;
+            } else {
+                println!(
+                    "secret {} of {} set ({})",
+                    secret.name, project.project, secret.updated_at
+                );
+            }
+        }
+        SecretCommand::List { project } => {
+            let list = project
+                .client
+                .client()?
+                .list_secrets(&project.project)
+                .await?;
+            if project.json {
+                print_json(&list)?;
+            } else {
+                for secret in list.secrets {
+                    println!("{}\tupdated {}", secret.name, secret.updated_at);
+                }
+            }
+        }
+        SecretCommand::Rm { name, project } => {
+            project
+                .client
+                .client()?
+                .delete_secret(&project.project, &name)
+                .await?;
+            if !project.json {
+                println!("secret {name} of {} deleted", project.project);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
