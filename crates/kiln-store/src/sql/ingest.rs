@@ -712,8 +712,12 @@ async fn write(transaction: &mut Tx, batch: &mut Batch, now: Millis) -> StoreRes
         query.execute(&mut **transaction).await?;
     }
 
-    let job_rows = job_rows(&batch.jobs, &build_ids, now);
-    for chunk in chunks(&job_rows) {
+    insert_jobs(transaction, &job_rows(&batch.jobs, &build_ids, now)).await
+}
+
+/// Inserts job rows with multi-row statements (a job written before is kept).
+pub(super) async fn insert_jobs(transaction: &mut Tx, job_rows: &[JobRow<'_>]) -> StoreResult<()> {
+    for chunk in chunks(job_rows) {
         let sql = format!(
             "INSERT INTO jobs ({JOB_COLUMNS}) VALUES {} {JOB_CONFLICT}",
             row_placeholders(chunk.len(), JOB_COLUMN_COUNT)

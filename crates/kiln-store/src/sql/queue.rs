@@ -10,7 +10,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::ingest::{JOB_COLUMN_COUNT, JOB_COLUMNS, JOB_CONFLICT, JobRow};
+use super::ingest::{JobRow, insert_jobs};
 use super::{SqlStore, rows, trusted};
 use crate::queue::*;
 use crate::records::Project;
@@ -304,31 +304,12 @@ impl SqlStore {
         jobs: &[JobPlan],
         now: Millis,
     ) -> StoreResult<()> {
+        let rows: Vec<JobRow> = jobs
+            .iter()
+            .map(|plan| JobRow::new(build_id, project_id, priority, plan, now))
+            .collect();
         let mut transaction = self.pool.begin().await?;
-        let sql = format!(
-            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({}) {JOB_CONFLICT}",
-            (1..=JOB_COLUMN_COUNT)
-                .map(|n| format!("${n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        for plan in jobs {
-            let job = JobRow::new(build_id, project_id, priority, plan, now);
-            sqlx::query(trusted(sql.clone()))
-                .bind(job.build_id)
-                .bind(job.project_id)
-                .bind(job.step)
-                .bind(job.position)
-                .bind(job.state)
-                .bind(job.priority)
-                .bind(job.depends_on)
-                .bind(job.labels)
-                .bind(job.spec)
-                .bind(job.created_at)
-                .bind(job.queued_at)
-                .execute(&mut *transaction)
-                .await?;
-        }
+        insert_jobs(&mut transaction, &rows).await?;
         transaction.commit().await?;
         Ok(())
     }
