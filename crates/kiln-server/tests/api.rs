@@ -385,6 +385,8 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(engine: Engine) {
         // U+0000 anywhere is refused with its field (PostgreSQL's text cannot hold it; it
         // used to fail the whole group commit there with a 503).
         (serde_json::to_vec(&json!({"runId": "r", "event": "heartbeat", "message": "a\u{0}b"})).unwrap(), 400, "invalid_field", Some("message")),
+        // An integer beyond 64 bits would come back as a float: refused, not changed.
+        (br#"{"runId": "r", "event": "heartbeat", "data": {"big": 123456789012345678901234567890}}"#.to_vec(), 400, "invalid_field", Some("data.big")),
         (serde_json::to_vec(&json!([{"runId": "ok", "event": "build_started"}, {"runId": "ok", "event": "build_started", "branch": "x\u{0}"}])).unwrap(), 400, "invalid_field", Some("[1].branch")),
         (serde_json::to_vec(&json!({"runId": "r", "event": "plan_generated", "data": {"steps": ["a", "b\u{0}"]}})).unwrap(), 400, "invalid_field", Some("data.steps[1]")),
         (format!("{{\"runId\":\"r\",\"event\":\"heartbeat\",\"message\":\"{}\"}}", "m".repeat(1024 * 1024 + 10)).into_bytes(), 413, "body_too_large", None),

@@ -76,7 +76,103 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
             holds_nul(&field),
         ));
     }
+    // serde_json reads an integer beyond 64 bits as a float, which would come back as
+    // `1.2345678901234568e+29`: refused, naming the field, rather than stored changed.
+    // Only a body with a run of 20 digits can hold one, so others need no walk.
+    let big_integers = big_integer_literals(bytes);
+    if let Some(field) = (!big_integers.is_empty())
+        .then(|| field_with_inexact_integer(&value, "", &big_integers))
+        .flatten()
+    {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            Some(&field),
+            format!(
+                "{field}: integers beyond 64 bits are not kept exactly; send this one as a string"
+            ),
+        ));
+    }
     Ok(value)
+}
+
+/// The values of the integer literals of a JSON text (outside strings) that fit neither
+/// i64 nor u64; serde_json reads those as floats. Only a run of 20 digits can be one,
+/// so ordinary bodies are not tokenized.
+fn big_integer_literals(bytes: &[u8]) -> Vec<f64> {
+    if !bytes
+        .split(|byte| !byte.is_ascii_digit())
+        .any(|digits| digits.len() >= 20)
+    {
+        return Vec::new();
+    }
+    let mut literals = Vec::new();
+    let (mut index, mut in_string, mut escaped) = (0, false, false);
+    while index < bytes.len() {
+        let byte = bytes[index];
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            index += 1;
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+            index += 1;
+            continue;
+        }
+        if byte == b'-' || byte.is_ascii_digit() {
+            let start = index;
+            while index < bytes.len()
+                && (bytes[index].is_ascii_digit() || b"+-.eE".contains(&bytes[index]))
+            {
+                index += 1;
+            }
+            let token = std::str::from_utf8(&bytes[start..index]).unwrap_or_default();
+            let integer = !token.contains(['.', 'e', 'E']);
+            if integer
+                && token.parse::<i64>().is_err()
+                && token.parse::<u64>().is_err()
+                && let Ok(float) = token.parse::<f64>()
+            {
+                literals.push(float);
+            }
+            continue;
+        }
+        index += 1;
+    }
+    literals
+}
+
+/// The path of the first number that holds one of `literals` as a float (an integer
+/// literal too large for 64 bits).
+fn field_with_inexact_integer(value: &Value, path: &str, literals: &[f64]) -> Option<String> {
+    match value {
+        Value::Number(number) => number
+            .as_f64()
+            .filter(|float| number.is_f64() && literals.contains(float))
+            .map(|_| {
+                if path.is_empty() {
+                    "body".to_owned()
+                } else {
+                    path.to_owned()
+                }
+            }),
+        Value::Array(items) => items.iter().enumerate().find_map(|(index, item)| {
+            field_with_inexact_integer(item, &format!("{path}[{index}]"), literals)
+        }),
+        Value::Object(members) => members.iter().find_map(|(name, member)| {
+            let member_path = match path {
+                "" => name.clone(),
+                path => format!("{path}.{name}"),
+            };
+            field_with_inexact_integer(member, &member_path, literals)
+        }),
+        _ => None,
+    }
 }
 
 /// The message for a field holding U+0000 (JSON bodies, Socket.IO requests).
@@ -215,6 +311,33 @@ mod tests {
 
     /// The three ways a body can spell a NUL: the escape is refused with its field, a raw
     /// byte is not JSON at all, and an escaped backslash before `u0000` is no NUL.
+    #[test]
+    fn integers_beyond_64_bits_are_refused_with_their_field() {
+        let field = |body: &str| match parse_json(body.as_bytes()) {
+            Ok(_) => None,
+            Err(ApiError::BadRequest { field, .. }) => field,
+            Err(other) => panic!("{other}"),
+        };
+        assert_eq!(
+            field(r#"{"data": {"big": 123456789012345678901234567890}}"#).as_deref(),
+            Some("data.big")
+        );
+        assert_eq!(
+            field(r#"[{"a": 1}, {"data": [-99999999999999999999]}]"#).as_deref(),
+            Some("[1].data[0]")
+        );
+        // Within 64 bits, as a string, or a float: kept.
+        assert_eq!(
+            field(r#"{"max": 18446744073709551615, "min": -9223372036854775808}"#),
+            None
+        );
+        assert_eq!(field(r#"{"id": "123456789012345678901234567890"}"#), None);
+        assert_eq!(
+            field(r#"{"x": 1.5, "y": 1e30, "z": "12345678901234567890"}"#),
+            None
+        );
+    }
+
     #[test]
     fn nul_is_refused_with_its_field() {
         let field = |body: &[u8]| match parse_json(body) {
