@@ -23,6 +23,7 @@ engine_test!(cancel_stops_running_and_waiting_jobs);
 engine_test!(a_triggered_build_is_never_seen_without_its_jobs);
 engine_test!(the_repository_policy_keeps_projects_to_their_own_code);
 engine_test!(steps_get_the_secrets_they_name_masked_in_their_logs);
+engine_test!(credentials_an_earlier_kiln_stored_in_a_url_are_sealed_at_start);
 
 fn body(value: Value) -> Option<Vec<u8>> {
     Some(serde_json::to_vec(&value).unwrap())
@@ -1256,4 +1257,32 @@ async fn steps_get_the_secrets_they_name_masked_in_their_logs(engine: Engine) {
     .await;
     let kept = store.project_by_slug("web").await.unwrap().unwrap();
     assert_eq!(kept.repo_credentials.as_deref(), Some(sealed.as_str()));
+}
+
+/// A repository URL with credentials, stored by the previous release (schema 8), is split
+/// at the first start of this one: the URL without them, the credentials encrypted.
+async fn credentials_an_earlier_kiln_stored_in_a_url_are_sealed_at_start(engine: Engine) {
+    let database =
+        std::sync::Arc::new(kiln_store::test_support::TestDatabase::create(engine).await);
+    database
+        .at_schema_version(
+            8,
+            &[
+                "INSERT INTO projects (slug, name, created_at, repo, default_branch) \
+               VALUES ('old', 'Old', 1, 'https://bot:t0k3n@git.example.com/old.git', 'main')",
+            ],
+        )
+        .await;
+    let clock = kiln_server::clock::ManualClock::new(kiln_core::Millis(1_800_000_000_000));
+    let app = TestApp::spawn_on(database.clone(), clock).await;
+    let store = database.open_dyn().await;
+    let old = store.project_by_slug("old").await.unwrap().unwrap();
+    assert_eq!(old.repo.as_deref(), Some("https://git.example.com/old.git"));
+    let sealed = old.repo_credentials.expect("sealed");
+    assert!(!sealed.contains("t0k3n"), "{sealed}");
+    let (status, answer) = app
+        .raw(Method::GET, "/api/v1/projects/old", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    app.stop().await;
 }

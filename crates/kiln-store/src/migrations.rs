@@ -147,10 +147,25 @@ const POSTGRES: &[Migration] = &[
 const POSTGRES_MIGRATION_LOCK: i64 = 0x6b696c6e;
 
 pub(crate) async fn run(connection: &mut AnyConnection, engine: Engine) -> StoreResult<()> {
-    let migrations = match engine {
+    run_up_to(connection, engine, i64::MAX).await
+}
+
+/// Applies the migrations up to `last_version` (tests build an earlier release's schema
+/// with it, to check the upgrade from there).
+pub(crate) async fn run_up_to(
+    connection: &mut AnyConnection,
+    engine: Engine,
+    last_version: i64,
+) -> StoreResult<()> {
+    let all = match engine {
         Engine::Sqlite => SQLITE,
         Engine::Postgres => POSTGRES,
     };
+    let count = all
+        .iter()
+        .take_while(|migration| migration.version <= last_version)
+        .count();
+    let migrations = &all[..count];
     if engine == Engine::Postgres {
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(POSTGRES_MIGRATION_LOCK)

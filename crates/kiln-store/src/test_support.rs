@@ -74,6 +74,35 @@ impl TestDatabase {
         }
     }
 
+    /// Brings the empty database to the schema of migration `last_version` only (an
+    /// earlier release's), and runs `setup` statements there: rows an earlier Kiln wrote.
+    pub async fn at_schema_version(&self, last_version: i64, setup: &[&str]) {
+        sqlx::any::install_default_drivers();
+        let url = if self.url.starts_with("sqlite:") {
+            format!("{}?mode=rwc", self.url)
+        } else {
+            self.url.clone()
+        };
+        let mut connection = sqlx::AnyConnection::connect(&url)
+            .await
+            .expect("connect to the test database");
+        let engine = if self.url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else {
+            Engine::Postgres
+        };
+        crate::migrations::run_up_to(&mut connection, engine, last_version)
+            .await
+            .expect("earlier migrations apply");
+        for statement in setup {
+            connection
+                .execute(sqlx::AssertSqlSafe(statement.to_string()))
+                .await
+                .expect("setup statement");
+        }
+        connection.close().await.ok();
+    }
+
     pub async fn open(&self) -> Arc<SqlStore> {
         Arc::new(SqlStore::connect(&self.url).await.expect("open store"))
     }
