@@ -105,7 +105,7 @@ async function checked(port, method, p, body, token) {
 
 async function startKiln() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-live-'));
-  const p = await startProc(KILN, ['serve', '--listen', `127.0.0.1:${PORT}`, '--data-dir', dir, '--max-streams-per-token', '40000'],
+  const p = await startProc(KILN, ['serve', '--listen', `127.0.0.1:${PORT}`, '--data-dir', dir, '--max-streams-per-token', '40000', '--max-connections', '100000', '--max-connections-per-address', '100000'],
     { KILN_ADMIN_TOKEN: 'kiln_benchadmin', RUST_LOG: 'warn' }, /kiln listening on/);
   const adm = 'kiln_benchadmin';
   await checked(PORT, 'POST', '/api/v1/projects', { slug: 'bench', name: 'Bench' }, adm);
