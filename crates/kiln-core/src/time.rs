@@ -38,6 +38,66 @@ impl fmt::Display for Millis {
     }
 }
 
+/// Howard Hinnant's `days_from_civil`: (year, month, day) to days since 1970-01-01.
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = year - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let month = i64::from(month);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses an HTTP-date (RFC 9110: `Sun, 06 Nov 1994 08:49:37 GMT`, and the obsolete
+/// `Sunday, 06-Nov-94 08:49:37 GMT` and asctime `Sun Nov  6 08:49:37 1994` forms).
+pub fn parse_http_date(text: &str) -> Option<Millis> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month_of = |name: &str| MONTHS.iter().position(|m| *m == name).map(|i| i as u32 + 1);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (day, month, year, clock) = match words.as_slice() {
+        // IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
+        [_, day, month, year, clock, "GMT"] => (
+            day.parse::<u32>().ok()?,
+            month_of(month)?,
+            year.parse::<i64>().ok()?,
+            *clock,
+        ),
+        // RFC 850: Sunday, 06-Nov-94 08:49:37 GMT
+        [_, date, clock, "GMT"] => {
+            let mut parts = date.split('-');
+            let day = parts.next()?.parse::<u32>().ok()?;
+            let month = month_of(parts.next()?)?;
+            let year = parts.next()?.parse::<i64>().ok()?;
+            (
+                day,
+                month,
+                if year < 70 { 2000 + year } else { 1900 + year },
+                *clock,
+            )
+        }
+        // asctime: Sun Nov  6 08:49:37 1994
+        [_, month, day, clock, year] => (
+            day.parse::<u32>().ok()?,
+            month_of(month)?,
+            year.parse::<i64>().ok()?,
+            *clock,
+        ),
+        _ => return None,
+    };
+    let mut hms = clock.split(':').map(|part| part.parse::<i64>().ok());
+    let (hours, minutes, seconds) = (hms.next()??, hms.next()??, hms.next()??);
+    if !(1..=31).contains(&day) || hours > 23 || minutes > 59 || seconds > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    Some(Millis(
+        ((days * 24 + hours) * 60 + minutes) * 60_000 + seconds * 1000,
+    ))
+}
+
 /// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -55,6 +115,27 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_parse_in_all_three_forms() {
+        let expected = Some(Millis(784_111_777_000));
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), expected);
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), expected);
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), expected);
+        assert_eq!(
+            parse_http_date("Wed, 21 Oct 2026 07:28:00 GMT").map(|m| m.to_rfc3339()),
+            Some("2026-10-21T07:28:00.000Z".into())
+        );
+        for bad in [
+            "",
+            "120",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn renders_known_instants() {

@@ -186,10 +186,36 @@ fn client(config: &WebhookConfig, allow_private: bool) -> reqwest::Result<reqwes
         .build()
 }
 
+/// A receiver's `Retry-After`: seconds, or an HTTP-date (RFC 9110 allows both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RetryAfter {
+    Seconds(u64),
+    At(Millis),
+}
+
+impl RetryAfter {
+    fn parse(value: &str) -> Option<RetryAfter> {
+        let value = value.trim();
+        match value.parse::<u64>() {
+            Ok(seconds) => Some(RetryAfter::Seconds(seconds)),
+            Err(_) => kiln_core::time::parse_http_date(value).map(RetryAfter::At),
+        }
+    }
+
+    /// The wait from `now`, at most `MAX_RETRY_AFTER` (a date in the past: none).
+    fn wait(self, now: Millis) -> Duration {
+        let wait = match self {
+            RetryAfter::Seconds(seconds) => Duration::from_secs(seconds),
+            RetryAfter::At(at) => Duration::from_millis(at.saturating_sub(now).max(0) as u64),
+        };
+        wait.min(MAX_RETRY_AFTER)
+    }
+}
+
 /// What one request produced.
 struct Answer {
     status: Option<StatusCode>,
-    retry_after: Option<Duration>,
+    retry_after: Option<RetryAfter>,
     excerpt: Option<String>,
     error: Option<String>,
 }
@@ -345,8 +371,7 @@ impl Sender {
                 .headers()
                 .get("retry-after")
                 .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+                .and_then(RetryAfter::parse);
             let mut excerpt = Vec::new();
             while excerpt.len() < EXCERPT_BYTES {
                 match response.chunk().await {
@@ -388,7 +413,7 @@ impl Sender {
             Some(StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
         );
         let delay = match answer.retry_after {
-            Some(retry_after) if honoured => retry_after,
+            Some(retry_after) if honoured => retry_after.wait(now),
             _ => {
                 let schedule = &self.config.retry_schedule;
                 let index = (retry as usize)
@@ -449,4 +474,27 @@ fn headers_json(headers: &HeaderMap) -> String {
         })
         .collect();
     Value::Object(object).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both forms RFC 9110 allows are honoured, each capped at an hour; a date already
+    /// past means no wait.
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let now = kiln_core::time::parse_http_date("Wed, 21 Oct 2026 07:28:00 GMT").unwrap();
+        let wait = |text: &str| RetryAfter::parse(text).map(|retry| retry.wait(now));
+        assert_eq!(wait("120"), Some(Duration::from_secs(120)));
+        assert_eq!(wait(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(
+            wait("Wed, 21 Oct 2026 07:30:30 GMT"),
+            Some(Duration::from_secs(150))
+        );
+        assert_eq!(wait("Wed, 21 Oct 2026 07:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(wait("999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(wait("Thu, 22 Oct 2026 07:28:00 GMT"), Some(MAX_RETRY_AFTER));
+        assert_eq!(wait("soon"), None);
+    }
 }
