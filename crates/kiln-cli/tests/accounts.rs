@@ -130,6 +130,12 @@ fn users_log_in_get_roles_and_are_audited() {
     assert!(ok, "{err}");
     assert!(log.contains("member.set"), "{log}");
     assert!(log.contains("user.create"), "{log}");
+    // Actors are named, with their id: the admin token by its name.
+    assert!(
+        log.lines()
+            .any(|line| line.contains("user.create") && line.contains("KILN_ADMIN_TOKEN (token:")),
+        "{log}"
+    );
     let (ok, _, err) = admin(
         &["member", "remove", "--project", "web", "bob@example.com"],
         None,

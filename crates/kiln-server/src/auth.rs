@@ -163,7 +163,7 @@ impl Caller {
             )),
             Access::User | Access::Page if self.user_id.is_some() => Ok(()),
             Access::User | Access::Page => Err(ApiError::Forbidden(
-                "this belongs to users: log in (POST /api/v1/session) or use a personal token (`kiln user token create`)"
+                "this belongs to users: log in (POST /api/v1/session) or use a personal token (`kiln login` prints one; POST /api/v1/me/tokens makes more)"
                     .into(),
             )),
             Access::InstanceAdmin if self.is_admin() => Ok(()),

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 engine_test!(sessions_need_csrf_expire_and_log_out);
 engine_test!(behind_a_trusted_proxy_each_client_has_its_own_login_limit);
+engine_test!(user_routes_tell_a_token_how_to_get_a_user_token);
 
 async fn login(app: &TestApp, email: &str, password: &str) -> (u16, Option<String>, Value) {
     let response = app
@@ -265,4 +266,16 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_login_limit(engine: Engi
         "a forged header from an untrusted peer does not buy a fresh limit"
     );
     direct.stop().await;
+}
+
+/// The 403 of a user-only route names commands that exist.
+async fn user_routes_tell_a_token_how_to_get_a_user_token(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (_, token) = app.project_client("web", &["read"]).await;
+    let (status, answer) = app.raw(Method::GET, "/api/v1/me", Some(&token), None).await;
+    assert_eq!(status, 403, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`kiln login`"), "{message}");
+    assert!(!message.contains("kiln user token create"), "{message}");
+    app.stop().await;
 }

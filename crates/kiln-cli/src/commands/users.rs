@@ -275,10 +275,15 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
     let log = request(&args.client, reqwest::Method::GET, &path, None).await?;
     for entry in log["entries"].as_array().into_iter().flatten() {
+        let actor = entry["actor"].as_str().unwrap_or_default();
+        let actor = match entry["actorName"].as_str() {
+            Some(name) => format!("{name} ({actor})"),
+            None => actor.to_owned(),
+        };
         println!(
             "{}\t{}\t{}\t{}",
             entry["at"].as_str().unwrap_or_default(),
-            entry["actor"].as_str().unwrap_or_default(),
+            actor,
             entry["action"].as_str().unwrap_or_default(),
             entry["target"].as_str().unwrap_or_default()
         );

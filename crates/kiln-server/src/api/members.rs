@@ -151,11 +151,31 @@ pub(crate) async fn audit_log(
     let before = params.integer("before", 1, i64::MAX)?;
     let limit = params.integer("limit", 1, 1000)?.unwrap_or(100);
     let entries = state.store.audit_log(project_id, before, limit).await?;
+    // Who the actors are: a user's email, a token's name (the id stays in `actor`).
+    let mut names: std::collections::HashMap<String, String> = Default::default();
+    if entries.iter().any(|entry| entry.actor.starts_with("user:")) {
+        for user in state.store.list_users().await? {
+            names.insert(format!("user:{}", user.id), user.email);
+        }
+    }
+    if entries
+        .iter()
+        .any(|entry| entry.actor.starts_with("token:"))
+    {
+        let mut tokens = state.store.list_tokens(None).await?;
+        if let Some(project_id) = project_id {
+            tokens.extend(state.store.list_tokens(Some(project_id)).await?);
+        }
+        for token in tokens {
+            names.insert(format!("token:{}", token.id), token.name);
+        }
+    }
     Ok(Json(json!({
         "entries": entries.iter().map(|entry| json!({
             "id": entry.id,
             "at": entry.at.to_rfc3339(),
             "actor": entry.actor,
+            "actorName": names.get(&entry.actor),
             "action": entry.action,
             "target": entry.target,
             "detail": entry.detail,

@@ -176,7 +176,7 @@ impl SqlStore {
         now: Millis,
     ) -> StoreResult<u64> {
         let done = sqlx::query(
-            "UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL",
+            "UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL AND archived_at IS NULL",
         )
         .bind(now.0)
         .bind(user_id)
