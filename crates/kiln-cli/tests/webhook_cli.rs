@@ -187,7 +187,12 @@ fn webhook_commands_manage_endpoints_and_deliveries() {
     assert_eq!(started.event_type, "build_started");
     assert_eq!(started.attempt_log.len(), 1);
     assert_eq!(started.attempt_log[0].status_code, Some(200));
-    assert_eq!(started.id.to_string(), delivered.webhook_id());
+    assert_eq!(started.webhook_id, delivered.webhook_id());
+    assert!(
+        started.webhook_id.starts_with("msg_"),
+        "{}",
+        started.webhook_id
+    );
 
     // redeliver: the same delivery (same webhook-id) once more.
     let (ok, again, err) = web(&["redeliver", &hook_id, &started.id.to_string()]);

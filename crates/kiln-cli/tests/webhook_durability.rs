@@ -126,10 +126,26 @@ fn assert_each_delivered_once(path: &str, requests: &[Received]) {
             "{path}: delivery {id} was answered 2xx {count} times"
         );
     }
+    // Delivery order is event order: the Kiln format carries the event's id.
     let ids: Vec<i64> = requests
         .iter()
         .filter(|request| request.succeeded())
-        .map(|request| request.webhook_id().parse().unwrap())
+        .map(|request| {
+            assert!(
+                request.webhook_id().starts_with("msg_"),
+                "{}",
+                request.webhook_id()
+            );
+            let body: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+            // Kiln's format: data.id; CDEvents: the CloudEvents id `kiln-event-{id}`.
+            body["data"]["id"].as_i64().unwrap_or_else(|| {
+                body["id"]
+                    .as_str()
+                    .and_then(|id| id.strip_prefix("kiln-event-"))
+                    .and_then(|id| id.parse().ok())
+                    .unwrap_or_else(|| panic!("no event id in {body}"))
+            })
+        })
         .collect();
     assert!(
         ids.windows(2).all(|pair| pair[0] < pair[1]),

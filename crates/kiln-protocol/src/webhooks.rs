@@ -93,8 +93,10 @@ pub struct WebhookAttemptDto {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookDeliveryDto {
-    /// Also the `webhook-id` header of every attempt.
     pub id: i64,
+    /// The `webhook-id` header of every attempt and redelivery (`msg_…`, unique across
+    /// Kiln instances).
+    pub webhook_id: String,
     pub endpoint_id: i64,
     pub event_id: Option<i64>,
     #[serde(rename = "type")]

@@ -113,6 +113,8 @@ pub async fn run(
     let bus = Arc::new(live::Bus::default());
     let webhook_sender = Arc::new(tokio::sync::Notify::new());
     let (ingestor, ingest_task) = Ingestor::start(store.clone(), clock.clone(), bus.clone());
+    let mut webhook_config = config.webhooks.clone();
+    webhook_config.message_key = Some(config.secret_key.clone());
     let mut runner_config = config.runner.clone();
     runner_config.secret_key = Some(config.secret_key.clone());
     let runner = runner::Runner::new(
@@ -172,7 +174,7 @@ pub async fn run(
     let webhook_sender_task = tokio::spawn(webhooks::run_sender(
         store.clone(),
         clock.clone(),
-        config.webhooks.clone(),
+        webhook_config,
         config.webhooks_allow_private,
         webhook_sender,
         webhooks::Pace::new(ingestor.load(), config.webhooks.busy_share),

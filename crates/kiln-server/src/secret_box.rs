@@ -45,6 +45,16 @@ impl SecretKey {
         hex::encode(self.0)
     }
 
+    /// A keyed digest of `label` (HMAC-SHA256 under the key): the same on every replica
+    /// of one instance, unguessable and different on any other instance.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     fn key(&self) -> LessSafeKey {
         LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &self.0).expect("a 32-byte key"))
     }

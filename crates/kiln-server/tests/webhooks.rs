@@ -516,6 +516,13 @@ async fn deliveries_retry_in_order_and_verify(engine: Engine) {
         receiver.requests("/flaky")[5].headers["webhook-id"],
         flaky[0].headers["webhook-id"]
     );
+    // The id is globally unique (not the row number another instance also has), and the
+    // delivery log names it.
+    assert!(flaky[0].headers["webhook-id"].starts_with("msg_"));
+    assert_eq!(
+        started["webhookId"],
+        flaky[0].headers["webhook-id"].as_str()
+    );
 
     // A private target is refused unless the instance allows it (checked here through
     // the URL parser: this instance allows them).

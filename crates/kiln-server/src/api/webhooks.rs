@@ -129,7 +129,7 @@ fn endpoint_json(endpoint: &WebhookEndpoint, project_slug: &str) -> Value {
     })
 }
 
-fn delivery_json(delivery: &WebhookDeliveryRecord) -> Value {
+fn delivery_json(state: &AppState, delivery: &WebhookDeliveryRecord) -> Value {
     let attempts: Vec<Value> = delivery
         .attempt_log
         .iter()
@@ -147,6 +147,11 @@ fn delivery_json(delivery: &WebhookDeliveryRecord) -> Value {
         .collect();
     json!({
         "id": delivery.id,
+        "webhookId": crate::webhooks::payload::message_id(
+            &state.config.secret_key,
+            delivery.id,
+            delivery.created_at,
+        ),
         "endpointId": delivery.endpoint_id,
         "eventId": delivery.event_id,
         "type": delivery.event_type,
@@ -409,7 +414,10 @@ pub(crate) async fn deliveries(
         .webhook_endpoint(project.id, parse_id(&id, "webhook")?)
         .await?;
     let deliveries = state.store.webhook_deliveries(endpoint.id, limit).await?;
-    let items: Vec<Value> = deliveries.iter().map(delivery_json).collect();
+    let items: Vec<Value> = deliveries
+        .iter()
+        .map(|delivery| delivery_json(&state, delivery))
+        .collect();
     Ok(Json(json!({ "deliveries": items })))
 }
 
@@ -428,7 +436,7 @@ pub(crate) async fn redeliver(
         parse_id(&delivery, "delivery")?,
     )
     .await?;
-    Ok((StatusCode::ACCEPTED, Json(delivery_json(&delivery))))
+    Ok((StatusCode::ACCEPTED, Json(delivery_json(&state, &delivery))))
 }
 
 /// Queues a finished delivery of an endpoint once more (the API and the settings page).

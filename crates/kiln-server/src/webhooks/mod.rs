@@ -133,6 +133,8 @@ pub struct WebhookConfig {
     /// The share of the time (0 < share ≤ 1) webhook work may take while this replica's
     /// ingest is busy (`Pace`); 1 lets it run at full speed always.
     pub busy_share: f64,
+    /// Derives each delivery's `webhook-id` (set by `run` from the server's key).
+    pub message_key: Option<crate::secret_box::SecretKey>,
 }
 
 impl Default for WebhookConfig {
@@ -148,6 +150,7 @@ impl Default for WebhookConfig {
             poll_interval: Duration::from_secs(1),
             concurrency: 32,
             busy_share: 0.02,
+            message_key: None,
         }
     }
 }

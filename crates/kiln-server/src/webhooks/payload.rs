@@ -93,6 +93,19 @@ fn cdevent_kind(event_type: &str) -> Option<(&'static str, &'static str, Option<
     })
 }
 
+/// A delivery's `webhook-id`: `msg_` and 32 hex digits derived from the instance's key,
+/// the delivery's row and its creation time. Every attempt and redelivery of a delivery
+/// carries the same one; another Kiln instance, or a delivery queued anew after a
+/// restore from backup, gets another, so receivers can deduplicate by it.
+pub(crate) fn message_id(
+    key: &crate::secret_box::SecretKey,
+    delivery_id: i64,
+    created_at: Millis,
+) -> String {
+    let digest = key.derive(&format!("webhook-message:{delivery_id}:{}", created_at.0));
+    format!("msg_{}", hex::encode(&digest[..16]))
+}
+
 /// The body of one event for one endpoint, or `None` when the format has no
 /// representation of it.
 pub(crate) fn render(
@@ -211,5 +224,27 @@ mod tests {
         assert!(secret.starts_with("whsec_"));
         assert_eq!(secret_key(&secret).len(), 24);
         assert_ne!(secret, generate_secret());
+    }
+}
+
+#[cfg(test)]
+mod message_id_tests {
+    use super::*;
+    use crate::secret_box::SecretKey;
+
+    /// Stable for one delivery, different for another row, another creation time (a row
+    /// number reused after a restore) or another instance's key.
+    #[test]
+    fn webhook_ids_are_stable_per_delivery_and_unique_across_instances() {
+        let key = SecretKey::generate().unwrap();
+        let id = message_id(&key, 7, Millis(1000));
+        assert!(id.starts_with("msg_") && id.len() == 36, "{id}");
+        assert_eq!(id, message_id(&key, 7, Millis(1000)));
+        assert_ne!(id, message_id(&key, 8, Millis(1000)));
+        assert_ne!(id, message_id(&key, 7, Millis(1001)));
+        assert_ne!(
+            id,
+            message_id(&SecretKey::generate().unwrap(), 7, Millis(1000))
+        );
     }
 }

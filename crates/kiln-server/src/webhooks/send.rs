@@ -272,7 +272,10 @@ impl Sender {
         } = claimed;
         let started_at = self.clock.now();
         let timestamp = started_at.0.div_euclid(1000);
-        let webhook_id = delivery.id.to_string();
+        let webhook_id = match &self.config.message_key {
+            Some(key) => payload::message_id(key, delivery.id, delivery.created_at),
+            None => delivery.id.to_string(),
+        };
         let secrets = endpoint.signing_secrets(started_at);
         let mut headers = HeaderMap::new();
         let mut put = |name: &'static str, value: String| {
