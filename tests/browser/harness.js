@@ -29,13 +29,33 @@ export const PASSWORD = 'correct horse battery staple';
 
 export const sleep = (ms) => new Promise((resolveSleep) => setTimeout(resolveSleep, ms));
 
-/** Resolves to `await probe()` once it is truthy, polling; rejects after `timeoutMs`. */
+/**
+ * Errors a probe meets when it reads a page that is navigating (a form posted, a redirect
+ * followed): the page is there again a moment later, so the probe is tried again.
+ */
+const NAVIGATING = /Execution context was destroyed|Not attached to an active page|interrupted by another navigation|frame was detached|Cannot find context with specified id/;
+
+/**
+ * Resolves to `await probe()` once it is truthy, polling; rejects after `timeoutMs`. A probe
+ * that fails because its page is between two documents counts as "not yet".
+ */
 export async function until(probe, timeoutMs, what) {
   const deadline = Date.now() + timeoutMs;
+  let navigating = null;
   for (;;) {
-    const value = await probe();
+    let value;
+    try {
+      value = await probe();
+      navigating = null;
+    } catch (error) {
+      if (!NAVIGATING.test(String(error && error.message))) throw error;
+      navigating = error;
+    }
     if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > deadline) {
+      const cause = navigating ? ` (the page was still navigating: ${navigating.message})` : '';
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${cause}`);
+    }
     await sleep(50);
   }
 }

@@ -150,7 +150,12 @@ test('an ingested build, the project settings (a token and a webhook made with i
   await page.goto('/projects/web/settings#webhooks');
   await page.getByRole('link', { name: `Deliveries of ${hookUrl}` }).click();
   await page.getByRole('heading', { name: `Webhook ${hookUrl}`, level: 1 }).waitFor();
-  await page.getByRole('button', { name: 'Send test event' }).click();
+  // The button posts a form that redirects back to this page: wait for that page before
+  // reloading it (a reload during the post fails with "Not attached to an active page").
+  await Promise.all([
+    page.waitForURL(/notice=test-queued/),
+    page.getByRole('button', { name: 'Send test event' }).click(),
+  ]);
   await until(async () => {
     await page.reload();
     return (await page.locator('li[data-delivery-id]').count()) > 0;

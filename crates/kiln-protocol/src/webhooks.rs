@@ -21,6 +21,7 @@ pub struct CreateWebhook {
 /// `PATCH /api/v1/projects/{slug}/webhooks/{id}`: only the fields given change;
 /// activating clears the reason it was disabled.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct UpdateWebhook {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -30,6 +31,10 @@ pub struct UpdateWebhook {
     pub format: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<bool>,
+    /// With `active: true`: the deliveries held while it was disabled are marked failed
+    /// instead of going out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard_held: bool,
 }
 
 /// An endpoint as served: never its secret, only the secret's first characters.
@@ -44,6 +49,9 @@ pub struct WebhookDto {
     pub active: bool,
     /// Why Kiln disabled it (a `410 Gone`), until it is activated again.
     pub disabled_reason: Option<String>,
+    /// Events not queued while it was disabled and held as many deliveries as it may.
+    #[serde(default)]
+    pub dropped_while_disabled: i64,
     pub secret_prefix: String,
     /// Until when the secret before the last rotation still signs.
     pub previous_secret_until: Option<String>,
@@ -136,6 +144,9 @@ pub struct WebhookEndpointStatusDto {
     pub id: i64,
     pub url: String,
     pub active: bool,
+    /// Events not queued while it was disabled and full.
+    #[serde(default)]
+    pub dropped_while_disabled: i64,
     pub pending: i64,
     pub delivered: i64,
     pub failed: i64,

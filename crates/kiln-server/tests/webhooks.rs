@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 engine_test!(deliveries_retry_in_order_and_verify);
 engine_test!(slow_endpoint_does_not_delay_others);
 engine_test!(receiver_text_with_nul_is_logged_and_sending_goes_on);
+engine_test!(events_while_disabled_are_held_for_reactivation);
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
@@ -705,4 +706,159 @@ async fn receiver_text_with_nul_is_logged_and_sending_goes_on(engine: Engine) {
         ["build_started", "build_completed"]
     );
     app.stop().await;
+}
+
+/// Polls `GET path` until `done` holds for the answer (10 s at most); the last answer.
+async fn poll_json(app: &TestApp, path: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = call(app, Method::GET, path, None).await;
+        assert_eq!(status, 200, "{body}");
+        if done(&body) || Instant::now() > deadline {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Posts `build_started` for each run of `runs`.
+async fn start_builds(app: &TestApp, ingest: &str, runs: &[&str]) {
+    let events: Vec<Value> = runs
+        .iter()
+        .map(|run| json!({"runId": run, "event": "build_started", "eventId": "s"}))
+        .collect();
+    let (status, body) = app
+        .raw(
+            Method::POST,
+            "/api/v1/events",
+            Some(ingest),
+            Some(serde_json::to_vec(&events).unwrap()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Issue 21, point 1: events sent while an endpoint is disabled (by a 410) are held and go
+/// out, in order, once it is re-activated; past the cap (3 here) they are counted in
+/// `droppedWhileDisabled`, not lost silently; `discardHeld` lets the user drop them at
+/// re-activation instead (failed in the log, redeliverable).
+async fn events_while_disabled_are_held_for_reactivation(engine: Engine) {
+    let database = Arc::new(TestDatabase::create(engine).await);
+    let clock = ManualClock::new(Millis(1_800_000_000_000));
+    let app = TestApp::spawn_configured(database, clock, |config| {
+        config.webhooks_allow_private = true;
+        config.webhooks.poll_interval = Duration::from_millis(20);
+        config.webhooks.held_while_disabled = 3;
+    })
+    .await;
+    let receiver = Arc::new(Receiver::default());
+    let base = start_receiver(receiver.clone()).await;
+    receiver
+        .script
+        .lock()
+        .unwrap()
+        .insert("/gone".into(), vec![(410, None)]);
+    let (_, ingest) = app.project_client("web", &["ingest"]).await;
+    let id = create_endpoints(&app, &base, &["/gone"], json!(["build_started"])).await[0];
+    let endpoint_path = format!("/api/v1/projects/web/webhooks/{id}");
+    let status_path = "/api/v1/webhooks/status?project=web";
+
+    start_builds(&app, &ingest, &["run-a"]).await;
+    let endpoint = poll_json(&app, &endpoint_path, |endpoint| endpoint["active"] == false).await;
+    assert_eq!(endpoint["active"], false, "{endpoint}");
+    assert_eq!(receiver.requests("/gone").len(), 1);
+
+    // Four events while disabled: three held, one past the cap counted.
+    start_builds(&app, &ingest, &["run-b", "run-c", "run-d", "run-e"]).await;
+    let status = poll_json(&app, status_path, |status| {
+        status["endpoints"][0]["droppedWhileDisabled"] == 1
+    })
+    .await;
+    assert_eq!(status["endpoints"][0]["droppedWhileDisabled"], 1, "{status}");
+    assert_eq!(status["endpoints"][0]["pending"], 3, "{status}");
+    let (_, endpoint) = call(&app, Method::GET, &endpoint_path, None).await;
+    assert_eq!(endpoint["droppedWhileDisabled"], 1, "{endpoint}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(receiver.requests("/gone").len(), 1, "sent while disabled");
+
+    // discardHeld needs a re-activation.
+    let (status, body) = call(
+        &app,
+        Method::PATCH,
+        &endpoint_path,
+        Some(json!({"discardHeld": true})),
+    )
+    .await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("discardHeld")), "{body}");
+
+    // Re-activated: the held ones go out, in order.
+    let (status, body) = call(
+        &app,
+        Method::PATCH,
+        &endpoint_path,
+        Some(json!({"active": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the held deliveries", || {
+        receiver.requests("/gone").len() == 4
+    })
+    .await;
+    let runs: Vec<String> = receiver
+        .requests("/gone")
+        .iter()
+        .map(|request| {
+            serde_json::from_str::<Value>(&request.body).unwrap()["buildId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(runs, ["run-a", "run-b", "run-c", "run-d"]);
+
+    // Disabled by hand, two more events, re-activated discarding them.
+    let (status, _) = call(
+        &app,
+        Method::PATCH,
+        &endpoint_path,
+        Some(json!({"active": false})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    start_builds(&app, &ingest, &["run-f", "run-g"]).await;
+    let status = poll_json(&app, status_path, |status| {
+        status["endpoints"][0]["pending"] == 2
+    })
+    .await;
+    assert_eq!(status["endpoints"][0]["pending"], 2, "{status}");
+    let (status, body) = call(
+        &app,
+        Method::PATCH,
+        &endpoint_path,
+        Some(json!({"active": true, "discardHeld": true})),
+    )
+    .await;
+    assert_eq!((status, body["active"].as_bool()), (200, Some(true)), "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.requests("/gone").len(), 4, "discarded ones were sent");
+    let (_, log) = call(
+        &app,
+        Method::GET,
+        &format!("{endpoint_path}/deliveries"),
+        None,
+    )
+    .await;
+    let discarded: Vec<&Value> = log["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|delivery| delivery["state"] == "failed" && delivery["attempts"] == 0)
+        .collect();
+    assert_eq!(discarded.len(), 2, "{log}");
+    for delivery in discarded {
+        assert_eq!(
+            delivery["lastError"],
+            "discarded when the endpoint was re-activated"
+        );
+    }
 }

@@ -504,14 +504,18 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> StoreResult<Vec<ClaimedWebhookDelivery>>;
     /// The consumer's page in one transaction: queues `deliveries` (skipping those an
-    /// endpoint already has for their event) and moves the webhook cursor from
-    /// `cursor_from` to `cursor_to` (compare-and-set, like `advance_webhook_cursor`).
+    /// endpoint already has for their event), moves the webhook cursor from
+    /// `cursor_from` to `cursor_to` (compare-and-set, like `advance_webhook_cursor`) and,
+    /// if it moved, adds `dropped` to the endpoints' `dropped_while_disabled`.
     async fn queue_webhook_deliveries(
         &self,
         deliveries: &[NewWebhookDelivery],
+        dropped: &[DroppedWebhookEvents],
         cursor_from: i64,
         cursor_to: i64,
     ) -> StoreResult<QueuedWebhookDeliveries>;
+    /// How many pending deliveries an endpoint holds.
+    async fn pending_webhook_deliveries(&self, endpoint_id: i64) -> StoreResult<i64>;
     /// Records attempts and their outcomes in one transaction; each is ignored unless its
     /// delivery is still pending at that attempt (a stale claim's report).
     async fn finish_webhook_attempts(&self, finished: &[FinishedWebhookAttempt])

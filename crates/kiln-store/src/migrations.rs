@@ -76,6 +76,13 @@ const SQLITE: &[Migration] = &[
         name: "project_secrets",
         sql: include_str!("../migrations/sqlite/0009_project_secrets.sql"),
     },
+    // Deliveries of a disabled endpoint are held (up to a cap) instead of skipped; the
+    // events past the cap are counted here.
+    Migration {
+        version: 10,
+        name: "webhook_held",
+        sql: include_str!("../migrations/sqlite/0010_webhook_held.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -140,6 +147,13 @@ const POSTGRES: &[Migration] = &[
         version: 9,
         name: "project_secrets",
         sql: include_str!("../migrations/postgres/0009_project_secrets.sql"),
+    },
+    // Deliveries of a disabled endpoint are held (up to a cap) instead of skipped; the
+    // events past the cap are counted here.
+    Migration {
+        version: 10,
+        name: "webhook_held",
+        sql: include_str!("../migrations/postgres/0010_webhook_held.sql"),
     },
 ];
 

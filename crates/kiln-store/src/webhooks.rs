@@ -50,6 +50,9 @@ pub struct WebhookEndpointPatch {
     pub events: Option<Vec<String>>,
     pub format: Option<WebhookFormat>,
     pub active: Option<bool>,
+    /// With `active: Some(true)`: the deliveries held while it was disabled are marked
+    /// failed (kept in the log for manual redelivery) instead of going out.
+    pub discard_held: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +69,9 @@ pub struct WebhookEndpoint {
     pub active: bool,
     /// Why Kiln deactivated it (e.g. the receiver answered 410).
     pub disabled_reason: Option<String>,
+    /// Events not queued for it because it was disabled with the most deliveries it
+    /// may hold already waiting (a running total).
+    pub dropped_while_disabled: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -179,6 +185,14 @@ pub struct FinishedWebhookAttempt {
     pub finished_at: Millis,
 }
 
+/// Events the consumer did not queue for a disabled endpoint that held as many deliveries
+/// as it may: added to the endpoint's `dropped_while_disabled`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DroppedWebhookEvents {
+    pub endpoint_id: i64,
+    pub events: i64,
+}
+
 /// What one page of the consumer changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueuedWebhookDeliveries {
@@ -217,6 +231,8 @@ pub struct WebhookEndpointStatus {
     pub project_id: i64,
     pub url: String,
     pub active: bool,
+    /// Events not queued while it was disabled and full (`WebhookEndpoint`).
+    pub dropped_while_disabled: i64,
     pub pending: i64,
     pub delivered: i64,
     pub failed: i64,

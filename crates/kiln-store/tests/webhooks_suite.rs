@@ -17,6 +17,14 @@ store_test!(
     gone_disables_and_redelivery_requeues
 );
 store_test!(
+    reactivation_can_discard_what_was_held,
+    reactivation_can_discard_what_was_held
+);
+store_test!(
+    endpoints_of_the_previous_release_upgrade,
+    endpoints_of_the_previous_release_upgrade
+);
+store_test!(
     webhook_cursor_compare_and_set,
     webhook_cursor_compare_and_set
 );
@@ -390,6 +398,114 @@ async fn gone_disables_and_redelivery_requeues(engine: Engine) {
     ));
 }
 
+/// Re-activating with `discard_held` marks the deliveries held while disabled failed
+/// (kept for manual redelivery); without it they stay pending and go out. Only a
+/// re-activation discards: the flag on an active endpoint changes nothing.
+async fn reactivation_can_discard_what_was_held(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let hook = endpoint(&*store, &web, "https://held.example/hook").await;
+    let other = endpoint(&*store, &web, "https://other.example/hook").await;
+    let patch = |active| WebhookEndpointPatch {
+        active: Some(active),
+        discard_held: active,
+        ..Default::default()
+    };
+    store
+        .insert_webhook_delivery(&delivery(&other, 1))
+        .await
+        .unwrap();
+    // Active: the flag discards nothing.
+    store
+        .update_webhook_endpoint(web.id, other.id, &patch(true), Millis(150))
+        .await
+        .unwrap();
+    assert_eq!(store.pending_webhook_deliveries(other.id).await.unwrap(), 1);
+
+    store
+        .update_webhook_endpoint(web.id, hook.id, &patch(false), Millis(200))
+        .await
+        .unwrap();
+    for event in 1..=3 {
+        store
+            .insert_webhook_delivery(&delivery(&hook, event))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.pending_webhook_deliveries(hook.id).await.unwrap(), 3);
+    let reactivated = store
+        .update_webhook_endpoint(web.id, hook.id, &patch(true), Millis(300))
+        .await
+        .unwrap();
+    assert!(reactivated.active);
+    assert_eq!(store.pending_webhook_deliveries(hook.id).await.unwrap(), 0);
+    let log = store.webhook_deliveries(hook.id, 10).await.unwrap();
+    assert_eq!(log.len(), 3);
+    for held in &log {
+        assert_eq!(held.state, WebhookDeliveryState::Failed);
+        assert_eq!(held.finished_at, Some(Millis(300)));
+        assert_eq!(
+            held.last_error.as_deref(),
+            Some("discarded when the endpoint was re-activated")
+        );
+    }
+    // The other endpoint's delivery is untouched; a discarded one can be redelivered.
+    assert_eq!(store.pending_webhook_deliveries(other.id).await.unwrap(), 1);
+    let again = store
+        .redeliver_webhook(hook.id, log[0].id, Millis(400))
+        .await
+        .unwrap();
+    assert_eq!(again.state, WebhookDeliveryState::Pending);
+}
+
+/// A database of the previous release (schema 9): its disabled endpoint and the delivery
+/// it holds read as before, with nothing dropped, and the new counter works.
+async fn endpoints_of_the_previous_release_upgrade(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    database
+        .at_schema_version(
+            9,
+            &[
+                "INSERT INTO projects (slug, name, created_at) VALUES ('old', 'Old', 1)",
+                "INSERT INTO webhook_endpoints (project_id, url, secret, events, format, active, \
+                 disabled_reason, created_at, updated_at) SELECT id, 'https://old.example/hook', \
+                 'whsec_OLD', '[]', 'kiln', 0, 'the receiver answered 410 Gone', 2, 2 \
+                 FROM projects WHERE slug = 'old'",
+                "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, body, state, \
+                 attempts, next_attempt_at, created_at) SELECT id, 7, 'build_started', '', \
+                 'pending', 0, 3, 3 FROM webhook_endpoints",
+            ],
+        )
+        .await;
+    let store = database.open_dyn().await;
+    let old = store.project_by_slug("old").await.unwrap().unwrap();
+    let endpoints = store.webhook_endpoints(Some(old.id)).await.unwrap();
+    assert_eq!(endpoints.len(), 1);
+    let hook = &endpoints[0];
+    assert!(!hook.active);
+    assert_eq!(hook.dropped_while_disabled, 0);
+    assert_eq!(store.pending_webhook_deliveries(hook.id).await.unwrap(), 1);
+    let cursor = store.webhook_cursor().await.unwrap();
+    store
+        .queue_webhook_deliveries(
+            &[],
+            &[DroppedWebhookEvents {
+                endpoint_id: hook.id,
+                events: 3,
+            }],
+            cursor,
+            cursor + 1,
+        )
+        .await
+        .unwrap();
+    let status = store.webhook_status(Some(old.id)).await.unwrap();
+    assert_eq!(
+        (status[0].pending, status[0].dropped_while_disabled),
+        (1, 3)
+    );
+}
+
 async fn webhook_cursor_compare_and_set(engine: Engine) {
     let database = TestDatabase::create(engine).await;
     let store = database.open_dyn().await;
@@ -433,8 +549,13 @@ async fn queued_page_renders_at_first_attempt(engine: Engine) {
             ..delivery(endpoint, event_id)
         })
         .collect();
+    // Two events were not queued for `second` (as if it were disabled and full).
+    let dropped = [DroppedWebhookEvents {
+        endpoint_id: second.id,
+        events: 2,
+    }];
     let done = store
-        .queue_webhook_deliveries(&page, cursor, event_id)
+        .queue_webhook_deliveries(&page, &dropped, cursor, event_id)
         .await
         .unwrap();
     assert_eq!(
@@ -445,9 +566,10 @@ async fn queued_page_renders_at_first_attempt(engine: Engine) {
         }
     );
     assert_eq!(store.webhook_cursor().await.unwrap(), event_id);
-    // A replay (another replica with the old cursor): nothing queued twice, cursor kept.
+    // A replay (another replica with the old cursor): nothing queued twice, cursor kept,
+    // the drops not counted twice.
     let again = store
-        .queue_webhook_deliveries(&page, cursor, event_id)
+        .queue_webhook_deliveries(&page, &dropped, cursor, event_id)
         .await
         .unwrap();
     assert_eq!(
@@ -456,6 +578,23 @@ async fn queued_page_renders_at_first_attempt(engine: Engine) {
             queued: 0,
             cursor_moved: false
         }
+    );
+    let dropped_counts: Vec<(i64, i64)> = store
+        .webhook_status(Some(web.id))
+        .await
+        .unwrap()
+        .iter()
+        .map(|status| (status.endpoint_id, status.dropped_while_disabled))
+        .collect();
+    assert_eq!(dropped_counts, vec![(first.id, 0), (second.id, 2)]);
+    assert_eq!(store.pending_webhook_deliveries(first.id).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .webhook_endpoint(web.id, second.id)
+            .await
+            .unwrap()
+            .dropped_while_disabled,
+        2
     );
 
     let claimed = store

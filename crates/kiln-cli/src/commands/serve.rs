@@ -115,6 +115,23 @@ pub struct ServeArgs {
     /// fill half the time with requests queued); 100 never holds delivery back.
     #[arg(long, env = "KILN_WEBHOOK_BUSY_SHARE", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub webhook_busy_share: u8,
+    /// The address users reach the dashboard at (https://kiln.example.com): CDEvents
+    /// webhooks link to builds under it. Without it they carry the build's path only.
+    #[arg(long, env = "KILN_PUBLIC_URL", value_name = "URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
+}
+
+/// `--public-url`: an http(s) URL, kept without its trailing slash.
+fn parse_public_url(value: &str) -> Result<String, String> {
+    let trimmed = value.trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or("give an http(s) URL such as https://kiln.example.com")?;
+    if rest.is_empty() || rest.contains(['?', '#', ' ']) || rest.chars().any(char::is_control) {
+        return Err("give an http(s) URL without a query or fragment, such as https://kiln.example.com".into());
+    }
+    Ok(trimmed.to_owned())
 }
 
 /// `kiln up`: the server, a local agent, and optionally a demo build.
@@ -277,6 +294,7 @@ impl ServeArgs {
                     .collect(),
                 max_retries: self.webhook_max_retries,
                 busy_share: f64::from(self.webhook_busy_share) / 100.0,
+                public_url: self.public_url.clone(),
                 ..kiln_server::WebhookConfig::default()
             },
             webhooks_allow_private: self.webhooks_allow_private,

@@ -69,6 +69,10 @@ pub enum WebhookCommand {
         /// deliveries wait.
         #[arg(long, value_name = "true|false")]
         active: Option<bool>,
+        /// With --active true: mark the deliveries held while it was disabled failed
+        /// (redeliverable one by one) instead of sending them.
+        #[arg(long, requires = "active")]
+        discard_held: bool,
         #[command(flatten)]
         project: ProjectArgs,
     },
@@ -272,6 +276,7 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             events,
             format,
             active,
+            discard_held,
             project: args,
         } => {
             if url.is_none() && events.is_none() && format.is_none() && active.is_none() {
@@ -279,11 +284,15 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                     "nothing to change: give --url, --events, --format or --active true|false"
                 );
             }
+            if discard_held && active != Some(true) {
+                anyhow::bail!("--discard-held goes with --active true (it applies at re-activation)");
+            }
             let patch = UpdateWebhook {
                 url,
                 events,
                 format,
                 active,
+                discard_held,
             };
             let webhook = args
                 .client
@@ -440,10 +449,11 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                 println!(
                     "{}\t{}\t{} pending\t{} delivered\t{} failed\tsuccess {}\tp50 {}\t{}",
                     endpoint.id,
-                    if endpoint.active {
-                        "active"
-                    } else {
-                        "inactive"
+                    match (endpoint.active, endpoint.dropped_while_disabled) {
+                        (true, 0) => "active".to_owned(),
+                        (false, 0) => "inactive".to_owned(),
+                        (true, dropped) => format!("active ({dropped} dropped while disabled)"),
+                        (false, dropped) => format!("inactive ({dropped} dropped)"),
                     },
                     endpoint.pending,
                     endpoint.delivered,

@@ -122,6 +122,7 @@ fn endpoint_json(endpoint: &WebhookEndpoint, project_slug: &str) -> Value {
         "format": endpoint.format.as_str(),
         "active": endpoint.active,
         "disabledReason": endpoint.disabled_reason,
+        "droppedWhileDisabled": endpoint.dropped_while_disabled,
         "secretPrefix": endpoint.secret.chars().take(10).collect::<String>(),
         "previousSecretUntil": endpoint.previous_secret_until.map(|at| at.to_rfc3339()),
         "createdAt": endpoint.created_at.to_rfc3339(),
@@ -248,7 +249,8 @@ pub(crate) async fn show(
     Ok(Json(endpoint_json(&endpoint, &project.slug)))
 }
 
-/// `PATCH /api/v1/projects/{slug}/webhooks/{id}` `{url?, events?, format?, active?}`.
+/// `PATCH /api/v1/projects/{slug}/webhooks/{id}` `{url?, events?, format?, active?,
+/// discardHeld?}`.
 pub(crate) async fn update(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -260,8 +262,9 @@ pub(crate) async fn update(
     Ok(Json(endpoint_json(&endpoint, &project.slug)))
 }
 
-/// Changes an endpoint from `{url?, events?, format?, active?}` (the API and the
-/// settings page); enabling it wakes the sender.
+/// Changes an endpoint from `{url?, events?, format?, active?, discardHeld?}` (the API
+/// and the settings page); enabling it wakes the sender, which sends what it held while
+/// disabled unless `discardHeld` marked those failed.
 pub(crate) async fn update_endpoint(
     state: &AppState,
     project: &kiln_store::Project,
@@ -279,7 +282,14 @@ pub(crate) async fn update_endpoint(
         events: events_field(body)?,
         format: format_field(body)?,
         active: bool_field(body, "active")?,
+        discard_held: bool_field(body, "discardHeld")?.unwrap_or(false),
     };
+    if patch.discard_held && patch.active != Some(true) {
+        return Err(invalid(
+            "discardHeld",
+            "discardHeld: give it with \"active\": true (it drops what a disabled endpoint held when re-activating it)",
+        ));
+    }
     let endpoint = state
         .store
         .update_webhook_endpoint(project.id, id, &patch, state.clock.now())
@@ -499,6 +509,7 @@ pub(crate) async fn status(
                 "id": status.endpoint_id,
                 "url": status.url,
                 "active": status.active,
+                "droppedWhileDisabled": status.dropped_while_disabled,
                 "pending": status.pending,
                 "delivered": status.delivered,
                 "failed": status.failed,

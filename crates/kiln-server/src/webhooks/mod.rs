@@ -3,7 +3,9 @@
 //!
 //! The consumer (`run_consumer`) reads committed events in id order after the cursor
 //! persisted in the store (`kiln_counters.webhook_cursor`) and queues one delivery per
-//! (endpoint, event) whose filter matches; the sender renders its body at the first
+//! (endpoint, event) whose filter matches — for a disabled endpoint too, held until it is
+//! re-activated, up to `held_while_disabled` (past that the events are counted, not
+//! queued); the sender renders its body at the first
 //! attempt and keeps it (so every retry sends the same bytes, and the rows queued at
 //! ingest rate stay small). The store keeps one delivery per (endpoint, event) and the
 //! cursor moves by compare-and-set, so replays and concurrent replicas queue nothing
@@ -22,10 +24,13 @@
 pub(crate) mod payload;
 mod send;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_store::{NewWebhookDelivery, Store, StoreError, StoredEvent, WebhookEndpoint};
+use kiln_store::{
+    DroppedWebhookEvents, NewWebhookDelivery, Store, StoreError, StoredEvent, WebhookEndpoint,
+};
 use tokio::sync::{Notify, watch};
 
 use crate::clock::Clock;
@@ -106,6 +111,9 @@ impl Pace {
     }
 }
 
+/// The default of `WebhookConfig::held_while_disabled` (documented in docs/webhooks.md).
+pub const HELD_WHILE_DISABLED: i64 = 10_000;
+
 /// Events read per page.
 const PAGE: i64 = 500;
 /// Most deliveries queued in one transaction (a page's events for 100 endpoints are cut
@@ -135,6 +143,12 @@ pub struct WebhookConfig {
     pub busy_share: f64,
     /// Derives each delivery's `webhook-id` (set by `run` from the server's key).
     pub message_key: Option<crate::secret_box::SecretKey>,
+    /// The most deliveries a disabled endpoint holds for when it is re-activated; events
+    /// past it are not queued for it and are counted in its `dropped_while_disabled`.
+    pub held_while_disabled: i64,
+    /// The dashboard's public address (`--public-url`, no trailing slash): CDEvents link
+    /// to a build as `{public_url}/builds/{runId}`; without it, by the path alone.
+    pub public_url: Option<String>,
 }
 
 impl Default for WebhookConfig {
@@ -151,6 +165,8 @@ impl Default for WebhookConfig {
             concurrency: 32,
             busy_share: 0.02,
             message_key: None,
+            held_while_disabled: HELD_WHILE_DISABLED,
+            public_url: None,
         }
     }
 }
@@ -165,6 +181,8 @@ enum Wake {
 struct Consumer {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    /// The most deliveries a disabled endpoint holds (`WebhookConfig`).
+    held_while_disabled: i64,
     /// Wakes the sender when deliveries are queued.
     sender_wake: Arc<Notify>,
 }
@@ -182,6 +200,7 @@ pub(crate) async fn run_consumer(
     let mut consumer = Consumer {
         store,
         clock,
+        held_while_disabled: config.held_while_disabled,
         sender_wake,
     };
     let mut wake = Wake::Tick;
@@ -215,23 +234,31 @@ impl Consumer {
                 return Ok(());
             }
             // Endpoints are read once per page: one created meanwhile receives events
-            // from the next page on.
-            let endpoints: Vec<WebhookEndpoint> = self
-                .store
-                .webhook_endpoints(None)
-                .await?
-                .into_iter()
-                .filter(|endpoint| endpoint.active)
-                .collect();
+            // from the next page on. A disabled endpoint's deliveries are queued too and
+            // held (the sender claims only active endpoints') while it has room.
+            let endpoints = self.store.webhook_endpoints(None).await?;
+            let mut room = HashMap::new();
+            for endpoint in endpoints.iter().filter(|endpoint| !endpoint.active) {
+                let pending = self.store.pending_webhook_deliveries(endpoint.id).await?;
+                room.insert(endpoint.id, (self.held_while_disabled - pending).max(0));
+            }
             let mut deliveries = Vec::new();
+            let mut dropped: HashMap<i64, i64> = HashMap::new();
             let mut queued = 0;
             for (index, event) in events.iter().enumerate() {
-                self.deliveries_of(event, &endpoints, &mut deliveries);
+                self.deliveries_of(event, &endpoints, &mut room, &mut dropped, &mut deliveries);
                 let last_of_page = index + 1 == events.len();
                 if deliveries.len() >= MAX_DELIVERIES_PER_COMMIT || last_of_page {
+                    let dropped_now: Vec<DroppedWebhookEvents> = dropped
+                        .drain()
+                        .map(|(endpoint_id, events)| DroppedWebhookEvents {
+                            endpoint_id,
+                            events,
+                        })
+                        .collect();
                     let done = self
                         .store
-                        .queue_webhook_deliveries(&deliveries, cursor, event.id)
+                        .queue_webhook_deliveries(&deliveries, &dropped_now, cursor, event.id)
                         .await?;
                     queued += done.queued;
                     deliveries.clear();
@@ -258,13 +285,17 @@ impl Consumer {
         }
     }
 
-    /// Adds the deliveries of one event: one per active endpoint of its project whose
-    /// filter matches and whose format represents the event. Bodies are rendered by the
-    /// sender at the first attempt (and kept), so the rows written here stay small.
+    /// Adds the deliveries of one event: one per endpoint of its project whose filter
+    /// matches and whose format represents the event. A disabled endpoint takes one only
+    /// while it has `room` (what it may still hold); past that the event is counted in
+    /// `dropped`. Bodies are rendered by the sender at the first attempt (and kept), so
+    /// the rows written here stay small.
     fn deliveries_of(
         &self,
         event: &StoredEvent,
         endpoints: &[WebhookEndpoint],
+        room: &mut HashMap<i64, i64>,
+        dropped: &mut HashMap<i64, i64>,
         deliveries: &mut Vec<NewWebhookDelivery>,
     ) {
         for endpoint in endpoints {
@@ -273,6 +304,13 @@ impl Consumer {
                 || !payload::renders(endpoint.format, event)
             {
                 continue;
+            }
+            if let Some(room) = room.get_mut(&endpoint.id) {
+                if *room == 0 {
+                    *dropped.entry(endpoint.id).or_default() += 1;
+                    continue;
+                }
+                *room -= 1;
             }
             deliveries.push(NewWebhookDelivery {
                 endpoint_id: endpoint.id,

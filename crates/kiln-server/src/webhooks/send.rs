@@ -103,7 +103,9 @@ pub(crate) async fn run_sender(
         let free = concurrency - in_flight.len() as i64;
         if free > 0 && finished.is_empty() {
             for mut claimed in sender.claim(&*store, free).await {
-                if let Err(reason) = render(&*store, &mut claimed, &mut slugs).await {
+                let public_url = sender.config.public_url.as_deref().unwrap_or_default();
+                if let Err(reason) = render(&*store, &mut claimed, &mut slugs, public_url).await
+                {
                     finished.push(sender.unsendable(&claimed, reason));
                     continue;
                 }
@@ -146,6 +148,7 @@ async fn render(
     store: &dyn Store,
     claimed: &mut ClaimedWebhookDelivery,
     slugs: &mut HashMap<i64, String>,
+    public_url: &str,
 ) -> Result<(), String> {
     if !claimed.delivery.body.is_empty() {
         return Ok(());
@@ -166,7 +169,7 @@ async fn render(
             slug
         }
     };
-    claimed.delivery.body = payload::render(claimed.endpoint.format, event, &slug, "/kiln")
+    claimed.delivery.body = payload::render(claimed.endpoint.format, event, &slug, public_url)
         .ok_or_else(|| {
             format!(
                 "the {} format has no representation of {} events",
@@ -283,7 +286,15 @@ impl Sender {
                 headers.insert(name, value);
             }
         };
-        put("content-type", "application/json".into());
+        // Structured-mode CloudEvents have their own media type (CloudEvents JSON format).
+        put(
+            "content-type",
+            match endpoint.format {
+                kiln_store::WebhookFormat::Kiln => "application/json",
+                kiln_store::WebhookFormat::Cdevents => "application/cloudevents+json",
+            }
+            .into(),
+        );
         put(
             "user-agent",
             format!("Kiln-Webhooks/{}", env!("CARGO_PKG_VERSION")),

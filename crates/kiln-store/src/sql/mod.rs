@@ -959,11 +959,16 @@ impl Store for SqlStore {
     async fn queue_webhook_deliveries(
         &self,
         deliveries: &[NewWebhookDelivery],
+        dropped: &[DroppedWebhookEvents],
         cursor_from: i64,
         cursor_to: i64,
     ) -> StoreResult<QueuedWebhookDeliveries> {
-        self.q_queue_webhook_deliveries(deliveries, cursor_from, cursor_to)
+        self.q_queue_webhook_deliveries(deliveries, dropped, cursor_from, cursor_to)
             .await
+    }
+
+    async fn pending_webhook_deliveries(&self, endpoint_id: i64) -> StoreResult<i64> {
+        self.q_pending_webhook_deliveries(endpoint_id).await
     }
 
     async fn finish_webhook_attempts(

@@ -15,7 +15,7 @@ use crate::webhooks::*;
 use crate::{StoreError, StoreResult};
 
 const ENDPOINT_COLUMNS: &str = "id, project_id, url, secret, previous_secret, previous_secret_until, \
-     events, format, active, disabled_reason, created_at, updated_at";
+     events, format, active, disabled_reason, dropped_while_disabled, created_at, updated_at";
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, event_type, body, state, attempts, \
      next_attempt_at, created_at, finished_at, last_status, last_error";
 
@@ -26,6 +26,11 @@ const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (endpoint_id, even
 const INSERT_CHUNK: usize = 500;
 const ADVANCE_CURSOR: &str =
     "UPDATE kiln_counters SET value = $1 WHERE name = 'webhook_cursor' AND value = $2";
+/// Counts events not queued for a disabled endpoint that is full.
+const ADD_DROPPED: &str = "UPDATE webhook_endpoints \
+     SET dropped_while_disabled = dropped_while_disabled + $1 WHERE id = $2";
+/// What a discarded held delivery says in the log.
+const DISCARDED: &str = "discarded when the endpoint was re-activated";
 
 /// Claims, for up to `$3` active endpoints, the oldest pending delivery (`$1` claimed
 /// until, `$2` now); returns the claimed ids.
@@ -98,6 +103,7 @@ fn endpoint_from_row(row: &AnyRow) -> StoreResult<WebhookEndpoint> {
         format: WebhookFormat::parse(&format).ok_or_else(|| corrupt("format"))?,
         active: row.try_get::<i64, _>("active")? != 0,
         disabled_reason: row.try_get("disabled_reason")?,
+        dropped_while_disabled: row.try_get("dropped_while_disabled")?,
         created_at: Millis(row.try_get("created_at")?),
         updated_at: Millis(row.try_get("updated_at")?),
     })
@@ -191,6 +197,18 @@ impl SqlStore {
         } else {
             current.disabled_reason.clone()
         };
+        let mut transaction = self.pool.begin().await?;
+        if patch.active == Some(true) && patch.discard_held && !current.active {
+            sqlx::query(
+                "UPDATE webhook_deliveries SET state = 'failed', finished_at = $1, \
+                 last_error = $2 WHERE endpoint_id = $3 AND state = 'pending'",
+            )
+            .bind(now.0)
+            .bind(DISCARDED)
+            .bind(id)
+            .execute(&mut *transaction)
+            .await?;
+        }
         let row = sqlx::query(trusted(format!(
             "UPDATE webhook_endpoints SET url = $1, events = $2, format = $3, active = $4, \
              disabled_reason = $5, updated_at = $6 WHERE id = $7 AND project_id = $8 \
@@ -206,9 +224,10 @@ impl SqlStore {
         .bind(now.0)
         .bind(id)
         .bind(project_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *transaction)
         .await?
         .ok_or(StoreError::NotFound("webhook endpoint"))?;
+        transaction.commit().await?;
         endpoint_from_row(&row)
     }
 
@@ -329,11 +348,13 @@ impl SqlStore {
     pub(super) async fn q_queue_webhook_deliveries(
         &self,
         deliveries: &[NewWebhookDelivery],
+        dropped: &[DroppedWebhookEvents],
         cursor_from: i64,
         cursor_to: i64,
     ) -> StoreResult<QueuedWebhookDeliveries> {
         if let Some(writer) = &self.writer {
             let deliveries = deliveries.to_vec();
+            let dropped = dropped.to_vec();
             return writer
                 .run(move |connection| {
                     let transaction = connection
@@ -354,6 +375,12 @@ impl SqlStore {
                     let moved = transaction
                         .prepare_cached(ADVANCE_CURSOR)?
                         .execute(rusqlite::params![cursor_to, cursor_from])?;
+                    if moved == 1 {
+                        let mut add = transaction.prepare_cached(ADD_DROPPED)?;
+                        for dropped in &dropped {
+                            add.execute(rusqlite::params![dropped.events, dropped.endpoint_id])?;
+                        }
+                    }
                     transaction.commit()?;
                     Ok(QueuedWebhookDeliveries {
                         queued,
@@ -399,12 +426,32 @@ impl SqlStore {
             .bind(cursor_to)
             .bind(cursor_from)
             .execute(&mut *transaction)
-            .await?;
+            .await?
+            .rows_affected()
+            == 1;
+        if moved {
+            for dropped in dropped {
+                sqlx::query(ADD_DROPPED)
+                    .bind(dropped.events)
+                    .bind(dropped.endpoint_id)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+        }
         transaction.commit().await?;
         Ok(QueuedWebhookDeliveries {
             queued,
-            cursor_moved: moved.rows_affected() == 1,
+            cursor_moved: moved,
         })
+    }
+
+    pub(super) async fn q_pending_webhook_deliveries(&self, endpoint_id: i64) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'pending'",
+        )
+        .bind(endpoint_id)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub(super) async fn q_claim_due_webhook_deliveries(
@@ -737,6 +784,7 @@ impl SqlStore {
                 project_id: endpoint.project_id,
                 url: endpoint.url,
                 active: endpoint.active,
+                dropped_while_disabled: endpoint.dropped_while_disabled,
                 pending: counts.try_get("pending")?,
                 delivered: counts.try_get("delivered")?,
                 failed: counts.try_get("failed")?,
