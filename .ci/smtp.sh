@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs what the email test of kiln-server needs: aiosmtpd (PyPI), a real SMTP server
-# the test starts on a free port with its Mailbox handler. Idempotent. Prints the export
-# line that makes the test fail rather than skip when aiosmtpd is missing.
+# Installs what the email tests of kiln-server need: aiosmtpd (PyPI), a real SMTP server
+# the tests start on a free port with its Mailbox handler — plain through its CLI, with
+# STARTTLS, implicit TLS and AUTH through crates/kiln-server/tests/smtp_tls_server.py
+# (Python's own ssl module; the certificates are made by the Rust test). Idempotent.
+# Prints the export line that makes the tests fail rather than skip when aiosmtpd is
+# missing.
 # Usage: eval "$(bash .ci/smtp.sh)"
 set -euo pipefail
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 pub use api::ROUTES;
 pub use config::{Secret, ServerConfig};
 pub use error::ApiError;
-pub use notify::{EmailConfig, NotificationConfig};
+pub use notify::{EmailConfig, NotificationConfig, SmtpFiles};
 pub use runner::{RepoPolicy, RunnerConfig};
 pub use secret_box::SecretKey;
 pub use serve::ConnectionConfig;
@@ -153,6 +153,7 @@ pub async fn run(
         reaper_stopped.clone(),
     ));
     let mail_task = config.notifications.email.clone().map(|email| {
+        tracing::info!(relay = %email.relay_url(), from = %email.from, "notification emails on");
         tokio::spawn(notify::mail::run(
             store.clone(),
             clock.clone(),

@@ -1,6 +1,8 @@
 //! Notifications end to end: seed 000's event sequences posted to a real server, counted
 //! per admin; mutes, read, archive, stats, auto-archive; email through a real local SMTP
-//! server (aiosmtpd), with a retry.
+//! server (aiosmtpd), with a retry; through STARTTLS and implicit TLS with a login
+//! (aiosmtpd run by `tests/smtp_tls_server.py`, certificates made by rcgen), and what a
+//! refused login, an untrusted certificate or a relay without STARTTLS leave behind.
 
 mod common;
 
@@ -18,6 +20,9 @@ use serde_json::{Value, json};
 
 engine_test!(admins_get_one_notification_per_build_event);
 engine_test!(emails_reach_a_real_smtp_server_after_a_retry);
+engine_test!(emails_go_through_starttls_with_a_login_from_a_password_file);
+engine_test!(emails_go_through_implicit_tls_with_a_login_in_the_url);
+engine_test!(refused_logins_untrusted_certificates_and_missing_starttls_send_nothing);
 
 /// A user of the test and their personal token.
 struct User {
@@ -619,6 +624,7 @@ async fn emails_reach_a_real_smtp_server_after_a_retry(engine: Engine) {
         let mut email = kiln_server::EmailConfig::parse(
             &format!("smtp://127.0.0.1:{port}"),
             "kiln@example.com",
+            &kiln_server::SmtpFiles::default(),
         )
         .unwrap();
         email.first_backoff = Duration::from_secs(10);
@@ -740,4 +746,346 @@ async fn emails_reach_a_real_smtp_server_after_a_retry(engine: Engine) {
     assert_eq!(sent, 2);
     outbox.close().await;
     app.stop().await;
+}
+
+/// A throwaway CA and a certificate for 127.0.0.1 that it signed, as PEM files.
+struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    fn create() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Kiln test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+        TestPki { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.path("ca.pem")).unwrap()
+    }
+}
+
+/// aiosmtpd with TLS and AUTH (`tests/smtp_tls_server.py`); killed when dropped.
+struct TlsSmtpServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    process: tokio::process::Child,
+}
+
+/// The login the test servers accept.
+const SMTP_USER: &str = "kiln";
+const SMTP_PASSWORD: &str = "s3cret@:/pw";
+
+impl TlsSmtpServer {
+    /// `mode`: `starttls`, `smtps` or `plain` (see the script).
+    async fn start(mode: &str, pki: &TestPki) -> TlsSmtpServer {
+        use tokio::io::AsyncBufReadExt;
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut process = tokio::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/smtp_tls_server.py"
+            ))
+            .arg(mode)
+            .arg(port.to_string())
+            .arg(dir.path().join("mail"))
+            .arg(dir.path().join("auth.log"))
+            .arg(pki.path("server.pem"))
+            .arg(pki.path("server.key"))
+            .args([SMTP_USER, SMTP_PASSWORD])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = process.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        assert!(
+            matches!(&ready, Ok(Ok(Some(line))) if line == "ready"),
+            "smtp_tls_server.py {mode} did not start: {ready:?}\n{log}"
+        );
+        TlsSmtpServer { port, dir, process }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        mailbox(&self.dir.path().join("mail"))
+    }
+
+    /// Login attempts the server saw: `MECHANISM USER ok|refused`.
+    fn logins(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("auth.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for TlsSmtpServer {
+    fn drop(&mut self) {
+        let _ = self.process.start_kill();
+    }
+}
+
+/// The outbox row of the one email a test sends.
+#[derive(Debug)]
+struct OutboxRow {
+    attempts: i64,
+    sent: bool,
+    given_up: bool,
+    last_error: String,
+}
+
+/// Starts a server mailing through `smtp_url` (with `files`), has a build start notify one
+/// instance admin, and waits until that email was sent or its first attempt failed.
+async fn send_one_email(
+    engine: Engine,
+    smtp_url: &str,
+    files: kiln_server::SmtpFiles,
+) -> OutboxRow {
+    let database = Arc::new(TestDatabase::create(engine).await);
+    let clock = ManualClock::new(Millis(1_800_000_000_000));
+    let email = kiln_server::EmailConfig::parse(smtp_url, "kiln@example.com", &files)
+        .unwrap_or_else(|error| panic!("{smtp_url}: {error}"));
+    let app = TestApp::spawn_configured(database, clock, |config| {
+        config.notifications.poll_interval = Duration::from_millis(50);
+        let mut email = email;
+        email.send_timeout = Duration::from_secs(10);
+        config.notifications.email = Some(email);
+    })
+    .await;
+    let (_, ingest) = app.project_client("web", &["ingest"]).await;
+    let store = app.database.open_dyn().await;
+    user(&*store, "ada@example.com", true, None).await;
+    post_events(
+        &app,
+        &ingest,
+        json!([{"runId": "r1", "event": "build_started", "eventId": "s"}]),
+    )
+    .await;
+    settle(&*store).await;
+    sqlx::any::install_default_drivers();
+    let outbox = sqlx::AnyPool::connect(&app.database.url).await.unwrap();
+    let mut row = None;
+    for _ in 0..2000 {
+        let found: Option<(i64, i64, i64, Option<String>)> = sqlx::query_as(
+            "SELECT attempts, CASE WHEN sent_at IS NULL THEN 0 ELSE 1 END, \
+             CASE WHEN failed_at IS NULL THEN 0 ELSE 1 END, last_error FROM notification_emails \
+             WHERE sent_at IS NOT NULL OR last_error IS NOT NULL",
+        )
+        .fetch_optional(&outbox)
+        .await
+        .unwrap();
+        if let Some((attempts, sent, given_up, last_error)) = found {
+            row = Some(OutboxRow {
+                attempts,
+                sent: sent == 1,
+                given_up: given_up == 1,
+                last_error: last_error.unwrap_or_default(),
+            });
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    outbox.close().await;
+    app.stop().await;
+    row.expect("the email was neither sent nor failed")
+}
+
+fn assert_one_notification_email(server: &TlsSmtpServer) {
+    let messages = server.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let message = &messages[0];
+    for expected in [
+        "From: kiln@example.com",
+        "To: ada@example.com",
+        "Subject: web #1 started",
+        "Run: r1",
+    ] {
+        assert!(message.contains(expected), "{expected}: {message}");
+    }
+}
+
+async fn emails_go_through_starttls_with_a_login_from_a_password_file(engine: Engine) {
+    if !aiosmtpd_available() {
+        println!("skipped: python3 cannot import aiosmtpd (bash .ci/smtp.sh installs it)");
+        return;
+    }
+    let pki = TestPki::create();
+    let server = TlsSmtpServer::start("starttls", &pki).await;
+    // The user in the URL, the password (one line) in its file: STARTTLS is required.
+    let row = send_one_email(
+        engine,
+        &format!("smtp://{SMTP_USER}@127.0.0.1:{}", server.port),
+        kiln_server::SmtpFiles {
+            password: Some(kiln_server::Secret::new(format!("{SMTP_PASSWORD}\n"))),
+            ca_certificates_pem: Some(pki.ca_pem()),
+        },
+    )
+    .await;
+    assert!(row.sent && row.attempts == 1, "{row:?}");
+    assert_eq!(server.logins(), vec!["PLAIN kiln ok"]);
+    assert_one_notification_email(&server);
+}
+
+async fn emails_go_through_implicit_tls_with_a_login_in_the_url(engine: Engine) {
+    if !aiosmtpd_available() {
+        println!("skipped: python3 cannot import aiosmtpd (bash .ci/smtp.sh installs it)");
+        return;
+    }
+    let pki = TestPki::create();
+    let server = TlsSmtpServer::start("smtps", &pki).await;
+    let row = send_one_email(
+        engine,
+        // The password percent-encoded: "s3cret@:/pw".
+        &format!(
+            "smtps://{SMTP_USER}:s3cret%40%3A%2Fpw@127.0.0.1:{}",
+            server.port
+        ),
+        kiln_server::SmtpFiles {
+            password: None,
+            ca_certificates_pem: Some(pki.ca_pem()),
+        },
+    )
+    .await;
+    assert!(row.sent && row.attempts == 1, "{row:?}");
+    assert_eq!(server.logins(), vec!["PLAIN kiln ok"]);
+    assert_one_notification_email(&server);
+}
+
+async fn refused_logins_untrusted_certificates_and_missing_starttls_send_nothing(engine: Engine) {
+    if !aiosmtpd_available() {
+        println!("skipped: python3 cannot import aiosmtpd (bash .ci/smtp.sh installs it)");
+        return;
+    }
+    let pki = TestPki::create();
+    let with_ca = || kiln_server::SmtpFiles {
+        password: None,
+        ca_certificates_pem: Some(pki.ca_pem()),
+    };
+
+    // A wrong password: the relay's 535 is permanent, so the email is given up at once
+    // with a message that says what to fix (and not the password).
+    let server = TlsSmtpServer::start("starttls", &pki).await;
+    let row = send_one_email(
+        engine,
+        &format!("smtp://{SMTP_USER}:wrong-pw@127.0.0.1:{}", server.port),
+        with_ca(),
+    )
+    .await;
+    assert!(!row.sent && row.given_up && row.attempts == 1, "{row:?}");
+    assert!(
+        row.last_error
+            .contains("refused the credentials of user 'kiln'")
+            && row.last_error.contains("535")
+            && row.last_error.contains("--smtp-password-file"),
+        "{row:?}"
+    );
+    assert!(!row.last_error.contains("wrong-pw"), "{row:?}");
+    assert!(server.messages().is_empty());
+    assert!(
+        server
+            .logins()
+            .iter()
+            .all(|login| login.ends_with("refused")),
+        "{:?}",
+        server.logins()
+    );
+
+    // No --smtp-ca-file: the private CA is not trusted, the handshake fails, nothing is
+    // sent (no login either), and the email waits for a retry.
+    let server = TlsSmtpServer::start("smtps", &pki).await;
+    let row = send_one_email(
+        engine,
+        &format!(
+            "smtps://{SMTP_USER}:{}@127.0.0.1:{}",
+            "s3cret%40%3A%2Fpw", server.port
+        ),
+        kiln_server::SmtpFiles::default(),
+    )
+    .await;
+    assert!(!row.sent && !row.given_up && row.attempts == 1, "{row:?}");
+    assert!(
+        row.last_error
+            .contains("TLS handshake with the SMTP relay smtps://kiln@127.0.0.1:")
+            && row.last_error.contains("--smtp-ca-file"),
+        "{row:?}"
+    );
+    assert!(server.messages().is_empty());
+    assert!(server.logins().is_empty(), "{:?}", server.logins());
+
+    // The same over STARTTLS.
+    let server = TlsSmtpServer::start("starttls", &pki).await;
+    let row = send_one_email(
+        engine,
+        &format!("smtp://127.0.0.1:{}?tls=required", server.port),
+        kiln_server::SmtpFiles::default(),
+    )
+    .await;
+    assert!(!row.sent && !row.given_up, "{row:?}");
+    assert!(
+        row.last_error.contains("TLS handshake") && row.last_error.contains("--smtp-ca-file"),
+        "{row:?}"
+    );
+    assert!(server.messages().is_empty());
+
+    // tls=required against a relay that offers no STARTTLS (but would take mail and even
+    // a password in plain): nothing is sent, the email waits for a retry.
+    let server = TlsSmtpServer::start("plain", &pki).await;
+    let row = send_one_email(
+        engine,
+        &format!("smtp://127.0.0.1:{}?tls=required", server.port),
+        with_ca(),
+    )
+    .await;
+    assert!(!row.sent && !row.given_up && row.attempts == 1, "{row:?}");
+    assert!(
+        row.last_error.contains("does not offer STARTTLS"),
+        "{row:?}"
+    );
+    assert!(server.messages().is_empty());
+
+    // A login without ?tls= requires STARTTLS too: the password never travels in plain.
+    let row = send_one_email(
+        engine,
+        &format!(
+            "smtp://{SMTP_USER}:s3cret%40%3A%2Fpw@127.0.0.1:{}",
+            server.port
+        ),
+        with_ca(),
+    )
+    .await;
+    assert!(!row.sent && !row.given_up, "{row:?}");
+    assert!(
+        row.last_error.contains("does not offer STARTTLS"),
+        "{row:?}"
+    );
+    assert!(server.logins().is_empty(), "{:?}", server.logins());
+    assert!(server.messages().is_empty());
 }

@@ -52,10 +52,39 @@ pub struct ServeArgs {
     /// Days after which notifications are archived automatically.
     #[arg(long, env = "KILN_NOTIFICATION_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=36500))]
     pub notification_retention_days: i64,
-    /// Email notifications through this SMTP relay (smtp://HOST[:PORT], plain SMTP, no
-    /// TLS or login: a local relay). Off when absent.
-    #[arg(long, env = "KILN_SMTP_URL", requires = "smtp_from")]
-    pub smtp_url: Option<String>,
+    /// Email notifications through this SMTP relay; off when absent.
+    /// smtp://HOST[:PORT] (port 25): STARTTLS when the relay offers it, plain otherwise;
+    /// add ?tls=required to never send in plain, ?tls=none to never try TLS.
+    /// smtps://HOST[:PORT] (port 465): TLS from the first byte. A login: USER:PASSWORD@
+    /// before the host (percent-encoded), or USER@ with --smtp-password-file; with a
+    /// login, smtp:// requires STARTTLS unless ?tls=none.
+    #[arg(
+        long,
+        env = "KILN_SMTP_URL",
+        requires = "smtp_from",
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = secret_value
+    )]
+    pub smtp_url: Option<Secret>,
+    /// File holding the SMTP relay's password (one line), for the user named in
+    /// --smtp-url (smtp://USER@HOST).
+    #[arg(
+        long,
+        env = "KILN_SMTP_PASSWORD_FILE",
+        requires = "smtp_url",
+        value_name = "PATH"
+    )]
+    pub smtp_password_file: Option<PathBuf>,
+    /// PEM file with the CA certificate(s) that signed the relay's certificate (a private
+    /// relay), trusted in addition to the public CAs Kiln knows (Mozilla's roots).
+    #[arg(
+        long,
+        env = "KILN_SMTP_CA_FILE",
+        requires = "smtp_url",
+        value_name = "PATH"
+    )]
+    pub smtp_ca_file: Option<PathBuf>,
     /// The sender address of notification emails.
     #[arg(long, env = "KILN_SMTP_FROM", requires = "smtp_url")]
     pub smtp_from: Option<String>,
@@ -172,6 +201,11 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// A flag whose value may hold a password: kept as a `Secret`, so `Debug` hides it.
+fn secret_value(value: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(value))
+}
+
 impl ServeArgs {
     fn database_url(&self) -> anyhow::Result<String> {
         if let Some(url) = &self.database_url {
@@ -253,7 +287,31 @@ impl ServeArgs {
     fn config(&self) -> anyhow::Result<ServerConfig> {
         let email = match (&self.smtp_url, &self.smtp_from) {
             (Some(url), Some(from)) => {
-                Some(kiln_server::EmailConfig::parse(url, from).map_err(anyhow::Error::msg)?)
+                let files = kiln_server::SmtpFiles {
+                    password: self
+                        .smtp_password_file
+                        .as_ref()
+                        .map(|path| {
+                            std::fs::read_to_string(path).with_context(|| {
+                                format!("cannot read --smtp-password-file {}", path.display())
+                            })
+                        })
+                        .transpose()?
+                        .map(Secret::new),
+                    ca_certificates_pem: self
+                        .smtp_ca_file
+                        .as_ref()
+                        .map(|path| {
+                            std::fs::read(path).with_context(|| {
+                                format!("cannot read --smtp-ca-file {}", path.display())
+                            })
+                        })
+                        .transpose()?,
+                };
+                Some(
+                    kiln_server::EmailConfig::parse(url.expose(), from, &files)
+                        .map_err(anyhow::Error::msg)?,
+                )
             }
             _ => None,
         };

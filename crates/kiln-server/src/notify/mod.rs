@@ -27,7 +27,9 @@ use kiln_core::Millis;
 use kiln_store::{Delivery, NotificationKind, Store, StoreError, StoredEvent};
 use tokio::sync::{Notify, watch};
 
+use self::smtp::{Login, SmtpRelay, TlsMode};
 use crate::clock::Clock;
+use crate::config::Secret;
 use crate::live::Bus;
 
 /// Events read per page.
@@ -57,11 +59,11 @@ impl Default for NotificationConfig {
     }
 }
 
-/// Where and how notification emails are sent (plain SMTP to a relay, no TLS).
+/// Where and how notification emails are sent. `Debug` shows no password.
 #[derive(Clone, Debug)]
 pub struct EmailConfig {
-    /// `host:port` of the SMTP relay.
-    pub relay: String,
+    /// The SMTP relay: address, TLS mode, login, trusted CAs.
+    pub(crate) relay: SmtpRelay,
     /// The envelope and header sender.
     pub from: String,
     /// Attempts per email before it is given up (transient failures only; a permanent
@@ -71,30 +73,107 @@ pub struct EmailConfig {
     /// `max_backoff`.
     pub first_backoff: Duration,
     pub max_backoff: Duration,
-    /// Limit on one delivery (connect, dialogue, data).
+    /// Limit on one delivery (connect, TLS, login, dialogue, data).
     pub send_timeout: Duration,
 }
 
+/// What `--smtp-password-file` and `--smtp-ca-file` hold (the caller reads the files).
+#[derive(Clone, Debug, Default)]
+pub struct SmtpFiles {
+    /// The relay's password as the file holds it (a final line break is dropped); the
+    /// user is the one in `--smtp-url` (`smtp://USER@HOST`).
+    pub password: Option<Secret>,
+    /// PEM certificates of the CA(s) that signed the relay's certificate, trusted in
+    /// addition to Mozilla's roots.
+    pub ca_certificates_pem: Option<Vec<u8>>,
+}
+
+/// The accepted forms, for error messages.
+const SMTP_URL_FORMS: &str = "use smtp://[USER[:PASSWORD]@]HOST[:PORT][?tls=required|none] \
+                              (STARTTLS when offered, port 25) or \
+                              smtps://[USER[:PASSWORD]@]HOST[:PORT] (TLS from the first byte, port 465)";
+
 impl EmailConfig {
-    /// Parses `--smtp-url smtp://host[:port]` (port 25 by default) and `--smtp-from`.
-    pub fn parse(smtp_url: &str, from: &str) -> Result<EmailConfig, String> {
-        let rest = smtp_url.strip_prefix("smtp://").ok_or_else(|| {
-            format!("--smtp-url '{smtp_url}': use smtp://HOST[:PORT] (plain SMTP to a relay)")
-        })?;
-        let host_port = rest.trim_end_matches('/');
-        if host_port.is_empty() || host_port.contains(['/', '@', '?', ' ']) {
+    /// Parses `--smtp-url`, `--smtp-from` and what `--smtp-password-file` and
+    /// `--smtp-ca-file` hold. Every error names the flag and what to write instead; none
+    /// shows the password.
+    ///
+    /// - `smtp://HOST[:PORT]` (port 25): STARTTLS when the relay offers it, plain
+    ///   otherwise; `?tls=required` fails rather than send in plain; `?tls=none` never
+    ///   tries TLS.
+    /// - `smtps://HOST[:PORT]` (port 465): TLS from the first byte.
+    /// - `USER:PASSWORD@` (percent-encoded) or `USER@` with the password file: AUTH PLAIN
+    ///   or LOGIN. With a login, `smtp://` requires STARTTLS (the password never travels in
+    ///   plain) unless `?tls=none` says otherwise.
+    pub fn parse(smtp_url: &str, from: &str, files: &SmtpFiles) -> Result<EmailConfig, String> {
+        let shown = redacted_url(smtp_url);
+        let url = url::Url::parse(smtp_url)
+            .map_err(|error| format!("--smtp-url '{shown}': {error}; {SMTP_URL_FORMS}"))?;
+        let (default_port, mut tls) = match url.scheme() {
+            "smtp" => (25, TlsMode::Opportunistic),
+            "smtps" => (465, TlsMode::Implicit),
+            other => {
+                return Err(format!(
+                    "--smtp-url '{shown}': unknown scheme '{other}'; {SMTP_URL_FORMS}"
+                ));
+            }
+        };
+        let host = match url.host() {
+            Some(url::Host::Domain(name)) if !name.is_empty() && !name.contains('%') => {
+                name.to_owned()
+            }
+            Some(url::Host::Ipv4(address)) => address.to_string(),
+            Some(url::Host::Ipv6(address)) => address.to_string(),
+            _ => {
+                return Err(format!(
+                    "--smtp-url '{shown}': no host name; {SMTP_URL_FORMS}"
+                ));
+            }
+        };
+        let port = url.port().unwrap_or(default_port);
+        if port == 0 {
+            return Err(format!("--smtp-url '{shown}': port 0 cannot be used"));
+        }
+        if !matches!(url.path(), "" | "/") || url.fragment().is_some() {
             return Err(format!(
-                "--smtp-url '{smtp_url}': use smtp://HOST[:PORT]; credentials and paths are not supported"
+                "--smtp-url '{shown}': a path or #fragment has no meaning here; {SMTP_URL_FORMS}"
             ));
         }
-        let relay = match host_port.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && !host.ends_with(':') => {
-                port.parse::<u16>()
-                    .map_err(|_| format!("--smtp-url '{smtp_url}': the port must be a number"))?;
-                host_port.to_owned()
+        let mut tls_given = false;
+        for (name, value) in url.query_pairs() {
+            if name != "tls" || tls_given {
+                return Err(format!(
+                    "--smtp-url '{shown}': '{name}' is not a setting Kiln knows (once: \
+                     ?tls=required, ?tls=opportunistic or ?tls=none)"
+                ));
             }
-            _ => format!("{host_port}:25"),
-        };
+            tls_given = true;
+            tls = match (tls, value.as_ref()) {
+                (TlsMode::Implicit, _) => {
+                    return Err(format!(
+                        "--smtp-url '{shown}': smtps:// is TLS from the first byte, so ?tls= \
+                         does not apply; for STARTTLS use smtp://HOST:587?tls=required"
+                    ));
+                }
+                (_, "required") => TlsMode::Required,
+                (_, "opportunistic") => TlsMode::Opportunistic,
+                (_, "none") => TlsMode::None,
+                (_, other) => {
+                    return Err(format!(
+                        "--smtp-url '{shown}': tls={other} is not a choice: tls=required \
+                         (STARTTLS or nothing is sent), tls=opportunistic (STARTTLS when \
+                         offered, the default) or tls=none (plain SMTP)"
+                    ));
+                }
+            };
+        }
+        let login = login(&url, &shown, files)?;
+        // A relay that "forgets" to offer STARTTLS must not get the password in plain:
+        // with a login, STARTTLS is required unless the URL says tls=none.
+        if login.is_some() && tls == TlsMode::Opportunistic {
+            tls = TlsMode::Required;
+        }
+        let relay = SmtpRelay::new(host, port, tls, login, files.ca_certificates_pem.as_deref())?;
         if !smtp::is_plain_address(from) {
             return Err(format!(
                 "--smtp-from '{from}': give an address like kiln@example.com"
@@ -108,6 +187,76 @@ impl EmailConfig {
             max_backoff: Duration::from_secs(3600),
             send_timeout: Duration::from_secs(30),
         })
+    }
+
+    /// The relay as a URL without its password, for logs.
+    pub fn relay_url(&self) -> String {
+        self.relay.to_string()
+    }
+}
+
+/// The user and password of `--smtp-url`, or its user and `--smtp-password-file`.
+fn login(url: &url::Url, shown: &str, files: &SmtpFiles) -> Result<Option<Login>, String> {
+    let decode = |part: &str, what: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .map(|decoded| decoded.into_owned())
+            .map_err(|_| format!("--smtp-url '{shown}': the {what} is not UTF-8 once decoded"))
+    };
+    let user = decode(url.username(), "user")?;
+    let url_password = url.password().map(|p| decode(p, "password")).transpose()?;
+    let file_password = files.password.as_ref().map(|password| {
+        let text = password.expose();
+        text.strip_suffix('\n')
+            .map(|text| text.strip_suffix('\r').unwrap_or(text))
+            .unwrap_or(text)
+            .to_owned()
+    });
+    let password = match (url_password, file_password) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "the SMTP password is given twice, in --smtp-url '{shown}' and in \
+                 --smtp-password-file: keep one (the file keeps it out of the process list)"
+            ));
+        }
+        (Some(password), None) | (None, Some(password)) => Some(password),
+        (None, None) => None,
+    };
+    match (user.is_empty(), password) {
+        (true, None) => Ok(None),
+        (true, Some(_)) => Err(format!(
+            "--smtp-url '{shown}': a password needs a user: smtp://USER@HOST with \
+             --smtp-password-file, or smtp://USER:PASSWORD@HOST"
+        )),
+        (false, None) => Err(format!(
+            "--smtp-url '{shown}' names the user '{user}' but no password: give \
+             --smtp-password-file, or smtp://USER:PASSWORD@HOST"
+        )),
+        (false, Some(password)) if password.is_empty() => Err(format!(
+            "the SMTP password of user '{user}' is empty (--smtp-url '{shown}' or \
+             --smtp-password-file)"
+        )),
+        (false, Some(password)) => Ok(Some(Login {
+            user,
+            password: Secret::new(password),
+        })),
+    }
+}
+
+/// `smtp://user:secret@host` as `smtp://***@host`, also when it does not parse: the user
+/// information is dropped whole.
+fn redacted_url(smtp_url: &str) -> String {
+    let Some((scheme, rest)) = smtp_url.split_once("://") else {
+        return if smtp_url.contains('@') {
+            "***".to_owned()
+        } else {
+            smtp_url.to_owned()
+        };
+    };
+    // The last `@` anywhere: a password may hold an unencoded `/` or `@`.
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => smtp_url.to_owned(),
     }
 }
 
@@ -281,4 +430,267 @@ pub(crate) fn kind_names() -> String {
         .map(|kind| kind.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str, files: &SmtpFiles) -> Result<EmailConfig, String> {
+        EmailConfig::parse(url, "kiln@example.com", files)
+    }
+
+    fn relay(url: &str) -> SmtpRelay {
+        parse(url, &SmtpFiles::default()).unwrap().relay
+    }
+
+    fn with_password(password: &str) -> SmtpFiles {
+        SmtpFiles {
+            password: Some(Secret::new(password)),
+            ca_certificates_pem: None,
+        }
+    }
+
+    fn ca_pem() -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem().into_bytes()
+    }
+
+    #[test]
+    fn every_url_form_parses() {
+        for (url, host, port, tls, shown) in [
+            (
+                "smtp://mail.local",
+                "mail.local",
+                25,
+                TlsMode::Opportunistic,
+                "smtp://mail.local:25",
+            ),
+            (
+                "smtp://mail.local:587?tls=required",
+                "mail.local",
+                587,
+                TlsMode::Required,
+                "smtp://mail.local:587?tls=required",
+            ),
+            (
+                "smtp://mail.local/?tls=opportunistic",
+                "mail.local",
+                25,
+                TlsMode::Opportunistic,
+                "smtp://mail.local:25",
+            ),
+            (
+                "smtp://10.0.0.7:2525?tls=none",
+                "10.0.0.7",
+                2525,
+                TlsMode::None,
+                "smtp://10.0.0.7:2525?tls=none",
+            ),
+            (
+                "smtps://mail.local",
+                "mail.local",
+                465,
+                TlsMode::Implicit,
+                "smtps://mail.local:465",
+            ),
+            (
+                "smtps://[::1]:2465",
+                "::1",
+                2465,
+                TlsMode::Implicit,
+                "smtps://[::1]:2465",
+            ),
+        ] {
+            let relay = relay(url);
+            assert_eq!(
+                (relay.host.as_str(), relay.port, relay.tls),
+                (host, port, tls),
+                "{url}"
+            );
+            assert!(relay.login.is_none(), "{url}");
+            assert_eq!(relay.to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn a_login_comes_from_the_url_or_the_password_file() {
+        let config = parse(
+            "smtp://kiln%40corp.example:p%40ss%3Aw%2Frd@mail.local:587",
+            &SmtpFiles::default(),
+        )
+        .unwrap();
+        let login = config.relay.login.clone().unwrap();
+        assert_eq!(login.user, "kiln@corp.example");
+        assert_eq!(login.password.expose(), "p@ss:w/rd");
+        // A login makes STARTTLS required: the password never travels in plain.
+        assert_eq!(config.relay.tls, TlsMode::Required);
+        assert_eq!(
+            config.relay_url(),
+            "smtp://kiln@corp.example@mail.local:587?tls=required"
+        );
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("p@ss"), "{debug}");
+
+        let config = parse("smtps://kiln@mail.local", &with_password("s3cret\r\n")).unwrap();
+        let login = config.relay.login.unwrap();
+        assert_eq!(
+            (login.user.as_str(), login.password.expose()),
+            ("kiln", "s3cret")
+        );
+        assert_eq!(config.relay.tls, TlsMode::Implicit);
+
+        // Plain on purpose (a trusted local relay) stays plain.
+        let config = parse("smtp://kiln:pw@localhost?tls=none", &SmtpFiles::default()).unwrap();
+        assert_eq!(config.relay.tls, TlsMode::None);
+        assert!(config.relay.login.is_some());
+    }
+
+    #[test]
+    fn a_ca_file_is_added_to_the_public_roots() {
+        let files = SmtpFiles {
+            password: None,
+            ca_certificates_pem: Some(ca_pem()),
+        };
+        let config = parse("smtps://mail.local", &files).unwrap();
+        assert!(config.relay.extra_ca);
+        assert!(!relay("smtps://mail.local").extra_ca);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_what_to_do() {
+        let no_files = SmtpFiles::default();
+        let garbage_ca = SmtpFiles {
+            password: None,
+            ca_certificates_pem: Some(b"not a certificate\n".to_vec()),
+        };
+        let hunter2 = with_password("hunter2");
+        let empty = with_password("\n");
+        let cases: Vec<(&str, &str, &SmtpFiles, &str)> = vec![
+            (
+                "http://mail.local",
+                "kiln@example.com",
+                &no_files,
+                "unknown scheme 'http'",
+            ),
+            (
+                "mail.local:25",
+                "kiln@example.com",
+                &no_files,
+                "unknown scheme",
+            ),
+            ("smtp://", "kiln@example.com", &no_files, "smtp://"),
+            (
+                "smtp://mail.local:port",
+                "kiln@example.com",
+                &no_files,
+                "port",
+            ),
+            (
+                "smtp://mail.local/relay",
+                "kiln@example.com",
+                &no_files,
+                "path",
+            ),
+            (
+                "smtp://mail.local?tls=maybe",
+                "kiln@example.com",
+                &no_files,
+                "tls=maybe is not a choice",
+            ),
+            (
+                "smtp://mail.local?tls=none&tls=required",
+                "kiln@example.com",
+                &no_files,
+                "once",
+            ),
+            (
+                "smtp://mail.local?user=kiln",
+                "kiln@example.com",
+                &no_files,
+                "'user' is not a setting",
+            ),
+            (
+                "smtps://mail.local?tls=required",
+                "kiln@example.com",
+                &no_files,
+                "does not apply",
+            ),
+            (
+                "smtp://kiln@mail.local",
+                "kiln@example.com",
+                &no_files,
+                "no password",
+            ),
+            (
+                "smtp://kiln:@mail.local",
+                "kiln@example.com",
+                &no_files,
+                "no password",
+            ),
+            (
+                "smtp://:hunter2@mail.local",
+                "kiln@example.com",
+                &no_files,
+                "needs a user",
+            ),
+            (
+                "smtp://mail.local",
+                "kiln@example.com",
+                &hunter2,
+                "needs a user",
+            ),
+            (
+                "smtp://kiln:hunter2@mail.local",
+                "kiln@example.com",
+                &hunter2,
+                "given twice",
+            ),
+            (
+                "smtp://kiln@mail.local",
+                "kiln@example.com",
+                &empty,
+                "empty",
+            ),
+            (
+                "smtp://kiln:hunter2@mail.local:port",
+                "kiln@example.com",
+                &no_files,
+                "smtp://***@mail.local:port",
+            ),
+            (
+                "smtp://mail.local?tls=none",
+                "kiln@example.com",
+                &garbage_ca,
+                "no use",
+            ),
+            (
+                "smtps://mail.local",
+                "kiln@example.com",
+                &garbage_ca,
+                "holds no certificate",
+            ),
+            (
+                "smtp://mail.local",
+                "not an address",
+                &no_files,
+                "--smtp-from",
+            ),
+        ];
+        for (url, from, files, expected) in cases {
+            let error = EmailConfig::parse(url, from, files).unwrap_err();
+            assert!(error.contains(expected), "{url}: {error}");
+            assert!(!error.contains("hunter2"), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_user_information() {
+        assert_eq!(redacted_url("smtp://u:p@host:25"), "smtp://***@host:25");
+        assert_eq!(redacted_url("smtp://u:p/q@host"), "smtp://***@host");
+        assert_eq!(redacted_url("smtp://host?tls=none"), "smtp://host?tls=none");
+        assert_eq!(redacted_url("u:p@host"), "***");
+    }
 }
