@@ -789,7 +789,7 @@ async fn events_while_disabled_are_held_for_reactivation(engine: Engine) {
         Some(json!({"discardHeld": true})),
     )
     .await;
-    assert_eq!((status, body["field"].as_str()), (400, Some("discardHeld")), "{body}");
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("discardHeld")), "{body}");
 
     // Re-activated: the held ones go out, in order.
     let (status, body) = call(
