@@ -328,11 +328,17 @@ fn deliveries_survive_failures_and_kill_9(database_url: Option<&str>) {
         .collect();
     assert_eq!(logged, [Some(500), Some(500), Some(200)]);
 
-    // B: one request, 410, and nothing more after it was disabled (its other events
-    // wait, also across the restart).
+    // B: one request, 410, and nothing more after it was disabled. Its other three
+    // events of r1 wait, also across the restart, and so do the two custom events stored
+    // while it was disabled (held for its re-activation, not dropped).
     let b = receiver.requests("/b");
     assert_eq!(statuses(&b), [410], "{b:?}");
-    assert_eq!(counts(&status(&workspace, &server), id("/b")), (3, 0, 1));
+    wait_for(
+        "B to hold the events stored while it was disabled",
+        WAIT,
+        || counts(&status(&workspace, &server), id("/b")) == (5, 0, 1),
+        || format!("{:?}", status(&workspace, &server)),
+    );
 
     // C: the 429's Retry-After was honoured, then the stage events followed in order.
     let c = receiver.requests("/c");
@@ -384,7 +390,7 @@ fn deliveries_survive_failures_and_kill_9(database_url: Option<&str>) {
     let totals = status(&workspace, &server);
     assert_eq!(
         (totals.pending, totals.delivered, totals.failed),
-        (3, 2 + 3 + 6, 1),
-        "only B's three events wait; only its first failed"
+        (5, 2 + 3 + 6, 1),
+        "only B's five events wait (held while it is disabled); only its first failed"
     );
 }
