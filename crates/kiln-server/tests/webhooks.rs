@@ -774,7 +774,10 @@ async fn events_while_disabled_are_held_for_reactivation(engine: Engine) {
         status["endpoints"][0]["droppedWhileDisabled"] == 1
     })
     .await;
-    assert_eq!(status["endpoints"][0]["droppedWhileDisabled"], 1, "{status}");
+    assert_eq!(
+        status["endpoints"][0]["droppedWhileDisabled"], 1,
+        "{status}"
+    );
     assert_eq!(status["endpoints"][0]["pending"], 3, "{status}");
     let (_, endpoint) = call(&app, Method::GET, &endpoint_path, None).await;
     assert_eq!(endpoint["droppedWhileDisabled"], 1, "{endpoint}");
@@ -789,7 +792,11 @@ async fn events_while_disabled_are_held_for_reactivation(engine: Engine) {
         Some(json!({"discardHeld": true})),
     )
     .await;
-    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("discardHeld")), "{body}");
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("discardHeld")),
+        "{body}"
+    );
 
     // Re-activated: the held ones go out, in order.
     let (status, body) = call(
@@ -838,9 +845,17 @@ async fn events_while_disabled_are_held_for_reactivation(engine: Engine) {
         Some(json!({"active": true, "discardHeld": true})),
     )
     .await;
-    assert_eq!((status, body["active"].as_bool()), (200, Some(true)), "{body}");
+    assert_eq!(
+        (status, body["active"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(receiver.requests("/gone").len(), 4, "discarded ones were sent");
+    assert_eq!(
+        receiver.requests("/gone").len(),
+        4,
+        "discarded ones were sent"
+    );
     let (_, log) = call(
         &app,
         Method::GET,

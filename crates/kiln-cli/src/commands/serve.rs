@@ -158,7 +158,10 @@ fn parse_public_url(value: &str) -> Result<String, String> {
         .or_else(|| trimmed.strip_prefix("http://"))
         .ok_or("give an http(s) URL such as https://kiln.example.com")?;
     if rest.is_empty() || rest.contains(['?', '#', ' ']) || rest.chars().any(char::is_control) {
-        return Err("give an http(s) URL without a query or fragment, such as https://kiln.example.com".into());
+        return Err(
+            "give an http(s) URL without a query or fragment, such as https://kiln.example.com"
+                .into(),
+        );
     }
     Ok(trimmed.to_owned())
 }

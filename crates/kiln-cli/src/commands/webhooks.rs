@@ -285,7 +285,9 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             if discard_held && active != Some(true) {
-                anyhow::bail!("--discard-held goes with --active true (it applies at re-activation)");
+                anyhow::bail!(
+                    "--discard-held goes with --active true (it applies at re-activation)"
+                );
             }
             let patch = UpdateWebhook {
                 url,

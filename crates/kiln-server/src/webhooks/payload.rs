@@ -282,14 +282,54 @@ mod cdevents_tests {
     /// Every Kiln event type the cdevents format sends, with what the CDEvents 0.4.1
     /// schema of its type requires of `subject.type` (its enum) and `subject.id`.
     const SENT: &[(&str, &str, &str, &str)] = &[
-        ("build_queued", "dev.cdevents.pipelinerun.queued.0.2.0", "pipelineRun", "run-1"),
-        ("build_started", "dev.cdevents.pipelinerun.started.0.2.0", "pipelineRun", "run-1"),
-        ("build_completed", "dev.cdevents.pipelinerun.finished.0.2.0", "pipelineRun", "run-1"),
-        ("build_failed", "dev.cdevents.pipelinerun.finished.0.2.0", "pipelineRun", "run-1"),
-        ("build_cancelled", "dev.cdevents.pipelinerun.finished.0.2.0", "pipelineRun", "run-1"),
-        ("stage_started", "dev.cdevents.taskrun.started.0.2.0", "taskRun", "run-1/Unit tests"),
-        ("stage_completed", "dev.cdevents.taskrun.finished.0.2.0", "taskRun", "run-1/Unit tests"),
-        ("stage_failed", "dev.cdevents.taskrun.finished.0.2.0", "taskRun", "run-1/Unit tests"),
+        (
+            "build_queued",
+            "dev.cdevents.pipelinerun.queued.0.2.0",
+            "pipelineRun",
+            "run-1",
+        ),
+        (
+            "build_started",
+            "dev.cdevents.pipelinerun.started.0.2.0",
+            "pipelineRun",
+            "run-1",
+        ),
+        (
+            "build_completed",
+            "dev.cdevents.pipelinerun.finished.0.2.0",
+            "pipelineRun",
+            "run-1",
+        ),
+        (
+            "build_failed",
+            "dev.cdevents.pipelinerun.finished.0.2.0",
+            "pipelineRun",
+            "run-1",
+        ),
+        (
+            "build_cancelled",
+            "dev.cdevents.pipelinerun.finished.0.2.0",
+            "pipelineRun",
+            "run-1",
+        ),
+        (
+            "stage_started",
+            "dev.cdevents.taskrun.started.0.2.0",
+            "taskRun",
+            "run-1/Unit tests",
+        ),
+        (
+            "stage_completed",
+            "dev.cdevents.taskrun.finished.0.2.0",
+            "taskRun",
+            "run-1/Unit tests",
+        ),
+        (
+            "stage_failed",
+            "dev.cdevents.taskrun.finished.0.2.0",
+            "taskRun",
+            "run-1/Unit tests",
+        ),
     ];
 
     fn stored(event_type: &str) -> StoredEvent {

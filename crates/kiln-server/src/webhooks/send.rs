@@ -104,8 +104,7 @@ pub(crate) async fn run_sender(
         if free > 0 && finished.is_empty() {
             for mut claimed in sender.claim(&*store, free).await {
                 let public_url = sender.config.public_url.as_deref().unwrap_or_default();
-                if let Err(reason) = render(&*store, &mut claimed, &mut slugs, public_url).await
-                {
+                if let Err(reason) = render(&*store, &mut claimed, &mut slugs, public_url).await {
                     finished.push(sender.unsendable(&claimed, reason));
                     continue;
                 }
