@@ -48,6 +48,7 @@ store_test!(
     a_database_of_the_previous_release_upgrades,
     a_database_of_the_previous_release_upgrades
 );
+store_test!(a_group_commit_of_5000_events, a_group_commit_of_5000_events);
 
 fn event(run_id: &str, kind: &str) -> NewEvent {
     NewEvent::new(
@@ -835,4 +836,123 @@ async fn a_database_of_the_previous_release_upgrades(engine: Engine) {
     let web = project(&*store, "web").await;
     ingest_one(&*store, request(&web, vec![event("r", "build_started")]), 3).await;
     assert!(store.build_by_run_id("r").await.unwrap().is_some());
+}
+
+/// One build's 50 events of the big group commit: started, a stage done, a stage
+/// running, then heartbeats; every one with an eventId (`{run}-{n}`).
+fn fifty_events(run_id: &str, from: usize) -> Vec<NewEvent> {
+    (from..from + 50)
+        .map(|n| {
+            let event = match n {
+                0 => event(run_id, "build_started"),
+                1 => stage_event(run_id, "stage_started", "Build"),
+                2 => stage_event(run_id, "stage_completed", "Build"),
+                3 => stage_event(run_id, "stage_started", "Test"),
+                _ => event(run_id, "heartbeat"),
+            };
+            with_id(event, &format!("{run_id}-{n}"))
+        })
+        .collect()
+}
+
+/// 5,000 events in one group commit (100 requests of 50, 100 new builds), then 5,000
+/// more of which half repeat eventIds of the first: every event is stored once, with
+/// contiguous ids, and each build's state is whole.
+async fn a_group_commit_of_5000_events(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let runs: Vec<String> = (0..100).map(|n| format!("big-{n}")).collect();
+
+    let first: Vec<IngestRequest> = runs
+        .iter()
+        .map(|run| request(&web, fifty_events(run, 0)))
+        .collect();
+    let results = store.ingest(&first, Millis(1_000)).await.unwrap();
+    let mut first_ids = std::collections::HashMap::new();
+    let mut ids = Vec::new();
+    for (run, result) in runs.iter().zip(&results) {
+        let outcomes = result.as_ref().expect("accepted");
+        assert_eq!(outcomes.len(), 50);
+        for (n, outcome) in outcomes.iter().enumerate() {
+            assert_eq!(outcome.status, OutcomeStatus::Stored, "{run} #{n}");
+            assert_eq!(outcome.seq, Some(n as i64 + 1));
+            first_ids.insert(format!("{run}-{n}"), outcome.id.unwrap());
+            ids.push(outcome.id.unwrap());
+        }
+    }
+    // Ids are contiguous, in request order.
+    let base = ids[0];
+    assert_eq!(ids, (base..base + 5_000).collect::<Vec<_>>());
+    assert_eq!(store.max_event_id().await.unwrap(), base + 4_999);
+
+    // A second group: the first 25 events of each build again (a client retrying), and
+    // 25 new ones.
+    let second: Vec<IngestRequest> = runs
+        .iter()
+        .map(|run| {
+            let mut events = fifty_events(run, 0);
+            events.truncate(25);
+            events.extend(fifty_events(run, 50).into_iter().take(25));
+            request(&web, events)
+        })
+        .collect();
+    let results = store.ingest(&second, Millis(2_000)).await.unwrap();
+    let mut new_ids = Vec::new();
+    for (run, result) in runs.iter().zip(&results) {
+        let outcomes = result.as_ref().expect("accepted");
+        for (n, outcome) in outcomes.iter().take(25).enumerate() {
+            assert_eq!(outcome.status, OutcomeStatus::Duplicate, "{run} #{n}");
+            assert_eq!(outcome.id, Some(first_ids[&format!("{run}-{n}")]));
+        }
+        for (n, outcome) in outcomes.iter().skip(25).enumerate() {
+            assert_eq!(outcome.status, OutcomeStatus::Stored, "{run} #{}", 50 + n);
+            assert_eq!(outcome.seq, Some(51 + n as i64));
+            new_ids.push(outcome.id.unwrap());
+        }
+    }
+    assert_eq!(
+        new_ids,
+        (base + 5_000..base + 7_500).collect::<Vec<_>>(),
+        "the new events continue the ids without a gap"
+    );
+
+    // Everything is stored once, and readable in id order.
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.events_after_global(after, 1_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        stored.extend(page);
+    }
+    assert_eq!(stored.len(), 7_500);
+    let distinct: HashSet<i64> = stored.iter().map(|event| event.id).collect();
+    assert_eq!(distinct.len(), 7_500);
+
+    let mut numbers = HashSet::new();
+    for (position, run) in runs.iter().enumerate() {
+        let build = store.build_by_run_id(run).await.unwrap().unwrap();
+        assert_eq!(build.state.status, BuildStatus::Running, "{run}");
+        assert_eq!(build.state.last_seq, 75, "{run}");
+        // Its 25 new events of the second group end at this id.
+        assert_eq!(
+            build.last_event_id,
+            base + 5_000 + position as i64 * 25 + 24,
+            "{run}"
+        );
+        let stages: Vec<(&str, &str)> = build
+            .state
+            .stages
+            .iter()
+            .map(|stage| (stage.name.as_str(), stage.status.as_str()))
+            .collect();
+        assert_eq!(stages, [("Build", "success"), ("Test", "running")], "{run}");
+        numbers.insert(build.number);
+    }
+    assert_eq!(
+        numbers,
+        (1..=100).collect::<HashSet<i64>>(),
+        "build numbers"
+    );
 }

@@ -1,16 +1,16 @@
 //! The ingest transaction: many requests, one commit (group commit).
 //!
 //! This module holds the engine-independent parts (prefetched state, the in-memory replay,
-//! the write plan) and the sqlx executor used on PostgreSQL; SQLite runs the same plan in
-//! `sqlite_writer`.
+//! the write plan) and the statement text both engines share; SQLite runs the plan in
+//! `sqlite_writer` (rusqlite, one writer thread), PostgreSQL in `pg_ingest` (the native
+//! driver with array binds).
 //!
-//! Phase 0 prefetches, in a handful of `IN (…)` queries, every build the group touches,
-//! their stages and the earlier events whose `eventId`s reappear. Phase 1 replays each
-//! request's events on in-memory copies of those builds (`BuildState::apply`) without any
-//! query, so a rejected request is dropped without a write and without disturbing the
-//! requests beside it. Phase 2 writes what the accepted requests changed with multi-row
-//! statements. The number of statements per commit therefore depends on the number of
-//! projects and on size limits, not on the number of requests, builds or events.
+//! Phase 0 prefetches every build the group touches, their stages and the earlier events
+//! whose `eventId`s reappear. Phase 1 replays each request's events on in-memory copies of
+//! those builds (`BuildState::apply`) without any query, so a rejected request is dropped
+//! without a write and without disturbing the requests beside it. Phase 2 writes what the
+//! accepted requests changed with set-based statements. The number of statements per
+//! commit therefore does not depend on the number of requests, builds or events.
 //!
 //! Global event ids come from the `kiln_counters` row, which is locked by the very first
 //! statement and updated by the last. Two transactions therefore never interleave their
@@ -21,13 +21,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use kiln_core::jobs::JobPlan;
-use kiln_core::{Applied, BuildState, JobState, Millis, NewEvent, RunId, StageState};
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
-use sqlx::{Any, Row, Transaction};
+use kiln_core::{Applied, BuildState, JobState, Millis, NewEvent, RunId};
+use sqlx::{Any, Transaction};
 
-use super::rows::{BUILD_SELECT, build_from_row, stage_from_row};
-use super::{SqlStore, trusted};
+use super::trusted;
 use crate::StoreResult;
 use crate::records::*;
 
@@ -194,54 +191,6 @@ pub(super) fn simulate_all(
     (batch, results, next_id)
 }
 
-pub(super) async fn ingest(
-    store: &SqlStore,
-    requests: &[IngestRequest],
-    now: Millis,
-) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>> {
-    let started = std::time::Instant::now();
-    let mut transaction = store.pool.begin().await?;
-    let began = started.elapsed();
-    let last_id: i64 = sqlx::query(
-        "UPDATE kiln_counters SET value = value WHERE name = 'event_id' RETURNING value",
-    )
-    .fetch_one(&mut *transaction)
-    .await?
-    .try_get(0)?;
-
-    let locked = started.elapsed();
-    let prefetched = prefetch(&mut transaction, requests).await?;
-    let fetched = started.elapsed();
-    let (mut batch, results, next_id) = simulate_all(&prefetched, requests, now, last_id);
-
-    let simulated = started.elapsed();
-    if next_id > last_id {
-        write(&mut transaction, &mut batch, now).await?;
-        sqlx::query("UPDATE kiln_counters SET value = $1 WHERE name = 'event_id'")
-            .bind(next_id)
-            .execute(&mut *transaction)
-            .await?;
-        // Delivered to listeners at commit; other replicas' tailers wake up.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(super::COMMIT_CHANNEL)
-            .bind(next_id.to_string())
-            .execute(&mut *transaction)
-            .await?;
-    }
-    let written = started.elapsed();
-    transaction.commit().await?;
-    tracing::debug!(
-        begin_us = began.as_micros() as u64,
-        lock_us = (locked - began).as_micros() as u64,
-        prefetch_us = (fetched - locked).as_micros() as u64,
-        simulate_us = (simulated - fetched).as_micros() as u64,
-        write_us = (written - simulated).as_micros() as u64,
-        commit_us = (started.elapsed() - written).as_micros() as u64,
-        "ingest transaction phases"
-    );
-    Ok(results)
-}
-
 /// `count` placeholders numbered from `first`, as an `IN (…)` list body.
 fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
@@ -256,77 +205,6 @@ fn row_placeholders(rows: usize, columns: usize) -> String {
         .map(|row| format!("({})", placeholders(row * columns + 1, columns)))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-async fn prefetch(transaction: &mut Tx, requests: &[IngestRequest]) -> StoreResult<Prefetched> {
-    let run_ids = run_ids(requests);
-    let mut builds: HashMap<String, WorkingBuild> = HashMap::new();
-    let mut by_id: BTreeMap<i64, String> = BTreeMap::new();
-    for chunk in chunks(&run_ids) {
-        let sql = format!(
-            "{BUILD_SELECT} WHERE b.run_id IN ({})",
-            placeholders(1, chunk.len())
-        );
-        let mut query = sqlx::query(trusted(sql));
-        for run_id in chunk {
-            query = query.bind(*run_id);
-        }
-        for row in query.fetch_all(&mut **transaction).await? {
-            let record = build_from_row(&row)?;
-            let run_id = record.state.run_id.to_string();
-            by_id.insert(record.id, run_id.clone());
-            builds.insert(run_id, WorkingBuild::existing(record));
-        }
-    }
-
-    let build_ids: Vec<i64> = by_id.keys().copied().collect();
-    for chunk in chunks(&build_ids) {
-        let sql = format!(
-            "SELECT build_id, name, position, status, started_at, ended_at, duration_ms, message FROM stages \
-             WHERE build_id IN ({}) ORDER BY build_id, position",
-            placeholders(1, chunk.len())
-        );
-        let mut query = sqlx::query(trusted(sql));
-        for build_id in chunk {
-            query = query.bind(*build_id);
-        }
-        for row in query.fetch_all(&mut **transaction).await? {
-            let build_id: i64 = row.try_get("build_id")?;
-            let stage: StageState = stage_from_row(&row)?;
-            if let Some(working) = by_id
-                .get(&build_id)
-                .and_then(|run_id| builds.get_mut(run_id))
-            {
-                working.state.stages.push(stage);
-            }
-        }
-    }
-
-    // Exact (build, eventId) pairs, so each is one probe of the unique index; an
-    // `IN (…) AND IN (…)` form let SQLite scan every event of each build instead.
-    let mut client_ids = HashMap::new();
-    let wanted = wanted_client_ids(requests, &builds);
-    for chunk in chunks(&wanted) {
-        let sql = format!(
-            "SELECT build_id, client_event_id, id, seq FROM events WHERE (build_id, client_event_id) IN (VALUES {})",
-            row_placeholders(chunk.len(), 2)
-        );
-        let mut query = sqlx::query(trusted(sql));
-        for (build_id, client_event_id) in chunk {
-            query = query.bind(*build_id).bind(*client_event_id);
-        }
-        for row in query.fetch_all(&mut **transaction).await? {
-            let build_id: i64 = row.try_get(0)?;
-            let client_event_id: String = row.try_get(1)?;
-            if let Some(run_id) = by_id.get(&build_id) {
-                client_ids.insert(
-                    (run_id.clone(), client_event_id),
-                    (row.try_get(2)?, row.try_get(3)?),
-                );
-            }
-        }
-    }
-    Ok(Prefetched { builds, client_ids })
 }
 
 /// Applies one request to copies of its builds; merges them into the batch only if the
@@ -572,147 +450,6 @@ pub(super) fn job_rows<'a>(
                 .map(move |plan| JobRow::new(build_id, project_id, jobs.priority, plan, now))
         })
         .collect()
-}
-
-/// Binds one build's columns in `BUILD_COLUMNS` order.
-fn bind_build<'q>(
-    query: Query<'q, Any, AnyArguments>,
-    working: &'q WorkingBuild,
-) -> Query<'q, Any, AnyArguments> {
-    let state = &working.state;
-    query
-        .bind(working.project_id)
-        .bind(state.run_id.as_str())
-        .bind(working.number)
-        .bind(state.status.as_str())
-        .bind(state.progress.map(progress_to_hundredths))
-        .bind(state.current_stage.as_ref().map(|s| s.as_str()))
-        .bind(state.env.as_deref())
-        .bind(state.origin.as_deref())
-        .bind(state.command.as_deref())
-        .bind(state.host.as_deref())
-        .bind(state.pid)
-        .bind(state.repo.as_deref())
-        .bind(state.branch.as_deref())
-        .bind(state.commit.as_deref())
-        .bind(state.message.as_deref())
-        .bind(state.created_at.0)
-        .bind(state.started_at.0)
-        .bind(state.ended_at.map(|m| m.0))
-        .bind(state.duration_ms)
-        .bind(state.last_event_at.0)
-        .bind(working.last_event_id)
-        .bind(state.last_seq)
-        .bind(state.heartbeat_timeout_secs)
-}
-
-async fn write(transaction: &mut Tx, batch: &mut Batch, now: Millis) -> StoreResult<()> {
-    // Build numbers for new builds: one counter update per project, in arrival order.
-    for (project_id, keys) in &batch.new_builds_per_project() {
-        let last: i64 = sqlx::query(
-            "UPDATE projects SET last_build_number = last_build_number + $1 WHERE id = $2 RETURNING last_build_number",
-        )
-        .bind(keys.len() as i64)
-        .bind(*project_id)
-        .fetch_one(&mut **transaction)
-        .await?
-        .try_get(0)?;
-        batch.number_builds(keys, last);
-    }
-
-    let mut build_ids: HashMap<String, i64> = HashMap::new();
-    let changed: Vec<&WorkingBuild> = batch.changed().collect();
-    let (existing, created): (Vec<&WorkingBuild>, Vec<&WorkingBuild>) =
-        changed.iter().partition(|working| working.db_id.is_some());
-
-    for chunk in chunks(&created) {
-        let sql = format!(
-            "INSERT INTO builds ({BUILD_COLUMNS}) VALUES {} RETURNING id, run_id",
-            row_placeholders(chunk.len(), BUILD_COLUMN_COUNT)
-        );
-        let mut query = sqlx::query(trusted(sql));
-        for working in chunk {
-            query = bind_build(query, working);
-        }
-        for row in query.fetch_all(&mut **transaction).await? {
-            build_ids.insert(row.try_get(1)?, row.try_get(0)?);
-        }
-    }
-    for chunk in chunks(&existing) {
-        // An upsert on the primary key updates many rows in one statement.
-        let sql = format!(
-            "INSERT INTO builds (id, {BUILD_COLUMNS}) VALUES {} {BUILD_UPSERT}",
-            row_placeholders(chunk.len(), BUILD_COLUMN_COUNT + 1)
-        );
-        let mut query = sqlx::query(trusted(sql));
-        for working in chunk {
-            query = bind_build(query.bind(working.db_id), working);
-        }
-        query.execute(&mut **transaction).await?;
-        for working in chunk {
-            if let Some(build_id) = working.db_id {
-                build_ids.insert(working.state.run_id.to_string(), build_id);
-            }
-        }
-    }
-
-    let dirty_stages: Vec<(i64, &StageState)> = changed
-        .iter()
-        .flat_map(|working| {
-            let build_id = build_ids
-                .get(working.state.run_id.as_str())
-                .copied()
-                .unwrap_or_default();
-            working
-                .state
-                .stages
-                .iter()
-                .filter(|stage| stage.dirty)
-                .map(move |stage| (build_id, stage))
-        })
-        .collect();
-    for chunk in chunks(&dirty_stages) {
-        let sql = format!(
-            "INSERT INTO stages ({STAGE_COLUMNS}) VALUES {} {STAGE_UPSERT}",
-            row_placeholders(chunk.len(), 8)
-        );
-        let mut query = sqlx::query(trusted(sql));
-        for (build_id, stage) in chunk {
-            query = query
-                .bind(*build_id)
-                .bind(stage.name.as_str())
-                .bind(stage.position)
-                .bind(stage.status.as_str())
-                .bind(stage.started_at.0)
-                .bind(stage.ended_at.map(|m| m.0))
-                .bind(stage.duration_ms)
-                .bind(stage.message.as_deref());
-        }
-        query.execute(&mut **transaction).await?;
-    }
-
-    for chunk in chunks(&batch.rows) {
-        let sql = format!(
-            "INSERT INTO events ({EVENT_COLUMNS}) VALUES {}",
-            row_placeholders(chunk.len(), 8)
-        );
-        let mut query = sqlx::query(trusted(sql));
-        for row in chunk {
-            let build_id = build_ids.get(&row.run_id).copied().unwrap_or_default();
-            query = query
-                .bind(row.id)
-                .bind(build_id)
-                .bind(row.project_id)
-                .bind(row.seq)
-                .bind(row.event_type.as_str())
-                .bind(row.client_event_id.as_deref())
-                .bind(now.0)
-                .bind(row.payload.as_str());
-        }
-        query.execute(&mut **transaction).await?;
-    }
-
-    insert_jobs(transaction, &job_rows(&batch.jobs, &build_ids, now)).await
 }
 
 /// Inserts job rows with multi-row statements (a job written before is kept).

@@ -14,6 +14,7 @@ mod dashboard;
 mod hooks;
 mod ingest;
 mod notifications;
+mod pg_ingest;
 mod queue;
 mod rows;
 mod secrets;
@@ -43,6 +44,9 @@ pub struct SqlStore {
     engine: Engine,
     /// SQLite only: the thread that runs every ingest transaction.
     writer: Option<sqlite_writer::SqliteWriter>,
+    /// PostgreSQL only: native connections for ingest (`pg_ingest`), whose statements
+    /// bind arrays and so keep one text, prepared once per connection.
+    ingest_pool: Option<sqlx::PgPool>,
     /// Kept for engine-specific connections (PostgreSQL `LISTEN`).
     database_url: String,
 }
@@ -157,10 +161,25 @@ impl SqlStore {
             }
             Engine::Postgres => None,
         };
+        let ingest_pool = match engine {
+            Engine::Sqlite => None,
+            Engine::Postgres => Some(
+                // Ingest transactions run one at a time (they all lock the event-id
+                // counter); a second connection covers a commit in flight while the next
+                // group is prepared.
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .test_before_acquire(false)
+                    .connect_with(sqlx::postgres::PgConnectOptions::from_str(&url)?)
+                    .await?,
+            ),
+        };
         Ok(Self {
             pool,
             engine,
             writer,
+            ingest_pool,
             database_url: url,
         })
     }
@@ -186,8 +205,11 @@ impl SqlStore {
         rows.iter().map(rows::event_from_row).collect()
     }
 
-    /// Closes the pool; in-flight queries finish first.
+    /// Closes the pools; in-flight queries finish first.
     pub async fn close(&self) {
+        if let Some(pool) = &self.ingest_pool {
+            pool.close().await;
+        }
         self.pool.close().await;
     }
 }
@@ -368,9 +390,12 @@ impl Store for SqlStore {
         requests: &[IngestRequest],
         now: Millis,
     ) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>> {
-        match &self.writer {
-            Some(writer) => writer.ingest(requests, now).await,
-            None => ingest::ingest(self, requests, now).await,
+        match (&self.writer, &self.ingest_pool) {
+            (Some(writer), _) => writer.ingest(requests, now).await,
+            (None, Some(pool)) => pg_ingest::ingest(pool, COMMIT_CHANNEL, requests, now).await,
+            (None, None) => Err(StoreError::Unavailable(
+                "this store has no ingest path (neither SQLite writer nor PostgreSQL pool)".into(),
+            )),
         }
     }
 
