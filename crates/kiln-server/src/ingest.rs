@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use kiln_store::{EventOutcome, IngestRejection, IngestRequest, Store, StoreError};
+use kiln_store::{EventOutcome, IngestRejection, IngestRequest, OutcomeStatus, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -133,14 +133,22 @@ async fn run(
         }
         let started = Instant::now();
         let requests = jobs.len();
-        commit(&*store, &*clock, &mut jobs, events).await;
+        let last_id = commit(&*store, &*clock, &mut jobs, events).await;
         load.add(started.elapsed(), requests);
-        bus.notify_commit();
+        if let Some(last_id) = last_id {
+            bus.notify_commit(last_id);
+        }
     }
 }
 
 #[tracing::instrument(skip_all, fields(requests = jobs.len(), events))]
-async fn commit(store: &dyn Store, clock: &dyn Clock, jobs: &mut Vec<Job>, events: usize) {
+/// One group commit; returns the highest event id it stored, if it stored any.
+async fn commit(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    jobs: &mut Vec<Job>,
+    events: usize,
+) -> Option<i64> {
     let (requests, replies): (Vec<IngestRequest>, Vec<oneshot::Sender<IngestResult>>) =
         jobs.drain(..).map(|job| (job.request, job.reply)).unzip();
     let started = std::time::Instant::now();
@@ -152,9 +160,17 @@ async fn commit(store: &dyn Store, clock: &dyn Clock, jobs: &mut Vec<Job>, event
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "committed"
             );
+            let last_id = results
+                .iter()
+                .flatten()
+                .flatten()
+                .filter(|outcome| outcome.status == OutcomeStatus::Stored)
+                .filter_map(|outcome| outcome.id)
+                .max();
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
             }
+            last_id
         }
         Err(error) => {
             let message = match &error {
@@ -170,6 +186,7 @@ async fn commit(store: &dyn Store, clock: &dyn Clock, jobs: &mut Vec<Job>, event
             for reply in replies {
                 let _ = reply.send(Err(IngestFailure(message.clone())));
             }
+            None
         }
     }
 }

@@ -169,9 +169,12 @@ pub trait Store: Send + Sync + 'static {
     -> StoreResult<Vec<StoredEvent>>;
     /// The highest event id committed so far (0 when none).
     async fn max_event_id(&self) -> StoreResult<i64>;
-    /// Signals commits made by other processes on the same database (PostgreSQL
-    /// `LISTEN`); `None` where only this process writes (SQLite).
-    async fn commit_signals(&self) -> StoreResult<Option<tokio::sync::mpsc::Receiver<()>>>;
+    /// Signals commits made on the same database by any process, this one included
+    /// (PostgreSQL `LISTEN`): the value is the last event id of the latest commit
+    /// announced (commits are announced in order; a lost connection announces
+    /// `i64::MAX`: look, something may have been missed).
+    /// `None` where only this process writes (SQLite).
+    async fn commit_signals(&self) -> StoreResult<Option<tokio::sync::watch::Receiver<i64>>>;
     /// Running builds whose last event is older than their heartbeat timeout.
     async fn stale_builds(
         &self,

@@ -75,6 +75,9 @@ pub(crate) enum Room {
 pub(crate) struct Bus {
     rooms: Mutex<HashMap<Room, broadcast::Sender<Arc<LiveEvent>>>>,
     commits: Notify,
+    /// The highest event id a local commit stored (0 before any): the tailer skips a
+    /// wake-up for events it has already read.
+    committed: std::sync::atomic::AtomicI64,
     /// Wakes the notifier (`crate::notify`) after each local commit.
     notifier_commits: Notify,
     /// Wakes the webhook consumer (`crate::webhooks`) after each local commit.
@@ -89,6 +92,7 @@ impl Default for Bus {
         Self {
             rooms: Mutex::default(),
             commits: Notify::new(),
+            committed: std::sync::atomic::AtomicI64::new(0),
             notifier_commits: Notify::new(),
             webhook_commits: Notify::new(),
             closing: watch::channel(false).0,
@@ -132,8 +136,10 @@ impl Bus {
         self.closing.send_replace(true);
     }
 
-    /// Called by the ingestor after each commit.
-    pub fn notify_commit(&self) {
+    /// Called by the ingestor after each commit that stored events up to `last_id`.
+    pub fn notify_commit(&self, last_id: i64) {
+        self.committed
+            .fetch_max(last_id, std::sync::atomic::Ordering::SeqCst);
         self.commits.notify_one();
         self.notifier_commits.notify_one();
         self.webhook_commits.notify_one();
@@ -170,8 +176,27 @@ pub(crate) async fn tail(store: Arc<dyn Store>, bus: Arc<Bus>, mut stop: watch::
     };
     loop {
         tokio::select! {
-            _ = bus.commits.notified() => {}
-            Some(()) = async { match signals.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {}
+            _ = bus.commits.notified() => {
+                // Read already, on the database's announcement of the same commit.
+                if bus.committed.load(std::sync::atomic::Ordering::SeqCst) <= cursor {
+                    continue;
+                }
+            }
+            Some(announced) = async {
+                match signals.as_mut() {
+                    Some(signals) => match signals.changed().await {
+                        Ok(()) => Some(*signals.borrow_and_update()),
+                        Err(_) => std::future::pending().await,
+                    },
+                    None => std::future::pending().await,
+                }
+            } => {
+                // This process's own commits are announced too, after the bus woke the
+                // tailer for them: nothing to read then.
+                if announced <= cursor {
+                    continue;
+                }
+            }
             _ = tokio::time::sleep(CATCH_UP_INTERVAL) => {}
             _ = stop.changed() => return,
         }

@@ -3,9 +3,10 @@
 //!
 //! It owns its state (the cursor, when it last auto-archived) on one task, and reacts to
 //! a closed set of wake-ups (`Wake`): a local commit (the bus), a tick (commits of other
-//! replicas, auto-archive), or stop. It reads events in id order after the cursor
-//! persisted in the store (`kiln_counters.notifier_cursor`), so a restart resumes where
-//! the last run stopped; ids are gap-free, so nothing is skipped. Every replica runs a
+//! replicas, auto-archive), or stop. It reads events in id order after its cursor, which
+//! it stores (`kiln_counters.notifier_cursor`) when it notified someone, at a tick, at
+//! stop, and otherwise at most once per poll interval, so a restart resumes at most that
+//! far back; ids are gap-free, so nothing is skipped. Every replica runs a
 //! notifier: the store keeps one notification per (user, event) and per (user, build,
 //! kind), so replays and concurrent replicas notify no one twice, and the cursor moves
 //! by compare-and-set, never backwards.
@@ -274,6 +275,11 @@ struct Notifier {
     /// Wakes the mail task when new emails are queued.
     mail_wake: Arc<Notify>,
     last_archive: Option<Millis>,
+    /// Where this notifier got to (ahead of the stored cursor between two saves).
+    cursor: Option<i64>,
+    /// The cursor as this notifier last stored it, and when.
+    stored: i64,
+    stored_at: std::time::Instant,
 }
 
 /// The notifier task; returns when `stop` changes.
@@ -292,13 +298,21 @@ pub(crate) async fn run(
         config,
         mail_wake,
         last_archive: None,
+        cursor: None,
+        stored: 0,
+        stored_at: std::time::Instant::now(),
     };
     let mut wake = Wake::Tick;
     loop {
         match wake {
-            Wake::Stop => return,
+            Wake::Stop => {
+                if let Err(error) = notifier.save_cursor().await {
+                    tracing::warn!(%error, "notifier cursor not saved at stop; events after it are read again");
+                }
+                return;
+            }
             Wake::Commit | Wake::Tick => {
-                if let Err(error) = notifier.catch_up().await {
+                if let Err(error) = notifier.catch_up(matches!(wake, Wake::Tick)).await {
                     tracing::warn!(%error, "notifier cannot process events; retrying");
                 }
                 if matches!(wake, Wake::Tick) {
@@ -315,42 +329,76 @@ pub(crate) async fn run(
 }
 
 impl Notifier {
-    /// Processes every event after the persisted cursor, page by page.
-    async fn catch_up(&mut self) -> Result<(), StoreError> {
-        let mut cursor = self.store.notifier_cursor().await?;
+    /// Processes every event after the cursor, page by page. The cursor is stored when
+    /// a page held an event that notifies, on a tick (`save`), and otherwise at most once
+    /// per poll interval: under load a commit is then not followed by a second commit for
+    /// the cursor. Events read again after a restart notify no one twice (the store keeps
+    /// one notification per user and event).
+    async fn catch_up(&mut self, save: bool) -> Result<(), StoreError> {
+        let mut cursor = match self.cursor {
+            Some(cursor) => cursor,
+            None => {
+                let stored = self.store.notifier_cursor().await?;
+                self.stored = stored;
+                self.cursor = Some(stored);
+                stored
+            }
+        };
+        let mut notified = false;
         loop {
             let events = self.store.events_after_global(cursor, PAGE).await?;
             let Some(last) = events.last().map(|event| event.id) else {
-                return Ok(());
+                break;
             };
             let mut recipients_by_project: HashMap<i64, Vec<i64>> = HashMap::new();
             for event in &events {
-                self.handle(event, &mut recipients_by_project).await?;
+                notified |= self.handle(event, &mut recipients_by_project).await?;
             }
-            if self.store.advance_notifier_cursor(cursor, last).await? {
-                cursor = last;
-            } else {
-                // Another replica's notifier moved the cursor meanwhile: continue from
-                // whichever of us is further (what both did is stored once).
-                let stored = self.store.notifier_cursor().await?;
-                if stored < last {
-                    self.store.advance_notifier_cursor(stored, last).await?;
-                }
-                cursor = stored.max(last);
-            }
+            cursor = last;
+            self.cursor = Some(cursor);
             if (events.len() as i64) < PAGE {
-                return Ok(());
+                break;
             }
         }
+        if notified || save || self.stored_at.elapsed() >= self.config.poll_interval {
+            self.save_cursor().await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the cursor if it moved, by compare-and-set: when another replica's notifier
+    /// moved it meanwhile, whichever is further wins (what both did is stored once).
+    async fn save_cursor(&mut self) -> Result<(), StoreError> {
+        let Some(cursor) = self.cursor.filter(|cursor| *cursor > self.stored) else {
+            self.stored_at = std::time::Instant::now();
+            return Ok(());
+        };
+        let saved = if self
+            .store
+            .advance_notifier_cursor(self.stored, cursor)
+            .await?
+        {
+            cursor
+        } else {
+            let stored = self.store.notifier_cursor().await?;
+            if stored < cursor {
+                self.store.advance_notifier_cursor(stored, cursor).await?;
+            }
+            stored.max(cursor)
+        };
+        self.stored = saved;
+        self.cursor = Some(saved);
+        self.stored_at = std::time::Instant::now();
+        Ok(())
     }
 
     async fn handle(
         &self,
         event: &StoredEvent,
         recipients_by_project: &mut HashMap<i64, Vec<i64>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         if !render::notifies(&event.event_type) {
-            return Ok(());
+            return Ok(false);
         }
         let recipients = match recipients_by_project.get(&event.project_id) {
             Some(recipients) => recipients.clone(),
@@ -361,16 +409,16 @@ impl Notifier {
             }
         };
         if recipients.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let Some(run_id) = event.payload.get("runId").and_then(|v| v.as_str()) else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(build) = self.store.build_by_run_id(run_id).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(notification) = render::notification(event, &build) else {
-            return Ok(());
+            return Ok(false);
         };
         let delivery = match self.config.email {
             Some(_) => Delivery::InboxAndEmail,
@@ -391,7 +439,7 @@ impl Notifier {
                 self.mail_wake.notify_one();
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Archives notifications older than the retention, at most once per

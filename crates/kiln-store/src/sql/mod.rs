@@ -469,31 +469,31 @@ impl Store for SqlStore {
         Ok(sqlx::Row::try_get(&row, 0)?)
     }
 
-    async fn commit_signals(&self) -> StoreResult<Option<tokio::sync::mpsc::Receiver<()>>> {
+    async fn commit_signals(&self) -> StoreResult<Option<tokio::sync::watch::Receiver<i64>>> {
         if self.engine != Engine::Postgres {
             return Ok(None);
         }
         let mut listener = sqlx::postgres::PgListener::connect(&self.database_url).await?;
         listener.listen(COMMIT_CHANNEL).await?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        let (sender, receiver) = tokio::sync::watch::channel(0_i64);
         tokio::spawn(async move {
             loop {
-                match listener.recv().await {
-                    Ok(_) => {
-                        // A full channel already holds a wake-up; one is enough.
-                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
-                            sender.try_send(())
-                        {
-                            return;
-                        }
-                    }
+                let announced = match listener.recv().await {
+                    // The payload is the commit's last event id (`pg_ingest`).
+                    Ok(notification) => notification.payload().parse().unwrap_or(i64::MAX),
                     Err(error) => {
                         // PgListener reconnects by itself; commits missed meanwhile are
-                        // found by the tailer's periodic catch-up.
+                        // found by looking once more (and by the tailer's periodic
+                        // catch-up).
                         tracing::warn!(%error, "commit notifications interrupted");
-                        let _ = sender.try_send(());
                         tokio::time::sleep(Duration::from_millis(200)).await;
+                        i64::MAX
                     }
+                };
+                // The latest announcement replaces any the reader has not seen: commits
+                // are announced in commit order, so it covers them.
+                if sender.send(announced).is_err() {
+                    return;
                 }
             }
         });

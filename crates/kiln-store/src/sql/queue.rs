@@ -32,6 +32,34 @@ const JOB_SELECT: &str = "SELECT j.id, j.build_id, j.project_id, p.slug, p.repo,
 /// rarely exhaust them.
 const CLAIM_CANDIDATES: i64 = 200;
 
+/// The claim on PostgreSQL, one statement: the best queued job this agent may run (its
+/// labels contained in the agent's, its project under `max_concurrency`, the agent under
+/// its own concurrency), locked with `SKIP LOCKED` so concurrent claims on any replica
+/// pass each other instead of queueing on one row, and taken. `$1` agent, `$2` lease end, `$3` now, `$4` the agent's labels as a
+/// JSON list, `$5` its concurrency, `$6` the aging period.
+const PG_CLAIM_TAKE: &str = "WITH claimed AS ( \
+       UPDATE jobs SET state = 'running', agent_id = $1, attempt = attempt + 1, \
+         lease_expires_at = $2, started_at = $3, finished_at = NULL, exit_code = NULL, \
+         reason = NULL, cancel_requested = 0 \
+       WHERE id = ( \
+         SELECT j.id FROM jobs j JOIN projects p ON p.id = j.project_id \
+         WHERE j.state = 'queued' \
+           AND j.labels::jsonb <@ $4::jsonb \
+           AND (p.max_concurrency IS NULL OR p.max_concurrency > \
+             (SELECT COUNT(*) FROM jobs r WHERE r.project_id = j.project_id AND r.state = 'running')) \
+           AND (SELECT COUNT(*) FROM jobs r WHERE r.agent_id = $1 AND r.state = 'running') < $5 \
+         ORDER BY j.priority - (($3 - j.queued_at) / $6), j.queued_at, j.id \
+         LIMIT 1 FOR UPDATE OF j SKIP LOCKED) \
+       RETURNING *)";
+
+/// `PG_CLAIM_TAKE` followed by `JOB_SELECT` over the claimed row.
+static PG_CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{PG_CLAIM_TAKE} {}",
+        JOB_SELECT.replacen("FROM jobs j", "FROM claimed j", 1)
+    )
+});
+
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("corrupt {what} row: {detail}"))
 }
@@ -348,6 +376,20 @@ impl SqlStore {
         rules: ClaimRules,
         now: Millis,
     ) -> StoreResult<Option<JobRecord>> {
+        if self.engine == crate::Engine::Postgres {
+            let labels = serde_json::to_string(&agent.labels)
+                .map_err(|error| StoreError::Unavailable(format!("agent labels: {error}")))?;
+            let row = sqlx::query(trusted(PG_CLAIM.clone()))
+                .bind(agent.id)
+                .bind(now.0 + rules.lease_ms)
+                .bind(now.0)
+                .bind(labels)
+                .bind(agent.concurrency)
+                .bind(rules.aging_ms.max(1))
+                .fetch_optional(&self.pool)
+                .await?;
+            return row.as_ref().map(job_from_row).transpose();
+        }
         // One round trip: the best queued jobs, each row also carrying how many jobs
         // the agent runs now.
         let candidates = sqlx::query(
