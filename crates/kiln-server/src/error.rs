@@ -114,8 +114,12 @@ impl From<StoreError> for ApiError {
                 message,
                 field: None,
             },
-            StoreError::Unavailable(detail) => {
-                tracing::error!(error = %detail, "database operation failed");
+            StoreError::Busy(_) => {
+                tracing::warn!(error = %error.chain(), "database busy");
+                Self::Unavailable("the database is busy with other writes; retry shortly".into())
+            }
+            StoreError::Database(_) | StoreError::Unavailable(_) => {
+                tracing::error!(error = %error.chain(), "database operation failed");
                 Self::Unavailable(
                     "the database is unavailable; retry shortly (the server log has the cause)"
                         .into(),

@@ -173,16 +173,19 @@ async fn commit(
             last_id
         }
         Err(error) => {
+            tracing::error!(error = %error.chain(), events, "ingest transaction failed");
             let message = match &error {
-                StoreError::Unavailable(detail) => {
-                    tracing::error!(error = %detail, events, "ingest transaction failed");
-                    "the database is unavailable; nothing was stored, retry shortly".to_owned()
+                StoreError::Busy(_) => {
+                    "the database is busy with other writes; nothing was stored, retry shortly"
                 }
-                other => {
-                    tracing::error!(error = %other, events, "ingest transaction failed");
-                    "the events could not be stored; nothing was stored, retry shortly".to_owned()
+                StoreError::Database(_) | StoreError::Unavailable(_) => {
+                    "the database is unavailable; nothing was stored, retry shortly"
                 }
-            };
+                StoreError::NotFound(_) | StoreError::Conflict(_) => {
+                    "the events could not be stored; nothing was stored, retry shortly"
+                }
+            }
+            .to_owned();
             for reply in replies {
                 let _ = reply.send(Err(IngestFailure(message.clone())));
             }

@@ -47,45 +47,97 @@ impl Engine {
     }
 }
 
+/// A driver's own error, kept as the cause of a store error (for the log).
+pub type DriverError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A record with the same key exists. The text is Kiln's own (callers may show it);
+    /// the driver's message goes to the debug log only.
     #[error("{0}")]
     Conflict(String),
-    /// The database failed or is unreachable; the detail is logged, not shown.
+    /// Another writer held the database past the wait (SQLite's write lock, a PostgreSQL
+    /// lock or serialisation failure): nothing was written, and trying again may work.
+    #[error("the database is busy")]
+    Busy(#[source] DriverError),
+    /// The database failed or is unreachable; the cause is kept for the log, not shown.
+    #[error("the database is unavailable")]
+    Database(#[source] DriverError),
+    /// Kiln found the database unusable (a corrupt row, a missing counter, a URL it
+    /// cannot use); the detail is logged, not shown.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
 }
 
+/// The database codes that mean "busy, nothing written": SQLite's BUSY and LOCKED
+/// families (primary and extended result codes), PostgreSQL's serialization failure,
+/// deadlock and lock-not-available.
+const BUSY_CODES: [&str; 9] = [
+    "5", "261", "517", "773", "6", "262", "40001", "40P01", "55P03",
+];
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(database_error) = &error
-            && database_error.is_unique_violation()
-        {
-            return StoreError::Conflict(database_error.message().to_owned());
+        if let sqlx::Error::Database(database_error) = &error {
+            if database_error.is_unique_violation() {
+                tracing::debug!(error = %database_error, "unique violation");
+                return StoreError::Conflict(CONFLICT.into());
+            }
+            if database_error
+                .code()
+                .is_some_and(|code| BUSY_CODES.contains(&code.as_ref()))
+            {
+                return StoreError::Busy(Box::new(error));
+            }
         }
-        StoreError::Unavailable(error.to_string())
+        StoreError::Database(Box::new(error))
     }
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
-        if let rusqlite::Error::SqliteFailure(failure, message) = &error
-            && (failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
-        {
-            return StoreError::Conflict(message.clone().unwrap_or_else(|| error.to_string()));
+        if let rusqlite::Error::SqliteFailure(failure, _) = &error {
+            if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            {
+                tracing::debug!(%error, "unique violation");
+                return StoreError::Conflict(CONFLICT.into());
+            }
+            if matches!(
+                failure.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) {
+                return StoreError::Busy(Box::new(error));
+            }
         }
-        StoreError::Unavailable(error.to_string())
+        StoreError::Database(Box::new(error))
     }
 }
 
+/// What a unique violation says when the caller has nothing more precise.
+const CONFLICT: &str = "a record with the same name or key exists already";
+
 impl StoreError {
-    /// SQLite's "database is locked" (another connection or process holds the write
-    /// lock past the busy timeout): the transaction wrote nothing and may be retried.
-    pub(crate) fn is_sqlite_busy(&self) -> bool {
-        matches!(self, StoreError::Unavailable(message) if message.contains("database is locked"))
+    /// The error and its causes, one after the other (for the log).
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
+    /// True for the errors a retry may cure (`Busy`, `Database`, `Unavailable`).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Busy(_) | StoreError::Database(_) | StoreError::Unavailable(_)
+        )
     }
 }
 
@@ -596,4 +648,40 @@ pub trait Store: Send + Sync + 'static {
 /// the SQLite file if needed, and runs pending migrations.
 pub async fn connect(database_url: &str) -> StoreResult<Arc<dyn Store>> {
     Ok(Arc::new(SqlStore::connect(database_url).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    /// SQLite's busy and locked results are `Busy` (retried by the writer), whatever
+    /// their message says; other failures keep the driver error as their cause.
+    #[test]
+    fn driver_errors_are_classified_by_code() {
+        for code in [
+            rusqlite::ffi::SQLITE_BUSY,
+            rusqlite::ffi::SQLITE_LOCKED,
+            rusqlite::ffi::SQLITE_BUSY_SNAPSHOT,
+        ] {
+            assert!(
+                matches!(StoreError::from(sqlite_failure(code)), StoreError::Busy(_)),
+                "{code}"
+            );
+        }
+        let error = StoreError::from(sqlite_failure(rusqlite::ffi::SQLITE_IOERR));
+        assert!(matches!(error, StoreError::Database(_)), "{error:?}");
+        assert!(
+            error.chain().starts_with("the database is unavailable: "),
+            "{}",
+            error.chain()
+        );
+        assert!(error.is_retryable());
+        let conflict = StoreError::from(sqlite_failure(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE));
+        assert!(matches!(conflict, StoreError::Conflict(ref text) if text == CONFLICT));
+        assert!(!conflict.is_retryable());
+    }
 }

@@ -122,6 +122,17 @@ async fn projects_and_tokens(engine: Engine) {
     };
     let token = store.create_token(&new_token, Millis(5)).await.unwrap();
     assert_eq!(token.scopes, vec![Scope::Ingest, Scope::Read]);
+    // A unique violation is a conflict in Kiln's words, never the driver's text.
+    match store.create_token(&new_token, Millis(6)).await {
+        Err(StoreError::Conflict(message)) => {
+            assert!(
+                !message.contains("UNIQUE") && !message.contains("duplicate key"),
+                "driver text in {message:?}"
+            );
+            assert!(message.contains("exists already"), "{message}");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
     assert!(matches!(
         store.create_token(&new_token, Millis(5)).await,
         Err(StoreError::Conflict(_))

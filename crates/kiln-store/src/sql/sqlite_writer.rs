@@ -160,13 +160,13 @@ impl SqliteWriter {
     }
 }
 
-/// Runs a transaction again while it fails with "database is locked" (it rolled back and
+/// Runs a transaction again while it fails with `StoreError::Busy` (it rolled back and
 /// wrote nothing), up to 8 times with a growing pause.
 fn with_busy_retry<T>(mut transaction: impl FnMut() -> StoreResult<T>) -> StoreResult<T> {
     let mut delay = Duration::from_millis(10);
     for attempt in 1.. {
         match transaction() {
-            Err(error) if error.is_sqlite_busy() && attempt < 8 => {
+            Err(StoreError::Busy(_)) if attempt < 8 => {
                 tracing::debug!(attempt, "a write met a locked SQLite database; retrying");
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_millis(500));
