@@ -174,3 +174,136 @@ fn acknowledged_events_survive_kill_9(database_url: Option<&str>) {
         );
     }
 }
+
+/// PostgreSQL drops every connection of Kiln's database again and again for 2.5 s (what
+/// a database restart or failover looks like from Kiln) while 8 clients send events:
+/// every answer is 201 or 503 with nothing lost of what was answered 201, and ingest
+/// resumes by itself once the database holds its connections again.
+#[test]
+fn ingest_rides_out_lost_database_connections_on_postgres() {
+    if std::env::var(POSTGRES_URL_VAR).is_err() {
+        eprintln!("skipped: PostgreSQL ({POSTGRES_URL_VAR} is not set)");
+        return;
+    }
+    let runtime = runtime();
+    let database = runtime.block_on(TestDatabase::create(Engine::Postgres));
+    let workspace = Workspace::new();
+    let server = Server::start(&workspace.data(), 0, &["--database-url", &database.url]);
+    let token = project_token(&workspace, &server);
+    let database_name = database.url.rsplit('/').next().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    const LOAD: Duration = Duration::from_secs(7);
+    const CHAOS: std::ops::Range<Duration> = Duration::from_secs(1)..Duration::from_millis(3_500);
+
+    let clients: Vec<_> = (0..8)
+        .map(|n| {
+            let client = Client::new(&server.url, Some(token.clone()));
+            runtime.spawn(async move {
+                let run_id = format!("outage-{n}");
+                let mut acknowledged = Acknowledged::new();
+                // (refused with 503, the time of the last 201)
+                let mut refused = 0;
+                let mut last_stored = Duration::ZERO;
+                let mut next = 0;
+                while started.elapsed() < LOAD {
+                    match client.send_events(&[event(&run_id, next)]).await {
+                        Ok(answer) => {
+                            let ack = &answer.events[0];
+                            acknowledged.insert(
+                                ack.event_id.clone().unwrap(),
+                                (ack.id.unwrap(), ack.seq.unwrap()),
+                            );
+                            last_stored = started.elapsed();
+                            next += 1;
+                        }
+                        Err(error) => {
+                            assert_eq!(error.status(), Some(503), "{error}");
+                            refused += 1;
+                            // The next attempt repeats the same eventId, as a client
+                            // retrying after a 503 would.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                (run_id, acknowledged, refused, last_stored)
+            })
+        })
+        .collect();
+
+    // The outage: every backend of the database is terminated every 100 ms.
+    let mut terminated = 0;
+    while started.elapsed() < CHAOS.end {
+        if started.elapsed() >= CHAOS.start {
+            let output = std::process::Command::new("psql")
+                .arg(&database.url)
+                .args(["-tAc"])
+                .arg(format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = '{database_name}' AND pid <> pg_backend_pid()"
+                ))
+                .output()
+                .expect("psql runs");
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            terminated += String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse::<usize>()
+                .unwrap_or(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let results: Vec<_> = runtime.block_on(async {
+        let mut all = Vec::new();
+        for client in clients {
+            all.push(client.await.unwrap());
+        }
+        all
+    });
+    assert!(terminated > 0, "the outage terminated no connection");
+    let refused: usize = results.iter().map(|r| r.2).sum();
+    let stored: usize = results.iter().map(|r| r.1.len()).sum();
+    eprintln!(
+        "{terminated} connections terminated; {stored} events stored, {refused} requests refused with 503"
+    );
+
+    for (run_id, acknowledged, _, last_stored) in &results {
+        assert!(
+            *last_stored > CHAOS.end,
+            "{run_id}: nothing stored after the outage (last at {last_stored:?})"
+        );
+        let mut cursor = 0;
+        let mut stored: HashMap<String, (i64, i64)> = HashMap::new();
+        runtime.block_on(async {
+            let reader = Client::new(&server.url, Some(token.clone()));
+            loop {
+                let page = reader
+                    .build_events(run_id, cursor, Some(1000))
+                    .await
+                    .unwrap();
+                let Some(last) = page.events.last() else {
+                    break;
+                };
+                cursor = last["id"].as_i64().unwrap();
+                for event in &page.events {
+                    stored.insert(
+                        event["eventId"].as_str().unwrap().to_owned(),
+                        (
+                            event["id"].as_i64().unwrap(),
+                            event["seq"].as_i64().unwrap(),
+                        ),
+                    );
+                }
+            }
+        });
+        for (event_id, ids) in acknowledged {
+            assert_eq!(
+                stored.get(event_id),
+                Some(ids),
+                "{event_id} acknowledged, then lost"
+            );
+        }
+    }
+}
