@@ -157,7 +157,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let previous_spool = tokio::spawn({
         let target = target.clone();
-        async move { spool::send_all(Some(&target)).await }
+        async move { spool::send_all(Some(&target), spool::Pass::Background).await }
     });
     let report = BuildReport {
         reporter: Reporter::start(target),
@@ -249,7 +249,7 @@ async fn run_steps(
             Ok(child) => child,
             Err(error) => {
                 let message = format!("cannot start '{}': {error}", step.program);
-                eprintln!("kiln: {message}");
+                errln!("kiln: {message}");
                 let code = if error.kind() == std::io::ErrorKind::NotFound {
                     127
                 } else {
@@ -281,7 +281,7 @@ async fn run_steps(
         let code = match status {
             Ok(status) => exit_code_of(status),
             Err(error) => {
-                eprintln!("kiln: lost track of '{}': {error}", step.program);
+                errln!("kiln: lost track of '{}': {error}", step.program);
                 1
             }
         };

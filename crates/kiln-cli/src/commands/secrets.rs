@@ -40,6 +40,7 @@ pub enum SecretCommand {
     },
     /// Delete a secret.
     Rm {
+        /// The secret's name.
         name: String,
         #[command(flatten)]
         project: SecretProject,
@@ -66,40 +67,45 @@ pub async fn secret(command: SecretCommand) -> anyhow::Result<ExitCode> {
             }
             let secret = project
                 .client
-                .client()?
+                .client()
+                .await?
                 .set_secret(&project.project, &name, &value)
                 .await?;
             if project.json {
                 print_json(&secret)?;
             } else {
-                println!(
+                outln!(
                     "secret {} of {} set ({})",
-                    secret.name, project.project, secret.updated_at
+                    secret.name,
+                    project.project,
+                    secret.updated_at
                 );
             }
         }
         SecretCommand::List { project } => {
             let list = project
                 .client
-                .client()?
+                .client()
+                .await?
                 .list_secrets(&project.project)
                 .await?;
             if project.json {
                 print_json(&list)?;
             } else {
                 for secret in list.secrets {
-                    println!("{}\tupdated {}", secret.name, secret.updated_at);
+                    outln!("{}\tupdated {}", secret.name, secret.updated_at);
                 }
             }
         }
         SecretCommand::Rm { name, project } => {
             project
                 .client
-                .client()?
+                .client()
+                .await?
                 .delete_secret(&project.project, &name)
                 .await?;
             if !project.json {
-                println!("secret {name} of {} deleted", project.project);
+                outln!("secret {name} of {} deleted", project.project);
             }
         }
     }
