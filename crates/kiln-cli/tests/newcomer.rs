@@ -398,3 +398,131 @@ fn the_server_log_has_colour_codes_only_on_a_terminal_or_when_asked() {
     let always = server_log(&workspace.dir.path().join("always"), Some("always"));
     assert!(always.contains("\u{1b}["), "--color always: {always:?}");
 }
+
+/// Runs `command` with `input` on its standard input.
+fn with_stdin(command: &mut Command, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn admin_commands_take_the_project_of_a_user_with_one_project() {
+    let workspace = Workspace::new();
+    let server = Server::start(&workspace.data(), 0, &[]);
+    let admin = |args: &[&str]| output(workspace.kiln(&server.url, ADMIN).args(args));
+    for args in [
+        vec!["project", "create", "web"],
+        vec!["project", "create", "api"],
+        vec![
+            "user",
+            "create",
+            "--email",
+            "ada@example.com",
+            "--name",
+            "Ada",
+            "--password-stdin",
+        ],
+    ] {
+        let done = if args.contains(&"--password-stdin") {
+            with_stdin(
+                workspace.kiln(&server.url, ADMIN).args(&args),
+                "correct horse battery\n",
+            )
+        } else {
+            admin(&args)
+        };
+        assert!(done.status.success(), "{args:?}: {}", stderr(&done));
+    }
+    let role = admin(&[
+        "member",
+        "set",
+        "--project",
+        "web",
+        "ada@example.com",
+        "admin",
+    ]);
+    assert!(role.status.success(), "{}", stderr(&role));
+    let login = with_stdin(
+        workspace
+            .kiln(&server.url, "")
+            .args(["login", "--email", "ada@example.com"]),
+        "correct horse battery\n",
+    );
+    assert!(login.status.success(), "{}", stderr(&login));
+    let ada = stdout(&login).trim().to_owned();
+    let kiln = |args: &[&str]| {
+        output(
+            workspace
+                .kiln(&server.url, &ada)
+                .env_remove("KILN_PROJECT")
+                .args(args),
+        )
+    };
+
+    // Ada administers web only: no --project needed.
+    let set = with_stdin(
+        workspace
+            .kiln(&server.url, &ada)
+            .env_remove("KILN_PROJECT")
+            .args(["secret", "set", "DEPLOY_TOKEN"]),
+        "s3cret\n",
+    );
+    assert!(set.status.success(), "{}", stderr(&set));
+    assert!(stdout(&set).contains("of web"), "{}", stdout(&set));
+    let members = kiln(&["member", "list"]);
+    assert!(members.status.success(), "{}", stderr(&members));
+    assert!(
+        stdout(&members).contains("ada@example.com\tadmin"),
+        "{}",
+        stdout(&members)
+    );
+    let hooks = kiln(&["webhook", "list"]);
+    assert!(hooks.status.success(), "{}", stderr(&hooks));
+
+    // With a role in a second project she must say which.
+    let second = admin(&[
+        "member",
+        "set",
+        "--project",
+        "api",
+        "ada@example.com",
+        "viewer",
+    ]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    // Roles reach a user's tokens within the 5 s cache.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = kiln(&["secret", "list"]);
+        if !listed.status.success() {
+            assert!(
+                stderr(&listed).contains("several projects (")
+                    && stderr(&listed).contains("api")
+                    && stderr(&listed).contains("--project"),
+                "{}",
+                stderr(&listed)
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second role never showed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let named = kiln(&["secret", "list", "--project", "web"]);
+    assert!(named.status.success(), "{}", stderr(&named));
+    assert!(
+        stdout(&named).contains("DEPLOY_TOKEN"),
+        "{}",
+        stdout(&named)
+    );
+}

@@ -9,13 +9,13 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
 
 use super::admin::print_json;
-use crate::settings::ClientArgs;
+use crate::settings::{ClientArgs, project_of_token};
 
 #[derive(Args, Debug)]
 pub struct SecretProject {
-    /// The project.
-    #[arg(long, env = "KILN_PROJECT", default_value = "default")]
-    project: String,
+    /// The project [default: the token's project if it has one, else default].
+    #[arg(long, env = "KILN_PROJECT")]
+    project: Option<String>,
     /// Print the API's JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -47,6 +47,15 @@ pub enum SecretCommand {
     },
 }
 
+impl SecretProject {
+    /// The client, and the project from the flag or the token.
+    async fn connect(&self) -> anyhow::Result<(kiln_client::Client, String)> {
+        let client = self.client.client().await?;
+        let project = project_of_token(&client, self.project.as_deref()).await?;
+        Ok((client, project))
+    }
+}
+
 pub async fn secret(command: SecretCommand) -> anyhow::Result<ExitCode> {
     match command {
         SecretCommand::Set { name, project } => {
@@ -65,30 +74,22 @@ pub async fn secret(command: SecretCommand) -> anyhow::Result<ExitCode> {
                     "no value on standard input: pipe it in, e.g. printf %s \"$VALUE\" | kiln secret set {name}"
                 ));
             }
-            let secret = project
-                .client
-                .client()
-                .await?
-                .set_secret(&project.project, &name, &value)
-                .await?;
+            let (client, slug) = project.connect().await?;
+            let secret = client.set_secret(&slug, &name, &value).await?;
             if project.json {
                 print_json(&secret)?;
             } else {
                 outln!(
                     "secret {} of {} set ({})",
                     secret.name,
-                    project.project,
+                    slug,
                     secret.updated_at
                 );
             }
         }
         SecretCommand::List { project } => {
-            let list = project
-                .client
-                .client()
-                .await?
-                .list_secrets(&project.project)
-                .await?;
+            let (client, slug) = project.connect().await?;
+            let list = client.list_secrets(&slug).await?;
             if project.json {
                 print_json(&list)?;
             } else {
@@ -98,14 +99,10 @@ pub async fn secret(command: SecretCommand) -> anyhow::Result<ExitCode> {
             }
         }
         SecretCommand::Rm { name, project } => {
-            project
-                .client
-                .client()
-                .await?
-                .delete_secret(&project.project, &name)
-                .await?;
+            let (client, slug) = project.connect().await?;
+            client.delete_secret(&slug, &name).await?;
             if !project.json {
-                outln!("secret {name} of {} deleted", project.project);
+                outln!("secret {name} of {slug} deleted");
             }
         }
     }

@@ -41,9 +41,9 @@ pub enum UserCommand {
 pub enum MemberCommand {
     /// Give a user a role in a project (viewer, developer, admin).
     Set {
-        /// The project.
-        #[arg(long, env = "KILN_PROJECT", default_value = "default")]
-        project: String,
+        /// The project [default: the token's project if it has one, else default].
+        #[arg(long, env = "KILN_PROJECT")]
+        project: Option<String>,
         /// The user's email or id.
         user: String,
         /// viewer, developer or admin.
@@ -53,9 +53,9 @@ pub enum MemberCommand {
     },
     /// Remove a user from a project.
     Remove {
-        /// The project.
-        #[arg(long, env = "KILN_PROJECT", default_value = "default")]
-        project: String,
+        /// The project [default: the token's project if it has one, else default].
+        #[arg(long, env = "KILN_PROJECT")]
+        project: Option<String>,
         /// The user's email or id.
         user: String,
         #[command(flatten)]
@@ -63,9 +63,9 @@ pub enum MemberCommand {
     },
     /// A project's members and their roles.
     List {
-        /// The project.
-        #[arg(long, env = "KILN_PROJECT", default_value = "default")]
-        project: String,
+        /// The project [default: the token's project if it has one, else default].
+        #[arg(long, env = "KILN_PROJECT")]
+        project: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -131,6 +131,14 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// A member command's project: the flag, else the token's only project, else default.
+async fn member_project(client: &ClientArgs, explicit: Option<&str>) -> anyhow::Result<String> {
+    if let Some(project) = explicit {
+        return Ok(project.to_owned());
+    }
+    crate::settings::project_of_token(&client.client().await?, None).await
 }
 
 pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
@@ -233,6 +241,7 @@ pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
             role,
             client,
         } => {
+            let project = member_project(&client, project.as_deref()).await?;
             let answer = request(
                 &client,
                 reqwest::Method::PUT,
@@ -251,6 +260,7 @@ pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
             user,
             client,
         } => {
+            let project = member_project(&client, project.as_deref()).await?;
             request(
                 &client,
                 reqwest::Method::DELETE,
@@ -261,6 +271,7 @@ pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
             outln!("removed {user} from {project}");
         }
         MemberCommand::List { project, client } => {
+            let project = member_project(&client, project.as_deref()).await?;
             let members = request(
                 &client,
                 reqwest::Method::GET,

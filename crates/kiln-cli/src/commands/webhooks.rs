@@ -9,14 +9,14 @@ use kiln_client::ClientError;
 use kiln_protocol::{CreateWebhook, UpdateWebhook, WebhookDeliveryDto, WebhookDto};
 
 use super::admin::print_json;
-use crate::settings::ClientArgs;
+use crate::settings::{ClientArgs, project_of_token};
 
 /// What every command on one project's webhooks takes.
 #[derive(Args, Debug)]
 pub struct ProjectArgs {
-    /// The project.
-    #[arg(long, env = "KILN_PROJECT", default_value = "default")]
-    project: String,
+    /// The project [default: the token's project if it has one, else default].
+    #[arg(long, env = "KILN_PROJECT")]
+    project: Option<String>,
     /// Print the API's JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -200,6 +200,15 @@ fn delivery_line(delivery: &WebhookDeliveryDto) -> String {
     )
 }
 
+impl ProjectArgs {
+    /// The client, and the project from the flag or the token.
+    async fn connect(&self) -> anyhow::Result<(kiln_client::Client, String)> {
+        let client = self.client.client().await?;
+        let project = project_of_token(&client, self.project.as_deref()).await?;
+        Ok((client, project))
+    }
+}
+
 pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
     match command {
         WebhookCommand::Create {
@@ -209,17 +218,15 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             inactive,
             project: args,
         } => {
+            let (client, project_slug) = args.connect().await?;
             let request = CreateWebhook {
                 url,
                 events: (!events.is_empty()).then_some(events),
                 format,
                 active: Some(!inactive),
             };
-            let created = args
-                .client
-                .client()
-                .await?
-                .create_webhook(&args.project, &request)
+            let created = client
+                .create_webhook(&project_slug, &request)
                 .await
                 .map_err(|error| explain(error, ""))?;
             if args.json {
@@ -239,12 +246,8 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             outln!("{}", created.secret);
         }
         WebhookCommand::List { project: args } => {
-            let list = args
-                .client
-                .client()
-                .await?
-                .list_webhooks(&args.project)
-                .await?;
+            let (client, project_slug) = args.connect().await?;
+            let list = client.list_webhooks(&project_slug).await?;
             if args.json {
                 print_json(&list)?;
                 return Ok(ExitCode::SUCCESS);
@@ -252,8 +255,8 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             if list.webhooks.is_empty() {
                 errln!(
                     "{} has no webhooks; add one with `kiln webhook create --project {} --url URL`",
-                    args.project,
-                    args.project
+                    project_slug,
+                    project_slug
                 );
             }
             for webhook in &list.webhooks {
@@ -261,13 +264,11 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             }
         }
         WebhookCommand::Show { id, project: args } => {
-            let webhook = args
-                .client
-                .client()
-                .await?
-                .get_webhook(&args.project, id)
+            let (client, project_slug) = args.connect().await?;
+            let webhook = client
+                .get_webhook(&project_slug, id)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             if args.json {
                 print_json(&webhook)?;
                 return Ok(ExitCode::SUCCESS);
@@ -297,6 +298,7 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             discard_held,
             project: args,
         } => {
+            let (client, project_slug) = args.connect().await?;
             if url.is_none() && events.is_none() && format.is_none() && active.is_none() {
                 anyhow::bail!(
                     "nothing to change: give --url, --events, --format or --active true|false"
@@ -314,13 +316,10 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                 active,
                 discard_held,
             };
-            let webhook = args
-                .client
-                .client()
-                .await?
-                .update_webhook(&args.project, id, &patch)
+            let webhook = client
+                .update_webhook(&project_slug, id, &patch)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             if args.json {
                 print_json(&webhook)?;
                 return Ok(ExitCode::SUCCESS);
@@ -328,29 +327,26 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             outln!("{}", webhook_line(&webhook));
         }
         WebhookCommand::Delete { id, project: args } => {
-            args.client
-                .client()
-                .await?
-                .delete_webhook(&args.project, id)
+            let (client, project_slug) = args.connect().await?;
+            client
+                .delete_webhook(&project_slug, id)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             if args.json {
                 print_json(&serde_json::json!({"deleted": id}))?;
                 return Ok(ExitCode::SUCCESS);
             }
             outln!(
                 "deleted webhook {id} of {} with its deliveries",
-                args.project
+                project_slug
             );
         }
         WebhookCommand::RotateSecret { id, project: args } => {
-            let rotated = args
-                .client
-                .client()
-                .await?
-                .rotate_webhook_secret(&args.project, id)
+            let (client, project_slug) = args.connect().await?;
+            let rotated = client
+                .rotate_webhook_secret(&project_slug, id)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             if args.json {
                 print_json(&rotated)?;
                 return Ok(ExitCode::SUCCESS);
@@ -367,13 +363,11 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             outln!("{}", rotated.secret);
         }
         WebhookCommand::Test { id, project: args } => {
-            let queued = args
-                .client
-                .client()
-                .await?
-                .test_webhook(&args.project, id)
+            let (client, project_slug) = args.connect().await?;
+            let queued = client
+                .test_webhook(&project_slug, id)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             if args.json {
                 print_json(&queued)?;
                 return Ok(ExitCode::SUCCESS);
@@ -383,12 +377,12 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                 queued
                     .delivery_id
                     .map_or_else(|| "?".into(), |id| id.to_string()),
-                args.project
+                project_slug
             );
             if !queued.active {
                 errln!(
                     "webhook {id} is inactive: the test is sent once you activate it (`kiln webhook update {id} --active true --project {}`)",
-                    args.project
+                    project_slug
                 );
             }
         }
@@ -397,13 +391,11 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             limit,
             project: args,
         } => {
-            let mut list = args
-                .client
-                .client()
-                .await?
-                .webhook_deliveries(&args.project, id)
+            let (client, project_slug) = args.connect().await?;
+            let mut list = client
+                .webhook_deliveries(&project_slug, id)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             list.deliveries.truncate(limit as usize);
             if args.json {
                 print_json(&list)?;
@@ -412,7 +404,7 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             if list.deliveries.is_empty() {
                 errln!(
                     "webhook {id} has no deliveries yet; `kiln webhook test {id} --project {}` sends one",
-                    args.project
+                    project_slug
                 );
             }
             for delivery in &list.deliveries {
@@ -424,11 +416,10 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             delivery,
             project: args,
         } => {
-            let project = args.project.clone();
-            let queued = args
-                .client
-                .client().await?
-                .redeliver_webhook(&args.project, id, delivery)
+            let (client, project_slug) = args.connect().await?;
+            let project = project_slug.clone();
+            let queued = client
+                .redeliver_webhook(&project_slug, id, delivery)
                 .await
                 .map_err(|error| {
                     explain(
