@@ -526,3 +526,87 @@ fn admin_commands_take_the_project_of_a_user_with_one_project() {
         stdout(&named)
     );
 }
+
+/// The README's quickstart, run as a newcomer would: `kiln up`, then the block that
+/// reports a build, line by line in `sh` with `kiln` on PATH.
+#[test]
+fn the_readme_quickstart_works_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let quickstart = &readme[readme.find("## Quickstart").unwrap()..];
+    let quickstart = &quickstart[..quickstart[3..].find("\n## ").unwrap() + 3];
+    let blocks: Vec<&str> = quickstart
+        .split("```sh\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap())
+        .collect();
+    assert!(blocks[0].contains("-- up"), "{blocks:?}");
+    assert!(
+        blocks[1].contains("cargo install --path crates/kiln-cli --locked"),
+        "{blocks:?}"
+    );
+    let report = blocks
+        .iter()
+        .find(|block| block.contains("export KILN_URL="))
+        .expect("the block that reports a build");
+
+    let workspace = Workspace::new();
+    let port = free_port();
+    let mut up = Command::new(KILN)
+        .current_dir(workspace.dir.path())
+        .args(["up", "--no-agent", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(workspace.data())
+        .env("KILN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut printed = Vec::new();
+    for line in BufReader::new(up.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("Stop with Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let token = printed
+        .iter()
+        .find(|line| line.contains("project token"))
+        .and_then(|line| line.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no project token in {printed:#?}"))
+        .to_owned();
+    let run_id_of_the_newest_build =
+        r#""$(kiln builds --json | sed -n 's/.*"runId": "\([^"]*\)".*/\1/p' | head -n 1)""#;
+    let script = report
+        .replace("http://127.0.0.1:8090", &format!("http://127.0.0.1:{port}"))
+        .replace("<project token>", &token)
+        .replace("<runId>", run_id_of_the_newest_build);
+    let binary_dir = Path::new(KILN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        binary_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let ran = output(
+        Command::new("sh")
+            .args(["-ec", &script])
+            .current_dir(workspace.dir.path())
+            .env("PATH", path)
+            .env("KILN_SPOOL_DIR", workspace.spool())
+            .env_remove("KILN_URL")
+            .env_remove("KILN_TOKEN")
+            .env_remove("KILN_RUN_ID"),
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status();
+    let _ = up.wait();
+    let said = stdout(&ran);
+    assert!(ran.status.success(), "{script}\n{said}\n{}", stderr(&ran));
+    assert!(said.contains("built"), "{said}");
+    assert!(said.contains("BUILD\tSTATUS"), "{said}");
+    assert!(said.contains("default#1 success ("), "{said}");
+    assert!(!stderr(&ran).contains("cannot deliver"), "{}", stderr(&ran));
+}
