@@ -610,3 +610,88 @@ fn the_readme_quickstart_works_as_written() {
     assert!(said.contains("default#1 success ("), "{said}");
     assert!(!stderr(&ran).contains("cannot deliver"), "{}", stderr(&ran));
 }
+
+/// Whether process `pid` still runs: it exists and is not a zombie (a killed process
+/// whose new parent, here the container's init, has not reaped it yet).
+fn process_runs(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: "1234 (sleep) Z …".
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_cancel_on_the_server_stops_a_wrapped_command_and_its_process_group() {
+    let workspace = Workspace::new();
+    let server = Server::start(&workspace.data(), 0, &[]);
+    let token = project_token(&workspace, &server);
+    let pids = workspace.dir.path().join("pids");
+    // The shell and its background sleep both ignore SIGTERM: only SIGKILL after the
+    // grace period ends them, and only if it reaches the whole group.
+    let script = format!(
+        "trap '' TERM; sleep 60 & echo $$ $! > {}.tmp; mv {0}.tmp {0}; wait",
+        pids.display()
+    );
+    let mut run = workspace
+        .kiln(&server.url, &token)
+        .args(["run", "--cancel-grace", "1", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pids.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the wrapped command never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&pids).unwrap();
+    let pids: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(pids.len(), 2, "{text}");
+    let builds = builds_json(&workspace, &server.url, &token);
+    assert_eq!(builds[0]["status"], "running", "{builds:?}");
+    let run_id = builds[0]["runId"].as_str().unwrap();
+
+    let cancelled_at = Instant::now();
+    let cancel = output(workspace.kiln(&server.url, &token).args(["cancel", run_id]));
+    assert!(cancel.status.success(), "{}", stderr(&cancel));
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(6),
+            "kiln run still runs {:?} after the cancel",
+            cancelled_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = cancelled_at.elapsed();
+    // Checked before reading kiln's stderr: a surviving process would hold it open.
+    for pid in &pids {
+        assert!(!process_runs(pid), "process {pid} of the group survived");
+    }
+    let mut said = String::new();
+    run.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{said}");
+    assert!(said.contains("cancelled on the server"), "{said}");
+    // Learnt within 2 s, plus the 1 s grace before SIGKILL.
+    assert!(
+        took < Duration::from_secs(3) + Duration::from_millis(500),
+        "{took:?}"
+    );
+    let shown = builds_json(&workspace, &server.url, &token);
+    assert_eq!(shown[0]["status"], "cancelled");
+    assert!(!said.contains("refused"), "{said}");
+}
