@@ -1,5 +1,7 @@
 //! The `kiln` binary: parses flags and environment, then hands over to a command module.
 
+#[macro_use]
+mod output;
 mod commands;
 mod report;
 mod settings;
@@ -65,8 +67,11 @@ enum Command {
     },
     /// List builds, newest first.
     Builds(admin::BuildsArgs),
-    /// With RUN_ID: show one build with its stages. Without: trigger a build of the
-    /// project's repository (--project, --branch, --commit, --priority).
+    /// Start a build of the project's repository (--wait follows it and exits with its
+    /// result).
+    Trigger(runs::TriggerArgs),
+    /// With RUN_ID: show one build with its stages (--wait: follow it to its end).
+    /// Without: start a build, as `kiln trigger` does.
     Build(runs::BuildArgs),
     /// Cancel a build Kiln runs.
     Cancel(runs::RunRef),
@@ -107,13 +112,20 @@ enum SpoolCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Serve(_) | Command::Up(_) | Command::Agent(_) | Command::Run(_) | Command::Emit(_)
+    ) {
+        // A server, an agent or a build must not stop because its stdout went away.
+        output::keep_running_when_stdout_closes();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("kiln: cannot start the async runtime: {error}");
+            errln!("kiln: cannot start the async runtime: {error}");
             return ExitCode::from(70);
         }
     };
@@ -134,6 +146,7 @@ fn main() -> ExitCode {
             Command::Member { command } => users::member(command).await,
             Command::Audit(args) => users::audit(args).await,
             Command::Builds(args) => admin::builds(args).await,
+            Command::Trigger(args) => runs::trigger(args).await,
             Command::Build(args) => runs::build(args).await,
             Command::Cancel(args) => runs::cancel(args).await,
             Command::Retry(args) => runs::retry(args).await,
@@ -149,9 +162,42 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // Standard output closed early (`kiln logs RUN | head`): end quietly, as `git log`.
+        Err(error) if output::is_closed_pipe(&error) => {
+            ExitCode::from(output::CLOSED_PIPE_EXIT_CODE as u8)
+        }
         Err(error) => {
-            eprintln!("kiln: {error:#}");
+            errln!("kiln: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every flag and argument of every command says what it is in `--help`.
+    #[test]
+    fn every_flag_has_help_text() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for argument in command.get_arguments() {
+                let id = argument.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if argument.get_help().is_none() && argument.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "kiln", &mut missing);
+        assert!(missing.is_empty(), "flags without help text: {missing:#?}");
     }
 }

@@ -52,12 +52,16 @@ impl ClientArgs {
         })
     }
 
-    /// A client for commands that need a token (admin and read commands).
-    pub fn client(&self) -> anyhow::Result<Client> {
+    /// A client for commands that need a token (admin and read commands). Events spooled
+    /// earlier are resent first (see `spool::resend_before_command`), so what the command
+    /// reads includes them.
+    pub async fn client(&self) -> anyhow::Result<Client> {
         let target = self.target()?;
         let token = target
             .token
+            .clone()
             .context("no token: pass --token or set KILN_TOKEN")?;
+        crate::report::spool::resend_before_command(&target).await;
         Ok(Client::with_timeout(
             &target.server,
             Some(token),
@@ -65,6 +69,51 @@ impl ClientArgs {
         ))
     }
 }
+
+/// The project a command without a run id is about: `--project` (or `KILN_PROJECT`), else
+/// the token's only project, else `default` (an instance admin's token reaches every
+/// project). A token reaching several projects must name one.
+pub async fn project_of_token(client: &Client, explicit: Option<&str>) -> anyhow::Result<String> {
+    if let Some(project) = explicit {
+        return Ok(project.to_owned());
+    }
+    let whoami = match client.whoami().await {
+        Ok(whoami) => whoami,
+        // A server from before /api/v1/whoami: the old default.
+        Err(error) if error.status() == Some(404) => return Ok(DEFAULT_PROJECT.to_owned()),
+        Err(error) => return Err(error.into()),
+    };
+    match whoami.projects.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => Ok(DEFAULT_PROJECT.to_owned()),
+        several => bail!(
+            "this token reaches several projects ({}): pass --project NAME or set KILN_PROJECT",
+            several.join(", ")
+        ),
+    }
+}
+
+/// The project of build `run_id`: `--project` (or `KILN_PROJECT`) when given, else the
+/// build's own, asked of the server.
+pub async fn project_of_run(
+    client: &Client,
+    explicit: Option<&str>,
+    run_id: &str,
+) -> anyhow::Result<String> {
+    if let Some(project) = explicit {
+        return Ok(project.to_owned());
+    }
+    match client.get_build(run_id).await {
+        Ok(build) => Ok(build.project),
+        Err(error) if error.status() == Some(404) => bail!(
+            "no build '{run_id}' that this token may read: check the run id (`kiln builds` lists them) and that KILN_TOKEN is a token of the build's project"
+        ),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The project commands fall back to when neither a flag nor the token names one.
+pub const DEFAULT_PROJECT: &str = "default";
 
 /// The seed configured the full ingest URL (`…/api/internal/build-events`); Kiln wants
 /// the server's base URL.

@@ -338,6 +338,13 @@ fn up_creates_the_default_project_once_and_prints_what_to_do() {
         printed.contains(&format!("http://127.0.0.1:{port}")),
         "{printed}"
     );
+    // It names the binary to put on PATH, since its hints say `kiln`.
+    let binary = std::fs::canonicalize(KILN).unwrap();
+    assert!(
+        printed.contains(&format!("kiln binary: {}", binary.display()))
+            || printed.contains(&format!("kiln binary: {KILN}")),
+        "{printed}"
+    );
     let token = printed
         .lines()
         .find(|l| l.contains("project token"))

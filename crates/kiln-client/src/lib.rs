@@ -32,20 +32,29 @@ pub enum ClientError {
     /// The server could not be reached or the answer could not be read.
     #[error("cannot reach the Kiln server: {0}")]
     Transport(String),
+    /// No connection could be made at all (connection refused, no such host, connect
+    /// timeout): unlike a slow answer, waiting for this one is pointless.
+    #[error("cannot reach the Kiln server: {0}")]
+    Unreachable(String),
 }
 
 impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Api { status, .. } => Some(*status),
-            Self::Transport(_) => None,
+            Self::Transport(_) | Self::Unreachable(_) => None,
         }
+    }
+
+    /// Whether no connection to the server could be made (see `Unreachable`).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable(_))
     }
 
     /// Whether retrying the same request may succeed (transport errors, 5xx, 429).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Transport(_) => true,
+            Self::Transport(_) | Self::Unreachable(_) => true,
             Self::Api { status, .. } => *status >= 500 || *status == 429,
         }
     }
@@ -105,10 +114,13 @@ impl Client {
     async fn exchange(
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ClientError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let response = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                ClientError::Unreachable(describe(&e))
+            } else {
+                ClientError::Transport(e.to_string())
+            }
+        })?;
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response
@@ -166,6 +178,11 @@ impl Client {
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call::<(), T>(Method::GET, path, None).await
+    }
+
+    /// The calling credential and the projects it reaches.
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.get("/api/v1/whoami").await
     }
 
     pub async fn healthz(&self) -> Result<serde_json::Value, ClientError> {

@@ -40,6 +40,20 @@ pub struct ProjectList {
     pub projects: Vec<ProjectDto>,
 }
 
+/// `GET /api/v1/whoami`: the calling credential and the projects it reaches.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmI {
+    /// `admin`, `project` or `user`.
+    pub kind: String,
+    /// A project token's project; a user's projects (those they have a role in). An
+    /// instance admin reaches every project, listed as none.
+    pub projects: Vec<String>,
+    /// A project token's scopes (`ingest`, `read`).
+    pub scopes: Vec<String>,
+    pub instance_admin: bool,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateToken {
     pub name: String,

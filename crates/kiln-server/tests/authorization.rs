@@ -418,6 +418,12 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         ("DELETE", "/api/v1/session".into(), Value::Null, Rule::User),
         ("GET", "/api/v1/me".into(), Value::Null, Rule::User),
         (
+            "GET",
+            "/api/v1/whoami".into(),
+            Value::Null,
+            Rule::Authenticated,
+        ),
+        (
             "POST",
             "/api/v1/me/tokens".into(),
             json!({"name": "x"}),

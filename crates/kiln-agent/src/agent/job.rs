@@ -16,7 +16,7 @@ use crate::cache::{SaveOutcome, cache_key};
 use crate::checkout::{CheckoutError, checkout};
 use crate::executor::{Ending, StepLimits, StepSpec, run_step};
 use crate::logs::{LogSink, LogSinkError, ShipOptions, ship_logs};
-use crate::output::{OutputChunk, OutputSender};
+use crate::output::{OutputChunk, OutputSender, OutputTail};
 
 /// How long the agent keeps trying to report a job's end while the server is away.
 const REPORT_PATIENCE: Duration = Duration::from_secs(600);
@@ -104,6 +104,10 @@ pub(super) async fn run(shared: &Arc<Shared>, job: AgentJob) {
     let (masked, received) = tokio::sync::mpsc::channel(256);
     let masker = crate::mask::Masker::new(job.secrets.0.values().map(String::as_str));
     let relay = tokio::spawn(crate::mask::relay(unmasked, masked, masker));
+    // The masked output's end, to name a command the step's shell did not find.
+    let (shipped_sender, shipped) = tokio::sync::mpsc::channel(256);
+    let tail = Arc::new(std::sync::Mutex::new(OutputTail::default()));
+    let tap = tokio::spawn(crate::output::tap(received, shipped_sender, tail.clone()));
     let sink = ServerLog {
         shared: shared.clone(),
         job_id: job.job_id,
@@ -118,14 +122,21 @@ pub(super) async fn run(shared: &Arc<Shared>, job: AgentJob) {
             .max(4096),
         ..ShipOptions::default()
     };
-    let shipper = tokio::spawn(ship_logs(received, sink, options));
+    let shipper = tokio::spawn(ship_logs(shipped, sink, options));
     let workspace = shared
         .options
         .work_dir
         .join(format!("job-{}-{}", job.job_id, job.attempt));
-    let report = execute(shared, &job, &workspace, &output, cancel).await;
+    let mut report = execute(shared, &job, &workspace, &output, cancel).await;
     drop(output);
     let _ = relay.await;
+    let _ = tap.await;
+    if report.reason == Some("exit_status")
+        && report.exit_code == Some(127)
+        && let Some(name) = tail.lock().expect("output tail lock").missing_command()
+    {
+        report.message = Some(format!("command not found: {name}"));
+    }
     match shipper.await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => tracing::warn!(job = job.job_id, %error, "log shipping ended early"),

@@ -26,6 +26,7 @@ pub enum ProjectCommand {
     },
     /// Set the git repository Kiln builds the project from (any git URL or a local path).
     SetRepo {
+        /// The project's slug.
         slug: String,
         /// The repository: https://… (a token in it stays on the server), ssh://…,
         /// git@host:path, file://… or a local path.
@@ -51,6 +52,7 @@ pub enum TokenCommand {
         /// An instance-wide agent token for `kiln agent` (instance admin token needed).
         #[arg(long, conflicts_with_all = ["project", "scopes"])]
         agent: bool,
+        /// A name for the token, to recognise it in lists.
         #[arg(long, default_value = "cli")]
         name: String,
         /// Scopes: ingest, read (repeat or comma-separate).
@@ -61,6 +63,7 @@ pub enum TokenCommand {
     },
     /// List a project's tokens (never the secrets).
     List {
+        /// The project whose tokens to list.
         #[arg(long)]
         project: String,
         #[command(flatten)]
@@ -68,8 +71,10 @@ pub enum TokenCommand {
     },
     /// Revoke a token by id.
     Revoke {
+        /// The token's project.
         #[arg(long)]
         project: String,
+        /// The token's id (`kiln token list` shows it).
         id: i64,
         #[command(flatten)]
         client: ClientArgs,
@@ -78,12 +83,16 @@ pub enum TokenCommand {
 
 #[derive(Args, Debug)]
 pub struct BuildsArgs {
+    /// Only this project's builds (default: every project the token may read).
     #[arg(long)]
     project: Option<String>,
+    /// Only builds of this branch.
     #[arg(long)]
     branch: Option<String>,
+    /// Only builds with this status: queued, running, success, failed, cancelled, stale.
     #[arg(long)]
     status: Option<String>,
+    /// How many builds to list, newest first.
     #[arg(long, default_value_t = 20)]
     limit: i64,
     /// Print JSON instead of a table.
@@ -95,6 +104,7 @@ pub struct BuildsArgs {
 
 #[derive(Args, Debug)]
 pub struct EventsArgs {
+    /// The build's run id.
     run_id: String,
     /// Only events after this id (the cursor from a previous call).
     #[arg(long, default_value_t = 0)]
@@ -107,7 +117,7 @@ pub struct EventsArgs {
 }
 
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -115,10 +125,11 @@ pub async fn project(command: ProjectCommand) -> anyhow::Result<ExitCode> {
     match command {
         ProjectCommand::Create { slug, name, client } => {
             let project = client
-                .client()?
+                .client()
+                .await?
                 .create_project(&slug, name.as_deref().unwrap_or(&slug))
                 .await?;
-            println!("created project {} ({})", project.slug, project.name);
+            outln!("created project {} ({})", project.slug, project.name);
         }
         ProjectCommand::SetRepo {
             slug,
@@ -132,16 +143,17 @@ pub async fn project(command: ProjectCommand) -> anyhow::Result<ExitCode> {
                 default_branch,
                 max_concurrency,
             };
-            let answer = client.client()?.set_repo(&slug, &settings).await?;
-            println!(
+            let answer = client.client().await?.set_repo(&slug, &settings).await?;
+            outln!(
                 "project {slug} builds {} (default branch {})",
                 answer["repo"].as_str().unwrap_or("?"),
                 answer["defaultBranch"].as_str().unwrap_or("?")
             );
         }
         ProjectCommand::List { client } => {
-            for project in client.client()?.list_projects().await?.projects {
-                println!("{}\t{}\t{}", project.slug, project.name, project.created_at);
+            outln!("SLUG\tNAME\tCREATED");
+            for project in client.client().await?.list_projects().await?.projects {
+                outln!("{}\t{}\t{}", project.slug, project.name, project.created_at);
             }
         }
     }
@@ -156,12 +168,13 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             client,
             ..
         } => {
-            let created = client.client()?.create_agent_token(&name).await?;
-            eprintln!(
+            let created = client.client().await?.create_agent_token(&name).await?;
+            errln!(
                 "created agent token {} '{}'; it works only for `kiln agent` and is shown only now:",
-                created.info.id, created.info.name
+                created.info.id,
+                created.info.name
             );
-            println!("{}", created.token);
+            outln!("{}", created.token);
         }
         TokenCommand::Create {
             project,
@@ -173,21 +186,23 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             let project = project.unwrap_or_default();
             let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
             let created = client
-                .client()?
+                .client()
+                .await?
                 .create_token(&project, &name, &scopes)
                 .await?;
-            eprintln!(
+            errln!(
                 "created token {} '{}' for {} with scopes {}; it is shown only now:",
                 created.info.id,
                 created.info.name,
                 project,
                 created.info.scopes.join(",")
             );
-            println!("{}", created.token);
+            outln!("{}", created.token);
         }
         TokenCommand::List { project, client } => {
-            for token in client.client()?.list_tokens(&project).await?.tokens {
-                println!(
+            outln!("ID\tNAME\tPREFIX\tSCOPES\tLAST USED\tSTATE");
+            for token in client.client().await?.list_tokens(&project).await?.tokens {
+                outln!(
                     "{}\t{}\t{}…\t{}\tlast used {}\t{}",
                     token.id,
                     token.name,
@@ -207,8 +222,8 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             id,
             client,
         } => {
-            let token = client.client()?.revoke_token(&project, id).await?;
-            println!("revoked token {} '{}'", token.id, token.name);
+            let token = client.client().await?.revoke_token(&project, id).await?;
+            outln!("revoked token {} '{}'", token.id, token.name);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -217,7 +232,8 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
 pub async fn builds(args: BuildsArgs) -> anyhow::Result<ExitCode> {
     let list = args
         .client
-        .client()?
+        .client()
+        .await?
         .list_builds(&BuildQuery {
             project: args.project,
             branch: args.branch,
@@ -230,8 +246,15 @@ pub async fn builds(args: BuildsArgs) -> anyhow::Result<ExitCode> {
         print_json(&list)?;
         return Ok(ExitCode::SUCCESS);
     }
+    if list.builds.is_empty() {
+        outln!(
+            "no builds yet (report one with `kiln run -- CMD`, or start one with `kiln trigger`)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("BUILD\tSTATUS\tPROGRESS\tBRANCH\tDURATION\tRUN ID");
     for build in list.builds {
-        println!(
+        outln!(
             "{}#{}\t{}\t{}\t{}\t{}\t{}",
             build.project,
             build.number,
@@ -250,26 +273,29 @@ pub async fn builds(args: BuildsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn show_build(run_id: &str, json: bool, client: &ClientArgs) -> anyhow::Result<ExitCode> {
-    let build = client.client()?.get_build(run_id).await?;
+    let build = client.client().await?.get_build(run_id).await?;
     if json {
         print_json(&build)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{}#{} {} ({})",
-        build.project, build.number, build.status, build.run_id
+        build.project,
+        build.number,
+        build.status,
+        build.run_id
     );
     if let Some(command) = &build.command {
-        println!("  command: {command}");
+        outln!("  command: {command}");
     }
     if let (Some(branch), Some(commit)) = (&build.branch, &build.commit) {
-        println!("  git: {branch} @ {commit}");
+        outln!("  git: {branch} @ {commit}");
     }
     if let Some(message) = &build.message {
-        println!("  message: {message}");
+        outln!("  message: {message}");
     }
     for stage in build.stages.unwrap_or_default() {
-        println!(
+        outln!(
             "  {:<10} {}{}",
             stage.status,
             stage.name,
@@ -282,7 +308,7 @@ pub async fn show_build(run_id: &str, json: bool, client: &ClientArgs) -> anyhow
 }
 
 pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
-    let client = args.client.client()?;
+    let client = args.client.client().await?;
     let mut cursor = args.after;
     let mut all = Vec::new();
     loop {
@@ -301,7 +327,7 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for event in all {
-        println!(
+        outln!(
             "{}\t{}\t{}\t{}{}",
             event["id"],
             event["receivedAt"].as_str().unwrap_or_default(),

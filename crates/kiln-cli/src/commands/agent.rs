@@ -49,6 +49,10 @@ pub struct AgentArgs {
     /// Seconds between SIGTERM and SIGKILL when a step is cancelled or times out.
     #[arg(long, default_value_t = 10)]
     pub grace_secs: u64,
+    /// Colours in the log on stderr: auto (only when stderr is a terminal and NO_COLOR is
+    /// unset), always or never.
+    #[arg(long, env = "KILN_COLOR", value_enum, default_value_t = super::serve::ColorChoice::Auto)]
+    pub color: super::serve::ColorChoice,
 }
 
 impl AgentArgs {
@@ -87,16 +91,17 @@ fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    super::serve::init_logging(super::serve::LogFormat::Text);
+    super::serve::init_logging(super::serve::LogFormat::Text, args.color);
     let options = args.options()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         super::serve::shutdown_signal().await;
         let _ = stop.send(true);
     });
-    eprintln!(
+    errln!(
         "kiln agent '{}' working for {}",
-        options.name, options.server
+        options.name,
+        options.server
     );
     run(options, stopped).await?;
     Ok(ExitCode::SUCCESS)

@@ -20,13 +20,16 @@ pub struct EmitArgs {
     /// The build's run id (inside `kiln run` it is inherited from KILN_RUN_ID).
     #[arg(long, env = "KILN_RUN_ID")]
     pub run_id: Option<String>,
+    /// The stage the event is about (stage_started, stage_completed, stage_failed).
     #[arg(long)]
     pub stage: Option<String>,
+    /// A human-readable message stored with the event.
     #[arg(long)]
     pub message: Option<String>,
+    /// How long the build or stage took, in milliseconds.
     #[arg(long)]
     pub duration_ms: Option<u64>,
-    /// 0-100.
+    /// The build's progress in percent, 0-100 (build_progress).
     #[arg(long)]
     pub progress: Option<f64>,
     /// A JSON object attached as `data`.
@@ -71,7 +74,7 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<ExitCode> {
     let flush_timeout = Duration::from_secs_f64(args.flush_timeout.max(0.0));
     let previous = tokio::spawn({
         let target = target.clone();
-        async move { spool::send_all(Some(&target)).await }
+        async move { spool::send_all(Some(&target), spool::Pass::Background).await }
     });
     let reporter = Reporter::start(target);
     reporter.send(EventPayload {

@@ -4,7 +4,15 @@
 //! `--` runs last, directly (no shell). The build's exit code is kiln's exit code: the
 //! failing command's code, or 128 + the signal that killed it. Reporting never changes
 //! the outcome: delivery happens in the background and unsent events are spooled.
+//!
+//! A cancel on the server (`kiln cancel`, the dashboard) reaches the running command: a
+//! task follows the build's live stream, and on `build_cancelled` the command gets
+//! SIGTERM — its whole process group when kiln's standard input is not a terminal (CI),
+//! since each command then runs in a group of its own — and SIGKILL after
+//! `--cancel-grace`; kiln then exits 130. From a terminal the command stays in kiln's
+//! group (so it can read the terminal) and only it is signalled.
 
+use std::io::IsTerminal;
 use std::process::{ExitCode, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -36,6 +44,10 @@ pub struct RunArgs {
     /// Seconds to wait for delivery at the end before spooling.
     #[arg(long, env = "KILN_FLUSH_TIMEOUT", default_value_t = 5.0)]
     pub flush_timeout: f64,
+    /// Seconds between SIGTERM and SIGKILL when the build is cancelled on the server (or
+    /// kiln is interrupted).
+    #[arg(long, default_value_t = 10.0)]
+    pub cancel_grace: f64,
     #[command(flatten)]
     pub client: ClientArgs,
     /// The build command and its arguments.
@@ -132,6 +144,15 @@ enum Outcome {
     Cancelled {
         code: i32,
     },
+    /// Cancelled on the server, which already recorded the build's end.
+    CancelledOnServer,
+}
+
+/// How a running step is stopped.
+struct Stopping {
+    grace: Duration,
+    /// The command leads a process group of its own (signal the group).
+    own_group: bool,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -157,8 +178,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let previous_spool = tokio::spawn({
         let target = target.clone();
-        async move { spool::send_all(Some(&target)).await }
+        async move { spool::send_all(Some(&target), spool::Pass::Background).await }
     });
+    let (cancel_sender, mut cancelled) = tokio::sync::watch::channel(false);
+    let cancel_watch = tokio::spawn(watch_for_cancel(
+        target.clone(),
+        run_id.clone(),
+        cancel_sender,
+    ));
     let report = BuildReport {
         reporter: Reporter::start(target),
         run_id: run_id.clone(),
@@ -179,7 +206,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
 
     let heartbeat_every = Duration::from_secs_f64(args.heartbeat_interval.max(0.05));
-    let outcome = run_steps(&report, &steps, &run_id, heartbeat_every).await;
+    let stopping = Stopping {
+        grace: Duration::from_secs_f64(args.cancel_grace.clamp(0.0, 86_400.0)),
+        own_group: !std::io::stdin().is_terminal(),
+    };
+    let outcome = run_steps(
+        &report,
+        &steps,
+        &run_id,
+        heartbeat_every,
+        &stopping,
+        &mut cancelled,
+    )
+    .await;
+    cancel_watch.abort();
 
     let duration_ms = started.elapsed().as_millis() as u64;
     let exit_code = match &outcome {
@@ -212,6 +252,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             });
             *code
         }
+        Outcome::CancelledOnServer => 130,
     };
     let flush_timeout = Duration::from_secs_f64(args.flush_timeout.max(0.0));
     report.reporter.finish(flush_timeout).await;
@@ -224,6 +265,8 @@ async fn run_steps(
     steps: &[Step],
     run_id: &str,
     heartbeat_every: Duration,
+    stopping: &Stopping,
+    cancelled: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Outcome {
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + heartbeat_every,
@@ -238,18 +281,26 @@ async fn run_steps(
             });
         }
         report.reporter.settle(SETTLE_LIMIT).await;
+        if *cancelled.borrow() {
+            errln!("kiln: the build was cancelled on the server");
+            return Outcome::CancelledOnServer;
+        }
         let stage_started = Instant::now();
-        let child = Command::new(&step.program)
+        let mut command = Command::new(&step.program);
+        command
             .args(&step.args)
             .env("KILN_RUN_ID", run_id)
             .env("PATH", child_path())
-            .kill_on_drop(true)
-            .spawn();
+            .kill_on_drop(true);
+        if stopping.own_group {
+            command.process_group(0);
+        }
+        let child = command.spawn();
         let mut child = match child {
             Ok(child) => child,
             Err(error) => {
                 let message = format!("cannot start '{}': {error}", step.program);
-                eprintln!("kiln: {message}");
+                errln!("kiln: {message}");
                 let code = if error.kind() == std::io::ErrorKind::NotFound {
                     127
                 } else {
@@ -264,16 +315,19 @@ async fn run_steps(
                 _ = heartbeat.tick() => report.send(report.event("heartbeat")),
                 _ = &mut interrupted => {
                     // Give the command the same signal's chance to stop cleanly, then end it.
-                    if let Some(pid) = child.id() {
-                        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-                    }
-                    let status = match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-                        Ok(status) => status,
-                        Err(_) => { let _ = child.kill().await; child.wait().await }
-                    };
+                    let status = stop(&mut child, stopping).await;
                     let code = status.map(exit_code_of).unwrap_or(130);
                     report_stage_failed(report, step, None, "interrupted");
                     return Outcome::Cancelled { code: if code == 0 { 130 } else { code } };
+                }
+                () = cancelled_on_server(cancelled) => {
+                    errln!(
+                        "kiln: the build was cancelled on the server; stopping '{}' (SIGTERM, SIGKILL after {}s)",
+                        step.display.chars().take(200).collect::<String>(),
+                        stopping.grace.as_secs_f64()
+                    );
+                    let _ = stop(&mut child, stopping).await;
+                    return Outcome::CancelledOnServer;
                 }
             }
         };
@@ -281,7 +335,7 @@ async fn run_steps(
         let code = match status {
             Ok(status) => exit_code_of(status),
             Err(error) => {
-                eprintln!("kiln: lost track of '{}': {error}", step.program);
+                errln!("kiln: lost track of '{}': {error}", step.program);
                 1
             }
         };
@@ -301,6 +355,103 @@ async fn run_steps(
         }
     }
     Outcome::Success
+}
+
+/// Resolves once the server cancelled the build; never if the watch ended otherwise.
+async fn cancelled_on_server(cancelled: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *cancelled.borrow_and_update() {
+            return;
+        }
+        if cancelled.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// SIGTERM to the command (its process group when it has one), SIGKILL to what is left
+/// after the grace period; returns the command's status.
+async fn stop(
+    child: &mut tokio::process::Child,
+    stopping: &Stopping,
+) -> std::io::Result<ExitStatus> {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let Some(pid) = child.id() else {
+        return child.wait().await;
+    };
+    let pid = Pid::from_raw(pid as i32);
+    let send = |signal: Option<Signal>| {
+        if stopping.own_group {
+            killpg(pid, signal)
+        } else {
+            kill(pid, signal)
+        }
+    };
+    let _ = send(Some(Signal::SIGTERM));
+    let deadline = tokio::time::Instant::now() + stopping.grace;
+    let mut status = None;
+    loop {
+        if status.is_none() {
+            status = child.try_wait()?;
+        }
+        // With its own group, done when every process of the group is gone (the leader
+        // reaped first: a zombie still counts).
+        let gone = status.is_some() && (!stopping.own_group || send(None).is_err());
+        if gone {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = send(Some(Signal::SIGKILL));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match status {
+        Some(status) => Ok(status),
+        None => child.wait().await,
+    }
+}
+
+/// Follows the build's live stream and says when the server cancelled it (`kiln
+/// cancel`, the dashboard). Reconnects quietly (the build may not be stored yet, the
+/// server may be away); gives up when the token may not read the build.
+async fn watch_for_cancel(
+    target: crate::settings::Target,
+    run_id: String,
+    cancelled: tokio::sync::watch::Sender<bool>,
+) {
+    let client = kiln_client::Client::with_timeout(
+        &target.server,
+        target.token.clone(),
+        Duration::from_secs(10),
+    );
+    let mut cursor: Option<i64> = None;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match client.build_stream(&run_id, cursor).await {
+            Ok(mut stream) => {
+                delay = Duration::from_millis(250);
+                while let Ok(Some(event)) = stream.next().await {
+                    if let Some(id) = event.id.as_deref().and_then(|id| id.parse().ok()) {
+                        cursor = Some(id);
+                    }
+                    match event.event.as_str() {
+                        "build_cancelled" => {
+                            let _ = cancelled.send(true);
+                            return;
+                        }
+                        "build_completed" | "build_failed" | "end" => return,
+                        _ => {}
+                    }
+                }
+            }
+            Err(error) if matches!(error.status(), Some(401 | 403)) => return,
+            Err(_) => {}
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// Reports the step's stage, if it has one, as failed.

@@ -9,13 +9,13 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
 
 use super::admin::print_json;
-use crate::settings::ClientArgs;
+use crate::settings::{ClientArgs, project_of_token};
 
 #[derive(Args, Debug)]
 pub struct SecretProject {
-    /// The project.
-    #[arg(long, env = "KILN_PROJECT", default_value = "default")]
-    project: String,
+    /// The project [default: the token's project if it has one, else default].
+    #[arg(long, env = "KILN_PROJECT")]
+    project: Option<String>,
     /// Print the API's JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -40,10 +40,20 @@ pub enum SecretCommand {
     },
     /// Delete a secret.
     Rm {
+        /// The secret's name.
         name: String,
         #[command(flatten)]
         project: SecretProject,
     },
+}
+
+impl SecretProject {
+    /// The client, and the project from the flag or the token.
+    async fn connect(&self) -> anyhow::Result<(kiln_client::Client, String)> {
+        let client = self.client.client().await?;
+        let project = project_of_token(&client, self.project.as_deref()).await?;
+        Ok((client, project))
+    }
 }
 
 pub async fn secret(command: SecretCommand) -> anyhow::Result<ExitCode> {
@@ -64,42 +74,35 @@ pub async fn secret(command: SecretCommand) -> anyhow::Result<ExitCode> {
                     "no value on standard input: pipe it in, e.g. printf %s \"$VALUE\" | kiln secret set {name}"
                 ));
             }
-            let secret = project
-                .client
-                .client()?
-                .set_secret(&project.project, &name, &value)
-                .await?;
+            let (client, slug) = project.connect().await?;
+            let secret = client.set_secret(&slug, &name, &value).await?;
             if project.json {
                 print_json(&secret)?;
             } else {
-                println!(
+                outln!(
                     "secret {} of {} set ({})",
-                    secret.name, project.project, secret.updated_at
+                    secret.name,
+                    slug,
+                    secret.updated_at
                 );
             }
         }
         SecretCommand::List { project } => {
-            let list = project
-                .client
-                .client()?
-                .list_secrets(&project.project)
-                .await?;
+            let (client, slug) = project.connect().await?;
+            let list = client.list_secrets(&slug).await?;
             if project.json {
                 print_json(&list)?;
             } else {
                 for secret in list.secrets {
-                    println!("{}\tupdated {}", secret.name, secret.updated_at);
+                    outln!("{}\tupdated {}", secret.name, secret.updated_at);
                 }
             }
         }
         SecretCommand::Rm { name, project } => {
-            project
-                .client
-                .client()?
-                .delete_secret(&project.project, &name)
-                .await?;
+            let (client, slug) = project.connect().await?;
+            client.delete_secret(&slug, &name).await?;
             if !project.json {
-                println!("secret {name} of {} deleted", project.project);
+                outln!("secret {name} of {slug} deleted");
             }
         }
     }

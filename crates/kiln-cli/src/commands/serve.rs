@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Colours in the text log on stderr: auto (only when stderr is a terminal and
+    /// NO_COLOR is unset), always or never.
+    #[arg(long, env = "KILN_COLOR", value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
     /// Seconds a claimed job's lease lasts without a heartbeat; then the job is
     /// requeued or failed (reason agent_lost).
     #[arg(long, env = "KILN_JOB_LEASE", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=3600))]
@@ -192,11 +196,36 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn init_logging(format: LogFormat) {
+/// `--color`: whether the log on stderr carries ANSI colour codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colours when stderr is a terminal and NO_COLOR is not set.
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to write colour codes to stderr.
+    pub fn for_stderr(self) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                use std::io::IsTerminal;
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
+            }
+        }
+    }
+}
+
+pub fn init_logging(format: LogFormat, color: ColorChoice) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(color.for_stderr())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -411,13 +440,23 @@ async fn start(
     Ok((listener, store, url))
 }
 
+/// Whether `kiln` on PATH is this binary (so the printed hints work as typed).
+fn on_path(binary: &std::path::Path) -> bool {
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    let binary = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_owned());
+    std::env::split_paths(&path)
+        .any(|dir| std::fs::canonicalize(dir.join("kiln")).is_ok_and(|found| found == binary))
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    init_logging(args.log_format);
+    init_logging(args.log_format, args.color);
     // Bad settings stop the command before it opens the database or listens.
     let config = args.config()?;
     let (listener, store, url) = start(&args).await?;
     // Tests and scripts read this line to learn the port when listening on :0.
-    eprintln!("kiln listening on {url}");
+    errln!("kiln listening on {url}");
     kiln_server::run(listener, store, config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -427,22 +466,33 @@ pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
     // The repository `--demo` creates (now or on an earlier run) may be built.
     args.allow_local_repos
         .push(args.data_dir.join(super::up::DEMO_REPO_DIR));
-    init_logging(args.log_format);
+    init_logging(args.log_format, args.color);
     let config = args.config()?;
     let (listener, store, url) = start(&args).await?;
     let now = SystemClock.now();
     let bootstrap = kiln_server::bootstrap_default_project(&*store, now).await?;
     let first_user = kiln_server::bootstrap_first_user(&*store, now).await?;
-    println!("Kiln is running at {url}");
-    println!("  dashboard and API: {url}/");
+    outln!("Kiln is running at {url}");
+    outln!("  dashboard and API: {url}/");
     if let Some(user) = &first_user {
         // Tests read this line for the password.
-        println!(
+        outln!(
             "  dashboard login: {} / {} (shown once; change it on the Account page, {url}/account)",
-            user.email, user.password
+            user.email,
+            user.password
         );
     }
-    println!(
+    if let Ok(binary) = std::env::current_exe() {
+        // The README's commands say `kiln`: this is the binary to put on PATH.
+        outln!("  kiln binary: {}", binary.display());
+        if !on_path(&binary) {
+            outln!(
+                "    not on PATH: `cargo install --path crates/kiln-cli --locked` installs it, or link it: ln -s {} ~/.local/bin/kiln",
+                binary.display()
+            );
+        }
+    }
+    outln!(
         "  data: {}",
         args.database_url.as_deref().map_or_else(
             || args.data_dir.display().to_string(),
@@ -453,22 +503,22 @@ pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
         Some(token) => {
             let admin_token = kiln_server::generate_token();
             kiln_server::ensure_admin_token(&*store, &admin_token, now).await?;
-            println!("  project: {} (created)", bootstrap.project_slug);
-            println!("  project token (ingest + read; shown once, keep it): {token}");
-            println!("  admin token (instance admin; shown once, keep it):  {admin_token}");
-            println!();
-            println!("Report a build from another terminal:");
-            println!("  export KILN_URL={url} KILN_TOKEN={token}");
-            println!("  cargo run --release -- run --stage \"Build=sleep 1\" -- echo done");
-            println!("  cargo run --release -- builds");
+            outln!("  project: {} (created)", bootstrap.project_slug);
+            outln!("  project token (ingest + read; shown once, keep it): {token}");
+            outln!("  admin token (instance admin; shown once, keep it):  {admin_token}");
+            outln!();
+            outln!("Report a build from another terminal:");
+            outln!("  export KILN_URL={url} KILN_TOKEN={token}");
+            outln!("  kiln run --stage \"Build=sleep 1\" -- echo done");
+            outln!("  kiln builds");
         }
         None => {
-            println!(
+            outln!(
                 "  project: {} (exists; its token was printed on the first run)",
                 bootstrap.project_slug
             );
-            println!("  lost it? create another with an admin token:");
-            println!(
+            outln!("  lost it? create another with an admin token:");
+            outln!(
                 "    KILN_URL={url} KILN_TOKEN=<admin token> kiln token create --project {} --name laptop",
                 bootstrap.project_slug
             );
@@ -479,7 +529,7 @@ pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
     if !up.no_agent {
         let options =
             super::up::local_agent(&*store, &args.data_dir, &url, &up.agent_executor, now).await?;
-        println!(
+        outln!(
             "  local agent: '{}' ({} executor, work in {})",
             options.name,
             options.executor.name(),
@@ -490,7 +540,7 @@ pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
     if up.demo {
         super::up::demo(&*store, &args.data_dir, &url, now).await?;
     }
-    println!("Stop with Ctrl-C.");
+    outln!("Stop with Ctrl-C.");
     let shutdown = async move {
         shutdown_signal().await;
         // The local agent cancels and reports its jobs while the server still answers.

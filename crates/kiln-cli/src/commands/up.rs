@@ -154,7 +154,7 @@ pub async fn demo(
     let repo_url = repo.display().to_string();
     kiln_server::set_project_repo(store, "default", &repo_url).await?;
     let token = kiln_server::create_project_token(store, "default", "kiln up --demo", now).await?;
-    println!("  demo: repository {repo_url}; its build starts in a moment");
+    outln!("  demo: repository {repo_url}; its build starts in a moment");
     let client = kiln_client::Client::new(url, Some(token));
     tokio::spawn(async move {
         for _ in 0..50 {
@@ -165,14 +165,16 @@ pub async fn demo(
         }
         match client.trigger_build("default", &Default::default()).await {
             Ok(build) => {
-                println!("  demo build #{} queued ({})", build.number, build.run_id);
-                println!(
+                outln!("  demo build #{} queued ({})", build.number, build.run_id);
+                outln!(
                     "    follow it: kiln logs -f {} (with KILN_TOKEN set to the project token)",
                     build.run_id
                 );
-                println!("    build again (the install step then restores its cache): kiln build");
+                outln!(
+                    "    build again (the install step then restores its cache): kiln trigger --wait"
+                );
             }
-            Err(error) => eprintln!("kiln: the demo build could not be queued: {error}"),
+            Err(error) => errln!("kiln: the demo build could not be queued: {error}"),
         }
     });
     Ok(())

@@ -15,8 +15,10 @@ pub enum UserCommand {
     /// Create a user (instance admin token); prints a one-time password unless
     /// --password-stdin gives one.
     Create {
+        /// The user's email address, which they log in with.
         #[arg(long)]
         email: String,
+        /// The user's display name.
         #[arg(long)]
         name: String,
         /// Make the user an instance admin.
@@ -39,26 +41,31 @@ pub enum UserCommand {
 pub enum MemberCommand {
     /// Give a user a role in a project (viewer, developer, admin).
     Set {
-        #[arg(long, env = "KILN_PROJECT", default_value = "default")]
-        project: String,
+        /// The project [default: the token's project if it has one, else default].
+        #[arg(long, env = "KILN_PROJECT")]
+        project: Option<String>,
         /// The user's email or id.
         user: String,
+        /// viewer, developer or admin.
         role: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Remove a user from a project.
     Remove {
-        #[arg(long, env = "KILN_PROJECT", default_value = "default")]
-        project: String,
+        /// The project [default: the token's project if it has one, else default].
+        #[arg(long, env = "KILN_PROJECT")]
+        project: Option<String>,
+        /// The user's email or id.
         user: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// A project's members and their roles.
     List {
-        #[arg(long, env = "KILN_PROJECT", default_value = "default")]
-        project: String,
+        /// The project [default: the token's project if it has one, else default].
+        #[arg(long, env = "KILN_PROJECT")]
+        project: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -66,6 +73,7 @@ pub enum MemberCommand {
 
 #[derive(Args, Debug)]
 pub struct LoginArgs {
+    /// Your email address (the password is read from standard input).
     #[arg(long)]
     email: String,
     /// A name for the personal token this creates.
@@ -77,8 +85,10 @@ pub struct LoginArgs {
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
+    /// Only this project's entries (default: every project you administer).
     #[arg(long)]
     project: Option<String>,
+    /// How many entries, newest first.
     #[arg(long, default_value_t = 50)]
     limit: i64,
     #[command(flatten)]
@@ -92,7 +102,8 @@ async fn request(
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
     let answer = client
-        .client()?
+        .client()
+        .await?
         .send_value(method, path, body.as_ref())
         .await?;
     Ok(answer.unwrap_or(Value::Null))
@@ -113,11 +124,21 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
 
 fn read_password(prompt: &str) -> anyhow::Result<String> {
     if std::io::stdin().is_terminal() {
-        eprint!("{prompt}");
+        let mut stderr = std::io::stderr();
+        let _ = std::io::Write::write_all(&mut stderr, prompt.as_bytes());
+        let _ = std::io::Write::flush(&mut stderr);
     }
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// A member command's project: the flag, else the token's only project, else default.
+async fn member_project(client: &ClientArgs, explicit: Option<&str>) -> anyhow::Result<String> {
+    if let Some(project) = explicit {
+        return Ok(project.to_owned());
+    }
+    crate::settings::project_of_token(&client.client().await?, None).await
 }
 
 pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
@@ -135,22 +156,20 @@ pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
             }
             let created =
                 request(&client, reqwest::Method::POST, "/api/v1/users", Some(body)).await?;
-            eprintln!(
+            errln!(
                 "created user {} ({})",
                 created["user"]["email"].as_str().unwrap_or("?"),
                 created["user"]["id"]
             );
             if let Some(password) = created["password"].as_str() {
-                eprintln!(
-                    "one-time password (shown only now; log in with `kiln login --email …`):"
-                );
-                println!("{password}");
+                errln!("one-time password (shown only now; log in with `kiln login --email …`):");
+                outln!("{password}");
             }
         }
         UserCommand::List { client } => {
             let users = request(&client, reqwest::Method::GET, "/api/v1/users", None).await?;
             for user in users["users"].as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "{}\t{}\t{}\t{}",
                     user["id"],
                     user["email"].as_str().unwrap_or_default(),
@@ -171,6 +190,7 @@ pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
 /// token, to use as KILN_TOKEN.
 pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     let target = args.client.target()?;
+    crate::report::spool::resend_before_command(&target).await;
     let password = read_password("password: ")?;
     kiln_client::install_crypto_provider();
     let http = reqwest::Client::new();
@@ -205,11 +225,11 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         .header("x-csrf-token", &csrf)
         .send()
         .await;
-    eprintln!(
+    errln!(
         "logged in as {}; your personal token (shown only now; export KILN_TOKEN=…):",
         args.email
     );
-    println!("{}", token["token"].as_str().unwrap_or_default());
+    outln!("{}", token["token"].as_str().unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -221,6 +241,7 @@ pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
             role,
             client,
         } => {
+            let project = member_project(&client, project.as_deref()).await?;
             let answer = request(
                 &client,
                 reqwest::Method::PUT,
@@ -228,7 +249,7 @@ pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
                 Some(json!({"role": role})),
             )
             .await?;
-            println!(
+            outln!(
                 "{} is {} of {project}",
                 answer["user"]["email"].as_str().unwrap_or("?"),
                 answer["role"].as_str().unwrap_or("?")
@@ -239,6 +260,7 @@ pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
             user,
             client,
         } => {
+            let project = member_project(&client, project.as_deref()).await?;
             request(
                 &client,
                 reqwest::Method::DELETE,
@@ -246,9 +268,10 @@ pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
                 None,
             )
             .await?;
-            println!("removed {user} from {project}");
+            outln!("removed {user} from {project}");
         }
         MemberCommand::List { project, client } => {
+            let project = member_project(&client, project.as_deref()).await?;
             let members = request(
                 &client,
                 reqwest::Method::GET,
@@ -257,7 +280,7 @@ pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
             )
             .await?;
             for member in members["members"].as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "{}\t{}",
                     member["user"]["email"].as_str().unwrap_or_default(),
                     member["role"].as_str().unwrap_or_default()
@@ -280,7 +303,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
             Some(name) => format!("{name} ({actor})"),
             None => actor.to_owned(),
         };
-        println!(
+        outln!(
             "{}\t{}\t{}\t{}",
             entry["at"].as_str().unwrap_or_default(),
             actor,

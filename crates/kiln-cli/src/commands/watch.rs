@@ -42,9 +42,19 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         Some(secs) => bail!("--timeout {secs}: must be a positive number of seconds"),
         None => None,
     };
-    let client = args.client.client()?;
+    let client = args.client.client().await?;
+    follow_build(&client, &args.run_id, timeout).await
+}
+
+/// Follows build `run_id` until it ends, printing its progress (`kiln watch`, `kiln
+/// trigger --wait`); the exit code is the build's result.
+pub async fn follow_build(
+    client: &Client,
+    run_id: &str,
+    timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
     let mut watcher = Watcher::new(Screen::new(std::io::stdout().is_terminal()));
-    let outcome = follow(&client, &args.run_id, timeout, &mut watcher).await?;
+    let outcome = follow(client, run_id, timeout, &mut watcher).await?;
     watcher.screen.finish(&outcome)?;
     Ok(outcome.status.exit_code())
 }
@@ -375,7 +385,7 @@ impl Screen {
             write!(out, "\r\x1b[2K")?;
             out.flush()?;
         }
-        eprintln!("{text}");
+        errln!("{text}");
         if self.bar_drawn {
             write!(out, "{}", self.bar())?;
             out.flush()?;

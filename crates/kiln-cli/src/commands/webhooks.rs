@@ -9,14 +9,14 @@ use kiln_client::ClientError;
 use kiln_protocol::{CreateWebhook, UpdateWebhook, WebhookDeliveryDto, WebhookDto};
 
 use super::admin::print_json;
-use crate::settings::ClientArgs;
+use crate::settings::{ClientArgs, project_of_token};
 
 /// What every command on one project's webhooks takes.
 #[derive(Args, Debug)]
 pub struct ProjectArgs {
-    /// The project.
-    #[arg(long, env = "KILN_PROJECT", default_value = "default")]
-    project: String,
+    /// The project [default: the token's project if it has one, else default].
+    #[arg(long, env = "KILN_PROJECT")]
+    project: Option<String>,
     /// Print the API's JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -51,18 +51,22 @@ pub enum WebhookCommand {
     },
     /// One endpoint.
     Show {
+        /// The endpoint's id (`kiln webhook list` shows it).
         id: i64,
         #[command(flatten)]
         project: ProjectArgs,
     },
     /// Change an endpoint: only the options given change.
     Update {
+        /// The endpoint's id (`kiln webhook list` shows it).
         id: i64,
+        /// The receiver's new http(s) URL.
         #[arg(long)]
         url: Option<String>,
         /// Event types or prefix patterns, comma-separated; '*' for every event.
         #[arg(long, value_delimiter = ',')]
         events: Option<Vec<String>>,
+        /// The body: kiln or cdevents.
         #[arg(long, value_parser = ["kiln", "cdevents"])]
         format: Option<String>,
         /// true sends again (and clears why Kiln disabled it); false stops sending, the
@@ -78,6 +82,7 @@ pub enum WebhookCommand {
     },
     /// Delete an endpoint with its deliveries.
     Delete {
+        /// The endpoint's id (`kiln webhook list` shows it).
         id: i64,
         #[command(flatten)]
         project: ProjectArgs,
@@ -85,18 +90,21 @@ pub enum WebhookCommand {
     /// Give an endpoint a new secret, printed once; the old one keeps signing for a while
     /// (see `show`), so the receiver can switch without losing a delivery.
     RotateSecret {
+        /// The endpoint's id (`kiln webhook list` shows it).
         id: i64,
         #[command(flatten)]
         project: ProjectArgs,
     },
     /// Send a `webhook_test` event to an endpoint.
     Test {
+        /// The endpoint's id (`kiln webhook list` shows it).
         id: i64,
         #[command(flatten)]
         project: ProjectArgs,
     },
     /// An endpoint's newest deliveries with their attempts.
     Deliveries {
+        /// The endpoint's id (`kiln webhook list` shows it).
         id: i64,
         /// How many, newest first (the server keeps the newest 100 in this log).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=100))]
@@ -106,6 +114,7 @@ pub enum WebhookCommand {
     },
     /// Send a delivered or failed delivery once more (same webhook-id).
     Redeliver {
+        /// The endpoint's id (`kiln webhook list` shows it).
         id: i64,
         /// The delivery's id (from `kiln webhook deliveries ID`).
         delivery: i64,
@@ -117,6 +126,7 @@ pub enum WebhookCommand {
         /// Only this project [default: every project you may read].
         #[arg(long, env = "KILN_PROJECT")]
         project: Option<String>,
+        /// Print the API's JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -190,6 +200,15 @@ fn delivery_line(delivery: &WebhookDeliveryDto) -> String {
     )
 }
 
+impl ProjectArgs {
+    /// The client, and the project from the flag or the token.
+    async fn connect(&self) -> anyhow::Result<(kiln_client::Client, String)> {
+        let client = self.client.client().await?;
+        let project = project_of_token(&client, self.project.as_deref()).await?;
+        Ok((client, project))
+    }
+}
+
 pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
     match command {
         WebhookCommand::Create {
@@ -199,16 +218,15 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             inactive,
             project: args,
         } => {
+            let (client, project_slug) = args.connect().await?;
             let request = CreateWebhook {
                 url,
                 events: (!events.is_empty()).then_some(events),
                 format,
                 active: Some(!inactive),
             };
-            let created = args
-                .client
-                .client()?
-                .create_webhook(&args.project, &request)
+            let created = client
+                .create_webhook(&project_slug, &request)
                 .await
                 .map_err(|error| explain(error, ""))?;
             if args.json {
@@ -216,7 +234,7 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let webhook = &created.webhook;
-            eprintln!(
+            errln!(
                 "created webhook {} of {}: {} ({}, {} format, {}); its signing secret is shown only now:",
                 webhook.id,
                 webhook.project,
@@ -225,50 +243,51 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                 webhook.format,
                 state_text(webhook)
             );
-            println!("{}", created.secret);
+            outln!("{}", created.secret);
         }
         WebhookCommand::List { project: args } => {
-            let list = args.client.client()?.list_webhooks(&args.project).await?;
+            let (client, project_slug) = args.connect().await?;
+            let list = client.list_webhooks(&project_slug).await?;
             if args.json {
                 print_json(&list)?;
                 return Ok(ExitCode::SUCCESS);
             }
             if list.webhooks.is_empty() {
-                eprintln!(
+                errln!(
                     "{} has no webhooks; add one with `kiln webhook create --project {} --url URL`",
-                    args.project, args.project
+                    project_slug,
+                    project_slug
                 );
             }
             for webhook in &list.webhooks {
-                println!("{}", webhook_line(webhook));
+                outln!("{}", webhook_line(webhook));
             }
         }
         WebhookCommand::Show { id, project: args } => {
-            let webhook = args
-                .client
-                .client()?
-                .get_webhook(&args.project, id)
+            let (client, project_slug) = args.connect().await?;
+            let webhook = client
+                .get_webhook(&project_slug, id)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             if args.json {
                 print_json(&webhook)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            outln!(
                 "webhook {} of {}: {}",
                 webhook.id,
                 webhook.project,
                 state_text(&webhook)
             );
-            println!("  url: {}", webhook.url);
-            println!("  events: {}", events_text(&webhook.events));
-            println!("  format: {}", webhook.format);
-            println!("  secret: {}…", webhook.secret_prefix);
+            outln!("  url: {}", webhook.url);
+            outln!("  events: {}", events_text(&webhook.events));
+            outln!("  format: {}", webhook.format);
+            outln!("  secret: {}…", webhook.secret_prefix);
             if let Some(until) = &webhook.previous_secret_until {
-                println!("  previous secret signs until: {until}");
+                outln!("  previous secret signs until: {until}");
             }
-            println!("  created: {}", webhook.created_at);
-            println!("  updated: {}", webhook.updated_at);
+            outln!("  created: {}", webhook.created_at);
+            outln!("  updated: {}", webhook.updated_at);
         }
         WebhookCommand::Update {
             id,
@@ -279,6 +298,7 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             discard_held,
             project: args,
         } => {
+            let (client, project_slug) = args.connect().await?;
             if url.is_none() && events.is_none() && format.is_none() && active.is_none() {
                 anyhow::bail!(
                     "nothing to change: give --url, --events, --format or --active true|false"
@@ -296,45 +316,42 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                 active,
                 discard_held,
             };
-            let webhook = args
-                .client
-                .client()?
-                .update_webhook(&args.project, id, &patch)
+            let webhook = client
+                .update_webhook(&project_slug, id, &patch)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             if args.json {
                 print_json(&webhook)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{}", webhook_line(&webhook));
+            outln!("{}", webhook_line(&webhook));
         }
         WebhookCommand::Delete { id, project: args } => {
-            args.client
-                .client()?
-                .delete_webhook(&args.project, id)
+            let (client, project_slug) = args.connect().await?;
+            client
+                .delete_webhook(&project_slug, id)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             if args.json {
                 print_json(&serde_json::json!({"deleted": id}))?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            outln!(
                 "deleted webhook {id} of {} with its deliveries",
-                args.project
+                project_slug
             );
         }
         WebhookCommand::RotateSecret { id, project: args } => {
-            let rotated = args
-                .client
-                .client()?
-                .rotate_webhook_secret(&args.project, id)
+            let (client, project_slug) = args.connect().await?;
+            let rotated = client
+                .rotate_webhook_secret(&project_slug, id)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             if args.json {
                 print_json(&rotated)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            eprintln!(
+            errln!(
                 "rotated the secret of webhook {}; the previous secret also signs until {}, so switch the receiver before then. The new secret is shown only now:",
                 rotated.webhook.id,
                 rotated
@@ -343,30 +360,29 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                     .as_deref()
                     .unwrap_or("now")
             );
-            println!("{}", rotated.secret);
+            outln!("{}", rotated.secret);
         }
         WebhookCommand::Test { id, project: args } => {
-            let queued = args
-                .client
-                .client()?
-                .test_webhook(&args.project, id)
+            let (client, project_slug) = args.connect().await?;
+            let queued = client
+                .test_webhook(&project_slug, id)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             if args.json {
                 print_json(&queued)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            outln!(
                 "queued test delivery {} to webhook {id}; see how it went with `kiln webhook deliveries {id} --project {}`",
                 queued
                     .delivery_id
                     .map_or_else(|| "?".into(), |id| id.to_string()),
-                args.project
+                project_slug
             );
             if !queued.active {
-                eprintln!(
+                errln!(
                     "webhook {id} is inactive: the test is sent once you activate it (`kiln webhook update {id} --active true --project {}`)",
-                    args.project
+                    project_slug
                 );
             }
         }
@@ -375,25 +391,24 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             limit,
             project: args,
         } => {
-            let mut list = args
-                .client
-                .client()?
-                .webhook_deliveries(&args.project, id)
+            let (client, project_slug) = args.connect().await?;
+            let mut list = client
+                .webhook_deliveries(&project_slug, id)
                 .await
-                .map_err(|error| explain(error, &list_hint(&args.project)))?;
+                .map_err(|error| explain(error, &list_hint(&project_slug)))?;
             list.deliveries.truncate(limit as usize);
             if args.json {
                 print_json(&list)?;
                 return Ok(ExitCode::SUCCESS);
             }
             if list.deliveries.is_empty() {
-                eprintln!(
+                errln!(
                     "webhook {id} has no deliveries yet; `kiln webhook test {id} --project {}` sends one",
-                    args.project
+                    project_slug
                 );
             }
             for delivery in &list.deliveries {
-                println!("{}", delivery_line(delivery));
+                outln!("{}", delivery_line(delivery));
             }
         }
         WebhookCommand::Redeliver {
@@ -401,11 +416,10 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             delivery,
             project: args,
         } => {
-            let project = args.project.clone();
-            let queued = args
-                .client
-                .client()?
-                .redeliver_webhook(&args.project, id, delivery)
+            let (client, project_slug) = args.connect().await?;
+            let project = project_slug.clone();
+            let queued = client
+                .redeliver_webhook(&project_slug, id, delivery)
                 .await
                 .map_err(|error| {
                     explain(
@@ -419,7 +433,7 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                 print_json(&queued)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            outln!(
                 "delivery {} ({}) queued again for webhook {id}; it goes out as attempt {}",
                 queued.id,
                 queued.event_type,
@@ -431,12 +445,16 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
             json,
             client,
         } => {
-            let status = client.client()?.webhook_status(project.as_deref()).await?;
+            let status = client
+                .client()
+                .await?
+                .webhook_status(project.as_deref())
+                .await?;
             if json {
                 print_json(&status)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            outln!(
                 "{} pending, {} delivered, {} failed{}",
                 status.pending,
                 status.delivered,
@@ -448,7 +466,7 @@ pub async fn webhook(command: WebhookCommand) -> anyhow::Result<ExitCode> {
                     ))
             );
             for endpoint in &status.endpoints {
-                println!(
+                outln!(
                     "{}\t{}\t{} pending\t{} delivered\t{} failed\tsuccess {}\tp50 {}\t{}",
                     endpoint.id,
                     match (endpoint.active, endpoint.dropped_while_disabled) {

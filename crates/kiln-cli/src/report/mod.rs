@@ -2,9 +2,12 @@
 //!
 //! `Reporter` queues events in memory and one background task sends them in order, in
 //! batches, retrying with backoff while the server is unreachable. `finish` waits at most
-//! the flush timeout; whatever is still unsent then is written to the spool, to be sent
-//! by a later `kiln` command. Every event carries an `eventId`, so a batch that was
-//! stored but whose answer was lost is deduplicated by the server when resent.
+//! the flush timeout — and not at all once no connection to the server can be made
+//! (connection refused, no such host, connect timeout): then it tries once more at once
+//! and spools — so a down server adds milliseconds to a build, not the flush timeout.
+//! Whatever is still unsent is written to the spool, to be sent by a later `kiln`
+//! command. Every event carries an `eventId`, so a batch that was stored but whose answer
+//! was lost is deduplicated by the server when resent.
 
 pub mod metadata;
 pub mod spool;
@@ -39,7 +42,7 @@ impl Shared {
     /// Says once per process, on stderr, that the server is not taking events.
     fn warn_once(&self, reason: &str) {
         if !self.warned.swap(true, Ordering::SeqCst) {
-            eprintln!(
+            errln!(
                 "kiln: cannot deliver events to {} ({reason}); the build goes on and undelivered events are kept for `kiln spool send`",
                 self.target.server
             );
@@ -80,7 +83,7 @@ impl Reporter {
             Some(event) => {
                 self.shared.warn_once("too many events are waiting");
                 if let Err(error) = spool::write(&self.shared.target, &[event]) {
-                    eprintln!("kiln: cannot spool an event: {error}");
+                    errln!("kiln: cannot spool an event: {error}");
                 }
             }
             None => self.shared.wake.notify_one(),
@@ -106,7 +109,10 @@ impl Reporter {
         }
     }
 
-    /// Delivers what it can within `flush_timeout`, spools the rest.
+    /// Delivers what it can within `flush_timeout`, spools the rest. Closing wakes the
+    /// sender from its backoff for one more attempt at once; an attempt that cannot
+    /// connect then ends it (see the module doc), so only a server that accepts
+    /// connections but answers slowly can hold a build for the flush timeout.
     pub async fn finish(mut self, flush_timeout: Duration) {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.wake.notify_one();
@@ -130,14 +136,14 @@ impl Reporter {
         self.shared.warn_once("the flush timeout passed");
         match spool::write(&self.shared.target, &unsent) {
             Ok(path) => {
-                eprintln!(
+                errln!(
                     "kiln: {} event(s) not delivered yet, saved to {}; they are resent by the next kiln command or `kiln spool send`",
                     unsent.len(),
                     path.display()
                 );
             }
             Err(error) => {
-                eprintln!(
+                errln!(
                     "kiln: {} event(s) could not be delivered or spooled: {error}",
                     unsent.len()
                 );
@@ -177,13 +183,23 @@ async fn send_loop(shared: Arc<Shared>) {
             }
             Err(error) if error.is_retryable() => {
                 shared.warn_once(&error.to_string());
-                tokio::time::sleep(backoff).await;
+                if error.is_unreachable() && shared.closed.load(Ordering::SeqCst) {
+                    // The build is over and the server cannot be reached: spool now
+                    // rather than hold the build for the flush timeout.
+                    return;
+                }
+                // `finish` cuts the backoff short (the attempt after it may end the loop).
+                let wake = shared.wake.notified();
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = wake => {}
+                }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(error) => {
                 // The server understood and refused (bad token, ended build): resending
                 // cannot help, so these events are dropped with the reason.
-                eprintln!("kiln: the server refused {} event(s): {error}", batch.len());
+                errln!("kiln: the server refused {} event(s): {error}", batch.len());
                 shared
                     .queue
                     .lock()

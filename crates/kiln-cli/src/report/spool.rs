@@ -3,12 +3,19 @@
 //!
 //! One JSON-lines file per unfinished delivery: a header line with the server and token
 //! (the directory is 0700 and the files 0600, since the token is a secret), then one
-//! event per line. A sender claims a file by renaming it, so two `kiln` processes never
-//! send the same file at once; resending is safe anyway because events carry eventIds.
+//! event per line. A sender claims a file by renaming it (`….sending-PID`), so two `kiln`
+//! processes never send the same file at once; a claim whose process is gone (it exited
+//! mid-send) is taken over by the next sender. Resending is safe anyway because events
+//! carry eventIds.
+//!
+//! Who sends: `kiln spool send`, `kiln run` and `kiln emit` (in the background while they
+//! work), and every other command that talks to a server with a token, before it does
+//! (`resend_before_command`), so that what it reads includes the resent events.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,6 +26,17 @@ use serde::{Deserialize, Serialize};
 use crate::settings::{ClientArgs, Target};
 
 const SEND_BATCH: usize = 1000;
+/// The longest a command waits for the spool to be resent before it does its own work;
+/// past it, the resend carries on in the background.
+const RESEND_WAIT: Duration = Duration::from_secs(2);
+
+/// Who asked for a spool pass: `kiln spool send` explains what it keeps, other commands
+/// stay quiet about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Explicit,
+    Background,
+}
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -96,27 +114,100 @@ pub struct SendSummary {
     pub files: usize,
 }
 
-/// Sends every spool file, oldest first. Files whose server is unreachable stay.
-pub async fn send_all(fallback: Option<&Target>) -> anyhow::Result<SendSummary> {
-    let dir = directory();
-    let mut summary = SendSummary::default();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(summary);
+/// Spool files waiting to be sent: `*.jsonl`, and claims (`*.sending-PID`) whose
+/// process is gone. Each as (the file now, its name once unclaimed), oldest first.
+fn waiting_files(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
     };
-    let mut paths: Vec<PathBuf> = entries
+    let mut files: Vec<(PathBuf, PathBuf)> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "jsonl"))
+        .filter_map(|path| {
+            let extension = path.extension()?.to_str()?;
+            if extension == "jsonl" {
+                return Some((path.clone(), path));
+            }
+            let pid: i32 = extension.strip_prefix("sending-")?.parse().ok()?;
+            let original = path.with_extension("jsonl");
+            (!process_is_alive(pid)).then_some((path, original))
+        })
         .collect();
-    paths.sort();
-    for path in paths {
+    // Oldest first: names are PID-UUIDv7, and a v7 UUID starts with its time.
+    files.sort_by_cached_key(|(_, original)| {
+        let name = original
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match name.split_once('-') {
+            Some((_, time_ordered)) => time_ordered.to_owned(),
+            None => name,
+        }
+    });
+    files
+}
+
+/// Whether process `pid` still runs (a claim of a running process is left alone).
+fn process_is_alive(pid: i32) -> bool {
+    if pid <= 0 || pid == std::process::id() as i32 {
+        return pid > 0;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::ESRCH) => false,
+        // EPERM: it exists, under another user.
+        Err(_) => true,
+    }
+}
+
+/// Whether any spool file waits (cheap: no file is read).
+fn anything_waiting(dir: &Path) -> bool {
+    !waiting_files(dir).is_empty()
+}
+
+static RESEND_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Resends the spool (once per process) before a command talks to the server, waiting at
+/// most `RESEND_WAIT`; a slow server's resend carries on in the background while the
+/// command runs (and a claim left by exiting mid-send is taken over by the next command).
+pub async fn resend_before_command(target: &Target) {
+    if RESEND_STARTED.swap(true, Ordering::SeqCst) || !anything_waiting(&directory()) {
+        return;
+    }
+    let fallback = target.clone();
+    let resend = tokio::spawn(async move { send_all(Some(&fallback), Pass::Background).await });
+    if let Ok(Ok(Ok(summary))) = tokio::time::timeout(RESEND_WAIT, resend).await
+        && summary.sent > 0
+    {
+        errln!(
+            "kiln: delivered {} event(s) spooled earlier{}",
+            summary.sent,
+            if summary.remaining > 0 {
+                format!(
+                    "; {} still wait in {} (`kiln spool send` says why)",
+                    summary.remaining,
+                    directory().display()
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+/// Sends every spool file, oldest first (by the time in its name). Files whose server is
+/// unreachable, or refuses the file's token, stay.
+pub async fn send_all(fallback: Option<&Target>, pass: Pass) -> anyhow::Result<SendSummary> {
+    let dir = directory();
+    let mut summary = SendSummary::default();
+    for (current, path) in waiting_files(&dir) {
         // Claim the file; another process that claimed it first makes this fail.
         let claimed = path.with_extension(format!("sending-{}", std::process::id()));
-        if std::fs::rename(&path, &claimed).is_err() {
+        if std::fs::rename(&current, &claimed).is_err() {
             continue;
         }
         summary.files += 1;
-        match send_file(&claimed, fallback).await {
+        match send_file(&claimed, fallback, pass).await {
             Ok(sent) => {
                 summary.sent += sent;
                 std::fs::remove_file(&claimed).ok();
@@ -142,7 +233,7 @@ pub async fn send_all(fallback: Option<&Target>) -> anyhow::Result<SendSummary> 
 
 type Unsent = (usize, Vec<EventPayload>, Header);
 
-async fn send_file(path: &Path, fallback: Option<&Target>) -> Result<usize, Unsent> {
+async fn send_file(path: &Path, fallback: Option<&Target>, pass: Pass) -> Result<usize, Unsent> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut lines = text.lines();
     let header: Header = match lines
@@ -151,7 +242,7 @@ async fn send_file(path: &Path, fallback: Option<&Target>) -> Result<usize, Unse
     {
         Some(header) => header,
         None => {
-            eprintln!("kiln: ignoring unreadable spool file {}", path.display());
+            errln!("kiln: ignoring unreadable spool file {}", path.display());
             return Ok(0);
         }
     };
@@ -170,8 +261,20 @@ async fn send_file(path: &Path, fallback: Option<&Target>) -> Result<usize, Unse
             Err(error) if error.is_retryable() => {
                 return Err((sent, events[sent..].to_vec(), header));
             }
+            Err(error) if matches!(error.status(), Some(401 | 403)) => {
+                // The token is refused, not the events: keep them for a fixed token.
+                if pass == Pass::Explicit {
+                    errln!(
+                        "kiln: {} refused the token of {} spooled event(s) ({error}); they stay in {}: put a valid token in their file's first line, or delete the file",
+                        header.server,
+                        events.len() - sent,
+                        directory().display()
+                    );
+                }
+                return Err((sent, events[sent..].to_vec(), header));
+            }
             Err(error) => {
-                eprintln!(
+                errln!(
                     "kiln: the server refused {} spooled event(s): {error}",
                     chunk.len()
                 );
@@ -185,8 +288,8 @@ async fn send_file(path: &Path, fallback: Option<&Target>) -> Result<usize, Unse
 /// `kiln spool send`.
 pub async fn send_command(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let target = args.target()?;
-    let summary = send_all(Some(&target)).await?;
-    println!(
+    let summary = send_all(Some(&target), Pass::Explicit).await?;
+    outln!(
         "sent {} spooled event(s) from {} file(s); {} remain in {}",
         summary.sent,
         summary.files,

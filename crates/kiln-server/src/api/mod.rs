@@ -20,6 +20,7 @@ mod socketio;
 mod stream;
 pub(crate) mod users;
 pub(crate) mod webhooks;
+mod whoami;
 
 pub(crate) use body::QueryParams;
 pub(crate) use builds::readable_build;
@@ -108,6 +109,12 @@ fn api_route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<App
             delete(users::logout),
         ),
         ("GET", "/api/v1/me", Access::User, get(users::me)),
+        (
+            "GET",
+            "/api/v1/whoami",
+            Access::ProjectRead,
+            get(whoami::whoami),
+        ),
         (
             "POST",
             "/api/v1/me/password",
