@@ -8,6 +8,7 @@ mod accounts;
 mod address;
 mod api;
 mod auth;
+mod background;
 pub mod clock;
 mod config;
 mod error;
@@ -136,59 +137,76 @@ pub async fn run(
         webhook_sender: webhook_sender.clone(),
         log_lines: Arc::new(web::LogLineCache::default()),
     };
-    let (reaper_stop, reaper_stopped) = tokio::sync::watch::channel(false);
-    let tail_task = tokio::spawn(live::tail(
-        store.clone(),
-        bus.clone(),
-        reaper_stopped.clone(),
-    ));
-    let runner_task = tokio::spawn(runner::tasks::run(runner, reaper_stopped.clone()));
+    let mut background = background::Background::new();
+    background.spawn(
+        "live tailer",
+        live::tail(store.clone(), bus.clone(), background.stop_signal()),
+    );
+    background.spawn(
+        "scheduler",
+        runner::tasks::run(runner, background.stop_signal()),
+    );
     let mail_queued = Arc::new(tokio::sync::Notify::new());
-    let notifier_task = tokio::spawn(notify::run(
-        store.clone(),
-        bus.clone(),
-        clock.clone(),
-        config.notifications.clone(),
-        mail_queued.clone(),
-        reaper_stopped.clone(),
-    ));
-    let mail_task = config.notifications.email.clone().map(|email| {
+    background.spawn(
+        "notifier",
+        notify::run(
+            store.clone(),
+            bus.clone(),
+            clock.clone(),
+            config.notifications.clone(),
+            mail_queued.clone(),
+            background.stop_signal(),
+        ),
+    );
+    if let Some(email) = config.notifications.email.clone() {
         tracing::info!(relay = %email.relay_url(), from = %email.from, "notification emails on");
-        tokio::spawn(notify::mail::run(
+        background.spawn(
+            "mail",
+            notify::mail::run(
+                store.clone(),
+                clock.clone(),
+                email,
+                config.notifications.poll_interval,
+                mail_queued,
+                background.stop_signal(),
+            ),
+        );
+    }
+    background.spawn(
+        "webhook consumer",
+        webhooks::run_consumer(
+            store.clone(),
+            bus.clone(),
+            clock.clone(),
+            config.webhooks.clone(),
+            webhook_sender.clone(),
+            webhooks::Pace::new(ingestor.load(), config.webhooks.busy_share),
+            background.stop_signal(),
+        ),
+    );
+    background.spawn(
+        "webhook sender",
+        webhooks::run_sender(
             store.clone(),
             clock.clone(),
-            email,
-            config.notifications.poll_interval,
-            mail_queued,
-            reaper_stopped.clone(),
-        ))
-    });
-    let webhook_consumer_task = tokio::spawn(webhooks::run_consumer(
-        store.clone(),
-        bus.clone(),
-        clock.clone(),
-        config.webhooks.clone(),
-        webhook_sender.clone(),
-        webhooks::Pace::new(ingestor.load(), config.webhooks.busy_share),
-        reaper_stopped.clone(),
-    ));
-    let webhook_sender_task = tokio::spawn(webhooks::run_sender(
-        store.clone(),
-        clock.clone(),
-        webhook_config,
-        config.webhooks_allow_private,
-        webhook_sender,
-        webhooks::Pace::new(ingestor.load(), config.webhooks.busy_share),
-        reaper_stopped.clone(),
-    ));
-    let reaper_task = tokio::spawn(reaper::run(
-        store.clone(),
-        ingestor,
-        clock,
-        config.heartbeat_timeout_secs,
-        config.reaper_interval,
-        reaper_stopped,
-    ));
+            webhook_config,
+            config.webhooks_allow_private,
+            webhook_sender,
+            webhooks::Pace::new(ingestor.load(), config.webhooks.busy_share),
+            background.stop_signal(),
+        ),
+    );
+    background.spawn(
+        "reaper",
+        reaper::run(
+            store.clone(),
+            ingestor,
+            clock,
+            config.heartbeat_timeout_secs,
+            config.reaper_interval,
+            background.stop_signal(),
+        ),
+    );
 
     let (app, socket_io) = api::router(state);
     tracing::info!(address = %listener.local_addr()?, engine = store.engine().as_str(), "kiln serving");
@@ -202,17 +220,9 @@ pub async fn run(
     };
     serve::serve(listener, app, config.connections.clone(), shutdown).await?;
 
-    // Requests are done; stop the reaper, then let the ingestor drain its queue.
-    let _ = reaper_stop.send(true);
-    let _ = reaper_task.await;
-    let _ = runner_task.await;
-    let _ = notifier_task.await;
-    let _ = webhook_consumer_task.await;
-    let _ = webhook_sender_task.await;
-    if let Some(mail_task) = mail_task {
-        let _ = mail_task.await;
-    }
-    let _ = tail_task.await;
+    // Requests are done; stop the background tasks (the reaper and the scheduler hold the
+    // last ingestor handles), then let the ingestor drain its queue.
+    background.stop().await;
     let _ = ingest_task.await;
     tracing::info!("kiln stopped");
     Ok(())
