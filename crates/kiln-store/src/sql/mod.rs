@@ -44,9 +44,10 @@ pub struct SqlStore {
     engine: Engine,
     /// SQLite only: the thread that runs every ingest transaction.
     writer: Option<sqlite_writer::SqliteWriter>,
-    /// PostgreSQL only: native connections for ingest (`pg_ingest`), whose statements
-    /// bind arrays and so keep one text, prepared once per connection.
-    ingest_pool: Option<sqlx::PgPool>,
+    /// PostgreSQL only: native connections for the statements that bind arrays (ingest
+    /// in `pg_ingest`, webhook attempts), whose text stays the same whatever the batch,
+    /// so each is prepared once per connection.
+    native_pool: Option<sqlx::PgPool>,
     /// Kept for engine-specific connections (PostgreSQL `LISTEN`).
     database_url: String,
 }
@@ -161,14 +162,13 @@ impl SqlStore {
             }
             Engine::Postgres => None,
         };
-        let ingest_pool = match engine {
+        let native_pool = match engine {
             Engine::Sqlite => None,
             Engine::Postgres => Some(
                 // Ingest transactions run one at a time (they all lock the event-id
-                // counter); a second connection covers a commit in flight while the next
-                // group is prepared.
+                // counter); the others serve the webhook sender's attempt batches.
                 sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(2)
+                    .max_connections(4)
                     .acquire_timeout(Duration::from_secs(10))
                     .test_before_acquire(false)
                     .connect_with(sqlx::postgres::PgConnectOptions::from_str(&url)?)
@@ -179,7 +179,7 @@ impl SqlStore {
             pool,
             engine,
             writer,
-            ingest_pool,
+            native_pool,
             database_url: url,
         })
     }
@@ -207,7 +207,7 @@ impl SqlStore {
 
     /// Closes the pools; in-flight queries finish first.
     pub async fn close(&self) {
-        if let Some(pool) = &self.ingest_pool {
+        if let Some(pool) = &self.native_pool {
             pool.close().await;
         }
         self.pool.close().await;
@@ -390,7 +390,7 @@ impl Store for SqlStore {
         requests: &[IngestRequest],
         now: Millis,
     ) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>> {
-        match (&self.writer, &self.ingest_pool) {
+        match (&self.writer, &self.native_pool) {
             (Some(writer), _) => writer.ingest(requests, now).await,
             (None, Some(pool)) => pg_ingest::ingest(pool, COMMIT_CHANNEL, requests, now).await,
             (None, None) => Err(StoreError::Unavailable(

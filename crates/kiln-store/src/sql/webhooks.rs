@@ -73,6 +73,31 @@ const DISABLE_ENDPOINT: &str =
     "UPDATE webhook_endpoints SET active = 0, disabled_reason = $1, updated_at = $2 WHERE id = $3";
 const GONE_REASON: &str = "the receiver answered 410 Gone";
 
+/// PostgreSQL: `SETTLE_DELIVERY`, `INSERT_ATTEMPT` and `DISABLE_ENDPOINT` for a whole batch
+/// of finished attempts in one statement of fixed text (arrays, one element per attempt).
+const PG_FINISH_ATTEMPTS: &str = "WITH v AS ( \
+       SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], \
+         $6::bigint[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], \
+         $13::boolean[], $14::bigint[]) AS v(delivery_id, attempt, state, next_attempt_at, \
+         finished_at, status_code, error, body, started_at, latency_ms, request_headers, \
+         response_excerpt, disable, now)), \
+     settled AS ( \
+       UPDATE webhook_deliveries d SET state = v.state, next_attempt_at = v.next_attempt_at, \
+         finished_at = v.finished_at, last_status = v.status_code, last_error = v.error, body = v.body \
+       FROM v WHERE d.id = v.delivery_id AND d.state = 'pending' AND d.attempts = v.attempt \
+       RETURNING d.id, d.endpoint_id), \
+     logged AS ( \
+       INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms, \
+         request_headers, response_excerpt, error) \
+       SELECT v.delivery_id, v.attempt, v.started_at, v.status_code, v.latency_ms, \
+         v.request_headers, v.response_excerpt, v.error \
+       FROM v JOIN settled ON settled.id = v.delivery_id), \
+     disabled AS ( \
+       UPDATE webhook_endpoints e SET active = 0, disabled_reason = $15, updated_at = v.now \
+       FROM v JOIN settled ON settled.id = v.delivery_id \
+       WHERE v.disable AND e.id = settled.endpoint_id) \
+     SELECT COUNT(*) FROM settled";
+
 /// The delivery's state, next due time and end time after an attempt.
 fn settled(finished: &FinishedWebhookAttempt) -> (&'static str, i64, Option<i64>) {
     let now = finished.finished_at.0;
@@ -622,45 +647,103 @@ impl SqlStore {
                 })
                 .await;
         }
-        let mut transaction = self.pool.begin().await?;
-        for one in finished {
-            let (state, next_attempt_at, finished_at) = settled(one);
-            let attempt = &one.attempt;
-            let endpoint_id: Option<i64> = sqlx::query_scalar(SETTLE_DELIVERY)
-                .bind(state)
-                .bind(next_attempt_at)
-                .bind(finished_at)
-                .bind(attempt.status_code)
-                .bind(attempt.error.as_deref())
-                .bind(&one.body)
-                .bind(one.delivery_id)
-                .bind(attempt.attempt)
-                .fetch_optional(&mut *transaction)
-                .await?;
-            let Some(endpoint_id) = endpoint_id else {
-                continue;
-            };
-            sqlx::query(INSERT_ATTEMPT)
-                .bind(one.delivery_id)
-                .bind(attempt.attempt)
-                .bind(attempt.started_at.0)
-                .bind(attempt.status_code)
-                .bind(attempt.latency_ms)
-                .bind(&attempt.request_headers)
-                .bind(attempt.response_excerpt.as_deref())
-                .bind(attempt.error.as_deref())
-                .execute(&mut *transaction)
-                .await?;
-            if one.outcome == WebhookOutcome::FailedAndDisable {
-                sqlx::query(DISABLE_ENDPOINT)
-                    .bind(GONE_REASON)
-                    .bind(one.finished_at.0)
-                    .bind(endpoint_id)
-                    .execute(&mut *transaction)
-                    .await?;
-            }
-        }
-        transaction.commit().await?;
+        let Some(pool) = &self.native_pool else {
+            return Err(StoreError::Unavailable(
+                "no native PostgreSQL pool for webhook attempts".into(),
+            ));
+        };
+        // One statement for the whole batch: settle the deliveries still waiting for
+        // this attempt, log the attempts of those settled, disable the endpoints that
+        // answered 410.
+        let settled_rows: Vec<_> = finished.iter().map(settled).collect();
+        sqlx::query(PG_FINISH_ATTEMPTS)
+            .bind(
+                finished
+                    .iter()
+                    .map(|one| one.delivery_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                finished
+                    .iter()
+                    .map(|one| one.attempt.attempt)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                settled_rows
+                    .iter()
+                    .map(|(state, _, _)| *state)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                settled_rows
+                    .iter()
+                    .map(|(_, next, _)| *next)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                settled_rows
+                    .iter()
+                    .map(|(_, _, end)| *end)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                finished
+                    .iter()
+                    .map(|one| one.attempt.status_code)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                finished
+                    .iter()
+                    .map(|one| one.attempt.error.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                finished
+                    .iter()
+                    .map(|one| one.body.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                finished
+                    .iter()
+                    .map(|one| one.attempt.started_at.0)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                finished
+                    .iter()
+                    .map(|one| one.attempt.latency_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                finished
+                    .iter()
+                    .map(|one| one.attempt.request_headers.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                finished
+                    .iter()
+                    .map(|one| one.attempt.response_excerpt.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                finished
+                    .iter()
+                    .map(|one| one.outcome == WebhookOutcome::FailedAndDisable)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                finished
+                    .iter()
+                    .map(|one| one.finished_at.0)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(GONE_REASON)
+            .execute(pool)
+            .await?;
         Ok(())
     }
 
