@@ -3,27 +3,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
-
 use common::{ADMIN, Server, Workspace};
 
 fn run(command: &mut std::process::Command, stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let output = child.wait_with_output().unwrap();
+    let output = common::output_with_stdin(command, stdin.unwrap_or_default());
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).trim().to_owned(),

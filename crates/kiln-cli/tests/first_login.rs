@@ -4,40 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use common::{Workspace, free_port};
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-/// Starts `kiln up --no-agent` and reads what it prints up to "Stop with Ctrl-C".
+/// `kiln up --no-agent` with what it printed, as one text.
 fn start_up(workspace: &Workspace, port: u16) -> (Child, String) {
-    let mut child = Command::new(KILN)
-        .current_dir(workspace.dir.path())
-        .args([
-            "up",
-            "--no-agent",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(workspace.data())
-        .env("KILN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut printed = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let done = line.starts_with("Stop with Ctrl-C");
-        printed.push(line);
-        if done {
-            break;
-        }
-    }
+    let (child, printed) = common::start_up(workspace, port);
     (child, printed.join("\n"))
 }
 

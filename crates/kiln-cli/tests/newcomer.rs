@@ -399,24 +399,6 @@ fn the_server_log_has_colour_codes_only_on_a_terminal_or_when_asked() {
     assert!(always.contains("\u{1b}["), "--color always: {always:?}");
 }
 
-/// Runs `command` with `input` on its standard input.
-fn with_stdin(command: &mut Command, input: &str) -> Output {
-    use std::io::Write;
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn admin_commands_take_the_project_of_a_user_with_one_project() {
     let workspace = Workspace::new();
@@ -436,7 +418,7 @@ fn admin_commands_take_the_project_of_a_user_with_one_project() {
         ],
     ] {
         let done = if args.contains(&"--password-stdin") {
-            with_stdin(
+            output_with_stdin(
                 workspace.kiln(&server.url, ADMIN).args(&args),
                 "correct horse battery\n",
             )
@@ -454,7 +436,7 @@ fn admin_commands_take_the_project_of_a_user_with_one_project() {
         "admin",
     ]);
     assert!(role.status.success(), "{}", stderr(&role));
-    let login = with_stdin(
+    let login = output_with_stdin(
         workspace
             .kiln(&server.url, "")
             .args(["login", "--email", "ada@example.com"]),
@@ -472,7 +454,7 @@ fn admin_commands_take_the_project_of_a_user_with_one_project() {
     };
 
     // Ada administers web only: no --project needed.
-    let set = with_stdin(
+    let set = output_with_stdin(
         workspace
             .kiln(&server.url, &ada)
             .env_remove("KILN_PROJECT")
@@ -552,25 +534,7 @@ fn the_readme_quickstart_works_as_written() {
 
     let workspace = Workspace::new();
     let port = free_port();
-    let mut up = Command::new(KILN)
-        .current_dir(workspace.dir.path())
-        .args(["up", "--no-agent", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(workspace.data())
-        .env("KILN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut printed = Vec::new();
-    for line in BufReader::new(up.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let done = line.starts_with("Stop with Ctrl-C");
-        printed.push(line);
-        if done {
-            break;
-        }
-    }
+    let (mut up, printed) = start_up(&workspace, port);
     let token = printed
         .iter()
         .find(|line| line.contains("project token"))

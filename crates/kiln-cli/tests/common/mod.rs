@@ -108,6 +108,49 @@ pub fn output(command: &mut Command) -> Output {
     command.output().expect("run kiln")
 }
 
+/// Runs `command` with `input` on its standard input, capturing its output.
+pub fn output_with_stdin(command: &mut Command, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kiln");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Starts `kiln up --no-agent` on `port` in the workspace and returns it with the lines
+/// it printed up to "Stop with Ctrl-C".
+pub fn start_up(workspace: &Workspace, port: u16) -> (Child, Vec<String>) {
+    let mut child = Command::new(KILN)
+        .current_dir(workspace.dir.path())
+        .args(["up", "--no-agent", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(workspace.data())
+        .env("KILN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kiln up");
+    let mut printed = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("Stop with Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    (child, printed)
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

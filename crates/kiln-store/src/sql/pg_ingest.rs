@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 
 use kiln_core::{Millis, StageState};
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::postgres::PgPool;
 use sqlx::{Connection, Executor, PgConnection, Row};
 
 use super::ingest::{
@@ -132,21 +132,6 @@ const WRITE: &str = "WITH new_builds AS ( \
      counter AS (UPDATE kiln_counters SET value = $72 WHERE name = 'event_id') \
      SELECT (SELECT COALESCE(array_agg(id), '{}') FROM new_builds) AS new_ids, \
             pg_notify($73, $72::text)";
-
-impl Columns for PgRow {
-    fn int(&self, name: &str) -> StoreResult<i64> {
-        Ok(self.try_get(name)?)
-    }
-    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
-        Ok(self.try_get(name)?)
-    }
-    fn text(&self, name: &str) -> StoreResult<String> {
-        Ok(self.try_get(name)?)
-    }
-    fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
-        Ok(self.try_get(name)?)
-    }
-}
 
 /// A row's columns under a prefix (`s_name` read as `name`), for the stage half of a
 /// build-and-stage join.

@@ -66,20 +66,27 @@ pub(crate) trait Columns {
     fn opt_text(&self, name: &str) -> StoreResult<Option<String>>;
 }
 
-impl Columns for AnyRow {
-    fn int(&self, name: &str) -> StoreResult<i64> {
-        Ok(self.try_get(name)?)
-    }
-    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
-        Ok(self.try_get(name)?)
-    }
-    fn text(&self, name: &str) -> StoreResult<String> {
-        Ok(self.try_get(name)?)
-    }
-    fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
-        Ok(self.try_get(name)?)
-    }
+/// `Columns` for sqlx row types: the `Any` rows of reads, the native PostgreSQL rows of
+/// `pg_ingest`.
+macro_rules! sqlx_columns {
+    ($($row:ty),*) => {$(
+        impl Columns for $row {
+            fn int(&self, name: &str) -> StoreResult<i64> {
+                Ok(self.try_get(name)?)
+            }
+            fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
+                Ok(self.try_get(name)?)
+            }
+            fn text(&self, name: &str) -> StoreResult<String> {
+                Ok(self.try_get(name)?)
+            }
+            fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
+                Ok(self.try_get(name)?)
+            }
+        }
+    )*};
 }
+sqlx_columns!(AnyRow, sqlx::postgres::PgRow);
 
 impl Columns for rusqlite::Row<'_> {
     fn int(&self, name: &str) -> StoreResult<i64> {
