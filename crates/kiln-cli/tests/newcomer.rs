@@ -659,3 +659,137 @@ fn a_cancel_on_the_server_stops_a_wrapped_command_and_its_process_group() {
     assert_eq!(shown[0]["status"], "cancelled");
     assert!(!said.contains("refused"), "{said}");
 }
+
+/// GET `path` on the server with `token`; the status and the body as text.
+fn get(server: &str, token: &str, path: &str) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Building a Kiln client installs the TLS provider reqwest needs.
+    let _ = kiln_client::Client::new(server, None);
+    runtime.block_on(async {
+        let answer = reqwest::Client::new()
+            .get(format!("{server}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    })
+}
+
+#[test]
+fn a_wrapped_commands_output_is_the_builds_log() {
+    let workspace = Workspace::new();
+    let server = Server::start(&workspace.data(), 0, &[]);
+    let token = project_token(&workspace, &server);
+    let run = output(
+        workspace
+            .kiln(&server.url, &token)
+            .env("DEPLOY_KEY", "hunter2-s3cret")
+            .args([
+                "run",
+                "--run-id",
+                "logged-1",
+                "--mask",
+                "DEPLOY_KEY",
+                "--stage",
+                "Build=echo building; echo careful >&2",
+                "--",
+                "sh",
+                "-c",
+                "echo \"key=$DEPLOY_KEY\"; printf 'no newline'; exit 3",
+            ]),
+    );
+    // The terminal gets the output unchanged (masking is for the stored log).
+    assert_eq!(run.status.code(), Some(3), "{}", stderr(&run));
+    let said = stdout(&run);
+    assert!(said.contains("building\n"), "{said}");
+    assert!(said.contains("key=hunter2-s3cret\nno newline"), "{said}");
+    assert!(stderr(&run).contains("careful\n"), "{}", stderr(&run));
+
+    let (status, body) = get(
+        &server.url,
+        &token,
+        "/api/v1/projects/web/builds/logged-1/jobs",
+    );
+    assert_eq!(status, 200, "{body}");
+    let jobs: Value = serde_json::from_str(&body).unwrap();
+    let jobs = jobs["jobs"].as_array().unwrap();
+    let steps: Vec<(&str, &str, Option<i64>, bool)> = jobs
+        .iter()
+        .map(|job| {
+            (
+                job["step"].as_str().unwrap(),
+                job["state"].as_str().unwrap(),
+                job["exitCode"].as_i64(),
+                job["reported"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("Build", "passed", Some(0), true),
+            ("run", "failed", Some(3), true)
+        ]
+    );
+
+    let (status, build_log) = get(
+        &server.url,
+        &token,
+        "/api/v1/projects/web/builds/logged-1/jobs/Build/log",
+    );
+    assert_eq!(status, 200);
+    // The agents' format: a 30-byte prefix of time and stream tag. (The two pipes are
+    // read apart, so their lines may come in either order.)
+    let mut lines: Vec<&str> = build_log.lines().map(|line| &line[23..]).collect();
+    lines.sort();
+    assert_eq!(lines, ["Z err  careful", "Z out  building"], "{build_log}");
+    assert!(build_log.starts_with("20"), "{build_log}");
+
+    let (_, run_log) = get(
+        &server.url,
+        &token,
+        "/api/v1/projects/web/builds/logged-1/jobs/run/log",
+    );
+    assert!(run_log.contains(" out  key=***\n"), "{run_log}");
+    assert!(!run_log.contains("hunter2"), "{run_log}");
+    // The unfinished line is ended by the log, and kiln says how the command ended.
+    assert!(run_log.contains(" out  no newline\n"), "{run_log}");
+    assert!(
+        run_log.trim_end().ends_with(
+            "kiln 'sh -c echo \"key=$DEPLOY_KEY\"; printf 'no newline'; exit 3' exited with code 3"
+        ),
+        "{run_log}"
+    );
+
+    // `kiln logs` shows it like the log of a build Kiln ran.
+    let shown = output(
+        workspace
+            .kiln(&server.url, &token)
+            .args(["logs", "logged-1"]),
+    );
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert!(stdout(&shown).contains("--- run ---"), "{}", stdout(&shown));
+    assert!(stdout(&shown).contains("key=***"), "{}", stdout(&shown));
+
+    // --no-log keeps the output out of Kiln.
+    let quiet = output(
+        workspace
+            .kiln(&server.url, &token)
+            .args(["run", "--run-id", "quiet-1", "--no-log", "--", "echo", "hi"]),
+    );
+    assert!(quiet.status.success(), "{}", stderr(&quiet));
+    assert_eq!(stdout(&quiet), "hi\n");
+    let (_, body) = get(
+        &server.url,
+        &token,
+        "/api/v1/projects/web/builds/quiet-1/jobs",
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["jobs"],
+        serde_json::json!([])
+    );
+}

@@ -206,6 +206,35 @@ impl Client {
         json_answer(&body)
     }
 
+    /// Appends `bytes` at `offset` of the log a `kiln run` reports for `step` of its
+    /// build; with `end` (`passed`, `failed`, `cancelled`) the log is complete.
+    pub async fn report_log(
+        &self,
+        run_id: &str,
+        step: &str,
+        offset: i64,
+        bytes: Vec<u8>,
+        end: Option<(&str, Option<i64>)>,
+    ) -> Result<ReportedLogAck, ClientError> {
+        let mut path = format!(
+            "/api/v1/builds/{}/log?step={}&offset={offset}",
+            encode(run_id),
+            encode(step)
+        );
+        if let Some((outcome, exit_code)) = end {
+            path.push_str(&format!("&end={}", encode(outcome)));
+            if let Some(code) = exit_code {
+                path.push_str(&format!("&exitCode={code}"));
+            }
+        }
+        let request = self
+            .request(Method::POST, &path)
+            .header("content-type", "application/octet-stream")
+            .body(bytes);
+        let (_, _, body) = Self::exchange(request).await?;
+        json_answer(&body)
+    }
+
     pub async fn agent_finish(&self, job_id: i64, request: &FinishJob) -> Result<(), ClientError> {
         self.send_for::<_, Value>(
             Method::POST,

@@ -305,6 +305,9 @@ pub struct JobDto {
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
     pub log_size: i64,
+    /// Reported by a `kiln run` (its wrapped command's output), not run by an agent.
+    #[serde(default)]
+    pub reported: bool,
     /// In the queue view: why the job is waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
@@ -473,6 +476,20 @@ pub struct FinishJob {
 #[serde(rename_all = "camelCase")]
 pub struct LogAck {
     pub size: i64,
+    pub cancel: bool,
+}
+
+/// The answer to a chunk of a reported log (`POST /api/v1/builds/{runId}/log`, what
+/// `kiln run` sends): the job holding it, the log's size, and whether the build was
+/// cancelled.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportedLogAck {
+    pub job_id: i64,
+    pub step: String,
+    pub size: i64,
+    /// `running` until the log is ended, then its outcome.
+    pub state: String,
     pub cancel: bool,
 }
 

@@ -516,6 +516,12 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             Rule::Ingest,
         ),
         (
+            "POST",
+            "/api/v1/builds/web-run/log?offset=0&step=auth".into(),
+            Value::Null,
+            Rule::Ingest,
+        ),
+        (
             "GET",
             "/api/v1/builds?project=web".into(),
             Value::Null,

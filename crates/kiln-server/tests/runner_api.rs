@@ -24,6 +24,7 @@ engine_test!(a_triggered_build_is_never_seen_without_its_jobs);
 engine_test!(the_repository_policy_keeps_projects_to_their_own_code);
 engine_test!(steps_get_the_secrets_they_name_masked_in_their_logs);
 engine_test!(credentials_an_earlier_kiln_stored_in_a_url_are_sealed_at_start);
+engine_test!(a_reported_log_takes_chunks_by_offset_and_refuses_bad_input);
 
 fn body(value: Value) -> Option<Vec<u8>> {
     Some(serde_json::to_vec(&value).unwrap())
@@ -1284,5 +1285,123 @@ async fn credentials_an_earlier_kiln_stored_in_a_url_are_sealed_at_start(engine:
         .raw(Method::GET, "/api/v1/projects/old", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(status, 200, "{answer}");
+    app.stop().await;
+}
+
+/// The log a `kiln run` reports (`POST /api/v1/builds/{runId}/log`): chunks by offset
+/// (a retried chunk acknowledged, a gap refused), a live tail that ends when the log
+/// is ended, and clear errors for bad input and other projects' builds.
+async fn a_reported_log_takes_chunks_by_offset_and_refuses_bad_input(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (_, token) = app.project_client("web", &["ingest", "read"]).await;
+    let (_, other) = app.project_client("other", &["ingest"]).await;
+    let token = token.as_str();
+    let (status, answer) = app
+        .raw(
+            Method::POST,
+            "/api/v1/events",
+            Some(token),
+            body(json!({"runId": "ext-1", "event": "build_started"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let other = other.as_str();
+    let app_ref = &app;
+    let append = move |path: &'static str, who: &'static str, bytes: &'static [u8]| {
+        let app = app_ref;
+        async move {
+            let caller = if who == "web" { token } else { other };
+            let bytes = (!bytes.is_empty()).then(|| bytes.to_vec());
+            app.raw(Method::POST, path, Some(caller), bytes).await
+        }
+    };
+
+    let (status, answer) = append("/api/v1/builds/ext-1/log?step=run", "web", b"x").await;
+    assert_eq!(status, 400);
+    assert_error(&answer, "invalid_field", Some("offset"));
+    let (status, answer) = append("/api/v1/builds/ext-1/log?offset=0&end=done", "web", b"").await;
+    assert_eq!(status, 400);
+    assert_error(&answer, "invalid_field", Some("end"));
+    let (status, answer) =
+        append("/api/v1/builds/ext-1/log?offset=0&exitCode=300", "web", b"").await;
+    assert_eq!(status, 400);
+    assert_eq!(answer["error"]["field"], "exitCode", "{answer}");
+    let (status, answer) = append("/api/v1/builds/ext-1/log?offset=0&step=a%0Ab", "web", b"").await;
+    assert_eq!(status, 400);
+    assert_eq!(answer["error"]["field"], "step", "{answer}");
+    let (status, answer) = append("/api/v1/builds/nope/log?offset=0", "web", b"x").await;
+    assert_eq!(status, 404, "{answer}");
+    let (status, answer) = append("/api/v1/builds/ext-1/log?offset=0", "other", b"x").await;
+    assert_eq!(
+        status, 404,
+        "another project's build is not found: {answer}"
+    );
+
+    let mut tail = SseStream::open(
+        &format!(
+            "{}/api/v1/projects/web/builds/ext-1/jobs/run/log/stream",
+            app.base_url
+        ),
+        token,
+        None,
+    )
+    .await;
+    // The tail may open before the first chunk made the job: then it is not found yet.
+    let (status, answer) = append("/api/v1/builds/ext-1/log?offset=0", "web", b"one\n").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["size"].as_i64(), answer["step"].as_str()),
+        (Some(4), Some("run"))
+    );
+    assert_eq!(answer["state"], "running");
+    if tail.is_err() {
+        tail = SseStream::open(
+            &format!(
+                "{}/api/v1/projects/web/builds/ext-1/jobs/run/log/stream",
+                app.base_url
+            ),
+            token,
+            None,
+        )
+        .await;
+    }
+    let mut tail = tail.unwrap();
+    let (status, _) = append("/api/v1/builds/ext-1/log?offset=0", "web", b"one\n").await;
+    assert_eq!(status, 200, "a retried chunk is acknowledged");
+    let (status, answer) = append("/api/v1/builds/ext-1/log?offset=9", "web", b"gap").await;
+    assert_eq!(status, 409);
+    assert_error(&answer, "wrong_offset", Some("offset"));
+    let (status, answer) = append(
+        "/api/v1/builds/ext-1/log?offset=4&end=failed&exitCode=2",
+        "web",
+        b"two\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["state"], "failed");
+    let (status, answer) = append("/api/v1/builds/ext-1/log?offset=8", "web", b"late").await;
+    assert_eq!(status, 409);
+    assert_error(&answer, "log_ended", None);
+
+    let mut text = String::new();
+    let ended = loop {
+        match tail.next(Duration::from_secs(10)).await {
+            Some(event) if event.event == "log" => text.push_str(&event.data),
+            Some(event) => break event,
+            None => panic!("the tail did not end; got {text:?}"),
+        }
+    };
+    assert_eq!(ended.event, "end", "{ended:?}");
+    assert_eq!(text.lines().collect::<Vec<_>>(), ["one", "two"], "{text:?}");
+    let listed = jobs(&app, token, "ext-1").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            &listed[0]["state"],
+            &listed[0]["exitCode"],
+            &listed[0]["reported"]
+        ),
+        (&json!("failed"), &json!(2), &json!(true))
+    );
     app.stop().await;
 }

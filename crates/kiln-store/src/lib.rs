@@ -21,7 +21,7 @@ pub(crate) mod webhooks;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_core::{Millis, ProjectSlug};
+use kiln_core::{JobState, Millis, ProjectSlug};
 
 pub use accounts::*;
 pub use dashboard::*;
@@ -292,7 +292,8 @@ pub trait Store: Send + Sync + 'static {
     async fn job_by_id(&self, id: i64) -> StoreResult<Option<JobRecord>>;
     /// The jobs of a build, in pipeline order.
     async fn jobs_of_build(&self, build_id: i64) -> StoreResult<Vec<JobRecord>>;
-    /// Jobs not yet ended (blocked, queued, running), oldest first.
+    /// Jobs for agents not yet ended (blocked, queued, running), oldest first; reported
+    /// jobs are not among them.
     async fn unfinished_jobs(&self, limit: i64) -> StoreResult<Vec<JobRecord>>;
     /// Claims the first queued job the agent may run: by aged priority, then FIFO,
     /// among jobs whose labels the agent offers, within per-project and per-agent
@@ -345,6 +346,32 @@ pub trait Store: Send + Sync + 'static {
     /// need advancing (or the build ending).
     async fn builds_to_advance(&self, limit: i64) -> StoreResult<Vec<i64>>;
 
+    /// The job holding the log a `kiln run` reports for `step` of a build, created
+    /// (running, never queued or leased) on first use. A step Kiln's agents run is a
+    /// conflict.
+    async fn reported_job(
+        &self,
+        build_id: i64,
+        project_id: i64,
+        step: &str,
+        now: Millis,
+    ) -> StoreResult<JobRecord>;
+    /// Ends a running reported job with a terminal `state`; false when it had ended.
+    async fn end_reported_job(
+        &self,
+        job_id: i64,
+        state: JobState,
+        exit_code: Option<i64>,
+        now: Millis,
+    ) -> StoreResult<bool>;
+    /// Ends the reported jobs still running of builds that ended before
+    /// `ended_before` (their reporter stopped without saying so), with their build's
+    /// outcome; returns how many.
+    async fn end_orphaned_reported_jobs(
+        &self,
+        ended_before: Millis,
+        now: Millis,
+    ) -> StoreResult<u64>;
     /// Appends a chunk to a job's log at byte `offset`. A chunk that was stored before
     /// (a retry) is acknowledged again.
     async fn append_log(

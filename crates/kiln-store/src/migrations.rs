@@ -83,6 +83,12 @@ const SQLITE: &[Migration] = &[
         name: "webhook_held",
         sql: include_str!("../migrations/sqlite/0010_webhook_held.sql"),
     },
+    // Jobs `kiln run` reports: a wrapped command's output as the build's log.
+    Migration {
+        version: 11,
+        name: "reported_jobs",
+        sql: include_str!("../migrations/sqlite/0011_reported_jobs.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -154,6 +160,12 @@ const POSTGRES: &[Migration] = &[
         version: 10,
         name: "webhook_held",
         sql: include_str!("../migrations/postgres/0010_webhook_held.sql"),
+    },
+    // Jobs `kiln run` reports: a wrapped command's output as the build's log.
+    Migration {
+        version: 11,
+        name: "reported_jobs",
+        sql: include_str!("../migrations/postgres/0011_reported_jobs.sql"),
     },
 ];
 

@@ -77,6 +77,10 @@ pub struct JobRecord {
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
     pub log_size: i64,
+    /// Reported by a `kiln run` wrapping a command outside Kiln (its output as the
+    /// build's log): never queued, claimed or leased; ended by its reporter, or with
+    /// its build when the reporter stopped without saying so.
+    pub reported: bool,
 }
 
 /// A job to create (see `kiln_core::jobs::plan`).

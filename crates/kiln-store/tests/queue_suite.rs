@@ -32,6 +32,10 @@ store_test!(
 );
 store_test!(repos_branches_and_agents, repos_branches_and_agents);
 store_test!(
+    reported_jobs_hold_logs_and_stay_out_of_the_queue,
+    reported_jobs_hold_logs_and_stay_out_of_the_queue
+);
+store_test!(
     secrets_and_repo_credentials_keep_ciphertext,
     secrets_and_repo_credentials_keep_ciphertext
 );
@@ -615,4 +619,157 @@ async fn secrets_and_repo_credentials_keep_ciphertext(engine: Engine) {
     assert_eq!(read.repo.as_deref(), Some("https://git.example.com/x.git"));
     assert_eq!(read.repo_credentials.as_deref(), Some("kiln1:ee"));
     assert!(store.set_repo_credentials(9999, None, None).await.is_err());
+}
+
+/// Ingests one event of `kind` for `run_id` at `now`.
+async fn report(store: &dyn Store, project: &Project, run_id: &str, kind: &str, now: i64) {
+    let request = IngestRequest {
+        project_id: project.id,
+        events: vec![NewEvent::new(
+            RunId::parse("runId", run_id).unwrap(),
+            EventType::parse("event", kind).unwrap(),
+        )],
+        precondition: Precondition::None,
+        jobs: None,
+    };
+    store
+        .ingest(&[request], Millis(now))
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+}
+
+/// The jobs holding a `kiln run`'s log: made once per step, never claimed, never
+/// counted against a project's concurrency, never advancing their build; ended by
+/// their reporter or, once their build ended long enough ago, with it.
+async fn reported_jobs_hold_logs_and_stay_out_of_the_queue(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    store
+        .set_project_repo(web.id, None, "main", Some(1))
+        .await
+        .unwrap();
+    report(&*store, &web, "ext", "build_started", 1_000).await;
+    let ext = store.build_by_run_id("ext").await.unwrap().unwrap();
+    let run = store
+        .reported_job(ext.id, web.id, "run", Millis(1_100))
+        .await
+        .unwrap();
+    assert!(run.reported);
+    assert_eq!(
+        (run.state, run.position, run.agent_id),
+        (JobState::Running, 0, None)
+    );
+    let again = store
+        .reported_job(ext.id, web.id, "run", Millis(1_200))
+        .await
+        .unwrap();
+    assert_eq!(again.id, run.id, "one job per step");
+    let build_step = store
+        .reported_job(ext.id, web.id, "Build", Millis(1_300))
+        .await
+        .unwrap();
+    assert_eq!(build_step.position, 1);
+    assert_eq!(
+        store
+            .append_log(run.id, 0, b"hello\n", 1 << 20)
+            .await
+            .unwrap(),
+        LogAppend::Stored { size: 6 }
+    );
+
+    // Its liveness is still its heartbeats: it goes stale like any reported build.
+    let stale = store.stale_builds(Millis(1_000_000), 60, 10).await.unwrap();
+    assert_eq!(
+        stale
+            .iter()
+            .map(|b| b.state.run_id.as_str())
+            .collect::<Vec<_>>(),
+        ["ext"]
+    );
+
+    // A build Kiln runs in the same project (limit 1) is claimed all the same.
+    let kiln_build = queued_build(&*store, &web, "k1", 5, &[("test", &[], &[])], 2_000).await;
+    let unfinished = store.unfinished_jobs(100).await.unwrap();
+    assert_eq!(
+        unfinished
+            .iter()
+            .map(|job| job.run_id.as_str())
+            .collect::<Vec<_>>(),
+        ["k1"]
+    );
+    let worker = agent(&*store, "worker", &[], 4).await;
+    let claimed = claim(&*store, &worker, 3_000).await.unwrap();
+    assert_eq!(claimed.run_id, "k1");
+    assert!(
+        claim(&*store, &worker, 3_000).await.is_none(),
+        "no reported job is claimed"
+    );
+    let expired = store
+        .expired_leases(Millis(i64::MAX / 2), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        expired
+            .iter()
+            .map(|job| job.run_id.as_str())
+            .collect::<Vec<_>>(),
+        ["k1"],
+        "a reported job has no lease"
+    );
+    match store
+        .reported_job(kiln_build.id, web.id, "test", Millis(3_000))
+        .await
+    {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("agents"), "{message}"),
+        other => panic!("a step Kiln runs is not reported: {other:?}"),
+    }
+
+    // The reporter ends its step's log; the build is never advanced by the scheduler.
+    assert!(
+        store
+            .end_reported_job(run.id, JobState::Failed, Some(3), Millis(4_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .end_reported_job(run.id, JobState::Passed, Some(0), Millis(4_001))
+            .await
+            .unwrap(),
+        "ended once"
+    );
+    let run = store.job_by_id(run.id).await.unwrap().unwrap();
+    assert_eq!((run.state, run.exit_code), (JobState::Failed, Some(3)));
+    assert!(
+        !store
+            .builds_to_advance(100)
+            .await
+            .unwrap()
+            .contains(&ext.id)
+    );
+
+    // A step whose reporter vanished ends with its build, after the grace.
+    report(&*store, &web, "ext", "build_cancelled", 5_000).await;
+    assert_eq!(
+        store
+            .end_orphaned_reported_jobs(Millis(5_000), Millis(5_500))
+            .await
+            .unwrap(),
+        0,
+        "still within the grace"
+    );
+    assert_eq!(
+        store
+            .end_orphaned_reported_jobs(Millis(5_001), Millis(6_000))
+            .await
+            .unwrap(),
+        1
+    );
+    let build_step = store.job_by_id(build_step.id).await.unwrap().unwrap();
+    assert_eq!(build_step.state, JobState::Cancelled);
+    assert_eq!(build_step.finished_at, Some(Millis(6_000)));
+    assert_eq!(build_step.reason.as_deref(), Some("reporter_gone"));
 }

@@ -49,6 +49,10 @@ store_test!(
     a_database_of_the_previous_release_upgrades
 );
 store_test!(a_group_commit_of_5000_events, a_group_commit_of_5000_events);
+store_test!(
+    jobs_of_the_previous_release_stay_agents_jobs,
+    jobs_of_the_previous_release_stay_agents_jobs
+);
 
 fn event(run_id: &str, kind: &str) -> NewEvent {
     NewEvent::new(
@@ -965,5 +969,50 @@ async fn a_group_commit_of_5000_events(engine: Engine) {
         numbers,
         (1..=100).collect::<HashSet<i64>>(),
         "build numbers"
+    );
+}
+
+/// A database of the release before reported jobs (schema 10) with a build Kiln ran:
+/// after the upgrade its job is an agent's job, still claimable, and a reported job can
+/// be added beside it to another build.
+async fn jobs_of_the_previous_release_stay_agents_jobs(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    database
+        .at_schema_version(
+            10,
+            &[
+                "INSERT INTO projects (id, slug, name, created_at, default_branch) \
+                 VALUES (7, 'old', 'Old', 1, 'main')",
+                "INSERT INTO builds (id, project_id, run_id, number, status, created_at, \
+                 started_at, last_event_at, last_event_id, last_seq) \
+                 VALUES (70, 7, 'old-run', 1, 'queued', 1, 1, 1, 0, 0)",
+                "INSERT INTO jobs (id, build_id, project_id, step, position, state, priority, \
+                 depends_on, labels, spec, created_at, queued_at) \
+                 VALUES (700, 70, 7, 'test', 0, 'queued', 5, '[]', '[]', '{}', 1, 1)",
+            ],
+        )
+        .await;
+    let store = database.open_dyn().await;
+    let job = store.job_by_id(700).await.unwrap().unwrap();
+    assert!(!job.reported);
+    assert_eq!(store.unfinished_jobs(10).await.unwrap().len(), 1);
+    let old = store.project_by_slug("old").await.unwrap().unwrap();
+    ingest_one(
+        &*store,
+        request(&old, vec![event("ext", "build_started")]),
+        3,
+    )
+    .await;
+    let ext = store.build_by_run_id("ext").await.unwrap().unwrap();
+    let reported = store
+        .reported_job(ext.id, old.id, "run", Millis(4))
+        .await
+        .unwrap();
+    assert!(reported.reported);
+    assert!(
+        store
+            .reported_job(70, old.id, "test", Millis(4))
+            .await
+            .is_err()
     );
 }

@@ -13,16 +13,19 @@
 //! group (so it can read the terminal) and only it is signalled.
 
 use std::io::IsTerminal;
-use std::process::{ExitCode, ExitStatus};
+use std::process::{ExitCode, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use kiln_agent::output::Stream;
 use kiln_client::protocol::EventPayload;
 use serde_json::json;
 use tokio::process::Command;
 
 use crate::commands::emit::new_event_id;
+use crate::report::log::{LogTarget, StepLog, StepOutcome};
 use crate::report::metadata::{self, BuildMetadata};
 use crate::report::{Reporter, spool};
 use crate::settings::ClientArgs;
@@ -48,6 +51,14 @@ pub struct RunArgs {
     /// kiln is interrupted).
     #[arg(long, default_value_t = 10.0)]
     pub cancel_grace: f64,
+    /// Do not ship the commands' output as the build's log (it still reaches the
+    /// terminal, and the commands write to it directly, as a terminal).
+    #[arg(long)]
+    pub no_log: bool,
+    /// An environment variable whose value is replaced by *** in the build's log (as
+    /// given, base64- and URL-encoded); repeat for several.
+    #[arg(long = "mask", value_name = "VAR")]
+    pub mask: Vec<String>,
     #[command(flatten)]
     pub client: ClientArgs,
     /// The build command and its arguments.
@@ -63,6 +74,13 @@ struct Step {
     program: String,
     args: Vec<String>,
     display: String,
+}
+
+impl Step {
+    /// The step of the build's log this step's output goes to.
+    fn log_name(&self) -> &str {
+        self.stage.as_deref().unwrap_or("run")
+    }
 }
 
 fn parse_steps(args: &RunArgs) -> anyhow::Result<Vec<Step>> {
@@ -95,6 +113,20 @@ fn parse_steps(args: &RunArgs) -> anyhow::Result<Vec<Step>> {
         bail!("nothing to run: give a command after --, or --stage NAME=CMD");
     }
     Ok(steps)
+}
+
+/// The values of the `--mask` variables; an unset or empty one is named on stderr.
+fn masked_values(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter_map(|name| match std::env::var(name) {
+            Ok(value) if !value.is_empty() => Some(value),
+            _ => {
+                errln!("kiln: --mask {name}: the variable is not set or empty; nothing to mask");
+                None
+            }
+        })
+        .collect()
 }
 
 /// The exit code a shell would report for this status.
@@ -187,10 +219,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cancel_sender,
     ));
     let report = BuildReport {
-        reporter: Reporter::start(target),
+        reporter: Reporter::start(target.clone()),
         run_id: run_id.clone(),
         env: args.env.clone(),
     };
+    let flush_timeout = Duration::from_secs_f64(args.flush_timeout.max(0.0));
+    let log = (!args.no_log).then(|| LogTarget {
+        client: kiln_client::Client::with_timeout(
+            &target.server,
+            target.token.clone(),
+            Duration::from_secs(10),
+        ),
+        run_id: run_id.clone(),
+        masked: Arc::new(masked_values(&args.mask)),
+        unreachable: report.reporter.unreachable(),
+    });
     let started = Instant::now();
     report.send(EventPayload {
         origin: Some("kiln-cli".into()),
@@ -217,6 +260,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         heartbeat_every,
         &stopping,
         &mut cancelled,
+        log.as_ref().map(|log| (log, flush_timeout)),
     )
     .await;
     cancel_watch.abort();
@@ -254,10 +298,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Outcome::CancelledOnServer => 130,
     };
-    let flush_timeout = Duration::from_secs_f64(args.flush_timeout.max(0.0));
     report.reporter.finish(flush_timeout).await;
     let _ = tokio::time::timeout(Duration::from_millis(200), previous_spool).await;
     Ok(ExitCode::from((exit_code & 0xff) as u8))
+}
+
+/// How a step's command ended.
+enum StepEnd {
+    Exited(std::io::Result<ExitStatus>),
+    /// kiln was interrupted (SIGINT, SIGTERM) and stopped the command.
+    Interrupted(std::io::Result<ExitStatus>),
+    CancelledOnServer,
 }
 
 async fn run_steps(
@@ -267,6 +318,7 @@ async fn run_steps(
     heartbeat_every: Duration,
     stopping: &Stopping,
     cancelled: &mut tokio::sync::watch::Receiver<bool>,
+    log: Option<(&LogTarget, Duration)>,
 ) -> Outcome {
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + heartbeat_every,
@@ -285,6 +337,8 @@ async fn run_steps(
             errln!("kiln: the build was cancelled on the server");
             return Outcome::CancelledOnServer;
         }
+        let step_log = log.map(|(target, _)| StepLog::start(target, step.log_name()));
+        let flush_timeout = log.map_or(Duration::ZERO, |(_, timeout)| timeout);
         let stage_started = Instant::now();
         let mut command = Command::new(&step.program);
         command
@@ -292,6 +346,9 @@ async fn run_steps(
             .env("KILN_RUN_ID", run_id)
             .env("PATH", child_path())
             .kill_on_drop(true);
+        if step_log.is_some() {
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
         if stopping.own_group {
             command.process_group(0);
         }
@@ -299,26 +356,43 @@ async fn run_steps(
         let mut child = match child {
             Ok(child) => child,
             Err(error) => {
-                let message = format!("cannot start '{}': {error}", step.program);
-                errln!("kiln: {message}");
-                let code = if error.kind() == std::io::ErrorKind::NotFound {
-                    127
+                let (message, code) = if error.kind() == std::io::ErrorKind::NotFound {
+                    (format!("command not found: {}", step.program), 127)
                 } else {
-                    126
+                    (format!("cannot start '{}': {error}", step.program), 126)
                 };
+                errln!("kiln: {message}");
+                if let Some(step_log) = step_log {
+                    let failed = StepOutcome::Failed;
+                    step_log
+                        .finish(
+                            Vec::new(),
+                            failed,
+                            Some(code),
+                            Some(&message),
+                            flush_timeout,
+                        )
+                        .await;
+                }
                 return step_failed(report, step, code, None, message);
             }
         };
-        let status = loop {
+        let mut readers = Vec::new();
+        if let Some(step_log) = &step_log {
+            if let Some(stdout) = child.stdout.take() {
+                readers.push(step_log.pass_through(stdout, Stream::Stdout));
+            }
+            if let Some(stderr) = child.stderr.take() {
+                readers.push(step_log.pass_through(stderr, Stream::Stderr));
+            }
+        }
+        let end = loop {
             tokio::select! {
-                status = child.wait() => break status,
+                status = child.wait() => break StepEnd::Exited(status),
                 _ = heartbeat.tick() => report.send(report.event("heartbeat")),
                 _ = &mut interrupted => {
                     // Give the command the same signal's chance to stop cleanly, then end it.
-                    let status = stop(&mut child, stopping).await;
-                    let code = status.map(exit_code_of).unwrap_or(130);
-                    report_stage_failed(report, step, None, "interrupted");
-                    return Outcome::Cancelled { code: if code == 0 { 130 } else { code } };
+                    break StepEnd::Interrupted(stop(&mut child, stopping).await);
                 }
                 () = cancelled_on_server(cancelled) => {
                     errln!(
@@ -327,23 +401,61 @@ async fn run_steps(
                         stopping.grace.as_secs_f64()
                     );
                     let _ = stop(&mut child, stopping).await;
-                    return Outcome::CancelledOnServer;
+                    break StepEnd::CancelledOnServer;
                 }
             }
         };
         let duration_ms = Some(stage_started.elapsed().as_millis() as u64);
-        let code = match status {
-            Ok(status) => exit_code_of(status),
-            Err(error) => {
-                errln!("kiln: lost track of '{}': {error}", step.program);
-                1
+        let interrupted_step = matches!(end, StepEnd::Interrupted(_));
+        let cancelled_here = matches!(end, StepEnd::CancelledOnServer);
+        let (outcome, code, failure) = match end {
+            StepEnd::Exited(Ok(status)) => {
+                let code = exit_code_of(status);
+                if code == 0 {
+                    (StepOutcome::Passed, 0, None)
+                } else {
+                    let message = format!(
+                        "'{}' exited with code {code}",
+                        step.display.chars().take(200).collect::<String>()
+                    );
+                    (StepOutcome::Failed, code, Some(message))
+                }
             }
+            StepEnd::Exited(Err(error)) => {
+                let message = format!("lost track of '{}': {error}", step.program);
+                errln!("kiln: {message}");
+                (StepOutcome::Failed, 1, Some(message))
+            }
+            StepEnd::Interrupted(status) => {
+                let code = status.map(exit_code_of).unwrap_or(130);
+                let code = if code == 0 { 130 } else { code };
+                (StepOutcome::Cancelled, code, Some("interrupted".to_owned()))
+            }
+            StepEnd::CancelledOnServer => (
+                StepOutcome::Cancelled,
+                130,
+                Some("the build was cancelled on the server".to_owned()),
+            ),
         };
-        if code != 0 {
-            let message = format!(
-                "'{}' exited with code {code}",
-                step.display.chars().take(200).collect::<String>()
-            );
+        if let Some(step_log) = step_log {
+            step_log
+                .finish(
+                    readers,
+                    outcome,
+                    Some(code),
+                    failure.as_deref(),
+                    flush_timeout,
+                )
+                .await;
+        }
+        if interrupted_step {
+            report_stage_failed(report, step, None, "interrupted");
+            return Outcome::Cancelled { code };
+        }
+        if cancelled_here {
+            return Outcome::CancelledOnServer;
+        }
+        if let Some(message) = failure {
             return step_failed(report, step, code, duration_ms, message);
         }
         if let Some(stage) = &step.stage {

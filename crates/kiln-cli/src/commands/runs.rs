@@ -237,9 +237,9 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
             })
             .collect();
         if jobs.is_empty() && args.job.is_none() {
-            // A build that reported itself (`kiln run`, `kiln emit`): Kiln ran no step.
+            // A build that reported itself without a log (`kiln emit`, `kiln run --no-log`).
             errln!(
-                "kiln: build {} has no jobs, so no log: it reported itself (as `kiln run` builds do) or ended before any step; `kiln build {}` shows it, `kiln events {}` its events",
+                "kiln: build {} has no log: it reported itself without one (`kiln emit`, `kiln run --no-log`) or ended before any step; `kiln build {}` shows it, `kiln events {}` its events",
                 args.run_id,
                 args.run_id,
                 args.run_id

@@ -9,6 +9,7 @@
 //! command. Every event carries an `eventId`, so a batch that was stored but whose answer
 //! was lost is deduplicated by the server when resent.
 
+pub mod log;
 pub mod metadata;
 pub mod spool;
 
@@ -35,6 +36,9 @@ struct Shared {
     wake: Notify,
     closed: AtomicBool,
     warned: AtomicBool,
+    /// Whether the last attempt could not connect to the server (shared with the logs
+    /// of `kiln run`, which then stop waiting too).
+    unreachable: Arc<AtomicBool>,
     target: Target,
 }
 
@@ -62,10 +66,16 @@ impl Reporter {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             warned: AtomicBool::new(false),
+            unreachable: Arc::new(AtomicBool::new(false)),
             target,
         });
         let task = tokio::spawn(send_loop(shared.clone()));
         Self { shared, task }
+    }
+
+    /// Set while the server cannot be connected to (cleared by a delivery).
+    pub fn unreachable(&self) -> Arc<AtomicBool> {
+        self.shared.unreachable.clone()
     }
 
     /// Queues an event; never blocks on the network.
@@ -174,6 +184,7 @@ async fn send_loop(shared: Arc<Shared>) {
         }
         match client.send_events(&batch).await {
             Ok(_) => {
+                shared.unreachable.store(false, Ordering::SeqCst);
                 shared
                     .queue
                     .lock()
@@ -183,6 +194,9 @@ async fn send_loop(shared: Arc<Shared>) {
             }
             Err(error) if error.is_retryable() => {
                 shared.warn_once(&error.to_string());
+                if error.is_unreachable() {
+                    shared.unreachable.store(true, Ordering::SeqCst);
+                }
                 if error.is_unreachable() && shared.closed.load(Ordering::SeqCst) {
                     // The build is over and the server cannot be reached: spool now
                     // rather than hold the build for the flush timeout.

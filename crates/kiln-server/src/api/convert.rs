@@ -127,6 +127,7 @@ pub(crate) fn job_dto(job: &kiln_store::JobRecord) -> kiln_protocol::JobDto {
         exit_code: job.exit_code,
         reason: job.reason.clone(),
         log_size: job.log_size,
+        reported: job.reported,
         waiting_for: None,
     }
 }

@@ -13,6 +13,7 @@ mod hooks;
 pub(crate) mod members;
 pub(crate) mod notifications;
 pub(crate) mod projects;
+mod reported_log;
 pub(crate) mod repos;
 mod runs;
 mod secrets;
@@ -223,6 +224,12 @@ fn api_route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<App
             "/api/internal/build-events",
             Access::ProjectIngest,
             post(events::ingest),
+        ),
+        (
+            "POST",
+            "/api/v1/builds/{run_id}/log",
+            Access::ProjectIngest,
+            post(reported_log::append),
         ),
         (
             "GET",

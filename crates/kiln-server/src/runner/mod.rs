@@ -471,6 +471,34 @@ impl Runner {
         }
     }
 
+    /// The reported job holding `step`'s log of a build a `kiln run` reports.
+    pub async fn reported_job(
+        &self,
+        build: &kiln_store::BuildRecord,
+        step: &str,
+    ) -> Result<JobRecord, ApiError> {
+        Ok(self
+            .store()
+            .reported_job(build.id, build.project_id, step, self.now())
+            .await?)
+    }
+
+    /// Ends a reported job's log with its command's outcome; live tails see the end.
+    pub async fn end_reported_job(
+        &self,
+        job: &JobRecord,
+        state: JobState,
+        exit_code: Option<i64>,
+        size: i64,
+    ) -> Result<bool, ApiError> {
+        let ended = self
+            .store()
+            .end_reported_job(job.id, state, exit_code, self.now())
+            .await?;
+        self.inner.logs.stored(job.id, size);
+        Ok(ended)
+    }
+
     /// An agent's report that an attempt ended.
     pub async fn finish(
         &self,

@@ -11,6 +11,10 @@ use super::{Runner, TriggerRequest};
 
 const SCAN_LIMIT: i64 = 200;
 
+/// How long after its build ended a `kiln run`'s log may still arrive; a reported job
+/// still running then is ended with its build (its reporter stopped without saying so).
+const REPORTER_GRACE_MS: i64 = 60_000;
+
 pub(crate) async fn run(runner: Runner, mut stop: watch::Receiver<bool>) {
     // Agents keep running their jobs while no server answers; a server that starts
     // gives them a lease's time to be heard again before anything expires.
@@ -50,6 +54,12 @@ async fn check_leases(runner: &Runner) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
     }
+    let now = runner.now();
+    runner
+        .store()
+        .end_orphaned_reported_jobs(now.plus_ms(-REPORTER_GRACE_MS), now)
+        .await
+        .map_err(|e| e.to_string())?;
     for build_id in runner
         .store()
         .builds_to_advance(SCAN_LIMIT)

@@ -195,7 +195,7 @@ pub(crate) async fn page(
         None => None,
     };
     let can_write = caller.can_write(build.project_id);
-    let kiln_run = !jobs.is_empty();
+    let kiln_run = jobs.iter().any(|job| !job.reported);
     let page = BuildPage {
         chrome,
         can_retry: can_write

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use kiln_core::token::Scope;
-use kiln_core::{Millis, ProjectSlug};
+use kiln_core::{JobState, Millis, ProjectSlug};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
@@ -508,7 +508,7 @@ impl Store for SqlStore {
     ) -> StoreResult<Vec<BuildRecord>> {
         let rows = sqlx::query(trusted(format!(
             "{BUILD_SELECT} WHERE b.status = 'running' \
-             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id) \
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id AND j.kind = 'agent') \
              AND b.last_event_at + COALESCE(b.heartbeat_timeout_secs, $1) * 1000 <= $2 \
              ORDER BY b.last_event_at LIMIT $3"
         )))
@@ -669,6 +669,34 @@ impl Store for SqlStore {
 
     async fn builds_to_advance(&self, limit: i64) -> StoreResult<Vec<i64>> {
         self.q_builds_to_advance(limit).await
+    }
+
+    async fn reported_job(
+        &self,
+        build_id: i64,
+        project_id: i64,
+        step: &str,
+        now: Millis,
+    ) -> StoreResult<JobRecord> {
+        self.q_reported_job(build_id, project_id, step, now).await
+    }
+
+    async fn end_reported_job(
+        &self,
+        job_id: i64,
+        state: JobState,
+        exit_code: Option<i64>,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        self.q_end_reported_job(job_id, state, exit_code, now).await
+    }
+
+    async fn end_orphaned_reported_jobs(
+        &self,
+        ended_before: Millis,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        self.q_end_orphaned_reported_jobs(ended_before, now).await
     }
 
     async fn append_log(

@@ -24,7 +24,7 @@ const BRANCH_COLUMNS: &str = "project_id, name, priority, auto_build, last_commi
 const JOB_SELECT: &str = "SELECT j.id, j.build_id, j.project_id, p.slug, p.repo, b.run_id, b.number, b.branch, \
      b.commit_sha, j.step, j.position, j.state, j.priority, j.depends_on, j.labels, j.spec, j.attempt, \
      j.agent_id, a.name AS agent_name, j.lease_expires_at, j.cancel_requested, j.created_at, j.queued_at, \
-     j.started_at, j.finished_at, j.exit_code, j.reason, j.log_size \
+     j.started_at, j.finished_at, j.exit_code, j.reason, j.log_size, j.kind \
      FROM jobs j JOIN builds b ON b.id = j.build_id JOIN projects p ON p.id = j.project_id \
      LEFT JOIN agents a ON a.id = j.agent_id";
 
@@ -46,7 +46,7 @@ const PG_CLAIM_TAKE: &str = "WITH claimed AS ( \
          WHERE j.state = 'queued' \
            AND j.labels::jsonb <@ $4::jsonb \
            AND (p.max_concurrency IS NULL OR p.max_concurrency > \
-             (SELECT COUNT(*) FROM jobs r WHERE r.project_id = j.project_id AND r.state = 'running')) \
+             (SELECT COUNT(*) FROM jobs r WHERE r.project_id = j.project_id AND r.state = 'running' AND r.kind = 'agent')) \
            AND (SELECT COUNT(*) FROM jobs r WHERE r.agent_id = $1 AND r.state = 'running') < $5 \
          ORDER BY j.priority - (($3 - j.queued_at) / $6), j.queued_at, j.id \
          LIMIT 1 FOR UPDATE OF j SKIP LOCKED) \
@@ -137,6 +137,7 @@ fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
         exit_code: row.try_get("exit_code")?,
         reason: row.try_get("reason")?,
         log_size: row.try_get("log_size")?,
+        reported: row.try_get::<String, _>("kind")? == "reported",
     })
 }
 
@@ -362,7 +363,7 @@ impl SqlStore {
 
     pub(super) async fn q_unfinished_jobs(&self, limit: i64) -> StoreResult<Vec<JobRecord>> {
         let rows = sqlx::query(trusted(format!(
-            "{JOB_SELECT} WHERE j.state IN ('blocked', 'queued', 'running') ORDER BY j.id LIMIT $1"
+            "{JOB_SELECT} WHERE j.state IN ('blocked', 'queued', 'running') AND j.kind = 'agent' ORDER BY j.id LIMIT $1"
         )))
         .bind(limit)
         .fetch_all(&self.pool)
@@ -424,7 +425,7 @@ impl SqlStore {
                     Some(count) => *count,
                     None => {
                         let count: i64 = sqlx::query(
-                            "SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND state = 'running'",
+                            "SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND state = 'running' AND kind = 'agent'",
                         )
                         .bind(project_id)
                         .fetch_one(&self.pool)
@@ -636,7 +637,8 @@ impl SqlStore {
         let rows = sqlx::query(
             "SELECT b.id FROM builds b WHERE b.status IN ('queued', 'running') \
              AND EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id) \
-             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id AND j.state IN ('queued', 'running')) \
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id \
+                 AND (j.state IN ('queued', 'running') OR j.kind = 'reported')) \
              ORDER BY b.id LIMIT $1",
         )
         .bind(limit)
@@ -645,6 +647,84 @@ impl SqlStore {
         rows.iter()
             .map(|row| Ok(row.try_get::<i64, _>(0)?))
             .collect()
+    }
+
+    pub(super) async fn q_reported_job(
+        &self,
+        build_id: i64,
+        project_id: i64,
+        step: &str,
+        now: Millis,
+    ) -> StoreResult<JobRecord> {
+        // `WHERE true` keeps SQLite from reading `ON CONFLICT` as part of the SELECT.
+        sqlx::query(
+            "INSERT INTO jobs (build_id, project_id, step, position, state, priority, depends_on, \
+             labels, spec, attempt, created_at, started_at, kind) \
+             SELECT $1, $2, $3, COALESCE((SELECT MAX(position) + 1 FROM jobs WHERE build_id = $1), 0), \
+             'running', 0, '[]', '[]', '{}', 1, $4, $4, 'reported' WHERE true \
+             ON CONFLICT (build_id, step) DO NOTHING",
+        )
+        .bind(build_id)
+        .bind(project_id)
+        .bind(step)
+        .bind(now.0)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(trusted(format!(
+            "{JOB_SELECT} WHERE j.build_id = $1 AND j.step = $2"
+        )))
+        .bind(build_id)
+        .bind(step)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound("job"))?;
+        let job = job_from_row(&row)?;
+        if !job.reported {
+            return Err(StoreError::Conflict(format!(
+                "step '{step}' of this build is run by Kiln's agents; its log is theirs to write"
+            )));
+        }
+        Ok(job)
+    }
+
+    pub(super) async fn q_end_reported_job(
+        &self,
+        job_id: i64,
+        state: JobState,
+        exit_code: Option<i64>,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = $1, exit_code = $2, finished_at = $3 \
+             WHERE id = $4 AND kind = 'reported' AND state = 'running'",
+        )
+        .bind(state.as_str())
+        .bind(exit_code)
+        .bind(now.0)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(super) async fn q_end_orphaned_reported_jobs(
+        &self,
+        ended_before: Millis,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET finished_at = $1, reason = 'reporter_gone', state = \
+             (SELECT CASE b.status WHEN 'success' THEN 'passed' WHEN 'cancelled' THEN 'cancelled' \
+              ELSE 'failed' END FROM builds b WHERE b.id = jobs.build_id) \
+             WHERE kind = 'reported' AND state = 'running' AND build_id IN \
+             (SELECT id FROM builds WHERE status IN ('success', 'failed', 'cancelled', 'stale') \
+              AND ended_at < $2)",
+        )
+        .bind(now.0)
+        .bind(ended_before.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     pub(super) async fn q_append_log(
