@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::process::Command;
 
 use crate::commands::emit::new_event_id;
-use crate::report::log::{LogTarget, StepLog, StepOutcome};
+use crate::report::log::{BuildLogs, LogTarget, StepOutcome};
 use crate::report::metadata::{self, BuildMetadata};
 use crate::report::{Reporter, spool};
 use crate::settings::ClientArgs;
@@ -224,7 +224,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         env: args.env.clone(),
     };
     let flush_timeout = Duration::from_secs_f64(args.flush_timeout.max(0.0));
-    let log = (!args.no_log).then(|| LogTarget {
+    let mut logs = BuildLogs::new((!args.no_log).then(|| LogTarget {
         client: kiln_client::Client::with_timeout(
             &target.server,
             target.token.clone(),
@@ -233,7 +233,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         run_id: run_id.clone(),
         masked: Arc::new(masked_values(&args.mask)),
         unreachable: report.reporter.unreachable(),
-    });
+    }));
     let started = Instant::now();
     report.send(EventPayload {
         origin: Some("kiln-cli".into()),
@@ -260,7 +260,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         heartbeat_every,
         &stopping,
         &mut cancelled,
-        log.as_ref().map(|log| (log, flush_timeout)),
+        &mut logs,
     )
     .await;
     cancel_watch.abort();
@@ -298,7 +298,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Outcome::CancelledOnServer => 130,
     };
-    report.reporter.finish(flush_timeout).await;
+    // The logs and the events are flushed together, within one flush timeout.
+    tokio::join!(
+        logs.wait(flush_timeout),
+        report.reporter.finish(flush_timeout)
+    );
     let _ = tokio::time::timeout(Duration::from_millis(200), previous_spool).await;
     Ok(ExitCode::from((exit_code & 0xff) as u8))
 }
@@ -318,7 +322,7 @@ async fn run_steps(
     heartbeat_every: Duration,
     stopping: &Stopping,
     cancelled: &mut tokio::sync::watch::Receiver<bool>,
-    log: Option<(&LogTarget, Duration)>,
+    logs: &mut BuildLogs,
 ) -> Outcome {
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + heartbeat_every,
@@ -337,8 +341,7 @@ async fn run_steps(
             errln!("kiln: the build was cancelled on the server");
             return Outcome::CancelledOnServer;
         }
-        let step_log = log.map(|(target, _)| StepLog::start(target, step.log_name()));
-        let flush_timeout = log.map_or(Duration::ZERO, |(_, timeout)| timeout);
+        let step_log = logs.start(step.log_name());
         let stage_started = Instant::now();
         let mut command = Command::new(&step.program);
         command
@@ -364,14 +367,7 @@ async fn run_steps(
                 errln!("kiln: {message}");
                 if let Some(step_log) = step_log {
                     let failed = StepOutcome::Failed;
-                    step_log
-                        .finish(
-                            Vec::new(),
-                            failed,
-                            Some(code),
-                            Some(&message),
-                            flush_timeout,
-                        )
+                    logs.close(step_log, Vec::new(), failed, Some(code), Some(&message))
                         .await;
                 }
                 return step_failed(report, step, code, None, message);
@@ -438,14 +434,7 @@ async fn run_steps(
             ),
         };
         if let Some(step_log) = step_log {
-            step_log
-                .finish(
-                    readers,
-                    outcome,
-                    Some(code),
-                    failure.as_deref(),
-                    flush_timeout,
-                )
+            logs.close(step_log, readers, outcome, Some(code), failure.as_deref())
                 .await;
         }
         if interrupted_step {

@@ -8,9 +8,10 @@
 //!
 //! Logging never slows the command: the terminal gets each chunk first, and a chunk the
 //! log cannot take at once (the server is slow or away) is left out of the log and
-//! counted; the log then says how many bytes it misses. When the step ends the rest is
-//! sent within the flush timeout — not at all once the server proved unreachable — and
-//! the log is ended with the step's outcome.
+//! counted; the log then says how many bytes it misses. When a step ends its log is
+//! finished in the background while the next step runs; at the build's end kiln waits
+//! for the logs at most the flush timeout — not at all once the server proved
+//! unreachable — alongside the events' own flush.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -108,10 +109,6 @@ impl LogTarget {
             Ok(_) => self.unreachable.store(false, Ordering::SeqCst),
         }
     }
-
-    fn is_unreachable(&self) -> bool {
-        self.unreachable.load(Ordering::SeqCst)
-    }
 }
 
 /// The log of one running step.
@@ -174,17 +171,17 @@ impl StepLog {
         }
     }
 
-    /// Waits for the pipes' end (briefly: see `PIPE_DRAIN`), adds kiln's `last_word`
-    /// on how the step ended, sends the rest of the log within `flush_timeout` and
-    /// ends it with the step's outcome.
-    pub async fn finish(
+    /// Waits for the pipes' end (briefly: see `PIPE_DRAIN`) and adds kiln's
+    /// `last_word` on how the step ended; then sends the rest and ends the log with the
+    /// step's outcome in the background (the next step need not wait for it). Await
+    /// the handles with [`wait_for_logs`] before kiln exits.
+    pub async fn close(
         self,
         readers: Vec<JoinHandle<()>>,
         outcome: StepOutcome,
         exit_code: Option<i32>,
         last_word: Option<&str>,
-        flush_timeout: Duration,
-    ) {
+    ) -> JoinHandle<()> {
         for mut reader in readers {
             if tokio::time::timeout(PIPE_DRAIN, &mut reader).await.is_err() {
                 reader.abort();
@@ -204,52 +201,108 @@ impl StepLog {
             step,
             sender,
             relay,
-            mut shipper,
+            shipper,
             ..
         } = self;
         drop(sender);
-        let _ = relay.await;
-        let deadline = tokio::time::Instant::now() + flush_timeout;
-        let shipped = loop {
-            if target.is_unreachable() {
-                break None;
-            }
-            tokio::select! {
-                result = &mut shipper => break result.ok(),
-                () = tokio::time::sleep(Duration::from_millis(5)) => {}
-                () = tokio::time::sleep_until(deadline) => break None,
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break None;
-            }
-        };
-        let size = match shipped {
-            Some(Ok(report)) => report.bytes_shipped,
-            Some(Err(ShipError::Refused { message, .. })) => {
-                errln!("kiln: the server refused the log of step '{step}': {message}");
-                return;
-            }
-            Some(Err(error)) => error.report().bytes_shipped,
-            None => {
-                shipper.abort();
-                if !target.is_unreachable() {
-                    errln!(
-                        "kiln: the log of step '{step}' could not be sent within {}s; the server has a part of it",
-                        flush_timeout.as_secs_f64()
-                    );
+        tokio::spawn(async move {
+            let _ = relay.await;
+            let size = match shipper.await {
+                Ok(Ok(report)) => report.bytes_shipped,
+                Ok(Err(ShipError::Refused { message, .. })) => {
+                    errln!("kiln: the server refused the log of step '{step}': {message}");
+                    return;
                 }
+                Ok(Err(error)) => error.report().bytes_shipped,
+                Err(_) => return,
+            };
+            let end = target.client.report_log(
+                &target.run_id,
+                &step,
+                size as i64,
+                Vec::new(),
+                Some((outcome.as_str(), exit_code.map(i64::from))),
+            );
+            if let Ok(result) = tokio::time::timeout(END_TIMEOUT, end).await {
+                target.note(&result);
+            }
+        })
+    }
+}
+
+/// A build's logs: where they go (nowhere with `--no-log`) and those still being sent.
+pub struct BuildLogs {
+    target: Option<LogTarget>,
+    pending: Vec<JoinHandle<()>>,
+}
+
+impl BuildLogs {
+    pub fn new(target: Option<LogTarget>) -> Self {
+        Self {
+            target,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The log of a step starting now, unless logs are off.
+    pub fn start(&self, step: &str) -> Option<StepLog> {
+        self.target
+            .as_ref()
+            .map(|target| StepLog::start(target, step))
+    }
+
+    /// Closes a step's log (see [`StepLog::close`]).
+    pub async fn close(
+        &mut self,
+        log: StepLog,
+        readers: Vec<JoinHandle<()>>,
+        outcome: StepOutcome,
+        exit_code: Option<i32>,
+        last_word: Option<&str>,
+    ) {
+        let sending = log.close(readers, outcome, exit_code, last_word).await;
+        self.pending.push(sending);
+    }
+
+    /// Waits for the steps' logs to be sent and ended, at most `flush_timeout`, and not
+    /// at all once the server proved unreachable; what is left is given up (logs are
+    /// not spooled).
+    pub async fn wait(self, flush_timeout: Duration) {
+        if let Some(target) = &self.target {
+            wait_for_logs(self.pending, flush_timeout, &target.unreachable).await;
+        }
+    }
+}
+
+async fn wait_for_logs(
+    logs: Vec<JoinHandle<()>>,
+    flush_timeout: Duration,
+    unreachable: &AtomicBool,
+) {
+    if logs.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + flush_timeout;
+    let count = logs.len();
+    let mut all = std::pin::pin!(async {
+        for log in logs {
+            let _ = log.await;
+        }
+    });
+    loop {
+        if unreachable.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::select! {
+            () = &mut all => return,
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            () = tokio::time::sleep_until(deadline) => {
+                errln!(
+                    "kiln: the build's log ({count} step(s)) could not all be sent within {}s; the server has a part of it",
+                    flush_timeout.as_secs_f64()
+                );
                 return;
             }
-        };
-        let end = target.client.report_log(
-            &target.run_id,
-            &step,
-            size as i64,
-            Vec::new(),
-            Some((outcome.as_str(), exit_code.map(i64::from))),
-        );
-        if let Ok(result) = tokio::time::timeout(END_TIMEOUT.min(flush_timeout), end).await {
-            target.note(&result);
         }
     }
 }
