@@ -5,11 +5,7 @@
 
 fn main() {
     asset_version();
-    println!("cargo::rustc-check-cfg=cfg(kiln_postgres_tests)");
-    println!("cargo::rerun-if-env-changed=KILN_TEST_DATABASE_URL");
-    if std::env::var_os("KILN_TEST_DATABASE_URL").is_some_and(|v| !v.is_empty()) {
-        println!("cargo::rustc-cfg=kiln_postgres_tests");
-    }
+    test_prerequisites();
 }
 
 /// FNV-1a over every file in `assets/` (names and bytes), as 12 hex digits.
@@ -34,3 +30,5 @@ fn asset_version() {
         hash & 0xffff_ffff_ffff
     );
 }
+
+include!("../../build-support/prerequisites.rs");

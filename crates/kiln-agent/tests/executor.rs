@@ -1,8 +1,9 @@
 //! The step executors against real processes, a real bubblewrap sandbox and a real
 //! container engine (Podman's Docker API). Sandbox tests need `bwrap`; container tests
 //! need `KILN_TEST_DOCKER_SOCKET` and `KILN_TEST_DOCKER_IMAGE` (`.ci/executors.sh` sets
-//! them up). Without them a test prints one `skipped:` line, unless
-//! `KILN_REQUIRE_EXECUTORS=1`, which turns a missing prerequisite into a failure.
+//! them up). Without them a test is listed as ignored with the reason (the
+//! `kiln_bwrap_tests` and `kiln_docker_tests` cfgs of `build-support/prerequisites.rs`),
+//! unless `KILN_REQUIRE_EXECUTORS=1`, which turns a missing prerequisite into a failure.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -546,6 +547,10 @@ async fn process_output_held_open_by_an_escaped_process_does_not_hang() {
 // Sandbox executor (bubblewrap)
 
 #[tokio::test]
+#[cfg_attr(
+    not(kiln_bwrap_tests),
+    ignore = "bubblewrap skipped: apt-get install bubblewrap (eval \"$(bash .ci/executors.sh)\")"
+)]
 async fn sandbox_workspace_is_writable_and_the_host_read_only() {
     if !bwrap_available() {
         return;
@@ -585,6 +590,10 @@ async fn sandbox_workspace_is_writable_and_the_host_read_only() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(kiln_bwrap_tests),
+    ignore = "bubblewrap skipped: apt-get install bubblewrap (eval \"$(bash .ci/executors.sh)\")"
+)]
 async fn sandbox_has_network_only_when_asked() {
     if !bwrap_available() {
         return;
@@ -617,6 +626,10 @@ async fn sandbox_has_network_only_when_asked() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(kiln_bwrap_tests),
+    ignore = "bubblewrap skipped: apt-get install bubblewrap (eval \"$(bash .ci/executors.sh)\")"
+)]
 async fn sandbox_cancel_is_graceful_and_stubborn_steps_are_killed() {
     if !bwrap_available() {
         return;
@@ -698,6 +711,10 @@ fn assert_removed(socket: &Path, name: &str) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(kiln_docker_tests),
+    ignore = "Docker API skipped: set KILN_TEST_DOCKER_SOCKET and KILN_TEST_DOCKER_IMAGE (eval \"$(bash .ci/executors.sh)\")"
+)]
 async fn container_runs_the_script_with_separate_streams_and_exit_code() {
     let Some((socket, image)) = container_engine() else {
         return;
@@ -724,6 +741,10 @@ async fn container_runs_the_script_with_separate_streams_and_exit_code() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(kiln_docker_tests),
+    ignore = "Docker API skipped: set KILN_TEST_DOCKER_SOCKET and KILN_TEST_DOCKER_IMAGE (eval \"$(bash .ci/executors.sh)\")"
+)]
 async fn container_sees_the_workspace_and_network_only_when_asked() {
     let Some((socket, image)) = container_engine() else {
         return;
@@ -768,6 +789,10 @@ async fn container_sees_the_workspace_and_network_only_when_asked() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(kiln_docker_tests),
+    ignore = "Docker API skipped: set KILN_TEST_DOCKER_SOCKET and KILN_TEST_DOCKER_IMAGE (eval \"$(bash .ci/executors.sh)\")"
+)]
 async fn container_streams_binary_output_completely() {
     let Some((socket, image)) = container_engine() else {
         return;
@@ -787,6 +812,10 @@ async fn container_streams_binary_output_completely() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(kiln_docker_tests),
+    ignore = "Docker API skipped: set KILN_TEST_DOCKER_SOCKET and KILN_TEST_DOCKER_IMAGE (eval \"$(bash .ci/executors.sh)\")"
+)]
 async fn container_cancel_stops_and_removes_it() {
     let Some((socket, image)) = container_engine() else {
         return;
@@ -819,7 +848,7 @@ async fn container_cancel_stops_and_removes_it() {
 }
 
 #[tokio::test]
-async fn container_errors_name_the_image_and_the_socket() {
+async fn container_errors_name_the_socket() {
     let workspace = workspace();
     let mut spec = step("unreachable", "true", workspace.path());
     spec.image = Some("localhost/busybox:kiln".into());
@@ -836,7 +865,15 @@ async fn container_errors_name_the_image_and_the_socket() {
         error.to_string().contains("/nonexistent/kiln-docker.sock"),
         "{error}"
     );
+}
 
+#[tokio::test]
+#[cfg_attr(
+    not(kiln_docker_tests),
+    ignore = "Docker API skipped: set KILN_TEST_DOCKER_SOCKET and KILN_TEST_DOCKER_IMAGE (eval \"$(bash .ci/executors.sh)\")"
+)]
+async fn container_errors_name_the_missing_image() {
+    let workspace = workspace();
     let Some((socket, _image)) = container_engine() else {
         return;
     };

@@ -25,6 +25,10 @@ fn acknowledged_events_survive_kill_9_on_sqlite() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kiln_postgres_tests),
+    ignore = "PostgreSQL skipped: set KILN_TEST_DATABASE_URL (bash .ci/run does)"
+)]
 fn acknowledged_events_survive_kill_9_on_postgres() {
     if std::env::var(POSTGRES_URL_VAR).is_err() {
         eprintln!("skipped: PostgreSQL ({POSTGRES_URL_VAR} is not set)");
@@ -180,6 +184,10 @@ fn acknowledged_events_survive_kill_9(database_url: Option<&str>) {
 /// every answer is 201 or 503 with nothing lost of what was answered 201, and ingest
 /// resumes by itself once the database holds its connections again.
 #[test]
+#[cfg_attr(
+    not(kiln_postgres_tests),
+    ignore = "PostgreSQL skipped: set KILN_TEST_DATABASE_URL (bash .ci/run does)"
+)]
 fn ingest_rides_out_lost_database_connections_on_postgres() {
     if std::env::var(POSTGRES_URL_VAR).is_err() {
         eprintln!("skipped: PostgreSQL ({POSTGRES_URL_VAR} is not set)");

@@ -42,6 +42,10 @@ fn webhooks_survive_failures_and_kill_9_on_sqlite() {
 }
 
 #[test]
+#[cfg_attr(
+    not(kiln_postgres_tests),
+    ignore = "PostgreSQL skipped: set KILN_TEST_DATABASE_URL (bash .ci/run does)"
+)]
 fn webhooks_survive_failures_and_kill_9_on_postgres() {
     if std::env::var(POSTGRES_URL_VAR).is_err() {
         eprintln!("skipped: PostgreSQL ({POSTGRES_URL_VAR} is not set)");

@@ -19,10 +19,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 engine_test!(admins_get_one_notification_per_build_event);
-engine_test!(emails_reach_a_real_smtp_server_after_a_retry);
-engine_test!(emails_go_through_starttls_with_a_login_from_a_password_file);
-engine_test!(emails_go_through_implicit_tls_with_a_login_in_the_url);
-engine_test!(refused_logins_untrusted_certificates_and_missing_starttls_send_nothing);
+smtp_engine_test!(emails_reach_a_real_smtp_server_after_a_retry);
+smtp_engine_test!(emails_go_through_starttls_with_a_login_from_a_password_file);
+smtp_engine_test!(emails_go_through_implicit_tls_with_a_login_in_the_url);
+smtp_engine_test!(refused_logins_untrusted_certificates_and_missing_starttls_send_nothing);
 
 /// A user of the test and their personal token.
 struct User {

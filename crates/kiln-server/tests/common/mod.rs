@@ -42,6 +42,33 @@ macro_rules! engine_test {
     };
 }
 
+/// As `engine_test!(name)`, for a test that needs a real SMTP server (Python's
+/// aiosmtpd): listed as ignored, with the reason, where there is none.
+#[macro_export]
+macro_rules! smtp_engine_test {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(kiln_smtp_tests),
+                ignore = "SMTP skipped: python3 cannot import aiosmtpd (bash .ci/smtp.sh installs it)"
+            )]
+            async fn sqlite() {
+                super::$name(kiln_store::Engine::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(all(kiln_postgres_tests, kiln_smtp_tests)),
+                ignore = "PostgreSQL or SMTP skipped: set KILN_TEST_DATABASE_URL and install aiosmtpd (bash .ci/run does)"
+            )]
+            async fn postgres() {
+                super::$name(kiln_store::Engine::Postgres).await;
+            }
+        }
+    };
+}
+
 /// A git mirror directory of its own for each test server.
 pub fn database_git_dir(database: &TestDatabase) -> std::path::PathBuf {
     let unique = database
