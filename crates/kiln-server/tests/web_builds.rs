@@ -20,6 +20,7 @@ engine_test!(roles_decide_buttons_and_refusals_are_pages);
 engine_test!(the_overview_pages_sixty_builds);
 engine_test!(build_cancel_and_retry_forms_work_without_javascript);
 engine_test!(long_logs_show_their_end_numbered_from_the_start);
+engine_test!(a_kiln_run_builds_log_shows_on_its_page);
 
 /// A signed-in browser: its session cookie and CSRF token.
 struct Browser {
@@ -686,4 +687,35 @@ fn git_repo() -> tempfile::TempDir {
     git(repo.path(), &["add", "."]);
     git(repo.path(), &["commit", "-q", "-m", "First commit"]);
     repo
+}
+
+/// A build `kiln run` reports shows the log it shipped (a reported job) in the same
+/// viewer, and is not offered for retry (Kiln did not run it).
+async fn a_kiln_run_builds_log_shows_on_its_page(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let token = project(&app, "web", "Web").await;
+    ingest(
+        &app,
+        &token,
+        json!({"runId": "wrapped-1", "event": "build_started", "branch": "main", "commit": "abc1234"}),
+    )
+    .await;
+    let log = "2027-01-15T08:00:01.000Z out  compiling kiln\n2027-01-15T08:00:02.000Z err  warning: unused\n";
+    let (status, answer) = app
+        .raw(
+            Method::POST,
+            "/api/v1/builds/wrapped-1/log?offset=0&end=passed&exitCode=0",
+            Some(&token),
+            Some(log.as_bytes().to_vec()),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    ingest(&app, &token, json!({"runId": "wrapped-1", "event": "build_completed"})).await;
+    let viewer = browser(&app, "dev@example.com", Some(("web", "developer"))).await;
+    let (status, page) = viewer.get("/builds/wrapped-1").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("compiling kiln"), "{page}");
+    assert!(page.contains("<span class=\"txt s-err\">warning: unused"), "{page}");
+    assert!(!page.contains("Retry"), "a reported build is not retried: {page}");
+    app.stop().await;
 }
