@@ -117,7 +117,9 @@ async fn staleness_survives_a_restart_and_the_admin_token_is_idempotent(engine: 
         1
     );
     let store = database.open().await;
-    let admins = kiln_store::Store::list_tokens(&*store, None).await.unwrap();
+    let admins = kiln_store::ProjectStore::list_tokens(&*store, None)
+        .await
+        .unwrap();
     assert_eq!(admins.len(), 1);
     restarted.stop().await;
 }

@@ -111,16 +111,17 @@ async fn a_reconnecting_subscriber_sees_exactly_the_stored_sequence(engine: Engi
     let (received, reconnects) = subscriber.await.unwrap();
 
     let store = app.database.open().await;
-    let project = kiln_store::Store::project_by_slug(&*store, "web")
+    let project = kiln_store::ProjectStore::project_by_slug(&*store, "web")
         .await
         .unwrap()
         .unwrap();
-    let stored: Vec<i64> = kiln_store::Store::project_events_after(&*store, project.id, 0, 100_000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id)
-        .collect();
+    let stored: Vec<i64> =
+        kiln_store::BuildStore::project_events_after(&*store, project.id, 0, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
     assert_eq!(stored.len(), WRITERS * EVENTS_PER_WRITER);
     assert!(reconnects >= 5, "only {reconnects} reconnects");
     assert_eq!(

@@ -710,12 +710,23 @@ async fn a_kiln_run_builds_log_shows_on_its_page(engine: Engine) {
         )
         .await;
     assert_eq!(status, 200, "{answer}");
-    ingest(&app, &token, json!({"runId": "wrapped-1", "event": "build_completed"})).await;
+    ingest(
+        &app,
+        &token,
+        json!({"runId": "wrapped-1", "event": "build_completed"}),
+    )
+    .await;
     let viewer = browser(&app, "dev@example.com", Some(("web", "developer"))).await;
     let (status, page) = viewer.get("/builds/wrapped-1").await;
     assert_eq!(status, 200);
     assert!(page.contains("compiling kiln"), "{page}");
-    assert!(page.contains("<span class=\"txt s-err\">warning: unused"), "{page}");
-    assert!(!page.contains("Retry"), "a reported build is not retried: {page}");
+    assert!(
+        page.contains("<span class=\"txt s-err\">warning: unused"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("Retry"),
+        "a reported build is not retried: {page}"
+    );
     app.stop().await;
 }

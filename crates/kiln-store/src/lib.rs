@@ -1,4 +1,5 @@
-//! Kiln's durable storage: the `Store` trait, its records, and the SQL engines behind it.
+//! Kiln's durable storage: one trait per area (`Store` is their union), its records, and
+//! the SQL engines behind it.
 //!
 //! Only this crate knows SQL. One implementation (`sql::SqlStore`, over sqlx's `Any`
 //! driver) serves both SQLite and PostgreSQL: the statements are written in the common
@@ -143,14 +144,43 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Everything Kiln keeps durably. Implementations are cheap to share (`Arc<dyn Store>`).
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    fn engine(&self) -> Engine;
+/// Everything Kiln keeps durably: one trait per area, each implemented in its own file
+/// per engine. Implementations are cheap to share (`Arc<dyn Store>`); a `dyn Store`
+/// answers every area's methods.
+pub trait Store:
+    ProjectStore
+    + BuildStore
+    + QueueStore
+    + AccountStore
+    + NotificationStore
+    + WebhookStore
+    + SecretStore
+    + Send
+    + Sync
+    + 'static
+{
+}
 
+impl<T> Store for T where
+    T: ProjectStore
+        + BuildStore
+        + QueueStore
+        + AccountStore
+        + NotificationStore
+        + WebhookStore
+        + SecretStore
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Projects, their tokens and the secret their GitHub webhooks are signed with; the engine itself (`sql/projects.rs`).
+#[async_trait]
+pub trait ProjectStore: Send + Sync {
+    fn engine(&self) -> Engine;
     /// A trivial query, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
-
     async fn create_project(
         &self,
         slug: &ProjectSlug,
@@ -160,7 +190,6 @@ pub trait Store: Send + Sync + 'static {
     async fn list_projects(&self) -> StoreResult<Vec<Project>>;
     async fn project_by_slug(&self, slug: &str) -> StoreResult<Option<Project>>;
     async fn project_by_id(&self, id: i64) -> StoreResult<Option<Project>>;
-
     /// Stores a token by its hash. A hash that exists already is a conflict, except for
     /// `ensure_token`, which returns the existing record (idempotent admin bootstrap).
     async fn create_token(&self, token: &NewToken, now: Millis) -> StoreResult<TokenRecord>;
@@ -175,7 +204,15 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<TokenRecord>;
     async fn touch_token(&self, token_id: i64, now: Millis) -> StoreResult<()>;
+    /// Sets (or clears) the secret that signs the project's GitHub webhooks.
+    async fn set_github_secret(&self, project_id: i64, secret: Option<&str>) -> StoreResult<()>;
+    /// The project's GitHub webhook secret, if one is set.
+    async fn github_secret(&self, project_id: i64) -> StoreResult<Option<String>>;
+}
 
+/// Events and the builds derived from them: the group-commit ingest and every read of builds and events (`sql/builds.rs`).
+#[async_trait]
+pub trait BuildStore: Send + Sync {
     /// Appends the events of many requests in ONE transaction (group commit). Each
     /// request is accepted or rejected as a whole; a rejected request writes nothing
     /// and does not affect the others. Returns one result per request, in order, only
@@ -185,7 +222,6 @@ pub trait Store: Send + Sync + 'static {
         requests: &[IngestRequest],
         now: Millis,
     ) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>>;
-
     async fn list_builds(&self, filter: &BuildFilter) -> StoreResult<Vec<BuildRecord>>;
     /// The durations (newest first, at most `per_key` each) of the latest successful
     /// builds of each pipeline, in one query: the sample the dashboard's ETA takes its
@@ -234,9 +270,11 @@ pub trait Store: Send + Sync + 'static {
         default_timeout_secs: i64,
         limit: i64,
     ) -> StoreResult<Vec<BuildRecord>>;
+}
 
-    // ---- Builds Kiln runs: repositories, branches, agents, the job queue, logs.
-
+/// Builds Kiln runs: repositories, branches, agents, the job queue and job logs (`sql/queue.rs`).
+#[async_trait]
+pub trait QueueStore: Send + Sync {
     /// Sets a project's repository settings (a `None` repo stops Kiln building it).
     async fn set_project_repo(
         &self,
@@ -267,7 +305,6 @@ pub trait Store: Send + Sync + 'static {
         previous: Option<&str>,
         commit: &str,
     ) -> StoreResult<bool>;
-
     /// Registers an agent by name, or updates the registration of that name.
     async fn register_agent(&self, agent: &NewAgent, now: Millis) -> StoreResult<AgentRecord>;
     async fn agent_by_id(&self, id: i64) -> StoreResult<Option<AgentRecord>>;
@@ -279,7 +316,6 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         metrics: Option<&serde_json::Value>,
     ) -> StoreResult<()>;
-
     /// Creates a build's jobs (existing steps of the build are left as they are).
     async fn create_jobs(
         &self,
@@ -345,7 +381,6 @@ pub trait Store: Send + Sync + 'static {
     /// Builds that are not ended, have jobs, and have none queued or running: their jobs
     /// need advancing (or the build ending).
     async fn builds_to_advance(&self, limit: i64) -> StoreResult<Vec<i64>>;
-
     /// The job holding the log a `kiln run` reports for `step` of a build, created
     /// (running, never queued or leased) on first use. A step Kiln's agents run is a
     /// conflict.
@@ -392,9 +427,11 @@ pub trait Store: Send + Sync + 'static {
     /// counted in the database, so a viewer showing only a log's tail still numbers its
     /// lines from the start without reading the rest.
     async fn log_lines_before(&self, job_id: i64, offset: i64) -> StoreResult<i64>;
+}
 
-    // ---- Accounts: users, sessions, memberships, user tokens, the audit log.
-
+/// Accounts: users, sessions, memberships, user tokens and the audit log (`sql/accounts.rs`).
+#[async_trait]
+pub trait AccountStore: Send + Sync {
     /// Creates a user; an email in use is a conflict.
     async fn create_user(
         &self,
@@ -463,9 +500,11 @@ pub trait Store: Send + Sync + 'static {
         before: Option<i64>,
         limit: i64,
     ) -> StoreResult<Vec<AuditEntry>>;
+}
 
-    // ---- Notifications: users' inboxes, mutes, the email outbox, the notifier cursor.
-
+/// Notifications: users' inboxes, mutes, the email outbox and the notifier's cursor (`sql/notifications.rs`).
+#[async_trait]
+pub trait NotificationStore: Send + Sync {
     /// Gives one event's notification to each recipient that has not muted its project
     /// or kind, at most once per (user, event) and per (user, build, kind), so replays
     /// notify no one twice. With `Delivery::InboxAndEmail` each new notification is also
@@ -536,9 +575,11 @@ pub trait Store: Send + Sync + 'static {
         retry_at: Option<Millis>,
         now: Millis,
     ) -> StoreResult<()>;
+}
 
-    // ---- Webhooks: endpoints, the delivery outbox and its attempts, the consumer cursor.
-
+/// Outbound webhooks: endpoints, the delivery outbox and its attempts, the consumer's cursor (`sql/webhooks.rs`).
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
     async fn create_webhook_endpoint(
         &self,
         endpoint: &NewWebhookEndpoint,
@@ -638,16 +679,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         project_id: Option<i64>,
     ) -> StoreResult<Vec<WebhookEndpointStatus>>;
+}
 
-    // ---- Inbound hooks.
-
-    /// Sets (or clears) the secret that signs the project's GitHub webhooks.
-    async fn set_github_secret(&self, project_id: i64, secret: Option<&str>) -> StoreResult<()>;
-    /// The project's GitHub webhook secret, if one is set.
-    async fn github_secret(&self, project_id: i64) -> StoreResult<Option<String>>;
-
-    // ---- Secrets: the store keeps ciphertext only (the server encrypts).
-
+/// Project secrets and repository credentials, as ciphertext only: the server encrypts (`sql/secrets.rs`).
+#[async_trait]
+pub trait SecretStore: Send + Sync {
     /// Creates or replaces a project secret.
     async fn set_project_secret(
         &self,

@@ -1,5 +1,7 @@
 //! Accounts in SQL: users, sessions, memberships, user tokens and the audit log.
 
+use crate::AccountStore;
+use async_trait::async_trait;
 use kiln_core::token::Scope;
 use kiln_core::{Millis, Role};
 use sqlx::Row;
@@ -48,8 +50,9 @@ fn membership_from_row(row: &AnyRow) -> StoreResult<Membership> {
     })
 }
 
-impl SqlStore {
-    pub(super) async fn q_create_user(
+#[async_trait]
+impl AccountStore for SqlStore {
+    async fn create_user(
         &self,
         email: &str,
         name: &str,
@@ -77,7 +80,7 @@ impl SqlStore {
         user_from_row(&row)
     }
 
-    pub(super) async fn q_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
         let row = sqlx::query(trusted(format!(
             "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
         )))
@@ -87,7 +90,7 @@ impl SqlStore {
         row.as_ref().map(user_from_row).transpose()
     }
 
-    pub(super) async fn q_user_by_id(&self, id: i64) -> StoreResult<Option<UserRecord>> {
+    async fn user_by_id(&self, id: i64) -> StoreResult<Option<UserRecord>> {
         let row = sqlx::query(trusted(format!(
             "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
         )))
@@ -97,7 +100,7 @@ impl SqlStore {
         row.as_ref().map(user_from_row).transpose()
     }
 
-    pub(super) async fn q_list_users(&self) -> StoreResult<Vec<UserRecord>> {
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
         let rows = sqlx::query(trusted(format!(
             "SELECT {USER_COLUMNS} FROM users ORDER BY email"
         )))
@@ -106,11 +109,7 @@ impl SqlStore {
         rows.iter().map(user_from_row).collect()
     }
 
-    pub(super) async fn q_set_password(
-        &self,
-        user_id: i64,
-        password_hash: &str,
-    ) -> StoreResult<()> {
+    async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()> {
         let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(password_hash)
             .bind(user_id)
@@ -122,7 +121,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_create_session(
+    async fn create_session(
         &self,
         user_id: i64,
         token_hash: &str,
@@ -144,10 +143,7 @@ impl SqlStore {
         session_from_row(&row)
     }
 
-    pub(super) async fn q_session_by_hash(
-        &self,
-        token_hash: &str,
-    ) -> StoreResult<Option<SessionRecord>> {
+    async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
         let row = sqlx::query(trusted(format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1"
         )))
@@ -157,7 +153,7 @@ impl SqlStore {
         row.as_ref().map(session_from_row).transpose()
     }
 
-    pub(super) async fn q_revoke_session(&self, id: i64, now: Millis) -> StoreResult<()> {
+    async fn revoke_session(&self, id: i64, now: Millis) -> StoreResult<()> {
         sqlx::query("UPDATE sessions SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
             .bind(now.0)
             .bind(id)
@@ -166,7 +162,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_set_membership(
+    async fn set_membership(
         &self,
         project_id: i64,
         user_id: i64,
@@ -187,11 +183,7 @@ impl SqlStore {
         membership_from_row(&row)
     }
 
-    pub(super) async fn q_remove_membership(
-        &self,
-        project_id: i64,
-        user_id: i64,
-    ) -> StoreResult<()> {
+    async fn remove_membership(&self, project_id: i64, user_id: i64) -> StoreResult<()> {
         let done = sqlx::query("DELETE FROM memberships WHERE project_id = $1 AND user_id = $2")
             .bind(project_id)
             .bind(user_id)
@@ -203,7 +195,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_memberships_of_user(&self, user_id: i64) -> StoreResult<Vec<Membership>> {
+    async fn memberships_of_user(&self, user_id: i64) -> StoreResult<Vec<Membership>> {
         let rows = sqlx::query(
             "SELECT project_id, user_id, role, created_at FROM memberships WHERE user_id = $1 ORDER BY project_id",
         )
@@ -213,10 +205,7 @@ impl SqlStore {
         rows.iter().map(membership_from_row).collect()
     }
 
-    pub(super) async fn q_members_of_project(
-        &self,
-        project_id: i64,
-    ) -> StoreResult<Vec<Membership>> {
+    async fn members_of_project(&self, project_id: i64) -> StoreResult<Vec<Membership>> {
         let rows = sqlx::query(
             "SELECT project_id, user_id, role, created_at FROM memberships WHERE project_id = $1 ORDER BY user_id",
         )
@@ -226,7 +215,7 @@ impl SqlStore {
         rows.iter().map(membership_from_row).collect()
     }
 
-    pub(super) async fn q_project_admins(&self, project_id: i64) -> StoreResult<Vec<i64>> {
+    async fn project_admins(&self, project_id: i64) -> StoreResult<Vec<i64>> {
         let rows = sqlx::query(
             "SELECT id FROM users WHERE disabled_at IS NULL AND (instance_admin = 1 OR id IN \
              (SELECT user_id FROM memberships WHERE project_id = $1 AND role = 'admin')) ORDER BY id",
@@ -239,7 +228,7 @@ impl SqlStore {
             .collect()
     }
 
-    pub(super) async fn q_create_user_token(
+    async fn create_user_token(
         &self,
         user_id: i64,
         token: &NewToken,
@@ -261,7 +250,7 @@ impl SqlStore {
         rows::token_from_row(&row)
     }
 
-    pub(super) async fn q_user_tokens(&self, user_id: i64) -> StoreResult<Vec<TokenRecord>> {
+    async fn user_tokens(&self, user_id: i64) -> StoreResult<Vec<TokenRecord>> {
         let rows = sqlx::query(trusted(format!(
             "SELECT {} FROM tokens WHERE user_id = $1 ORDER BY id",
             rows::TOKEN_COLUMNS
@@ -272,7 +261,7 @@ impl SqlStore {
         rows.iter().map(rows::token_from_row).collect()
     }
 
-    pub(super) async fn q_revoke_user_token(
+    async fn revoke_user_token(
         &self,
         user_id: i64,
         token_id: i64,
@@ -293,7 +282,7 @@ impl SqlStore {
             .ok_or(StoreError::NotFound("token"))
     }
 
-    pub(super) async fn q_append_audit(
+    async fn append_audit(
         &self,
         actor: &str,
         action: &str,
@@ -316,7 +305,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_audit_log(
+    async fn audit_log(
         &self,
         project_id: Option<i64>,
         before: Option<i64>,

@@ -4,6 +4,8 @@
 //! use `ON CONFLICT DO NOTHING`: replaying events (after a crash, or by a second
 //! replica's notifier) never notifies anyone twice.
 
+use crate::NotificationStore;
+use async_trait::async_trait;
 use kiln_core::Millis;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -67,8 +69,9 @@ fn tri_state(filter: Option<bool>) -> i64 {
     }
 }
 
-impl SqlStore {
-    pub(super) async fn q_insert_notifications(
+#[async_trait]
+impl NotificationStore for SqlStore {
+    async fn insert_notifications(
         &self,
         notification: &NewNotification,
         recipients: &[i64],
@@ -119,7 +122,7 @@ impl SqlStore {
         Ok(inserted)
     }
 
-    pub(super) async fn q_list_notifications(
+    async fn list_notifications(
         &self,
         filter: &NotificationFilter,
     ) -> StoreResult<Vec<NotificationRecord>> {
@@ -139,21 +142,7 @@ impl SqlStore {
         rows.iter().map(notification_from_row).collect()
     }
 
-    async fn notification_of_user(&self, user_id: i64, id: i64) -> StoreResult<NotificationRecord> {
-        let row = sqlx::query(trusted(format!(
-            "{NOTIFICATION_SELECT} WHERE n.id = $1 AND n.user_id = $2"
-        )))
-        .bind(id)
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref()
-            .map(notification_from_row)
-            .transpose()?
-            .ok_or(StoreError::NotFound("notification"))
-    }
-
-    pub(super) async fn q_mark_notification_read(
+    async fn mark_notification_read(
         &self,
         user_id: i64,
         id: i64,
@@ -170,11 +159,7 @@ impl SqlStore {
         self.notification_of_user(user_id, id).await
     }
 
-    pub(super) async fn q_mark_all_notifications_read(
-        &self,
-        user_id: i64,
-        now: Millis,
-    ) -> StoreResult<u64> {
+    async fn mark_all_notifications_read(&self, user_id: i64, now: Millis) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL AND archived_at IS NULL",
         )
@@ -185,7 +170,7 @@ impl SqlStore {
         Ok(done.rows_affected())
     }
 
-    pub(super) async fn q_archive_notification(
+    async fn archive_notification(
         &self,
         user_id: i64,
         id: i64,
@@ -202,11 +187,7 @@ impl SqlStore {
         self.notification_of_user(user_id, id).await
     }
 
-    pub(super) async fn q_archive_notifications_before(
-        &self,
-        cutoff: Millis,
-        now: Millis,
-    ) -> StoreResult<u64> {
+    async fn archive_notifications_before(&self, cutoff: Millis, now: Millis) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE notifications SET archived_at = $1 WHERE archived_at IS NULL AND created_at < $2",
         )
@@ -217,10 +198,7 @@ impl SqlStore {
         Ok(done.rows_affected())
     }
 
-    pub(super) async fn q_notification_stats(
-        &self,
-        user_id: i64,
-    ) -> StoreResult<NotificationStats> {
+    async fn notification_stats(&self, user_id: i64) -> StoreResult<NotificationStats> {
         let rows = sqlx::query(
             "SELECT kind, COUNT(*) AS unread FROM notifications \
              WHERE user_id = $1 AND read_at IS NULL AND archived_at IS NULL GROUP BY kind ORDER BY kind",
@@ -238,24 +216,7 @@ impl SqlStore {
         Ok(stats)
     }
 
-    async fn find_mute(
-        &self,
-        user_id: i64,
-        project_id: Option<i64>,
-        kind: Option<NotificationKind>,
-    ) -> StoreResult<Option<NotificationMute>> {
-        let row = sqlx::query(trusted(format!(
-            "{MUTE_SELECT} WHERE m.user_id = $1 AND COALESCE(m.project_id, 0) = $2 AND COALESCE(m.kind, '') = $3"
-        )))
-        .bind(user_id)
-        .bind(project_id.unwrap_or(0))
-        .bind(kind.map(NotificationKind::as_str).unwrap_or(""))
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(mute_from_row).transpose()
-    }
-
-    pub(super) async fn q_add_notification_mute(
+    async fn add_notification_mute(
         &self,
         user_id: i64,
         project_id: Option<i64>,
@@ -284,7 +245,7 @@ impl SqlStore {
             .ok_or(StoreError::NotFound("mute"))
     }
 
-    pub(super) async fn q_remove_notification_mute(
+    async fn remove_notification_mute(
         &self,
         user_id: i64,
         project_id: Option<i64>,
@@ -304,10 +265,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_notification_mutes(
-        &self,
-        user_id: i64,
-    ) -> StoreResult<Vec<NotificationMute>> {
+    async fn notification_mutes(&self, user_id: i64) -> StoreResult<Vec<NotificationMute>> {
         let rows = sqlx::query(trusted(format!(
             "{MUTE_SELECT} WHERE m.user_id = $1 ORDER BY m.id"
         )))
@@ -317,7 +275,7 @@ impl SqlStore {
         rows.iter().map(mute_from_row).collect()
     }
 
-    pub(super) async fn q_notifier_cursor(&self) -> StoreResult<i64> {
+    async fn notifier_cursor(&self) -> StoreResult<i64> {
         let value: Option<i64> =
             sqlx::query_scalar("SELECT value FROM kiln_counters WHERE name = 'notifier_cursor'")
                 .fetch_optional(&self.pool)
@@ -325,7 +283,7 @@ impl SqlStore {
         value.ok_or(StoreError::NotFound("notifier cursor"))
     }
 
-    pub(super) async fn q_advance_notifier_cursor(&self, from: i64, to: i64) -> StoreResult<bool> {
+    async fn advance_notifier_cursor(&self, from: i64, to: i64) -> StoreResult<bool> {
         const ADVANCE: &str =
             "UPDATE kiln_counters SET value = $1 WHERE name = 'notifier_cursor' AND value = $2";
         if let Some(writer) = &self.writer {
@@ -348,7 +306,7 @@ impl SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub(super) async fn q_claim_due_emails(
+    async fn claim_due_emails(
         &self,
         now: Millis,
         claimed_until: Millis,
@@ -385,7 +343,7 @@ impl SqlStore {
         Ok(emails)
     }
 
-    pub(super) async fn q_email_sent(&self, id: i64, now: Millis) -> StoreResult<()> {
+    async fn email_sent(&self, id: i64, now: Millis) -> StoreResult<()> {
         sqlx::query("UPDATE notification_emails SET sent_at = $1, last_error = NULL WHERE id = $2")
             .bind(now.0)
             .bind(id)
@@ -394,7 +352,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_email_failed(
+    async fn email_failed(
         &self,
         id: i64,
         error: &str,
@@ -424,5 +382,38 @@ impl SqlStore {
             }
         }
         Ok(())
+    }
+}
+
+impl SqlStore {
+    async fn notification_of_user(&self, user_id: i64, id: i64) -> StoreResult<NotificationRecord> {
+        let row = sqlx::query(trusted(format!(
+            "{NOTIFICATION_SELECT} WHERE n.id = $1 AND n.user_id = $2"
+        )))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(notification_from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound("notification"))
+    }
+
+    async fn find_mute(
+        &self,
+        user_id: i64,
+        project_id: Option<i64>,
+        kind: Option<NotificationKind>,
+    ) -> StoreResult<Option<NotificationMute>> {
+        let row = sqlx::query(trusted(format!(
+            "{MUTE_SELECT} WHERE m.user_id = $1 AND COALESCE(m.project_id, 0) = $2 AND COALESCE(m.kind, '') = $3"
+        )))
+        .bind(user_id)
+        .bind(project_id.unwrap_or(0))
+        .bind(kind.map(NotificationKind::as_str).unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(mute_from_row).transpose()
     }
 }

@@ -3,6 +3,8 @@
 //! 'running' AND attempt = $n`), so concurrent servers and agents cannot both win, and
 //! SQLite's write lock is taken by the first statement of any transaction here.
 
+use crate::QueueStore;
+use async_trait::async_trait;
 use std::collections::HashMap;
 
 use kiln_core::{JobState, Millis};
@@ -14,7 +16,7 @@ use super::ingest::{JobRow, insert_jobs};
 use super::{SqlStore, rows, trusted};
 use crate::queue::*;
 use crate::records::Project;
-use crate::{Store, StoreError, StoreResult};
+use crate::{Engine, StoreError, StoreResult};
 
 const AGENT_COLUMNS: &str = "id, name, token_id, labels, concurrency, executor, hostname, version, \
      registered_at, last_seen_at, metrics";
@@ -149,8 +151,9 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
-impl SqlStore {
-    pub(super) async fn q_set_project_repo(
+#[async_trait]
+impl QueueStore for SqlStore {
+    async fn set_project_repo(
         &self,
         project_id: i64,
         repo: Option<&str>,
@@ -173,7 +176,7 @@ impl SqlStore {
             .ok_or(StoreError::NotFound("project"))
     }
 
-    pub(super) async fn q_upsert_branch(
+    async fn upsert_branch(
         &self,
         project_id: i64,
         name: &str,
@@ -196,7 +199,7 @@ impl SqlStore {
         branch_from_row(&row)
     }
 
-    pub(super) async fn q_list_branches(&self, project_id: i64) -> StoreResult<Vec<BranchRecord>> {
+    async fn list_branches(&self, project_id: i64) -> StoreResult<Vec<BranchRecord>> {
         let rows = sqlx::query(trusted(format!(
             "SELECT {BRANCH_COLUMNS} FROM branches WHERE project_id = $1 ORDER BY name"
         )))
@@ -206,7 +209,7 @@ impl SqlStore {
         rows.iter().map(branch_from_row).collect()
     }
 
-    pub(super) async fn q_delete_branch(&self, project_id: i64, name: &str) -> StoreResult<()> {
+    async fn delete_branch(&self, project_id: i64, name: &str) -> StoreResult<()> {
         let done = sqlx::query("DELETE FROM branches WHERE project_id = $1 AND name = $2")
             .bind(project_id)
             .bind(name)
@@ -218,7 +221,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_auto_build_branches(&self) -> StoreResult<Vec<(Project, BranchRecord)>> {
+    async fn auto_build_branches(&self) -> StoreResult<Vec<(Project, BranchRecord)>> {
         let rows = sqlx::query(
             "SELECT br.project_id, br.name, br.priority, br.auto_build, br.last_commit, br.created_at \
              FROM branches br JOIN projects p ON p.id = br.project_id WHERE br.auto_build = 1 AND p.repo IS NOT NULL ORDER BY br.project_id, br.name"
@@ -232,7 +235,7 @@ impl SqlStore {
             let project = match projects.get(&branch.project_id) {
                 Some(project) => project.clone(),
                 None => {
-                    let project = Store::project_by_id(self, branch.project_id)
+                    let project = crate::ProjectStore::project_by_id(self, branch.project_id)
                         .await?
                         .ok_or(StoreError::NotFound("project"))?;
                     projects.insert(project.id, project.clone());
@@ -244,7 +247,7 @@ impl SqlStore {
         Ok(result)
     }
 
-    pub(super) async fn q_advance_branch_commit(
+    async fn advance_branch_commit(
         &self,
         project_id: i64,
         name: &str,
@@ -264,11 +267,7 @@ impl SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub(super) async fn q_register_agent(
-        &self,
-        agent: &NewAgent,
-        now: Millis,
-    ) -> StoreResult<AgentRecord> {
+    async fn register_agent(&self, agent: &NewAgent, now: Millis) -> StoreResult<AgentRecord> {
         let row = sqlx::query(trusted(format!(
             "INSERT INTO agents (name, token_id, labels, concurrency, executor, hostname, version, registered_at, last_seen_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (name) DO UPDATE SET token_id = excluded.token_id, \
@@ -289,7 +288,7 @@ impl SqlStore {
         agent_from_row(&row)
     }
 
-    pub(super) async fn q_agent_by_id(&self, id: i64) -> StoreResult<Option<AgentRecord>> {
+    async fn agent_by_id(&self, id: i64) -> StoreResult<Option<AgentRecord>> {
         let row = sqlx::query(trusted(format!(
             "SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1"
         )))
@@ -299,7 +298,7 @@ impl SqlStore {
         row.as_ref().map(agent_from_row).transpose()
     }
 
-    pub(super) async fn q_list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
+    async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
         let rows = sqlx::query(trusted(format!(
             "SELECT {AGENT_COLUMNS} FROM agents ORDER BY name"
         )))
@@ -308,12 +307,7 @@ impl SqlStore {
         rows.iter().map(agent_from_row).collect()
     }
 
-    pub(super) async fn q_touch_agent(
-        &self,
-        id: i64,
-        now: Millis,
-        metrics: Option<&Value>,
-    ) -> StoreResult<()> {
+    async fn touch_agent(&self, id: i64, now: Millis, metrics: Option<&Value>) -> StoreResult<()> {
         sqlx::query(
             "UPDATE agents SET last_seen_at = $1, metrics = COALESCE($2, metrics) WHERE id = $3",
         )
@@ -325,7 +319,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_create_jobs(
+    async fn create_jobs(
         &self,
         build_id: i64,
         project_id: i64,
@@ -343,7 +337,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_job_by_id(&self, id: i64) -> StoreResult<Option<JobRecord>> {
+    async fn job_by_id(&self, id: i64) -> StoreResult<Option<JobRecord>> {
         let row = sqlx::query(trusted(format!("{JOB_SELECT} WHERE j.id = $1")))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -351,7 +345,7 @@ impl SqlStore {
         row.as_ref().map(job_from_row).transpose()
     }
 
-    pub(super) async fn q_jobs_of_build(&self, build_id: i64) -> StoreResult<Vec<JobRecord>> {
+    async fn jobs_of_build(&self, build_id: i64) -> StoreResult<Vec<JobRecord>> {
         let rows = sqlx::query(trusted(format!(
             "{JOB_SELECT} WHERE j.build_id = $1 ORDER BY j.position"
         )))
@@ -361,7 +355,7 @@ impl SqlStore {
         rows.iter().map(job_from_row).collect()
     }
 
-    pub(super) async fn q_unfinished_jobs(&self, limit: i64) -> StoreResult<Vec<JobRecord>> {
+    async fn unfinished_jobs(&self, limit: i64) -> StoreResult<Vec<JobRecord>> {
         let rows = sqlx::query(trusted(format!(
             "{JOB_SELECT} WHERE j.state IN ('blocked', 'queued', 'running') AND j.kind = 'agent' ORDER BY j.id LIMIT $1"
         )))
@@ -371,7 +365,7 @@ impl SqlStore {
         rows.iter().map(job_from_row).collect()
     }
 
-    pub(super) async fn q_claim_job(
+    async fn claim_job(
         &self,
         agent: &AgentRecord,
         rules: ClaimRules,
@@ -451,13 +445,13 @@ impl SqlStore {
             .execute(&self.pool)
             .await?;
             if claimed.rows_affected() == 1 {
-                return self.q_job_by_id(job_id).await;
+                return self.job_by_id(job_id).await;
             }
         }
         Ok(None)
     }
 
-    pub(super) async fn q_renew_leases(
+    async fn renew_leases(
         &self,
         agent_id: i64,
         job_ids: &[i64],
@@ -518,7 +512,7 @@ impl SqlStore {
             .collect())
     }
 
-    pub(super) async fn q_finish_job(
+    async fn finish_job(
         &self,
         job_id: i64,
         attempt: i64,
@@ -542,12 +536,7 @@ impl SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub(super) async fn q_requeue_job(
-        &self,
-        job_id: i64,
-        attempt: i64,
-        now: Millis,
-    ) -> StoreResult<bool> {
+    async fn requeue_job(&self, job_id: i64, attempt: i64, now: Millis) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'queued', agent_id = NULL, lease_expires_at = NULL, queued_at = $1, \
              cancel_requested = 0 WHERE id = $2 AND state = 'running' AND attempt = $3",
@@ -560,7 +549,7 @@ impl SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub(super) async fn q_unblock_jobs(
+    async fn unblock_jobs(
         &self,
         build_id: i64,
         queue: &[String],
@@ -590,7 +579,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_cancel_jobs(&self, build_id: i64, now: Millis) -> StoreResult<u64> {
+    async fn cancel_jobs(&self, build_id: i64, now: Millis) -> StoreResult<u64> {
         sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = $1, reason = 'cancelled' \
              WHERE build_id = $2 AND state IN ('blocked', 'queued')",
@@ -608,11 +597,7 @@ impl SqlStore {
         Ok(running.rows_affected())
     }
 
-    pub(super) async fn q_expired_leases(
-        &self,
-        now: Millis,
-        limit: i64,
-    ) -> StoreResult<Vec<JobRecord>> {
+    async fn expired_leases(&self, now: Millis, limit: i64) -> StoreResult<Vec<JobRecord>> {
         let rows = sqlx::query(trusted(format!(
             "{JOB_SELECT} WHERE j.state = 'running' AND j.lease_expires_at < $1 ORDER BY j.lease_expires_at LIMIT $2"
         )))
@@ -623,7 +608,7 @@ impl SqlStore {
         rows.iter().map(job_from_row).collect()
     }
 
-    pub(super) async fn q_extend_leases(&self, until: Millis) -> StoreResult<u64> {
+    async fn extend_leases(&self, until: Millis) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE jobs SET lease_expires_at = $1 WHERE state = 'running' AND lease_expires_at < $1",
         )
@@ -633,7 +618,7 @@ impl SqlStore {
         Ok(done.rows_affected())
     }
 
-    pub(super) async fn q_builds_to_advance(&self, limit: i64) -> StoreResult<Vec<i64>> {
+    async fn builds_to_advance(&self, limit: i64) -> StoreResult<Vec<i64>> {
         let rows = sqlx::query(
             "SELECT b.id FROM builds b WHERE b.status IN ('queued', 'running') \
              AND EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id) \
@@ -649,7 +634,41 @@ impl SqlStore {
             .collect()
     }
 
-    pub(super) async fn q_reported_job(
+    async fn log_lines_before(&self, job_id: i64, offset: i64) -> StoreResult<i64> {
+        // Whole chunks before the offset are counted by the database (newlines are the
+        // length lost by removing them); the one chunk the offset falls inside, if any,
+        // is read and counted here. PostgreSQL's bytea goes through `encode(…,
+        // 'escape')`, which keeps newlines as they are.
+        let count_newlines = match self.engine {
+            Engine::Sqlite => {
+                "length(data) - length(CAST(replace(CAST(data AS TEXT), char(10), '') AS BLOB))"
+            }
+            Engine::Postgres => {
+                "length(encode(data, 'escape')) - length(replace(encode(data, 'escape'), chr(10), ''))"
+            }
+        };
+        let statement = format!(
+            "SELECT CAST(COALESCE(SUM({count_newlines}), 0) AS BIGINT) AS lines, \
+             CAST(COALESCE(MAX(offset_bytes + length(data)), 0) AS BIGINT) AS counted_to \
+             FROM job_logs WHERE job_id = $1 AND offset_bytes + length(data) <= $2"
+        );
+        let row = sqlx::query(trusted(statement))
+            .bind(job_id)
+            .bind(offset)
+            .fetch_one(&self.pool)
+            .await?;
+        let mut lines: i64 = sqlx::Row::try_get(&row, "lines")?;
+        let counted_to: i64 = sqlx::Row::try_get(&row, "counted_to")?;
+        if counted_to < offset {
+            let (rest, _) = self
+                .read_log(job_id, counted_to, offset - counted_to)
+                .await?;
+            lines += rest.iter().filter(|byte| **byte == b'\n').count() as i64;
+        }
+        Ok(lines)
+    }
+
+    async fn reported_job(
         &self,
         build_id: i64,
         project_id: i64,
@@ -687,7 +706,7 @@ impl SqlStore {
         Ok(job)
     }
 
-    pub(super) async fn q_end_reported_job(
+    async fn end_reported_job(
         &self,
         job_id: i64,
         state: JobState,
@@ -707,7 +726,7 @@ impl SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub(super) async fn q_end_orphaned_reported_jobs(
+    async fn end_orphaned_reported_jobs(
         &self,
         ended_before: Millis,
         now: Millis,
@@ -727,7 +746,7 @@ impl SqlStore {
         Ok(done.rows_affected())
     }
 
-    pub(super) async fn q_append_log(
+    async fn append_log(
         &self,
         job_id: i64,
         offset: i64,
@@ -782,7 +801,7 @@ impl SqlStore {
         })
     }
 
-    pub(super) async fn q_read_log(
+    async fn read_log(
         &self,
         job_id: i64,
         offset: i64,

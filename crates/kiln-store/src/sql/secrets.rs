@@ -1,6 +1,8 @@
 //! Project secrets and repository credentials: ciphertext in, ciphertext out. The server
 //! encrypts and decrypts; this module never sees a secret's value.
 
+use crate::SecretStore;
+use async_trait::async_trait;
 use kiln_core::Millis;
 use sqlx::Row;
 
@@ -8,8 +10,9 @@ use super::SqlStore;
 use crate::records::SecretRecord;
 use crate::{StoreError, StoreResult};
 
-impl SqlStore {
-    pub(super) async fn q_set_project_secret(
+#[async_trait]
+impl SecretStore for SqlStore {
+    async fn set_project_secret(
         &self,
         project_id: i64,
         name: &str,
@@ -35,10 +38,7 @@ impl SqlStore {
         })
     }
 
-    pub(super) async fn q_list_project_secrets(
-        &self,
-        project_id: i64,
-    ) -> StoreResult<Vec<SecretRecord>> {
+    async fn list_project_secrets(&self, project_id: i64) -> StoreResult<Vec<SecretRecord>> {
         let rows = sqlx::query(
             "SELECT name, created_at, updated_at FROM project_secrets WHERE project_id = $1 ORDER BY name",
         )
@@ -56,10 +56,7 @@ impl SqlStore {
             .collect()
     }
 
-    pub(super) async fn q_project_secret_values(
-        &self,
-        project_id: i64,
-    ) -> StoreResult<Vec<(String, String)>> {
+    async fn project_secret_values(&self, project_id: i64) -> StoreResult<Vec<(String, String)>> {
         let rows = sqlx::query(
             "SELECT name, ciphertext FROM project_secrets WHERE project_id = $1 ORDER BY name",
         )
@@ -71,11 +68,7 @@ impl SqlStore {
             .collect()
     }
 
-    pub(super) async fn q_delete_project_secret(
-        &self,
-        project_id: i64,
-        name: &str,
-    ) -> StoreResult<bool> {
+    async fn delete_project_secret(&self, project_id: i64, name: &str) -> StoreResult<bool> {
         let done = sqlx::query("DELETE FROM project_secrets WHERE project_id = $1 AND name = $2")
             .bind(project_id)
             .bind(name)
@@ -84,7 +77,7 @@ impl SqlStore {
         Ok(done.rows_affected() > 0)
     }
 
-    pub(super) async fn q_set_repo_credentials(
+    async fn set_repo_credentials(
         &self,
         project_id: i64,
         repo: Option<&str>,

@@ -6,6 +6,8 @@
 //! receives its events in order: event N+1 waits while N is pending or retrying, and an
 //! endpoint never has two deliveries in flight.
 
+use crate::WebhookStore;
+use async_trait::async_trait;
 use kiln_core::Millis;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -157,8 +159,9 @@ fn events_column(events: &[String]) -> String {
     serde_json::to_string(events).unwrap_or_else(|_| "[]".into())
 }
 
-impl SqlStore {
-    pub(super) async fn q_create_webhook_endpoint(
+#[async_trait]
+impl WebhookStore for SqlStore {
+    async fn create_webhook_endpoint(
         &self,
         endpoint: &NewWebhookEndpoint,
     ) -> StoreResult<WebhookEndpoint> {
@@ -178,7 +181,7 @@ impl SqlStore {
         endpoint_from_row(&row)
     }
 
-    pub(super) async fn q_webhook_endpoints(
+    async fn webhook_endpoints(
         &self,
         project_id: Option<i64>,
     ) -> StoreResult<Vec<WebhookEndpoint>> {
@@ -192,11 +195,7 @@ impl SqlStore {
         rows.iter().map(endpoint_from_row).collect()
     }
 
-    pub(super) async fn q_webhook_endpoint(
-        &self,
-        project_id: i64,
-        id: i64,
-    ) -> StoreResult<WebhookEndpoint> {
+    async fn webhook_endpoint(&self, project_id: i64, id: i64) -> StoreResult<WebhookEndpoint> {
         let row = sqlx::query(trusted(format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND project_id = $2"
         )))
@@ -208,14 +207,14 @@ impl SqlStore {
         endpoint_from_row(&row)
     }
 
-    pub(super) async fn q_update_webhook_endpoint(
+    async fn update_webhook_endpoint(
         &self,
         project_id: i64,
         id: i64,
         patch: &WebhookEndpointPatch,
         now: Millis,
     ) -> StoreResult<WebhookEndpoint> {
-        let current = self.q_webhook_endpoint(project_id, id).await?;
+        let current = self.webhook_endpoint(project_id, id).await?;
         let active = patch.active.unwrap_or(current.active);
         let disabled_reason = if patch.active == Some(true) {
             None
@@ -256,7 +255,7 @@ impl SqlStore {
         endpoint_from_row(&row)
     }
 
-    pub(super) async fn q_rotate_webhook_secret(
+    async fn rotate_webhook_secret(
         &self,
         project_id: i64,
         id: i64,
@@ -280,11 +279,7 @@ impl SqlStore {
         endpoint_from_row(&row)
     }
 
-    pub(super) async fn q_delete_webhook_endpoint(
-        &self,
-        project_id: i64,
-        id: i64,
-    ) -> StoreResult<()> {
+    async fn delete_webhook_endpoint(&self, project_id: i64, id: i64) -> StoreResult<()> {
         // Children first: foreign keys are enforced.
         let mut transaction = self.pool.begin().await?;
         if self.engine == crate::Engine::Postgres {
@@ -337,7 +332,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_webhook_cursor(&self) -> StoreResult<i64> {
+    async fn webhook_cursor(&self) -> StoreResult<i64> {
         Ok(
             sqlx::query_scalar("SELECT value FROM kiln_counters WHERE name = 'webhook_cursor'")
                 .fetch_one(&self.pool)
@@ -345,7 +340,7 @@ impl SqlStore {
         )
     }
 
-    pub(super) async fn q_advance_webhook_cursor(&self, from: i64, to: i64) -> StoreResult<bool> {
+    async fn advance_webhook_cursor(&self, from: i64, to: i64) -> StoreResult<bool> {
         let done = sqlx::query(ADVANCE_CURSOR)
             .bind(to)
             .bind(from)
@@ -354,7 +349,7 @@ impl SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub(super) async fn q_insert_webhook_delivery(
+    async fn insert_webhook_delivery(
         &self,
         delivery: &NewWebhookDelivery,
     ) -> StoreResult<Option<i64>> {
@@ -370,7 +365,7 @@ impl SqlStore {
         Ok(id)
     }
 
-    pub(super) async fn q_queue_webhook_deliveries(
+    async fn queue_webhook_deliveries(
         &self,
         deliveries: &[NewWebhookDelivery],
         dropped: &[DroppedWebhookEvents],
@@ -470,7 +465,7 @@ impl SqlStore {
         })
     }
 
-    pub(super) async fn q_pending_webhook_deliveries(&self, endpoint_id: i64) -> StoreResult<i64> {
+    async fn pending_webhook_deliveries(&self, endpoint_id: i64) -> StoreResult<i64> {
         Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'pending'",
         )
@@ -479,7 +474,7 @@ impl SqlStore {
         .await?)
     }
 
-    pub(super) async fn q_claim_due_webhook_deliveries(
+    async fn claim_due_webhook_deliveries(
         &self,
         now: Millis,
         claimed_until: Millis,
@@ -585,7 +580,7 @@ impl SqlStore {
             .collect())
     }
 
-    pub(super) async fn q_finish_webhook_attempts(
+    async fn finish_webhook_attempts(
         &self,
         finished: &[FinishedWebhookAttempt],
     ) -> StoreResult<()> {
@@ -747,7 +742,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(super) async fn q_webhook_deliveries(
+    async fn webhook_deliveries(
         &self,
         endpoint_id: i64,
         limit: i64,
@@ -764,35 +759,12 @@ impl SqlStore {
             .map(delivery_from_row)
             .collect::<StoreResult<Vec<_>>>()?;
         for delivery in &mut deliveries {
-            delivery.attempt_log = self.q_webhook_attempts(delivery.id).await?;
+            delivery.attempt_log = self.webhook_attempts(delivery.id).await?;
         }
         Ok(deliveries)
     }
 
-    async fn q_webhook_attempts(&self, delivery_id: i64) -> StoreResult<Vec<WebhookAttempt>> {
-        let rows = sqlx::query(
-            "SELECT attempt, started_at, status_code, latency_ms, request_headers, response_excerpt, error \
-             FROM webhook_attempts WHERE delivery_id = $1 ORDER BY id",
-        )
-        .bind(delivery_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(WebhookAttempt {
-                    attempt: row.try_get("attempt")?,
-                    started_at: Millis(row.try_get("started_at")?),
-                    status_code: row.try_get("status_code")?,
-                    latency_ms: row.try_get("latency_ms")?,
-                    request_headers: row.try_get("request_headers")?,
-                    response_excerpt: row.try_get("response_excerpt")?,
-                    error: row.try_get("error")?,
-                })
-            })
-            .collect()
-    }
-
-    pub(super) async fn q_redeliver_webhook(
+    async fn redeliver_webhook(
         &self,
         endpoint_id: i64,
         delivery_id: i64,
@@ -826,11 +798,11 @@ impl SqlStore {
         delivery_from_row(&row)
     }
 
-    pub(super) async fn q_webhook_status(
+    async fn webhook_status(
         &self,
         project_id: Option<i64>,
     ) -> StoreResult<Vec<WebhookEndpointStatus>> {
-        let endpoints = self.q_webhook_endpoints(project_id).await?;
+        let endpoints = self.webhook_endpoints(project_id).await?;
         let mut statuses = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let counts = sqlx::query(
@@ -880,5 +852,30 @@ impl SqlStore {
             });
         }
         Ok(statuses)
+    }
+}
+
+impl SqlStore {
+    async fn webhook_attempts(&self, delivery_id: i64) -> StoreResult<Vec<WebhookAttempt>> {
+        let rows = sqlx::query(
+            "SELECT attempt, started_at, status_code, latency_ms, request_headers, response_excerpt, error \
+             FROM webhook_attempts WHERE delivery_id = $1 ORDER BY id",
+        )
+        .bind(delivery_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WebhookAttempt {
+                    attempt: row.try_get("attempt")?,
+                    started_at: Millis(row.try_get("started_at")?),
+                    status_code: row.try_get("status_code")?,
+                    latency_ms: row.try_get("latency_ms")?,
+                    request_headers: row.try_get("request_headers")?,
+                    response_excerpt: row.try_get("response_excerpt")?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
     }
 }

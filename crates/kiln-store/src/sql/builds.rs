@@ -1,11 +1,18 @@
 //! The dashboard's reads: builds of a set of projects, recent durations per pipeline
 //! and the events that started a page of builds — each one statement per page.
 
+use crate::BuildStore;
+use async_trait::async_trait;
 use std::collections::HashMap;
 
-use super::{SqlStore, rows, trusted};
+use std::time::Duration;
+
+use kiln_core::Millis;
+
+use super::{COMMIT_CHANNEL, SqlStore, pg_ingest, rows, trusted};
 use crate::Engine;
-use crate::{BuildFilter, BuildRecord, PipelineKey, StoreResult, StoredEvent};
+use crate::records::*;
+use crate::{BuildFilter, BuildRecord, PipelineKey, StoreError, StoreResult, StoredEvent};
 use rows::{BUILD_SELECT, build_from_row};
 
 /// `$first, $first+1, …` for `count` values.
@@ -16,11 +23,121 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
-impl SqlStore {
-    pub(super) async fn q_list_builds(
+#[async_trait]
+impl BuildStore for SqlStore {
+    #[tracing::instrument(skip_all, fields(requests = requests.len()))]
+    async fn ingest(
         &self,
-        filter: &BuildFilter,
+        requests: &[IngestRequest],
+        now: Millis,
+    ) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>> {
+        match (&self.writer, &self.native_pool) {
+            (Some(writer), _) => writer.ingest(requests, now).await,
+            (None, Some(pool)) => pg_ingest::ingest(pool, COMMIT_CHANNEL, requests, now).await,
+            (None, None) => Err(StoreError::Unavailable(
+                "this store has no ingest path (neither SQLite writer nor PostgreSQL pool)".into(),
+            )),
+        }
+    }
+
+    async fn build_by_run_id(&self, run_id: &str) -> StoreResult<Option<BuildRecord>> {
+        let row = sqlx::query(trusted(format!("{BUILD_SELECT} WHERE b.run_id = $1")))
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut build = build_from_row(&row)?;
+        build.state.stages = rows::load_stages(&self.pool, build.id).await?;
+        Ok(Some(build))
+    }
+
+    async fn events_after(
+        &self,
+        build_id: i64,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.events_where("build_id", build_id, after_id, limit)
+            .await
+    }
+
+    async fn project_events_after(
+        &self,
+        project_id: i64,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.events_where("project_id", project_id, after_id, limit)
+            .await
+    }
+
+    async fn events_after_global(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.events_where("0", 0, after_id, limit).await
+    }
+
+    async fn max_event_id(&self) -> StoreResult<i64> {
+        let row = sqlx::query("SELECT value FROM kiln_counters WHERE name = 'event_id'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(sqlx::Row::try_get(&row, 0)?)
+    }
+
+    async fn commit_signals(&self) -> StoreResult<Option<tokio::sync::watch::Receiver<i64>>> {
+        if self.engine != Engine::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.database_url).await?;
+        listener.listen(COMMIT_CHANNEL).await?;
+        let (sender, receiver) = tokio::sync::watch::channel(0_i64);
+        tokio::spawn(async move {
+            loop {
+                let announced = match listener.recv().await {
+                    // The payload is the commit's last event id (`pg_ingest`).
+                    Ok(notification) => notification.payload().parse().unwrap_or(i64::MAX),
+                    Err(error) => {
+                        // PgListener reconnects by itself; commits missed meanwhile are
+                        // found by looking once more (and by the tailer's periodic
+                        // catch-up).
+                        tracing::warn!(%error, "commit notifications interrupted");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        i64::MAX
+                    }
+                };
+                // The latest announcement replaces any the reader has not seen: commits
+                // are announced in commit order, so it covers them.
+                if sender.send(announced).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Some(receiver))
+    }
+
+    async fn stale_builds(
+        &self,
+        now: Millis,
+        default_timeout_secs: i64,
+        limit: i64,
     ) -> StoreResult<Vec<BuildRecord>> {
+        let rows = sqlx::query(trusted(format!(
+            "{BUILD_SELECT} WHERE b.status = 'running' \
+             AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id AND j.kind = 'agent') \
+             AND b.last_event_at + COALESCE(b.heartbeat_timeout_secs, $1) * 1000 <= $2 \
+             ORDER BY b.last_event_at LIMIT $3"
+        )))
+        .bind(default_timeout_secs)
+        .bind(now.0)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(build_from_row).collect()
+    }
+
+    async fn list_builds(&self, filter: &BuildFilter) -> StoreResult<Vec<BuildRecord>> {
         // Optional filters become `($N IS NULL OR column = $N)` so one statement serves
         // every combination; a project set adds `project_id IN (…)` (the dashboard's
         // readable projects), read newest first along the primary key.
@@ -47,7 +164,7 @@ impl SqlStore {
         rows.iter().map(build_from_row).collect()
     }
 
-    pub(super) async fn q_recent_success_durations(
+    async fn recent_success_durations(
         &self,
         keys: &[PipelineKey],
         per_key: i64,
@@ -97,11 +214,7 @@ impl SqlStore {
         Ok(found)
     }
 
-    pub(super) async fn q_latest_events(
-        &self,
-        build_id: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<StoredEvent>> {
+    async fn latest_events(&self, build_id: i64, limit: i64) -> StoreResult<Vec<StoredEvent>> {
         // Walks the `(build_id, seq)` unique index backwards.
         let rows = sqlx::query(
             "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
@@ -114,7 +227,7 @@ impl SqlStore {
         rows.iter().map(rows::event_from_row).collect()
     }
 
-    pub(super) async fn q_first_events(&self, build_ids: &[i64]) -> StoreResult<Vec<StoredEvent>> {
+    async fn first_events(&self, build_ids: &[i64]) -> StoreResult<Vec<StoredEvent>> {
         if build_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -129,39 +242,5 @@ impl SqlStore {
         }
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(rows::event_from_row).collect()
-    }
-
-    pub(super) async fn q_log_lines_before(&self, job_id: i64, offset: i64) -> StoreResult<i64> {
-        // Whole chunks before the offset are counted by the database (newlines are the
-        // length lost by removing them); the one chunk the offset falls inside, if any,
-        // is read and counted here. PostgreSQL's bytea goes through `encode(…,
-        // 'escape')`, which keeps newlines as they are.
-        let count_newlines = match self.engine {
-            Engine::Sqlite => {
-                "length(data) - length(CAST(replace(CAST(data AS TEXT), char(10), '') AS BLOB))"
-            }
-            Engine::Postgres => {
-                "length(encode(data, 'escape')) - length(replace(encode(data, 'escape'), chr(10), ''))"
-            }
-        };
-        let statement = format!(
-            "SELECT CAST(COALESCE(SUM({count_newlines}), 0) AS BIGINT) AS lines, \
-             CAST(COALESCE(MAX(offset_bytes + length(data)), 0) AS BIGINT) AS counted_to \
-             FROM job_logs WHERE job_id = $1 AND offset_bytes + length(data) <= $2"
-        );
-        let row = sqlx::query(trusted(statement))
-            .bind(job_id)
-            .bind(offset)
-            .fetch_one(&self.pool)
-            .await?;
-        let mut lines: i64 = sqlx::Row::try_get(&row, "lines")?;
-        let counted_to: i64 = sqlx::Row::try_get(&row, "counted_to")?;
-        if counted_to < offset {
-            let (rest, _) = self
-                .q_read_log(job_id, counted_to, offset - counted_to)
-                .await?;
-            lines += rest.iter().filter(|byte| **byte == b'\n').count() as i64;
-        }
-        Ok(lines)
     }
 }
