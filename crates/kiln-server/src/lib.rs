@@ -21,6 +21,7 @@ mod secret_box;
 mod serve;
 mod web;
 mod webhooks;
+mod wire;
 
 use std::future::Future;
 use std::sync::Arc;

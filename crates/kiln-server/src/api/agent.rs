@@ -242,7 +242,7 @@ pub(crate) async fn finish(
             {
                 return Ok(StatusCode::NO_CONTENT);
             }
-            return Err(error);
+            return Err(error.into());
         }
     };
     let end = JobEnd {

@@ -12,11 +12,11 @@ use kiln_protocol::{BuildDto, BuildList, BuildStatusDto, EventPage, ProjectStatu
 use kiln_store::{BuildFilter, BuildRecord};
 
 use super::body::QueryParams;
-use super::convert::{build_dto, event_json, status_dto};
 use super::projects::readable_project;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::wire::{build_dto, event_json, status_dto};
 
 /// The project a read is about: the `project` parameter, or the token's own project.
 pub(crate) async fn project_filter(

@@ -12,9 +12,9 @@ use kiln_protocol::{AgentDto, AgentList, CreatedToken, JobList, TokenDto, TokenL
 use kiln_store::{AgentRecord, JobRecord, NewToken, StoreError};
 
 use super::body::{JsonBody, required_string};
-use super::convert::{job_dto, token_dto};
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::wire::{job_dto, token_dto};
 use crate::{AppState, generate_token};
 
 /// Most unfinished jobs the queue view lists.

@@ -4,7 +4,6 @@
 mod agent;
 mod body;
 mod builds;
-mod convert;
 mod events;
 pub(crate) mod fleet;
 mod headers;
@@ -25,7 +24,6 @@ mod whoami;
 
 pub(crate) use body::QueryParams;
 pub(crate) use builds::readable_build;
-pub(crate) use convert::{event_json, job_dto};
 pub(crate) use projects::readable_project;
 pub(crate) use runs::{caller_email, retry_request, writable_project};
 pub(crate) use stream::StreamLimiter;

@@ -11,9 +11,9 @@ use kiln_store::{NewToken, Project, StoreError};
 use serde_json::Value;
 
 use super::body::{JsonBody, required_string};
-use super::convert::{project_dto, token_dto};
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::wire::{project_dto, token_dto};
 use crate::{AppState, generate_token};
 
 fn display_name(body: &Value, field: &str) -> Result<String, ApiError> {

@@ -9,12 +9,12 @@ use kiln_store::BranchRecord;
 use serde_json::{Value, json};
 
 use super::body::JsonBody;
-use super::convert::project_dto;
 use super::users::audit;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::runner::check_branch;
+use crate::wire::project_dto;
 
 fn branch_dto(branch: &BranchRecord) -> BranchDto {
     BranchDto {

@@ -15,12 +15,12 @@ use kiln_store::{BuildRecord, JobRecord, Project};
 use serde_json::{Value, json};
 
 use super::body::QueryParams;
-use super::convert::job_dto;
 use super::projects::readable_project;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::runner::TriggerRequest;
+use crate::wire::job_dto;
 
 /// Most bytes one log page returns.
 const MAX_LOG_PAGE: i64 = 1024 * 1024;

@@ -13,10 +13,10 @@ use kiln_store::{NewToken, StoreError, UserRecord};
 use serde_json::{Value, json};
 
 use super::body::{JsonBody, required_string};
-use super::convert::token_dto;
 use crate::accounts::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, verify_password};
 use crate::auth::{Caller, SESSION_COOKIE, session_cookie};
 use crate::error::ApiError;
+use crate::wire::token_dto;
 use crate::{AppState, generate_token};
 
 /// How long a dashboard session lasts.

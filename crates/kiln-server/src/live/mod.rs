@@ -20,7 +20,7 @@ use kiln_core::CoreEventType;
 use kiln_store::{Store, StoredEvent};
 use tokio::sync::{Notify, broadcast, watch};
 
-use crate::api::event_json;
+use crate::wire::event_json;
 
 /// Events a room buffers for its slowest subscriber before that subscriber lags (and
 /// catches up from the store, see `follow`). A slot is 32 bytes allocated with the room:

@@ -7,6 +7,7 @@
 //! compare-and-set in the store and every event has a deterministic `eventId`, so each
 //! step here can be repeated safely (agents retry, the reaper re-runs `advance`).
 
+pub(crate) mod error;
 mod events;
 pub(crate) mod git;
 mod logbus;
@@ -32,8 +33,8 @@ pub use policy::RepoPolicy;
 pub(crate) use trigger::{TriggerRequest, check_branch, refused_repo};
 
 use crate::clock::Clock;
-use crate::error::ApiError;
 use crate::ingest::Ingestor;
+use error::SchedulerError;
 
 /// Settings of the runner (from `ServerConfig`).
 #[derive(Clone, Debug)]
@@ -153,7 +154,7 @@ impl Runner {
         &self,
         project_id: i64,
         names: &[String],
-    ) -> Result<(std::collections::BTreeMap<String, String>, Vec<String>), ApiError> {
+    ) -> Result<(std::collections::BTreeMap<String, String>, Vec<String>), SchedulerError> {
         let mut values = std::collections::BTreeMap::new();
         if names.is_empty() {
             return Ok((values, Vec::new()));
@@ -188,7 +189,7 @@ impl Runner {
     pub(crate) async fn repo_credentials(
         &self,
         project_id: i64,
-    ) -> Result<Option<kiln_protocol::RepoCredentials>, ApiError> {
+    ) -> Result<Option<kiln_protocol::RepoCredentials>, SchedulerError> {
         let Some(project) = self.store().project_by_id(project_id).await? else {
             return Ok(None);
         };
@@ -201,7 +202,7 @@ impl Runner {
             .open(&crate::secret_box::repo_credentials_context(project_id), ciphertext)
             .map_err(|error| {
                 tracing::error!(project_id, %error, "cannot decrypt the repository credentials");
-                ApiError::Unavailable(format!("the repository credentials of this project cannot be decrypted: {error}; set the repository again"))
+                SchedulerError::Unavailable(format!("the repository credentials of this project cannot be decrypted: {error}; set the repository again"))
             })?;
         Ok(serde_json::from_slice(&plain).ok())
     }
@@ -211,7 +212,7 @@ impl Runner {
         &self,
         project: &kiln_store::Project,
         repo: &str,
-    ) -> Result<policy::RepoAccess, ApiError> {
+    ) -> Result<policy::RepoAccess, SchedulerError> {
         let mut access = self
             .repo_access(repo)
             .await
@@ -244,7 +245,7 @@ impl Runner {
         &self,
         project_id: i64,
         events: Vec<NewEvent>,
-    ) -> Result<Result<(), kiln_store::IngestRejection>, ApiError> {
+    ) -> Result<Result<(), kiln_store::IngestRejection>, SchedulerError> {
         if events.is_empty() {
             return Ok(Ok(()));
         }
@@ -256,21 +257,23 @@ impl Runner {
     async fn submit_request(
         &self,
         request: IngestRequest,
-    ) -> Result<Result<(), kiln_store::IngestRejection>, ApiError> {
+    ) -> Result<Result<(), kiln_store::IngestRejection>, SchedulerError> {
         let outcome = self
             .inner
             .ingestor
             .submit(request)
             .await
             .map_err(|failure| {
-                ApiError::Unavailable(format!("the database is unavailable ({failure}); retry"))
+                SchedulerError::Unavailable(format!(
+                    "the database is unavailable ({failure}); retry"
+                ))
             })?;
         Ok(outcome.map(|_| ()))
     }
 
     /// Writes events of one build; a refusal (the build ended meanwhile) is logged, not
     /// an error: the job rows stay the truth.
-    async fn write(&self, project_id: i64, events: Vec<NewEvent>) -> Result<(), ApiError> {
+    async fn write(&self, project_id: i64, events: Vec<NewEvent>) -> Result<(), SchedulerError> {
         if let Err(rejection) = self.submit(project_id, events).await? {
             tracing::debug!(%rejection, "build event not written: the build had ended");
         }
@@ -282,7 +285,7 @@ impl Runner {
         &self,
         agent: &AgentRecord,
         wait: Duration,
-    ) -> Result<Option<AgentJob>, ApiError> {
+    ) -> Result<Option<AgentJob>, SchedulerError> {
         let deadline = tokio::time::Instant::now() + wait;
         let rules = ClaimRules {
             lease_ms: self.lease_ms(),
@@ -319,7 +322,11 @@ impl Runner {
     /// `stage_started` event is written after the answer (its `eventId` is fixed, and
     /// `stage_ended` writes it again first, so the order holds and nothing doubles): a
     /// claim costs the agent no commit.
-    async fn started(&self, agent: &AgentRecord, job: JobRecord) -> Result<AgentJob, ApiError> {
+    async fn started(
+        &self,
+        agent: &AgentRecord,
+        job: JobRecord,
+    ) -> Result<AgentJob, SchedulerError> {
         let runner = self.clone();
         let started = started_event(&job, &agent.name, agent.hostname.clone());
         let project_id = job.project_id;
@@ -384,7 +391,7 @@ impl Runner {
         agent: &AgentRecord,
         job_ids: &[i64],
         metrics: Option<&serde_json::Value>,
-    ) -> Result<HeartbeatReply, ApiError> {
+    ) -> Result<HeartbeatReply, SchedulerError> {
         let now = self.now();
         let touch = {
             let mut touched = self.inner.touched.lock().expect("touch lock");
@@ -423,17 +430,17 @@ impl Runner {
         job_id: i64,
         agent_id: i64,
         attempt: i64,
-    ) -> Result<JobRecord, ApiError> {
+    ) -> Result<JobRecord, SchedulerError> {
         let job = self
             .store()
             .job_by_id(job_id)
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("job {job_id} not found")))?;
+            .ok_or_else(|| SchedulerError::NotFound(format!("job {job_id} not found")))?;
         if job.state != JobState::Running
             || job.agent_id != Some(agent_id)
             || job.attempt != attempt
         {
-            return Err(ApiError::Conflict {
+            return Err(SchedulerError::Conflict {
                 code: "job_not_held",
                 message: format!(
                     "attempt {attempt} of job {job_id} is no longer this agent's (its lease expired or it ended); stop it"
@@ -449,14 +456,14 @@ impl Runner {
         job: &JobRecord,
         offset: i64,
         bytes: &[u8],
-    ) -> Result<i64, ApiError> {
+    ) -> Result<i64, SchedulerError> {
         let cap = (self.inner.config.log_cap_bytes + LOG_CAP_SLACK) as i64;
         match self.store().append_log(job.id, offset, bytes, cap).await? {
             LogAppend::Stored { size } => {
                 self.inner.logs.stored(job.id, size);
                 Ok(size)
             }
-            LogAppend::WrongOffset { size } => Err(ApiError::Conflict {
+            LogAppend::WrongOffset { size } => Err(SchedulerError::Conflict {
                 code: "wrong_offset",
                 message: format!(
                     "the log of job {} is {size} bytes long; send the chunk that starts at offset {size}",
@@ -464,7 +471,7 @@ impl Runner {
                 ),
                 field: Some("offset".into()),
             }),
-            LogAppend::TooLarge { size } => Err(ApiError::PayloadTooLarge(format!(
+            LogAppend::TooLarge { size } => Err(SchedulerError::PayloadTooLarge(format!(
                 "the log of job {} is capped at {} bytes ({size} stored); stop sending and write the truncation marker",
                 job.id, self.inner.config.log_cap_bytes
             ))),
@@ -476,7 +483,7 @@ impl Runner {
         &self,
         build: &kiln_store::BuildRecord,
         step: &str,
-    ) -> Result<JobRecord, ApiError> {
+    ) -> Result<JobRecord, SchedulerError> {
         Ok(self
             .store()
             .reported_job(build.id, build.project_id, step, self.now())
@@ -490,7 +497,7 @@ impl Runner {
         state: JobState,
         exit_code: Option<i64>,
         size: i64,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, SchedulerError> {
         let ended = self
             .store()
             .end_reported_job(job.id, state, exit_code, self.now())
@@ -506,7 +513,7 @@ impl Runner {
         end: JobEnd,
         message: Option<String>,
         duration_ms: Option<i64>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), SchedulerError> {
         let now = self.now();
         let spec = JobSpec::from_json(&job.spec);
         let failure = match (end.state, end.reason.as_deref()) {
@@ -534,7 +541,7 @@ impl Runner {
             .finish_job(job.id, job.attempt, job.agent_id, &end, now)
             .await?
         {
-            return Err(ApiError::Conflict {
+            return Err(SchedulerError::Conflict {
                 code: "job_not_held",
                 message: format!("job {} already ended or is no longer this agent's", job.id),
                 field: None,
@@ -559,7 +566,7 @@ impl Runner {
         message: Option<String>,
         duration_ms: Option<i64>,
         reason: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), SchedulerError> {
         let kind = if state == JobState::Passed {
             CoreEventType::StageCompleted
         } else {
@@ -581,7 +588,7 @@ impl Runner {
     }
 
     /// Moves a build's blocked jobs on, and ends the build once every job has ended.
-    pub async fn advance(&self, build_id: i64) -> Result<(), ApiError> {
+    pub async fn advance(&self, build_id: i64) -> Result<(), SchedulerError> {
         let jobs = self.store().jobs_of_build(build_id).await?;
         let Some(first) = jobs.first() else {
             return Ok(());
@@ -623,9 +630,13 @@ impl Runner {
     }
 
     /// Cancels a build: its waiting jobs at once, its running jobs by their agents.
-    pub async fn cancel(&self, build: &kiln_store::BuildRecord, by: &str) -> Result<u64, ApiError> {
+    pub async fn cancel(
+        &self,
+        build: &kiln_store::BuildRecord,
+        by: &str,
+    ) -> Result<u64, SchedulerError> {
         if build.state.status.is_terminal() {
-            return Err(ApiError::Conflict {
+            return Err(SchedulerError::Conflict {
                 code: "build_ended",
                 message: format!(
                     "build {} already ended with status '{}'; nothing to cancel",
@@ -651,7 +662,7 @@ impl Runner {
 
     /// Fails or requeues (per its retry rule) a job whose agent stopped renewing its
     /// lease.
-    pub async fn lease_expired(&self, job: &JobRecord) -> Result<(), ApiError> {
+    pub async fn lease_expired(&self, job: &JobRecord) -> Result<(), SchedulerError> {
         let now = self.now();
         let spec = JobSpec::from_json(&job.spec);
         let agent = job.agent_name.clone().unwrap_or_else(|| "?".into());
@@ -704,10 +715,10 @@ fn started_event(job: &JobRecord, agent: &str, host: Option<String>) -> Option<N
 }
 
 /// Reads an agent's `state` report.
-pub(crate) fn reported_state(state: &str) -> Result<JobState, ApiError> {
+pub(crate) fn reported_state(state: &str) -> Result<JobState, SchedulerError> {
     match JobState::from_name(state) {
         Some(state @ (JobState::Passed | JobState::Failed | JobState::Cancelled)) => Ok(state),
-        _ => Err(ApiError::bad_request(
+        _ => Err(SchedulerError::bad_request(
             "invalid_field",
             Some("state"),
             "state: must be \"passed\", \"failed\" or \"cancelled\"",

@@ -17,8 +17,8 @@ use serde_json::json;
 use super::Runner;
 use super::events;
 use super::git::{GitError, Mirror, mask_url, resolve_branch};
-use crate::api::job_dto;
-use crate::error::ApiError;
+use crate::runner::error::SchedulerError;
+use crate::wire::job_dto;
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TriggerRequest {
@@ -33,7 +33,7 @@ pub(crate) struct TriggerRequest {
 }
 
 /// A branch name git would accept, within Kiln's limits.
-pub(crate) fn check_branch(field: &str, name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_branch(field: &str, name: &str) -> Result<(), SchedulerError> {
     let bad = name.is_empty()
         || name.len() > kiln_core::limits::MAX_BRANCH_LEN
         || name.starts_with('-')
@@ -46,7 +46,7 @@ pub(crate) fn check_branch(field: &str, name: &str) -> Result<(), ApiError> {
             .chars()
             .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c));
     if bad {
-        return Err(ApiError::bad_request(
+        return Err(SchedulerError::bad_request(
             "invalid_field",
             Some(field),
             format!(
@@ -69,16 +69,16 @@ struct Queued<'a> {
 }
 
 /// A repository the instance's policy refuses (`runner::policy`).
-pub(crate) fn refused_repo(slug: &str, message: String) -> ApiError {
-    ApiError::Unprocessable {
+pub(crate) fn refused_repo(slug: &str, message: String) -> SchedulerError {
+    SchedulerError::Unprocessable {
         code: "repo_not_allowed",
         message: format!("{message} (set another with PUT /api/v1/projects/{slug}/repo)"),
         field: Some("repo".into()),
     }
 }
 
-fn unprocessable(field: &str, message: String) -> ApiError {
-    ApiError::Unprocessable {
+fn unprocessable(field: &str, message: String) -> SchedulerError {
+    SchedulerError::Unprocessable {
         code: "unprocessable",
         message,
         field: Some(field.into()),
@@ -90,7 +90,7 @@ impl Runner {
         &self,
         project: &Project,
         request: TriggerRequest,
-    ) -> Result<TriggeredBuild, ApiError> {
+    ) -> Result<TriggeredBuild, SchedulerError> {
         let Some(repo) = project.repo.clone() else {
             return Err(unprocessable(
                 "repo",
@@ -107,7 +107,7 @@ impl Runner {
         check_branch("branch", &branch)?;
         let requested_priority = match request.priority {
             Some(value) => Some(Priority::new(value).ok_or_else(|| {
-                ApiError::bad_request(
+                SchedulerError::bad_request(
                     "invalid_field",
                     Some("priority"),
                     "priority: must be 1 (highest) to 10",
@@ -118,7 +118,7 @@ impl Runner {
         if let Some(commit) = &request.commit
             && (commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()))
         {
-            return Err(ApiError::bad_request(
+            return Err(SchedulerError::bad_request(
                 "invalid_field",
                 Some("commit"),
                 "commit: must be a full 40-character commit sha (`git rev-parse HEAD`)",
@@ -250,13 +250,13 @@ impl Runner {
         queued: Queued<'_>,
         more: Vec<NewEvent>,
         jobs: Vec<JobPlan>,
-    ) -> Result<BuildRecord, ApiError> {
+    ) -> Result<BuildRecord, SchedulerError> {
         let mut event = events::event(
             run_id,
             CoreEventType::BuildQueued,
             "kiln-build-queued".into(),
         )
-        .ok_or_else(|| ApiError::Unavailable("could not make a run id; retry".into()))?;
+        .ok_or_else(|| SchedulerError::Unavailable("could not make a run id; retry".into()))?;
         event.repo = Some(mask_url(queued.repo));
         event.branch = Some(queued.branch.to_owned());
         event.commit = queued.commit.map(str::to_owned);
@@ -282,7 +282,7 @@ impl Runner {
             jobs,
         })
         .await?
-        .map_err(|rejection| ApiError::Conflict {
+        .map_err(|rejection| SchedulerError::Conflict {
             code: "conflict",
             message: rejection.to_string(),
             field: None,
@@ -293,7 +293,7 @@ impl Runner {
         self.store()
             .build_by_run_id(run_id)
             .await?
-            .ok_or_else(|| ApiError::Unavailable("the new build vanished; retry".into()))
+            .ok_or_else(|| SchedulerError::Unavailable("the new build vanished; retry".into()))
     }
 
     /// A build whose repository could not be fetched: it fails in its `checkout` step,
@@ -306,7 +306,7 @@ impl Runner {
         commit: Option<&str>,
         request: &TriggerRequest,
         message: String,
-    ) -> Result<TriggeredBuild, ApiError> {
+    ) -> Result<TriggeredBuild, SchedulerError> {
         let plan = JobPlan {
             step: "checkout".into(),
             position: 0,
@@ -387,7 +387,7 @@ impl Runner {
         commit: &str,
         commit_message: Option<String>,
         priority: i64,
-    ) -> Result<TriggeredBuild, ApiError> {
+    ) -> Result<TriggeredBuild, SchedulerError> {
         let status = self
             .store()
             .build_by_run_id(build.state.run_id.as_str())

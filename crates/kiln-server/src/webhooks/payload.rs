@@ -138,7 +138,7 @@ pub(crate) fn render(
         WebhookFormat::Kiln => json!({
             "buildId": run_id,
             "type": event.event_type,
-            "data": crate::api::event_json(event),
+            "data": crate::wire::event_json(event),
             "timestamp": event.received_at.to_rfc3339(),
         }),
         WebhookFormat::Cdevents => cdevent(event, run_id, project_slug, public_url)?,
@@ -233,7 +233,7 @@ fn cdevent(
                 "type": kind.subject_type,
                 "content": content,
             },
-            "customData": crate::api::event_json(event),
+            "customData": crate::wire::event_json(event),
         },
     }))
 }

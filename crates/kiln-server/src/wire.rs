@@ -1,4 +1,6 @@
-//! Records to wire DTOs.
+//! Store records to the wire types clients see (kiln-protocol's DTOs and an event's
+//! JSON), shared by the JSON API, the live streams, webhooks and the scheduler, so none
+//! of them reaches into another's module for it.
 
 use kiln_core::{BuildStatus, Millis, StageStatus};
 use kiln_protocol::{BuildDto, BuildStatusDto, ProjectDto, StageDto, TokenDto};
