@@ -423,6 +423,10 @@ impl Store for SqlStore {
         self.q_first_events(build_ids).await
     }
 
+    async fn job_tallies(&self, build_ids: &[i64]) -> StoreResult<Vec<JobTally>> {
+        self.q_job_tallies(build_ids).await
+    }
+
     async fn build_by_run_id(&self, run_id: &str) -> StoreResult<Option<BuildRecord>> {
         let row = sqlx::query(trusted(format!("{BUILD_SELECT} WHERE b.run_id = $1")))
             .bind(run_id)
@@ -716,6 +720,18 @@ impl Store for SqlStore {
 
     async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()> {
         self.q_set_password(user_id, password_hash).await
+    }
+
+    async fn set_user_disabled(
+        &self,
+        user_id: i64,
+        disabled_at: Option<Millis>,
+    ) -> StoreResult<UserRecord> {
+        self.q_set_user_disabled(user_id, disabled_at).await
+    }
+
+    async fn revoke_user_sessions(&self, user_id: i64, now: Millis) -> StoreResult<Vec<i64>> {
+        self.q_revoke_user_sessions(user_id, now).await
     }
 
     async fn create_session(
