@@ -80,10 +80,22 @@
     if (!bar) return;
     const value = Math.max(0, Math.min(100, percent));
     bar.setAttribute("aria-valuenow", value.toFixed(0));
+    bar.setAttribute("aria-valuetext", value.toFixed(0) + "%");
     const fill = bar.querySelector(".bar");
     if (fill) fill.style.width = value.toFixed(1) + "%";
     const label = root.querySelector("[data-percent]");
     if (label) label.textContent = value.toFixed(0) + "%";
+  }
+
+  /** An ended build that did not succeed: the bar stays where it stopped, and says so. */
+  function stoppedAt(root, status) {
+    const bar = root.querySelector("[data-progress-bar]");
+    const label = root.querySelector("[data-percent]");
+    if (!bar) return;
+    const now = bar.getAttribute("aria-valuenow");
+    const words = now === null ? status + ", progress unknown" : status + " at " + now + "%";
+    bar.setAttribute("aria-valuetext", words);
+    if (label) label.textContent = words;
   }
 
   function setStatus(root, status) {
@@ -99,6 +111,7 @@
       root.querySelectorAll("[data-ticking]").forEach((el) => el.removeAttribute("data-ticking"));
       root.querySelectorAll("[data-eta]").forEach((el) => { el.hidden = true; el.dataset.ended = "1"; });
       if (status === "success") setProgress(root, 100);
+      else stoppedAt(root, status);
       // admin.js refreshes the header's unread count (build ends notify admins).
       document.dispatchEvent(new CustomEvent("kiln:build-ended", { detail: { runId: root.dataset.runId, status } }));
     }
@@ -467,7 +480,8 @@
   // ---- Build page
   function initBuild(page) {
     initClock(page);
-    const refresh = refresher(["[data-timeline-section]", ".build-header dl.facts", ".heading-row .button-row"]);
+    const refresh = refresher(["[data-timeline-section]", ".build-header dl.facts", ".heading-row .button-row",
+      ".build-header [data-progress-block]"]);
     const events = page.querySelector("table[data-events] tbody");
     const seen = new Set([...page.querySelectorAll("tr[data-event-id]")].map((row) => row.dataset.eventId));
     let fallback = null;
@@ -489,7 +503,8 @@
           data.stage || "", data.message || ""];
         cells.forEach((value, index) => {
           const cell = document.createElement("td");
-          if (index === 1) { const code = document.createElement("code"); code.textContent = value; cell.appendChild(code); } else cell.textContent = value;
+          if (index === 0) cell.appendChild(kilnTime(value));
+          else if (index === 1) { const code = document.createElement("code"); code.textContent = value; cell.appendChild(code); } else cell.textContent = value;
           row.appendChild(cell);
         });
         events.appendChild(row);

@@ -38,6 +38,8 @@ pub struct Caller {
     pub roles: Arc<HashMap<i64, Role>>,
     /// Set for dashboard sessions: unsafe requests must echo it in `X-CSRF-Token`.
     pub csrf_token: Option<String>,
+    /// The token's name (what its creator called it); `None` for dashboard sessions.
+    pub token_name: Option<String>,
 }
 
 /// The access a route requires before its handler runs. Project-level checks (is this
@@ -69,6 +71,9 @@ pub enum Access {
     /// anonymous browser is sent to `/login` instead of answered 401, and refusals are
     /// HTML pages.
     Page,
+    /// A dashboard page for instance admins (the Users page): like `Page`, and the user
+    /// must be an instance admin.
+    PageInstanceAdmin,
 }
 
 impl Access {
@@ -87,7 +92,15 @@ impl Access {
             Self::Page => {
                 "dashboard page: signed-in user (anonymous browsers are redirected to /login)"
             }
+            Self::PageInstanceAdmin => {
+                "dashboard page for instance admins: a signed-in instance admin (anonymous browsers are redirected to /login)"
+            }
         }
+    }
+
+    /// The dashboard's kinds: an anonymous browser goes to `/login`, refusals are pages.
+    pub fn is_page(self) -> bool {
+        matches!(self, Self::Page | Self::PageInstanceAdmin)
     }
 }
 
@@ -103,6 +116,7 @@ impl Caller {
             instance_admin: kind == TokenKind::Admin,
             roles: Arc::new(HashMap::new()),
             csrf_token: None,
+            token_name: None,
         }
     }
 
@@ -166,6 +180,14 @@ impl Caller {
                 "this belongs to users: log in (POST /api/v1/session) or use a personal token (`kiln login` prints one; POST /api/v1/me/tokens makes more)"
                     .into(),
             )),
+            Access::PageInstanceAdmin if self.user_id.is_some() && self.is_admin() => Ok(()),
+            Access::PageInstanceAdmin if self.user_id.is_some() => Err(ApiError::Forbidden(
+                "this page is for instance admins; ask one to make the change".into(),
+            )),
+            Access::PageInstanceAdmin => Err(ApiError::Forbidden(
+                "this belongs to users: log in (the dashboard's login page) with an instance admin's account"
+                    .into(),
+            )),
             Access::InstanceAdmin if self.is_admin() => Ok(()),
             Access::InstanceAdmin => Err(ApiError::Forbidden(
                 "this needs an instance admin: KILN_ADMIN_TOKEN, the admin token printed by `kiln up`, or a user created with --instance-admin"
@@ -193,6 +215,55 @@ impl Caller {
                 _ => "",
             }
         ))
+    }
+}
+
+/// Who made a request, in the words a person reads: the user (email and name) for a
+/// session or a personal token, and the token (id and name) for any token. Recorded in
+/// a triggered build's `build_queued` event and in a cancel's message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Requester {
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// The token used, `(id, name)`; `None` for a dashboard session.
+    pub token: Option<(i64, String)>,
+    /// `dashboard` for a session (the dashboard's forms and scripts), `api` for a token.
+    pub via: &'static str,
+}
+
+impl Requester {
+    /// The requester behind `caller` (one read of the user, when there is one).
+    pub async fn of(store: &dyn Store, caller: &Caller) -> Result<Requester, ApiError> {
+        let user = match caller.user_id {
+            Some(user_id) => store.user_by_id(user_id).await?,
+            None => None,
+        };
+        let session = caller.csrf_token.is_some();
+        Ok(Requester {
+            email: user.as_ref().map(|user| user.email.clone()),
+            name: user.map(|user| user.name),
+            token: (!session).then(|| {
+                (
+                    caller.token_id,
+                    caller.token_name.clone().unwrap_or_default(),
+                )
+            }),
+            via: if session { "dashboard" } else { "api" },
+        })
+    }
+
+    /// "ada@example.com", "ada@example.com with token 'laptop' (#12)", "token 'ci' (#5)".
+    pub fn words(&self) -> String {
+        let token = self
+            .token
+            .as_ref()
+            .map(|(id, name)| format!("token '{name}' (#{id})"));
+        match (&self.email, token) {
+            (Some(email), Some(token)) => format!("{email} with {token}"),
+            (Some(email), None) => email.clone(),
+            (None, Some(token)) => token,
+            (None, None) => "an unknown caller".into(),
+        }
     }
 }
 
@@ -356,6 +427,7 @@ impl Authenticator {
             ));
         }
         let mut caller = Caller::base(record.id, record.kind);
+        caller.token_name = Some(record.name.clone());
         caller.project_id = record.project_id;
         caller.scopes = record.scopes.clone();
         if record.kind == TokenKind::User {

@@ -74,6 +74,9 @@ enum Rule {
     /// A dashboard page of project `web` for its admins (and instance admins): like
     /// `Page`, then 403 for members without the admin role, 404 for other projects' users.
     PageProjectAdmin,
+    /// A dashboard page for instance admins (the Users page): like `Page`, then 403 for
+    /// every other user.
+    PageInstanceAdmin,
 }
 
 /// `None`: allowed; `Some(status)`: refused with exactly that status.
@@ -89,7 +92,11 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
         return Some(
             if matches!(
                 rule,
-                Rule::Page | Rule::PageProjectAdmin | Rule::PageViewer | Rule::PageDeveloper
+                Rule::Page
+                    | Rule::PageProjectAdmin
+                    | Rule::PageViewer
+                    | Rule::PageDeveloper
+                    | Rule::PageInstanceAdmin
             ) {
                 303
             } else {
@@ -111,7 +118,7 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
         Rule::Agent => Some(403),
         Rule::Ingest => allowed(&[Ingest]),
         Rule::User | Rule::Page => allowed(&[Viewer, Developer, Admin, OtherAdmin, InstanceAdmin]),
-        Rule::InstanceAdmin => allowed(&[InstanceAdmin]),
+        Rule::InstanceAdmin | Rule::PageInstanceAdmin => allowed(&[InstanceAdmin]),
         Rule::PageViewer | Rule::PageDeveloper if who == OtherAdmin => Some(404),
         Rule::PageViewer => allowed(&[Viewer, Developer, Admin, InstanceAdmin]),
         Rule::PageDeveloper => allowed(&[Developer, Admin, InstanceAdmin]),
@@ -350,6 +357,13 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         json!({"email": "member@x.io", "name": "m"}),
     )
     .await;
+    // The one the Users routes deactivate, reactivate and give new passwords.
+    admin(
+        Method::POST,
+        "/api/v1/users",
+        json!({"email": "spare@x.io", "name": "s"}),
+    )
+    .await;
     let registered = call(
         &app,
         &Method::POST,
@@ -446,6 +460,24 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             "GET",
             "/api/v1/users".into(),
             Value::Null,
+            Rule::InstanceAdmin,
+        ),
+        (
+            "POST",
+            "/api/v1/users/spare@x.io/disable".into(),
+            Value::Null,
+            Rule::InstanceAdmin,
+        ),
+        (
+            "POST",
+            "/api/v1/users/spare@x.io/enable".into(),
+            Value::Null,
+            Rule::InstanceAdmin,
+        ),
+        (
+            "POST",
+            "/api/v1/users/spare@x.io/password".into(),
+            json!({}),
             Rule::InstanceAdmin,
         ),
         (
@@ -857,6 +889,31 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             Rule::Page,
         ),
         ("GET", "/projects".into(), Value::Null, Rule::Page),
+        ("GET", "/users".into(), Value::Null, Rule::PageInstanceAdmin),
+        (
+            "POST",
+            "/users".into(),
+            json!("email=root%40x.io&name=dup"),
+            Rule::PageInstanceAdmin,
+        ),
+        (
+            "POST",
+            "/users/spare@x.io/deactivate".into(),
+            Value::Null,
+            Rule::PageInstanceAdmin,
+        ),
+        (
+            "POST",
+            "/users/spare@x.io/reactivate".into(),
+            Value::Null,
+            Rule::PageInstanceAdmin,
+        ),
+        (
+            "POST",
+            "/users/spare@x.io/reset-password".into(),
+            Value::Null,
+            Rule::PageInstanceAdmin,
+        ),
         ("GET", "/account".into(), Value::Null, Rule::Page),
         (
             "POST",
@@ -1028,6 +1085,7 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
                             | Rule::PageProjectAdmin
                             | Rule::PageViewer
                             | Rule::PageDeveloper
+                            | Rule::PageInstanceAdmin
                     ) {
                         // HTML: the login redirect, or a page saying why.
                         assert!(

@@ -21,6 +21,7 @@ engine_test!(pages_render_for_each_role);
 engine_test!(settings_forms_do_what_the_api_does);
 engine_test!(a_webhook_delivery_log_shows_the_attempt_to_a_real_receiver);
 engine_test!(pages_cannot_be_framed_and_login_goes_back_only_to_plain_paths);
+engine_test!(the_users_page_creates_deactivates_and_resets_like_the_api);
 
 /// A signed-in browser: the session cookie and its CSRF token; redirects are answers.
 struct Browser {
@@ -1090,4 +1091,273 @@ async fn pages_cannot_be_framed_and_login_goes_back_only_to_plain_paths(engine: 
         assert_eq!(response.status().as_u16(), 303, "next {next:?}");
         assert_eq!(response.headers()["location"], expected, "next {next:?}");
     }
+}
+
+/// Whether the login form accepts these credentials (303 onwards) without keeping the
+/// session.
+async fn can_log_in(app: &TestApp, email: &str, password: &str) -> bool {
+    no_redirects()
+        .post(format!("{}/login", app.base_url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(&[
+            ("email", email),
+            ("password", password),
+            ("next", "/"),
+        ]))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+        == 303
+}
+
+/// The password a "shown once" page holds.
+fn shown_secret(page: &str) -> String {
+    let start = page.find("data-secret readonly value=\"").expect(page) + 28;
+    let end = page[start..].find('"').unwrap() + start;
+    page[start..end].to_owned()
+}
+
+async fn the_users_page_creates_deactivates_and_resets_like_the_api(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let password = "correct horse battery";
+    admin_call(
+        &app,
+        Method::POST,
+        "/api/v1/users",
+        json!({"email": "root@x.io", "name": "Root", "password": password, "instanceAdmin": true}),
+    )
+    .await;
+    admin_call(
+        &app,
+        Method::POST,
+        "/api/v1/projects",
+        json!({"slug": "web", "name": "Web"}),
+    )
+    .await;
+    create_user(&app, "ada@x.io", "Ada", Some("viewer")).await;
+    let root = Browser::log_in(&app, "root@x.io", password).await;
+    let ada = Browser::log_in(&app, "ada@x.io", password).await;
+    let ada_token = ada
+        .http
+        .post(format!("{}/api/v1/me/tokens", app.base_url))
+        .header("cookie", &ada.cookie)
+        .header("x-csrf-token", &ada.csrf)
+        .json(&json!({"name": "laptop"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ada_id = ada.api(Method::GET, "/api/v1/me").await["user"]["id"]
+        .as_i64()
+        .unwrap();
+    let root_id = root.api(Method::GET, "/api/v1/me").await["user"]["id"]
+        .as_i64()
+        .unwrap();
+
+    // Only instance admins see the link and the page.
+    assert!(root.get("/").await.text.contains("<a href=\"/users\""));
+    assert!(!ada.get("/").await.text.contains("href=\"/users\""));
+    let refused = ada.get("/users").await;
+    assert_eq!(refused.status, 403);
+    assert!(refused.text.contains("instance admins"), "{}", refused.text);
+    let page = root.get("/users").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page.text.contains("aria-current=\"page\">Users</a>"));
+    assert!(
+        page.text
+            .contains("<tr data-user=\"ada@x.io\" data-state=\"active\">")
+    );
+    assert!(page.text.contains("aria-label=\"Deactivate ada@x.io\""));
+    assert!(
+        !page.text.contains("aria-label=\"Deactivate root@x.io\""),
+        "no button locks you out"
+    );
+
+    // Create: a generated password, shown once, that logs in.
+    let created = root
+        .post(
+            "/users",
+            &[
+                ("email", " Grace@X.io "),
+                ("name", "Grace"),
+                ("password", ""),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let grace_password = shown_secret(&created.text);
+    assert!(grace_password.len() >= 16, "{grace_password}");
+    assert!(can_log_in(&app, "grace@x.io", &grace_password).await);
+    // With a chosen password and the admin flag.
+    let created = root
+        .post(
+            "/users",
+            &[
+                ("email", "lin@x.io"),
+                ("name", "Lin"),
+                ("password", "a long enough password"),
+                ("instance_admin", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 303, "{}", created.text);
+    assert_eq!(created.location, "/users?notice=user-created");
+    let users = admin_call(&app, Method::GET, "/api/v1/users", json!({})).await;
+    let lin = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|user| user["email"] == "lin@x.io")
+        .unwrap()
+        .clone();
+    assert_eq!(lin["instanceAdmin"], true);
+    // Bad input: the page again, with the reason and the status; never a 500.
+    for (fields, status, words) in [
+        (vec![("email", "not-an-email"), ("name", "X")], 400, "email"),
+        (vec![("email", "x@x.io"), ("name", "")], 400, "name"),
+        (
+            vec![("email", "x@x.io"), ("name", "X"), ("password", "short")],
+            400,
+            "password",
+        ),
+        (
+            vec![("email", "ada@x.io"), ("name", "Again")],
+            409,
+            "exists already",
+        ),
+    ] {
+        let refused = root.post("/users", &fields).await;
+        assert_eq!(refused.status, status, "{fields:?}: {}", refused.text);
+        assert!(refused.text.contains("role=\"alert\""), "{}", refused.text);
+        assert!(refused.text.contains(words), "{fields:?}: {}", refused.text);
+    }
+    let kept = root
+        .post("/users", &[("email", "kept@x.io"), ("name", "")])
+        .await;
+    assert!(kept.text.contains("value=\"kept@x.io\""), "{}", kept.text);
+    let forged = root
+        .post_raw("/users", "_csrf=wrong&email=eve%40x.io&name=Eve")
+        .await;
+    assert_eq!(forged.status, 403);
+
+    // Deactivate: Ada's session, token and password stop working at once.
+    let done = root.post(&format!("/users/{ada_id}/deactivate"), &[]).await;
+    assert_eq!(done.status, 303, "{}", done.text);
+    assert_eq!(done.location, "/users?notice=user-deactivated");
+    let page = root.get(&done.location).await;
+    assert!(
+        page.text
+            .contains("<tr data-user=\"ada@x.io\" data-state=\"deactivated\">")
+    );
+    assert!(page.text.contains("role=\"status\""));
+    assert_eq!(ada.get("/").await.status, 303, "the session ended");
+    let (status, _) = app
+        .raw(Method::GET, "/api/v1/me", Some(&ada_token), None)
+        .await;
+    assert_eq!(status, 401, "the personal token is refused");
+    assert!(!can_log_in(&app, "ada@x.io", password).await);
+    // Not yourself.
+    let own = root
+        .post(&format!("/users/{root_id}/deactivate"), &[])
+        .await;
+    assert_eq!(own.status, 409, "{}", own.text);
+    assert!(own.text.contains("your own account"), "{}", own.text);
+    let own = root
+        .post(&format!("/users/{root_id}/reset-password"), &[])
+        .await;
+    assert_eq!(own.status, 409, "{}", own.text);
+    let missing = root.post("/users/999999/deactivate", &[]).await;
+    assert_eq!(missing.status, 404, "{}", missing.text);
+    assert!(missing.text.contains("not found"), "{}", missing.text);
+    // Reactivate.
+    let done = root.post(&format!("/users/{ada_id}/reactivate"), &[]).await;
+    assert_eq!(done.location, "/users?notice=user-reactivated");
+    assert!(can_log_in(&app, "ada@x.io", password).await);
+    let (status, _) = app
+        .raw(Method::GET, "/api/v1/me", Some(&ada_token), None)
+        .await;
+    assert_eq!(status, 200, "the personal token works again");
+
+    // Reset: a new password shown once; the old one and Ada's sessions end.
+    let ada = Browser::log_in(&app, "ada@x.io", password).await;
+    let reset = root
+        .post(&format!("/users/{ada_id}/reset-password"), &[])
+        .await;
+    assert_eq!(reset.status, 200, "{}", reset.text);
+    assert!(reset.text.contains("New password for ada@x.io"));
+    let new_password = shown_secret(&reset.text);
+    assert!(!can_log_in(&app, "ada@x.io", password).await);
+    assert!(can_log_in(&app, "ada@x.io", &new_password).await);
+    assert_eq!(ada.get("/").await.status, 303, "the session ended");
+
+    // The JSON API does the same (what `kiln user` calls).
+    let disabled = admin_call(
+        &app,
+        Method::POST,
+        "/api/v1/users/grace@x.io/disable",
+        json!({}),
+    )
+    .await;
+    assert_eq!(disabled["user"]["disabled"], true);
+    assert!(!can_log_in(&app, "grace@x.io", &grace_password).await);
+    let enabled = admin_call(
+        &app,
+        Method::POST,
+        "/api/v1/users/grace@x.io/enable",
+        json!({}),
+    )
+    .await;
+    assert_eq!(enabled["user"]["disabled"], false);
+    let chosen = admin_call(
+        &app,
+        Method::POST,
+        "/api/v1/users/grace@x.io/password",
+        json!({"password": "grace's new password"}),
+    )
+    .await;
+    assert!(chosen.get("password").is_none(), "{chosen}");
+    assert!(can_log_in(&app, "grace@x.io", "grace's new password").await);
+    let generated = admin_call(
+        &app,
+        Method::POST,
+        "/api/v1/users/grace@x.io/password",
+        json!({}),
+    )
+    .await;
+    let generated = generated["password"].as_str().unwrap().to_owned();
+    assert!(can_log_in(&app, "grace@x.io", &generated).await);
+    let (status, body) = app
+        .raw(
+            Method::POST,
+            "/api/v1/users/grace@x.io/password",
+            Some(ADMIN_TOKEN),
+            Some(br#"{"password": "short"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "password");
+    // Every action is in the audit log.
+    let audit = admin_call(&app, Method::GET, "/api/v1/audit?limit=100", json!({})).await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "user.create",
+        "user.disable",
+        "user.enable",
+        "user.password_reset",
+    ] {
+        assert!(actions.contains(&action), "{action}: {actions:?}");
+    }
+    app.stop().await;
 }

@@ -1,7 +1,8 @@
 //! The builds pages through the real server, as signed-in users over HTTP: the overview
 //! and the build page compared with snapshots (`tests/snapshots/`, rewritten with
 //! `KILN_UPDATE_SNAPSHOTS=1`), who sees which buttons, refusals as HTML pages, escaping,
-//! paging, and the Build / Cancel / Retry forms.
+//! paging, the Build / Cancel / Retry forms, and how ended builds, triggers, times and
+//! exit codes read (issue 20).
 
 mod common;
 
@@ -21,6 +22,8 @@ engine_test!(the_overview_pages_sixty_builds);
 engine_test!(build_cancel_and_retry_forms_work_without_javascript);
 engine_test!(long_logs_show_their_end_numbered_from_the_start);
 engine_test!(a_kiln_run_builds_log_shows_on_its_page);
+engine_test!(failed_builds_show_where_they_stopped_in_the_same_words_and_times);
+engine_test!(triggered_by_names_the_user_and_the_token);
 
 /// A signed-in browser: its session cookie and CSRF token.
 struct Browser {
@@ -503,8 +506,9 @@ async fn roles_decide_buttons_and_refusals_are_pages(engine: Engine) {
     let run_id = location.strip_prefix("/builds/").expect("to the new build");
     let (status, page) = developer.get(&location).await;
     assert_eq!(status, 200);
+    // Who pressed it: their name and email, from the dashboard.
     assert!(
-        page.contains("dev@example.com (Build button or API)"),
+        page.contains("<dd>dev (dev@example.com), Build button"),
         "{page}"
     );
     assert!(page.contains(&format!("data-run-id=\"{run_id}\"")));
@@ -577,7 +581,10 @@ async fn build_cancel_and_retry_forms_work_without_javascript(engine: Engine) {
     assert_eq!(status, 303, "{body}");
     assert_ne!(retried, location);
     let (_, page) = developer.get(&retried).await;
-    assert!(page.contains("(retry)"), "{page}");
+    assert!(
+        page.contains("<dd>dev (dev@example.com), Retry button"),
+        "{page}"
+    );
     assert!(
         page.contains(&format!("href=\"/builds/{run_id}\"")),
         "{page}"
@@ -727,6 +734,251 @@ async fn a_kiln_run_builds_log_shows_on_its_page(engine: Engine) {
     assert!(
         !page.contains("Retry"),
         "a reported build is not retried: {page}"
+    );
+    app.stop().await;
+}
+
+/// The page's visible text holds no raw RFC 3339 instant: times are `<time>` elements
+/// whose text is "… ago" and whose `title` is the exact UTC time.
+fn assert_times_read_one_way(page: &str) {
+    let mut rest = page;
+    while let Some(at) = rest.find("<time ") {
+        let element = &rest[at..];
+        let end = element.find("</time>").expect("a closed <time>");
+        let element = &element[..end];
+        assert!(element.contains(" title=\""), "{element}");
+        assert!(element.contains(" UTC\""), "{element}");
+        let text = &element[element.find('>').unwrap() + 1..];
+        assert!(
+            text.ends_with(" ago") || text.starts_with("in "),
+            "{element}"
+        );
+        rest = &rest[at + end..];
+    }
+    for line in page.lines() {
+        // Outside attributes, an instant would follow a '>'.
+        assert!(
+            !line.contains(">2027-") && !line.contains(">2026-"),
+            "a raw timestamp is shown: {line}"
+        );
+    }
+}
+
+async fn failed_builds_show_where_they_stopped_in_the_same_words_and_times(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let store = app.database.open_dyn().await;
+    let token = project(&app, "web", "Web").await;
+    let developer = browser(&app, "dev@example.com", Some(("web", "developer"))).await;
+    // A Kiln-run build: checkout passed, test exits with 2, deploy is skipped; 1 of 3
+    // jobs passed, so the bar stops at a third, not full.
+    let test_job = kiln_run_build(&app, &*store, &token).await;
+    let build = store.build_by_run_id("web-kiln-7").await.unwrap().unwrap();
+    let test = store
+        .jobs_of_build(build.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|job| job.id == test_job)
+        .unwrap();
+    let end = JobEnd {
+        state: JobState::Failed,
+        exit_code: Some(2),
+        reason: Some("exit_status".into()),
+    };
+    assert!(
+        store
+            .finish_job(test.id, 1, test.agent_id, &end, Millis(T0 + 8_000))
+            .await
+            .unwrap()
+    );
+    store
+        .unblock_jobs(build.id, &[], &["deploy".into()], Millis(T0 + 8_000))
+        .await
+        .unwrap();
+    ingest(
+        &app,
+        &token,
+        json!([{"runId": "web-kiln-7", "event": "stage_started", "origin": "kiln", "stage": "test"},
+               {"runId": "web-kiln-7", "event": "stage_failed", "origin": "kiln", "stage": "test",
+                "message": "exit status 2"},
+               {"runId": "web-kiln-7", "event": "build_failed", "origin": "kiln", "message": "step test failed"}]),
+    )
+    .await;
+    let (status, page) = developer.get("/builds/web-kiln-7").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(
+            "aria-valuenow=\"33\" aria-valuetext=\"failed at 33%\" data-progress-bar><div class=\"bar\" style=\"width: 33.3%\">"
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains("<span class=\"small\" data-percent>failed at 33%</span>"),
+        "{page}"
+    );
+    // Exit codes in one set of words, on the steps and in the events.
+    assert!(
+        page.contains("<span class=\"muted\">exit code 0</span>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<span class=\"muted\">exit code 2</span>"),
+        "{page}"
+    );
+    assert!(page.contains("<td>test</td><td>exit code 2</td>"), "{page}");
+    assert!(!page.contains("exit_status"), "{page}");
+    assert!(!page.contains("exit status"), "{page}");
+    assert!(page.contains("skipped: a step it depends on did not pass"));
+    assert_times_read_one_way(&page);
+
+    // A reported build that said 40% and then failed stops at 40%; one that never said
+    // stops nowhere.
+    ingest(
+        &app,
+        &token,
+        json!([{"runId": "reported-40", "event": "build_started"},
+               {"runId": "reported-40", "event": "build_progress", "progress": 40},
+               {"runId": "reported-40", "event": "build_cancelled"},
+               {"runId": "reported-none", "event": "build_started"},
+               {"runId": "reported-none", "event": "build_failed"}]),
+    )
+    .await;
+    let (_, page) = developer.get("/builds/reported-40").await;
+    assert!(
+        page.contains("aria-valuetext=\"cancelled at 40%\""),
+        "{page}"
+    );
+    assert!(page.contains("style=\"width: 40.0%\""), "{page}");
+    let (_, overview) = developer.get("/").await;
+    let row = |run_id: &str| {
+        let start = overview.find(&format!("data-run-id=\"{run_id}\"")).unwrap();
+        let end = overview[start..].find("</tr>").unwrap() + start;
+        overview[start..end].to_owned()
+    };
+    assert!(row("web-kiln-7").contains("failed at 33%"));
+    assert!(row("reported-40").contains("cancelled at 40%"));
+    let none = row("reported-none");
+    assert!(none.contains("failed, progress unknown"), "{none}");
+    assert!(none.contains("style=\"width: 0%\""), "{none}");
+    assert_times_read_one_way(&overview);
+    app.stop().await;
+}
+
+async fn triggered_by_names_the_user_and_the_token(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let token = project(&app, "web", "Web").await;
+    let repo = git_repo();
+    admin_call(
+        &app,
+        Method::PUT,
+        "/api/v1/projects/web/repo",
+        json!({"repo": repo.path().display().to_string()}),
+    )
+    .await;
+    let developer = browser(&app, "dev@example.com", Some(("web", "developer"))).await;
+    let tokens = admin_call(&app, Method::GET, "/api/v1/projects/web/tokens", json!({})).await;
+    let ci_id = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|token| token["name"] == "ci")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    // The developer's personal token.
+    let laptop = developer
+        .http
+        .post(format!("{}/api/v1/me/tokens", app.base_url))
+        .header("cookie", &developer.cookie)
+        .header("x-csrf-token", &developer.csrf)
+        .json(&json!({"name": "laptop"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let laptop_id = laptop["id"].as_i64().unwrap();
+    let laptop = laptop["token"].as_str().unwrap().to_owned();
+    let trigger = |credential: String, path: String| {
+        let app = &app;
+        async move {
+            let (status, body) = app
+                .raw(Method::POST, &path, Some(&credential), Some(b"{}".to_vec()))
+                .await;
+            assert_eq!(status, 201, "{path}: {body}");
+            body["runId"].as_str().unwrap().to_owned()
+        }
+    };
+    let by_project_token = trigger(token.clone(), "/api/v1/projects/web/builds".into()).await;
+    let by_personal_token = trigger(laptop.clone(), "/api/v1/projects/web/builds".into()).await;
+    let triggered_words = |run_id: String| {
+        let developer = &developer;
+        async move {
+            let (status, page) = developer.get(&format!("/builds/{run_id}")).await;
+            assert_eq!(status, 200, "{page}");
+            let label = "<dt>Triggered by</dt><dd>";
+            let start = page.find(label).unwrap() + label.len();
+            let end = page[start..].find("</dd>").unwrap() + start;
+            page[start..end].to_owned()
+        }
+    };
+    assert_eq!(
+        triggered_words(by_project_token.clone()).await,
+        format!("token &#39;ci&#39; (#{ci_id}), API")
+    );
+    assert_eq!(
+        triggered_words(by_personal_token.clone()).await,
+        format!("dev (dev@example.com) with token &#39;laptop&#39; (#{laptop_id}), API")
+    );
+    // What the event records, for the API's readers.
+    let (_, events) = app
+        .raw(
+            Method::GET,
+            &format!("/api/v1/builds/{by_personal_token}/events"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let data = &events["events"][0]["data"];
+    assert_eq!(data["by"], "dev@example.com", "{events}");
+    assert_eq!(data["byName"], "dev");
+    assert_eq!(data["via"], "api");
+    assert_eq!(data["token"], json!({"id": laptop_id, "name": "laptop"}));
+
+    // Cancelled by the project token, then retried with it: both name it.
+    let (status, body) = app
+        .raw(
+            Method::POST,
+            &format!("/api/v1/projects/web/builds/{by_project_token}/cancel"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, page) = developer.get(&format!("/builds/{by_project_token}")).await;
+    assert!(
+        page.contains(&format!("cancelled by token &#39;ci&#39; (#{ci_id})")),
+        "{page}"
+    );
+    let retried = trigger(
+        token.clone(),
+        format!("/api/v1/projects/web/builds/{by_project_token}/retry"),
+    )
+    .await;
+    assert_eq!(
+        triggered_words(retried).await,
+        format!(
+            "token &#39;ci&#39; (#{ci_id}), retry through the API (retry of <a href=\"/builds/{by_project_token}\">an earlier build</a>)"
+        )
+    );
+    // The overview says the same.
+    let (_, overview) = developer.get("/").await;
+    assert!(
+        overview.contains(&format!(
+            "<td class=\"optional small\">token &#39;ci&#39; (#{ci_id}), API</td>"
+        )),
+        "{overview}"
     );
     app.stop().await;
 }

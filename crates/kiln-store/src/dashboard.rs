@@ -23,3 +23,11 @@ impl PipelineKey {
         }
     }
 }
+
+/// How far a Kiln-run build's jobs got: how many passed of how many it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobTally {
+    pub build_id: i64,
+    pub passed: i64,
+    pub total: i64,
+}

@@ -234,6 +234,9 @@ pub trait BuildStore: Send + Sync {
     /// The first stored event (`seq` 1: `build_queued` or `build_started`, usually) of
     /// each of these builds, in one query: who or what started them.
     async fn first_events(&self, build_ids: &[i64]) -> StoreResult<Vec<StoredEvent>>;
+    /// For each of these builds that has jobs (Kiln-run builds): how many of its jobs
+    /// passed and how many it has, in one query — how far an ended build got.
+    async fn job_tallies(&self, build_ids: &[i64]) -> StoreResult<Vec<JobTally>>;
     /// The newest `limit` events of one build, newest first (the build page's list).
     async fn latest_events(&self, build_id: i64, limit: i64) -> StoreResult<Vec<StoredEvent>>;
     /// The build with its stages.
@@ -445,6 +448,16 @@ pub trait AccountStore: Send + Sync {
     async fn user_by_id(&self, id: i64) -> StoreResult<Option<UserRecord>>;
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
     async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()>;
+    /// Deactivates a user (`Some(now)`: they can no longer log in or use their tokens)
+    /// or activates them again (`None`); answers the user as stored. `NotFound` for no
+    /// such user.
+    async fn set_user_disabled(
+        &self,
+        user_id: i64,
+        disabled_at: Option<Millis>,
+    ) -> StoreResult<UserRecord>;
+    /// Ends every live session of a user; answers the ids of those it ended.
+    async fn revoke_user_sessions(&self, user_id: i64, now: Millis) -> StoreResult<Vec<i64>>;
     /// Stores a session by the hash of its cookie value.
     async fn create_session(
         &self,

@@ -324,7 +324,7 @@ async fn execute(
             reason: Some("exit_status"),
             message: Some(match (outcome.exit_code, outcome.signal) {
                 (_, Some(signal)) => format!("killed by signal {signal}"),
-                (Some(status), None) => format!("exit status {status}"),
+                (Some(status), None) => format!("exit code {status}"),
                 (None, None) => "ended without a status".into(),
             }),
         },

@@ -123,7 +123,10 @@ pub(crate) async fn remove_member_of(
 }
 
 /// A user named by id or email.
-async fn user_by_path(state: &AppState, raw: &str) -> Result<kiln_store::UserRecord, ApiError> {
+pub(crate) async fn user_by_path(
+    state: &AppState,
+    raw: &str,
+) -> Result<kiln_store::UserRecord, ApiError> {
     let user = match raw.parse::<i64>() {
         Ok(id) => state.store.user_by_id(id).await?,
         Err(_) => state.store.user_by_email(&raw.to_ascii_lowercase()).await?,

@@ -25,7 +25,7 @@ mod whoami;
 pub(crate) use body::QueryParams;
 pub(crate) use builds::readable_build;
 pub(crate) use projects::readable_project;
-pub(crate) use runs::{caller_email, retry_request, writable_project};
+pub(crate) use runs::{requester, retry_request, writable_project};
 pub(crate) use stream::StreamLimiter;
 
 use axum::Router;
@@ -149,6 +149,24 @@ fn api_route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<App
             "/api/v1/users",
             Access::InstanceAdmin,
             get(users::list_users),
+        ),
+        (
+            "POST",
+            "/api/v1/users/{user}/disable",
+            Access::InstanceAdmin,
+            post(users::disable_user),
+        ),
+        (
+            "POST",
+            "/api/v1/users/{user}/enable",
+            Access::InstanceAdmin,
+            post(users::enable_user),
+        ),
+        (
+            "POST",
+            "/api/v1/users/{user}/password",
+            Access::InstanceAdmin,
+            post(users::reset_user_password),
         ),
         (
             "GET",
@@ -576,7 +594,7 @@ async fn guard(
     let caller = match state.authenticator.authenticate(request.headers()).await {
         Ok(caller) => caller,
         // A browser without a (live) session goes to the login page, then back.
-        Err(_) if access == Access::Page => {
+        Err(_) if access.is_page() => {
             let target = request
                 .uri()
                 .path_and_query()
@@ -586,14 +604,14 @@ async fn guard(
         Err(error) => return error.into_response(),
     };
     if let Err(error) = caller.check(access) {
-        if access == Access::Page {
+        if access.is_page() {
             return crate::web::PageError(error).into_response();
         }
         return error.into_response();
     }
     // Dashboard forms carry the CSRF token in a `_csrf` field, checked by their handler
     // (`web::check_csrf`).
-    if access == Access::Page {
+    if access.is_page() {
         request.extensions_mut().insert(caller);
         return next.run(request).await;
     }

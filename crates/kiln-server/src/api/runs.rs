@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::body::QueryParams;
 use super::projects::readable_project;
 use crate::AppState;
-use crate::auth::Caller;
+use crate::auth::{Caller, Requester};
 use crate::error::ApiError;
 use crate::runner::TriggerRequest;
 use crate::wire::job_dto;
@@ -52,19 +52,9 @@ pub(crate) async fn writable_project(
     Ok(project)
 }
 
-/// The email of the person calling, recorded as who triggered a build.
-pub(crate) async fn caller_email(
-    state: &AppState,
-    caller: &Caller,
-) -> Result<Option<String>, ApiError> {
-    Ok(match caller.user_id {
-        Some(user_id) => state
-            .store
-            .user_by_id(user_id)
-            .await?
-            .map(|user| user.email),
-        None => None,
-    })
+/// Who is calling, recorded as who triggered, retried or cancelled a build.
+pub(crate) async fn requester(state: &AppState, caller: &Caller) -> Result<Requester, ApiError> {
+    Requester::of(state.store.as_ref(), caller).await
 }
 
 async fn project_build(
@@ -117,7 +107,7 @@ pub(crate) async fn trigger(
         priority,
         cause: "api",
         retry_of: None,
-        by: caller_email(&state, &caller).await?,
+        by: Some(requester(&state, &caller).await?),
     };
     let build = state.runner.trigger(&project, request).await?;
     Ok((StatusCode::CREATED, Json(build)))
@@ -130,7 +120,7 @@ pub(crate) async fn retry(
 ) -> Result<(StatusCode, Json<TriggeredBuild>), ApiError> {
     let project = writable_project(&state, &caller, &slug).await?;
     let build = project_build(&state, &project, &run_id).await?;
-    let request = retry_request(&build, caller_email(&state, &caller).await?)?;
+    let request = retry_request(&build, Some(requester(&state, &caller).await?))?;
     let build = state.runner.trigger(&project, request).await?;
     Ok((StatusCode::CREATED, Json(build)))
 }
@@ -139,7 +129,7 @@ pub(crate) async fn retry(
 /// ended build that Kiln ran (it has both) can be retried.
 pub(crate) fn retry_request(
     build: &BuildRecord,
-    by: Option<String>,
+    by: Option<Requester>,
 ) -> Result<TriggerRequest, ApiError> {
     let run_id = build.state.run_id.to_string();
     if !build.state.status.is_terminal() {
@@ -176,7 +166,7 @@ pub(crate) async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     let project = writable_project(&state, &caller, &slug).await?;
     let build = project_build(&state, &project, &run_id).await?;
-    let by = format!("token {}", caller.token_id);
+    let by = requester(&state, &caller).await?.words();
     let stopping = state.runner.cancel(&build, &by).await?;
     Ok(Json(json!({
         "runId": run_id,

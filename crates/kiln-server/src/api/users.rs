@@ -1,5 +1,7 @@
 //! Users: login and logout (session cookie + CSRF token), the caller's own account and
-//! personal tokens, and user management for instance admins.
+//! personal tokens, and user management for instance admins (create, list, deactivate,
+//! reset a password: `create_account`, `set_account_disabled` and
+//! `reset_account_password` serve the API, and so `kiln user`, and the Users page).
 
 use std::net::SocketAddr;
 
@@ -13,6 +15,7 @@ use kiln_store::{NewToken, StoreError, UserRecord};
 use serde_json::{Value, json};
 
 use super::body::{JsonBody, required_string};
+use super::members::user_by_path;
 use crate::accounts::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, verify_password};
 use crate::auth::{Caller, SESSION_COOKIE, session_cookie};
 use crate::error::ApiError;
@@ -35,7 +38,12 @@ pub(crate) fn user_json(user: &UserRecord) -> Value {
 }
 
 fn email_field(body: &Value) -> Result<String, ApiError> {
-    let email = required_string(body, "email")?.trim().to_ascii_lowercase();
+    checked_email(required_string(body, "email")?)
+}
+
+/// An email address, trimmed and lower-cased, or a refusal naming `email`.
+fn checked_email(raw: &str) -> Result<String, ApiError> {
+    let email = raw.trim().to_ascii_lowercase();
     if !valid_email(&email) {
         return Err(
             FieldError::new("email", "must be an email address such as ada@example.com").into(),
@@ -45,7 +53,11 @@ fn email_field(body: &Value) -> Result<String, ApiError> {
 }
 
 fn password_field(body: &Value, field: &str) -> Result<String, ApiError> {
-    let password = required_string(body, field)?;
+    checked_password(required_string(body, field)?.to_owned(), field)
+}
+
+/// A new password of an allowed length, or a refusal naming `field`.
+fn checked_password(password: String, field: &str) -> Result<String, ApiError> {
     if password.len() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
         return Err(FieldError::new(
             field,
@@ -53,7 +65,7 @@ fn password_field(body: &Value, field: &str) -> Result<String, ApiError> {
         )
         .into());
     }
-    Ok(password.to_owned())
+    Ok(password)
 }
 
 fn secure(state: &AppState, headers: &HeaderMap) -> bool {
@@ -385,6 +397,17 @@ pub(crate) async fn revoke_my_token(
     ))
 }
 
+/// A user to create: what `POST /api/v1/users`, `kiln user create` and the dashboard's
+/// Users page send (checked by `create_account`).
+#[derive(Debug)]
+pub(crate) struct NewAccount {
+    pub email: String,
+    pub name: String,
+    pub instance_admin: bool,
+    /// `None`: generate a one-time password and answer it once.
+    pub password: Option<String>,
+}
+
 /// `POST /api/v1/users` `{email, name, password?, instanceAdmin?}` (instance admin): a
 /// new user; without `password`, a one-time password is generated and answered once.
 pub(crate) async fn create_user(
@@ -392,19 +415,43 @@ pub(crate) async fn create_user(
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let email = email_field(&body)?;
-    let name = required_string(&body, "name")?.trim().to_owned();
-    if name.is_empty() || name.len() > kiln_core::limits::MAX_NAME_LEN {
-        return Err(FieldError::new("name", "must be 1-200 characters").into());
-    }
     let instance_admin = match body.get("instanceAdmin") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(flag)) => *flag,
         Some(_) => return Err(FieldError::new("instanceAdmin", "must be true or false").into()),
     };
-    let (password, generated) = match body.get("password") {
-        None | Some(Value::Null) => (generate_token(), true),
-        Some(_) => (password_field(&body, "password")?, false),
+    let account = NewAccount {
+        email: required_string(&body, "email")?.to_owned(),
+        name: required_string(&body, "name")?.to_owned(),
+        instance_admin,
+        password: match body.get("password") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(required_string(&body, "password")?.to_owned()),
+        },
+    };
+    let (user, generated) = create_account(&state, &caller, account).await?;
+    let mut answer = json!({"user": user_json(&user)});
+    if let Some(password) = generated {
+        answer["password"] = json!(password);
+    }
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// Checks and creates a user (the API, and so `kiln user create`, and the Users page);
+/// answers the user and the generated password, if one was generated.
+pub(crate) async fn create_account(
+    state: &AppState,
+    caller: &Caller,
+    account: NewAccount,
+) -> Result<(UserRecord, Option<String>), ApiError> {
+    let email = checked_email(&account.email)?;
+    let name = account.name.trim().to_owned();
+    if name.is_empty() || name.len() > kiln_core::limits::MAX_NAME_LEN {
+        return Err(FieldError::new("name", "must be 1-200 characters").into());
+    }
+    let (password, generated) = match account.password {
+        None => (generate_token(), true),
+        Some(password) => (checked_password(password, "password")?, false),
     };
     let hash = hash_password(password.clone())
         .await
@@ -415,7 +462,7 @@ pub(crate) async fn create_user(
             &email,
             &name,
             Some(&hash),
-            instance_admin,
+            account.instance_admin,
             state.clock.now(),
         )
         .await
@@ -427,12 +474,8 @@ pub(crate) async fn create_user(
             },
             other => other.into(),
         })?;
-    audit(&state, &caller, "user.create", None, Some(&email)).await;
-    let mut answer = json!({"user": user_json(&user)});
-    if generated {
-        answer["password"] = json!(password);
-    }
-    Ok((StatusCode::CREATED, Json(answer)))
+    audit(state, caller, "user.create", None, Some(&email)).await;
+    Ok((user, generated.then_some(password)))
 }
 
 pub(crate) async fn list_users(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -440,6 +483,150 @@ pub(crate) async fn list_users(State(state): State<AppState>) -> Result<Json<Val
     Ok(Json(
         json!({"users": users.iter().map(user_json).collect::<Vec<_>>()}),
     ))
+}
+
+/// `POST /api/v1/users/{user}/disable` (instance admin): the user can no longer log in
+/// and their sessions, personal tokens and live streams stop working; `{user}` is an
+/// id or an email. Answers `{"user"}`.
+pub(crate) async fn disable_user(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user = user_by_path(&state, &user).await?;
+    let user = set_account_disabled(&state, &caller, &user, true).await?;
+    Ok(Json(json!({"user": user_json(&user)})))
+}
+
+/// `POST /api/v1/users/{user}/enable` (instance admin): undoes a deactivation.
+pub(crate) async fn enable_user(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user = user_by_path(&state, &user).await?;
+    let user = set_account_disabled(&state, &caller, &user, false).await?;
+    Ok(Json(json!({"user": user_json(&user)})))
+}
+
+/// Deactivates or reactivates a user (the API and the Users page). Deactivating ends
+/// their sessions and live streams at once; their personal tokens are refused from
+/// then on (within the 5 s credential cache on other replicas). An admin cannot
+/// deactivate their own account.
+pub(crate) async fn set_account_disabled(
+    state: &AppState,
+    caller: &Caller,
+    user: &UserRecord,
+    disabled: bool,
+) -> Result<UserRecord, ApiError> {
+    if disabled && caller.user_id == Some(user.id) {
+        return Err(ApiError::Conflict {
+            code: "own_account",
+            message: "you cannot deactivate your own account; ask another instance admin".into(),
+            field: Some("user".into()),
+        });
+    }
+    let now = state.clock.now();
+    let updated = state
+        .store
+        .set_user_disabled(user.id, disabled.then_some(now))
+        .await?;
+    if disabled {
+        end_access(state, user.id, true).await?;
+    } else {
+        state.authenticator.forget_all();
+    }
+    let action = if disabled {
+        "user.disable"
+    } else {
+        "user.enable"
+    };
+    audit(state, caller, action, None, Some(&user.email)).await;
+    Ok(updated)
+}
+
+/// `POST /api/v1/users/{user}/password` `{password?}` (instance admin): sets a user's
+/// password (without `password`, a one-time one is generated and answered once) and
+/// ends their sessions. Answers `{"user", "password"?}`.
+pub(crate) async fn reset_user_password(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let user = user_by_path(&state, &user).await?;
+    // An empty body generates a password.
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        super::body::parse_json(&body)?
+    };
+    let password = match body.get("password") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(required_string(&body, "password")?.to_owned()),
+    };
+    let generated = reset_account_password(&state, &caller, &user, password).await?;
+    let mut answer = json!({"user": user_json(&user)});
+    if let Some(password) = generated {
+        answer["password"] = json!(password);
+    }
+    Ok(Json(answer))
+}
+
+/// Sets another user's password (the API and the Users page) and ends their sessions,
+/// so whoever was logged in as them must log in with the new one; their personal
+/// tokens keep working. Answers the generated password, if one was generated. Your
+/// own password is changed on the Account page, which asks for the current one.
+pub(crate) async fn reset_account_password(
+    state: &AppState,
+    caller: &Caller,
+    user: &UserRecord,
+    password: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    if caller.user_id == Some(user.id) {
+        return Err(ApiError::Conflict {
+            code: "own_account",
+            message: "change your own password on the Account page (/account) or with POST /api/v1/me/password, which ask for the current one".into(),
+            field: Some("user".into()),
+        });
+    }
+    let (password, generated) = match password {
+        None => (generate_token(), true),
+        Some(password) => (checked_password(password, "password")?, false),
+    };
+    let hash = hash_password(password.clone())
+        .await
+        .map_err(ApiError::Unavailable)?;
+    state.store.set_password(user.id, &hash).await?;
+    end_access(state, user.id, false).await?;
+    audit(
+        state,
+        caller,
+        "user.password_reset",
+        None,
+        Some(&user.email),
+    )
+    .await;
+    Ok(generated.then_some(password))
+}
+
+/// Ends a user's sessions and their live streams (and with `tokens`, the streams of
+/// their personal tokens), and forgets cached credentials so this replica refuses them
+/// at once.
+async fn end_access(state: &AppState, user_id: i64, tokens: bool) -> Result<(), ApiError> {
+    let now = state.clock.now();
+    let sessions = state.store.revoke_user_sessions(user_id, now).await?;
+    state.authenticator.forget_all();
+    // A session's streams are keyed by minus its id (`Caller::token_id`).
+    for session in sessions {
+        state.streams.revoke(-session);
+    }
+    if tokens {
+        for token in state.store.user_tokens(user_id).await? {
+            state.streams.revoke(token.id);
+        }
+    }
+    Ok(())
 }
 
 /// Records an admin action; a failure to record is logged, not fatal.

@@ -17,6 +17,7 @@ use serde_json::json;
 use super::Runner;
 use super::events;
 use super::git::{GitError, Mirror, mask_url, resolve_branch};
+use crate::auth::Requester;
 use crate::runner::error::SchedulerError;
 use crate::wire::job_dto;
 
@@ -28,8 +29,9 @@ pub(crate) struct TriggerRequest {
     /// What started it: `api`, `poll`, `retry`.
     pub cause: &'static str,
     pub retry_of: Option<String>,
-    /// The person who asked (their email), recorded as `data.by` for the dashboard.
-    pub by: Option<String>,
+    /// Who asked (a user, a token or both), recorded in `data` for the dashboard:
+    /// `by` (the user's email), `byName`, `token` (`{id, name}`), `via`.
+    pub by: Option<Requester>,
 }
 
 /// A branch name git would accept, within Kiln's limits.
@@ -260,13 +262,23 @@ impl Runner {
         event.repo = Some(mask_url(queued.repo));
         event.branch = Some(queued.branch.to_owned());
         event.commit = queued.commit.map(str::to_owned);
-        event.data = Some(json!({
+        let mut data = json!({
             "trigger": queued.request.cause,
             "priority": queued.priority,
             "commitMessage": queued.commit_message,
             "retryOf": queued.request.retry_of,
-            "by": queued.request.by,
-        }));
+            "by": queued.request.by.as_ref().and_then(|by| by.email.clone()),
+        });
+        if let Some(by) = &queued.request.by {
+            data["via"] = json!(by.via);
+            if let Some(name) = &by.name {
+                data["byName"] = json!(name);
+            }
+            if let Some((id, name)) = &by.token {
+                data["token"] = json!({"id": id, "name": name});
+            }
+        }
+        event.data = Some(data);
         let jobs = (!jobs.is_empty()).then(|| NewJobs {
             run_id: event.run_id.clone(),
             priority: queued.priority,

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::ansi::{LogLine, plain, render_log};
 use super::view::{BuildView, build_views};
+use super::when::When;
 use super::{Chrome, PageError, PageResult, check_csrf, render};
 use crate::AppState;
 use crate::api::{QueryParams, readable_build};
@@ -99,7 +100,7 @@ struct TimelineRow {
 struct EventRow {
     id: i64,
     kind: String,
-    time: String,
+    time: When,
     stage: String,
     message: String,
     progress: String,
@@ -179,7 +180,7 @@ pub(crate) async fn page(
     let events = recent
         .iter()
         .filter(|event| event.event_type != "heartbeat")
-        .map(event_row)
+        .map(|event| event_row(event, now))
         .collect();
 
     let selected = match chosen_job {
@@ -349,16 +350,13 @@ fn timeline(build: &BuildRecord, jobs: &[JobRecord], now: Millis) -> Vec<Timelin
                     JobState::Passed => "success",
                     other => other.as_str(),
                 };
-                let note = match job.state {
-                    JobState::Blocked => format!("waits for {}", job.depends_on.join(", ")),
-                    JobState::Queued => "waiting for an agent".into(),
-                    _ => job
-                        .reason
-                        .as_deref()
-                        .map(plain)
-                        .or_else(|| job.exit_code.map(|code| format!("exit code {code}")))
-                        .unwrap_or_default(),
-                };
+                let message = build
+                    .state
+                    .stages
+                    .iter()
+                    .find(|stage| stage.name.as_str() == job.step)
+                    .and_then(|stage| stage.message.as_deref());
+                let note = job_outcome(job, message);
                 TimelineRow {
                     name: job.step.clone(),
                     status,
@@ -398,7 +396,48 @@ fn timeline(build: &BuildRecord, jobs: &[JobRecord], now: Millis) -> Vec<Timelin
         .collect()
 }
 
-fn event_row(event: &StoredEvent) -> EventRow {
+/// What became of a job, in the same words on every row: "exit code 0", "exit code 2",
+/// "killed by signal 9", "timed out after 10 min", "cancelled", "skipped: a step it
+/// depends on did not pass"; never the API's reason codes (`exit_status`). `message` is
+/// its step's last stage message (the agent's words for the failure).
+fn job_outcome(job: &JobRecord, message: Option<&str>) -> String {
+    let message = message
+        .map(|text| exit_words(&plain(text)))
+        .filter(|text| !text.is_empty());
+    let exit_code = job.exit_code.map(|code| format!("exit code {code}"));
+    match job.state {
+        JobState::Blocked => format!("waits for {}", job.depends_on.join(", ")),
+        JobState::Queued => "waiting for an agent".into(),
+        JobState::Running => String::new(),
+        JobState::Passed => exit_code.unwrap_or_default(),
+        JobState::Skipped => "skipped: a step it depends on did not pass".into(),
+        JobState::Cancelled => "cancelled".into(),
+        JobState::Failed => match job.reason.as_deref() {
+            // The code is stored as 128 + N when signal N killed the command; the
+            // agent's message says which it was.
+            Some("exit_status") => message
+                .filter(|text| text.starts_with("killed by signal"))
+                .or(exit_code)
+                .unwrap_or_else(|| "failed".into()),
+            Some("timeout") => message.unwrap_or_else(|| "timed out".into()),
+            Some("agent_lost") => message.unwrap_or_else(|| "its agent stopped answering".into()),
+            Some("checkout") => message.unwrap_or_else(|| "the checkout failed".into()),
+            _ => message.or(exit_code).unwrap_or_else(|| "failed".into()),
+        },
+    }
+}
+
+/// The agent's "exit status N" (older agents) in the dashboard's words, "exit code N".
+fn exit_words(text: &str) -> String {
+    match text.strip_prefix("exit status ") {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+            format!("exit code {rest}")
+        }
+        _ => text.to_owned(),
+    }
+}
+
+fn event_row(event: &StoredEvent, now: Millis) -> EventRow {
     let text = |key: &str| {
         event
             .payload
@@ -410,9 +449,9 @@ fn event_row(event: &StoredEvent) -> EventRow {
     EventRow {
         id: event.id,
         kind: event.event_type.clone(),
-        time: event.received_at.to_rfc3339(),
+        time: When::new(event.received_at, now),
         stage: text("stage"),
-        message: plain(&text("message")),
+        message: exit_words(&plain(&text("message"))),
         progress: event
             .payload
             .get("progress")
@@ -453,9 +492,7 @@ pub(crate) async fn cancel(
 ) -> PageResult {
     check_csrf(&caller, &form_csrf(&body))?;
     let build = writable_build(&state, &caller, &run_id).await?;
-    let by = crate::api::caller_email(&state, &caller)
-        .await?
-        .unwrap_or_else(|| format!("token {}", caller.token_id));
+    let by = crate::api::requester(&state, &caller).await?.words();
     state.runner.cancel(&build, &by).await?;
     Ok(Redirect::to(&format!("/builds/{run_id}")).into_response())
 }
@@ -476,7 +513,7 @@ pub(crate) async fn retry(
         .await?
         .ok_or_else(|| PageError(ApiError::NotFound(format!("build '{run_id}' not found"))))?;
     let request =
-        crate::api::retry_request(&build, crate::api::caller_email(&state, &caller).await?)?;
+        crate::api::retry_request(&build, Some(crate::api::requester(&state, &caller).await?))?;
     let triggered = state.runner.trigger(&project, request).await?;
     Ok(Redirect::to(&format!("/builds/{}", triggered.run_id)).into_response())
 }
@@ -556,4 +593,87 @@ fn futures_stream(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(state: JobState, exit_code: Option<i64>, reason: Option<&str>) -> JobRecord {
+        JobRecord {
+            id: 1,
+            build_id: 1,
+            project_id: 1,
+            project_slug: "web".into(),
+            repo: None,
+            run_id: "r".into(),
+            build_number: 1,
+            branch: None,
+            commit: None,
+            step: "test".into(),
+            position: 0,
+            state,
+            priority: 5,
+            depends_on: vec!["build".into()],
+            labels: Vec::new(),
+            spec: serde_json::json!({}),
+            attempt: 1,
+            agent_id: None,
+            agent_name: None,
+            lease_expires_at: None,
+            cancel_requested: false,
+            created_at: Millis(0),
+            queued_at: None,
+            started_at: None,
+            finished_at: None,
+            exit_code,
+            reason: reason.map(str::to_owned),
+            reported: false,
+            log_size: 0,
+        }
+    }
+
+    #[test]
+    fn steps_end_in_the_same_words() {
+        let outcome = |job: JobRecord, message: Option<&str>| job_outcome(&job, message);
+        assert_eq!(
+            outcome(job(JobState::Passed, Some(0), None), None),
+            "exit code 0"
+        );
+        assert_eq!(
+            outcome(
+                job(JobState::Failed, Some(2), Some("exit_status")),
+                Some("exit status 2")
+            ),
+            "exit code 2"
+        );
+        assert_eq!(
+            outcome(
+                job(JobState::Failed, Some(137), Some("exit_status")),
+                Some("killed by signal 9")
+            ),
+            "killed by signal 9"
+        );
+        assert_eq!(
+            outcome(job(JobState::Failed, Some(1), Some("exit_status")), None),
+            "exit code 1"
+        );
+        assert_eq!(
+            outcome(
+                job(JobState::Failed, Some(143), Some("timeout")),
+                Some("timed out after 10 min")
+            ),
+            "timed out after 10 min"
+        );
+        assert_eq!(
+            outcome(job(JobState::Cancelled, Some(143), Some("cancelled")), None),
+            "cancelled"
+        );
+        assert_eq!(
+            outcome(job(JobState::Blocked, None, None), None),
+            "waits for build"
+        );
+        assert_eq!(exit_words("exit status 3"), "exit code 3");
+        assert_eq!(exit_words("exit status unknown"), "exit status unknown");
+    }
 }

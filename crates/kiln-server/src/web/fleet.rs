@@ -15,6 +15,7 @@ use kiln_core::Millis;
 use kiln_protocol::JobDto;
 use serde_json::Value;
 
+use super::when::When;
 use super::{Chrome, PageResult, render};
 use crate::AppState;
 use crate::api::fleet::{agent_list, queued_jobs};
@@ -31,8 +32,7 @@ struct AgentRow {
     hostname: String,
     version: String,
     concurrency: i64,
-    last_seen_at: String,
-    last_seen_age: String,
+    last_seen: When,
     cpu: Option<Gauge>,
     memory: Option<Gauge>,
     disk: Option<Gauge>,
@@ -63,17 +63,6 @@ struct AgentsPage {
     chrome: Chrome,
     agents: Vec<AgentRow>,
     online: usize,
-}
-
-/// "3 s ago", "5 min ago", "2 h ago", "4 d ago" (as `kilnAgo` in kiln.js renders it).
-pub(crate) fn age(now: Millis, then: Millis) -> String {
-    let seconds = (now.saturating_sub(then).max(0) + 500) / 1000;
-    match seconds {
-        0..=59 => format!("{seconds} s ago"),
-        60..=3599 => format!("{} min ago", seconds / 60),
-        3600..=86_399 => format!("{} h ago", seconds / 3600),
-        _ => format!("{} d ago", seconds / 86_400),
-    }
 }
 
 /// Bytes as "1.5 GiB".
@@ -165,8 +154,7 @@ pub(crate) async fn agents_page(
                 hostname: agent.hostname.unwrap_or_default(),
                 version: agent.version.unwrap_or_default(),
                 concurrency: agent.concurrency,
-                last_seen_age: age(now, last_seen),
-                last_seen_at: agent.last_seen_at,
+                last_seen: When::new(last_seen, now),
                 cpu,
                 memory,
                 disk,
@@ -208,8 +196,8 @@ struct QueueRow {
     labels: Vec<String>,
     waiting_for: String,
     agent: String,
-    since: String,
-    age: String,
+    /// Queued (waiting jobs) or started (running ones); none for a job not queued yet.
+    since: Option<When>,
 }
 
 #[derive(Template)]
@@ -232,8 +220,10 @@ pub(crate) async fn queue_page(
     let aging_ms = (state.runner.config().priority_aging.as_millis() as i64).max(1);
     let jobs = queued_jobs(&state, &caller).await?.jobs;
     let row = |job: JobDto, since: Option<String>| {
-        let since = since.unwrap_or_default();
-        let at = parse_instant(&since);
+        let since = since
+            .as_deref()
+            .and_then(parse_instant)
+            .map(|at| When::new(at, now));
         QueueRow {
             id: job.id,
             run_id: job.run_id,
@@ -245,7 +235,6 @@ pub(crate) async fn queue_page(
             labels: job.labels,
             waiting_for: job.waiting_for.unwrap_or_default(),
             agent: job.agent.unwrap_or_default(),
-            age: at.map(|at| age(now, at)).unwrap_or_default(),
             since,
         }
     };
@@ -300,15 +289,6 @@ mod tests {
             assert_eq!(parse_instant(&text), Some(Millis(millis)), "{text}");
         }
         assert_eq!(parse_instant("yesterday"), None);
-    }
-
-    #[test]
-    fn ages_read_like_the_script() {
-        let now = Millis(1_000_000_000);
-        assert_eq!(age(now, Millis(now.0 - 3_000)), "3 s ago");
-        assert_eq!(age(now, Millis(now.0 - 300_000)), "5 min ago");
-        assert_eq!(age(now, Millis(now.0 - 7_200_000)), "2 h ago");
-        assert_eq!(age(now, Millis(now.0 + 5_000)), "0 s ago");
     }
 
     #[test]

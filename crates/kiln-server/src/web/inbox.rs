@@ -13,8 +13,8 @@ use axum::http::Uri;
 use axum::response::{IntoResponse, Redirect};
 use kiln_store::NotificationFilter;
 
-use super::fleet::age;
 use super::form::{FormFields, fields};
+use super::when::When;
 use super::{Chrome, PageError, PageResult, encode_query, render};
 use crate::AppState;
 use crate::api::notifications::{not_found, notification_id};
@@ -67,8 +67,7 @@ struct Item {
     run_id: String,
     unread: bool,
     archived: bool,
-    created_at: String,
-    created_age: String,
+    created: When,
 }
 
 #[derive(Template)]
@@ -132,8 +131,7 @@ pub(crate) async fn page(
             run_id: record.run_id,
             unread: record.read_at.is_none(),
             archived: record.archived_at.is_some(),
-            created_at: record.created_at.to_rfc3339(),
-            created_age: age(now, record.created_at),
+            created: When::new(record.created_at, now),
         })
         .collect();
     Ok(render(&InboxPage {

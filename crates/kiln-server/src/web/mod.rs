@@ -2,8 +2,9 @@
 //! the binary), the embedded assets, and the form actions behind its buttons.
 //!
 //! Every page is a route in the one route table (`api::route_list`) with
-//! `Access::Page`: the guard resolves the caller as for `Access::User`, but sends an
-//! anonymous browser to `/login?next=…` and renders refusals as HTML. Pages read fine
+//! `Access::Page` (or `Access::PageInstanceAdmin` for the Users page): the guard
+//! resolves the caller as for `Access::User`, but sends an anonymous browser to
+//! `/login?next=…` and renders refusals as HTML. Pages read fine
 //! without JavaScript; `assets/kiln.js` makes them live with `EventSource` on the API's
 //! streams. Forms post with a hidden `_csrf` field (checked by `check_csrf`), scripts
 //! call the JSON API with `X-CSRF-Token` from `<meta name="csrf-token">`.
@@ -17,7 +18,9 @@ mod inbox;
 mod login;
 mod overview;
 mod settings;
+mod users;
 mod view;
+mod when;
 
 use askama::Template;
 use axum::http::{StatusCode, header};
@@ -189,6 +192,32 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             Access::Page,
             post(settings::redeliver),
         ),
+        // Users (instance admins).
+        ("GET", "/users", Access::PageInstanceAdmin, get(users::page)),
+        (
+            "POST",
+            "/users",
+            Access::PageInstanceAdmin,
+            post(users::create),
+        ),
+        (
+            "POST",
+            "/users/{user}/deactivate",
+            Access::PageInstanceAdmin,
+            post(users::deactivate),
+        ),
+        (
+            "POST",
+            "/users/{user}/reactivate",
+            Access::PageInstanceAdmin,
+            post(users::reactivate),
+        ),
+        (
+            "POST",
+            "/users/{user}/reset-password",
+            Access::PageInstanceAdmin,
+            post(users::reset_password),
+        ),
         ("GET", "/account", Access::Page, get(settings::account_page)),
         (
             "POST",
@@ -209,7 +238,7 @@ pub(crate) struct Chrome {
     pub csrf: String,
     pub unread: i64,
     /// The nav entry to highlight: "builds", "agents", "queue", "notifications",
-    /// "projects", "account".
+    /// "projects", "users", "account".
     pub nav: &'static str,
     pub title: String,
     pub asset_version: &'static str,

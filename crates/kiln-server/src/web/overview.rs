@@ -237,7 +237,7 @@ pub(crate) async fn trigger(
     let form = QueryParams::from_uri(Some(&String::from_utf8_lossy(&body)));
     check_csrf(&caller, form.string("_csrf").unwrap_or_default())?;
     let project = crate::api::writable_project(&state, &caller, &slug).await?;
-    let by = crate::api::caller_email(&state, &caller).await?;
+    let by = Some(crate::api::requester(&state, &caller).await?);
     let request = TriggerRequest {
         branch: form
             .string("branch")

@@ -23,8 +23,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use kiln_store::{Project, WebhookDeliveryState};
 use serde_json::{Map, Value, json};
 
-use super::fleet::age;
 use super::form::{FormFields, fields, invalid};
+use super::when::When;
 use super::{Chrome, PageError, PageResult, encode_query, render};
 use crate::AppState;
 use crate::api::members::{administered_project, remove_member_of, set_member_role};
@@ -91,8 +91,9 @@ struct TokenRow {
     name: String,
     prefix: String,
     scopes: String,
-    created_at: String,
-    last_used: String,
+    created: When,
+    /// None: never used.
+    last_used: Option<When>,
     revoked: bool,
 }
 
@@ -202,11 +203,8 @@ async fn settings_response(
                 .map(|scope| scope.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            created_at: token.created_at.to_rfc3339(),
-            last_used: token
-                .last_used_at
-                .map(|at| age(now, at))
-                .unwrap_or_else(|| "never".into()),
+            created: When::new(token.created_at, now),
+            last_used: token.last_used_at.map(|at| When::new(at, now)),
             revoked: token.revoked_at.is_some(),
         })
         .collect();
@@ -355,15 +353,19 @@ where
 
 // ---- Tokens.
 
+/// A new secret shown once: a project token, a webhook's signing secret, a user's
+/// generated password (`web/users.rs`).
 #[derive(Template)]
 #[template(path = "secret_once.html")]
-struct SecretPage {
-    chrome: Chrome,
-    heading: String,
-    what: &'static str,
-    secret: String,
-    usage: String,
-    back: String,
+pub(super) struct SecretPage {
+    pub chrome: Chrome,
+    pub heading: String,
+    pub what: &'static str,
+    pub secret: String,
+    pub usage: String,
+    pub back: String,
+    /// The back link's words.
+    pub back_label: &'static str,
 }
 
 /// `POST /projects/{slug}/settings/tokens` (form: `name`, `scopes` = ingest and/or read).
@@ -402,6 +404,7 @@ pub(crate) async fn create_token(
                 ),
                 secret: token,
                 back: format!("/projects/{}/settings#tokens", encode_query(&project.slug)),
+                back_label: "Done: back to the settings",
             };
             Ok((StatusCode::CREATED, render(&page)).into_response())
         },
@@ -667,6 +670,7 @@ async fn secret_page(
             "/projects/{}/settings/webhooks/{endpoint_id}",
             encode_query(&project.slug)
         ),
+        back_label: "Done: back to the settings",
     };
     let status = if what_happened == "created" {
         StatusCode::CREATED
@@ -856,7 +860,7 @@ pub(crate) async fn redeliver(
 #[derive(Debug)]
 struct AttemptRow {
     attempt: i64,
-    started_at: String,
+    started: When,
     status_code: String,
     latency_ms: i64,
     headers: Vec<(String, String)>,
@@ -870,8 +874,7 @@ struct DeliveryRow {
     event_type: String,
     state: &'static str,
     attempts: i64,
-    created_at: String,
-    created_age: String,
+    created: When,
     last_status: String,
     body_excerpt: String,
     attempt_log: Vec<AttemptRow>,
@@ -890,7 +893,8 @@ struct WebhookPage {
     active: bool,
     disabled_reason: String,
     secret_prefix: String,
-    rotating_until: String,
+    /// While a rotated secret's predecessor still signs.
+    rotating_until: Option<When>,
     notice: Option<&'static str>,
     error: Option<String>,
     success_rate: String,
@@ -958,8 +962,7 @@ async fn webhook_response(
             event_type: delivery.event_type,
             state: delivery.state.as_str(),
             attempts: delivery.attempts,
-            created_at: delivery.created_at.to_rfc3339(),
-            created_age: age(now, delivery.created_at),
+            created: When::new(delivery.created_at, now),
             last_status: delivery
                 .last_status
                 .map(|code| code.to_string())
@@ -972,7 +975,7 @@ async fn webhook_response(
                 .into_iter()
                 .map(|attempt| AttemptRow {
                     attempt: attempt.attempt,
-                    started_at: attempt.started_at.to_rfc3339(),
+                    started: When::new(attempt.started_at, now),
                     status_code: attempt
                         .status_code
                         .map(|code| code.to_string())
@@ -1004,8 +1007,7 @@ async fn webhook_response(
         rotating_until: endpoint
             .previous_secret_until
             .filter(|until| *until > now)
-            .map(|until| until.to_rfc3339())
-            .unwrap_or_default(),
+            .map(|until| When::new(until, now)),
         url: endpoint.url,
         notice,
         error: refusal.map(|refusal| refusal.to_string()),

@@ -1,15 +1,17 @@
 //! What the builds pages show of a build: status, progress, ETA, duration, commit and
-//! trigger, computed for a whole page of builds with two queries (the first event of
-//! each build, and the recent durations of each running build's pipeline).
+//! trigger, computed for a whole page of builds with three queries (the first event of
+//! each build, the recent durations of each running build's pipeline, and how far the
+//! jobs of builds that failed got).
 
 use std::collections::HashMap;
 
 use kiln_core::eta::{self, ETA_SAMPLE};
 use kiln_core::{BuildStatus, Millis};
-use kiln_store::{BuildRecord, PipelineKey, StoredEvent};
+use kiln_store::{BuildRecord, JobTally, PipelineKey, StoredEvent};
 use serde_json::Value;
 
 use super::PageError;
+use super::when::When;
 use crate::AppState;
 
 /// One build as the overview and the build page's header show it.
@@ -28,12 +30,14 @@ pub(crate) struct BuildView {
     pub trigger: String,
     /// The build this one retries, if any.
     pub retry_of: String,
-    pub started_at: String,
-    pub ended_at: String,
+    pub started: When,
+    pub ended: Option<When>,
     /// Elapsed so far for an active build, the final duration for an ended one.
     pub duration_ms: i64,
     pub duration: String,
-    /// Percent done for the progress bar (0–100, one decimal), when known.
+    /// Percent done for the progress bar (0–100, one decimal), when known. For a build
+    /// that ended without success: how far it got (its last reported `progress`, else
+    /// the share of its jobs that passed), not a full bar.
     pub percent: Option<f64>,
     /// Whether `percent` is the build's own `progress` or derived from history.
     pub percent_reported: bool,
@@ -64,18 +68,30 @@ impl BuildView {
         self.percent.map(|p| format!("{p:.0}")).unwrap_or_default()
     }
 
-    /// The width of the bar: the percent, or full for an ended build.
+    /// The width of the bar: the percent; empty when not known (a success is 100).
     pub fn bar_width(&self) -> String {
         match self.percent {
             Some(p) => format!("{p:.1}"),
-            None if !self.active => "100".into(),
             None => "0".into(),
+        }
+    }
+
+    /// The bar in words, beside it and as its `aria-valuetext`: "40%" while it runs,
+    /// "100%" for a success, "failed at 40%" where an ended build stopped.
+    pub fn progress_words(&self) -> String {
+        match (self.percent, self.active || self.status == "success") {
+            (Some(p), true) => format!("{p:.0}%"),
+            (None, true) => String::new(),
+            (Some(p), false) => format!("{} at {p:.0}%", self.status),
+            (None, false) => format!("{}, progress unknown", self.status),
         }
     }
 }
 
-/// Views of a page of builds: one query for their first events (the trigger) and one
-/// for the recent durations of the pipelines of the active ones (their ETA).
+/// Views of a page of builds: one query for their first events (the trigger), one for
+/// the recent durations of the pipelines of the active ones (their ETA), and one for
+/// the jobs of those that ended without success and reported no progress (where they
+/// stopped).
 pub(crate) async fn build_views(
     state: &AppState,
     builds: &[BuildRecord],
@@ -96,6 +112,23 @@ pub(crate) async fn build_views(
             keys.push(key);
         }
     }
+    // How far builds that ended without success got, when they reported no progress.
+    let stopped: Vec<i64> = builds
+        .iter()
+        .filter(|b| {
+            b.state.status.is_terminal()
+                && b.state.status != BuildStatus::Success
+                && b.state.progress.is_none()
+        })
+        .map(|b| b.id)
+        .collect();
+    let tallies: HashMap<i64, JobTally> = state
+        .store
+        .job_tallies(&stopped)
+        .await?
+        .into_iter()
+        .map(|tally| (tally.build_id, tally))
+        .collect();
     let medians: HashMap<PipelineKey, i64> = state
         .store
         .recent_success_durations(&keys, ETA_SAMPLE)
@@ -107,7 +140,13 @@ pub(crate) async fn build_views(
         .iter()
         .map(|build| {
             let median = medians.get(&PipelineKey::of(build)).copied();
-            build_view(build, firsts.get(&build.id), median, now)
+            build_view(
+                build,
+                firsts.get(&build.id),
+                tallies.get(&build.id),
+                median,
+                now,
+            )
         })
         .collect())
 }
@@ -115,6 +154,7 @@ pub(crate) async fn build_views(
 pub(crate) fn build_view(
     build: &BuildRecord,
     first: Option<&StoredEvent>,
+    jobs: Option<&JobTally>,
     history_median_ms: Option<i64>,
     now: Millis,
 ) -> BuildView {
@@ -141,7 +181,13 @@ pub(crate) fn build_view(
     } else if state.status == BuildStatus::Success {
         (Some(100.0), None)
     } else {
-        (state.progress.map(|p| p.clamp(0.0, 100.0)), None)
+        let jobs_share = jobs
+            .filter(|tally| tally.total > 0)
+            .map(|tally| (tally.passed as f64 * 1000.0 / tally.total as f64).round() / 10.0);
+        (
+            state.progress.map(|p| p.clamp(0.0, 100.0)).or(jobs_share),
+            None,
+        )
     };
     let payload = first.map(|event| &event.payload);
     let data = payload.and_then(|p| p.get("data"));
@@ -165,8 +211,8 @@ pub(crate) fn build_view(
         commit_message: first_line(&text(data, "commitMessage")),
         trigger: describe_trigger(state.origin.as_deref(), state.host.as_deref(), data),
         retry_of: text(data, "retryOf"),
-        started_at: state.started_at.to_rfc3339(),
-        ended_at: state.ended_at.map(Millis::to_rfc3339).unwrap_or_default(),
+        started: When::new(state.started_at, now),
+        ended: state.ended_at.map(|ended| When::new(ended, now)),
         duration_ms,
         duration: eta::format_duration(duration_ms),
         percent_reported: state.progress.is_some(),
@@ -184,6 +230,34 @@ pub(crate) fn build_view(
     }
 }
 
+/// The user and token that asked for a build: "Ada (ada@example.com)", "Ada
+/// (ada@example.com) with token 'laptop' (#12)", "token 'ci' (#5)".
+fn requester_words(data: Option<&Value>) -> Option<String> {
+    let text = |key: &str| {
+        data.and_then(|d| d.get(key))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let person = match (text("byName"), text("by")) {
+        (Some(name), Some(email)) if name != email => Some(format!("{name} ({email})")),
+        (_, Some(email)) => Some(email.to_owned()),
+        (Some(name), None) => Some(name.to_owned()),
+        (None, None) => None,
+    };
+    let token = data.and_then(|d| d.get("token")).and_then(|token| {
+        let id = token.get("id").and_then(Value::as_i64)?;
+        let name = token
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Some(format!("token '{name}' (#{id})"))
+    });
+    match (person, token) {
+        (Some(person), Some(token)) => Some(format!("{person} with {token}")),
+        (person, token) => person.or(token),
+    }
+}
+
 fn first_line(text: &str) -> String {
     let text = super::ansi::plain(text);
     let line = text.lines().next().unwrap_or_default().trim();
@@ -195,8 +269,10 @@ fn first_line(text: &str) -> String {
 }
 
 /// Who or what started a build, from its first event: Kiln's own triggers carry
-/// `data.trigger` (and `data.by` for a person), builds that report themselves carry
-/// their origin and host, and `kiln run` in CI adds `data.ci`.
+/// `data.trigger` and, for a request, who made it (`data.by`, `data.byName`,
+/// `data.token`, `data.via`; builds queued before the token was recorded have only
+/// `by`); builds that report themselves carry their origin and host, and `kiln run` in
+/// CI adds `data.ci`.
 pub(crate) fn describe_trigger(
     origin: Option<&str>,
     host: Option<&str>,
@@ -207,17 +283,22 @@ pub(crate) fn describe_trigger(
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
     };
-    let by = field("by");
+    let requester = requester_words(data);
+    let from_dashboard = field("via") == Some("dashboard");
     let kiln_trigger = match field("trigger") {
-        Some("api") => Some(match by {
-            Some(by) => format!("{by} (Build button or API)"),
-            None => "the API".to_owned(),
+        Some("api") => Some(match requester {
+            Some(who) if from_dashboard => format!("{who}, Build button"),
+            Some(who) if field("via").is_some() => format!("{who}, API"),
+            Some(who) => format!("{who} (Build button or API)"),
+            None => "the API (who called was not recorded)".to_owned(),
         }),
-        Some("retry") => Some(match by {
-            Some(by) => format!("{by} (retry)"),
+        Some("retry") => Some(match requester {
+            Some(who) if from_dashboard => format!("{who}, Retry button"),
+            Some(who) if field("via").is_some() => format!("{who}, retry through the API"),
+            Some(who) => format!("{who} (retry)"),
             None => "a retry".to_owned(),
         }),
-        Some("poll") => Some("a new commit (branch poller)".to_owned()),
+        Some("poll") => Some("branch poll (a new commit on the branch)".to_owned()),
         Some("github") => Some("a GitHub push".to_owned()),
         Some(other) => Some(other.to_owned()),
         None => None,
@@ -271,8 +352,43 @@ mod tests {
             "ada@example.com (Build button or API)"
         );
         assert_eq!(
+            describe_trigger(
+                Some("kiln"),
+                None,
+                Some(
+                    &json!({"trigger": "api", "by": "ada@example.com", "byName": "Ada", "via": "dashboard"})
+                )
+            ),
+            "Ada (ada@example.com), Build button"
+        );
+        assert_eq!(
+            describe_trigger(
+                Some("kiln"),
+                None,
+                Some(
+                    &json!({"trigger": "api", "by": null, "token": {"id": 5, "name": "ci"}, "via": "api"})
+                )
+            ),
+            "token 'ci' (#5), API"
+        );
+        assert_eq!(
+            describe_trigger(
+                Some("kiln"),
+                None,
+                Some(
+                    &json!({"trigger": "retry", "by": "ada@example.com", "byName": "Ada",
+                             "token": {"id": 12, "name": "laptop"}, "via": "api"})
+                )
+            ),
+            "Ada (ada@example.com) with token 'laptop' (#12), retry through the API"
+        );
+        assert_eq!(
+            describe_trigger(Some("kiln"), None, Some(&json!({"trigger": "api"}))),
+            "the API (who called was not recorded)"
+        );
+        assert_eq!(
             describe_trigger(Some("kiln"), None, Some(&json!({"trigger": "poll"}))),
-            "a new commit (branch poller)"
+            "branch poll (a new commit on the branch)"
         );
         assert_eq!(
             describe_trigger(

@@ -153,6 +153,39 @@ impl AccountStore for SqlStore {
         row.as_ref().map(session_from_row).transpose()
     }
 
+    async fn set_user_disabled(
+        &self,
+        user_id: i64,
+        disabled_at: Option<Millis>,
+    ) -> StoreResult<UserRecord> {
+        // A user deactivated twice keeps the first time.
+        let row = sqlx::query(trusted(format!(
+            "UPDATE users SET disabled_at = CASE WHEN $1 IS NULL THEN NULL \
+             ELSE COALESCE(disabled_at, $1) END WHERE id = $2 RETURNING {USER_COLUMNS}"
+        )))
+        .bind(disabled_at.map(|at| at.0))
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => user_from_row(&row),
+            None => Err(StoreError::NotFound("user")),
+        }
+    }
+
+    async fn revoke_user_sessions(&self, user_id: i64, now: Millis) -> StoreResult<Vec<i64>> {
+        let rows = sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(now.0)
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<i64, _>("id")?))
+            .collect()
+    }
+
     async fn revoke_session(&self, id: i64, now: Millis) -> StoreResult<()> {
         sqlx::query("UPDATE sessions SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
             .bind(now.0)

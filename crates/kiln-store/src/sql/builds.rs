@@ -1,5 +1,6 @@
-//! The dashboard's reads: builds of a set of projects, recent durations per pipeline
-//! and the events that started a page of builds — each one statement per page.
+//! The dashboard's reads: builds of a set of projects, recent durations per pipeline,
+//! the events that started a page of builds and how far their jobs got — each one
+//! statement per page.
 
 use crate::BuildStore;
 use async_trait::async_trait;
@@ -12,8 +13,11 @@ use kiln_core::Millis;
 use super::{COMMIT_CHANNEL, SqlStore, pg_ingest, rows, trusted};
 use crate::Engine;
 use crate::records::*;
-use crate::{BuildFilter, BuildRecord, PipelineKey, StoreError, StoreResult, StoredEvent};
+use crate::{
+    BuildFilter, BuildRecord, JobTally, PipelineKey, StoreError, StoreResult, StoredEvent,
+};
 use rows::{BUILD_SELECT, build_from_row};
+use sqlx::Row;
 
 /// `$first, $first+1, …` for `count` values.
 fn placeholders(first: usize, count: usize) -> String {
@@ -242,5 +246,31 @@ impl BuildStore for SqlStore {
         }
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(rows::event_from_row).collect()
+    }
+
+    async fn job_tallies(&self, build_ids: &[i64]) -> StoreResult<Vec<JobTally>> {
+        if build_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The unique (build_id, step) index serves the IN list.
+        let statement = format!(
+            "SELECT build_id, CAST(SUM(CASE WHEN state = 'passed' THEN 1 ELSE 0 END) AS BIGINT) AS passed, \
+             CAST(COUNT(*) AS BIGINT) AS total FROM jobs WHERE build_id IN ({}) AND kind = 'agent' GROUP BY build_id",
+            placeholders(1, build_ids.len())
+        );
+        let mut query = sqlx::query(trusted(statement));
+        for id in build_ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(JobTally {
+                    build_id: row.try_get("build_id")?,
+                    passed: row.try_get("passed")?,
+                    total: row.try_get("total")?,
+                })
+            })
+            .collect()
     }
 }
