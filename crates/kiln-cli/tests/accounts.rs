@@ -125,3 +125,75 @@ fn users_log_in_get_roles_and_are_audited() {
     );
     assert!(ok, "{err}");
 }
+
+#[test]
+fn an_admin_deactivates_reactivates_and_resets_a_user() {
+    let workspace = Workspace::new();
+    let server = Server::start(&workspace.data(), 0, &[]);
+    let admin = |args: &[&str], stdin: Option<&str>| {
+        run(workspace.kiln(&server.url, ADMIN).args(args), stdin)
+    };
+    let login = |password: &str| {
+        run(
+            workspace
+                .kiln(&server.url, "")
+                .args(["login", "--email", "cy@example.com"]),
+            Some(&format!("{password}\n")),
+        )
+    };
+    let (ok, _, err) = admin(
+        &[
+            "user",
+            "create",
+            "--email",
+            "cy@example.com",
+            "--name",
+            "Cy",
+            "--password-stdin",
+        ],
+        Some("first password 1\n"),
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = admin(&["project", "create", "web"], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = admin(
+        &[
+            "member",
+            "set",
+            "--project",
+            "web",
+            "cy@example.com",
+            "viewer",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, token, err) = login("first password 1");
+    assert!(ok, "{err}");
+    let whoami = |token: &str| run(workspace.kiln(&server.url, token).args(["builds"]), None);
+    let (ok, shown, err) = whoami(&token);
+    assert!(ok, "the personal token works: {shown} {err}");
+
+    let (ok, _, err) = admin(&["user", "disable", "cy@example.com"], None);
+    assert!(
+        ok && err.contains("deactivated user cy@example.com"),
+        "{err}"
+    );
+    assert!(
+        !login("first password 1").0,
+        "a deactivated user cannot log in"
+    );
+    assert!(!whoami(&token).0, "nor use a personal token");
+    let (ok, _, err) = admin(&["user", "enable", "cy@example.com"], None);
+    assert!(ok && err.contains("reactivated"), "{err}");
+    assert!(login("first password 1").0);
+
+    // A reset prints a one-time password, which works; the old one does not.
+    let (ok, password, err) = admin(&["user", "reset-password", "cy@example.com"], None);
+    assert!(ok, "{err}");
+    assert!(password.starts_with("kiln_"), "{password}");
+    assert!(!login("first password 1").0);
+    assert!(login(&password).0);
+    let (ok, _, err) = admin(&["user", "disable", "nobody@example.com"], None);
+    assert!(!ok && err.contains("not found"), "{err}");
+}

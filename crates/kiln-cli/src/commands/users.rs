@@ -35,6 +35,32 @@ pub enum UserCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Deactivate a user (instance admin token): their sessions end at once, their
+    /// logins and personal tokens are refused.
+    Disable {
+        /// The user's email address or id.
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Reactivate a deactivated user (instance admin token).
+    Enable {
+        /// The user's email address or id.
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set another user's password (instance admin token) and end their sessions;
+    /// prints a one-time password unless --password-stdin gives one.
+    ResetPassword {
+        /// The user's email address or id.
+        user: String,
+        /// Read the new password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,6 +168,10 @@ async fn member_project(client: &ClientArgs, explicit: Option<&str>) -> anyhow::
 }
 
 pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
+    let command_kind = match &command {
+        UserCommand::Disable { .. } => "disable",
+        _ => "other",
+    };
     match command {
         UserCommand::Create {
             email,
@@ -180,6 +210,46 @@ pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
                         ""
                     }
                 );
+            }
+        }
+        UserCommand::Disable { user, client } | UserCommand::Enable { user, client } => {
+            let action = if matches!(command_kind, "disable") {
+                "disable"
+            } else {
+                "enable"
+            };
+            let path = format!("/api/v1/users/{}/{action}", user);
+            let changed = request(&client, reqwest::Method::POST, &path, Some(json!({}))).await?;
+            errln!(
+                "{} user {} ({})",
+                if action == "disable" {
+                    "deactivated"
+                } else {
+                    "reactivated"
+                },
+                changed["user"]["email"].as_str().unwrap_or("?"),
+                changed["user"]["id"]
+            );
+        }
+        UserCommand::ResetPassword {
+            user,
+            password_stdin,
+            client,
+        } => {
+            let mut body = json!({});
+            if password_stdin {
+                body["password"] = json!(read_password("new password: ")?);
+            }
+            let path = format!("/api/v1/users/{}/password", user);
+            let changed = request(&client, reqwest::Method::POST, &path, Some(body)).await?;
+            errln!(
+                "set the password of {} ({}); their sessions ended",
+                changed["user"]["email"].as_str().unwrap_or("?"),
+                changed["user"]["id"]
+            );
+            if let Some(password) = changed["password"].as_str() {
+                errln!("one-time password (shown only now):");
+                outln!("{password}");
             }
         }
     }
