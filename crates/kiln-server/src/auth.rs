@@ -120,6 +120,20 @@ impl Caller {
         }
     }
 
+    /// What kind of caller this is, for logs: `user`, `admin`, `project` or `agent`.
+    pub fn kind_name(&self) -> &'static str {
+        if self.user_id.is_some() {
+            "user"
+        } else {
+            match self.kind {
+                TokenKind::Admin => "admin",
+                TokenKind::Project => "project",
+                TokenKind::Agent => "agent",
+                TokenKind::User => "user",
+            }
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.instance_admin
     }

@@ -16,6 +16,7 @@ mod ingest;
 mod live;
 mod notify;
 mod reaper;
+mod routes;
 mod runner;
 mod secret_box;
 mod serve;
@@ -31,10 +32,10 @@ use kiln_core::{Millis, ProjectSlug};
 use kiln_store::{NewToken, Store, StoreError};
 use tokio::net::TcpListener;
 
-pub use api::ROUTES;
 pub use config::{Secret, ServerConfig};
 pub use error::ApiError;
 pub use notify::{EmailConfig, NotificationConfig, SmtpFiles};
+pub use routes::{RouteRule, route_table};
 pub use runner::{RepoPolicy, RunnerConfig};
 pub use secret_box::SecretKey;
 pub use serve::ConnectionConfig;
@@ -209,7 +210,7 @@ pub async fn run(
         ),
     );
 
-    let (app, socket_io) = api::router(state);
+    let (app, socket_io) = routes::router(state);
     tracing::info!(address = %listener.local_addr()?, engine = store.engine().as_str(), "kiln serving");
     let shutdown = async move {
         shutdown.await;

@@ -67,7 +67,7 @@ fn the_api_docs_list_every_route_with_its_access() {
             }
         }
     }
-    let routes: BTreeSet<(String, String, &'static str)> = kiln_server::ROUTES()
+    let routes: BTreeSet<(String, String, &'static str)> = kiln_server::route_table()
         .into_iter()
         .map(|route| {
             (

@@ -24,42 +24,19 @@ mod whoami;
 
 pub(crate) use body::QueryParams;
 pub(crate) use builds::readable_build;
+pub(crate) use headers::security_headers;
 pub(crate) use projects::readable_project;
 pub(crate) use runs::{requester, retry_request, writable_project};
+pub(crate) use socketio::layer as socketio_layer;
 pub(crate) use stream::StreamLimiter;
 
-use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 
 use crate::AppState;
 use crate::auth::Access;
-use crate::error::ApiError;
 
-/// One route and the access it requires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RouteRule {
-    pub method: &'static str,
-    pub path: &'static str,
-    pub access: &'static str,
-}
-
-/// Every route with its rule; the single source for the router, the docs and the
-/// authorization tests.
-///
-/// Not listed: Socket.IO at `/socket.io/` (`socketio::layer`), which answers before
-/// routing. Its handshake needs a token that may read some project (its `auth.token`,
-/// or the same headers as here); each `subscribe` is then checked like a `read` route.
-fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
-    let mut routes = crate::web::route_list();
-    routes.extend(api_route_list());
-    routes
-}
-
-/// The JSON API's routes.
-fn api_route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
+/// The JSON API's routes (the dashboard's are `web::route_list`; `routes` joins them).
+pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
     vec![
         ("GET", "/healthz", Access::Public, get(health::healthz)),
         // Inbound hooks (authenticated by their signature, not a token).
@@ -521,119 +498,4 @@ fn api_route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<App
             get(webhooks::status),
         ),
     ]
-}
-
-/// The route table, for documentation and tests.
-#[allow(non_snake_case)] // reads as the constant it stands for
-pub fn ROUTES() -> Vec<RouteRule> {
-    route_list()
-        .into_iter()
-        .map(|(method, path, access, _)| RouteRule {
-            method,
-            path,
-            access: access.as_str(),
-        })
-        .collect()
-}
-
-/// The HTTP router, and the Socket.IO handle that closes sockets at shutdown.
-pub(crate) fn router(state: AppState) -> (Router, socketioxide::SocketIo) {
-    let (socket_layer, socket_io) = socketio::layer(&state);
-    let mut router = Router::new();
-    for (_, path, access, method_router) in route_list() {
-        let guarded = method_router.route_layer(middleware::from_fn_with_state(
-            (state.clone(), access),
-            guard,
-        ));
-        router = router.route(path, guarded);
-    }
-    let router = router
-        .fallback(|| async {
-            ApiError::NotFound("no such route; the API is described in docs/api.md".into())
-        })
-        .method_not_allowed_fallback(|| async {
-            ApiError::bad_request(
-                "method_not_allowed",
-                None,
-                "this route does not accept that method; see docs/api.md",
-            )
-        })
-        .layer(socket_layer)
-        .layer(middleware::from_fn(refuse_nul_in_url))
-        .layer(middleware::map_response(headers::security_headers));
-    (router.with_state(state), socket_io)
-}
-
-/// Refuses a URL whose path or query holds `%00`: decoded, it would reach a handler as a
-/// slug, id or filter holding U+0000, which PostgreSQL's text cannot hold (a lookup would
-/// fail as if the database were down) and no name in Kiln contains.
-async fn refuse_nul_in_url(request: Request, next: Next) -> Response {
-    let target = request
-        .uri()
-        .path_and_query()
-        .map_or("", |target| target.as_str());
-    if target.contains("%00") {
-        return ApiError::bad_request(
-            "invalid_url",
-            Some("url"),
-            "the URL contains %00 (a NUL character), which no name, id or filter in Kiln holds; remove it",
-        )
-        .into_response();
-    }
-    next.run(request).await
-}
-
-async fn guard(
-    State((state, access)): State<(AppState, Access)>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    if access == Access::Public {
-        return next.run(request).await;
-    }
-    let caller = match state.authenticator.authenticate(request.headers()).await {
-        Ok(caller) => caller,
-        // A browser without a (live) session goes to the login page, then back.
-        Err(_) if access.is_page() => {
-            let target = request
-                .uri()
-                .path_and_query()
-                .map_or("/", |target| target.as_str());
-            return crate::web::to_login(target);
-        }
-        Err(error) => return error.into_response(),
-    };
-    if let Err(error) = caller.check(access) {
-        if access.is_page() {
-            return crate::web::PageError(error).into_response();
-        }
-        return error.into_response();
-    }
-    // Dashboard forms carry the CSRF token in a `_csrf` field, checked by their handler
-    // (`web::check_csrf`).
-    if access.is_page() {
-        request.extensions_mut().insert(caller);
-        return next.run(request).await;
-    }
-    // A browser sends the session cookie by itself; an unsafe request must also prove it
-    // comes from Kiln's own pages by echoing the session's CSRF token.
-    if let Some(expected) = &caller.csrf_token {
-        let unsafe_method = !matches!(
-            *request.method(),
-            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-        );
-        let presented = request
-            .headers()
-            .get("x-csrf-token")
-            .and_then(|v| v.to_str().ok());
-        if unsafe_method && presented != Some(expected.as_str()) {
-            return ApiError::Forbidden(
-                "missing or wrong X-CSRF-Token: send the csrfToken from the login answer (or GET /api/v1/me)"
-                    .into(),
-            )
-            .into_response();
-        }
-    }
-    request.extensions_mut().insert(caller);
-    next.run(request).await
 }

@@ -1,7 +1,7 @@
 //! The dashboard: server-rendered pages (askama templates in `templates/`, compiled into
 //! the binary), the embedded assets, and the form actions behind its buttons.
 //!
-//! Every page is a route in the one route table (`api::route_list`) with
+//! Every page is a route in the one route table (`routes::route_list`) with
 //! `Access::Page` (or `Access::PageInstanceAdmin` for the Users page): the guard
 //! resolves the caller as for `Access::User`, but sends an anonymous browser to
 //! `/login?next=…` and renders refusals as HTML. Pages read fine
