@@ -2,6 +2,8 @@
 
 mod common;
 
+use kiln_store::engine_test;
+
 use common::{ADMIN_TOKEN, TestApp, assert_error};
 use kiln_client::protocol::EventPayload;
 use kiln_store::Engine;

@@ -8,6 +8,8 @@
 
 mod common;
 
+use kiln_store::engine_test;
+
 use std::collections::HashMap;
 use std::process::Command;
 

@@ -3,6 +3,8 @@
 
 mod common;
 
+use kiln_store::engine_test;
+
 use std::process::Command;
 
 use common::{ADMIN_TOKEN, TestApp};

@@ -2,6 +2,8 @@
 
 mod common;
 
+use kiln_store::engine_test;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

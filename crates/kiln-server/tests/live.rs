@@ -4,6 +4,8 @@
 
 mod common;
 
+use kiln_store::engine_test;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -6,6 +6,8 @@
 
 mod common;
 
+use kiln_store::engine_test;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +21,16 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 engine_test!(admins_get_one_notification_per_build_event);
-smtp_engine_test!(emails_reach_a_real_smtp_server_after_a_retry);
-smtp_engine_test!(emails_go_through_starttls_with_a_login_from_a_password_file);
-smtp_engine_test!(emails_go_through_implicit_tls_with_a_login_in_the_url);
-smtp_engine_test!(refused_logins_untrusted_certificates_and_missing_starttls_send_nothing);
+engine_test!(emails_reach_a_real_smtp_server_after_a_retry, smtp);
+engine_test!(
+    emails_go_through_starttls_with_a_login_from_a_password_file,
+    smtp
+);
+engine_test!(emails_go_through_implicit_tls_with_a_login_in_the_url, smtp);
+engine_test!(
+    refused_logins_untrusted_certificates_and_missing_starttls_send_nothing,
+    smtp
+);
 
 /// A user of the test and their personal token.
 struct User {

@@ -3,6 +3,8 @@
 
 mod common;
 
+use kiln_store::engine_test;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

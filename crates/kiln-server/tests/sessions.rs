@@ -2,6 +2,8 @@
 
 mod common;
 
+use kiln_store::engine_test;
+
 use common::{ADMIN_TOKEN, TestApp};
 use kiln_store::Engine;
 use reqwest::Method;

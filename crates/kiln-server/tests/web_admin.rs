@@ -7,6 +7,8 @@
 
 mod common;
 
+use kiln_store::engine_test;
+
 use std::process::Command;
 use std::time::Duration;
 

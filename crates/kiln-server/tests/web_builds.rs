@@ -6,6 +6,8 @@
 
 mod common;
 
+use kiln_store::engine_test;
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -7,6 +7,8 @@
 
 mod common;
 
+use kiln_store::engine_test;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -7,15 +7,19 @@ use sqlx::{Connection, Executor};
 
 use crate::{Engine, SqlStore, Store};
 
-/// Declares one test per engine. PostgreSQL variants need `KILN_TEST_DATABASE_URL`
-/// (set by `.ci/run`); without it they are listed as ignored with that reason.
+/// Declares one test per engine, `NAME::sqlite` and `NAME::postgres`, each calling
+/// `async fn NAME(engine: Engine)`: the one engine macro of every crate's tests.
+/// PostgreSQL variants need `KILN_TEST_DATABASE_URL` (set by `.ci/run`); without it they
+/// are listed as ignored with that reason. `engine_test!(NAME, smtp)` also needs a real
+/// SMTP server (Python's aiosmtpd), and is ignored with the reason where there is none
+/// (the cfgs come from `build-support/prerequisites.rs`).
 #[macro_export]
-macro_rules! store_test {
-    ($name:ident, $body:ident) => {
+macro_rules! engine_test {
+    ($name:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$body(kiln_store::Engine::Sqlite).await;
+                super::$name(kiln_store::Engine::Sqlite).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +28,28 @@ macro_rules! store_test {
                 ignore = "PostgreSQL skipped: set KILN_TEST_DATABASE_URL (bash .ci/run does)"
             )]
             async fn postgres() {
-                super::$body(kiln_store::Engine::Postgres).await;
+                super::$name(kiln_store::Engine::Postgres).await;
+            }
+        }
+    };
+    ($name:ident, smtp) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(kiln_smtp_tests),
+                ignore = "SMTP skipped: python3 cannot import aiosmtpd (bash .ci/smtp.sh installs it)"
+            )]
+            async fn sqlite() {
+                super::$name(kiln_store::Engine::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(all(kiln_postgres_tests, kiln_smtp_tests)),
+                ignore = "PostgreSQL or SMTP skipped: set KILN_TEST_DATABASE_URL and install aiosmtpd (bash .ci/run does)"
+            )]
+            async fn postgres() {
+                super::$name(kiln_store::Engine::Postgres).await;
             }
         }
     };

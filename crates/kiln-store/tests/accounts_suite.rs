@@ -2,11 +2,11 @@
 
 use kiln_core::token::TokenKind;
 use kiln_core::{Millis, ProjectSlug, Role};
-use kiln_store::store_test;
+use kiln_store::engine_test;
 use kiln_store::test_support::TestDatabase;
 use kiln_store::*;
 
-store_test!(users_sessions_and_roles, users_sessions_and_roles);
+engine_test!(users_sessions_and_roles);
 
 async fn users_sessions_and_roles(engine: Engine) {
     let database = TestDatabase::create(engine).await;

@@ -2,24 +2,15 @@
 //! the first event of each build — against SQLite and PostgreSQL alike.
 
 use kiln_core::{EventType, Millis, NewEvent, ProjectSlug, RunId};
-use kiln_store::store_test;
+use kiln_store::engine_test;
 use kiln_store::test_support::TestDatabase;
 use kiln_store::*;
 use serde_json::json;
 
-store_test!(
-    builds_of_a_project_set_in_one_list,
-    builds_of_a_project_set_in_one_list
-);
-store_test!(
-    recent_success_durations_per_pipeline,
-    recent_success_durations_per_pipeline
-);
-store_test!(first_events_of_a_page, first_events_of_a_page);
-store_test!(
-    log_lines_are_counted_before_an_offset,
-    log_lines_are_counted_before_an_offset
-);
+engine_test!(builds_of_a_project_set_in_one_list);
+engine_test!(recent_success_durations_per_pipeline);
+engine_test!(first_events_of_a_page);
+engine_test!(log_lines_are_counted_before_an_offset);
 
 fn event(run_id: &str, kind: &str) -> NewEvent {
     NewEvent::new(

@@ -1,27 +1,15 @@
 //! Notifications, mutes, the email outbox and the notifier cursor, on both engines.
 
 use kiln_core::{EventType, Millis, NewEvent, ProjectSlug, Role, RunId};
-use kiln_store::store_test;
+use kiln_store::engine_test;
 use kiln_store::test_support::TestDatabase;
 use kiln_store::*;
 
-store_test!(
-    notifications_once_per_user_and_event,
-    notifications_once_per_user_and_event
-);
-store_test!(inbox_read_archive_and_stats, inbox_read_archive_and_stats);
-store_test!(
-    mutes_silence_projects_and_kinds,
-    mutes_silence_projects_and_kinds
-);
-store_test!(
-    outbox_claims_retries_and_gives_up,
-    outbox_claims_retries_and_gives_up
-);
-store_test!(
-    notifier_cursor_compare_and_set,
-    notifier_cursor_compare_and_set
-);
+engine_test!(notifications_once_per_user_and_event);
+engine_test!(inbox_read_archive_and_stats);
+engine_test!(mutes_silence_projects_and_kinds);
+engine_test!(outbox_claims_retries_and_gives_up);
+engine_test!(notifier_cursor_compare_and_set);
 
 async fn project(store: &dyn Store, slug: &str) -> Project {
     store

@@ -5,44 +5,20 @@ use std::sync::Arc;
 
 use kiln_core::jobs::JobPlan;
 use kiln_core::{EventType, JobState, Millis, NewEvent, ProjectSlug, RunId};
-use kiln_store::store_test;
+use kiln_store::engine_test;
 use kiln_store::test_support::TestDatabase;
 use kiln_store::*;
 use serde_json::json;
 
-store_test!(
-    claims_follow_priority_fifo_and_aging,
-    claims_follow_priority_fifo_and_aging
-);
-store_test!(
-    claims_respect_labels_and_concurrency,
-    claims_respect_labels_and_concurrency
-);
-store_test!(
-    leases_expire_and_old_attempts_are_refused,
-    leases_expire_and_old_attempts_are_refused
-);
-store_test!(
-    blocked_jobs_advance_and_builds_cancel,
-    blocked_jobs_advance_and_builds_cancel
-);
-store_test!(
-    logs_append_idempotently_and_read_by_offset,
-    logs_append_idempotently_and_read_by_offset
-);
-store_test!(repos_branches_and_agents, repos_branches_and_agents);
-store_test!(
-    reported_jobs_hold_logs_and_stay_out_of_the_queue,
-    reported_jobs_hold_logs_and_stay_out_of_the_queue
-);
-store_test!(
-    secrets_and_repo_credentials_keep_ciphertext,
-    secrets_and_repo_credentials_keep_ciphertext
-);
-store_test!(
-    concurrent_claims_on_two_stores_hand_out_each_job_once,
-    concurrent_claims_on_two_stores_hand_out_each_job_once
-);
+engine_test!(claims_follow_priority_fifo_and_aging);
+engine_test!(claims_respect_labels_and_concurrency);
+engine_test!(leases_expire_and_old_attempts_are_refused);
+engine_test!(blocked_jobs_advance_and_builds_cancel);
+engine_test!(logs_append_idempotently_and_read_by_offset);
+engine_test!(repos_branches_and_agents);
+engine_test!(reported_jobs_hold_logs_and_stay_out_of_the_queue);
+engine_test!(secrets_and_repo_credentials_keep_ciphertext);
+engine_test!(concurrent_claims_on_two_stores_hand_out_each_job_once);
 
 const RULES: ClaimRules = ClaimRules {
     lease_ms: 60_000,

@@ -5,54 +5,24 @@ use std::sync::Arc;
 
 use kiln_core::token::{Scope, TokenKind};
 use kiln_core::{BuildStatus, EventType, Millis, NewEvent, ProjectSlug, RunId, StageName};
-use kiln_store::store_test;
+use kiln_store::engine_test;
 use kiln_store::test_support::TestDatabase;
 use kiln_store::*;
 use serde_json::json;
 
-store_test!(projects_and_tokens, projects_and_tokens);
-store_test!(
-    a_build_runs_through_its_lifecycle,
-    a_build_runs_through_its_lifecycle
-);
-store_test!(
-    event_ids_make_retries_idempotent,
-    event_ids_make_retries_idempotent
-);
-store_test!(
-    a_rejected_request_leaves_its_group_intact,
-    a_rejected_request_leaves_its_group_intact
-);
-store_test!(terminal_builds, terminal_builds);
-store_test!(
-    builds_are_listed_newest_first_with_filters,
-    builds_are_listed_newest_first_with_filters
-);
-store_test!(
-    stale_builds_are_found_and_failed_once,
-    stale_builds_are_found_and_failed_once
-);
-store_test!(
-    concurrent_writers_on_two_stores_leave_no_gaps,
-    concurrent_writers_on_two_stores_leave_no_gaps
-);
-store_test!(
-    two_stores_writing_one_build_keep_its_sequence,
-    two_stores_writing_one_build_keep_its_sequence
-);
-store_test!(
-    migrations_are_idempotent_across_reopen,
-    migrations_are_idempotent_across_reopen
-);
-store_test!(
-    a_database_of_the_previous_release_upgrades,
-    a_database_of_the_previous_release_upgrades
-);
-store_test!(a_group_commit_of_5000_events, a_group_commit_of_5000_events);
-store_test!(
-    jobs_of_the_previous_release_stay_agents_jobs,
-    jobs_of_the_previous_release_stay_agents_jobs
-);
+engine_test!(projects_and_tokens);
+engine_test!(a_build_runs_through_its_lifecycle);
+engine_test!(event_ids_make_retries_idempotent);
+engine_test!(a_rejected_request_leaves_its_group_intact);
+engine_test!(terminal_builds);
+engine_test!(builds_are_listed_newest_first_with_filters);
+engine_test!(stale_builds_are_found_and_failed_once);
+engine_test!(concurrent_writers_on_two_stores_leave_no_gaps);
+engine_test!(two_stores_writing_one_build_keep_its_sequence);
+engine_test!(migrations_are_idempotent_across_reopen);
+engine_test!(a_database_of_the_previous_release_upgrades);
+engine_test!(a_group_commit_of_5000_events);
+engine_test!(jobs_of_the_previous_release_stay_agents_jobs);
 
 fn event(run_id: &str, kind: &str) -> NewEvent {
     NewEvent::new(
@@ -818,10 +788,7 @@ async fn event_ids_are_per_build_even_when_prefetched_together(engine: Engine) {
     assert_eq!((last.state.last_seq, last.state.stages.len()), (2, 1));
 }
 
-store_test!(
-    event_ids_are_per_build_even_when_prefetched_together,
-    event_ids_are_per_build_even_when_prefetched_together
-);
+engine_test!(event_ids_are_per_build_even_when_prefetched_together);
 
 /// A database written by the previous release (schema 8) opens with this one: the
 /// migrations after it apply, its rows read as before, the new tables work.

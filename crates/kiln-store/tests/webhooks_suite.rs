@@ -3,35 +3,17 @@
 //! both engines.
 
 use kiln_core::{EventType, Millis, NewEvent, ProjectSlug, RunId};
-use kiln_store::store_test;
+use kiln_store::engine_test;
 use kiln_store::test_support::TestDatabase;
 use kiln_store::*;
 
-store_test!(endpoints_crud_and_rotation, endpoints_crud_and_rotation);
-store_test!(
-    deliveries_once_in_order_with_retries,
-    deliveries_once_in_order_with_retries
-);
-store_test!(
-    gone_disables_and_redelivery_requeues,
-    gone_disables_and_redelivery_requeues
-);
-store_test!(
-    reactivation_can_discard_what_was_held,
-    reactivation_can_discard_what_was_held
-);
-store_test!(
-    endpoints_of_the_previous_release_upgrade,
-    endpoints_of_the_previous_release_upgrade
-);
-store_test!(
-    webhook_cursor_compare_and_set,
-    webhook_cursor_compare_and_set
-);
-store_test!(
-    queued_page_renders_at_first_attempt,
-    queued_page_renders_at_first_attempt
-);
+engine_test!(endpoints_crud_and_rotation);
+engine_test!(deliveries_once_in_order_with_retries);
+engine_test!(gone_disables_and_redelivery_requeues);
+engine_test!(reactivation_can_discard_what_was_held);
+engine_test!(endpoints_of_the_previous_release_upgrade);
+engine_test!(webhook_cursor_compare_and_set);
+engine_test!(queued_page_renders_at_first_attempt);
 
 async fn project(store: &dyn Store, slug: &str) -> Project {
     store

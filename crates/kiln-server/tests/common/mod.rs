@@ -20,55 +20,6 @@ pub mod sse;
 
 pub const ADMIN_TOKEN: &str = "kiln_test_admin_token_0123456789abcdef";
 
-/// Declares one test per engine; PostgreSQL variants need `KILN_TEST_DATABASE_URL`.
-#[macro_export]
-macro_rules! engine_test {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(kiln_store::Engine::Sqlite).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(
-                not(kiln_postgres_tests),
-                ignore = "PostgreSQL skipped: set KILN_TEST_DATABASE_URL (bash .ci/run does)"
-            )]
-            async fn postgres() {
-                super::$name(kiln_store::Engine::Postgres).await;
-            }
-        }
-    };
-}
-
-/// As `engine_test!(name)`, for a test that needs a real SMTP server (Python's
-/// aiosmtpd): listed as ignored, with the reason, where there is none.
-#[macro_export]
-macro_rules! smtp_engine_test {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(
-                not(kiln_smtp_tests),
-                ignore = "SMTP skipped: python3 cannot import aiosmtpd (bash .ci/smtp.sh installs it)"
-            )]
-            async fn sqlite() {
-                super::$name(kiln_store::Engine::Sqlite).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[cfg_attr(
-                not(all(kiln_postgres_tests, kiln_smtp_tests)),
-                ignore = "PostgreSQL or SMTP skipped: set KILN_TEST_DATABASE_URL and install aiosmtpd (bash .ci/run does)"
-            )]
-            async fn postgres() {
-                super::$name(kiln_store::Engine::Postgres).await;
-            }
-        }
-    };
-}
-
 /// A git mirror directory of its own for each test server.
 pub fn database_git_dir(database: &TestDatabase) -> std::path::PathBuf {
     let unique = database
