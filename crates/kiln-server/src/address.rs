@@ -5,7 +5,7 @@
 //! (`--webhooks-allow-private`, `--repos-allow-private`). Webhook targets are checked when
 //! an endpoint is saved (`resolve`) and again for every connection the sender opens
 //! (`CheckingResolver`, DNS can change); the connection goes to the addresses that were
-//! checked. Repositories are checked by `crate::runner::policy`.
+//! checked. Repositories are checked by `crate::scheduler::policy`.
 
 use std::net::{IpAddr, SocketAddr};
 

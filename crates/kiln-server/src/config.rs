@@ -38,7 +38,7 @@ pub struct ServerConfig {
     pub max_streams_per_token: usize,
     pub clock: Arc<dyn Clock>,
     /// Builds Kiln runs: leases, aging, branch polling, log cap, git mirrors.
-    pub runner: crate::runner::RunnerConfig,
+    pub scheduler: crate::scheduler::SchedulerConfig,
     /// Mark session cookies `Secure` (always, not only behind `X-Forwarded-Proto: https`).
     pub secure_cookies: bool,
     /// Notifications of build events: retention, email.
@@ -62,7 +62,7 @@ impl fmt::Debug for ServerConfig {
             .field("reaper_interval", &self.reaper_interval)
             .field("admin_token", &self.admin_token)
             .field("max_streams_per_token", &self.max_streams_per_token)
-            .field("runner", &self.runner)
+            .field("scheduler", &self.scheduler)
             .field("notifications", &self.notifications)
             .field("webhooks", &self.webhooks)
             .field("webhooks_allow_private", &self.webhooks_allow_private)
@@ -79,7 +79,7 @@ impl Default for ServerConfig {
             admin_token: None,
             max_streams_per_token: 500,
             clock: Arc::new(SystemClock),
-            runner: crate::runner::RunnerConfig::default(),
+            scheduler: crate::scheduler::SchedulerConfig::default(),
             secure_cookies: false,
             notifications: crate::notify::NotificationConfig::default(),
             webhooks: crate::webhooks::WebhookConfig::default(),

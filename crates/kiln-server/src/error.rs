@@ -105,9 +105,9 @@ impl From<FieldError> for ApiError {
     }
 }
 
-impl From<crate::runner::error::SchedulerError> for ApiError {
-    fn from(error: crate::runner::error::SchedulerError) -> Self {
-        use crate::runner::error::SchedulerError as E;
+impl From<crate::scheduler::error::SchedulerError> for ApiError {
+    fn from(error: crate::scheduler::error::SchedulerError) -> Self {
+        use crate::scheduler::error::SchedulerError as E;
         match error {
             E::BadRequest {
                 code,

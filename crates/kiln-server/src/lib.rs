@@ -17,7 +17,7 @@ mod live;
 mod notify;
 mod reaper;
 mod routes;
-mod runner;
+mod scheduler;
 mod secret_box;
 mod serve;
 mod web;
@@ -36,7 +36,7 @@ pub use config::{Secret, ServerConfig};
 pub use error::ApiError;
 pub use notify::{EmailConfig, NotificationConfig, SmtpFiles};
 pub use routes::{RouteRule, route_table};
-pub use runner::{RepoPolicy, RunnerConfig};
+pub use scheduler::{RepoPolicy, SchedulerConfig};
 pub use secret_box::SecretKey;
 pub use serve::ConnectionConfig;
 pub use webhooks::WebhookConfig;
@@ -55,7 +55,7 @@ pub(crate) struct AppState {
     pub config: Arc<ServerConfig>,
     pub bus: Arc<live::Bus>,
     pub streams: api::StreamLimiter,
-    pub runner: runner::Runner,
+    pub scheduler: scheduler::Scheduler,
     pub logins: Arc<accounts::LoginLimiter>,
     /// Wakes the webhook sender when deliveries are queued (test events, redeliveries).
     pub webhook_sender: Arc<tokio::sync::Notify>,
@@ -118,13 +118,13 @@ pub async fn run(
     let (ingestor, ingest_task) = Ingestor::start(store.clone(), clock.clone(), bus.clone());
     let mut webhook_config = config.webhooks.clone();
     webhook_config.message_key = Some(config.secret_key.clone());
-    let mut runner_config = config.runner.clone();
-    runner_config.secret_key = Some(config.secret_key.clone());
-    let runner = runner::Runner::new(
+    let mut scheduler_config = config.scheduler.clone();
+    scheduler_config.secret_key = Some(config.secret_key.clone());
+    let scheduler = scheduler::Scheduler::new(
         store.clone(),
         ingestor.clone(),
         clock.clone(),
-        runner_config,
+        scheduler_config,
     );
     let state = AppState {
         store: store.clone(),
@@ -134,7 +134,7 @@ pub async fn run(
         config: config.clone(),
         bus: bus.clone(),
         streams: api::StreamLimiter::new(config.max_streams_per_token),
-        runner: runner.clone(),
+        scheduler: scheduler.clone(),
         logins: Arc::new(accounts::LoginLimiter::default()),
         webhook_sender: webhook_sender.clone(),
         log_lines: Arc::new(web::LogLineCache::default()),
@@ -146,7 +146,7 @@ pub async fn run(
     );
     background.spawn(
         "scheduler",
-        runner::tasks::run(runner, background.stop_signal()),
+        scheduler::tasks::run(scheduler, background.stop_signal()),
     );
     let mail_queued = Arc::new(tokio::sync::Notify::new());
     background.spawn(

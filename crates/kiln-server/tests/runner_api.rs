@@ -1099,7 +1099,7 @@ async fn the_repository_policy_keeps_projects_to_their_own_code(engine: Engine) 
     let (database, clock) = (app.database.clone(), app.clock.clone());
     app.stop().await;
     let strict = TestApp::spawn_configured(database, clock, |config| {
-        config.runner.repo_policy.allow_local.clear();
+        config.scheduler.repo_policy.allow_local.clear();
     })
     .await;
     let (status, answer) = strict
@@ -1129,7 +1129,7 @@ async fn steps_get_the_secrets_they_name_masked_in_their_logs(engine: Engine) {
         std::sync::Arc::new(kiln_store::test_support::TestDatabase::create(engine).await);
     let clock = kiln_server::clock::ManualClock::new(kiln_core::Millis(1_800_000_000_000));
     let app = TestApp::spawn_configured(database.clone(), clock, |config| {
-        config.runner.repo_policy.allow_private = true;
+        config.scheduler.repo_policy.allow_private = true;
     })
     .await;
     let pipeline = "steps:\n  - name: deploy\n    run:\n      - echo \"token=$DEPLOY_TOKEN\"\n      - printf %s \"$DEPLOY_TOKEN\" | base64\n      - echo \"url=tok-3f9a%2Fsecret%2Bvalue\"\n      - echo \"prod=${PROD_KEY:-absent}\"\n    secrets:\n      - DEPLOY_TOKEN\n      - name: PROD_KEY\n        branches: [release]\n      - MISSING_ONE\n  - name: other\n    run: echo \"other=${DEPLOY_TOKEN:-absent}\"\n";

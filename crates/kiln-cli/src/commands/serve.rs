@@ -355,7 +355,7 @@ impl ServeArgs {
                 .ok()
                 .filter(|t| !t.is_empty())
                 .map(Secret::new),
-            runner: kiln_server::RunnerConfig {
+            scheduler: kiln_server::SchedulerConfig {
                 job_lease: Duration::from_secs(self.job_lease),
                 heartbeat_interval: Duration::from_secs(1),
                 priority_aging: Duration::from_secs(self.priority_aging),
@@ -368,7 +368,7 @@ impl ServeArgs {
                     data_dir: Some(self.data_dir.clone()),
                     git_timeout: Duration::from_secs(self.git_timeout),
                 },
-                ..kiln_server::RunnerConfig::default()
+                ..kiln_server::SchedulerConfig::default()
             },
             secure_cookies: self.secure_cookies,
             notifications: kiln_server::NotificationConfig {

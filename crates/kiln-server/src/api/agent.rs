@@ -23,7 +23,7 @@ use super::body::{JsonBody, QueryParams};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::runner::reported_state;
+use crate::scheduler::reported_state;
 
 pub(crate) fn parse<T: DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(|error| {
@@ -121,7 +121,7 @@ pub(crate) async fn register(
             state.clock.now(),
         )
         .await?;
-    let config = state.runner.config();
+    let config = state.scheduler.config();
     Ok(Json(AgentRegistered {
         agent_id: agent.id,
         lease_secs: config.job_lease.as_secs(),
@@ -142,7 +142,7 @@ pub(crate) async fn claim(
     }
     let agent = own_agent(&state, &caller, request.agent_id).await?;
     match state
-        .runner
+        .scheduler
         .claim(&agent, Duration::from_secs(wait))
         .await?
     {
@@ -171,7 +171,7 @@ pub(crate) async fn heartbeat(
     }
     let agent = own_agent(&state, &caller, request.agent_id).await?;
     let reply = state
-        .runner
+        .scheduler
         .heartbeat(&agent, &request.jobs, request.metrics.as_ref())
         .await?;
     Ok(Json(reply))
@@ -202,8 +202,8 @@ pub(crate) async fn append_log(
         )));
     }
     own_agent(&state, &caller, agent_id).await?;
-    let job = state.runner.held_job(job_id, agent_id, attempt).await?;
-    let size = state.runner.append_log(&job, offset, &body).await?;
+    let job = state.scheduler.held_job(job_id, agent_id, attempt).await?;
+    let size = state.scheduler.append_log(&job, offset, &body).await?;
     Ok(Json(LogAck {
         size,
         cancel: job.cancel_requested,
@@ -228,7 +228,7 @@ pub(crate) async fn finish(
     }
     own_agent(&state, &caller, request.agent_id).await?;
     let job = match state
-        .runner
+        .scheduler
         .held_job(job_id, request.agent_id, request.attempt)
         .await
     {
@@ -251,7 +251,7 @@ pub(crate) async fn finish(
         reason: request.reason,
     };
     state
-        .runner
+        .scheduler
         .finish(&job, end, request.message, request.duration_ms)
         .await?;
     Ok(StatusCode::NO_CONTENT)

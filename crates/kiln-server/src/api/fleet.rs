@@ -112,7 +112,7 @@ pub(crate) async fn revoke_agent_token(
 
 /// Whether an agent was heard from within a lease.
 pub(crate) fn connected(state: &AppState, agent: &AgentRecord) -> bool {
-    let lease = state.runner.config().job_lease.as_millis() as i64;
+    let lease = state.scheduler.config().job_lease.as_millis() as i64;
     state.clock.now().saturating_sub(agent.last_seen_at) <= lease
 }
 

@@ -16,7 +16,7 @@ use super::users::audit;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::runner::TriggerRequest;
+use crate::scheduler::TriggerRequest;
 
 /// `PUT /api/v1/projects/{slug}/hooks/github`: a new secret (shown once) to paste into
 /// the repository's webhook settings, replacing any earlier one.
@@ -156,7 +156,7 @@ async fn push(
         )));
     }
     let build = state
-        .runner
+        .scheduler
         .trigger(
             project,
             TriggerRequest {

@@ -65,7 +65,7 @@ pub(crate) async fn append(
             )));
         }
     };
-    let job = state.runner.reported_job(&build, step.as_str()).await?;
+    let job = state.scheduler.reported_job(&build, step.as_str()).await?;
     if job.state.is_terminal() && !body.is_empty() && job.log_size <= offset {
         return Err(ApiError::Conflict {
             code: "log_ended",
@@ -76,11 +76,11 @@ pub(crate) async fn append(
             field: None,
         });
     }
-    let size = state.runner.append_log(&job, offset, &body).await?;
+    let size = state.scheduler.append_log(&job, offset, &body).await?;
     let state_now = match end {
         Some(outcome) => {
             state
-                .runner
+                .scheduler
                 .end_reported_job(&job, outcome, exit_code, size)
                 .await?;
             if job.state.is_terminal() {

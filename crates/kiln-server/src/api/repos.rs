@@ -13,7 +13,7 @@ use super::users::audit;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::runner::check_branch;
+use crate::scheduler::check_branch;
 use crate::wire::project_dto;
 
 fn branch_dto(branch: &BranchRecord) -> BranchDto {
@@ -74,10 +74,10 @@ pub(crate) async fn set_repo_of(
             let repo = repo.trim();
             check_repo(repo)?;
             state
-                .runner
+                .scheduler
                 .repo_access(repo)
                 .await
-                .map_err(|message| crate::runner::refused_repo(&project.slug, message))?;
+                .map_err(|message| crate::scheduler::refused_repo(&project.slug, message))?;
             Some(repo.to_owned())
         }
         Some(_) => return Err(FieldError::new("repo", "must be a string or null").into()),
@@ -158,7 +158,7 @@ pub(crate) fn shown_repo(project: &kiln_store::Project) -> Option<String> {
     let repo = project.repo.as_deref()?;
     Some(match (&project.repo_credentials, repo.split_once("://")) {
         (Some(_), Some((scheme, rest))) => format!("{scheme}://***@{rest}"),
-        _ => crate::runner::git::mask_url(repo),
+        _ => crate::scheduler::git::mask_url(repo),
     })
 }
 

@@ -19,7 +19,7 @@ use super::projects::readable_project;
 use crate::AppState;
 use crate::auth::{Caller, Requester};
 use crate::error::ApiError;
-use crate::runner::TriggerRequest;
+use crate::scheduler::TriggerRequest;
 use crate::wire::job_dto;
 
 /// Most bytes one log page returns.
@@ -109,7 +109,7 @@ pub(crate) async fn trigger(
         retry_of: None,
         by: Some(requester(&state, &caller).await?),
     };
-    let build = state.runner.trigger(&project, request).await?;
+    let build = state.scheduler.trigger(&project, request).await?;
     Ok((StatusCode::CREATED, Json(build)))
 }
 
@@ -121,11 +121,11 @@ pub(crate) async fn retry(
     let project = writable_project(&state, &caller, &slug).await?;
     let build = project_build(&state, &project, &run_id).await?;
     let request = retry_request(&build, Some(requester(&state, &caller).await?))?;
-    let build = state.runner.trigger(&project, request).await?;
+    let build = state.scheduler.trigger(&project, request).await?;
     Ok((StatusCode::CREATED, Json(build)))
 }
 
-/// What retrying `build` asks the runner for: its branch at its commit, again. Only an
+/// What retrying `build` asks the scheduler for: its branch at its commit, again. Only an
 /// ended build that Kiln ran (it has both) can be retried.
 pub(crate) fn retry_request(
     build: &BuildRecord,
@@ -167,7 +167,7 @@ pub(crate) async fn cancel(
     let project = writable_project(&state, &caller, &slug).await?;
     let build = project_build(&state, &project, &run_id).await?;
     let by = requester(&state, &caller).await?.words();
-    let stopping = state.runner.cancel(&build, &by).await?;
+    let stopping = state.scheduler.cancel(&build, &by).await?;
     Ok(Json(json!({
         "runId": run_id,
         "status": "cancelled",
@@ -288,7 +288,7 @@ pub(crate) async fn log_stream(
     let mut offset = log_offset(&headers, &params)?;
     let job = build_job(&state, &caller, &slug, &run_id, &job).await?;
     let permit = state.streams.acquire(&caller)?;
-    let mut stored = state.runner.logs().subscribe(job.id);
+    let mut stored = state.scheduler.logs().subscribe(job.id);
     let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(16);
     let store = state.store.clone();
     tokio::spawn(async move {

@@ -1,5 +1,5 @@
 //! Project secrets: write-only values (set, listed by name and time, deleted), encrypted
-//! at rest (`crate::secret_box`), handed to the steps that name them (`runner`), every
+//! at rest (`crate::secret_box`), handed to the steps that name them (`scheduler`), every
 //! change audited. Project admins only.
 
 use axum::extract::{Path, State};

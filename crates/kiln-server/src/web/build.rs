@@ -493,7 +493,7 @@ pub(crate) async fn cancel(
     check_csrf(&caller, &form_csrf(&body))?;
     let build = writable_build(&state, &caller, &run_id).await?;
     let by = crate::api::requester(&state, &caller).await?.words();
-    state.runner.cancel(&build, &by).await?;
+    state.scheduler.cancel(&build, &by).await?;
     Ok(Redirect::to(&format!("/builds/{run_id}")).into_response())
 }
 
@@ -514,7 +514,7 @@ pub(crate) async fn retry(
         .ok_or_else(|| PageError(ApiError::NotFound(format!("build '{run_id}' not found"))))?;
     let request =
         crate::api::retry_request(&build, Some(crate::api::requester(&state, &caller).await?))?;
-    let triggered = state.runner.trigger(&project, request).await?;
+    let triggered = state.scheduler.trigger(&project, request).await?;
     Ok(Redirect::to(&format!("/builds/{}", triggered.run_id)).into_response())
 }
 

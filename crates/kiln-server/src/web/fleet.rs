@@ -217,7 +217,7 @@ pub(crate) async fn queue_page(
 ) -> PageResult {
     let chrome = Chrome::load(&state, &caller, "queue", "Queue").await?;
     let now = state.clock.now();
-    let aging_ms = (state.runner.config().priority_aging.as_millis() as i64).max(1);
+    let aging_ms = (state.scheduler.config().priority_aging.as_millis() as i64).max(1);
     let jobs = queued_jobs(&state, &caller).await?.jobs;
     let row = |job: JobDto, since: Option<String>| {
         let since = since

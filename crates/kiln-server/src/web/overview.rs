@@ -18,7 +18,7 @@ use crate::AppState;
 use crate::api::QueryParams;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::runner::TriggerRequest;
+use crate::scheduler::TriggerRequest;
 
 /// Builds per page: 50 rows keep the page far below 150 KB.
 pub(crate) const PAGE_SIZE: i64 = 50;
@@ -249,6 +249,6 @@ pub(crate) async fn trigger(
         retry_of: None,
         by,
     };
-    let build = state.runner.trigger(&project, request).await?;
+    let build = state.scheduler.trigger(&project, request).await?;
     Ok(Redirect::to(&format!("/builds/{}", build.run_id)).into_response())
 }

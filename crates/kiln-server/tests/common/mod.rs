@@ -67,7 +67,7 @@ impl TestApp {
             admin_token: Some(Secret::new(ADMIN_TOKEN)),
             max_streams_per_token: 20,
             clock: clock.clone(),
-            runner: kiln_server::RunnerConfig {
+            scheduler: kiln_server::SchedulerConfig {
                 git_dir: database_git_dir(&database),
                 // Tests build repositories made in temp dirs; the mirrors, also under
                 // the temp dir, stay refused.
@@ -75,7 +75,7 @@ impl TestApp {
                     allow_local: vec![std::env::temp_dir()],
                     ..kiln_server::RepoPolicy::default()
                 },
-                ..kiln_server::RunnerConfig::default()
+                ..kiln_server::SchedulerConfig::default()
             },
             secure_cookies: false,
             ..ServerConfig::default()

@@ -1,4 +1,4 @@
-//! The runner's background work, one task per replica: fail or requeue jobs whose lease
+//! The scheduler's background work, one task per replica: fail or requeue jobs whose lease
 //! expired, advance builds whose jobs are all waiting or ended (repairing a crash
 //! between two writes), and poll auto-build branches for new commits.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::git::remote_branches;
-use super::{Runner, TriggerRequest};
+use super::{Scheduler, TriggerRequest};
 
 const SCAN_LIMIT: i64 = 200;
 
@@ -15,65 +15,68 @@ const SCAN_LIMIT: i64 = 200;
 /// still running then is ended with its build (its reporter stopped without saying so).
 const REPORTER_GRACE_MS: i64 = 60_000;
 
-pub(crate) async fn run(runner: Runner, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(scheduler: Scheduler, mut stop: watch::Receiver<bool>) {
     // Agents keep running their jobs while no server answers; a server that starts
     // gives them a lease's time to be heard again before anything expires.
-    let until = runner.now().plus_ms(runner.lease_ms());
-    if let Err(error) = runner.store().extend_leases(until).await {
+    let until = scheduler.now().plus_ms(scheduler.lease_ms());
+    if let Err(error) = scheduler.store().extend_leases(until).await {
         tracing::warn!(%error, "could not extend running jobs' leases at start-up");
     }
-    let lease_check =
-        (runner.config().job_lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let lease_check = (scheduler.config().job_lease / 4)
+        .clamp(Duration::from_millis(200), Duration::from_secs(5));
     let mut leases = tokio::time::interval(lease_check);
     leases.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut polls = tokio::time::interval(runner.config().branch_poll_interval);
+    let mut polls = tokio::time::interval(scheduler.config().branch_poll_interval);
     polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = leases.tick() => {
-                if let Err(error) = check_leases(&runner).await {
+                if let Err(error) = check_leases(&scheduler).await {
                     tracing::warn!(%error, "lease check failed; retrying");
                 }
             }
-            _ = polls.tick() => poll_branches(&runner).await,
+            _ = polls.tick() => poll_branches(&scheduler).await,
             _ = stop.changed() => return,
         }
     }
 }
 
-async fn check_leases(runner: &Runner) -> Result<(), String> {
-    let expired = runner
+async fn check_leases(scheduler: &Scheduler) -> Result<(), String> {
+    let expired = scheduler
         .store()
-        .expired_leases(runner.now(), SCAN_LIMIT)
+        .expired_leases(scheduler.now(), SCAN_LIMIT)
         .await
         .map_err(|e| e.to_string())?;
     for job in expired {
         tracing::info!(job = job.id, run_id = %job.run_id, step = %job.step, agent = ?job.agent_name, "job lease expired");
-        runner
+        scheduler
             .lease_expired(&job)
             .await
             .map_err(|e| e.to_string())?;
     }
-    let now = runner.now();
-    runner
+    let now = scheduler.now();
+    scheduler
         .store()
         .end_orphaned_reported_jobs(now.plus_ms(-REPORTER_GRACE_MS), now)
         .await
         .map_err(|e| e.to_string())?;
-    for build_id in runner
+    for build_id in scheduler
         .store()
         .builds_to_advance(SCAN_LIMIT)
         .await
         .map_err(|e| e.to_string())?
     {
-        runner.advance(build_id).await.map_err(|e| e.to_string())?;
+        scheduler
+            .advance(build_id)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
 /// Queues a build for each auto-build branch whose tip moved since the last poll.
-pub(crate) async fn poll_branches(runner: &Runner) {
-    let branches = match runner.store().auto_build_branches().await {
+pub(crate) async fn poll_branches(scheduler: &Scheduler) {
+    let branches = match scheduler.store().auto_build_branches().await {
         Ok(branches) => branches,
         Err(error) => {
             tracing::warn!(%error, "cannot list auto-build branches");
@@ -87,7 +90,7 @@ pub(crate) async fn poll_branches(runner: &Runner) {
             continue;
         };
         if !heads_by_repo.contains_key(&repo) {
-            let access = match runner.project_repo_access(&project, &repo).await {
+            let access = match scheduler.project_repo_access(&project, &repo).await {
                 Ok(access) => access,
                 Err(error) => {
                     tracing::warn!(project = %project.slug, %error, "not polling a repository the policy refuses");
@@ -115,7 +118,7 @@ pub(crate) async fn poll_branches(runner: &Runner) {
             continue;
         }
         // Claim the commit first, so replicas polling at once queue one build.
-        match runner
+        match scheduler
             .store()
             .advance_branch_commit(
                 project.id,
@@ -140,7 +143,7 @@ pub(crate) async fn poll_branches(runner: &Runner) {
             retry_of: None,
             by: None,
         };
-        match runner.trigger(&project, request).await {
+        match scheduler.trigger(&project, request).await {
             Ok(build) => {
                 tracing::info!(project = %project.slug, branch = %branch.name, commit = %tip, run_id = %build.run_id, "queued a build for a new commit")
             }

@@ -38,7 +38,7 @@ use error::SchedulerError;
 
 /// Settings of the runner (from `ServerConfig`).
 #[derive(Clone, Debug)]
-pub struct RunnerConfig {
+pub struct SchedulerConfig {
     /// A claimed job's lease; agents renew it by heartbeats (`--job-lease`).
     pub job_lease: Duration,
     /// How often agents send heartbeats.
@@ -59,7 +59,7 @@ pub struct RunnerConfig {
     pub secret_key: Option<crate::secret_box::SecretKey>,
 }
 
-impl Default for RunnerConfig {
+impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             job_lease: Duration::from_secs(kiln_core::limits::DEFAULT_JOB_LEASE_SECS),
@@ -79,7 +79,7 @@ impl Default for RunnerConfig {
 const LOG_CAP_SLACK: u64 = 4096;
 
 #[derive(Clone)]
-pub(crate) struct Runner {
+pub(crate) struct Scheduler {
     inner: Arc<Inner>,
 }
 
@@ -87,7 +87,7 @@ struct Inner {
     store: Arc<dyn Store>,
     ingestor: Ingestor,
     clock: Arc<dyn Clock>,
-    config: RunnerConfig,
+    config: SchedulerConfig,
     /// Woken when a job may have become claimable (queued, or a slot freed).
     work: Notify,
     logs: LogBus,
@@ -106,12 +106,12 @@ struct Inner {
 
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
 
-impl Runner {
+impl Scheduler {
     pub fn new(
         store: Arc<dyn Store>,
         ingestor: Ingestor,
         clock: Arc<dyn Clock>,
-        config: RunnerConfig,
+        config: SchedulerConfig,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -128,7 +128,7 @@ impl Runner {
         }
     }
 
-    pub fn config(&self) -> &RunnerConfig {
+    pub fn config(&self) -> &SchedulerConfig {
         &self.inner.config
     }
 

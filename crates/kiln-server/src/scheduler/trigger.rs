@@ -14,11 +14,11 @@ use kiln_protocol::TriggeredBuild;
 use kiln_store::{BuildRecord, IngestRequest, NewJobs, Precondition, Project};
 use serde_json::json;
 
-use super::Runner;
+use super::Scheduler;
 use super::events;
 use super::git::{GitError, Mirror, mask_url, resolve_branch};
 use crate::auth::Requester;
-use crate::runner::error::SchedulerError;
+use crate::scheduler::error::SchedulerError;
 use crate::wire::job_dto;
 
 #[derive(Clone, Debug, Default)]
@@ -70,7 +70,7 @@ struct Queued<'a> {
     priority: i64,
 }
 
-/// A repository the instance's policy refuses (`runner::policy`).
+/// A repository the instance's policy refuses (`scheduler::policy`).
 pub(crate) fn refused_repo(slug: &str, message: String) -> SchedulerError {
     SchedulerError::Unprocessable {
         code: "repo_not_allowed",
@@ -87,7 +87,7 @@ fn unprocessable(field: &str, message: String) -> SchedulerError {
     }
 }
 
-impl Runner {
+impl Scheduler {
     pub async fn trigger(
         &self,
         project: &Project,
