@@ -3,18 +3,19 @@
 
 mod agent;
 mod body;
+mod build_control;
 mod builds;
 mod events;
 pub(crate) mod fleet;
 mod headers;
 mod health;
 mod hooks;
+mod jobs;
 pub(crate) mod members;
 pub(crate) mod notifications;
 pub(crate) mod projects;
 mod reported_log;
 pub(crate) mod repos;
-mod runs;
 mod secrets;
 mod socketio;
 mod stream;
@@ -23,10 +24,10 @@ pub(crate) mod webhooks;
 mod whoami;
 
 pub(crate) use body::QueryParams;
+pub(crate) use build_control::{requester, retry_request, writable_project};
 pub(crate) use builds::readable_build;
 pub(crate) use headers::security_headers;
 pub(crate) use projects::readable_project;
-pub(crate) use runs::{requester, retry_request, writable_project};
 pub(crate) use socketio::layer as socketio_layer;
 pub(crate) use stream::StreamLimiter;
 
@@ -295,37 +296,37 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "POST",
             "/api/v1/projects/{slug}/builds",
             Access::ProjectWrite,
-            post(runs::trigger),
+            post(build_control::trigger),
         ),
         (
             "POST",
             "/api/v1/projects/{slug}/builds/{run_id}/retry",
             Access::ProjectWrite,
-            post(runs::retry),
+            post(build_control::retry),
         ),
         (
             "POST",
             "/api/v1/projects/{slug}/builds/{run_id}/cancel",
             Access::ProjectWrite,
-            post(runs::cancel),
+            post(build_control::cancel),
         ),
         (
             "GET",
             "/api/v1/projects/{slug}/builds/{run_id}/jobs",
             Access::ProjectRead,
-            get(runs::jobs),
+            get(jobs::jobs),
         ),
         (
             "GET",
             "/api/v1/projects/{slug}/builds/{run_id}/jobs/{job}/log",
             Access::ProjectRead,
-            get(runs::log),
+            get(jobs::log),
         ),
         (
             "GET",
             "/api/v1/projects/{slug}/builds/{run_id}/jobs/{job}/log/stream",
             Access::ProjectRead,
-            get(runs::log_stream),
+            get(jobs::log_stream),
         ),
         (
             "GET",
