@@ -17,32 +17,13 @@ use kiln_protocol::{
     AgentHeartbeat, AgentRegistered, ClaimRequest, FinishJob, HeartbeatReply, LogAck, RegisterAgent,
 };
 use kiln_store::{AgentRecord, JobEnd, NewAgent};
-use serde::de::DeserializeOwned;
 
+use super::body::parse;
 use super::body::{JsonBody, QueryParams};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::scheduler::reported_state;
-
-pub(crate) fn parse<T: DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(body).map_err(|error| {
-        let message = error.inner().to_string();
-        let path = error.path().to_string();
-        // A missing member is reported at its parent; name the member itself.
-        let missing = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split('`').next())
-            .map(str::to_owned);
-        let field = match (missing, path.as_str()) {
-            (Some(name), ".") => name,
-            (Some(name), parent) => format!("{parent}.{name}"),
-            (None, ".") => "body".to_owned(),
-            (None, path) => path.to_owned(),
-        };
-        ApiError::bad_request("invalid_field", Some(&field), format!("{field}: {message}"))
-    })
-}
 
 fn short_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.trim().is_empty() || value.len() > max || value.chars().any(char::is_control) {

@@ -293,6 +293,29 @@ fn percent_decode(raw: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
+/// A JSON body as the typed request `T` (kiln-protocol's wire types), with the field
+/// path named on error (`invalid_field`).
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    body: serde_json::Value,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|error| {
+        let message = error.inner().to_string();
+        let path = error.path().to_string();
+        // A missing member is reported at its parent; name the member itself.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned);
+        let field = match (missing, path.as_str()) {
+            (Some(name), ".") => name,
+            (Some(name), parent) => format!("{parent}.{name}"),
+            (None, ".") => "body".to_owned(),
+            (None, path) => path.to_owned(),
+        };
+        ApiError::bad_request("invalid_field", Some(&field), format!("{field}: {message}"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,27 +4,16 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use kiln_protocol::TriggeredBuild;
+use kiln_protocol::{TriggerBuild, TriggeredBuild};
 use kiln_store::{BuildRecord, Project};
 use serde_json::{Value, json};
 
+use super::body::parse;
 use super::projects::readable_project;
 use crate::AppState;
 use crate::auth::{Caller, Requester};
 use crate::error::ApiError;
 use crate::scheduler::TriggerRequest;
-
-fn optional_string(body: &Value, field: &str) -> Result<Option<String>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text.trim().to_owned())),
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_field",
-            Some(field),
-            format!("{field}: must be a string"),
-        )),
-    }
-}
 
 /// The project, if the caller may trigger its builds (404 when it may not even read it).
 pub(crate) async fn writable_project(
@@ -66,32 +55,33 @@ pub(crate) async fn trigger(
 ) -> Result<(StatusCode, Json<TriggeredBuild>), ApiError> {
     let project = writable_project(&state, &caller, &slug).await?;
     // An empty body builds the default branch's tip.
-    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
+    let body: TriggerBuild = if body.iter().all(u8::is_ascii_whitespace) {
+        TriggerBuild::default()
     } else {
-        super::body::parse_json(&body)?
+        let value = super::body::parse_json(&body)?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                Some("body"),
+                "the body must be a JSON object such as {\"branch\":\"main\"}",
+            ));
+        }
+        parse(value).map_err(|error| match error {
+            ApiError::BadRequest { field, .. } if field.as_deref() == Some("priority") => {
+                ApiError::bad_request(
+                    "invalid_field",
+                    Some("priority"),
+                    "priority: must be a whole number from 1 (highest) to 10",
+                )
+            }
+            error => error,
+        })?
     };
-    if !body.is_object() {
-        return Err(ApiError::bad_request(
-            "invalid_json",
-            Some("body"),
-            "the body must be a JSON object such as {\"branch\":\"main\"}",
-        ));
-    }
-    let priority = match body.get("priority") {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(value.as_i64().ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_field",
-                Some("priority"),
-                "priority: must be a whole number from 1 (highest) to 10",
-            )
-        })?),
-    };
+    let trimmed = |text: Option<String>| text.map(|text| text.trim().to_owned());
     let request = TriggerRequest {
-        branch: optional_string(&body, "branch")?,
-        commit: optional_string(&body, "commit")?,
-        priority,
+        branch: trimmed(body.branch),
+        commit: trimmed(body.commit),
+        priority: body.priority,
         cause: "api",
         retry_of: None,
         by: Some(requester(&state, &caller).await?),

@@ -35,7 +35,7 @@ pub(crate) async fn set_secret(
 ) -> Result<Json<SecretDto>, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
     let name = SecretName::parse("name", &name)?;
-    let request: SetSecret = super::agent::parse(body)?;
+    let request: SetSecret = super::body::parse(body)?;
     if request.value.is_empty() || request.value.len() > MAX_SECRET_VALUE_BYTES {
         return Err(FieldError::new(
             "value",
