@@ -243,8 +243,24 @@ pub struct RepoSettings {
     pub repo: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_branch: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrency: Option<i64>,
+    /// Absent: keep the current limit; `null` (`Some(None)`): no limit; a number: at
+    /// most that many of the project's jobs run at once.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_concurrency: Option<Option<i64>>,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value: serde reads
+/// an absent field through `default` and a present one through this.
+fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -528,5 +544,42 @@ impl std::fmt::Debug for RepoCredentials {
             .field("username", &self.username)
             .field("password", &"***")
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `maxConcurrency` has three states on the wire, and the client can send each.
+    #[test]
+    fn repo_settings_tell_an_absent_limit_from_a_null_one() {
+        let read = |json: &str| serde_json::from_str::<RepoSettings>(json).unwrap();
+        assert_eq!(read(r#"{"repo": null}"#).max_concurrency, None);
+        assert_eq!(
+            read(r#"{"repo": null, "maxConcurrency": null}"#).max_concurrency,
+            Some(None)
+        );
+        assert_eq!(
+            read(r#"{"repo": null, "maxConcurrency": 3}"#).max_concurrency,
+            Some(Some(3))
+        );
+        let write = |max_concurrency| {
+            serde_json::to_value(RepoSettings {
+                repo: None,
+                default_branch: None,
+                max_concurrency,
+            })
+            .unwrap()
+        };
+        assert_eq!(write(None), serde_json::json!({"repo": null}));
+        assert_eq!(
+            write(Some(None)),
+            serde_json::json!({"repo": null, "maxConcurrency": null})
+        );
+        assert_eq!(
+            write(Some(Some(2))),
+            serde_json::json!({"repo": null, "maxConcurrency": 2})
+        );
     }
 }

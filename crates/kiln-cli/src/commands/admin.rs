@@ -34,9 +34,12 @@ pub enum ProjectCommand {
         /// The branch built when a trigger names none.
         #[arg(long)]
         default_branch: Option<String>,
-        /// Jobs of this project that may run at once.
-        #[arg(long)]
+        /// Jobs of this project that may run at once (1–10000).
+        #[arg(long, conflicts_with = "no_concurrency_limit")]
         max_concurrency: Option<i64>,
+        /// Remove the project's concurrency limit.
+        #[arg(long)]
+        no_concurrency_limit: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -136,12 +139,18 @@ pub async fn project(command: ProjectCommand) -> anyhow::Result<ExitCode> {
             repo,
             default_branch,
             max_concurrency,
+            no_concurrency_limit,
             client,
         } => {
             let settings = kiln_protocol::RepoSettings {
                 repo: Some(repo),
                 default_branch,
-                max_concurrency,
+                // Absent keeps the current limit.
+                max_concurrency: if no_concurrency_limit {
+                    Some(None)
+                } else {
+                    max_concurrency.map(Some)
+                },
             };
             let answer = client.client().await?.set_repo(&slug, &settings).await?;
             outln!(
