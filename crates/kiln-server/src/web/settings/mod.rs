@@ -1,8 +1,8 @@
 //! A project's settings page (`/projects/{slug}/settings`: tokens, members, branches,
 //! repository, webhooks) and what its pages share: the page render, the notices a
-//! completed form shows, the form runner and the page that shows a new secret once. The
-//! forms of each area live in the submodules, with the `/projects` list, a webhook
-//! endpoint's delivery log and `/account`.
+//! completed form shows and the page that shows a new secret once. The forms of each
+//! area live in the submodules, with the `/projects` list, a webhook endpoint's
+//! delivery log and `/account`; `admin_form.rs` is the preamble of every admin form.
 //!
 //! Every action calls the helper its JSON API route calls (`api::projects`,
 //! `api::members`, `api::repos`, `api::webhooks`, `api::users`), so validation, store
@@ -13,6 +13,7 @@
 //! secret) are shown once, on the page that answers the form, with `no-store`.
 
 pub(super) mod account;
+mod admin_form;
 pub(super) mod members;
 pub(super) mod projects;
 pub(super) mod repo;
@@ -23,19 +24,20 @@ use std::collections::HashMap;
 
 use askama::Template;
 use axum::Extension;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use kiln_store::Project;
 
-use super::form::{FormFields, fields};
+use super::form::FormFields;
 use super::when::When;
 use super::{Chrome, PageError, PageResult, encode_query, render};
 use crate::AppState;
 use crate::api::members::administered_project;
 use crate::auth::Caller;
 use crate::error::ApiError;
+
+use admin_form::{AdminForm, AdminPage};
 
 // ---- The settings page.
 
@@ -282,26 +284,24 @@ fn done(slug: &str, notice: &str, section: &str) -> Response {
     .into_response()
 }
 
-/// Runs a settings form: the caller must administer the project and echo the CSRF
-/// token; a refusal of the action itself shows the settings page with the reason.
-async fn settings_action<F, Fut>(
-    state: AppState,
-    caller: Caller,
-    slug: String,
-    body: Bytes,
-    action: F,
-) -> PageResult
-where
-    F: FnOnce(AppState, Caller, Project, FormFields) -> Fut,
-    Fut: std::future::Future<Output = Result<Response, ApiError>>,
-{
-    let project = administered_project(&state, &caller, &slug).await?;
-    let form = fields(&body);
-    form.check_csrf(&caller)?;
-    match action(state.clone(), caller.clone(), project.clone(), form).await {
-        Ok(response) => Ok(response),
-        Err(error) if error.status().is_server_error() => Err(PageError(error)),
-        Err(error) => settings_response(&state, &caller, &project, None, Some(error)).await,
+/// The settings page as the page of its forms (`AdminForm`'s default): a refused form
+/// shows the settings page again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProjectSettingsPage;
+
+impl AdminPage for ProjectSettingsPage {
+    fn from_path(_params: &HashMap<String, String>) -> Result<Self, PageError> {
+        Ok(ProjectSettingsPage)
+    }
+
+    async fn refused(
+        &self,
+        state: &AppState,
+        caller: &Caller,
+        project: &Project,
+        refusal: ApiError,
+    ) -> PageResult {
+        settings_response(state, caller, project, None, Some(refusal)).await
     }
 }
 

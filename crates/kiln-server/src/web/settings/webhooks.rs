@@ -3,16 +3,17 @@
 //! behind its buttons (enable or disable, rotate the secret, send a test, delete,
 //! redeliver).
 
+use std::collections::HashMap;
+
 use askama::Template;
 use axum::Extension;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use kiln_store::{Project, WebhookDeliveryState};
 use serde_json::{Value, json};
 
-use super::{SecretPage, done, query_notice, settings_action, success_rate};
+use super::{AdminForm, AdminPage, SecretPage, done, query_notice, success_rate};
 use crate::AppState;
 use crate::api::members::administered_project;
 use crate::api::webhooks::{
@@ -21,7 +22,7 @@ use crate::api::webhooks::{
 };
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::web::form::{FormFields, fields};
+use crate::web::form::FormFields;
 use crate::web::when::When;
 use crate::web::{Chrome, PageError, PageResult, encode_query, render};
 
@@ -38,38 +39,29 @@ fn events_of(form: &FormFields) -> Value {
 
 /// `POST /projects/{slug}/settings/webhooks` (form: `url`, `format`, `events`,
 /// `active`): the new endpoint's signing secret, shown once.
-pub(crate) async fn create_webhook(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(slug): Path<String>,
-    body: Bytes,
-) -> PageResult {
-    settings_action(
-        state,
-        caller,
-        slug,
-        body,
-        |state, caller, project, form| async move {
+pub(crate) async fn create_webhook(admin: AdminForm) -> PageResult {
+    admin
+        .run(async |admin| {
             let request = json!({
-                "url": form.text("url").trim(),
-                "format": match form.text("format") { "" => "kiln", format => format },
-                "events": events_of(&form),
-                "active": form.checked("active"),
+                "url": admin.form.text("url").trim(),
+                "format": match admin.form.text("format") { "" => "kiln", format => format },
+                "events": events_of(&admin.form),
+                "active": admin.form.checked("active"),
             });
-            let endpoint = create_endpoint(&state, &caller, &project, &request).await?;
+            let endpoint =
+                create_endpoint(&admin.state, &admin.caller, &admin.project, &request).await?;
             secret_page(
-                &state,
-                &caller,
-                &project,
+                &admin.state,
+                &admin.caller,
+                &admin.project,
                 endpoint.id,
                 &endpoint.url,
                 endpoint.secret,
                 "created",
             )
             .await
-        },
-    )
-    .await
+        })
+        .await
 }
 
 async fn secret_page(
@@ -109,26 +101,29 @@ fn endpoint_id(raw: &str) -> Result<i64, PageError> {
     parse_id(raw, "webhook").map_err(PageError)
 }
 
-/// Runs a form of one webhook endpoint's page; a refused action shows that page again.
-async fn webhook_action<F, Fut>(
-    state: AppState,
-    caller: Caller,
-    (slug, id): (String, String),
-    body: Bytes,
-    action: F,
-) -> PageResult
-where
-    F: FnOnce(AppState, Caller, Project, i64, FormFields) -> Fut,
-    Fut: std::future::Future<Output = Result<Response, ApiError>>,
-{
-    let project = administered_project(&state, &caller, &slug).await?;
-    let id = endpoint_id(&id)?;
-    let form = fields(&body);
-    form.check_csrf(&caller)?;
-    match action(state.clone(), caller.clone(), project.clone(), id, form).await {
-        Ok(response) => Ok(response),
-        Err(error) if error.status().is_server_error() => Err(PageError(error)),
-        Err(error) => webhook_response(&state, &caller, &project, id, None, Some(error)).await,
+/// One webhook endpoint's page as the page of its forms: the endpoint's `{id}` comes
+/// from the path, and a refused form shows the endpoint's page again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WebhookEndpointPage {
+    id: i64,
+}
+
+impl AdminPage for WebhookEndpointPage {
+    fn from_path(params: &HashMap<String, String>) -> Result<Self, PageError> {
+        let raw = params.get("id").map(String::as_str).unwrap_or_default();
+        Ok(WebhookEndpointPage {
+            id: endpoint_id(raw)?,
+        })
+    }
+
+    async fn refused(
+        &self,
+        state: &AppState,
+        caller: &Caller,
+        project: &Project,
+        refusal: ApiError,
+    ) -> PageResult {
+        webhook_response(state, caller, project, self.id, None, Some(refusal)).await
     }
 }
 
@@ -141,19 +136,11 @@ fn to_webhook(slug: &str, id: i64, notice: &str) -> Response {
 }
 
 /// `POST /projects/{slug}/settings/webhooks/{id}/active` (form: `active` = true|false).
-pub(crate) async fn set_webhook_active(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(path): Path<(String, String)>,
-    body: Bytes,
-) -> PageResult {
-    webhook_action(
-        state,
-        caller,
-        path,
-        body,
-        |state, _, project, id, form| async move {
-            let active = match form.text("active") {
+pub(crate) async fn set_webhook_active(admin: AdminForm<WebhookEndpointPage>) -> PageResult {
+    admin
+        .run(async |admin| {
+            let id = admin.page.id;
+            let active = match admin.form.text("active") {
                 "true" => true,
                 "false" => false,
                 other => {
@@ -164,9 +151,15 @@ pub(crate) async fn set_webhook_active(
                     ));
                 }
             };
-            update_endpoint(&state, &project, id, &json!({ "active": active })).await?;
+            update_endpoint(
+                &admin.state,
+                &admin.project,
+                id,
+                &json!({ "active": active }),
+            )
+            .await?;
             Ok(to_webhook(
-                &project.slug,
+                &admin.project.slug,
                 id,
                 if active {
                     "webhook-enabled"
@@ -174,109 +167,84 @@ pub(crate) async fn set_webhook_active(
                     "webhook-disabled"
                 },
             ))
-        },
-    )
-    .await
+        })
+        .await
 }
 
 /// `POST /projects/{slug}/settings/webhooks/{id}/rotate-secret`: the new secret, shown
 /// once.
-pub(crate) async fn rotate_webhook_secret(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(path): Path<(String, String)>,
-    body: Bytes,
-) -> PageResult {
-    webhook_action(
-        state,
-        caller,
-        path,
-        body,
-        |state, caller, project, id, _| async move {
-            let endpoint = rotate_endpoint_secret(&state, &caller, &project, id).await?;
+pub(crate) async fn rotate_webhook_secret(admin: AdminForm<WebhookEndpointPage>) -> PageResult {
+    admin
+        .run(async |admin| {
+            let id = admin.page.id;
+            let endpoint =
+                rotate_endpoint_secret(&admin.state, &admin.caller, &admin.project, id).await?;
             secret_page(
-                &state,
-                &caller,
-                &project,
+                &admin.state,
+                &admin.caller,
+                &admin.project,
                 id,
                 &endpoint.url,
                 endpoint.secret,
                 "secret rotated",
             )
             .await
-        },
-    )
-    .await
+        })
+        .await
 }
 
 /// `POST /projects/{slug}/settings/webhooks/{id}/test`.
-pub(crate) async fn test_webhook(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(path): Path<(String, String)>,
-    body: Bytes,
-) -> PageResult {
-    webhook_action(
-        state,
-        caller,
-        path,
-        body,
-        |state, _, project, id, _| async move {
-            queue_test_event(&state, &project, id).await?;
-            Ok(to_webhook(&project.slug, id, "test-queued"))
-        },
-    )
-    .await
+pub(crate) async fn test_webhook(admin: AdminForm<WebhookEndpointPage>) -> PageResult {
+    admin
+        .run(async |admin| {
+            let id = admin.page.id;
+            queue_test_event(&admin.state, &admin.project, id).await?;
+            Ok(to_webhook(&admin.project.slug, id, "test-queued"))
+        })
+        .await
 }
 
 /// `POST /projects/{slug}/settings/webhooks/{id}/delete`.
-pub(crate) async fn delete_webhook(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(path): Path<(String, String)>,
-    body: Bytes,
-) -> PageResult {
-    webhook_action(
-        state,
-        caller,
-        path,
-        body,
-        |state, caller, project, id, _| async move {
-            let endpoint = state.store.webhook_endpoint(project.id, id).await?;
-            state.store.delete_webhook_endpoint(project.id, id).await?;
+pub(crate) async fn delete_webhook(admin: AdminForm<WebhookEndpointPage>) -> PageResult {
+    admin
+        .run(async |admin| {
+            let id = admin.page.id;
+            let endpoint = admin
+                .state
+                .store
+                .webhook_endpoint(admin.project.id, id)
+                .await?;
+            admin
+                .state
+                .store
+                .delete_webhook_endpoint(admin.project.id, id)
+                .await?;
             crate::api::users::audit(
-                &state,
-                &caller,
+                &admin.state,
+                &admin.caller,
                 "webhook.delete",
-                Some(project.id),
+                Some(admin.project.id),
                 Some(&endpoint.url),
             )
             .await;
-            Ok(done(&project.slug, "webhook-deleted", "webhooks"))
-        },
-    )
-    .await
+            Ok(done(&admin.project.slug, "webhook-deleted", "webhooks"))
+        })
+        .await
 }
 
 /// `POST /projects/{slug}/settings/webhooks/{id}/deliveries/{delivery}/redeliver`.
 pub(crate) async fn redeliver(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path((slug, id, delivery)): Path<(String, String, String)>,
-    body: Bytes,
+    Path((_, _, delivery)): Path<(String, String, String)>,
+    admin: AdminForm<WebhookEndpointPage>,
 ) -> PageResult {
-    webhook_action(
-        state,
-        caller,
-        (slug, id),
-        body,
-        |state, _, project, id, _| async move {
+    admin
+        .run(async |admin| {
+            let id = admin.page.id;
             let delivery = parse_id(&delivery, "delivery")?;
-            redeliver_one(&state, &project, id, delivery).await?;
-            Ok(to_webhook(&project.slug, id, "redelivery-queued"))
-        },
-    )
-    .await
+            redeliver_one(&admin.state, &admin.project, id, delivery).await?;
+            Ok(to_webhook(&admin.project.slug, id, "redelivery-queued"))
+        })
+        .await
 }
 
 // ---- One endpoint and its delivery log.
