@@ -14,8 +14,8 @@ mod assets;
 mod build;
 mod fleet;
 mod form;
-mod inbox;
 mod login;
+mod notifications;
 mod overview;
 mod settings;
 mod users;
@@ -71,24 +71,29 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
         // Agents, queue, notifications, projects and their settings, the account.
         ("GET", "/agents", Access::Page, get(fleet::agents_page)),
         ("GET", "/queue", Access::Page, get(fleet::queue_page)),
-        ("GET", "/notifications", Access::Page, get(inbox::page)),
+        (
+            "GET",
+            "/notifications",
+            Access::Page,
+            get(notifications::page),
+        ),
         (
             "POST",
             "/notifications/{id}/read",
             Access::Page,
-            post(inbox::mark_read),
+            post(notifications::mark_read),
         ),
         (
             "POST",
             "/notifications/read-all",
             Access::Page,
-            post(inbox::mark_all_read),
+            post(notifications::mark_all_read),
         ),
         (
             "POST",
             "/notifications/{id}/archive",
             Access::Page,
-            post(inbox::archive),
+            post(notifications::archive),
         ),
         (
             "GET",
