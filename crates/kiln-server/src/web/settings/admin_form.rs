@@ -22,7 +22,7 @@ use crate::web::{PageError, PageResult};
 
 /// The page an admin form belongs to: what it reads from the path besides `{slug}`,
 /// and how it shows a refusal of the form's action.
-pub(crate) trait AdminPage: Clone + Send + Sync + Sized + 'static {
+pub(crate) trait AdminPage: Send + Sync + Sized + 'static {
     /// Parses the page's own path parameters (a webhook endpoint's `{id}`); runs after
     /// the admin check and before the CSRF check.
     fn from_path(params: &HashMap<String, String>) -> Result<Self, PageError>;
