@@ -1,5 +1,5 @@
 // Kiln dashboard: the header's unread count, and the agents, queue, notifications and
-// settings pages (web/fleet.rs, web/inbox.rs, web/settings.rs). Pages work without it.
+// settings pages (web/fleet.rs, web/notifications.rs, web/settings/). Pages work without it.
 //
 // - [data-unread-count] (every page): refreshed from /api/v1/notifications/stats every
 //   15 s while the page is visible, at once when it becomes visible again, and whenever

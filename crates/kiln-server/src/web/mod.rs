@@ -14,8 +14,8 @@ mod assets;
 mod build;
 mod fleet;
 mod form;
-mod inbox;
 mod login;
+mod notifications;
 mod overview;
 mod settings;
 mod users;
@@ -71,30 +71,35 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
         // Agents, queue, notifications, projects and their settings, the account.
         ("GET", "/agents", Access::Page, get(fleet::agents_page)),
         ("GET", "/queue", Access::Page, get(fleet::queue_page)),
-        ("GET", "/notifications", Access::Page, get(inbox::page)),
+        (
+            "GET",
+            "/notifications",
+            Access::Page,
+            get(notifications::page),
+        ),
         (
             "POST",
             "/notifications/{id}/read",
             Access::Page,
-            post(inbox::mark_read),
+            post(notifications::mark_read),
         ),
         (
             "POST",
             "/notifications/read-all",
             Access::Page,
-            post(inbox::mark_all_read),
+            post(notifications::mark_all_read),
         ),
         (
             "POST",
             "/notifications/{id}/archive",
             Access::Page,
-            post(inbox::archive),
+            post(notifications::archive),
         ),
         (
             "GET",
             "/projects",
             Access::Page,
-            get(settings::projects_page),
+            get(settings::projects::projects_page),
         ),
         (
             "GET",
@@ -106,91 +111,91 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "POST",
             "/projects/{slug}/settings/tokens",
             Access::Page,
-            post(settings::create_token),
+            post(settings::tokens::create_token),
         ),
         (
             "POST",
             "/projects/{slug}/settings/tokens/{id}/revoke",
             Access::Page,
-            post(settings::revoke_token),
+            post(settings::tokens::revoke_token),
         ),
         (
             "POST",
             "/projects/{slug}/settings/members",
             Access::Page,
-            post(settings::add_member),
+            post(settings::members::add_member),
         ),
         (
             "POST",
             "/projects/{slug}/settings/members/{user}/role",
             Access::Page,
-            post(settings::set_role),
+            post(settings::members::set_role),
         ),
         (
             "POST",
             "/projects/{slug}/settings/members/{user}/remove",
             Access::Page,
-            post(settings::remove_member),
+            post(settings::members::remove_member),
         ),
         (
             "POST",
             "/projects/{slug}/settings/branches",
             Access::Page,
-            post(settings::add_branch),
+            post(settings::repo::add_branch),
         ),
         (
             "POST",
             "/projects/{slug}/settings/branches/delete",
             Access::Page,
-            post(settings::delete_branch),
+            post(settings::repo::delete_branch),
         ),
         (
             "POST",
             "/projects/{slug}/settings/repo",
             Access::Page,
-            post(settings::set_repo),
+            post(settings::repo::set_repo),
         ),
         (
             "POST",
             "/projects/{slug}/settings/webhooks",
             Access::Page,
-            post(settings::create_webhook),
+            post(settings::webhooks::create_webhook),
         ),
         (
             "GET",
             "/projects/{slug}/settings/webhooks/{id}",
             Access::Page,
-            get(settings::webhook_page),
+            get(settings::webhooks::webhook_page),
         ),
         (
             "POST",
             "/projects/{slug}/settings/webhooks/{id}/active",
             Access::Page,
-            post(settings::set_webhook_active),
+            post(settings::webhooks::set_webhook_active),
         ),
         (
             "POST",
             "/projects/{slug}/settings/webhooks/{id}/rotate-secret",
             Access::Page,
-            post(settings::rotate_webhook_secret),
+            post(settings::webhooks::rotate_webhook_secret),
         ),
         (
             "POST",
             "/projects/{slug}/settings/webhooks/{id}/test",
             Access::Page,
-            post(settings::test_webhook),
+            post(settings::webhooks::test_webhook),
         ),
         (
             "POST",
             "/projects/{slug}/settings/webhooks/{id}/delete",
             Access::Page,
-            post(settings::delete_webhook),
+            post(settings::webhooks::delete_webhook),
         ),
         (
             "POST",
             "/projects/{slug}/settings/webhooks/{id}/deliveries/{delivery}/redeliver",
             Access::Page,
-            post(settings::redeliver),
+            post(settings::webhooks::redeliver),
         ),
         // Users (instance admins).
         ("GET", "/users", Access::PageInstanceAdmin, get(users::page)),
@@ -218,12 +223,17 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             Access::PageInstanceAdmin,
             post(users::reset_password),
         ),
-        ("GET", "/account", Access::Page, get(settings::account_page)),
+        (
+            "GET",
+            "/account",
+            Access::Page,
+            get(settings::account::account_page),
+        ),
         (
             "POST",
             "/account/password",
             Access::Page,
-            post(settings::change_password_form),
+            post(settings::account::change_password_form),
         ),
     ]
 }

@@ -72,7 +72,7 @@ struct Item {
 
 #[derive(Template)]
 #[template(path = "notifications.html")]
-struct InboxPage {
+struct NotificationsPage {
     chrome: Chrome,
     show: &'static str,
     items: Vec<Item>,
@@ -134,7 +134,7 @@ pub(crate) async fn page(
             created: When::new(record.created_at, now),
         })
         .collect();
-    Ok(render(&InboxPage {
+    Ok(render(&NotificationsPage {
         chrome,
         show: show.as_str(),
         items,

@@ -1,0 +1,93 @@
+//! The settings page's branch and repository forms: add or change a branch, delete
+//! one, set the repository, default branch and concurrency limit.
+
+use serde_json::{Map, Value, json};
+
+use super::{AdminForm, done};
+use crate::api::repos::{delete_branch_of, set_repo_of, upsert_branch_of};
+use crate::error::ApiError;
+use crate::web::PageResult;
+use crate::web::form::FormFields;
+
+/// A whole number field: absent or empty is `Null`, anything else must parse.
+fn number_field(form: &FormFields, field: &str, json_field: &str) -> Result<Value, ApiError> {
+    match form.text(field).trim() {
+        "" => Ok(Value::Null),
+        raw => raw.parse::<i64>().map(Value::from).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_field",
+                Some(json_field),
+                format!("{json_field}: must be a whole number, not '{raw}'"),
+            )
+        }),
+    }
+}
+
+/// `POST /projects/{slug}/settings/branches` (form: `name`, `priority`, `auto_build`).
+pub(crate) async fn add_branch(admin: AdminForm) -> PageResult {
+    admin
+        .run(async |admin| {
+            let request = json!({
+                "name": admin.form.text("name"),
+                "priority": number_field(&admin.form, "priority", "priority")?,
+                "autoBuild": admin.form.checked("auto_build"),
+            });
+            upsert_branch_of(&admin.state, &admin.caller, &admin.project, &request).await?;
+            Ok(done(&admin.project.slug, "branch-saved", "branches"))
+        })
+        .await
+}
+
+/// `POST /projects/{slug}/settings/branches/delete` (form: `name`; branch names hold
+/// slashes, so the name is not in the path).
+pub(crate) async fn delete_branch(admin: AdminForm) -> PageResult {
+    admin
+        .run(async |admin| {
+            delete_branch_of(
+                &admin.state,
+                &admin.caller,
+                &admin.project,
+                admin.form.text("name"),
+            )
+            .await?;
+            Ok(done(&admin.project.slug, "branch-deleted", "branches"))
+        })
+        .await
+}
+
+/// `POST /projects/{slug}/settings/repo` (form: `repo` — empty keeps the current one,
+/// whose URL is shown masked —, `clear_repo`, `default_branch`, `max_concurrency` —
+/// empty for no limit).
+pub(crate) async fn set_repo(admin: AdminForm) -> PageResult {
+    admin
+        .run(async |admin| {
+            let repo = match admin.form.text("repo").trim() {
+                _ if admin.form.checked("clear_repo") => Value::Null,
+                "" => admin.project.repo.clone().map_or(Value::Null, Value::from),
+                repo => Value::from(repo),
+            };
+            let mut request = Map::new();
+            request.insert("repo".into(), repo);
+            if !admin.form.text("default_branch").trim().is_empty() {
+                request.insert(
+                    "defaultBranch".into(),
+                    admin.form.text("default_branch").trim().into(),
+                );
+            }
+            request.insert(
+                "maxConcurrency".into(),
+                number_field(&admin.form, "max_concurrency", "maxConcurrency")?,
+            );
+            set_repo_of(&admin.state, &admin.project, &Value::Object(request)).await?;
+            crate::api::users::audit(
+                &admin.state,
+                &admin.caller,
+                "repo.set",
+                Some(admin.project.id),
+                None,
+            )
+            .await;
+            Ok(done(&admin.project.slug, "repo-saved", "repository"))
+        })
+        .await
+}
