@@ -42,7 +42,11 @@ impl Client {
         priority: Option<i64>,
         auto_build: bool,
     ) -> Result<BranchDto, ClientError> {
-        let body = serde_json::json!({"name": name, "priority": priority, "autoBuild": auto_build});
+        let body = SetBranch {
+            name: name.to_owned(),
+            priority,
+            auto_build: Some(auto_build),
+        };
         self.call(
             Method::POST,
             &format!("/api/v1/projects/{}/branches", encode(project)),

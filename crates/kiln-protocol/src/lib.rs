@@ -253,6 +253,19 @@ pub struct RepoSettings {
     pub max_concurrency: Option<Option<i64>>,
 }
 
+/// `POST /api/v1/projects/{slug}/branches`: adds a branch or changes one.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SetBranch {
+    pub name: String,
+    /// 1 (highest) to 10; `null` or absent for the project's default.
+    #[serde(default)]
+    pub priority: Option<i64>,
+    /// Build each new commit by itself (false when absent or `null`).
+    #[serde(default)]
+    pub auto_build: Option<bool>,
+}
+
 /// A field that may be absent (`None`), `null` (`Some(None)`) or a value: serde reads
 /// an absent field through `default` and a present one through this.
 fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>

@@ -4,11 +4,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_core::FieldError;
-use kiln_protocol::{BranchDto, ProjectDto};
+use kiln_protocol::{BranchDto, ProjectDto, RepoSettings, SetBranch};
 use kiln_store::BranchRecord;
 use serde_json::{Value, json};
 
-use super::body::JsonBody;
+use super::body::{JsonBody, parse};
 use super::users::audit;
 use crate::AppState;
 use crate::auth::Caller;
@@ -56,7 +56,7 @@ pub(crate) async fn set_repo(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let project = project(&state, &caller, &slug).await?;
-    let updated = set_repo_of(&state, &project, &body).await?;
+    let updated = set_repo_of(&state, &project, &parse(body)?).await?;
     Ok(Json(repo_json(&updated)))
 }
 
@@ -65,11 +65,11 @@ pub(crate) async fn set_repo(
 pub(crate) async fn set_repo_of(
     state: &AppState,
     project: &kiln_store::Project,
-    body: &Value,
+    settings: &RepoSettings,
 ) -> Result<kiln_store::Project, ApiError> {
-    let repo = match body.get("repo") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(repo)) => {
+    let repo = match &settings.repo {
+        None => None,
+        Some(repo) => {
             // Checked as stored: trimmed first, so " --upload-pack=…" cannot pass.
             let repo = repo.trim();
             check_repo(repo)?;
@@ -80,22 +80,19 @@ pub(crate) async fn set_repo_of(
                 .map_err(|message| crate::scheduler::refused_repo(&project.slug, message))?;
             Some(repo.to_owned())
         }
-        Some(_) => return Err(FieldError::new("repo", "must be a string or null").into()),
     };
-    let default_branch = match body.get("defaultBranch") {
-        None | Some(Value::Null) => project.default_branch.clone(),
-        Some(Value::String(branch)) => {
+    let default_branch = match &settings.default_branch {
+        None => project.default_branch.clone(),
+        Some(branch) => {
             check_branch("defaultBranch", branch.trim())?;
             branch.trim().to_owned()
         }
-        Some(_) => return Err(FieldError::new("defaultBranch", "must be a string").into()),
     };
-    let max_concurrency = match body.get("maxConcurrency") {
+    let max_concurrency = match settings.max_concurrency {
         None => project.max_concurrency,
-        Some(Value::Null) => None,
-        Some(value) => Some(
-            value
-                .as_i64()
+        Some(None) => None,
+        Some(Some(limit)) => Some(
+            Some(limit)
                 .filter(|n| (1..=10_000).contains(n))
                 .ok_or_else(|| {
                     FieldError::new(
@@ -181,7 +178,7 @@ pub(crate) async fn upsert_branch(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<BranchDto>), ApiError> {
     let project = project(&state, &caller, &slug).await?;
-    let branch = upsert_branch_of(&state, &caller, &project, &body).await?;
+    let branch = upsert_branch_of(&state, &caller, &project, &parse(body)?).await?;
     Ok((StatusCode::OK, Json(branch_dto(&branch))))
 }
 
@@ -191,24 +188,17 @@ pub(crate) async fn upsert_branch_of(
     state: &AppState,
     caller: &Caller,
     project: &kiln_store::Project,
-    body: &Value,
+    request: &SetBranch,
 ) -> Result<BranchRecord, ApiError> {
-    let name = super::body::required_string(body, "name")?
-        .trim()
-        .to_owned();
+    let name = request.name.trim().to_owned();
     check_branch("name", &name)?;
-    let priority =
-        match body.get("priority") {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(value.as_i64().filter(|p| (1..=10).contains(p)).ok_or_else(
-                || FieldError::new("priority", "must be a whole number from 1 (highest) to 10"),
-            )?),
-        };
-    let auto_build = match body.get("autoBuild") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(value)) => *value,
-        Some(_) => return Err(FieldError::new("autoBuild", "must be true or false").into()),
+    let priority = match request.priority {
+        None => None,
+        Some(priority) => Some(Some(priority).filter(|p| (1..=10).contains(p)).ok_or_else(
+            || FieldError::new("priority", "must be a whole number from 1 (highest) to 10"),
+        )?),
     };
+    let auto_build = request.auto_build.unwrap_or(false);
     let branch = state
         .store
         .upsert_branch(project.id, &name, priority, auto_build, state.clock.now())

@@ -1,7 +1,7 @@
 //! The settings page's branch and repository forms: add or change a branch, delete
 //! one, set the repository, default branch and concurrency limit.
 
-use serde_json::{Map, Value, json};
+use kiln_protocol::{RepoSettings, SetBranch};
 
 use super::{AdminForm, done};
 use crate::api::repos::{delete_branch_of, set_repo_of, upsert_branch_of};
@@ -9,11 +9,11 @@ use crate::error::ApiError;
 use crate::web::PageResult;
 use crate::web::form::FormFields;
 
-/// A whole number field: absent or empty is `Null`, anything else must parse.
-fn number_field(form: &FormFields, field: &str, json_field: &str) -> Result<Value, ApiError> {
+/// A whole number field: absent or empty is `None`, anything else must parse.
+fn number_field(form: &FormFields, field: &str, json_field: &str) -> Result<Option<i64>, ApiError> {
     match form.text(field).trim() {
-        "" => Ok(Value::Null),
-        raw => raw.parse::<i64>().map(Value::from).map_err(|_| {
+        "" => Ok(None),
+        raw => raw.parse::<i64>().map(Some).map_err(|_| {
             ApiError::bad_request(
                 "invalid_field",
                 Some(json_field),
@@ -27,11 +27,11 @@ fn number_field(form: &FormFields, field: &str, json_field: &str) -> Result<Valu
 pub(crate) async fn add_branch(admin: AdminForm) -> PageResult {
     admin
         .run(async |admin| {
-            let request = json!({
-                "name": admin.form.text("name"),
-                "priority": number_field(&admin.form, "priority", "priority")?,
-                "autoBuild": admin.form.checked("auto_build"),
-            });
+            let request = SetBranch {
+                name: admin.form.text("name").to_owned(),
+                priority: number_field(&admin.form, "priority", "priority")?,
+                auto_build: Some(admin.form.checked("auto_build")),
+            };
             upsert_branch_of(&admin.state, &admin.caller, &admin.project, &request).await?;
             Ok(done(&admin.project.slug, "branch-saved", "branches"))
         })
@@ -62,23 +62,22 @@ pub(crate) async fn set_repo(admin: AdminForm) -> PageResult {
     admin
         .run(async |admin| {
             let repo = match admin.form.text("repo").trim() {
-                _ if admin.form.checked("clear_repo") => Value::Null,
-                "" => admin.project.repo.clone().map_or(Value::Null, Value::from),
-                repo => Value::from(repo),
+                _ if admin.form.checked("clear_repo") => None,
+                "" => admin.project.repo.clone(),
+                repo => Some(repo.to_owned()),
             };
-            let mut request = Map::new();
-            request.insert("repo".into(), repo);
-            if !admin.form.text("default_branch").trim().is_empty() {
-                request.insert(
-                    "defaultBranch".into(),
-                    admin.form.text("default_branch").trim().into(),
-                );
-            }
-            request.insert(
-                "maxConcurrency".into(),
-                number_field(&admin.form, "max_concurrency", "maxConcurrency")?,
-            );
-            set_repo_of(&admin.state, &admin.project, &Value::Object(request)).await?;
+            let default_branch = admin.form.text("default_branch").trim();
+            let settings = RepoSettings {
+                repo,
+                default_branch: (!default_branch.is_empty()).then(|| default_branch.to_owned()),
+                // An empty field is no limit.
+                max_concurrency: Some(number_field(
+                    &admin.form,
+                    "max_concurrency",
+                    "maxConcurrency",
+                )?),
+            };
+            set_repo_of(&admin.state, &admin.project, &settings).await?;
             crate::api::users::audit(
                 &admin.state,
                 &admin.caller,
