@@ -210,7 +210,7 @@ impl Client {
     ) -> Result<CreatedToken, ClientError> {
         let body = CreateToken {
             name: name.into(),
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            scopes: Some(scopes.iter().map(|s| (*s).to_owned()).collect()),
         };
         self.call(
             Method::POST,

@@ -54,10 +54,13 @@ pub struct WhoAmI {
     pub instance_admin: bool,
 }
 
+/// `POST /api/v1/projects/{slug}/tokens`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateToken {
     pub name: String,
-    pub scopes: Vec<String>,
+    /// `ingest` and/or `read`; `["ingest"]` when absent or `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

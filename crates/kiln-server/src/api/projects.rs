@@ -6,18 +6,22 @@ use axum::{Extension, Json};
 use kiln_core::limits::MAX_NAME_LEN;
 use kiln_core::token::{Scope, TokenKind};
 use kiln_core::{FieldError, ProjectSlug};
-use kiln_protocol::{CreatedToken, ProjectDto, ProjectList, TokenDto, TokenList};
+use kiln_protocol::{CreateToken, CreatedToken, ProjectDto, ProjectList, TokenDto, TokenList};
 use kiln_store::{NewToken, Project, StoreError};
 use serde_json::Value;
 
-use super::body::{JsonBody, required_string};
+use super::body::{JsonBody, parse, required_string};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::wire::{project_dto, token_dto};
 use crate::{AppState, generate_token};
 
 fn display_name(body: &Value, field: &str) -> Result<String, ApiError> {
-    let name = required_string(body, field)?.trim();
+    checked_name(required_string(body, field)?, field)
+}
+
+fn checked_name(name: &str, field: &str) -> Result<String, ApiError> {
+    let name = name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
         return Err(FieldError::new(field, format!("must be 1-{MAX_NAME_LEN} characters")).into());
     }
@@ -89,7 +93,7 @@ pub(crate) async fn create_token(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let project = super::members::administered_project(&state, &caller, &slug).await?;
-    let (token, record) = create_project_token(&state, &caller, &project, &body).await?;
+    let (token, record) = create_project_token(&state, &caller, &project, &parse(body)?).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
@@ -105,21 +109,16 @@ pub(crate) async fn create_project_token(
     state: &AppState,
     caller: &Caller,
     project: &Project,
-    body: &Value,
+    request: &CreateToken,
 ) -> Result<(String, kiln_store::TokenRecord), ApiError> {
-    let name = display_name(body, "name")?;
-    let scopes = match body.get("scopes") {
-        None | Some(Value::Null) => vec![Scope::Ingest],
-        Some(Value::Array(items)) if !items.is_empty() => {
+    let name = checked_name(&request.name, "name")?;
+    let scopes = match &request.scopes {
+        None => vec![Scope::Ingest],
+        Some(items) if !items.is_empty() => {
             let mut scopes = items
                 .iter()
                 .enumerate()
-                .map(|(index, item)| {
-                    let field = format!("scopes[{index}]");
-                    item.as_str()
-                        .ok_or_else(|| FieldError::new(&field, "must be \"ingest\" or \"read\""))
-                        .and_then(|raw| Scope::parse(&field, raw))
-                })
+                .map(|(index, raw)| Scope::parse(&format!("scopes[{index}]"), raw))
                 .collect::<Result<Vec<_>, _>>()?;
             scopes.sort();
             scopes.dedup();

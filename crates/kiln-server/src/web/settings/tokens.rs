@@ -3,7 +3,7 @@
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde_json::json;
+use kiln_protocol::CreateToken;
 
 use super::{AdminForm, SecretPage, done};
 use crate::api::projects::{create_project_token, revoke_project_token};
@@ -22,7 +22,10 @@ pub(crate) async fn create_token(admin: AdminForm) -> PageResult {
                     "scopes: tick ingest, read or both",
                 ));
             }
-            let request = json!({"name": admin.form.text("name"), "scopes": scopes});
+            let request = CreateToken {
+                name: admin.form.text("name").to_owned(),
+                scopes: Some(scopes.iter().map(|scope| scope.to_string()).collect()),
+            };
             let (token, record) =
                 create_project_token(&admin.state, &admin.caller, &admin.project, &request).await?;
             let chrome = Chrome::load(&admin.state, &admin.caller, "projects", "New token")
