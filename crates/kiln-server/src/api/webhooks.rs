@@ -4,13 +4,14 @@
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
+use kiln_protocol::{CreateWebhook, UpdateWebhook};
 use kiln_store::{
     NewWebhookDelivery, WebhookDeliveryRecord, WebhookEndpoint, WebhookEndpointPatch,
     WebhookEndpointStatus, WebhookFormat,
 };
 use serde_json::{Value, json};
 
-use super::body::{JsonBody, QueryParams};
+use super::body::{JsonBody, QueryParams, parse};
 use super::members::administered_project;
 use super::projects::readable_project;
 use super::users::audit;
@@ -56,48 +57,38 @@ async fn checked_url(state: &AppState, url: &str) -> Result<String, ApiError> {
     Ok(target.url.to_string())
 }
 
-fn events_field(body: &Value) -> Result<Option<Vec<String>>, ApiError> {
-    match body.get("events") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item.as_str() {
-                Some(pattern)
-                    if !pattern.is_empty()
-                        && pattern.len() <= 64
-                        && pattern.trim_end_matches('*').chars().all(|c| {
-                            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
-                        }) =>
-                {
-                    Ok(pattern.to_owned())
-                }
-                _ => Err(invalid(
+fn checked_events(events: Option<&Vec<String>>) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(patterns) = events else {
+        return Ok(None);
+    };
+    patterns
+        .iter()
+        .map(|pattern| {
+            let valid = !pattern.is_empty()
+                && pattern.len() <= 64
+                && pattern.trim_end_matches('*').chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
+                });
+            if valid {
+                Ok(pattern.clone())
+            } else {
+                Err(invalid(
                     "events",
                     "events: give event types or prefix patterns like [\"build_*\", \"stage_failed\"]",
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(_) => Err(invalid("events", "events: must be an array of strings")),
-    }
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
-fn format_field(body: &Value) -> Result<Option<WebhookFormat>, ApiError> {
-    match body.get("format") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(value)) => WebhookFormat::parse(value)
-            .map(Some)
-            .ok_or_else(|| invalid("format", "format: use \"kiln\" or \"cdevents\"")),
-        Some(_) => Err(invalid("format", "format: use \"kiln\" or \"cdevents\"")),
-    }
-}
-
-fn bool_field(body: &Value, field: &str) -> Result<Option<bool>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(value)) => Ok(Some(*value)),
-        Some(_) => Err(invalid(field, format!("{field}: must be true or false"))),
-    }
+fn checked_format(format: Option<&String>) -> Result<Option<WebhookFormat>, ApiError> {
+    format
+        .map(|value| {
+            WebhookFormat::parse(value)
+                .ok_or_else(|| invalid("format", "format: use \"kiln\" or \"cdevents\""))
+        })
+        .transpose()
 }
 
 fn object(body: &Value) -> Result<(), ApiError> {
@@ -178,7 +169,14 @@ pub(crate) async fn create(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
-    let endpoint = create_endpoint(&state, &caller, &project, &body).await?;
+    object(&body)?;
+    let request: CreateWebhook = parse(body).map_err(|error| match error {
+        ApiError::BadRequest { field, .. } if field.as_deref() == Some("url") => {
+            invalid("url", "url: give the receiver's http(s) URL")
+        }
+        error => error,
+    })?;
+    let endpoint = create_endpoint(&state, &caller, &project, &request).await?;
     let mut answer = endpoint_json(&endpoint, &project.slug);
     answer["secret"] = endpoint.secret.clone().into();
     Ok((StatusCode::CREATED, Json(answer)))
@@ -190,22 +188,18 @@ pub(crate) async fn create_endpoint(
     state: &AppState,
     caller: &Caller,
     project: &kiln_store::Project,
-    body: &Value,
+    request: &CreateWebhook,
 ) -> Result<WebhookEndpoint, ApiError> {
-    object(body)?;
-    let url = match body.get("url") {
-        Some(Value::String(url)) => checked_url(state, url).await?,
-        _ => return Err(invalid("url", "url: give the receiver's http(s) URL")),
-    };
+    let url = checked_url(state, &request.url).await?;
     let endpoint = state
         .store
         .create_webhook_endpoint(&kiln_store::NewWebhookEndpoint {
             project_id: project.id,
             url,
             secret: payload::generate_secret(),
-            events: events_field(body)?.unwrap_or_default(),
-            format: format_field(body)?.unwrap_or(WebhookFormat::Kiln),
-            active: bool_field(body, "active")?.unwrap_or(true),
+            events: checked_events(request.events.as_ref())?.unwrap_or_default(),
+            format: checked_format(request.format.as_ref())?.unwrap_or(WebhookFormat::Kiln),
+            active: request.active.unwrap_or(true),
             created_at: state.clock.now(),
         })
         .await?;
@@ -258,7 +252,9 @@ pub(crate) async fn update(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
-    let endpoint = update_endpoint(&state, &project, parse_id(&id, "webhook")?, &body).await?;
+    object(&body)?;
+    let request: UpdateWebhook = parse(body)?;
+    let endpoint = update_endpoint(&state, &project, parse_id(&id, "webhook")?, &request).await?;
     Ok(Json(endpoint_json(&endpoint, &project.slug)))
 }
 
@@ -269,20 +265,18 @@ pub(crate) async fn update_endpoint(
     state: &AppState,
     project: &kiln_store::Project,
     id: i64,
-    body: &Value,
+    request: &UpdateWebhook,
 ) -> Result<WebhookEndpoint, ApiError> {
-    object(body)?;
-    let url = match body.get("url") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(url)) => Some(checked_url(state, url).await?),
-        Some(_) => return Err(invalid("url", "url: give the receiver's http(s) URL")),
+    let url = match &request.url {
+        None => None,
+        Some(url) => Some(checked_url(state, url).await?),
     };
     let patch = WebhookEndpointPatch {
         url,
-        events: events_field(body)?,
-        format: format_field(body)?,
-        active: bool_field(body, "active")?,
-        discard_held: bool_field(body, "discardHeld")?.unwrap_or(false),
+        events: checked_events(request.events.as_ref())?,
+        format: checked_format(request.format.as_ref())?,
+        active: request.active,
+        discard_held: request.discard_held,
     };
     if patch.discard_held && patch.active != Some(true) {
         return Err(invalid(

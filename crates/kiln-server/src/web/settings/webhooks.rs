@@ -10,8 +10,9 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
+use kiln_protocol::{CreateWebhook, UpdateWebhook};
 use kiln_store::{Project, WebhookDeliveryState};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{AdminForm, AdminPage, SecretPage, done, query_notice, success_rate};
 use crate::AppState;
@@ -27,14 +28,13 @@ use crate::web::when::When;
 use crate::web::{Chrome, PageError, PageResult, encode_query, render};
 
 /// The `events` field: patterns separated by commas or spaces; empty is every event.
-fn events_of(form: &FormFields) -> Value {
-    let patterns: Vec<&str> = form
-        .text("events")
+fn events_of(form: &FormFields) -> Vec<String> {
+    form.text("events")
         .split([',', ' ', '\n'])
         .map(str::trim)
         .filter(|pattern| !pattern.is_empty())
-        .collect();
-    json!(patterns)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `POST /projects/{slug}/settings/webhooks` (form: `url`, `format`, `events`,
@@ -42,12 +42,15 @@ fn events_of(form: &FormFields) -> Value {
 pub(crate) async fn create_webhook(admin: AdminForm) -> PageResult {
     admin
         .run(async |admin| {
-            let request = json!({
-                "url": admin.form.text("url").trim(),
-                "format": match admin.form.text("format") { "" => "kiln", format => format },
-                "events": events_of(&admin.form),
-                "active": admin.form.checked("active"),
-            });
+            let request = CreateWebhook {
+                url: admin.form.text("url").trim().to_owned(),
+                format: Some(match admin.form.text("format") {
+                    "" => "kiln".to_owned(),
+                    format => format.to_owned(),
+                }),
+                events: Some(events_of(&admin.form)),
+                active: Some(admin.form.checked("active")),
+            };
             let endpoint =
                 create_endpoint(&admin.state, &admin.caller, &admin.project, &request).await?;
             secret_page(
@@ -155,7 +158,10 @@ pub(crate) async fn set_webhook_active(admin: AdminForm<WebhookEndpointPage>) ->
                 &admin.state,
                 &admin.project,
                 id,
-                &json!({ "active": active }),
+                &UpdateWebhook {
+                    active: Some(active),
+                    ..UpdateWebhook::default()
+                },
             )
             .await?;
             Ok(to_webhook(
