@@ -133,3 +133,24 @@ pub(crate) fn job_dto(job: &kiln_store::JobRecord) -> kiln_protocol::JobDto {
         waiting_for: None,
     }
 }
+
+/// An outbound webhook endpoint as served: never its secret, only its first characters.
+pub(crate) fn webhook_dto(
+    endpoint: &kiln_store::WebhookEndpoint,
+    project_slug: &str,
+) -> kiln_protocol::WebhookDto {
+    kiln_protocol::WebhookDto {
+        id: endpoint.id,
+        project: project_slug.to_owned(),
+        url: endpoint.url.clone(),
+        events: endpoint.events.clone(),
+        format: endpoint.format.as_str().to_owned(),
+        active: endpoint.active,
+        disabled_reason: endpoint.disabled_reason.clone(),
+        dropped_while_disabled: endpoint.dropped_while_disabled,
+        secret_prefix: endpoint.secret.chars().take(10).collect(),
+        previous_secret_until: endpoint.previous_secret_until.map(Millis::to_rfc3339),
+        created_at: endpoint.created_at.to_rfc3339(),
+        updated_at: endpoint.updated_at.to_rfc3339(),
+    }
+}

@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
-use kiln_protocol::{CreateWebhook, UpdateWebhook};
+use kiln_protocol::{CreateWebhook, UpdateWebhook, WebhookDto, WebhookList, WebhookWithSecret};
 use kiln_store::{
     NewWebhookDelivery, WebhookDeliveryRecord, WebhookEndpoint, WebhookEndpointPatch,
     WebhookEndpointStatus, WebhookFormat,
@@ -20,6 +20,7 @@ use crate::address;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::webhooks::payload;
+use crate::wire::webhook_dto;
 
 /// Deliveries shown by the log.
 pub(crate) const LOG_LIMIT: i64 = 100;
@@ -104,23 +105,6 @@ fn object(body: &Value) -> Result<(), ApiError> {
 }
 
 /// An endpoint as served (never its secrets).
-fn endpoint_json(endpoint: &WebhookEndpoint, project_slug: &str) -> Value {
-    json!({
-        "id": endpoint.id,
-        "project": project_slug,
-        "url": endpoint.url,
-        "events": endpoint.events,
-        "format": endpoint.format.as_str(),
-        "active": endpoint.active,
-        "disabledReason": endpoint.disabled_reason,
-        "droppedWhileDisabled": endpoint.dropped_while_disabled,
-        "secretPrefix": endpoint.secret.chars().take(10).collect::<String>(),
-        "previousSecretUntil": endpoint.previous_secret_until.map(|at| at.to_rfc3339()),
-        "createdAt": endpoint.created_at.to_rfc3339(),
-        "updatedAt": endpoint.updated_at.to_rfc3339(),
-    })
-}
-
 fn delivery_json(state: &AppState, delivery: &WebhookDeliveryRecord) -> Value {
     let attempts: Vec<Value> = delivery
         .attempt_log
@@ -167,7 +151,7 @@ pub(crate) async fn create(
     Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<WebhookWithSecret>), ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
     object(&body)?;
     let request: CreateWebhook = parse(body).map_err(|error| match error {
@@ -177,9 +161,13 @@ pub(crate) async fn create(
         error => error,
     })?;
     let endpoint = create_endpoint(&state, &caller, &project, &request).await?;
-    let mut answer = endpoint_json(&endpoint, &project.slug);
-    answer["secret"] = endpoint.secret.clone().into();
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok((
+        StatusCode::CREATED,
+        Json(WebhookWithSecret {
+            secret: endpoint.secret.clone(),
+            webhook: webhook_dto(&endpoint, &project.slug),
+        }),
+    ))
 }
 
 /// Creates an endpoint from `{url, events?, format?, active?}` (the API and the settings
@@ -219,14 +207,15 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookList>, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
     let endpoints = state.store.webhook_endpoints(Some(project.id)).await?;
-    let items: Vec<Value> = endpoints
-        .iter()
-        .map(|endpoint| endpoint_json(endpoint, &project.slug))
-        .collect();
-    Ok(Json(json!({ "webhooks": items })))
+    Ok(Json(WebhookList {
+        webhooks: endpoints
+            .iter()
+            .map(|endpoint| webhook_dto(endpoint, &project.slug))
+            .collect(),
+    }))
 }
 
 /// `GET /api/v1/projects/{slug}/webhooks/{id}`.
@@ -234,13 +223,13 @@ pub(crate) async fn show(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((slug, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookDto>, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
     let endpoint = state
         .store
         .webhook_endpoint(project.id, parse_id(&id, "webhook")?)
         .await?;
-    Ok(Json(endpoint_json(&endpoint, &project.slug)))
+    Ok(Json(webhook_dto(&endpoint, &project.slug)))
 }
 
 /// `PATCH /api/v1/projects/{slug}/webhooks/{id}` `{url?, events?, format?, active?,
@@ -250,12 +239,12 @@ pub(crate) async fn update(
     Extension(caller): Extension<Caller>,
     Path((slug, id)): Path<(String, String)>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookDto>, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
     object(&body)?;
     let request: UpdateWebhook = parse(body)?;
     let endpoint = update_endpoint(&state, &project, parse_id(&id, "webhook")?, &request).await?;
-    Ok(Json(endpoint_json(&endpoint, &project.slug)))
+    Ok(Json(webhook_dto(&endpoint, &project.slug)))
 }
 
 /// Changes an endpoint from `{url?, events?, format?, active?, discardHeld?}` (the API
@@ -321,12 +310,14 @@ pub(crate) async fn rotate_secret(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((slug, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookWithSecret>, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
     let endpoint =
         rotate_endpoint_secret(&state, &caller, &project, parse_id(&id, "webhook")?).await?;
-    let mut answer = endpoint_json(&endpoint, &project.slug);
-    answer["secret"] = endpoint.secret.clone().into();
+    let answer = WebhookWithSecret {
+        secret: endpoint.secret.clone(),
+        webhook: webhook_dto(&endpoint, &project.slug),
+    };
     Ok(Json(answer))
 }
 
