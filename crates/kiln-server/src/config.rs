@@ -6,25 +6,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 
-/// A secret string whose `Debug` output is redacted.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::secret_box::Secret;
 
 #[derive(Clone)]
 pub struct ServerConfig {

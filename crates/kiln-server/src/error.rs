@@ -105,45 +105,6 @@ impl From<FieldError> for ApiError {
     }
 }
 
-impl From<crate::scheduler::error::SchedulerError> for ApiError {
-    fn from(error: crate::scheduler::error::SchedulerError) -> Self {
-        use crate::scheduler::error::SchedulerError as E;
-        match error {
-            E::BadRequest {
-                code,
-                message,
-                field,
-            } => Self::BadRequest {
-                code,
-                message,
-                field,
-            },
-            E::NotFound(message) => Self::NotFound(message),
-            E::Conflict {
-                code,
-                message,
-                field,
-            } => Self::Conflict {
-                code,
-                message,
-                field,
-            },
-            E::Unprocessable {
-                code,
-                message,
-                field,
-            } => Self::Unprocessable {
-                code,
-                message,
-                field,
-            },
-            E::PayloadTooLarge(message) => Self::PayloadTooLarge(message),
-            E::Unavailable(message) => Self::Unavailable(message),
-            E::Store(error) => error.into(),
-        }
-    }
-}
-
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

@@ -1,7 +1,8 @@
 //! Encryption at rest of project secrets and repository credentials: ChaCha20-Poly1305
 //! (AEAD) under the instance's key (`--secret-key-file`), a random nonce per value, and
 //! the value's owner and name as associated data, so a ciphertext moved to another row
-//! does not decrypt. Stored as `kiln1:` + hex(nonce ‖ ciphertext ‖ tag).
+//! does not decrypt. Stored as `kiln1:` + hex(nonce ‖ ciphertext ‖ tag). Also `Secret`,
+//! a configured secret string (an admin token, an SMTP password) whose `Debug` hides it.
 
 use std::fmt;
 
@@ -105,6 +106,26 @@ pub(crate) fn secret_context(project_id: i64, name: &str) -> String {
 /// The associated data of a project's repository credentials.
 pub(crate) fn repo_credentials_context(project_id: i64) -> String {
     format!("repo-credentials:{project_id}")
+}
+
+/// A secret string whose `Debug` output is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 #[cfg(test)]

@@ -30,8 +30,8 @@ use tokio::sync::{Notify, watch};
 
 use self::smtp::{Login, SmtpRelay, TlsMode};
 use crate::clock::Clock;
-use crate::config::Secret;
 use crate::live::Bus;
+use crate::secret_box::Secret;
 
 /// Events read per page.
 const PAGE: i64 = 500;

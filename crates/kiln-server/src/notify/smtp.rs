@@ -22,7 +22,7 @@ use lettre::transport::smtp::extension::ClientId;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use crate::config::Secret;
+use crate::secret_box::Secret;
 
 /// The name Kiln gives in EHLO.
 const HELLO_NAME: &str = "kiln.localdomain";

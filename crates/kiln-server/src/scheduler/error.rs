@@ -1,5 +1,6 @@
 //! The scheduler's own errors: what it refuses and why, in Kiln's words, independent of
-//! HTTP. The JSON API and the dashboard map them (`From<SchedulerError> for ApiError`);
+//! HTTP. The JSON API and the dashboard map them (`From<SchedulerError> for ApiError`,
+//! in `api/mod.rs`);
 //! a store error keeps its cause until it is mapped in one place (`error.rs`).
 
 use kiln_store::StoreError;
