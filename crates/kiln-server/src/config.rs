@@ -21,6 +21,8 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock>,
     /// Builds Kiln runs: leases, aging, branch polling, log cap, git mirrors.
     pub scheduler: crate::scheduler::SchedulerConfig,
+    /// The passes the periodic background tasks completed (tests wait on them).
+    pub passes: Arc<crate::background::Passes>,
     /// Mark session cookies `Secure` (always, not only behind `X-Forwarded-Proto: https`).
     pub secure_cookies: bool,
     /// Notifications of build events: retention, email.
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
             max_streams_per_token: 500,
             clock: Arc::new(SystemClock),
             scheduler: crate::scheduler::SchedulerConfig::default(),
+            passes: Arc::default(),
             secure_cookies: false,
             notifications: crate::notify::NotificationConfig::default(),
             webhooks: crate::webhooks::WebhookConfig::default(),

@@ -32,6 +32,7 @@ use kiln_core::{Millis, ProjectSlug};
 use kiln_store::{NewToken, Store, StoreError};
 use tokio::net::TcpListener;
 
+pub use background::{Passes, Periodic};
 pub use config::{Secret, ServerConfig};
 pub use error::ApiError;
 pub use notify::{EmailConfig, NotificationConfig, SmtpFiles};
@@ -157,6 +158,7 @@ pub async fn run(
             clock.clone(),
             config.notifications.clone(),
             mail_queued.clone(),
+            config.passes.clone(),
             background.stop_signal(),
         ),
     );
@@ -170,6 +172,7 @@ pub async fn run(
                 email,
                 config.notifications.poll_interval,
                 mail_queued,
+                config.passes.clone(),
                 background.stop_signal(),
             ),
         );
@@ -206,6 +209,7 @@ pub async fn run(
             clock,
             config.heartbeat_timeout_secs,
             config.reaper_interval,
+            config.passes.clone(),
             background.stop_signal(),
         ),
     );

@@ -26,6 +26,7 @@ pub(crate) async fn run(
     clock: Arc<dyn Clock>,
     default_timeout_secs: i64,
     interval: Duration,
+    passes: Arc<crate::background::Passes>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -38,6 +39,7 @@ pub(crate) async fn run(
         if let Err(error) = reap_once(&*store, &ingestor, &*clock, default_timeout_secs).await {
             tracing::warn!(%error, "stale-build scan failed; retrying at the next interval");
         }
+        passes.done(crate::background::Periodic::Reaper);
     }
 }
 

@@ -67,7 +67,7 @@ async fn a_silent_build_is_marked_stale_by_an_event(engine: Engine) {
     assert_eq!(last["data"]["reason"], "stale");
     assert_eq!(last["origin"], "kiln");
     // The reaper keeps scanning; the build is failed exactly once.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.passes_of(kiln_server::Periodic::Reaper, 2).await;
     assert_eq!(
         web.build_events("quiet", 0, None)
             .await

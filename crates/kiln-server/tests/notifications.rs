@@ -585,7 +585,7 @@ async fn admins_get_one_notification_per_build_event(engine: Engine) {
     app.stop().await;
     let app = TestApp::spawn_on(database, clock).await;
     settle(&*store).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.passes_of(kiln_server::Periodic::Notifier, 2).await;
     assert_eq!(inbox(&app, &root, "?archived=true").await.len(), 10);
     assert!(inbox(&app, &root, "").await.is_empty());
     app.stop().await;
@@ -710,7 +710,7 @@ async fn emails_reach_a_real_smtp_server_after_a_retry(engine: Engine) {
     }
     assert!(listening, "aiosmtpd did not start");
     // Not due yet: the retry waits its backoff (server time).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.passes_of(kiln_server::Periodic::Mail, 2).await;
     assert!(mailbox(&maildir).is_empty());
     app.clock.advance_ms(11_000);
     let mut messages = Vec::new();
@@ -722,10 +722,11 @@ async fn emails_reach_a_real_smtp_server_after_a_retry(engine: Engine) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Both admins, once each; and no more arrive.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.passes_of(kiln_server::Periodic::Mail, 2).await;
     // Past any claim, short of the heartbeat timeout (a stale build would notify again).
     app.clock.advance_ms(60_000);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.passes_of(kiln_server::Periodic::Notifier, 2).await;
+    app.passes_of(kiln_server::Periodic::Mail, 2).await;
     let messages_after = mailbox(&maildir);
     let _ = smtpd.kill();
     let _ = smtpd.wait();

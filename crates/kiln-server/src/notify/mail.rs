@@ -34,6 +34,7 @@ pub(crate) async fn run(
     config: EmailConfig,
     poll_interval: Duration,
     queued: Arc<Notify>,
+    passes: Arc<crate::background::Passes>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut wake = Wake::Tick;
@@ -44,6 +45,7 @@ pub(crate) async fn run(
         if let Err(error) = send_due(&*store, &*clock, &config, &mut stop).await {
             tracing::warn!(%error, "cannot read the email outbox; retrying");
         }
+        passes.done(crate::background::Periodic::Mail);
         // `send_due` may have seen the stop already (then `changed` would not fire).
         if *stop.borrow() {
             return;

@@ -289,6 +289,7 @@ pub(crate) async fn run(
     clock: Arc<dyn Clock>,
     config: NotificationConfig,
     mail_wake: Arc<Notify>,
+    passes: Arc<crate::background::Passes>,
     mut stop: watch::Receiver<bool>,
 ) {
     let poll_interval = config.poll_interval;
@@ -318,6 +319,7 @@ pub(crate) async fn run(
                 if matches!(wake, Wake::Tick) {
                     notifier.auto_archive().await;
                 }
+                passes.done(crate::background::Periodic::Notifier);
             }
         }
         wake = tokio::select! {

@@ -36,6 +36,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub database: Arc<TestDatabase>,
+    /// The server's background task passes: wait on these, not on a sleep.
+    pub passes: Arc<kiln_server::Passes>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -81,6 +83,7 @@ impl TestApp {
             ..ServerConfig::default()
         };
         configure(&mut config);
+        let passes = config.passes.clone();
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             kiln_server::run(listener, store, config, async {
@@ -95,6 +98,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             clock,
             database,
+            passes,
             shutdown: Some(shutdown),
             server: Some(server),
         };
@@ -105,6 +109,17 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("server did not become healthy");
+    }
+
+    /// Waits for `more` passes of a periodic background task (the one that would act
+    /// has then run), failing the test after 10 s.
+    pub async fn passes_of(&self, task: kiln_server::Periodic, more: u64) {
+        assert!(
+            self.passes
+                .wait_for(task, more, Duration::from_secs(10))
+                .await,
+            "{task:?} did not make {more} passes within 10 s"
+        );
     }
 
     /// Graceful shutdown: returns once the server has stopped.
