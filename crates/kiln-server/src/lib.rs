@@ -20,6 +20,7 @@ mod routes;
 mod scheduler;
 mod secret_box;
 mod serve;
+mod services;
 mod web;
 mod webhooks;
 mod wire;

@@ -5,47 +5,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_protocol::{TriggerBuild, TriggeredBuild};
-use kiln_store::{BuildRecord, Project};
 use serde_json::{Value, json};
 
 use super::body::parse;
-use super::projects::readable_project;
 use crate::AppState;
-use crate::auth::{Caller, Requester};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::scheduler::TriggerRequest;
-
-/// The project, if the caller may trigger its builds (404 when it may not even read it).
-pub(crate) async fn writable_project(
-    state: &AppState,
-    caller: &Caller,
-    slug: &str,
-) -> Result<Project, ApiError> {
-    let project = readable_project(state, caller, slug).await?;
-    if !caller.can_write(project.id) {
-        return Err(caller.missing(kiln_core::Role::Developer));
-    }
-    Ok(project)
-}
-
-/// Who is calling, recorded as who triggered, retried or cancelled a build.
-pub(crate) async fn requester(state: &AppState, caller: &Caller) -> Result<Requester, ApiError> {
-    Requester::of(state.store.as_ref(), caller).await
-}
-
-pub(crate) async fn project_build(
-    state: &AppState,
-    project: &Project,
-    run_id: &str,
-) -> Result<BuildRecord, ApiError> {
-    match state.store.build_by_run_id(run_id).await? {
-        Some(build) if build.project_id == project.id => Ok(build),
-        _ => Err(ApiError::NotFound(format!(
-            "build '{run_id}' not found in project '{}'",
-            project.slug
-        ))),
-    }
-}
+use crate::services::builds::{project_build, requester, retry_request, writable_project};
 
 pub(crate) async fn trigger(
     State(state): State<AppState>,
@@ -100,40 +67,6 @@ pub(crate) async fn retry(
     let request = retry_request(&build, Some(requester(&state, &caller).await?))?;
     let build = state.scheduler.trigger(&project, request).await?;
     Ok((StatusCode::CREATED, Json(build)))
-}
-
-/// What retrying `build` asks the scheduler for: its branch at its commit, again. Only an
-/// ended build that Kiln ran (it has both) can be retried.
-pub(crate) fn retry_request(
-    build: &BuildRecord,
-    by: Option<Requester>,
-) -> Result<TriggerRequest, ApiError> {
-    let run_id = build.state.run_id.to_string();
-    if !build.state.status.is_terminal() {
-        return Err(ApiError::Conflict {
-            code: "build_running",
-            message: format!("build {run_id} has not ended; cancel it first or wait"),
-            field: None,
-        });
-    }
-    let (Some(branch), Some(commit)) = (build.state.branch.clone(), build.state.commit.clone())
-    else {
-        return Err(ApiError::Unprocessable {
-            code: "unprocessable",
-            message: format!(
-                "build {run_id} has no branch and commit to build again (it reported itself; Kiln did not run it)"
-            ),
-            field: Some("runId".into()),
-        });
-    };
-    Ok(TriggerRequest {
-        branch: Some(branch),
-        commit: Some(commit),
-        priority: None,
-        cause: "retry",
-        retry_of: Some(run_id),
-        by,
-    })
 }
 
 pub(crate) async fn cancel(

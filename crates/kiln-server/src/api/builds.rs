@@ -9,13 +9,14 @@ use kiln_core::limits::{
     DEFAULT_BUILD_PAGE_LIMIT, DEFAULT_EVENT_PAGE_LIMIT, MAX_HEARTBEAT_TIMEOUT_SECS, MAX_PAGE_LIMIT,
 };
 use kiln_protocol::{BuildDto, BuildList, BuildStatusDto, EventPage, ProjectStatus};
-use kiln_store::{BuildFilter, BuildRecord};
+use kiln_store::BuildFilter;
 
 use super::body::QueryParams;
-use super::projects::readable_project;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::services::builds::readable_build;
+use crate::services::projects::readable_project;
 use crate::wire::{build_dto, event_json, status_dto};
 
 /// The project a read is about: the `project` parameter, or the token's own project.
@@ -54,17 +55,6 @@ pub(crate) async fn required_project(
             "project: is required with an instance-admin token",
         )
     })
-}
-
-pub(crate) async fn readable_build(
-    state: &AppState,
-    caller: &Caller,
-    run_id: &str,
-) -> Result<BuildRecord, ApiError> {
-    match state.store.build_by_run_id(run_id).await? {
-        Some(build) if caller.can_read(build.project_id) => Ok(build),
-        _ => Err(ApiError::NotFound(format!("build '{run_id}' not found"))),
-    }
 }
 
 pub(crate) async fn list_builds(

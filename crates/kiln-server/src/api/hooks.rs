@@ -11,12 +11,12 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::body::RawBody;
-use super::members::administered_project;
-use super::users::audit;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::scheduler::TriggerRequest;
+use crate::services::accounts::audit;
+use crate::services::members::administered_project;
 
 /// `PUT /api/v1/projects/{slug}/hooks/github`: a new secret (shown once) to paste into
 /// the repository's webhook settings, replacing any earlier one.

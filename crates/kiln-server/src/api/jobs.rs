@@ -15,11 +15,11 @@ use kiln_store::JobRecord;
 use serde_json::json;
 
 use super::body::QueryParams;
-use super::build_control::project_build;
-use super::projects::readable_project;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::services::builds::project_build;
+use crate::services::projects::readable_project;
 use crate::wire::job_dto;
 
 /// Most bytes one log page returns.

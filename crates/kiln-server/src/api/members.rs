@@ -3,28 +3,15 @@
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
-use kiln_core::{FieldError, Role};
+use kiln_core::FieldError;
 use serde_json::{Value, json};
 
 use super::body::{JsonBody, QueryParams, required_string};
-use super::projects::readable_project;
-use super::users::{audit, user_json};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-
-/// The project, if the caller administers it (404 when it may not even see it).
-pub(crate) async fn administered_project(
-    state: &AppState,
-    caller: &Caller,
-    slug: &str,
-) -> Result<kiln_store::Project, ApiError> {
-    let project = readable_project(state, caller, slug).await?;
-    if !caller.can_admin(project.id) {
-        return Err(caller.missing(Role::Admin));
-    }
-    Ok(project)
-}
+use crate::services::accounts::user_json;
+use crate::services::members::{administered_project, remove_member_of, set_member_role};
 
 pub(crate) async fn list_members(
     State(state): State<AppState>,
@@ -56,32 +43,6 @@ pub(crate) async fn set_member(
     ))
 }
 
-/// Gives a user (by id or email) a role in the project (the API and the settings page).
-pub(crate) async fn set_member_role(
-    state: &AppState,
-    caller: &Caller,
-    project: &kiln_store::Project,
-    user: &str,
-    role: &str,
-) -> Result<(kiln_store::UserRecord, Role), ApiError> {
-    let role = Role::parse("role", role)?;
-    let user = user_by_path(state, user).await?;
-    let membership = state
-        .store
-        .set_membership(project.id, user.id, role, state.clock.now())
-        .await?;
-    state.authenticator.forget_all();
-    audit(
-        state,
-        caller,
-        "member.set",
-        Some(project.id),
-        Some(&format!("{} as {role}", user.email)),
-    )
-    .await;
-    Ok((user, membership.role))
-}
-
 pub(crate) async fn remove_member(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -90,48 +51,6 @@ pub(crate) async fn remove_member(
     let project = administered_project(&state, &caller, &slug).await?;
     remove_member_of(&state, &caller, &project, &user_id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Removes a user (by id or email) from the project (the API and the settings page).
-pub(crate) async fn remove_member_of(
-    state: &AppState,
-    caller: &Caller,
-    project: &kiln_store::Project,
-    user: &str,
-) -> Result<kiln_store::UserRecord, ApiError> {
-    let user = user_by_path(state, user).await?;
-    state
-        .store
-        .remove_membership(project.id, user.id)
-        .await
-        .map_err(|_| {
-            ApiError::NotFound(format!(
-                "{} is not a member of {}",
-                user.email, project.slug
-            ))
-        })?;
-    state.authenticator.forget_all();
-    audit(
-        state,
-        caller,
-        "member.remove",
-        Some(project.id),
-        Some(&user.email),
-    )
-    .await;
-    Ok(user)
-}
-
-/// A user named by id or email.
-pub(crate) async fn user_by_path(
-    state: &AppState,
-    raw: &str,
-) -> Result<kiln_store::UserRecord, ApiError> {
-    let user = match raw.parse::<i64>() {
-        Ok(id) => state.store.user_by_id(id).await?,
-        Err(_) => state.store.user_by_email(&raw.to_ascii_lowercase()).await?,
-    };
-    user.ok_or_else(|| ApiError::NotFound(format!("user '{raw}' not found")))
 }
 
 /// `GET /api/v1/audit?project=&before=&limit=`: instance admins see everything, project

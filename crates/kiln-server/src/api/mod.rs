@@ -24,10 +24,7 @@ pub(crate) mod webhooks;
 mod whoami;
 
 pub(crate) use body::QueryParams;
-pub(crate) use build_control::{requester, retry_request, writable_project};
-pub(crate) use builds::readable_build;
 pub(crate) use headers::security_headers;
-pub(crate) use projects::readable_project;
 pub(crate) use socketio::layer as socketio_layer;
 pub(crate) use stream::StreamLimiter;
 

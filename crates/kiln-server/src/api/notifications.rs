@@ -15,6 +15,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::notify::kind_names;
+use crate::services::notifications::{not_found, notification_id};
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 200;
@@ -98,21 +99,6 @@ fn boolean(params: &QueryParams, key: &str) -> Result<Option<bool>, ApiError> {
             Some(key),
             format!("{key}: must be true or false, got '{other}'"),
         )),
-    }
-}
-
-pub(crate) fn notification_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        ApiError::bad_request("invalid_field", Some("id"), "id: must be a notification id")
-    })
-}
-
-pub(crate) fn not_found(id: i64) -> impl FnOnce(kiln_store::StoreError) -> ApiError {
-    move |error| match error {
-        kiln_store::StoreError::NotFound(_) => {
-            ApiError::NotFound(format!("notification {id} not found"))
-        }
-        other => other.into(),
     }
 }
 

@@ -11,12 +11,12 @@ use kiln_protocol::{SecretDto, SecretList, SetSecret};
 use kiln_store::SecretRecord;
 
 use super::body::JsonBody;
-use super::members::administered_project;
-use super::users::audit;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::secret_box::secret_context;
+use crate::services::accounts::audit;
+use crate::services::members::administered_project;
 
 fn secret_dto(record: &SecretRecord) -> SecretDto {
     SecretDto {

@@ -6,82 +6,31 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use kiln_core::FieldError;
-use kiln_core::token::{TokenKind, hash_token};
-use kiln_store::{NewToken, StoreError, UserRecord};
+use kiln_core::token::TokenKind;
+use kiln_store::{NewToken, StoreError};
 use serde_json::{Value, json};
 
 use super::body::{JsonBody, required_string};
-use super::members::user_by_path;
-use crate::accounts::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, verify_password};
-use crate::auth::{Caller, SESSION_COOKIE, session_cookie};
+use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::services::accounts::{
+    NewAccount, audit, change_password, checked_email, checked_password, close_session,
+    create_account, open_session, reset_account_password, set_account_disabled, user_json,
+};
+use crate::services::members::user_by_path;
 use crate::wire::token_dto;
 use crate::{AppState, generate_token};
-
-/// How long a dashboard session lasts.
-const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
-const MAX_EMAIL_LEN: usize = 254;
-
-pub(crate) fn user_json(user: &UserRecord) -> Value {
-    json!({
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "instanceAdmin": user.instance_admin,
-        "createdAt": user.created_at.to_rfc3339(),
-        "disabled": user.disabled_at.is_some(),
-    })
-}
 
 fn email_field(body: &Value) -> Result<String, ApiError> {
     checked_email(required_string(body, "email")?)
 }
 
-/// An email address, trimmed and lower-cased, or a refusal naming `email`.
-fn checked_email(raw: &str) -> Result<String, ApiError> {
-    let email = raw.trim().to_ascii_lowercase();
-    if !valid_email(&email) {
-        return Err(
-            FieldError::new("email", "must be an email address such as ada@example.com").into(),
-        );
-    }
-    Ok(email)
-}
-
 fn password_field(body: &Value, field: &str) -> Result<String, ApiError> {
     checked_password(required_string(body, field)?.to_owned(), field)
-}
-
-/// A new password of an allowed length, or a refusal naming `field`.
-fn checked_password(password: String, field: &str) -> Result<String, ApiError> {
-    if password.len() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
-        return Err(FieldError::new(
-            field,
-            format!("must be {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} bytes"),
-        )
-        .into());
-    }
-    Ok(password)
-}
-
-fn secure(state: &AppState, headers: &HeaderMap) -> bool {
-    state.config.secure_cookies
-        || headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
-}
-
-fn cookie(value: &str, max_age_secs: i64, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}"
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("kiln_session=; Path=/; Max-Age=0"))
 }
 
 /// `POST /api/v1/session` `{email, password}`: sets the session cookie; answers the user
@@ -101,94 +50,6 @@ pub(crate) async fn login(
         .headers_mut()
         .insert(header::SET_COOKIE, session.cookie);
     Ok(response)
-}
-
-/// A session just opened: its user, CSRF token and `Set-Cookie` value.
-pub(crate) struct OpenedSession {
-    pub user: UserRecord,
-    pub csrf: String,
-    pub cookie: HeaderValue,
-}
-
-/// Checks a password (with the login limiter) and opens a session: the API's login and
-/// the dashboard's login form share it.
-pub(crate) async fn open_session(
-    state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    email: &str,
-    password: String,
-) -> Result<OpenedSession, ApiError> {
-    if password.len() > MAX_PASSWORD_LEN {
-        return Err(FieldError::new(
-            "password",
-            format!("must be at most {MAX_PASSWORD_LEN} bytes"),
-        )
-        .into());
-    }
-    let address = Some(peer.ip());
-    let Some(_in_flight) = state.logins.begin(email, address) else {
-        return Err(ApiError::RateLimited(
-            "too many failed or concurrent logins for this account or address; wait 15 minutes"
-                .into(),
-        ));
-    };
-    let user = state.store.user_by_email(email).await?;
-    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-    let matches = verify_password(password, hash).await?;
-    let user = match user {
-        Some(user) if matches && user.disabled_at.is_none() => user,
-        _ => {
-            state.logins.failed(email, address);
-            return Err(ApiError::Unauthorized("wrong email or password".into()));
-        }
-    };
-    state.logins.succeeded(email);
-    let secret = generate_token();
-    let csrf = generate_token();
-    let now = state.clock.now();
-    state
-        .store
-        .create_session(
-            user.id,
-            &hash_token(&secret),
-            &csrf,
-            now,
-            now.plus_ms(SESSION_TTL_MS),
-        )
-        .await?;
-    Ok(OpenedSession {
-        user,
-        csrf,
-        cookie: cookie(&secret, SESSION_TTL_MS / 1000, secure(state, headers)),
-    })
-}
-
-/// Ends the session of the request's cookie, if any; answers the `Set-Cookie` value that
-/// clears it.
-pub(crate) async fn close_session(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<HeaderValue, ApiError> {
-    if let Some(session) = session_cookie(headers)
-        && let Some(record) = state.store.session_by_hash(&hash_token(session)).await?
-    {
-        state
-            .store
-            .revoke_session(record.id, state.clock.now())
-            .await?;
-    }
-    state.authenticator.forget_all();
-    Ok(cookie("", 0, secure(state, headers)))
-}
-
-/// Checks an email address's form (the login form and user creation).
-pub(crate) fn valid_email(email: &str) -> bool {
-    email.len() <= MAX_EMAIL_LEN
-        && email
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// `DELETE /api/v1/session`: ends the session of the cookie.
@@ -244,58 +105,6 @@ pub(crate) async fn change_my_password(
     let new = password_field(&body, "new")?;
     change_password(&state, &caller, peer, current, new).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Checks the caller's current password (through the login limiter) and stores the new
-/// one's hash (the API and the dashboard's account page).
-pub(crate) async fn change_password(
-    state: &AppState,
-    caller: &Caller,
-    peer: SocketAddr,
-    current: String,
-    new: String,
-) -> Result<(), ApiError> {
-    if new.len() < MIN_PASSWORD_LEN || new.len() > MAX_PASSWORD_LEN {
-        return Err(FieldError::new(
-            "new",
-            format!("must be {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} bytes"),
-        )
-        .into());
-    }
-    if current.len() > MAX_PASSWORD_LEN {
-        return Err(FieldError::new(
-            "current",
-            format!("must be at most {MAX_PASSWORD_LEN} bytes"),
-        )
-        .into());
-    }
-    let user_id = caller.user_id.ok_or_else(|| {
-        ApiError::Forbidden("passwords belong to users; log in or use a personal token".into())
-    })?;
-    let user = state
-        .store
-        .user_by_id(user_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
-    let address = Some(peer.ip());
-    let Some(_in_flight) = state.logins.begin(&user.email, address) else {
-        return Err(ApiError::RateLimited(
-            "too many failed or concurrent password checks for this account or address; wait 15 minutes".into(),
-        ));
-    };
-    if !verify_password(current, user.password_hash.clone()).await? {
-        state.logins.failed(&user.email, address);
-        return Err(ApiError::bad_request(
-            "wrong_password",
-            Some("current"),
-            "current: that is not your current password; type it again",
-        ));
-    }
-    state.logins.succeeded(&user.email);
-    let hash = hash_password(new).await.map_err(ApiError::Unavailable)?;
-    state.store.set_password(user.id, &hash).await?;
-    audit(state, caller, "user.password", None, Some(&user.email)).await;
-    Ok(())
 }
 
 /// `POST /api/v1/me/tokens` `{name}`: a personal token, shown once.
@@ -397,17 +206,6 @@ pub(crate) async fn revoke_my_token(
     ))
 }
 
-/// A user to create: what `POST /api/v1/users`, `kiln user create` and the dashboard's
-/// Users page send (checked by `create_account`).
-#[derive(Debug)]
-pub(crate) struct NewAccount {
-    pub email: String,
-    pub name: String,
-    pub instance_admin: bool,
-    /// `None`: generate a one-time password and answer it once.
-    pub password: Option<String>,
-}
-
 /// `POST /api/v1/users` `{email, name, password?, instanceAdmin?}` (instance admin): a
 /// new user; without `password`, a one-time password is generated and answered once.
 pub(crate) async fn create_user(
@@ -435,47 +233,6 @@ pub(crate) async fn create_user(
         answer["password"] = json!(password);
     }
     Ok((StatusCode::CREATED, Json(answer)))
-}
-
-/// Checks and creates a user (the API, and so `kiln user create`, and the Users page);
-/// answers the user and the generated password, if one was generated.
-pub(crate) async fn create_account(
-    state: &AppState,
-    caller: &Caller,
-    account: NewAccount,
-) -> Result<(UserRecord, Option<String>), ApiError> {
-    let email = checked_email(&account.email)?;
-    let name = account.name.trim().to_owned();
-    if name.is_empty() || name.len() > kiln_core::limits::MAX_NAME_LEN {
-        return Err(FieldError::new("name", "must be 1-200 characters").into());
-    }
-    let (password, generated) = match account.password {
-        None => (generate_token(), true),
-        Some(password) => (checked_password(password, "password")?, false),
-    };
-    let hash = hash_password(password.clone())
-        .await
-        .map_err(ApiError::Unavailable)?;
-    let user = state
-        .store
-        .create_user(
-            &email,
-            &name,
-            Some(&hash),
-            account.instance_admin,
-            state.clock.now(),
-        )
-        .await
-        .map_err(|error| match error {
-            StoreError::Conflict(message) => ApiError::Conflict {
-                code: "user_exists",
-                message,
-                field: Some("email".into()),
-            },
-            other => other.into(),
-        })?;
-    audit(state, caller, "user.create", None, Some(&email)).await;
-    Ok((user, generated.then_some(password)))
 }
 
 pub(crate) async fn list_users(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -509,42 +266,6 @@ pub(crate) async fn enable_user(
     Ok(Json(json!({"user": user_json(&user)})))
 }
 
-/// Deactivates or reactivates a user (the API and the Users page). Deactivating ends
-/// their sessions and live streams at once; their personal tokens are refused from
-/// then on (within the 5 s credential cache on other replicas). An admin cannot
-/// deactivate their own account.
-pub(crate) async fn set_account_disabled(
-    state: &AppState,
-    caller: &Caller,
-    user: &UserRecord,
-    disabled: bool,
-) -> Result<UserRecord, ApiError> {
-    if disabled && caller.user_id == Some(user.id) {
-        return Err(ApiError::Conflict {
-            code: "own_account",
-            message: "you cannot deactivate your own account; ask another instance admin".into(),
-            field: Some("user".into()),
-        });
-    }
-    let now = state.clock.now();
-    let updated = state
-        .store
-        .set_user_disabled(user.id, disabled.then_some(now))
-        .await?;
-    if disabled {
-        end_access(state, user.id, true).await?;
-    } else {
-        state.authenticator.forget_all();
-    }
-    let action = if disabled {
-        "user.disable"
-    } else {
-        "user.enable"
-    };
-    audit(state, caller, action, None, Some(&user.email)).await;
-    Ok(updated)
-}
-
 /// `POST /api/v1/users/{user}/password` `{password?}` (instance admin): sets a user's
 /// password (without `password`, a one-time one is generated and answered once) and
 /// ends their sessions. Answers `{"user", "password"?}`.
@@ -571,84 +292,4 @@ pub(crate) async fn reset_user_password(
         answer["password"] = json!(password);
     }
     Ok(Json(answer))
-}
-
-/// Sets another user's password (the API and the Users page) and ends their sessions,
-/// so whoever was logged in as them must log in with the new one; their personal
-/// tokens keep working. Answers the generated password, if one was generated. Your
-/// own password is changed on the Account page, which asks for the current one.
-pub(crate) async fn reset_account_password(
-    state: &AppState,
-    caller: &Caller,
-    user: &UserRecord,
-    password: Option<String>,
-) -> Result<Option<String>, ApiError> {
-    if caller.user_id == Some(user.id) {
-        return Err(ApiError::Conflict {
-            code: "own_account",
-            message: "change your own password on the Account page (/account) or with POST /api/v1/me/password, which ask for the current one".into(),
-            field: Some("user".into()),
-        });
-    }
-    let (password, generated) = match password {
-        None => (generate_token(), true),
-        Some(password) => (checked_password(password, "password")?, false),
-    };
-    let hash = hash_password(password.clone())
-        .await
-        .map_err(ApiError::Unavailable)?;
-    state.store.set_password(user.id, &hash).await?;
-    end_access(state, user.id, false).await?;
-    audit(
-        state,
-        caller,
-        "user.password_reset",
-        None,
-        Some(&user.email),
-    )
-    .await;
-    Ok(generated.then_some(password))
-}
-
-/// Ends a user's sessions and their live streams (and with `tokens`, the streams of
-/// their personal tokens), and forgets cached credentials so this replica refuses them
-/// at once.
-async fn end_access(state: &AppState, user_id: i64, tokens: bool) -> Result<(), ApiError> {
-    let now = state.clock.now();
-    let sessions = state.store.revoke_user_sessions(user_id, now).await?;
-    state.authenticator.forget_all();
-    // A session's streams are keyed by minus its id (`Caller::token_id`).
-    for session in sessions {
-        state.streams.revoke(-session);
-    }
-    if tokens {
-        for token in state.store.user_tokens(user_id).await? {
-            state.streams.revoke(token.id);
-        }
-    }
-    Ok(())
-}
-
-/// Records an admin action; a failure to record is logged, not fatal.
-pub(crate) async fn audit(
-    state: &AppState,
-    caller: &Caller,
-    action: &str,
-    project_id: Option<i64>,
-    target: Option<&str>,
-) {
-    if let Err(error) = state
-        .store
-        .append_audit(
-            &caller.actor(),
-            action,
-            project_id,
-            target,
-            None,
-            state.clock.now(),
-        )
-        .await
-    {
-        tracing::error!(%error, action, "could not write the audit log");
-    }
 }

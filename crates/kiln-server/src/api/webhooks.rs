@@ -5,92 +5,24 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use kiln_protocol::{CreateWebhook, UpdateWebhook, WebhookDto, WebhookList, WebhookWithSecret};
-use kiln_store::{
-    NewWebhookDelivery, WebhookDeliveryRecord, WebhookEndpoint, WebhookEndpointPatch,
-    WebhookEndpointStatus, WebhookFormat,
-};
+use kiln_store::{WebhookDeliveryRecord, WebhookEndpointStatus};
 use serde_json::{Value, json};
 
 use super::body::{JsonBody, QueryParams, parse};
-use super::members::administered_project;
-use super::projects::readable_project;
-use super::users::audit;
 use crate::AppState;
-use crate::address;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::webhooks::payload;
+use crate::services::accounts::audit;
+use crate::services::members::administered_project;
+use crate::services::projects::readable_project;
+use crate::services::webhooks::{
+    LOG_LIMIT, create_endpoint, invalid, parse_id, queue_test_event, redeliver_one,
+    rotate_endpoint_secret, update_endpoint,
+};
 use crate::wire::webhook_dto;
 
-/// Deliveries shown by the log.
-pub(crate) const LOG_LIMIT: i64 = 100;
 /// The most deliveries one request of the delivery log may ask for.
 const MAX_LOG_LIMIT: i64 = 1000;
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_field", Some(field), message)
-}
-
-fn unprocessable(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Unprocessable {
-        code: "invalid_url",
-        message: message.into(),
-        field: Some(field.into()),
-    }
-}
-
-pub(crate) fn parse_id(value: &str, what: &str) -> Result<i64, ApiError> {
-    value
-        .parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| invalid("id", format!("{what}: give the numeric id")))
-}
-
-/// Checks a URL: http(s) with a host; its addresses must be public unless allowed.
-async fn checked_url(state: &AppState, url: &str) -> Result<String, ApiError> {
-    let target = address::parse(url).map_err(|error| unprocessable("url", error))?;
-    if !state.config.webhooks_allow_private {
-        address::resolve(&target, false)
-            .await
-            .map_err(|error| unprocessable("url", error))?;
-    }
-    Ok(target.url.to_string())
-}
-
-fn checked_events(events: Option<&Vec<String>>) -> Result<Option<Vec<String>>, ApiError> {
-    let Some(patterns) = events else {
-        return Ok(None);
-    };
-    patterns
-        .iter()
-        .map(|pattern| {
-            let valid = !pattern.is_empty()
-                && pattern.len() <= 64
-                && pattern.trim_end_matches('*').chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'
-                });
-            if valid {
-                Ok(pattern.clone())
-            } else {
-                Err(invalid(
-                    "events",
-                    "events: give event types or prefix patterns like [\"build_*\", \"stage_failed\"]",
-                ))
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-}
-
-fn checked_format(format: Option<&String>) -> Result<Option<WebhookFormat>, ApiError> {
-    format
-        .map(|value| {
-            WebhookFormat::parse(value)
-                .ok_or_else(|| invalid("format", "format: use \"kiln\" or \"cdevents\""))
-        })
-        .transpose()
-}
 
 fn object(body: &Value) -> Result<(), ApiError> {
     if body.is_object() {
@@ -170,38 +102,6 @@ pub(crate) async fn create(
     ))
 }
 
-/// Creates an endpoint from `{url, events?, format?, active?}` (the API and the settings
-/// page); its `secret` is to be shown once.
-pub(crate) async fn create_endpoint(
-    state: &AppState,
-    caller: &Caller,
-    project: &kiln_store::Project,
-    request: &CreateWebhook,
-) -> Result<WebhookEndpoint, ApiError> {
-    let url = checked_url(state, &request.url).await?;
-    let endpoint = state
-        .store
-        .create_webhook_endpoint(&kiln_store::NewWebhookEndpoint {
-            project_id: project.id,
-            url,
-            secret: payload::generate_secret(),
-            events: checked_events(request.events.as_ref())?.unwrap_or_default(),
-            format: checked_format(request.format.as_ref())?.unwrap_or(WebhookFormat::Kiln),
-            active: request.active.unwrap_or(true),
-            created_at: state.clock.now(),
-        })
-        .await?;
-    audit(
-        state,
-        caller,
-        "webhook.create",
-        Some(project.id),
-        Some(&endpoint.url),
-    )
-    .await;
-    Ok(endpoint)
-}
-
 /// `GET /api/v1/projects/{slug}/webhooks`.
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -247,42 +147,6 @@ pub(crate) async fn update(
     Ok(Json(webhook_dto(&endpoint, &project.slug)))
 }
 
-/// Changes an endpoint from `{url?, events?, format?, active?, discardHeld?}` (the API
-/// and the settings page); enabling it wakes the sender, which sends what it held while
-/// disabled unless `discardHeld` marked those failed.
-pub(crate) async fn update_endpoint(
-    state: &AppState,
-    project: &kiln_store::Project,
-    id: i64,
-    request: &UpdateWebhook,
-) -> Result<WebhookEndpoint, ApiError> {
-    let url = match &request.url {
-        None => None,
-        Some(url) => Some(checked_url(state, url).await?),
-    };
-    let patch = WebhookEndpointPatch {
-        url,
-        events: checked_events(request.events.as_ref())?,
-        format: checked_format(request.format.as_ref())?,
-        active: request.active,
-        discard_held: request.discard_held,
-    };
-    if patch.discard_held && patch.active != Some(true) {
-        return Err(invalid(
-            "discardHeld",
-            "discardHeld: give it with \"active\": true (it drops what a disabled endpoint held when re-activating it)",
-        ));
-    }
-    let endpoint = state
-        .store
-        .update_webhook_endpoint(project.id, id, &patch, state.clock.now())
-        .await?;
-    if patch.active == Some(true) {
-        state.webhook_sender.notify_one();
-    }
-    Ok(endpoint)
-}
-
 /// `DELETE /api/v1/projects/{slug}/webhooks/{id}`: 204; its deliveries go with it.
 pub(crate) async fn remove(
     State(state): State<AppState>,
@@ -321,37 +185,6 @@ pub(crate) async fn rotate_secret(
     Ok(Json(answer))
 }
 
-/// Gives an endpoint a new secret (to be shown once); the old one keeps signing for the
-/// overlap window (the API and the settings page).
-pub(crate) async fn rotate_endpoint_secret(
-    state: &AppState,
-    caller: &Caller,
-    project: &kiln_store::Project,
-    id: i64,
-) -> Result<WebhookEndpoint, ApiError> {
-    let now = state.clock.now();
-    let overlap_ms = state.config.webhooks.secret_overlap.as_millis() as i64;
-    let endpoint = state
-        .store
-        .rotate_webhook_secret(
-            project.id,
-            id,
-            &payload::generate_secret(),
-            now.plus_ms(overlap_ms),
-            now,
-        )
-        .await?;
-    audit(
-        state,
-        caller,
-        "webhook.rotate_secret",
-        Some(project.id),
-        Some(&endpoint.url),
-    )
-    .await;
-    Ok(endpoint)
-}
-
 /// `POST /api/v1/projects/{slug}/webhooks/{id}/test`: 202 with a queued `webhook_test`
 /// delivery.
 pub(crate) async fn send_test(
@@ -366,29 +199,6 @@ pub(crate) async fn send_test(
         StatusCode::ACCEPTED,
         Json(json!({ "deliveryId": delivery_id, "active": endpoint.active })),
     ))
-}
-
-/// Queues a `webhook_test` delivery to an endpoint (the API and the settings page): its
-/// id (as the store answers it) and the endpoint.
-pub(crate) async fn queue_test_event(
-    state: &AppState,
-    project: &kiln_store::Project,
-    id: i64,
-) -> Result<(Option<i64>, WebhookEndpoint), ApiError> {
-    let endpoint = state.store.webhook_endpoint(project.id, id).await?;
-    let now = state.clock.now();
-    let delivery_id = state
-        .store
-        .insert_webhook_delivery(&NewWebhookDelivery {
-            endpoint_id: endpoint.id,
-            event_id: None,
-            event_type: payload::TEST_EVENT.into(),
-            body: payload::test_body(endpoint.format, &project.slug, now),
-            created_at: now,
-        })
-        .await?;
-    state.webhook_sender.notify_one();
-    Ok((delivery_id, endpoint))
 }
 
 /// `GET /api/v1/projects/{slug}/webhooks/{id}/deliveries?limit=`: the newest deliveries
@@ -432,25 +242,6 @@ pub(crate) async fn redeliver(
     )
     .await?;
     Ok((StatusCode::ACCEPTED, Json(delivery_json(&state, &delivery))))
-}
-
-/// Queues a finished delivery of an endpoint once more (the API and the settings page).
-pub(crate) async fn redeliver_one(
-    state: &AppState,
-    project: &kiln_store::Project,
-    endpoint_id: i64,
-    delivery_id: i64,
-) -> Result<WebhookDeliveryRecord, ApiError> {
-    let endpoint = state
-        .store
-        .webhook_endpoint(project.id, endpoint_id)
-        .await?;
-    let delivery = state
-        .store
-        .redeliver_webhook(endpoint.id, delivery_id, state.clock.now())
-        .await?;
-    state.webhook_sender.notify_one();
-    Ok(delivery)
 }
 
 /// `GET /api/v1/webhooks/status?project=`: pending, delivered and failed deliveries,

@@ -19,9 +19,10 @@ use super::view::{BuildView, build_views};
 use super::when::When;
 use super::{Chrome, PageError, PageResult, check_csrf, render};
 use crate::AppState;
-use crate::api::{QueryParams, readable_build};
+use crate::api::QueryParams;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::services::builds::readable_build;
 
 /// The log viewer renders this much of a log's end; earlier parts are a link away
 /// ("load earlier") and newer ones stream in.
@@ -492,7 +493,9 @@ pub(crate) async fn cancel(
 ) -> PageResult {
     check_csrf(&caller, &form_csrf(&body))?;
     let build = writable_build(&state, &caller, &run_id).await?;
-    let by = crate::api::requester(&state, &caller).await?.words();
+    let by = crate::services::builds::requester(&state, &caller)
+        .await?
+        .words();
     state.scheduler.cancel(&build, &by).await?;
     Ok(Redirect::to(&format!("/builds/{run_id}")).into_response())
 }
@@ -512,8 +515,10 @@ pub(crate) async fn retry(
         .project_by_id(build.project_id)
         .await?
         .ok_or_else(|| PageError(ApiError::NotFound(format!("build '{run_id}' not found"))))?;
-    let request =
-        crate::api::retry_request(&build, Some(crate::api::requester(&state, &caller).await?))?;
+    let request = crate::services::builds::retry_request(
+        &build,
+        Some(crate::services::builds::requester(&state, &caller).await?),
+    )?;
     let triggered = state.scheduler.trigger(&project, request).await?;
     Ok(Redirect::to(&format!("/builds/{}", triggered.run_id)).into_response())
 }

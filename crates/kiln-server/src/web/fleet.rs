@@ -18,8 +18,9 @@ use serde_json::Value;
 use super::when::When;
 use super::{Chrome, PageResult, render};
 use crate::AppState;
-use crate::api::fleet::{agent_list, queued_jobs};
 use crate::auth::Caller;
+use crate::services::fleet::agent_list;
+use crate::services::fleet::queued_jobs;
 
 /// One agent as a row of the agents page.
 #[derive(Debug)]

@@ -12,9 +12,11 @@ use serde::Deserialize;
 
 use super::{ASSET_VERSION, PageResult, check_csrf, render};
 use crate::AppState;
-use crate::api::users::{close_session, open_session, valid_email};
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::services::accounts::close_session;
+use crate::services::accounts::open_session;
+use crate::services::accounts::valid_email;
 
 #[derive(Template)]
 #[template(path = "login.html")]

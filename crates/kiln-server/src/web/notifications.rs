@@ -17,9 +17,10 @@ use super::form::{FormFields, fields};
 use super::when::When;
 use super::{Chrome, PageError, PageResult, encode_query, render};
 use crate::AppState;
-use crate::api::notifications::{not_found, notification_id};
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::services::notifications::not_found;
+use crate::services::notifications::notification_id;
 
 /// Notifications per page.
 const PAGE_SIZE: i64 = 50;

@@ -80,7 +80,7 @@ struct Filters {
 async fn filters(state: &AppState, caller: &Caller, uri: &Uri) -> Result<Filters, PageError> {
     let params = QueryParams::from_uri(uri.query());
     let project = match params.string("project") {
-        Some(slug) => Some(crate::api::readable_project(state, caller, slug).await?),
+        Some(slug) => Some(crate::services::projects::readable_project(state, caller, slug).await?),
         None => None,
     };
     let branch = params
@@ -236,8 +236,8 @@ pub(crate) async fn trigger(
 ) -> PageResult {
     let form = QueryParams::from_uri(Some(&String::from_utf8_lossy(&body)));
     check_csrf(&caller, form.string("_csrf").unwrap_or_default())?;
-    let project = crate::api::writable_project(&state, &caller, &slug).await?;
-    let by = Some(crate::api::requester(&state, &caller).await?);
+    let project = crate::services::builds::writable_project(&state, &caller, &slug).await?;
+    let by = Some(crate::services::builds::requester(&state, &caller).await?);
     let request = TriggerRequest {
         branch: form
             .string("branch")

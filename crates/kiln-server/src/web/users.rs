@@ -19,10 +19,13 @@ use super::settings::SecretPage;
 use super::when::When;
 use super::{Chrome, PageError, PageResult, render};
 use crate::AppState;
-use crate::api::members::user_by_path;
-use crate::api::users::{NewAccount, create_account, reset_account_password, set_account_disabled};
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::services::accounts::NewAccount;
+use crate::services::accounts::create_account;
+use crate::services::accounts::reset_account_password;
+use crate::services::accounts::set_account_disabled;
+use crate::services::members::user_by_path;
 
 #[derive(Debug)]
 struct UserRow {

@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Redirect};
 
 use super::query_notice;
 use crate::AppState;
-use crate::api::users::change_password;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::services::accounts::change_password;
 use crate::web::form::{fields, invalid};
 use crate::web::{Chrome, PageError, PageResult, render};
 

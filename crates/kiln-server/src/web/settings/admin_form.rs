@@ -14,9 +14,9 @@ use kiln_store::Project;
 
 use super::ProjectSettingsPage;
 use crate::AppState;
-use crate::api::members::administered_project;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::services::members::administered_project;
 use crate::web::form::{FormFields, fields};
 use crate::web::{PageError, PageResult};
 

@@ -4,8 +4,9 @@
 use axum::extract::Path;
 
 use super::{AdminForm, done};
-use crate::api::members::{remove_member_of, set_member_role};
 use crate::error::ApiError;
+use crate::services::members::remove_member_of;
+use crate::services::members::set_member_role;
 use crate::web::PageResult;
 
 /// `POST /projects/{slug}/settings/members` (form: `email`, `role`): adds a user or
@@ -13,7 +14,7 @@ use crate::web::PageResult;
 pub(crate) async fn add_member(admin: AdminForm) -> PageResult {
     admin.run(async |admin| {
         let email = admin.form.text("email").trim().to_ascii_lowercase();
-        if !crate::api::users::valid_email(&email) {
+        if !crate::services::accounts::valid_email(&email) {
             return Err(ApiError::bad_request(
                 "invalid_field",
                 Some("email"),

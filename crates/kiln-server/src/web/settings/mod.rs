@@ -33,9 +33,9 @@ use super::form::FormFields;
 use super::when::When;
 use super::{Chrome, PageError, PageResult, encode_query, render};
 use crate::AppState;
-use crate::api::members::administered_project;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::services::members::administered_project;
 
 use admin_form::{AdminForm, AdminPage};
 
@@ -240,7 +240,7 @@ async fn settings_response(
         tokens,
         members,
         branches,
-        repo: crate::api::repos::shown_repo(project).unwrap_or_default(),
+        repo: crate::services::repos::shown_repo(project).unwrap_or_default(),
         default_branch: project.default_branch.clone(),
         max_concurrency: project
             .max_concurrency

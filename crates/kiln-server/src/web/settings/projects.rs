@@ -44,7 +44,7 @@ pub(crate) async fn projects_page(
                 None => "viewer".to_owned(),
             },
             admin: caller.can_admin(project.id),
-            repo: crate::api::repos::shown_repo(&project).unwrap_or_default(),
+            repo: crate::services::repos::shown_repo(&project).unwrap_or_default(),
             slug: project.slug,
             name: project.name,
         })

@@ -4,8 +4,10 @@
 use kiln_protocol::{RepoSettings, SetBranch};
 
 use super::{AdminForm, done};
-use crate::api::repos::{delete_branch_of, set_repo_of, upsert_branch_of};
 use crate::error::ApiError;
+use crate::services::repos::delete_branch_of;
+use crate::services::repos::set_repo_of;
+use crate::services::repos::upsert_branch_of;
 use crate::web::PageResult;
 use crate::web::form::FormFields;
 
@@ -78,7 +80,7 @@ pub(crate) async fn set_repo(admin: AdminForm) -> PageResult {
                 )?),
             };
             set_repo_of(&admin.state, &admin.project, &settings).await?;
-            crate::api::users::audit(
+            crate::services::accounts::audit(
                 &admin.state,
                 &admin.caller,
                 "repo.set",

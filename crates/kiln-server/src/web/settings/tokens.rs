@@ -6,8 +6,9 @@ use axum::response::IntoResponse;
 use kiln_protocol::CreateToken;
 
 use super::{AdminForm, SecretPage, done};
-use crate::api::projects::{create_project_token, revoke_project_token};
 use crate::error::ApiError;
+use crate::services::projects::create_project_token;
+use crate::services::projects::revoke_project_token;
 use crate::web::{Chrome, PageResult, encode_query, render};
 
 /// `POST /projects/{slug}/settings/tokens` (form: `name`, `scopes` = ingest and/or read).

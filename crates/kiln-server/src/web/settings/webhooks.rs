@@ -16,13 +16,16 @@ use serde_json::Value;
 
 use super::{AdminForm, AdminPage, SecretPage, done, query_notice, success_rate};
 use crate::AppState;
-use crate::api::members::administered_project;
-use crate::api::webhooks::{
-    LOG_LIMIT, create_endpoint, parse_id, queue_test_event, redeliver_one, rotate_endpoint_secret,
-    update_endpoint,
-};
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::services::members::administered_project;
+use crate::services::webhooks::LOG_LIMIT;
+use crate::services::webhooks::create_endpoint;
+use crate::services::webhooks::parse_id;
+use crate::services::webhooks::queue_test_event;
+use crate::services::webhooks::redeliver_one;
+use crate::services::webhooks::rotate_endpoint_secret;
+use crate::services::webhooks::update_endpoint;
 use crate::web::form::FormFields;
 use crate::web::when::When;
 use crate::web::{Chrome, PageError, PageResult, encode_query, render};
@@ -225,7 +228,7 @@ pub(crate) async fn delete_webhook(admin: AdminForm<WebhookEndpointPage>) -> Pag
                 .store
                 .delete_webhook_endpoint(admin.project.id, id)
                 .await?;
-            crate::api::users::audit(
+            crate::services::accounts::audit(
                 &admin.state,
                 &admin.caller,
                 "webhook.delete",

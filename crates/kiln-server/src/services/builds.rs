@@ -1,0 +1,87 @@
+//! Builds as a service: who may start or stop a project's builds, who is asking, a
+//! build of a project, and what a retry asks the scheduler for (the API and the build
+//! pages call these).
+
+use crate::AppState;
+use crate::auth::{Caller, Requester};
+use crate::error::ApiError;
+use crate::scheduler::TriggerRequest;
+use crate::services::projects::readable_project;
+use kiln_store::{BuildRecord, Project};
+
+/// The project, if the caller may trigger its builds (404 when it may not even read it).
+pub(crate) async fn writable_project(
+    state: &AppState,
+    caller: &Caller,
+    slug: &str,
+) -> Result<Project, ApiError> {
+    let project = readable_project(state, caller, slug).await?;
+    if !caller.can_write(project.id) {
+        return Err(caller.missing(kiln_core::Role::Developer));
+    }
+    Ok(project)
+}
+
+/// Who is calling, recorded as who triggered, retried or cancelled a build.
+pub(crate) async fn requester(state: &AppState, caller: &Caller) -> Result<Requester, ApiError> {
+    Requester::of(state.store.as_ref(), caller).await
+}
+
+pub(crate) async fn project_build(
+    state: &AppState,
+    project: &Project,
+    run_id: &str,
+) -> Result<BuildRecord, ApiError> {
+    match state.store.build_by_run_id(run_id).await? {
+        Some(build) if build.project_id == project.id => Ok(build),
+        _ => Err(ApiError::NotFound(format!(
+            "build '{run_id}' not found in project '{}'",
+            project.slug
+        ))),
+    }
+}
+
+/// What retrying `build` asks the scheduler for: its branch at its commit, again. Only an
+/// ended build that Kiln ran (it has both) can be retried.
+pub(crate) fn retry_request(
+    build: &BuildRecord,
+    by: Option<Requester>,
+) -> Result<TriggerRequest, ApiError> {
+    let run_id = build.state.run_id.to_string();
+    if !build.state.status.is_terminal() {
+        return Err(ApiError::Conflict {
+            code: "build_running",
+            message: format!("build {run_id} has not ended; cancel it first or wait"),
+            field: None,
+        });
+    }
+    let (Some(branch), Some(commit)) = (build.state.branch.clone(), build.state.commit.clone())
+    else {
+        return Err(ApiError::Unprocessable {
+            code: "unprocessable",
+            message: format!(
+                "build {run_id} has no branch and commit to build again (it reported itself; Kiln did not run it)"
+            ),
+            field: Some("runId".into()),
+        });
+    };
+    Ok(TriggerRequest {
+        branch: Some(branch),
+        commit: Some(commit),
+        priority: None,
+        cause: "retry",
+        retry_of: Some(run_id),
+        by,
+    })
+}
+
+pub(crate) async fn readable_build(
+    state: &AppState,
+    caller: &Caller,
+    run_id: &str,
+) -> Result<BuildRecord, ApiError> {
+    match state.store.build_by_run_id(run_id).await? {
+        Some(build) if caller.can_read(build.project_id) => Ok(build),
+        _ => Err(ApiError::NotFound(format!("build '{run_id}' not found"))),
+    }
+}
