@@ -15,6 +15,7 @@ mod error;
 mod ingest;
 mod live;
 mod notify;
+mod params;
 mod reaper;
 mod routes;
 mod scheduler;

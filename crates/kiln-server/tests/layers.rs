@@ -1,7 +1,7 @@
 //! The dependency rule between the server's layers, read from the sources: the JSON API
 //! (`api/`) and the dashboard (`web/`) are adapters on top; nothing below them — the
 //! scheduler, ingest, live streams, notifications, webhooks, the reaper, auth, the wire
-//! types — imports either, and the API does not reach into the dashboard. `routes.rs`
+//! types, the services — imports either, and neither reaches into the other. `routes.rs`
 //! (the route table and its guard) and `lib.rs` join them. And no two top-level modules
 //! import each other, directly or around a longer cycle.
 
@@ -63,6 +63,10 @@ fn lower_layers_never_import_the_api_or_the_dashboard() {
     }
     for file in sources(&src.join("api")) {
         violations.extend(uses(&file, "web"));
+    }
+    // The dashboard and the API are siblings over the services.
+    for file in sources(&src.join("web")) {
+        violations.extend(uses(&file, "api"));
     }
     assert!(
         violations.is_empty(),

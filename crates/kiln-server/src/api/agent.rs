@@ -18,11 +18,12 @@ use kiln_protocol::{
 };
 use kiln_store::{AgentRecord, JobEnd, NewAgent};
 
+use super::body::JsonBody;
 use super::body::parse;
-use super::body::{JsonBody, QueryParams};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::params::QueryParams;
 use crate::scheduler::reported_state;
 
 fn short_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {

@@ -11,10 +11,10 @@ use kiln_core::limits::{
 use kiln_protocol::{BuildDto, BuildList, BuildStatusDto, EventPage, ProjectStatus};
 use kiln_store::BuildFilter;
 
-use super::body::QueryParams;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::params::QueryParams;
 use crate::services::builds::readable_build;
 use crate::services::projects::readable_project;
 use crate::wire::{build_dto, event_json, status_dto};

@@ -14,10 +14,10 @@ use kiln_protocol::JobList;
 use kiln_store::JobRecord;
 use serde_json::json;
 
-use super::body::QueryParams;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::params::QueryParams;
 use crate::services::builds::project_build;
 use crate::services::projects::readable_project;
 use crate::wire::job_dto;

@@ -6,10 +6,11 @@ use axum::{Extension, Json};
 use kiln_core::FieldError;
 use serde_json::{Value, json};
 
-use super::body::{JsonBody, QueryParams, required_string};
+use super::body::{JsonBody, required_string};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::params::QueryParams;
 use crate::services::accounts::user_json;
 use crate::services::members::{administered_project, remove_member_of, set_member_role};
 

@@ -23,7 +23,6 @@ pub(crate) mod users;
 pub(crate) mod webhooks;
 mod whoami;
 
-pub(crate) use body::QueryParams;
 pub(crate) use headers::security_headers;
 pub(crate) use socketio::layer as socketio_layer;
 pub(crate) use stream::StreamLimiter;

@@ -10,11 +10,12 @@ use kiln_store::{NotificationFilter, NotificationKind, NotificationMute, Notific
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::body::{JsonBody, QueryParams};
+use super::body::JsonBody;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::notify::kind_names;
+use crate::params::QueryParams;
 use crate::services::notifications::{not_found, notification_id};
 
 const DEFAULT_LIMIT: i64 = 50;

@@ -10,10 +10,10 @@ use kiln_core::limits::MAX_LOG_CHUNK_BYTES;
 use kiln_core::{JobState, StageName};
 use kiln_protocol::ReportedLogAck;
 
-use super::body::QueryParams;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::params::QueryParams;
 
 /// The step a log goes to when the request names none.
 const DEFAULT_STEP: &str = "run";

@@ -16,12 +16,12 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::body::QueryParams;
 use super::builds::required_project;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::live::follow::{Delivery, Scope, follow};
+use crate::params::QueryParams;
 use crate::services::builds::readable_build;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);

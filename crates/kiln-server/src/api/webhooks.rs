@@ -8,10 +8,11 @@ use kiln_protocol::{CreateWebhook, UpdateWebhook, WebhookDto, WebhookList, Webho
 use kiln_store::{WebhookDeliveryRecord, WebhookEndpointStatus};
 use serde_json::{Value, json};
 
-use super::body::{JsonBody, QueryParams, parse};
+use super::body::{JsonBody, parse};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::params::QueryParams;
 use crate::services::accounts::audit;
 use crate::services::members::administered_project;
 use crate::services::projects::readable_project;

@@ -19,9 +19,9 @@ use super::view::{BuildView, build_views};
 use super::when::When;
 use super::{Chrome, PageError, PageResult, check_csrf, render};
 use crate::AppState;
-use crate::api::QueryParams;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::params::QueryParams;
 use crate::services::builds::readable_build;
 
 /// The log viewer renders this much of a log's end; earlier parts are a link away

@@ -15,9 +15,9 @@ use kiln_store::{BuildFilter, Project};
 use super::view::{BuildView, build_views};
 use super::{Chrome, PageError, PageResult, check_csrf, encode_query, render};
 use crate::AppState;
-use crate::api::QueryParams;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::params::QueryParams;
 use crate::scheduler::TriggerRequest;
 
 /// Builds per page: 50 rows keep the page far below 150 KB.
