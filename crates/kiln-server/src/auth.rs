@@ -218,18 +218,6 @@ impl Caller {
             )),
         }
     }
-
-    /// The refusal for a project the caller may see but not change: names what is
-    /// missing.
-    pub fn missing(&self, needed: Role) -> ApiError {
-        ApiError::Forbidden(format!(
-            "this needs the {needed} role in the project (or an instance admin){}",
-            match self.kind {
-                TokenKind::Project => "; project tokens cannot do it",
-                _ => "",
-            }
-        ))
-    }
 }
 
 /// Who made a request, in the words a person reads: the user (email and name) for a
@@ -247,7 +235,10 @@ pub(crate) struct Requester {
 
 impl Requester {
     /// The requester behind `caller` (one read of the user, when there is one).
-    pub async fn of(store: &dyn Store, caller: &Caller) -> Result<Requester, ApiError> {
+    pub async fn of(
+        store: &dyn Store,
+        caller: &Caller,
+    ) -> Result<Requester, kiln_store::StoreError> {
         let user = match caller.user_id {
             Some(user_id) => store.user_by_id(user_id).await?,
             None => None,

@@ -537,3 +537,48 @@ impl From<crate::scheduler::error::SchedulerError> for crate::error::ApiError {
         }
     }
 }
+
+/// A service's refusal as the API's error, one to one; a store error goes through
+/// `From<StoreError>` (error.rs), which logs its cause and answers 503.
+impl From<crate::services::error::ServiceError> for crate::error::ApiError {
+    fn from(error: crate::services::error::ServiceError) -> Self {
+        use crate::services::error::ServiceError as E;
+        match error {
+            E::BadRequest {
+                code,
+                message,
+                field,
+            } => Self::BadRequest {
+                code,
+                message,
+                field,
+            },
+            E::Unauthorized(message) => Self::Unauthorized(message),
+            E::Forbidden(message) => Self::Forbidden(message),
+            E::NotFound(message) => Self::NotFound(message),
+            E::Conflict {
+                code,
+                message,
+                field,
+            } => Self::Conflict {
+                code,
+                message,
+                field,
+            },
+            E::Unprocessable {
+                code,
+                message,
+                field,
+            } => Self::Unprocessable {
+                code,
+                message,
+                field,
+            },
+            E::PayloadTooLarge(message) => Self::PayloadTooLarge(message),
+            E::TooManyRequests(message) => Self::TooManyRequests(message),
+            E::RateLimited(message) => Self::RateLimited(message),
+            E::Unavailable(message) => Self::Unavailable(message),
+            E::Store(error) => error.into(),
+        }
+    }
+}

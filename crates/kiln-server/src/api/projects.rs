@@ -18,7 +18,7 @@ use crate::services::projects::{
 use crate::wire::{project_dto, token_dto};
 
 fn display_name(body: &Value, field: &str) -> Result<String, ApiError> {
-    checked_name(required_string(body, field)?, field)
+    Ok(checked_name(required_string(body, field)?, field)?)
 }
 
 pub(crate) async fn create_project(

@@ -28,7 +28,7 @@ async fn project(
     caller: &Caller,
     slug: &str,
 ) -> Result<kiln_store::Project, ApiError> {
-    crate::services::members::administered_project(state, caller, slug).await
+    Ok(crate::services::members::administered_project(state, caller, slug).await?)
 }
 
 /// `PUT /api/v1/projects/{slug}/repo` `{repo, defaultBranch?, maxConcurrency?}`.

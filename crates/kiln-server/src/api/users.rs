@@ -26,11 +26,14 @@ use crate::wire::token_dto;
 use crate::{AppState, generate_token};
 
 fn email_field(body: &Value) -> Result<String, ApiError> {
-    checked_email(required_string(body, "email")?)
+    Ok(checked_email(required_string(body, "email")?)?)
 }
 
 fn password_field(body: &Value, field: &str) -> Result<String, ApiError> {
-    checked_password(required_string(body, field)?.to_owned(), field)
+    Ok(checked_password(
+        required_string(body, field)?.to_owned(),
+        field,
+    )?)
 }
 
 /// `POST /api/v1/session` `{email, password}`: sets the session cookie; answers the user

@@ -89,7 +89,7 @@ pub(crate) async fn create(
     object(&body)?;
     let request: CreateWebhook = parse(body).map_err(|error| match error {
         ApiError::BadRequest { field, .. } if field.as_deref() == Some("url") => {
-            invalid("url", "url: give the receiver's http(s) URL")
+            invalid("url", "url: give the receiver's http(s) URL").into()
         }
         error => error,
     })?;

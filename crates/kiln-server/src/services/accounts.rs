@@ -4,7 +4,7 @@
 
 use crate::accounts::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, verify_password};
 use crate::auth::{Caller, SESSION_COOKIE, session_cookie};
-use crate::error::ApiError;
+use crate::services::error::ServiceError;
 use crate::{AppState, generate_token};
 use axum::http::{HeaderMap, HeaderValue};
 use kiln_core::FieldError;
@@ -60,7 +60,7 @@ pub(crate) fn valid_email(email: &str) -> bool {
 pub(crate) const MAX_EMAIL_LEN: usize = 254;
 
 /// An email address, trimmed and lower-cased, or a refusal naming `email`.
-pub(crate) fn checked_email(raw: &str) -> Result<String, ApiError> {
+pub(crate) fn checked_email(raw: &str) -> Result<String, ServiceError> {
     let email = raw.trim().to_ascii_lowercase();
     if !valid_email(&email) {
         return Err(
@@ -71,7 +71,7 @@ pub(crate) fn checked_email(raw: &str) -> Result<String, ApiError> {
 }
 
 /// A new password of an allowed length, or a refusal naming `field`.
-pub(crate) fn checked_password(password: String, field: &str) -> Result<String, ApiError> {
+pub(crate) fn checked_password(password: String, field: &str) -> Result<String, ServiceError> {
     if password.len() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
         return Err(FieldError::new(
             field,
@@ -90,7 +90,7 @@ pub(crate) async fn change_password(
     peer: SocketAddr,
     current: String,
     new: String,
-) -> Result<(), ApiError> {
+) -> Result<(), ServiceError> {
     if new.len() < MIN_PASSWORD_LEN || new.len() > MAX_PASSWORD_LEN {
         return Err(FieldError::new(
             "new",
@@ -106,29 +106,31 @@ pub(crate) async fn change_password(
         .into());
     }
     let user_id = caller.user_id.ok_or_else(|| {
-        ApiError::Forbidden("passwords belong to users; log in or use a personal token".into())
+        ServiceError::Forbidden("passwords belong to users; log in or use a personal token".into())
     })?;
     let user = state
         .store
         .user_by_id(user_id)
         .await?
-        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+        .ok_or_else(|| ServiceError::NotFound("user not found".into()))?;
     let address = Some(peer.ip());
     let Some(_in_flight) = state.logins.begin(&user.email, address) else {
-        return Err(ApiError::RateLimited(
+        return Err(ServiceError::RateLimited(
             "too many failed or concurrent password checks for this account or address; wait 15 minutes".into(),
         ));
     };
     if !verify_password(current, user.password_hash.clone()).await? {
         state.logins.failed(&user.email, address);
-        return Err(ApiError::bad_request(
+        return Err(ServiceError::bad_request(
             "wrong_password",
             Some("current"),
             "current: that is not your current password; type it again",
         ));
     }
     state.logins.succeeded(&user.email);
-    let hash = hash_password(new).await.map_err(ApiError::Unavailable)?;
+    let hash = hash_password(new)
+        .await
+        .map_err(ServiceError::Unavailable)?;
     state.store.set_password(user.id, &hash).await?;
     audit(state, caller, "user.password", None, Some(&user.email)).await;
     Ok(())
@@ -151,7 +153,7 @@ pub(crate) async fn create_account(
     state: &AppState,
     caller: &Caller,
     account: NewAccount,
-) -> Result<(UserRecord, Option<String>), ApiError> {
+) -> Result<(UserRecord, Option<String>), ServiceError> {
     let email = checked_email(&account.email)?;
     let name = account.name.trim().to_owned();
     if name.is_empty() || name.len() > kiln_core::limits::MAX_NAME_LEN {
@@ -163,7 +165,7 @@ pub(crate) async fn create_account(
     };
     let hash = hash_password(password.clone())
         .await
-        .map_err(ApiError::Unavailable)?;
+        .map_err(ServiceError::Unavailable)?;
     let user = state
         .store
         .create_user(
@@ -175,7 +177,7 @@ pub(crate) async fn create_account(
         )
         .await
         .map_err(|error| match error {
-            StoreError::Conflict(message) => ApiError::Conflict {
+            StoreError::Conflict(message) => ServiceError::Conflict {
                 code: "user_exists",
                 message,
                 field: Some("email".into()),
@@ -195,9 +197,9 @@ pub(crate) async fn set_account_disabled(
     caller: &Caller,
     user: &UserRecord,
     disabled: bool,
-) -> Result<UserRecord, ApiError> {
+) -> Result<UserRecord, ServiceError> {
     if disabled && caller.user_id == Some(user.id) {
-        return Err(ApiError::Conflict {
+        return Err(ServiceError::Conflict {
             code: "own_account",
             message: "you cannot deactivate your own account; ask another instance admin".into(),
             field: Some("user".into()),
@@ -231,9 +233,9 @@ pub(crate) async fn reset_account_password(
     caller: &Caller,
     user: &UserRecord,
     password: Option<String>,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, ServiceError> {
     if caller.user_id == Some(user.id) {
-        return Err(ApiError::Conflict {
+        return Err(ServiceError::Conflict {
             code: "own_account",
             message: "change your own password on the Account page (/account) or with POST /api/v1/me/password, which ask for the current one".into(),
             field: Some("user".into()),
@@ -245,7 +247,7 @@ pub(crate) async fn reset_account_password(
     };
     let hash = hash_password(password.clone())
         .await
-        .map_err(ApiError::Unavailable)?;
+        .map_err(ServiceError::Unavailable)?;
     state.store.set_password(user.id, &hash).await?;
     end_access(state, user.id, false).await?;
     audit(
@@ -266,7 +268,7 @@ pub(crate) async fn end_access(
     state: &AppState,
     user_id: i64,
     tokens: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), ServiceError> {
     let now = state.clock.now();
     let sessions = state.store.revoke_user_sessions(user_id, now).await?;
     state.authenticator.forget_all();
@@ -300,7 +302,7 @@ pub(crate) async fn open_session(
     headers: &HeaderMap,
     email: &str,
     password: String,
-) -> Result<OpenedSession, ApiError> {
+) -> Result<OpenedSession, ServiceError> {
     if password.len() > MAX_PASSWORD_LEN {
         return Err(FieldError::new(
             "password",
@@ -310,7 +312,7 @@ pub(crate) async fn open_session(
     }
     let address = Some(peer.ip());
     let Some(_in_flight) = state.logins.begin(email, address) else {
-        return Err(ApiError::RateLimited(
+        return Err(ServiceError::RateLimited(
             "too many failed or concurrent logins for this account or address; wait 15 minutes"
                 .into(),
         ));
@@ -322,7 +324,7 @@ pub(crate) async fn open_session(
         Some(user) if matches && user.disabled_at.is_none() => user,
         _ => {
             state.logins.failed(email, address);
-            return Err(ApiError::Unauthorized("wrong email or password".into()));
+            return Err(ServiceError::Unauthorized("wrong email or password".into()));
         }
     };
     state.logins.succeeded(email);
@@ -351,7 +353,7 @@ pub(crate) async fn open_session(
 pub(crate) async fn close_session(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<HeaderValue, ApiError> {
+) -> Result<HeaderValue, ServiceError> {
     if let Some(session) = session_cookie(headers)
         && let Some(record) = state.store.session_by_hash(&hash_token(session)).await?
     {

@@ -4,8 +4,8 @@
 
 use crate::AppState;
 use crate::auth::{Caller, Requester};
-use crate::error::ApiError;
 use crate::scheduler::TriggerRequest;
+use crate::services::error::ServiceError;
 use crate::services::projects::readable_project;
 use kiln_store::{BuildRecord, Project};
 
@@ -14,27 +14,33 @@ pub(crate) async fn writable_project(
     state: &AppState,
     caller: &Caller,
     slug: &str,
-) -> Result<Project, ApiError> {
+) -> Result<Project, ServiceError> {
     let project = readable_project(state, caller, slug).await?;
     if !caller.can_write(project.id) {
-        return Err(caller.missing(kiln_core::Role::Developer));
+        return Err(crate::services::error::missing_role(
+            caller,
+            kiln_core::Role::Developer,
+        ));
     }
     Ok(project)
 }
 
 /// Who is calling, recorded as who triggered, retried or cancelled a build.
-pub(crate) async fn requester(state: &AppState, caller: &Caller) -> Result<Requester, ApiError> {
-    Requester::of(state.store.as_ref(), caller).await
+pub(crate) async fn requester(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Requester, ServiceError> {
+    Ok(Requester::of(state.store.as_ref(), caller).await?)
 }
 
 pub(crate) async fn project_build(
     state: &AppState,
     project: &Project,
     run_id: &str,
-) -> Result<BuildRecord, ApiError> {
+) -> Result<BuildRecord, ServiceError> {
     match state.store.build_by_run_id(run_id).await? {
         Some(build) if build.project_id == project.id => Ok(build),
-        _ => Err(ApiError::NotFound(format!(
+        _ => Err(ServiceError::NotFound(format!(
             "build '{run_id}' not found in project '{}'",
             project.slug
         ))),
@@ -46,10 +52,10 @@ pub(crate) async fn project_build(
 pub(crate) fn retry_request(
     build: &BuildRecord,
     by: Option<Requester>,
-) -> Result<TriggerRequest, ApiError> {
+) -> Result<TriggerRequest, ServiceError> {
     let run_id = build.state.run_id.to_string();
     if !build.state.status.is_terminal() {
-        return Err(ApiError::Conflict {
+        return Err(ServiceError::Conflict {
             code: "build_running",
             message: format!("build {run_id} has not ended; cancel it first or wait"),
             field: None,
@@ -57,7 +63,7 @@ pub(crate) fn retry_request(
     }
     let (Some(branch), Some(commit)) = (build.state.branch.clone(), build.state.commit.clone())
     else {
-        return Err(ApiError::Unprocessable {
+        return Err(ServiceError::Unprocessable {
             code: "unprocessable",
             message: format!(
                 "build {run_id} has no branch and commit to build again (it reported itself; Kiln did not run it)"
@@ -79,9 +85,11 @@ pub(crate) async fn readable_build(
     state: &AppState,
     caller: &Caller,
     run_id: &str,
-) -> Result<BuildRecord, ApiError> {
+) -> Result<BuildRecord, ServiceError> {
     match state.store.build_by_run_id(run_id).await? {
         Some(build) if caller.can_read(build.project_id) => Ok(build),
-        _ => Err(ApiError::NotFound(format!("build '{run_id}' not found"))),
+        _ => Err(ServiceError::NotFound(format!(
+            "build '{run_id}' not found"
+        ))),
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::services::error::ServiceError;
 use crate::wire::job_dto;
 use kiln_core::JobState;
 use kiln_protocol::{AgentDto, AgentList, JobList};
@@ -22,7 +22,10 @@ pub(crate) fn connected(state: &AppState, agent: &AgentRecord) -> bool {
 
 /// Every agent with its health and the running jobs the caller may read (the agents
 /// API and the dashboard's agents page).
-pub(crate) async fn agent_list(state: &AppState, caller: &Caller) -> Result<AgentList, ApiError> {
+pub(crate) async fn agent_list(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<AgentList, ServiceError> {
     let agents = state.store.list_agents().await?;
     let jobs = state.store.unfinished_jobs(QUEUE_LIMIT).await?;
     let mut running: HashMap<i64, Vec<&JobRecord>> = HashMap::new();
@@ -67,7 +70,10 @@ pub(crate) async fn agent_list(state: &AppState, caller: &Caller) -> Result<Agen
 
 /// The unfinished jobs the caller may read, in dispatch order, each waiting one with
 /// `waitingFor` (the queue API and the dashboard's queue page).
-pub(crate) async fn queued_jobs(state: &AppState, caller: &Caller) -> Result<JobList, ApiError> {
+pub(crate) async fn queued_jobs(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<JobList, ServiceError> {
     let jobs = state.store.unfinished_jobs(QUEUE_LIMIT).await?;
     let agents: Vec<AgentRecord> = state
         .store

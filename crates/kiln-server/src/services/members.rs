@@ -3,8 +3,8 @@
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
 use crate::services::accounts::audit;
+use crate::services::error::ServiceError;
 use crate::services::projects::readable_project;
 use kiln_core::Role;
 
@@ -13,10 +13,10 @@ pub(crate) async fn administered_project(
     state: &AppState,
     caller: &Caller,
     slug: &str,
-) -> Result<kiln_store::Project, ApiError> {
+) -> Result<kiln_store::Project, ServiceError> {
     let project = readable_project(state, caller, slug).await?;
     if !caller.can_admin(project.id) {
-        return Err(caller.missing(Role::Admin));
+        return Err(crate::services::error::missing_role(caller, Role::Admin));
     }
     Ok(project)
 }
@@ -28,7 +28,7 @@ pub(crate) async fn set_member_role(
     project: &kiln_store::Project,
     user: &str,
     role: &str,
-) -> Result<(kiln_store::UserRecord, Role), ApiError> {
+) -> Result<(kiln_store::UserRecord, Role), ServiceError> {
     let role = Role::parse("role", role)?;
     let user = user_by_path(state, user).await?;
     let membership = state
@@ -53,14 +53,14 @@ pub(crate) async fn remove_member_of(
     caller: &Caller,
     project: &kiln_store::Project,
     user: &str,
-) -> Result<kiln_store::UserRecord, ApiError> {
+) -> Result<kiln_store::UserRecord, ServiceError> {
     let user = user_by_path(state, user).await?;
     state
         .store
         .remove_membership(project.id, user.id)
         .await
         .map_err(|_| {
-            ApiError::NotFound(format!(
+            ServiceError::NotFound(format!(
                 "{} is not a member of {}",
                 user.email, project.slug
             ))
@@ -81,10 +81,10 @@ pub(crate) async fn remove_member_of(
 pub(crate) async fn user_by_path(
     state: &AppState,
     raw: &str,
-) -> Result<kiln_store::UserRecord, ApiError> {
+) -> Result<kiln_store::UserRecord, ServiceError> {
     let user = match raw.parse::<i64>() {
         Ok(id) => state.store.user_by_id(id).await?,
         Err(_) => state.store.user_by_email(&raw.to_ascii_lowercase()).await?,
     };
-    user.ok_or_else(|| ApiError::NotFound(format!("user '{raw}' not found")))
+    user.ok_or_else(|| ServiceError::NotFound(format!("user '{raw}' not found")))
 }

@@ -1,18 +1,18 @@
 //! Notifications as a service: a notification named by a path, and the answer for one
 //! that is not the caller's.
 
-use crate::error::ApiError;
+use crate::services::error::ServiceError;
 
-pub(crate) fn notification_id(raw: &str) -> Result<i64, ApiError> {
+pub(crate) fn notification_id(raw: &str) -> Result<i64, ServiceError> {
     raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        ApiError::bad_request("invalid_field", Some("id"), "id: must be a notification id")
+        ServiceError::bad_request("invalid_field", Some("id"), "id: must be a notification id")
     })
 }
 
-pub(crate) fn not_found(id: i64) -> impl FnOnce(kiln_store::StoreError) -> ApiError {
+pub(crate) fn not_found(id: i64) -> impl FnOnce(kiln_store::StoreError) -> ServiceError {
     move |error| match error {
         kiln_store::StoreError::NotFound(_) => {
-            ApiError::NotFound(format!("notification {id} not found"))
+            ServiceError::NotFound(format!("notification {id} not found"))
         }
         other => other.into(),
     }

@@ -2,7 +2,7 @@
 //! revoked (the API and the settings page call these).
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::services::error::ServiceError;
 use crate::{AppState, generate_token};
 use kiln_core::FieldError;
 use kiln_core::limits::MAX_NAME_LEN;
@@ -16,14 +16,16 @@ pub(crate) async fn readable_project(
     state: &AppState,
     caller: &Caller,
     slug: &str,
-) -> Result<Project, ApiError> {
+) -> Result<Project, ServiceError> {
     match state.store.project_by_slug(slug).await? {
         Some(project) if caller.can_read(project.id) => Ok(project),
-        _ => Err(ApiError::NotFound(format!("project '{slug}' not found"))),
+        _ => Err(ServiceError::NotFound(format!(
+            "project '{slug}' not found"
+        ))),
     }
 }
 
-pub(crate) fn checked_name(name: &str, field: &str) -> Result<String, ApiError> {
+pub(crate) fn checked_name(name: &str, field: &str) -> Result<String, ServiceError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
         return Err(FieldError::new(field, format!("must be 1-{MAX_NAME_LEN} characters")).into());
@@ -38,7 +40,7 @@ pub(crate) async fn create_project_token(
     caller: &Caller,
     project: &Project,
     request: &CreateToken,
-) -> Result<(String, kiln_store::TokenRecord), ApiError> {
+) -> Result<(String, kiln_store::TokenRecord), ServiceError> {
     let name = checked_name(&request.name, "name")?;
     let scopes = match &request.scopes {
         None => vec![Scope::Ingest],
@@ -86,10 +88,10 @@ pub(crate) async fn revoke_project_token(
     caller: &Caller,
     project: &Project,
     token_id: &str,
-) -> Result<kiln_store::TokenRecord, ApiError> {
+) -> Result<kiln_store::TokenRecord, ServiceError> {
     let slug = &project.slug;
     let token_id: i64 = token_id.parse().map_err(|_| {
-        ApiError::bad_request(
+        ServiceError::bad_request(
             "invalid_field",
             Some("id"),
             "id: must be a token id from the token list",
@@ -101,7 +103,7 @@ pub(crate) async fn revoke_project_token(
         .await
         .map_err(|error| match error {
             StoreError::NotFound(_) => {
-                ApiError::NotFound(format!("token {token_id} not found in project '{slug}'"))
+                ServiceError::NotFound(format!("token {token_id} not found in project '{slug}'"))
             }
             other => other.into(),
         })?;

@@ -4,14 +4,14 @@
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
 use crate::scheduler::check_branch;
 use crate::services::accounts::audit;
+use crate::services::error::ServiceError;
 use kiln_core::FieldError;
 use kiln_protocol::{RepoSettings, SetBranch};
 use kiln_store::BranchRecord;
 
-pub(crate) fn check_repo(repo: &str) -> Result<(), ApiError> {
+pub(crate) fn check_repo(repo: &str) -> Result<(), ServiceError> {
     let repo_ok = !repo.trim().is_empty()
         && repo.len() <= kiln_core::limits::MAX_REPO_URL_LEN
         && !repo.starts_with('-')
@@ -32,7 +32,7 @@ pub(crate) async fn set_repo_of(
     state: &AppState,
     project: &kiln_store::Project,
     settings: &RepoSettings,
-) -> Result<kiln_store::Project, ApiError> {
+) -> Result<kiln_store::Project, ServiceError> {
     let repo = match &settings.repo {
         None => None,
         Some(repo) => {
@@ -80,7 +80,7 @@ pub(crate) async fn set_repo_of(
     let sealed = match credentials {
         Some((username, password)) => {
             let plain = serde_json::to_vec(&kiln_protocol::RepoCredentials { username, password })
-                .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+                .map_err(|error| ServiceError::Unavailable(error.to_string()))?;
             Some(
                 state
                     .config
@@ -89,7 +89,7 @@ pub(crate) async fn set_repo_of(
                         &crate::secret_box::repo_credentials_context(project.id),
                         &plain,
                     )
-                    .map_err(ApiError::Unavailable)?,
+                    .map_err(ServiceError::Unavailable)?,
             )
         }
         // The same URL again (the settings form's empty field) keeps the credentials.
@@ -113,7 +113,7 @@ pub(crate) async fn set_repo_of(
         .store
         .project_by_id(project.id)
         .await?
-        .ok_or_else(|| ApiError::NotFound("project not found".into()))
+        .ok_or_else(|| ServiceError::NotFound("project not found".into()))
 }
 
 /// The repository as shown: its URL, with `***@` where credentials are kept.
@@ -132,7 +132,7 @@ pub(crate) async fn upsert_branch_of(
     caller: &Caller,
     project: &kiln_store::Project,
     request: &SetBranch,
-) -> Result<BranchRecord, ApiError> {
+) -> Result<BranchRecord, ServiceError> {
     let name = request.name.trim().to_owned();
     check_branch("name", &name)?;
     let priority = match request.priority {
@@ -156,7 +156,7 @@ pub(crate) async fn delete_branch_of(
     caller: &Caller,
     project: &kiln_store::Project,
     name: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), ServiceError> {
     let slug = &project.slug;
     state
         .store
@@ -164,7 +164,7 @@ pub(crate) async fn delete_branch_of(
         .await
         .map_err(|error| match error {
             kiln_store::StoreError::NotFound(_) => {
-                ApiError::NotFound(format!("branch '{name}' not found in project '{slug}'"))
+                ServiceError::NotFound(format!("branch '{name}' not found in project '{slug}'"))
             }
             other => other.into(),
         })?;

@@ -5,8 +5,8 @@
 use crate::AppState;
 use crate::address;
 use crate::auth::Caller;
-use crate::error::ApiError;
 use crate::services::accounts::audit;
+use crate::services::error::ServiceError;
 use crate::webhooks::payload;
 use kiln_protocol::{CreateWebhook, UpdateWebhook};
 use kiln_store::{
@@ -16,19 +16,19 @@ use kiln_store::{
 /// Deliveries shown by the log.
 pub(crate) const LOG_LIMIT: i64 = 100;
 
-pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_field", Some(field), message)
+pub(crate) fn invalid(field: &str, message: impl Into<String>) -> ServiceError {
+    ServiceError::bad_request("invalid_field", Some(field), message)
 }
 
-pub(crate) fn unprocessable(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Unprocessable {
+pub(crate) fn unprocessable(field: &str, message: impl Into<String>) -> ServiceError {
+    ServiceError::Unprocessable {
         code: "invalid_url",
         message: message.into(),
         field: Some(field.into()),
     }
 }
 
-pub(crate) fn parse_id(value: &str, what: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_id(value: &str, what: &str) -> Result<i64, ServiceError> {
     value
         .parse::<i64>()
         .ok()
@@ -37,7 +37,7 @@ pub(crate) fn parse_id(value: &str, what: &str) -> Result<i64, ApiError> {
 }
 
 /// Checks a URL: http(s) with a host; its addresses must be public unless allowed.
-pub(crate) async fn checked_url(state: &AppState, url: &str) -> Result<String, ApiError> {
+pub(crate) async fn checked_url(state: &AppState, url: &str) -> Result<String, ServiceError> {
     let target = address::parse(url).map_err(|error| unprocessable("url", error))?;
     if !state.config.webhooks_allow_private {
         address::resolve(&target, false)
@@ -49,7 +49,7 @@ pub(crate) async fn checked_url(state: &AppState, url: &str) -> Result<String, A
 
 pub(crate) fn checked_events(
     events: Option<&Vec<String>>,
-) -> Result<Option<Vec<String>>, ApiError> {
+) -> Result<Option<Vec<String>>, ServiceError> {
     let Some(patterns) = events else {
         return Ok(None);
     };
@@ -74,7 +74,9 @@ pub(crate) fn checked_events(
         .map(Some)
 }
 
-pub(crate) fn checked_format(format: Option<&String>) -> Result<Option<WebhookFormat>, ApiError> {
+pub(crate) fn checked_format(
+    format: Option<&String>,
+) -> Result<Option<WebhookFormat>, ServiceError> {
     format
         .map(|value| {
             WebhookFormat::parse(value)
@@ -90,7 +92,7 @@ pub(crate) async fn create_endpoint(
     caller: &Caller,
     project: &kiln_store::Project,
     request: &CreateWebhook,
-) -> Result<WebhookEndpoint, ApiError> {
+) -> Result<WebhookEndpoint, ServiceError> {
     let url = checked_url(state, &request.url).await?;
     let endpoint = state
         .store
@@ -123,7 +125,7 @@ pub(crate) async fn update_endpoint(
     project: &kiln_store::Project,
     id: i64,
     request: &UpdateWebhook,
-) -> Result<WebhookEndpoint, ApiError> {
+) -> Result<WebhookEndpoint, ServiceError> {
     let url = match &request.url {
         None => None,
         Some(url) => Some(checked_url(state, url).await?),
@@ -158,7 +160,7 @@ pub(crate) async fn rotate_endpoint_secret(
     caller: &Caller,
     project: &kiln_store::Project,
     id: i64,
-) -> Result<WebhookEndpoint, ApiError> {
+) -> Result<WebhookEndpoint, ServiceError> {
     let now = state.clock.now();
     let overlap_ms = state.config.webhooks.secret_overlap.as_millis() as i64;
     let endpoint = state
@@ -188,7 +190,7 @@ pub(crate) async fn queue_test_event(
     state: &AppState,
     project: &kiln_store::Project,
     id: i64,
-) -> Result<(Option<i64>, WebhookEndpoint), ApiError> {
+) -> Result<(Option<i64>, WebhookEndpoint), ServiceError> {
     let endpoint = state.store.webhook_endpoint(project.id, id).await?;
     let now = state.clock.now();
     let delivery_id = state
@@ -211,7 +213,7 @@ pub(crate) async fn redeliver_one(
     project: &kiln_store::Project,
     endpoint_id: i64,
     delivery_id: i64,
-) -> Result<WebhookDeliveryRecord, ApiError> {
+) -> Result<WebhookDeliveryRecord, ServiceError> {
     let endpoint = state
         .store
         .webhook_endpoint(project.id, endpoint_id)

@@ -479,7 +479,9 @@ async fn writable_build(
 ) -> Result<BuildRecord, PageError> {
     let build = readable_build(state, caller, run_id).await?;
     if !caller.can_write(build.project_id) {
-        return Err(PageError(caller.missing(kiln_core::Role::Developer)));
+        return Err(PageError(
+            crate::services::error::missing_role(caller, kiln_core::Role::Developer).into(),
+        ));
     }
     Ok(build)
 }

@@ -88,7 +88,9 @@ pub(crate) async fn submit(
             "enter the email address of your Kiln account, such as ada@example.com",
         ))
     } else {
-        open_session(&state, peer, &headers, &email, form.password).await
+        open_session(&state, peer, &headers, &email, form.password)
+            .await
+            .map_err(ApiError::from)
     };
     match outcome {
         Ok(session) => {

@@ -88,6 +88,7 @@ pub(crate) async fn change_password_form(
             form.text("new").to_owned(),
         )
         .await
+        .map_err(ApiError::from)
     };
     match outcome {
         Ok(()) => Ok(Redirect::to("/account?notice=password-changed").into_response()),

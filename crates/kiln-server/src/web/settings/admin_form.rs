@@ -67,7 +67,7 @@ impl<P: AdminPage> FromRequest<AppState> for AdminForm<P> {
         let slug = params.get("slug").map(String::as_str).unwrap_or_default();
         let project = administered_project(state, &caller, slug)
             .await
-            .map_err(|refusal| PageError(refusal).into_response())?;
+            .map_err(|refusal| PageError(refusal.into()).into_response())?;
         let page = P::from_path(&params).map_err(IntoResponse::into_response)?;
         let form = fields(&body);
         form.check_csrf(&caller)

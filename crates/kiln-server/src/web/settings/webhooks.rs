@@ -104,7 +104,7 @@ async fn secret_page(
 
 /// The endpoint id of a path, as a page refusal.
 fn endpoint_id(raw: &str) -> Result<i64, PageError> {
-    parse_id(raw, "webhook").map_err(PageError)
+    parse_id(raw, "webhook").map_err(PageError::from)
 }
 
 /// One webhook endpoint's page as the page of its forms: the endpoint's `{id}` comes
