@@ -563,6 +563,63 @@ impl std::fmt::Debug for RepoCredentials {
     }
 }
 
+/// A notification in a user's inbox (`GET /api/v1/notifications`, mark read, archive).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationDto {
+    pub id: i64,
+    /// `build_failed`, `build_stale`, `build_recovered`, … (docs/api.md).
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub project: String,
+    pub run_id: String,
+    pub event_id: i64,
+    pub unread: bool,
+    pub created_at: String,
+    pub read_at: Option<String>,
+    pub archived_at: Option<String>,
+}
+
+/// A page of the inbox.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationList {
+    pub notifications: Vec<NotificationDto>,
+    /// Pass as `before=` for the next (older) page; `null` on the last page.
+    pub next_before: Option<i64>,
+}
+
+/// `POST /api/v1/notifications/read-all`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MarkedRead {
+    pub marked: u64,
+}
+
+/// `GET /api/v1/notifications/stats`: unread in the inbox, in total and by kind (every
+/// kind listed).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationStats {
+    pub unread: i64,
+    pub by_kind: std::collections::BTreeMap<String, i64>,
+}
+
+/// A mute: a project, a kind, or both, that notify the user no more.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MuteDto {
+    pub id: i64,
+    pub project: Option<String>,
+    pub kind: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MuteList {
+    pub mutes: Vec<MuteDto>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

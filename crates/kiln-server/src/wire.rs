@@ -154,3 +154,32 @@ pub(crate) fn webhook_dto(
         updated_at: endpoint.updated_at.to_rfc3339(),
     }
 }
+
+/// A notification as its user sees it.
+pub(crate) fn notification_dto(
+    record: &kiln_store::NotificationRecord,
+) -> kiln_protocol::NotificationDto {
+    kiln_protocol::NotificationDto {
+        id: record.id,
+        kind: record.kind.as_str().to_owned(),
+        title: record.title.clone(),
+        body: record.body.clone(),
+        project: record.project_slug.clone(),
+        run_id: record.run_id.clone(),
+        event_id: record.event_id,
+        unread: record.read_at.is_none(),
+        created_at: record.created_at.to_rfc3339(),
+        read_at: record.read_at.map(Millis::to_rfc3339),
+        archived_at: record.archived_at.map(Millis::to_rfc3339),
+    }
+}
+
+/// A notification mute.
+pub(crate) fn mute_dto(mute: &kiln_store::NotificationMute) -> kiln_protocol::MuteDto {
+    kiln_protocol::MuteDto {
+        id: mute.id,
+        project: mute.project_slug.clone(),
+        kind: mute.kind.map(|kind| kind.as_str().to_owned()),
+        created_at: mute.created_at.to_rfc3339(),
+    }
+}

@@ -5,10 +5,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
-use kiln_core::Millis;
-use kiln_store::{NotificationFilter, NotificationKind, NotificationMute, NotificationRecord};
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use kiln_protocol::{
+    MarkedRead, MuteDto, MuteList, NotificationDto, NotificationList, NotificationStats,
+};
+use kiln_store::{NotificationFilter, NotificationKind};
+use serde_json::{Value, json};
 
 use super::body::JsonBody;
 use crate::AppState;
@@ -17,71 +18,10 @@ use crate::error::ApiError;
 use crate::notify::kind_names;
 use crate::params::QueryParams;
 use crate::services::notifications::{not_found, notification_id};
+use crate::wire::{mute_dto, notification_dto};
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 200;
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct NotificationDto {
-    id: i64,
-    kind: &'static str,
-    title: String,
-    body: String,
-    project: String,
-    run_id: String,
-    event_id: i64,
-    unread: bool,
-    created_at: String,
-    read_at: Option<String>,
-    archived_at: Option<String>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct NotificationList {
-    notifications: Vec<NotificationDto>,
-    /// Pass as `before=` for the next (older) page; absent on the last page.
-    next_before: Option<i64>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MuteDto {
-    id: i64,
-    project: Option<String>,
-    kind: Option<&'static str>,
-    created_at: String,
-}
-
-fn notification_dto(record: &NotificationRecord) -> NotificationDto {
-    NotificationDto {
-        id: record.id,
-        kind: record.kind.as_str(),
-        title: record.title.clone(),
-        body: record.body.clone(),
-        project: record.project_slug.clone(),
-        run_id: record.run_id.clone(),
-        event_id: record.event_id,
-        unread: record.read_at.is_none(),
-        created_at: record.created_at.to_rfc3339(),
-        read_at: record.read_at.map(Millis::to_rfc3339),
-        archived_at: record.archived_at.map(Millis::to_rfc3339),
-    }
-}
-
-fn mute_dto(mute: &NotificationMute) -> MuteDto {
-    MuteDto {
-        id: mute.id,
-        project: mute.project_slug.clone(),
-        kind: mute.kind.map(NotificationKind::as_str),
-        created_at: mute.created_at.to_rfc3339(),
-    }
-}
-
-fn to_json(value: impl Serialize) -> Json<Value> {
-    Json(serde_json::to_value(value).unwrap_or_default())
-}
 
 /// The caller's user; project, agent and admin tokens have none.
 fn user_of(caller: &Caller) -> Result<i64, ApiError> {
@@ -109,7 +49,7 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationList>, ApiError> {
     let user_id = user_of(&caller)?;
     let params = QueryParams::from_uri(uri.query());
     let limit = params
@@ -126,7 +66,7 @@ pub(crate) async fn list(
     let next_before = (records.len() as i64 == limit)
         .then(|| records.last().map(|record| record.id))
         .flatten();
-    Ok(to_json(NotificationList {
+    Ok(Json(NotificationList {
         notifications: records.iter().map(notification_dto).collect(),
         next_before,
     }))
@@ -137,7 +77,7 @@ pub(crate) async fn mark_read(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationDto>, ApiError> {
     let user_id = user_of(&caller)?;
     let id = notification_id(&id)?;
     let record = state
@@ -145,20 +85,20 @@ pub(crate) async fn mark_read(
         .mark_notification_read(user_id, id, state.clock.now())
         .await
         .map_err(not_found(id))?;
-    Ok(to_json(notification_dto(&record)))
+    Ok(Json(notification_dto(&record)))
 }
 
 /// `POST /api/v1/notifications/read-all`: `{"marked": N}`.
 pub(crate) async fn mark_all_read(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MarkedRead>, ApiError> {
     let user_id = user_of(&caller)?;
     let marked = state
         .store
         .mark_all_notifications_read(user_id, state.clock.now())
         .await?;
-    Ok(Json(json!({ "marked": marked })))
+    Ok(Json(MarkedRead { marked }))
 }
 
 /// `POST /api/v1/notifications/{id}/archive`.
@@ -166,7 +106,7 @@ pub(crate) async fn archive(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationDto>, ApiError> {
     let user_id = user_of(&caller)?;
     let id = notification_id(&id)?;
     let record = state
@@ -174,7 +114,7 @@ pub(crate) async fn archive(
         .archive_notification(user_id, id, state.clock.now())
         .await
         .map_err(not_found(id))?;
-    Ok(to_json(notification_dto(&record)))
+    Ok(Json(notification_dto(&record)))
 }
 
 /// `GET /api/v1/notifications/stats`: `{"unread": N, "byKind": {"build_failed": n, …}}`
@@ -182,31 +122,34 @@ pub(crate) async fn archive(
 pub(crate) async fn stats(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NotificationStats>, ApiError> {
     let user_id = user_of(&caller)?;
     let stats = state.store.notification_stats(user_id).await?;
-    let mut by_kind = Map::new();
+    let mut by_kind = std::collections::BTreeMap::new();
     for kind in NotificationKind::ALL {
         let count = stats
             .unread_by_kind
             .iter()
             .find(|(counted, _)| *counted == kind)
             .map_or(0, |(_, count)| *count);
-        by_kind.insert(kind.as_str().into(), count.into());
+        by_kind.insert(kind.as_str().to_owned(), count);
     }
-    Ok(Json(json!({ "unread": stats.unread, "byKind": by_kind })))
+    Ok(Json(NotificationStats {
+        unread: stats.unread,
+        by_kind,
+    }))
 }
 
 /// `GET /api/v1/notifications/mutes`.
 pub(crate) async fn list_mutes(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MuteList>, ApiError> {
     let user_id = user_of(&caller)?;
     let mutes = state.store.notification_mutes(user_id).await?;
-    Ok(Json(json!({
-        "mutes": mutes.iter().map(mute_dto).map(|m| serde_json::to_value(m).unwrap_or_default()).collect::<Vec<_>>()
-    })))
+    Ok(Json(MuteList {
+        mutes: mutes.iter().map(mute_dto).collect(),
+    }))
 }
 
 /// What a mute names: a project the caller may read and/or a kind; at least one.
@@ -268,7 +211,7 @@ pub(crate) async fn add_mute(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<MuteDto>), ApiError> {
     let user_id = user_of(&caller)?;
     if !body.is_object() {
         return Err(ApiError::bad_request(
@@ -288,7 +231,7 @@ pub(crate) async fn add_mute(
         .store
         .add_notification_mute(user_id, project_id, kind, state.clock.now())
         .await?;
-    Ok((StatusCode::CREATED, to_json(mute_dto(&mute))))
+    Ok((StatusCode::CREATED, Json(mute_dto(&mute))))
 }
 
 /// `DELETE /api/v1/notifications/mutes` with `{project?, kind?}` as a JSON body or as
