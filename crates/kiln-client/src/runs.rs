@@ -26,7 +26,7 @@ impl Client {
         &self,
         project: &str,
         settings: &RepoSettings,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<RepoDto, ClientError> {
         self.call(
             Method::PUT,
             &format!("/api/v1/projects/{}/repo", encode(project)),

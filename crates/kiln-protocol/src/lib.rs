@@ -256,6 +256,23 @@ pub struct RepoSettings {
     pub max_concurrency: Option<Option<i64>>,
 }
 
+/// A project's repository settings as stored (`PUT`/`GET …/repo`): the URL without
+/// its credentials.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoDto {
+    pub project: ProjectDto,
+    pub repo: Option<String>,
+    pub default_branch: String,
+    pub max_concurrency: Option<i64>,
+}
+
+/// `GET /api/v1/projects/{slug}/branches`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BranchList {
+    pub branches: Vec<BranchDto>,
+}
+
 /// `POST /api/v1/projects/{slug}/branches`: adds a branch or changes one.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -155,8 +155,8 @@ pub async fn project(command: ProjectCommand) -> anyhow::Result<ExitCode> {
             let answer = client.client().await?.set_repo(&slug, &settings).await?;
             outln!(
                 "project {slug} builds {} (default branch {})",
-                answer["repo"].as_str().unwrap_or("?"),
-                answer["defaultBranch"].as_str().unwrap_or("?")
+                answer.repo.as_deref().unwrap_or("?"),
+                answer.default_branch
             );
         }
         ProjectCommand::List { client } => {

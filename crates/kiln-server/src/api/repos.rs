@@ -3,9 +3,8 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use kiln_protocol::{BranchDto, ProjectDto};
+use kiln_protocol::{BranchDto, BranchList, RepoDto};
 use kiln_store::BranchRecord;
-use serde_json::{Value, json};
 
 use super::body::{JsonBody, parse};
 use crate::AppState;
@@ -37,20 +36,19 @@ pub(crate) async fn set_repo(
     Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RepoDto>, ApiError> {
     let project = project(&state, &caller, &slug).await?;
     let updated = set_repo_of(&state, &project, &parse(body)?).await?;
-    Ok(Json(repo_json(&updated)))
+    Ok(Json(repo_dto(&updated)))
 }
 
-pub(crate) fn repo_json(project: &kiln_store::Project) -> Value {
-    let dto: ProjectDto = project_dto(project);
-    json!({
-        "project": dto,
-        "repo": shown_repo(project),
-        "defaultBranch": project.default_branch,
-        "maxConcurrency": project.max_concurrency,
-    })
+pub(crate) fn repo_dto(project: &kiln_store::Project) -> RepoDto {
+    RepoDto {
+        project: project_dto(project),
+        repo: shown_repo(project),
+        default_branch: project.default_branch.clone(),
+        max_concurrency: project.max_concurrency,
+    }
 }
 
 /// `POST /api/v1/projects/{slug}/branches` `{name, priority?, autoBuild?}`: creates or
@@ -70,12 +68,12 @@ pub(crate) async fn list_branches(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BranchList>, ApiError> {
     let project = project(&state, &caller, &slug).await?;
     let branches = state.store.list_branches(project.id).await?;
-    Ok(Json(json!({
-        "branches": branches.iter().map(branch_dto).collect::<Vec<_>>()
-    })))
+    Ok(Json(BranchList {
+        branches: branches.iter().map(branch_dto).collect(),
+    }))
 }
 
 pub(crate) async fn delete_branch(
