@@ -21,6 +21,7 @@ mod routes;
 mod scheduler;
 mod secret_box;
 mod serve;
+mod service_error;
 mod services;
 mod web;
 mod webhooks;

@@ -156,7 +156,7 @@ pub(crate) async fn project_status(
     let project_id = required_project(&state, &caller, &params).await?;
     // Seed 000 guards the status behind the admin role.
     if !caller.can_admin(project_id) {
-        return Err(crate::services::error::missing_role(&caller, kiln_core::Role::Admin).into());
+        return Err(crate::service_error::missing_role(&caller, kiln_core::Role::Admin).into());
     }
     let timeout_secs = params
         .integer("heartbeatTimeout", 1, MAX_HEARTBEAT_TIMEOUT_SECS)?

@@ -497,52 +497,11 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
     ]
 }
 
-/// The scheduler's refusals as the API's (and the dashboard's) errors, one to one; a
-/// store error goes through `From<StoreError>` (error.rs), which keeps its cause.
-impl From<crate::scheduler::error::SchedulerError> for crate::error::ApiError {
-    fn from(error: crate::scheduler::error::SchedulerError) -> Self {
-        use crate::scheduler::error::SchedulerError as E;
-        match error {
-            E::BadRequest {
-                code,
-                message,
-                field,
-            } => Self::BadRequest {
-                code,
-                message,
-                field,
-            },
-            E::NotFound(message) => Self::NotFound(message),
-            E::Conflict {
-                code,
-                message,
-                field,
-            } => Self::Conflict {
-                code,
-                message,
-                field,
-            },
-            E::Unprocessable {
-                code,
-                message,
-                field,
-            } => Self::Unprocessable {
-                code,
-                message,
-                field,
-            },
-            E::PayloadTooLarge(message) => Self::PayloadTooLarge(message),
-            E::Unavailable(message) => Self::Unavailable(message),
-            E::Store(error) => error.into(),
-        }
-    }
-}
-
 /// A service's refusal as the API's error, one to one; a store error goes through
 /// `From<StoreError>` (error.rs), which logs its cause and answers 503.
-impl From<crate::services::error::ServiceError> for crate::error::ApiError {
-    fn from(error: crate::services::error::ServiceError) -> Self {
-        use crate::services::error::ServiceError as E;
+impl From<crate::service_error::ServiceError> for crate::error::ApiError {
+    fn from(error: crate::service_error::ServiceError) -> Self {
+        use crate::service_error::ServiceError as E;
         match error {
             E::BadRequest {
                 code,

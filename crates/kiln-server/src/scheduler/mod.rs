@@ -7,7 +7,6 @@
 //! compare-and-set in the store and every event has a deterministic `eventId`, so each
 //! step here can be repeated safely (agents retry, the reaper re-runs `advance`).
 
-pub(crate) mod error;
 mod events;
 pub(crate) mod git;
 mod logbus;
@@ -34,7 +33,7 @@ pub(crate) use trigger::{TriggerRequest, check_branch, refused_repo};
 
 use crate::clock::Clock;
 use crate::ingest::Ingestor;
-use error::SchedulerError;
+use crate::service_error::ServiceError;
 
 /// Settings of the runner (from `ServerConfig`).
 #[derive(Clone, Debug)]
@@ -154,7 +153,7 @@ impl Scheduler {
         &self,
         project_id: i64,
         names: &[String],
-    ) -> Result<(std::collections::BTreeMap<String, String>, Vec<String>), SchedulerError> {
+    ) -> Result<(std::collections::BTreeMap<String, String>, Vec<String>), ServiceError> {
         let mut values = std::collections::BTreeMap::new();
         if names.is_empty() {
             return Ok((values, Vec::new()));
@@ -189,7 +188,7 @@ impl Scheduler {
     pub(crate) async fn repo_credentials(
         &self,
         project_id: i64,
-    ) -> Result<Option<kiln_protocol::RepoCredentials>, SchedulerError> {
+    ) -> Result<Option<kiln_protocol::RepoCredentials>, ServiceError> {
         let Some(project) = self.store().project_by_id(project_id).await? else {
             return Ok(None);
         };
@@ -202,7 +201,7 @@ impl Scheduler {
             .open(&crate::secret_box::repo_credentials_context(project_id), ciphertext)
             .map_err(|error| {
                 tracing::error!(project_id, %error, "cannot decrypt the repository credentials");
-                SchedulerError::Unavailable(format!("the repository credentials of this project cannot be decrypted: {error}; set the repository again"))
+                ServiceError::Unavailable(format!("the repository credentials of this project cannot be decrypted: {error}; set the repository again"))
             })?;
         Ok(serde_json::from_slice(&plain).ok())
     }
@@ -212,7 +211,7 @@ impl Scheduler {
         &self,
         project: &kiln_store::Project,
         repo: &str,
-    ) -> Result<policy::RepoAccess, SchedulerError> {
+    ) -> Result<policy::RepoAccess, ServiceError> {
         let mut access = self
             .repo_access(repo)
             .await
@@ -245,7 +244,7 @@ impl Scheduler {
         &self,
         project_id: i64,
         events: Vec<NewEvent>,
-    ) -> Result<Result<(), kiln_store::IngestRejection>, SchedulerError> {
+    ) -> Result<Result<(), kiln_store::IngestRejection>, ServiceError> {
         if events.is_empty() {
             return Ok(Ok(()));
         }
@@ -257,23 +256,21 @@ impl Scheduler {
     async fn submit_request(
         &self,
         request: IngestRequest,
-    ) -> Result<Result<(), kiln_store::IngestRejection>, SchedulerError> {
+    ) -> Result<Result<(), kiln_store::IngestRejection>, ServiceError> {
         let outcome = self
             .inner
             .ingestor
             .submit(request)
             .await
             .map_err(|failure| {
-                SchedulerError::Unavailable(format!(
-                    "the database is unavailable ({failure}); retry"
-                ))
+                ServiceError::Unavailable(format!("the database is unavailable ({failure}); retry"))
             })?;
         Ok(outcome.map(|_| ()))
     }
 
     /// Writes events of one build; a refusal (the build ended meanwhile) is logged, not
     /// an error: the job rows stay the truth.
-    async fn write(&self, project_id: i64, events: Vec<NewEvent>) -> Result<(), SchedulerError> {
+    async fn write(&self, project_id: i64, events: Vec<NewEvent>) -> Result<(), ServiceError> {
         if let Err(rejection) = self.submit(project_id, events).await? {
             tracing::debug!(%rejection, "build event not written: the build had ended");
         }
@@ -285,7 +282,7 @@ impl Scheduler {
         &self,
         agent: &AgentRecord,
         wait: Duration,
-    ) -> Result<Option<AgentJob>, SchedulerError> {
+    ) -> Result<Option<AgentJob>, ServiceError> {
         let deadline = tokio::time::Instant::now() + wait;
         let rules = ClaimRules {
             lease_ms: self.lease_ms(),
@@ -322,11 +319,7 @@ impl Scheduler {
     /// `stage_started` event is written after the answer (its `eventId` is fixed, and
     /// `stage_ended` writes it again first, so the order holds and nothing doubles): a
     /// claim costs the agent no commit.
-    async fn started(
-        &self,
-        agent: &AgentRecord,
-        job: JobRecord,
-    ) -> Result<AgentJob, SchedulerError> {
+    async fn started(&self, agent: &AgentRecord, job: JobRecord) -> Result<AgentJob, ServiceError> {
         let runner = self.clone();
         let started = started_event(&job, &agent.name, agent.hostname.clone());
         let project_id = job.project_id;
@@ -391,7 +384,7 @@ impl Scheduler {
         agent: &AgentRecord,
         job_ids: &[i64],
         metrics: Option<&serde_json::Value>,
-    ) -> Result<HeartbeatReply, SchedulerError> {
+    ) -> Result<HeartbeatReply, ServiceError> {
         let now = self.now();
         let touch = {
             let mut touched = self.inner.touched.lock().expect("touch lock");
@@ -430,17 +423,17 @@ impl Scheduler {
         job_id: i64,
         agent_id: i64,
         attempt: i64,
-    ) -> Result<JobRecord, SchedulerError> {
+    ) -> Result<JobRecord, ServiceError> {
         let job = self
             .store()
             .job_by_id(job_id)
             .await?
-            .ok_or_else(|| SchedulerError::NotFound(format!("job {job_id} not found")))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("job {job_id} not found")))?;
         if job.state != JobState::Running
             || job.agent_id != Some(agent_id)
             || job.attempt != attempt
         {
-            return Err(SchedulerError::Conflict {
+            return Err(ServiceError::Conflict {
                 code: "job_not_held",
                 message: format!(
                     "attempt {attempt} of job {job_id} is no longer this agent's (its lease expired or it ended); stop it"
@@ -456,14 +449,14 @@ impl Scheduler {
         job: &JobRecord,
         offset: i64,
         bytes: &[u8],
-    ) -> Result<i64, SchedulerError> {
+    ) -> Result<i64, ServiceError> {
         let cap = (self.inner.config.log_cap_bytes + LOG_CAP_SLACK) as i64;
         match self.store().append_log(job.id, offset, bytes, cap).await? {
             LogAppend::Stored { size } => {
                 self.inner.logs.stored(job.id, size);
                 Ok(size)
             }
-            LogAppend::WrongOffset { size } => Err(SchedulerError::Conflict {
+            LogAppend::WrongOffset { size } => Err(ServiceError::Conflict {
                 code: "wrong_offset",
                 message: format!(
                     "the log of job {} is {size} bytes long; send the chunk that starts at offset {size}",
@@ -471,7 +464,7 @@ impl Scheduler {
                 ),
                 field: Some("offset".into()),
             }),
-            LogAppend::TooLarge { size } => Err(SchedulerError::PayloadTooLarge(format!(
+            LogAppend::TooLarge { size } => Err(ServiceError::PayloadTooLarge(format!(
                 "the log of job {} is capped at {} bytes ({size} stored); stop sending and write the truncation marker",
                 job.id, self.inner.config.log_cap_bytes
             ))),
@@ -483,7 +476,7 @@ impl Scheduler {
         &self,
         build: &kiln_store::BuildRecord,
         step: &str,
-    ) -> Result<JobRecord, SchedulerError> {
+    ) -> Result<JobRecord, ServiceError> {
         Ok(self
             .store()
             .reported_job(build.id, build.project_id, step, self.now())
@@ -497,7 +490,7 @@ impl Scheduler {
         state: JobState,
         exit_code: Option<i64>,
         size: i64,
-    ) -> Result<bool, SchedulerError> {
+    ) -> Result<bool, ServiceError> {
         let ended = self
             .store()
             .end_reported_job(job.id, state, exit_code, self.now())
@@ -513,7 +506,7 @@ impl Scheduler {
         end: JobEnd,
         message: Option<String>,
         duration_ms: Option<i64>,
-    ) -> Result<(), SchedulerError> {
+    ) -> Result<(), ServiceError> {
         let now = self.now();
         let spec = JobSpec::from_json(&job.spec);
         let failure = match (end.state, end.reason.as_deref()) {
@@ -541,7 +534,7 @@ impl Scheduler {
             .finish_job(job.id, job.attempt, job.agent_id, &end, now)
             .await?
         {
-            return Err(SchedulerError::Conflict {
+            return Err(ServiceError::Conflict {
                 code: "job_not_held",
                 message: format!("job {} already ended or is no longer this agent's", job.id),
                 field: None,
@@ -566,7 +559,7 @@ impl Scheduler {
         message: Option<String>,
         duration_ms: Option<i64>,
         reason: &str,
-    ) -> Result<(), SchedulerError> {
+    ) -> Result<(), ServiceError> {
         let kind = if state == JobState::Passed {
             CoreEventType::StageCompleted
         } else {
@@ -588,7 +581,7 @@ impl Scheduler {
     }
 
     /// Moves a build's blocked jobs on, and ends the build once every job has ended.
-    pub async fn advance(&self, build_id: i64) -> Result<(), SchedulerError> {
+    pub async fn advance(&self, build_id: i64) -> Result<(), ServiceError> {
         let jobs = self.store().jobs_of_build(build_id).await?;
         let Some(first) = jobs.first() else {
             return Ok(());
@@ -634,9 +627,9 @@ impl Scheduler {
         &self,
         build: &kiln_store::BuildRecord,
         by: &str,
-    ) -> Result<u64, SchedulerError> {
+    ) -> Result<u64, ServiceError> {
         if build.state.status.is_terminal() {
-            return Err(SchedulerError::Conflict {
+            return Err(ServiceError::Conflict {
                 code: "build_ended",
                 message: format!(
                     "build {} already ended with status '{}'; nothing to cancel",
@@ -662,7 +655,7 @@ impl Scheduler {
 
     /// Fails or requeues (per its retry rule) a job whose agent stopped renewing its
     /// lease.
-    pub async fn lease_expired(&self, job: &JobRecord) -> Result<(), SchedulerError> {
+    pub async fn lease_expired(&self, job: &JobRecord) -> Result<(), ServiceError> {
         let now = self.now();
         let spec = JobSpec::from_json(&job.spec);
         let agent = job.agent_name.clone().unwrap_or_else(|| "?".into());
@@ -715,10 +708,10 @@ fn started_event(job: &JobRecord, agent: &str, host: Option<String>) -> Option<N
 }
 
 /// Reads an agent's `state` report.
-pub(crate) fn reported_state(state: &str) -> Result<JobState, SchedulerError> {
+pub(crate) fn reported_state(state: &str) -> Result<JobState, ServiceError> {
     match JobState::from_name(state) {
         Some(state @ (JobState::Passed | JobState::Failed | JobState::Cancelled)) => Ok(state),
-        _ => Err(SchedulerError::bad_request(
+        _ => Err(ServiceError::bad_request(
             "invalid_field",
             Some("state"),
             "state: must be \"passed\", \"failed\" or \"cancelled\"",

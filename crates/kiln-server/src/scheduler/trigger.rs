@@ -18,7 +18,7 @@ use super::Scheduler;
 use super::events;
 use super::git::{GitError, Mirror, mask_url, resolve_branch};
 use crate::auth::Requester;
-use crate::scheduler::error::SchedulerError;
+use crate::service_error::ServiceError;
 use crate::wire::job_dto;
 
 #[derive(Clone, Debug, Default)]
@@ -35,7 +35,7 @@ pub(crate) struct TriggerRequest {
 }
 
 /// A branch name git would accept, within Kiln's limits.
-pub(crate) fn check_branch(field: &str, name: &str) -> Result<(), SchedulerError> {
+pub(crate) fn check_branch(field: &str, name: &str) -> Result<(), ServiceError> {
     let bad = name.is_empty()
         || name.len() > kiln_core::limits::MAX_BRANCH_LEN
         || name.starts_with('-')
@@ -48,7 +48,7 @@ pub(crate) fn check_branch(field: &str, name: &str) -> Result<(), SchedulerError
             .chars()
             .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c));
     if bad {
-        return Err(SchedulerError::bad_request(
+        return Err(ServiceError::bad_request(
             "invalid_field",
             Some(field),
             format!(
@@ -71,16 +71,16 @@ struct Queued<'a> {
 }
 
 /// A repository the instance's policy refuses (`scheduler::policy`).
-pub(crate) fn refused_repo(slug: &str, message: String) -> SchedulerError {
-    SchedulerError::Unprocessable {
+pub(crate) fn refused_repo(slug: &str, message: String) -> ServiceError {
+    ServiceError::Unprocessable {
         code: "repo_not_allowed",
         message: format!("{message} (set another with PUT /api/v1/projects/{slug}/repo)"),
         field: Some("repo".into()),
     }
 }
 
-fn unprocessable(field: &str, message: String) -> SchedulerError {
-    SchedulerError::Unprocessable {
+fn unprocessable(field: &str, message: String) -> ServiceError {
+    ServiceError::Unprocessable {
         code: "unprocessable",
         message,
         field: Some(field.into()),
@@ -92,7 +92,7 @@ impl Scheduler {
         &self,
         project: &Project,
         request: TriggerRequest,
-    ) -> Result<TriggeredBuild, SchedulerError> {
+    ) -> Result<TriggeredBuild, ServiceError> {
         let Some(repo) = project.repo.clone() else {
             return Err(unprocessable(
                 "repo",
@@ -109,7 +109,7 @@ impl Scheduler {
         check_branch("branch", &branch)?;
         let requested_priority = match request.priority {
             Some(value) => Some(Priority::new(value).ok_or_else(|| {
-                SchedulerError::bad_request(
+                ServiceError::bad_request(
                     "invalid_field",
                     Some("priority"),
                     "priority: must be 1 (highest) to 10",
@@ -120,7 +120,7 @@ impl Scheduler {
         if let Some(commit) = &request.commit
             && (commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()))
         {
-            return Err(SchedulerError::bad_request(
+            return Err(ServiceError::bad_request(
                 "invalid_field",
                 Some("commit"),
                 "commit: must be a full 40-character commit sha (`git rev-parse HEAD`)",
@@ -252,13 +252,13 @@ impl Scheduler {
         queued: Queued<'_>,
         more: Vec<NewEvent>,
         jobs: Vec<JobPlan>,
-    ) -> Result<BuildRecord, SchedulerError> {
+    ) -> Result<BuildRecord, ServiceError> {
         let mut event = events::event(
             run_id,
             CoreEventType::BuildQueued,
             "kiln-build-queued".into(),
         )
-        .ok_or_else(|| SchedulerError::Unavailable("could not make a run id; retry".into()))?;
+        .ok_or_else(|| ServiceError::Unavailable("could not make a run id; retry".into()))?;
         event.repo = Some(mask_url(queued.repo));
         event.branch = Some(queued.branch.to_owned());
         event.commit = queued.commit.map(str::to_owned);
@@ -294,7 +294,7 @@ impl Scheduler {
             jobs,
         })
         .await?
-        .map_err(|rejection| SchedulerError::Conflict {
+        .map_err(|rejection| ServiceError::Conflict {
             code: "conflict",
             message: rejection.to_string(),
             field: None,
@@ -305,7 +305,7 @@ impl Scheduler {
         self.store()
             .build_by_run_id(run_id)
             .await?
-            .ok_or_else(|| SchedulerError::Unavailable("the new build vanished; retry".into()))
+            .ok_or_else(|| ServiceError::Unavailable("the new build vanished; retry".into()))
     }
 
     /// A build whose repository could not be fetched: it fails in its `checkout` step,
@@ -318,7 +318,7 @@ impl Scheduler {
         commit: Option<&str>,
         request: &TriggerRequest,
         message: String,
-    ) -> Result<TriggeredBuild, SchedulerError> {
+    ) -> Result<TriggeredBuild, ServiceError> {
         let plan = JobPlan {
             step: "checkout".into(),
             position: 0,
@@ -399,7 +399,7 @@ impl Scheduler {
         commit: &str,
         commit_message: Option<String>,
         priority: i64,
-    ) -> Result<TriggeredBuild, SchedulerError> {
+    ) -> Result<TriggeredBuild, ServiceError> {
         let status = self
             .store()
             .build_by_run_id(build.state.run_id.as_str())

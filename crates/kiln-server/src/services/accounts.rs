@@ -4,7 +4,7 @@
 
 use crate::accounts::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, verify_password};
 use crate::auth::{Caller, SESSION_COOKIE, session_cookie};
-use crate::services::error::ServiceError;
+use crate::service_error::ServiceError;
 use crate::{AppState, generate_token};
 use axum::http::{HeaderMap, HeaderValue};
 use kiln_core::FieldError;

@@ -5,7 +5,7 @@
 use crate::AppState;
 use crate::auth::{Caller, Requester};
 use crate::scheduler::TriggerRequest;
-use crate::services::error::ServiceError;
+use crate::service_error::ServiceError;
 use crate::services::projects::readable_project;
 use kiln_store::{BuildRecord, Project};
 
@@ -17,7 +17,7 @@ pub(crate) async fn writable_project(
 ) -> Result<Project, ServiceError> {
     let project = readable_project(state, caller, slug).await?;
     if !caller.can_write(project.id) {
-        return Err(crate::services::error::missing_role(
+        return Err(crate::service_error::missing_role(
             caller,
             kiln_core::Role::Developer,
         ));

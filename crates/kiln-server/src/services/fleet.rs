@@ -4,7 +4,7 @@
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::services::error::ServiceError;
+use crate::service_error::ServiceError;
 use crate::wire::job_dto;
 use kiln_core::JobState;
 use kiln_protocol::{AgentDto, AgentList, JobList};

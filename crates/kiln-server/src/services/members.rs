@@ -3,8 +3,8 @@
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::service_error::ServiceError;
 use crate::services::accounts::audit;
-use crate::services::error::ServiceError;
 use crate::services::projects::readable_project;
 use kiln_core::Role;
 
@@ -16,7 +16,7 @@ pub(crate) async fn administered_project(
 ) -> Result<kiln_store::Project, ServiceError> {
     let project = readable_project(state, caller, slug).await?;
     if !caller.can_admin(project.id) {
-        return Err(crate::services::error::missing_role(caller, Role::Admin));
+        return Err(crate::service_error::missing_role(caller, Role::Admin));
     }
     Ok(project)
 }

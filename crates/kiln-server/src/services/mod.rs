@@ -5,7 +5,6 @@
 
 pub(crate) mod accounts;
 pub(crate) mod builds;
-pub(crate) mod error;
 pub(crate) mod fleet;
 pub(crate) mod members;
 pub(crate) mod notifications;

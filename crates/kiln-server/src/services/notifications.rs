@@ -1,7 +1,7 @@
 //! Notifications as a service: a notification named by a path, and the answer for one
 //! that is not the caller's.
 
-use crate::services::error::ServiceError;
+use crate::service_error::ServiceError;
 
 pub(crate) fn notification_id(raw: &str) -> Result<i64, ServiceError> {
     raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {

@@ -2,7 +2,7 @@
 //! revoked (the API and the settings page call these).
 
 use crate::auth::Caller;
-use crate::services::error::ServiceError;
+use crate::service_error::ServiceError;
 use crate::{AppState, generate_token};
 use kiln_core::FieldError;
 use kiln_core::limits::MAX_NAME_LEN;

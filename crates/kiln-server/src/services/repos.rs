@@ -5,8 +5,8 @@
 use crate::AppState;
 use crate::auth::Caller;
 use crate::scheduler::check_branch;
+use crate::service_error::ServiceError;
 use crate::services::accounts::audit;
-use crate::services::error::ServiceError;
 use kiln_core::FieldError;
 use kiln_protocol::{RepoSettings, SetBranch};
 use kiln_store::BranchRecord;

@@ -5,8 +5,8 @@
 use crate::AppState;
 use crate::address;
 use crate::auth::Caller;
+use crate::service_error::ServiceError;
 use crate::services::accounts::audit;
-use crate::services::error::ServiceError;
 use crate::webhooks::payload;
 use kiln_protocol::{CreateWebhook, UpdateWebhook};
 use kiln_store::{

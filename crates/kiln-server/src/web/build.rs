@@ -480,7 +480,7 @@ async fn writable_build(
     let build = readable_build(state, caller, run_id).await?;
     if !caller.can_write(build.project_id) {
         return Err(PageError(
-            crate::services::error::missing_role(caller, kiln_core::Role::Developer).into(),
+            crate::service_error::missing_role(caller, kiln_core::Role::Developer).into(),
         ));
     }
     Ok(build)

@@ -1,12 +1,10 @@
-//! `ServiceError`: what a service refuses and why, in Kiln's words, independent of HTTP.
-//! The JSON API maps it to a status and `{"error":{…}}` (`From<ServiceError> for
-//! ApiError`, in `api/mod.rs`) and the dashboard to a page with the message; a store
-//! error keeps its cause until that mapping logs it.
+//! `ServiceError`: what the services and the scheduler refuse and why, in Kiln's words,
+//! independent of HTTP. The JSON API maps it to a status and `{"error":{…}}`
+//! (`From<ServiceError> for ApiError`, in `api/mod.rs`) and the dashboard to a page with
+//! the message; a store error keeps its cause until that mapping logs it.
 
 use kiln_core::FieldError;
 use kiln_store::StoreError;
-
-use crate::scheduler::error::SchedulerError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -96,43 +94,5 @@ impl From<FieldError> for ServiceError {
 impl From<crate::accounts::PasswordsBusy> for ServiceError {
     fn from(busy: crate::accounts::PasswordsBusy) -> Self {
         Self::Unavailable(busy.to_string())
-    }
-}
-
-impl From<SchedulerError> for ServiceError {
-    fn from(error: SchedulerError) -> Self {
-        match error {
-            SchedulerError::BadRequest {
-                code,
-                message,
-                field,
-            } => Self::BadRequest {
-                code,
-                message,
-                field,
-            },
-            SchedulerError::NotFound(message) => Self::NotFound(message),
-            SchedulerError::Conflict {
-                code,
-                message,
-                field,
-            } => Self::Conflict {
-                code,
-                message,
-                field,
-            },
-            SchedulerError::Unprocessable {
-                code,
-                message,
-                field,
-            } => Self::Unprocessable {
-                code,
-                message,
-                field,
-            },
-            SchedulerError::PayloadTooLarge(message) => Self::PayloadTooLarge(message),
-            SchedulerError::Unavailable(message) => Self::Unavailable(message),
-            SchedulerError::Store(error) => Self::Store(error),
-        }
     }
 }
