@@ -758,8 +758,8 @@ fn cancel_stops_the_step_within_two_seconds() {
     let answer = kiln
         .block_on(kiln.user.cancel_build(PROJECT, &build.run_id))
         .unwrap();
-    assert_eq!(answer["status"], "cancelled");
-    assert_eq!(answer["stoppingJobs"], 1);
+    assert_eq!(answer.status, "cancelled");
+    assert_eq!(answer.stopping_jobs, 1);
     assert_eq!(kiln.status(&build.run_id), "cancelled");
 
     let job = kiln.wait_for_job(&build.run_id, "loop", Duration::from_secs(5), is_terminal);
@@ -859,7 +859,7 @@ fn logs_are_capped_and_binary_output_is_kept() {
     assert!(!output_lines(&text).contains(&"after".to_owned()));
 
     let health = kiln.block_on(kiln.admin.healthz()).unwrap();
-    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health.status, "ok", "{health:?}");
     assert_eq!(kiln.status(&build.run_id), "success");
 }
 

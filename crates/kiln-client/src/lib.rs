@@ -1,6 +1,7 @@
 //! A typed async client for Kiln's HTTP API, used by the `kiln` CLI and by tests that
 //! drive the real server.
 
+mod accounts;
 mod runs;
 mod secrets;
 pub mod sse;
@@ -166,16 +167,6 @@ impl Client {
             .ok_or_else(|| ClientError::Transport("the server sent no answer body".into()))
     }
 
-    /// Any JSON request, for routes without a typed method (`None` for 204).
-    pub async fn send_value(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<Option<serde_json::Value>, ClientError> {
-        self.send_for(method, path, body, None).await
-    }
-
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call::<(), T>(Method::GET, path, None).await
     }
@@ -185,7 +176,7 @@ impl Client {
         self.get("/api/v1/whoami").await
     }
 
-    pub async fn healthz(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn healthz(&self) -> Result<Health, ClientError> {
         self.get("/healthz").await
     }
 

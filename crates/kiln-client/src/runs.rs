@@ -85,7 +85,11 @@ impl Client {
         .await
     }
 
-    pub async fn cancel_build(&self, project: &str, run_id: &str) -> Result<Value, ClientError> {
+    pub async fn cancel_build(
+        &self,
+        project: &str,
+        run_id: &str,
+    ) -> Result<CancelledBuild, ClientError> {
         self.call::<(), _>(
             Method::POST,
             &format!(

@@ -1,8 +1,10 @@
 //! The JSON shapes of Kiln's HTTP API (camelCase on the wire). Serialized by the server,
 //! deserialized by `kiln-client`; domain types never cross the wire directly.
 
+mod accounts;
 mod webhooks;
 
+pub use accounts::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 pub use webhooks::*;
@@ -635,6 +637,45 @@ pub struct MuteDto {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MuteList {
     pub mutes: Vec<MuteDto>,
+}
+
+/// `POST` and `DELETE /api/v1/notifications/mutes`: what to mute (or unmute); `null`
+/// is the same as absent.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MuteTarget {
+    /// A project's slug; absent mutes every project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// A notification kind; absent mutes every kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// `DELETE /api/v1/notifications/mutes`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MuteRemoved {
+    pub removed: bool,
+}
+
+/// `GET /healthz` (with the storage engine) and `GET /readyz`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    /// `ok` (up) or `ready` (the database answers).
+    pub status: String,
+    /// `sqlite` or `postgres`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+}
+
+/// `POST /api/v1/projects/{slug}/builds/{runId}/cancel`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelledBuild {
+    pub run_id: String,
+    /// Always `cancelled`.
+    pub status: String,
+    /// Running jobs told to stop (their agents end them within a heartbeat).
+    pub stopping_jobs: u64,
 }
 
 #[cfg(test)]

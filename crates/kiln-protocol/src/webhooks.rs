@@ -136,6 +136,10 @@ pub struct WebhookStatusDto {
     pub failed: i64,
     pub oldest_pending_age_seconds: Option<i64>,
     pub endpoints: Vec<WebhookEndpointStatusDto>,
+    /// Instance admins only: events of every project no consumer has looked at yet
+    /// (deliveries not even queued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unqueued_events: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -154,4 +158,29 @@ pub struct WebhookEndpointStatusDto {
     pub success_rate: Option<f64>,
     pub p50_latency_ms: Option<i64>,
     pub oldest_pending_age_seconds: Option<i64>,
+}
+
+/// `PUT /api/v1/projects/{slug}/hooks/github`: what to paste into GitHub's webhook
+/// settings (the secret is shown only here).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GithubHookSecret {
+    pub secret: String,
+    /// The payload URL's path on this server.
+    pub path: String,
+    pub content_type: String,
+    pub events: Vec<String>,
+}
+
+/// `POST /api/v1/hooks/github/{slug}` answering GitHub's `ping`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HookPing {
+    pub ok: bool,
+    pub project: String,
+}
+
+/// An inbound hook event Kiln takes no action on (202), and why.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HookIgnored {
+    pub ignored: String,
 }

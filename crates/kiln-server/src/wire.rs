@@ -3,8 +3,8 @@
 //! of them reaches into another's module for it.
 
 use kiln_core::{BuildStatus, Millis, StageStatus};
-use kiln_protocol::{BuildDto, BuildStatusDto, ProjectDto, StageDto, TokenDto};
-use kiln_store::{BuildRecord, Project, StoredEvent, TokenRecord};
+use kiln_protocol::{BuildDto, BuildStatusDto, ProjectDto, StageDto, TokenDto, UserDto};
+use kiln_store::{BuildRecord, Project, StoredEvent, TokenRecord, UserRecord};
 use serde_json::Value;
 
 pub(crate) fn project_dto(project: &Project) -> ProjectDto {
@@ -12,6 +12,17 @@ pub(crate) fn project_dto(project: &Project) -> ProjectDto {
         slug: project.slug.clone(),
         name: project.name.clone(),
         created_at: project.created_at.to_rfc3339(),
+    }
+}
+
+pub(crate) fn user_dto(user: &UserRecord) -> UserDto {
+    UserDto {
+        id: user.id,
+        email: user.email.clone(),
+        name: user.name.clone(),
+        instance_admin: user.instance_admin,
+        created_at: user.created_at.to_rfc3339(),
+        disabled: user.disabled_at.is_some(),
     }
 }
 

@@ -198,7 +198,7 @@ pub async fn cancel(args: RunRef) -> anyhow::Result<ExitCode> {
     outln!(
         "cancelled {} ({} running jobs are being stopped)",
         args.run_id,
-        answer["stoppingJobs"]
+        answer.stopping_jobs
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use kiln_client::protocol::{
+    CreateNamedToken, CreateUser, CreatedToken, ErrorBody, Login, Session,
+};
 
 use crate::settings::ClientArgs;
 
@@ -121,31 +123,19 @@ pub struct AuditArgs {
     client: ClientArgs,
 }
 
-async fn request(
-    client: &ClientArgs,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let answer = client
-        .client()
-        .await?
-        .send_value(method, path, body.as_ref())
-        .await?;
-    Ok(answer.unwrap_or(Value::Null))
-}
-
-async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
+/// A typed answer of a request made outside the client (the session's cookie flow); an
+/// error status becomes the server's message.
+async fn answer<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
-    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if !status.is_success() {
-        bail!(
-            "{} ({status})",
-            value["error"]["message"].as_str().unwrap_or(&text)
-        );
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|body| body.error.message)
+            .unwrap_or(text);
+        bail!("{message} ({status})");
     }
-    Ok(value)
+    serde_json::from_str(&text)
+        .with_context(|| format!("the server's answer is not understood: {text}"))
 }
 
 fn read_password(prompt: &str) -> anyhow::Result<String> {
@@ -168,10 +158,6 @@ async fn member_project(client: &ClientArgs, explicit: Option<&str>) -> anyhow::
 }
 
 pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
-    let command_kind = match &command {
-        UserCommand::Disable { .. } => "disable",
-        _ => "other",
-    };
     match command {
         UserCommand::Create {
             email,
@@ -180,31 +166,30 @@ pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
             password_stdin,
             client,
         } => {
-            let mut body = json!({"email": email, "name": name, "instanceAdmin": instance_admin});
-            if password_stdin {
-                body["password"] = json!(read_password("password: ")?);
-            }
-            let created =
-                request(&client, reqwest::Method::POST, "/api/v1/users", Some(body)).await?;
-            errln!(
-                "created user {} ({})",
-                created["user"]["email"].as_str().unwrap_or("?"),
-                created["user"]["id"]
-            );
-            if let Some(password) = created["password"].as_str() {
+            let password = password_stdin
+                .then(|| read_password("password: "))
+                .transpose()?;
+            let request = CreateUser {
+                email,
+                name,
+                password,
+                instance_admin: Some(instance_admin),
+            };
+            let created = client.client().await?.create_user(&request).await?;
+            errln!("created user {} ({})", created.user.email, created.user.id);
+            if let Some(password) = created.password {
                 errln!("one-time password (shown only now; log in with `kiln login --email …`):");
                 outln!("{password}");
             }
         }
         UserCommand::List { client } => {
-            let users = request(&client, reqwest::Method::GET, "/api/v1/users", None).await?;
-            for user in users["users"].as_array().into_iter().flatten() {
+            for user in client.client().await?.list_users().await?.users {
                 outln!(
                     "{}\t{}\t{}\t{}",
-                    user["id"],
-                    user["email"].as_str().unwrap_or_default(),
-                    user["name"].as_str().unwrap_or_default(),
-                    if user["instanceAdmin"] == true {
+                    user.id,
+                    user.email,
+                    user.name,
+                    if user.instance_admin {
                         "instance admin"
                     } else {
                         ""
@@ -212,23 +197,28 @@ pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        UserCommand::Disable { user, client } | UserCommand::Enable { user, client } => {
-            let action = if matches!(command_kind, "disable") {
-                "disable"
-            } else {
-                "enable"
-            };
-            let path = format!("/api/v1/users/{}/{action}", user);
-            let changed = request(&client, reqwest::Method::POST, &path, Some(json!({}))).await?;
+        UserCommand::Disable { user, client } => {
+            let changed = client
+                .client()
+                .await?
+                .set_user_disabled(&user, true)
+                .await?;
             errln!(
-                "{} user {} ({})",
-                if action == "disable" {
-                    "deactivated"
-                } else {
-                    "reactivated"
-                },
-                changed["user"]["email"].as_str().unwrap_or("?"),
-                changed["user"]["id"]
+                "deactivated user {} ({})",
+                changed.user.email,
+                changed.user.id
+            );
+        }
+        UserCommand::Enable { user, client } => {
+            let changed = client
+                .client()
+                .await?
+                .set_user_disabled(&user, false)
+                .await?;
+            errln!(
+                "reactivated user {} ({})",
+                changed.user.email,
+                changed.user.id
             );
         }
         UserCommand::ResetPassword {
@@ -236,18 +226,20 @@ pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
             password_stdin,
             client,
         } => {
-            let mut body = json!({});
-            if password_stdin {
-                body["password"] = json!(read_password("new password: ")?);
-            }
-            let path = format!("/api/v1/users/{}/password", user);
-            let changed = request(&client, reqwest::Method::POST, &path, Some(body)).await?;
+            let password = password_stdin
+                .then(|| read_password("new password: "))
+                .transpose()?;
+            let changed = client
+                .client()
+                .await?
+                .reset_user_password(&user, password)
+                .await?;
             errln!(
                 "set the password of {} ({}); their sessions ended",
-                changed["user"]["email"].as_str().unwrap_or("?"),
-                changed["user"]["id"]
+                changed.user.email,
+                changed.user.id
             );
-            if let Some(password) = changed["password"].as_str() {
+            if let Some(password) = changed.password {
                 errln!("one-time password (shown only now):");
                 outln!("{password}");
             }
@@ -266,7 +258,10 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     let http = reqwest::Client::new();
     let login = http
         .post(format!("{}/api/v1/session", target.server))
-        .json(&json!({"email": args.email, "password": password}))
+        .json(&Login {
+            email: args.email.clone(),
+            password,
+        })
         .send()
         .await
         .context("cannot reach the Kiln server")?;
@@ -276,14 +271,16 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(str::to_owned);
-    let session = answer(login).await?;
+    let session: Session = answer(login).await?;
     let cookie = cookie.context("the server set no session cookie")?;
-    let csrf = session["csrfToken"].as_str().unwrap_or_default().to_owned();
-    let token = answer(
+    let csrf = session.csrf_token;
+    let token: CreatedToken = answer(
         http.post(format!("{}/api/v1/me/tokens", target.server))
             .header("cookie", &cookie)
             .header("x-csrf-token", &csrf)
-            .json(&json!({"name": args.token_name}))
+            .json(&CreateNamedToken {
+                name: args.token_name,
+            })
             .send()
             .await?,
     )
@@ -299,7 +296,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         "logged in as {}; your personal token (shown only now; export KILN_TOKEN=…):",
         args.email
     );
-    outln!("{}", token["token"].as_str().unwrap_or_default());
+    outln!("{}", token.token);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -312,18 +309,12 @@ pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let project = member_project(&client, project.as_deref()).await?;
-            let answer = request(
-                &client,
-                reqwest::Method::PUT,
-                &format!("/api/v1/projects/{project}/members/{user}"),
-                Some(json!({"role": role})),
-            )
-            .await?;
-            outln!(
-                "{} is {} of {project}",
-                answer["user"]["email"].as_str().unwrap_or("?"),
-                answer["role"].as_str().unwrap_or("?")
-            );
+            let member = client
+                .client()
+                .await?
+                .set_member(&project, &user, &role)
+                .await?;
+            outln!("{} is {} of {project}", member.user.email, member.role);
         }
         MemberCommand::Remove {
             project,
@@ -331,30 +322,17 @@ pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let project = member_project(&client, project.as_deref()).await?;
-            request(
-                &client,
-                reqwest::Method::DELETE,
-                &format!("/api/v1/projects/{project}/members/{user}"),
-                None,
-            )
-            .await?;
+            client
+                .client()
+                .await?
+                .remove_member(&project, &user)
+                .await?;
             outln!("removed {user} from {project}");
         }
         MemberCommand::List { project, client } => {
             let project = member_project(&client, project.as_deref()).await?;
-            let members = request(
-                &client,
-                reqwest::Method::GET,
-                &format!("/api/v1/projects/{project}/members"),
-                None,
-            )
-            .await?;
-            for member in members["members"].as_array().into_iter().flatten() {
-                outln!(
-                    "{}\t{}",
-                    member["user"]["email"].as_str().unwrap_or_default(),
-                    member["role"].as_str().unwrap_or_default()
-                );
+            for member in client.client().await?.list_members(&project).await?.members {
+                outln!("{}\t{}", member.user.email, member.role);
             }
         }
     }
@@ -362,23 +340,23 @@ pub async fn member(command: MemberCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let mut path = format!("/api/v1/audit?limit={}", args.limit);
-    if let Some(project) = &args.project {
-        path.push_str(&format!("&project={project}"));
-    }
-    let log = request(&args.client, reqwest::Method::GET, &path, None).await?;
-    for entry in log["entries"].as_array().into_iter().flatten() {
-        let actor = entry["actor"].as_str().unwrap_or_default();
-        let actor = match entry["actorName"].as_str() {
-            Some(name) => format!("{name} ({actor})"),
-            None => actor.to_owned(),
+    let log = args
+        .client
+        .client()
+        .await?
+        .audit_log(args.project.as_deref(), args.limit)
+        .await?;
+    for entry in log.entries {
+        let actor = match entry.actor_name {
+            Some(name) => format!("{name} ({})", entry.actor),
+            None => entry.actor,
         };
         outln!(
             "{}\t{}\t{}\t{}",
-            entry["at"].as_str().unwrap_or_default(),
+            entry.at,
             actor,
-            entry["action"].as_str().unwrap_or_default(),
-            entry["target"].as_str().unwrap_or_default()
+            entry.action,
+            entry.target.unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -4,8 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use kiln_protocol::{TriggerBuild, TriggeredBuild};
-use serde_json::{Value, json};
+use kiln_protocol::{CancelledBuild, TriggerBuild, TriggeredBuild};
 
 use super::body::parse;
 use crate::AppState;
@@ -73,14 +72,14 @@ pub(crate) async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((slug, run_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CancelledBuild>, ApiError> {
     let project = writable_project(&state, &caller, &slug).await?;
     let build = project_build(&state, &project, &run_id).await?;
     let by = requester(&state, &caller).await?.words();
-    let stopping = state.scheduler.cancel(&build, &by).await?;
-    Ok(Json(json!({
-        "runId": run_id,
-        "status": "cancelled",
-        "stoppingJobs": stopping,
-    })))
+    let stopping_jobs = state.scheduler.cancel(&build, &by).await?;
+    Ok(Json(CancelledBuild {
+        run_id,
+        status: "cancelled".into(),
+        stopping_jobs,
+    }))
 }

@@ -5,13 +5,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_core::token::TokenKind;
-use kiln_protocol::{AgentList, CreatedToken, JobList, TokenDto, TokenList};
+use kiln_protocol::{AgentList, CreateNamedToken, CreatedToken, JobList, TokenDto, TokenList};
 use kiln_store::{NewToken, StoreError};
 
-use super::body::{JsonBody, required_string};
+use super::body::{JsonBody, parse};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::services::fleet::{agent_list, queued_jobs};
+use crate::services::projects::checked_name;
 use crate::wire::token_dto;
 use crate::{AppState, generate_token};
 
@@ -20,10 +21,8 @@ pub(crate) async fn create_agent_token(
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let name = required_string(&body, "name")?.trim().to_owned();
-    if name.is_empty() || name.len() > kiln_core::limits::MAX_NAME_LEN {
-        return Err(kiln_core::FieldError::new("name", "must be 1-200 characters").into());
-    }
+    let request: CreateNamedToken = parse(body)?;
+    let name = checked_name(&request.name, "name")?;
     let token = generate_token();
     let record = state
         .store

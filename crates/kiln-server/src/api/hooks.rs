@@ -7,10 +7,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
+use kiln_protocol::{GithubHookSecret, HookIgnored, HookPing};
+use serde::Deserialize;
+use serde_json::Value;
 use sha2::Sha256;
 
-use super::body::RawBody;
+use super::body::{RawBody, parse};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -24,7 +26,7 @@ pub(crate) async fn set_github(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<GithubHookSecret>), ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
     let mut random = [0u8; 32];
     getrandom::fill(&mut random)
@@ -37,12 +39,12 @@ pub(crate) async fn set_github(
     audit(&state, &caller, "github_hook.set", Some(project.id), None).await;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "secret": secret,
-            "path": format!("/api/v1/hooks/github/{slug}"),
-            "contentType": "application/json",
-            "events": ["push"],
-        })),
+        Json(GithubHookSecret {
+            secret,
+            path: format!("/api/v1/hooks/github/{slug}"),
+            content_type: "application/json".into(),
+            events: vec!["push".into()],
+        }),
     ))
 }
 
@@ -63,7 +65,7 @@ fn signature_matches(secret: &str, body: &[u8], signature: &str) -> bool {
 }
 
 fn ignored(why: String) -> Response {
-    (StatusCode::ACCEPTED, Json(json!({"ignored": why}))).into_response()
+    (StatusCode::ACCEPTED, Json(HookIgnored { ignored: why })).into_response()
 }
 
 /// The largest GitHub payload taken (GitHub sends at most 25 MB; push payloads of
@@ -113,12 +115,27 @@ pub(crate) async fn github(
         .unwrap_or_default()
         .to_owned();
     match event.as_str() {
-        "ping" => Ok(Json(json!({"ok": true, "project": slug})).into_response()),
+        "ping" => Ok(Json(HookPing {
+            ok: true,
+            project: slug,
+        })
+        .into_response()),
         "push" => push(&state, &project, &body).await,
         other => Ok(ignored(format!(
             "Kiln acts on push and ping events, not '{other}'"
         ))),
     }
+}
+
+/// The members of GitHub's push payload that Kiln reads (GitHub's format, not Kiln's).
+#[derive(Deserialize)]
+struct GithubPush {
+    #[serde(default, rename = "ref")]
+    reference: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    deleted: bool,
 }
 
 async fn push(
@@ -133,7 +150,8 @@ async fn push(
             format!("the push payload is not JSON ({error}); set the webhook's content type to application/json"),
         )
     })?;
-    let Some(reference) = payload["ref"].as_str() else {
+    let push: GithubPush = parse(payload)?;
+    let Some(reference) = push.reference.as_deref() else {
         return Err(ApiError::bad_request(
             "invalid_field",
             Some("ref"),
@@ -143,8 +161,8 @@ async fn push(
     let Some(branch) = reference.strip_prefix("refs/heads/") else {
         return Ok(ignored(format!("{reference} is not a branch")));
     };
-    let commit = payload["after"].as_str().unwrap_or_default();
-    if payload["deleted"] == true || commit.bytes().all(|b| b == b'0') {
+    let commit = push.after.as_deref().unwrap_or_default();
+    if push.deleted || commit.bytes().all(|b| b == b'0') {
         return Ok(ignored(format!("branch {branch} was deleted")));
     }
     let branches = state.store.list_branches(project.id).await?;

@@ -4,29 +4,32 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use kiln_core::FieldError;
-use serde_json::{Value, json};
+use kiln_protocol::{AuditEntryDto, AuditLog, MemberDto, MemberList, SetMemberRole};
 
-use super::body::{JsonBody, required_string};
+use super::body::{JsonBody, parse};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::params::QueryParams;
-use crate::services::accounts::user_json;
-use crate::services::members::{administered_project, remove_member_of, set_member_role};
+use crate::services::members::{administered_project, remove_from_project, set_member_role};
+use crate::wire::user_dto;
 
 pub(crate) async fn list_members(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MemberList>, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
     let mut members = Vec::new();
     for membership in state.store.members_of_project(project.id).await? {
         if let Some(user) = state.store.user_by_id(membership.user_id).await? {
-            members.push(json!({"user": user_json(&user), "role": membership.role.as_str()}));
+            members.push(MemberDto {
+                user: user_dto(&user),
+                role: membership.role.as_str().to_owned(),
+            });
         }
     }
-    Ok(Json(json!({"members": members})))
+    Ok(Json(MemberList { members }))
 }
 
 /// `PUT /api/v1/projects/{slug}/members/{userId}` `{role}`.
@@ -35,13 +38,14 @@ pub(crate) async fn set_member(
     Extension(caller): Extension<Caller>,
     Path((slug, user_id)): Path<(String, String)>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MemberDto>, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
-    let role = required_string(&body, "role")?;
-    let (user, role) = set_member_role(&state, &caller, &project, &user_id, role).await?;
-    Ok(Json(
-        json!({"user": user_json(&user), "role": role.as_str()}),
-    ))
+    let request: SetMemberRole = parse(body)?;
+    let (user, role) = set_member_role(&state, &caller, &project, &user_id, &request.role).await?;
+    Ok(Json(MemberDto {
+        user: user_dto(&user),
+        role: role.as_str().to_owned(),
+    }))
 }
 
 pub(crate) async fn remove_member(
@@ -50,7 +54,7 @@ pub(crate) async fn remove_member(
     Path((slug, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
-    remove_member_of(&state, &caller, &project, &user_id).await?;
+    remove_from_project(&state, &caller, &project, &user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -60,7 +64,7 @@ pub(crate) async fn audit_log(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditLog>, ApiError> {
     let params = QueryParams::from_uri(uri.query());
     let project_id = match params.string("project") {
         Some(slug) => Some(administered_project(&state, &caller, slug).await?.id),
@@ -93,15 +97,18 @@ pub(crate) async fn audit_log(
             names.insert(format!("token:{}", token.id), token.name);
         }
     }
-    Ok(Json(json!({
-        "entries": entries.iter().map(|entry| json!({
-            "id": entry.id,
-            "at": entry.at.to_rfc3339(),
-            "actor": entry.actor,
-            "actorName": names.get(&entry.actor),
-            "action": entry.action,
-            "target": entry.target,
-            "detail": entry.detail,
-        })).collect::<Vec<_>>()
-    })))
+    Ok(Json(AuditLog {
+        entries: entries
+            .into_iter()
+            .map(|entry| AuditEntryDto {
+                actor_name: names.get(&entry.actor).cloned(),
+                id: entry.id,
+                at: entry.at.to_rfc3339(),
+                actor: entry.actor,
+                action: entry.action,
+                target: entry.target,
+                detail: entry.detail,
+            })
+            .collect(),
+    }))
 }

@@ -6,12 +6,12 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use kiln_protocol::{
-    MarkedRead, MuteDto, MuteList, NotificationDto, NotificationList, NotificationStats,
+    MarkedRead, MuteDto, MuteList, MuteRemoved, MuteTarget, NotificationDto, NotificationList,
+    NotificationStats,
 };
 use kiln_store::{NotificationFilter, NotificationKind};
-use serde_json::{Value, json};
 
-use super::body::JsonBody;
+use super::body::{JsonBody, parse};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -192,19 +192,6 @@ async fn mute_target(
     Ok((project_id, kind))
 }
 
-/// An optional string member of a mute body.
-fn optional_string<'a>(body: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(value)) => Ok(Some(value)),
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_field",
-            Some(field),
-            format!("{field}: must be a string"),
-        )),
-    }
-}
-
 /// `POST /api/v1/notifications/mutes` `{project?: slug, kind?}`: 201 with the mute (an
 /// existing identical mute is answered as it is).
 pub(crate) async fn add_mute(
@@ -213,18 +200,12 @@ pub(crate) async fn add_mute(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<MuteDto>), ApiError> {
     let user_id = user_of(&caller)?;
-    if !body.is_object() {
-        return Err(ApiError::bad_request(
-            "invalid_json",
-            Some("body"),
-            "send a JSON object {\"project\"?: slug, \"kind\"?: kind}",
-        ));
-    }
+    let target: MuteTarget = parse(body)?;
     let (project_id, kind) = mute_target(
         &state,
         &caller,
-        optional_string(&body, "project")?,
-        optional_string(&body, "kind")?,
+        target.project.as_deref(),
+        target.kind.as_deref(),
     )
     .await?;
     let mute = state
@@ -241,23 +222,24 @@ pub(crate) async fn remove_mute(
     Extension(caller): Extension<Caller>,
     uri: Uri,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MuteRemoved>, ApiError> {
     let user_id = user_of(&caller)?;
-    let (project, kind) = if body.is_empty() {
+    let target: MuteTarget = if body.is_empty() {
         let params = QueryParams::from_uri(uri.query());
-        (
-            params.string("project").map(str::to_owned),
-            params.string("kind").map(str::to_owned),
-        )
+        MuteTarget {
+            project: params.string("project").map(str::to_owned),
+            kind: params.string("kind").map(str::to_owned),
+        }
     } else {
-        let body: Value = super::body::parse_json(&body)?;
-        (
-            optional_string(&body, "project")?.map(str::to_owned),
-            optional_string(&body, "kind")?.map(str::to_owned),
-        )
+        parse(super::body::parse_json(&body)?)?
     };
-    let (project_id, kind) =
-        mute_target(&state, &caller, project.as_deref(), kind.as_deref()).await?;
+    let (project_id, kind) = mute_target(
+        &state,
+        &caller,
+        target.project.as_deref(),
+        target.kind.as_deref(),
+    )
+    .await?;
     state
         .store
         .remove_notification_mute(user_id, project_id, kind)
@@ -268,5 +250,5 @@ pub(crate) async fn remove_mute(
             ),
             other => other.into(),
         })?;
-    Ok(Json(json!({ "removed": true })))
+    Ok(Json(MuteRemoved { removed: true }))
 }

@@ -10,7 +10,7 @@ use super::body::{JsonBody, parse};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::services::repos::{delete_branch_of, set_repo_of, shown_repo, upsert_branch_of};
+use crate::services::repos::{self, set_branch, set_repo_settings, shown_repo};
 use crate::wire::project_dto;
 
 fn branch_dto(branch: &BranchRecord) -> BranchDto {
@@ -38,7 +38,7 @@ pub(crate) async fn set_repo(
     JsonBody(body): JsonBody,
 ) -> Result<Json<RepoDto>, ApiError> {
     let project = project(&state, &caller, &slug).await?;
-    let updated = set_repo_of(&state, &project, &parse(body)?).await?;
+    let updated = set_repo_settings(&state, &project, &parse(body)?).await?;
     Ok(Json(repo_dto(&updated)))
 }
 
@@ -60,7 +60,7 @@ pub(crate) async fn upsert_branch(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<BranchDto>), ApiError> {
     let project = project(&state, &caller, &slug).await?;
-    let branch = upsert_branch_of(&state, &caller, &project, &parse(body)?).await?;
+    let branch = set_branch(&state, &caller, &project, &parse(body)?).await?;
     Ok((StatusCode::OK, Json(branch_dto(&branch))))
 }
 
@@ -82,6 +82,6 @@ pub(crate) async fn delete_branch(
     Path((slug, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let project = project(&state, &caller, &slug).await?;
-    delete_branch_of(&state, &caller, &project, &name).await?;
+    repos::delete_branch(&state, &caller, &project, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

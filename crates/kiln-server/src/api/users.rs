@@ -9,32 +9,24 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use kiln_core::FieldError;
 use kiln_core::token::TokenKind;
+use kiln_protocol::{
+    ChangePassword, CreateNamedToken, CreateUser, CreatedToken, Login, Me, ProjectRole,
+    ResetPassword, Session, TokenDto, TokenList, UserAnswer, UserList,
+};
 use kiln_store::{NewToken, StoreError};
-use serde_json::{Value, json};
 
-use super::body::{JsonBody, required_string};
+use super::body::{JsonBody, parse};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::services::accounts::{
-    NewAccount, audit, change_password, checked_email, checked_password, close_session,
-    create_account, open_session, reset_account_password, set_account_disabled, user_json,
+    audit, change_password, checked_email, checked_password, close_session, create_account,
+    open_session, reset_account_password, set_account_disabled,
 };
 use crate::services::members::user_by_path;
-use crate::wire::token_dto;
+use crate::services::projects::checked_name;
+use crate::wire::{token_dto, user_dto};
 use crate::{AppState, generate_token};
-
-fn email_field(body: &Value) -> Result<String, ApiError> {
-    Ok(checked_email(required_string(body, "email")?)?)
-}
-
-fn password_field(body: &Value, field: &str) -> Result<String, ApiError> {
-    Ok(checked_password(
-        required_string(body, field)?.to_owned(),
-        field,
-    )?)
-}
 
 /// `POST /api/v1/session` `{email, password}`: sets the session cookie; answers the user
 /// and the CSRF token that unsafe requests must send in `X-CSRF-Token`.
@@ -44,11 +36,14 @@ pub(crate) async fn login(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let email = email_field(&body)?;
-    let password = required_string(&body, "password")?.to_owned();
+    let Login { email, password } = parse(body)?;
+    let email = checked_email(&email)?;
     let session = open_session(&state, peer, &headers, &email, password).await?;
-    let mut response =
-        Json(json!({"user": user_json(&session.user), "csrfToken": session.csrf})).into_response();
+    let mut response = Json(Session {
+        user: user_dto(&session.user),
+        csrf_token: session.csrf,
+    })
+    .into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, session.cookie);
@@ -78,7 +73,7 @@ pub(crate) async fn logout(
 pub(crate) async fn me(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Me>, ApiError> {
     let user_id = caller.user_id.unwrap_or_default();
     let user = state
         .store
@@ -88,12 +83,17 @@ pub(crate) async fn me(
     let mut roles = Vec::new();
     for (project_id, role) in caller.roles.iter() {
         if let Some(project) = state.store.project_by_id(*project_id).await? {
-            roles.push(json!({"project": project.slug, "role": role.as_str()}));
+            roles.push(ProjectRole {
+                project: project.slug,
+                role: role.as_str().to_owned(),
+            });
         }
     }
-    Ok(Json(
-        json!({"user": user_json(&user), "roles": roles, "csrfToken": caller.csrf_token}),
-    ))
+    Ok(Json(Me {
+        user: user_dto(&user),
+        roles,
+        csrf_token: caller.csrf_token.clone(),
+    }))
 }
 
 /// `POST /api/v1/me/password` `{current, new}`: changes the caller's own password
@@ -104,8 +104,8 @@ pub(crate) async fn change_my_password(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(body): JsonBody,
 ) -> Result<StatusCode, ApiError> {
-    let current = required_string(&body, "current")?.to_owned();
-    let new = password_field(&body, "new")?;
+    let ChangePassword { current, new } = parse(body)?;
+    let new = checked_password(new, "new")?;
     change_password(&state, &caller, peer, current, new).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -115,11 +115,9 @@ pub(crate) async fn create_my_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let name = required_string(&body, "name")?.trim().to_owned();
-    if name.is_empty() || name.len() > kiln_core::limits::MAX_NAME_LEN {
-        return Err(FieldError::new("name", "must be 1-200 characters").into());
-    }
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let request: CreateNamedToken = parse(body)?;
+    let name = checked_name(&request.name, "name")?;
     let user_id = caller.user_id.unwrap_or_default();
     // A cap, so one user cannot multiply the per-token limits (live streams) with
     // tokens; not atomic with the insert, which at worst lets a race add one or two.
@@ -156,29 +154,33 @@ pub(crate) async fn create_my_token(
         Some(&record.name),
     )
     .await;
-    let mut answer = serde_json::to_value(token_dto(&record, None)).unwrap_or_default();
-    answer["token"] = json!(token);
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token,
+            info: token_dto(&record, None),
+        }),
+    ))
 }
 
 pub(crate) async fn list_my_tokens(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenList>, ApiError> {
     let tokens = state
         .store
         .user_tokens(caller.user_id.unwrap_or_default())
         .await?;
-    Ok(Json(
-        json!({"tokens": tokens.iter().map(|t| token_dto(t, None)).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(TokenList {
+        tokens: tokens.iter().map(|t| token_dto(t, None)).collect(),
+    }))
 }
 
 pub(crate) async fn revoke_my_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(token_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenDto>, ApiError> {
     let token_id: i64 = token_id.parse().map_err(|_| {
         ApiError::bad_request("invalid_field", Some("id"), "id: must be a token id")
     })?;
@@ -204,9 +206,7 @@ pub(crate) async fn revoke_my_token(
         Some(&record.name),
     )
     .await;
-    Ok(Json(
-        serde_json::to_value(token_dto(&record, None)).unwrap_or_default(),
-    ))
+    Ok(Json(token_dto(&record, None)))
 }
 
 /// `POST /api/v1/users` `{email, name, password?, instanceAdmin?}` (instance admin): a
@@ -215,34 +215,23 @@ pub(crate) async fn create_user(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let instance_admin = match body.get("instanceAdmin") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(flag)) => *flag,
-        Some(_) => return Err(FieldError::new("instanceAdmin", "must be true or false").into()),
-    };
-    let account = NewAccount {
-        email: required_string(&body, "email")?.to_owned(),
-        name: required_string(&body, "name")?.to_owned(),
-        instance_admin,
-        password: match body.get("password") {
-            None | Some(Value::Null) => None,
-            Some(_) => Some(required_string(&body, "password")?.to_owned()),
-        },
-    };
-    let (user, generated) = create_account(&state, &caller, account).await?;
-    let mut answer = json!({"user": user_json(&user)});
-    if let Some(password) = generated {
-        answer["password"] = json!(password);
-    }
-    Ok((StatusCode::CREATED, Json(answer)))
+) -> Result<(StatusCode, Json<UserAnswer>), ApiError> {
+    let request: CreateUser = parse(body)?;
+    let (user, password) = create_account(&state, &caller, request).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserAnswer {
+            user: user_dto(&user),
+            password,
+        }),
+    ))
 }
 
-pub(crate) async fn list_users(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list_users(State(state): State<AppState>) -> Result<Json<UserList>, ApiError> {
     let users = state.store.list_users().await?;
-    Ok(Json(
-        json!({"users": users.iter().map(user_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(UserList {
+        users: users.iter().map(user_dto).collect(),
+    }))
 }
 
 /// `POST /api/v1/users/{user}/disable` (instance admin): the user can no longer log in
@@ -252,10 +241,8 @@ pub(crate) async fn disable_user(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(user): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let user = user_by_path(&state, &user).await?;
-    let user = set_account_disabled(&state, &caller, &user, true).await?;
-    Ok(Json(json!({"user": user_json(&user)})))
+) -> Result<Json<UserAnswer>, ApiError> {
+    set_disabled(state, caller, user, true).await
 }
 
 /// `POST /api/v1/users/{user}/enable` (instance admin): undoes a deactivation.
@@ -263,10 +250,22 @@ pub(crate) async fn enable_user(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(user): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserAnswer>, ApiError> {
+    set_disabled(state, caller, user, false).await
+}
+
+async fn set_disabled(
+    state: AppState,
+    caller: Caller,
+    user: String,
+    disabled: bool,
+) -> Result<Json<UserAnswer>, ApiError> {
     let user = user_by_path(&state, &user).await?;
-    let user = set_account_disabled(&state, &caller, &user, false).await?;
-    Ok(Json(json!({"user": user_json(&user)})))
+    let user = set_account_disabled(&state, &caller, &user, disabled).await?;
+    Ok(Json(UserAnswer {
+        user: user_dto(&user),
+        password: None,
+    }))
 }
 
 /// `POST /api/v1/users/{user}/password` `{password?}` (instance admin): sets a user's
@@ -277,22 +276,17 @@ pub(crate) async fn reset_user_password(
     Extension(caller): Extension<Caller>,
     Path(user): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserAnswer>, ApiError> {
     let user = user_by_path(&state, &user).await?;
     // An empty body generates a password.
-    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
+    let request: ResetPassword = if body.iter().all(u8::is_ascii_whitespace) {
+        ResetPassword::default()
     } else {
-        super::body::parse_json(&body)?
+        parse(super::body::parse_json(&body)?)?
     };
-    let password = match body.get("password") {
-        None | Some(Value::Null) => None,
-        Some(_) => Some(required_string(&body, "password")?.to_owned()),
-    };
-    let generated = reset_account_password(&state, &caller, &user, password).await?;
-    let mut answer = json!({"user": user_json(&user)});
-    if let Some(password) = generated {
-        answer["password"] = json!(password);
-    }
-    Ok(Json(answer))
+    let password = reset_account_password(&state, &caller, &user, request.password).await?;
+    Ok(Json(UserAnswer {
+        user: user_dto(&user),
+        password,
+    }))
 }

@@ -4,9 +4,13 @@
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
-use kiln_protocol::{CreateWebhook, UpdateWebhook, WebhookDto, WebhookList, WebhookWithSecret};
+use kiln_protocol::{
+    CreateWebhook, UpdateWebhook, WebhookAttemptDto, WebhookDeliveryDto, WebhookDeliveryList,
+    WebhookDto, WebhookEndpointStatusDto, WebhookList, WebhookStatusDto, WebhookTestQueued,
+    WebhookWithSecret,
+};
 use kiln_store::{WebhookDeliveryRecord, WebhookEndpointStatus};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::body::{JsonBody, parse};
 use crate::AppState;
@@ -38,43 +42,41 @@ fn object(body: &Value) -> Result<(), ApiError> {
 }
 
 /// An endpoint as served (never its secrets).
-fn delivery_json(state: &AppState, delivery: &WebhookDeliveryRecord) -> Value {
-    let attempts: Vec<Value> = delivery
+fn delivery_dto(state: &AppState, delivery: &WebhookDeliveryRecord) -> WebhookDeliveryDto {
+    let attempt_log = delivery
         .attempt_log
         .iter()
-        .map(|attempt| {
-            json!({
-                "attempt": attempt.attempt,
-                "startedAt": attempt.started_at.to_rfc3339(),
-                "statusCode": attempt.status_code,
-                "latencyMs": attempt.latency_ms,
-                "requestHeaders": serde_json::from_str::<Value>(&attempt.request_headers).unwrap_or(Value::Null),
-                "responseExcerpt": attempt.response_excerpt,
-                "error": attempt.error,
-            })
+        .map(|attempt| WebhookAttemptDto {
+            attempt: attempt.attempt,
+            started_at: attempt.started_at.to_rfc3339(),
+            status_code: attempt.status_code,
+            latency_ms: attempt.latency_ms,
+            request_headers: serde_json::from_str(&attempt.request_headers).unwrap_or(Value::Null),
+            response_excerpt: attempt.response_excerpt.clone(),
+            error: attempt.error.clone(),
         })
         .collect();
-    json!({
-        "id": delivery.id,
-        "webhookId": crate::webhooks::payload::message_id(
+    WebhookDeliveryDto {
+        id: delivery.id,
+        webhook_id: crate::webhooks::payload::message_id(
             &state.config.secret_key,
             delivery.id,
             delivery.created_at,
         ),
-        "endpointId": delivery.endpoint_id,
-        "eventId": delivery.event_id,
-        "type": delivery.event_type,
-        "state": delivery.state.as_str(),
-        "attempts": delivery.attempts,
-        "nextAttemptAt": (delivery.state == kiln_store::WebhookDeliveryState::Pending)
+        endpoint_id: delivery.endpoint_id,
+        event_id: delivery.event_id,
+        event_type: delivery.event_type.clone(),
+        state: delivery.state.as_str().into(),
+        attempts: delivery.attempts,
+        next_attempt_at: (delivery.state == kiln_store::WebhookDeliveryState::Pending)
             .then(|| delivery.next_attempt_at.to_rfc3339()),
-        "createdAt": delivery.created_at.to_rfc3339(),
-        "finishedAt": delivery.finished_at.map(|at| at.to_rfc3339()),
-        "lastStatus": delivery.last_status,
-        "lastError": delivery.last_error,
-        "body": serde_json::from_str::<Value>(&delivery.body).unwrap_or(Value::Null),
-        "attemptLog": attempts,
-    })
+        created_at: delivery.created_at.to_rfc3339(),
+        finished_at: delivery.finished_at.map(|at| at.to_rfc3339()),
+        last_status: delivery.last_status,
+        last_error: delivery.last_error.clone(),
+        body: serde_json::from_str(&delivery.body).unwrap_or(Value::Null),
+        attempt_log,
+    }
 }
 
 /// `POST /api/v1/projects/{slug}/webhooks` `{url, events?, format?, active?}`: 201 with
@@ -192,13 +194,16 @@ pub(crate) async fn send_test(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((slug, id)): Path<(String, String)>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<WebhookTestQueued>), ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
     let (delivery_id, endpoint) =
         queue_test_event(&state, &project, parse_id(&id, "webhook")?).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "deliveryId": delivery_id, "active": endpoint.active })),
+        Json(WebhookTestQueued {
+            delivery_id,
+            active: endpoint.active,
+        }),
     ))
 }
 
@@ -210,7 +215,7 @@ pub(crate) async fn deliveries(
     Extension(caller): Extension<Caller>,
     Path((slug, id)): Path<(String, String)>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookDeliveryList>, ApiError> {
     let limit = QueryParams::from_uri(uri.query())
         .integer("limit", 1, MAX_LOG_LIMIT)?
         .unwrap_or(LOG_LIMIT);
@@ -220,11 +225,12 @@ pub(crate) async fn deliveries(
         .webhook_endpoint(project.id, parse_id(&id, "webhook")?)
         .await?;
     let deliveries = state.store.webhook_deliveries(endpoint.id, limit).await?;
-    let items: Vec<Value> = deliveries
-        .iter()
-        .map(|delivery| delivery_json(&state, delivery))
-        .collect();
-    Ok(Json(json!({ "deliveries": items })))
+    Ok(Json(WebhookDeliveryList {
+        deliveries: deliveries
+            .iter()
+            .map(|delivery| delivery_dto(&state, delivery))
+            .collect(),
+    }))
 }
 
 /// `POST /api/v1/projects/{slug}/webhooks/{id}/deliveries/{delivery}/redeliver`: queues
@@ -233,7 +239,7 @@ pub(crate) async fn redeliver(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((slug, id, delivery)): Path<(String, String, String)>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<WebhookDeliveryDto>), ApiError> {
     let project = administered_project(&state, &caller, &slug).await?;
     let delivery = redeliver_one(
         &state,
@@ -242,7 +248,7 @@ pub(crate) async fn redeliver(
         parse_id(&delivery, "delivery")?,
     )
     .await?;
-    Ok((StatusCode::ACCEPTED, Json(delivery_json(&state, &delivery))))
+    Ok((StatusCode::ACCEPTED, Json(delivery_dto(&state, &delivery))))
 }
 
 /// `GET /api/v1/webhooks/status?project=`: pending, delivered and failed deliveries,
@@ -252,7 +258,7 @@ pub(crate) async fn status(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookStatusDto>, ApiError> {
     let params = QueryParams::from_uri(uri.query());
     let statuses: Vec<WebhookEndpointStatus> = match params.string("project") {
         Some(slug) => {
@@ -279,39 +285,38 @@ pub(crate) async fn status(
         .iter()
         .filter_map(|status| status.oldest_pending_at)
         .min();
-    let endpoints: Vec<Value> = statuses
+    let age = |at: kiln_core::Millis| now.saturating_sub(at).max(0) / 1000;
+    let endpoints = statuses
         .iter()
-        .map(|status| {
-            json!({
-                "id": status.endpoint_id,
-                "url": status.url,
-                "active": status.active,
-                "droppedWhileDisabled": status.dropped_while_disabled,
-                "pending": status.pending,
-                "delivered": status.delivered,
-                "failed": status.failed,
-                "successRate": (status.total_attempts > 0)
-                    .then(|| status.successful_attempts as f64 / status.total_attempts as f64),
-                "p50LatencyMs": status.p50_latency_ms,
-                "oldestPendingAgeSeconds": status
-                    .oldest_pending_at
-                    .map(|at| now.saturating_sub(at).max(0) / 1000),
-            })
+        .map(|status| WebhookEndpointStatusDto {
+            id: status.endpoint_id,
+            url: status.url.clone(),
+            active: status.active,
+            dropped_while_disabled: status.dropped_while_disabled,
+            pending: status.pending,
+            delivered: status.delivered,
+            failed: status.failed,
+            success_rate: (status.total_attempts > 0)
+                .then(|| status.successful_attempts as f64 / status.total_attempts as f64),
+            p50_latency_ms: status.p50_latency_ms,
+            oldest_pending_age_seconds: status.oldest_pending_at.map(age),
         })
         .collect();
-    let mut body = json!({
-        "pending": pending,
-        "delivered": delivered,
-        "failed": failed,
-        "oldestPendingAgeSeconds": oldest_pending.map(|at| now.saturating_sub(at).max(0) / 1000),
-        "endpoints": endpoints,
-    });
     // Events of every project that no consumer has looked at yet (deliveries not even
     // queued: the backlog while ingest is busy); an instance-wide figure, so only for
     // instance admins.
-    if caller.is_admin() {
+    let unqueued_events = if caller.is_admin() {
         let unqueued = state.store.max_event_id().await? - state.store.webhook_cursor().await?;
-        body["unqueuedEvents"] = json!(unqueued.max(0));
-    }
-    Ok(Json(body))
+        Some(unqueued.max(0))
+    } else {
+        None
+    };
+    Ok(Json(WebhookStatusDto {
+        pending,
+        delivered,
+        failed,
+        oldest_pending_age_seconds: oldest_pending.map(age),
+        endpoints,
+        unqueued_events,
+    }))
 }

@@ -9,20 +9,9 @@ use crate::{AppState, generate_token};
 use axum::http::{HeaderMap, HeaderValue};
 use kiln_core::FieldError;
 use kiln_core::token::hash_token;
+use kiln_protocol::CreateUser;
 use kiln_store::{StoreError, UserRecord};
-use serde_json::{Value, json};
 use std::net::SocketAddr;
-
-pub(crate) fn user_json(user: &UserRecord) -> Value {
-    json!({
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "instanceAdmin": user.instance_admin,
-        "createdAt": user.created_at.to_rfc3339(),
-        "disabled": user.disabled_at.is_some(),
-    })
-}
 
 /// Records an admin action; a failure to record is logged, not fatal.
 pub(crate) async fn audit(
@@ -136,29 +125,15 @@ pub(crate) async fn change_password(
     Ok(())
 }
 
-/// A user to create: what `POST /api/v1/users`, `kiln user create` and the dashboard's
-/// Users page send (checked by `create_account`).
-#[derive(Debug)]
-pub(crate) struct NewAccount {
-    pub email: String,
-    pub name: String,
-    pub instance_admin: bool,
-    /// `None`: generate a one-time password and answer it once.
-    pub password: Option<String>,
-}
-
 /// Checks and creates a user (the API, and so `kiln user create`, and the Users page);
 /// answers the user and the generated password, if one was generated.
 pub(crate) async fn create_account(
     state: &AppState,
     caller: &Caller,
-    account: NewAccount,
+    account: CreateUser,
 ) -> Result<(UserRecord, Option<String>), ServiceError> {
     let email = checked_email(&account.email)?;
-    let name = account.name.trim().to_owned();
-    if name.is_empty() || name.len() > kiln_core::limits::MAX_NAME_LEN {
-        return Err(FieldError::new("name", "must be 1-200 characters").into());
-    }
+    let name = crate::services::projects::checked_name(&account.name, "name")?;
     let (password, generated) = match account.password {
         None => (generate_token(), true),
         Some(password) => (checked_password(password, "password")?, false),
@@ -172,7 +147,7 @@ pub(crate) async fn create_account(
             &email,
             &name,
             Some(&hash),
-            account.instance_admin,
+            account.instance_admin.unwrap_or(false),
             state.clock.now(),
         )
         .await

@@ -48,7 +48,7 @@ pub(crate) async fn set_member_role(
 }
 
 /// Removes a user (by id or email) from the project (the API and the settings page).
-pub(crate) async fn remove_member_of(
+pub(crate) async fn remove_from_project(
     state: &AppState,
     caller: &Caller,
     project: &kiln_store::Project,

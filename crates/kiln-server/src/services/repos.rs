@@ -28,7 +28,7 @@ pub(crate) fn check_repo(repo: &str) -> Result<(), ServiceError> {
 
 /// Sets the repository, default branch and concurrency limit from
 /// `{repo, defaultBranch?, maxConcurrency?}` (the API and the settings page).
-pub(crate) async fn set_repo_of(
+pub(crate) async fn set_repo_settings(
     state: &AppState,
     project: &kiln_store::Project,
     settings: &RepoSettings,
@@ -127,7 +127,7 @@ pub(crate) fn shown_repo(project: &kiln_store::Project) -> Option<String> {
 
 /// Adds or updates a branch from `{name, priority?, autoBuild?}` (the API and the
 /// settings page).
-pub(crate) async fn upsert_branch_of(
+pub(crate) async fn set_branch(
     state: &AppState,
     caller: &Caller,
     project: &kiln_store::Project,
@@ -151,7 +151,7 @@ pub(crate) async fn upsert_branch_of(
 }
 
 /// Deletes a branch (the API and the settings page).
-pub(crate) async fn delete_branch_of(
+pub(crate) async fn delete_branch(
     state: &AppState,
     caller: &Caller,
     project: &kiln_store::Project,

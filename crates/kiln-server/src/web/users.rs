@@ -21,11 +21,11 @@ use super::{Chrome, PageError, PageResult, render};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::services::accounts::NewAccount;
 use crate::services::accounts::create_account;
 use crate::services::accounts::reset_account_password;
 use crate::services::accounts::set_account_disabled;
 use crate::services::members::user_by_path;
+use kiln_protocol::CreateUser;
 
 #[derive(Debug)]
 struct UserRow {
@@ -162,10 +162,10 @@ pub(crate) async fn create(
 ) -> PageResult {
     let form = fields(&body);
     form.check_csrf(&caller)?;
-    let account = NewAccount {
+    let account = CreateUser {
         email: form.text("email").to_owned(),
         name: form.text("name").to_owned(),
-        instance_admin: form.checked("instance_admin"),
+        instance_admin: Some(form.checked("instance_admin")),
         password: Some(form.text("password").to_owned()).filter(|p| !p.is_empty()),
     };
     let outcome = async {

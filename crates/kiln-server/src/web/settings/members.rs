@@ -5,7 +5,7 @@ use axum::extract::Path;
 
 use super::{AdminForm, done};
 use crate::error::ApiError;
-use crate::services::members::remove_member_of;
+use crate::services::members::remove_from_project;
 use crate::services::members::set_member_role;
 use crate::web::PageResult;
 
@@ -61,7 +61,7 @@ pub(crate) async fn remove_member(
 ) -> PageResult {
     admin
         .run(async |admin| {
-            remove_member_of(&admin.state, &admin.caller, &admin.project, &user).await?;
+            remove_from_project(&admin.state, &admin.caller, &admin.project, &user).await?;
             Ok(done(&admin.project.slug, "member-removed", "members"))
         })
         .await

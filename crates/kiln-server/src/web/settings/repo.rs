@@ -5,9 +5,7 @@ use kiln_protocol::{RepoSettings, SetBranch};
 
 use super::{AdminForm, done};
 use crate::error::ApiError;
-use crate::services::repos::delete_branch_of;
-use crate::services::repos::set_repo_of;
-use crate::services::repos::upsert_branch_of;
+use crate::services::repos::{self, set_branch, set_repo_settings};
 use crate::web::PageResult;
 use crate::web::form::FormFields;
 
@@ -34,7 +32,7 @@ pub(crate) async fn add_branch(admin: AdminForm) -> PageResult {
                 priority: number_field(&admin.form, "priority", "priority")?,
                 auto_build: Some(admin.form.checked("auto_build")),
             };
-            upsert_branch_of(&admin.state, &admin.caller, &admin.project, &request).await?;
+            set_branch(&admin.state, &admin.caller, &admin.project, &request).await?;
             Ok(done(&admin.project.slug, "branch-saved", "branches"))
         })
         .await
@@ -45,7 +43,7 @@ pub(crate) async fn add_branch(admin: AdminForm) -> PageResult {
 pub(crate) async fn delete_branch(admin: AdminForm) -> PageResult {
     admin
         .run(async |admin| {
-            delete_branch_of(
+            repos::delete_branch(
                 &admin.state,
                 &admin.caller,
                 &admin.project,
@@ -79,7 +77,7 @@ pub(crate) async fn set_repo(admin: AdminForm) -> PageResult {
                     "maxConcurrency",
                 )?),
             };
-            set_repo_of(&admin.state, &admin.project, &settings).await?;
+            set_repo_settings(&admin.state, &admin.project, &settings).await?;
             crate::services::accounts::audit(
                 &admin.state,
                 &admin.caller,
