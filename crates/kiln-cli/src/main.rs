@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{admin, agent, emit, run, runs, secrets, serve, users, watch, webhooks};
+use crate::commands::{
+    admin, agent, analytics, emit, run, runs, secrets, serve, users, watch, webhooks,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +69,12 @@ enum Command {
     },
     /// List builds, newest first.
     Builds(admin::BuildsArgs),
+    /// A project's build statistics over a range of days: success rate, durations,
+    /// stages, queue wait, time to recovery.
+    Analytics(analytics::AnalyticsArgs),
+    /// What a build of a pipeline is expected to take, per stage too, and how accurate
+    /// that has been.
+    Predict(analytics::PredictArgs),
     /// Start a build of the project's repository (--wait follows it and exits with its
     /// result).
     Trigger(runs::TriggerArgs),
@@ -146,6 +154,8 @@ fn main() -> ExitCode {
             Command::Member { command } => users::member(command).await,
             Command::Audit(args) => users::audit(args).await,
             Command::Builds(args) => admin::builds(args).await,
+            Command::Analytics(args) => analytics::analytics(args).await,
+            Command::Predict(args) => analytics::predict(args).await,
             Command::Trigger(args) => runs::trigger(args).await,
             Command::Build(args) => runs::build(args).await,
             Command::Cancel(args) => runs::cancel(args).await,

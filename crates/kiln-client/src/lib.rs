@@ -2,6 +2,7 @@
 //! drive the real server.
 
 mod accounts;
+mod analytics;
 mod runs;
 mod secrets;
 pub mod sse;

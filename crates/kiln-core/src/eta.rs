@@ -1,13 +1,13 @@
 //! How long a running build still needs: from its own reported progress, or else from
-//! the median duration of recent successful builds of the same pipeline. Pure
-//! arithmetic; the dashboard feeds it stored numbers and renders the result.
+//! the duration `predict` expects from recent successful builds of the same pipeline.
+//! Pure arithmetic; the dashboard feeds it stored numbers and renders the result.
 
 /// Where an estimate came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EtaSource {
     /// The build's own `progress`: elapsed × (100 − progress) / progress.
     Progress,
-    /// The median duration of recent successful builds of the pipeline, minus elapsed.
+    /// The predicted duration (`crate::predict`) of the pipeline, minus elapsed.
     History,
 }
 
@@ -30,35 +30,16 @@ pub struct Eta {
     pub source: EtaSource,
 }
 
-/// How many recent successful builds the history estimate takes its median from.
-pub const ETA_SAMPLE: i64 = 20;
-
-/// The median of `samples` (the mean of the middle two for an even count); `None` for
-/// none.
-pub fn median(samples: &[i64]) -> Option<i64> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort_unstable();
-    let middle = sorted.len() / 2;
-    Some(if sorted.len() % 2 == 1 {
-        sorted[middle]
-    } else {
-        // Halves first, so two huge durations cannot overflow.
-        sorted[middle - 1] / 2
-            + sorted[middle] / 2
-            + (sorted[middle - 1] % 2 + sorted[middle] % 2) / 2
-    })
-}
+/// How many recent successful builds the history estimate predicts from.
+pub const ETA_SAMPLE: i64 = crate::predict::WINDOW as i64;
 
 /// The time left for a build that has run `elapsed_ms`. A reported progress strictly
-/// between 0 and 100 wins (it knows this build); otherwise the history median, if any.
+/// between 0 and 100 wins (it knows this build); otherwise the history's predicted duration, if any.
 /// 100 % or more means nothing is left. Without either there is no estimate.
 pub fn estimate(
     elapsed_ms: i64,
     progress: Option<f64>,
-    history_median_ms: Option<i64>,
+    history_expected_ms: Option<i64>,
 ) -> Option<Eta> {
     let elapsed_ms = elapsed_ms.max(0);
     if let Some(progress) = progress.filter(|p| p.is_finite() && *p > 0.0) {
@@ -73,7 +54,7 @@ pub fn estimate(
             source: EtaSource::Progress,
         });
     }
-    let median_ms = history_median_ms.filter(|m| *m > 0)?;
+    let median_ms = history_expected_ms.filter(|m| *m > 0)?;
     let remaining = median_ms.saturating_sub(elapsed_ms);
     Some(Eta {
         remaining_ms: remaining.max(0),
@@ -83,17 +64,17 @@ pub fn estimate(
 }
 
 /// The share done, in percent, for a progress bar: the reported progress (clamped to
-/// 0–100), or else elapsed over the history median, capped at 99 (a build is not done
+/// 0–100), or else elapsed over the predicted duration, capped at 99 (a build is not done
 /// until it ends); `None` without either.
 pub fn percent_done(
     elapsed_ms: i64,
     progress: Option<f64>,
-    history_median_ms: Option<i64>,
+    history_expected_ms: Option<i64>,
 ) -> Option<f64> {
     if let Some(progress) = progress.filter(|p| p.is_finite()) {
         return Some(progress.clamp(0.0, 100.0));
     }
-    let median_ms = history_median_ms.filter(|m| *m > 0)?;
+    let median_ms = history_expected_ms.filter(|m| *m > 0)?;
     Some((elapsed_ms.max(0) as f64 * 100.0 / median_ms as f64).min(99.0))
 }
 
@@ -135,22 +116,6 @@ pub fn format_duration(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn median_of_odd_even_and_empty_samples() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[7]), Some(7));
-        assert_eq!(median(&[30, 10, 20]), Some(20));
-        assert_eq!(median(&[40, 10, 30, 20]), Some(25));
-        assert_eq!(median(&[1, 2]), Some(1));
-        assert_eq!(median(&[3, 4]), Some(3));
-        assert_eq!(
-            median(&[5, 5, 1000]),
-            Some(5),
-            "an outlier does not move it"
-        );
-        assert_eq!(median(&[i64::MAX, i64::MAX]), Some(i64::MAX));
-    }
 
     #[test]
     fn progress_wins_over_history() {

@@ -5,6 +5,7 @@
 //! parsed once at the boundary into the newtypes defined here; past that point an invalid
 //! run id, event type or stage name cannot exist.
 
+pub mod analytics;
 pub mod build;
 pub mod eta;
 pub mod event;
@@ -13,6 +14,7 @@ pub mod jobs;
 pub mod limits;
 pub mod net;
 pub mod pipeline;
+pub mod predict;
 pub mod roles;
 pub mod time;
 pub mod token;

@@ -19,6 +19,99 @@ impl Millis {
     pub fn to_rfc3339(self) -> String {
         self.to_string()
     }
+
+    /// Parses an RFC 3339 instant (`2026-11-24T17:03:09Z`, fractions and `±HH:MM`
+    /// offsets accepted) or a bare date (`2026-11-24`, midnight UTC).
+    pub fn parse_rfc3339(text: &str) -> Option<Millis> {
+        let bytes = text.as_bytes();
+        let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+            let part = text.get(range)?;
+            part.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| part.parse().ok())?
+        };
+        if bytes.len() < 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+            return None;
+        }
+        let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+        if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month as u32) {
+            return None;
+        }
+        let days = days_from_civil(year, month as u32, day as u32);
+        if bytes.len() == 10 {
+            return Some(Millis(days * 86_400_000));
+        }
+        if !matches!(bytes[10], b'T' | b't' | b' ') || bytes.len() < 20 {
+            return None;
+        }
+        if bytes[13] != b':' || bytes[16] != b':' {
+            return None;
+        }
+        let (hours, minutes, seconds) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+        if hours > 23 || minutes > 59 || seconds > 60 {
+            return None;
+        }
+        let mut rest = &text[19..];
+        let mut millis = 0;
+        if let Some(fraction) = rest.strip_prefix('.') {
+            let length = fraction.bytes().take_while(u8::is_ascii_digit).count();
+            if length == 0 {
+                return None;
+            }
+            let padded = format!("{:0<3}", &fraction[..length.min(3)]);
+            millis = padded.parse::<i64>().ok()?;
+            rest = &fraction[length..];
+        }
+        let offset_minutes = match rest {
+            "Z" | "z" => 0,
+            _ => {
+                let sign = match rest.as_bytes().first()? {
+                    b'+' => 1,
+                    b'-' => -1,
+                    _ => return None,
+                };
+                let offset = rest.get(1..)?;
+                if offset.len() != 5 || offset.as_bytes()[2] != b':' {
+                    return None;
+                }
+                let (h, m) = (
+                    offset.get(0..2)?.parse::<i64>().ok()?,
+                    offset.get(3..5)?.parse::<i64>().ok()?,
+                );
+                if h > 23 || m > 59 {
+                    return None;
+                }
+                sign * (h * 60 + m)
+            }
+        };
+        let local = ((days * 24 + hours) * 60 + minutes) * 60_000 + seconds * 1000 + millis;
+        Some(Millis(local - offset_minutes * 60_000))
+    }
+
+    /// The UTC calendar date, `YYYY-MM-DD`.
+    pub fn date(self) -> String {
+        let (year, month, day) = civil_from_days(self.0.div_euclid(86_400_000));
+        format!("{year:04}-{month:02}-{day:02}")
+    }
+
+    /// Midnight UTC of this instant's day.
+    pub fn start_of_day(self) -> Millis {
+        Millis(self.0.div_euclid(86_400_000) * 86_400_000)
+    }
+
+    /// The UTC hour of the day, 0 to 23.
+    pub fn hour_of_day(self) -> u32 {
+        (self.0.rem_euclid(86_400_000) / 3_600_000) as u32
+    }
+}
+
+fn days_in_month(year: i64, month: u32) -> i64 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => 31,
+    }
 }
 
 impl fmt::Display for Millis {
@@ -115,6 +208,44 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_instants_and_dates_parse() {
+        let instant = Millis(1_795_000_000_042);
+        assert_eq!(Millis::parse_rfc3339(&instant.to_rfc3339()), Some(instant));
+        assert_eq!(
+            Millis::parse_rfc3339("2026-11-24T17:03:09+01:30").map(Millis::to_rfc3339),
+            Some("2026-11-24T15:33:09.000Z".into())
+        );
+        assert_eq!(
+            Millis::parse_rfc3339("2026-11-24T17:03:09.5Z").map(Millis::to_rfc3339),
+            Some("2026-11-24T17:03:09.500Z".into())
+        );
+        assert_eq!(
+            Millis::parse_rfc3339("2024-02-29").map(Millis::to_rfc3339),
+            Some("2024-02-29T00:00:00.000Z".into())
+        );
+        assert_eq!(instant.date(), "2026-11-18");
+        assert_eq!(
+            Millis(86_400_000 * 3 + 5).start_of_day(),
+            Millis(86_400_000 * 3)
+        );
+        assert_eq!(Millis(3_600_000 * 25).hour_of_day(), 1);
+        for bad in [
+            "",
+            "2026-13-01",
+            "2025-02-29",
+            "2026-11-24T25:00:00Z",
+            "2026-11-24T17:03:09",
+            "2026-11-24T17:03:09.Z",
+            "2026-11-24T17:03:09+1:00",
+            "yesterday",
+            "2026-1-01",
+            "+026-11-24",
+        ] {
+            assert_eq!(Millis::parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn http_dates_parse_in_all_three_forms() {

@@ -2,9 +2,11 @@
 //! deserialized by `kiln-client`; domain types never cross the wire directly.
 
 mod accounts;
+mod analytics;
 mod webhooks;
 
 pub use accounts::*;
+pub use analytics::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 pub use webhooks::*;

@@ -49,6 +49,21 @@ impl QueryParams {
         }
         Ok(Some(value))
     }
+
+    /// An instant: RFC 3339 (`2026-11-24T17:03:09Z`) or a date (`2026-11-24`, midnight
+    /// UTC).
+    pub fn instant(&self, key: &str) -> Result<Option<kiln_core::Millis>, ApiError> {
+        let Some(raw) = self.string(key) else {
+            return Ok(None);
+        };
+        kiln_core::Millis::parse_rfc3339(raw).map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_field",
+                Some(key),
+                format!("{key}: must be a date (2026-11-24) or an RFC 3339 time (2026-11-24T17:03:09Z), got '{raw}'"),
+            )
+        })
+    }
 }
 
 fn percent_decode(raw: &str) -> String {

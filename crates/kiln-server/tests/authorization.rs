@@ -406,6 +406,13 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             Value::Null,
             Rule::ProjectAdmin,
         ),
+        ("GET", format!("{w}/analytics"), Value::Null, Rule::Viewer),
+        (
+            "GET",
+            format!("{w}/prediction?branch=main"),
+            Value::Null,
+            Rule::Viewer,
+        ),
         (
             "GET",
             format!("{w}/secrets"),

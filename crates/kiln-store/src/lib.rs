@@ -9,6 +9,7 @@
 //! suite (`tests/store_suite.rs`) runs against both engines.
 
 pub(crate) mod accounts;
+mod analytics;
 mod dashboard;
 mod migrations;
 pub(crate) mod notifications;
@@ -25,6 +26,7 @@ use async_trait::async_trait;
 use kiln_core::{JobState, Millis, ProjectSlug};
 
 pub use accounts::*;
+pub use analytics::*;
 pub use dashboard::*;
 pub use notifications::*;
 pub use queue::*;
@@ -155,6 +157,7 @@ pub trait Store:
     + NotificationStore
     + WebhookStore
     + SecretStore
+    + AnalyticsStore
     + Send
     + Sync
     + 'static
@@ -169,6 +172,7 @@ impl<T> Store for T where
         + NotificationStore
         + WebhookStore
         + SecretStore
+        + AnalyticsStore
         + Send
         + Sync
         + 'static
@@ -223,14 +227,14 @@ pub trait BuildStore: Send + Sync {
         now: Millis,
     ) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>>;
     async fn list_builds(&self, filter: &BuildFilter) -> StoreResult<Vec<BuildRecord>>;
-    /// The durations (newest first, at most `per_key` each) of the latest successful
-    /// builds of each pipeline, in one query: the sample the dashboard's ETA takes its
-    /// median from. Keys without a successful build are left out.
+    /// The start times and durations (newest first, at most `per_key` each) of the
+    /// latest successful builds of each pipeline, in one query: the history the
+    /// dashboard's ETA predicts from. Keys without a successful build are left out.
     async fn recent_success_durations(
         &self,
         keys: &[PipelineKey],
         per_key: i64,
-    ) -> StoreResult<Vec<(PipelineKey, Vec<i64>)>>;
+    ) -> StoreResult<Vec<(PipelineKey, Vec<kiln_core::predict::Sample>)>>;
     /// The first stored event (`seq` 1: `build_queued` or `build_started`, usually) of
     /// each of these builds, in one query: who or what started them.
     async fn first_events(&self, build_ids: &[i64]) -> StoreResult<Vec<StoredEvent>>;

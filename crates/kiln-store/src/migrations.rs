@@ -89,6 +89,12 @@ const SQLITE: &[Migration] = &[
         name: "reported_jobs",
         sql: include_str!("../migrations/sqlite/0011_reported_jobs.sql"),
     },
+    // Analytics and prediction read builds by project and start time.
+    Migration {
+        version: 12,
+        name: "analytics",
+        sql: include_str!("../migrations/sqlite/0012_analytics.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -166,6 +172,12 @@ const POSTGRES: &[Migration] = &[
         version: 11,
         name: "reported_jobs",
         sql: include_str!("../migrations/postgres/0011_reported_jobs.sql"),
+    },
+    // Analytics and prediction read builds by project and start time.
+    Migration {
+        version: 12,
+        name: "analytics",
+        sql: include_str!("../migrations/postgres/0012_analytics.sql"),
     },
 ];
 

@@ -181,19 +181,29 @@ async fn recent_success_durations_per_pipeline(engine: Engine) {
         key(&api, "nowhere", None),
     ];
     let found = store
-        .recent_success_durations(&keys, kiln_core::eta::ETA_SAMPLE)
+        .recent_success_durations(&keys, 20)
         .await
         .unwrap();
     assert_eq!(found.len(), 4, "a pipeline without successes is left out");
+    let durations = |index: usize| -> (PipelineKey, Vec<i64>) {
+        let (key, samples) = &found[index];
+        (key.clone(), samples.iter().map(|s| s.duration_ms).collect())
+    };
     assert_eq!(found[0].0, keys[0]);
     assert_eq!(
-        found[0].1,
+        durations(0).1,
         (5..25).rev().map(|i| 1000 + i).collect::<Vec<i64>>()
     );
-    assert_eq!(kiln_core::eta::median(&found[0].1), Some(1014));
-    assert_eq!(found[1], (keys[1].clone(), vec![7000]));
-    assert_eq!(found[2], (keys[2].clone(), vec![500]));
-    assert_eq!(found[3], (keys[3].clone(), vec![42]));
+    assert!(
+        found[0]
+            .1
+            .windows(2)
+            .all(|w| w[0].started_at >= w[1].started_at),
+        "newest first, with their start times"
+    );
+    assert_eq!(durations(1), (keys[1].clone(), vec![7000]));
+    assert_eq!(durations(2), (keys[2].clone(), vec![500]));
+    assert_eq!(durations(3), (keys[3].clone(), vec![42]));
     assert!(
         store
             .recent_success_durations(&[], 20)

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod analytics;
 pub mod emit;
 pub mod limits;
 pub mod run;

@@ -205,23 +205,6 @@ fn field_with_nul(value: &Value, path: &str) -> Option<String> {
     }
 }
 
-/// A required string member of a JSON object body.
-pub(crate) fn required_string<'a>(body: &'a Value, field: &str) -> Result<&'a str, ApiError> {
-    match body.get(field) {
-        Some(Value::String(value)) => Ok(value),
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_field",
-            Some(field),
-            format!("{field}: must be a string"),
-        )),
-        None => Err(ApiError::bad_request(
-            "invalid_field",
-            Some(field),
-            format!("{field}: is required"),
-        )),
-    }
-}
-
 /// A JSON body as the typed request `T` (kiln-protocol's wire types), with the field
 /// path named on error (`invalid_field`).
 pub(crate) fn parse<T: serde::de::DeserializeOwned>(

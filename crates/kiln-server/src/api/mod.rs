@@ -2,6 +2,7 @@
 //! layer authenticates and enforces that access before any handler runs.
 
 mod agent;
+mod analytics;
 mod body;
 mod build_control;
 mod builds;
@@ -184,6 +185,18 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "/api/v1/projects/{slug}",
             Access::ProjectRead,
             get(projects::get_project),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/analytics",
+            Access::ProjectRead,
+            get(analytics::analytics),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/prediction",
+            Access::ProjectRead,
+            get(analytics::prediction),
         ),
         (
             "POST",

@@ -4,11 +4,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_core::ProjectSlug;
-use kiln_protocol::{CreatedToken, ProjectDto, ProjectList, TokenDto, TokenList};
+use kiln_protocol::{CreateProject, CreatedToken, ProjectDto, ProjectList, TokenDto, TokenList};
 use kiln_store::StoreError;
-use serde_json::Value;
 
-use super::body::{JsonBody, parse, required_string};
+use super::body::{JsonBody, parse};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -17,16 +16,13 @@ use crate::services::projects::{
 };
 use crate::wire::{project_dto, token_dto};
 
-fn display_name(body: &Value, field: &str) -> Result<String, ApiError> {
-    Ok(checked_name(required_string(body, field)?, field)?)
-}
-
 pub(crate) async fn create_project(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<ProjectDto>), ApiError> {
-    let slug = ProjectSlug::parse("slug", required_string(&body, "slug")?)?;
-    let name = display_name(&body, "name")?;
+    let request: CreateProject = parse(body)?;
+    let slug = ProjectSlug::parse("slug", &request.slug)?;
+    let name = checked_name(&request.name, "name")?;
     let project = state
         .store
         .create_project(&slug, &name, state.clock.now())

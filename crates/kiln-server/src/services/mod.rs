@@ -4,6 +4,7 @@
 //! are adapters over these; nothing here imports either (`tests/layers.rs`).
 
 pub(crate) mod accounts;
+pub(crate) mod analytics;
 pub(crate) mod builds;
 pub(crate) mod fleet;
 pub(crate) mod members;

@@ -115,24 +115,6 @@ fn gauges(metrics: Option<&Value>) -> (Option<Gauge>, Option<Gauge>, Option<Gaug
     (cpu, memory, disk)
 }
 
-/// Parses the API's RFC 3339 rendering back to an instant (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
-fn parse_instant(text: &str) -> Option<Millis> {
-    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
-    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (hours, minutes, seconds) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    let millis = number(20..23).unwrap_or(0);
-    // Howard Hinnant's days_from_civil.
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year.rem_euclid(400);
-    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    Some(Millis(
-        days * 86_400_000 + hours * 3_600_000 + minutes * 60_000 + seconds * 1000 + millis,
-    ))
-}
-
 /// `GET /agents`.
 pub(crate) async fn agents_page(
     State(state): State<AppState>,
@@ -145,7 +127,7 @@ pub(crate) async fn agents_page(
         .agents
         .into_iter()
         .map(|agent| {
-            let last_seen = parse_instant(&agent.last_seen_at).unwrap_or(now);
+            let last_seen = Millis::parse_rfc3339(&agent.last_seen_at).unwrap_or(now);
             let (cpu, memory, disk) = gauges(agent.metrics.as_ref());
             AgentRow {
                 id: agent.id,
@@ -223,7 +205,7 @@ pub(crate) async fn queue_page(
     let row = |job: JobDto, since: Option<String>| {
         let since = since
             .as_deref()
-            .and_then(parse_instant)
+            .and_then(Millis::parse_rfc3339)
             .map(|at| When::new(at, now));
         QueueRow {
             id: job.id,
@@ -248,7 +230,7 @@ pub(crate) async fn queue_page(
                 let queued_at = job
                     .queued_at
                     .as_deref()
-                    .and_then(parse_instant)
+                    .and_then(Millis::parse_rfc3339)
                     .unwrap_or(now);
                 let aged = job.priority - now.saturating_sub(queued_at) / aging_ms;
                 queued.push((aged, queued_at.0, job));
@@ -287,9 +269,9 @@ mod tests {
     fn instants_round_trip_through_rfc3339() {
         for millis in [0, 1_800_000_000_000, 1_764_000_123_456, 951_782_400_000] {
             let text = Millis(millis).to_rfc3339();
-            assert_eq!(parse_instant(&text), Some(Millis(millis)), "{text}");
+            assert_eq!(Millis::parse_rfc3339(&text), Some(Millis(millis)), "{text}");
         }
-        assert_eq!(parse_instant("yesterday"), None);
+        assert_eq!(Millis::parse_rfc3339("yesterday"), None);
     }
 
     #[test]

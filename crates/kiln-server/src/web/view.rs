@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use kiln_core::eta::{self, ETA_SAMPLE};
+use kiln_core::predict;
 use kiln_core::{BuildStatus, Millis};
 use kiln_store::{BuildRecord, JobTally, PipelineKey, StoredEvent};
 use serde_json::Value;
@@ -129,17 +130,21 @@ pub(crate) async fn build_views(
         .into_iter()
         .map(|tally| (tally.build_id, tally))
         .collect();
-    let medians: HashMap<PipelineKey, i64> = state
+    // What each pipeline is expected to take, predicted for a build starting when this
+    // one did (recency-weighted, the same hour of the day weighted up).
+    let histories: HashMap<PipelineKey, Vec<predict::Sample>> = state
         .store
         .recent_success_durations(&keys, ETA_SAMPLE)
         .await?
         .into_iter()
-        .filter_map(|(key, durations)| eta::median(&durations).map(|median| (key, median)))
         .collect();
     Ok(builds
         .iter()
         .map(|build| {
-            let median = medians.get(&PipelineKey::of(build)).copied();
+            let median = histories
+                .get(&PipelineKey::of(build))
+                .and_then(|history| predict::predict(history, Some(build.state.started_at)))
+                .map(|prediction| prediction.expected_ms);
             build_view(
                 build,
                 firsts.get(&build.id),
@@ -155,7 +160,7 @@ pub(crate) fn build_view(
     build: &BuildRecord,
     first: Option<&StoredEvent>,
     jobs: Option<&JobTally>,
-    history_median_ms: Option<i64>,
+    history_expected_ms: Option<i64>,
     now: Millis,
 ) -> BuildView {
     let state = &build.state;
@@ -168,14 +173,14 @@ pub(crate) fn build_view(
     .max(0);
     let (percent, eta) = if active {
         let elapsed = now.saturating_sub(state.started_at);
-        let percent = eta::percent_done(elapsed, state.progress, history_median_ms);
+        let percent = eta::percent_done(elapsed, state.progress, history_expected_ms);
         let eta =
-            eta::estimate(elapsed, state.progress, history_median_ms).map(|estimate| EtaView {
+            eta::estimate(elapsed, state.progress, history_expected_ms).map(|estimate| EtaView {
                 remaining_ms: estimate.remaining_ms,
                 words: eta::describe_remaining(&estimate),
                 source: estimate.source.as_str(),
                 overdue: estimate.overdue,
-                median_ms: history_median_ms.unwrap_or(0),
+                median_ms: history_expected_ms.unwrap_or(0),
             });
         (percent, eta)
     } else if state.status == BuildStatus::Success {

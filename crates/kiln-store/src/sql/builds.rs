@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kiln_core::Millis;
+use kiln_core::predict::Sample;
 
 use super::{COMMIT_CHANNEL, SqlStore, pg_ingest, rows, trusted};
 use crate::Engine;
@@ -172,7 +173,7 @@ impl BuildStore for SqlStore {
         &self,
         keys: &[PipelineKey],
         per_key: i64,
-    ) -> StoreResult<Vec<(PipelineKey, Vec<i64>)>> {
+    ) -> StoreResult<Vec<(PipelineKey, Vec<Sample>)>> {
         if keys.is_empty() || per_key <= 0 {
             return Ok(Vec::new());
         }
@@ -185,7 +186,7 @@ impl BuildStore for SqlStore {
             .map(|index| {
                 let base = 2 + index * 3;
                 format!(
-                    "SELECT * FROM (SELECT {index} AS k, b.id AS id, b.duration_ms AS duration_ms FROM builds b \
+                    "SELECT * FROM (SELECT {index} AS k, b.id AS id, b.started_at AS started_at, b.duration_ms AS duration_ms FROM builds b \
                      WHERE b.project_id = ${} AND COALESCE(b.branch, '') = ${} AND COALESCE(b.command, '') = ${} \
                      AND b.status = 'success' AND b.duration_ms IS NOT NULL ORDER BY b.id DESC LIMIT $1) AS s{index}",
                     base,
@@ -203,13 +204,15 @@ impl BuildStore for SqlStore {
                 .bind(key.command.clone().unwrap_or_default());
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let mut durations: HashMap<usize, Vec<i64>> = HashMap::new();
+        let mut durations: HashMap<usize, Vec<Sample>> = HashMap::new();
         for row in &rows {
             let index: i64 = sqlx::Row::try_get(row, "k")?;
-            let duration: i64 = sqlx::Row::try_get(row, "duration_ms")?;
-            durations.entry(index as usize).or_default().push(duration);
+            durations.entry(index as usize).or_default().push(Sample {
+                started_at: Millis(sqlx::Row::try_get(row, "started_at")?),
+                duration_ms: sqlx::Row::try_get(row, "duration_ms")?,
+            });
         }
-        let mut found: Vec<(PipelineKey, Vec<i64>)> = durations
+        let mut found: Vec<(PipelineKey, Vec<Sample>)> = durations
             .into_iter()
             .filter_map(|(index, list)| keys.get(index).map(|key| (index, key.clone(), list)))
             .map(|(_, key, list)| (key, list))

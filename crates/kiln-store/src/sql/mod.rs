@@ -12,6 +12,7 @@
 //! `ingest`.
 
 mod accounts;
+mod analytics;
 mod builds;
 mod ingest;
 mod notifications;

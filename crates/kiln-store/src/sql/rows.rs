@@ -23,7 +23,7 @@ pub(crate) const BUILD_SELECT: &str = "SELECT b.id, b.project_id, p.slug, b.numb
      b.commit_sha, b.message, b.created_at, b.started_at, b.ended_at, b.duration_ms, b.last_event_at, \
      b.heartbeat_timeout_secs, b.last_seq FROM builds b JOIN projects p ON p.id = b.project_id";
 
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("corrupt {what} row: {detail}"))
 }
 

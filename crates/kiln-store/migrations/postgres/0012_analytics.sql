@@ -1,0 +1,3 @@
+-- Analytics read a project's builds by start time (a range of days), and prediction
+-- a pipeline's newest builds: both walk this index instead of the whole project.
+CREATE INDEX builds_project_started ON builds (project_id, started_at);
