@@ -108,7 +108,14 @@ export function dataJson(data: unknown): string | undefined {
   }
   let json: string;
   try {
-    json = JSON.stringify(data, replacer);
+    const seen = new WeakSet<object>();
+    json = JSON.stringify(data, function (this: unknown, key: string, value: unknown) {
+      if (typeof value === 'object' && value !== null) {
+        if (seen.has(value)) return '[Circular]';
+        seen.add(value);
+      }
+      return replacer(key, value);
+    });
   } catch (error) {
     json = JSON.stringify({ unserializable: String((error as Error)?.message ?? error) });
   }
