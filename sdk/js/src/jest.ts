@@ -64,7 +64,7 @@ interface AggregatedLike {
   numFailedTests?: number;
   numPendingTests?: number;
   numTodoTests?: number;
-  success?: boolean;
+  snapshot?: { failure?: boolean };
   wasInterrupted?: boolean;
   startTime?: number;
   testResults?: TestResultLike[];
@@ -215,7 +215,9 @@ export default class KilnJestReporter {
         test_files_not_run: aggregated.numRuntimeErrorTestSuites ?? 0,
       };
       tracker.metrics(metrics, { tool: 'jest' });
-      const success = aggregated.success ?? (metrics.tests_failed === 0 && metrics.test_files_not_run === 0);
+      // Jest sets `aggregated.success` only after the reporters' onRunComplete: decide here.
+      const success =
+        metrics.tests_failed === 0 && metrics.test_files_failed === 0 && metrics.test_files_not_run === 0 && !aggregated.snapshot?.failure;
       if (success && !aggregated.wasInterrupted) {
         await tracker.complete({ message: `${metrics.tests_passed} passed, ${metrics.tests_skipped} skipped` });
         return;
@@ -224,7 +226,7 @@ export default class KilnJestReporter {
       if (metrics.tests_failed > 0) parts.push(`${metrics.tests_failed} of ${metrics.tests_total} tests failed`);
       if (metrics.test_files_not_run > 0) parts.push(`${metrics.test_files_not_run} test file(s) could not run`);
       if (aggregated.wasInterrupted) parts.push('the run was interrupted');
-      if (parts.length === 0) parts.push('jest reported failure');
+      if (parts.length === 0) parts.push(aggregated.snapshot?.failure ? 'snapshots failed' : 'test files failed');
       const files = this.failedFiles.slice(0, 5).join(', ');
       await tracker.fail(undefined, {
         message: `${parts.join('; ')}${files ? ` (${files}${this.failedFiles.length > 5 ? ', …' : ''})` : ''}`,
