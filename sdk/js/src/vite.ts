@@ -101,6 +101,11 @@ export function kiln(options: KilnViteOptions = {}): KilnVitePlugin {
       await report.end(error ?? new Error('rendering failed'), []);
     },
     generateBundle(_options: unknown, bundle: Record<string, OutputItem>) {
+      report.enterPhase('write');
+      report.progress(90, `${Object.keys(bundle ?? {}).length} files generated`);
+    },
+    writeBundle(_options: unknown, bundle: Record<string, OutputItem>) {
+      // Sizes as written: Vite's own plugins still change chunks after the others' generateBundle.
       try {
         for (const item of Object.values(bundle ?? {})) {
           files.push({ fileName: item.fileName, name: item.type === 'chunk' ? item.name : undefined, type: item.type, bytes: byteLength(item), isEntry: item.isEntry });
@@ -108,8 +113,7 @@ export function kiln(options: KilnViteOptions = {}): KilnVitePlugin {
       } catch {
         // sizes are a bonus; never fail the build over them
       }
-      report.enterPhase('write');
-      report.progress(90, `${files.length} files generated`);
+      report.progress(99, `${files.length} files written`);
     },
     async closeBundle(error?: Error) {
       if (!report.active) return;
