@@ -158,6 +158,7 @@ export function run(command, args, { cwd, env = {}, timeoutMs = 120_000, input }
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr, ms: Date.now() - started });
     });
+    child.stdin.on('error', () => {}); // a child that exits before reading its input
     child.stdin.end(input ?? '');
   });
 }
