@@ -21,11 +21,15 @@ export interface BundlerPluginOptions extends BuildTrackerOptions {
 
 /** One output file of a bundle. */
 export interface BundleFile {
+  /** The path written, relative to the output directory. */
   fileName: string;
   /** The chunk's name (`index`, `vendor`), when the file is a chunk. */
   name?: string;
+  /** A JavaScript chunk or another asset. */
   type: 'chunk' | 'asset';
+  /** Its size in bytes as written. */
   bytes: number;
+  /** Whether the chunk is an entry (or initial) chunk. */
   isEntry?: boolean;
 }
 

@@ -96,6 +96,7 @@ export default class KilnJestReporter {
     this.options = options ?? {};
   }
 
+  /** A run begins: a new build (or the joined one), progress 0. */
   onRunStart(aggregated: AggregatedLike): void {
     try {
       this.stages.clear();
@@ -120,6 +121,7 @@ export default class KilnJestReporter {
     return `${this.options.stagePrefix ?? ''}${name}`;
   }
 
+  /** A test file starts: its stage starts. */
   onTestFileStart(test: TestLike): void {
     try {
       if (!this.tracker || this.stages.has(test.path)) return;
@@ -134,6 +136,7 @@ export default class KilnJestReporter {
     this.onTestFileStart(test);
   }
 
+  /** A test file finished: an event per test, its stage completes or fails, progress moves. */
   onTestFileResult(test: TestLike, result: TestResultLike): void {
     try {
       const tracker = this.tracker;
@@ -197,6 +200,7 @@ export default class KilnJestReporter {
     this.onTestFileResult(test, result);
   }
 
+  /** The run ended: the counts as `build_metrics`, then the build completes or fails; waits for delivery (at most the flush timeout). */
   async onRunComplete(_contexts: unknown, aggregated: AggregatedLike): Promise<void> {
     const tracker = this.tracker;
     this.tracker = undefined;

@@ -26,6 +26,7 @@ import { join } from 'node:path';
 
 import { LIMITS } from './wire.js';
 
+/** This package's version, sent in `build_started`'s `data.sdk` and the User-Agent. */
 export const SDK_VERSION = '0.1.0';
 
 /** What a flush achieved. */

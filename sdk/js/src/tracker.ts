@@ -58,9 +58,11 @@ export interface StartOptions {
   stage?: string;
   /** The command line shown on the build. Default: this process's arguments. */
   command?: string;
-  /** Overrides of the collected metadata. */
+  /** The repository (`org/app`) instead of the collected one. */
   repo?: string;
+  /** The branch instead of the collected one. */
   branch?: string;
+  /** The commit instead of the collected one. */
   commit?: string;
   /** This build's stale timeout in seconds (5–604,800); the server's default otherwise. */
   heartbeatTimeoutSecs?: number;
@@ -80,6 +82,7 @@ export interface EndOptions {
 
 /** A stage started with `beginStage`; end it once with `complete` or `fail`. */
 export interface StageHandle {
+  /** The stage name as sent (trimmed, at most 200 characters). */
   readonly name: string;
   /** Sends `stage_completed` with the measured duration. */
   complete(options?: EndOptions): void;
@@ -89,9 +92,13 @@ export interface StageHandle {
 
 /** Extra fields of a custom event. */
 export interface EventOptions {
+  /** The stage the event belongs to (custom events with a stage do not start or end it). */
   stage?: string;
+  /** Text stored as the event's `message`. */
   message?: string;
+  /** A duration the event measured, in milliseconds. */
   durationMs?: number;
+  /** The build's progress (0–100) as of this event. */
   progress?: number;
 }
 

@@ -32,8 +32,11 @@ interface PluginContextLike {
 
 /** A Vite plugin object (structurally Vite's `Plugin`; no import of vite needed). */
 export interface KilnVitePlugin {
+  /** `kiln`. */
   name: string;
+  /** Builds only, not the dev server. */
   apply: 'build';
+  /** After the other plugins, so the sizes are those of the final output. */
   enforce: 'post';
   [hook: string]: unknown;
 }

@@ -35,10 +35,15 @@ interface StatsLike {
 
 /** The part of webpack's Compiler the plugin uses (structurally; no import of webpack needed). */
 export interface CompilerLike {
+  /** webpack's exports (`compiler.webpack`): its version and ProgressPlugin. */
   webpack?: { version?: string; ProgressPlugin?: new (handler: (percentage: number, message: string, ...args: string[]) => void) => { apply(compiler: CompilerLike): void } };
+  /** The compiler's options. */
   options?: { watch?: boolean };
+  /** Files changed since the last run (watch mode). */
   modifiedFiles?: ReadonlySet<string>;
+  /** Whether the compiler watches. */
   watchMode?: boolean;
+  /** The hooks the plugin taps. */
   hooks: {
     run: Tapable<[CompilerLike]>;
     watchRun: Tapable<[CompilerLike]>;
@@ -95,6 +100,7 @@ export class KilnWebpackPlugin {
     this.options = options;
   }
 
+  /** Called by webpack with its compiler: taps run, watchRun, done and failed and adds a ProgressPlugin. */
   apply(compiler: CompilerLike): void {
     if (this.options.disabled) return;
     try {
