@@ -9,7 +9,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
-import { BuildTracker } from '@kiln-ci/sdk';
+import { BuildTracker, collectMetadata } from '@kiln-ci/sdk';
 import {
   KILN_BIN, api, createProject, duplicateEventIds, getBuild, getEvents, run, startServer, testsDir, uniqueRunId, waitFor, sleep,
 } from './helpers.js';
@@ -343,6 +343,32 @@ describe('BuildTracker', () => {
     assert.deepEqual(started.data.ci, {
       provider: 'github_actions', url: 'https://github.com/acme/widgets/actions/runs/77', workflow: 'CI', job: 'test', runId: '77', actor: 'ada',
     });
+  });
+
+  test('reads git metadata from the repository files as git answers (branch, commit, origin; packed refs; worktrees)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kiln-sdk-git-'));
+    try {
+      const git = async (...args) => {
+        const result = await run('git', ['-C', dir, '-c', 'user.email=t@t', '-c', 'user.name=t', ...args]);
+        assert.equal(result.code, 0, result.stderr);
+        return result.stdout.trim();
+      };
+      await git('init', '-q', '-b', 'feature/x');
+      await git('commit', '-q', '--allow-empty', '-m', 'first');
+      await git('remote', 'add', 'origin', 'git@example.com:acme/widgets.git');
+      await git('pack-refs', '--all');
+      let metadata = await collectMetadata(dir, {});
+      assert.deepEqual([metadata.repo, metadata.branch, metadata.commit], ['acme/widgets', 'feature/x', await git('rev-parse', 'HEAD')]);
+      await git('worktree', 'add', '-q', '-b', 'side', join(dir, 'wt'));
+      await git('-C', join(dir, 'wt'), 'commit', '-q', '--allow-empty', '-m', 'side');
+      metadata = await collectMetadata(join(dir, 'wt'), {});
+      assert.deepEqual([metadata.repo, metadata.branch, metadata.commit], ['acme/widgets', 'side', await git('-C', join(dir, 'wt'), 'rev-parse', 'HEAD')]);
+      await git('checkout', '-q', '--detach');
+      metadata = await collectMetadata(dir, {});
+      assert.equal(metadata.branch, undefined, 'a detached head has no branch');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('without a token nothing is sent, once said, and every method still works', async () => {

@@ -4,9 +4,9 @@
 // CI checkouts are often detached heads, and null members are left out.
 
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { hostname as osHostname } from 'node:os';
-import { basename } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 
 /** Where a build runs, as stored on the build and in `build_started`'s `data.ci`. */
 export interface BuildMetadata {
@@ -130,26 +130,92 @@ function git(dir: string, args: string[], timeoutMs: number): Promise<string | u
   });
 }
 
+function readText(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * What git would answer, read from the repository's files (HEAD, refs, packed-refs,
+ * config) instead of starting git four times — a build script should not pay for
+ * subprocesses. Worktrees (`.git` as a file) are followed. Undefined when the layout is
+ * not the plain one (then git itself is asked).
+ */
+export function readGitFiles(start: string): { toplevel: string; commit?: string; branch?: string; remote?: string } | undefined {
+  let dir = resolve(start);
+  for (;;) {
+    const dotGit = join(dir, '.git');
+    let gitDir: string | undefined;
+    try {
+      const stat = statSync(dotGit);
+      if (stat.isDirectory()) gitDir = dotGit;
+      else {
+        const pointer = /^gitdir:\s*(.+)$/m.exec(readText(dotGit) ?? '');
+        if (pointer) gitDir = resolve(dir, pointer[1].trim());
+      }
+    } catch {
+      gitDir = undefined;
+    }
+    if (gitDir) {
+      const common = readText(join(gitDir, 'commondir'));
+      const commonDir = common ? resolve(gitDir, common.trim()) : gitDir;
+      const head = readText(join(gitDir, 'HEAD'))?.trim();
+      if (!head) return undefined;
+      let commit: string | undefined;
+      let branch: string | undefined;
+      if (head.startsWith('ref: ')) {
+        const ref = head.slice(5).trim();
+        if (ref.startsWith('refs/heads/')) branch = ref.slice('refs/heads/'.length);
+        commit = (readText(join(gitDir, ref)) ?? readText(join(commonDir, ref)))?.trim();
+        if (!commit) {
+          const packed = readText(join(commonDir, 'packed-refs')) ?? '';
+          commit = packed.split('\n').find((line) => line.endsWith(` ${ref}`))?.split(' ')[0];
+        }
+      } else {
+        commit = head;
+      }
+      if (!commit || !/^[0-9a-f]{40,64}$/.test(commit)) return undefined;
+      const config = readText(join(commonDir, 'config')) ?? '';
+      const section = /^\[remote "origin"\]\s*$([\s\S]*?)(?=^\[|(?![\s\S]))/m.exec(config);
+      const remote = section ? /^\s*url\s*=\s*(.+?)\s*$/m.exec(section[1])?.[1] : undefined;
+      return { toplevel: dir, commit, branch, remote };
+    }
+    const parent = dirname(dir);
+    if (parent === dir) return undefined;
+    dir = parent;
+  }
+}
+
 /**
  * Collects the build's metadata from `dir` (git) and the environment (CI). Never
  * rejects: what cannot be learnt is left out. Git is asked only for what the CI's
- * variables do not already say.
+ * variables do not already say, and from its files when they are laid out plainly.
  */
 export async function collectMetadata(dir: string = process.cwd(), env: Env = process.env): Promise<BuildMetadata> {
   const metadata: BuildMetadata = { host: hostname(env) };
   const ci = ciMetadata(env);
   if (!(ci?.repo && ci.branch && ci.commit)) {
-    const timeout = 3000;
-    const toplevel = await git(dir, ['rev-parse', '--show-toplevel'], timeout);
-    if (toplevel) {
-      const [commit, branch, remote] = await Promise.all([
-        git(dir, ['rev-parse', 'HEAD'], timeout),
-        git(dir, ['rev-parse', '--abbrev-ref', 'HEAD'], timeout),
-        git(dir, ['config', '--get', 'remote.origin.url'], timeout),
-      ]);
-      metadata.commit = commit;
-      metadata.branch = branch === 'HEAD' ? undefined : branch;
-      metadata.repo = remote ? repoFromRemote(remote) : basename(toplevel) || undefined;
+    const files = readGitFiles(dir);
+    if (files) {
+      metadata.commit = files.commit;
+      metadata.branch = files.branch;
+      metadata.repo = files.remote ? repoFromRemote(files.remote) : basename(files.toplevel) || undefined;
+    } else {
+      const timeout = 3000;
+      const toplevel = await git(dir, ['rev-parse', '--show-toplevel'], timeout);
+      if (toplevel) {
+        const [commit, branch, remote] = await Promise.all([
+          git(dir, ['rev-parse', 'HEAD'], timeout),
+          git(dir, ['rev-parse', '--abbrev-ref', 'HEAD'], timeout),
+          git(dir, ['config', '--get', 'remote.origin.url'], timeout),
+        ]);
+        metadata.commit = commit;
+        metadata.branch = branch === 'HEAD' ? undefined : branch;
+        metadata.repo = remote ? repoFromRemote(remote) : basename(toplevel) || undefined;
+      }
     }
   }
   if (ci) {
