@@ -1,5 +1,5 @@
 // What @kiln-ci/sdk adds to a real build: a jest@30 run of 2,000 tests with and without
-// the Kiln reporter, and a vite@8 build of a 400-module app with and without the Kiln
+// the Kiln reporter, and a vite@8 build of a 1,500-module app with and without the Kiln
 // plugin, alternating, several rounds in the same run, against a real `kiln serve` on
 // loopback. Reports the median wall time and the main process's peak RSS of each.
 //
@@ -65,6 +65,9 @@ async function startServer() {
   return { url, token, stop: () => { child.kill('SIGTERM'); rmSync(dataDir, { recursive: true, force: true }); } };
 }
 
+// Undelivered events (none expected) go to a spool of the benchmark's own.
+process.env.KILN_SPOOL_DIR = join(tmpdir(), `kiln-bench-sdk-spool-${process.pid}`);
+
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 
 const work = join(testsDir, 'work', `bench-${randomBytes(4).toString('hex')}`);
@@ -84,16 +87,16 @@ for (let file = 0; file < 40; file += 1) {
 writeFileSync(join(jestDir, 'jest.config.cjs'), `module.exports = { rootDir: __dirname, testEnvironment: 'node',
   reporters: process.env.KILN_BENCH_WITH === '1' ? ['default', '@kiln-ci/sdk/jest'] : ['default'] };\n`);
 
-// A vite app of 400 modules in a chain of imports.
+// A vite app of 1,500 modules in a chain of imports.
 const viteDir = join(work, 'vite');
 mkdirSync(join(viteDir, 'src'), { recursive: true });
 writeFileSync(join(viteDir, 'index.html'), '<!doctype html><div id="app"></div><script type="module" src="/src/main.js"></script>\n');
 const imports = [];
-for (let m = 0; m < 400; m += 1) {
+for (let m = 0; m < 1500; m += 1) {
   writeFileSync(join(viteDir, 'src', `m${m}.js`), `export const value${m} = (x) => x * ${m} + ${'"'}${'pad'.repeat(20)}${'"'}.length;\n`);
   imports.push(`import { value${m} } from './m${m}.js';`);
 }
-writeFileSync(join(viteDir, 'src/main.js'), `${imports.join('\n')}\ndocument.querySelector('#app').textContent = String(${Array.from({ length: 400 }, (_, m) => `value${m}(1)`).join(' + ')});\n`);
+writeFileSync(join(viteDir, 'src/main.js'), `${imports.join('\n')}\ndocument.querySelector('#app').textContent = String(${Array.from({ length: 1500 }, (_, m) => `value${m}(1)`).join(' + ')});\n`);
 writeFileSync(join(viteDir, 'vite.config.mjs'), `import kiln from '@kiln-ci/sdk/vite';
 export default { logLevel: 'silent', plugins: process.env.KILN_BENCH_WITH === '1' ? [kiln()] : [] };\n`);
 
@@ -132,6 +135,6 @@ for (const [name, { with: on, without: off }] of Object.entries(results)) {
   const b = median(on.map((r) => r.ms));
   const ra = median(off.map((r) => r.maxRssKb)) / 1024;
   const rb = median(on.map((r) => r.maxRssKb)) / 1024;
-  const label = name === 'jest' ? 'jest@30, 2,000 tests (40 files)' : 'vite@8 build, 400 modules';
+  const label = name === 'jest' ? 'jest@30, 2,000 tests (40 files)' : 'vite@8 build, 1,500 modules';
   console.log(`| ${label} | ${a.toFixed(0)} ms | ${b.toFixed(0)} ms | ${(b - a).toFixed(0)} ms (${(((b - a) / a) * 100).toFixed(1)}%) | ${ra.toFixed(1)} MB | ${rb.toFixed(1)} MB | ${(rb - ra).toFixed(1)} MB |`);
 }

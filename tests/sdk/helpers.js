@@ -141,7 +141,9 @@ export function run(command, args, { cwd, env = {}, timeoutMs = 120_000, input }
   );
   const started = Date.now();
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { cwd, env: { ...base, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    // Undelivered events go to a spool of the test run's own, never the user's.
+    const spool = { KILN_SPOOL_DIR: join(tmpdir(), `kiln-sdk-test-spool-${process.pid}`) };
+    const child = spawn(command, args, { cwd, env: { ...base, ...spool, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (chunk) => (stdout += chunk));

@@ -19,7 +19,7 @@ import { stripAnsi } from './bundler.js';
 export interface KilnJestReporterOptions extends BuildTrackerOptions {
   /** Report into this build (see `StartOptions.join`). Default: `KILN_RUN_ID`, else a new build per run. */
   runId?: string;
-  /** Put before every stage name (e.g. `'jest: '`). Default: none. */
+  /** Put before every stage name (e.g. `'jest: '`). Default: none. (`lingerMs` defaults to 500 ms here.) */
   stagePrefix?: string;
   /** Send an event per test. Default: true. */
   testEvents?: boolean;
@@ -103,7 +103,8 @@ export default class KilnJestReporter {
       this.totalFiles = aggregated?.numTotalTestSuites ?? 0;
       this.doneFiles = 0;
       this.failedFiles = [];
-      this.tracker = new BuildTracker(this.options);
+      // Test events are not urgent: fewer, larger requests cost the run less.
+      this.tracker = new BuildTracker({ lingerMs: 500, ...this.options });
       this.tracker.start({
         runId: this.options.runId,
         data: { tool: 'jest', testFiles: this.totalFiles },

@@ -20,7 +20,6 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import * as http from 'node:http';
-import * as https from 'node:https';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -94,10 +93,16 @@ type Outcome =
   | { kind: 'retry'; reason: string; unreachable: boolean; retryAfterMs?: number }
   | { kind: 'refused'; status: number; code: string; message: string; index?: number };
 
-const agents = {
-  http: new http.Agent({ keepAlive: true, maxSockets: 4 }),
-  https: new https.Agent({ keepAlive: true, maxSockets: 4 }),
-};
+const httpAgent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+// node:https (TLS) takes ~20 ms to load: only servers behind https pay for it.
+let httpsModule: Promise<{ request: typeof http.request; agent: http.Agent }> | undefined;
+function loadHttps(): Promise<{ request: typeof http.request; agent: http.Agent }> {
+  httpsModule ??= import('node:https').then((https) => ({
+    request: https.request as unknown as typeof http.request,
+    agent: new https.Agent({ keepAlive: true, maxSockets: 4 }) as unknown as http.Agent,
+  }));
+  return httpsModule;
+}
 
 /** `KILN_SPOOL_DIR`, else `$XDG_STATE_HOME/kiln/spool`, else `~/.local/state/kiln/spool` (as `kiln`). */
 export function defaultSpoolDir(env: Record<string, string | undefined> = process.env): string {
@@ -500,8 +505,17 @@ export class Sender {
     });
   }
 
-  private post(body: string): Promise<Outcome> {
+  private async post(body: string): Promise<Outcome> {
     this.stats.requests += 1;
+    const secure = this.endpoint.protocol === 'https:';
+    let transport = { request: http.request, agent: httpAgent };
+    if (secure) {
+      try {
+        transport = await loadHttps();
+      } catch (error) {
+        return { kind: 'retry', reason: String((error as Error)?.message ?? error), unreachable: true };
+      }
+    }
     return new Promise<Outcome>((resolve) => {
       let settled = false;
       const settle = (outcome: Outcome) => {
@@ -513,10 +527,9 @@ export class Sender {
       let connected = false;
       let request: http.ClientRequest;
       try {
-        const secure = this.endpoint.protocol === 'https:';
-        request = (secure ? https : http).request(this.endpoint, {
+        request = transport.request(this.endpoint, {
           method: 'POST',
-          agent: secure ? agents.https : agents.http,
+          agent: transport.agent,
           headers: {
             'content-type': 'application/json',
             'content-length': Buffer.byteLength(body, 'utf8'),
