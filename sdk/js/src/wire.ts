@@ -1,0 +1,207 @@
+// The event as `POST /api/v1/events` takes it (docs/api.md, "Ingest"), and the client-side
+// checks that keep one bad event from sinking a batch: the server stores a batch all or
+// nothing, so a value it would refuse is fixed (truncated, dropped) here, before sending.
+
+/** One event on the wire. Every field but `runId`, `event` and `eventId` is optional. */
+export interface WireEvent {
+  runId: string;
+  event: string;
+  eventId: string;
+  env?: string;
+  origin?: string;
+  command?: string;
+  host?: string;
+  pid?: number;
+  stage?: string;
+  message?: string;
+  durationMs?: number;
+  repo?: string;
+  branch?: string;
+  commit?: string;
+  progress?: number;
+  heartbeatTimeout?: number;
+  data?: Record<string, unknown>;
+}
+
+/** The server's limits (crates/kiln-core/src/limits.rs, docs/operations.md#limits). */
+export const LIMITS = {
+  batchEvents: 1000,
+  bodyBytes: 1024 * 1024,
+  eventType: 50,
+  stage: 200,
+  shortField: 255,
+  command: 4096,
+  commit: 64,
+  messageBytes: 16 * 1024,
+  dataBytes: 64 * 1024,
+  durationMs: 1_000_000_000_000,
+  minHeartbeatTimeout: 5,
+  maxHeartbeatTimeout: 7 * 24 * 3600,
+} as const;
+
+const CORE_TYPES = new Set([
+  'build_queued',
+  'build_started',
+  'stage_started',
+  'stage_completed',
+  'stage_failed',
+  'build_progress',
+  'heartbeat',
+  'build_completed',
+  'build_failed',
+  'build_cancelled',
+]);
+
+/** Whether the server accepts `type` as an event type: a core type or custom snake_case ≤ 50. */
+export function isValidEventType(type: unknown): type is string {
+  if (typeof type !== 'string') return false;
+  if (CORE_TYPES.has(type)) return true;
+  return type.length <= LIMITS.eventType && /^[a-z][a-z0-9_]*$/.test(type) && !type.endsWith('_') && !type.includes('__');
+}
+
+/** `A-Z a-z 0-9 . _ - :`, 1–128 characters. */
+export function isValidRunId(runId: unknown): runId is string {
+  return typeof runId === 'string' && /^[A-Za-z0-9._:-]{1,128}$/.test(runId);
+}
+
+// Control characters are refused in stage names; NUL in any string.
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g;
+// eslint-disable-next-line no-control-regex
+const NUL = /\u0000/g;
+
+/** Cuts `text` to at most `maxBytes` of UTF-8 without splitting a character. */
+export function truncateBytes(text: string, maxBytes: number): string {
+  if (text.length * 3 <= maxBytes || Buffer.byteLength(text, 'utf8') <= maxBytes) return text;
+  const marker = '… (truncated)';
+  let cut = Buffer.from(text, 'utf8').subarray(0, maxBytes - Buffer.byteLength(marker)).toString('utf8');
+  // A character split at the cut decodes as U+FFFD; drop it.
+  if (cut.endsWith('\ufffd')) cut = cut.slice(0, -1);
+  return cut + marker;
+}
+
+function truncateChars(text: string, max: number): string {
+  const chars = Array.from(text);
+  return chars.length <= max ? text : chars.slice(0, max).join('');
+}
+
+/** A stage name the server takes: trimmed, no control characters, ≤ 200 characters (the end kept, as it names the file). */
+export function stageName(raw: unknown): string | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  const cleaned = String(raw).replace(CONTROL, ' ').trim();
+  if (cleaned === '') return undefined;
+  const chars = Array.from(cleaned);
+  return chars.length <= LIMITS.stage ? cleaned : '…' + chars.slice(chars.length - (LIMITS.stage - 1)).join('');
+}
+
+function shortText(raw: unknown, max: number): string | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  const text = String(raw).replace(NUL, '\ufffd');
+  return text === '' ? undefined : truncateChars(text, max);
+}
+
+/** `data` as JSON the server takes: an object, ≤ 64 KiB, no NUL, no integer beyond 64 bits, no BigInt or cycle. */
+export function dataJson(data: unknown): string | undefined {
+  if (data === undefined || data === null) return undefined;
+  if (typeof data !== 'object' || Array.isArray(data)) {
+    return JSON.stringify({ value: safeValue(data) });
+  }
+  let json: string;
+  try {
+    const seen = new WeakSet<object>();
+    json = JSON.stringify(data, function (this: unknown, key: string, value: unknown) {
+      if (typeof value === 'object' && value !== null) {
+        if (seen.has(value)) return '[Circular]';
+        seen.add(value);
+      }
+      return replacer(key, value);
+    });
+  } catch (error) {
+    json = JSON.stringify({ unserializable: String((error as Error)?.message ?? error) });
+  }
+  if (json === undefined) return undefined;
+  if (Buffer.byteLength(json, 'utf8') > LIMITS.dataBytes) {
+    json = JSON.stringify({
+      truncated: true,
+      reason: `data was ${Buffer.byteLength(json, 'utf8')} bytes as JSON; the server keeps at most ${LIMITS.dataBytes}`,
+      preview: truncateBytes(json, 8 * 1024),
+    });
+  }
+  return json;
+}
+
+function safeValue(value: unknown): unknown {
+  return replacer('', value);
+}
+
+function replacer(_key: string, value: unknown): unknown {
+  switch (typeof value) {
+    case 'bigint':
+      return value.toString();
+    case 'string':
+      return value.includes('\u0000') ? value.replace(NUL, '\ufffd') : value;
+    case 'number':
+      // The server refuses integer literals beyond 64 bits rather than round them.
+      return Number.isInteger(value) && Math.abs(value) >= 2 ** 63 ? String(value) : value;
+    case 'function':
+    case 'symbol':
+      return undefined;
+    default:
+      if (value instanceof Error) return { name: value.name, message: value.message };
+      return value;
+  }
+}
+
+/** The fields a caller may set on an event, before checks. */
+export interface EventFields {
+  env?: unknown;
+  origin?: unknown;
+  command?: unknown;
+  host?: unknown;
+  pid?: unknown;
+  stage?: unknown;
+  message?: unknown;
+  durationMs?: unknown;
+  repo?: unknown;
+  branch?: unknown;
+  commit?: unknown;
+  progress?: unknown;
+  heartbeatTimeout?: unknown;
+  data?: unknown;
+}
+
+function integer(raw: unknown, min: number, max: number): number | undefined {
+  if (typeof raw !== 'number' || !Number.isFinite(raw)) return undefined;
+  return Math.min(max, Math.max(min, Math.round(raw)));
+}
+
+/**
+ * One event serialized as the server takes it. Returns the JSON text (serialized once,
+ * resent as is on retries). Fields the server would refuse are fixed or left out.
+ */
+export function serializeEvent(runId: string, event: string, eventId: string, fields: EventFields): string {
+  const out: Record<string, unknown> = { runId, event, eventId };
+  const put = (key: string, value: unknown) => {
+    if (value !== undefined) out[key] = value;
+  };
+  put('env', shortText(fields.env, LIMITS.shortField));
+  put('origin', shortText(fields.origin, LIMITS.shortField));
+  put('command', shortText(fields.command, LIMITS.command));
+  put('host', shortText(fields.host, LIMITS.shortField));
+  put('pid', integer(fields.pid, 0, 2 ** 32 - 1));
+  put('stage', stageName(fields.stage));
+  if (fields.message !== undefined && fields.message !== null) {
+    put('message', truncateBytes(String(fields.message).replace(NUL, '\ufffd'), LIMITS.messageBytes));
+  }
+  put('durationMs', integer(fields.durationMs, 0, LIMITS.durationMs));
+  put('repo', shortText(fields.repo, LIMITS.shortField));
+  put('branch', shortText(fields.branch, LIMITS.shortField));
+  put('commit', shortText(fields.commit, LIMITS.commit));
+  if (typeof fields.progress === 'number' && Number.isFinite(fields.progress)) {
+    put('progress', Math.min(100, Math.max(0, fields.progress)));
+  }
+  put('heartbeatTimeout', integer(fields.heartbeatTimeout, LIMITS.minHeartbeatTimeout, LIMITS.maxHeartbeatTimeout));
+  const data = dataJson(fields.data);
+  const head = JSON.stringify(out);
+  return data === undefined ? head : `${head.slice(0, -1)},"data":${data}}`;
+}
