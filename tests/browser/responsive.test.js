@@ -111,7 +111,7 @@ test('an ingested build, the project settings (a token and a webhook made with i
   ]);
   const context = await loggedInContext(browser, fixture, fixture.users.admin);
   const page = await context.newPage();
-  const problems = watchConsole(page, [/status of 404 \(Not Found\)/]);
+  const problems = watchConsole(page, [/status of 404 \(Not Found\)/, /status of 400 \(Bad Request\)/]);
 
   await page.goto(`/builds/${runId}`);
   const stages = await page.locator('[data-timeline] li[data-step]').evaluateAll((items) =>
@@ -165,6 +165,20 @@ test('an ingested build, the project settings (a token and a webhook made with i
   await page.goto('/projects');
   await page.getByRole('link', { name: 'Settings of web' }).waitFor();
   await checkPage(page, 'projects');
+
+  // Analytics of the project the ingested build went to: charts with their tables.
+  await page.getByRole('link', { name: 'Analytics of ingest' }).click();
+  await page.getByRole('heading', { name: 'Analytics of ingest', level: 1 }).waitFor();
+  const builds = Number(await page.locator('[data-figure="builds"]').innerText());
+  assert.ok(builds >= 1, `the range holds the ingested build (${builds})`);
+  for (const name of ['Build duration per day', 'Success rate per day', 'Builds started per hour of the day (UTC)']) {
+    await page.getByRole('img', { name }).waitFor();
+  }
+  await page.locator('tr[data-stage="compile"]').waitFor();
+  await checkPage(page, 'analytics');
+  const badRange = await page.goto('/projects/ingest/analytics?from=2026-02-30');
+  assert.equal(badRange.status(), 400);
+  await page.getByText('from: must be a date').waitFor();
   await page.goto('/account');
   await page.getByRole('heading', { name: 'Account', level: 1 }).waitFor();
   await checkPage(page, 'account');

@@ -938,6 +938,12 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         ),
         (
             "GET",
+            "/projects/web/analytics".into(),
+            Value::Null,
+            Rule::PageViewer,
+        ),
+        (
+            "GET",
             "/projects/web/settings".into(),
             Value::Null,
             Rule::PageProjectAdmin,

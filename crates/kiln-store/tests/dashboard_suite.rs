@@ -180,10 +180,7 @@ async fn recent_success_durations_per_pipeline(engine: Engine) {
         key(&api, "main", None),
         key(&api, "nowhere", None),
     ];
-    let found = store
-        .recent_success_durations(&keys, 20)
-        .await
-        .unwrap();
+    let found = store.recent_success_durations(&keys, 20).await.unwrap();
     assert_eq!(found.len(), 4, "a pipeline without successes is left out");
     let durations = |index: usize| -> (PipelineKey, Vec<i64>) {
         let (key, samples) = &found[index];

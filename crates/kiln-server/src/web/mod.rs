@@ -9,9 +9,11 @@
 //! streams. Forms post with a hidden `_csrf` field (checked by `check_csrf`), scripts
 //! call the JSON API with `X-CSRF-Token` from `<meta name="csrf-token">`.
 
+mod analytics;
 mod ansi;
 mod assets;
 mod build;
+mod charts;
 mod fleet;
 mod form;
 mod login;
@@ -100,6 +102,12 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "/projects",
             Access::Page,
             get(settings::projects::projects_page),
+        ),
+        (
+            "GET",
+            "/projects/{slug}/analytics",
+            Access::Page,
+            get(analytics::page),
         ),
         (
             "GET",
