@@ -74,6 +74,8 @@ describe('BuildTracker', () => {
     assert.equal(events[0].data.purpose, 'test');
     assert.equal(events[0].data.sdk.name, '@kiln-ci/sdk');
     assert.deepEqual(events[5].data.metrics, { bundle_kb: 412, tests: 1200 });
+    assert.deepEqual(events[5].metrics, { bundle_kb: 412, tests: 1200 }, 'the metrics Kiln keeps on the build');
+    assert.deepEqual(build.metrics, { bundle_kb: 412, tests: 1200 });
     assert.equal(events.at(-1).stage, 'Test', 'build_failed names the stage that failed');
     assert.ok(events.every((e) => typeof e.eventId === 'string'), 'every event carries an eventId');
     assert.deepEqual(duplicateEventIds(events), []);

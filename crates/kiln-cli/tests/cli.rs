@@ -40,7 +40,7 @@ fn run_reports_stages_and_keeps_the_exit_code() {
         "--stage",
         "Install=echo installing",
         "--stage",
-        "Plan=kiln emit plan_generated --data '{\"steps\":3}' && kiln emit build_progress --progress 40",
+        "Plan=kiln emit plan_generated --data '{\"steps\":3}' --metric bundle_kb=412 --metric tests=1200 && kiln emit build_progress --progress 40",
         "--",
         "sh",
         "-c",
@@ -111,6 +111,11 @@ fn run_reports_stages_and_keeps_the_exit_code() {
     assert_eq!(succeeded["status"], "success");
     assert_eq!(succeeded["host"].as_str().map(str::is_empty), Some(false));
     assert!(succeeded["durationMs"].as_i64().is_some());
+    assert_eq!(
+        succeeded["metrics"],
+        serde_json::json!({"bundle_kb": 412.0, "tests": 1200.0}),
+        "kiln emit --metric reached the build"
+    );
     // The nested `kiln emit` joined the same build through KILN_RUN_ID.
     let events = output(workspace.kiln(&server.url, &token).args([
         "events",
@@ -305,6 +310,18 @@ fn emit_refuses_bad_arguments_with_a_clear_message() {
     ]));
     assert_eq!(bad_data.status.code(), Some(2));
     assert!(stderr(&bad_data).contains("JSON object"));
+    for bad in ["kb", "kb=big", "bad name=1", "kb=inf"] {
+        let bad_metric = output(workspace.kiln("http://127.0.0.1:9", "t").args([
+            "emit",
+            "heartbeat",
+            "--run-id",
+            "r",
+            "--metric",
+            bad,
+        ]));
+        assert_eq!(bad_metric.status.code(), Some(2), "{bad}");
+        assert!(stderr(&bad_metric).contains("NAME=NUMBER"), "{bad}");
+    }
 }
 
 #[test]

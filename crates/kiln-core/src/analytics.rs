@@ -19,6 +19,8 @@ pub struct BuildSample {
     pub duration_ms: Option<i64>,
     pub status: BuildStatus,
     pub branch: Option<String>,
+    /// Its custom metrics (last value of each name).
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// One stage of a build of the range.
@@ -122,6 +124,78 @@ pub struct Analytics {
     pub top_failing_stages: Vec<(String, u64)>,
     /// Builds started in each UTC hour of the day, 0 to 23.
     pub busiest_hours: [u64; 24],
+    /// The custom metrics builds reported, most reported first (at most
+    /// `MAX_METRIC_TRENDS`).
+    pub metrics: Vec<MetricTrend>,
+}
+
+/// How many metric names the analytics answer carries.
+pub const MAX_METRIC_TRENDS: usize = 20;
+
+/// A custom metric over the range: its median and its median per day.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricTrend {
+    pub name: String,
+    /// Builds that reported it.
+    pub builds: u64,
+    pub p50: f64,
+    pub min: f64,
+    pub max: f64,
+    /// The value of the newest build that reported it.
+    pub latest: f64,
+    /// Per day of `Analytics::days` (same order): the median, `None` on days without it.
+    pub days: Vec<Option<f64>>,
+}
+
+/// The nearest-rank median of values (sorted here).
+fn median_of(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let rank = (values.len() as f64 * 0.5).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+fn metric_trends(builds: &[&BuildSample], day_starts: &[i64]) -> Vec<MetricTrend> {
+    let mut by_name: BTreeMap<&str, Vec<(Millis, f64)>> = BTreeMap::new();
+    for build in builds {
+        for (name, value) in &build.metrics {
+            by_name
+                .entry(name)
+                .or_default()
+                .push((build.started_at, *value));
+        }
+    }
+    let mut trends: Vec<MetricTrend> = by_name
+        .into_iter()
+        .map(|(name, mut points)| {
+            points.sort_by_key(|(at, _)| *at);
+            let mut values: Vec<f64> = points.iter().map(|(_, v)| *v).collect();
+            let latest = values[values.len() - 1];
+            let p50 = median_of(&mut values);
+            let days = day_starts
+                .iter()
+                .map(|day| {
+                    let mut values: Vec<f64> = points
+                        .iter()
+                        .filter(|(at, _)| at.start_of_day().0 == *day)
+                        .map(|(_, v)| *v)
+                        .collect();
+                    (!values.is_empty()).then(|| median_of(&mut values))
+                })
+                .collect();
+            MetricTrend {
+                name: name.to_owned(),
+                builds: points.len() as u64,
+                p50,
+                min: values[0],
+                max: values[values.len() - 1],
+                latest,
+                days,
+            }
+        })
+        .collect();
+    trends.sort_by(|a, b| b.builds.cmp(&a.builds).then_with(|| a.name.cmp(&b.name)));
+    trends.truncate(MAX_METRIC_TRENDS);
+    trends
 }
 
 fn is_failure(status: BuildStatus) -> bool {
@@ -165,6 +239,7 @@ pub fn analyze(from: Millis, to: Millis, samples: &Samples) -> Analytics {
             .or_default()
             .push(build);
     }
+    let day_starts: Vec<i64> = days.keys().copied().collect();
     let days = days
         .into_iter()
         .map(|(day, set)| {
@@ -252,6 +327,7 @@ pub fn analyze(from: Millis, to: Millis, samples: &Samples) -> Analytics {
         recovery: recovery(&builds),
         top_failing_stages,
         busiest_hours,
+        metrics: metric_trends(&builds, &day_starts),
     }
 }
 
@@ -307,6 +383,7 @@ mod tests {
             duration_ms: Some(minutes * 60_000),
             status,
             branch: Some(branch.into()),
+            metrics: BTreeMap::new(),
         }
     }
 
@@ -367,6 +444,32 @@ mod tests {
             analytics.recovery.mean_ms,
             Some(3 * DAY - HOUR + 8 * 60_000)
         );
+    }
+
+    #[test]
+    fn metric_trends_per_day() {
+        let from = Millis(20_000 * DAY);
+        let with = |start: i64, kb: f64| BuildSample {
+            metrics: BTreeMap::from([("bundle_kb".to_owned(), kb)]),
+            ..build(start, 1, BuildStatus::Success, "main")
+        };
+        let samples = Samples {
+            builds: vec![
+                with(from.0 + HOUR, 400.0),
+                with(from.0 + 2 * HOUR, 410.0),
+                with(from.0 + 3 * HOUR, 390.0),
+                with(from.0 + 2 * DAY, 500.0),
+                build(from.0 + 2 * DAY, 1, BuildStatus::Success, "main"),
+            ],
+            ..Samples::default()
+        };
+        let analytics = analyze(from, Millis(from.0 + 3 * DAY), &samples);
+        assert_eq!(analytics.metrics.len(), 1);
+        let trend = &analytics.metrics[0];
+        assert_eq!((trend.name.as_str(), trend.builds), ("bundle_kb", 4));
+        assert_eq!((trend.p50, trend.min, trend.max), (400.0, 390.0, 500.0));
+        assert_eq!(trend.latest, 500.0);
+        assert_eq!(trend.days, vec![Some(400.0), None, Some(500.0)]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ignored or rejected. The store calls it inside the ingest transaction with the row it
 //! loaded, then persists the result, so both engines share one definition of the rules.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::event::{CoreEventType, NewEvent};
@@ -125,6 +126,9 @@ pub struct BuildState {
     /// Number of stored events; the next event gets `last_seq + 1`.
     pub last_seq: i64,
     pub stages: Vec<StageState>,
+    /// Custom metrics: the last value reported of each name (at most
+    /// `limits::MAX_METRICS_PER_BUILD` names).
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// What `apply` did with an accepted event.
@@ -175,6 +179,19 @@ impl BuildState {
             heartbeat_timeout_secs: None,
             last_seq: 0,
             stages: Vec::new(),
+            metrics: BTreeMap::new(),
+        }
+    }
+
+    /// Keeps the event's metrics: a known name takes the new value, a new name is added
+    /// while the build has fewer than `MAX_METRICS_PER_BUILD`.
+    fn merge_metrics(&mut self, event: &NewEvent) {
+        for (name, value) in event.metrics.iter().flatten() {
+            if let Some(kept) = self.metrics.get_mut(name) {
+                *kept = *value;
+            } else if self.metrics.len() < crate::limits::MAX_METRICS_PER_BUILD {
+                self.metrics.insert(name.clone(), *value);
+            }
         }
     }
 
@@ -193,9 +210,10 @@ impl BuildState {
         if self.status.is_terminal() {
             return match core {
                 Some(CoreEventType::Heartbeat) => Ok(Applied::Ignored),
-                // Custom events annotate a finished build (deploys, uploads); they do not
-                // change its status.
+                // Custom events annotate a finished build (deploys, uploads, metrics
+                // measured afterwards); they do not change its status.
                 None => {
+                    self.merge_metrics(event);
                     self.record(now);
                     Ok(Applied::Stored)
                 }
@@ -208,6 +226,7 @@ impl BuildState {
         }
 
         self.merge_descriptive_fields(event);
+        self.merge_metrics(event);
         if let Some(progress) = event.progress {
             self.progress = Some(progress);
         }

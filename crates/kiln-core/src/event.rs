@@ -1,5 +1,6 @@
 //! Events: the closed set of core types, custom types, and a validated incoming event.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -170,6 +171,9 @@ pub struct NewEvent {
     pub progress: Option<f64>,
     pub data: Option<Value>,
     pub heartbeat_timeout_secs: Option<i64>,
+    /// Custom metrics (`{"bundle_kb": 412, "tests": 1200}`): the build keeps the last
+    /// value of each name.
+    pub metrics: Option<BTreeMap<String, f64>>,
 }
 
 impl NewEvent {
@@ -193,6 +197,7 @@ impl NewEvent {
             progress: None,
             data: None,
             heartbeat_timeout_secs: None,
+            metrics: None,
         }
     }
 
@@ -266,6 +271,8 @@ impl NewEvent {
             Some(_) => return Err(reader.error("data", "must be a JSON object")),
         };
 
+        event.metrics = reader.metrics()?;
+
         if let EventType::Core(core) = &event.event_type
             && core.needs_stage()
             && event.stage.is_none()
@@ -307,6 +314,17 @@ impl NewEvent {
             self.heartbeat_timeout_secs.map(Value::from),
         );
         put("data", self.data.clone());
+        put(
+            "metrics",
+            self.metrics.as_ref().map(|metrics| {
+                Value::Object(
+                    metrics
+                        .iter()
+                        .map(|(name, value)| (name.clone(), Value::from(*value)))
+                        .collect(),
+                )
+            }),
+        );
         Value::Object(object)
     }
 
@@ -383,6 +401,67 @@ impl FieldReader<'_> {
             Some(_) => Err(self.error(key, "must be a number")),
         }
     }
+
+    /// `metrics`: an object of names to finite numbers.
+    fn metrics(&self) -> Result<Option<BTreeMap<String, f64>>, FieldError> {
+        let object = match self.object.get("metrics") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Object(object)) => object,
+            Some(_) => {
+                return Err(self.error(
+                    "metrics",
+                    "must be an object of names to numbers, e.g. {\"bundle_kb\": 412}",
+                ));
+            }
+        };
+        if object.len() > limits::MAX_METRICS_PER_EVENT {
+            return Err(self.error(
+                "metrics",
+                format!(
+                    "has {} names; one event may carry at most {}",
+                    object.len(),
+                    limits::MAX_METRICS_PER_EVENT
+                ),
+            ));
+        }
+        let mut metrics = BTreeMap::new();
+        for (name, value) in object {
+            let field = format!("metrics.{name}");
+            if !valid_metric_name(name) {
+                return Err(self.error(
+                    "metrics",
+                    format!(
+                        "'{}' is not a metric name: use 1-{} characters of letters, digits, _ . : -",
+                        name.chars().take(120).collect::<String>(),
+                        limits::MAX_METRIC_NAME_LEN
+                    ),
+                ));
+            }
+            let number = value
+                .as_f64()
+                .filter(|v| v.is_finite() && v.abs() <= limits::MAX_METRIC_VALUE)
+                .ok_or_else(|| {
+                    self.error(
+                        &field,
+                        format!(
+                            "must be a number between -{0:e} and {0:e}",
+                            limits::MAX_METRIC_VALUE
+                        ),
+                    )
+                })?;
+            metrics.insert(name.clone(), number);
+        }
+        Ok(Some(metrics))
+    }
+}
+
+/// A metric name: 1-100 characters of `A-Z a-z 0-9 _ . : -`.
+pub fn valid_metric_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= limits::MAX_METRIC_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 #[cfg(test)]

@@ -22,6 +22,15 @@ pub const MAX_SHORT_FIELD_LEN: usize = 255;
 pub const MAX_COMMIT_LEN: usize = 64;
 /// Largest `data` object, measured as compact JSON.
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
+/// Custom metrics one event may carry (`metrics: {"bundle_kb": 412}`).
+pub const MAX_METRICS_PER_EVENT: usize = 50;
+/// Metric names a build keeps; further new names are ignored (their values stay in the
+/// stored events).
+pub const MAX_METRICS_PER_BUILD: usize = 200;
+/// A metric name: 1 to this many characters of `A-Z a-z 0-9 _ . : -`.
+pub const MAX_METRIC_NAME_LEN: usize = 100;
+/// The largest magnitude a metric value may have.
+pub const MAX_METRIC_VALUE: f64 = 1e15;
 /// Largest `durationMs` (about 31 years), to keep arithmetic far from overflow.
 pub const MAX_DURATION_MS: i64 = 1_000_000_000_000;
 /// Shortest and longest per-build heartbeat timeout override, in seconds.

@@ -95,6 +95,24 @@ pub struct ProjectAnalytics {
     pub top_failing_stages: Vec<FailingStage>,
     /// All 24 hours.
     pub busiest_hours: Vec<HourCount>,
+    /// Custom metrics the builds reported, most reported first (at most 20).
+    pub metrics: Vec<MetricTrendDto>,
+}
+
+/// A custom metric over the range (values as reported, in the emitter's unit).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricTrendDto {
+    pub name: String,
+    /// Builds that reported it.
+    pub builds: u64,
+    pub p50: f64,
+    pub min: f64,
+    pub max: f64,
+    /// The newest build's value.
+    pub latest: f64,
+    /// The median per day, in the order of `days` (`null` on days without it).
+    pub days: Vec<Option<f64>>,
 }
 
 /// An expected duration with its 80% interval.

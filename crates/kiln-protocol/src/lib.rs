@@ -133,6 +133,9 @@ pub struct EventPayload {
     pub heartbeat_timeout: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+    /// Custom metrics (`{"bundle_kb": 412}`); the build keeps the last value of each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// The answer to an ingest request, one entry per submitted event, in order.
@@ -192,6 +195,18 @@ pub struct BuildDto {
     /// Present on the single-build read; omitted in lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stages: Option<Vec<StageDto>>,
+    /// Custom metrics reported by its events (last value of each name); omitted when
+    /// none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+/// `GET /api/v1/builds/{runId}/metrics`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildMetrics {
+    pub run_id: String,
+    pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -69,6 +69,7 @@ pub(crate) fn build_dto(
         last_event_at: state.last_event_at.to_rfc3339(),
         last_event_id: build.last_event_id,
         heartbeat_timeout_secs: state.heartbeat_timeout_secs.unwrap_or(default_timeout_secs),
+        metrics: state.metrics.clone(),
         stages: with_stages.then(|| {
             state
                 .stages

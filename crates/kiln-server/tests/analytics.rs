@@ -142,6 +142,35 @@ async fn analytics_of_a_seeded_history(engine: Engine) {
         "build_completed",
     )
     .await;
+    // Metrics: b1 and b4 report a bundle size; b4 also a test count, measured after it
+    // ended (a custom event), and its bundle twice (the last value counts).
+    let metric_event = |run_id: &str, event: &str, metrics: serde_json::Value| EventPayload {
+        run_id: run_id.into(),
+        event: event.into(),
+        metrics: serde_json::from_value(metrics).unwrap(),
+        ..EventPayload::default()
+    };
+    web.send_events(&[metric_event(
+        "b1",
+        "bundle_measured",
+        serde_json::json!({"bundle_kb": 400}),
+    )])
+    .await
+    .unwrap();
+    web.send_events(&[
+        metric_event(
+            "b4",
+            "bundle_measured",
+            serde_json::json!({"bundle_kb": 999}),
+        ),
+        metric_event(
+            "b4",
+            "bundle_measured",
+            serde_json::json!({"bundle_kb": 420, "tests": 1200}),
+        ),
+    ])
+    .await
+    .unwrap();
     // dev, day 2 13:00: success in 400 s, no stages.
     seed.build(
         "b5",
@@ -201,6 +230,39 @@ async fn analytics_of_a_seeded_history(engine: Engine) {
     assert_eq!(hours.iter().sum::<u64>(), 5);
     assert_eq!(all.queue_wait.count, 0);
 
+    let bundle = all.metrics.iter().find(|m| m.name == "bundle_kb").unwrap();
+    assert_eq!(
+        (bundle.builds, bundle.p50, bundle.latest),
+        (2, 400.0, 420.0)
+    );
+    assert_eq!(bundle.days, vec![Some(400.0), Some(420.0), None]);
+    assert_eq!(all.metrics.len(), 2);
+    let (status, metrics) = get(&app, &token, "/api/v1/builds/b4/metrics".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        metrics,
+        serde_json::json!({"runId": "b4", "metrics": {"bundle_kb": 420.0, "tests": 1200.0}})
+    );
+    // Bad metrics: refused whole, with the field named.
+    for (metrics, field) in [
+        (serde_json::json!({"bad name!": 1}), "metrics"),
+        (serde_json::json!({"kb": "big"}), "metrics.kb"),
+        (serde_json::json!({"kb": 1e300}), "metrics.kb"),
+        (serde_json::json!([1, 2]), "metrics"),
+    ] {
+        let body =
+            serde_json::json!({"runId": "b4", "event": "bundle_measured", "metrics": metrics});
+        let (status, answer) = app
+            .raw(
+                Method::POST,
+                "/api/v1/events",
+                Some(&token),
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .await;
+        assert_eq!(status, 400, "{answer}");
+        assert_error(&answer, "invalid_field", Some(field));
+    }
     let dev = analytics(&app, &token, &format!("from={from}&to={to}&branch=dev")).await;
     assert_eq!((dev.builds, dev.succeeded), (1, 1));
     assert_eq!(dev.branch.as_deref(), Some("dev"));

@@ -588,6 +588,12 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         ),
         (
             "GET",
+            "/api/v1/builds/web-run/metrics".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
             "/api/v1/status?project=web".into(),
             Value::Null,
             Rule::ProjectAdmin,

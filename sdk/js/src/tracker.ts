@@ -381,8 +381,11 @@ export class BuildTracker {
   }
 
   /**
-   * Records numeric metrics as a `build_metrics` event: `data.metrics` holds them (as
-   * seed 002's build_metrics did). Non-numeric values are left out.
+   * Records numeric metrics as a `build_metrics` event: `data.metrics` holds them all (as
+   * seed 002's build_metrics did), and the event's `metrics` the first 50 whose names Kiln
+   * keeps on the build (1–100 characters of `A-Z a-z 0-9 _ . : -`, values within ±1e15),
+   * which the build's metrics and the project's analytics show. Non-numeric values are
+   * left out.
    */
   metrics(values: Metrics, data?: Record<string, unknown>): void {
     try {
@@ -391,7 +394,7 @@ export class BuildTracker {
         if (typeof value === 'number' && Number.isFinite(value)) metrics[name] = value;
       }
       this.ensureStarted();
-      this.send('build_metrics', { data: { ...(data ?? {}), metrics } });
+      this.send('build_metrics', { data: { ...(data ?? {}), metrics }, metrics });
     } catch (error) {
       this.internal(error);
     }

@@ -168,6 +168,27 @@ export interface EventFields {
   progress?: unknown;
   heartbeatTimeout?: unknown;
   data?: unknown;
+  /** Custom metrics; only those Kiln keeps on the build are sent (see `eventMetrics`). */
+  metrics?: unknown;
+}
+
+/**
+ * The metrics the server takes: at most 50 per event, names of 1–100 characters of
+ * `A-Z a-z 0-9 _ . : -`, finite values within ±1e15; the others are left out (they stay
+ * in `data.metrics` where the caller put them there).
+ */
+export function eventMetrics(raw: unknown): Record<string, number> | undefined {
+  if (raw === null || typeof raw !== 'object') return undefined;
+  const kept: Record<string, number> = {};
+  let count = 0;
+  for (const [name, value] of Object.entries(raw as Record<string, unknown>)) {
+    if (count >= 50) break;
+    if (typeof value !== 'number' || !Number.isFinite(value) || Math.abs(value) > 1e15) continue;
+    if (!/^[A-Za-z0-9_.:-]{1,100}$/.test(name)) continue;
+    kept[name] = value;
+    count += 1;
+  }
+  return count > 0 ? kept : undefined;
 }
 
 function integer(raw: unknown, min: number, max: number): number | undefined {
@@ -201,6 +222,7 @@ export function serializeEvent(runId: string, event: string, eventId: string, fi
     put('progress', Math.min(100, Math.max(0, fields.progress)));
   }
   put('heartbeatTimeout', integer(fields.heartbeatTimeout, LIMITS.minHeartbeatTimeout, LIMITS.maxHeartbeatTimeout));
+  put('metrics', eventMetrics(fields.metrics));
   const data = dataJson(fields.data);
   const head = JSON.stringify(out);
   return data === undefined ? head : `${head.slice(0, -1)},"data":${data}}`;

@@ -35,6 +35,9 @@ pub struct EmitArgs {
     /// A JSON object attached as `data`.
     #[arg(long)]
     pub data: Option<String>,
+    /// A custom metric, NAME=NUMBER (repeatable): `--metric bundle_kb=412`.
+    #[arg(long = "metric", value_name = "NAME=NUMBER")]
+    pub metrics: Vec<String>,
     /// Deployment environment label (e.g. prod).
     #[arg(long, env = "KILN_ENV")]
     pub env: Option<String>,
@@ -65,6 +68,20 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let mut metrics = std::collections::BTreeMap::new();
+    for raw in &args.metrics {
+        let parsed = raw.split_once('=').and_then(|(name, value)| {
+            let value: f64 = value.trim().parse().ok().filter(|v: &f64| v.is_finite())?;
+            kiln_core::event::valid_metric_name(name.trim())
+                .then(|| (name.trim().to_owned(), value))
+        });
+        let Some((name, value)) = parsed else {
+            bail!(
+                "--metric {raw}: use NAME=NUMBER, the name 1-100 characters of letters, digits, _ . : - (e.g. --metric bundle_kb=412)"
+            );
+        };
+        metrics.insert(name, value);
+    }
     if let Some(progress) = args.progress
         && !(0.0..=100.0).contains(&progress)
     {
@@ -90,6 +107,7 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<ExitCode> {
         duration_ms: args.duration_ms,
         progress: args.progress,
         data,
+        metrics: (!metrics.is_empty()).then_some(metrics),
         ..EventPayload::default()
     });
     reporter.finish(flush_timeout).await;

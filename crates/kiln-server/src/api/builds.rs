@@ -116,6 +116,19 @@ pub(crate) async fn get_build(
     )))
 }
 
+/// `GET /api/v1/builds/{runId}/metrics`: the custom metrics its events reported.
+pub(crate) async fn build_metrics(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(run_id): Path<String>,
+) -> Result<Json<kiln_protocol::BuildMetrics>, ApiError> {
+    let build = readable_build(&state, &caller, &run_id).await?;
+    Ok(Json(kiln_protocol::BuildMetrics {
+        run_id: build.state.run_id.to_string(),
+        metrics: build.state.metrics,
+    }))
+}
+
 pub(crate) async fn build_events(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

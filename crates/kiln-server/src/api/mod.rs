@@ -248,6 +248,12 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
         ),
         (
             "GET",
+            "/api/v1/builds/{run_id}/metrics",
+            Access::ProjectRead,
+            get(builds::build_metrics),
+        ),
+        (
+            "GET",
             "/api/v1/builds/{run_id}/events",
             Access::ProjectRead,
             get(builds::build_events),

@@ -8,8 +8,8 @@ use kiln_core::analytics::{self, Analytics, Quantiles};
 use kiln_core::predict::{self, Prediction, Sample};
 use kiln_core::{FieldError, Millis};
 use kiln_protocol::{
-    AnalyticsDay, FailingStage, HourCount, PipelinePrediction, PredictionAccuracy, PredictionDto,
-    ProjectAnalytics, QuantilesDto, RecoveryDto, StageAnalytics, StagePrediction,
+    AnalyticsDay, FailingStage, HourCount, MetricTrendDto, PipelinePrediction, PredictionAccuracy,
+    PredictionDto, ProjectAnalytics, QuantilesDto, RecoveryDto, StageAnalytics, StagePrediction,
 };
 use kiln_store::{AnalyticsFilter, PipelineKey, Project};
 
@@ -155,6 +155,19 @@ fn analytics_dto(project: &Project, query: &AnalyticsQuery, a: &Analytics) -> Pr
             .map(|(hour, builds)| HourCount {
                 hour: hour as u32,
                 builds: *builds,
+            })
+            .collect(),
+        metrics: a
+            .metrics
+            .iter()
+            .map(|trend| MetricTrendDto {
+                name: trend.name.clone(),
+                builds: trend.builds,
+                p50: trend.p50,
+                min: trend.min,
+                max: trend.max,
+                latest: trend.latest,
+                days: trend.days.clone(),
             })
             .collect(),
     }

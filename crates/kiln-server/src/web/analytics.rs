@@ -10,6 +10,7 @@ use kiln_core::eta::format_duration;
 use kiln_protocol::ProjectAnalytics;
 
 use super::charts::{self, Frame};
+use super::view::metric_value as number;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::params::QueryParams;
@@ -30,6 +31,15 @@ struct AnalyticsPage {
     duration_chart: String,
     rate_chart: String,
     hours_chart: String,
+    /// The six most reported custom metrics with their charts.
+    metric_charts: Vec<MetricView>,
+}
+
+struct MetricView {
+    name: String,
+    chart: String,
+    /// (day, median as read) for the table behind the chart.
+    rows: Vec<(String, String)>,
 }
 
 fn duration(ms: &Option<i64>) -> String {
@@ -120,6 +130,43 @@ pub(crate) async fn page(
             .collect::<Vec<_>>(),
         None,
     );
+    let metric_charts = a
+        .metrics
+        .iter()
+        .take(6)
+        .enumerate()
+        .map(|(index, trend)| {
+            let id = format!("metric-chart-{index}");
+            let title = format!("{} per day (median)", trend.name);
+            let chart = charts::band(
+                &Frame {
+                    id: &id,
+                    title: &title,
+                    description: "The median value of the custom metric among each day's builds that reported it; the table below has the numbers.",
+                    labels: &labels,
+                    format: &|v| number(&v),
+                    floor: 1.0,
+                },
+                &trend.days,
+                &trend.days,
+            );
+            MetricView {
+                name: trend.name.clone(),
+                chart,
+                rows: a
+                    .days
+                    .iter()
+                    .zip(&trend.days)
+                    .map(|(day, value)| {
+                        (
+                            day.date.clone(),
+                            value.as_ref().map_or_else(|| "–".to_owned(), number),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
     let given = |key: &str| params.string(key).unwrap_or_default().to_owned();
     Ok(render(&AnalyticsPage {
         chrome,
@@ -131,5 +178,6 @@ pub(crate) async fn page(
         duration_chart,
         rate_chart,
         hours_chart,
+        metric_charts,
     }))
 }

@@ -154,6 +154,8 @@ struct BuildPage {
     events_href: String,
     /// The latest event id the page shows: the build stream resumes after it.
     last_event_id: i64,
+    /// Custom metrics the build reported: (name, value as read).
+    metrics: Vec<(String, String)>,
 }
 
 /// `GET /builds/{runId}` (`?job=` picks the log, `&from=` an earlier part of it).
@@ -219,6 +221,12 @@ pub(crate) async fn page(
         stream_href: format!("/api/v1/builds/{}/stream", view.run_id),
         events_href: format!("/api/v1/builds/{}/events", view.run_id),
         last_event_id: build.last_event_id,
+        metrics: build
+            .state
+            .metrics
+            .iter()
+            .map(|(name, value)| (name.clone(), super::view::metric_value(value)))
+            .collect(),
         build: view,
         timeline,
         events,

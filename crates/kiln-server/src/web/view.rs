@@ -156,6 +156,16 @@ pub(crate) async fn build_views(
         .collect())
 }
 
+/// A metric value as read: whole numbers plainly, others with up to three decimals.
+pub(crate) fn metric_value(value: &f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{value:.0}")
+    } else {
+        let text = format!("{value:.3}");
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+}
+
 pub(crate) fn build_view(
     build: &BuildRecord,
     first: Option<&StoredEvent>,

@@ -63,7 +63,7 @@ impl AnalyticsStore for SqlStore {
         let (clause, binds) = range_clause(filter);
         let builds = bound(
             sqlx::query(trusted(format!(
-                "SELECT b.started_at, b.ended_at, b.duration_ms, b.status, b.branch FROM builds b WHERE {clause}"
+                "SELECT b.started_at, b.ended_at, b.duration_ms, b.status, b.branch, b.metrics FROM builds b WHERE {clause}"
             ))),
             &binds,
         )
@@ -78,6 +78,9 @@ impl AnalyticsStore for SqlStore {
                 duration_ms: row.try_get("duration_ms")?,
                 status: build_status(&status)?,
                 branch: row.try_get("branch")?,
+                metrics: super::rows::metrics_from_text(
+                    row.try_get::<Option<String>, _>("metrics")?.as_deref(),
+                )?,
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;

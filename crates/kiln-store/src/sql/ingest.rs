@@ -367,8 +367,8 @@ pub(super) fn progress_to_hundredths(progress: f64) -> i64 {
 // Statement text shared with the SQLite writer, so both engines write the same rows.
 pub(super) const BUILD_COLUMNS: &str = "project_id, run_id, number, status, progress_hundredths, current_stage, env, origin, \
      command, host, pid, repo, branch, commit_sha, message, created_at, started_at, ended_at, duration_ms, \
-     last_event_at, last_event_id, last_seq, heartbeat_timeout_secs";
-pub(super) const BUILD_COLUMN_COUNT: usize = 23;
+     last_event_at, last_event_id, last_seq, heartbeat_timeout_secs, metrics";
+pub(super) const BUILD_COLUMN_COUNT: usize = 24;
 /// What an upsert of a build by id changes (everything but its identity and number).
 pub(super) const BUILD_UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET \
      status = excluded.status, progress_hundredths = excluded.progress_hundredths, \
@@ -377,7 +377,8 @@ pub(super) const BUILD_UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET \
      branch = excluded.branch, commit_sha = excluded.commit_sha, message = excluded.message, \
      started_at = excluded.started_at, ended_at = excluded.ended_at, duration_ms = excluded.duration_ms, \
      last_event_at = excluded.last_event_at, last_event_id = excluded.last_event_id, \
-     last_seq = excluded.last_seq, heartbeat_timeout_secs = excluded.heartbeat_timeout_secs";
+     last_seq = excluded.last_seq, heartbeat_timeout_secs = excluded.heartbeat_timeout_secs, \
+     metrics = excluded.metrics";
 pub(super) const STAGE_COLUMNS: &str =
     "build_id, name, position, status, started_at, ended_at, duration_ms, message";
 pub(super) const STAGE_UPSERT: &str = "ON CONFLICT (build_id, name) DO UPDATE SET \

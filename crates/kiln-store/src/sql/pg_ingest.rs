@@ -44,7 +44,7 @@ const BEGIN_AND_LOCK: &str =
 const BUILDS_WITH_STAGES: &str = "SELECT b.id, b.project_id, p.slug, b.number, b.last_event_id, b.run_id, \
      b.status, b.progress_hundredths, b.current_stage, b.env, b.origin, b.command, b.host, b.pid, b.repo, \
      b.branch, b.commit_sha, b.message, b.created_at, b.started_at, b.ended_at, b.duration_ms, \
-     b.last_event_at, b.heartbeat_timeout_secs, b.last_seq, \
+     b.last_event_at, b.heartbeat_timeout_secs, b.last_seq, b.metrics, \
      s.name AS s_name, s.position AS s_position, s.status AS s_status, s.started_at AS s_started_at, \
      s.ended_at AS s_ended_at, s.duration_ms AS s_duration_ms, s.message AS s_message \
      FROM UNNEST($1::text[]) AS w(run_id) \
@@ -75,15 +75,16 @@ const NUMBER_BUILDS: &str = "UPDATE projects p SET last_build_number = p.last_bu
 /// id in `ids` (so a build created here needs no round trip before its events). Returns
 /// the row ids of the new builds. `$1`–`$23`: new builds; `$24`–`$44`: changed builds;
 /// `$45`–`$52`: stages; `$53`–`$60`: events; `$61`–`$71`: jobs; `$72`: the counter;
-/// `$73`: the notification channel.
+/// `$73`: the notification channel; `$74`, `$75`: the metrics of the new and the changed
+/// builds (added last, so the earlier numbers stay).
 const WRITE: &str = "WITH new_builds AS ( \
        INSERT INTO builds (project_id, run_id, number, status, progress_hundredths, current_stage, env, \
          origin, command, host, pid, repo, branch, commit_sha, message, created_at, started_at, ended_at, \
-         duration_ms, last_event_at, last_event_id, last_seq, heartbeat_timeout_secs) \
+         duration_ms, last_event_at, last_event_id, last_seq, heartbeat_timeout_secs, metrics) \
        SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], \
          $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::text[], \
          $14::text[], $15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], \
-         $20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[]) \
+         $20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[], $74::text[]) \
        RETURNING id, run_id), \
      changed_builds AS ( \
        UPDATE builds b SET status = v.status, progress_hundredths = v.progress_hundredths, \
@@ -92,13 +93,13 @@ const WRITE: &str = "WITH new_builds AS ( \
          message = v.message, started_at = v.started_at, ended_at = v.ended_at, \
          duration_ms = v.duration_ms, last_event_at = v.last_event_at, \
          last_event_id = v.last_event_id, last_seq = v.last_seq, \
-         heartbeat_timeout_secs = v.heartbeat_timeout_secs \
+         heartbeat_timeout_secs = v.heartbeat_timeout_secs, metrics = v.metrics \
        FROM UNNEST($24::bigint[], $25::text[], $26::text[], $27::bigint[], $28::text[], $29::text[], \
          $30::text[], $31::text[], $32::text[], $33::bigint[], $34::text[], $35::text[], $36::text[], \
          $37::text[], $38::bigint[], $39::bigint[], $40::bigint[], $41::bigint[], $42::bigint[], \
-         $43::bigint[], $44::bigint[]) AS v(id, run_id, status, progress_hundredths, current_stage, \
+         $43::bigint[], $44::bigint[], $75::text[]) AS v(id, run_id, status, progress_hundredths, current_stage, \
          env, origin, command, host, pid, repo, branch, commit_sha, message, started_at, ended_at, \
-         duration_ms, last_event_at, last_event_id, last_seq, heartbeat_timeout_secs) \
+         duration_ms, last_event_at, last_event_id, last_seq, heartbeat_timeout_secs, metrics) \
        WHERE b.id = v.id), \
      ids AS ( \
        SELECT id, run_id FROM new_builds \
@@ -324,6 +325,7 @@ struct BuildColumns<'b> {
     last_event_id: Vec<i64>,
     last_seq: Vec<i64>,
     heartbeat_timeout_secs: Vec<Option<i64>>,
+    metrics: Vec<Option<String>>,
 }
 
 impl<'b> BuildColumns<'b> {
@@ -356,6 +358,8 @@ impl<'b> BuildColumns<'b> {
         self.last_seq.push(state.last_seq);
         self.heartbeat_timeout_secs
             .push(state.heartbeat_timeout_secs);
+        self.metrics
+            .push(super::rows::metrics_to_text(&state.metrics));
     }
 }
 
@@ -539,6 +543,9 @@ async fn write(
         // The counter and the notification.
         .bind(next_id)
         .bind(channel)
+        // The builds' metrics.
+        .bind(&created.metrics)
+        .bind(&changed.metrics)
         .fetch_one(&mut *connection)
         .await?;
     let new_ids: Vec<i64> = row.try_get("new_ids")?;

@@ -5,6 +5,7 @@ use kiln_core::token::{Scope, TokenKind};
 use kiln_core::{BuildState, BuildStatus, Millis, RunId, StageName, StageState, StageStatus};
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use std::collections::BTreeMap;
 
 use crate::records::{BuildRecord, Project, StoredEvent, TokenRecord};
 use crate::{StoreError, StoreResult};
@@ -21,7 +22,7 @@ pub(crate) const STAGES_OF_BUILD: &str = "SELECT name, position, status, started
 pub(crate) const BUILD_SELECT: &str = "SELECT b.id, b.project_id, p.slug, b.number, b.last_event_id, b.run_id, \
      b.status, b.progress_hundredths, b.current_stage, b.env, b.origin, b.command, b.host, b.pid, b.repo, b.branch, \
      b.commit_sha, b.message, b.created_at, b.started_at, b.ended_at, b.duration_ms, b.last_event_at, \
-     b.heartbeat_timeout_secs, b.last_seq FROM builds b JOIN projects p ON p.id = b.project_id";
+     b.heartbeat_timeout_secs, b.last_seq, b.metrics FROM builds b JOIN projects p ON p.id = b.project_id";
 
 pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("corrupt {what} row: {detail}"))
@@ -134,6 +135,7 @@ pub(crate) fn build_from_row(row: &impl Columns) -> StoreResult<BuildRecord> {
         heartbeat_timeout_secs: row.opt_int("heartbeat_timeout_secs")?,
         last_seq: row.int("last_seq")?,
         stages: Vec::new(),
+        metrics: metrics_from_text(row.opt_text("metrics")?.as_deref())?,
     };
     Ok(BuildRecord {
         id: row.int("id")?,
@@ -143,6 +145,19 @@ pub(crate) fn build_from_row(row: &impl Columns) -> StoreResult<BuildRecord> {
         last_event_id: row.int("last_event_id")?,
         state,
     })
+}
+
+/// A build's metrics column (a JSON object of names to numbers, or NULL).
+pub(crate) fn metrics_from_text(text: Option<&str>) -> StoreResult<BTreeMap<String, f64>> {
+    match text {
+        None => Ok(BTreeMap::new()),
+        Some(text) => serde_json::from_str(text).map_err(|e| corrupt("build metrics", e)),
+    }
+}
+
+/// The metrics column of a build: NULL when it has none.
+pub(crate) fn metrics_to_text(metrics: &BTreeMap<String, f64>) -> Option<String> {
+    (!metrics.is_empty()).then(|| serde_json::to_string(metrics).unwrap_or_default())
 }
 
 pub(crate) fn stage_from_row(row: &impl Columns) -> StoreResult<StageState> {

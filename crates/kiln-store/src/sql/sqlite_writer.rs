@@ -475,6 +475,7 @@ fn upsert_build(connection: &Connection, working: &WorkingBuild) -> StoreResult<
             working.last_event_id,
             state.last_seq,
             state.heartbeat_timeout_secs,
+            super::rows::metrics_to_text(&state.metrics),
         ],
         |row| row.get(0),
     )?;
