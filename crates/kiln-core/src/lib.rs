@@ -11,6 +11,7 @@ pub mod eta;
 pub mod event;
 pub mod ids;
 pub mod jobs;
+pub mod junit;
 pub mod limits;
 pub mod net;
 pub mod pipeline;

@@ -3,12 +3,14 @@
 
 mod accounts;
 mod analytics;
+mod test_results;
 mod webhooks;
 
 pub use accounts::*;
 pub use analytics::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+pub use test_results::*;
 pub use webhooks::*;
 
 /// Every error answer: `{"error":{"code","message","field"}}`.

@@ -407,6 +407,19 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             Rule::ProjectAdmin,
         ),
         ("GET", format!("{w}/analytics"), Value::Null, Rule::Viewer),
+        ("GET", format!("{w}/tests/flaky"), Value::Null, Rule::Viewer),
+        (
+            "GET",
+            format!("{w}/tests/slowest"),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            format!("{w}/tests/history?key=x"),
+            Value::Null,
+            Rule::Viewer,
+        ),
         (
             "GET",
             format!("{w}/prediction?branch=main"),
@@ -589,6 +602,18 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         (
             "GET",
             "/api/v1/builds/web-run/metrics".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "POST",
+            "/api/v1/builds/web-run/tests".into(),
+            json!("<testsuite name='s'><testcase name='t'/></testsuite>"),
+            Rule::Ingest,
+        ),
+        (
+            "GET",
+            "/api/v1/builds/web-run/tests".into(),
             Value::Null,
             Rule::Viewer,
         ),

@@ -16,6 +16,7 @@ pub(crate) mod notifications;
 pub(crate) mod queue;
 mod records;
 pub mod sql;
+mod test_results;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub(crate) mod webhooks;
@@ -32,6 +33,7 @@ pub use notifications::*;
 pub use queue::*;
 pub use records::*;
 pub use sql::SqlStore;
+pub use test_results::*;
 pub use webhooks::*;
 
 /// Which database engine a store runs on.
@@ -158,6 +160,7 @@ pub trait Store:
     + WebhookStore
     + SecretStore
     + AnalyticsStore
+    + TestResultStore
     + Send
     + Sync
     + 'static
@@ -173,6 +176,7 @@ impl<T> Store for T where
         + WebhookStore
         + SecretStore
         + AnalyticsStore
+        + TestResultStore
         + Send
         + Sync
         + 'static

@@ -95,6 +95,12 @@ const SQLITE: &[Migration] = &[
         name: "analytics",
         sql: include_str!("../migrations/sqlite/0012_analytics.sql"),
     },
+    // Test results from JUnit reports.
+    Migration {
+        version: 14,
+        name: "test_results",
+        sql: include_str!("../migrations/sqlite/0014_test_results.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -178,6 +184,12 @@ const POSTGRES: &[Migration] = &[
         version: 12,
         name: "analytics",
         sql: include_str!("../migrations/postgres/0012_analytics.sql"),
+    },
+    // Test results from JUnit reports.
+    Migration {
+        version: 14,
+        name: "test_results",
+        sql: include_str!("../migrations/postgres/0014_test_results.sql"),
     },
 ];
 

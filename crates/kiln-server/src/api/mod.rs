@@ -20,6 +20,7 @@ pub(crate) mod repos;
 mod secrets;
 mod socketio;
 mod stream;
+mod test_results;
 pub(crate) mod users;
 pub(crate) mod webhooks;
 mod whoami;
@@ -199,6 +200,24 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             get(analytics::prediction),
         ),
         (
+            "GET",
+            "/api/v1/projects/{slug}/tests/flaky",
+            Access::ProjectRead,
+            get(test_results::flaky),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/tests/slowest",
+            Access::ProjectRead,
+            get(test_results::slowest),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/tests/history",
+            Access::ProjectRead,
+            get(test_results::history),
+        ),
+        (
             "POST",
             "/api/v1/projects/{slug}/tokens",
             Access::ProjectAdmin,
@@ -251,6 +270,18 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "/api/v1/builds/{run_id}/metrics",
             Access::ProjectRead,
             get(builds::build_metrics),
+        ),
+        (
+            "POST",
+            "/api/v1/builds/{run_id}/tests",
+            Access::ProjectIngest,
+            post(test_results::upload),
+        ),
+        (
+            "GET",
+            "/api/v1/builds/{run_id}/tests",
+            Access::ProjectRead,
+            get(test_results::of_build),
         ),
         (
             "GET",

@@ -11,4 +11,5 @@ pub(crate) mod members;
 pub(crate) mod notifications;
 pub(crate) mod projects;
 pub(crate) mod repos;
+pub(crate) mod test_results;
 pub(crate) mod webhooks;

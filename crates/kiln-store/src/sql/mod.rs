@@ -22,6 +22,7 @@ mod queue;
 mod rows;
 mod secrets;
 mod sqlite_writer;
+mod test_results;
 mod webhooks;
 
 use std::str::FromStr;

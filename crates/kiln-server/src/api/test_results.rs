@@ -1,0 +1,92 @@
+//! Test results: a JUnit report uploaded for a build (ingest tokens), a build's tests,
+//! and a project's flaky tests, slowest tests and one test's history.
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::{Extension, Json};
+use kiln_protocol::{BuildTests, FlakyTests, SlowestTests, TestHistory, TestReportStored};
+
+use super::body::RawBody;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::params::QueryParams;
+use crate::services::builds::readable_build;
+use crate::services::projects::readable_project;
+use crate::services::test_results::{
+    self, MAX_REPORT_BYTES, build_tests, flaky_tests, slowest_tests, store_report,
+};
+
+/// `POST /api/v1/builds/{runId}/tests` with a JUnit XML body: 201 with what it added.
+pub(crate) async fn upload(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(run_id): Path<String>,
+    RawBody(report): RawBody<MAX_REPORT_BYTES>,
+) -> Result<(StatusCode, Json<TestReportStored>), ApiError> {
+    let project_id = caller
+        .project_id
+        .ok_or_else(|| ApiError::Forbidden("only project tokens upload test reports".into()))?;
+    let build = match state.store.build_by_run_id(&run_id).await? {
+        Some(build) if build.project_id == project_id => build,
+        _ => {
+            return Err(ApiError::NotFound(format!(
+                "build '{run_id}' not found in this token's project; send its build_started event first"
+            )));
+        }
+    };
+    let stored = store_report(&state, &build, report).await?;
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+/// `GET /api/v1/builds/{runId}/tests`.
+pub(crate) async fn of_build(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(run_id): Path<String>,
+) -> Result<Json<BuildTests>, ApiError> {
+    let build = readable_build(&state, &caller, &run_id).await?;
+    Ok(Json(build_tests(&state, &build).await?))
+}
+
+/// `GET /api/v1/projects/{slug}/tests/flaky?days=`.
+pub(crate) async fn flaky(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(slug): Path<String>,
+    uri: Uri,
+) -> Result<Json<FlakyTests>, ApiError> {
+    let days = QueryParams::from_uri(uri.query()).integer("days", 1, 366)?;
+    let project = readable_project(&state, &caller, &slug).await?;
+    Ok(Json(flaky_tests(&state, &project, days).await?))
+}
+
+/// `GET /api/v1/projects/{slug}/tests/slowest?days=&limit=`.
+pub(crate) async fn slowest(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(slug): Path<String>,
+    uri: Uri,
+) -> Result<Json<SlowestTests>, ApiError> {
+    let params = QueryParams::from_uri(uri.query());
+    let days = params.integer("days", 1, 366)?;
+    let limit = params.integer("limit", 1, 1000)?;
+    let project = readable_project(&state, &caller, &slug).await?;
+    Ok(Json(slowest_tests(&state, &project, days, limit).await?))
+}
+
+/// `GET /api/v1/projects/{slug}/tests/history?key=&days=`.
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(slug): Path<String>,
+    uri: Uri,
+) -> Result<Json<TestHistory>, ApiError> {
+    let params = QueryParams::from_uri(uri.query());
+    let days = params.integer("days", 1, 366)?;
+    let key = params.string("key").unwrap_or_default().to_owned();
+    let project = readable_project(&state, &caller, &slug).await?;
+    Ok(Json(
+        test_results::test_history(&state, &project, &key, days).await?,
+    ))
+}
