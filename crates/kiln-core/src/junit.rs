@@ -114,7 +114,7 @@ fn attribute(element: &BytesStart, name: &[u8]) -> Result<Option<String>, JunitE
 /// Seconds as JUnit writes them (`0.012`, `1,234.5` from some locales) to milliseconds.
 fn seconds_to_ms(raw: &str) -> Option<i64> {
     let seconds: f64 = raw.trim().replace(',', "").parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0 && seconds < 1e9)
+    (seconds.is_finite() && (0.0..1e9).contains(&seconds))
         .then(|| (seconds * 1000.0).round() as i64)
 }
 
@@ -287,12 +287,10 @@ fn start(
 ) -> Result<(), JunitError> {
     let name = element.local_name();
     match name.as_ref() {
-        b"testsuite" if open.is_none() => {
-            if !empty {
-                let suite = attribute(element, b"name")?.unwrap_or_default();
-                suites.push(cut(suite, MAX_NAME_BYTES));
-                suite_depths.push(depth);
-            }
+        b"testsuite" if open.is_none() && !empty => {
+            let suite = attribute(element, b"name")?.unwrap_or_default();
+            suites.push(cut(suite, MAX_NAME_BYTES));
+            suite_depths.push(depth);
         }
         b"testcase" if open.is_none() => {
             let case = TestCase {
