@@ -1,6 +1,7 @@
 // Phone width (no sideways scrolling of the whole page) and keyboard navigation (Skip to
 // content, Tab reaches the Build button); screenshots of the remaining pages.
 
+import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -109,6 +110,13 @@ test('an ingested build, the project settings (a token and a webhook made with i
     { runId, event: 'stage_started', stage: 'unit tests' },
     { runId, event: 'build_progress', progress: 60 },
   ]);
+  // A real jest-junit report for it: the build page lists the failed tests.
+  const report = await fetch(`${fixture.server.url}/api/v1/builds/${runId}/tests`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${fixture.ingestToken}`, 'content-type': 'application/xml' },
+    body: readFileSync(new URL('../../crates/kiln-core/tests/fixtures/junit/jest-junit.xml', import.meta.url)),
+  });
+  assert.equal(report.status, 201, await report.text());
   const context = await loggedInContext(browser, fixture, fixture.users.admin);
   const page = await context.newPage();
   const problems = watchConsole(page, [/status of 404 \(Not Found\)/, /status of 400 \(Bad Request\)/]);
@@ -117,6 +125,11 @@ test('an ingested build, the project settings (a token and a webhook made with i
   const stages = await page.locator('[data-timeline] li[data-step]').evaluateAll((items) =>
     items.map((li) => [li.dataset.step, li.dataset.status]));
   assert.deepEqual(stages, [['compile', 'success'], ['unit tests', 'running']]);
+  await page.getByRole('heading', { name: 'Tests', level: 2 }).waitFor();
+  assert.match(await page.locator('[data-tests-summary]').innerText(), /7 tests: 4 passed, 2 failed/);
+  assert.equal(await page.locator('li[data-test]').count(), 2);
+  await page.locator('li[data-test] summary').first().click();
+  await page.locator('li[data-test] pre.test-message').first().waitFor();
   await checkPage(page, 'build-ingested');
 
   await page.goto('/projects/web/settings');

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    admin, agent, analytics, emit, run, runs, secrets, serve, users, watch, webhooks,
+    admin, agent, analytics, emit, run, runs, secrets, serve, test_reports, users, watch, webhooks,
 };
 
 #[derive(Parser, Debug)]
@@ -75,6 +75,13 @@ enum Command {
     /// What a build of a pipeline is expected to take, per stage too, and how accurate
     /// that has been.
     Predict(analytics::PredictArgs),
+    /// Upload JUnit XML test reports for the current build (inside `kiln run`, or
+    /// --run-id).
+    TestReport(test_reports::TestReportArgs),
+    /// A build's test results: the failures with their messages (--all: every test).
+    Tests(test_reports::TestsArgs),
+    /// A project's flaky tests: passed and failed on one commit, or flipping.
+    Flaky(test_reports::FlakyArgs),
     /// Start a build of the project's repository (--wait follows it and exits with its
     /// result).
     Trigger(runs::TriggerArgs),
@@ -156,6 +163,9 @@ fn main() -> ExitCode {
             Command::Builds(args) => admin::builds(args).await,
             Command::Analytics(args) => analytics::analytics(args).await,
             Command::Predict(args) => analytics::predict(args).await,
+            Command::TestReport(args) => test_reports::test_report(args).await,
+            Command::Tests(args) => test_reports::tests(args).await,
+            Command::Flaky(args) => test_reports::flaky(args).await,
             Command::Trigger(args) => runs::trigger(args).await,
             Command::Build(args) => runs::build(args).await,
             Command::Cancel(args) => runs::cancel(args).await,

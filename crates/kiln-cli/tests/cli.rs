@@ -283,6 +283,65 @@ fn the_seeds_environment_variables_work() {
     );
 }
 
+/// `kiln test-report` inside `kiln run` uploads a real jest-junit report for that build;
+/// `kiln tests` prints its failures, `kiln flaky` the project's flaky tests.
+#[test]
+fn test_reports_reach_the_build_and_read_back() {
+    let workspace = Workspace::new();
+    let server = Server::start(&workspace.data(), 0, &[]);
+    let token = project_token(&workspace, &server);
+    let report = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../kiln-core/tests/fixtures/junit/jest-junit.xml");
+    let run = output(workspace.kiln(&server.url, &token).args([
+        "run",
+        "--stage",
+        &format!("Test=kiln test-report {}", report.display()),
+        "--",
+        "true",
+    ]));
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("7 tests (4 passed, 2 failed, 0 errors, 1 skipped) stored"),
+        "{}",
+        stderr(&run)
+    );
+    let run_id = builds(&workspace, &server.url, &token)[0]["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tests = output(workspace.kiln(&server.url, &token).args(["tests", &run_id]));
+    assert!(tests.status.success(), "{}", stderr(&tests));
+    let text = stdout(&tests);
+    assert!(text.contains("7 tests, 4 passed, 2 failed"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("FAILED\t")).count(),
+        2,
+        "{text}"
+    );
+    let flaky = output(workspace.kiln(&server.url, &token).args(["flaky"]));
+    assert!(flaky.status.success(), "{}", stderr(&flaky));
+    assert!(
+        stdout(&flaky).contains("no flaky test"),
+        "{}",
+        stdout(&flaky)
+    );
+    // A file that is not a report: the server's reason, exit 1.
+    let bad = workspace.data().join("bad.xml");
+    std::fs::write(&bad, "not xml").unwrap();
+    let refused = output(workspace.kiln(&server.url, &token).args([
+        "test-report",
+        "--run-id",
+        &run_id,
+        bad.to_str().unwrap(),
+    ]));
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("not a JUnit XML report"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
 #[test]
 fn emit_refuses_bad_arguments_with_a_clear_message() {
     let workspace = Workspace::new();

@@ -6,6 +6,7 @@ mod analytics;
 mod runs;
 mod secrets;
 pub mod sse;
+mod test_results;
 mod webhooks;
 
 pub use runs::LogPage;

@@ -9,6 +9,7 @@ pub mod run;
 pub mod runs;
 pub mod secrets;
 pub mod serve;
+pub mod test_reports;
 pub mod up;
 pub mod users;
 pub mod watch;

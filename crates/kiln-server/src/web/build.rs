@@ -156,7 +156,20 @@ struct BuildPage {
     last_event_id: i64,
     /// Custom metrics the build reported: (name, value as read).
     metrics: Vec<(String, String)>,
+    /// Its test results, when reports were uploaded.
+    tests: Option<TestsView>,
 }
+
+/// The build's test results: counts and the first failures with their messages.
+struct TestsView {
+    summary: kiln_protocol::TestSummary,
+    failures: Vec<kiln_protocol::TestCaseDto>,
+    /// Failures beyond those shown.
+    more: usize,
+}
+
+/// How many failed tests the page lists.
+const SHOWN_FAILURES: usize = 50;
 
 /// `GET /builds/{runId}` (`?job=` picks the log, `&from=` an earlier part of it).
 pub(crate) async fn page(
@@ -198,6 +211,19 @@ pub(crate) async fn page(
         Some(job) => Some(log_view(&state, &build, job, from).await?),
         None => None,
     };
+    let tests = crate::services::test_results::build_tests(&state, &build).await?;
+    let tests = (tests.summary.total > 0).then(|| {
+        let failures: Vec<_> = tests
+            .tests
+            .into_iter()
+            .filter(|t| t.status == "failed" || t.status == "error")
+            .collect();
+        TestsView {
+            summary: tests.summary,
+            more: failures.len().saturating_sub(SHOWN_FAILURES),
+            failures: failures.into_iter().take(SHOWN_FAILURES).collect(),
+        }
+    });
     let can_write = caller.can_write(build.project_id);
     let kiln_run = jobs.iter().any(|job| !job.reported);
     let page = BuildPage {
@@ -221,6 +247,7 @@ pub(crate) async fn page(
         stream_href: format!("/api/v1/builds/{}/stream", view.run_id),
         events_href: format!("/api/v1/builds/{}/events", view.run_id),
         last_event_id: build.last_event_id,
+        tests,
         metrics: build
             .state
             .metrics
