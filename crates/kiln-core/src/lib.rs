@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod limits;
 pub mod net;
 pub mod pipeline;
+pub mod public_status;
 pub mod roles;
 pub mod time;
 pub mod token;

@@ -89,6 +89,13 @@ const SQLITE: &[Migration] = &[
         name: "reported_jobs",
         sql: include_str!("../migrations/sqlite/0011_reported_jobs.sql"),
     },
+    // A project's public status page and badges, off until its admin turns them on.
+    // (Version 12 is another change's.)
+    Migration {
+        version: 13,
+        name: "public_status",
+        sql: include_str!("../migrations/sqlite/0013_public_status.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -166,6 +173,13 @@ const POSTGRES: &[Migration] = &[
         version: 11,
         name: "reported_jobs",
         sql: include_str!("../migrations/postgres/0011_reported_jobs.sql"),
+    },
+    // A project's public status page and badges, off until its admin turns them on.
+    // (Version 12 is another change's.)
+    Migration {
+        version: 13,
+        name: "public_status",
+        sql: include_str!("../migrations/postgres/0013_public_status.sql"),
     },
 ];
 

@@ -12,8 +12,10 @@ mod health;
 mod hooks;
 mod jobs;
 pub(crate) mod members;
+mod metrics;
 pub(crate) mod notifications;
 pub(crate) mod projects;
+mod public_status;
 mod reported_log;
 pub(crate) mod repos;
 mod secrets;
@@ -167,6 +169,8 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             get(members::audit_log),
         ),
         ("GET", "/readyz", Access::Public, get(health::readyz)),
+        // Prometheus scrapes (docs/operations.md).
+        ("GET", "/metrics", Access::Scrape, get(metrics::scrape)),
         (
             "POST",
             "/api/v1/projects",
@@ -184,6 +188,18 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "/api/v1/projects/{slug}",
             Access::ProjectRead,
             get(projects::get_project),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/public-status",
+            Access::ProjectAdmin,
+            get(public_status::show),
+        ),
+        (
+            "PUT",
+            "/api/v1/projects/{slug}/public-status",
+            Access::ProjectAdmin,
+            put(public_status::set),
         ),
         (
             "POST",

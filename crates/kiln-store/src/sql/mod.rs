@@ -21,6 +21,7 @@ mod queue;
 mod rows;
 mod secrets;
 mod sqlite_writer;
+mod status;
 mod webhooks;
 
 use std::str::FromStr;
