@@ -228,8 +228,10 @@ pub async fn run(
                 email,
                 config.notifications.poll_interval,
                 mail_queued,
-                config.passes.clone(),
-                metrics.clone(),
+                notify::mail::MailObservers {
+                    passes: config.passes.clone(),
+                    metrics: metrics.clone(),
+                },
                 background.stop_signal(),
             ),
         );
@@ -251,10 +253,12 @@ pub async fn run(
         webhooks::run_sender(
             store.clone(),
             clock.clone(),
-            webhook_config,
-            config.webhooks_allow_private,
+            webhooks::SenderSettings {
+                config: webhook_config,
+                allow_private: config.webhooks_allow_private,
+                metrics: metrics.clone(),
+            },
             webhook_sender,
-            metrics.clone(),
             webhooks::Pace::new(ingestor.load(), config.webhooks.busy_share),
             background.stop_signal(),
         ),

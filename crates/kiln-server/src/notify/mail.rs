@@ -27,6 +27,13 @@ enum Wake {
     Stop,
 }
 
+/// What the mail task reports to: its passes (tests wait on them) and the metrics its
+/// attempts are counted in.
+pub(crate) struct MailObservers {
+    pub passes: Arc<crate::background::Passes>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+}
+
 /// The mail task; returns when `stop` changes.
 pub(crate) async fn run(
     store: Arc<dyn Store>,
@@ -34,10 +41,10 @@ pub(crate) async fn run(
     config: EmailConfig,
     poll_interval: Duration,
     queued: Arc<Notify>,
-    passes: Arc<crate::background::Passes>,
-    metrics: Arc<crate::telemetry::Metrics>,
+    observers: MailObservers,
     mut stop: watch::Receiver<bool>,
 ) {
+    let MailObservers { passes, metrics } = observers;
     let mut wake = Wake::Tick;
     loop {
         if matches!(wake, Wake::Stop) {

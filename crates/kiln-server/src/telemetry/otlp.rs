@@ -401,6 +401,101 @@ mod tests {
         assert_eq!(nanos(Millis(1_500)), "1500000000");
     }
 
+    /// A Kiln-run build: each job's span hangs under the stage of its step's name, or
+    /// under the build when there is none; a skipped job says so.
+    #[test]
+    fn job_spans_hang_under_their_stage_or_the_build() {
+        use kiln_core::{BuildState, RunId, StageName, StageState};
+        let mut state = BuildState::new(RunId::parse("runId", "run-9").unwrap(), Millis(1_000));
+        state.status = BuildStatus::Success;
+        state.ended_at = Some(Millis(9_000));
+        state.stages.push(StageState {
+            name: StageName::parse("stage", "test").unwrap(),
+            position: 0,
+            status: StageStatus::Success,
+            started_at: Millis(2_000),
+            ended_at: Some(Millis(8_000)),
+            duration_ms: Some(6_000),
+            message: None,
+            dirty: false,
+        });
+        let build = BuildRecord {
+            id: 1,
+            project_id: 1,
+            project_slug: "web".into(),
+            number: 3,
+            last_event_id: 10,
+            state,
+        };
+        let job = |id: i64, step: &str, job_state: JobState| JobRecord {
+            id,
+            build_id: 1,
+            project_id: 1,
+            project_slug: "web".into(),
+            repo: None,
+            run_id: "run-9".into(),
+            build_number: 3,
+            branch: None,
+            commit: None,
+            step: step.into(),
+            position: id,
+            state: job_state,
+            priority: 5,
+            depends_on: vec![],
+            labels: vec![],
+            spec: json!({}),
+            attempt: 1,
+            agent_id: Some(4),
+            agent_name: Some("box".into()),
+            lease_expires_at: None,
+            cancel_requested: false,
+            created_at: Millis(1_000),
+            queued_at: Some(Millis(1_000)),
+            started_at: Some(Millis(2_000)),
+            finished_at: Some(Millis(8_000)),
+            exit_code: Some(0),
+            reason: None,
+            log_size: 0,
+            reported: false,
+        };
+        let trace = trace_of(
+            &build,
+            &[
+                job(7, "test", JobState::Passed),
+                job(8, "deploy", JobState::Skipped),
+            ],
+            None,
+        );
+        let spans = trace["scopeSpans"][0]["spans"].as_array().unwrap();
+        assert_eq!(spans.len(), 4);
+        let (build_span, stage_span) = (&spans[0], &spans[1]);
+        assert_eq!(spans[2]["parentSpanId"], stage_span["spanId"]);
+        assert_eq!(spans[3]["parentSpanId"], build_span["spanId"]);
+        let attribute = |span: &Value, key: &str| {
+            span["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|kv| kv["key"] == key)
+                .map(|kv| kv["value"].clone())
+        };
+        assert_eq!(
+            attribute(&spans[2], "cicd.worker.name"),
+            Some(json!({"stringValue": "box"}))
+        );
+        assert_eq!(
+            attribute(&spans[3], "cicd.pipeline.task.run.result"),
+            Some(json!({"stringValue": "skip"}))
+        );
+        assert_eq!(
+            attribute(build_span, "cicd.pipeline.run.url.full"),
+            Some(json!({"stringValue": "/builds/run-9"}))
+        );
+        assert_eq!(build_span["startTimeUnixNano"], "1000000000");
+        assert_eq!(build_span["endTimeUnixNano"], "9000000000");
+        assert_eq!(build_span["status"], json!({}));
+    }
+
     #[test]
     fn endpoints_are_http_urls_and_get_the_traces_path() {
         assert_eq!(

@@ -41,6 +41,14 @@ struct Sender {
     metrics: Arc<crate::telemetry::Metrics>,
 }
 
+/// How the sender works: the webhook settings, whether private addresses may be
+/// called, and the metrics its attempts are counted in.
+pub(crate) struct SenderSettings {
+    pub config: WebhookConfig,
+    pub allow_private: bool,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+}
+
 /// The sender task; returns when `stop` changes (attempts in flight are abandoned and
 /// claimed again once their claims expire).
 ///
@@ -58,13 +66,16 @@ struct Sender {
 pub(crate) async fn run_sender(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    config: WebhookConfig,
-    allow_private: bool,
+    settings: SenderSettings,
     wake: Arc<Notify>,
-    metrics: Arc<crate::telemetry::Metrics>,
     mut pace: Pace,
     mut stop: watch::Receiver<bool>,
 ) {
+    let SenderSettings {
+        config,
+        allow_private,
+        metrics,
+    } = settings;
     crate::install_crypto_provider();
     let poll_interval = config.poll_interval;
     let concurrency = config.concurrency.max(1);
