@@ -178,6 +178,7 @@ pub(crate) async fn page(
     };
     let now = state.clock.now();
     let success_rate = match percent(status.successes, status.counted) {
+        Some(rate) if status.counted == 1 => format!("{rate}% of the last ended build passed"),
         Some(rate) => format!("{rate}% of the last {} ended builds passed", status.counted),
         None => "no ended builds yet".into(),
     };
