@@ -9,8 +9,9 @@
 //! exporter alone waits for the collector. Trace and span ids are derived from the run
 //! id, so a trace sent twice (a retry after a lost answer) is the same trace.
 //! A build that ends while the collector is unreachable for longer than the retries
-//! last (about 30 s), or while the process stops, is not exported: export is best
-//! effort, the event log stays the record.
+//! last (about 15 s), or while the process stops (what is queued then gets one attempt
+//! within 2 s), may not be exported: export is best effort, the event log stays the
+//! record.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,8 @@ use super::Metrics;
 pub(crate) const QUEUE_CAPACITY: usize = 1024;
 /// Traces in one export request at most.
 const BATCH: usize = 64;
+/// How long the exporter may take at shutdown for what is still queued.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Pauses between attempts at one batch; after the last the batch is dropped.
 const RETRY_DELAYS: [Duration; 5] = [
     Duration::from_millis(500),
@@ -374,16 +377,22 @@ pub(crate) async fn run_exporter(
         }
         batch.clear();
     }
-    // Stopping: one attempt at what is queued, bounded by the request timeout.
+    // Stopping: one attempt at what is queued, within `FINAL_FLUSH` in all, so a dead
+    // collector does not hold the shutdown.
     queue.close();
-    while queue.recv_many(&mut batch, BATCH).await > 0 {
-        let count = batch.len() as u64;
-        let body = json!({"resourceSpans": batch});
-        match post(&client, &url, &body).await {
-            Ok(()) => metrics.otlp_traces.get(&"exported").add(count),
-            Err(_) => metrics.otlp_traces.get(&"dropped").add(count),
+    let flush = async {
+        while queue.recv_many(&mut batch, BATCH).await > 0 {
+            let count = batch.len() as u64;
+            let body = json!({"resourceSpans": batch});
+            match post(&client, &url, &body).await {
+                Ok(()) => metrics.otlp_traces.get(&"exported").add(count),
+                Err(_) => metrics.otlp_traces.get(&"dropped").add(count),
+            }
+            batch.clear();
         }
-        batch.clear();
+    };
+    if tokio::time::timeout(FINAL_FLUSH, flush).await.is_err() {
+        tracing::warn!("traces still queued at shutdown were not exported");
     }
 }
 
