@@ -1,12 +1,15 @@
 // Included by the build scripts of the crates whose tests need something outside Rust:
 // each prerequisite becomes a cfg, so a test that cannot run here is compiled with
 // `#[ignore = "… skipped: how to set it up"]` and shows as ignored in the test run,
-// with the reason, instead of passing without running. `KILN_REQUIRE_EXECUTORS=1` and
-// `KILN_REQUIRE_SMTP=1` (set by `.ci/run`) turn the executor and SMTP tests on whatever
-// is found, so a missing tool fails them loudly there.
+// with the reason, instead of passing without running. `KILN_REQUIRE_EXECUTORS=1`,
+// `KILN_REQUIRE_SMTP=1`, `KILN_REQUIRE_PROMTOOL=1` and `KILN_REQUIRE_OTLP=1` (set by
+// `.ci/run`) turn the executor, SMTP, promtool and OTLP-receiver tests on whatever is
+// found, so a missing tool fails them loudly there.
 
-/// Emits `kiln_postgres_tests`, `kiln_docker_tests`, `kiln_bwrap_tests` and
-/// `kiln_smtp_tests` for the prerequisites present.
+/// Emits `kiln_postgres_tests`, `kiln_docker_tests`, `kiln_bwrap_tests`,
+/// `kiln_smtp_tests`, `kiln_promtool_tests` (Prometheus' `promtool`) and
+/// `kiln_otlp_tests` (Python with the `opentelemetry-proto` package) for the
+/// prerequisites present.
 fn test_prerequisites() {
     let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
     let required = |name: &str| std::env::var(name).as_deref() == Ok("1");
@@ -22,6 +25,8 @@ fn test_prerequisites() {
         "KILN_TEST_DOCKER_IMAGE",
         "KILN_REQUIRE_EXECUTORS",
         "KILN_REQUIRE_SMTP",
+        "KILN_REQUIRE_PROMTOOL",
+        "KILN_REQUIRE_OTLP",
         "PATH",
     ] {
         println!("cargo::rerun-if-env-changed={name}");
@@ -40,6 +45,18 @@ fn test_prerequisites() {
         (
             "kiln_smtp_tests",
             required("KILN_REQUIRE_SMTP") || runs("python3", &["-c", "import aiosmtpd"]),
+        ),
+        (
+            "kiln_promtool_tests",
+            required("KILN_REQUIRE_PROMTOOL") || runs("promtool", &["--version"]),
+        ),
+        (
+            "kiln_otlp_tests",
+            required("KILN_REQUIRE_OTLP")
+                || runs(
+                    "python3",
+                    &["-c", "import opentelemetry.proto.collector.trace.v1.trace_service_pb2"],
+                ),
         ),
     ];
     for (cfg, present) in cfgs {

@@ -134,7 +134,7 @@ test('an ingested build, the project settings (a token and a webhook made with i
 
   await page.goto('/projects/web/settings');
   await page.getByRole('heading', { name: 'Project web settings', level: 1 }).waitFor();
-  for (const section of ['Tokens', 'Members', 'Branches', 'Repository', 'Webhooks']) {
+  for (const section of ['Tokens', 'Members', 'Branches', 'Repository', 'Public status', 'Webhooks']) {
     await page.getByRole('heading', { name: section, level: 2 }).waitFor();
   }
   await page.locator(`tr[data-member="${fixture.users.viewer.email}"]`).waitFor();
@@ -174,6 +174,28 @@ test('an ingested build, the project settings (a token and a webhook made with i
     return (await page.locator('li[data-delivery-id]').count()) > 0;
   }, 15_000, 'the test delivery to be logged');
   await checkPage(page, 'webhook');
+
+  // Public status: published with the settings form, then seen by an anonymous browser.
+  await page.goto('/projects/web/settings#public-status');
+  await Promise.all([
+    page.waitForURL(/notice=status-published/),
+    page.getByRole('button', { name: 'Publish status' }).click(),
+  ]);
+  await page.locator('section[data-public-status="on"]').waitFor();
+  const badgeLoaded = await page
+    .locator('section#public-status img')
+    .evaluate((img) => img.complete && img.naturalWidth > 0);
+  assert.ok(badgeLoaded, 'the default branch badge renders');
+  const anonymous = await browser.newContext({ baseURL: fixture.server.url });
+  const publicPage = await anonymous.newPage();
+  const publicProblems = watchConsole(publicPage);
+  const shown = await publicPage.goto('/status/web');
+  assert.equal(shown.status(), 200);
+  await publicPage.getByRole('heading', { name: 'Latest build per branch', level: 2 }).waitFor();
+  assert.equal(await publicPage.locator('tr[data-branch="main"]').count(), 1);
+  await checkPage(publicPage, 'public-status');
+  assert.deepEqual(publicProblems, []);
+  await anonymous.close();
 
   await page.goto('/projects');
   await page.getByRole('link', { name: 'Settings of web' }).waitFor();

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod net;
 pub mod pipeline;
 pub mod predict;
+pub mod public_status;
 pub mod roles;
 pub mod time;
 pub mod token;

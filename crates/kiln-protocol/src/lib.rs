@@ -733,3 +733,23 @@ mod tests {
         );
     }
 }
+
+/// `PUT /api/v1/projects/{slug}/public-status`: publishes or withdraws the project's
+/// public status page and badges.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetPublicStatus {
+    pub enabled: bool,
+}
+
+/// `GET`/`PUT /api/v1/projects/{slug}/public-status`: whether the project's status is
+/// public, and where (paths on this server).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicStatusDto {
+    pub enabled: bool,
+    /// `/status/{slug}`.
+    pub page: String,
+    /// `/badge/{slug}/{branch}.svg` with the default branch.
+    pub badge: String,
+}

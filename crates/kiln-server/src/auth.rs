@@ -74,6 +74,10 @@ pub enum Access {
     /// A dashboard page for instance admins (the Users page): like `Page`, and the user
     /// must be an instance admin.
     PageInstanceAdmin,
+    /// `GET /metrics`: the scrape token (`--metrics-token`) as a bearer token, or, when
+    /// none is set, a client on a loopback address. Checked by the guard alone; no
+    /// other credential counts.
+    Scrape,
 }
 
 impl Access {
@@ -94,6 +98,9 @@ impl Access {
             }
             Self::PageInstanceAdmin => {
                 "dashboard page for instance admins: a signed-in instance admin (anonymous browsers are redirected to /login)"
+            }
+            Self::Scrape => {
+                "metrics scrape: the --metrics-token as a bearer token; without one set, loopback clients only"
             }
         }
     }
@@ -184,6 +191,11 @@ impl Caller {
             Access::Public | Access::ProjectRead | Access::ProjectWrite | Access::ProjectAdmin => {
                 Ok(())
             }
+            // The guard decides scrapes before it looks for a caller.
+            Access::Scrape => Err(ApiError::Forbidden(
+                "/metrics takes the scrape token (--metrics-token), not a user's or a project's"
+                    .into(),
+            )),
             Access::Agent if self.kind == TokenKind::Agent => Ok(()),
             Access::Agent => Err(ApiError::Forbidden(
                 "this endpoint is for build agents: use an agent token (`kiln token create --agent`)"

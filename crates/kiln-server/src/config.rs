@@ -37,6 +37,11 @@ pub struct ServerConfig {
     /// Encrypts project secrets and repository credentials at rest
     /// (`--secret-key-file`); every replica of one database needs the same key.
     pub secret_key: crate::secret_box::SecretKey,
+    /// `--metrics-token`: the bearer token `GET /metrics` requires; without one, only
+    /// loopback clients may scrape.
+    pub metrics_token: Option<Secret>,
+    /// `--otlp-endpoint`: export every ended build as an OpenTelemetry trace.
+    pub otlp: Option<crate::telemetry::otlp::OtlpConfig>,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -51,6 +56,8 @@ impl fmt::Debug for ServerConfig {
             .field("webhooks", &self.webhooks)
             .field("webhooks_allow_private", &self.webhooks_allow_private)
             .field("connections", &self.connections)
+            .field("metrics_token", &self.metrics_token)
+            .field("otlp", &self.otlp)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +79,8 @@ impl Default for ServerConfig {
             connections: crate::serve::ConnectionConfig::default(),
             secret_key: crate::secret_box::SecretKey::generate()
                 .expect("the operating system provides randomness"),
+            metrics_token: None,
+            otlp: None,
         }
     }
 }

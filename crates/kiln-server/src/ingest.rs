@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::live::Bus;
+use crate::telemetry::Metrics;
 
 /// Most requests waiting in the queue; beyond it submitters wait (back-pressure).
 const QUEUE_CAPACITY: usize = 8192;
@@ -38,6 +39,15 @@ struct Job {
 pub(crate) struct Ingestor {
     queue: mpsc::Sender<Job>,
     load: Arc<IngestLoad>,
+    metrics: Arc<Metrics>,
+}
+
+/// What the ingest task reports to besides the submitters: the metrics, and the
+/// build-end consumer (`telemetry::ended`), told the run id of each build a commit
+/// ended.
+pub(crate) struct IngestObservers {
+    pub metrics: Arc<Metrics>,
+    pub ended: mpsc::Sender<String>,
 }
 
 /// How busy ingest is: the total time its transactions took, read by background work
@@ -87,11 +97,25 @@ impl Ingestor {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         bus: Arc<Bus>,
+        observers: IngestObservers,
     ) -> (Self, JoinHandle<()>) {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let load = Arc::new(IngestLoad::default());
-        let task = tokio::spawn(run(store, clock, bus, load.clone(), receiver));
-        (Self { queue, load }, task)
+        let metrics = observers.metrics.clone();
+        let task = tokio::spawn(run(store, clock, bus, load.clone(), observers, receiver));
+        (
+            Self {
+                queue,
+                load,
+                metrics,
+            },
+            task,
+        )
+    }
+
+    /// Requests waiting for the next group commit.
+    pub fn queued(&self) -> u64 {
+        (self.queue.max_capacity() - self.queue.capacity()) as u64
     }
 
     /// How busy this process's ingest is.
@@ -100,14 +124,25 @@ impl Ingestor {
     }
 
     pub async fn submit(&self, request: IngestRequest) -> IngestResult {
+        let started = Instant::now();
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Job { request, reply })
             .await
             .map_err(|_| IngestFailure("the server is shutting down; retry".into()))?;
-        answer
+        let result = answer
             .await
-            .map_err(|_| IngestFailure("the ingest task stopped; retry".into()))?
+            .map_err(|_| IngestFailure("the ingest task stopped; retry".into()))?;
+        self.metrics
+            .ingest_request_duration
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(Ok(_)) => "accepted",
+            Ok(Err(_)) => "rejected",
+            Err(_) => "failed",
+        };
+        self.metrics.ingest_requests.get(&outcome).increment();
+        result
     }
 }
 
@@ -116,6 +151,7 @@ async fn run(
     clock: Arc<dyn Clock>,
     bus: Arc<Bus>,
     load: Arc<IngestLoad>,
+    observers: IngestObservers,
     mut receiver: mpsc::Receiver<Job>,
 ) {
     let mut jobs: Vec<Job> = Vec::new();
@@ -133,12 +169,53 @@ async fn run(
         }
         let started = Instant::now();
         let requests = jobs.len();
-        let last_id = commit(&*store, &*clock, &mut jobs, events).await;
-        load.add(started.elapsed(), requests);
+        let last_id = commit(&*store, &*clock, &mut jobs, events, &observers).await;
+        let spent = started.elapsed();
+        load.add(spent, requests);
+        let metrics = &observers.metrics;
+        metrics.ingest_commit_duration.observe(spent.as_secs_f64());
+        metrics.ingest_commit_requests.observe(requests as f64);
+        metrics.ingest_commit_events.observe(events as f64);
         if let Some(last_id) = last_id {
             bus.notify_commit(last_id);
         }
     }
+}
+
+/// Counts a commit's events by status and tells the build-end consumer which builds it
+/// ended (a terminal event stored now: the state machine refuses a second one).
+fn observe(
+    requests: &[IngestRequest],
+    results: &[Result<Vec<EventOutcome>, IngestRejection>],
+    observers: &IngestObservers,
+) {
+    let (mut stored, mut duplicate, mut ignored) = (0, 0, 0);
+    for (request, result) in requests.iter().zip(results) {
+        let Ok(outcomes) = result else { continue };
+        for (event, outcome) in request.events.iter().zip(outcomes) {
+            match outcome.status {
+                OutcomeStatus::Stored => stored += 1,
+                OutcomeStatus::Duplicate => duplicate += 1,
+                OutcomeStatus::Ignored => ignored += 1,
+            }
+            if outcome.status == OutcomeStatus::Stored
+                && event
+                    .event_type
+                    .core()
+                    .is_some_and(kiln_core::CoreEventType::is_terminal)
+                && observers
+                    .ended
+                    .try_send(event.run_id.as_str().to_owned())
+                    .is_err()
+            {
+                tracing::debug!(run_id = %event.run_id.as_str(), "build-end consumer busy; the end is not observed");
+            }
+        }
+    }
+    let metrics = &observers.metrics;
+    metrics.ingest_events.get(&"stored").add(stored);
+    metrics.ingest_events.get(&"duplicate").add(duplicate);
+    metrics.ingest_events.get(&"ignored").add(ignored);
 }
 
 #[tracing::instrument(skip_all, fields(requests = jobs.len(), events))]
@@ -148,6 +225,7 @@ async fn commit(
     clock: &dyn Clock,
     jobs: &mut Vec<Job>,
     events: usize,
+    observers: &IngestObservers,
 ) -> Option<i64> {
     let (requests, replies): (Vec<IngestRequest>, Vec<oneshot::Sender<IngestResult>>) =
         jobs.drain(..).map(|job| (job.request, job.reply)).unzip();
@@ -167,6 +245,7 @@ async fn commit(
                 .filter(|outcome| outcome.status == OutcomeStatus::Stored)
                 .filter_map(|outcome| outcome.id)
                 .max();
+            observe(&requests, &results, observers);
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
             }

@@ -23,6 +23,7 @@ mod secret_box;
 mod serve;
 mod service_error;
 mod services;
+mod telemetry;
 mod web;
 mod webhooks;
 mod wire;
@@ -43,6 +44,7 @@ pub use routes::{RouteRule, route_table};
 pub use scheduler::{RepoPolicy, SchedulerConfig};
 pub use secret_box::SecretKey;
 pub use serve::ConnectionConfig;
+pub use telemetry::otlp::OtlpConfig;
 pub use webhooks::WebhookConfig;
 
 use crate::auth::Authenticator;
@@ -65,6 +67,10 @@ pub(crate) struct AppState {
     pub webhook_sender: Arc<tokio::sync::Notify>,
     /// Line counts of job logs the build page has numbered (logs only grow).
     pub log_lines: Arc<web::LogLineCache>,
+    /// What `/metrics` reports that the process recorded.
+    pub metrics: Arc<telemetry::Metrics>,
+    /// Traces waiting for the OTLP exporter (`--otlp-endpoint`), for `/metrics`.
+    pub otlp_queue: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
 }
 
 /// Errors that stop the server from starting.
@@ -119,7 +125,18 @@ pub async fn run(
     let config = Arc::new(config);
     let bus = Arc::new(live::Bus::default());
     let webhook_sender = Arc::new(tokio::sync::Notify::new());
-    let (ingestor, ingest_task) = Ingestor::start(store.clone(), clock.clone(), bus.clone());
+    let metrics = Arc::new(telemetry::Metrics::default());
+    let (ended_builds, ended_receiver) =
+        tokio::sync::mpsc::channel(telemetry::ended::CHANNEL_CAPACITY);
+    let (ingestor, ingest_task) = Ingestor::start(
+        store.clone(),
+        clock.clone(),
+        bus.clone(),
+        ingest::IngestObservers {
+            metrics: metrics.clone(),
+            ended: ended_builds,
+        },
+    );
     let mut webhook_config = config.webhooks.clone();
     webhook_config.message_key = Some(config.secret_key.clone());
     let mut scheduler_config = config.scheduler.clone();
@@ -129,7 +146,12 @@ pub async fn run(
         ingestor.clone(),
         clock.clone(),
         scheduler_config,
+        metrics.clone(),
     );
+    let otlp_export = config.otlp.clone().map(|otlp| {
+        let (queue, receiver) = tokio::sync::mpsc::channel(telemetry::otlp::QUEUE_CAPACITY);
+        (otlp, queue, receiver)
+    });
     let state = AppState {
         store: store.clone(),
         clock: clock.clone(),
@@ -142,8 +164,39 @@ pub async fn run(
         logins: Arc::new(accounts::LoginLimiter::default()),
         webhook_sender: webhook_sender.clone(),
         log_lines: Arc::new(web::LogLineCache::default()),
+        metrics: metrics.clone(),
+        otlp_queue: otlp_export.as_ref().map(|(_, queue, _)| queue.clone()),
     };
     let mut background = background::Background::new();
+    let export = match otlp_export {
+        Some((otlp, queue, receiver)) => {
+            tracing::info!(endpoint = %otlp.endpoint, "exporting ended builds as OpenTelemetry traces");
+            background.spawn(
+                "otlp exporter",
+                telemetry::otlp::run_exporter(
+                    otlp,
+                    receiver,
+                    metrics.clone(),
+                    background.stop_signal(),
+                ),
+            );
+            Some(telemetry::ended::Export {
+                queue,
+                public_url: config.webhooks.public_url.clone(),
+            })
+        }
+        None => None,
+    };
+    background.spawn(
+        "build ends",
+        telemetry::ended::run(
+            store.clone(),
+            metrics.clone(),
+            ended_receiver,
+            export,
+            background.stop_signal(),
+        ),
+    );
     background.spawn(
         "live tailer",
         live::tail(store.clone(), bus.clone(), background.stop_signal()),
@@ -175,7 +228,10 @@ pub async fn run(
                 email,
                 config.notifications.poll_interval,
                 mail_queued,
-                config.passes.clone(),
+                notify::mail::MailObservers {
+                    passes: config.passes.clone(),
+                    metrics: metrics.clone(),
+                },
                 background.stop_signal(),
             ),
         );
@@ -197,8 +253,11 @@ pub async fn run(
         webhooks::run_sender(
             store.clone(),
             clock.clone(),
-            webhook_config,
-            config.webhooks_allow_private,
+            webhooks::SenderSettings {
+                config: webhook_config,
+                allow_private: config.webhooks_allow_private,
+                metrics: metrics.clone(),
+            },
             webhook_sender,
             webhooks::Pace::new(ingestor.load(), config.webhooks.busy_share),
             background.stop_signal(),

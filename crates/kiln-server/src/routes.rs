@@ -108,13 +108,61 @@ async fn guard(
         caller = tracing::field::Empty,
         status = tracing::field::Empty,
     );
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let metrics = state.metrics.clone();
     let response = check_access(state, access, request, next, &span)
         .instrument(span.clone())
         .await;
     let status = response.status().as_u16();
+    metrics.http_request(&method, route, status, started.elapsed().as_secs_f64());
     span.record("status", status);
     tracing::debug!(parent: &span, status, "answered");
     response
+}
+
+/// `GET /metrics`: the scrape token when one is set (compared as SHA-256 digests, so
+/// the comparison takes the same time wherever a wrong token differs), otherwise a
+/// client on a loopback address — the client behind a trusted proxy, so a proxy on
+/// the same host does not make every client local.
+fn check_scrape(state: &AppState, request: &Request) -> Result<(), ApiError> {
+    match &state.config.metrics_token {
+        Some(expected) => {
+            let presented = request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| {
+                    value
+                        .strip_prefix("Bearer ")
+                        .or_else(|| value.strip_prefix("bearer "))
+                })
+                .map(str::trim);
+            let digest = |token: &str| kiln_core::token::hash_token(token);
+            match presented {
+                Some(token) if digest(token) == digest(expected.expose()) => Ok(()),
+                Some(_) => Err(ApiError::Unauthorized(
+                    "wrong scrape token: send the --metrics-token (KILN_METRICS_TOKEN) as `Authorization: Bearer <token>`".into(),
+                )),
+                None => Err(ApiError::Unauthorized(
+                    "/metrics needs the scrape token: send the --metrics-token (KILN_METRICS_TOKEN) as `Authorization: Bearer <token>`".into(),
+                )),
+            }
+        }
+        None => {
+            let client = request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip());
+            if client.is_some_and(|ip| ip.is_loopback() || ip.to_canonical().is_loopback()) {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden(
+                    "/metrics answers only clients on this host while no scrape token is set: start the server with --metrics-token (KILN_METRICS_TOKEN) and send it as a bearer token".into(),
+                ))
+            }
+        }
+    }
 }
 
 async fn check_access(
@@ -126,6 +174,13 @@ async fn check_access(
 ) -> Response {
     if access == Access::Public {
         span.record("caller", "anonymous");
+        return next.run(request).await;
+    }
+    if access == Access::Scrape {
+        span.record("caller", "scraper");
+        if let Err(error) = check_scrape(&state, &request) {
+            return error.into_response();
+        }
         return next.run(request).await;
     }
     let authenticated = state.authenticator.authenticate(request.headers()).await;

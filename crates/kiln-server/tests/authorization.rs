@@ -79,7 +79,13 @@ enum Rule {
     /// A dashboard page for instance admins (the Users page): like `Page`, then 403 for
     /// every other user.
     PageInstanceAdmin,
+    /// `/metrics` with a scrape token set: only that token opens it, so every caller
+    /// here (none holds it) is refused 401, whatever credential it has.
+    Scrape,
 }
+
+/// The scrape token of this test's server; no caller of `EVERYONE` sends it.
+const SCRAPE_TOKEN: &str = "authorization-test-scrape-token";
 
 /// `None`: allowed; `Some(status)`: refused with exactly that status.
 fn expected(rule: Rule, who: Who) -> Option<u16> {
@@ -87,7 +93,7 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
     if matches!(rule, Rule::Public) {
         return None;
     }
-    if matches!(rule, Rule::Signature) {
+    if matches!(rule, Rule::Signature | Rule::Scrape) {
         return Some(401);
     }
     if matches!(who, Anonymous | Revoked) {
@@ -116,7 +122,7 @@ fn expected(rule: Rule, who: Who) -> Option<u16> {
     let allowed = |yes: &[Who]| if yes.contains(&who) { None } else { Some(403) };
     match rule {
         Rule::Public | Rule::Authenticated => None,
-        Rule::Signature => Some(401),
+        Rule::Signature | Rule::Scrape => Some(401),
         Rule::Agent => Some(403),
         Rule::Ingest => allowed(&[Ingest]),
         Rule::User | Rule::Page => allowed(&[Viewer, Developer, Admin, OtherAdmin, InstanceAdmin]),
@@ -196,7 +202,13 @@ async fn call(
 }
 
 async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
+    let database =
+        std::sync::Arc::new(kiln_store::test_support::TestDatabase::create(engine).await);
+    let clock = kiln_server::clock::ManualClock::new(kiln_core::Millis(1_800_000_000_000));
+    let app = TestApp::spawn_configured(database, clock, |config| {
+        config.metrics_token = Some(kiln_server::Secret::new(SCRAPE_TOKEN));
+    })
+    .await;
     let admin = |method: Method, path: &str, body: Value| {
         let path = path.to_owned();
         let app = &app;
@@ -217,6 +229,13 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         Method::POST,
         "/api/v1/projects",
         json!({"slug": "api", "name": "API"}),
+    )
+    .await;
+    // Web's public status is published, so its page and badges answer everyone.
+    admin(
+        Method::PUT,
+        "/api/v1/projects/web/public-status",
+        json!({"enabled": true}),
     )
     .await;
     let repo = tempfile::tempdir().unwrap();
@@ -445,6 +464,26 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             Rule::ProjectAdmin,
         ),
         ("GET", "/readyz".into(), Value::Null, Rule::Public),
+        ("GET", "/metrics".into(), Value::Null, Rule::Scrape),
+        ("GET", "/status/web".into(), Value::Null, Rule::Public),
+        (
+            "GET",
+            "/badge/web/main.svg".into(),
+            Value::Null,
+            Rule::Public,
+        ),
+        (
+            "GET",
+            format!("{w}/public-status"),
+            Value::Null,
+            Rule::ProjectAdmin,
+        ),
+        (
+            "PUT",
+            format!("{w}/public-status"),
+            json!({"enabled": true}),
+            Rule::ProjectAdmin,
+        ),
         (
             "POST",
             "/api/v1/session".into(),
@@ -1025,6 +1064,12 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             "POST",
             "/projects/web/settings/repo".into(),
             json!("max_concurrency=many"),
+            Rule::PageProjectAdmin,
+        ),
+        (
+            "POST",
+            "/projects/web/settings/public-status".into(),
+            json!("enabled=true"),
             Rule::PageProjectAdmin,
         ),
         (

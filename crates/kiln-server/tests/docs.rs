@@ -19,6 +19,7 @@ fn kind(text: &str) -> &'static str {
         ("user", "user"),
         ("agent", "agent"),
         ("dashboard page", "page"),
+        ("metrics scrape", "scrape"),
     ] {
         if text.starts_with(prefix) {
             return kind;
@@ -27,8 +28,12 @@ fn kind(text: &str) -> &'static str {
     "unknown"
 }
 
-/// `/api/v1/builds/{runId}` and `/api/v1/builds/{run_id}` alike.
+/// `/api/v1/builds/{runId}` and `/api/v1/builds/{run_id}` alike; a badge's documented
+/// `{branch}.svg` is the route's catch-all `{*branch}`.
 fn shape(path: &str) -> String {
+    let path = path
+        .strip_suffix("}.svg")
+        .map_or(path.to_owned(), |p| format!("{p}}}"));
     let mut out = String::new();
     let mut in_param = false;
     for c in path.chars() {
@@ -76,9 +81,15 @@ fn the_api_docs_list_every_route_with_its_access() {
                 kind(route.access),
             )
         })
-        // The dashboard's pages and assets are in docs/dashboard.md.
+        // The dashboard's pages and assets are in docs/dashboard.md; the public status
+        // page and badges and /metrics are here.
         .filter(|(_, path, kind)| {
-            *kind != "page" && (path.starts_with("/api/") || path.ends_with("z"))
+            *kind != "page"
+                && (path.starts_with("/api/")
+                    || path.ends_with("z")
+                    || path == "/metrics"
+                    || path.starts_with("/status/")
+                    || path.starts_with("/badge/"))
         })
         .collect();
     let undocumented: Vec<_> = routes.difference(&documented).collect();

@@ -17,6 +17,7 @@ pub(crate) mod queue;
 mod records;
 pub mod sql;
 mod test_results;
+mod status;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub(crate) mod webhooks;
@@ -34,6 +35,7 @@ pub use queue::*;
 pub use records::*;
 pub use sql::SqlStore;
 pub use test_results::*;
+pub use status::*;
 pub use webhooks::*;
 
 /// Which database engine a store runs on.
@@ -161,6 +163,7 @@ pub trait Store:
     + SecretStore
     + AnalyticsStore
     + TestResultStore
+    + StatusStore
     + Send
     + Sync
     + 'static
@@ -177,6 +180,7 @@ impl<T> Store for T where
         + SecretStore
         + AnalyticsStore
         + TestResultStore
+        + StatusStore
         + Send
         + Sync
         + 'static
@@ -726,6 +730,28 @@ pub trait SecretStore: Send + Sync {
         repo: Option<&str>,
         ciphertext: Option<&str>,
     ) -> StoreResult<()>;
+}
+
+/// What the instance and a published project look like now: `/metrics`' figures, a
+/// project's public status (`sql/status.rs`).
+#[async_trait]
+pub trait StatusStore: Send + Sync {
+    /// The counts `/metrics` reads from the database, each answered by an index (builds
+    /// and jobs not ended, pending outboxes, agents), so a scrape costs the same
+    /// whatever the history holds.
+    async fn operational_counts(&self) -> StoreResult<OperationalCounts>;
+    /// Publishes (or withdraws) a project's public status page and badges.
+    async fn set_public_status(&self, project_id: i64, public: bool) -> StoreResult<Project>;
+    /// Among the project's newest `window` builds, newest first, at most `limit`, only
+    /// those of `branch` when given: what a public status page and badge are drawn
+    /// from, so their cost is bounded by `window` however many builds the project has.
+    async fn recent_build_summaries(
+        &self,
+        project_id: i64,
+        window: i64,
+        branch: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<BuildSummary>>;
 }
 
 /// Opens the store named by a database URL (`sqlite://…`, `postgres://…`), creating

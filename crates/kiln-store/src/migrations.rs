@@ -95,6 +95,12 @@ const SQLITE: &[Migration] = &[
         name: "analytics",
         sql: include_str!("../migrations/sqlite/0012_analytics.sql"),
     },
+    // A project's public status page and badges, off until its admin turns them on.
+    Migration {
+        version: 13,
+        name: "public_status",
+        sql: include_str!("../migrations/sqlite/0013_public_status.sql"),
+    },
     // Test results from JUnit reports.
     Migration {
         version: 14,
@@ -184,6 +190,12 @@ const POSTGRES: &[Migration] = &[
         version: 12,
         name: "analytics",
         sql: include_str!("../migrations/postgres/0012_analytics.sql"),
+    },
+    // A project's public status page and badges, off until its admin turns them on.
+    Migration {
+        version: 13,
+        name: "public_status",
+        sql: include_str!("../migrations/postgres/0013_public_status.sql"),
     },
     // Test results from JUnit reports.
     Migration {

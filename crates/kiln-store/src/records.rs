@@ -17,6 +17,8 @@ pub struct Project {
     pub max_concurrency: Option<i64>,
     /// The repository's credentials, encrypted by the server (kept out of `repo`).
     pub repo_credentials: Option<String>,
+    /// Its admin published a public status page and badges (off by default).
+    pub public_status: bool,
 }
 
 /// A project secret, without its value.

@@ -152,6 +152,24 @@ pub struct ServeArgs {
     /// webhooks link to builds under it. Without it they carry the build's path only.
     #[arg(long, env = "KILN_PUBLIC_URL", value_name = "URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
+    /// The bearer token Prometheus must send to GET /metrics (at least 16 characters).
+    /// Without one, /metrics answers only clients on a loopback address.
+    #[arg(long, env = "KILN_METRICS_TOKEN", hide_env_values = true, value_name = "TOKEN", value_parser = parse_metrics_token)]
+    pub metrics_token: Option<Secret>,
+    /// Export every ended build as an OpenTelemetry trace (a span per build, stage and
+    /// job) to this OTLP/HTTP collector, JSON-encoded, at {URL}/v1/traces
+    /// (http://localhost:4318). Off when absent.
+    #[arg(long, env = "KILN_OTLP_ENDPOINT", value_name = "URL", value_parser = kiln_server::OtlpConfig::parse_endpoint)]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// `--metrics-token`: long enough not to be guessed, kept as a `Secret`.
+fn parse_metrics_token(value: &str) -> Result<Secret, String> {
+    let value = value.trim();
+    if value.chars().count() < 16 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("give a token of at least 16 characters without spaces (e.g. from `openssl rand -hex 24`)".into());
+    }
+    Ok(Secret::new(value))
 }
 
 /// `--public-url`: an http(s) URL, kept without its trailing slash.
@@ -390,6 +408,8 @@ impl ServeArgs {
             webhooks_allow_private: self.webhooks_allow_private,
             connections: self.connection_config(),
             secret_key: self.secret_key()?,
+            metrics_token: self.metrics_token.clone(),
+            otlp: self.otlp_endpoint.clone().map(kiln_server::OtlpConfig::new),
             ..ServerConfig::default()
         })
     }

@@ -13,8 +13,10 @@ mod health;
 mod hooks;
 mod jobs;
 pub(crate) mod members;
+mod metrics;
 pub(crate) mod notifications;
 pub(crate) mod projects;
+mod public_status;
 mod reported_log;
 pub(crate) mod repos;
 mod secrets;
@@ -169,6 +171,8 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             get(members::audit_log),
         ),
         ("GET", "/readyz", Access::Public, get(health::readyz)),
+        // Prometheus scrapes (docs/operations.md).
+        ("GET", "/metrics", Access::Scrape, get(metrics::scrape)),
         (
             "POST",
             "/api/v1/projects",
@@ -216,6 +220,18 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "/api/v1/projects/{slug}/tests/history",
             Access::ProjectRead,
             get(test_results::history),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/public-status",
+            Access::ProjectAdmin,
+            get(public_status::show),
+        ),
+        (
+            "PUT",
+            "/api/v1/projects/{slug}/public-status",
+            Access::ProjectAdmin,
+            put(public_status::set),
         ),
         (
             "POST",

@@ -127,6 +127,20 @@ impl Bus {
         }
     }
 
+    /// Live subscriptions to build rooms and to project rooms (for `/metrics`).
+    pub fn subscriber_counts(&self) -> (u64, u64) {
+        let rooms = self.rooms.lock().expect("bus lock");
+        let (mut build, mut project) = (0, 0);
+        for (room, sender) in rooms.iter() {
+            let count = sender.receiver_count() as u64;
+            match room {
+                Room::Build(_) => build += count,
+                Room::Project(_) => project += count,
+            }
+        }
+        (build, project)
+    }
+
     pub fn closing(&self) -> watch::Receiver<bool> {
         self.closing.subscribe()
     }

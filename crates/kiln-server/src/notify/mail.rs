@@ -27,6 +27,13 @@ enum Wake {
     Stop,
 }
 
+/// What the mail task reports to: its passes (tests wait on them) and the metrics its
+/// attempts are counted in.
+pub(crate) struct MailObservers {
+    pub passes: Arc<crate::background::Passes>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+}
+
 /// The mail task; returns when `stop` changes.
 pub(crate) async fn run(
     store: Arc<dyn Store>,
@@ -34,15 +41,16 @@ pub(crate) async fn run(
     config: EmailConfig,
     poll_interval: Duration,
     queued: Arc<Notify>,
-    passes: Arc<crate::background::Passes>,
+    observers: MailObservers,
     mut stop: watch::Receiver<bool>,
 ) {
+    let MailObservers { passes, metrics } = observers;
     let mut wake = Wake::Tick;
     loop {
         if matches!(wake, Wake::Stop) {
             return;
         }
-        if let Err(error) = send_due(&*store, &*clock, &config, &mut stop).await {
+        if let Err(error) = send_due(&*store, &*clock, &config, &metrics, &mut stop).await {
             tracing::warn!(%error, "cannot read the email outbox; retrying");
         }
         passes.done(crate::background::Periodic::Mail);
@@ -67,6 +75,7 @@ async fn send_due(
     store: &dyn Store,
     clock: &dyn Clock,
     config: &EmailConfig,
+    metrics: &crate::telemetry::Metrics,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     loop {
@@ -87,7 +96,7 @@ async fn send_due(
                 return Ok(());
             }
             tokio::select! {
-                delivered = deliver(store, clock, config, email) => delivered?,
+                delivered = deliver(store, clock, config, metrics, email) => delivered?,
                 _ = stop.changed() => return Ok(()),
             }
         }
@@ -98,6 +107,7 @@ async fn deliver(
     store: &dyn Store,
     clock: &dyn Clock,
     config: &EmailConfig,
+    metrics: &crate::telemetry::Metrics,
     email: &OutboxEmail,
 ) -> Result<(), StoreError> {
     let message = smtp::Message {
@@ -110,11 +120,13 @@ async fn deliver(
     };
     match smtp::send(&config.relay, &message, config.send_timeout).await {
         Ok(()) => {
+            metrics.email_attempts.get(&"sent").increment();
             tracing::debug!(email_id = email.id, attempts = email.attempts, "email sent");
             store.email_sent(email.id, clock.now()).await
         }
         Err(SmtpError::Transient(error)) if email.attempts < config.max_attempts => {
             let backoff = backoff(config, email.attempts);
+            metrics.email_attempts.get(&"retrying").increment();
             tracing::warn!(
                 email_id = email.id,
                 attempts = email.attempts,
@@ -133,6 +145,7 @@ async fn deliver(
                 .await
         }
         Err(SmtpError::Transient(error) | SmtpError::Permanent(error)) => {
+            metrics.email_attempts.get(&"failed").increment();
             tracing::error!(
                 email_id = email.id,
                 attempts = email.attempts,

@@ -87,6 +87,8 @@ struct Inner {
     ingestor: Ingestor,
     clock: Arc<dyn Clock>,
     config: SchedulerConfig,
+    /// Records how long claimed jobs waited.
+    metrics: Arc<crate::telemetry::Metrics>,
     /// Woken when a job may have become claimable (queued, or a slot freed).
     work: Notify,
     logs: LogBus,
@@ -111,6 +113,7 @@ impl Scheduler {
         ingestor: Ingestor,
         clock: Arc<dyn Clock>,
         config: SchedulerConfig,
+        metrics: Arc<crate::telemetry::Metrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -118,6 +121,7 @@ impl Scheduler {
                 ingestor,
                 clock,
                 config,
+                metrics,
                 work: Notify::new(),
                 logs: LogBus::default(),
                 touched: Mutex::new(HashMap::new()),
@@ -298,6 +302,10 @@ impl Scheduler {
                 self.store().claim_job(agent, rules, self.now()).await?
             };
             if let Some(job) = claimed {
+                if let (Some(queued), Some(started)) = (job.queued_at, job.started_at) {
+                    let waited = started.saturating_sub(queued).max(0) as f64 / 1000.0;
+                    self.inner.metrics.queue_wait.observe(waited);
+                }
                 // There may be more: the next waiter looks.
                 self.inner.work.notify_one();
                 return self.started(agent, job).await.map(Some);

@@ -19,6 +19,7 @@ mod form;
 mod login;
 mod notifications;
 mod overview;
+mod public_status;
 mod settings;
 mod users;
 mod view;
@@ -44,6 +45,19 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
         ("POST", "/login", Access::Public, post(login::submit)),
         ("POST", "/logout", Access::Page, post(login::logout)),
         ("GET", "/assets/{name}", Access::Public, get(assets::serve)),
+        // Public status of projects whose admins published it (404 for the others).
+        (
+            "GET",
+            "/status/{slug}",
+            Access::Public,
+            get(public_status::page),
+        ),
+        (
+            "GET",
+            "/badge/{slug}/{*branch}",
+            Access::Public,
+            get(public_status::badge),
+        ),
         // Builds: the overview's Build form, the build page, its buttons, raw logs.
         (
             "POST",
@@ -162,6 +176,12 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "/projects/{slug}/settings/repo",
             Access::Page,
             post(settings::repo::set_repo),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/settings/public-status",
+            Access::Page,
+            post(settings::public_status::set),
         ),
         (
             "POST",

@@ -37,7 +37,7 @@ use crate::clock::Clock;
 use crate::ingest::{IngestLoad, IngestTotals};
 use crate::live::Bus;
 
-pub(crate) use send::run_sender;
+pub(crate) use send::{SenderSettings, run_sender};
 
 /// Keeps webhook work from slowing ingest. While this replica's ingest is busy (its
 /// commits took at least half the time since the last look, judged over 100 ms or more,

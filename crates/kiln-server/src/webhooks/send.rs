@@ -37,6 +37,16 @@ struct Sender {
     /// are kept alive between deliveries to the same receiver. Host names are resolved
     /// and checked by `address::CheckingResolver` for every connection it opens.
     client: reqwest::Client,
+    /// Counts attempts by outcome, with their duration.
+    metrics: Arc<crate::telemetry::Metrics>,
+}
+
+/// How the sender works: the webhook settings, whether private addresses may be
+/// called, and the metrics its attempts are counted in.
+pub(crate) struct SenderSettings {
+    pub config: WebhookConfig,
+    pub allow_private: bool,
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 /// The sender task; returns when `stop` changes (attempts in flight are abandoned and
@@ -56,12 +66,16 @@ struct Sender {
 pub(crate) async fn run_sender(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    config: WebhookConfig,
-    allow_private: bool,
+    settings: SenderSettings,
     wake: Arc<Notify>,
     mut pace: Pace,
     mut stop: watch::Receiver<bool>,
 ) {
+    let SenderSettings {
+        config,
+        allow_private,
+        metrics,
+    } = settings;
     crate::install_crypto_provider();
     let poll_interval = config.poll_interval;
     let concurrency = config.concurrency.max(1);
@@ -82,6 +96,7 @@ pub(crate) async fn run_sender(
         config,
         allow_private,
         client,
+        metrics,
     });
     let mut in_flight: JoinSet<FinishedWebhookAttempt> = JoinSet::new();
     let mut finished: Vec<FinishedWebhookAttempt> = Vec::new();
@@ -318,6 +333,15 @@ impl Sender {
         let latency_ms = clock_started.elapsed().as_millis() as i64;
         let now = self.clock.now();
         let outcome = self.outcome(&answer, delivery.attempts, now);
+        self.metrics
+            .webhook_attempt_duration
+            .observe(clock_started.elapsed().as_secs_f64());
+        let counted = match outcome {
+            WebhookOutcome::Delivered => "delivered",
+            WebhookOutcome::RetryAt(_) => "retrying",
+            WebhookOutcome::Failed | WebhookOutcome::FailedAndDisable => "failed",
+        };
+        self.metrics.webhook_attempts.get(&counted).increment();
         match &outcome {
             WebhookOutcome::Delivered => tracing::debug!(latency_ms, "webhook delivered"),
             WebhookOutcome::RetryAt(at) => tracing::info!(

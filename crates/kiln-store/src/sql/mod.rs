@@ -23,6 +23,7 @@ mod rows;
 mod secrets;
 mod sqlite_writer;
 mod test_results;
+mod status;
 mod webhooks;
 
 use std::str::FromStr;

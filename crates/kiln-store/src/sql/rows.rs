@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use crate::records::{BuildRecord, Project, StoredEvent, TokenRecord};
 use crate::{StoreError, StoreResult};
 
-pub(crate) const PROJECT_COLUMNS: &str =
-    "id, slug, name, created_at, repo, default_branch, max_concurrency, repo_credentials";
+pub(crate) const PROJECT_COLUMNS: &str = "id, slug, name, created_at, repo, default_branch, max_concurrency, repo_credentials, public_status";
 
 pub(crate) const TOKEN_COLUMNS: &str = "id, project_id, user_id, kind, name, scopes, display_prefix, created_at, last_used_at, revoked_at";
 
@@ -38,6 +37,7 @@ pub(crate) fn project_from_row(row: &AnyRow) -> StoreResult<Project> {
         default_branch: row.try_get("default_branch")?,
         max_concurrency: row.try_get("max_concurrency")?,
         repo_credentials: row.try_get("repo_credentials")?,
+        public_status: row.try_get::<i64, _>("public_status")? != 0,
     })
 }
 

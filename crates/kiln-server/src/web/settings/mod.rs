@@ -16,6 +16,7 @@ pub(super) mod account;
 mod admin_form;
 pub(super) mod members;
 pub(super) mod projects;
+pub(super) mod public_status;
 pub(super) mod repo;
 pub(super) mod tokens;
 pub(super) mod webhooks;
@@ -100,6 +101,10 @@ struct SettingsPage {
     max_concurrency: String,
     webhooks: Vec<WebhookRow>,
     roles: [&'static str; 3],
+    /// The project's public status page and badges are published.
+    public_status: bool,
+    public_page: String,
+    public_badge: String,
 }
 
 /// What a completed form says on the page it returns to (a fixed list, so nothing from
@@ -118,6 +123,8 @@ fn notice_text(code: &str) -> Option<&'static str> {
         "test-queued" => "Test event queued: it appears in the delivery log below in a moment.",
         "redelivery-queued" => "Redelivery queued.",
         "password-changed" => "Password changed. Use the new one next time you log in.",
+        "status-published" => "Public status published: the page and badges answer anyone now.",
+        "status-withdrawn" => "Public status withdrawn: the page and badges answer 404 now.",
         _ => return None,
     })
 }
@@ -248,6 +255,9 @@ async fn settings_response(
             .unwrap_or_default(),
         webhooks,
         roles: ["viewer", "developer", "admin"],
+        public_status: project.public_status,
+        public_page: crate::services::public_status::setting(project).page,
+        public_badge: crate::services::public_status::setting(project).badge,
     };
     Ok((status, render(&page)).into_response())
 }
