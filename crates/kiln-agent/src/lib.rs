@@ -10,3 +10,4 @@ pub mod executor;
 pub mod logs;
 pub mod mask;
 pub mod output;
+pub mod test_reports;

@@ -704,6 +704,68 @@ fn labels_route_steps_to_matching_agents() {
     );
 }
 
+/// `test_reports:` globs: the agent uploads the JUnit reports a failing step wrote (and
+/// only those matching), and the build's test results show them.
+#[test]
+fn test_reports_of_a_step_become_the_build_test_results() {
+    let kiln = Kiln::start(&[]);
+    let report = |name: &str, failed: bool| {
+        let failure = if failed {
+            "<failure message=\"nope\">trace</failure>"
+        } else {
+            ""
+        };
+        format!(
+            "<testsuite name=\"unit\"><testcase classname=\"calc\" name=\"{name}\" time=\"0.5\">{failure}</testcase></testsuite>"
+        )
+    };
+    let commands = [
+        "mkdir -p reports/unit reports/other".to_owned(),
+        format!(
+            "printf '%s' '{}' > reports/unit/junit-a.xml",
+            report("adds", false)
+        ),
+        format!(
+            "printf '%s' '{}' > reports/unit/junit-b.xml",
+            report("divides", true)
+        ),
+        format!(
+            "printf '%s' '{}' > reports/other/ignored.xml",
+            report("ignored", true)
+        ),
+        "exit 1".to_owned(),
+    ];
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    kiln.commit_pipeline(&pipeline(&[step(
+        "test",
+        &commands,
+        "    test_reports:\n      - '**/junit-*.xml'\n",
+    )]));
+    let build = kiln.trigger_main();
+    let _agent = kiln.agent("tester", &[]);
+    assert_eq!(
+        kiln.wait_for_build(&build.run_id, Duration::from_secs(30)),
+        "failed"
+    );
+    let tests = kiln.block_on(kiln.user.build_tests(&build.run_id)).unwrap();
+    assert_eq!(
+        (
+            tests.summary.total,
+            tests.summary.passed,
+            tests.summary.failed
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(tests.tests[0].key, "unit › calc › divides");
+    assert_eq!(tests.tests[0].message.as_deref(), Some("nope"));
+    let log = kiln.log_text(&build.run_id, "test");
+    assert!(
+        kiln_lines(&log).iter().any(|line| line
+            .contains("test report reports/unit/junit-b.xml: 1 tests, 0 passed, 1 failed")),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_step_timeout_fails_it_with_reason_timeout() {
     let kiln = Kiln::start(&[]);

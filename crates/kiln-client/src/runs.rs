@@ -214,6 +214,25 @@ impl Client {
         json_answer(&body)
     }
 
+    /// Uploads a JUnit report a job's step wrote (`test_reports:`).
+    pub async fn agent_test_report(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        attempt: i64,
+        xml: Vec<u8>,
+    ) -> Result<TestReportStored, ClientError> {
+        let request = self
+            .request(
+                Method::POST,
+                &format!("/api/v1/agent/jobs/{job_id}/tests?agentId={agent_id}&attempt={attempt}"),
+            )
+            .header("content-type", "application/xml")
+            .body(xml);
+        let (_, _, body) = Self::exchange(request).await?;
+        json_answer(&body)
+    }
+
     /// Appends `bytes` at `offset` of the log a `kiln run` reports for `step` of its
     /// build; with `end` (`passed`, `failed`, `cancelled`) the log is complete.
     pub async fn report_log(

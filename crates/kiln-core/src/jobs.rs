@@ -95,6 +95,8 @@ pub struct JobSpec {
     pub retry: Option<AutomaticRetry>,
     /// Names of the project secrets the step receives on this build's branch.
     pub secrets: Vec<String>,
+    /// Globs of the JUnit reports the agent uploads after the step.
+    pub test_reports: Vec<String>,
 }
 
 impl JobSpec {
@@ -111,6 +113,7 @@ impl JobSpec {
                 "limit": retry.limit,
             })),
             "secrets": self.secrets,
+            "testReports": self.test_reports,
         })
     }
 
@@ -144,6 +147,7 @@ impl JobSpec {
         });
         JobSpec {
             secrets: value.get("secrets").map(strings).unwrap_or_default(),
+            test_reports: value.get("testReports").map(strings).unwrap_or_default(),
             commands: value.get("commands").map(strings).unwrap_or_default(),
             env: value
                 .get("env")
@@ -219,6 +223,7 @@ pub fn plan(pipeline: &Pipeline, branch: &str) -> Vec<JobPlan> {
                     .filter(|secret| secret.given_on(branch))
                     .map(|secret| secret.name.as_str().to_owned())
                     .collect(),
+                test_reports: step.test_reports.clone(),
             };
             JobPlan {
                 step: step.name.as_str().to_owned(),

@@ -479,6 +479,10 @@ pub struct AgentJob {
     /// Credentials for the repository, kept out of `repo` and out of git's command line.
     #[serde(default)]
     pub repo_credentials: Option<RepoCredentials>,
+    /// Globs (relative to the workspace) of JUnit reports to upload after the step ran
+    /// (`test_reports:` in `.kiln.yml`).
+    #[serde(default)]
+    pub test_reports: Vec<String>,
 }
 
 /// Secret values by name; `Debug` shows the names only.

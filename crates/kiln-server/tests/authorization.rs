@@ -790,6 +790,12 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         ),
         (
             "POST",
+            format!("/api/v1/agent/jobs/{job_id}/tests?agentId={agent_id}&attempt=99"),
+            json!("<testsuite name='s'/>"),
+            Rule::Agent,
+        ),
+        (
+            "POST",
             format!("/api/v1/agent/jobs/{job_id}/finish"),
             json!({"agentId": agent_id, "attempt": 99, "state": "passed"}),
             Rule::Agent,

@@ -16,8 +16,8 @@ pub(crate) mod notifications;
 pub(crate) mod queue;
 mod records;
 pub mod sql;
-mod test_results;
 mod status;
+mod test_results;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub(crate) mod webhooks;
@@ -34,8 +34,8 @@ pub use notifications::*;
 pub use queue::*;
 pub use records::*;
 pub use sql::SqlStore;
-pub use test_results::*;
 pub use status::*;
+pub use test_results::*;
 pub use webhooks::*;
 
 /// Which database engine a store runs on.

@@ -128,6 +128,9 @@ pub(super) async fn run(shared: &Arc<Shared>, job: AgentJob) {
         .work_dir
         .join(format!("job-{}-{}", job.job_id, job.attempt));
     let mut report = execute(shared, &job, &workspace, &output, cancel).await;
+    if !lost.load(Ordering::SeqCst) {
+        upload_test_reports(shared, &job, &workspace, &output).await;
+    }
     drop(output);
     let _ = relay.await;
     let _ = tap.await;
@@ -160,6 +163,83 @@ pub(super) async fn run(shared: &Arc<Shared>, job: AgentJob) {
         .lock()
         .expect("running lock")
         .remove(&job.job_id);
+}
+
+/// Uploads the JUnit reports the step wrote (`test_reports:`), whatever its outcome,
+/// saying in the log what each held; a report the server refuses is named with the reason
+/// and does not change the step's outcome.
+async fn upload_test_reports(
+    shared: &Arc<Shared>,
+    job: &AgentJob,
+    workspace: &std::path::Path,
+    output: &OutputSender,
+) {
+    if job.test_reports.is_empty() {
+        return;
+    }
+    let root = workspace.to_path_buf();
+    let patterns = job.test_reports.clone();
+    let (found, notes) = match tokio::task::spawn_blocking(move || {
+        crate::test_reports::find(&root, &patterns)
+    })
+    .await
+    {
+        Ok(found) => found,
+        Err(error) => {
+            say(output, format!("cannot look for test reports: {error}")).await;
+            return;
+        }
+    };
+    for note in notes {
+        say(output, note).await;
+    }
+    if found.is_empty() {
+        say(
+            output,
+            format!(
+                "no test report matched {} in the workspace",
+                job.test_reports.join(", ")
+            ),
+        )
+        .await;
+        return;
+    }
+    for path in found {
+        let shown = path
+            .strip_prefix(workspace)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        let xml = match tokio::fs::read(&path).await {
+            Ok(xml) => xml,
+            Err(error) => {
+                say(
+                    output,
+                    format!("test report {shown}: cannot read it ({error})"),
+                )
+                .await;
+                continue;
+            }
+        };
+        match shared
+            .client
+            .agent_test_report(job.job_id, shared.agent_id(), job.attempt, xml)
+            .await
+        {
+            Ok(stored) => {
+                let s = stored.stored;
+                say(
+                    output,
+                    format!(
+                        "test report {shown}: {} tests, {} passed, {} failed, {} errors, {} skipped",
+                        s.total, s.passed, s.failed, s.errors, s.skipped
+                    ),
+                )
+                .await;
+            }
+            Err(error) => say(output, format!("test report {shown} not stored: {error}")).await,
+        }
+    }
 }
 
 async fn say(output: &OutputSender, message: impl Into<String>) {

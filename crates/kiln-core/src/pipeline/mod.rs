@@ -82,6 +82,9 @@ pub struct Step {
     pub retry: Option<AutomaticRetry>,
     /// Globs, relative to the workspace, of files uploaded after the step succeeds.
     pub artifacts: Vec<String>,
+    /// Globs, relative to the workspace, of JUnit XML reports the agent uploads as the
+    /// build's test results after the step ran (passed or failed).
+    pub test_reports: Vec<String>,
     /// Project secrets the step receives as environment variables (`secrets:`).
     pub secrets: Vec<SecretUse>,
 }
@@ -334,6 +337,7 @@ impl Step {
             network: false,
             retry: None,
             artifacts: Vec::new(),
+            test_reports: Vec::new(),
             secrets: Vec::new(),
         }
     }

@@ -28,6 +28,7 @@ const STEP_KEYS: &[&str] = &[
     "network",
     "retry",
     "artifacts",
+    "test_reports",
     "secrets",
 ];
 const SECRET_KEYS: &[&str] = &["name", "branches"];
@@ -295,6 +296,14 @@ fn parse_step(
                     string_list(value, &field, limits::MAX_STEP_LIST_ENTRIES)?
                 {
                     step.artifacts
+                        .push(relative_path(raw, glob_node, item_field)?);
+                }
+            }
+            "test_reports" => {
+                for (raw, glob_node, item_field) in
+                    string_list(value, &field, limits::MAX_STEP_LIST_ENTRIES)?
+                {
+                    step.test_reports
                         .push(relative_path(raw, glob_node, item_field)?);
                 }
             }

@@ -81,6 +81,12 @@ pub(super) fn render(pipeline: &Pipeline) -> String {
             "artifacts",
             step.artifacts.iter().map(String::as_str),
         );
+        list(
+            &mut out,
+            "    ",
+            "test_reports",
+            step.test_reports.iter().map(String::as_str),
+        );
         if !step.secrets.is_empty() {
             out.push_str("    secrets:\n");
             for secret in &step.secrets {

@@ -192,6 +192,35 @@ pub(crate) async fn append_log(
     }))
 }
 
+/// `POST /api/v1/agent/jobs/{id}/tests?agentId=&attempt=` with a JUnit XML report the
+/// step wrote (`test_reports:`): stored as the build's test results.
+pub(crate) async fn upload_tests(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(job_id): Path<i64>,
+    uri: Uri,
+    super::body::RawBody(report): super::body::RawBody<
+        { crate::services::test_results::MAX_REPORT_BYTES },
+    >,
+) -> Result<(StatusCode, Json<kiln_protocol::TestReportStored>), ApiError> {
+    let params = QueryParams::from_uri(uri.query());
+    let required = |key: &str| -> Result<i64, ApiError> {
+        params.integer(key, 0, i64::MAX)?.ok_or_else(|| {
+            ApiError::bad_request("invalid_field", Some(key), format!("{key}: is required"))
+        })
+    };
+    let (agent_id, attempt) = (required("agentId")?, required("attempt")?);
+    own_agent(&state, &caller, agent_id).await?;
+    let job = state.scheduler.held_job(job_id, agent_id, attempt).await?;
+    let build = state
+        .store
+        .build_by_run_id(&job.run_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("build '{}' not found", job.run_id)))?;
+    let stored = crate::services::test_results::store_report(&state, &build, report).await?;
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
 pub(crate) async fn finish(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

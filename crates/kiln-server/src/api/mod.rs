@@ -446,6 +446,12 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
         ),
         (
             "POST",
+            "/api/v1/agent/jobs/{id}/tests",
+            Access::Agent,
+            post(agent::upload_tests),
+        ),
+        (
+            "POST",
             "/api/v1/agent/jobs/{id}/finish",
             Access::Agent,
             post(agent::finish),

@@ -381,6 +381,7 @@ impl Scheduler {
                 .map(|(key_files, paths)| JobCache { key_files, paths }),
             image: spec.image,
             network: spec.network,
+            test_reports: spec.test_reports,
             log_offset: job.log_size,
             log_cap_bytes: self.inner.config.log_cap_bytes,
         })

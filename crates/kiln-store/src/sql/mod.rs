@@ -22,8 +22,8 @@ mod queue;
 mod rows;
 mod secrets;
 mod sqlite_writer;
-mod test_results;
 mod status;
+mod test_results;
 mod webhooks;
 
 use std::str::FromStr;
