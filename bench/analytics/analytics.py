@@ -72,7 +72,7 @@ def call(connection, method, path, body=None, token=ADMIN):
 # {start}: the first build's start; builds follow every {step} ms. Durations: 4 min at
 # night, 8 min during the day (08-18 UTC), plus up to 60 s of spread.
 SEED = """
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {builds})
+WITH RECURSIVE n(i) AS (SELECT CAST(1 AS BIGINT) UNION ALL SELECT i + 1 FROM n WHERE i < {builds})
 INSERT INTO builds (project_id, run_id, number, status, branch, commit_sha, created_at,
   started_at, ended_at, duration_ms, last_event_at, last_event_id, last_seq, metrics)
 SELECT {project}, 'seed-' || i, i,
@@ -180,7 +180,10 @@ def main():
     finally:
         server.terminate()
         server.wait()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if os.environ.get("ANALYTICS_KEEP"):
+            print(f"kept the data dir: {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -129,11 +129,24 @@ impl AnalyticsStore for SqlStore {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
+        // `= $N` or `IS NULL` by whether the key has a branch and a command, rather than
+        // COALESCE on both sides: PostgreSQL then estimates the share of the project's
+        // builds that match and walks them newest first instead of scanning them all.
+        let branch = if key.branch.is_some() {
+            "b.branch = $2"
+        } else {
+            "b.branch IS NULL AND $2 = ''"
+        };
+        let command = if key.command.is_some() {
+            "b.command = $3"
+        } else {
+            "b.command IS NULL AND $3 = ''"
+        };
+        let rows = sqlx::query(trusted(format!(
             "SELECT b.id, b.started_at, b.duration_ms, b.status FROM builds b \
-             WHERE b.project_id = $1 AND COALESCE(b.branch, '') = $2 AND COALESCE(b.command, '') = $3 \
-             AND b.status = 'success' AND b.duration_ms IS NOT NULL ORDER BY b.id DESC LIMIT $4",
-        )
+             WHERE b.project_id = $1 AND {branch} AND {command} \
+             AND b.status = 'success' AND b.duration_ms IS NOT NULL ORDER BY b.id DESC LIMIT $4"
+        )))
         .bind(key.project_id)
         .bind(key.branch.as_deref().unwrap_or_default())
         .bind(key.command.as_deref().unwrap_or_default())
