@@ -179,19 +179,29 @@ impl BuildStore for SqlStore {
         }
         // One sub-select per pipeline, each walking its project's builds newest first
         // (index `builds_project`) until it has `per_key` successes, joined by UNION ALL:
-        // one round trip however many running builds a page shows. NULL branch or
-        // command compare equal through COALESCE (a build without a branch is its own
-        // pipeline, not everyone's).
-        let parts: Vec<String> = (0..keys.len())
-            .map(|index| {
+        // one round trip however many running builds a page shows. A key without a
+        // branch or command matches only builds without one (its own pipeline, not
+        // everyone's).
+        // `= $N` or `IS NULL` by whether the key has a branch and a command (not COALESCE
+        // on both sides), so PostgreSQL estimates the match and walks the builds newest
+        // first instead of scanning the project's history.
+        let parts: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(index, key)| {
                 let base = 2 + index * 3;
+                let branch = match key.branch {
+                    Some(_) => format!("b.branch = ${}", base + 1),
+                    None => format!("b.branch IS NULL AND ${} = ''", base + 1),
+                };
+                let command = match key.command {
+                    Some(_) => format!("b.command = ${}", base + 2),
+                    None => format!("b.command IS NULL AND ${} = ''", base + 2),
+                };
                 format!(
                     "SELECT * FROM (SELECT {index} AS k, b.id AS id, b.started_at AS started_at, b.duration_ms AS duration_ms FROM builds b \
-                     WHERE b.project_id = ${} AND COALESCE(b.branch, '') = ${} AND COALESCE(b.command, '') = ${} \
-                     AND b.status = 'success' AND b.duration_ms IS NOT NULL ORDER BY b.id DESC LIMIT $1) AS s{index}",
-                    base,
-                    base + 1,
-                    base + 2
+                     WHERE b.project_id = ${base} AND {branch} AND {command} \
+                     AND b.status = 'success' AND b.duration_ms IS NOT NULL ORDER BY b.id DESC LIMIT $1) AS s{index}"
                 )
             })
             .collect();
