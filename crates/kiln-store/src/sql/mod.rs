@@ -46,6 +46,9 @@ pub struct SqlStore {
     native_pool: Option<sqlx::PgPool>,
     /// Kept for engine-specific connections (PostgreSQL `LISTEN`).
     database_url: String,
+    /// SQLite only: the database file, for reads that return many rows (analytics) over
+    /// a read-only rusqlite connection instead of sqlx's `Any` row decoding.
+    sqlite_path: Option<std::path::PathBuf>,
 }
 
 /// The PostgreSQL channel on which ingest announces commits.
@@ -144,9 +147,11 @@ impl SqlStore {
         let mut connection = pool.acquire().await?;
         crate::migrations::run(&mut connection, engine).await?;
         drop(connection);
+        let mut sqlite_path = None;
         let writer = match engine {
             Engine::Sqlite => {
                 let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?;
+                sqlite_path = Some(options.get_filename().to_path_buf());
                 if options.get_filename() == std::path::Path::new(":memory:") {
                     return Err(StoreError::Unavailable(
                         "in-memory SQLite is not supported (every connection would see another \
@@ -177,6 +182,7 @@ impl SqlStore {
             writer,
             native_pool,
             database_url: url,
+            sqlite_path,
         })
     }
 
