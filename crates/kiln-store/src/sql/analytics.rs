@@ -192,12 +192,18 @@ impl AnalyticsStore for SqlStore {
         }
         if let Some(path) = &self.sqlite_path {
             let path = path.clone();
-            let filter = filter.clone();
-            return tokio::task::spawn_blocking(move || sqlite_samples(&path, &filter))
-                .await
-                .map_err(|e| {
-                    crate::StoreError::Unavailable(format!("the analytics read stopped: {e}"))
-                })?;
+            let owned = filter.clone();
+            match tokio::task::spawn_blocking(move || sqlite_samples(&path, &owned)).await {
+                Ok(Ok(samples)) => return Ok(samples),
+                // A read-only connection can be refused while SQLite recovers the WAL
+                // index; the pool's connections answer the same question, only slower.
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "analytics read on its own connection failed; reading through the pool")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "analytics read task failed; reading through the pool")
+                }
+            }
         }
         let (clause, binds) = range_clause(filter);
         let builds = bound(
