@@ -191,6 +191,9 @@ export default class KilnJestReporter {
       this.doneFiles += 1;
       const total = Math.max(this.totalFiles, this.doneFiles);
       tracker.progress((this.doneFiles / total) * 100, `${this.doneFiles}/${total} test files`);
+      // The last file: send what waits now (no linger), while Jest sums up the run, so the
+      // flush in onRunComplete has only the build's end left to wait for.
+      if (this.doneFiles >= this.totalFiles) void tracker.flush(0);
     } catch {
       // never into Jest
     }

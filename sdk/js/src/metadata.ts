@@ -106,13 +106,19 @@ export function repoFromRemote(url: string): string {
   return path.replace(/^\/+/, '');
 }
 
+// The kernel's host name, read once per process ('' where there is none to read).
+let kernelHostname: string | undefined;
+
 export function hostname(env: Env = process.env): string | undefined {
-  try {
-    const name = readFileSync('/proc/sys/kernel/hostname', 'utf8').trim();
-    if (name) return name;
-  } catch {
-    // not Linux: fall back to the variable, then to Node's idea of it
+  if (kernelHostname === undefined) {
+    try {
+      kernelHostname = readFileSync('/proc/sys/kernel/hostname', 'utf8').trim();
+    } catch {
+      // not Linux: fall back to the variable, then to Node's idea of it
+      kernelHostname = '';
+    }
   }
+  if (kernelHostname) return kernelHostname;
   return variable(env, 'HOSTNAME') ?? (osHostname() || undefined);
 }
 

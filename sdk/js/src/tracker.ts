@@ -285,7 +285,10 @@ export class BuildTracker {
       sender.enqueue(initial);
       return;
     }
-    const full = collectMetadata(this.options.cwd ?? process.cwd(), this.environment).then(
+    // Git's files are read on the next turn of the event loop, not in the build's own hook.
+    const cwd = this.options.cwd ?? process.cwd();
+    const environment = this.environment;
+    const full = new Promise<BuildMetadata>((resolve) => setImmediate(() => resolve(collectMetadata(cwd, environment)))).then(
       (metadata) => serializeEvent(runId, 'build_started', eventId, fields(metadata)),
       () => initial,
     );
