@@ -2,13 +2,20 @@
 # A/B ingest throughput of two kiln binaries (SQLite, wrk -t2 -c64 -d10s, one event per
 # request with a unique eventId over 64 existing builds, bench/load/ingest.lua), two
 # alternating rounds. Usage: bash bench/ab_ingest.sh OLD_KILN NEW_KILN (needs wrk, curl).
+# AB_DATABASE_URL=postgres://… measures PostgreSQL instead (that database's public schema
+# is dropped before each run).
 set -euo pipefail
 ADMIN=kiln_ab_admin_0123456789abcdef0123
 run() {
   local bin=$1 label=$2
   local dir; dir=$(mktemp -d /tmp/kiln-ab.XXXX)
   local port; port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-  KILN_ADMIN_TOKEN=$ADMIN KILN_LOG=warn "$bin" serve --listen 127.0.0.1:$port --data-dir "$dir" >/dev/null 2>&1 &
+  local database=()
+  if [ -n "${AB_DATABASE_URL:-}" ]; then
+    psql -q "$AB_DATABASE_URL" -c 'DROP SCHEMA public CASCADE; CREATE SCHEMA public' >/dev/null 2>&1
+    database=(--database-url "$AB_DATABASE_URL")
+  fi
+  KILN_ADMIN_TOKEN=$ADMIN KILN_LOG=warn "$bin" serve --listen 127.0.0.1:$port --data-dir "$dir" "${database[@]}" >/dev/null 2>&1 &
   local pid=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/healthz >/dev/null && break; sleep 0.1; done
   curl -sf -H "authorization: Bearer $ADMIN" -H 'content-type: application/json' -d '{"slug":"ab","name":"ab"}' http://127.0.0.1:$port/api/v1/projects >/dev/null
