@@ -36,19 +36,6 @@ enum Bind {
     Text(String),
 }
 
-fn bound<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    binds: &'q [Bind],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    for bind in binds {
-        query = match bind {
-            Bind::Int(value) => query.bind(*value),
-            Bind::Text(value) => query.bind(value.as_str()),
-        };
-    }
-    query
-}
-
 fn build_status(name: &str) -> StoreResult<BuildStatus> {
     BuildStatus::from_name(name).ok_or_else(|| corrupt("build", name))
 }
@@ -57,8 +44,53 @@ fn stage_status(name: &str) -> StoreResult<StageStatus> {
     StageStatus::from_name(name).ok_or_else(|| corrupt("stage", name))
 }
 
-/// The three reads on a read-only rusqlite connection of its own (SQLite): the rows of
-/// a long range decode several times faster than through sqlx's `Any` driver.
+/// The three reads of a range, for both engines: its builds, their stages, and the queue
+/// waits of their agent jobs.
+fn range_reads(clause: &str) -> [String; 3] {
+    [
+        format!(
+            "SELECT b.started_at, b.ended_at, b.duration_ms, b.status, b.branch, b.metrics FROM builds b WHERE {clause}"
+        ),
+        format!(
+            "SELECT s.name, s.status, s.duration_ms FROM stages s JOIN builds b ON b.id = s.build_id WHERE {clause}"
+        ),
+        format!(
+            "SELECT j.started_at - j.queued_at AS wait FROM jobs j JOIN builds b ON b.id = j.build_id \
+             WHERE {clause} AND j.kind = 'agent' AND j.started_at IS NOT NULL AND j.queued_at IS NOT NULL"
+        ),
+    ]
+}
+
+/// A build row of the first read, as its columns come.
+fn build_sample(
+    started_at: i64,
+    ended_at: Option<i64>,
+    duration_ms: Option<i64>,
+    status: &str,
+    branch: Option<String>,
+    metrics: Option<&str>,
+) -> StoreResult<BuildSample> {
+    Ok(BuildSample {
+        started_at: Millis(started_at),
+        ended_at: ended_at.map(Millis),
+        duration_ms,
+        status: build_status(status)?,
+        branch,
+        metrics: super::rows::metrics_from_text(metrics)?,
+    })
+}
+
+/// A stage row of the second read.
+fn stage_sample(name: String, status: &str, duration_ms: Option<i64>) -> StoreResult<StageSample> {
+    Ok(StageSample {
+        name,
+        status: stage_status(status)?,
+        duration_ms,
+    })
+}
+
+/// The reads on a read-only rusqlite connection of its own (SQLite): the rows of a long
+/// range decode several times faster than through sqlx's `Any` driver.
 fn sqlite_samples(path: &std::path::Path, filter: &AnalyticsFilter) -> StoreResult<Samples> {
     use rusqlite::{OpenFlags, params_from_iter};
     let connection = rusqlite::Connection::open_with_flags(
@@ -67,6 +99,7 @@ fn sqlite_samples(path: &std::path::Path, filter: &AnalyticsFilter) -> StoreResu
     )?;
     connection.busy_timeout(std::time::Duration::from_secs(10))?;
     let (clause, binds) = range_clause(filter);
+    let [builds_sql, stages_sql, waits_sql] = range_reads(&clause);
     // `$N` are numbered in order of appearance, so they bind by position in SQLite.
     let values: Vec<rusqlite::types::Value> = binds
         .iter()
@@ -75,56 +108,42 @@ fn sqlite_samples(path: &std::path::Path, filter: &AnalyticsFilter) -> StoreResu
             Bind::Text(value) => rusqlite::types::Value::Text(value.clone()),
         })
         .collect();
-    let mut builds = Vec::new();
-    let mut statement = connection.prepare(&format!(
-        "SELECT b.started_at, b.ended_at, b.duration_ms, b.status, b.branch, b.metrics FROM builds b WHERE {clause}"
-    ))?;
+    let mut samples = Samples::default();
+    let mut statement = connection.prepare(&builds_sql)?;
     let mut rows = statement.query(params_from_iter(values.iter()))?;
     while let Some(row) = rows.next()? {
         let status: String = row.get(3)?;
         let metrics: Option<String> = row.get(5)?;
-        builds.push(BuildSample {
-            started_at: Millis(row.get(0)?),
-            ended_at: row.get::<_, Option<i64>>(1)?.map(Millis),
-            duration_ms: row.get(2)?,
-            status: build_status(&status)?,
-            branch: row.get(4)?,
-            metrics: super::rows::metrics_from_text(metrics.as_deref())?,
-        });
+        samples.builds.push(build_sample(
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            &status,
+            row.get(4)?,
+            metrics.as_deref(),
+        )?);
     }
-    let mut stages = Vec::new();
-    let mut statement = connection.prepare(&format!(
-        "SELECT s.name, s.status, s.duration_ms FROM stages s JOIN builds b ON b.id = s.build_id WHERE {clause}"
-    ))?;
+    let mut statement = connection.prepare(&stages_sql)?;
     let mut rows = statement.query(params_from_iter(values.iter()))?;
     while let Some(row) = rows.next()? {
         let status: String = row.get(1)?;
-        stages.push(StageSample {
-            name: row.get(0)?,
-            status: stage_status(&status)?,
-            duration_ms: row.get(2)?,
-        });
+        samples
+            .stages
+            .push(stage_sample(row.get(0)?, &status, row.get(2)?)?);
     }
-    let mut queue_waits_ms = Vec::new();
-    let mut statement = connection.prepare(&format!(
-        "SELECT j.started_at - j.queued_at AS wait FROM jobs j JOIN builds b ON b.id = j.build_id \
-         WHERE {clause} AND j.kind = 'agent' AND j.started_at IS NOT NULL AND j.queued_at IS NOT NULL"
-    ))?;
+    let mut statement = connection.prepare(&waits_sql)?;
     let mut rows = statement.query(params_from_iter(values.iter()))?;
     while let Some(row) = rows.next()? {
-        queue_waits_ms.push(row.get::<_, i64>(0)?.max(0));
+        samples.queue_waits_ms.push(row.get::<_, i64>(0)?.max(0));
     }
-    Ok(Samples {
-        builds,
-        stages,
-        queue_waits_ms,
-    })
+    Ok(samples)
 }
 
-/// The three reads on the native PostgreSQL pool (typed rows, not `Any`'s).
+/// The reads on the native PostgreSQL pool (typed rows, not `Any`'s).
 async fn postgres_samples(pool: &sqlx::PgPool, filter: &AnalyticsFilter) -> StoreResult<Samples> {
     let (clause, binds) = range_clause(filter);
-    let bound = |sql: String| {
+    let [builds_sql, stages_sql, waits_sql] = range_reads(&clause);
+    let fetch = |sql: String| {
         let mut query = sqlx::query::<sqlx::Postgres>(trusted(sql));
         for bind in &binds {
             query = match bind {
@@ -132,56 +151,33 @@ async fn postgres_samples(pool: &sqlx::PgPool, filter: &AnalyticsFilter) -> Stor
                 Bind::Text(value) => query.bind(value.clone()),
             };
         }
-        query
+        query.fetch_all(pool)
     };
-    let builds = bound(format!(
-        "SELECT b.started_at, b.ended_at, b.duration_ms, b.status, b.branch, b.metrics FROM builds b WHERE {clause}"
-    ))
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|row| {
+    let mut samples = Samples::default();
+    for row in fetch(builds_sql).await? {
         let status: String = row.try_get(3)?;
         let metrics: Option<String> = row.try_get(5)?;
-        Ok(BuildSample {
-            started_at: Millis(row.try_get(0)?),
-            ended_at: row.try_get::<Option<i64>, _>(1)?.map(Millis),
-            duration_ms: row.try_get(2)?,
-            status: build_status(&status)?,
-            branch: row.try_get(4)?,
-            metrics: super::rows::metrics_from_text(metrics.as_deref())?,
-        })
-    })
-    .collect::<StoreResult<Vec<_>>>()?;
-    let stages = bound(format!(
-        "SELECT s.name, s.status, s.duration_ms FROM stages s JOIN builds b ON b.id = s.build_id WHERE {clause}"
-    ))
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|row| {
+        samples.builds.push(build_sample(
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            &status,
+            row.try_get(4)?,
+            metrics.as_deref(),
+        )?);
+    }
+    for row in fetch(stages_sql).await? {
         let status: String = row.try_get(1)?;
-        Ok(StageSample {
-            name: row.try_get(0)?,
-            status: stage_status(&status)?,
-            duration_ms: row.try_get(2)?,
-        })
-    })
-    .collect::<StoreResult<Vec<_>>>()?;
-    let queue_waits_ms = bound(format!(
-        "SELECT j.started_at - j.queued_at AS wait FROM jobs j JOIN builds b ON b.id = j.build_id \
-         WHERE {clause} AND j.kind = 'agent' AND j.started_at IS NOT NULL AND j.queued_at IS NOT NULL"
-    ))
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|row| Ok(row.try_get::<i64, _>(0)?.max(0)))
-    .collect::<StoreResult<Vec<_>>>()?;
-    Ok(Samples {
-        builds,
-        stages,
-        queue_waits_ms,
-    })
+        samples
+            .stages
+            .push(stage_sample(row.try_get(0)?, &status, row.try_get(2)?)?);
+    }
+    for row in fetch(waits_sql).await? {
+        samples
+            .queue_waits_ms
+            .push(row.try_get::<i64, _>(0)?.max(0));
+    }
+    Ok(samples)
 }
 
 #[async_trait]
@@ -190,80 +186,24 @@ impl AnalyticsStore for SqlStore {
         if let Some(pool) = &self.native_pool {
             return postgres_samples(pool, filter).await;
         }
-        if let Some(path) = &self.sqlite_path {
-            let path = path.clone();
-            let owned = filter.clone();
-            match tokio::task::spawn_blocking(move || sqlite_samples(&path, &owned)).await {
-                Ok(Ok(samples)) => return Ok(samples),
-                // A read-only connection can be refused while SQLite recovers the WAL
-                // index; the pool's connections answer the same question, only slower.
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "analytics read on its own connection failed; reading through the pool")
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "analytics read task failed; reading through the pool")
-                }
-            }
-        }
-        let (clause, binds) = range_clause(filter);
-        let builds = bound(
-            sqlx::query(trusted(format!(
-                "SELECT b.started_at, b.ended_at, b.duration_ms, b.status, b.branch, b.metrics FROM builds b WHERE {clause}"
-            ))),
-            &binds,
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            let status: String = row.try_get("status")?;
-            Ok(BuildSample {
-                started_at: Millis(row.try_get("started_at")?),
-                ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(Millis),
-                duration_ms: row.try_get("duration_ms")?,
-                status: build_status(&status)?,
-                branch: row.try_get("branch")?,
-                metrics: super::rows::metrics_from_text(
-                    row.try_get::<Option<String>, _>("metrics")?.as_deref(),
-                )?,
+        let Some(path) = self.sqlite_path.clone() else {
+            return Err(crate::StoreError::Unavailable(
+                "this store has neither a SQLite file nor a PostgreSQL pool to read analytics from"
+                    .into(),
+            ));
+        };
+        let filter = filter.clone();
+        tokio::task::spawn_blocking(move || {
+            // A read-only connection can be refused while SQLite recovers the WAL index
+            // after another connection closed; once more, after a moment, is enough.
+            sqlite_samples(&path, &filter).or_else(|error| {
+                tracing::warn!(%error, "analytics read failed; retrying once");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                sqlite_samples(&path, &filter)
             })
         })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let stages = bound(
-            sqlx::query(trusted(format!(
-                "SELECT s.name, s.status, s.duration_ms FROM stages s JOIN builds b ON b.id = s.build_id WHERE {clause}"
-            ))),
-            &binds,
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            let status: String = row.try_get("status")?;
-            Ok(StageSample {
-                name: row.try_get("name")?,
-                status: stage_status(&status)?,
-                duration_ms: row.try_get("duration_ms")?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let queue_waits_ms = bound(
-            sqlx::query(trusted(format!(
-                "SELECT j.started_at - j.queued_at AS wait FROM jobs j JOIN builds b ON b.id = j.build_id \
-                 WHERE {clause} AND j.kind = 'agent' AND j.started_at IS NOT NULL AND j.queued_at IS NOT NULL"
-            ))),
-            &binds,
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| Ok(row.try_get::<i64, _>("wait")?.max(0)))
-        .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Samples {
-            builds,
-            stages,
-            queue_waits_ms,
-        })
+        .await
+        .map_err(|e| crate::StoreError::Unavailable(format!("the analytics read stopped: {e}")))?
     }
 
     async fn pipeline_history(
