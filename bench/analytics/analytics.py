@@ -19,12 +19,13 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from seeded import call as http_call, free_port, fresh_project, run_sql, start as start_kiln  # noqa: E402
 
 KILN = os.environ.get("ANALYTICS_KILN", "target/release/kiln")
 BUILDS = int(os.environ.get("ANALYTICS_BUILDS", "1000000"))
@@ -35,38 +36,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DAY = 86_400_000
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start(data_dir, port):
-    env = dict(os.environ, KILN_ADMIN_TOKEN=ADMIN, KILN_LOG="warn")
-    args = [KILN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir]
-    if DATABASE_URL:
-        args += ["--database-url", DATABASE_URL]
-    server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/healthz")
-            if connection.getresponse().status == 200:
-                return server
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    sys.exit("kiln did not start")
+    return start_kiln(KILN, data_dir, port, ADMIN, DATABASE_URL)
 
 
 def call(connection, method, path, body=None, token=ADMIN):
-    headers = {"authorization": f"Bearer {token}"}
-    if body is not None:
-        headers["content-type"] = "application/json"
-        body = json.dumps(body)
-    connection.request(method, path, body=body, headers=headers)
-    response = connection.getresponse()
-    return response.status, response.read()
+    return http_call(connection, method, path, token, body)
 
 
 # {start}: the first build's start; builds follow every {step} ms. Durations: 4 min at
@@ -98,17 +74,7 @@ def seed(data_dir, project_id, now_ms):
     step = max(1, (365 * DAY) // BUILDS)
     sql = SEED.format(builds=BUILDS, project=project_id, start=start_ms, step=step)
     started = time.monotonic()
-    if DATABASE_URL:
-        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", DATABASE_URL, "-c", sql], check=True)
-        subprocess.run(["psql", "-q", DATABASE_URL, "-c", "ANALYZE"], check=True)
-    else:
-        import sqlite3
-
-        db = sqlite3.connect(os.path.join(data_dir, "kiln.db"))
-        db.executescript(sql)
-        db.execute("ANALYZE")
-        db.commit()
-        db.close()
+    run_sql(data_dir, DATABASE_URL, sql)
     print(f"seeded {BUILDS:,} builds and {2 * BUILDS:,} stages in {time.monotonic() - started:.1f} s", flush=True)
 
 
@@ -126,27 +92,8 @@ def timed(connection, path, token):
 
 def main():
     data_dir = tempfile.mkdtemp(prefix="kiln-bench-analytics-")
-    if DATABASE_URL:
-        subprocess.run(["psql", "-q", DATABASE_URL, "-c",
-                        "DROP SCHEMA public CASCADE; CREATE SCHEMA public"], check=True)
     port = free_port()
-    server = start(data_dir, port)
-    connection = http.client.HTTPConnection("127.0.0.1", port)
-    status, body = call(connection, "POST", "/api/v1/projects", {"slug": "bench", "name": "Bench"})
-    assert status == 201, body
-    server.terminate()
-    server.wait()
-    if DATABASE_URL:
-        out = subprocess.run(["psql", "-qtA", DATABASE_URL, "-c",
-                              "SELECT id FROM projects WHERE slug = 'bench'"],
-                             check=True, capture_output=True, text=True)
-        project_id = int(out.stdout.strip())
-    else:
-        import sqlite3
-
-        db = sqlite3.connect(os.path.join(data_dir, "kiln.db"))
-        project_id = db.execute("SELECT id FROM projects WHERE slug = 'bench'").fetchone()[0]
-        db.close()
+    project_id = fresh_project(KILN, data_dir, port, ADMIN, DATABASE_URL)
     now_ms = int(time.time() * 1000)
     seed(data_dir, project_id, now_ms)
 
