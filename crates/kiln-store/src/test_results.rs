@@ -42,8 +42,16 @@ pub trait TestResultStore: Send + Sync {
         cases: &[TestCase],
         now: Millis,
     ) -> StoreResult<u64>;
-    /// A build's test cases, failures first, then by key.
-    async fn build_test_results(&self, build_id: i64) -> StoreResult<Vec<TestResultRecord>>;
+    /// A build's test cases, failures first, then by key: all of them, or only the
+    /// first `limit` failed or errored ones.
+    async fn build_test_results(
+        &self,
+        build_id: i64,
+        failures_only: bool,
+        limit: i64,
+    ) -> StoreResult<Vec<TestResultRecord>>;
+    /// A build's cases counted by status, with the sum of their durations.
+    async fn build_test_counts(&self, build_id: i64) -> StoreResult<Vec<(TestStatus, u64, i64)>>;
     /// A project's results stored since `since` (one test when `key` is set), the
     /// newest `limit`, newest first.
     async fn test_history(

@@ -46,7 +46,7 @@ pub(crate) async fn of_build(
     Path(run_id): Path<String>,
 ) -> Result<Json<BuildTests>, ApiError> {
     let build = readable_build(&state, &caller, &run_id).await?;
-    Ok(Json(build_tests(&state, &build).await?))
+    Ok(Json(build_tests(&state, &build, None).await?))
 }
 
 /// `GET /api/v1/projects/{slug}/tests/flaky?days=`.

@@ -77,15 +77,31 @@ fn case_dto(record: &TestResultRecord) -> TestCaseDto {
     }
 }
 
-/// A build's test cases, failures first.
+/// A build's test cases, failures first (`failures`: only the first so many failed or
+/// errored ones), with the counts of all of them.
 pub(crate) async fn build_tests(
     state: &AppState,
     build: &BuildRecord,
+    failures: Option<i64>,
 ) -> Result<BuildTests, ServiceError> {
-    let records = state.store.build_test_results(build.id).await?;
+    let mut summary = TestSummary::default();
+    for (status, count, duration_ms) in state.store.build_test_counts(build.id).await? {
+        summary.total += count;
+        summary.duration_ms += duration_ms;
+        *match status {
+            TestStatus::Passed => &mut summary.passed,
+            TestStatus::Failed => &mut summary.failed,
+            TestStatus::Error => &mut summary.errors,
+            TestStatus::Skipped => &mut summary.skipped,
+        } += count;
+    }
+    let records = state
+        .store
+        .build_test_results(build.id, failures.is_some(), failures.unwrap_or(i64::MAX))
+        .await?;
     Ok(BuildTests {
         run_id: build.state.run_id.to_string(),
-        summary: summary(records.iter().map(|r| &r.case)),
+        summary,
         tests: records.iter().map(case_dto).collect(),
     })
 }

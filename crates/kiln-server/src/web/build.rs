@@ -211,17 +211,16 @@ pub(crate) async fn page(
         Some(job) => Some(log_view(&state, &build, job, from).await?),
         None => None,
     };
-    let tests = crate::services::test_results::build_tests(&state, &build).await?;
+    // The counts and the first failures only: a build may hold 100,000 cases.
+    let tests =
+        crate::services::test_results::build_tests(&state, &build, Some(SHOWN_FAILURES as i64))
+            .await?;
     let tests = (tests.summary.total > 0).then(|| {
-        let failures: Vec<_> = tests
-            .tests
-            .into_iter()
-            .filter(|t| t.status == "failed" || t.status == "error")
-            .collect();
+        let failing = (tests.summary.failed + tests.summary.errors) as usize;
         TestsView {
             summary: tests.summary,
-            more: failures.len().saturating_sub(SHOWN_FAILURES),
-            failures: failures.into_iter().take(SHOWN_FAILURES).collect(),
+            more: failing.saturating_sub(tests.tests.len()),
+            failures: tests.tests,
         }
     });
     let can_write = caller.can_write(build.project_id);

@@ -63,13 +63,42 @@ impl TestResultStore for SqlStore {
         Ok(cases.len() as u64)
     }
 
-    async fn build_test_results(&self, build_id: i64) -> StoreResult<Vec<TestResultRecord>> {
+    async fn build_test_counts(&self, build_id: i64) -> StoreResult<Vec<(TestStatus, u64, i64)>> {
         let rows = sqlx::query(
-            "SELECT id, build_id, test_key, suite, classname, name, file, status, duration_ms, message, created_at \
-             FROM test_results WHERE build_id = $1 \
-             ORDER BY CASE status WHEN 'failed' THEN 0 WHEN 'error' THEN 1 WHEN 'skipped' THEN 3 ELSE 2 END, test_key, id",
+            "SELECT status, CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(duration_ms), 0) AS BIGINT) AS ms \
+             FROM test_results WHERE build_id = $1 GROUP BY status",
         )
         .bind(build_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                let count: i64 = row.try_get("n")?;
+                Ok((status_of(&status)?, count as u64, row.try_get("ms")?))
+            })
+            .collect()
+    }
+
+    async fn build_test_results(
+        &self,
+        build_id: i64,
+        failures_only: bool,
+        limit: i64,
+    ) -> StoreResult<Vec<TestResultRecord>> {
+        let failures = if failures_only {
+            " AND status IN ('failed', 'error')"
+        } else {
+            ""
+        };
+        let rows = sqlx::query(trusted(format!(
+            "SELECT id, build_id, test_key, suite, classname, name, file, status, duration_ms, message, created_at \
+             FROM test_results WHERE build_id = $1{failures} \
+             ORDER BY CASE status WHEN 'failed' THEN 0 WHEN 'error' THEN 1 WHEN 'skipped' THEN 3 ELSE 2 END, test_key, id \
+             LIMIT $2"
+        )))
+        .bind(build_id)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
