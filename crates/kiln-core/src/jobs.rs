@@ -97,6 +97,12 @@ pub struct JobSpec {
     pub secrets: Vec<String>,
     /// Globs of the JUnit reports the agent uploads after the step.
     pub test_reports: Vec<String>,
+    /// Globs of the files uploaded as the build's artifacts after the step succeeds.
+    pub artifacts: Vec<String>,
+    /// Whether globs matching nothing fail the step.
+    pub artifacts_required: bool,
+    /// Whether the artifacts of the steps it depends on are downloaded first.
+    pub needs_artifacts: bool,
 }
 
 impl JobSpec {
@@ -114,6 +120,9 @@ impl JobSpec {
             })),
             "secrets": self.secrets,
             "testReports": self.test_reports,
+            "artifacts": self.artifacts,
+            "artifactsRequired": self.artifacts_required,
+            "needsArtifacts": self.needs_artifacts,
         })
     }
 
@@ -148,6 +157,15 @@ impl JobSpec {
         JobSpec {
             secrets: value.get("secrets").map(strings).unwrap_or_default(),
             test_reports: value.get("testReports").map(strings).unwrap_or_default(),
+            artifacts: value.get("artifacts").map(strings).unwrap_or_default(),
+            artifacts_required: value
+                .get("artifactsRequired")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            needs_artifacts: value
+                .get("needsArtifacts")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
             commands: value.get("commands").map(strings).unwrap_or_default(),
             env: value
                 .get("env")
@@ -224,6 +242,9 @@ pub fn plan(pipeline: &Pipeline, branch: &str) -> Vec<JobPlan> {
                     .map(|secret| secret.name.as_str().to_owned())
                     .collect(),
                 test_reports: step.test_reports.clone(),
+                artifacts: step.artifacts.clone(),
+                artifacts_required: step.artifacts_required,
+                needs_artifacts: step.needs_artifacts,
             };
             JobPlan {
                 step: step.name.as_str().to_owned(),
@@ -431,5 +452,49 @@ mod tests {
         }
         assert!(JobState::Skipped.is_terminal());
         assert!(!JobState::Running.is_terminal());
+    }
+}
+
+/// The steps `step` depends on, directly or through others (whose artifacts it
+/// receives), given each step's `depends_on`; `step` itself is not included.
+pub fn ancestors<'a>(
+    step: &str,
+    depends_on: impl Fn(&str) -> Option<&'a [String]>,
+) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stack: Vec<String> = depends_on(step).map(<[String]>::to_vec).unwrap_or_default();
+    while let Some(next) = stack.pop() {
+        if next != step && seen.insert(next.clone()) {
+            stack.extend(
+                depends_on(&next)
+                    .map(<[String]>::to_vec)
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    seen
+}
+
+#[cfg(test)]
+mod ancestor_tests {
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn ancestors_are_transitive_and_exclude_the_step() {
+        let graph: BTreeMap<&str, Vec<String>> = BTreeMap::from([
+            ("install", vec![]),
+            ("lint", vec!["install".to_owned()]),
+            ("build", vec!["install".to_owned()]),
+            ("deploy", vec!["build".to_owned(), "lint".to_owned()]),
+        ]);
+        let lookup = |step: &str| graph.get(step).map(Vec::as_slice);
+        let names = |set: std::collections::BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            names(super::ancestors("deploy", lookup)),
+            ["build", "install", "lint"]
+        );
+        assert_eq!(names(super::ancestors("build", lookup)), ["install"]);
+        assert!(super::ancestors("install", lookup).is_empty());
+        assert!(super::ancestors("missing", lookup).is_empty());
     }
 }

@@ -6,9 +6,11 @@
 //! run id, event type or stage name cannot exist.
 
 pub mod analytics;
+pub mod artifacts;
 pub mod build;
 pub mod eta;
 pub mod event;
+pub mod glob;
 pub mod ids;
 pub mod jobs;
 pub mod junit;

@@ -9,6 +9,7 @@ mod address;
 mod api;
 mod auth;
 mod background;
+pub mod blobs;
 pub mod clock;
 mod config;
 mod error;

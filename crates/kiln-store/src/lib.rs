@@ -10,6 +10,7 @@
 
 pub(crate) mod accounts;
 mod analytics;
+mod artifacts;
 mod dashboard;
 mod migrations;
 pub(crate) mod notifications;
@@ -29,6 +30,7 @@ use kiln_core::{JobState, Millis, ProjectSlug};
 
 pub use accounts::*;
 pub use analytics::*;
+pub use artifacts::*;
 pub use dashboard::*;
 pub use notifications::*;
 pub use queue::*;
@@ -163,6 +165,7 @@ pub trait Store:
     + SecretStore
     + AnalyticsStore
     + TestResultStore
+    + ArtifactStore
     + StatusStore
     + Send
     + Sync
@@ -180,6 +183,7 @@ impl<T> Store for T where
         + SecretStore
         + AnalyticsStore
         + TestResultStore
+        + ArtifactStore
         + StatusStore
         + Send
         + Sync

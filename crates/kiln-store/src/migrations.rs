@@ -107,6 +107,12 @@ const SQLITE: &[Migration] = &[
         name: "test_results",
         sql: include_str!("../migrations/sqlite/0014_test_results.sql"),
     },
+    // Build artifacts: manifests and the blobs they name.
+    Migration {
+        version: 15,
+        name: "artifacts",
+        sql: include_str!("../migrations/sqlite/0015_artifacts.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -202,6 +208,12 @@ const POSTGRES: &[Migration] = &[
         version: 14,
         name: "test_results",
         sql: include_str!("../migrations/postgres/0014_test_results.sql"),
+    },
+    // Build artifacts: manifests and the blobs they name.
+    Migration {
+        version: 15,
+        name: "artifacts",
+        sql: include_str!("../migrations/postgres/0015_artifacts.sql"),
     },
 ];
 

@@ -82,6 +82,12 @@ pub struct Step {
     pub retry: Option<AutomaticRetry>,
     /// Globs, relative to the workspace, of files uploaded after the step succeeds.
     pub artifacts: Vec<String>,
+    /// Whether the step fails when its `artifacts:` globs match no file (otherwise the
+    /// agent says so in the log and the step succeeds).
+    pub artifacts_required: bool,
+    /// Whether the artifacts of the steps this one depends on (transitively) are
+    /// downloaded into its workspace before it runs (`needs_artifacts: false` opts out).
+    pub needs_artifacts: bool,
     /// Globs, relative to the workspace, of JUnit XML reports the agent uploads as the
     /// build's test results after the step ran (passed or failed).
     pub test_reports: Vec<String>,
@@ -337,6 +343,8 @@ impl Step {
             network: false,
             retry: None,
             artifacts: Vec::new(),
+            artifacts_required: false,
+            needs_artifacts: true,
             test_reports: Vec::new(),
             secrets: Vec::new(),
         }

@@ -28,6 +28,8 @@ const STEP_KEYS: &[&str] = &[
     "network",
     "retry",
     "artifacts",
+    "artifacts_required",
+    "needs_artifacts",
     "test_reports",
     "secrets",
 ];
@@ -299,6 +301,8 @@ fn parse_step(
                         .push(relative_path(raw, glob_node, item_field)?);
                 }
             }
+            "artifacts_required" => step.artifacts_required = parse_bool(value, &field)?,
+            "needs_artifacts" => step.needs_artifacts = parse_bool(value, &field)?,
             "test_reports" => {
                 for (raw, glob_node, item_field) in
                     string_list(value, &field, limits::MAX_STEP_LIST_ENTRIES)?

@@ -81,6 +81,12 @@ pub(super) fn render(pipeline: &Pipeline) -> String {
             "artifacts",
             step.artifacts.iter().map(String::as_str),
         );
+        if step.artifacts_required {
+            out.push_str("    artifacts_required: true\n");
+        }
+        if !step.needs_artifacts {
+            out.push_str("    needs_artifacts: false\n");
+        }
         list(
             &mut out,
             "    ",

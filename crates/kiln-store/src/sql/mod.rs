@@ -13,6 +13,7 @@
 
 mod accounts;
 mod analytics;
+mod artifacts;
 mod builds;
 mod ingest;
 mod notifications;

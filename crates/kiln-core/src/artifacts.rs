@@ -1,0 +1,215 @@
+//! Build artifacts: the path rules a stored file's name obeys, the digests of its
+//! manifest (MD5, SHA-256, SHA-512) computed in one streaming pass, and the limits.
+
+use md5::Md5;
+use sha2_11::{Digest, Sha256, Sha512};
+
+use crate::FieldError;
+
+/// The longest artifact path, in bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// The longest segment (file or directory name) of an artifact path, in bytes.
+pub const MAX_SEGMENT_BYTES: usize = 255;
+/// The most files one build may hold.
+pub const MAX_FILES_PER_BUILD: usize = 10_000;
+
+/// A validated artifact path: relative, `/`-separated, no empty, `.` or `..` segment, no
+/// NUL, backslash or other control character, within the length limits. Two files of one
+/// build never share one.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ArtifactPath(String);
+
+impl ArtifactPath {
+    /// Checks `text`; the error names what is wrong, for a field `path`.
+    pub fn parse(text: &str) -> Result<Self, FieldError> {
+        let refuse = |message: &str| Err(FieldError::new("path", message.to_owned()));
+        if text.is_empty() {
+            return refuse("must not be empty");
+        }
+        if text.len() > MAX_PATH_BYTES {
+            return refuse(&format!("is longer than {MAX_PATH_BYTES} bytes"));
+        }
+        if text.starts_with('/') {
+            return refuse("must be relative to the workspace, not absolute");
+        }
+        if text.contains('\0') {
+            return refuse("must not contain NUL");
+        }
+        if text.contains('\\') {
+            return refuse("must use '/' between directories, not '\\'");
+        }
+        if text.chars().any(char::is_control) {
+            return refuse("must not contain control characters");
+        }
+        for segment in text.split('/') {
+            match segment {
+                "" => return refuse("must not contain an empty segment ('//' or a trailing '/')"),
+                "." | ".." => return refuse("must not contain '.' or '..' segments"),
+                _ if segment.len() > MAX_SEGMENT_BYTES => {
+                    return refuse(&format!(
+                        "has a segment longer than {MAX_SEGMENT_BYTES} bytes"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The file name (last segment).
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+}
+
+impl std::fmt::Display for ArtifactPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether `text` is a SHA-256 digest as Kiln writes it: 64 lowercase hex digits.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A file's digests, lowercase hex, with its size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digests {
+    pub size: u64,
+    pub md5: String,
+    pub sha256: String,
+    pub sha512: String,
+}
+
+/// The three digests of a stream, fed in pieces.
+#[derive(Clone, Default)]
+pub struct Hasher {
+    size: u64,
+    md5: Md5,
+    sha256: Sha256,
+    sha512: Sha512,
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hasher").field("size", &self.size).finish()
+    }
+}
+
+impl Hasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.size += bytes.len() as u64;
+        self.md5.update(bytes);
+        self.sha256.update(bytes);
+        self.sha512.update(bytes);
+    }
+
+    /// Bytes fed so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn finish(self) -> Digests {
+        Digests {
+            size: self.size,
+            md5: hex::encode(self.md5.finalize()),
+            sha256: hex::encode(self.sha256.finalize()),
+            sha512: hex::encode(self.sha512.finalize()),
+        }
+    }
+}
+
+/// SHA-256 alone, for a client checking what it sends or received.
+#[derive(Clone, Default)]
+pub struct Sha256Hasher(Sha256);
+
+impl std::fmt::Debug for Sha256Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sha256Hasher")
+    }
+}
+
+impl Sha256Hasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_relative_and_plain() {
+        for good in [
+            "a",
+            "dist/index.html",
+            "node_modules/.bin/x",
+            "a b/c-d_e.f",
+            "ünï/çodé",
+        ] {
+            assert_eq!(ArtifactPath::parse(good).unwrap().as_str(), good);
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("/etc/passwd", "absolute"),
+            ("../x", "'..'"),
+            ("a/../../x", "'..'"),
+            ("a/./b", "'.'"),
+            ("a//b", "empty segment"),
+            ("dist/", "empty segment"),
+            ("a\0b", "NUL"),
+            ("a\\b", "'\\'"),
+            ("a\nb", "control"),
+        ] {
+            let error = ArtifactPath::parse(bad).unwrap_err();
+            assert_eq!(error.field, "path");
+            assert!(error.message.contains(why), "{bad:?}: {}", error.message);
+        }
+        assert!(ArtifactPath::parse(&"a".repeat(256)).is_err());
+        assert!(ArtifactPath::parse(&vec!["a".repeat(200); 6].join("/")).is_err());
+        assert_eq!(
+            ArtifactPath::parse("x/y/z.txt").unwrap().file_name(),
+            "z.txt"
+        );
+    }
+
+    #[test]
+    fn digests_are_the_standard_ones_whatever_the_pieces() {
+        // Known answers for "abc" (RFC 1321, FIPS 180-2).
+        let mut hasher = Hasher::new();
+        hasher.update(b"a");
+        hasher.update(b"");
+        hasher.update(b"bc");
+        let digests = hasher.finish();
+        assert_eq!(digests.size, 3);
+        assert_eq!(digests.md5, "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            digests.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(digests.sha512.starts_with("ddaf35a193617aba"));
+        assert!(is_sha256_hex(&digests.sha256));
+        assert!(!is_sha256_hex(&digests.sha256.to_uppercase()));
+        assert!(!is_sha256_hex("abc"));
+        let mut alone = Sha256Hasher::default();
+        alone.update(b"abc");
+        assert_eq!(alone.finish(), digests.sha256);
+    }
+}

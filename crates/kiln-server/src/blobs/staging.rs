@@ -1,0 +1,417 @@
+//! The staging area: uploads arrive here as `{id}.part` files with a `{id}.json` sidecar
+//! (what was declared), so an interrupted upload resumes at the bytes already received.
+//! Bytes are written and hashed on blocking threads in parallel; a finished file is
+//! moved into the blob store only once its SHA-256 matches the declared one, so nothing
+//! half-uploaded is ever published. Sidecars and parts left alone for a day are swept.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use kiln_core::artifacts::{Digests, Hasher};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+/// Buffered chunks between the request and the writer and hasher threads.
+const QUEUE: usize = 32;
+/// The read buffer when a resumed upload is hashed again from disk.
+const REHASH_CHUNK: usize = 1024 * 1024;
+
+/// What an upload declared when it started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingUpload {
+    pub upload_id: String,
+    pub build_id: i64,
+    pub path: String,
+    pub step: Option<String>,
+    pub size: u64,
+    pub mode: u32,
+    pub sha256: String,
+}
+
+/// What staging refused or failed at.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    /// The upload has this many bytes, not the offset the client sent.
+    #[error("the upload holds {0} bytes; continue from there")]
+    Offset(u64),
+    /// More bytes than the upload declared.
+    #[error("the body goes past the {0} bytes the upload declared")]
+    TooLong(u64),
+    /// Another request is writing this upload.
+    #[error("another request is sending this upload")]
+    Busy,
+    /// The client's body broke off (what arrived before is kept).
+    #[error("the upload broke off: {0}")]
+    Body(String),
+    /// The disk failed.
+    #[error("staging the upload failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A request's exclusive hold on one upload.
+#[derive(Debug)]
+pub struct UploadGuard {
+    busy: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        self.busy.lock().expect("staging lock").remove(&self.id);
+    }
+}
+
+/// How far an upload got after a request's bytes were written.
+#[derive(Debug)]
+pub struct Appended {
+    /// Bytes now held.
+    pub length: u64,
+    /// The digests of the whole file, when this request sent all of it from the start.
+    pub digests: Option<Digests>,
+}
+
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    busy: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Whether `id` is an upload id as [`Staging::upload_id`] makes them.
+pub fn is_upload_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+impl Staging {
+    pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            dir,
+            busy: Arc::default(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The id of an upload: the same declaration gets the same id, so a client that lost
+    /// the answer (or a restarted agent) resumes the same upload.
+    pub fn upload_id(build_id: i64, path: &str, sha256: &str, size: u64) -> String {
+        let digest = sha2::Sha256::digest(format!("{build_id}\0{path}\0{sha256}\0{size}"));
+        hex::encode(&digest[..16])
+    }
+
+    /// The file the bytes go to (`id` checked by [`is_upload_id`] before).
+    pub fn part_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.part"))
+    }
+
+    fn sidecar_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Records the declaration (if new) and answers how many bytes are already held.
+    pub async fn begin(&self, pending: &PendingUpload) -> std::io::Result<u64> {
+        let sidecar = self.sidecar_path(&pending.upload_id);
+        if !tokio::fs::try_exists(&sidecar).await.unwrap_or(false) {
+            let text = serde_json::to_vec(pending).map_err(std::io::Error::other)?;
+            let temporary = self.dir.join(format!("{}.json.tmp", pending.upload_id));
+            tokio::fs::write(&temporary, text).await?;
+            tokio::fs::rename(&temporary, &sidecar).await?;
+        }
+        match tokio::fs::metadata(self.part_path(&pending.upload_id)).await {
+            Ok(metadata) => Ok(metadata.len()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The declaration of a started upload.
+    pub async fn pending(&self, id: &str) -> std::io::Result<Option<PendingUpload>> {
+        if !is_upload_id(id) {
+            return Ok(None);
+        }
+        match tokio::fs::read(self.sidecar_path(id)).await {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Holds the upload for one request, or `Busy`.
+    pub fn hold(&self, id: &str) -> Result<UploadGuard, StagingError> {
+        if !self
+            .busy
+            .lock()
+            .expect("staging lock")
+            .insert(id.to_owned())
+        {
+            return Err(StagingError::Busy);
+        }
+        Ok(UploadGuard {
+            busy: self.busy.clone(),
+            id: id.to_owned(),
+        })
+    }
+
+    /// Appends `body` at `offset` (which must be the bytes held), never past `size`;
+    /// synced to disk before it returns.
+    pub async fn append<S, E>(
+        &self,
+        _guard: &UploadGuard,
+        id: &str,
+        offset: u64,
+        size: u64,
+        mut body: S,
+    ) -> Result<Appended, StagingError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let path = self.part_path(id);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let held = file.metadata()?.len();
+        if held != offset {
+            return Err(StagingError::Offset(held));
+        }
+        let (to_writer, from_request) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
+        let writer = tokio::task::spawn_blocking(move || write_all(file, from_request));
+        let (to_hasher, hasher) = if offset == 0 {
+            let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
+            (
+                Some(sender),
+                Some(tokio::task::spawn_blocking(move || hash_all(receiver))),
+            )
+        } else {
+            (None, None)
+        };
+        let mut received = offset;
+        let mut failure = None;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    failure = Some(StagingError::Body(error.to_string()));
+                    break;
+                }
+            };
+            if received + chunk.len() as u64 > size {
+                failure = Some(StagingError::TooLong(size));
+                break;
+            }
+            received += chunk.len() as u64;
+            if let Some(hasher) = &to_hasher {
+                let _ = hasher.send(chunk.clone()).await;
+            }
+            if to_writer.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        drop(to_writer);
+        drop(to_hasher);
+        let written = writer
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let digests = match hasher {
+            Some(hasher) => Some(
+                hasher
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            ),
+            None => None,
+        };
+        if let Some(failure) = failure {
+            if matches!(failure, StagingError::TooLong(_)) {
+                // Nothing of this request is kept past what was declared.
+                let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+                file.set_len(offset)?;
+            }
+            return Err(failure);
+        }
+        let length = offset + written;
+        Ok(Appended {
+            length,
+            digests: digests.filter(|d| d.size == length && length == size),
+        })
+    }
+
+    /// The digests of a held file, read back from disk (a resumed upload).
+    pub async fn digests(&self, id: &str) -> std::io::Result<Digests> {
+        let path = self.part_path(id);
+        tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::File::open(path)?;
+            let mut hasher = Hasher::new();
+            let mut buffer = vec![0u8; REHASH_CHUNK];
+            loop {
+                let read = file.read(&mut buffer)?;
+                if read == 0 {
+                    return Ok(hasher.finish());
+                }
+                hasher.update(&buffer[..read]);
+            }
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
+    /// Forgets an upload (after it was published, or when its bytes were wrong).
+    pub async fn discard(&self, id: &str) {
+        let _ = tokio::fs::remove_file(self.part_path(id)).await;
+        let _ = tokio::fs::remove_file(self.sidecar_path(id)).await;
+    }
+
+    /// Removes uploads untouched for `age`; returns how many.
+    pub async fn sweep(&self, age: Duration) -> usize {
+        let dir = self.dir.clone();
+        let busy = self.busy.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return 0;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let id = name.split('.').next().unwrap_or_default().to_owned();
+                if busy.lock().expect("staging lock").contains(&id) {
+                    continue;
+                }
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok())
+                    .is_some_and(|elapsed| elapsed >= age);
+                if old && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+            removed
+        })
+        .await
+        .unwrap_or(0)
+    }
+}
+
+fn write_all(
+    file: std::fs::File,
+    mut chunks: tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<u64> {
+    let mut file = std::io::BufWriter::with_capacity(1024 * 1024, file);
+    let mut written = 0u64;
+    while let Some(chunk) = chunks.blocking_recv() {
+        file.write_all(&chunk)?;
+        written += chunk.len() as u64;
+    }
+    let file = file.into_inner().map_err(|e| e.into_error())?;
+    file.sync_data()?;
+    Ok(written)
+}
+
+fn hash_all(mut chunks: tokio::sync::mpsc::Receiver<Bytes>) -> Digests {
+    let mut hasher = Hasher::new();
+    while let Some(chunk) = chunks.blocking_recv() {
+        hasher.update(&chunk);
+    }
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
+        futures_util::stream::iter(
+            parts
+                .iter()
+                .map(|part| Ok(Bytes::from_static(part)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_upload_resumes_at_the_bytes_held_and_is_hashed_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        let id = Staging::upload_id(1, "a.txt", "x", 6);
+        assert!(is_upload_id(&id));
+        assert_eq!(id, Staging::upload_id(1, "a.txt", "x", 6));
+        let pending = PendingUpload {
+            upload_id: id.clone(),
+            build_id: 1,
+            path: "a.txt".into(),
+            step: None,
+            size: 6,
+            mode: 0o644,
+            sha256: "x".into(),
+        };
+        assert_eq!(staging.begin(&pending).await.unwrap(), 0);
+        assert_eq!(staging.pending(&id).await.unwrap(), Some(pending.clone()));
+        let guard = staging.hold(&id).unwrap();
+        assert!(matches!(staging.hold(&id), Err(StagingError::Busy)));
+        let first = staging
+            .append(&guard, &id, 0, 6, body(&[b"ab", b"c"]))
+            .await
+            .unwrap();
+        assert_eq!(first.length, 3);
+        assert!(
+            first.digests.is_none(),
+            "a part of the file has no digests of the file"
+        );
+        assert!(matches!(
+            staging.append(&guard, &id, 0, 6, body(&[b"x"])).await,
+            Err(StagingError::Offset(3))
+        ));
+        assert!(matches!(
+            staging.append(&guard, &id, 3, 6, body(&[b"defg"])).await,
+            Err(StagingError::TooLong(6))
+        ));
+        assert_eq!(
+            staging.begin(&pending).await.unwrap(),
+            3,
+            "the refused body left nothing"
+        );
+        let rest = staging
+            .append(&guard, &id, 3, 6, body(&[b"def"]))
+            .await
+            .unwrap();
+        assert_eq!(rest.length, 6);
+        let digests = staging.digests(&id).await.unwrap();
+        assert_eq!(digests.size, 6);
+        assert_eq!(digests.md5, "e80b5017098950fc58aad83c8c14978e");
+        drop(guard);
+
+        let whole_id = Staging::upload_id(1, "b.txt", "y", 6);
+        let guard = staging.hold(&whole_id).unwrap();
+        let whole = staging
+            .append(&guard, &whole_id, 0, 6, body(&[b"abcdef"]))
+            .await
+            .unwrap();
+        assert_eq!(whole.digests, Some(digests));
+        staging.discard(&id).await;
+        assert_eq!(staging.pending(&id).await.unwrap(), None);
+        assert_eq!(
+            staging.sweep(Duration::ZERO).await,
+            0,
+            "an upload being sent stays"
+        );
+        drop(guard);
+        assert_eq!(
+            staging.sweep(Duration::ZERO).await,
+            1,
+            "b's part goes once left alone"
+        );
+    }
+}

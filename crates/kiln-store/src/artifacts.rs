@@ -1,0 +1,64 @@
+//! Build artifacts: a build's manifest (one row per file, naming a blob by SHA-256) and
+//! the blobs' digests (`sql/artifacts.rs`). The bytes are not here: the server's blob
+//! store holds them.
+
+use async_trait::async_trait;
+use kiln_core::Millis;
+
+use crate::StoreResult;
+
+/// A file of a build's manifest, with its blob's digests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    pub build_id: i64,
+    pub path: String,
+    /// The step that made it; `None` for a file uploaded by a script with an ingest token.
+    pub step: Option<String>,
+    pub size: u64,
+    /// Unix permission bits (`0o644`, `0o755`).
+    pub mode: u32,
+    pub md5: String,
+    pub sha256: String,
+    pub sha512: String,
+    pub created_at: Millis,
+}
+
+/// A stored blob's digests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub sha256: String,
+    pub size: u64,
+    pub md5: String,
+    pub sha512: String,
+}
+
+/// What adding a file to a build's manifest did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArtifactAdded {
+    /// A new row.
+    Added,
+    /// The build already had this path with the same content: nothing changed.
+    Unchanged,
+    /// The build already has this path with other content (this SHA-256); manifests do
+    /// not change once written.
+    Conflict(String),
+}
+
+#[async_trait]
+pub trait ArtifactStore: Send + Sync {
+    /// Adds `record` to its build's manifest, recording its blob's digests if they are
+    /// new, in one transaction.
+    async fn add_artifact(&self, record: &ArtifactRecord) -> StoreResult<ArtifactAdded>;
+    /// A build's manifest, by path.
+    async fn build_artifacts(&self, build_id: i64) -> StoreResult<Vec<ArtifactRecord>>;
+    /// One file of a build's manifest.
+    async fn build_artifact(
+        &self,
+        build_id: i64,
+        path: &str,
+    ) -> StoreResult<Option<ArtifactRecord>>;
+    /// A build's file count and total bytes.
+    async fn build_artifact_totals(&self, build_id: i64) -> StoreResult<(u64, u64)>;
+    /// A blob's digests, if any manifest row was ever written for it.
+    async fn artifact_blob(&self, sha256: &str) -> StoreResult<Option<BlobRecord>>;
+}
