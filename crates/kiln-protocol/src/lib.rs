@@ -3,11 +3,13 @@
 
 mod accounts;
 mod analytics;
+mod artifacts;
 mod test_results;
 mod webhooks;
 
 pub use accounts::*;
 pub use analytics::*;
+pub use artifacts::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 pub use test_results::*;
@@ -483,6 +485,17 @@ pub struct AgentJob {
     /// (`test_reports:` in `.kiln.yml`).
     #[serde(default)]
     pub test_reports: Vec<String>,
+    /// Globs (relative to the workspace) of the files uploaded as artifacts after the step
+    /// succeeds (`artifacts:`); a directory takes everything under it.
+    #[serde(default)]
+    pub artifact_globs: Vec<String>,
+    /// Whether globs matching no file fail the step (`artifacts_required: true`).
+    #[serde(default)]
+    pub artifacts_required: bool,
+    /// The artifacts of the steps this one depends on (transitively), to download into
+    /// the workspace before it runs (empty with `needs_artifacts: false`).
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactFile>,
 }
 
 /// Secret values by name; `Debug` shows the names only.

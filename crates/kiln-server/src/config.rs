@@ -42,6 +42,39 @@ pub struct ServerConfig {
     pub metrics_token: Option<Secret>,
     /// `--otlp-endpoint`: export every ended build as an OpenTelemetry trace.
     pub otlp: Option<crate::telemetry::otlp::OtlpConfig>,
+    /// Where build artifacts are stored, with their limits; `None` refuses artifact
+    /// uploads (503) — `kiln serve` always sets it (the data dir by default).
+    pub artifacts: Option<ArtifactConfig>,
+}
+
+/// Artifact storage: the blob store, the staging area uploads arrive in, the limits.
+#[derive(Clone, Debug)]
+pub struct ArtifactConfig {
+    pub blobs: Arc<dyn crate::blobs::BlobStore>,
+    pub staging: Arc<crate::blobs::staging::Staging>,
+    /// `--artifact-max-file-bytes`: the largest one file may be.
+    pub max_file_bytes: u64,
+    /// `--artifact-max-build-bytes`: the most one build's files may hold together.
+    pub max_build_bytes: u64,
+}
+
+impl ArtifactConfig {
+    /// Default limits: 2 GiB per file, 10 GiB per build.
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 2 << 30;
+    pub const DEFAULT_MAX_BUILD_BYTES: u64 = 10 << 30;
+
+    /// Blobs on local disk under `dir/blobs`, uploads staged in `dir/uploads` (the same
+    /// file system, so publishing is a rename).
+    pub fn local(dir: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self {
+            blobs: Arc::new(crate::blobs::local::LocalBlobStore::open(
+                dir.join("blobs"),
+            )?),
+            staging: Arc::new(crate::blobs::staging::Staging::open(dir.join("uploads"))?),
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+            max_build_bytes: Self::DEFAULT_MAX_BUILD_BYTES,
+        })
+    }
 }
 
 impl fmt::Debug for ServerConfig {
@@ -58,6 +91,7 @@ impl fmt::Debug for ServerConfig {
             .field("connections", &self.connections)
             .field("metrics_token", &self.metrics_token)
             .field("otlp", &self.otlp)
+            .field("artifacts", &self.artifacts)
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +115,7 @@ impl Default for ServerConfig {
                 .expect("the operating system provides randomness"),
             metrics_token: None,
             otlp: None,
+            artifacts: None,
         }
     }
 }

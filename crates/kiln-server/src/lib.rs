@@ -17,6 +17,7 @@ mod ingest;
 mod live;
 mod notify;
 mod params;
+mod range;
 mod reaper;
 mod routes;
 mod scheduler;
@@ -38,7 +39,7 @@ use kiln_store::{NewToken, Store, StoreError};
 use tokio::net::TcpListener;
 
 pub use background::{Passes, Periodic};
-pub use config::{Secret, ServerConfig};
+pub use config::{ArtifactConfig, Secret, ServerConfig};
 pub use error::ApiError;
 pub use notify::{EmailConfig, NotificationConfig, SmtpFiles};
 pub use routes::{RouteRule, route_table};

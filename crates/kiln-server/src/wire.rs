@@ -195,3 +195,17 @@ pub(crate) fn mute_dto(mute: &kiln_store::NotificationMute) -> kiln_protocol::Mu
         created_at: mute.created_at.to_rfc3339(),
     }
 }
+
+/// A manifest row as the API shows it.
+pub(crate) fn artifact_file(record: &kiln_store::ArtifactRecord) -> kiln_protocol::ArtifactFile {
+    kiln_protocol::ArtifactFile {
+        path: record.path.clone(),
+        size: record.size,
+        mode: record.mode,
+        md5: record.md5.clone(),
+        sha256: record.sha256.clone(),
+        sha512: record.sha512.clone(),
+        step: record.step.clone(),
+        created_at: record.created_at.to_rfc3339(),
+    }
+}

@@ -405,6 +405,44 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         Some(&json!({"runId": "web-run", "event": "build_started"})),
     )
     .await;
+    // A stored artifact (b.txt) and an upload declared but not sent (c.txt).
+    let mut upload_ids = Vec::new();
+    for (path, sha256) in [
+        (
+            "b.txt",
+            "3e23e8160039594a33894f6564e1b1348bbd7a0088d42c4acb73eeaed59c009d",
+        ),
+        (
+            "c.txt",
+            "2e7d2c03a9507ae265ecf5b5356885a53393a2029d241394997265a1a25aefc6",
+        ),
+    ] {
+        let upload = call(
+            &app,
+            &Method::POST,
+            "/api/v1/builds/web-run/artifacts",
+            Some(&tokens[&Who::Ingest]),
+            Some(&json!({"path": path, "size": 1, "sha256": sha256})),
+        )
+        .await;
+        let id = serde_json::from_str::<Value>(&upload.1).unwrap()["uploadId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        upload_ids.push(id);
+    }
+    let stored = reqwest::Client::new()
+        .put(format!(
+            "{}/api/v1/builds/web-run/artifacts/uploads/{}?offset=0",
+            app.base_url, upload_ids[0]
+        ))
+        .bearer_auth(&tokens[&Who::Ingest])
+        .body("b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200, "{}", stored.text().await.unwrap());
+    let upload_id = upload_ids[1].clone();
     let triggered = admin(Method::POST, "/api/v1/projects/web/builds", json!({})).await;
     let run_id = triggered["runId"].as_str().unwrap().to_owned();
     let job_id = triggered["jobs"][0]["id"].as_i64().unwrap();
@@ -657,6 +695,42 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             Rule::Viewer,
         ),
         (
+            "POST",
+            "/api/v1/builds/web-run/artifacts".into(),
+            json!({"path": "a.txt", "size": 1, "sha256": "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"}),
+            Rule::Ingest,
+        ),
+        (
+            "PUT",
+            format!("/api/v1/builds/web-run/artifacts/uploads/{upload_id}?offset=0"),
+            Value::Null,
+            Rule::Ingest,
+        ),
+        (
+            "GET",
+            "/api/v1/builds/web-run/artifacts".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            "/api/v1/builds/web-run/artifacts/files/b.txt".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            "/api/v1/builds/web-run/artifacts.tar.gz".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "POST",
+            "/api/v1/builds/web-run/artifacts/verify".into(),
+            Value::Null,
+            Rule::Developer,
+        ),
+        (
             "GET",
             "/api/v1/status?project=web".into(),
             Value::Null,
@@ -792,6 +866,28 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             "POST",
             format!("/api/v1/agent/jobs/{job_id}/tests?agentId={agent_id}&attempt=99"),
             json!("<testsuite name='s'/>"),
+            Rule::Agent,
+        ),
+        (
+            "POST",
+            format!("/api/v1/agent/jobs/{job_id}/artifacts?agentId={agent_id}&attempt=99"),
+            json!({"path": "a.txt", "size": 1, "sha256": "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"}),
+            Rule::Agent,
+        ),
+        (
+            "PUT",
+            format!(
+                "/api/v1/agent/jobs/{job_id}/artifacts/uploads/0123456789abcdef0123456789abcdef?agentId={agent_id}&attempt=99&offset=0"
+            ),
+            Value::Null,
+            Rule::Agent,
+        ),
+        (
+            "GET",
+            format!(
+                "/api/v1/agent/jobs/{job_id}/artifacts/ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb?agentId={agent_id}&attempt=99"
+            ),
+            Value::Null,
             Rule::Agent,
         ),
         (

@@ -221,6 +221,94 @@ pub(crate) async fn upload_tests(
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
+/// The job an agent's artifact request is about (its own, this attempt, still running)
+/// and its build.
+async fn agent_build(
+    state: &AppState,
+    caller: &Caller,
+    job_id: i64,
+    uri: &Uri,
+) -> Result<(kiln_store::JobRecord, kiln_store::BuildRecord), ApiError> {
+    let params = QueryParams::from_uri(uri.query());
+    let required = |key: &str| -> Result<i64, ApiError> {
+        params.integer(key, 0, i64::MAX)?.ok_or_else(|| {
+            ApiError::bad_request("invalid_field", Some(key), format!("{key}: is required"))
+        })
+    };
+    let (agent_id, attempt) = (required("agentId")?, required("attempt")?);
+    own_agent(state, caller, agent_id).await?;
+    let job = state.scheduler.held_job(job_id, agent_id, attempt).await?;
+    let build = state
+        .store
+        .build_by_run_id(&job.run_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("build '{}' not found", job.run_id)))?;
+    Ok((job, build))
+}
+
+/// `POST /api/v1/agent/jobs/{id}/artifacts?agentId=&attempt=`: starts or resumes the
+/// upload of a file the job's step made.
+pub(crate) async fn start_artifact(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(job_id): Path<i64>,
+    uri: Uri,
+    JsonBody(body): JsonBody,
+) -> Result<Json<kiln_protocol::ArtifactUpload>, ApiError> {
+    let (job, build) = agent_build(&state, &caller, job_id, &uri).await?;
+    let request: kiln_protocol::StartArtifactUpload = parse(body)?;
+    Ok(Json(
+        crate::services::artifacts::start_upload(&state, &build, request, Some(job.step)).await?,
+    ))
+}
+
+/// `PUT /api/v1/agent/jobs/{id}/artifacts/uploads/{uploadId}?agentId=&attempt=&offset=`.
+pub(crate) async fn send_artifact(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((job_id, upload_id)): Path<(i64, String)>,
+    uri: Uri,
+    body: axum::body::Body,
+) -> Result<Json<kiln_protocol::ArtifactUpload>, ApiError> {
+    let offset = super::artifacts::offset_of(&uri)?;
+    let (_, build) = agent_build(&state, &caller, job_id, &uri).await?;
+    Ok(Json(
+        crate::services::artifacts::append(
+            &state,
+            &build,
+            &upload_id,
+            offset,
+            body.into_data_stream(),
+        )
+        .await?,
+    ))
+}
+
+/// `GET /api/v1/agent/jobs/{id}/artifacts/{sha256}?agentId=&attempt=`: a blob of the
+/// job's build (what the steps it depends on uploaded), for its workspace.
+pub(crate) async fn download_artifact(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((job_id, sha256)): Path<(i64, String)>,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    let (_, build) = agent_build(&state, &caller, job_id, &uri).await?;
+    let record = state
+        .store
+        .build_artifacts(build.id)
+        .await?
+        .into_iter()
+        .find(|record| record.sha256 == sha256)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "build '{}' has no artifact with SHA-256 {sha256}",
+                build.state.run_id
+            ))
+        })?;
+    super::artifacts::blob_response(&state, &record, &headers).await
+}
+
 pub(crate) async fn finish(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -3,6 +3,7 @@
 
 mod agent;
 mod analytics;
+pub(crate) mod artifacts;
 mod body;
 mod build_control;
 mod builds;
@@ -300,6 +301,42 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             get(test_results::of_build),
         ),
         (
+            "POST",
+            "/api/v1/builds/{run_id}/artifacts",
+            Access::ProjectIngest,
+            post(artifacts::start),
+        ),
+        (
+            "PUT",
+            "/api/v1/builds/{run_id}/artifacts/uploads/{upload_id}",
+            Access::ProjectIngest,
+            put(artifacts::send),
+        ),
+        (
+            "GET",
+            "/api/v1/builds/{run_id}/artifacts",
+            Access::ProjectRead,
+            get(artifacts::manifest),
+        ),
+        (
+            "GET",
+            "/api/v1/builds/{run_id}/artifacts/files/{*path}",
+            Access::ProjectRead,
+            get(artifacts::download),
+        ),
+        (
+            "GET",
+            "/api/v1/builds/{run_id}/artifacts.tar.gz",
+            Access::ProjectRead,
+            get(artifacts::archive),
+        ),
+        (
+            "POST",
+            "/api/v1/builds/{run_id}/artifacts/verify",
+            Access::ProjectWrite,
+            post(artifacts::verify),
+        ),
+        (
             "GET",
             "/api/v1/builds/{run_id}/events",
             Access::ProjectRead,
@@ -449,6 +486,24 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "/api/v1/agent/jobs/{id}/tests",
             Access::Agent,
             post(agent::upload_tests),
+        ),
+        (
+            "POST",
+            "/api/v1/agent/jobs/{id}/artifacts",
+            Access::Agent,
+            post(agent::start_artifact),
+        ),
+        (
+            "PUT",
+            "/api/v1/agent/jobs/{id}/artifacts/uploads/{upload_id}",
+            Access::Agent,
+            put(agent::send_artifact),
+        ),
+        (
+            "GET",
+            "/api/v1/agent/jobs/{id}/artifacts/{sha256}",
+            Access::Agent,
+            get(agent::download_artifact),
         ),
         (
             "POST",

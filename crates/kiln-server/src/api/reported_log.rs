@@ -14,6 +14,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::params::QueryParams;
+use crate::services::builds::ingest_build;
 
 /// The step a log goes to when the request names none.
 const DEFAULT_STEP: &str = "run";
@@ -54,17 +55,7 @@ pub(crate) async fn append(
             "a log chunk is at most {MAX_LOG_CHUNK_BYTES} bytes; send smaller chunks"
         )));
     }
-    let project_id = caller
-        .project_id
-        .ok_or_else(|| ApiError::Forbidden("only project tokens write build logs".into()))?;
-    let build = match state.store.build_by_run_id(&run_id).await? {
-        Some(build) if build.project_id == project_id => build,
-        _ => {
-            return Err(ApiError::NotFound(format!(
-                "build '{run_id}' not found in this token's project; send its build_started event first"
-            )));
-        }
-    };
+    let build = ingest_build(&state, &caller, &run_id, "write build logs").await?;
     let job = state.scheduler.reported_job(&build, step.as_str()).await?;
     if job.state.is_terminal() && !body.is_empty() && job.log_size <= offset {
         return Err(ApiError::Conflict {

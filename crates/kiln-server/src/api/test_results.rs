@@ -11,7 +11,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::params::QueryParams;
-use crate::services::builds::readable_build;
+use crate::services::builds::{ingest_build, readable_build};
 use crate::services::projects::readable_project;
 use crate::services::test_results::{
     self, MAX_REPORT_BYTES, build_tests, flaky_tests, slowest_tests, store_report,
@@ -24,17 +24,7 @@ pub(crate) async fn upload(
     Path(run_id): Path<String>,
     RawBody(report): RawBody<MAX_REPORT_BYTES>,
 ) -> Result<(StatusCode, Json<TestReportStored>), ApiError> {
-    let project_id = caller
-        .project_id
-        .ok_or_else(|| ApiError::Forbidden("only project tokens upload test reports".into()))?;
-    let build = match state.store.build_by_run_id(&run_id).await? {
-        Some(build) if build.project_id == project_id => build,
-        _ => {
-            return Err(ApiError::NotFound(format!(
-                "build '{run_id}' not found in this token's project; send its build_started event first"
-            )));
-        }
-    };
+    let build = ingest_build(&state, &caller, &run_id, "upload test reports").await?;
     let stored = store_report(&state, &build, report).await?;
     Ok((StatusCode::CREATED, Json(stored)))
 }

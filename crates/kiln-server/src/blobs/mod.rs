@@ -5,6 +5,7 @@
 
 pub mod local;
 pub mod staging;
+pub mod tarball;
 
 use std::fmt;
 use std::path::Path;

@@ -359,7 +359,11 @@ impl Scheduler {
         }
         let (secrets, missing_secrets) = self.job_secrets(job.project_id, &spec.secrets).await?;
         let repo_credentials = self.repo_credentials(job.project_id).await?;
+        let artifacts = self.inherited_artifacts(&job, spec.needs_artifacts).await?;
         Ok(AgentJob {
+            artifact_globs: spec.artifacts.clone(),
+            artifacts_required: spec.artifacts_required,
+            artifacts,
             secrets: kiln_protocol::SecretValues(secrets),
             missing_secrets,
             repo_credentials,
@@ -385,6 +389,35 @@ impl Scheduler {
             log_offset: job.log_size,
             log_cap_bytes: self.inner.config.log_cap_bytes,
         })
+    }
+
+    /// The artifacts a job receives before it runs: those of the steps its step depends
+    /// on, directly or not, in its build (none with `needs_artifacts: false`).
+    async fn inherited_artifacts(
+        &self,
+        job: &JobRecord,
+        needs_artifacts: bool,
+    ) -> Result<Vec<kiln_protocol::ArtifactFile>, ServiceError> {
+        if !needs_artifacts || job.depends_on.is_empty() {
+            return Ok(Vec::new());
+        }
+        let jobs = self.store().jobs_of_build(job.build_id).await?;
+        let steps = kiln_core::jobs::ancestors(&job.step, |step| {
+            jobs.iter()
+                .find(|other| other.step == step)
+                .map(|other| other.depends_on.as_slice())
+        });
+        let records = self.store().build_artifacts(job.build_id).await?;
+        Ok(records
+            .iter()
+            .filter(|record| {
+                record
+                    .step
+                    .as_ref()
+                    .is_some_and(|step| steps.contains(step))
+            })
+            .map(crate::wire::artifact_file)
+            .collect())
     }
 
     /// An agent's heartbeat: renews its jobs' leases, says which to stop.

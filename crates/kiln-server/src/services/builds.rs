@@ -25,6 +25,23 @@ pub(crate) async fn writable_project(
     Ok(project)
 }
 
+/// A build, if the caller may act on its project as a developer (404 when it may not
+/// even read it).
+pub(crate) async fn writable_build(
+    state: &AppState,
+    caller: &Caller,
+    run_id: &str,
+) -> Result<BuildRecord, ServiceError> {
+    let build = readable_build(state, caller, run_id).await?;
+    if !caller.can_write(build.project_id) {
+        return Err(crate::service_error::missing_role(
+            caller,
+            kiln_core::Role::Developer,
+        ));
+    }
+    Ok(build)
+}
+
 /// Who is calling, recorded as who triggered, retried or cancelled a build.
 pub(crate) async fn requester(
     state: &AppState,
@@ -79,6 +96,25 @@ pub(crate) fn retry_request(
         retry_of: Some(run_id),
         by,
     })
+}
+
+/// The build a project token writes to (events, logs, test reports, artifacts): one of
+/// its own project's, already started.
+pub(crate) async fn ingest_build(
+    state: &AppState,
+    caller: &Caller,
+    run_id: &str,
+    what: &str,
+) -> Result<BuildRecord, ServiceError> {
+    let project_id = caller
+        .project_id
+        .ok_or_else(|| ServiceError::Forbidden(format!("only project tokens {what}")))?;
+    match state.store.build_by_run_id(run_id).await? {
+        Some(build) if build.project_id == project_id => Ok(build),
+        _ => Err(ServiceError::NotFound(format!(
+            "build '{run_id}' not found in this token's project; send its build_started event first"
+        ))),
+    }
 }
 
 pub(crate) async fn readable_build(

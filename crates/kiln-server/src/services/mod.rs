@@ -5,6 +5,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod analytics;
+pub(crate) mod artifacts;
 pub(crate) mod builds;
 pub(crate) mod fleet;
 pub(crate) mod members;

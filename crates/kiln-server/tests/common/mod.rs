@@ -22,12 +22,17 @@ pub const ADMIN_TOKEN: &str = "kiln_test_admin_token_0123456789abcdef";
 
 /// A git mirror directory of its own for each test server.
 pub fn database_git_dir(database: &TestDatabase) -> std::path::PathBuf {
+    database_dir(database, "git")
+}
+
+/// A directory of the test database's own under the temp dir (`what`: its use).
+pub fn database_dir(database: &TestDatabase, what: &str) -> std::path::PathBuf {
     let unique = database
         .url
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect::<String>();
-    std::env::temp_dir().join(format!("kiln-test-git-{unique}"))
+    std::env::temp_dir().join(format!("kiln-test-{what}-{unique}"))
 }
 
 pub struct TestApp {
@@ -80,6 +85,10 @@ impl TestApp {
                 ..kiln_server::SchedulerConfig::default()
             },
             secure_cookies: false,
+            artifacts: Some(
+                kiln_server::ArtifactConfig::local(&database_dir(&database, "artifacts"))
+                    .expect("artifact directory"),
+            ),
             ..ServerConfig::default()
         };
         configure(&mut config);

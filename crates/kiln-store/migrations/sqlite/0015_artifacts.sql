@@ -1,5 +1,5 @@
 -- Build artifacts. artifact_blobs: each stored content once, by SHA-256, with its other
--- digests; the bytes live in the blob store (the data dir or an object store).
+-- digests. The bytes live in the blob store (the data dir or an object store).
 -- artifacts: a build's manifest, one row per file path, naming its blob.
 CREATE TABLE artifact_blobs (
     sha256 TEXT PRIMARY KEY,

@@ -1,0 +1,421 @@
+//! Artifacts as a service: an upload started or resumed (limits, paths and manifests
+//! checked; a blob already stored is linked at once), its bytes appended and — once all
+//! are there and their SHA-256 is the declared one — published to the blob store and the
+//! build's manifest; a build's manifest and files; and verification of what is stored against the manifest.
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use kiln_core::artifacts::{ArtifactPath, Hasher, MAX_FILES_PER_BUILD, is_sha256_hex};
+use kiln_core::{FieldError, StageName};
+use kiln_protocol::{
+    ArtifactManifest, ArtifactMismatch, ArtifactUpload, ArtifactVerification, StartArtifactUpload,
+};
+use kiln_store::{ArtifactAdded, ArtifactRecord, BuildRecord};
+
+use crate::AppState;
+use crate::blobs::staging::{PendingUpload, Staging, StagingError, is_upload_id};
+use crate::blobs::{BlobError, BlobStream};
+use crate::config::ArtifactConfig;
+use crate::service_error::ServiceError;
+use crate::wire::artifact_file;
+
+/// Permission bits a file may carry.
+const MODE_BITS: u32 = 0o7777;
+const DEFAULT_MODE: u32 = 0o644;
+
+pub(crate) fn config(state: &AppState) -> Result<&ArtifactConfig, ServiceError> {
+    state.config.artifacts.as_ref().ok_or_else(|| {
+        ServiceError::Unavailable(
+            "this server stores no artifacts: start `kiln serve` with a --data-dir (or --artifact-store)".into(),
+        )
+    })
+}
+
+impl From<BlobError> for ServiceError {
+    fn from(error: BlobError) -> Self {
+        match error {
+            BlobError::NotFound(digest) => ServiceError::NotFound(format!(
+                "the stored bytes of blob {digest} are missing; verify the build's artifacts"
+            )),
+            BlobError::Failed(message) => {
+                tracing::error!(%message, "artifact storage failed");
+                ServiceError::Unavailable(format!(
+                    "artifact storage failed ({message}); try again when it is back"
+                ))
+            }
+        }
+    }
+}
+
+fn storage_failed(context: &str, error: impl std::fmt::Display) -> ServiceError {
+    ServiceError::from(BlobError::failed(context, error))
+}
+
+fn upload_answer(
+    pending: &PendingUpload,
+    offset: u64,
+    done: Option<&ArtifactRecord>,
+) -> ArtifactUpload {
+    ArtifactUpload {
+        upload_id: pending.upload_id.clone(),
+        path: pending.path.clone(),
+        size: pending.size,
+        offset: if done.is_some() { pending.size } else { offset },
+        complete: done.is_some(),
+        artifact: done.map(artifact_file),
+    }
+}
+
+/// Starts (or resumes) an upload of one file to `build`. `step` is the step the file
+/// comes from when the agent uploads it; otherwise the request may name one.
+pub(crate) async fn start_upload(
+    state: &AppState,
+    build: &BuildRecord,
+    request: StartArtifactUpload,
+    step: Option<String>,
+) -> Result<ArtifactUpload, ServiceError> {
+    let config = config(state)?;
+    let path = ArtifactPath::parse(&request.path).map_err(ServiceError::invalid_field)?;
+    if !is_sha256_hex(&request.sha256) {
+        return Err(FieldError::new(
+            "sha256",
+            "must be 64 lowercase hex digits (the file's SHA-256, as `sha256sum` prints it)",
+        )
+        .into());
+    }
+    let mode = request.mode.unwrap_or(DEFAULT_MODE);
+    if mode > MODE_BITS {
+        return Err(FieldError::new(
+            "mode",
+            "must be Unix permission bits (at most 0o7777, i.e. 4095)",
+        )
+        .into());
+    }
+    let step = match step {
+        Some(step) => Some(step),
+        None => request
+            .step
+            .as_deref()
+            .map(|step| StageName::parse("step", step).map(|name| name.as_str().to_owned()))
+            .transpose()
+            .map_err(ServiceError::invalid_field)?,
+    };
+    if request.size > config.max_file_bytes {
+        return Err(ServiceError::PayloadTooLarge(format!(
+            "size: {} bytes is over this server's {}-byte limit per artifact file (--artifact-max-file-bytes)",
+            request.size, config.max_file_bytes
+        )));
+    }
+    let pending = PendingUpload {
+        upload_id: Staging::upload_id(build.id, path.as_str(), &request.sha256, request.size),
+        build_id: build.id,
+        path: path.as_str().to_owned(),
+        step,
+        size: request.size,
+        mode,
+        sha256: request.sha256.clone(),
+    };
+    if let Some(existing) = state.store.build_artifact(build.id, path.as_str()).await? {
+        if existing.sha256 == request.sha256 {
+            return Ok(upload_answer(&pending, request.size, Some(&existing)));
+        }
+        return Err(ServiceError::Conflict {
+            code: "artifact_exists",
+            message: format!(
+                "path: build already has '{}' with other content (SHA-256 {}); artifacts do not change once stored — use another path",
+                path, existing.sha256
+            ),
+            field: Some("path".into()),
+        });
+    }
+    let (count, bytes) = state.store.build_artifact_totals(build.id).await?;
+    if count as usize >= MAX_FILES_PER_BUILD {
+        return Err(ServiceError::PayloadTooLarge(format!(
+            "the build already has {count} artifact files, the most one build may hold"
+        )));
+    }
+    if bytes.saturating_add(request.size) > config.max_build_bytes {
+        return Err(ServiceError::PayloadTooLarge(format!(
+            "size: the build's artifacts would take {} bytes, over this server's {}-byte limit per build (--artifact-max-build-bytes)",
+            bytes.saturating_add(request.size),
+            config.max_build_bytes
+        )));
+    }
+    // Content Kiln already holds needs no bytes: link it.
+    if let Some(blob) = state.store.artifact_blob(&request.sha256).await?
+        && blob.size == request.size
+        && config.blobs.size(&request.sha256).await? == Some(blob.size)
+    {
+        let record = ArtifactRecord {
+            build_id: build.id,
+            path: pending.path.clone(),
+            step: pending.step.clone(),
+            size: blob.size,
+            mode,
+            md5: blob.md5,
+            sha256: blob.sha256,
+            sha512: blob.sha512,
+            created_at: state.clock.now(),
+        };
+        let stored = publish_record(state, record).await?;
+        return Ok(upload_answer(&pending, request.size, Some(&stored)));
+    }
+    let offset = config
+        .staging
+        .begin(&pending)
+        .await
+        .map_err(|e| storage_failed("staging the upload", e))?;
+    Ok(upload_answer(&pending, offset, None))
+}
+
+async fn publish_record(
+    state: &AppState,
+    record: ArtifactRecord,
+) -> Result<ArtifactRecord, ServiceError> {
+    match state.store.add_artifact(&record).await? {
+        ArtifactAdded::Added | ArtifactAdded::Unchanged => Ok(record),
+        ArtifactAdded::Conflict(existing) => Err(ServiceError::Conflict {
+            code: "artifact_exists",
+            message: format!(
+                "path: build already has '{}' with other content (SHA-256 {existing})",
+                record.path
+            ),
+            field: Some("path".into()),
+        }),
+    }
+}
+
+/// Appends a request's bytes at `offset`; when the file is whole and its SHA-256 is the
+/// declared one, publishes it.
+pub(crate) async fn append<S, E>(
+    state: &AppState,
+    build: &BuildRecord,
+    upload_id: &str,
+    offset: u64,
+    body: S,
+) -> Result<ArtifactUpload, ServiceError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let config = config(state)?;
+    let missing = || {
+        ServiceError::NotFound(format!(
+            "upload '{upload_id}' not found for this build; start it (again) with POST …/artifacts"
+        ))
+    };
+    if !is_upload_id(upload_id) {
+        return Err(missing());
+    }
+    let staging = &config.staging;
+    let pending = staging
+        .pending(upload_id)
+        .await
+        .map_err(|e| storage_failed("reading the upload", e))?
+        .filter(|pending| pending.build_id == build.id)
+        .ok_or_else(missing)?;
+    let guard = staging
+        .hold(upload_id)
+        .map_err(|_| ServiceError::Conflict {
+            code: "upload_busy",
+            message:
+                "another request is sending this upload; wait for it or send from its offset later"
+                    .into(),
+            field: None,
+        })?;
+    let appended = match staging
+        .append(&guard, upload_id, offset, pending.size, body)
+        .await
+    {
+        Ok(appended) => appended,
+        Err(StagingError::Offset(held)) => {
+            return Err(ServiceError::Conflict {
+                code: "upload_offset",
+                message: format!(
+                    "offset: the upload holds {held} bytes; send the rest from offset {held}"
+                ),
+                field: Some("offset".into()),
+            });
+        }
+        Err(StagingError::TooLong(size)) => {
+            return Err(ServiceError::bad_request(
+                "invalid_field",
+                Some("body"),
+                format!(
+                    "body: goes past the {size} bytes the upload declared; nothing of it was kept"
+                ),
+            ));
+        }
+        Err(StagingError::Busy) => unreachable!("held above"),
+        Err(StagingError::Body(message)) => {
+            return Err(ServiceError::bad_request(
+                "upload_interrupted",
+                Some("body"),
+                format!(
+                    "body: broke off ({message}); what arrived is kept: resume from the upload's offset"
+                ),
+            ));
+        }
+        Err(StagingError::Io(error)) => return Err(storage_failed("writing the upload", error)),
+    };
+    if appended.length < pending.size {
+        return Ok(upload_answer(&pending, appended.length, None));
+    }
+    let digests = match appended.digests {
+        Some(digests) => digests,
+        None => staging
+            .digests(upload_id)
+            .await
+            .map_err(|e| storage_failed("hashing the upload", e))?,
+    };
+    if digests.sha256 != pending.sha256 {
+        staging.discard(upload_id).await;
+        return Err(ServiceError::Unprocessable {
+            code: "checksum_mismatch",
+            message: format!(
+                "sha256: the {} bytes received have SHA-256 {}, not the declared {}; nothing was stored — upload the file again",
+                digests.size, digests.sha256, pending.sha256
+            ),
+            field: Some("sha256".into()),
+        });
+    }
+    config
+        .blobs
+        .put_file(&digests.sha256, &staging.part_path(upload_id), digests.size)
+        .await?;
+    let record = ArtifactRecord {
+        build_id: build.id,
+        path: pending.path.clone(),
+        step: pending.step.clone(),
+        size: digests.size,
+        mode: pending.mode,
+        md5: digests.md5,
+        sha256: digests.sha256,
+        sha512: digests.sha512,
+        created_at: state.clock.now(),
+    };
+    let stored = publish_record(state, record).await;
+    staging.discard(upload_id).await;
+    drop(guard);
+    Ok(upload_answer(&pending, pending.size, Some(&stored?)))
+}
+
+/// A build's manifest.
+pub(crate) async fn manifest(
+    state: &AppState,
+    build: &BuildRecord,
+) -> Result<ArtifactManifest, ServiceError> {
+    let records = state.store.build_artifacts(build.id).await?;
+    Ok(ArtifactManifest {
+        run_id: build.state.run_id.to_string(),
+        count: records.len() as u64,
+        total_bytes: records.iter().map(|r| r.size).sum(),
+        files: records.iter().map(artifact_file).collect(),
+    })
+}
+
+/// One file of a build's manifest.
+pub(crate) async fn file(
+    state: &AppState,
+    build: &BuildRecord,
+    path: &str,
+) -> Result<ArtifactRecord, ServiceError> {
+    state
+        .store
+        .build_artifact(build.id, path)
+        .await?
+        .ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "build '{}' has no artifact '{path}'; `kiln artifact list {}` shows what it has",
+                build.state.run_id, build.state.run_id
+            ))
+        })
+}
+
+/// The stored bytes of a blob, from `offset`, at most `len`.
+pub(crate) async fn open(
+    state: &AppState,
+    sha256: &str,
+    offset: u64,
+    len: Option<u64>,
+) -> Result<BlobStream, ServiceError> {
+    Ok(config(state)?.blobs.read(sha256, offset, len).await?)
+}
+
+/// Re-hashes every stored file of a build and names each that is not what the manifest
+/// says.
+pub(crate) async fn verify(
+    state: &AppState,
+    build: &BuildRecord,
+) -> Result<ArtifactVerification, ServiceError> {
+    let config = config(state)?;
+    let records = state.store.build_artifacts(build.id).await?;
+    let mut mismatches = Vec::new();
+    let mut bytes = 0u64;
+    for record in &records {
+        let mismatch =
+            |problem: &str, expected: Option<String>, actual: Option<String>| ArtifactMismatch {
+                path: record.path.clone(),
+                problem: problem.to_owned(),
+                expected,
+                actual,
+            };
+        let mut stream = match config.blobs.read(&record.sha256, 0, None).await {
+            Ok(stream) => stream,
+            Err(BlobError::NotFound(_)) => {
+                mismatches.push(mismatch("missing", Some(record.sha256.clone()), None));
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(32);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut receiver = receiver;
+            let mut hasher = Hasher::new();
+            while let Some(chunk) = receiver.blocking_recv() {
+                hasher.update(&chunk);
+            }
+            hasher.finish()
+        });
+        let mut unreadable = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    if sender.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    unreadable = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        drop(sender);
+        let digests = hasher
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("the hasher stopped: {e}")))?;
+        bytes += digests.size;
+        if let Some(error) = unreadable {
+            mismatches.push(mismatch("unreadable", None, Some(error)));
+            continue;
+        }
+        for (problem, expected, actual) in [
+            ("size", record.size.to_string(), digests.size.to_string()),
+            ("md5", record.md5.clone(), digests.md5.clone()),
+            ("sha256", record.sha256.clone(), digests.sha256.clone()),
+            ("sha512", record.sha512.clone(), digests.sha512.clone()),
+        ] {
+            if expected != actual {
+                mismatches.push(mismatch(problem, Some(expected), Some(actual)));
+            }
+        }
+    }
+    Ok(ArtifactVerification {
+        run_id: build.state.run_id.to_string(),
+        checked: records.len() as u64,
+        bytes,
+        ok: mismatches.is_empty(),
+        mismatches,
+    })
+}
