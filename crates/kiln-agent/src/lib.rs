@@ -4,6 +4,7 @@
 //! server and drives these parts lives in `agent`.
 
 pub mod agent;
+pub mod artifacts;
 pub mod cache;
 pub mod checkout;
 pub mod executor;

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use kiln_core::glob::matches;
+
 /// At most this many reports per step.
 pub const MAX_FILES: usize = 50;
 /// A report larger than this is left out (the server's limit).
@@ -11,39 +13,6 @@ pub const MAX_FILE_BYTES: u64 = 25 * 1024 * 1024;
 /// The walk stops after this many directory entries.
 const MAX_ENTRIES: usize = 20_000;
 const MAX_DEPTH: usize = 16;
-
-/// Whether `path` (workspace-relative, `/`-separated) matches `pattern`: `*` and `?`
-/// within one path segment, `**` for any number of segments.
-pub fn matches(pattern: &str, path: &str) -> bool {
-    let pattern: Vec<&str> = pattern
-        .split('/')
-        .filter(|s| !s.is_empty() && *s != ".")
-        .collect();
-    let path: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    segments(&pattern, &path)
-}
-
-fn segments(pattern: &[&str], path: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((&"**", rest)) => (0..=path.len()).any(|skip| segments(rest, &path[skip..])),
-        Some((first, rest)) => match path.split_first() {
-            Some((segment, path_rest)) => {
-                segment_matches(first.as_bytes(), segment.as_bytes()) && segments(rest, path_rest)
-            }
-            None => false,
-        },
-    }
-}
-
-fn segment_matches(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|skip| segment_matches(rest, &text[skip..])),
-        Some((b'?', rest)) => !text.is_empty() && segment_matches(rest, &text[1..]),
-        Some((c, rest)) => text.first() == Some(c) && segment_matches(rest, &text[1..]),
-    }
-}
 
 /// The regular files under `workspace` matching any pattern, sorted, at most
 /// `MAX_FILES`; with the reasons files were left out.
@@ -109,18 +78,6 @@ pub fn find(workspace: &Path, patterns: &[String]) -> (Vec<PathBuf>, Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs_match_segments_and_any_depth() {
-        assert!(matches("junit.xml", "junit.xml"));
-        assert!(!matches("junit.xml", "sub/junit.xml"));
-        assert!(matches("reports/*.xml", "reports/a.xml"));
-        assert!(!matches("reports/*.xml", "reports/x/a.xml"));
-        assert!(matches("**/junit-*.xml", "a/b/junit-1.xml"));
-        assert!(matches("**/junit-*.xml", "junit-2.xml"));
-        assert!(matches("./test-results/??.xml", "test-results/ab.xml"));
-        assert!(!matches("*.xml", "a.json"));
-    }
 
     #[test]
     fn reports_are_found_without_following_links() {

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    admin, agent, analytics, emit, run, runs, secrets, serve, test_reports, users, watch, webhooks,
+    admin, agent, analytics, artifacts, emit, run, runs, secrets, serve, test_reports, users,
+    watch, webhooks,
 };
 
 #[derive(Parser, Debug)]
@@ -82,6 +83,11 @@ enum Command {
     Tests(test_reports::TestsArgs),
     /// A project's flaky tests: passed and failed on one commit, or flipping.
     Flaky(test_reports::FlakyArgs),
+    /// A build's artifacts: upload, list, download, verify.
+    Artifact {
+        #[command(subcommand)]
+        command: artifacts::ArtifactCommand,
+    },
     /// Start a build of the project's repository (--wait follows it and exits with its
     /// result).
     Trigger(runs::TriggerArgs),
@@ -166,6 +172,7 @@ fn main() -> ExitCode {
             Command::TestReport(args) => test_reports::test_report(args).await,
             Command::Tests(args) => test_reports::tests(args).await,
             Command::Flaky(args) => test_reports::flaky(args).await,
+            Command::Artifact { command } => artifacts::run(command).await,
             Command::Trigger(args) => runs::trigger(args).await,
             Command::Build(args) => runs::build(args).await,
             Command::Cancel(args) => runs::cancel(args).await,

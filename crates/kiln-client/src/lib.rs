@@ -3,6 +3,8 @@
 
 mod accounts;
 mod analytics;
+mod artifacts;
+pub use artifacts::{ArtifactTarget, file_sha256};
 mod runs;
 mod secrets;
 pub mod sse;

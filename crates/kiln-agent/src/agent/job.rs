@@ -130,6 +130,17 @@ pub(super) async fn run(shared: &Arc<Shared>, job: AgentJob) {
     let mut report = execute(shared, &job, &workspace, &output, cancel).await;
     if !lost.load(Ordering::SeqCst) {
         upload_test_reports(shared, &job, &workspace, &output).await;
+        if report.state == "passed"
+            && let Err(message) = upload_artifacts(shared, &job, &workspace, &output).await
+        {
+            say(&output, format!("step failed: {message}")).await;
+            report = Report {
+                state: "failed",
+                exit_code: None,
+                reason: Some("artifacts"),
+                message: Some(message),
+            };
+        }
     }
     drop(output);
     let _ = relay.await;
@@ -240,6 +251,121 @@ async fn upload_test_reports(
             Err(error) => say(output, format!("test report {shown} not stored: {error}")).await,
         }
     }
+}
+
+/// Uploads the files of the step's `artifacts:` globs. A glob set matching nothing is a
+/// note (an error with `artifacts_required`); a file the server does not take fails the
+/// step with the reason.
+async fn upload_artifacts(
+    shared: &Arc<Shared>,
+    job: &AgentJob,
+    workspace: &std::path::Path,
+    output: &OutputSender,
+) -> Result<(), String> {
+    if job.artifact_globs.is_empty() {
+        return Ok(());
+    }
+    let root = workspace.to_path_buf();
+    let patterns = job.artifact_globs.clone();
+    let (found, notes) =
+        tokio::task::spawn_blocking(move || crate::artifacts::find(&root, &patterns))
+            .await
+            .map_err(|error| format!("cannot look for artifacts: {error}"))?;
+    for note in notes {
+        say(output, note).await;
+    }
+    if found.is_empty() {
+        let message = format!(
+            "no file matched the artifacts globs {}",
+            job.artifact_globs.join(", ")
+        );
+        if job.artifacts_required {
+            return Err(format!("{message} (artifacts_required: true)"));
+        }
+        say(output, format!("warning: {message}; nothing uploaded")).await;
+        return Ok(());
+    }
+    let target = kiln_client::ArtifactTarget::Job {
+        job_id: job.job_id,
+        agent_id: shared.agent_id(),
+        attempt: job.attempt,
+    };
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    for file in &found {
+        match shared
+            .client
+            .upload_artifact(&target, &file.local, &file.path, file.mode, None)
+            .await
+        {
+            Ok(stored) => bytes += stored.size,
+            Err(error) => return Err(format!("artifact {} not stored: {error}", file.path)),
+        }
+    }
+    say(
+        output,
+        format!(
+            "artifacts: {} files, {bytes} bytes uploaded in {:.1}s",
+            found.len(),
+            started.elapsed().as_secs_f64()
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// Writes the artifacts of the steps this one depends on into the workspace, each
+/// checked against its SHA-256.
+async fn restore_artifacts(
+    shared: &Arc<Shared>,
+    job: &AgentJob,
+    workspace: &std::path::Path,
+    output: &OutputSender,
+) -> Result<(), String> {
+    if job.artifacts.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    for file in &job.artifacts {
+        let dest = {
+            let workspace = workspace.to_path_buf();
+            let path = file.path.clone();
+            tokio::task::spawn_blocking(move || crate::artifacts::destination(&workspace, &path))
+                .await
+                .map_err(|error| format!("cannot place artifacts: {error}"))?
+                .map_err(|why| format!("artifact {} cannot be written: {why}", file.path))?
+        };
+        bytes += shared
+            .client
+            .download_job_artifact(
+                job.job_id,
+                shared.agent_id(),
+                job.attempt,
+                &file.sha256,
+                &dest,
+            )
+            .await
+            .map_err(|error| format!("artifact {} not downloaded: {error}", file.path))?;
+        crate::artifacts::set_mode(&dest, file.mode)
+            .map_err(|error| format!("artifact {}: cannot set its mode: {error}", file.path))?;
+    }
+    let steps: std::collections::BTreeSet<&str> = job
+        .artifacts
+        .iter()
+        .filter_map(|file| file.step.as_deref())
+        .collect();
+    say(
+        output,
+        format!(
+            "artifacts of {}: {} files, {bytes} bytes restored and verified in {:.1}s",
+            steps.into_iter().collect::<Vec<_>>().join(", "),
+            job.artifacts.len(),
+            started.elapsed().as_secs_f64()
+        ),
+    )
+    .await;
+    Ok(())
 }
 
 async fn say(output: &OutputSender, message: impl Into<String>) {
@@ -357,6 +483,17 @@ async fn execute(
             },
             Err(error) => say(output, format!("cache skipped: {error}")).await,
         }
+    }
+
+    // After the cache: a file a step passed on wins over a cached one.
+    if let Err(message) = restore_artifacts(shared, job, workspace, output).await {
+        say(output, message.clone()).await;
+        return Report {
+            state: "failed",
+            exit_code: None,
+            reason: Some("artifacts"),
+            message: Some(message),
+        };
     }
 
     let mut spec = StepSpec::new(

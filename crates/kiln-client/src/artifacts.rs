@@ -1,0 +1,313 @@
+//! Artifacts: a file uploaded to a build (by a script's ingest token or by the agent for
+//! its job), resumed from the server's offset when a connection breaks; a build's
+//! manifest, one file or the whole archive downloaded and checked; verification.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kiln_protocol::{
+    ArtifactFile, ArtifactManifest, ArtifactUpload, ArtifactVerification, StartArtifactUpload,
+};
+use reqwest::Method;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use super::{Client, ClientError, encode, json_answer};
+
+/// How often an upload is resumed after a broken connection before giving up.
+const UPLOAD_TRIES: usize = 5;
+/// A transfer may take this long (a large file on a slow link).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Where an upload goes.
+#[derive(Clone, Debug)]
+pub enum ArtifactTarget {
+    /// A build, with an ingest token of its project.
+    Build { run_id: String },
+    /// The agent's job (the file is recorded as the job's step's).
+    Job {
+        job_id: i64,
+        agent_id: i64,
+        attempt: i64,
+    },
+}
+
+impl ArtifactTarget {
+    fn start_path(&self) -> String {
+        match self {
+            Self::Build { run_id } => format!("/api/v1/builds/{}/artifacts", encode(run_id)),
+            Self::Job {
+                job_id,
+                agent_id,
+                attempt,
+            } => format!(
+                "/api/v1/agent/jobs/{job_id}/artifacts?agentId={agent_id}&attempt={attempt}"
+            ),
+        }
+    }
+
+    fn send_path(&self, upload_id: &str, offset: u64) -> String {
+        match self {
+            Self::Build { run_id } => format!(
+                "/api/v1/builds/{}/artifacts/uploads/{}?offset={offset}",
+                encode(run_id),
+                encode(upload_id)
+            ),
+            Self::Job {
+                job_id,
+                agent_id,
+                attempt,
+            } => format!(
+                "/api/v1/agent/jobs/{job_id}/artifacts/uploads/{}?agentId={agent_id}&attempt={attempt}&offset={offset}",
+                encode(upload_id)
+            ),
+        }
+    }
+}
+
+/// The SHA-256 (hex) and size of a file, read in pieces.
+pub async fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1024 * 1024];
+        let mut size = 0u64;
+        loop {
+            let read = file.read(&mut buffer)?;
+            if read == 0 {
+                return Ok((hex::encode(hasher.finalize()), size));
+            }
+            size += read as u64;
+            hasher.update(&buffer[..read]);
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn io_error(context: &str, error: std::io::Error) -> ClientError {
+    ClientError::Transport(format!("{context}: {error}"))
+}
+
+impl Client {
+    /// Uploads the local file `local` as `path` of the target's build; resumes where the
+    /// server stopped when the connection breaks. Answers the manifest entry.
+    pub async fn upload_artifact(
+        &self,
+        target: &ArtifactTarget,
+        local: &Path,
+        path: &str,
+        mode: u32,
+        step: Option<&str>,
+    ) -> Result<ArtifactFile, ClientError> {
+        let (sha256, size) = file_sha256(local)
+            .await
+            .map_err(|e| io_error(&format!("cannot read {}", local.display()), e))?;
+        let declaration = StartArtifactUpload {
+            path: path.to_owned(),
+            size,
+            sha256,
+            mode: Some(mode),
+            step: step.map(str::to_owned),
+        };
+        let mut last_error = None;
+        for _ in 0..UPLOAD_TRIES {
+            let upload: ArtifactUpload = self
+                .call(Method::POST, &target.start_path(), Some(&declaration))
+                .await?;
+            if let Some(artifact) = upload.artifact {
+                return Ok(artifact);
+            }
+            match self.send_from(target, &upload, local).await {
+                Ok(ArtifactUpload {
+                    artifact: Some(artifact),
+                    ..
+                }) => return Ok(artifact),
+                // Short of the end (the file changed?) or a broken connection: ask again.
+                Ok(_) => last_error = None,
+                Err(error @ (ClientError::Transport(_) | ClientError::Unreachable(_))) => {
+                    last_error = Some(error);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(ClientError::Api { status: 409, body })
+                    if body.error.code == "upload_offset" =>
+                {
+                    last_error = Some(ClientError::Api { status: 409, body });
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            ClientError::Transport(format!(
+                "the upload of {path} did not complete after {UPLOAD_TRIES} tries (did the file change while it was sent?)"
+            ))
+        }))
+    }
+
+    async fn send_from(
+        &self,
+        target: &ArtifactTarget,
+        upload: &ArtifactUpload,
+        local: &Path,
+    ) -> Result<ArtifactUpload, ClientError> {
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| io_error(&format!("cannot open {}", local.display()), e))?;
+        file.seek(std::io::SeekFrom::Start(upload.offset))
+            .await
+            .map_err(|e| io_error("cannot seek", e))?;
+        let remaining = upload.size.saturating_sub(upload.offset);
+        let stream = tokio_util::io::ReaderStream::with_capacity(
+            tokio::io::AsyncReadExt::take(file, remaining),
+            256 * 1024,
+        );
+        let request = self
+            .request(
+                Method::PUT,
+                &target.send_path(&upload.upload_id, upload.offset),
+            )
+            .timeout(TRANSFER_TIMEOUT)
+            .header("content-type", "application/octet-stream")
+            .header("content-length", remaining)
+            .body(reqwest::Body::wrap_stream(stream));
+        let (_, _, body) = Self::exchange(request).await?;
+        json_answer(&body)
+    }
+
+    pub async fn artifact_manifest(&self, run_id: &str) -> Result<ArtifactManifest, ClientError> {
+        self.get(&format!("/api/v1/builds/{}/artifacts", encode(run_id)))
+            .await
+    }
+
+    pub async fn verify_artifacts(
+        &self,
+        run_id: &str,
+    ) -> Result<ArtifactVerification, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/api/v1/builds/{}/artifacts/verify", encode(run_id)),
+            None,
+        )
+        .await
+    }
+
+    /// Downloads one file of a build into `dest` (written to a temporary name and renamed,
+    /// so `dest` never holds half a file) and checks it against `sha256` when given.
+    /// Answers the bytes written.
+    pub async fn download_artifact(
+        &self,
+        run_id: &str,
+        path: &str,
+        dest: &Path,
+        sha256: Option<&str>,
+    ) -> Result<u64, ClientError> {
+        let encoded: Vec<String> = path.split('/').map(encode).collect();
+        let url = format!(
+            "/api/v1/builds/{}/artifacts/files/{}",
+            encode(run_id),
+            encoded.join("/")
+        );
+        self.download_to(&url, dest, sha256).await
+    }
+
+    /// The agent's download of a blob of its job's build.
+    pub async fn download_job_artifact(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        attempt: i64,
+        sha256: &str,
+        dest: &Path,
+    ) -> Result<u64, ClientError> {
+        let url = format!(
+            "/api/v1/agent/jobs/{job_id}/artifacts/{}?agentId={agent_id}&attempt={attempt}",
+            encode(sha256)
+        );
+        self.download_to(&url, dest, Some(sha256)).await
+    }
+
+    /// All of a build's files as one `.tar.gz`, into `dest`.
+    pub async fn download_artifact_archive(
+        &self,
+        run_id: &str,
+        dest: &Path,
+    ) -> Result<u64, ClientError> {
+        let url = format!("/api/v1/builds/{}/artifacts.tar.gz", encode(run_id));
+        self.download_to(&url, dest, None).await
+    }
+
+    async fn download_to(
+        &self,
+        url: &str,
+        dest: &Path,
+        sha256: Option<&str>,
+    ) -> Result<u64, ClientError> {
+        let response = self
+            .request(Method::GET, url)
+            .timeout(TRANSFER_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    ClientError::Unreachable(super::describe(&e))
+                } else {
+                    ClientError::Transport(e.to_string())
+                }
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(super::api_error(status, &bytes));
+        }
+        let file_name = dest
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "download".into());
+        let partial = dest.with_file_name(format!(".{file_name}.kiln-partial"));
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(|e| io_error(&format!("cannot write {}", partial.display()), e))?;
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        let mut stream = response.bytes_stream();
+        let result: Result<(), ClientError> = async {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk
+                    .map_err(|e| ClientError::Transport(format!("the download broke off: {e}")))?;
+                hasher.update(&chunk);
+                written += chunk.len() as u64;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| io_error(&format!("cannot write {}", partial.display()), e))?;
+            }
+            file.flush()
+                .await
+                .map_err(|e| io_error("cannot write", e))?;
+            file.sync_all()
+                .await
+                .map_err(|e| io_error("cannot sync", e))?;
+            if let Some(expected) = sha256 {
+                let actual = hex::encode(hasher.finalize());
+                if actual != expected {
+                    return Err(ClientError::Transport(format!(
+                        "the download of {} has SHA-256 {actual}, not {expected}; it was not kept",
+                        dest.display()
+                    )));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(error) = result {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(error);
+        }
+        tokio::fs::rename(&partial, dest)
+            .await
+            .map_err(|e| io_error(&format!("cannot write {}", dest.display()), e))?;
+        Ok(written)
+    }
+}
