@@ -506,6 +506,7 @@ impl BlobStore for S3BlobStore {
             None => None,
         };
         let mut request = self.request(Method::GET, &self.key_of(sha256), &[], EMPTY_SHA256);
+        let ranged = range.is_some();
         if let Some(range) = range {
             request = request.header(RANGE, range);
         }
@@ -514,6 +515,21 @@ impl BlobStore for S3BlobStore {
             .await
             .map_err(|error| transport_failure(operation, &error))?;
         match response.status() {
+            // HTTP lets a server ignore `Range`: the whole blob is then only right if the
+            // range covered all of it.
+            StatusCode::OK if ranged => {
+                let whole_is_asked = offset == 0
+                    && response
+                        .content_length()
+                        .is_some_and(|length| length <= len.unwrap_or(u64::MAX));
+                if whole_is_asked {
+                    Ok(response_stream(response))
+                } else {
+                    Err(BlobError::Failed(format!(
+                        "{operation}: the store ignored the Range header"
+                    )))
+                }
+            }
             StatusCode::OK | StatusCode::PARTIAL_CONTENT => Ok(response_stream(response)),
             StatusCode::NOT_FOUND => Err(BlobError::NotFound(sha256.to_owned())),
             // An offset at or past the end reads nothing, as from a local file.
