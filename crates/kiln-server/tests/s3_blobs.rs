@@ -145,49 +145,88 @@ async fn a_missing_blob_is_not_found() {
     ));
 }
 
-/// 40 MiB and 12,345 bytes in parts of 8 MiB: six parts, the last one 12,345 bytes.
+/// The byte at `position` of the large test file: differs from part to part, so a part
+/// sent twice or out of order shows, and is known without holding the file in memory.
+fn pattern_byte(position: u64) -> u8 {
+    let mixed = position.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((mixed ^ (mixed >> 29)) >> 32) as u8
+}
+
+/// The process's peak resident memory (Linux), in bytes.
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// 40 MiB and 12,345 bytes in parts of 8 MiB: six parts, the last one 12,345 bytes,
+/// streamed both ways, so the process's peak memory grows by less than one part.
 #[tokio::test]
 async fn a_large_file_goes_up_in_parts_and_reads_back_whole() {
     let Some((endpoint, bucket, credentials)) = server() else {
         return;
     };
+    let part_size: u64 = 8 * 1024 * 1024;
     let mut store_config = store(&endpoint, &bucket, credentials).config().clone();
-    store_config.part_size = 8 * 1024 * 1024;
+    store_config.part_size = part_size;
     let store = S3BlobStore::new(store_config).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let size = 40 * 1024 * 1024 + 12_345;
-    // Bytes that differ from part to part, so a part sent twice or out of order shows.
-    let mut content = vec![0u8; size];
-    let mut state = 0x2545_f491_u32;
-    for byte in content.iter_mut() {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        *byte = state as u8;
+    let size: u64 = 40 * 1024 * 1024 + 12_345;
+    let staged = dir.path().join("large");
+    let mut hasher = Sha256::new();
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&staged).unwrap());
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        let mut position = 0;
+        while position < size {
+            chunk.clear();
+            let end = (position + 64 * 1024).min(size);
+            chunk.extend((position..end).map(pattern_byte));
+            hasher.update(&chunk);
+            std::io::Write::write_all(&mut file, &chunk).unwrap();
+            position = end;
+        }
+        std::io::Write::flush(&mut file).unwrap();
     }
-    let (staged, digest) = stage(dir.path(), "large", &content);
-    store.put_file(&digest, &staged, size as u64).await.unwrap();
-    assert!(!staged.exists());
-    assert_eq!(store.size(&digest).await.unwrap(), Some(size as u64));
+    let digest = hex::encode(hasher.finalize());
 
-    let read = collect(store.read(&digest, 0, None).await.unwrap()).await;
-    assert_eq!(read.len(), size);
-    assert_eq!(hex::encode(Sha256::digest(&read)), digest);
-    assert!(
-        read == content,
-        "the bytes read back differ from the bytes stored"
-    );
+    let peak_before = peak_memory();
+    store.put_file(&digest, &staged, size).await.unwrap();
+    assert!(!staged.exists());
+    assert_eq!(store.size(&digest).await.unwrap(), Some(size));
+
+    // Read back whole, compared byte for byte as it streams, and by SHA-256.
+    let mut stream = store.read(&digest, 0, None).await.unwrap();
+    let mut hasher = Sha256::new();
+    let mut position = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        for (index, byte) in chunk.iter().enumerate() {
+            let at = position + index as u64;
+            assert!(
+                *byte == pattern_byte(at),
+                "byte {at} differs from the one stored"
+            );
+        }
+        hasher.update(&chunk);
+        position += chunk.len() as u64;
+    }
+    assert_eq!(position, size);
+    assert_eq!(hex::encode(hasher.finalize()), digest);
+    if let (Some(before), Some(after)) = (peak_before, peak_memory()) {
+        assert!(
+            after.saturating_sub(before) < part_size,
+            "peak memory grew by {} bytes while streaming parts of {part_size}",
+            after - before
+        );
+    }
+
     // A range across the boundary of the first and second parts.
-    let boundary: usize = 8 * 1024 * 1024;
+    let expected: Vec<u8> = (part_size - 10..part_size + 10).map(pattern_byte).collect();
     assert_eq!(
-        collect(
-            store
-                .read(&digest, boundary as u64 - 10, Some(20))
-                .await
-                .unwrap()
-        )
-        .await,
-        &content[boundary - 10..boundary + 10]
+        collect(store.read(&digest, part_size - 10, Some(20)).await.unwrap()).await,
+        expected
     );
     store.delete(&digest).await.unwrap();
 }
