@@ -4,6 +4,7 @@
 //! (`staging.rs`) before a finished, verified file is moved in.
 
 pub mod local;
+pub mod s3;
 pub mod staging;
 pub mod tarball;
 
