@@ -7,6 +7,7 @@
 
 pub mod analytics;
 pub mod build;
+pub mod cache_key;
 pub mod eta;
 pub mod event;
 pub mod ids;
@@ -17,6 +18,7 @@ pub mod net;
 pub mod pipeline;
 pub mod predict;
 pub mod public_status;
+pub mod recommend;
 pub mod roles;
 pub mod time;
 pub mod token;

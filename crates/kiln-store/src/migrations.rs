@@ -107,6 +107,13 @@ const SQLITE: &[Migration] = &[
         name: "test_results",
         sql: include_str!("../migrations/sqlite/0014_test_results.sql"),
     },
+    // 15 is the artifacts' (another branch). Agent recommendation: the cache keys
+    // agents hold, and an index for an agent's history of a step.
+    Migration {
+        version: 16,
+        name: "agent_recommendation",
+        sql: include_str!("../migrations/sqlite/0016_agent_recommendation.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -202,6 +209,13 @@ const POSTGRES: &[Migration] = &[
         version: 14,
         name: "test_results",
         sql: include_str!("../migrations/postgres/0014_test_results.sql"),
+    },
+    // 15 is the artifacts' (another branch). Agent recommendation: the cache keys
+    // agents hold, and an index for an agent's history of a step.
+    Migration {
+        version: 16,
+        name: "agent_recommendation",
+        sql: include_str!("../migrations/postgres/0016_agent_recommendation.sql"),
     },
 ];
 
