@@ -1074,3 +1074,112 @@ fn the_container_executor_runs_steps_through_the_docker_api() {
         ["in-container", "read from the checkout"]
     );
 }
+
+/// How long a job waited in the queue, from the API's `queuedAt` and `startedAt`.
+fn queue_wait_ms(job: &JobDto) -> i64 {
+    millis(job.started_at.as_deref().expect("started"))
+        - millis(job.queued_at.as_deref().expect("queued"))
+}
+
+/// Agent recommendation (issue 17): while two agents wait for work, a step goes to the
+/// one that runs it much faster, even when the slower one is woken first; when the fast
+/// one is busy the slow one takes the step at once (nothing is held for a busy agent);
+/// the queue API names the recommended agent of a waiting job, and why.
+#[test]
+fn the_faster_agent_gets_the_step_unless_it_is_busy() {
+    let kiln = Kiln::start(&[]);
+    kiln.repo.write("deps.lock", "left-pad 1.3.0\n");
+    // `hog` (only the agent labelled fastlane may run it) keeps the fast agent busy.
+    let hog = kiln.commit_pipeline(&pipeline(&[step(
+        "hog",
+        &["sleep 5"],
+        "    agents: [fastlane]\n",
+    )]));
+    let work = kiln.commit_pipeline(&pipeline(&[step(
+        "work",
+        &[
+            "if [ \"$KILN_AGENT_NAME\" = slow ]; then sleep 3; fi",
+            "mkdir -p deps",
+            "echo done",
+        ],
+        "    cache:\n      key_files: deps.lock\n      paths: deps\n",
+    )]));
+    let at = |commit: &str| TriggerBuild {
+        commit: Some(commit.to_owned()),
+        ..TriggerBuild::default()
+    };
+    let timeout = Duration::from_secs(30);
+    let run = |commit: &str| {
+        let build = kiln.trigger(at(commit));
+        assert_eq!(kiln.wait_for_build(&build.run_id, timeout), "success");
+        kiln.job(&build.run_id, "work")
+    };
+
+    // History: the slow agent alone runs the step once (3 s), then the fast one (≈ 0 s).
+    let slow = kiln.agent("slow", &["--labels", "linux"]);
+    assert_eq!(run(&work).agent.as_deref(), Some("slow"));
+    drop(slow);
+    let fast = kiln.agent("fast", &["--labels", "linux,fastlane"]);
+    assert_eq!(run(&work).agent.as_deref(), Some("fast"));
+    // Both wait for work now; the slow one, started last, is an older waiter after
+    // each build (the fast one re-polls when its job ends), so the plain order would
+    // hand it jobs.
+    let _slow = kiln.agent("slow", &["--labels", "linux"]);
+    wait_until(
+        || "both agents connected".to_owned(),
+        timeout,
+        || {
+            let agents = kiln.block_on(kiln.user.agents()).unwrap().agents;
+            (agents.iter().filter(|a| a.health == "connected").count() == 2).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for round in 0..4 {
+        let job = run(&work);
+        assert_eq!(
+            job.agent.as_deref(),
+            Some("fast"),
+            "round {round}: the step went to the slow agent: {job:#?}"
+        );
+        assert!(
+            queue_wait_ms(&job) < 2_000,
+            "round {round}: waited {} ms",
+            queue_wait_ms(&job)
+        );
+    }
+
+    // The fast agent busy: the slow one takes the step at once.
+    let hogging = kiln.trigger(at(&hog));
+    kiln.wait_for_job(&hogging.run_id, "hog", timeout, |job| {
+        job.state == "running"
+    });
+    let waiting_work = kiln.trigger(at(&work));
+    let second_hog = kiln.trigger(at(&hog));
+    let queued_hog = wait_until(
+        || "the second hog in the queue".to_owned(),
+        timeout,
+        || {
+            kiln.block_on(kiln.user.queue())
+                .unwrap()
+                .jobs
+                .into_iter()
+                .find(|job| job.run_id == second_hog.run_id && job.state == "queued")
+        },
+    );
+    assert_eq!(queued_hog.recommended_agent.as_deref(), Some("fast"));
+    let reason = queued_hog.recommendation.unwrap_or_default();
+    assert!(
+        reason.starts_with("fast: expected to finish in ")
+            && reason.contains("busy (1 of 1 slots)"),
+        "{reason}"
+    );
+    let job = kiln.wait_for_job(&waiting_work.run_id, "work", timeout, is_terminal);
+    assert_eq!(job.state, "passed");
+    assert_eq!(job.agent.as_deref(), Some("slow"), "{job:#?}");
+    assert!(
+        queue_wait_ms(&job) < 1_500,
+        "held {} ms for a busy agent",
+        queue_wait_ms(&job)
+    );
+    drop(fast);
+}
