@@ -417,11 +417,17 @@ mod tests {
         let slow = agent(1, "slow", &[30_000]);
         let fast = agent(2, "fast", &[2_000]);
         let similar = agent(3, "similar", &[27_000]);
-        assert_eq!(better_left_to(&NO_CACHE, &slow, &[fast.clone()]), Some(2));
+        assert_eq!(
+            better_left_to(&NO_CACHE, &slow, std::slice::from_ref(&fast)),
+            Some(2)
+        );
         // Not clearly sooner: 27 s against 30 s.
         assert_eq!(better_left_to(&NO_CACHE, &slow, &[similar]), None);
         // The fast one claiming takes it itself.
-        assert_eq!(better_left_to(&NO_CACHE, &fast, &[slow.clone()]), None);
+        assert_eq!(
+            better_left_to(&NO_CACHE, &fast, std::slice::from_ref(&slow)),
+            None
+        );
         // Nobody else waiting (the fast one busy or offline): the slow one takes it.
         assert_eq!(better_left_to(&NO_CACHE, &slow, &[]), None);
         // A new agent is judged by the fleet median (30 s): not clearly slower than 27 s.
@@ -444,7 +450,10 @@ mod tests {
             warm_cache: true,
             ..agent(2, "warm", &[60_000])
         };
-        assert_eq!(better_left_to(&job, &cold, &[warm.clone()]), Some(2));
+        assert_eq!(
+            better_left_to(&job, &cold, std::slice::from_ref(&warm)),
+            Some(2)
+        );
         // A short step: 0.8 × 3 s is not a second sooner.
         let short = JobOutlook {
             fleet_median_ms: Some(3_000),
