@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 const MANIFEST_FILE: &str = "manifest.json";
 const LAST_USED_FILE: &str = "last-used";
@@ -70,20 +69,12 @@ pub enum CacheError {
 /// does not exist yet still gets a stable key). Key files are workspace-relative
 /// paths; absolute paths and `..` are refused.
 pub fn cache_key(step: &str, key_files: &[String], workspace: &Path) -> Result<String, CacheError> {
-    let mut hasher = Sha256::new();
-    hasher.update(b"kiln-cache-v1\0");
-    hash_field(&mut hasher, step.as_bytes());
+    let mut contents: Vec<Option<Vec<u8>>> = Vec::with_capacity(key_files.len());
     for key_file in key_files {
         let relative = parse_relative_path(key_file)?;
-        hash_field(&mut hasher, key_file.as_bytes());
         match fs::read(workspace.join(&relative)) {
-            Ok(contents) => {
-                hasher.update(b"present\0");
-                hash_field(&mut hasher, &contents);
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                hasher.update(b"missing\0");
-            }
+            Ok(bytes) => contents.push(Some(bytes)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => contents.push(None),
             Err(source) => {
                 return Err(CacheError::KeyFile {
                     path: key_file.clone(),
@@ -92,13 +83,14 @@ pub fn cache_key(step: &str, key_files: &[String], workspace: &Path) -> Result<S
             }
         }
     }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// Length-prefixed, so that ("ab", "c") and ("a", "bc") hash differently.
-fn hash_field(hasher: &mut Sha256, bytes: &[u8]) {
-    hasher.update((bytes.len() as u64).to_le_bytes());
-    hasher.update(bytes);
+    // The same function the server uses on the commit, so both name the entry alike.
+    Ok(kiln_core::cache_key::cache_key(
+        step,
+        key_files
+            .iter()
+            .zip(&contents)
+            .map(|(path, bytes)| (path.as_str(), bytes.as_deref())),
+    ))
 }
 
 /// What a save did.

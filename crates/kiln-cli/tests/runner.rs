@@ -1074,3 +1074,261 @@ fn the_container_executor_runs_steps_through_the_docker_api() {
         ["in-container", "read from the checkout"]
     );
 }
+
+/// How long a job waited in the queue, from the API's `queuedAt` and `startedAt`.
+fn queue_wait_ms(job: &JobDto) -> i64 {
+    millis(job.started_at.as_deref().expect("started"))
+        - millis(job.queued_at.as_deref().expect("queued"))
+}
+
+/// Agent recommendation (issue 17): while two agents wait for work, a step goes to the
+/// one that runs it much faster, even when the slower one is woken first; when the fast
+/// one is busy the slow one takes the step at once (nothing is held for a busy agent);
+/// the queue API names the recommended agent of a waiting job, and why.
+#[test]
+fn the_faster_agent_gets_the_step_unless_it_is_busy() {
+    let kiln = Kiln::start(&[]);
+    kiln.repo.write("deps.lock", "left-pad 1.3.0\n");
+    // `hog` (only the agent labelled fastlane may run it) keeps the fast agent busy.
+    let hog = kiln.commit_pipeline(&pipeline(&[step(
+        "hog",
+        &["sleep 5"],
+        "    agents: [fastlane]\n",
+    )]));
+    let work = kiln.commit_pipeline(&pipeline(&[step(
+        "work",
+        &[
+            "if [ \"$KILN_AGENT_NAME\" = slow ]; then sleep 3; fi",
+            "mkdir -p deps",
+            "echo done",
+        ],
+        "    cache:\n      key_files: deps.lock\n      paths: deps\n",
+    )]));
+    let at = |commit: &str| TriggerBuild {
+        commit: Some(commit.to_owned()),
+        ..TriggerBuild::default()
+    };
+    let timeout = Duration::from_secs(30);
+    let run = |commit: &str| {
+        let build = kiln.trigger(at(commit));
+        assert_eq!(kiln.wait_for_build(&build.run_id, timeout), "success");
+        kiln.job(&build.run_id, "work")
+    };
+
+    // History: the slow agent alone runs the step once (3 s), then the fast one (≈ 0 s).
+    let slow = kiln.agent("slow", &["--labels", "linux"]);
+    assert_eq!(run(&work).agent.as_deref(), Some("slow"));
+    drop(slow);
+    let fast = kiln.agent("fast", &["--labels", "linux,fastlane"]);
+    assert_eq!(run(&work).agent.as_deref(), Some("fast"));
+    // Both wait for work now; the slow one, started last, is an older waiter after
+    // each build (the fast one re-polls when its job ends), so the plain order would
+    // hand it jobs.
+    let _slow = kiln.agent("slow", &["--labels", "linux"]);
+    wait_until(
+        || "both agents connected".to_owned(),
+        timeout,
+        || {
+            let agents = kiln.block_on(kiln.user.agents()).unwrap().agents;
+            (agents.iter().filter(|a| a.health == "connected").count() == 2).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for round in 0..4 {
+        let job = run(&work);
+        assert_eq!(
+            job.agent.as_deref(),
+            Some("fast"),
+            "round {round}: the step went to the slow agent: {job:#?}"
+        );
+        assert!(
+            queue_wait_ms(&job) < 2_000,
+            "round {round}: waited {} ms",
+            queue_wait_ms(&job)
+        );
+    }
+
+    // The fast agent busy: the slow one takes the step at once.
+    let hogging = kiln.trigger(at(&hog));
+    kiln.wait_for_job(&hogging.run_id, "hog", timeout, |job| {
+        job.state == "running"
+    });
+    let waiting_work = kiln.trigger(at(&work));
+    let second_hog = kiln.trigger(at(&hog));
+    let queued_hog = wait_until(
+        || "the second hog in the queue".to_owned(),
+        timeout,
+        || {
+            kiln.block_on(kiln.user.queue())
+                .unwrap()
+                .jobs
+                .into_iter()
+                .find(|job| job.run_id == second_hog.run_id && job.state == "queued")
+        },
+    );
+    assert_eq!(queued_hog.recommended_agent.as_deref(), Some("fast"));
+    let reason = queued_hog.recommendation.unwrap_or_default();
+    assert!(
+        reason.starts_with("fast: expected to finish in ")
+            && reason.contains("busy (1 of 1 slots)"),
+        "{reason}"
+    );
+    let job = kiln.wait_for_job(&waiting_work.run_id, "work", timeout, is_terminal);
+    assert_eq!(job.state, "passed");
+    assert_eq!(job.agent.as_deref(), Some("slow"), "{job:#?}");
+    assert!(
+        queue_wait_ms(&job) < 1_500,
+        "held {} ms for a busy agent",
+        queue_wait_ms(&job)
+    );
+    drop(fast);
+}
+
+/// `artifacts:` passed between steps, as a new user writes them: `install` makes
+/// `node_modules`, `build` (depends on it) uses it and makes `dist`, `package` (depends on
+/// build, so transitively on install) sees both; a step with `needs_artifacts: false`
+/// gets none. The manifest's digests are those `sha256sum`, `md5sum` and `sha512sum` give
+/// for the same bytes, and the files download byte for byte.
+#[test]
+fn artifacts_pass_between_steps_and_match_their_manifest() {
+    let kiln = Kiln::start(&[]);
+    kiln.commit_pipeline(&pipeline(&[
+        step(
+            "install",
+            &[
+                "mkdir -p node_modules/left-pad/bin",
+                "printf 'module.exports = 1;\\n' > node_modules/left-pad/index.js",
+                "printf '#!/bin/sh\\necho padded\\n' > node_modules/left-pad/bin/pad",
+                "chmod 755 node_modules/left-pad/bin/pad",
+            ],
+            "    artifacts: [node_modules]\n",
+        ),
+        step(
+            "build",
+            &[
+                "test -f node_modules/left-pad/index.js",
+                "mkdir -p dist",
+                "node_modules/left-pad/bin/pad > dist/app.txt",
+                "head -c 300000 /dev/urandom > dist/blob.bin",
+            ],
+            "    depends_on: [install]\n    artifacts: ['dist/*.txt', 'dist/*.bin']\n",
+        ),
+        step(
+            "package",
+            &[
+                "test -x node_modules/left-pad/bin/pad",
+                "cat dist/app.txt",
+                "sha256sum dist/blob.bin",
+            ],
+            "    depends_on: [build]\n",
+        ),
+        step(
+            "isolated",
+            &["test ! -e node_modules", "test ! -e dist"],
+            "    depends_on: [build]\n    needs_artifacts: false\n    artifacts: [nothing-here]\n",
+        ),
+    ]));
+    let build = kiln.trigger_main();
+    let _agent = kiln.agent("builder", &[]);
+    let status = kiln.wait_for_build(&build.run_id, Duration::from_secs(60));
+    let log = kiln.log_text(&build.run_id, "package");
+    assert_eq!(status, "success", "{log}");
+    assert!(
+        output_lines(&log).iter().any(|line| line == "padded"),
+        "{log}"
+    );
+    assert!(
+        kiln_lines(&log)
+            .iter()
+            .any(|line| line.contains("artifacts of build, install: 4 files")),
+        "{log}"
+    );
+    let isolated = kiln.log_text(&build.run_id, "isolated");
+    assert!(
+        kiln_lines(&isolated)
+            .iter()
+            .any(|line| line.contains("warning: no file matched the artifacts globs nothing-here")),
+        "{isolated}"
+    );
+    let manifest = kiln
+        .block_on(kiln.user.artifact_manifest(&build.run_id))
+        .unwrap();
+    let paths: Vec<(&str, Option<&str>, u32)> = manifest
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.step.as_deref(), f.mode))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("dist/app.txt", Some("build"), 0o644),
+            ("dist/blob.bin", Some("build"), 0o644),
+            ("node_modules/left-pad/bin/pad", Some("install"), 0o755),
+            ("node_modules/left-pad/index.js", Some("install"), 0o644),
+        ]
+    );
+    // The bytes downloaded, and their digests as the standard tools compute them.
+    let blob = manifest
+        .files
+        .iter()
+        .find(|f| f.path == "dist/blob.bin")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("blob.bin");
+    let written = kiln
+        .block_on(kiln.user.download_artifact(
+            &build.run_id,
+            &blob.path,
+            &local,
+            Some(&blob.sha256),
+        ))
+        .unwrap();
+    assert_eq!(written, 300_000);
+    for (tool, expected) in [
+        ("sha256sum", &blob.sha256),
+        ("md5sum", &blob.md5),
+        ("sha512sum", &blob.sha512),
+    ] {
+        let output = Command::new(tool).arg(&local).output().unwrap();
+        let digest = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(
+            digest.split_whitespace().next(),
+            Some(expected.as_str()),
+            "{tool}"
+        );
+    }
+    let package_log = output_lines(&log).join("\n");
+    assert!(
+        package_log.contains(&blob.sha256),
+        "the step saw the same bytes: {log}"
+    );
+    let verified = kiln
+        .block_on(kiln.user.verify_artifacts(&build.run_id))
+        .unwrap();
+    assert!(verified.ok && verified.checked == 4, "{verified:?}");
+}
+
+/// A step whose `artifacts:` match nothing fails with `artifacts_required: true`.
+#[test]
+fn required_artifacts_that_are_missing_fail_the_step() {
+    let kiln = Kiln::start(&[]);
+    kiln.commit_pipeline(&pipeline(&[step(
+        "build",
+        &["echo built"],
+        "    artifacts: [dist]\n    artifacts_required: true\n",
+    )]));
+    let build = kiln.trigger_main();
+    let _agent = kiln.agent("builder", &[]);
+    assert_eq!(
+        kiln.wait_for_build(&build.run_id, Duration::from_secs(30)),
+        "failed"
+    );
+    let jobs = kiln
+        .block_on(kiln.user.build_jobs(PROJECT, &build.run_id))
+        .unwrap();
+    assert_eq!(
+        jobs.jobs[0].reason.as_deref(),
+        Some("artifacts"),
+        "{jobs:?}"
+    );
+}

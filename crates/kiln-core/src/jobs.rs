@@ -90,6 +90,10 @@ pub struct JobSpec {
     pub env: BTreeMap<String, String>,
     pub timeout_secs: u64,
     pub cache: Option<(Vec<String>, Vec<String>)>,
+    /// The cache's key for this build's commit (`crate::cache_key`), computed by the
+    /// server at trigger time to know which agents hold it warm; `None` without a
+    /// cache or when the key files could not be read.
+    pub cache_key: Option<String>,
     pub image: Option<String>,
     pub network: bool,
     pub retry: Option<AutomaticRetry>,
@@ -107,7 +111,7 @@ pub struct JobSpec {
 
 impl JobSpec {
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut value = json!({
             "commands": self.commands,
             "env": self.env,
             "timeoutSecs": self.timeout_secs,
@@ -123,7 +127,11 @@ impl JobSpec {
             "artifacts": self.artifacts,
             "artifactsRequired": self.artifacts_required,
             "needsArtifacts": self.needs_artifacts,
-        })
+        });
+        if let Some(cache_key) = &self.cache_key {
+            value["cacheKey"] = json!(cache_key);
+        }
+        value
     }
 
     /// Reads a spec written by [`JobSpec::to_json`]; unknown or missing parts take their
@@ -186,6 +194,10 @@ impl JobSpec {
                     cache.get("paths").map(strings).unwrap_or_default(),
                 )
             }),
+            cache_key: value
+                .get("cacheKey")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             image: value
                 .get("image")
                 .and_then(Value::as_str)
@@ -232,6 +244,7 @@ pub fn plan(pipeline: &Pipeline, branch: &str) -> Vec<JobPlan> {
                     .cache
                     .as_ref()
                     .map(|cache| (cache.key_files.clone(), cache.paths.clone())),
+                cache_key: None,
                 image: step.image.clone(),
                 network: step.network,
                 retry: step.retry.clone(),

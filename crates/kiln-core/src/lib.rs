@@ -8,6 +8,7 @@
 pub mod analytics;
 pub mod artifacts;
 pub mod build;
+pub mod cache_key;
 pub mod eta;
 pub mod event;
 pub mod glob;
@@ -19,6 +20,7 @@ pub mod net;
 pub mod pipeline;
 pub mod predict;
 pub mod public_status;
+pub mod recommend;
 pub mod roles;
 pub mod time;
 pub mod token;

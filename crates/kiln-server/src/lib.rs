@@ -280,6 +280,14 @@ pub async fn run(
 
     let (app, socket_io) = routes::router(state);
     tracing::info!(address = %listener.local_addr()?, engine = store.engine().as_str(), "kiln serving");
+    match &config.artifacts {
+        Some(artifacts) => tracing::info!(
+            blobs = %artifacts.blobs.describe(),
+            staging = %artifacts.staging.dir().display(),
+            "artifact storage"
+        ),
+        None => tracing::info!("no artifact storage: artifact uploads are refused"),
+    }
     let shutdown = async move {
         shutdown.await;
         bus.close_streams();

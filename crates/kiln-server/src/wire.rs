@@ -143,6 +143,8 @@ pub(crate) fn job_dto(job: &kiln_store::JobRecord) -> kiln_protocol::JobDto {
         log_size: job.log_size,
         reported: job.reported,
         waiting_for: None,
+        recommended_agent: None,
+        recommendation: None,
     }
 }
 

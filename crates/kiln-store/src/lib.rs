@@ -358,7 +358,44 @@ pub trait QueueStore: Send + Sync {
         agent: &AgentRecord,
         rules: ClaimRules,
         now: Millis,
+    ) -> StoreResult<Option<JobRecord>> {
+        self.claim_job_with(agent, rules, &ClaimHints::default(), now)
+            .await
+    }
+    /// [`QueueStore::claim_job`] with the agent recommendation's hints: held steps'
+    /// young jobs passed over, preferred steps first among equal aged priority. Still
+    /// one compare-and-set.
+    async fn claim_job_with(
+        &self,
+        agent: &AgentRecord,
+        rules: ClaimRules,
+        hints: &ClaimHints,
+        now: Millis,
     ) -> StoreResult<Option<JobRecord>>;
+    /// Successful runs of the given steps (project id, step) finished since `since`: for
+    /// each step and agent its `per_agent` newest.
+    async fn step_runs(
+        &self,
+        steps: &[(i64, String)],
+        since: Millis,
+        per_agent: i64,
+    ) -> StoreResult<Vec<StepRun>>;
+    /// The cache keys agents used for the given steps since `since`.
+    async fn agent_caches(
+        &self,
+        steps: &[(i64, String)],
+        since: Millis,
+    ) -> StoreResult<Vec<AgentCache>>;
+    /// Records that an agent holds `cache_key` (a job of the step with that cache passed
+    /// on it).
+    async fn record_agent_cache(
+        &self,
+        agent_id: i64,
+        project_id: i64,
+        step: &str,
+        cache_key: &str,
+        now: Millis,
+    ) -> StoreResult<()>;
     /// Renews (to `now + lease_ms`, once a third of the lease is used) the leases of an
     /// agent's running jobs among `job_ids` and tells, for each, whether the agent still
     /// holds it and whether it was cancelled.

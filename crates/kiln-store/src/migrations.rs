@@ -113,6 +113,13 @@ const SQLITE: &[Migration] = &[
         name: "artifacts",
         sql: include_str!("../migrations/sqlite/0015_artifacts.sql"),
     },
+    // Agent recommendation: the cache keys
+    // agents hold, and an index for an agent's history of a step.
+    Migration {
+        version: 16,
+        name: "agent_recommendation",
+        sql: include_str!("../migrations/sqlite/0016_agent_recommendation.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -214,6 +221,13 @@ const POSTGRES: &[Migration] = &[
         version: 15,
         name: "artifacts",
         sql: include_str!("../migrations/postgres/0015_artifacts.sql"),
+    },
+    // Agent recommendation: the cache keys
+    // agents hold, and an index for an agent's history of a step.
+    Migration {
+        version: 16,
+        name: "agent_recommendation",
+        sql: include_str!("../migrations/postgres/0016_agent_recommendation.sql"),
     },
 ];
 

@@ -123,3 +123,52 @@ pub enum LogAppend {
     /// The log would grow past its cap.
     TooLarge { size: i64 },
 }
+
+/// What the scheduler's agent recommendation asks of a claim (see
+/// `kiln_core::recommend`). The default asks nothing: the plain claim order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimHints {
+    /// Steps (project id, step name) another idle, polling agent is expected to finish
+    /// clearly sooner: their jobs queued at or after `hold_queued_after` are passed
+    /// over. Older ones never are, which bounds how long a job is held back.
+    pub held_steps: Vec<(i64, String)>,
+    pub hold_queued_after: Millis,
+    /// Steps this agent is recommended for: among jobs of equal aged priority, theirs
+    /// come first.
+    pub preferred_steps: Vec<(i64, String)>,
+}
+
+impl Default for ClaimHints {
+    fn default() -> Self {
+        Self {
+            held_steps: Vec::new(),
+            hold_queued_after: Millis(i64::MAX),
+            preferred_steps: Vec::new(),
+        }
+    }
+}
+
+impl ClaimHints {
+    pub fn is_empty(&self) -> bool {
+        self.held_steps.is_empty() && self.preferred_steps.is_empty()
+    }
+}
+
+/// One successful run of a step by an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepRun {
+    pub project_id: i64,
+    pub step: String,
+    pub agent_id: i64,
+    pub duration_ms: i64,
+}
+
+/// A cache key an agent holds: it passed a job of `step` with that key at `used_at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentCache {
+    pub agent_id: i64,
+    pub project_id: i64,
+    pub step: String,
+    pub cache_key: String,
+    pub used_at: Millis,
+}

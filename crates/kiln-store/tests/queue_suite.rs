@@ -19,6 +19,8 @@ engine_test!(repos_branches_and_agents);
 engine_test!(reported_jobs_hold_logs_and_stay_out_of_the_queue);
 engine_test!(secrets_and_repo_credentials_keep_ciphertext);
 engine_test!(concurrent_claims_on_two_stores_hand_out_each_job_once);
+engine_test!(claim_hints_hold_young_jobs_and_prefer_recommended_steps);
+engine_test!(step_runs_and_agent_caches_feed_the_recommendation);
 
 const RULES: ClaimRules = ClaimRules {
     lease_ms: 60_000,
@@ -748,4 +750,197 @@ async fn reported_jobs_hold_logs_and_stay_out_of_the_queue(engine: Engine) {
     assert_eq!(build_step.state, JobState::Cancelled);
     assert_eq!(build_step.finished_at, Some(Millis(6_000)));
     assert_eq!(build_step.reason.as_deref(), Some("reporter_gone"));
+}
+
+fn steps(project: &Project, names: &[&str]) -> Vec<(i64, String)> {
+    names
+        .iter()
+        .map(|name| (project.id, (*name).to_owned()))
+        .collect()
+}
+
+async fn claim_hinted(
+    store: &dyn Store,
+    agent: &AgentRecord,
+    hints: &ClaimHints,
+    now: i64,
+) -> Option<(String, String)> {
+    store
+        .claim_job_with(agent, RULES, hints, Millis(now))
+        .await
+        .unwrap()
+        .map(|job| (job.run_id, job.step))
+}
+
+async fn claim_hints_hold_young_jobs_and_prefer_recommended_steps(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let worker = agent(&*store, "w", &[], 10).await;
+
+    // Preference: among equal aged priority, the preferred step first; never before a
+    // better priority.
+    queued_build(&*store, &web, "p1", 5, &[("a", &[], &[])], 1_000).await;
+    queued_build(&*store, &web, "p2", 5, &[("b", &[], &[])], 1_000).await;
+    queued_build(&*store, &web, "p3", 1, &[("c", &[], &[])], 1_000).await;
+    let prefer_b = ClaimHints {
+        preferred_steps: steps(&web, &["b"]),
+        ..ClaimHints::default()
+    };
+    let mut order = Vec::new();
+    while let Some((run_id, _)) = claim_hinted(&*store, &worker, &prefer_b, 2_000).await {
+        order.push(run_id);
+    }
+    assert_eq!(order, ["p3", "p2", "p1"]);
+
+    // Holding: a held step's job queued at or after the bound is passed over …
+    queued_build(&*store, &web, "h1", 5, &[("a", &[], &[])], 10_000).await;
+    queued_build(&*store, &web, "h2", 5, &[("b", &[], &[])], 10_000).await;
+    let hold_a = |after: i64| ClaimHints {
+        held_steps: steps(&web, &["a"]),
+        hold_queued_after: Millis(after),
+        preferred_steps: Vec::new(),
+    };
+    assert_eq!(
+        claim_hinted(&*store, &worker, &hold_a(10_000), 11_000).await,
+        Some(("h2".to_owned(), "b".to_owned()))
+    );
+    // … and when only held jobs are left, nothing is claimed …
+    assert_eq!(
+        claim_hinted(&*store, &worker, &hold_a(10_000), 11_000).await,
+        None
+    );
+    // … until the job is older than the bound: then it is taken whatever the hint.
+    assert_eq!(
+        claim_hinted(&*store, &worker, &hold_a(10_001), 13_001).await,
+        Some(("h1".to_owned(), "a".to_owned()))
+    );
+    // Without hints the claim is the plain one.
+    queued_build(&*store, &web, "n1", 5, &[("a", &[], &[])], 20_000).await;
+    assert_eq!(
+        claim_hinted(&*store, &worker, &ClaimHints::default(), 20_000).await,
+        Some(("n1".to_owned(), "a".to_owned()))
+    );
+}
+
+async fn step_runs_and_agent_caches_feed_the_recommendation(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let fast = agent(&*store, "fast", &[], 1).await;
+    let slow = agent(&*store, "slow", &[], 1).await;
+    // (agent, claimed at, took, passed)
+    let runs = [
+        (&fast, 1_000, 2_000, true),
+        (&slow, 1_000, 30_000, true),
+        (&fast, 40_000, 3_000, true),
+        (&slow, 40_000, 50_000, false),
+        (&fast, 100_000, 4_000, true),
+    ];
+    for (n, (worker, at, took, ok)) in runs.iter().enumerate() {
+        queued_build(
+            &*store,
+            &web,
+            &format!("r{n}"),
+            5,
+            &[("test", &[], &[])],
+            *at,
+        )
+        .await;
+        let job = claim(&*store, worker, *at).await.expect("a job");
+        let end = if *ok {
+            passed()
+        } else {
+            JobEnd {
+                state: JobState::Failed,
+                exit_code: Some(1),
+                reason: None,
+            }
+        };
+        assert!(
+            store
+                .finish_job(
+                    job.id,
+                    job.attempt,
+                    Some(worker.id),
+                    &end,
+                    Millis(at + took)
+                )
+                .await
+                .unwrap()
+        );
+    }
+    let mut all = store
+        .step_runs(&steps(&web, &["test", "other"]), Millis(0), 20)
+        .await
+        .unwrap();
+    all.sort_by_key(|run| (run.agent_id, run.duration_ms));
+    let durations: Vec<(i64, i64)> = all.iter().map(|r| (r.agent_id, r.duration_ms)).collect();
+    // The failed run is not history.
+    assert_eq!(
+        durations,
+        [
+            (fast.id, 2_000),
+            (fast.id, 3_000),
+            (fast.id, 4_000),
+            (slow.id, 30_000)
+        ]
+    );
+    assert!(
+        all.iter()
+            .all(|run| run.project_id == web.id && run.step == "test")
+    );
+    // The newest per agent only, and only since a time.
+    let newest = store
+        .step_runs(&steps(&web, &["test"]), Millis(0), 1)
+        .await
+        .unwrap();
+    let mut newest: Vec<(i64, i64)> = newest.iter().map(|r| (r.agent_id, r.duration_ms)).collect();
+    newest.sort();
+    assert_eq!(newest, [(fast.id, 4_000), (slow.id, 30_000)]);
+    let recent = store
+        .step_runs(&steps(&web, &["test"]), Millis(43_000), 20)
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 2, "{recent:?}");
+    assert!(
+        store
+            .step_runs(&[], Millis(0), 20)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Cache keys: recorded per agent, a repeat moves its time.
+    store
+        .record_agent_cache(fast.id, web.id, "test", "k1", Millis(5_000))
+        .await
+        .unwrap();
+    store
+        .record_agent_cache(slow.id, web.id, "test", "k0", Millis(6_000))
+        .await
+        .unwrap();
+    store
+        .record_agent_cache(fast.id, web.id, "test", "k1", Millis(9_000))
+        .await
+        .unwrap();
+    store
+        .record_agent_cache(fast.id, web.id, "lint", "k9", Millis(9_000))
+        .await
+        .unwrap();
+    let caches = store
+        .agent_caches(&steps(&web, &["test"]), Millis(0))
+        .await
+        .unwrap();
+    let caches: Vec<(i64, &str, i64)> = caches
+        .iter()
+        .map(|c| (c.agent_id, c.cache_key.as_str(), c.used_at.0))
+        .collect();
+    assert_eq!(caches, [(fast.id, "k1", 9_000), (slow.id, "k0", 6_000)]);
+    let recent = store
+        .agent_caches(&steps(&web, &["test"]), Millis(7_000))
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].agent_id, fast.id);
 }

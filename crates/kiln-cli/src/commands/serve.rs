@@ -161,6 +161,52 @@ pub struct ServeArgs {
     /// (http://localhost:4318). Off when absent.
     #[arg(long, env = "KILN_OTLP_ENDPOINT", value_name = "URL", value_parser = kiln_server::OtlpConfig::parse_endpoint)]
     pub otlp_endpoint: Option<String>,
+    /// Where artifact contents go: `s3://BUCKET[/PREFIX]` (credentials from
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION) or a directory. Default: the
+    /// data dir's `artifacts/blobs`. Uploads are staged in the data dir either way.
+    #[arg(long, env = "KILN_ARTIFACT_STORE", value_name = "URL_OR_DIR")]
+    pub artifact_store: Option<String>,
+    /// The S3-compatible endpoint for an s3:// artifact store (e.g. http://127.0.0.1:9000);
+    /// default https://s3.{region}.amazonaws.com.
+    #[arg(long, env = "KILN_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// The largest one artifact file may be, in bytes.
+    #[arg(long, env = "KILN_ARTIFACT_MAX_FILE_BYTES", default_value_t = kiln_server::ArtifactConfig::DEFAULT_MAX_FILE_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub artifact_max_file_bytes: u64,
+    /// The most one build's artifacts may hold together, in bytes.
+    #[arg(long, env = "KILN_ARTIFACT_MAX_BUILD_BYTES", default_value_t = kiln_server::ArtifactConfig::DEFAULT_MAX_BUILD_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub artifact_max_build_bytes: u64,
+}
+
+impl ServeArgs {
+    /// The artifact storage these flags describe (the directories are created).
+    fn artifact_config(&self) -> anyhow::Result<kiln_server::ArtifactConfig> {
+        use anyhow::Context;
+        let root = self.data_dir.join("artifacts");
+        let mut config = kiln_server::ArtifactConfig::local(&root)
+            .with_context(|| format!("cannot create the artifact directory {}", root.display()))?;
+        match self.artifact_store.as_deref().map(str::trim) {
+            None | Some("") => {}
+            Some(url) if url.starts_with("s3://") => {
+                use kiln_server::blobs::s3::{S3BlobStore, S3Config, S3Credentials};
+                let store = S3Credentials::from_env()
+                    .and_then(|credentials| {
+                        S3Config::from_url(url, self.s3_endpoint.as_deref(), credentials)
+                    })
+                    .and_then(S3BlobStore::new)
+                    .map_err(|error| anyhow::anyhow!("--artifact-store {url}: {error}"))?;
+                config.blobs = std::sync::Arc::new(store);
+            }
+            Some(dir) => {
+                let store = kiln_server::blobs::local::LocalBlobStore::open(dir)
+                    .with_context(|| format!("--artifact-store: cannot create {dir}"))?;
+                config.blobs = std::sync::Arc::new(store);
+            }
+        }
+        config.max_file_bytes = self.artifact_max_file_bytes;
+        config.max_build_bytes = self.artifact_max_build_bytes;
+        Ok(config)
+    }
 }
 
 /// `--metrics-token`: long enough not to be guessed, kept as a `Secret`.
@@ -410,6 +456,7 @@ impl ServeArgs {
             secret_key: self.secret_key()?,
             metrics_token: self.metrics_token.clone(),
             otlp: self.otlp_endpoint.clone().map(kiln_server::OtlpConfig::new),
+            artifacts: Some(self.artifact_config()?),
             ..ServerConfig::default()
         })
     }

@@ -65,9 +65,29 @@ impl BlobStore for LocalBlobStore {
         }
         // The staging file was synced by its writer; rename is atomic on one file system,
         // and the directory is synced so the name survives a crash.
-        tokio::fs::rename(file, &target)
+        if let Err(error) = tokio::fs::rename(file, &target).await {
+            // Another file system (a store directory of its own): copy, sync, then rename
+            // within the store, so the blob still appears whole.
+            if error.raw_os_error() != Some(18) {
+                return Err(BlobError::failed(
+                    "moving the upload into the blob store",
+                    error,
+                ));
+            }
+            let partial = target.with_extension("partial");
+            let (from, to) = (file.to_path_buf(), partial.clone());
+            tokio::task::spawn_blocking(move || {
+                std::fs::copy(&from, &to)?;
+                std::fs::File::open(&to)?.sync_all()?;
+                std::fs::remove_file(&from)
+            })
             .await
-            .map_err(|e| BlobError::failed("moving the upload into the blob store", e))?;
+            .map_err(|e| BlobError::failed("copying the upload into the blob store", e))?
+            .map_err(|e| BlobError::failed("copying the upload into the blob store", e))?;
+            tokio::fs::rename(&partial, &target)
+                .await
+                .map_err(|e| BlobError::failed("moving the upload into the blob store", e))?;
+        }
         if let Some(parent) = target.parent() {
             let parent = parent.to_path_buf();
             let _ = tokio::task::spawn_blocking(move || {

@@ -80,7 +80,13 @@ pub struct Appended {
 pub struct Staging {
     dir: PathBuf,
     busy: Arc<Mutex<HashSet<String>>>,
+    /// When the last sweep started.
+    swept: Mutex<Option<std::time::Instant>>,
 }
+
+/// Uploads untouched this long are removed.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(24 * 3600);
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// Whether `id` is an upload id as [`Staging::upload_id`] makes them.
 pub fn is_upload_id(id: &str) -> bool {
@@ -97,6 +103,7 @@ impl Staging {
         Ok(Self {
             dir,
             busy: Arc::default(),
+            swept: Mutex::new(None),
         })
     }
 
@@ -271,6 +278,25 @@ impl Staging {
     pub async fn discard(&self, id: &str) {
         let _ = tokio::fs::remove_file(self.part_path(id)).await;
         let _ = tokio::fs::remove_file(self.sidecar_path(id)).await;
+    }
+
+    /// Sweeps abandoned uploads in the background at most once an hour (called as uploads
+    /// start, so a server that takes none does no work).
+    pub fn sweep_now_and_then(self: &Arc<Self>) {
+        {
+            let mut swept = self.swept.lock().expect("staging lock");
+            if swept.is_some_and(|at| at.elapsed() < SWEEP_EVERY) {
+                return;
+            }
+            *swept = Some(std::time::Instant::now());
+        }
+        let staging = self.clone();
+        tokio::spawn(async move {
+            let removed = staging.sweep(ABANDONED_AFTER).await;
+            if removed > 0 {
+                tracing::info!(removed, "abandoned artifact uploads removed");
+            }
+        });
     }
 
     /// Removes uploads untouched for `age`; returns how many.

@@ -204,6 +204,17 @@ impl Mirror {
         }
     }
 
+    /// A file of the commit; `None` when it has none by that path (or git fails).
+    pub(crate) async fn read_file(&self, commit: &str, path: &str) -> Option<Vec<u8>> {
+        git(
+            &["show", &format!("{commit}:{path}")],
+            Some(&self.path),
+            None,
+        )
+        .await
+        .ok()
+    }
+
     pub(crate) async fn read(&self, commit: &str) -> Result<CommitFiles, GitError> {
         let message = git(
             &["log", "-1", "--format=%B", commit],

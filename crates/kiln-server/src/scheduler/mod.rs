@@ -11,6 +11,7 @@ mod events;
 pub(crate) mod git;
 mod logbus;
 pub(crate) mod policy;
+mod recommend;
 pub(crate) mod tasks;
 mod trigger;
 
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_core::jobs::{self, BuildOutcome, JobSpec, JobView};
+use kiln_core::jobs::{self, BuildOutcome, JobPlan, JobSpec, JobView};
 use kiln_core::pipeline::StepFailure;
 use kiln_core::{CoreEventType, JobState, Millis, NewEvent};
 use kiln_protocol::{AgentJob, HeartbeatReply, JobCache};
@@ -29,6 +30,7 @@ use tokio::sync::Notify;
 
 pub(crate) use logbus::LogBus;
 pub use policy::RepoPolicy;
+pub(crate) use recommend::{CACHE_DAYS, HISTORY_DAYS};
 pub(crate) use trigger::{TriggerRequest, check_branch, refused_repo};
 
 use crate::clock::Clock;
@@ -103,6 +105,8 @@ struct Inner {
     /// ≈ 20 ms after the job was queued. In turn, the first claim takes the job and the
     /// rest find the queue empty with reads alone (bench/runner).
     claiming: tokio::sync::Mutex<()>,
+    /// Who waits in a claim here, and the steps' history: the claims' hints.
+    recommender: Arc<recommend::Recommender>,
 }
 
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
@@ -127,6 +131,7 @@ impl Scheduler {
                 touched: Mutex::new(HashMap::new()),
                 git: tokio::sync::Mutex::new(()),
                 claiming: tokio::sync::Mutex::new(()),
+                recommender: Arc::new(recommend::Recommender::default()),
             }),
         }
     }
@@ -292,16 +297,33 @@ impl Scheduler {
             lease_ms: self.lease_ms(),
             aging_ms: self.inner.config.priority_aging.as_millis() as i64,
         };
+        let recommender = &self.inner.recommender;
+        // This agent waits for work (so has a free slot) until the claim returns: jobs
+        // it is expected to finish clearly sooner may be left to it by other claims.
+        let waiting = recommender.wait(agent.id);
         loop {
             // Registered before looking, so a job queued meanwhile wakes this claim.
             let notified = self.inner.work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let left_to_me = waiting.notify.notified();
+            tokio::pin!(left_to_me);
+            left_to_me.as_mut().enable();
+            let now = self.now();
+            recommender.refresh_if_stale(self.inner.store.clone(), now);
+            let (hints, left_to) = recommender.hints(agent.id, now);
             let claimed = {
                 let _one_at_a_time = self.inner.claiming.lock().await;
-                self.store().claim_job(agent, rules, self.now()).await?
+                self.store()
+                    .claim_job_with(agent, rules, &hints, now)
+                    .await?
             };
+            if !left_to.is_empty() {
+                // Jobs this claim may have passed over: their agents look now.
+                recommender.wake(&left_to);
+            }
             if let Some(job) = claimed {
+                recommender.follow(job.project_id, &job.step, false);
                 if let (Some(queued), Some(started)) = (job.queued_at, job.started_at) {
                     let waited = started.saturating_sub(queued).max(0) as f64 / 1000.0;
                     self.inner.metrics.queue_wait.observe(waited);
@@ -318,6 +340,7 @@ impl Scheduler {
             let recheck = (now + Duration::from_secs(1)).min(deadline);
             tokio::select! {
                 _ = &mut notified => {}
+                _ = &mut left_to_me => {}
                 _ = tokio::time::sleep_until(recheck) => {}
             }
         }
@@ -541,6 +564,30 @@ impl Scheduler {
         Ok(ended)
     }
 
+    /// A passed run is new history for the agent recommendation, and its agent now
+    /// holds the job's cache key (restored or saved). A failure to record is logged:
+    /// the recommendation is a hint, the job's end is not.
+    async fn remember_run(&self, job: &JobRecord, spec: &JobSpec, now: Millis) {
+        self.inner
+            .recommender
+            .follow(job.project_id, &job.step, true);
+        if let (Some(agent_id), Some(cache_key)) = (job.agent_id, &spec.cache_key)
+            && let Err(error) = self
+                .store()
+                .record_agent_cache(agent_id, job.project_id, &job.step, cache_key, now)
+                .await
+        {
+            tracing::warn!(job_id = job.id, %error, "the agent's cache key was not recorded");
+        }
+    }
+
+    /// Notes a build's queued steps for the agent recommendation.
+    pub(crate) fn follow_steps(&self, project_id: i64, steps: &[JobPlan]) {
+        for plan in steps {
+            self.inner.recommender.follow(project_id, &plan.step, false);
+        }
+    }
+
     /// An agent's report that an attempt ended.
     pub async fn finish(
         &self,
@@ -581,6 +628,9 @@ impl Scheduler {
                 message: format!("job {} already ended or is no longer this agent's", job.id),
                 field: None,
             });
+        }
+        if end.state == JobState::Passed {
+            self.remember_run(job, &spec, now).await;
         }
         self.stage_ended(
             job,

@@ -7,7 +7,7 @@
 //! in the log; an invalid pipeline file makes a build that failed at once with the line
 //! and the reason.
 
-use kiln_core::jobs::{self, JobPlan};
+use kiln_core::jobs::{self, JobPlan, JobSpec};
 use kiln_core::pipeline::{PIPELINE_FILE, Pipeline, Priority, RepoListing, infer};
 use kiln_core::{CoreEventType, JobState, NewEvent};
 use kiln_protocol::TriggeredBuild;
@@ -193,10 +193,12 @@ impl Scheduler {
             .and_then(Priority::new);
         let priority =
             jobs::build_priority(requested_priority, branch_priority, pipeline.as_ref().ok());
-        let plans = match &pipeline {
+        let mut plans = match &pipeline {
             Ok(pipeline) => jobs::plan(pipeline, &branch),
             Err(_) => Vec::new(),
         };
+        self.add_cache_keys(project, &commit, &mut plans).await;
+        self.follow_steps(project.id, &plans);
         let run_id = uuid::Uuid::now_v7().to_string();
         let end = match (&pipeline, plans.is_empty()) {
             (Err(message), _) => Some((CoreEventType::BuildFailed, message.clone())),
@@ -241,6 +243,62 @@ impl Scheduler {
             priority.get() as i64,
         )
         .await
+    }
+
+    /// Sets each cached step's key for the commit (`kiln_core::cache_key`, as the agent
+    /// computes it from its checkout) from the key files in the mirror, so the agent
+    /// recommendation knows which agents hold the job's cache. A key file that is not a
+    /// plain workspace-relative path leaves the key unknown (the agent refuses it too).
+    async fn add_cache_keys(&self, project: &Project, commit: &str, plans: &mut [JobPlan]) {
+        if !plans
+            .iter()
+            .any(|plan| plan.spec.get("cache").is_some_and(|c| !c.is_null()))
+        {
+            return;
+        }
+        let _one_at_a_time = self.inner.git.lock().await;
+        let Ok(mirror) = Mirror::open(
+            self.inner
+                .config
+                .git_dir
+                .join(format!("project-{}.git", project.id)),
+        )
+        .await
+        else {
+            return;
+        };
+        for plan in plans.iter_mut() {
+            let mut spec = JobSpec::from_json(&plan.spec);
+            let Some((key_files, _)) = &spec.cache else {
+                continue;
+            };
+            let mut contents = Vec::with_capacity(key_files.len());
+            let mut readable = true;
+            for key_file in key_files {
+                let parts: Vec<&str> = key_file
+                    .split('/')
+                    .filter(|part| !part.is_empty() && *part != ".")
+                    .collect();
+                if key_file.starts_with('/') || parts.is_empty() || parts.contains(&"..") {
+                    readable = false;
+                    break;
+                }
+                contents.push(mirror.read_file(commit, &parts.join("/")).await);
+            }
+            if !readable {
+                continue;
+            }
+            spec.cache_key = Some(kiln_core::cache_key::cache_key(
+                &plan.step,
+                key_files
+                    .iter()
+                    .zip(&contents)
+                    .map(|(path, bytes)| (path.as_str(), bytes.as_deref())),
+            ));
+            if let Some(key) = &spec.cache_key {
+                plan.spec["cacheKey"] = serde_json::json!(key);
+            }
+        }
     }
 
     /// Writes `build_queued`, then `more` events of the same build and the `jobs` in the

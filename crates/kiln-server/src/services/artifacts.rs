@@ -160,6 +160,7 @@ pub(crate) async fn start_upload(
         let stored = publish_record(state, record).await?;
         return Ok(upload_answer(&pending, request.size, Some(&stored)));
     }
+    config.staging.sweep_now_and_then();
     let offset = config
         .staging
         .begin(&pending)

@@ -178,6 +178,9 @@ struct QueueRow {
     priority: i64,
     labels: Vec<String>,
     waiting_for: String,
+    /// The agent expected to finish it soonest, and why (queued jobs).
+    recommended_agent: String,
+    recommendation: String,
     agent: String,
     /// Queued (waiting jobs) or started (running ones); none for a job not queued yet.
     since: Option<When>,
@@ -217,6 +220,8 @@ pub(crate) async fn queue_page(
             priority: job.priority,
             labels: job.labels,
             waiting_for: job.waiting_for.unwrap_or_default(),
+            recommended_agent: job.recommended_agent.unwrap_or_default(),
+            recommendation: job.recommendation.unwrap_or_default(),
             agent: job.agent.unwrap_or_default(),
             since,
         }

@@ -62,6 +62,41 @@ static PG_CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+const PG_CLAIM_ORDER: &str = "ORDER BY j.priority - (($3 - j.queued_at) / $6), j.queued_at, j.id";
+
+/// `PG_CLAIM` with `ClaimHints`: `$7` the hold's queue-time bound, `$8` the held steps
+/// and `$9` the preferred ones, each a JSON list of `[project id, step]` pairs. Used
+/// only when there are hints, so the plain claim pays nothing for them.
+static PG_CLAIM_HINTED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let step = "jsonb_build_array(jsonb_build_array(j.project_id, j.step))";
+    PG_CLAIM.replacen(
+        PG_CLAIM_ORDER,
+        &format!(
+            "AND NOT (j.queued_at >= $7 AND $8::jsonb @> {step}) \
+             ORDER BY j.priority - (($3 - j.queued_at) / $6), \
+             CASE WHEN $9::jsonb @> {step} THEN 0 ELSE 1 END, j.queued_at, j.id"
+        ),
+        1,
+    )
+});
+
+/// At most this many steps per statement of `step_runs` and `agent_caches`.
+const STEPS_PER_READ: usize = 200;
+
+/// `(j.project_id = $first AND j.step = $first+1) OR …` for `count` steps.
+fn step_filter(prefix: &str, first: usize, count: usize) -> String {
+    (0..count)
+        .map(|n| {
+            format!(
+                "({prefix}project_id = ${} AND {prefix}step = ${})",
+                first + 2 * n,
+                first + 2 * n + 1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("corrupt {what} row: {detail}"))
 }
@@ -149,6 +184,35 @@ fn placeholders(first: usize, count: usize) -> String {
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The SQLite claim's candidates (in the claim order) as the hints reorder them: held
+/// steps' jobs queued at or after the bound left out, preferred steps' jobs first among
+/// those of equal aged priority. Without hints, the rows as they are.
+fn hinted_order<'a>(rows: &'a [AnyRow], hints: &ClaimHints) -> StoreResult<Vec<&'a AnyRow>> {
+    if hints.is_empty() {
+        return Ok(rows.iter().collect());
+    }
+    let listed = |steps: &[(i64, String)], project_id: i64, step: &str| {
+        steps
+            .iter()
+            .any(|(project, name)| *project == project_id && name == step)
+    };
+    let mut kept = Vec::with_capacity(rows.len());
+    for row in rows {
+        let project_id: i64 = row.try_get("project_id")?;
+        let step: String = row.try_get("step")?;
+        let queued_at: i64 = row.try_get::<Option<i64>, _>("queued_at")?.unwrap_or(0);
+        if queued_at >= hints.hold_queued_after.0 && listed(&hints.held_steps, project_id, &step) {
+            continue;
+        }
+        let aged: i64 = row.try_get("aged")?;
+        let preferred = listed(&hints.preferred_steps, project_id, &step);
+        kept.push((aged, !preferred, row));
+    }
+    // Stable: within the same (aged priority, preference) the claim order stays.
+    kept.sort_by_key(|(aged, not_preferred, _)| (*aged, *not_preferred));
+    Ok(kept.into_iter().map(|(_, _, row)| row).collect())
 }
 
 #[async_trait]
@@ -365,30 +429,45 @@ impl QueueStore for SqlStore {
         rows.iter().map(job_from_row).collect()
     }
 
-    async fn claim_job(
+    async fn claim_job_with(
         &self,
         agent: &AgentRecord,
         rules: ClaimRules,
+        hints: &ClaimHints,
         now: Millis,
     ) -> StoreResult<Option<JobRecord>> {
         if self.engine == crate::Engine::Postgres {
             let labels = serde_json::to_string(&agent.labels)
                 .map_err(|error| StoreError::Unavailable(format!("agent labels: {error}")))?;
-            let row = sqlx::query(trusted(PG_CLAIM.clone()))
+            let statement = if hints.is_empty() {
+                &PG_CLAIM
+            } else {
+                &PG_CLAIM_HINTED
+            };
+            let mut query = sqlx::query(trusted(statement.to_string()))
                 .bind(agent.id)
                 .bind(now.0 + rules.lease_ms)
                 .bind(now.0)
                 .bind(labels)
                 .bind(agent.concurrency)
-                .bind(rules.aging_ms.max(1))
-                .fetch_optional(&self.pool)
-                .await?;
+                .bind(rules.aging_ms.max(1));
+            if !hints.is_empty() {
+                let steps = |steps: &[(i64, String)]| {
+                    serde_json::to_string(steps).unwrap_or_else(|_| "[]".into())
+                };
+                query = query
+                    .bind(hints.hold_queued_after.0)
+                    .bind(steps(&hints.held_steps))
+                    .bind(steps(&hints.preferred_steps));
+            }
+            let row = query.fetch_optional(&self.pool).await?;
             return row.as_ref().map(job_from_row).transpose();
         }
         // One round trip: the best queued jobs, each row also carrying how many jobs
         // the agent runs now.
-        let candidates = sqlx::query(
-            "SELECT j.id, j.project_id, j.labels, p.max_concurrency, \
+        let rows = sqlx::query(
+            "SELECT j.id, j.project_id, j.step, j.queued_at, j.labels, p.max_concurrency, \
+             j.priority - (($1 - j.queued_at) / $2) AS aged, \
              (SELECT COUNT(*) FROM jobs r WHERE r.agent_id = $4 AND r.state = 'running') AS agent_running \
              FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.state = 'queued' \
              ORDER BY j.priority - (($1 - j.queued_at) / $2), j.queued_at, j.id LIMIT $3",
@@ -399,14 +478,15 @@ impl QueueStore for SqlStore {
         .bind(agent.id)
         .fetch_all(&self.pool)
         .await?;
-        let Some(first) = candidates.first() else {
+        let Some(first) = rows.first() else {
             return Ok(None);
         };
         if first.try_get::<i64, _>("agent_running")? >= agent.concurrency {
             return Ok(None);
         }
+        let candidates = hinted_order(&rows, hints)?;
         let mut project_running: HashMap<i64, i64> = HashMap::new();
-        for candidate in &candidates {
+        for candidate in candidates {
             let job_id: i64 = candidate.try_get("id")?;
             let project_id: i64 = candidate.try_get("project_id")?;
             let labels: String = candidate.try_get("labels")?;
@@ -449,6 +529,95 @@ impl QueueStore for SqlStore {
             }
         }
         Ok(None)
+    }
+
+    async fn step_runs(
+        &self,
+        steps: &[(i64, String)],
+        since: Millis,
+        per_agent: i64,
+    ) -> StoreResult<Vec<StepRun>> {
+        let mut runs = Vec::new();
+        for chunk in steps.chunks(STEPS_PER_READ) {
+            // The window keeps each (step, agent)'s newest runs; the index on (project,
+            // step, state, finished_at) finds each step's passed jobs.
+            let statement = format!(
+                "SELECT project_id, step, agent_id, duration_ms FROM ( \
+                   SELECT j.project_id, j.step, j.agent_id, j.finished_at - j.started_at AS duration_ms, \
+                     ROW_NUMBER() OVER (PARTITION BY j.project_id, j.step, j.agent_id ORDER BY j.finished_at DESC) AS newest \
+                   FROM jobs j WHERE j.state = 'passed' AND j.kind = 'agent' AND j.agent_id IS NOT NULL \
+                     AND j.started_at IS NOT NULL AND j.finished_at >= $1 AND ({}) \
+                 ) ranked WHERE newest <= $2 ORDER BY project_id, step, agent_id",
+                step_filter("j.", 3, chunk.len())
+            );
+            let mut query = sqlx::query(trusted(statement))
+                .bind(since.0)
+                .bind(per_agent);
+            for (project_id, step) in chunk {
+                query = query.bind(*project_id).bind(step.as_str());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                runs.push(StepRun {
+                    project_id: row.try_get("project_id")?,
+                    step: row.try_get("step")?,
+                    agent_id: row.try_get("agent_id")?,
+                    duration_ms: row.try_get("duration_ms")?,
+                });
+            }
+        }
+        Ok(runs)
+    }
+
+    async fn agent_caches(
+        &self,
+        steps: &[(i64, String)],
+        since: Millis,
+    ) -> StoreResult<Vec<AgentCache>> {
+        let mut caches = Vec::new();
+        for chunk in steps.chunks(STEPS_PER_READ) {
+            let statement = format!(
+                "SELECT agent_id, project_id, step, cache_key, used_at FROM agent_caches \
+                 WHERE used_at >= $1 AND ({}) ORDER BY used_at DESC",
+                step_filter("", 2, chunk.len())
+            );
+            let mut query = sqlx::query(trusted(statement)).bind(since.0);
+            for (project_id, step) in chunk {
+                query = query.bind(*project_id).bind(step.as_str());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                caches.push(AgentCache {
+                    agent_id: row.try_get("agent_id")?,
+                    project_id: row.try_get("project_id")?,
+                    step: row.try_get("step")?,
+                    cache_key: row.try_get("cache_key")?,
+                    used_at: Millis(row.try_get("used_at")?),
+                });
+            }
+        }
+        Ok(caches)
+    }
+
+    async fn record_agent_cache(
+        &self,
+        agent_id: i64,
+        project_id: i64,
+        step: &str,
+        cache_key: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO agent_caches (agent_id, cache_key, project_id, step, used_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (agent_id, cache_key) \
+             DO UPDATE SET used_at = excluded.used_at, project_id = excluded.project_id, step = excluded.step",
+        )
+        .bind(agent_id)
+        .bind(cache_key)
+        .bind(project_id)
+        .bind(step)
+        .bind(now.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn renew_leases(
