@@ -4,6 +4,8 @@
 //! that does not answer. Skipped with a notice when `KILN_TEST_S3_ENDPOINT` is unset,
 //! unless `KILN_REQUIRE_S3=1` (as in CI).
 
+mod common;
+
 use std::path::Path;
 
 use futures_util::StreamExt;
@@ -325,4 +327,63 @@ async fn an_endpoint_that_does_not_answer_fails_clearly() {
     let error = store.put_file(&digest, &staged, 3).await.unwrap_err();
     assert!(matches!(error, BlobError::Failed(_)), "{error}");
     assert!(!staged.exists());
+}
+
+/// The artifact API on a server whose blob store is the S3 server: an upload goes into
+/// the bucket, downloads and the archive come out of it, verify reads it back.
+#[tokio::test]
+async fn the_artifact_api_runs_on_an_s3_store() {
+    let Some((endpoint, bucket, credentials)) = server() else {
+        return;
+    };
+    let s3 = std::sync::Arc::new(store(&endpoint, &bucket, credentials));
+    let database = std::sync::Arc::new(
+        kiln_store::test_support::TestDatabase::create(kiln_store::Engine::Sqlite).await,
+    );
+    let staging = common::database_dir(&database, "s3-staging");
+    let clock = kiln_server::clock::ManualClock::new(kiln_core::Millis(1_800_000_000_000));
+    let blobs: std::sync::Arc<dyn BlobStore> = s3.clone();
+    let app = common::TestApp::spawn_configured(database, clock, move |config| {
+        let mut artifacts = kiln_server::ArtifactConfig::local(&staging).unwrap();
+        artifacts.blobs = blobs;
+        config.artifacts = Some(artifacts);
+    })
+    .await;
+    let (client, _) = app.project_client("web", &["ingest", "read"]).await;
+    client
+        .send_events(&[kiln_client::protocol::EventPayload {
+            run_id: "s3-run".into(),
+            event: "build_started".into(),
+            ..Default::default()
+        }])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (local, sha256) = stage(dir.path(), "site.bin", &content);
+    let target = kiln_client::ArtifactTarget::Build {
+        run_id: "s3-run".into(),
+    };
+    let stored = client
+        .upload_artifact(&target, &local, "dist/site.bin", 0o644, None)
+        .await
+        .unwrap();
+    assert_eq!(stored.sha256, sha256);
+    assert_eq!(
+        s3.size(&sha256).await.unwrap(),
+        Some(3_000_000),
+        "the blob is in the bucket"
+    );
+    let back = dir.path().join("back.bin");
+    client
+        .download_artifact("s3-run", "dist/site.bin", &back, Some(&sha256))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&back).unwrap(), content);
+    let verified = client.verify_artifacts("s3-run").await.unwrap();
+    assert!(verified.ok && verified.bytes == 3_000_000, "{verified:?}");
+    // A blob gone from the bucket is named missing.
+    s3.delete(&sha256).await.unwrap();
+    let verified = client.verify_artifacts("s3-run").await.unwrap();
+    assert_eq!(verified.mismatches[0].problem, "missing");
 }

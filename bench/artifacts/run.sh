@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Artifact transfer benchmark (issue 16): upload and download of a 200 MiB artifact
+# against the disk's sequential write speed measured by dd in the same run, the server's
+# memory during it, and `verify` of 1 GiB of stored artifacts. Everything on 127.0.0.1,
+# in a temporary directory on the same file system as the data dir.
+#
+#   bash bench/artifacts/run.sh          # builds target/release/kiln first
+#   BENCH_SKIP_BUILD=1 bash bench/artifacts/run.sh
+#
+# Knobs: BENCH_ARTIFACT_MIB (200), BENCH_VERIFY_GIB (1), BENCH_DIR (a mktemp dir under
+# /var/tmp: a real disk, not tmpfs), BENCH_PORT (18231).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MIB=${BENCH_ARTIFACT_MIB:-200}
+VERIFY_GIB=${BENCH_VERIFY_GIB:-1}
+PORT=${BENCH_PORT:-18231}
+DIR=${BENCH_DIR:-$(mktemp -d /var/tmp/kiln-artifact-bench.XXXXXX)}
+KILN=${BENCH_KILN:-target/release/kiln}
+if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
+  cargo build --release -p kiln-cli >&2
+fi
+ADMIN=bench_admin_token_0123456789abcdef
+cleanup() {
+  [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+rate() { python3 -c "import sys; print(f'{$1/($3-$2):.1f}')"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+
+# The disk's sequential write speed, synced (what a durable upload can at best reach).
+t0=$(now)
+dd if=/dev/zero of="$DIR/dd.bin" bs=1M count="$MIB" conv=fdatasync status=none
+t1=$(now)
+DD=$(rate "$MIB" "$t0" "$t1")
+rm -f "$DIR/dd.bin"
+
+KILN_ADMIN_TOKEN=$ADMIN "$KILN" serve --listen "127.0.0.1:$PORT" --data-dir "$DIR/data" \
+  --log-format json >"$DIR/server.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+export KILN_URL="http://127.0.0.1:$PORT"
+TOKEN=$(curl -fs -X POST "$KILN_URL/api/v1/projects" -H "authorization: Bearer $ADMIN" \
+  -H 'content-type: application/json' -d '{"slug":"bench","name":"Bench"}' >/dev/null;
+  curl -fs -X POST "$KILN_URL/api/v1/projects/bench/tokens" -H "authorization: Bearer $ADMIN" \
+  -H 'content-type: application/json' -d '{"name":"bench","scopes":["ingest","read"]}' |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+export KILN_TOKEN=$TOKEN
+curl -fs -X POST "$KILN_URL/api/v1/events" -H "authorization: Bearer $TOKEN" \
+  -H 'content-type: application/json' -d '{"runId":"bench-1","event":"build_started"}' >/dev/null
+
+# Incompressible content, made before the clock starts.
+head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$DIR/artifact.bin"
+sync
+RSS_BEFORE=$(rss_kib "$SERVER")
+cd "$DIR"
+t0=$(now)
+"$OLDPWD/$KILN" artifact upload artifact.bin --run-id bench-1 >/dev/null 2>&1
+t1=$(now)
+cd "$OLDPWD"
+UP=$(rate "$MIB" "$t0" "$t1")
+RSS_AFTER_UP=$(rss_kib "$SERVER")
+t0=$(now)
+"$KILN" artifact get bench-1 artifact.bin -o "$DIR/downloaded.bin" >/dev/null 2>&1
+sync -f "$DIR/downloaded.bin"
+t1=$(now)
+DOWN=$(rate "$MIB" "$t0" "$t1")
+cmp "$DIR/artifact.bin" "$DIR/downloaded.bin"
+RSS_AFTER_DOWN=$(rss_kib "$SERVER")
+rm -f "$DIR/downloaded.bin"
+
+# Verify: enough files for VERIFY_GIB in all (the first file counts), read back cold-ish.
+need=$(( VERIFY_GIB * 1024 / MIB ))
+for i in $(seq 2 "$need"); do
+  head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$DIR/more-$i.bin"
+  (cd "$DIR" && "$OLDPWD/$KILN" artifact upload "more-$i.bin" --run-id bench-1 >/dev/null 2>&1)
+  rm -f "$DIR/more-$i.bin"
+done
+sync
+t0=$(now)
+VERIFY_JSON=$("$KILN" artifact verify bench-1 --json)
+t1=$(now)
+VERIFIED_BYTES=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert d["ok"], d; print(d["bytes"])' "$VERIFY_JSON")
+VERIFY=$(python3 -c "print(f'{$VERIFIED_BYTES/1048576/($t1-$t0):.1f}')")
+HWM=$(hwm_kib "$SERVER")
+
+cat <<TABLE
+| what | MiB/s | vs dd |
+|---|---|---|
+| dd sequential write, ${MIB} MiB, fdatasync | $DD | 100% |
+| upload ${MIB} MiB (\`kiln artifact upload\`: hash, send, server hashes MD5+SHA-256+SHA-512, fsync, publish) | $UP | $(python3 -c "print(f'{100*$UP/$DD:.0f}%')") |
+| download ${MIB} MiB (\`kiln artifact get\`: stream, SHA-256 check, fsync) | $DOWN | $(python3 -c "print(f'{100*$DOWN/$DD:.0f}%')") |
+| verify $(python3 -c "print(f'{$VERIFIED_BYTES/2**30:.2f}')") GiB (server re-hashes MD5+SHA-256+SHA-512) | $VERIFY | target ≥ 200 |
+
+server RSS: before ${RSS_BEFORE} KiB, after upload ${RSS_AFTER_UP} KiB, after download ${RSS_AFTER_DOWN} KiB, peak ${HWM} KiB
+TABLE
