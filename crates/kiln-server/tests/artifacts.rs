@@ -19,6 +19,7 @@ engine_test!(uploads_are_checked_stored_once_and_served_with_ranges);
 engine_test!(a_broken_upload_resumes_and_a_wrong_checksum_stores_nothing);
 engine_test!(bad_paths_and_limits_are_refused_naming_the_field);
 engine_test!(verify_names_corrupted_and_missing_blobs);
+engine_test!(a_failing_store_answers_503_and_publishes_nothing);
 
 fn digest(tool: &str, path: &std::path::Path) -> String {
     let output = Command::new(tool).arg(path).output().unwrap();
@@ -523,4 +524,52 @@ async fn verify_names_corrupted_and_missing_blobs(engine: Engine) {
         )
         .await;
     assert_eq!(status, 200);
+}
+
+/// A blob store that fails (here an object store nobody answers for): the upload is
+/// answered 503 with the reason, and the manifest names nothing.
+async fn a_failing_store_answers_503_and_publishes_nothing(engine: Engine) {
+    let database =
+        std::sync::Arc::new(kiln_store::test_support::TestDatabase::create(engine).await);
+    let clock = kiln_server::clock::ManualClock::new(kiln_core::Millis(1_800_000_000_000));
+    let staging = database_dir(&database, "artifacts-failing");
+    let app = TestApp::spawn_configured(database, clock, |config| {
+        use kiln_server::blobs::s3::{S3BlobStore, S3Config, S3Credentials};
+        let credentials = S3Credentials {
+            access_key: "AKIDEXAMPLE".into(),
+            secret_key: kiln_server::Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+            region: "us-east-1".into(),
+        };
+        let unreachable = S3Config::from_url(
+            "s3://kiln/artifacts",
+            Some("http://127.0.0.1:1"),
+            credentials,
+        )
+        .unwrap();
+        let mut artifacts = kiln_server::ArtifactConfig::local(&staging).unwrap();
+        artifacts.blobs = std::sync::Arc::new(S3BlobStore::new(unreachable).unwrap());
+        config.artifacts = Some(artifacts);
+    })
+    .await;
+    let (client, token) = started(&app, "web", "r1").await;
+    let content = bytes(2000, 9);
+    let (status, body) = declare(
+        &app,
+        &token,
+        "r1",
+        json!({"path": "a.bin", "size": 2000, "sha256": sha256_hex(&content)}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["uploadId"].as_str().unwrap().to_owned();
+    let (status, body) = send(&app, &token, "r1", &id, 0, content).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("artifact storage failed")
+    );
+    assert_eq!(client.artifact_manifest("r1").await.unwrap().count, 0);
 }
