@@ -26,6 +26,7 @@ engine_test!(long_logs_show_their_end_numbered_from_the_start);
 engine_test!(a_kiln_run_builds_log_shows_on_its_page);
 engine_test!(failed_builds_show_where_they_stopped_in_the_same_words_and_times);
 engine_test!(triggered_by_names_the_user_and_the_token);
+engine_test!(the_build_page_lists_its_artifacts_with_download_links);
 
 /// A signed-in browser: its session cookie and CSRF token.
 struct Browser {
@@ -982,5 +983,59 @@ async fn triggered_by_names_the_user_and_the_token(engine: Engine) {
         )),
         "{overview}"
     );
+    app.stop().await;
+}
+
+/// A build's artifacts on its page: each file with its size and a download link the
+/// viewer's session may follow, and the whole build as a .tar.gz.
+async fn the_build_page_lists_its_artifacts_with_download_links(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let token = project(&app, "web", "Web").await;
+    ingest(
+        &app,
+        &token,
+        json!({"runId": "art-1", "event": "build_started"}),
+    )
+    .await;
+    let client = kiln_client::Client::new(&app.base_url, Some(token.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("app.js");
+    std::fs::write(&local, "console.log('hi');\n".repeat(200)).unwrap();
+    let target = kiln_client::ArtifactTarget::Build {
+        run_id: "art-1".into(),
+    };
+    let stored = client
+        .upload_artifact(&target, &local, "dist/app & co.js", 0o644, Some("build"))
+        .await
+        .unwrap();
+    let viewer = browser(&app, "viewer@example.com", Some(("web", "viewer"))).await;
+    let (status, page) = viewer.get("/builds/art-1").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<h2 id=\"artifacts-h\">Artifacts</h2>"),
+        "{page}"
+    );
+    assert!(page.contains("1 files, 3.7 KiB"), "{page}");
+    let href = "/api/v1/builds/art-1/artifacts/files/dist/app%20%26%20co.js";
+    assert!(
+        page.contains(&format!(
+            "<a href=\"{href}\" download>dist/app &#38; co.js</a>"
+        )),
+        "{page}"
+    );
+    assert!(page.contains(&stored.sha256[..12]), "{page}");
+    // The link works with the viewer's session.
+    let (status, body) = viewer.get(href).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "console.log('hi');\n".repeat(200));
+    // A build without artifacts has no such section.
+    ingest(
+        &app,
+        &token,
+        json!({"runId": "art-2", "event": "build_started"}),
+    )
+    .await;
+    let (_, page) = viewer.get("/builds/art-2").await;
+    assert!(!page.contains("artifacts-h"), "{page}");
     app.stop().await;
 }

@@ -158,6 +158,88 @@ struct BuildPage {
     metrics: Vec<(String, String)>,
     /// Its test results, when reports were uploaded.
     tests: Option<TestsView>,
+    /// Its artifacts, when it has any.
+    artifacts: Option<ArtifactsView>,
+}
+
+/// The build's artifacts: the first files with download links, and the totals.
+struct ArtifactsView {
+    files: Vec<ArtifactRow>,
+    count: u64,
+    total: String,
+    /// Files beyond those listed.
+    more: u64,
+}
+
+struct ArtifactRow {
+    path: String,
+    href: String,
+    size: String,
+    sha256: String,
+    step: String,
+}
+
+/// How many artifact files the page lists.
+const SHOWN_ARTIFACTS: usize = 100;
+
+/// A size as people read it: bytes, KiB, MiB or GiB.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["bytes", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+async fn artifacts_view(
+    state: &AppState,
+    build: &kiln_store::BuildRecord,
+) -> Result<Option<ArtifactsView>, PageError> {
+    let records = state.store.build_artifacts(build.id).await?;
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let run_id = build.state.run_id.to_string();
+    let total: u64 = records.iter().map(|r| r.size).sum();
+    // A path segment as RFC 3986 leaves it: unreserved characters as they are.
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let encode = |text: &str| percent_encoding::utf8_percent_encode(text, SEGMENT).to_string();
+    Ok(Some(ArtifactsView {
+        count: records.len() as u64,
+        total: human_size(total),
+        more: records.len().saturating_sub(SHOWN_ARTIFACTS) as u64,
+        files: records
+            .iter()
+            .take(SHOWN_ARTIFACTS)
+            .map(|record| ArtifactRow {
+                href: format!(
+                    "/api/v1/builds/{}/artifacts/files/{}",
+                    encode(&run_id),
+                    record
+                        .path
+                        .split('/')
+                        .map(encode)
+                        .collect::<Vec<_>>()
+                        .join("/")
+                ),
+                path: record.path.clone(),
+                size: human_size(record.size),
+                sha256: record.sha256.clone(),
+                step: record.step.clone().unwrap_or_default(),
+            })
+            .collect(),
+    }))
 }
 
 /// The build's test results: counts and the first failures with their messages.
@@ -223,6 +305,7 @@ pub(crate) async fn page(
             failures: tests.tests,
         }
     });
+    let artifacts = artifacts_view(&state, &build).await?;
     let can_write = caller.can_write(build.project_id);
     let kiln_run = jobs.iter().any(|job| !job.reported);
     let page = BuildPage {
@@ -247,6 +330,7 @@ pub(crate) async fn page(
         events_href: format!("/api/v1/builds/{}/events", view.run_id),
         last_event_id: build.last_event_id,
         tests,
+        artifacts,
         metrics: build
             .state
             .metrics
