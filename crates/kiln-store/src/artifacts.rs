@@ -49,6 +49,9 @@ pub trait ArtifactStore: Send + Sync {
     /// Adds `record` to its build's manifest, recording its blob's digests if they are
     /// new, in one transaction.
     async fn add_artifact(&self, record: &ArtifactRecord) -> StoreResult<ArtifactAdded>;
+    /// Takes a file out of a build's manifest (its blob stays for the others naming it);
+    /// whether there was one.
+    async fn remove_artifact(&self, build_id: i64, path: &str) -> StoreResult<bool>;
     /// A build's manifest, by path.
     async fn build_artifacts(&self, build_id: i64) -> StoreResult<Vec<ArtifactRecord>>;
     /// One file of a build's manifest.

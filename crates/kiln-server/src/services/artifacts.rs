@@ -67,13 +67,15 @@ fn upload_answer(
 }
 
 /// Starts (or resumes) an upload of one file to `build`. `step` is the step the file
-/// comes from when the agent uploads it; otherwise the request may name one.
+/// comes from when the agent uploads it (a later attempt of a step replaces what an
+/// earlier one stored at the same path); otherwise the request may name one.
 pub(crate) async fn start_upload(
     state: &AppState,
     build: &BuildRecord,
     request: StartArtifactUpload,
     step: Option<String>,
 ) -> Result<ArtifactUpload, ServiceError> {
+    let replaces_attempt = step.is_some();
     let config = config(state)?;
     let path = ArtifactPath::parse(&request.path).map_err(ServiceError::invalid_field)?;
     if !is_sha256_hex(&request.sha256) {
@@ -119,14 +121,24 @@ pub(crate) async fn start_upload(
         if existing.sha256 == request.sha256 {
             return Ok(upload_answer(&pending, request.size, Some(&existing)));
         }
-        return Err(ServiceError::Conflict {
-            code: "artifact_exists",
-            message: format!(
-                "path: build already has '{}' with other content (SHA-256 {}); artifacts do not change once stored — use another path",
-                path, existing.sha256
-            ),
-            field: Some("path".into()),
-        });
+        // A later attempt of the step that made it replaces it (a retried step need
+        // not make the same bytes); nothing else changes a manifest.
+        if replaces_attempt
+            && existing.step.is_some()
+            && existing.step == pending.step
+            && state.store.remove_artifact(build.id, path.as_str()).await?
+        {
+            tracing::info!(path = %path, step = ?pending.step, "artifact replaced by a later attempt of its step");
+        } else {
+            return Err(ServiceError::Conflict {
+                code: "artifact_exists",
+                message: format!(
+                    "path: build already has '{}' with other content (SHA-256 {}); artifacts do not change once stored — use another path",
+                    path, existing.sha256
+                ),
+                field: Some("path".into()),
+            });
+        }
     }
     let (count, bytes) = state.store.build_artifact_totals(build.id).await?;
     if count as usize >= MAX_FILES_PER_BUILD {

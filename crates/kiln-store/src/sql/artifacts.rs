@@ -76,6 +76,16 @@ impl ArtifactStore for SqlStore {
         Ok(outcome)
     }
 
+    async fn remove_artifact(&self, build_id: i64, path: &str) -> StoreResult<bool> {
+        let removed = sqlx::query("DELETE FROM artifacts WHERE build_id = $1 AND path = $2")
+            .bind(build_id)
+            .bind(path.to_owned())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(removed > 0)
+    }
+
     async fn build_artifacts(&self, build_id: i64) -> StoreResult<Vec<ArtifactRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{SELECT} WHERE a.build_id = $1 ORDER BY a.path"
