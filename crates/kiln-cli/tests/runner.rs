@@ -1250,9 +1250,21 @@ fn artifacts_pass_between_steps_and_match_their_manifest() {
             .any(|line| line.contains("warning: no file matched the artifacts globs nothing-here")),
         "{isolated}"
     );
-    let manifest = kiln
-        .block_on(kiln.user.artifact_manifest(&build.run_id))
-        .unwrap();
+    // MD5 and SHA-512 follow the upload within moments (the digester).
+    let manifest = wait_until(
+        || "the artifacts' MD5 and SHA-512".into(),
+        Duration::from_secs(20),
+        || {
+            let manifest = kiln
+                .block_on(kiln.user.artifact_manifest(&build.run_id))
+                .unwrap();
+            manifest
+                .files
+                .iter()
+                .all(|f| f.md5.is_some() && f.sha512.is_some())
+                .then_some(manifest)
+        },
+    );
     let paths: Vec<(&str, Option<&str>, u32)> = manifest
         .files
         .iter()
@@ -1286,8 +1298,8 @@ fn artifacts_pass_between_steps_and_match_their_manifest() {
     assert_eq!(written, 300_000);
     for (tool, expected) in [
         ("sha256sum", &blob.sha256),
-        ("md5sum", &blob.md5),
-        ("sha512sum", &blob.sha512),
+        ("md5sum", blob.md5.as_ref().unwrap()),
+        ("sha512sum", blob.sha512.as_ref().unwrap()),
     ] {
         let output = Command::new(tool).arg(&local).output().unwrap();
         let digest = String::from_utf8(output.stdout).unwrap();

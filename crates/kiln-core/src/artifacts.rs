@@ -131,6 +131,55 @@ impl Hasher {
     }
 }
 
+/// MD5 and SHA-256 together (one of the two halves of [`Hasher`]'s work, for hashing
+/// on two threads).
+#[derive(Clone, Default)]
+pub struct Md5Sha256Hasher {
+    md5: Md5,
+    sha256: Sha256,
+}
+
+impl std::fmt::Debug for Md5Sha256Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Md5Sha256Hasher")
+    }
+}
+
+impl Md5Sha256Hasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.md5.update(bytes);
+        self.sha256.update(bytes);
+    }
+
+    /// (MD5, SHA-256), hex.
+    pub fn finish(self) -> (String, String) {
+        (
+            hex::encode(self.md5.finalize()),
+            hex::encode(self.sha256.finalize()),
+        )
+    }
+}
+
+/// SHA-512 alone (the other half).
+#[derive(Clone, Default)]
+pub struct Sha512Hasher(Sha512);
+
+impl std::fmt::Debug for Sha512Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sha512Hasher")
+    }
+}
+
+impl Sha512Hasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
 /// SHA-256 alone, for a client checking what it sends or received.
 #[derive(Clone, Default)]
 pub struct Sha256Hasher(Sha256);
@@ -211,5 +260,12 @@ mod tests {
         let mut alone = Sha256Hasher::default();
         alone.update(b"abc");
         assert_eq!(alone.finish(), digests.sha256);
+        let mut half = Md5Sha256Hasher::default();
+        half.update(b"ab");
+        half.update(b"c");
+        assert_eq!(half.finish(), (digests.md5.clone(), digests.sha256.clone()));
+        let mut other = Sha512Hasher::default();
+        other.update(b"abc");
+        assert_eq!(other.finish(), digests.sha512);
     }
 }

@@ -415,7 +415,7 @@ fn errors_display_line_field_and_message() {
     assert_eq!(error.column, Some(5));
     assert_eq!(
         error.to_string(),
-        "line 4: steps[0].depend_on: unknown key 'depend_on': did you mean 'depends_on'? the keys allowed here are 'name', 'run', 'depends_on', 'env', 'timeout', 'cache', 'branches', 'agents', 'image', 'network', 'retry', 'artifacts', 'test_reports', 'secrets'"
+        "line 4: steps[0].depend_on: unknown key 'depend_on': did you mean 'depends_on'? the keys allowed here are 'name', 'run', 'depends_on', 'env', 'timeout', 'cache', 'branches', 'agents', 'image', 'network', 'retry', 'artifacts', 'artifacts_required', 'needs_artifacts', 'test_reports', 'secrets'"
     );
 }
 

@@ -44,9 +44,11 @@ pub struct ArtifactFile {
     pub path: String,
     pub size: u64,
     pub mode: u32,
-    pub md5: String,
+    /// `null` for a moment after the upload: MD5 and SHA-512 are computed off its path.
+    pub md5: Option<String>,
     pub sha256: String,
-    pub sha512: String,
+    /// `null` for a moment after the upload, like `md5`.
+    pub sha512: Option<String>,
     /// The step that made it; absent for a file a script uploaded.
     pub step: Option<String>,
     pub created_at: String,

@@ -56,6 +56,8 @@ pub struct ArtifactConfig {
     pub max_file_bytes: u64,
     /// `--artifact-max-build-bytes`: the most one build's files may hold together.
     pub max_build_bytes: u64,
+    /// Wakes the digester (MD5 and SHA-512 of new blobs) after a publish.
+    pub digester: Arc<tokio::sync::Notify>,
 }
 
 impl ArtifactConfig {
@@ -73,6 +75,7 @@ impl ArtifactConfig {
             staging: Arc::new(crate::blobs::staging::Staging::open(dir.join("uploads"))?),
             max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
             max_build_bytes: Self::DEFAULT_MAX_BUILD_BYTES,
+            digester: Arc::default(),
         })
     }
 }

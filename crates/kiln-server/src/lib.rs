@@ -265,6 +265,17 @@ pub async fn run(
             background.stop_signal(),
         ),
     );
+    if let Some(artifacts) = &config.artifacts {
+        background.spawn(
+            "artifact digester",
+            blobs::digest::run_digester(
+                store.clone(),
+                artifacts.blobs.clone(),
+                artifacts.digester.clone(),
+                background.stop_signal(),
+            ),
+        );
+    }
     background.spawn(
         "reaper",
         reaper::run(

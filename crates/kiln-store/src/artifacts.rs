@@ -17,9 +17,11 @@ pub struct ArtifactRecord {
     pub size: u64,
     /// Unix permission bits (`0o644`, `0o755`).
     pub mode: u32,
-    pub md5: String,
+    /// `None` until computed (off the upload path, moments after it).
+    pub md5: Option<String>,
     pub sha256: String,
-    pub sha512: String,
+    /// `None` until computed, like `md5`.
+    pub sha512: Option<String>,
     pub created_at: Millis,
 }
 
@@ -28,8 +30,8 @@ pub struct ArtifactRecord {
 pub struct BlobRecord {
     pub sha256: String,
     pub size: u64,
-    pub md5: String,
-    pub sha512: String,
+    pub md5: Option<String>,
+    pub sha512: Option<String>,
 }
 
 /// What adding a file to a build's manifest did.
@@ -64,4 +66,8 @@ pub trait ArtifactStore: Send + Sync {
     async fn build_artifact_totals(&self, build_id: i64) -> StoreResult<(u64, u64)>;
     /// A blob's digests, if any manifest row was ever written for it.
     async fn artifact_blob(&self, sha256: &str) -> StoreResult<Option<BlobRecord>>;
+    /// Up to `limit` blobs whose MD5 and SHA-512 are not computed yet, oldest first.
+    async fn undigested_blobs(&self, limit: i64) -> StoreResult<Vec<BlobRecord>>;
+    /// Records a blob's MD5 and SHA-512.
+    async fn set_blob_digests(&self, sha256: &str, md5: &str, sha512: &str) -> StoreResult<()>;
 }

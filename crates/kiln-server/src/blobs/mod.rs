@@ -3,6 +3,7 @@
 //! S3-compatible object store (`s3.rs`), and the staging area where uploads arrive
 //! (`staging.rs`) before a finished, verified file is moved in.
 
+pub mod digest;
 pub mod local;
 pub mod s3;
 pub mod staging;

@@ -1,8 +1,9 @@
 //! The staging area: uploads arrive here as `{id}.part` files with a `{id}.json` sidecar
 //! (what was declared), so an interrupted upload resumes at the bytes already received.
-//! Bytes are written and hashed on blocking threads in parallel; a finished file is
-//! moved into the blob store only once its SHA-256 matches the declared one, so nothing
-//! half-uploaded is ever published. Sidecars and parts left alone for a day are swept.
+//! Bytes are written and hashed (SHA-256, what the upload is checked by) on two blocking
+//! threads in parallel; a finished file is moved into the blob store only once its
+//! SHA-256 matches the declared one, so nothing half-uploaded is ever published. Sidecars
+//! and parts left alone for a day are swept.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use kiln_core::artifacts::{Digests, Hasher};
+use kiln_core::artifacts::Sha256Hasher;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -72,8 +73,8 @@ impl Drop for UploadGuard {
 pub struct Appended {
     /// Bytes now held.
     pub length: u64,
-    /// The digests of the whole file, when this request sent all of it from the start.
-    pub digests: Option<Digests>,
+    /// The SHA-256 of the whole file, when this request sent all of it from the start.
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug)]
@@ -232,7 +233,7 @@ impl Staging {
         let written = writer
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
-        let digests = match hasher {
+        let sha256 = match hasher {
             Some(hasher) => Some(
                 hasher
                     .await
@@ -251,22 +252,26 @@ impl Staging {
         let length = offset + written;
         Ok(Appended {
             length,
-            digests: digests.filter(|d| d.size == length && length == size),
+            sha256: sha256
+                .filter(|(hashed, _)| *hashed == length && length == size)
+                .map(|(_, sha256)| sha256),
         })
     }
 
-    /// The digests of a held file, read back from disk (a resumed upload).
-    pub async fn digests(&self, id: &str) -> std::io::Result<Digests> {
+    /// The SHA-256 and size of a held file, read back from disk (a resumed upload).
+    pub async fn sha256(&self, id: &str) -> std::io::Result<(String, u64)> {
         let path = self.part_path(id);
         tokio::task::spawn_blocking(move || {
             let mut file = std::fs::File::open(path)?;
-            let mut hasher = Hasher::new();
+            let mut hasher = Sha256Hasher::default();
+            let mut size = 0u64;
             let mut buffer = vec![0u8; REHASH_CHUNK];
             loop {
                 let read = file.read(&mut buffer)?;
                 if read == 0 {
-                    return Ok(hasher.finish());
+                    return Ok((hasher.finish(), size));
                 }
+                size += read as u64;
                 hasher.update(&buffer[..read]);
             }
         })
@@ -346,12 +351,14 @@ fn write_all(
     Ok(written)
 }
 
-fn hash_all(mut chunks: tokio::sync::mpsc::Receiver<Bytes>) -> Digests {
-    let mut hasher = Hasher::new();
+fn hash_all(mut chunks: tokio::sync::mpsc::Receiver<Bytes>) -> (u64, String) {
+    let mut hasher = Sha256Hasher::default();
+    let mut size = 0u64;
     while let Some(chunk) = chunks.blocking_recv() {
+        size += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    hasher.finish()
+    (size, hasher.finish())
 }
 
 #[cfg(test)]
@@ -393,7 +400,7 @@ mod tests {
             .unwrap();
         assert_eq!(first.length, 3);
         assert!(
-            first.digests.is_none(),
+            first.sha256.is_none(),
             "a part of the file has no digests of the file"
         );
         assert!(matches!(
@@ -414,9 +421,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rest.length, 6);
-        let digests = staging.digests(&id).await.unwrap();
-        assert_eq!(digests.size, 6);
-        assert_eq!(digests.md5, "e80b5017098950fc58aad83c8c14978e");
+        let (sha256, size) = staging.sha256(&id).await.unwrap();
+        assert_eq!(size, 6);
+        assert_eq!(
+            sha256,
+            "bef57ec7f53a6d40beb640a780a639c83bc29ac8a9816f1fc6c5c6dcd93c4721"
+        );
         drop(guard);
 
         let whole_id = Staging::upload_id(1, "b.txt", "y", 6);
@@ -425,7 +435,7 @@ mod tests {
             .append(&guard, &whole_id, 0, 6, body(&[b"abcdef"]))
             .await
             .unwrap();
-        assert_eq!(whole.digests, Some(digests));
+        assert_eq!(whole.sha256, Some(sha256));
         staging.discard(&id).await;
         assert_eq!(staging.pending(&id).await.unwrap(), None);
         assert_eq!(

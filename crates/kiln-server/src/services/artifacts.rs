@@ -4,8 +4,8 @@
 //! build's manifest; a build's manifest and files; and verification of what is stored against the manifest.
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use kiln_core::artifacts::{ArtifactPath, Hasher, MAX_FILES_PER_BUILD, is_sha256_hex};
+use futures_util::Stream;
+use kiln_core::artifacts::{ArtifactPath, MAX_FILES_PER_BUILD, is_sha256_hex};
 use kiln_core::{FieldError, StageName};
 use kiln_protocol::{
     ArtifactManifest, ArtifactMismatch, ArtifactUpload, ArtifactVerification, StartArtifactUpload,
@@ -13,6 +13,7 @@ use kiln_protocol::{
 use kiln_store::{ArtifactAdded, ArtifactRecord, BuildRecord};
 
 use crate::AppState;
+use crate::blobs::digest::digest_stream;
 use crate::blobs::staging::{PendingUpload, Staging, StagingError, is_upload_id};
 use crate::blobs::{BlobError, BlobStream};
 use crate::config::ArtifactConfig;
@@ -274,42 +275,45 @@ where
     if appended.length < pending.size {
         return Ok(upload_answer(&pending, appended.length, None));
     }
-    let digests = match appended.digests {
-        Some(digests) => digests,
+    let (sha256, size) = match appended.sha256 {
+        Some(sha256) => (sha256, appended.length),
         None => staging
-            .digests(upload_id)
+            .sha256(upload_id)
             .await
             .map_err(|e| storage_failed("hashing the upload", e))?,
     };
-    if digests.sha256 != pending.sha256 {
+    if sha256 != pending.sha256 {
         staging.discard(upload_id).await;
         return Err(ServiceError::Unprocessable {
             code: "checksum_mismatch",
             message: format!(
-                "sha256: the {} bytes received have SHA-256 {}, not the declared {}; nothing was stored — upload the file again",
-                digests.size, digests.sha256, pending.sha256
+                "sha256: the {size} bytes received have SHA-256 {sha256}, not the declared {}; nothing was stored — upload the file again",
+                pending.sha256
             ),
             field: Some("sha256".into()),
         });
     }
     config
         .blobs
-        .put_file(&digests.sha256, &staging.part_path(upload_id), digests.size)
+        .put_file(&sha256, &staging.part_path(upload_id), size)
         .await?;
+    // MD5 and SHA-512 come from the digester, off the upload's path.
+    let known = state.store.artifact_blob(&sha256).await?;
     let record = ArtifactRecord {
         build_id: build.id,
         path: pending.path.clone(),
         step: pending.step.clone(),
-        size: digests.size,
+        size,
         mode: pending.mode,
-        md5: digests.md5,
-        sha256: digests.sha256,
-        sha512: digests.sha512,
+        md5: known.as_ref().and_then(|blob| blob.md5.clone()),
+        sha256,
+        sha512: known.and_then(|blob| blob.sha512),
         created_at: state.clock.now(),
     };
     let stored = publish_record(state, record).await;
     staging.discard(upload_id).await;
     drop(guard);
+    config.digester.notify_one();
     Ok(upload_answer(&pending, pending.size, Some(&stored?)))
 }
 
@@ -373,7 +377,7 @@ pub(crate) async fn verify(
                 expected,
                 actual,
             };
-        let mut stream = match config.blobs.read(&record.sha256, 0, None).await {
+        let stream = match config.blobs.read(&record.sha256, 0, None).await {
             Ok(stream) => stream,
             Err(BlobError::NotFound(_)) => {
                 mismatches.push(mismatch("missing", Some(record.sha256.clone()), None));
@@ -381,45 +385,32 @@ pub(crate) async fn verify(
             }
             Err(error) => return Err(error.into()),
         };
-        let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(32);
-        let hasher = tokio::task::spawn_blocking(move || {
-            let mut receiver = receiver;
-            let mut hasher = Hasher::new();
-            while let Some(chunk) = receiver.blocking_recv() {
-                hasher.update(&chunk);
+        let digests = match digest_stream(stream).await {
+            Ok(digests) => digests,
+            Err(error) => {
+                mismatches.push(mismatch("unreadable", None, Some(error.to_string())));
+                continue;
             }
-            hasher.finish()
-        });
-        let mut unreadable = None;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    if sender.send(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    unreadable = Some(error.to_string());
-                    break;
-                }
-            }
-        }
-        drop(sender);
-        let digests = hasher
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("the hasher stopped: {e}")))?;
+        };
         bytes += digests.size;
-        if let Some(error) = unreadable {
-            mismatches.push(mismatch("unreadable", None, Some(error)));
-            continue;
-        }
+        // MD5 and SHA-512 are compared once the digester recorded them.
         for (problem, expected, actual) in [
-            ("size", record.size.to_string(), digests.size.to_string()),
+            (
+                "size",
+                Some(record.size.to_string()),
+                digests.size.to_string(),
+            ),
             ("md5", record.md5.clone(), digests.md5.clone()),
-            ("sha256", record.sha256.clone(), digests.sha256.clone()),
+            (
+                "sha256",
+                Some(record.sha256.clone()),
+                digests.sha256.clone(),
+            ),
             ("sha512", record.sha512.clone(), digests.sha512.clone()),
         ] {
-            if expected != actual {
+            if let Some(expected) = expected
+                && expected != actual
+            {
                 mismatches.push(mismatch(problem, Some(expected), Some(actual)));
             }
         }

@@ -27,6 +27,15 @@ fn record(row: &AnyRow) -> StoreResult<ArtifactRecord> {
     })
 }
 
+fn blob(row: &AnyRow) -> StoreResult<BlobRecord> {
+    Ok(BlobRecord {
+        sha256: row.try_get("sha256")?,
+        size: row.try_get::<i64, _>("size")?.max(0) as u64,
+        md5: row.try_get("md5")?,
+        sha512: row.try_get("sha512")?,
+    })
+}
+
 #[async_trait]
 impl ArtifactStore for SqlStore {
     async fn add_artifact(&self, record: &ArtifactRecord) -> StoreResult<ArtifactAdded> {
@@ -129,14 +138,27 @@ impl ArtifactStore for SqlStore {
                 .bind(sha256.to_owned())
                 .fetch_optional(&self.pool)
                 .await?;
-        row.map(|row| {
-            Ok(BlobRecord {
-                sha256: row.try_get("sha256")?,
-                size: row.try_get::<i64, _>("size")?.max(0) as u64,
-                md5: row.try_get("md5")?,
-                sha512: row.try_get("sha512")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(blob).transpose()
+    }
+
+    async fn undigested_blobs(&self, limit: i64) -> StoreResult<Vec<BlobRecord>> {
+        let rows = sqlx::query(
+            "SELECT sha256, size, md5, sha512 FROM artifact_blobs WHERE md5 IS NULL \
+             ORDER BY created_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(blob).collect()
+    }
+
+    async fn set_blob_digests(&self, sha256: &str, md5: &str, sha512: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE artifact_blobs SET md5 = $1, sha512 = $2 WHERE sha256 = $3")
+            .bind(md5.to_owned())
+            .bind(sha512.to_owned())
+            .bind(sha256.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

@@ -1,0 +1,137 @@
+//! A blob's three digests read back from the store, hashed on two blocking threads in
+//! parallel (MD5 with SHA-256, and SHA-512), and the digester: the background task that
+//! fills in the MD5 and SHA-512 of blobs stored without them — uploads compute only the
+//! SHA-256 they are checked by, so the slower digests never hold an upload up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use kiln_core::artifacts::{Digests, Md5Sha256Hasher, Sha512Hasher};
+use kiln_store::Store;
+use tokio::sync::{Notify, mpsc};
+
+use super::{BlobStore, BlobStream};
+use crate::background::StopSignal;
+
+/// Chunks queued to each hashing thread.
+const QUEUE: usize = 16;
+/// Blobs the digester takes per pass.
+const BATCH: i64 = 16;
+/// How long the digester rests when there is nothing to do (or it made no progress).
+const IDLE: Duration = Duration::from_secs(30);
+
+/// The digests of everything `stream` yields; `Err` if it breaks off.
+pub async fn digest_stream(mut stream: BlobStream) -> std::io::Result<Digests> {
+    let (to_first, mut first) = mpsc::channel::<Bytes>(QUEUE);
+    let (to_second, mut second) = mpsc::channel::<Bytes>(QUEUE);
+    let md5_sha256 = tokio::task::spawn_blocking(move || {
+        let mut hasher = Md5Sha256Hasher::default();
+        let mut size = 0u64;
+        while let Some(chunk) = first.blocking_recv() {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        (size, hasher.finish())
+    });
+    let sha512 = tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha512Hasher::default();
+        while let Some(chunk) = second.blocking_recv() {
+            hasher.update(&chunk);
+        }
+        hasher.finish()
+    });
+    let mut failure = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                let _ = to_second.send(chunk.clone()).await;
+                let _ = to_first.send(chunk).await;
+            }
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    drop((to_first, to_second));
+    let joined = |e: tokio::task::JoinError| std::io::Error::other(e.to_string());
+    let (size, (md5, sha256)) = md5_sha256.await.map_err(joined)?;
+    let sha512 = sha512.await.map_err(joined)?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(Digests {
+            size,
+            md5,
+            sha256,
+            sha512,
+        }),
+    }
+}
+
+/// Fills in the MD5 and SHA-512 of blobs stored without them: woken by each publish,
+/// and every 30 s (so what a restart interrupted is finished, and a replica's uploads
+/// are digested by whichever replica looks first — the same values either way).
+pub(crate) async fn run_digester(
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    wake: Arc<Notify>,
+    mut stop: StopSignal,
+) {
+    loop {
+        let progressed = match digest_pending(store.as_ref(), blobs.as_ref()).await {
+            Ok(done) => done > 0,
+            Err(error) => {
+                tracing::warn!(%error, "the artifact digester could not read pending blobs");
+                false
+            }
+        };
+        if progressed {
+            continue;
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(IDLE) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// One pass: digests up to a batch of pending blobs; answers how many it recorded.
+async fn digest_pending(
+    store: &dyn Store,
+    blobs: &dyn BlobStore,
+) -> kiln_store::StoreResult<usize> {
+    let mut done = 0;
+    for blob in store.undigested_blobs(BATCH).await? {
+        let digests = match blobs.read(&blob.sha256, 0, None).await {
+            Ok(stream) => digest_stream(stream).await,
+            Err(error) => {
+                tracing::warn!(sha256 = %blob.sha256, %error, "blob not digested: cannot read it");
+                continue;
+            }
+        };
+        match digests {
+            Ok(digests) if digests.sha256 == blob.sha256 && digests.size == blob.size => {
+                store
+                    .set_blob_digests(&blob.sha256, &digests.md5, &digests.sha512)
+                    .await?;
+                done += 1;
+            }
+            Ok(digests) => tracing::error!(
+                sha256 = %blob.sha256,
+                found = %digests.sha256,
+                size = digests.size,
+                "a stored blob is not what was uploaded; `verify` names the builds holding it"
+            ),
+            Err(error) => {
+                tracing::warn!(sha256 = %blob.sha256, %error, "blob not digested: reading it broke off")
+            }
+        }
+    }
+    Ok(done)
+}
