@@ -112,10 +112,12 @@ pub struct ArtifactComparison {
 #[serde(rename_all = "camelCase")]
 pub struct RebuildVerification {
     pub run_id: String,
-    pub rebuild_run_id: String,
+    /// The newest rebuild; `None` (and so the rest) when the build was never rebuilt to
+    /// verify it.
+    pub rebuild_run_id: Option<String>,
     /// The rebuild's status (`queued`, `running`, `success`, …).
-    pub rebuild_status: String,
-    pub requested_at: String,
+    pub rebuild_status: Option<String>,
+    pub requested_at: Option<String>,
     /// The comparison of the two builds' artifacts, once the rebuild has ended.
     pub comparison: Option<ArtifactComparison>,
 }

@@ -41,21 +41,21 @@ pub(crate) async fn rebuild(
 }
 
 /// `GET …/builds/{runId}/verification`: the newest rebuild and, once it ended, the
-/// comparison.
+/// comparison; all `None` for a build never rebuilt to verify it.
 pub(crate) async fn answer(
     state: &AppState,
     build: &BuildRecord,
 ) -> Result<RebuildVerification, ServiceError> {
     let run_id = build.state.run_id.to_string();
-    let verification = state
-        .store
-        .latest_verification(build.id)
-        .await?
-        .ok_or_else(|| {
-            ServiceError::NotFound(format!(
-                "build '{run_id}' was never rebuilt to verify it; POST /api/v1/builds/{run_id}/rebuild-verify does"
-            ))
-        })?;
+    let Some(verification) = state.store.latest_verification(build.id).await? else {
+        return Ok(RebuildVerification {
+            run_id,
+            rebuild_run_id: None,
+            rebuild_status: None,
+            requested_at: None,
+            comparison: None,
+        });
+    };
     let rebuild = state
         .store
         .build_by_run_id(&verification.rebuild_run_id)
@@ -68,9 +68,9 @@ pub(crate) async fn answer(
     };
     Ok(RebuildVerification {
         run_id,
-        rebuild_run_id: verification.rebuild_run_id,
-        rebuild_status: rebuild.state.status.as_str().to_owned(),
-        requested_at: verification.requested_at.to_rfc3339(),
+        rebuild_run_id: Some(verification.rebuild_run_id),
+        rebuild_status: Some(rebuild.state.status.as_str().to_owned()),
+        requested_at: Some(verification.requested_at.to_rfc3339()),
         comparison,
     })
 }
