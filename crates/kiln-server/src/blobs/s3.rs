@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::{BlobError, BlobStore, BlobStream};
-use crate::config::Secret;
+use crate::secret_box::Secret;
 
 /// Parts of a multipart upload unless configured otherwise.
 pub const DEFAULT_PART_SIZE: u64 = 32 * 1024 * 1024;
