@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    admin, agent, analytics, artifacts, emit, run, runs, secrets, serve, test_reports, users,
-    watch, webhooks,
+    admin, agent, analytics, artifacts, emit, lifecycle, run, runs, secrets, serve, test_reports,
+    users, watch, webhooks,
 };
 
 #[derive(Parser, Debug)]
@@ -88,6 +88,19 @@ enum Command {
         #[command(subcommand)]
         command: artifacts::ArtifactCommand,
     },
+    /// Compare two builds' artifacts file by file (exit 1 unless reproducible).
+    Compare(lifecycle::CompareArgs),
+    /// A build's report: summary, stages, failures with their last log lines, tests,
+    /// artifacts (JSON, or --markdown).
+    Report(lifecycle::ReportArgs),
+    /// Build an ended build's commit again and compare the two when it ends (--status:
+    /// the newest rebuild and its comparison).
+    RebuildVerify(lifecycle::RebuildVerifyArgs),
+    /// Pin a build so retention keeps its artifacts (--remove: unpin).
+    Pin(lifecycle::PinArgs),
+    /// A project's artifact retention rule: show it, set it (--keep-builds, --keep-days,
+    /// --keep-all), apply it (--run) or show what it would delete (--dry-run).
+    Retention(lifecycle::RetentionArgs),
     /// Start a build of the project's repository (--wait follows it and exits with its
     /// result).
     Trigger(runs::TriggerArgs),
@@ -173,6 +186,11 @@ fn main() -> ExitCode {
             Command::Tests(args) => test_reports::tests(args).await,
             Command::Flaky(args) => test_reports::flaky(args).await,
             Command::Artifact { command } => artifacts::run(command).await,
+            Command::Compare(args) => lifecycle::compare(args).await,
+            Command::Report(args) => lifecycle::report(args).await,
+            Command::RebuildVerify(args) => lifecycle::rebuild_verify(args).await,
+            Command::Pin(args) => lifecycle::pin(args).await,
+            Command::Retention(args) => lifecycle::retention(args).await,
             Command::Trigger(args) => runs::trigger(args).await,
             Command::Build(args) => runs::build(args).await,
             Command::Cancel(args) => runs::cancel(args).await,

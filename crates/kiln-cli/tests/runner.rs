@@ -1344,3 +1344,109 @@ fn required_artifacts_that_are_missing_fail_the_step() {
         "{jobs:?}"
     );
 }
+
+/// Rebuild to verify, end to end: a repository whose build writes the same bytes every
+/// time is reproducible (`kiln compare` exits 0); one that also writes the time
+/// (`date +%s%N`) is not (`kiln compare` exits 1 and names the file that differs).
+#[test]
+fn a_reproducible_and_a_non_reproducible_repository_are_told_apart() {
+    let kiln = Kiln::start(&[]);
+    let _agent = kiln.agent("builder", &[]);
+    let build_and_rebuild = |commands: &[&str]| {
+        kiln.commit_pipeline(&pipeline(&[step(
+            "build",
+            commands,
+            "    artifacts: [dist]\n",
+        )]));
+        let first = kiln.trigger_main();
+        assert_eq!(
+            kiln.wait_for_build(&first.run_id, Duration::from_secs(60)),
+            "success"
+        );
+        let requested = kiln
+            .block_on(kiln.user.rebuild_to_verify(&first.run_id))
+            .unwrap();
+        let rebuild = requested.rebuild_run_id.clone().unwrap();
+        assert!(requested.comparison.is_none());
+        assert_eq!(
+            kiln.wait_for_build(&rebuild, Duration::from_secs(60)),
+            "success"
+        );
+        let verification = kiln
+            .block_on(kiln.user.verification(&first.run_id))
+            .unwrap();
+        assert_eq!(
+            verification.rebuild_run_id.as_deref(),
+            Some(rebuild.as_str())
+        );
+        assert_eq!(verification.rebuild_status.as_deref(), Some("success"));
+        let comparison = verification.comparison.expect("compared once ended");
+        let report = kiln.block_on(kiln.user.build_report(&rebuild)).unwrap();
+        assert_eq!(report.trigger.cause, "verify");
+        assert_eq!(
+            report.trigger.retry_of.as_deref(),
+            Some(first.run_id.as_str())
+        );
+        (first.run_id, rebuild, comparison)
+    };
+
+    let (a, b, same) = build_and_rebuild(&["mkdir -p dist", "printf 'hello\\n' > dist/app.txt"]);
+    assert!(same.reproducible, "{same:?}");
+    assert_eq!(same.identical, 1);
+    let compared = output(
+        kiln.workspace
+            .kiln(&kiln.url(), &kiln.user_token)
+            .args(["compare", &a, &b]),
+    );
+    assert_eq!(compared.status.code(), Some(0), "{}", stderr(&compared));
+    assert!(
+        stderr(&compared).contains(": reproducible"),
+        "{}",
+        stderr(&compared)
+    );
+
+    let (c, d, different) = build_and_rebuild(&[
+        "mkdir -p dist",
+        "printf 'hello\\n' > dist/app.txt",
+        "date +%s%N > dist/stamp.txt",
+    ]);
+    assert!(!different.reproducible, "{different:?}");
+    assert_eq!(different.verdict, "not_reproducible");
+    let stamp = different
+        .files
+        .iter()
+        .find(|file| file.path == "dist/stamp.txt")
+        .unwrap();
+    assert_eq!(stamp.status, "differs");
+    let compared = output(
+        kiln.workspace
+            .kiln(&kiln.url(), &kiln.user_token)
+            .args(["compare", &c, &d]),
+    );
+    assert_eq!(compared.status.code(), Some(1), "{}", stderr(&compared));
+    assert!(
+        stdout(&compared)
+            .lines()
+            .any(|line| line.starts_with("differs\tdist/stamp.txt\t")),
+        "{}",
+        stdout(&compared)
+    );
+    assert!(
+        stdout(&compared)
+            .lines()
+            .any(|line| line.starts_with("identical\tdist/app.txt\t")),
+        "{}",
+        stdout(&compared)
+    );
+    let report = output(kiln.workspace.kiln(&kiln.url(), &kiln.user_token).args([
+        "report",
+        &d,
+        "--markdown",
+    ]));
+    assert_eq!(report.status.code(), Some(0), "{}", stderr(&report));
+    assert!(
+        stdout(&report).contains("## Artifacts"),
+        "{}",
+        stdout(&report)
+    );
+}

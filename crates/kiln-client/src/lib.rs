@@ -3,6 +3,7 @@
 
 mod accounts;
 mod analytics;
+mod artifact_lifecycle;
 mod artifacts;
 pub use artifacts::{ArtifactTarget, file_sha256};
 mod runs;

@@ -3,12 +3,14 @@
 
 mod accounts;
 mod analytics;
+mod artifact_lifecycle;
 mod artifacts;
 mod test_results;
 mod webhooks;
 
 pub use accounts::*;
 pub use analytics::*;
+pub use artifact_lifecycle::*;
 pub use artifacts::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

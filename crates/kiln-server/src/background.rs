@@ -63,6 +63,8 @@ pub enum Periodic {
     Notifier,
     /// A round of the mail task over the due emails.
     Mail,
+    /// An artifact retention pass over every project with a rule, then the unused blobs.
+    Retention,
 }
 
 /// How many passes each periodic task has completed, so a caller (a test) can wait for
@@ -72,6 +74,7 @@ pub struct Passes {
     reaper: AtomicU64,
     notifier: AtomicU64,
     mail: AtomicU64,
+    retention: AtomicU64,
     changed: tokio::sync::Notify,
 }
 
@@ -81,6 +84,7 @@ impl Passes {
             Periodic::Reaper => &self.reaper,
             Periodic::Notifier => &self.notifier,
             Periodic::Mail => &self.mail,
+            Periodic::Retention => &self.retention,
         }
     }
 

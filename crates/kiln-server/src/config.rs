@@ -58,12 +58,20 @@ pub struct ArtifactConfig {
     pub max_build_bytes: u64,
     /// Wakes the digester (MD5 and SHA-512 of new blobs) after a publish.
     pub digester: Arc<tokio::sync::Notify>,
+    /// How often artifact retention runs (hourly; tests shorten it).
+    pub retention_interval: Duration,
+    /// Held shared while an upload links or publishes a blob and its manifest row, and
+    /// exclusively while retention deletes blobs no manifest names: in one process, a
+    /// blob is never deleted under an upload that is about to name it.
+    pub blob_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl ArtifactConfig {
     /// Default limits: 2 GiB per file, 10 GiB per build.
     pub const DEFAULT_MAX_FILE_BYTES: u64 = 2 << 30;
     pub const DEFAULT_MAX_BUILD_BYTES: u64 = 10 << 30;
+    /// Retention runs hourly.
+    pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
     /// Blobs on local disk under `dir/blobs`, uploads staged in `dir/uploads` (the same
     /// file system, so publishing is a rename).
@@ -76,6 +84,8 @@ impl ArtifactConfig {
             max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
             max_build_bytes: Self::DEFAULT_MAX_BUILD_BYTES,
             digester: Arc::default(),
+            retention_interval: Self::DEFAULT_RETENTION_INTERVAL,
+            blob_gate: Arc::default(),
         })
     }
 }

@@ -19,6 +19,7 @@ mod notify;
 mod params;
 mod range;
 mod reaper;
+mod retention;
 mod routes;
 mod scheduler;
 mod secret_box;
@@ -272,6 +273,18 @@ pub async fn run(
                 store.clone(),
                 artifacts.blobs.clone(),
                 artifacts.digester.clone(),
+                background.stop_signal(),
+            ),
+        );
+    }
+    if let Some(artifacts) = config.artifacts.clone() {
+        background.spawn(
+            "artifact retention",
+            retention::run(
+                store.clone(),
+                artifacts,
+                clock.clone(),
+                config.passes.clone(),
                 background.stop_signal(),
             ),
         );

@@ -10,6 +10,7 @@
 
 pub(crate) mod accounts;
 mod analytics;
+mod artifact_lifecycle;
 mod artifacts;
 mod dashboard;
 mod migrations;
@@ -30,6 +31,7 @@ use kiln_core::{JobState, Millis, ProjectSlug};
 
 pub use accounts::*;
 pub use analytics::*;
+pub use artifact_lifecycle::*;
 pub use artifacts::*;
 pub use dashboard::*;
 pub use notifications::*;
@@ -166,6 +168,7 @@ pub trait Store:
     + AnalyticsStore
     + TestResultStore
     + ArtifactStore
+    + ArtifactLifecycleStore
     + StatusStore
     + Send
     + Sync
@@ -184,6 +187,7 @@ impl<T> Store for T where
         + AnalyticsStore
         + TestResultStore
         + ArtifactStore
+        + ArtifactLifecycleStore
         + StatusStore
         + Send
         + Sync

@@ -120,6 +120,14 @@ const SQLITE: &[Migration] = &[
         name: "agent_recommendation",
         sql: include_str!("../migrations/sqlite/0016_agent_recommendation.sql"),
     },
+    // Artifact lifecycle: retention rules per project, pinned builds, rebuilds made to
+    // verify a build. (0017 belongs to the deployments branch: versions are applied as a
+    // set, so the order the two land in does not matter.)
+    Migration {
+        version: 18,
+        name: "artifact_lifecycle",
+        sql: include_str!("../migrations/sqlite/0018_artifact_lifecycle.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -228,6 +236,14 @@ const POSTGRES: &[Migration] = &[
         version: 16,
         name: "agent_recommendation",
         sql: include_str!("../migrations/postgres/0016_agent_recommendation.sql"),
+    },
+    // Artifact lifecycle: retention rules per project, pinned builds, rebuilds made to
+    // verify a build. (0017 belongs to the deployments branch: versions are applied as a
+    // set, so the order the two land in does not matter.)
+    Migration {
+        version: 18,
+        name: "artifact_lifecycle",
+        sql: include_str!("../migrations/postgres/0018_artifact_lifecycle.sql"),
     },
 ];
 

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod analytics;
 pub mod artifacts;
 pub mod emit;
+pub mod lifecycle;
 pub mod limits;
 pub mod run;
 pub mod runs;

@@ -7,6 +7,7 @@ pub(crate) mod artifacts;
 mod body;
 mod build_control;
 mod builds;
+mod compare;
 mod events;
 pub(crate) mod fleet;
 mod headers;
@@ -19,7 +20,9 @@ pub(crate) mod notifications;
 pub(crate) mod projects;
 mod public_status;
 mod reported_log;
+mod reports;
 pub(crate) mod repos;
+mod retention;
 mod secrets;
 mod socketio;
 mod stream;
@@ -335,6 +338,67 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "/api/v1/builds/{run_id}/artifacts/verify",
             Access::ProjectWrite,
             post(artifacts::verify),
+        ),
+        // After a build: retention, pins, comparison, rebuild to verify, reports.
+        (
+            "GET",
+            "/api/v1/projects/{slug}/artifact-retention",
+            Access::ProjectRead,
+            get(retention::show),
+        ),
+        (
+            "PUT",
+            "/api/v1/projects/{slug}/artifact-retention",
+            Access::ProjectAdmin,
+            put(retention::set),
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{slug}/artifact-retention/run",
+            Access::ProjectAdmin,
+            post(retention::run),
+        ),
+        (
+            "POST",
+            "/api/v1/builds/{run_id}/pin",
+            Access::ProjectWrite,
+            post(retention::pin),
+        ),
+        (
+            "DELETE",
+            "/api/v1/builds/{run_id}/pin",
+            Access::ProjectWrite,
+            delete(retention::unpin),
+        ),
+        (
+            "GET",
+            "/api/v1/compare",
+            Access::ProjectRead,
+            get(compare::compare),
+        ),
+        (
+            "POST",
+            "/api/v1/builds/{run_id}/rebuild-verify",
+            Access::ProjectWrite,
+            post(compare::rebuild_verify),
+        ),
+        (
+            "GET",
+            "/api/v1/builds/{run_id}/verification",
+            Access::ProjectRead,
+            get(compare::verification),
+        ),
+        (
+            "GET",
+            "/api/v1/builds/{run_id}/report.json",
+            Access::ProjectRead,
+            get(reports::json),
+        ),
+        (
+            "GET",
+            "/api/v1/builds/{run_id}/report.md",
+            Access::ProjectRead,
+            get(reports::markdown),
         ),
         (
             "GET",

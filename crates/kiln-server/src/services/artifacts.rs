@@ -154,7 +154,9 @@ pub(crate) async fn start_upload(
             config.max_build_bytes
         )));
     }
-    // Content Kiln already holds needs no bytes: link it.
+    // Content Kiln already holds needs no bytes: link it. Retention does not delete a
+    // blob while this holds the gate (`services::retention::sweep_blobs`).
+    let gate = config.blob_gate.read().await;
     if let Some(blob) = state.store.artifact_blob(&request.sha256).await?
         && blob.size == request.size
         && config.blobs.size(&request.sha256).await? == Some(blob.size)
@@ -173,6 +175,7 @@ pub(crate) async fn start_upload(
         let stored = publish_record(state, record).await?;
         return Ok(upload_answer(&pending, request.size, Some(&stored)));
     }
+    drop(gate);
     config.staging.sweep_now_and_then();
     let offset = config
         .staging
@@ -293,6 +296,8 @@ where
             field: Some("sha256".into()),
         });
     }
+    // Held until the manifest names the blob, so retention cannot delete it between.
+    let gate = config.blob_gate.read().await;
     config
         .blobs
         .put_file(&sha256, &staging.part_path(upload_id), size)
@@ -311,6 +316,7 @@ where
         created_at: state.clock.now(),
     };
     let stored = publish_record(state, record).await;
+    drop(gate);
     staging.discard(upload_id).await;
     drop(guard);
     config.digester.notify_one();

@@ -13,6 +13,7 @@
 
 mod accounts;
 mod analytics;
+mod artifact_lifecycle;
 mod artifacts;
 mod builds;
 mod ingest;
