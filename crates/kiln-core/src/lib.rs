@@ -8,6 +8,7 @@
 pub mod analytics;
 pub mod artifacts;
 pub mod build;
+pub mod deployments;
 pub mod eta;
 pub mod event;
 pub mod glob;
