@@ -162,25 +162,28 @@ impl JobSpec {
                 retry.get("limit").and_then(Value::as_u64).unwrap_or(0) as u32,
             )
         });
-        let deploy = value.get("deploy").filter(|v| !v.is_null()).and_then(|deploy| {
-            let environment = EnvironmentName::parse(
-                "environment",
-                deploy.get("environment").and_then(Value::as_str)?,
-            )
-            .ok()?;
-            let target = match (
-                deploy.get("publish").and_then(Value::as_str),
-                deploy.get("url").and_then(Value::as_str),
-            ) {
-                (Some(dir), _) => DeployTarget::Publish(dir.to_owned()),
-                (None, Some(url)) => DeployTarget::Url(url.to_owned()),
-                (None, None) => return None,
-            };
-            Some(DeploySpec {
-                environment,
-                target,
-            })
-        });
+        let deploy = value
+            .get("deploy")
+            .filter(|v| !v.is_null())
+            .and_then(|deploy| {
+                let environment = EnvironmentName::parse(
+                    "environment",
+                    deploy.get("environment").and_then(Value::as_str)?,
+                )
+                .ok()?;
+                let target = match (
+                    deploy.get("publish").and_then(Value::as_str),
+                    deploy.get("url").and_then(Value::as_str),
+                ) {
+                    (Some(dir), _) => DeployTarget::Publish(dir.to_owned()),
+                    (None, Some(url)) => DeployTarget::Url(url.to_owned()),
+                    (None, None) => return None,
+                };
+                Some(DeploySpec {
+                    environment,
+                    target,
+                })
+            });
         JobSpec {
             deploy,
             secrets: value.get("secrets").map(strings).unwrap_or_default(),

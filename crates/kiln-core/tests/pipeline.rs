@@ -785,31 +785,74 @@ fn deploy_steps_publish_a_directory_or_name_a_url() {
     );
     let pipeline = Pipeline::parse(&text).unwrap();
     assert_eq!(Pipeline::parse(&pipeline.to_yaml()).unwrap(), pipeline);
-    let site = pipeline.steps.iter().find(|s| s.name.as_str() == "site").unwrap();
+    let site = pipeline
+        .steps
+        .iter()
+        .find(|s| s.name.as_str() == "site")
+        .unwrap();
     let deploy = site.deploy.as_ref().unwrap();
     assert_eq!(deploy.environment.as_str(), "production");
     assert_eq!(deploy.target, DeployTarget::Publish("dist".into()));
-    let script = pipeline.steps.iter().find(|s| s.name.as_str() == "deploy").unwrap();
+    let script = pipeline
+        .steps
+        .iter()
+        .find(|s| s.name.as_str() == "deploy")
+        .unwrap();
     assert_eq!(
         script.deploy.as_ref().unwrap().target,
         DeployTarget::Url("https://staging.example.com/app".into())
     );
     let plans = kiln_core::jobs::plan(&pipeline, "main");
-    let spec = kiln_core::jobs::JobSpec::from_json(
-        &plans.iter().find(|p| p.step == "site").unwrap().spec,
-    );
+    let spec =
+        kiln_core::jobs::JobSpec::from_json(&plans.iter().find(|p| p.step == "site").unwrap().spec);
     assert_eq!(spec.deploy.as_ref(), Some(deploy));
 
     for (text, field, words) in [
-        ("steps:\n  - name: a\n    run: x\n    deploy: {publish: dist}\n", "steps[0].deploy.environment", "is missing"),
-        ("steps:\n  - name: a\n    run: x\n    deploy: {environment: Prod, publish: dist}\n", "steps[0].deploy.environment", "lowercase"),
-        ("steps:\n  - name: a\n    run: x\n    deploy: {environment: prod}\n", "steps[0].deploy.publish", "either"),
-        ("steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: dist, url: 'https://x.test'}\n", "steps[0].deploy.url", "not both"),
-        ("steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: ../dist}\n", "steps[0].deploy.publish", "'..'"),
-        ("steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: 'dist/*'}\n", "steps[0].deploy.publish", "glob"),
-        ("steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, url: 'ftp://x'}\n", "steps[0].deploy.url", "http"),
-        ("steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, branch: main, publish: d}\n", "steps[0].deploy.branch", "unknown key"),
-        ("steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: d}\n  - name: b\n    run: y\n    deploy: {environment: prod, publish: e}\n", "steps[1].deploy.environment", "already deploys"),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {publish: dist}\n",
+            "steps[0].deploy.environment",
+            "is missing",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: Prod, publish: dist}\n",
+            "steps[0].deploy.environment",
+            "lowercase",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod}\n",
+            "steps[0].deploy.publish",
+            "either",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: dist, url: 'https://x.test'}\n",
+            "steps[0].deploy.url",
+            "not both",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: ../dist}\n",
+            "steps[0].deploy.publish",
+            "'..'",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: 'dist/*'}\n",
+            "steps[0].deploy.publish",
+            "glob",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, url: 'ftp://x'}\n",
+            "steps[0].deploy.url",
+            "http",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, branch: main, publish: d}\n",
+            "steps[0].deploy.branch",
+            "unknown key",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: d}\n  - name: b\n    run: y\n    deploy: {environment: prod, publish: e}\n",
+            "steps[1].deploy.environment",
+            "already deploys",
+        ),
     ] {
         let error = Pipeline::parse(text).unwrap_err();
         assert_eq!(error.field, field, "{text}: {error}");

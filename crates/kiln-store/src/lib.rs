@@ -12,6 +12,7 @@ pub(crate) mod accounts;
 mod analytics;
 mod artifacts;
 mod dashboard;
+mod deployments;
 mod migrations;
 pub(crate) mod notifications;
 pub(crate) mod queue;
@@ -32,6 +33,7 @@ pub use accounts::*;
 pub use analytics::*;
 pub use artifacts::*;
 pub use dashboard::*;
+pub use deployments::*;
 pub use notifications::*;
 pub use queue::*;
 pub use records::*;
@@ -166,6 +168,7 @@ pub trait Store:
     + AnalyticsStore
     + TestResultStore
     + ArtifactStore
+    + DeploymentStore
     + StatusStore
     + Send
     + Sync
@@ -184,6 +187,7 @@ impl<T> Store for T where
         + AnalyticsStore
         + TestResultStore
         + ArtifactStore
+        + DeploymentStore
         + StatusStore
         + Send
         + Sync

@@ -113,6 +113,13 @@ const SQLITE: &[Migration] = &[
         name: "artifacts",
         sql: include_str!("../migrations/sqlite/0015_artifacts.sql"),
     },
+    // Deployments: environments with the deployment each serves, and deployments of
+    // builds and rollbacks, each naming what it replaced. (16 is another branch's.)
+    Migration {
+        version: 17,
+        name: "deployments",
+        sql: include_str!("../migrations/sqlite/0017_deployments.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -214,6 +221,13 @@ const POSTGRES: &[Migration] = &[
         version: 15,
         name: "artifacts",
         sql: include_str!("../migrations/postgres/0015_artifacts.sql"),
+    },
+    // Deployments: environments with the deployment each serves, and deployments of
+    // builds and rollbacks, each naming what it replaced. (16 is another branch's.)
+    Migration {
+        version: 17,
+        name: "deployments",
+        sql: include_str!("../migrations/postgres/0017_deployments.sql"),
     },
 ];
 

@@ -15,6 +15,7 @@ mod accounts;
 mod analytics;
 mod artifacts;
 mod builds;
+mod deployments;
 mod ingest;
 mod notifications;
 mod pg_ingest;
