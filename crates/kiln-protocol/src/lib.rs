@@ -4,12 +4,14 @@
 mod accounts;
 mod analytics;
 mod artifacts;
+mod deployments;
 mod test_results;
 mod webhooks;
 
 pub use accounts::*;
 pub use analytics::*;
 pub use artifacts::*;
+pub use deployments::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 pub use test_results::*;

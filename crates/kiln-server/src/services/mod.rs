@@ -7,6 +7,7 @@ pub(crate) mod accounts;
 pub(crate) mod analytics;
 pub(crate) mod artifacts;
 pub(crate) mod builds;
+pub(crate) mod deployments;
 pub(crate) mod fleet;
 pub(crate) mod members;
 pub(crate) mod metrics;
