@@ -40,7 +40,8 @@ use kiln_store::{NewToken, Store, StoreError};
 use tokio::net::TcpListener;
 
 pub use background::{Passes, Periodic};
-pub use config::{ArtifactConfig, Secret, ServerConfig, SitesConfig, SitesListener};
+pub use config::{ArtifactConfig, Secret, ServerConfig};
+pub use deploy::{SitesConfig, SitesListener};
 pub use error::ApiError;
 pub use notify::{EmailConfig, NotificationConfig, SmtpFiles};
 pub use routes::{RouteRule, route_table};

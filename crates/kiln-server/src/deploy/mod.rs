@@ -27,7 +27,6 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::config::SitesConfig;
 use crate::ingest::Ingestor;
 
 /// How often the repair task looks at unfinished deployments.
@@ -311,5 +310,67 @@ pub(crate) async fn run(deployer: Deployer, mut stop: watch::Receiver<bool>) {
         for build_id in builds {
             deployer.refresh_quietly(build_id, None).await;
         }
+    }
+}
+
+/// The sites listener: where it listens, how its sites are addressed.
+#[derive(Clone, Debug)]
+pub struct SitesConfig {
+    /// The bound listener; `run` takes it.
+    pub listener: SitesListener,
+    /// The sites listener's public base URL (`--sites-url`; by default
+    /// `http://{--sites-listen}`), for the URLs deployments show.
+    pub public_url: String,
+    /// `--sites-domain`: sites are also answered, and shown, at
+    /// `{project}--{environment}.{domain}`.
+    pub domain: Option<String>,
+    /// How long a replica serves its cached view of an environment before checking which
+    /// deployment it serves (one indexed read).
+    pub check_interval: Duration,
+}
+
+impl SitesConfig {
+    /// Sites on `listener`, addressed by path under `http://{its address}`.
+    pub fn new(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        let address = listener.local_addr()?;
+        Ok(Self {
+            listener: SitesListener::new(listener),
+            public_url: format!("http://{address}"),
+            domain: None,
+            check_interval: Duration::from_millis(250),
+        })
+    }
+
+    /// Where a site is seen: `{public_url}/{project}/{environment}/`, or with a domain
+    /// `{scheme}://{project}--{environment}.{domain}{:port}/` (scheme and port of the
+    /// public URL).
+    pub fn site_url(&self, project: &str, environment: &str) -> String {
+        let base = self.public_url.trim_end_matches('/');
+        match &self.domain {
+            Some(domain) => {
+                let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+                let authority = rest.split('/').next().unwrap_or(rest);
+                let port = match authority.rsplit_once(':') {
+                    Some((_, port)) if !authority.ends_with(']') => format!(":{port}"),
+                    _ => String::new(),
+                };
+                format!("{scheme}://{project}--{environment}.{domain}{port}/")
+            }
+            None => format!("{base}/{project}/{environment}/"),
+        }
+    }
+}
+
+/// A bound listener handed to `run` inside the (cloneable) configuration.
+#[derive(Clone, Debug)]
+pub struct SitesListener(Arc<std::sync::Mutex<Option<std::net::TcpListener>>>);
+
+impl SitesListener {
+    pub fn new(listener: std::net::TcpListener) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(listener))))
+    }
+
+    pub(crate) fn take(&self) -> Option<std::net::TcpListener> {
+        self.0.lock().ok()?.take()
     }
 }

@@ -27,8 +27,8 @@ use kiln_core::deployments::{content_type, site_file, site_from_host};
 use kiln_store::Store;
 use tokio::sync::OnceCell;
 
+use super::SitesConfig;
 use crate::blobs::BlobStore;
-use crate::config::SitesConfig;
 use crate::range::{Wanted, wanted};
 
 /// Files this small are kept in memory once read.
