@@ -3,6 +3,7 @@
 
 mod accounts;
 mod analytics;
+mod deployments;
 mod runs;
 mod secrets;
 pub mod sse;

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod agent;
 pub mod analytics;
+pub mod deployments;
 pub mod emit;
 pub mod limits;
 pub mod run;
