@@ -465,6 +465,19 @@ impl ServeArgs {
     }
 }
 
+/// Artifacts (and so published sites) on local disk under the data directory, unless
+/// another store was configured.
+fn with_local_artifacts(config: &mut ServerConfig, args: &ServeArgs) -> anyhow::Result<()> {
+    if config.artifacts.is_none() {
+        let dir = args.data_dir.join("artifacts");
+        config.artifacts = Some(
+            kiln_server::ArtifactConfig::local(&dir)
+                .with_context(|| format!("cannot store artifacts in {}", dir.display()))?,
+        );
+    }
+    Ok(())
+}
+
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -525,6 +538,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Bad settings stop the command before it opens the database or listens.
     let mut config = args.config()?;
     config.sites = args.sites_config(None)?;
+    with_local_artifacts(&mut config, &args)?;
     let (listener, store, url) = start(&args).await?;
     // Tests and scripts read this line to learn the port when listening on :0.
     errln!("kiln listening on {url}");
@@ -544,6 +558,7 @@ pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
     let mut config = args.config()?;
     // Published sites on a free loopback port of their own unless told otherwise.
     config.sites = args.sites_config(Some(SocketAddr::from(([127, 0, 0, 1], 0))))?;
+    with_local_artifacts(&mut config, &args)?;
     let sites = config.sites.clone();
     let (listener, store, url) = start(&args).await?;
     let now = SystemClock.now();
