@@ -24,6 +24,7 @@ pub struct DeployArgs {
     /// Wait until the deployment ends; exit 0 only if it was deployed.
     #[arg(long, conflicts_with = "json")]
     wait: bool,
+    /// Print the build and its deployment as JSON instead of lines.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -37,8 +38,10 @@ pub struct RollbackArgs {
     /// The run id of an earlier build deployed there (`kiln deployments ENV` lists them).
     #[arg(long, value_name = "RUN_ID")]
     to: String,
+    /// The project [default: the token's project if it has one, else default].
     #[arg(long, env = "KILN_PROJECT")]
     project: Option<String>,
+    /// Print the new deployment as JSON instead of a line.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -49,11 +52,13 @@ pub struct RollbackArgs {
 pub struct DeploymentsArgs {
     /// Only this environment's deployments.
     environment: Option<String>,
+    /// The project [default: the token's project if it has one, else default].
     #[arg(long, env = "KILN_PROJECT")]
     project: Option<String>,
     /// How many deployments to list (1-200).
     #[arg(long, default_value_t = 20)]
     limit: i64,
+    /// Print the environments and the history as JSON instead of lines.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
