@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    admin, agent, analytics, artifacts, emit, lifecycle, run, runs, secrets, serve, test_reports,
-    users, watch, webhooks,
+    admin, agent, analytics, artifacts, deployments, emit, lifecycle, run, runs, secrets, serve,
+    test_reports, users, watch, webhooks,
 };
 
 #[derive(Parser, Debug)]
@@ -109,6 +109,12 @@ enum Command {
     Build(runs::BuildArgs),
     /// Cancel a build Kiln runs.
     Cancel(runs::RunRef),
+    /// Build the branch's tip and deploy it to an environment (--wait follows it).
+    Deploy(deployments::DeployArgs),
+    /// Serve an earlier deployed build's site again, at once, without rebuilding.
+    Rollback(deployments::RollbackArgs),
+    /// A project's environments (live, last good) and its deployment history.
+    Deployments(deployments::DeploymentsArgs),
     /// Build the same commit again.
     Retry(runs::RunRef),
     /// Print a build's job logs (-f: follow until the jobs end).
@@ -194,6 +200,9 @@ fn main() -> ExitCode {
             Command::Trigger(args) => runs::trigger(args).await,
             Command::Build(args) => runs::build(args).await,
             Command::Cancel(args) => runs::cancel(args).await,
+            Command::Deploy(args) => deployments::deploy(args).await,
+            Command::Rollback(args) => deployments::rollback(args).await,
+            Command::Deployments(args) => deployments::list(args).await,
             Command::Retry(args) => runs::retry(args).await,
             Command::Logs(args) => runs::logs(args).await,
             Command::Branch { command } => runs::branch(command).await,

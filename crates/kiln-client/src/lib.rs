@@ -6,6 +6,7 @@ mod analytics;
 mod artifact_lifecycle;
 mod artifacts;
 pub use artifacts::{ArtifactTarget, file_sha256};
+mod deployments;
 mod runs;
 mod secrets;
 pub mod sse;

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde_json::{Value, json};
 
+use crate::deployments::{DeploySpec, DeployTarget, EnvironmentName};
 use crate::pipeline::{AutomaticRetry, Pipeline, Priority, StepFailure, parse::parse_retry_on};
 
 /// Where a job is in its life.
@@ -107,6 +108,8 @@ pub struct JobSpec {
     pub artifacts_required: bool,
     /// Whether the artifacts of the steps it depends on are downloaded first.
     pub needs_artifacts: bool,
+    /// What the step deploys when the build succeeds.
+    pub deploy: Option<DeploySpec>,
 }
 
 impl JobSpec {
@@ -127,6 +130,11 @@ impl JobSpec {
             "artifacts": self.artifacts,
             "artifactsRequired": self.artifacts_required,
             "needsArtifacts": self.needs_artifacts,
+            "deploy": self.deploy.as_ref().map(|deploy| json!({
+                "environment": deploy.environment.as_str(),
+                "publish": deploy.publish_dir(),
+                "url": deploy.url(),
+            })),
         });
         if let Some(cache_key) = &self.cache_key {
             value["cacheKey"] = json!(cache_key);
@@ -162,7 +170,30 @@ impl JobSpec {
                 retry.get("limit").and_then(Value::as_u64).unwrap_or(0) as u32,
             )
         });
+        let deploy = value
+            .get("deploy")
+            .filter(|v| !v.is_null())
+            .and_then(|deploy| {
+                let environment = EnvironmentName::parse(
+                    "environment",
+                    deploy.get("environment").and_then(Value::as_str)?,
+                )
+                .ok()?;
+                let target = match (
+                    deploy.get("publish").and_then(Value::as_str),
+                    deploy.get("url").and_then(Value::as_str),
+                ) {
+                    (Some(dir), _) => DeployTarget::Publish(dir.to_owned()),
+                    (None, Some(url)) => DeployTarget::Url(url.to_owned()),
+                    (None, None) => return None,
+                };
+                Some(DeploySpec {
+                    environment,
+                    target,
+                })
+            });
         JobSpec {
+            deploy,
             secrets: value.get("secrets").map(strings).unwrap_or_default(),
             test_reports: value.get("testReports").map(strings).unwrap_or_default(),
             artifacts: value.get("artifacts").map(strings).unwrap_or_default(),
@@ -258,6 +289,7 @@ pub fn plan(pipeline: &Pipeline, branch: &str) -> Vec<JobPlan> {
                 artifacts: step.artifacts.clone(),
                 artifacts_required: step.artifacts_required,
                 needs_artifacts: step.needs_artifacts,
+                deploy: step.deploy.clone(),
             };
             JobPlan {
                 step: step.name.as_str().to_owned(),

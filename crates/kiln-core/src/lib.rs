@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod build;
 pub mod cache_key;
 pub mod compare;
+pub mod deployments;
 pub mod eta;
 pub mod event;
 pub mod glob;

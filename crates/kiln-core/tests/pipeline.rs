@@ -49,6 +49,9 @@ steps:
     branches: [main, "release/*", "!release/old"]
     agents: [linux, deploy]
     timeout: 600
+    deploy:
+      environment: staging
+      url: https://staging.example.com/app
 "#;
 
 fn names<'a>(items: impl IntoIterator<Item = &'a StageName>) -> Vec<&'a str> {
@@ -415,7 +418,7 @@ fn errors_display_line_field_and_message() {
     assert_eq!(error.column, Some(5));
     assert_eq!(
         error.to_string(),
-        "line 4: steps[0].depend_on: unknown key 'depend_on': did you mean 'depends_on'? the keys allowed here are 'name', 'run', 'depends_on', 'env', 'timeout', 'cache', 'branches', 'agents', 'image', 'network', 'retry', 'artifacts', 'artifacts_required', 'needs_artifacts', 'test_reports', 'secrets'"
+        "line 4: steps[0].depend_on: unknown key 'depend_on': did you mean 'depends_on'? the keys allowed here are 'name', 'run', 'depends_on', 'env', 'timeout', 'cache', 'branches', 'agents', 'image', 'network', 'retry', 'artifacts', 'artifacts_required', 'needs_artifacts', 'test_reports', 'secrets', 'deploy'"
     );
 }
 
@@ -771,5 +774,88 @@ fn steps_name_the_secrets_they_receive_and_on_which_branches() {
         let error = refusal(text);
         assert_eq!(error.field, field, "{text}");
         assert!(error.message.contains(says), "{text}: {}", error.message);
+    }
+}
+
+#[test]
+fn deploy_steps_publish_a_directory_or_name_a_url() {
+    use kiln_core::deployments::DeployTarget;
+    let text = format!(
+        "{FULL}  - name: site\n    run: npm run build:site\n    depends_on: install\n    deploy: {{environment: production, publish: ./dist/}}\n"
+    );
+    let pipeline = Pipeline::parse(&text).unwrap();
+    assert_eq!(Pipeline::parse(&pipeline.to_yaml()).unwrap(), pipeline);
+    let site = pipeline
+        .steps
+        .iter()
+        .find(|s| s.name.as_str() == "site")
+        .unwrap();
+    let deploy = site.deploy.as_ref().unwrap();
+    assert_eq!(deploy.environment.as_str(), "production");
+    assert_eq!(deploy.target, DeployTarget::Publish("dist".into()));
+    let script = pipeline
+        .steps
+        .iter()
+        .find(|s| s.name.as_str() == "deploy")
+        .unwrap();
+    assert_eq!(
+        script.deploy.as_ref().unwrap().target,
+        DeployTarget::Url("https://staging.example.com/app".into())
+    );
+    let plans = kiln_core::jobs::plan(&pipeline, "main");
+    let spec =
+        kiln_core::jobs::JobSpec::from_json(&plans.iter().find(|p| p.step == "site").unwrap().spec);
+    assert_eq!(spec.deploy.as_ref(), Some(deploy));
+
+    for (text, field, words) in [
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {publish: dist}\n",
+            "steps[0].deploy.environment",
+            "is missing",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: Prod, publish: dist}\n",
+            "steps[0].deploy.environment",
+            "lowercase",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod}\n",
+            "steps[0].deploy.publish",
+            "either",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: dist, url: 'https://x.test'}\n",
+            "steps[0].deploy.url",
+            "not both",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: ../dist}\n",
+            "steps[0].deploy.publish",
+            "'..'",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: 'dist/*'}\n",
+            "steps[0].deploy.publish",
+            "glob",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, url: 'ftp://x'}\n",
+            "steps[0].deploy.url",
+            "http",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, branch: main, publish: d}\n",
+            "steps[0].deploy.branch",
+            "unknown key",
+        ),
+        (
+            "steps:\n  - name: a\n    run: x\n    deploy: {environment: prod, publish: d}\n  - name: b\n    run: y\n    deploy: {environment: prod, publish: e}\n",
+            "steps[1].deploy.environment",
+            "already deploys",
+        ),
+    ] {
+        let error = Pipeline::parse(text).unwrap_err();
+        assert_eq!(error.field, field, "{text}: {error}");
+        assert!(error.message.contains(words), "{text}: {error}");
     }
 }

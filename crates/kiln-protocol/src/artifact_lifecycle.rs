@@ -190,6 +190,7 @@ pub struct BuildReport {
     pub failures: Vec<ReportFailure>,
     pub tests: Option<ReportTests>,
     pub artifacts: Vec<ArtifactFile>,
-    /// The deployment of this build: always `null` until deployments exist.
-    pub deployment: Option<serde_json::Value>,
+    /// The newest deployment of this build (or rollback to it), `null` when it was never
+    /// deployed.
+    pub deployment: Option<crate::DeploymentDto>,
 }

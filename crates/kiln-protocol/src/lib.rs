@@ -5,6 +5,7 @@ mod accounts;
 mod analytics;
 mod artifact_lifecycle;
 mod artifacts;
+mod deployments;
 mod test_results;
 mod webhooks;
 
@@ -12,6 +13,7 @@ pub use accounts::*;
 pub use analytics::*;
 pub use artifact_lifecycle::*;
 pub use artifacts::*;
+pub use deployments::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 pub use test_results::*;

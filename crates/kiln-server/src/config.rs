@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// Where build artifacts are stored, with their limits; `None` refuses artifact
     /// uploads (503) — `kiln serve` always sets it (the data dir by default).
     pub artifacts: Option<ArtifactConfig>,
+    /// `--sites-listen`: published sites served on a listener of their own (another
+    /// origin than the dashboard's); `None` serves no sites.
+    pub sites: Option<crate::deploy::SitesConfig>,
 }
 
 /// Artifact storage: the blob store, the staging area uploads arrive in, the limits.
@@ -105,6 +108,7 @@ impl fmt::Debug for ServerConfig {
             .field("metrics_token", &self.metrics_token)
             .field("otlp", &self.otlp)
             .field("artifacts", &self.artifacts)
+            .field("sites", &self.sites)
             .finish_non_exhaustive()
     }
 }
@@ -129,6 +133,7 @@ impl Default for ServerConfig {
             metrics_token: None,
             otlp: None,
             artifacts: None,
+            sites: None,
         }
     }
 }

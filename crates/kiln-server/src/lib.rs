@@ -12,6 +12,7 @@ mod background;
 pub mod blobs;
 pub mod clock;
 mod config;
+mod deploy;
 mod error;
 mod ingest;
 mod live;
@@ -41,6 +42,7 @@ use tokio::net::TcpListener;
 
 pub use background::{Passes, Periodic};
 pub use config::{ArtifactConfig, Secret, ServerConfig};
+pub use deploy::{SitesConfig, SitesListener};
 pub use error::ApiError;
 pub use notify::{EmailConfig, NotificationConfig, SmtpFiles};
 pub use routes::{RouteRule, route_table};
@@ -65,6 +67,8 @@ pub(crate) struct AppState {
     pub bus: Arc<live::Bus>,
     pub streams: api::StreamLimiter,
     pub scheduler: scheduler::Scheduler,
+    /// Moves deployments along with their builds.
+    pub deployer: deploy::Deployer,
     pub logins: Arc<accounts::LoginLimiter>,
     /// Wakes the webhook sender when deliveries are queued (test events, redeliveries).
     pub webhook_sender: Arc<tokio::sync::Notify>,
@@ -144,12 +148,19 @@ pub async fn run(
     webhook_config.message_key = Some(config.secret_key.clone());
     let mut scheduler_config = config.scheduler.clone();
     scheduler_config.secret_key = Some(config.secret_key.clone());
+    let deployer = deploy::Deployer::new(
+        store.clone(),
+        ingestor.clone(),
+        clock.clone(),
+        config.sites.clone(),
+    );
     let scheduler = scheduler::Scheduler::new(
         store.clone(),
         ingestor.clone(),
         clock.clone(),
         scheduler_config,
         metrics.clone(),
+        deployer.clone(),
     );
     let otlp_export = config.otlp.clone().map(|otlp| {
         let (queue, receiver) = tokio::sync::mpsc::channel(telemetry::otlp::QUEUE_CAPACITY);
@@ -164,6 +175,7 @@ pub async fn run(
         bus: bus.clone(),
         streams: api::StreamLimiter::new(config.max_streams_per_token),
         scheduler: scheduler.clone(),
+        deployer: deployer.clone(),
         logins: Arc::new(accounts::LoginLimiter::default()),
         webhook_sender: webhook_sender.clone(),
         log_lines: Arc::new(web::LogLineCache::default()),
@@ -203,6 +215,10 @@ pub async fn run(
     background.spawn(
         "live tailer",
         live::tail(store.clone(), bus.clone(), background.stop_signal()),
+    );
+    background.spawn(
+        "deployments",
+        deploy::run(deployer, background.stop_signal()),
     );
     background.spawn(
         "scheduler",
@@ -320,7 +336,44 @@ pub async fn run(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         socket_io.close().await;
     };
+    // The sites listener stops with the dashboard's: one signal for both.
+    let (stop_sites, sites_stopped) = tokio::sync::watch::channel(false);
+    let sites_task = match config.sites.as_ref() {
+        Some(sites_config) => {
+            let sites_listener = sites_config.listener.take().ok_or_else(|| {
+                StartError::Config("the sites listener was already taken by another run".into())
+            })?;
+            sites_listener.set_nonblocking(true)?;
+            let sites_listener = TcpListener::from_std(sites_listener)?;
+            tracing::info!(address = %sites_listener.local_addr()?, url = %sites_config.public_url, "serving published sites");
+            let sites = deploy::sites::Sites::new(
+                store.clone(),
+                config
+                    .artifacts
+                    .as_ref()
+                    .map(|artifacts| artifacts.blobs.clone()),
+                sites_config.clone(),
+            );
+            let mut stopped = sites_stopped;
+            Some(tokio::spawn(serve::serve(
+                sites_listener,
+                deploy::sites::router(sites),
+                config.connections.clone(),
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_sites.send(true);
+    };
     serve::serve(listener, app, config.connections.clone(), shutdown).await?;
+    if let Some(sites_task) = sites_task {
+        let _ = sites_task.await;
+    }
 
     // Requests are done; stop the background tasks (the reaper and the scheduler hold the
     // last ingestor handles), then let the ingestor drain its queue.

@@ -446,6 +446,40 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
     let triggered = admin(Method::POST, "/api/v1/projects/web/builds", json!({})).await;
     let run_id = triggered["runId"].as_str().unwrap().to_owned();
     let job_id = triggered["jobs"][0]["id"].as_i64().unwrap();
+    // A deployment that ended (so a cancel by an allowed caller answers 409 and stops
+    // nothing).
+    let deployment_id = {
+        let store = app.database.open_dyn().await;
+        let build = store.build_by_run_id("web-run").await.unwrap().unwrap();
+        let deployment = store
+            .ensure_deployment(
+                &kiln_store::NewDeployment {
+                    project_id: build.project_id,
+                    environment: "production".into(),
+                    build_id: build.id,
+                    step: "publish".into(),
+                    publish_dir: Some("dist".into()),
+                    url: None,
+                    status: "queued".into(),
+                    requested_by: None,
+                    rollback_of: None,
+                },
+                kiln_core::Millis(1),
+            )
+            .await
+            .unwrap();
+        store
+            .set_deployment_status(
+                deployment.id,
+                "queued",
+                "failed",
+                None,
+                kiln_core::Millis(2),
+            )
+            .await
+            .unwrap();
+        deployment.id
+    };
 
     // (method, path, body, rule)
     let w = "/api/v1/projects/web";
@@ -789,6 +823,43 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             "/api/v1/builds/web-run/report.md".into(),
             Value::Null,
             Rule::Viewer,
+        ),
+        (
+            "GET",
+            "/api/v1/projects/web/environments".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "GET",
+            "/api/v1/projects/web/deployments?environment=production".into(),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        // An invalid environment name answers 400 after the project check.
+        (
+            "POST",
+            "/api/v1/projects/web/environments/NOT-VALID/deploy".into(),
+            Value::Null,
+            Rule::Developer,
+        ),
+        (
+            "POST",
+            "/api/v1/projects/web/environments/NOT-VALID/rollback".into(),
+            json!({"to": "web-run"}),
+            Rule::Developer,
+        ),
+        (
+            "GET",
+            format!("/api/v1/deployments/{deployment_id}"),
+            Value::Null,
+            Rule::Viewer,
+        ),
+        (
+            "POST",
+            format!("/api/v1/deployments/{deployment_id}/cancel"),
+            Value::Null,
+            Rule::Developer,
         ),
         (
             "GET",

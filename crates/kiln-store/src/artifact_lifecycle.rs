@@ -69,11 +69,11 @@ pub trait ArtifactLifecycleStore: Send + Sync {
     async fn unpin_build(&self, build_id: i64) -> StoreResult<bool>;
     async fn build_pin(&self, build_id: i64) -> StoreResult<Option<PinRecord>>;
 
-    /// The builds of a project whose artifacts retention must never delete: today the
-    /// pinned builds and the newest successful build of each branch (builds without a
-    /// branch count as one branch). **The deployments branch adds the builds a live
-    /// deployment uses here** — this is the one place that decides, so that is one more
-    /// `UNION` in this method's query.
+    /// The builds of a project whose artifacts retention must never delete: the pinned
+    /// builds, the newest successful build of each branch (builds without a branch count
+    /// as one branch), the build each environment serves now and the two newest deployed
+    /// builds of each environment (so the last known good one can be rolled back to).
+    /// This is the one place that decides.
     async fn protected_builds(&self, project_id: i64) -> StoreResult<Vec<i64>>;
     /// The builds of a project that hold artifacts, with their file counts and bytes.
     async fn builds_with_artifacts(&self, project_id: i64) -> StoreResult<Vec<BuildArtifactUsage>>;

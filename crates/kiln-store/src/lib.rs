@@ -13,6 +13,7 @@ mod analytics;
 mod artifact_lifecycle;
 mod artifacts;
 mod dashboard;
+mod deployments;
 mod migrations;
 pub(crate) mod notifications;
 pub(crate) mod queue;
@@ -34,6 +35,7 @@ pub use analytics::*;
 pub use artifact_lifecycle::*;
 pub use artifacts::*;
 pub use dashboard::*;
+pub use deployments::*;
 pub use notifications::*;
 pub use queue::*;
 pub use records::*;
@@ -169,6 +171,7 @@ pub trait Store:
     + TestResultStore
     + ArtifactStore
     + ArtifactLifecycleStore
+    + DeploymentStore
     + StatusStore
     + Send
     + Sync
@@ -188,6 +191,7 @@ impl<T> Store for T where
         + TestResultStore
         + ArtifactStore
         + ArtifactLifecycleStore
+        + DeploymentStore
         + StatusStore
         + Send
         + Sync

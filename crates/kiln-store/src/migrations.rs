@@ -120,9 +120,15 @@ const SQLITE: &[Migration] = &[
         name: "agent_recommendation",
         sql: include_str!("../migrations/sqlite/0016_agent_recommendation.sql"),
     },
+    // Deployments: environments with the deployment each serves, and deployments of
+    // builds and rollbacks, each naming what it replaced.
+    Migration {
+        version: 17,
+        name: "deployments",
+        sql: include_str!("../migrations/sqlite/0017_deployments.sql"),
+    },
     // Artifact lifecycle: retention rules per project, pinned builds, rebuilds made to
-    // verify a build. (0017 belongs to the deployments branch: versions are applied as a
-    // set, so the order the two land in does not matter.)
+    // verify a build.
     Migration {
         version: 18,
         name: "artifact_lifecycle",
@@ -237,9 +243,15 @@ const POSTGRES: &[Migration] = &[
         name: "agent_recommendation",
         sql: include_str!("../migrations/postgres/0016_agent_recommendation.sql"),
     },
+    // Deployments: environments with the deployment each serves, and deployments of
+    // builds and rollbacks, each naming what it replaced.
+    Migration {
+        version: 17,
+        name: "deployments",
+        sql: include_str!("../migrations/postgres/0017_deployments.sql"),
+    },
     // Artifact lifecycle: retention rules per project, pinned builds, rebuilds made to
-    // verify a build. (0017 belongs to the deployments branch: versions are applied as a
-    // set, so the order the two land in does not matter.)
+    // verify a build.
     Migration {
         version: 18,
         name: "artifact_lifecycle",

@@ -176,6 +176,20 @@ pub struct ServeArgs {
     /// The most one build's artifacts may hold together, in bytes.
     #[arg(long, env = "KILN_ARTIFACT_MAX_BUILD_BYTES", default_value_t = kiln_server::ArtifactConfig::DEFAULT_MAX_BUILD_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
     pub artifact_max_build_bytes: u64,
+    /// Serve published sites (`deploy: {publish: …}`) on this address, an origin of
+    /// their own so a site's scripts never act with a dashboard session:
+    /// /{project}/{environment}/ there. Off when absent (`kiln up` picks a free loopback
+    /// port).
+    #[arg(long, env = "KILN_SITES_LISTEN", value_name = "ADDR")]
+    pub sites_listen: Option<SocketAddr>,
+    /// The address users reach the sites listener at (https://sites.example.com), for
+    /// the URLs deployments show; default http://{--sites-listen}.
+    #[arg(long, env = "KILN_SITES_URL", value_name = "URL", value_parser = parse_public_url)]
+    pub sites_url: Option<String>,
+    /// Also answer, and show, each site at {project}--{environment}.{DOMAIN} (a
+    /// wildcard DNS name pointing at the sites listener): every site an origin of its own.
+    #[arg(long, env = "KILN_SITES_DOMAIN", value_name = "DOMAIN")]
+    pub sites_domain: Option<String>,
 }
 
 impl ServeArgs {
@@ -206,6 +220,40 @@ impl ServeArgs {
         config.max_file_bytes = self.artifact_max_file_bytes;
         config.max_build_bytes = self.artifact_max_build_bytes;
         Ok(config)
+    }
+
+    /// The sites listener's settings, binding `--sites-listen` (or `fallback`).
+    pub fn sites_config(
+        &self,
+        fallback: Option<SocketAddr>,
+    ) -> anyhow::Result<Option<kiln_server::SitesConfig>> {
+        let Some(address) = self.sites_listen.or(fallback) else {
+            if self.sites_domain.is_some() || self.sites_url.is_some() {
+                anyhow::bail!(
+                    "--sites-domain and --sites-url need --sites-listen (the address published sites are served on)"
+                );
+            }
+            return Ok(None);
+        };
+        let listener = std::net::TcpListener::bind(address).with_context(|| {
+            format!("cannot listen on {address} for published sites (pick --sites-listen)")
+        })?;
+        let mut sites = kiln_server::SitesConfig::new(listener)?;
+        if let Some(url) = &self.sites_url {
+            sites.public_url = url.trim_end_matches('/').to_owned();
+        }
+        if let Some(domain) = &self.sites_domain {
+            let domain = domain.trim().trim_matches('.').to_ascii_lowercase();
+            if domain.is_empty()
+                || !domain
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                anyhow::bail!("--sites-domain must be a DNS name such as sites.example.com");
+            }
+            sites.domain = Some(domain);
+        }
+        Ok(Some(sites))
     }
 }
 
@@ -520,10 +568,14 @@ fn on_path(binary: &std::path::Path) -> bool {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format, args.color);
     // Bad settings stop the command before it opens the database or listens.
-    let config = args.config()?;
+    let mut config = args.config()?;
+    config.sites = args.sites_config(None)?;
     let (listener, store, url) = start(&args).await?;
     // Tests and scripts read this line to learn the port when listening on :0.
     errln!("kiln listening on {url}");
+    if let Some(sites) = &config.sites {
+        errln!("kiln serving published sites on {}", sites.public_url);
+    }
     kiln_server::run(listener, store, config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -534,13 +586,22 @@ pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
     args.allow_local_repos
         .push(args.data_dir.join(super::up::DEMO_REPO_DIR));
     init_logging(args.log_format, args.color);
-    let config = args.config()?;
+    let mut config = args.config()?;
+    // Published sites on a free loopback port of their own unless told otherwise.
+    config.sites = args.sites_config(Some(SocketAddr::from(([127, 0, 0, 1], 0))))?;
+    let sites = config.sites.clone();
     let (listener, store, url) = start(&args).await?;
     let now = SystemClock.now();
     let bootstrap = kiln_server::bootstrap_default_project(&*store, now).await?;
     let first_user = kiln_server::bootstrap_first_user(&*store, now).await?;
     outln!("Kiln is running at {url}");
     outln!("  dashboard and API: {url}/");
+    if let Some(sites) = &sites {
+        outln!(
+            "  published sites: {}/{{project}}/{{environment}}/",
+            sites.public_url
+        );
+    }
     if let Some(user) = &first_user {
         // Tests read this line for the password.
         outln!(
@@ -606,6 +667,12 @@ pub async fn up(up: UpArgs) -> anyhow::Result<ExitCode> {
     }
     if up.demo {
         super::up::demo(&*store, &args.data_dir, &url, now).await?;
+        if let Some(sites) = &sites {
+            outln!(
+                "  demo site (live once the demo build is deployed): {}",
+                sites.site_url(&bootstrap.project_slug, "production")
+            );
+        }
     }
     outln!("Stop with Ctrl-C.");
     let shutdown = async move {

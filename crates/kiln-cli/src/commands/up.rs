@@ -84,8 +84,24 @@ steps:
       - sh test.sh
     depends_on: install
   - name: build
-    run: mkdir -p dist && echo "$GREETING" > dist/app.txt && echo "built dist/app.txt"
+    run: sh build.sh
     depends_on: test
+    # Published when the build succeeds: Kiln serves dist/ on its sites listener.
+    deploy:
+      environment: production
+      publish: dist
+"#;
+
+const DEMO_BUILD: &str = r#"# Builds a tiny static site into dist/ (Kiln publishes it: see deploy: in .kiln.yml).
+mkdir -p dist
+cat > dist/index.html <<EOF
+<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Kiln demo site</title>
+<link rel="stylesheet" href="style.css"></head>
+<body><h1>$GREETING</h1><p>Built by Kiln from commit ${KILN_COMMIT:-unknown}, build #${KILN_BUILD_NUMBER:-?}.</p></body></html>
+EOF
+echo 'body { font-family: sans-serif; margin: 3rem; }' > dist/style.css
+echo "built dist/index.html"
 "#;
 
 const DEMO_INSTALL: &str = r#"# Pretends to download dependencies: slow the first time, restored from
@@ -143,6 +159,7 @@ pub async fn demo(
         std::fs::write(repo.join(".kiln.yml"), DEMO_PIPELINE)?;
         std::fs::write(repo.join("install.sh"), DEMO_INSTALL)?;
         std::fs::write(repo.join("test.sh"), DEMO_TEST)?;
+        std::fs::write(repo.join("build.sh"), DEMO_BUILD)?;
         std::fs::write(repo.join("deps.lock"), "left-pad\nis-even\nkiln-sdk\n")?;
         git(&repo, &["init", "-q"])?;
         git(&repo, &["add", "."])?;

@@ -93,6 +93,8 @@ pub struct Step {
     pub test_reports: Vec<String>,
     /// Project secrets the step receives as environment variables (`secrets:`).
     pub secrets: Vec<SecretUse>,
+    /// What the step deploys when the build succeeds (`deploy:`).
+    pub deploy: Option<crate::deployments::DeploySpec>,
 }
 
 /// A project secret a step asks for, optionally only on some branches.
@@ -347,6 +349,7 @@ impl Step {
             needs_artifacts: true,
             test_reports: Vec::new(),
             secrets: Vec::new(),
+            deploy: None,
         }
     }
 }

@@ -11,6 +11,9 @@ use super::{
     AutomaticRetry, BranchPattern, CacheSpec, DEFAULT_RETRY_LIMIT, Pipeline, PipelineError,
     Priority, RetryOn, SecretUse, Step, parse_duration,
 };
+use crate::deployments::{
+    DeploySpec, DeployTarget, EnvironmentName, is_http_url, normalize_publish_dir,
+};
 use crate::ids::{AgentLabel, SecretName, StageName};
 use crate::limits;
 
@@ -32,7 +35,9 @@ const STEP_KEYS: &[&str] = &[
     "needs_artifacts",
     "test_reports",
     "secrets",
+    "deploy",
 ];
+const DEPLOY_KEYS: &[&str] = &["environment", "publish", "url"];
 const SECRET_KEYS: &[&str] = &["name", "branches"];
 const CACHE_KEYS: &[&str] = &["key_files", "paths"];
 const RETRY_KEYS: &[&str] = &["automatic"];
@@ -312,6 +317,25 @@ fn parse_step(
                 }
             }
             "secrets" => step.secrets = parse_secrets(value, &field)?,
+            "deploy" => {
+                let deploy = parse_deploy(value, &field)?;
+                if let Some(other) = earlier_steps.iter().find(|other| {
+                    other
+                        .deploy
+                        .as_ref()
+                        .is_some_and(|spec| spec.environment == deploy.environment)
+                }) {
+                    return Err(error_on(
+                        value,
+                        format!("{field}.environment"),
+                        format!(
+                            "step '{}' already deploys '{}': one step per environment deploys",
+                            other.name, deploy.environment
+                        ),
+                    ));
+                }
+                step.deploy = Some(deploy);
+            }
             _ => unreachable!("check_keys refused other keys"),
         }
     }
@@ -740,6 +764,72 @@ fn parse_cache(node: &Node, field: &str) -> Result<CacheSpec, PipelineError> {
 }
 
 /// A path or glob inside the workspace.
+fn parse_deploy(node: &Node, field: &str) -> Result<DeploySpec, PipelineError> {
+    let entries = mapping(
+        node,
+        field,
+        "a mapping with 'environment' and either 'publish' or 'url' ('deploy: {environment: production, publish: dist}')",
+    )?;
+    check_keys(entries, DEPLOY_KEYS, field)?;
+    let find = |key: &str| entries.iter().find(|entry| entry.key == key);
+    let environment_field = format!("{field}.environment");
+    let Some(environment_entry) = find("environment") else {
+        return Err(error_on(
+            node,
+            environment_field,
+            "is missing: name the environment this step deploys ('environment: production')",
+        ));
+    };
+    let raw = scalar(&environment_entry.value, &environment_field)?;
+    let environment = EnvironmentName::parse(&environment_field, raw.trim())
+        .map_err(|error| error_on(&environment_entry.value, environment_field, error.message))?;
+    let target = match (find("publish"), find("url")) {
+        (Some(_), Some(url)) => {
+            return Err(error_on(
+                &url.value,
+                format!("{field}.url"),
+                "is set together with 'publish': a step either publishes a directory Kiln serves ('publish: dist') or deploys with its own script to a 'url', not both",
+            ));
+        }
+        (None, None) => {
+            return Err(error_on(
+                node,
+                format!("{field}.publish"),
+                "is missing: say what is deployed, either 'publish: dist' (Kiln serves that directory) or 'url: https://…' (your script deploys there)",
+            ));
+        }
+        (Some(publish), None) => {
+            let publish_field = format!("{field}.publish");
+            let raw = scalar(&publish.value, &publish_field)?;
+            let dir = relative_path(raw, &publish.value, publish_field.clone())?;
+            if dir.contains(['*', '?']) {
+                return Err(error_on(
+                    &publish.value,
+                    publish_field,
+                    "is a glob: name one directory, such as 'dist'",
+                ));
+            }
+            DeployTarget::Publish(normalize_publish_dir(&dir))
+        }
+        (None, Some(url)) => {
+            let url_field = format!("{field}.url");
+            let raw = scalar(&url.value, &url_field)?.trim();
+            if !is_http_url(raw) {
+                return Err(error_on(
+                    &url.value,
+                    url_field,
+                    "must be an http:// or https:// URL with a host and no credentials, such as 'https://staging.example.com'",
+                ));
+            }
+            DeployTarget::Url(raw.to_owned())
+        }
+    };
+    Ok(DeploySpec {
+        environment,
+        target,
+    })
+}
+
 fn relative_path(raw: &str, node: &Node, field: String) -> Result<String, PipelineError> {
     let path = raw.trim();
     let problem = if path.is_empty() {

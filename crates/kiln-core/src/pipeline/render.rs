@@ -111,6 +111,23 @@ pub(super) fn render(pipeline: &Pipeline) -> String {
                 }
             }
         }
+        if let Some(deploy) = &step.deploy {
+            out.push_str("    deploy:\n");
+            let _ = writeln!(
+                out,
+                "      environment: {}",
+                quote(deploy.environment.as_str())
+            );
+            match &deploy.target {
+                crate::deployments::DeployTarget::Publish(dir) => {
+                    let dir = if dir.is_empty() { "." } else { dir.as_str() };
+                    let _ = writeln!(out, "      publish: {}", quote(dir));
+                }
+                crate::deployments::DeployTarget::Url(url) => {
+                    let _ = writeln!(out, "      url: {}", quote(url));
+                }
+            }
+        }
     }
     out
 }

@@ -8,6 +8,7 @@ mod body;
 mod build_control;
 mod builds;
 mod compare;
+pub(crate) mod deployments;
 mod events;
 pub(crate) mod fleet;
 mod headers;
@@ -44,6 +45,43 @@ use crate::auth::Access;
 pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
     vec![
         ("GET", "/healthz", Access::Public, get(health::healthz)),
+        // Deployments: environments, history, deploy, rollback.
+        (
+            "GET",
+            "/api/v1/projects/{slug}/environments",
+            Access::ProjectRead,
+            get(deployments::environments),
+        ),
+        (
+            "GET",
+            "/api/v1/projects/{slug}/deployments",
+            Access::ProjectRead,
+            get(deployments::list),
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{slug}/environments/{environment}/deploy",
+            Access::ProjectWrite,
+            post(deployments::deploy),
+        ),
+        (
+            "POST",
+            "/api/v1/projects/{slug}/environments/{environment}/rollback",
+            Access::ProjectWrite,
+            post(deployments::rollback),
+        ),
+        (
+            "GET",
+            "/api/v1/deployments/{id}",
+            Access::ProjectRead,
+            get(deployments::get),
+        ),
+        (
+            "POST",
+            "/api/v1/deployments/{id}/cancel",
+            Access::ProjectWrite,
+            post(deployments::cancel),
+        ),
         // Inbound hooks (authenticated by their signature, not a token).
         (
             "POST",

@@ -107,6 +107,8 @@ struct Inner {
     claiming: tokio::sync::Mutex<()>,
     /// Who waits in a claim here, and the steps' history: the claims' hints.
     recommender: Arc<recommend::Recommender>,
+    /// Told when a build with deploy steps moves.
+    deployer: crate::deploy::Deployer,
 }
 
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
@@ -118,6 +120,7 @@ impl Scheduler {
         clock: Arc<dyn Clock>,
         config: SchedulerConfig,
         metrics: Arc<crate::telemetry::Metrics>,
+        deployer: crate::deploy::Deployer,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -132,6 +135,7 @@ impl Scheduler {
                 git: tokio::sync::Mutex::new(()),
                 claiming: tokio::sync::Mutex::new(()),
                 recommender: Arc::new(recommend::Recommender::default()),
+                deployer,
             }),
         }
     }
@@ -354,6 +358,7 @@ impl Scheduler {
         let runner = self.clone();
         let started = started_event(&job, &agent.name, agent.hostname.clone());
         let project_id = job.project_id;
+        let build_id = job.build_id;
         tokio::spawn(async move {
             if let Err(error) = runner
                 .write(project_id, started.into_iter().collect())
@@ -361,8 +366,21 @@ impl Scheduler {
             {
                 tracing::warn!(%error, "stage_started not written yet; the step's end writes it");
             }
+            runner.inner.deployer.refresh_quietly(build_id, None).await;
         });
         let spec = JobSpec::from_json(&job.spec);
+        // The publish directory is uploaded like any artifact of the step.
+        let mut artifact_globs = spec.artifacts.clone();
+        if let Some(dir) = spec.deploy.as_ref().and_then(|deploy| deploy.publish_dir()) {
+            let glob = if dir.is_empty() {
+                "**".to_owned()
+            } else {
+                dir.to_owned()
+            };
+            if !artifact_globs.contains(&glob) {
+                artifact_globs.push(glob);
+            }
+        }
         let mut env = spec.env.clone();
         let commit = job.commit.clone().unwrap_or_default();
         for (name, value) in [
@@ -384,7 +402,7 @@ impl Scheduler {
         let repo_credentials = self.repo_credentials(job.project_id).await?;
         let artifacts = self.inherited_artifacts(&job, spec.needs_artifacts).await?;
         Ok(AgentJob {
-            artifact_globs: spec.artifacts.clone(),
+            artifact_globs,
             artifacts_required: spec.artifacts_required,
             artifacts,
             secrets: kiln_protocol::SecretValues(secrets),
@@ -711,7 +729,9 @@ impl Scheduler {
             event.message = message;
         }
         self.write(first.project_id, event.into_iter().collect())
-            .await
+            .await?;
+        self.inner.deployer.refresh_quietly(build_id, None).await;
+        Ok(())
     }
 
     /// Cancels a build: its waiting jobs at once, its running jobs by their agents.
@@ -742,6 +762,7 @@ impl Scheduler {
         self.write(build.project_id, event.into_iter().collect())
             .await?;
         self.work_changed();
+        self.inner.deployer.refresh_quietly(build.id, None).await;
         Ok(stopping)
     }
 

@@ -234,6 +234,15 @@ impl Scheduler {
                 plans,
             )
             .await?;
+        let requested_by = request.by.as_ref().and_then(|by| {
+            by.email
+                .clone()
+                .or_else(|| by.token.as_ref().map(|(_, name)| name.clone()))
+        });
+        self.inner
+            .deployer
+            .refresh_quietly(queued.id, requested_by)
+            .await;
         self.answer(
             project,
             &queued,

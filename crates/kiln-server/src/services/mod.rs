@@ -8,6 +8,7 @@ pub(crate) mod analytics;
 pub(crate) mod artifacts;
 pub(crate) mod builds;
 pub(crate) mod compare;
+pub(crate) mod deployments;
 pub(crate) mod fleet;
 pub(crate) mod members;
 pub(crate) mod metrics;

@@ -1,6 +1,6 @@
 //! Build reports: one build summed up — project, number, branch, commit, status, times,
 //! trigger, stages with durations, failed jobs with the last lines of their logs, the
-//! test summary, artifacts with their digests, and the deployment (none yet) — as JSON,
+//! test summary, artifacts with their digests, and its newest deployment — as JSON,
 //! and the same rendered as Markdown with every user-supplied string escaped.
 
 use std::fmt::Write;
@@ -82,6 +82,26 @@ pub(crate) async fn report(
         .iter()
         .map(artifact_file)
         .collect();
+    let deployment = match store
+        .deployments_of_build(build.id)
+        .await?
+        .into_iter()
+        .max_by_key(|d| d.id)
+    {
+        Some(record) => {
+            let current = store
+                .environment(build.project_id, &record.environment)
+                .await?
+                .and_then(|environment| environment.current_deployment_id);
+            Some(crate::services::deployments::dto(
+                state,
+                &build.project_slug,
+                &record,
+                current,
+            ))
+        }
+        None => None,
+    };
     let build_state = &build.state;
     Ok(BuildReport {
         project: build.project_slug.clone(),
@@ -110,7 +130,7 @@ pub(crate) async fn report(
         failures,
         tests,
         artifacts,
-        deployment: None,
+        deployment,
     })
 }
 
@@ -294,7 +314,24 @@ pub(crate) fn markdown(report: &BuildReport) -> String {
             let _ = writeln!(out, "Not deployed.");
         }
         Some(deployment) => {
-            let _ = writeln!(out, "{}", e(&deployment.to_string()));
+            let _ = writeln!(
+                out,
+                "- environment: {}\n- status: {}{}\n- step: {}",
+                e(&deployment.environment),
+                e(&deployment.status),
+                if deployment.current {
+                    " (live now)"
+                } else {
+                    ""
+                },
+                e(&deployment.step)
+            );
+            if let Some(url) = &deployment.url {
+                let _ = writeln!(out, "- URL: <{}>", url.replace(['<', '>', ' '], ""));
+            }
+            if let Some(message) = &deployment.message {
+                let _ = writeln!(out, "- message: {}", e(message));
+            }
         }
     }
     out

@@ -134,8 +134,9 @@ impl ArtifactLifecycleStore for SqlStore {
     }
 
     async fn protected_builds(&self, project_id: i64) -> StoreResult<Vec<i64>> {
-        // Pinned builds, and the newest successful build of each branch. The deployments
-        // branch adds a third part here: the builds a live deployment uses.
+        // Pinned builds, the newest successful build of each branch, the build each
+        // environment serves now, and the two newest deployed builds of each environment
+        // (the last known good one stays ready for a rollback).
         let rows = sqlx::query(
             "SELECT p.build_id AS id FROM build_pins p JOIN builds b ON b.id = p.build_id \
              WHERE b.project_id = $1 \
@@ -145,6 +146,14 @@ impl ArtifactLifecycleStore for SqlStore {
                  WHERE project_id = $1 AND status = 'success' GROUP BY COALESCE(branch, '') \
              ) last ON last.branch = COALESCE(b.branch, '') AND last.number = b.number \
              WHERE b.project_id = $1 AND b.status = 'success' \
+             UNION \
+             SELECT d.build_id AS id FROM environments e \
+             JOIN deployments d ON d.id = e.current_deployment_id WHERE e.project_id = $1 \
+             UNION \
+             SELECT x.build_id AS id FROM ( \
+                 SELECT build_id, ROW_NUMBER() OVER (PARTITION BY environment_id ORDER BY id DESC) AS n \
+                 FROM deployments WHERE project_id = $1 AND status = 'deployed' \
+             ) x WHERE x.n <= 2 \
              ORDER BY id",
         )
         .bind(project_id)

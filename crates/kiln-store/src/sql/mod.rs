@@ -16,6 +16,7 @@ mod analytics;
 mod artifact_lifecycle;
 mod artifacts;
 mod builds;
+mod deployments;
 mod ingest;
 mod notifications;
 mod pg_ingest;
