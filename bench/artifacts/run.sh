@@ -92,7 +92,7 @@ cat <<TABLE
 | what | MiB/s | vs dd |
 |---|---|---|
 | dd sequential write, ${MIB} MiB, fdatasync | $DD | 100% |
-| upload ${MIB} MiB (\`kiln artifact upload\`: hash, send, server hashes MD5+SHA-256+SHA-512, fsync, publish) | $UP | $(python3 -c "print(f'{100*$UP/$DD:.0f}%')") |
+| upload ${MIB} MiB (\`kiln artifact upload\`: client SHA-256, send, server SHA-256 + write on two threads, fsync, publish; MD5/SHA-512 after, off the path) | $UP | $(python3 -c "print(f'{100*$UP/$DD:.0f}%')") |
 | download ${MIB} MiB (\`kiln artifact get\`: stream, SHA-256 check, fsync) | $DOWN | $(python3 -c "print(f'{100*$DOWN/$DD:.0f}%')") |
 | verify $(python3 -c "print(f'{$VERIFIED_BYTES/2**30:.2f}')") GiB (server re-hashes MD5+SHA-256+SHA-512) | $VERIFY | target ≥ 200 |
 

@@ -1450,3 +1450,95 @@ fn a_reproducible_and_a_non_reproducible_repository_are_told_apart() {
         stdout(&report)
     );
 }
+
+/// A pipeline that installs (artifacts passed on), builds a site into `dist` and
+/// publishes it (`deploy: {environment: production, publish: dist}`), run by a real
+/// agent: the deployment goes live on the sites listener, a second build replaces it,
+/// and a rollback brings the first build's files back without rebuilding.
+#[test]
+fn a_pipeline_publishes_its_site_and_rolls_back_to_the_last_good_build() {
+    let kiln = Kiln::start(&["--sites-listen", "127.0.0.1:0"]);
+    let pipeline_of = |version: &str| {
+        pipeline(&[
+            step(
+                "install",
+                &[
+                    "mkdir -p node_modules/greeter",
+                    &format!("printf 'hello from {version}' > node_modules/greeter/text"),
+                ],
+                "    artifacts: [node_modules]\n",
+            ),
+            step(
+                "build",
+                &[
+                    "mkdir -p dist/assets",
+                    "cp node_modules/greeter/text dist/index.html",
+                    "printf 'body {}' > dist/assets/site.css",
+                ],
+                "    depends_on: [install]\n    deploy: {environment: production, publish: dist}\n",
+            ),
+        ])
+    };
+    let _agent = kiln.agent("deployer", &[]);
+    let http = reqwest::Client::new();
+    // (status, content type, body) of a GET.
+    let get = |url: &str| {
+        kiln.block_on(async {
+            let response = http.get(url).send().await.unwrap();
+            let kind = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (
+                response.status().as_u16(),
+                kind,
+                response.text().await.unwrap(),
+            )
+        })
+    };
+    let mut runs = Vec::new();
+    for version in ["v1", "v2"] {
+        kiln.commit_pipeline(&pipeline_of(version));
+        let build = kiln.trigger_main();
+        let status = kiln.wait_for_build(&build.run_id, Duration::from_secs(60));
+        assert_eq!(
+            status,
+            "success",
+            "{}",
+            kiln.log_text(&build.run_id, "build")
+        );
+        let live = wait_until(
+            || format!("{version} live on production"),
+            Duration::from_secs(20),
+            || {
+                let environments = kiln.block_on(kiln.user.environments(PROJECT)).unwrap();
+                let current = environments.environments.first()?.current.clone()?;
+                (current.run_id == build.run_id && current.status == "deployed").then_some(current)
+            },
+        );
+        let url = live.url.clone().expect("a published site has a URL");
+        let (status, kind, body) = get(&url);
+        assert_eq!(status, 200, "{url}");
+        assert!(kind.starts_with("text/html"), "{kind}");
+        assert_eq!(body, format!("hello from {version}"));
+        let (status, kind, _) = get(&format!("{url}assets/site.css"));
+        assert_eq!(status, 200);
+        assert!(kind.starts_with("text/css"), "{kind}");
+        runs.push((build.run_id, url));
+    }
+    // Back to the first build: its files, at once, with no build.
+    let rolled = kiln
+        .block_on(kiln.user.rollback(PROJECT, "production", &runs[0].0))
+        .unwrap();
+    assert_eq!(
+        (rolled.run_id.as_str(), rolled.status.as_str()),
+        (runs[0].0.as_str(), "deployed")
+    );
+    assert!(rolled.rollback_of.is_some());
+    assert_eq!(get(&runs[1].1).2, "hello from v1");
+    let builds = kiln
+        .block_on(kiln.user.list_builds(&BuildQuery::default()))
+        .unwrap();
+    assert_eq!(builds.builds.len(), 2, "a rollback builds nothing");
+}

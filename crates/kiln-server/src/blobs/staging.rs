@@ -17,8 +17,10 @@ use kiln_core::artifacts::Sha256Hasher;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-/// Buffered chunks between the request and the writer and hasher threads.
-const QUEUE: usize = 32;
+/// Pieces queued between the request and the writer and hasher threads.
+const QUEUE: usize = 8;
+/// Bytes handed to the threads at a time.
+const PIECE: usize = 1024 * 1024;
 /// The read buffer when a resumed upload is hashed again from disk.
 const REHASH_CHUNK: usize = 1024 * 1024;
 
@@ -208,23 +210,39 @@ impl Staging {
         };
         let mut received = offset;
         let mut failure = None;
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(error) => {
+        // The server reads request bodies in small frames (8 KiB): they are gathered into
+        // pieces of `PIECE` bytes, so the threads are woken per piece, not per frame.
+        let mut piece = bytes::BytesMut::with_capacity(PIECE);
+        loop {
+            let next = body.next().await;
+            let chunk = match next {
+                Some(Ok(chunk)) => Some(chunk),
+                Some(Err(error)) => {
                     failure = Some(StagingError::Body(error.to_string()));
+                    None
+                }
+                None => None,
+            };
+            if let Some(chunk) = &chunk {
+                if received + chunk.len() as u64 > size {
+                    failure = Some(StagingError::TooLong(size));
                     break;
                 }
-            };
-            if received + chunk.len() as u64 > size {
-                failure = Some(StagingError::TooLong(size));
-                break;
+                received += chunk.len() as u64;
+                piece.extend_from_slice(chunk);
             }
-            received += chunk.len() as u64;
-            if let Some(hasher) = &to_hasher {
-                let _ = hasher.send(chunk.clone()).await;
+            // What arrived before a break is kept (the client resumes after it).
+            if piece.len() >= PIECE || (chunk.is_none() && !piece.is_empty()) {
+                let full =
+                    std::mem::replace(&mut piece, bytes::BytesMut::with_capacity(PIECE)).freeze();
+                if let Some(hasher) = &to_hasher {
+                    let _ = hasher.send(full.clone()).await;
+                }
+                if to_writer.send(full).await.is_err() {
+                    break;
+                }
             }
-            if to_writer.send(chunk).await.is_err() {
+            if chunk.is_none() {
                 break;
             }
         }
@@ -340,13 +358,12 @@ fn write_all(
     file: std::fs::File,
     mut chunks: tokio::sync::mpsc::Receiver<Bytes>,
 ) -> std::io::Result<u64> {
-    let mut file = std::io::BufWriter::with_capacity(1024 * 1024, file);
+    let mut file = file;
     let mut written = 0u64;
     while let Some(chunk) = chunks.blocking_recv() {
         file.write_all(&chunk)?;
         written += chunk.len() as u64;
     }
-    let file = file.into_inner().map_err(|e| e.into_error())?;
     file.sync_data()?;
     Ok(written)
 }
