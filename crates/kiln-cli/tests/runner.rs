@@ -1518,7 +1518,15 @@ fn a_pipeline_publishes_its_site_and_rolls_back_to_the_last_good_build() {
             },
         );
         let url = live.url.clone().expect("a published site has a URL");
-        let (status, kind, body) = get(&url);
+        // Each server re-reads which deployment is live at most every 250 ms.
+        let (status, kind, body) = wait_until(
+            || format!("{url} to serve {version}"),
+            Duration::from_secs(5),
+            || {
+                let answer = get(&url);
+                (answer.2 == format!("hello from {version}")).then_some(answer)
+            },
+        );
         assert_eq!(status, 200, "{url}");
         assert!(kind.starts_with("text/html"), "{kind}");
         assert_eq!(body, format!("hello from {version}"));
@@ -1536,7 +1544,11 @@ fn a_pipeline_publishes_its_site_and_rolls_back_to_the_last_good_build() {
         (runs[0].0.as_str(), "deployed")
     );
     assert!(rolled.rollback_of.is_some());
-    assert_eq!(get(&runs[1].1).2, "hello from v1");
+    wait_until(
+        || "the rolled-back site".into(),
+        Duration::from_secs(5),
+        || (get(&runs[1].1).2 == "hello from v1").then_some(()),
+    );
     let builds = kiln
         .block_on(kiln.user.list_builds(&BuildQuery::default()))
         .unwrap();
