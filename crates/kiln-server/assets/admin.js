@@ -1,11 +1,12 @@
-// Kiln dashboard: the header's unread count, and the agents, queue, notifications and
-// settings pages (web/fleet.rs, web/notifications.rs, web/settings/). Pages work without it.
+// Kiln dashboard: the header's unread count, and the agents, queue, notifications,
+// deployments and settings pages (web/fleet.rs, web/notifications.rs, web/deployments.rs,
+// web/settings/). Pages work without it.
 //
 // - [data-unread-count] (every page): refreshed from /api/v1/notifications/stats every
 //   15 s while the page is visible, at once when it becomes visible again, and whenever
 //   a script dispatches `kiln:build-ended` on document (a build page or overview whose
 //   stream reports a build end), since that is when notifications arrive.
-// - [data-live="…"] regions (agents, queue): there is no fleet event stream, so while
+// - [data-live="…"] regions (agents, queue, a project's deployments): there is no fleet event stream, so while
 //   the page is visible it is refetched every 5 s and the region's markup replaced with
 //   the server's — one renderer for the page with and without JavaScript.
 // - time[data-ago]: "3 s ago", kept fresh every second.

@@ -1247,6 +1247,24 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
         ),
         (
             "GET",
+            "/projects/web/deployments".into(),
+            Value::Null,
+            Rule::PageViewer,
+        ),
+        (
+            "POST",
+            "/projects/web/deploy".into(),
+            json!("environment=NOT-VALID"),
+            Rule::PageDeveloper,
+        ),
+        (
+            "POST",
+            "/projects/web/rollback".into(),
+            json!("environment=NOT-VALID&to=x"),
+            Rule::PageDeveloper,
+        ),
+        (
+            "GET",
             "/projects/web/settings".into(),
             Value::Null,
             Rule::PageProjectAdmin,

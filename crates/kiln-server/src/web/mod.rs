@@ -14,6 +14,7 @@ mod ansi;
 mod assets;
 mod build;
 mod charts;
+mod deployments;
 mod fleet;
 mod form;
 mod login;
@@ -122,6 +123,25 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "/projects/{slug}/analytics",
             Access::Page,
             get(analytics::page),
+        ),
+        // Deployments: environments, history, the Deploy and Roll back forms.
+        (
+            "GET",
+            "/projects/{slug}/deployments",
+            Access::Page,
+            get(deployments::page),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/deploy",
+            Access::Page,
+            post(deployments::deploy),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/rollback",
+            Access::Page,
+            post(deployments::rollback),
         ),
         (
             "GET",
