@@ -60,12 +60,24 @@ async fn deployments_publish_switch_and_roll_back(engine: Engine) {
     let first_build = build(&*store, &project, "r1", "aaa").await;
     let second_build = build(&*store, &project, "r2", "bbb").await;
 
+    // Recorded first by a pass that does not know who asked (a claim), then by the
+    // trigger that does: who asked is kept.
+    let anonymous = NewDeployment {
+        requested_by: None,
+        ..new(&project, first_build)
+    };
+    let unknown = store
+        .ensure_deployment(&anonymous, Millis(20))
+        .await
+        .unwrap();
+    assert_eq!(unknown.requested_by, None);
     let first = store
         .ensure_deployment(&new(&project, first_build), Millis(20))
         .await
         .unwrap();
+    assert_eq!(first.requested_by.as_deref(), Some("dev@example.com"));
     let again = store
-        .ensure_deployment(&new(&project, first_build), Millis(21))
+        .ensure_deployment(&anonymous, Millis(21))
         .await
         .unwrap();
     assert_eq!(first, again, "one deployment per build and environment");

@@ -109,6 +109,19 @@ impl DeploymentStore for SqlStore {
         .bind(now.0)
         .execute(&mut *transaction)
         .await?;
+        // Whoever asked is known to the trigger's call; another (a claim, the periodic
+        // pass) may have recorded the deployment first without it.
+        if let Some(requested_by) = &new.requested_by {
+            sqlx::query(
+                "UPDATE deployments SET requested_by = $1 WHERE build_id = $2 \
+                 AND environment_id = $3 AND rollback_of IS NULL AND requested_by IS NULL",
+            )
+            .bind(requested_by.clone())
+            .bind(new.build_id)
+            .bind(environment_id)
+            .execute(&mut *transaction)
+            .await?;
+        }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{SELECT} WHERE d.build_id = $1 AND d.environment_id = $2 AND d.rollback_of IS NULL"
         )))
