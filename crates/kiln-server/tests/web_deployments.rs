@@ -660,8 +660,8 @@ async fn the_deployments_page_deploys_and_rolls_back(engine: Engine) {
         "last good build of main"
     );
     assert_snapshot("deployments-viewer", &without_ids(&viewed.text), &volatile);
-    // An environment no step deploys to: the build it started is cancelled
-    // (with it, the deployment its pipeline's production step had begun).
+    // An environment no step deploys to: refused before any build is made (so no
+    // deployment of the pipeline's other environments is begun and cancelled).
     let no_step = dev
         .post(
             "/projects/web/deploy",
@@ -674,6 +674,11 @@ async fn the_deployments_page_deploys_and_rolls_back(engine: Engine) {
             .text
             .contains("has no step deploying to &#39;staging&#39;")
             || no_step.text.contains("has no step deploying to 'staging'"),
+        "{}",
+        no_step.text
+    );
+    assert!(
+        no_step.text.contains("nothing was built"),
         "{}",
         no_step.text
     );

@@ -51,6 +51,7 @@ pub(crate) async fn trigger(
         cause: "api",
         retry_of: None,
         by: Some(requester(&state, &caller).await?),
+        deploys_to: None,
     };
     let build = state.scheduler.trigger(&project, request).await?;
     Ok((StatusCode::CREATED, Json(build)))

@@ -184,6 +184,7 @@ async fn push(
                 cause: "github",
                 retry_of: None,
                 by: None,
+                deploys_to: None,
             },
         )
         .await?;

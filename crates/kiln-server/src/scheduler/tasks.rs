@@ -142,6 +142,7 @@ pub(crate) async fn poll_branches(scheduler: &Scheduler) {
             cause: "poll",
             retry_of: None,
             by: None,
+            deploys_to: None,
         };
         match scheduler.trigger(&project, request).await {
             Ok(build) => {

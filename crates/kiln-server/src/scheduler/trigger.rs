@@ -32,6 +32,9 @@ pub(crate) struct TriggerRequest {
     /// Who asked (a user, a token or both), recorded in `data` for the dashboard:
     /// `by` (the user's email), `byName`, `token` (`{id, name}`), `via`.
     pub by: Option<Requester>,
+    /// A deploy: refuse (queueing nothing) unless a step of the pipeline at that commit
+    /// deploys to this environment on the branch.
+    pub deploys_to: Option<String>,
 }
 
 /// A branch name git would accept, within Kiln's limits.
@@ -197,6 +200,27 @@ impl Scheduler {
             Ok(pipeline) => jobs::plan(pipeline, &branch),
             Err(_) => Vec::new(),
         };
+        if let Some(environment) = &request.deploys_to {
+            let deploys = plans.iter().any(|plan| {
+                jobs::JobSpec::from_json(&plan.spec)
+                    .deploy
+                    .is_some_and(|deploy| deploy.environment.as_str() == environment)
+            });
+            if !deploys {
+                let why = match &pipeline {
+                    Err(message) => format!("its pipeline cannot be read ({message})"),
+                    Ok(_) => format!(
+                        "the pipeline of branch '{branch}' at {} has no step deploying to '{environment}' (add `deploy: {{environment: {environment}, publish: dist}}` to a step of .kiln.yml)",
+                        &commit[..commit.len().min(12)]
+                    ),
+                };
+                return Err(ServiceError::Unprocessable {
+                    code: "no_deploy_step",
+                    message: format!("{why}; nothing was built"),
+                    field: Some("environment".into()),
+                });
+            }
+        }
         self.add_cache_keys(project, &commit, &mut plans).await;
         self.follow_steps(project.id, &plans);
         let run_id = uuid::Uuid::now_v7().to_string();

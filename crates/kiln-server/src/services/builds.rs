@@ -95,6 +95,7 @@ pub(crate) fn retry_request(
         cause: "retry",
         retry_of: Some(run_id),
         by,
+        deploys_to: None,
     })
 }
 

@@ -242,6 +242,7 @@ pub(crate) async fn deploy(
         cause: "deploy",
         retry_of: None,
         by: Some(requester(state, caller).await?),
+        deploys_to: Some(environment.as_str().to_owned()),
     };
     let build = state.scheduler.trigger(&project, trigger).await?;
     let record = state

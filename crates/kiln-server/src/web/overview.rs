@@ -248,6 +248,7 @@ pub(crate) async fn trigger(
         cause: "api",
         retry_of: None,
         by,
+        deploys_to: None,
     };
     let build = state.scheduler.trigger(&project, request).await?;
     Ok(Redirect::to(&format!("/builds/{}", build.run_id)).into_response())
