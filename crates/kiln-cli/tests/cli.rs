@@ -455,3 +455,113 @@ fn up_creates_the_default_project_once_and_prints_what_to_do() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+/// `kiln artifact upload` inside `kiln run` (a file and a directory, paths as given),
+/// `list`, `get` (checked against the SHA-256), `get --all` (a .tar.gz `tar` unpacks)
+/// and `verify`.
+#[test]
+fn artifacts_upload_list_get_and_verify_from_the_command_line() {
+    let workspace = Workspace::new();
+    let server = Server::start(&workspace.data(), 0, &[]);
+    let token = project_token(&workspace, &server);
+    let site = workspace.data().join("site");
+    std::fs::create_dir_all(site.join("dist/assets")).unwrap();
+    std::fs::write(site.join("dist/index.html"), "<h1>hi</h1>").unwrap();
+    std::fs::write(site.join("dist/assets/app.js"), "console.log(1)").unwrap();
+    std::fs::write(site.join("notes.txt"), "release notes").unwrap();
+    let run = output(
+        workspace
+            .kiln(&server.url, &token)
+            .current_dir(&site)
+            .args([
+                "run",
+                "--stage",
+                "Package=kiln artifact upload dist ./notes.txt --step Package",
+                "--",
+                "true",
+            ]),
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("3 files stored for"),
+        "{}",
+        stderr(&run)
+    );
+    let run_id = builds(&workspace, &server.url, &token)[0]["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let list = output(
+        workspace
+            .kiln(&server.url, &token)
+            .args(["artifact", "list", &run_id]),
+    );
+    assert!(list.status.success(), "{}", stderr(&list));
+    let paths: Vec<String> = stdout(&list)
+        .lines()
+        .map(|line| line.rsplit('\t').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["dist/assets/app.js", "dist/index.html", "notes.txt"]
+    );
+    assert!(stdout(&list).contains("\tPackage\t"), "{}", stdout(&list));
+    let out = workspace.data().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let one = output(workspace.kiln(&server.url, &token).args([
+        "artifact",
+        "get",
+        &run_id,
+        "dist/index.html",
+        "-o",
+        out.join("index.html").to_str().unwrap(),
+    ]));
+    assert!(one.status.success(), "{}", stderr(&one));
+    assert!(stderr(&one).contains("verified"), "{}", stderr(&one));
+    assert_eq!(
+        std::fs::read_to_string(out.join("index.html")).unwrap(),
+        "<h1>hi</h1>"
+    );
+    let all = output(workspace.kiln(&server.url, &token).args([
+        "artifact",
+        "get",
+        &run_id,
+        "--all",
+        "-o",
+        out.join("all.tar.gz").to_str().unwrap(),
+    ]));
+    assert!(all.status.success(), "{}", stderr(&all));
+    let listing = std::process::Command::new("tar")
+        .arg("-tzf")
+        .arg(out.join("all.tar.gz"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["dist/assets/app.js", "dist/index.html", "notes.txt"]
+    );
+    let verify = output(
+        workspace
+            .kiln(&server.url, &token)
+            .args(["artifact", "verify", &run_id]),
+    );
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    assert!(stderr(&verify).contains("3 files"), "{}", stderr(&verify));
+    // A path outside the working directory is refused before anything is sent.
+    let outside = output(
+        workspace
+            .kiln(&server.url, &token)
+            .current_dir(&site)
+            .args([
+                "artifact",
+                "upload",
+                "../site/notes.txt",
+                "--run-id",
+                &run_id,
+            ]),
+    );
+    assert!(!outside.status.success());
+    assert!(stderr(&outside).contains("'..'"), "{}", stderr(&outside));
+}
