@@ -18,6 +18,9 @@ use crate::executor::{Ending, StepLimits, StepSpec, run_step};
 use crate::logs::{LogSink, LogSinkError, ShipOptions, ship_logs};
 use crate::output::{OutputChunk, OutputSender, OutputTail};
 
+/// Artifact files sent or fetched at once.
+const TRANSFERS_IN_FLIGHT: usize = 8;
+
 /// How long the agent keeps trying to report a job's end while the server is away.
 const REPORT_PATIENCE: Duration = Duration::from_secs(600);
 
@@ -292,14 +295,28 @@ async fn upload_artifacts(
     };
     let started = Instant::now();
     let mut bytes = 0u64;
-    for file in &found {
-        match shared
-            .client
-            .upload_artifact(&target, &file.local, &file.path, file.mode, None)
-            .await
-        {
-            Ok(stored) => bytes += stored.size,
-            Err(error) => return Err(format!("artifact {} not stored: {error}", file.path)),
+    // A few at a time: many small files (node_modules) are bound by round trips.
+    let mut transfers = tokio::task::JoinSet::new();
+    let mut pending = found.iter().cloned();
+    loop {
+        while transfers.len() < TRANSFERS_IN_FLIGHT {
+            let Some(file) = pending.next() else { break };
+            let client = shared.client.clone();
+            let target = target.clone();
+            transfers.spawn(async move {
+                let stored = client
+                    .upload_artifact(&target, &file.local, &file.path, file.mode, None)
+                    .await;
+                (file.path, stored)
+            });
+        }
+        let Some(done) = transfers.join_next().await else {
+            break;
+        };
+        match done {
+            Ok((_, Ok(stored))) => bytes += stored.size,
+            Ok((path, Err(error))) => return Err(format!("artifact {path} not stored: {error}")),
+            Err(error) => return Err(format!("an artifact upload stopped: {error}")),
         }
     }
     say(
@@ -326,7 +343,7 @@ async fn restore_artifacts(
         return Ok(());
     }
     let started = Instant::now();
-    let mut bytes = 0u64;
+    let mut places = Vec::with_capacity(job.artifacts.len());
     for file in &job.artifacts {
         let dest = {
             let workspace = workspace.to_path_buf();
@@ -336,19 +353,36 @@ async fn restore_artifacts(
                 .map_err(|error| format!("cannot place artifacts: {error}"))?
                 .map_err(|why| format!("artifact {} cannot be written: {why}", file.path))?
         };
-        bytes += shared
-            .client
-            .download_job_artifact(
-                job.job_id,
-                shared.agent_id(),
-                job.attempt,
-                &file.sha256,
-                &dest,
-            )
-            .await
-            .map_err(|error| format!("artifact {} not downloaded: {error}", file.path))?;
-        crate::artifacts::set_mode(&dest, file.mode)
-            .map_err(|error| format!("artifact {}: cannot set its mode: {error}", file.path))?;
+        places.push((file.clone(), dest));
+    }
+    let mut bytes = 0u64;
+    let mut transfers = tokio::task::JoinSet::new();
+    let mut pending = places.into_iter();
+    let (agent_id, job_id, attempt) = (shared.agent_id(), job.job_id, job.attempt);
+    loop {
+        while transfers.len() < TRANSFERS_IN_FLIGHT {
+            let Some((file, dest)) = pending.next() else {
+                break;
+            };
+            let client = shared.client.clone();
+            transfers.spawn(async move {
+                client
+                    .download_job_artifact(job_id, agent_id, attempt, &file.sha256, &dest)
+                    .await
+                    .map_err(|error| format!("artifact {} not downloaded: {error}", file.path))
+                    .and_then(|written| {
+                        crate::artifacts::set_mode(&dest, file.mode)
+                            .map(|()| written)
+                            .map_err(|error| {
+                                format!("artifact {}: cannot set its mode: {error}", file.path)
+                            })
+                    })
+            });
+        }
+        let Some(done) = transfers.join_next().await else {
+            break;
+        };
+        bytes += done.map_err(|error| format!("an artifact download stopped: {error}"))??;
     }
     let steps: std::collections::BTreeSet<&str> = job
         .artifacts
