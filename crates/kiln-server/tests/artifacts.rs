@@ -458,6 +458,21 @@ async fn bad_paths_and_limits_are_refused_naming_the_field(engine: Engine) {
             .unwrap()
             .contains("--artifact-max-build-bytes")
     );
+    // Uploads being sent count too: 300 declared beside the 900 stored fit, 400 more do
+    // not; declaring the first again is a resume, not a second upload.
+    let c = json!({"path": "c", "size": 300, "sha256": sha});
+    assert_eq!(declare(&app, &token, "r1", c.clone()).await.0, 200);
+    let d = json!({"path": "d", "size": 400, "sha256": sha256_hex(b"d")});
+    let (status, answer) = declare(&app, &token, "r1", d).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("300 being uploaded"),
+        "{answer}"
+    );
+    assert_eq!(declare(&app, &token, "r1", c).await.0, 200);
     // An unknown build, and a read token, are refused.
     let (status, _) = declare(
         &app,

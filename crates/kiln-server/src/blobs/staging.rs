@@ -85,6 +85,10 @@ pub struct Staging {
     busy: Arc<Mutex<HashSet<String>>>,
     /// When the last sweep started.
     swept: Mutex<Option<std::time::Instant>>,
+    /// The uploads this process declared and has not published, discarded or swept:
+    /// id → (build, declared size), so a build's staged bytes count against its limit.
+    /// (A restart forgets them; the sweep removes their files within a day.)
+    declared: Arc<Mutex<std::collections::HashMap<String, (i64, u64)>>>,
 }
 
 /// Uploads untouched this long are removed.
@@ -107,6 +111,7 @@ impl Staging {
             dir,
             busy: Arc::default(),
             swept: Mutex::new(None),
+            declared: Arc::default(),
         })
     }
 
@@ -139,6 +144,10 @@ impl Staging {
             tokio::fs::write(&temporary, text).await?;
             tokio::fs::rename(&temporary, &sidecar).await?;
         }
+        self.declared
+            .lock()
+            .expect("staging lock")
+            .insert(pending.upload_id.clone(), (pending.build_id, pending.size));
         match tokio::fs::metadata(self.part_path(&pending.upload_id)).await {
             Ok(metadata) => Ok(metadata.len()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
@@ -297,8 +306,20 @@ impl Staging {
         .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 
+    /// The declared bytes of a build's uploads in progress here, but `except` one.
+    pub fn staged_bytes(&self, build_id: i64, except: &str) -> u64 {
+        self.declared
+            .lock()
+            .expect("staging lock")
+            .iter()
+            .filter(|(id, (build, _))| *build == build_id && id.as_str() != except)
+            .map(|(_, (_, size))| size)
+            .sum()
+    }
+
     /// Forgets an upload (after it was published, or when its bytes were wrong).
     pub async fn discard(&self, id: &str) {
+        self.declared.lock().expect("staging lock").remove(id);
         let _ = tokio::fs::remove_file(self.part_path(id)).await;
         let _ = tokio::fs::remove_file(self.sidecar_path(id)).await;
     }
@@ -326,6 +347,7 @@ impl Staging {
     pub async fn sweep(&self, age: Duration) -> usize {
         let dir = self.dir.clone();
         let busy = self.busy.clone();
+        let declared = self.declared.clone();
         tokio::task::spawn_blocking(move || {
             let mut removed = 0;
             let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -345,6 +367,7 @@ impl Staging {
                     .is_some_and(|elapsed| elapsed >= age);
                 if old && std::fs::remove_file(entry.path()).is_ok() {
                     removed += 1;
+                    declared.lock().expect("staging lock").remove(&id);
                 }
             }
             removed

@@ -147,10 +147,12 @@ pub(crate) async fn start_upload(
             "the build already has {count} artifact files, the most one build may hold"
         )));
     }
-    if bytes.saturating_add(request.size) > config.max_build_bytes {
+    // Uploads in progress count too, so declaring many never stages more than the limit.
+    let staged = config.staging.staged_bytes(build.id, &pending.upload_id);
+    let total = bytes.saturating_add(staged).saturating_add(request.size);
+    if total > config.max_build_bytes {
         return Err(ServiceError::PayloadTooLarge(format!(
-            "size: the build's artifacts would take {} bytes, over this server's {}-byte limit per build (--artifact-max-build-bytes)",
-            bytes.saturating_add(request.size),
+            "size: the build's artifacts would take {total} bytes ({bytes} stored, {staged} being uploaded), over this server's {}-byte limit per build (--artifact-max-build-bytes)",
             config.max_build_bytes
         )));
     }
