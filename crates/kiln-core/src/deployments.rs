@@ -151,6 +151,24 @@ impl DeploymentStatus {
         matches!(self, Self::Deployed | Self::Failed | Self::Cancelled)
     }
 
+    /// The statuses a deployment passes through from `self` to `to`, `to` last: on the
+    /// way to `deployed` every status after `self` (a build can finish between two looks,
+    /// and followers still see each stage once, in order); otherwise `to` alone.
+    pub fn path_to(self, to: DeploymentStatus) -> Vec<DeploymentStatus> {
+        if to != Self::Deployed || self.is_terminal() {
+            return vec![to];
+        }
+        [
+            Self::Cloning,
+            Self::Building,
+            Self::Uploading,
+            Self::Deployed,
+        ]
+        .into_iter()
+        .filter(|status| status.rank() > self.rank())
+        .collect()
+    }
+
     /// The order statuses move in; a deployment never moves back.
     fn rank(self) -> u8 {
         match self {
@@ -443,5 +461,21 @@ mod tests {
         assert_eq!(site_from_host("a.b--c.sites.test", "sites.test"), None);
         assert_eq!(site_from_host("web.evil.test", "sites.test"), None);
         assert_eq!(site_from_host("webprod.sites.test", "sites.test"), None);
+    }
+
+    #[test]
+    fn the_way_to_deployed_passes_every_stage_once() {
+        use DeploymentStatus as D;
+        assert_eq!(
+            D::Building.path_to(D::Deployed),
+            [D::Uploading, D::Deployed]
+        );
+        assert_eq!(
+            D::Queued.path_to(D::Deployed),
+            [D::Cloning, D::Building, D::Uploading, D::Deployed]
+        );
+        assert_eq!(D::Uploading.path_to(D::Deployed), [D::Deployed]);
+        assert_eq!(D::Cloning.path_to(D::Failed), [D::Failed]);
+        assert_eq!(D::Queued.path_to(D::Building), [D::Building]);
     }
 }

@@ -149,8 +149,12 @@ impl Deployer {
             if next == current {
                 continue;
             }
-            self.move_to(&deployment, &job.project_slug, current, next)
-                .await?;
+            let mut from = current;
+            for to in current.path_to(next) {
+                self.move_to(&deployment, &job.project_slug, from, to)
+                    .await?;
+                from = to;
+            }
         }
         Ok(())
     }
