@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN, TestApp, assert_error};
+use common::fake_agent::{Agent, agent_call, claim, finish, upload};
+use common::{ADMIN_TOKEN, TestApp, assert_error, git};
 use kiln_store::{Engine, engine_test};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -36,103 +35,6 @@ const PIPELINE: &str = "steps:
 
 fn body(value: Value) -> Option<Vec<u8>> {
     Some(serde_json::to_vec(&value).unwrap())
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let output = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-struct Agent {
-    token: String,
-    id: i64,
-}
-
-async fn agent_call(app: &TestApp, agent: &Agent, path: &str, request: Value) -> (u16, Value) {
-    let response = app
-        .http
-        .post(format!("{}{}", app.base_url, path))
-        .bearer_auth(&agent.token)
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// Claims one job (any), returning it.
-async fn claim(app: &TestApp, agent: &Agent) -> Value {
-    let (status, job) = agent_call(
-        app,
-        agent,
-        "/api/v1/agent/claim",
-        json!({"agentId": agent.id, "waitSecs": 5}),
-    )
-    .await;
-    assert_eq!(status, 200, "a job to claim: {job}");
-    job
-}
-
-async fn finish(app: &TestApp, agent: &Agent, job: &Value) {
-    let (status, answer) = agent_call(
-        app,
-        agent,
-        &format!("/api/v1/agent/jobs/{}/finish", job["jobId"]),
-        json!({"agentId": agent.id, "attempt": job["attempt"], "state": "passed", "exitCode": 0}),
-    )
-    .await;
-    assert!(status < 300, "finish: {status} {answer}");
-}
-
-/// Uploads `files` to the build as its step's artifacts, through the agent's routes.
-async fn upload(app: &TestApp, agent: &Agent, job: &Value, files: &[(&str, &[u8])]) {
-    let query = format!("agentId={}&attempt={}", agent.id, job["attempt"]);
-    for (path, bytes) in files {
-        let sha256 = hex(&Sha256::digest(bytes));
-        let (status, started) = agent_call(
-            app,
-            agent,
-            &format!("/api/v1/agent/jobs/{}/artifacts?{query}", job["jobId"]),
-            json!({"path": path, "size": bytes.len(), "sha256": sha256}),
-        )
-        .await;
-        assert_eq!(status, 200, "{started}");
-        if started["complete"] == true {
-            continue;
-        }
-        let response = app
-            .http
-            .put(format!(
-                "{}/api/v1/agent/jobs/{}/artifacts/uploads/{}?{query}&offset=0",
-                app.base_url,
-                job["jobId"],
-                started["uploadId"].as_str().unwrap()
-            ))
-            .bearer_auth(&agent.token)
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -9,11 +9,11 @@ mod common;
 
 use kiln_store::engine_test;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::page::{Browser, admin_call, answer, form_body, no_redirects};
 use common::snapshot::{Volatile, assert_snapshot, normalize};
-use common::{ADMIN_TOKEN, TestApp};
+use common::{ADMIN_TOKEN, TestApp, git};
 use kiln_store::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -25,169 +25,13 @@ engine_test!(a_webhook_delivery_log_shows_the_attempt_to_a_real_receiver);
 engine_test!(pages_cannot_be_framed_and_login_goes_back_only_to_plain_paths);
 engine_test!(the_users_page_creates_deactivates_and_resets_like_the_api);
 
-/// A signed-in browser: the session cookie and its CSRF token; redirects are answers.
-struct Browser {
-    base: String,
-    http: reqwest::Client,
-    cookie: String,
-    csrf: String,
-}
-
-struct Answer {
-    status: u16,
-    location: String,
-    text: String,
-}
-
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
-}
-
-fn form_body(fields: &[(&str, &str)]) -> String {
-    fields
-        .iter()
-        .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+/// The user's unread notifications.
+async fn unread(browser: &Browser) -> i64 {
+    browser
+        .api(Method::GET, "/api/v1/notifications/stats")
+        .await["unread"]
+        .as_i64()
         .unwrap()
-}
-
-async fn answer(response: reqwest::Response) -> Answer {
-    let status = response.status().as_u16();
-    let location = response
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    Answer {
-        status,
-        location,
-        text: response.text().await.unwrap(),
-    }
-}
-
-impl Browser {
-    /// Logs in with the login form.
-    async fn log_in(app: &TestApp, email: &str, password: &str) -> Browser {
-        let http = no_redirects();
-        let response = http
-            .post(format!("{}/login", app.base_url))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form_body(&[
-                ("email", email),
-                ("password", password),
-                ("next", "/"),
-            ]))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 303, "log in as {email}");
-        let cookie = response.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        let me: Value = http
-            .get(format!("{}/api/v1/me", app.base_url))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        Browser {
-            base: app.base_url.clone(),
-            http,
-            cookie,
-            csrf: me["csrfToken"].as_str().unwrap().to_owned(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        answer(
-            self.http
-                .get(format!("{}{path}", self.base))
-                .header("cookie", &self.cookie)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
-    }
-
-    /// Posts a form with this session's CSRF token.
-    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> Answer {
-        let mut all = vec![("_csrf", self.csrf.as_str())];
-        all.extend_from_slice(fields);
-        self.post_raw(path, &form_body(&all)).await
-    }
-
-    async fn post_raw(&self, path: &str, body: &str) -> Answer {
-        answer(
-            self.http
-                .post(format!("{}{path}", self.base))
-                .header("cookie", &self.cookie)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(body.to_owned())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
-    }
-
-    /// The JSON API as this user (with the CSRF header).
-    async fn api(&self, method: Method, path: &str) -> Value {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .header("cookie", &self.cookie)
-            .header("x-csrf-token", &self.csrf)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap_or(Value::Null)
-    }
-
-    async fn unread(&self) -> i64 {
-        self.api(Method::GET, "/api/v1/notifications/stats").await["unread"]
-            .as_i64()
-            .unwrap()
-    }
-}
-
-async fn admin_call(app: &TestApp, method: Method, path: &str, body: Value) -> Value {
-    let response = app
-        .http
-        .request(method.clone(), format!("{}{path}", app.base_url))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    assert!(status < 300, "{method} {path}: {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
 async fn agent_call(app: &TestApp, token: &str, path: &str, body: Value) -> (u16, Value) {
@@ -220,23 +64,6 @@ async fn create_user(app: &TestApp, email: &str, name: &str, project_role: Optio
         )
         .await;
     }
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// Projects `web` (with a repository) and `api`; an admin, a viewer of `web`, and a user
@@ -372,7 +199,7 @@ async fn pages_render_for_each_role(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(reported.status().as_u16(), 201);
-    eventually("Ada's notification", || async { ada.unread().await == 1 }).await;
+    eventually("Ada's notification", || async { unread(&ada).await == 1 }).await;
     app.clock.advance_ms(7_000);
     let volatile = Volatile::new()
         .with(run_id.clone(), "run")
@@ -749,7 +576,7 @@ async fn settings_forms_do_what_the_api_does(engine: Engine) {
             .unwrap();
         assert_eq!(response.status().as_u16(), 201);
     }
-    eventually("two notifications", || async { ada.unread().await == 2 }).await;
+    eventually("two notifications", || async { unread(&ada).await == 2 }).await;
     let inbox = ada.get("/notifications").await.text;
     let first_id = inbox
         .split("data-notification-id=\"")
@@ -768,7 +595,7 @@ async fn settings_forms_do_what_the_api_does(engine: Engine) {
     assert_eq!(read.status, 303);
     assert_eq!(read.location, "/notifications?show=unread");
     assert_eq!(
-        ada.unread().await,
+        unread(&ada).await,
         1,
         "marking read changes the unread count"
     );
@@ -787,7 +614,7 @@ async fn settings_forms_do_what_the_api_does(engine: Engine) {
     );
     let all = ada.post("/notifications/read-all", &[]).await;
     assert_eq!(all.status, 303);
-    assert_eq!(ada.unread().await, 0);
+    assert_eq!(unread(&ada).await, 0);
     assert!(
         ada.get("/notifications")
             .await

@@ -7,15 +7,15 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::fake_agent::{Agent, agent_call, claim, finish, upload};
+use common::page::{Browser, admin_call, form_body};
 use common::snapshot::{Volatile, assert_snapshot};
-use common::{ADMIN_TOKEN, TestApp};
+use common::{TestApp, git};
 use kiln_store::{Engine, engine_test};
 use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 engine_test!(the_deployments_page_deploys_and_rolls_back);
 
@@ -29,241 +29,6 @@ const PIPELINE: &str = "steps:
 ";
 
 const PASSWORD: &str = "correct horse battery";
-
-/// A signed-in browser: the session cookie and its CSRF token; redirects are answers.
-struct Browser {
-    base: String,
-    http: reqwest::Client,
-    cookie: String,
-    csrf: String,
-}
-
-struct Answer {
-    status: u16,
-    location: String,
-    text: String,
-}
-
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
-}
-
-fn form_body(fields: &[(&str, &str)]) -> String {
-    fields
-        .iter()
-        .map(|(name, value)| format!("{}={}", encode(name), encode(value)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-async fn answer(response: reqwest::Response) -> Answer {
-    let status = response.status().as_u16();
-    let location = response
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    Answer {
-        status,
-        location,
-        text: response.text().await.unwrap(),
-    }
-}
-
-impl Browser {
-    async fn log_in(app: &TestApp, email: &str) -> Browser {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let response = http
-            .post(format!("{}/login", app.base_url))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form_body(&[
-                ("email", email),
-                ("password", PASSWORD),
-                ("next", "/"),
-            ]))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 303, "log in as {email}");
-        let cookie = response.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        let me: Value = http
-            .get(format!("{}/api/v1/me", app.base_url))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        Browser {
-            base: app.base_url.clone(),
-            http,
-            cookie,
-            csrf: me["csrfToken"].as_str().unwrap().to_owned(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        answer(
-            self.http
-                .get(format!("{}{path}", self.base))
-                .header("cookie", &self.cookie)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
-    }
-
-    /// Posts a form with this session's CSRF token.
-    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> Answer {
-        let mut all = vec![("_csrf", self.csrf.as_str())];
-        all.extend_from_slice(fields);
-        self.post_raw(path, &form_body(&all)).await
-    }
-
-    async fn post_raw(&self, path: &str, body: &str) -> Answer {
-        answer(
-            self.http
-                .post(format!("{}{path}", self.base))
-                .header("cookie", &self.cookie)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(body.to_owned())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
-    }
-}
-
-async fn admin_call(app: &TestApp, method: Method, path: &str, body: Value) -> Value {
-    let response = app
-        .http
-        .request(method.clone(), format!("{}{path}", app.base_url))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    assert!(status < 300, "{method} {path}: {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-struct Agent {
-    token: String,
-    id: i64,
-}
-
-async fn agent_call(app: &TestApp, agent: &Agent, path: &str, request: Value) -> (u16, Value) {
-    let response = app
-        .http
-        .post(format!("{}{}", app.base_url, path))
-        .bearer_auth(&agent.token)
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-async fn claim(app: &TestApp, agent: &Agent) -> Value {
-    let (status, job) = agent_call(
-        app,
-        agent,
-        "/api/v1/agent/claim",
-        json!({"agentId": agent.id, "waitSecs": 5}),
-    )
-    .await;
-    assert_eq!(status, 200, "a job to claim: {job}");
-    job
-}
-
-async fn finish(app: &TestApp, agent: &Agent, job: &Value) {
-    let (status, answer) = agent_call(
-        app,
-        agent,
-        &format!("/api/v1/agent/jobs/{}/finish", job["jobId"]),
-        json!({"agentId": agent.id, "attempt": job["attempt"], "state": "passed", "exitCode": 0}),
-    )
-    .await;
-    assert!(status < 300, "finish: {status} {answer}");
-}
-
-/// Uploads `files` as the job's artifacts through the agent's routes.
-async fn upload(app: &TestApp, agent: &Agent, job: &Value, files: &[(&str, &[u8])]) {
-    let query = format!("agentId={}&attempt={}", agent.id, job["attempt"]);
-    for (path, bytes) in files {
-        let sha256: String = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let (status, started) = agent_call(
-            app,
-            agent,
-            &format!("/api/v1/agent/jobs/{}/artifacts?{query}", job["jobId"]),
-            json!({"path": path, "size": bytes.len(), "sha256": sha256}),
-        )
-        .await;
-        assert_eq!(status, 200, "{started}");
-        if started["complete"] == true {
-            continue;
-        }
-        let response = app
-            .http
-            .put(format!(
-                "{}/api/v1/agent/jobs/{}/artifacts/uploads/{}?{query}&offset=0",
-                app.base_url,
-                job["jobId"],
-                started["uploadId"].as_str().unwrap()
-            ))
-            .bearer_auth(&agent.token)
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    }
-}
 
 /// Runs a deploy's build as the fake agent: `build`, then `publish` uploading the site.
 async fn run_build(app: &TestApp, agent: &Agent, site: &[(&str, &[u8])]) {
@@ -408,9 +173,9 @@ async fn the_deployments_page_deploys_and_rolls_back(engine: Engine) {
     assert_eq!(status, 200, "{registered}");
     agent.id = registered["agentId"].as_i64().unwrap();
 
-    let dev = Browser::log_in(&app, "dev@example.com").await;
-    let vic = Browser::log_in(&app, "vic@example.com").await;
-    let otto = Browser::log_in(&app, "otto@example.com").await;
+    let dev = Browser::log_in(&app, "dev@example.com", PASSWORD).await;
+    let vic = Browser::log_in(&app, "vic@example.com", PASSWORD).await;
+    let otto = Browser::log_in(&app, "otto@example.com", PASSWORD).await;
     let page = "/projects/web/deployments";
 
     // Nothing deployed yet: the developer gets the form that deploys to a named

@@ -15,6 +15,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod fake_agent;
+pub mod page;
 pub mod snapshot;
 pub mod sse;
 
@@ -280,4 +282,28 @@ pub fn assert_error(body: &Value, code: &str, field: Option<&str>) {
             "{body}"
         ),
     }
+}
+
+/// Runs git in `dir` with a fixed identity and `main` as the first branch; panics with
+/// git's stderr when it fails; answers its stdout.
+pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
