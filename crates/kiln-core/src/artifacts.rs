@@ -1,5 +1,5 @@
 //! Build artifacts: the path rules a stored file's name obeys, the digests of its
-//! manifest (MD5, SHA-256, SHA-512) computed in one streaming pass, and the limits.
+//! manifest (MD5, SHA-256, SHA-512) fed in pieces, and the limits.
 
 use md5::Md5;
 use sha2_11::{Digest, Sha256, Sha512};
@@ -89,50 +89,8 @@ pub struct Digests {
     pub sha512: String,
 }
 
-/// The three digests of a stream, fed in pieces.
-#[derive(Clone, Default)]
-pub struct Hasher {
-    size: u64,
-    md5: Md5,
-    sha256: Sha256,
-    sha512: Sha512,
-}
-
-impl std::fmt::Debug for Hasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hasher").field("size", &self.size).finish()
-    }
-}
-
-impl Hasher {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn update(&mut self, bytes: &[u8]) {
-        self.size += bytes.len() as u64;
-        self.md5.update(bytes);
-        self.sha256.update(bytes);
-        self.sha512.update(bytes);
-    }
-
-    /// Bytes fed so far.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    pub fn finish(self) -> Digests {
-        Digests {
-            size: self.size,
-            md5: hex::encode(self.md5.finalize()),
-            sha256: hex::encode(self.sha256.finalize()),
-            sha512: hex::encode(self.sha512.finalize()),
-        }
-    }
-}
-
-/// MD5 and SHA-256 together (one of the two halves of [`Hasher`]'s work, for hashing
-/// on two threads).
+/// MD5 and SHA-256 together: one of the two halves of a file's digests, hashed on two
+/// threads (the other is [`Sha512Hasher`]).
 #[derive(Clone, Default)]
 pub struct Md5Sha256Hasher {
     md5: Md5,
@@ -242,30 +200,25 @@ mod tests {
     #[test]
     fn digests_are_the_standard_ones_whatever_the_pieces() {
         // Known answers for "abc" (RFC 1321, FIPS 180-2).
-        let mut hasher = Hasher::new();
-        hasher.update(b"a");
-        hasher.update(b"");
-        hasher.update(b"bc");
-        let digests = hasher.finish();
-        assert_eq!(digests.size, 3);
-        assert_eq!(digests.md5, "900150983cd24fb0d6963f7d28e17f72");
+        let mut half = Md5Sha256Hasher::default();
+        half.update(b"a");
+        half.update(b"");
+        half.update(b"bc");
+        let (md5, sha256) = half.finish();
+        assert_eq!(md5, "900150983cd24fb0d6963f7d28e17f72");
         assert_eq!(
-            digests.sha256,
+            sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert!(digests.sha512.starts_with("ddaf35a193617aba"));
-        assert!(is_sha256_hex(&digests.sha256));
-        assert!(!is_sha256_hex(&digests.sha256.to_uppercase()));
+        let mut other = Sha512Hasher::default();
+        other.update(b"ab");
+        other.update(b"c");
+        assert!(other.finish().starts_with("ddaf35a193617aba"));
+        assert!(is_sha256_hex(&sha256));
+        assert!(!is_sha256_hex(&sha256.to_uppercase()));
         assert!(!is_sha256_hex("abc"));
         let mut alone = Sha256Hasher::default();
         alone.update(b"abc");
-        assert_eq!(alone.finish(), digests.sha256);
-        let mut half = Md5Sha256Hasher::default();
-        half.update(b"ab");
-        half.update(b"c");
-        assert_eq!(half.finish(), (digests.md5.clone(), digests.sha256.clone()));
-        let mut other = Sha512Hasher::default();
-        other.update(b"abc");
-        assert_eq!(other.finish(), digests.sha512);
+        assert_eq!(alone.finish(), sha256);
     }
 }
