@@ -62,6 +62,12 @@ pub trait ArtifactStore: Send + Sync {
         build_id: i64,
         path: &str,
     ) -> StoreResult<Option<ArtifactRecord>>;
+    /// A file of a build's manifest with this content (any one of them).
+    async fn build_artifact_by_sha256(
+        &self,
+        build_id: i64,
+        sha256: &str,
+    ) -> StoreResult<Option<ArtifactRecord>>;
     /// A build's file count and total bytes.
     async fn build_artifact_totals(&self, build_id: i64) -> StoreResult<(u64, u64)>;
     /// A blob's digests, if any manifest row was ever written for it.

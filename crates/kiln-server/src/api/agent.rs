@@ -296,10 +296,8 @@ pub(crate) async fn download_artifact(
     let (_, build) = agent_build(&state, &caller, job_id, &uri).await?;
     let record = state
         .store
-        .build_artifacts(build.id)
+        .build_artifact_by_sha256(build.id, &sha256)
         .await?
-        .into_iter()
-        .find(|record| record.sha256 == sha256)
         .ok_or_else(|| {
             ApiError::NotFound(format!(
                 "build '{}' has no artifact with SHA-256 {sha256}",

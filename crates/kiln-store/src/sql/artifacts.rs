@@ -120,6 +120,21 @@ impl ArtifactStore for SqlStore {
         row.as_ref().map(record).transpose()
     }
 
+    async fn build_artifact_by_sha256(
+        &self,
+        build_id: i64,
+        sha256: &str,
+    ) -> StoreResult<Option<ArtifactRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT} WHERE a.sha256 = $1 AND a.build_id = $2 ORDER BY a.path LIMIT 1"
+        )))
+        .bind(sha256.to_owned())
+        .bind(build_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(record).transpose()
+    }
+
     async fn build_artifact_totals(&self, build_id: i64) -> StoreResult<(u64, u64)> {
         let row = sqlx::query(
             "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
