@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    admin, agent, analytics, artifacts, deployments, emit, lifecycle, run, runs, secrets, serve,
-    test_reports, users, watch, webhooks,
+    admin, agent, analytics, artifacts, backup, deployments, emit, lifecycle, run, runs, secrets,
+    serve, test_reports, users, watch, webhooks,
 };
 
 #[derive(Parser, Debug)]
@@ -33,6 +33,11 @@ enum Command {
     /// Run Kiln for a newcomer: server on SQLite with a local agent, a default project and
     /// tokens on first run; `--demo` builds a small example repository at once.
     Up(serve::UpArgs),
+    /// Back up a server's data (SQLite snapshot, secret key, artifact blobs) into one
+    /// file, while it runs.
+    Backup(backup::BackupArgs),
+    /// Restore a `kiln backup` file into a new data directory, checking every file.
+    Restore(backup::RestoreArgs),
     /// Run a build agent: claims jobs from the server and runs them.
     Agent(agent::AgentArgs),
     /// Report one event of the current build (inside `kiln run`, the run id is inherited).
@@ -174,6 +179,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::serve(args).await,
             Command::Up(args) => serve::up(args).await,
             Command::Agent(args) => agent::agent(args).await,
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Restore(args) => backup::restore(args).await,
             Command::Emit(args) => emit::emit(args).await,
             Command::Run(args) => run::run(args).await,
             Command::Spool {

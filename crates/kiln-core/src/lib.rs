@@ -7,6 +7,7 @@
 
 pub mod analytics;
 pub mod artifacts;
+pub mod backup;
 pub mod build;
 pub mod cache_key;
 pub mod compare;

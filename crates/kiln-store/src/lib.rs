@@ -12,6 +12,7 @@ pub(crate) mod accounts;
 mod analytics;
 mod artifact_lifecycle;
 mod artifacts;
+pub mod backup;
 mod dashboard;
 mod deployments;
 mod migrations;

@@ -262,6 +262,15 @@ const POSTGRES: &[Migration] = &[
 /// An arbitrary constant naming Kiln's migration lock.
 const POSTGRES_MIGRATION_LOCK: i64 = 0x6b696c6e;
 
+/// The newest migration of an engine's list.
+pub(crate) fn latest_version(engine: Engine) -> i64 {
+    let all = match engine {
+        Engine::Sqlite => SQLITE,
+        Engine::Postgres => POSTGRES,
+    };
+    all.last().map_or(0, |migration| migration.version)
+}
+
 pub(crate) async fn run(connection: &mut AnyConnection, engine: Engine) -> StoreResult<()> {
     run_up_to(connection, engine, i64::MAX).await
 }

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod agent;
 pub mod analytics;
 pub mod artifacts;
+pub mod backup;
 pub mod deployments;
 pub mod emit;
 pub mod lifecycle;
