@@ -388,7 +388,13 @@ fn restore_blocking(args: &RestoreArgs) -> anyhow::Result<ExitCode> {
         .entries()
         .with_context(|| format!("{from} is not a Kiln backup (not a tar file)"))?
     {
-        let mut entry = entry.with_context(|| format!("{from} is damaged or cut short"))?;
+        let mut entry = match entry {
+            Ok(entry) => entry,
+            Err(error) if header.is_none() => {
+                bail!("{from} is not a Kiln backup (no tar entry could be read: {error})")
+            }
+            Err(error) => bail!("{from} is damaged or cut short: {error}"),
+        };
         let path = entry.path()?.to_string_lossy().into_owned();
         if header.is_none() && path != HEADER_ENTRY {
             bail!("{from} is not a Kiln backup: it does not start with {HEADER_ENTRY}");
