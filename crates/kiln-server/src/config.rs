@@ -59,6 +59,8 @@ pub struct ArtifactConfig {
     pub max_file_bytes: u64,
     /// `--artifact-max-build-bytes`: the most one build's files may hold together.
     pub max_build_bytes: u64,
+    /// The most files one build's manifest may name (10,000; tests lower it).
+    pub max_files_per_build: usize,
     /// Wakes the digester (MD5 and SHA-512 of new blobs) after a publish.
     pub digester: Arc<tokio::sync::Notify>,
     /// How often artifact retention runs (hourly; tests shorten it).
@@ -86,6 +88,7 @@ impl ArtifactConfig {
             staging: Arc::new(crate::blobs::staging::Staging::open(dir.join("uploads"))?),
             max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
             max_build_bytes: Self::DEFAULT_MAX_BUILD_BYTES,
+            max_files_per_build: kiln_core::artifacts::MAX_FILES_PER_BUILD,
             digester: Arc::default(),
             retention_interval: Self::DEFAULT_RETENTION_INTERVAL,
             blob_gate: Arc::default(),

@@ -48,7 +48,7 @@ pub use notify::{EmailConfig, NotificationConfig, SmtpFiles};
 pub use routes::{RouteRule, route_table};
 pub use scheduler::{RepoPolicy, SchedulerConfig};
 pub use secret_box::SecretKey;
-pub use serve::ConnectionConfig;
+pub use serve::{ConnectionConfig, MAX_REQUEST_HEAD_BYTES};
 pub use telemetry::otlp::OtlpConfig;
 pub use webhooks::WebhookConfig;
 

@@ -17,7 +17,7 @@ pub(crate) async fn trigger(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
-    body: axum::body::Bytes,
+    super::body::RawBody(body): super::body::RawBody<{ kiln_core::limits::MAX_BODY_BYTES }>,
 ) -> Result<(StatusCode, Json<TriggeredBuild>), ApiError> {
     let project = writable_project(&state, &caller, &slug).await?;
     // An empty body builds the default branch's tip.

@@ -79,7 +79,7 @@ pub(crate) async fn deploy(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((slug, environment)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    super::body::RawBody(body): super::body::RawBody<{ kiln_core::limits::MAX_BODY_BYTES }>,
 ) -> Result<(StatusCode, Json<DeployStarted>), ApiError> {
     let request: DeployRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DeployRequest::default()

@@ -275,7 +275,7 @@ pub(crate) async fn reset_user_password(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(user): Path<String>,
-    body: axum::body::Bytes,
+    super::body::RawBody(body): super::body::RawBody<{ kiln_core::limits::MAX_BODY_BYTES }>,
 ) -> Result<Json<UserAnswer>, ApiError> {
     let user = user_by_path(&state, &user).await?;
     // An empty body generates a password.

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use futures_util::Stream;
-use kiln_core::artifacts::{ArtifactPath, MAX_FILES_PER_BUILD, is_sha256_hex};
+use kiln_core::artifacts::{ArtifactPath, is_sha256_hex};
 use kiln_core::{FieldError, StageName};
 use kiln_protocol::{
     ArtifactManifest, ArtifactMismatch, ArtifactUpload, ArtifactVerification, StartArtifactUpload,
@@ -142,9 +142,9 @@ pub(crate) async fn start_upload(
         }
     }
     let (count, bytes) = state.store.build_artifact_totals(build.id).await?;
-    if count as usize >= MAX_FILES_PER_BUILD {
+    if count as usize >= config.max_files_per_build {
         return Err(ServiceError::PayloadTooLarge(format!(
-            "the build already has {count} artifact files, the most one build may hold"
+            "the build already has {count} artifact files, the most one build may hold; pack small files into an archive"
         )));
     }
     // Uploads in progress count too, so declaring many never stages more than the limit.

@@ -1,0 +1,588 @@
+//! Every limit of docs/operations.md's limits table checked at the limit and one past it,
+//! against the real server on a loopback port with a real HTTP client (raw TCP where the
+//! exact bytes or the connection itself matter): connections in total and per address,
+//! idle and slow-head timeouts, request heads and bodies, page sizes, log chunks and a
+//! job log's cap, artifact files, bytes, file counts and paths, secrets. Limits tested
+//! elsewhere are named in the table.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{ADMIN_TOKEN, TestApp};
+use kiln_client::protocol::EventPayload;
+use kiln_store::test_support::TestDatabase;
+use kiln_store::{Engine, engine_test};
+use serde_json::{Value, json};
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+engine_test!(connections_are_capped_in_total_and_per_address);
+engine_test!(idle_connections_and_slow_heads_are_closed_after_their_timeouts);
+engine_test!(request_heads_and_json_bodies_are_read_up_to_their_limits);
+engine_test!(log_chunks_and_a_job_log_are_capped);
+engine_test!(artifact_files_bytes_counts_and_paths_are_capped);
+engine_test!(secrets_are_capped_in_size_and_number);
+
+async fn spawn(engine: Engine, configure: impl FnOnce(&mut kiln_server::ServerConfig)) -> TestApp {
+    let database = std::sync::Arc::new(TestDatabase::create(engine).await);
+    let clock = kiln_server::clock::ManualClock::new(kiln_core::Millis(1_800_000_000_000));
+    TestApp::spawn_configured(database, clock, configure).await
+}
+
+fn address(app: &TestApp) -> SocketAddr {
+    app.base_url.trim_start_matches("http://").parse().unwrap()
+}
+
+/// A TCP connection to the server from the loopback address `source` (127.0.0.x).
+async fn connect_from(source: [u8; 4], server: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: kiln\r\n\r\n";
+
+/// Writes `request` and reads one response: its status and body, or `None` when the
+/// server closed the connection instead of answering.
+async fn exchange(stream: &mut TcpStream, request: &[u8]) -> Option<(u16, Vec<u8>)> {
+    if stream.write_all(request).await.is_err() {
+        return None;
+    }
+    read_response(stream).await
+}
+
+async fn read_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<(u16, Vec<u8>)> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(read)) => received.extend_from_slice(&buffer[..read]),
+            Err(_) => panic!("no answer and no close within 10 s"),
+        }
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).to_string();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = received[head_end..].to_vec();
+    while body.len() < length {
+        let read = stream.read(&mut buffer).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        body.extend_from_slice(&buffer[..read]);
+    }
+    Some((status, body))
+}
+
+/// The status and the text of an answer (413s must carry Kiln's JSON error too).
+async fn send(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let response = app
+        .http
+        .request(method, format!("{}{path}", app.base_url))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Sends a request with a `length`-byte body from a task of its own while reading the
+/// answer: a body past the limit is answered once the server has read one byte past it,
+/// while the client may still be sending (a server that closes a connection with unread
+/// bytes resets it, so the answer must be read as it arrives, not after the last write).
+async fn send_whole(app: &TestApp, path: &str, token: &str, length: usize) -> (u16, String) {
+    let stream = connect_from([127, 0, 0, 1], address(app)).await;
+    let (mut reader, mut writer) = stream.into_split();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+    )
+    .into_bytes();
+    request.resize(request.len() + length, b' ');
+    let sender = tokio::spawn(async move {
+        let _ = writer.write_all(&request).await;
+        writer
+    });
+    let (status, body) = read_response(&mut reader)
+        .await
+        .expect("an answer before the connection closed");
+    drop(sender.await);
+    (status, String::from_utf8(body).unwrap())
+}
+
+fn code(text: &str) -> String {
+    let value: Value =
+        serde_json::from_str(text).unwrap_or_else(|_| panic!("not Kiln's JSON error: {text}"));
+    value["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `--max-connections 4`, `--max-connections-per-address 2`: two connections from one
+/// address are served and a third is closed on arrival; a second address fills the cap,
+/// a third address is closed; a closed connection frees its place.
+async fn connections_are_capped_in_total_and_per_address(engine: Engine) {
+    let app = spawn(engine, |config| {
+        config.connections.max_connections = 4;
+        config.connections.max_connections_per_address = 2;
+        // The test client's pooled connection (from the health check) is closed soon.
+        config.connections.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let server = address(&app);
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_from([127, 0, 0, 1], server).await;
+        assert_eq!(exchange(&mut stream, HEALTHZ).await.map(|a| a.0), Some(200));
+        first.push(stream);
+    }
+    let mut past_address = connect_from([127, 0, 0, 1], server).await;
+    assert_eq!(
+        exchange(&mut past_address, HEALTHZ).await,
+        None,
+        "a third connection from one address is closed"
+    );
+    let mut second = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_from([127, 0, 0, 2], server).await;
+        assert_eq!(exchange(&mut stream, HEALTHZ).await.map(|a| a.0), Some(200));
+        second.push(stream);
+    }
+    let mut past_total = connect_from([127, 0, 0, 3], server).await;
+    assert_eq!(
+        exchange(&mut past_total, HEALTHZ).await,
+        None,
+        "a fifth connection is closed whatever its address"
+    );
+    // The open ones still work; closing one makes room for one more.
+    assert_eq!(
+        exchange(&mut first[0], HEALTHZ).await.map(|a| a.0),
+        Some(200)
+    );
+    drop(second.pop());
+    let mut served = None;
+    for _ in 0..40 {
+        let mut stream = connect_from([127, 0, 0, 3], server).await;
+        served = exchange(&mut stream, HEALTHZ).await;
+        if served.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served.map(|a| a.0), Some(200), "a freed place is taken");
+    drop(first);
+    drop(second);
+    app.stop().await;
+}
+
+/// `--idle-timeout 1`, `--header-read-timeout 1`: a keep-alive connection used again
+/// within the second is served, one idle past it is closed; a head completed within the
+/// second of its first byte is answered, one still incomplete past it is closed.
+async fn idle_connections_and_slow_heads_are_closed_after_their_timeouts(engine: Engine) {
+    let app = spawn(engine, |config| {
+        config.connections.idle_timeout = Duration::from_secs(1);
+        config.connections.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let server = address(&app);
+    let mut stream = connect_from([127, 0, 0, 1], server).await;
+    assert_eq!(exchange(&mut stream, HEALTHZ).await.map(|a| a.0), Some(200));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        exchange(&mut stream, HEALTHZ).await.map(|a| a.0),
+        Some(200),
+        "idle less than the timeout: still open"
+    );
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(
+        exchange(&mut stream, HEALTHZ).await,
+        None,
+        "idle past it: closed"
+    );
+
+    let (start, rest) = HEALTHZ.split_at(10);
+    let mut slow = connect_from([127, 0, 0, 1], server).await;
+    slow.write_all(start).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        exchange(&mut slow, rest).await.map(|a| a.0),
+        Some(200),
+        "a head completed within the timeout is answered"
+    );
+    let mut slower = connect_from([127, 0, 0, 1], server).await;
+    slower.write_all(start).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(
+        exchange(&mut slower, rest).await,
+        None,
+        "a head still incomplete past the timeout: closed"
+    );
+    app.stop().await;
+}
+
+/// A request head of exactly 8 KiB is answered and one byte more gets 431; a JSON body of
+/// exactly 1 MiB is read and one byte more gets 413 `body_too_large`; 1,000 builds per
+/// page are listed and 1,001 refused.
+async fn request_heads_and_json_bodies_are_read_up_to_their_limits(engine: Engine) {
+    let app = spawn(engine, |_| {}).await;
+    let server = address(&app);
+    let head = |total: usize| {
+        let fixed = "GET /healthz HTTP/1.1\r\nHost: kiln\r\nX-Pad: \r\n\r\n".len();
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: kiln\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(total - fixed)
+        )
+        .into_bytes()
+    };
+    let limit = kiln_server::MAX_REQUEST_HEAD_BYTES;
+    assert_eq!(head(limit).len(), limit);
+    let mut stream = connect_from([127, 0, 0, 1], server).await;
+    assert_eq!(
+        exchange(&mut stream, &head(limit)).await.map(|a| a.0),
+        Some(200),
+        "a head of exactly {limit} bytes"
+    );
+    let mut stream = connect_from([127, 0, 0, 1], server).await;
+    assert_eq!(
+        exchange(&mut stream, &head(limit + 1)).await.map(|a| a.0),
+        Some(431),
+        "a head of {} bytes",
+        limit + 1
+    );
+
+    let (_, token) = app.project_client("web", &["ingest", "read"]).await;
+    let body = |total: usize| {
+        let mut body = br#"{"runId":"body-limit","event":"heartbeat"}"#.to_vec();
+        body.resize(total, b' ');
+        body
+    };
+    let limit = kiln_core::limits::MAX_BODY_BYTES;
+    let (status, text) = send(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/events",
+        &token,
+        "application/json",
+        body(limit),
+    )
+    .await;
+    assert_eq!(status, 201, "a body of exactly {limit} bytes: {text}");
+    let (status, text) = send_whole(&app, "/api/v1/events", &token, limit + 1).await;
+    assert_eq!(
+        (status, code(&text)),
+        (413, "body_too_large".into()),
+        "{text}"
+    );
+
+    // Routes whose body may be empty read it raw: the same limit and error.
+    let admin_body = |size: usize| {
+        let mut body = b"{}".to_vec();
+        body.resize(size, b' ');
+        body
+    };
+    app.admin.create_project("other", "other").await.unwrap();
+    let (status, text) = send_whole(
+        &app,
+        "/api/v1/projects/other/builds",
+        ADMIN_TOKEN,
+        limit + 1,
+    )
+    .await;
+    assert_eq!(
+        (status, code(&text)),
+        (413, "body_too_large".into()),
+        "{text}"
+    );
+    let (status, text) = send(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/projects/other/builds",
+        ADMIN_TOKEN,
+        "application/json",
+        admin_body(limit),
+    )
+    .await;
+    assert_ne!(
+        status, 413,
+        "a trigger body of exactly {limit} bytes is read: {text}"
+    );
+
+    let (status, _) = app
+        .raw(
+            reqwest::Method::GET,
+            "/api/v1/builds?limit=1000",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, answer) = app
+        .raw(
+            reqwest::Method::GET,
+            "/api/v1/builds?limit=1001",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(answer["error"]["field"], "limit", "{answer}");
+    app.stop().await;
+}
+
+/// A log chunk of exactly 1 MiB is stored and one byte more (or far more) gets 413
+/// `body_too_large`; a job's log takes its cap plus 4 KiB for the marker line, and a byte
+/// past that gets 413.
+async fn log_chunks_and_a_job_log_are_capped(engine: Engine) {
+    const CAP: u64 = 2 * 1024 * 1024;
+    let app = spawn(engine, |config| config.scheduler.log_cap_bytes = CAP).await;
+    let (client, token) = app.project_client("web", &["ingest", "read"]).await;
+    client
+        .send_events(&[EventPayload {
+            run_id: "logs".into(),
+            event: "build_started".into(),
+            ..EventPayload::default()
+        }])
+        .await
+        .unwrap();
+    let chunk = kiln_core::limits::MAX_LOG_CHUNK_BYTES;
+    let append = |step: &'static str, offset: usize, size: usize| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            send(
+                app,
+                reqwest::Method::POST,
+                &format!("/api/v1/builds/logs/log?step={step}&offset={offset}"),
+                &token,
+                "application/octet-stream",
+                vec![b'x'; size],
+            )
+            .await
+        }
+    };
+    let (status, text) = append("chunks", 0, chunk).await;
+    assert_eq!(status, 200, "a chunk of exactly {chunk} bytes: {text}");
+    for size in [chunk + 1, 3 * chunk] {
+        let (status, text) = send_whole(
+            &app,
+            &format!("/api/v1/builds/logs/log?step=chunks&offset={chunk}"),
+            &token,
+            size,
+        )
+        .await;
+        assert_eq!(
+            (status, code(&text)),
+            (413, "body_too_large".into()),
+            "a chunk of {size} bytes: {text}"
+        );
+    }
+    // The cap: 1 MiB + 1 MiB + 4 KiB (the marker line's room) fill it exactly.
+    let full = CAP as usize + 4096;
+    assert_eq!(append("capped", 0, chunk).await.0, 200);
+    assert_eq!(append("capped", chunk, chunk).await.0, 200);
+    let (status, text) = append("capped", 2 * chunk, full - 2 * chunk).await;
+    assert_eq!(status, 200, "up to the cap: {text}");
+    let (status, text) = append("capped", full, 1).await;
+    assert_eq!(
+        (status, code(&text)),
+        (413, "body_too_large".into()),
+        "{text}"
+    );
+    assert!(text.contains("capped at"), "{text}");
+    app.stop().await;
+}
+
+/// Per file, per build, files per build (lowered to 3 here) and path length: at the
+/// limit accepted, one past it refused with 413 `body_too_large` (the path: 400
+/// `invalid_field`).
+async fn artifact_files_bytes_counts_and_paths_are_capped(engine: Engine) {
+    let database = std::sync::Arc::new(TestDatabase::create(engine).await);
+    let artifacts = common::database_dir(&database, "artifacts-limits");
+    let clock = kiln_server::clock::ManualClock::new(kiln_core::Millis(1_800_000_000_000));
+    let app = TestApp::spawn_configured(database, clock, |config| {
+        let mut limited = kiln_server::ArtifactConfig::local(&artifacts).unwrap();
+        limited.max_file_bytes = 1000;
+        limited.max_build_bytes = 1500;
+        limited.max_files_per_build = 3;
+        config.artifacts = Some(limited);
+    })
+    .await;
+    let (client, token) = app.project_client("web", &["ingest", "read"]).await;
+    for run_id in ["sizes", "counts"] {
+        client
+            .send_events(&[EventPayload {
+                run_id: run_id.into(),
+                event: "build_started".into(),
+                ..EventPayload::default()
+            }])
+            .await
+            .unwrap();
+    }
+    let declare = |run_id: &'static str, path: String, content: Vec<u8>| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            let sha256 = hex::encode(sha2::Sha256::digest(&content));
+            let body = json!({"path": path, "size": content.len(), "sha256": sha256});
+            let (status, text) = send(
+                app,
+                reqwest::Method::POST,
+                &format!("/api/v1/builds/{run_id}/artifacts"),
+                &token,
+                "application/json",
+                body.to_string().into_bytes(),
+            )
+            .await;
+            let answer: Value = serde_json::from_str(&text).unwrap();
+            if status == 200 && answer["artifact"].is_null() {
+                let id = answer["uploadId"].as_str().unwrap();
+                let (sent, text) = send(
+                    app,
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/builds/{run_id}/artifacts/uploads/{id}?offset=0"),
+                    &token,
+                    "application/octet-stream",
+                    content,
+                )
+                .await;
+                assert_eq!(sent, 200, "{text}");
+            }
+            (status, answer)
+        }
+    };
+    // Per file: 1,000 bytes stored, 1,001 refused naming the flag.
+    let (status, answer) = declare("sizes", "a".into(), vec![1; 1000]).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = declare("sizes", "b".into(), vec![2; 1001]).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--artifact-max-file-bytes")
+    );
+    // Per build: 1,000 + 500 = 1,500 fits exactly, one byte more does not.
+    let (status, answer) = declare("sizes", "c".into(), vec![3; 500]).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = declare("sizes", "d".into(), vec![4; 1]).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"]["code"], "body_too_large");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--artifact-max-build-bytes")
+    );
+    // Files per build: three small files, then a fourth is refused.
+    for n in 0..3 {
+        let (status, answer) = declare("counts", format!("f{n}"), vec![n; 10]).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, answer) = declare("counts", "f3".into(), vec![9; 10]).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the most one build may hold")
+    );
+    // Paths: 1,024 bytes accepted (declared only), 1,025 refused (segments of at most
+    // 255 bytes).
+    let max = kiln_core::artifacts::MAX_PATH_BYTES;
+    let path_of = |length: usize| {
+        let mut path = String::new();
+        while path.len() < length {
+            if !path.is_empty() {
+                path.push('/');
+            }
+            let segment = (length - path.len()).min(200);
+            path.push_str(&"p".repeat(segment));
+        }
+        assert_eq!(path.len(), length);
+        path
+    };
+    let (status, answer) = app
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/builds/sizes/artifacts",
+            Some(&token),
+            Some(json!({"path": path_of(max), "size": 0, "sha256": hex::encode(sha2::Sha256::digest(b""))}).to_string().into_bytes()),
+        )
+        .await;
+    assert!(
+        status == 200 || status == 413,
+        "a {max}-byte path is a path: {answer}"
+    );
+    assert_ne!(answer["error"]["field"], "path", "{answer}");
+    let (status, answer) = app
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/builds/sizes/artifacts",
+            Some(&token),
+            Some(json!({"path": path_of(max + 1), "size": 0, "sha256": hex::encode(sha2::Sha256::digest(b""))}).to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "path", "{answer}");
+    app.stop().await;
+}
+
+/// A secret's value up to 64 KiB is stored and one byte more refused; a project holds 200
+/// secrets and the 201st is refused with 409 `too_many_secrets` (replacing one still works).
+async fn secrets_are_capped_in_size_and_number(engine: Engine) {
+    let app = spawn(engine, |_| {}).await;
+    app.admin.create_project("web", "web").await.unwrap();
+    let put = |name: String, value: String| {
+        let app = &app;
+        async move {
+            app.raw(
+                reqwest::Method::PUT,
+                &format!("/api/v1/projects/web/secrets/{name}"),
+                Some(ADMIN_TOKEN),
+                Some(json!({"value": value}).to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let max = kiln_core::limits::MAX_SECRET_VALUE_BYTES;
+    let (status, answer) = put("BIG".into(), "v".repeat(max)).await;
+    assert!(status < 300, "a value of exactly {max} bytes: {answer}");
+    let (status, answer) = put("BIGGER".into(), "v".repeat(max + 1)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "value", "{answer}");
+    let limit = kiln_core::limits::MAX_SECRETS_PER_PROJECT;
+    for n in 1..limit {
+        let (status, answer) = put(format!("S{n}"), "x".into()).await;
+        assert!(status < 300, "secret {n}: {answer}");
+    }
+    let (status, answer) = put("ONE_TOO_MANY".into(), "x".into()).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_many_secrets");
+    let (status, answer) = put("S1".into(), "replaced".into()).await;
+    assert!(status < 300, "replacing a secret at the limit: {answer}");
+    app.stop().await;
+}
