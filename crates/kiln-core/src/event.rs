@@ -531,6 +531,106 @@ mod tests {
         );
     }
 
+    /// Every length and range limit of an event (docs/operations.md's limits table):
+    /// accepted at the limit, refused one past it naming the field.
+    #[test]
+    fn every_field_limit_holds_at_the_limit_and_one_past_it() {
+        let with = |key: &str, value: Value| {
+            let mut event = json!({"runId": "r", "event": "stage_started", "stage": "s"});
+            event[key] = value;
+            NewEvent::from_json(&event, "")
+        };
+        let text = |n: usize| Value::from("a".repeat(n));
+        let cases: Vec<(&str, Value, Value)> = vec![
+            (
+                "runId",
+                text(limits::MAX_RUN_ID_LEN),
+                text(limits::MAX_RUN_ID_LEN + 1),
+            ),
+            (
+                "event",
+                text(limits::MAX_EVENT_TYPE_LEN),
+                text(limits::MAX_EVENT_TYPE_LEN + 1),
+            ),
+            (
+                "eventId",
+                text(limits::MAX_CLIENT_EVENT_ID_LEN),
+                text(limits::MAX_CLIENT_EVENT_ID_LEN + 1),
+            ),
+            (
+                "stage",
+                text(limits::MAX_STAGE_LEN),
+                text(limits::MAX_STAGE_LEN + 1),
+            ),
+            (
+                "env",
+                text(limits::MAX_SHORT_FIELD_LEN),
+                text(limits::MAX_SHORT_FIELD_LEN + 1),
+            ),
+            (
+                "origin",
+                text(limits::MAX_SHORT_FIELD_LEN),
+                text(limits::MAX_SHORT_FIELD_LEN + 1),
+            ),
+            (
+                "host",
+                text(limits::MAX_SHORT_FIELD_LEN),
+                text(limits::MAX_SHORT_FIELD_LEN + 1),
+            ),
+            (
+                "repo",
+                text(limits::MAX_SHORT_FIELD_LEN),
+                text(limits::MAX_SHORT_FIELD_LEN + 1),
+            ),
+            (
+                "branch",
+                text(limits::MAX_SHORT_FIELD_LEN),
+                text(limits::MAX_SHORT_FIELD_LEN + 1),
+            ),
+            (
+                "command",
+                text(limits::MAX_COMMAND_LEN),
+                text(limits::MAX_COMMAND_LEN + 1),
+            ),
+            (
+                "commit",
+                text(limits::MAX_COMMIT_LEN),
+                text(limits::MAX_COMMIT_LEN + 1),
+            ),
+            (
+                "message",
+                text(limits::MAX_MESSAGE_LEN),
+                text(limits::MAX_MESSAGE_LEN + 1),
+            ),
+            (
+                "data",
+                json!({"k": "x".repeat(limits::MAX_DATA_BYTES - 8)}),
+                json!({"k": "x".repeat(limits::MAX_DATA_BYTES - 7)}),
+            ),
+            ("progress", json!(100), json!(100.01)),
+            (
+                "durationMs",
+                json!(limits::MAX_DURATION_MS),
+                json!(limits::MAX_DURATION_MS + 1),
+            ),
+            (
+                "heartbeatTimeout",
+                json!(limits::MAX_HEARTBEAT_TIMEOUT_SECS),
+                json!(limits::MAX_HEARTBEAT_TIMEOUT_SECS + 1),
+            ),
+            (
+                "heartbeatTimeout",
+                json!(limits::MIN_HEARTBEAT_TIMEOUT_SECS),
+                json!(limits::MIN_HEARTBEAT_TIMEOUT_SECS - 1),
+            ),
+        ];
+        for (key, at, past) in cases {
+            assert!(with(key, at).is_ok(), "{key} at its limit is accepted");
+            let error = with(key, past).unwrap_err();
+            assert_eq!(error.field, key, "{key} past its limit names the field");
+        }
+    }
+
     #[test]
     fn custom_types() {
         assert!(EventType::parse("event", "plan_generated").is_ok());

@@ -25,6 +25,7 @@ engine_test!(request_heads_and_json_bodies_are_read_up_to_their_limits);
 engine_test!(log_chunks_and_a_job_log_are_capped);
 engine_test!(artifact_files_bytes_counts_and_paths_are_capped);
 engine_test!(secrets_are_capped_in_size_and_number);
+engine_test!(signed_payloads_and_test_reports_are_read_up_to_their_route_limits);
 
 async fn spawn(engine: Engine, configure: impl FnOnce(&mut kiln_server::ServerConfig)) -> TestApp {
     let database = std::sync::Arc::new(TestDatabase::create(engine).await);
@@ -354,7 +355,7 @@ async fn request_heads_and_json_bodies_are_read_up_to_their_limits(engine: Engin
 }
 
 /// A log chunk of exactly 1 MiB is stored and one byte more (or far more) gets 413
-/// `body_too_large`; a job's log takes its cap plus 4 KiB for the marker line, and a byte
+/// `body_too_large`; a log page reads at most 1 MiB; a job's log takes its cap plus 4 KiB for the marker line, and a byte
 /// past that gets 413.
 async fn log_chunks_and_a_job_log_are_capped(engine: Engine) {
     const CAP: u64 = 2 * 1024 * 1024;
@@ -400,6 +401,28 @@ async fn log_chunks_and_a_job_log_are_capped(engine: Engine) {
             "a chunk of {size} bytes: {text}"
         );
     }
+    // A log page is at most 1 MiB: read at the limit, refused past it.
+    let page = |limit: usize| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            let response = app
+                .http
+                .get(format!(
+                    "{}/api/v1/projects/web/builds/logs/jobs/chunks/log?offset=0&limit={limit}",
+                    app.base_url
+                ))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.bytes().await.unwrap())
+        }
+    };
+    let (status, bytes) = page(chunk).await;
+    assert_eq!((status, bytes.len()), (200, chunk));
+    let (status, bytes) = page(chunk + 1).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&bytes));
     // The cap: 1 MiB + 1 MiB + 4 KiB (the marker line's room) fill it exactly.
     let full = CAP as usize + 4096;
     assert_eq!(append("capped", 0, chunk).await.0, 200);
@@ -584,5 +607,39 @@ async fn secrets_are_capped_in_size_and_number(engine: Engine) {
     assert_eq!(answer["error"]["code"], "too_many_secrets");
     let (status, answer) = put("S1".into(), "replaced".into()).await;
     assert!(status < 300, "replacing a secret at the limit: {answer}");
+    app.stop().await;
+}
+
+/// The routes with larger bodies: a GitHub payload of exactly 5 MiB and a test report of
+/// exactly 25 MiB are read (and then judged on what they hold), one byte more is 413
+/// `body_too_large`.
+async fn signed_payloads_and_test_reports_are_read_up_to_their_route_limits(engine: Engine) {
+    let app = spawn(engine, |_| {}).await;
+    let (client, token) = app.project_client("web", &["ingest", "read"]).await;
+    client
+        .send_events(&[EventPayload {
+            run_id: "reports".into(),
+            event: "build_started".into(),
+            ..EventPayload::default()
+        }])
+        .await
+        .unwrap();
+    for (path, limit) in [
+        ("/api/v1/hooks/github/web", 5 * 1024 * 1024),
+        ("/api/v1/builds/reports/tests", 25 * 1024 * 1024),
+    ] {
+        let (status, text) = send_whole(&app, path, &token, limit).await;
+        assert_ne!(
+            status, 413,
+            "{path}: a body of exactly {limit} bytes is read: {text}"
+        );
+        assert!(status >= 400, "{path}: spaces are no payload: {text}");
+        let (status, text) = send_whole(&app, path, &token, limit + 1).await;
+        assert_eq!(
+            (status, code(&text)),
+            (413, "body_too_large".into()),
+            "{path}: {text}"
+        );
+    }
     app.stop().await;
 }
