@@ -113,14 +113,15 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Runs `kiln backup --data-dir DATA --to FILE`.
-fn backup(data: &Path, file: &Path) -> std::process::Output {
+/// Runs `kiln backup --data-dir DATA --to FILE [EXTRA…]`.
+fn backup(data: &Path, file: &Path, extra: &[&str]) -> std::process::Output {
     let mut command = Command::new(KILN);
     command
         .args(["backup", "--data-dir"])
         .arg(data)
         .arg("--to")
         .arg(file)
+        .args(extra)
         .env("KILN_LOG", "warn")
         .env_remove("KILN_DATABASE_URL")
         .env_remove("KILN_DATA_DIR");
@@ -135,7 +136,8 @@ fn restore(file: &Path, data: &Path, extra: &[&str]) -> std::process::Output {
         .arg("--data-dir")
         .arg(data)
         .args(extra)
-        .env("KILN_LOG", "warn");
+        .env("KILN_LOG", "warn")
+        .env_remove("KILN_DATABASE_URL");
     command.output().expect("run kiln restore")
 }
 
@@ -158,9 +160,36 @@ async fn upload(client: &Client, dir: &Path, run_id: &str, path: &str, bytes: &[
 }
 
 #[test]
-fn a_backup_under_load_restores_every_acknowledged_event_log_and_artifact() {
+fn a_backup_under_load_restores_every_acknowledged_event_log_and_artifact_on_sqlite() {
+    backup_under_load(None);
+}
+
+/// The same on PostgreSQL: `pg_dump` of an exported snapshot, restored by `pg_restore`
+/// into a second, empty database.
+#[test]
+#[cfg_attr(
+    not(kiln_postgres_tests),
+    ignore = "PostgreSQL skipped: set KILN_TEST_DATABASE_URL (bash .ci/run does)"
+)]
+fn a_backup_under_load_restores_every_acknowledged_event_log_and_artifact_on_postgres() {
+    let runtime = runtime();
+    let source = runtime.block_on(TestDatabase::create(Engine::Postgres));
+    let target = runtime.block_on(TestDatabase::create(Engine::Postgres));
+    backup_under_load(Some((&source.url, &target.url)));
+}
+
+/// `databases`: the server's PostgreSQL database and the empty one to restore into;
+/// `None` for SQLite in the data dir.
+fn backup_under_load(databases: Option<(&str, &str)>) {
+    let (source_flags, target_flags): (Vec<&str>, Vec<&str>) = match databases {
+        Some((source, target)) => (
+            vec!["--database-url", source],
+            vec!["--database-url", target],
+        ),
+        None => (vec![], vec![]),
+    };
     let workspace = Workspace::new();
-    let server = Server::start(&workspace.data(), 0, &[]);
+    let server = Server::start(&workspace.data(), 0, &source_flags);
     let token = project_token(&workspace, &server);
     let runtime = runtime();
     let client = Client::new(&server.url, Some(token.clone()));
@@ -227,7 +256,7 @@ fn a_backup_under_load_restores_every_acknowledged_event_log_and_artifact() {
         .join("backups")
         .join("kiln-backup.tar.gz");
     let began = Instant::now();
-    let written = backup(&workspace.data(), &file);
+    let written = backup(&workspace.data(), &file, &source_flags);
     let took = began.elapsed();
     assert!(written.status.success(), "{}", stderr(&written));
     let size = std::fs::metadata(&file).unwrap().len();
@@ -258,7 +287,7 @@ fn a_backup_under_load_restores_every_acknowledged_event_log_and_artifact() {
     // Restore into a fresh directory and serve it.
     let restored = workspace.dir.path().join("restored");
     let restore_began = Instant::now();
-    let answer = restore(&file, &restored, &[]);
+    let answer = restore(&file, &restored, &target_flags);
     let restore_took = restore_began.elapsed();
     assert!(answer.status.success(), "{}", stderr(&answer));
     assert!(
@@ -271,7 +300,7 @@ fn a_backup_under_load_restores_every_acknowledged_event_log_and_artifact() {
         original_key,
         "the secret key comes back as it was"
     );
-    let server = Server::start(&restored, 0, &[]);
+    let server = Server::start(&restored, 0, &target_flags);
     let reader = Client::new(&server.url, Some(token.clone()));
     let admin = Client::new(&server.url, Some(ADMIN.into()));
     let mut present_after = 0;
@@ -361,10 +390,37 @@ fn a_backup_under_load_restores_every_acknowledged_event_log_and_artifact() {
         let secrets = admin.list_secrets("web").await.unwrap();
         assert_eq!(secrets.secrets[0].name, "DEPLOY_KEY");
     });
+    drop(server);
+    if databases.is_some() {
+        // The target database now holds Kiln's tables: refused, then replaced with --force.
+        let again = workspace.dir.path().join("again");
+        let refused = restore(&file, &again, &target_flags);
+        assert_eq!(refused.status.code(), Some(2));
+        assert!(
+            stderr(&refused).contains("already holds Kiln's tables"),
+            "{}",
+            stderr(&refused)
+        );
+        let mut forced_flags = target_flags.clone();
+        forced_flags.push("--force");
+        let forced = restore(&file, &again, &forced_flags);
+        assert!(forced.status.success(), "{}", stderr(&forced));
+        let server = Server::start(&again, 0, &target_flags);
+        let reader = Client::new(&server.url, Some(token.clone()));
+        let manifest = runtime
+            .block_on(reader.artifact_manifest("artifacts"))
+            .unwrap();
+        assert_eq!(manifest.files.len(), 2);
+    }
     eprintln!(
-        "backup under load: {total} events acknowledged, {before} before the backup began (all restored), \
+        "backup under load ({}): {total} events acknowledged, {before} before the backup began (all restored), \
          {present_after} acknowledged after it restored and {absent_after} not (whole batches); \
          backup {size} bytes in {:.2} s, restore {:.2} s",
+        if databases.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
         took.as_secs_f64(),
         restore_took.as_secs_f64()
     );
@@ -396,7 +452,7 @@ fn restore_checks_the_file_and_the_target() {
     ));
     std::fs::remove_file(&blob).unwrap();
     let file = workspace.dir.path().join("plain.tar");
-    let written = backup(&workspace.data(), &file);
+    let written = backup(&workspace.data(), &file, &[]);
     assert_eq!(written.status.code(), Some(1), "{}", stderr(&written));
     assert!(stderr(&written).contains(&lost_sha), "{}", stderr(&written));
     drop(server);
@@ -483,7 +539,8 @@ fn restore_checks_the_file_and_the_target() {
 }
 
 /// A backup of a database an earlier Kiln wrote (schema 17) restores, and `kiln serve`
-/// migrates it forward at start; a PostgreSQL URL is refused with the commands to use.
+/// migrates it forward at start; an unreachable PostgreSQL database is a clear error, and
+/// a SQLite backup does not go into PostgreSQL.
 #[test]
 fn a_backup_of_an_older_schema_is_migrated_forward_by_kiln_serve() {
     let runtime = runtime();
@@ -543,7 +600,19 @@ fn a_backup_of_an_older_schema_is_migrated_forward_by_kiln_serve() {
         .unwrap();
     assert_eq!(refused.status.code(), Some(2));
     assert!(
-        stderr(&refused).contains("pg_dump --format=custom"),
+        stderr(&refused).contains("cannot open the database for its snapshot"),
+        "{}",
+        stderr(&refused)
+    );
+    // A SQLite backup is not restored into PostgreSQL.
+    let refused = restore(
+        &file,
+        &workspace.dir.path().join("elsewhere"),
+        &["--database-url", "postgres://kiln@127.0.0.1:1/kiln"],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("holds a SQLite database"),
         "{}",
         stderr(&refused)
     );

@@ -16,6 +16,8 @@ pub const HEADER_ENTRY: &str = "kiln-backup.json";
 pub const MANIFEST_ENTRY: &str = "MANIFEST.json";
 /// The SQLite snapshot, restored as the data dir's `kiln.db`.
 pub const DATABASE_ENTRY: &str = "kiln.db";
+/// A PostgreSQL database as `pg_dump --format=custom` wrote it, restored by `pg_restore`.
+pub const DUMP_ENTRY: &str = "kiln.pgdump";
 /// The secret key file, restored as the data dir's `secret.key`.
 pub const SECRET_KEY_ENTRY: &str = "secret.key";
 /// Artifact blobs live under this prefix, laid out as the local blob store lays them out.
@@ -45,7 +47,7 @@ pub struct BackupHeader {
     pub created_at: i64,
     /// The `kiln` version that wrote it.
     pub kiln_version: String,
-    /// `sqlite` (the only engine whose database a backup file holds).
+    /// `sqlite` (the file holds `kiln.db`) or `postgres` (it holds `kiln.pgdump`).
     pub engine: String,
     /// The newest migration the snapshot's database had.
     pub schema_version: i64,
@@ -84,9 +86,9 @@ impl BackupHeader {
             return Err(BackupError::NotABackup("no formatVersion".into()));
         }
         let engine = value["engine"].as_str().unwrap_or_default().to_owned();
-        if engine != "sqlite" {
+        if engine != "sqlite" && engine != "postgres" {
             return Err(BackupError::Unsupported(format!(
-                "the backup holds a '{engine}' database; this kiln restores SQLite backups (PostgreSQL: pg_restore, see docs/operations.md)"
+                "the backup holds a '{engine}' database; this kiln restores sqlite and postgres backups"
             )));
         }
         Ok(Self {
@@ -176,7 +178,7 @@ impl BackupManifest {
     /// Holds the files `found` (each hashed while it was read) to the manifest: the same
     /// set, sizes and digests, a database among them, and each blob named by its digest
     /// (except one the backup found damaged and listed as missing: not restored).
-    pub fn verify(&self, found: &[BackupFile]) -> Result<(), BackupError> {
+    pub fn verify(&self, found: &[BackupFile], engine: &str) -> Result<(), BackupError> {
         let mut expected = self.files.clone();
         expected.sort();
         let mut found = found.to_vec();
@@ -205,8 +207,17 @@ impl BackupManifest {
                 extra.path
             )));
         }
-        if !expected.iter().any(|file| file.path == DATABASE_ENTRY) {
-            return Err(BackupError::Damaged(format!("no {DATABASE_ENTRY}")));
+        let (database, other) = if engine == "postgres" {
+            (DUMP_ENTRY, DATABASE_ENTRY)
+        } else {
+            (DATABASE_ENTRY, DUMP_ENTRY)
+        };
+        if !expected.iter().any(|file| file.path == database)
+            || expected.iter().any(|file| file.path == other)
+        {
+            return Err(BackupError::Damaged(format!(
+                "a {engine} backup holds {database} and no {other}"
+            )));
         }
         for file in &expected {
             if let Ok(BackupEntry::Blob { sha256 }) = BackupEntry::classify(&file.path)
@@ -230,6 +241,7 @@ pub enum BackupEntry {
     Header,
     Manifest,
     Database,
+    Dump,
     SecretKey,
     Blob { sha256: String },
 }
@@ -240,6 +252,7 @@ impl BackupEntry {
             HEADER_ENTRY => return Ok(Self::Header),
             MANIFEST_ENTRY => return Ok(Self::Manifest),
             DATABASE_ENTRY => return Ok(Self::Database),
+            DUMP_ENTRY => return Ok(Self::Dump),
             SECRET_KEY_ENTRY => return Ok(Self::SecretKey),
             _ => {}
         }
@@ -258,6 +271,30 @@ impl BackupEntry {
             path.chars().take(200).collect::<String>()
         )))
     }
+}
+
+/// A PostgreSQL URL without its password, and the password (percent-decoded): tools
+/// (`pg_dump`, `pg_restore`) get it through `PGPASSWORD`, never on a command line where
+/// `ps` shows it. Other URLs come back unchanged.
+pub fn split_postgres_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    if scheme != "postgres" && scheme != "postgresql" {
+        return (url.to_owned(), None);
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return (url.to_owned(), None);
+    };
+    let Some((user, password)) = userinfo.split_once(':') else {
+        return (url.to_owned(), None);
+    };
+    (
+        format!("{scheme}://{user}@{host}{path}"),
+        Some(crate::net::percent_decode(password)),
+    )
 }
 
 /// Where a blob goes in the backup file (and, under the data dir, in the local store).
@@ -303,9 +340,29 @@ mod tests {
         ));
         let postgres = BackupHeader {
             engine: "postgres".into(),
+            ..header.clone()
+        };
+        assert_eq!(BackupHeader::parse(&postgres.to_json()).unwrap(), postgres);
+        let mysql = BackupHeader {
+            engine: "mysql".into(),
             ..header
         };
-        assert!(BackupHeader::parse(&postgres.to_json()).is_err());
+        assert!(BackupHeader::parse(&mysql.to_json()).is_err());
+    }
+
+    #[test]
+    fn postgres_passwords_leave_the_url() {
+        assert_eq!(
+            split_postgres_password("postgres://kiln:p%40ss@db:5432/kiln?sslmode=require"),
+            (
+                "postgres://kiln@db:5432/kiln?sslmode=require".to_owned(),
+                Some("p@ss".to_owned())
+            )
+        );
+        assert_eq!(
+            split_postgres_password("postgres://kiln@db/kiln"),
+            ("postgres://kiln@db/kiln".to_owned(), None)
+        );
     }
 
     #[test]
@@ -349,16 +406,22 @@ mod tests {
         };
         let parsed = BackupManifest::parse(&manifest.to_json()).unwrap();
         assert_eq!(parsed, manifest);
-        assert!(manifest.verify(&[blob.clone(), database.clone()]).is_ok());
+        assert!(
+            manifest
+                .verify(&[blob.clone(), database.clone()], "sqlite")
+                .is_ok()
+        );
         let missing = manifest
-            .verify(std::slice::from_ref(&database))
+            .verify(std::slice::from_ref(&database), "sqlite")
             .unwrap_err();
         assert!(missing.to_string().contains("is missing"), "{missing}");
         let changed = BackupFile {
             sha256: "11".repeat(32),
             ..database.clone()
         };
-        let error = manifest.verify(&[changed, blob.clone()]).unwrap_err();
+        let error = manifest
+            .verify(&[changed, blob.clone()], "sqlite")
+            .unwrap_err();
         assert!(
             error.to_string().contains("does not match its checksum"),
             "{error}"
@@ -370,7 +433,7 @@ mod tests {
         };
         assert!(
             manifest
-                .verify(&[database.clone(), blob.clone(), extra])
+                .verify(&[database.clone(), blob.clone(), extra], "sqlite")
                 .is_err()
         );
         // A blob whose content is not its name.
@@ -384,9 +447,11 @@ mod tests {
             ],
             missing_blobs: vec![],
         };
-        assert!(liar.verify(&liar.files).is_err());
+        assert!(liar.verify(&liar.files, "sqlite").is_err());
         // No database.
         let empty = BackupManifest::default();
-        assert!(empty.verify(&[]).is_err());
+        assert!(empty.verify(&[], "sqlite").is_err());
+        // The database must be the engine's.
+        assert!(manifest.verify(&manifest.files, "postgres").is_err());
     }
 }

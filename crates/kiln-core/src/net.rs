@@ -276,7 +276,7 @@ pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
     )
 }
 
-fn percent_decode(text: &str) -> String {
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut index = 0;

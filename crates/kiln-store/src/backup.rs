@@ -1,6 +1,7 @@
 //! Database snapshots for `kiln backup` and the checks `kiln restore` makes of one: an
 //! online SQLite copy (`VACUUM INTO`), the artifact blobs a snapshot's manifests name, its
-//! schema version, and its integrity.
+//! schema version, and its integrity; on PostgreSQL an exported snapshot that `pg_dump
+//! --snapshot` dumps while the same facts are read in it.
 //!
 //! A snapshot is taken on a connection of its own, never through a running server: in WAL
 //! mode `VACUUM INTO` reads inside one read transaction, so it copies the database as of
@@ -122,6 +123,117 @@ pub fn inspect_sqlite(path: &Path) -> StoreResult<SnapshotFacts> {
         artifact_blobs,
         events,
     })
+}
+
+/// A PostgreSQL snapshot exported by an open `REPEATABLE READ` transaction: `pg_dump
+/// --snapshot=ID` dumps exactly what this transaction sees, so the facts read here (the
+/// blobs to copy) describe the dump. Held until `release`.
+pub struct PostgresSnapshot {
+    connection: sqlx::PgConnection,
+    /// The id `pg_dump --snapshot` takes.
+    pub id: String,
+    /// The server's major version (`pg_dump` must be as new).
+    pub server_major_version: i64,
+    pub facts: SnapshotFacts,
+}
+
+impl std::fmt::Debug for PostgresSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSnapshot")
+            .field("id", &self.id)
+            .field("facts", &self.facts)
+            .finish()
+    }
+}
+
+/// Opens a read-only transaction on `database_url`, exports its snapshot and reads the
+/// backup's facts in it.
+pub async fn export_postgres_snapshot(database_url: &str) -> StoreResult<PostgresSnapshot> {
+    use sqlx::{Connection, Row};
+    let mut connection = sqlx::PgConnection::connect(database_url).await?;
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut connection)
+        .await?;
+    let id: String = sqlx::query("SELECT pg_export_snapshot()")
+        .fetch_one(&mut connection)
+        .await?
+        .try_get(0)?;
+    let version: String = sqlx::query("SHOW server_version_num")
+        .fetch_one(&mut connection)
+        .await?
+        .try_get(0)?;
+    let server_major_version = version.trim().parse::<i64>().unwrap_or(0) / 10_000;
+    let has_table = |name: &'static str| {
+        sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL").bind(name)
+    };
+    let schema_version: i64 = if has_table("kiln_migrations")
+        .fetch_one(&mut connection)
+        .await?
+    {
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::BIGINT FROM kiln_migrations")
+            .fetch_one(&mut connection)
+            .await?
+    } else {
+        0
+    };
+    let events: i64 = if has_table("events").fetch_one(&mut connection).await? {
+        sqlx::query_scalar("SELECT COUNT(*)::BIGINT FROM events")
+            .fetch_one(&mut connection)
+            .await?
+    } else {
+        0
+    };
+    let mut artifact_blobs = Vec::new();
+    if has_table("artifacts").fetch_one(&mut connection).await? {
+        let rows = sqlx::query(
+            "SELECT b.sha256, b.size FROM artifact_blobs b \
+             WHERE EXISTS (SELECT 1 FROM artifacts a WHERE a.sha256 = b.sha256) ORDER BY b.sha256",
+        )
+        .fetch_all(&mut connection)
+        .await?;
+        for row in rows {
+            let size: i64 = row.try_get(1)?;
+            artifact_blobs.push((
+                row.try_get::<String, _>(0)?,
+                u64::try_from(size).unwrap_or(0),
+            ));
+        }
+    }
+    Ok(PostgresSnapshot {
+        connection,
+        id,
+        server_major_version,
+        facts: SnapshotFacts {
+            schema_version,
+            artifact_blobs,
+            events,
+        },
+    })
+}
+
+impl PostgresSnapshot {
+    /// Ends the transaction (after `pg_dump` finished with the snapshot).
+    pub async fn release(mut self) {
+        use sqlx::Connection;
+        let _ = sqlx::query("COMMIT").execute(&mut self.connection).await;
+        let _ = self.connection.close().await;
+    }
+}
+
+/// Whether the PostgreSQL database holds no Kiln schema (a restore's target must not,
+/// unless forced), and the server's major version.
+pub async fn postgres_target(database_url: &str) -> StoreResult<(bool, i64)> {
+    use sqlx::{Connection, Row};
+    let mut connection = sqlx::PgConnection::connect(database_url).await?;
+    let empty: bool = sqlx::query_scalar("SELECT to_regclass('kiln_migrations') IS NULL")
+        .fetch_one(&mut connection)
+        .await?;
+    let version: String = sqlx::query("SHOW server_version_num")
+        .fetch_one(&mut connection)
+        .await?
+        .try_get(0)?;
+    let _ = connection.close().await;
+    Ok((empty, version.trim().parse::<i64>().unwrap_or(0) / 10_000))
 }
 
 #[cfg(test)]
