@@ -26,6 +26,7 @@ engine_test!(log_chunks_and_a_job_log_are_capped);
 engine_test!(artifact_files_bytes_counts_and_paths_are_capped);
 engine_test!(secrets_are_capped_in_size_and_number);
 engine_test!(signed_payloads_and_test_reports_are_read_up_to_their_route_limits);
+engine_test!(the_agent_protocol_limits_hold_at_and_past_them);
 
 async fn spawn(engine: Engine, configure: impl FnOnce(&mut kiln_server::ServerConfig)) -> TestApp {
     let database = std::sync::Arc::new(TestDatabase::create(engine).await);
@@ -641,5 +642,122 @@ async fn signed_payloads_and_test_reports_are_read_up_to_their_route_limits(engi
             "{path}: {text}"
         );
     }
+    app.stop().await;
+}
+
+/// An agent's name (128), labels (50, each 64 characters), concurrency (64), claim wait
+/// (30 s) and heartbeat metrics (4 KiB): at the limit accepted, one past it 400
+/// `invalid_field` naming the field.
+async fn the_agent_protocol_limits_hold_at_and_past_them(engine: Engine) {
+    let app = spawn(engine, |_| {}).await;
+    let token = app.admin.create_agent_token("limits").await.unwrap().token;
+    let call = |path: &'static str, body: Value| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            let response = app
+                .http
+                .post(format!("{}{path}", app.base_url))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let register = |name: String, labels: Vec<String>, concurrency: i64| json!({"name": name, "labels": labels, "concurrency": concurrency, "executor": "process"});
+    let label = |n: usize| format!("l{n}");
+    let at_limit = register(
+        "a".repeat(kiln_core::limits::MAX_AGENT_NAME_LEN),
+        (0..kiln_core::limits::MAX_AGENT_LABELS - 1)
+            .map(label)
+            .chain(["x".repeat(kiln_core::limits::MAX_AGENT_LABEL_LEN)])
+            .collect(),
+        kiln_core::limits::MAX_AGENT_CONCURRENCY,
+    );
+    let (status, registered) = call("/api/v1/agent/register", at_limit).await;
+    assert_eq!(status, 200, "every field at its limit: {registered}");
+    let agent_id = registered["agentId"].as_i64().unwrap();
+    for (body, field) in [
+        (
+            register(
+                "a".repeat(kiln_core::limits::MAX_AGENT_NAME_LEN + 1),
+                vec![],
+                1,
+            ),
+            "name",
+        ),
+        (
+            register(
+                "a".into(),
+                (0..=kiln_core::limits::MAX_AGENT_LABELS)
+                    .map(label)
+                    .collect(),
+                1,
+            ),
+            "labels",
+        ),
+        (
+            register(
+                "a".into(),
+                vec!["x".repeat(kiln_core::limits::MAX_AGENT_LABEL_LEN + 1)],
+                1,
+            ),
+            "labels[0]",
+        ),
+        (
+            register(
+                "a".into(),
+                vec![],
+                kiln_core::limits::MAX_AGENT_CONCURRENCY + 1,
+            ),
+            "concurrency",
+        ),
+    ] {
+        let (status, answer) = call("/api/v1/agent/register", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    // A claim may wait 30 s: it is still waiting after a second (a refusal is at once).
+    let waiting = tokio::time::timeout(
+        Duration::from_secs(1),
+        call(
+            "/api/v1/agent/claim",
+            json!({"agentId": agent_id, "waitSecs": kiln_core::limits::MAX_CLAIM_WAIT_SECS}),
+        ),
+    )
+    .await;
+    assert!(waiting.is_err(), "a 30 s claim is accepted: {waiting:?}");
+    let (status, answer) = call(
+        "/api/v1/agent/claim",
+        json!({"agentId": agent_id, "waitSecs": kiln_core::limits::MAX_CLAIM_WAIT_SECS + 1}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "waitSecs", "{answer}");
+    // Heartbeat metrics: an object of exactly 4,096 bytes as JSON, then one more.
+    let metrics = |size: usize| {
+        let fixed = json!({"pad": ""}).to_string().len();
+        json!({"pad": "m".repeat(size - fixed)})
+    };
+    assert_eq!(metrics(4096).to_string().len(), 4096);
+    let (status, answer) = call(
+        "/api/v1/agent/heartbeat",
+        json!({"agentId": agent_id, "jobs": [], "metrics": metrics(4096)}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = call(
+        "/api/v1/agent/heartbeat",
+        json!({"agentId": agent_id, "jobs": [], "metrics": metrics(4097)}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "metrics", "{answer}");
     app.stop().await;
 }
