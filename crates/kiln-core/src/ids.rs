@@ -167,6 +167,19 @@ impl AgentLabel {
 mod tests {
     use super::*;
 
+    /// A project slug of 64 characters is one; 65 is refused (docs/operations.md's limits).
+    #[test]
+    fn slugs_are_capped_at_their_limit() {
+        let slug = |n: usize| format!("a{}", "b".repeat(n - 1));
+        assert!(ProjectSlug::parse("slug", &slug(limits::MAX_SLUG_LEN)).is_ok());
+        assert_eq!(
+            ProjectSlug::parse("slug", &slug(limits::MAX_SLUG_LEN + 1))
+                .unwrap_err()
+                .field,
+            "slug"
+        );
+    }
+
     #[test]
     fn run_ids() {
         assert!(RunId::parse("runId", "3f2a9c1e-8d2b-4a57-9c1e-1b2a3c4d5e6f").is_ok());

@@ -859,3 +859,30 @@ fn deploy_steps_publish_a_directory_or_name_a_url() {
         assert!(error.message.contains(words), "{text}: {error}");
     }
 }
+
+/// The file's limits (docs/operations.md's limits table): 200 steps in a file of exactly
+/// 256 KiB parse; a 201st step, or one byte more, is refused.
+#[test]
+fn the_file_and_its_steps_are_capped_at_their_limits() {
+    use kiln_core::limits::{MAX_PIPELINE_FILE_BYTES, MAX_PIPELINE_STEPS};
+    let file = |steps: usize, size: usize| {
+        let mut text = String::from("steps:\n");
+        for n in 0..steps {
+            text.push_str(&format!("  - name: s{n}\n    run: echo {n}\n"));
+        }
+        // A comment pads the file to `size` bytes.
+        let pad = size - text.len() - "#\n".len();
+        text.push('#');
+        text.push_str(&"p".repeat(pad));
+        text.push('\n');
+        assert_eq!(text.len(), size);
+        text
+    };
+    let at = Pipeline::parse(&file(MAX_PIPELINE_STEPS, MAX_PIPELINE_FILE_BYTES))
+        .expect("200 steps in 256 KiB parse");
+    assert_eq!(at.steps.len(), MAX_PIPELINE_STEPS);
+    let too_many = Pipeline::parse(&file(MAX_PIPELINE_STEPS + 1, 64 * 1024)).unwrap_err();
+    assert!(too_many.to_string().contains("200"), "{too_many}");
+    let too_large = Pipeline::parse(&file(1, MAX_PIPELINE_FILE_BYTES + 1)).unwrap_err();
+    assert!(too_large.to_string().contains("256"), "{too_large}");
+}
