@@ -33,8 +33,8 @@ enum Command {
     /// Run Kiln for a newcomer: server on SQLite with a local agent, a default project and
     /// tokens on first run; `--demo` builds a small example repository at once.
     Up(serve::UpArgs),
-    /// Back up a server's data (SQLite snapshot, secret key, artifact blobs) into one
-    /// file, while it runs.
+    /// Back up a server's data (a consistent database snapshot — SQLite, or pg_dump for
+    /// PostgreSQL — the secret key and the artifact blobs) into one file, while it runs.
     Backup(backup::BackupArgs),
     /// Restore a `kiln backup` file into a new data directory, checking every file.
     Restore(backup::RestoreArgs),

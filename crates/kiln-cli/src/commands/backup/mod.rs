@@ -53,8 +53,9 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub force: bool,
     /// For a PostgreSQL backup: the empty database to restore into (postgres://…); its
-    /// key and blobs go to --data-dir. Start the server with both.
-    #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true)]
+    /// key and blobs go to --data-dir. Start the server with both. Never read from
+    /// KILN_DATABASE_URL: a restore names its target itself.
+    #[arg(long)]
     pub database_url: Option<String>,
 }
 
