@@ -246,6 +246,7 @@ defaults
   timeout server 60s
   retries 3
   option redispatch 1
+  option http-no-delay
 frontend kiln
   bind 127.0.0.1:{self.port}
   default_backend replicas
