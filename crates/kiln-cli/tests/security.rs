@@ -233,19 +233,26 @@ fn one_address_cannot_take_every_connection() {
         ],
     );
     let address = address(&server);
-    let mut held: Vec<TcpStream> = (0..60)
-        .map(|_| TcpStream::connect(address).unwrap())
-        .collect();
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..60 {
+        held.push(TcpStream::connect(address).unwrap());
+        // One at a time, so "idle longest" has an order.
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Give the server a moment to accept them all.
     std::thread::sleep(Duration::from_millis(500));
-    let closed = held
+    let closed: Vec<bool> = held
         .iter_mut()
         .map(|stream| closed_within(stream, Duration::from_millis(50)))
-        .filter(|closed| *closed)
-        .count();
+        .collect();
     assert_eq!(
-        closed, 20,
-        "the 20 past the address's share of 40 are closed"
+        closed.iter().filter(|closed| **closed).count(),
+        20,
+        "past the address's share of 40, each new connection takes an idle one's place"
+    );
+    assert!(
+        closed[..20].iter().all(|closed| *closed) && closed[20..].iter().all(|closed| !*closed),
+        "the connections idle longest are the ones closed: {closed:?}"
     );
 
     // Another client address is still served.
@@ -263,6 +270,49 @@ fn one_address_cannot_take_every_connection() {
         String::from_utf8_lossy(&answer).into_owned()
     });
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+}
+
+#[test]
+fn at_the_connection_cap_idle_connections_make_room_for_new_clients() {
+    let workspace = Workspace::new();
+    let server = Server::start(
+        &workspace.data(),
+        0,
+        &[
+            "--max-connections",
+            "50",
+            "--max-connections-per-address",
+            "50",
+            "--idle-timeout",
+            "60",
+        ],
+    );
+    let address = address(&server);
+    let mut idle: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(address).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Every slot is held by an idle connection; a new client is still answered.
+    for _ in 0..5 {
+        let mut client = TcpStream::connect(address).unwrap();
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let closed = idle
+        .iter_mut()
+        .filter_map(|stream| closed_within(stream, Duration::from_millis(50)).then_some(()))
+        .count();
+    // The first client took an idle connection's place; once it closed, a slot was free
+    // for the next four.
+    assert_eq!(
+        closed, 1,
+        "one idle connection made room, the others stayed open"
+    );
 }
 
 #[test]

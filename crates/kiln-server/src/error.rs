@@ -105,6 +105,11 @@ impl From<FieldError> for ApiError {
     }
 }
 
+/// What a caller is told when the database's disk is full.
+pub(crate) const DISK_FULL: &str = "the server's disk is full, so the database cannot grow; \
+     nothing was stored. Retry later: an operator must free space on the database's disk \
+     (see docs/operations.md, \"Disk full\")";
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
@@ -117,6 +122,10 @@ impl From<StoreError> for ApiError {
             StoreError::Busy(_) => {
                 tracing::warn!(error = %error.chain(), "database busy");
                 Self::Unavailable("the database is busy with other writes; retry shortly".into())
+            }
+            StoreError::Full(_) => {
+                tracing::error!(error = %error.chain(), "database disk full");
+                Self::Unavailable(DISK_FULL.into())
             }
             StoreError::Database(_) | StoreError::Unavailable(_) => {
                 tracing::error!(error = %error.chain(), "database operation failed");

@@ -257,6 +257,7 @@ async fn commit(
                 StoreError::Busy(_) => {
                     "the database is busy with other writes; nothing was stored, retry shortly"
                 }
+                StoreError::Full(_) => crate::error::DISK_FULL,
                 StoreError::Database(_) | StoreError::Unavailable(_) => {
                     "the database is unavailable; nothing was stored, retry shortly"
                 }

@@ -12,8 +12,11 @@
 //! Connections cannot be held for free (`ConnectionConfig`): a connection with no request
 //! in flight is closed once it has been idle for the idle timeout, or once a request head
 //! it started has taken longer than the header timeout (slowloris); a connection past
-//! the cap, or past one address's share of it, is closed at once; accept errors (out of
-//! file descriptors) back off instead of spinning. A request in flight — a long SSE
+//! the cap, or past one address's share of it, takes the place of the connection that
+//! has been idle longest (within that address's connections when its share is what is
+//! full), as nginx reuses keep-alive connections, so idle connections can never lock
+//! other clients out; only when every connection is busy is the new one closed at once.
+//! Accept errors (out of file descriptors) back off instead of spinning. A request in flight — a long SSE
 //! stream included — is never cut by these timers, and an upgraded connection (Socket.IO's
 //! WebSocket) leaves them when it upgrades.
 
@@ -66,22 +69,40 @@ impl Default for ConnectionConfig {
     }
 }
 
-/// Open connections, in all and per address.
+/// Open connections, in all and per address, with what each is doing (to find the one
+/// idle longest when the cap is reached).
 #[derive(Default)]
 struct Census {
     total: usize,
     per_address: HashMap<IpAddr, usize>,
+    connections: HashMap<u64, (IpAddr, Arc<Activity>)>,
+    next_id: u64,
+}
+
+impl Census {
+    /// The connection (of `address`, or of any address) idle longest and not yet asked to
+    /// close; `None` when every such connection is busy.
+    fn longest_idle(&self, address: Option<IpAddr>) -> Option<&Arc<Activity>> {
+        self.connections
+            .values()
+            .filter(|(from, _)| address.is_none_or(|address| *from == address))
+            .map(|(_, activity)| activity)
+            .filter(|activity| activity.is_idle())
+            .min_by_key(|activity| activity.idle_since_instant())
+    }
 }
 
 /// One admitted connection; leaves the census when dropped.
 struct Admitted {
     census: Arc<Mutex<Census>>,
     address: IpAddr,
+    id: u64,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut census = self.census.lock().expect("census lock");
+        census.connections.remove(&self.id);
         census.total = census.total.saturating_sub(1);
         if let Some(count) = census.per_address.get_mut(&self.address) {
             *count = count.saturating_sub(1);
@@ -92,22 +113,31 @@ impl Drop for Admitted {
     }
 }
 
+/// Admits a connection from `address` with its `activity`: under the cap at once; at the
+/// cap (or at the address's share) in place of the connection idle longest (of that
+/// address when its share is full), which is told to close; `None` when all are busy.
 fn admit(
     census: &Arc<Mutex<Census>>,
     address: IpAddr,
+    activity: &Arc<Activity>,
     config: &ConnectionConfig,
 ) -> Option<Admitted> {
     let mut counts = census.lock().expect("census lock");
     let from_address = counts.per_address.get(&address).copied().unwrap_or(0);
-    if counts.total >= config.max_connections || from_address >= config.max_connections_per_address
-    {
-        return None;
+    let address_full = from_address >= config.max_connections_per_address;
+    if address_full || counts.total >= config.max_connections {
+        let victim = counts.longest_idle(address_full.then_some(address))?;
+        victim.evict();
     }
     counts.total += 1;
     *counts.per_address.entry(address).or_insert(0) += 1;
+    let id = counts.next_id;
+    counts.next_id += 1;
+    counts.connections.insert(id, (address, activity.clone()));
     Some(Admitted {
         census: census.clone(),
         address,
+        id,
     })
 }
 
@@ -123,6 +153,10 @@ struct Activity {
     head_since: AtomicU64,
     /// Set when the connection upgraded (the timers no longer apply).
     upgraded: AtomicBool,
+    /// Set when a new connection took this idle one's place at the cap.
+    evicted: AtomicBool,
+    /// Wakes the connection's task once `evicted` is set.
+    evict: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -133,7 +167,28 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(u64::MAX),
             upgraded: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            evict: tokio::sync::Notify::new(),
         }
+    }
+
+    /// No request in flight or being read, not upgraded, not already asked to close.
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0
+            && self.head_since.load(Ordering::SeqCst) == u64::MAX
+            && !self.upgraded.load(Ordering::SeqCst)
+            && !self.evicted.load(Ordering::SeqCst)
+    }
+
+    /// When the connection last became idle.
+    fn idle_since_instant(&self) -> Instant {
+        self.started + Duration::from_millis(self.idle_since.load(Ordering::SeqCst))
+    }
+
+    /// Asks the connection to close (it is idle and its slot is needed).
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::SeqCst);
+        self.evict.notify_one();
     }
 
     fn now(&self) -> u64 {
@@ -363,16 +418,16 @@ pub(crate) async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(admitted) = admit(&census, peer.ip(), &config) else {
+        let activity = Arc::new(Activity::new());
+        let Some(admitted) = admit(&census, peer.ip(), &activity, &config) else {
             if refused_logged.is_none_or(|logged| logged.elapsed() >= Duration::from_secs(10)) {
-                tracing::warn!(peer = %peer.ip(), "connection refused: the connection cap or this address's share of it is reached (--max-connections, --max-connections-per-address)");
+                tracing::warn!(peer = %peer.ip(), "connection refused: the connection cap or this address's share of it is reached (--max-connections, --max-connections-per-address) and every connection is busy");
                 refused_logged = Some(Instant::now());
             }
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
         let app = app.clone();
         let service_activity = activity.clone();
         let trusted_proxies = config.trusted_proxies.clone();
@@ -427,6 +482,14 @@ pub(crate) async fn serve(
                         stopping = true;
                         connection.as_mut().graceful_shutdown();
                     }
+                    () = activity.evict.notified() => {
+                        // Checked again: a request may have begun since it was chosen.
+                        if activity.in_flight.load(Ordering::SeqCst) == 0 {
+                            tracing::debug!(peer = %peer, "closing an idle connection for a new one at the connection cap");
+                            break;
+                        }
+                        activity.evicted.store(false, Ordering::SeqCst);
+                    }
                     _ = watchdog.tick() => {
                         if let Some(reason) = activity.expired(&config) {
                             tracing::debug!(peer = %peer, reason, "closing a connection");
@@ -459,13 +522,66 @@ mod tests {
         };
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let first = admit(&census, a, &config).unwrap();
-        let _second = admit(&census, a, &config).unwrap();
-        assert!(admit(&census, a, &config).is_none(), "a's share is used");
-        let _third = admit(&census, b, &config).unwrap();
-        assert!(admit(&census, b, &config).is_none(), "the cap is reached");
+        let busy = || {
+            let activity = Arc::new(Activity::new());
+            activity.request_started();
+            activity
+        };
+        let first = admit(&census, a, &busy(), &config).unwrap();
+        let _second = admit(&census, a, &busy(), &config).unwrap();
+        assert!(
+            admit(&census, a, &busy(), &config).is_none(),
+            "a's share is used"
+        );
+        let _third = admit(&census, b, &busy(), &config).unwrap();
+        assert!(
+            admit(&census, b, &busy(), &config).is_none(),
+            "the cap is reached"
+        );
         drop(first);
-        assert!(admit(&census, a, &config).is_some(), "a slot came free");
+        assert!(
+            admit(&census, a, &busy(), &config).is_some(),
+            "a slot came free"
+        );
+    }
+
+    #[test]
+    fn at_the_cap_a_new_connection_takes_the_place_of_the_one_idle_longest() {
+        let census = Arc::new(Mutex::new(Census::default()));
+        let config = ConnectionConfig {
+            max_connections: 3,
+            max_connections_per_address: 2,
+            ..ConnectionConfig::default()
+        };
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let older_idle = Arc::new(Activity::new());
+        std::thread::sleep(Duration::from_millis(5));
+        let newer_idle = Arc::new(Activity::new());
+        let busy = Arc::new(Activity::new());
+        busy.request_started();
+        let _a1 = admit(&census, a, &older_idle, &config).unwrap();
+        let _a2 = admit(&census, a, &busy, &config).unwrap();
+        let _b1 = admit(&census, b, &newer_idle, &config).unwrap();
+
+        // The cap is reached: b's new connection takes the place of a's idle one (the
+        // oldest idle anywhere), not of the busy one.
+        let _b2 = admit(&census, b, &Arc::new(Activity::new()), &config).unwrap();
+        assert!(older_idle.evicted.load(Ordering::SeqCst));
+        assert!(!busy.evicted.load(Ordering::SeqCst));
+        assert!(!newer_idle.evicted.load(Ordering::SeqCst));
+
+        // b's share is full: only b's own idle connections may make room, never a's.
+        let third_b = Arc::new(Activity::new());
+        assert!(admit(&census, b, &third_b, &config).is_some());
+        assert!(newer_idle.evicted.load(Ordering::SeqCst));
+        assert!(!busy.evicted.load(Ordering::SeqCst));
+
+        // Every connection busy or already leaving: the new one is refused.
+        for (_, (_, activity)) in census.lock().unwrap().connections.iter() {
+            activity.request_started();
+        }
+        assert!(admit(&census, b, &Arc::new(Activity::new()), &config).is_none());
     }
 
     #[test]

@@ -144,60 +144,88 @@ fn code(text: &str) -> String {
 }
 
 /// `--max-connections 4`, `--max-connections-per-address 2`: two connections from one
-/// address are served and a third is closed on arrival; a second address fills the cap,
-/// a third address is closed; a closed connection frees its place.
+/// address are served; past that share a new one takes the place of the address's
+/// connection idle longest, and is closed on arrival when every one of them has a request
+/// in flight; the same at the total cap, whatever the address.
 async fn connections_are_capped_in_total_and_per_address(engine: Engine) {
     let app = spawn(engine, |config| {
         config.connections.max_connections = 4;
         config.connections.max_connections_per_address = 2;
-        // The test client's pooled connection (from the health check) is closed soon.
-        config.connections.idle_timeout = Duration::from_secs(1);
+        // The test client's pooled connection (from the health check) is closed first.
+        config.connections.idle_timeout = Duration::from_secs(3);
     })
     .await;
+    let (_, token) = app.project_client("web", &["ingest", "read"]).await;
     let server = address(&app);
-    tokio::time::sleep(Duration::from_millis(1_600)).await;
-    let mut first = Vec::new();
-    for _ in 0..2 {
-        let mut stream = connect_from([127, 0, 0, 1], server).await;
-        assert_eq!(exchange(&mut stream, HEALTHZ).await.map(|a| a.0), Some(200));
-        first.push(stream);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let event = br#"{"runId":"conn","event":"heartbeat"}"#;
+    // A request in flight: its head sent, its body not yet.
+    let head = format!(
+        "POST /api/v1/events HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        event.len()
+    );
+    async fn busy(stream: &mut TcpStream, head: &str) {
+        stream.write_all(head.as_bytes()).await.unwrap();
     }
-    let mut past_address = connect_from([127, 0, 0, 1], server).await;
+    let settle = || tokio::time::sleep(Duration::from_millis(150));
+
+    // One address's share: two served; a third takes the place of the idle longest.
+    let mut c1 = connect_from([127, 0, 0, 1], server).await;
+    assert_eq!(exchange(&mut c1, HEALTHZ).await.map(|a| a.0), Some(200));
+    let mut c2 = connect_from([127, 0, 0, 1], server).await;
+    assert_eq!(exchange(&mut c2, HEALTHZ).await.map(|a| a.0), Some(200));
+    let mut c3 = connect_from([127, 0, 0, 1], server).await;
     assert_eq!(
-        exchange(&mut past_address, HEALTHZ).await,
+        exchange(&mut c3, HEALTHZ).await.map(|a| a.0),
+        Some(200),
+        "past the share, a new connection is served"
+    );
+    assert_eq!(
+        exchange(&mut c1, HEALTHZ).await,
         None,
-        "a third connection from one address is closed"
+        "in place of the idle longest"
     );
-    let mut second = Vec::new();
-    for _ in 0..2 {
-        let mut stream = connect_from([127, 0, 0, 2], server).await;
-        assert_eq!(exchange(&mut stream, HEALTHZ).await.map(|a| a.0), Some(200));
-        second.push(stream);
-    }
-    let mut past_total = connect_from([127, 0, 0, 3], server).await;
+    assert_eq!(exchange(&mut c2, HEALTHZ).await.map(|a| a.0), Some(200));
+    // With both of the address's connections busy, a third is closed on arrival.
+    busy(&mut c2, &head).await;
+    busy(&mut c3, &head).await;
+    settle().await;
+    let mut c4 = connect_from([127, 0, 0, 1], server).await;
     assert_eq!(
-        exchange(&mut past_total, HEALTHZ).await,
+        exchange(&mut c4, HEALTHZ).await,
         None,
-        "a fifth connection is closed whatever its address"
+        "every connection of the address busy: closed"
     );
-    // The open ones still work; closing one makes room for one more.
+
+    // The total: two more from another address fill the cap of 4, all busy.
+    let mut d1 = connect_from([127, 0, 0, 2], server).await;
+    busy(&mut d1, &head).await;
+    let mut d2 = connect_from([127, 0, 0, 2], server).await;
+    busy(&mut d2, &head).await;
+    settle().await;
+    let mut e1 = connect_from([127, 0, 0, 3], server).await;
     assert_eq!(
-        exchange(&mut first[0], HEALTHZ).await.map(|a| a.0),
-        Some(200)
+        exchange(&mut e1, HEALTHZ).await,
+        None,
+        "at the total cap with every connection busy: closed"
     );
-    drop(second.pop());
-    let mut served = None;
-    for _ in 0..40 {
-        let mut stream = connect_from([127, 0, 0, 3], server).await;
-        served = exchange(&mut stream, HEALTHZ).await;
-        if served.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // One ends its request and is idle: a new connection from anywhere takes its place.
+    assert_eq!(exchange(&mut d1, event).await.map(|a| a.0), Some(201));
+    let mut e2 = connect_from([127, 0, 0, 3], server).await;
+    assert_eq!(
+        exchange(&mut e2, HEALTHZ).await.map(|a| a.0),
+        Some(200),
+        "at the total cap, a new connection takes an idle one's place"
+    );
+    assert_eq!(
+        exchange(&mut d1, HEALTHZ).await,
+        None,
+        "the idle one was closed"
+    );
+    // The busy ones were never touched.
+    for stream in [&mut c2, &mut c3, &mut d2] {
+        assert_eq!(exchange(stream, event).await.map(|a| a.0), Some(201));
     }
-    assert_eq!(served.map(|a| a.0), Some(200), "a freed place is taken");
-    drop(first);
-    drop(second);
     app.stop().await;
 }
 

@@ -83,6 +83,10 @@ pub enum StoreError {
     /// cannot use); the detail is logged, not shown.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The database's disk is full (SQLite's `SQLITE_FULL`, PostgreSQL's `disk_full`):
+    /// nothing was written; writes work again once an operator frees space.
+    #[error("the database's disk is full")]
+    Full(#[source] DriverError),
 }
 
 /// The database codes that mean "busy, nothing written": SQLite's BUSY and LOCKED
@@ -91,6 +95,10 @@ pub enum StoreError {
 const BUSY_CODES: [&str; 9] = [
     "5", "261", "517", "773", "6", "262", "40001", "40P01", "55P03",
 ];
+
+/// The database codes that mean "out of disk space, nothing written": SQLite's FULL and
+/// PostgreSQL's disk_full.
+const FULL_CODES: [&str; 2] = ["13", "53100"];
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
@@ -104,6 +112,12 @@ impl From<sqlx::Error> for StoreError {
                 .is_some_and(|code| BUSY_CODES.contains(&code.as_ref()))
             {
                 return StoreError::Busy(Box::new(error));
+            }
+            if database_error
+                .code()
+                .is_some_and(|code| FULL_CODES.contains(&code.as_ref()))
+            {
+                return StoreError::Full(Box::new(error));
             }
         }
         StoreError::Database(Box::new(error))
@@ -124,6 +138,9 @@ impl From<rusqlite::Error> for StoreError {
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
             ) {
                 return StoreError::Busy(Box::new(error));
+            }
+            if failure.code == rusqlite::ErrorCode::DiskFull {
+                return StoreError::Full(Box::new(error));
             }
         }
         StoreError::Database(Box::new(error))
@@ -146,11 +163,14 @@ impl StoreError {
         text
     }
 
-    /// True for the errors a retry may cure (`Busy`, `Database`, `Unavailable`).
+    /// True for the errors a retry may cure (`Busy`, `Database`, `Unavailable`, `Full`).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            StoreError::Busy(_) | StoreError::Database(_) | StoreError::Unavailable(_)
+            StoreError::Busy(_)
+                | StoreError::Database(_)
+                | StoreError::Unavailable(_)
+                | StoreError::Full(_)
         )
     }
 }
@@ -843,5 +863,27 @@ mod tests {
         let conflict = StoreError::from(sqlite_failure(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE));
         assert!(matches!(conflict, StoreError::Conflict(ref text) if text == CONFLICT));
         assert!(!conflict.is_retryable());
+    }
+
+    /// A database that cannot grow (here: capped at 8 pages) fails its write as `Full`,
+    /// the error Kiln reports as "the server's disk is full".
+    #[test]
+    fn a_database_out_of_space_is_full() {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        db.execute_batch("CREATE TABLE t (v BLOB); PRAGMA max_page_count = 8;")
+            .unwrap();
+        let error = (0..100)
+            .find_map(|_| {
+                db.execute("INSERT INTO t VALUES (zeroblob(4000))", [])
+                    .err()
+            })
+            .expect("the database filled up");
+        let error = StoreError::from(error);
+        assert!(matches!(error, StoreError::Full(_)), "{error:?}");
+        assert!(error.is_retryable());
+        assert!(matches!(
+            StoreError::from(sqlite_failure(rusqlite::ffi::SQLITE_FULL)),
+            StoreError::Full(_)
+        ));
     }
 }

@@ -10,6 +10,8 @@
 //!   loadgen dispatch   URL ADMIN SLUG COMMIT BUILDS AGENTS SERVER_PID
 //!   loadgen tail       URL ADMIN SLUG COMMIT CHUNKS TAILERS INTERVAL_MS
 //!   loadgen report     RESULTS_FILE
+//!   loadgen fleet      URL ADMIN SLUG REPO COMMIT BUILDS RATE SUBSCRIBERS AGENTS TRIGGERS SECS PIDS
+//!                      (bench/fleet/run.sh; see fleet.rs)
 //!
 //! All times are taken in this one process: `Instant` for intervals it sees both ends
 //! of, the wall clock (µs) where one end is a server timestamp (same machine, same clock).
@@ -20,6 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+
+mod fleet;
 
 type Res<T> = Result<T, String>;
 
@@ -960,13 +964,18 @@ async fn main() {
         }
         return;
     }
-    let api = Api::new(&a(2));
+    let api = Api::new(a(2).split(',').next().unwrap_or_default());
     let (admin, slug) = (a(3), a(4));
     let outcome = match mode.as_str() {
         "setup" => setup(&api, &admin, &slug, &a(5)).await,
         "first-step" => first_step(&api, &admin, &slug, n(5) as usize).await,
         "claims" => claims(&api, &admin, &slug, &a(5), n(6) as usize, n(7), n(8), n(9) as u32).await,
         "dispatch" => dispatch(&api, &admin, &slug, &a(5), n(6) as usize, n(7) as usize, n(8) as u32).await,
+        "fleet" => {
+            let pids = a(13).split(',').filter_map(|pid| pid.parse().ok()).collect();
+            let apis: Vec<Api> = a(2).split(',').map(Api::new).collect();
+            fleet::fleet(&apis, &admin, &slug, &a(5), &a(6), n(7) as usize, n(8), n(9) as usize, n(10) as usize, n(11), n(12), pids).await
+        }
         "tail" => tail(&api, &admin, &slug, &a(5), n(6) as usize, n(7) as usize, n(8) as u64).await,
         _ => Err(format!("unknown mode '{mode}'; see the top of bench/runner/loadgen/src/main.rs")),
     };
