@@ -307,11 +307,13 @@ fn at_the_connection_cap_idle_connections_make_room_for_new_clients() {
         .iter_mut()
         .filter_map(|stream| closed_within(stream, Duration::from_millis(50)).then_some(()))
         .count();
-    // The first client took an idle connection's place; once it closed, a slot was free
-    // for the next four.
-    assert_eq!(
-        closed, 1,
-        "one idle connection made room, the others stayed open"
+    // The first client took an idle connection's place; once it and its victim have
+    // left, a slot is free for the next (unless they connect before the server has
+    // counted both out, when each takes another idle one's place): never more than one
+    // idle connection per new client.
+    assert!(
+        (1..=5).contains(&closed),
+        "{closed} idle connections closed for 5 new clients"
     );
 }
 

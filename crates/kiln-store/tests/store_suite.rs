@@ -11,6 +11,7 @@ use kiln_store::*;
 use serde_json::json;
 
 engine_test!(projects_and_tokens);
+engine_test!(readiness_survives_its_connection_being_cut);
 engine_test!(a_build_runs_through_its_lifecycle);
 engine_test!(event_ids_make_retries_idempotent);
 engine_test!(a_rejected_request_leaves_its_group_intact);
@@ -982,4 +983,27 @@ async fn jobs_of_the_previous_release_stay_agents_jobs(engine: Engine) {
             .await
             .is_err()
     );
+}
+
+/// The readiness check answers from its own connection: when the database cut it (a
+/// restart, an administrator's `pg_terminate_backend`), the next check connects again
+/// instead of reporting the database down.
+async fn readiness_survives_its_connection_being_cut(engine: Engine) {
+    let db = TestDatabase::create(engine).await;
+    let store = db.open().await;
+    store.ping().await.unwrap();
+    if engine == Engine::Postgres {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let cut: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert!(cut >= 1, "the check's connection was open");
+    }
+    store.ping().await.unwrap();
+    store.ping().await.unwrap();
 }

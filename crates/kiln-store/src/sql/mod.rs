@@ -49,6 +49,11 @@ pub struct SqlStore {
     native_pool: Option<sqlx::PgPool>,
     /// Kept for engine-specific connections (PostgreSQL `LISTEN`).
     database_url: String,
+    /// PostgreSQL only: the readiness check's own connection, outside the pools, so
+    /// `/readyz` says whether the database answers, not whether the pool is busy (a
+    /// load balancer that took a busy pool for a dead database would pull the replica
+    /// and pile its clients onto the others).
+    health: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
     /// SQLite only: the database file, for reads that return many rows (analytics) over
     /// a read-only rusqlite connection instead of sqlx's `Any` row decoding.
     sqlite_path: Option<std::path::PathBuf>,
@@ -185,6 +190,7 @@ impl SqlStore {
             writer,
             native_pool,
             database_url: url,
+            health: tokio::sync::Mutex::new(None),
             sqlite_path,
         })
     }

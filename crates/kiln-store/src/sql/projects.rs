@@ -11,6 +11,13 @@ use super::{SqlStore, rows, trusted};
 use crate::records::*;
 use crate::{Engine, ProjectStore, StoreError, StoreResult};
 
+/// How long each step of the PostgreSQL readiness check (connect, ping) may take.
+const HEALTH_STEP: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn health_timeout() -> StoreError {
+    StoreError::Unavailable("the database did not answer within 3 s".into())
+}
+
 #[async_trait]
 impl ProjectStore for SqlStore {
     fn engine(&self) -> Engine {
@@ -18,8 +25,33 @@ impl ProjectStore for SqlStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        let mut connection = self.pool.acquire().await?;
-        connection.ping().await?;
+        if self.engine == Engine::Sqlite {
+            let mut connection = self.pool.acquire().await?;
+            connection.ping().await?;
+            return Ok(());
+        }
+        // PostgreSQL: the check's own connection, each step bounded, so a database that
+        // stopped answering is told within seconds. A kept connection that fails (the
+        // database restarted since) is replaced at once and the check made again.
+        let mut health = self.health.lock().await;
+        if let Some(connection) = health.as_mut() {
+            match tokio::time::timeout(HEALTH_STEP, connection.ping()).await {
+                Ok(Ok(())) => return Ok(()),
+                _ => *health = None,
+            }
+        }
+        let options: sqlx::postgres::PgConnectOptions = self
+            .database_url
+            .parse()
+            .map_err(|error: sqlx::Error| StoreError::from(error))?;
+        let mut connection =
+            tokio::time::timeout(HEALTH_STEP, sqlx::PgConnection::connect_with(&options))
+                .await
+                .map_err(|_| health_timeout())??;
+        tokio::time::timeout(HEALTH_STEP, connection.ping())
+            .await
+            .map_err(|_| health_timeout())??;
+        *health = Some(connection);
         Ok(())
     }
 
