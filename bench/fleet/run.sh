@@ -156,9 +156,22 @@ EOF2
     label="SQLite, one server"
   fi
   log "$label: $builds builds × $rate events/s, $subscribers subscribers, $agents agents, $secs s"
+  # Two load processes, so neither's scheduling delays the other's measurements: the
+  # subscribers (started first, and kept a little longer), then the producers and agents.
+  "$work/loadgen" fleet "$target" "$admin" "fleet" "$repo" "$commit" "$builds" 0 \
+    "$subscribers" 0 0 "$((secs + 20))" "$server_pids" > "$work/subscribers.out" 2> "$work/subscribers.err" &
+  subscriber_pid=$!
+  for _ in $(seq 1 1200); do
+    grep -q "subscribers connected" "$work/subscribers.err" 2>/dev/null && break
+    kill -0 "$subscriber_pid" 2>/dev/null || { cat "$work/subscribers.err" >&2; exit 1; }
+    sleep 0.25
+  done
+  cat "$work/subscribers.err" >&2
   "$work/loadgen" fleet "$target" "$admin" "fleet" "$repo" "$commit" "$builds" "$rate" \
-    "$subscribers" "$agents" "$triggers" "$secs" "$server_pids" \
-    | sed "s/^RESULT {/RESULT {\"engine\": \"$label\", /" | tee -a "$results"
+    0 "$agents" "$triggers" "$secs" "$server_pids" \
+    | sed "s/^RESULT {/RESULT {\"engine\": \"$label\", \"role\": \"producers\", /" | tee -a "$results"
+  wait "$subscriber_pid" || true
+  sed "s/^RESULT {/RESULT {\"engine\": \"$label\", \"role\": \"subscribers\", /" "$work/subscribers.out" | tee -a "$results"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   pids=()
@@ -171,13 +184,19 @@ mkdir -p bench/results
 python3 - "$results" > bench/results/fleet-latest.md <<'EOF'
 import json, sys
 rows = [json.loads(line.split(" ", 1)[1]) for line in open(sys.argv[1]) if line.startswith("RESULT ")]
-print("# Kiln fleet load\n")
-print("| set-up | events/s | ingest p50 / p99 ms | fan-out p50 / p99 ms | claim p50 / p99 ms | errors | peak RSS MiB | server cores |")
-print("|---|---|---|---|---|---|---|---|")
+runs = {}
 for r in rows:
-    v = r["value"]
-    print(f"| {r['engine']}: {v['builds']} builds × {v['rate']}/s, {v['subscribers_connected']}/{v['subscribers']} subscribers, {v['agents']} agents, {v['secs']:.0f} s "
-          f"| {v['events_per_s']:.0f} | {v['ingest']['p50']} / {v['ingest']['p99']} | {v['fanout']['p50']} / {v['fanout']['p99']} "
-          f"| {v['claims']['p50']} / {v['claims']['p99']} ({v['jobs_triggered']} jobs) | {v['errors_total']} {json.dumps(v['errors'])} | {v['rss_peak_mib']} | {v['server_cores']} |")
+    runs.setdefault(r["engine"], {})[r["role"]] = r["value"]
+print("# Kiln fleet load\n")
+print("| set-up | events/s (offered) | ingest p50 / p99 ms | fan-out p50 / p99 ms (deliveries) | claim p50 / p99 ms | errors | peak RSS MiB | server cores |")
+print("|---|---|---|---|---|---|---|---|")
+for engine, roles in runs.items():
+    p, s = roles.get("producers"), roles.get("subscribers")
+    if not p or not s:
+        continue
+    errors = dict(p["errors"]); errors.update({f"subscribers: {k}": v for k, v in s["errors"].items()})
+    print(f"| {engine}: {p['builds']} builds × {p['rate']}/s, {s['subscribers_connected']}/{s['subscribers']} subscribers, {p['agents']} agents, {p['secs']:.0f} s "
+          f"| {p['events_per_s']:.0f} ({p['builds'] * p['rate']:.0f}) | {p['ingest']['p50']} / {p['ingest']['p99']} | {s['fanout']['p50']} / {s['fanout']['p99']} ({s['fanout']['n']}) "
+          f"| {p['claims']['p50']} / {p['claims']['p99']} ({p['jobs_triggered']} jobs) | {p['errors_total'] + s['errors_total']} {json.dumps(errors)} | {p['rss_peak_mib']} | {p['server_cores']} |")
 EOF
 cat bench/results/fleet-latest.md

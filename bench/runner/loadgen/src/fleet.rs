@@ -5,7 +5,9 @@
 //! replicas, or one server); clients are spread over them. Prints one
 //! `RESULT` line: ingest p99 (POST → 201), fan-out p99 (sent → received on a subscriber's
 //! stream), claim p99 (job queued → claim answered), errors by kind, and each server
-//! process's peak RSS and CPU.
+//! process's peak RSS and CPU. bench/fleet/run.sh runs two: one holding the subscribers
+//! (RATE, AGENTS and TRIGGERS 0), one sending events and running agents (SUBSCRIBERS
+//! 0), so neither's scheduling delays the other's measurements.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -224,8 +226,8 @@ pub async fn fleet(apis: &[Api], admin: &str, slug: &str, repo: &str, commit: &s
     eprintln!("fleet: {} subscribers connected", connected.load(Ordering::Relaxed));
 
     // Agents: claim, finish at once.
-    let agent_token = agent_token(api, admin, &format!("{slug}-fleet")).await?;
     let claimed: Arc<Mutex<HashMap<i64, f64>>> = Default::default();
+    let agent_token = if agents > 0 { agent_token(api, admin, &format!("{slug}-fleet")).await? } else { String::new() };
     for i in 0..agents {
         let agent = register(api, &agent_token, &format!("fleet-{i}")).await?;
         let api = &apis[i % apis.len()];
@@ -249,10 +251,11 @@ pub async fn fleet(apis: &[Api], admin: &str, slug: &str, repo: &str, commit: &s
         }));
     }
 
-    // Builds sending RATE events/s each, phases spread over the period.
-    let period = Duration::from_secs_f64(1.0 / rate);
+    // Builds sending RATE events/s each, phases spread over the period (none with RATE 0:
+    // a process that only subscribes).
+    let period = Duration::from_secs_f64(1.0 / rate.max(1e-9));
     let started = tokio::time::Instant::now();
-    for (i, run) in run_ids.iter().enumerate() {
+    for (i, run) in run_ids.iter().enumerate().filter(|_| rate > 0.0) {
         let (api, ingest, run, stop, errors, latency, sent) = (apis[i % apis.len()].clone(), ingest.clone(), run.clone(), stop.clone(), errors.clone(), ingest_latency.clone(), sent.clone());
         let phase = period.mul_f64(i as f64 / builds as f64);
         tasks.push(tokio::spawn(async move {
@@ -278,7 +281,7 @@ pub async fn fleet(apis: &[Api], admin: &str, slug: &str, repo: &str, commit: &s
 
     // Triggers for the agents.
     let queued: Arc<Mutex<HashMap<i64, f64>>> = Default::default();
-    {
+    if triggers > 0.0 {
         let (api, admin, slug, commit, stop, errors, queued) = (api.clone(), admin.to_owned(), slug.to_owned(), commit.to_owned(), stop.clone(), errors.clone(), queued.clone());
         tasks.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / triggers));
