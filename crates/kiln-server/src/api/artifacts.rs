@@ -199,10 +199,21 @@ pub(crate) async fn blob_response(
             end - start + 1,
             Some(format!("bytes {start}-{end}/{size}")),
         ),
+        // Like every 4xx, with the error body (docs/api.md, the OpenAPI document).
         Wanted::Unsatisfiable => {
+            let body = kiln_protocol::ErrorBody {
+                error: kiln_protocol::ErrorDetail {
+                    code: "range_not_satisfiable".into(),
+                    message: format!(
+                        "the Range starts past the end of the file ({size} bytes); ask for bytes below {size}"
+                    ),
+                    field: Some("Range".into()),
+                },
+            };
             return Ok((
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                axum::Json(body),
             )
                 .into_response());
         }

@@ -1,0 +1,912 @@
+//! The OpenAPI 3.1 document of the JSON API (`GET /api/v1/openapi.json`): built once from
+//! the route table (`api::route_list`, every route with its `Access`) and the description
+//! of each route below, with the JSON Schemas (2020-12) of the same `kiln-protocol` types
+//! the handlers read and answer, so the document cannot drift from the server.
+//!
+//! Scope: every route of `api::route_list` (all of `/api/`, and `/healthz`, `/readyz`,
+//! `/metrics`). `web::route_list` is the dashboard (HTML pages and forms, the public
+//! status page and badges) and is left out; `tests/openapi.rs` holds the rule.
+
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use kiln_protocol as wire;
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::{Map, Value, json};
+
+use crate::auth::Access;
+
+/// `GET /api/v1/openapi.json`.
+pub(crate) async fn document() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document_bytes(),
+    )
+        .into_response()
+}
+
+fn document_bytes() -> &'static [u8] {
+    static DOCUMENT: OnceLock<Vec<u8>> = OnceLock::new();
+    DOCUMENT.get_or_init(|| serde_json::to_vec(&build()).unwrap_or_default())
+}
+
+/// A schema of a wire type, written by the generator of its direction.
+type SchemaOf = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+/// A request or response body.
+#[derive(Clone, Copy)]
+enum Body {
+    /// `application/json` of a `kiln-protocol` type.
+    Json(SchemaOf),
+    /// `application/json`: one event or an array of them (`POST /api/v1/events`).
+    OneOrMany(SchemaOf),
+    /// Bytes of the given media type, described in words.
+    Raw(&'static str),
+    /// Server-sent events.
+    EventStream,
+    /// No body.
+    Empty,
+}
+
+fn json<T: JsonSchema>() -> Body {
+    Body::Json(schema_of::<T>)
+}
+
+/// One query parameter (or request header).
+#[derive(Clone, Copy)]
+struct Param {
+    name: &'static str,
+    place: &'static str,
+    schema: ParamType,
+    required: bool,
+    description: &'static str,
+}
+
+#[derive(Clone, Copy)]
+enum ParamType {
+    Text,
+    /// An integer at least this.
+    Integer(i64),
+    /// An integer in this range.
+    Range(i64, i64),
+    Boolean,
+    /// Milliseconds since the epoch or an RFC 3339 time.
+    Instant,
+}
+
+/// What the document says about one route, besides its path and access.
+struct Operation {
+    summary: &'static str,
+    tag: &'static str,
+    request: Option<(Body, bool)>,
+    answers: Vec<(u16, &'static str, Body)>,
+    params: Vec<Param>,
+    errors: Vec<u16>,
+}
+
+impl Operation {
+    fn new(tag: &'static str, summary: &'static str) -> Self {
+        Self {
+            summary,
+            tag,
+            request: None,
+            answers: Vec::new(),
+            params: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn body(mut self, body: Body) -> Self {
+        self.request = Some((body, true));
+        self
+    }
+
+    /// A body that may be left empty (the route then takes its defaults).
+    fn optional_body(mut self, body: Body) -> Self {
+        self.request = Some((body, false));
+        self
+    }
+
+    fn answer(mut self, status: u16, description: &'static str, body: Body) -> Self {
+        self.answers.push((status, description, body));
+        self
+    }
+
+    fn ok(self, body: Body) -> Self {
+        self.answer(200, "OK", body)
+    }
+
+    fn created(self, body: Body) -> Self {
+        self.answer(201, "Created", body)
+    }
+
+    fn no_content(self) -> Self {
+        self.answer(204, "No content", Body::Empty)
+    }
+
+    fn param(
+        mut self,
+        place: &'static str,
+        name: &'static str,
+        schema: ParamType,
+        required: bool,
+        description: &'static str,
+    ) -> Self {
+        self.params.push(Param {
+            name,
+            place,
+            schema,
+            required,
+            description,
+        });
+        self
+    }
+
+    fn query(self, name: &'static str, schema: ParamType, description: &'static str) -> Self {
+        self.param("query", name, schema, false, description)
+    }
+
+    fn required_query(
+        self,
+        name: &'static str,
+        schema: ParamType,
+        description: &'static str,
+    ) -> Self {
+        self.param("query", name, schema, true, description)
+    }
+
+    /// Error statuses beyond the ones every route of its kind may answer.
+    fn errors(mut self, statuses: &[u16]) -> Self {
+        self.errors.extend_from_slice(statuses);
+        self
+    }
+
+    /// `?agentId=&attempt=` of the agent's job routes.
+    fn held_job(self) -> Self {
+        self.required_query("agentId", ParamType::Integer(0), "the agent's id")
+            .required_query(
+                "attempt",
+                ParamType::Integer(0),
+                "the attempt of the job the agent holds",
+            )
+    }
+}
+
+use ParamType::{Boolean, Instant, Integer, Range, Text};
+
+/// The description of every route of `api::route_list`; `None` for a route without one
+/// (`tests/openapi.rs` fails then).
+fn describe(method: &str, path: &str) -> Option<Operation> {
+    let project_query =
+        |operation: Operation, description| operation.query("project", Text, description);
+    let operation = match (method, path) {
+        ("GET", "/healthz") => Operation::new("operations", "The server is up (and its storage engine)")
+            .ok(json::<wire::Health>()),
+        ("GET", "/readyz") => Operation::new("operations", "The database answers")
+            .ok(json::<wire::Health>()),
+        ("GET", "/metrics") => Operation::new("operations", "Prometheus metrics (text exposition format)")
+            .ok(Body::Raw("text/plain")),
+        ("GET", "/api/v1/openapi.json") => Operation::new("operations", "This document")
+            .ok(Body::Raw("application/json")),
+
+        // Deployments.
+        ("GET", "/api/v1/projects/{slug}/environments") => Operation::new("deployments", "A project's environments and what each runs")
+            .ok(json::<wire::EnvironmentList>()),
+        ("GET", "/api/v1/projects/{slug}/deployments") => Operation::new("deployments", "A project's deployments, newest first")
+            .query("environment", Text, "only this environment's")
+            .query("before", Integer(1), "the page before this deployment id")
+            .query("limit", Range(1, 200), "at most this many")
+            .ok(json::<wire::DeploymentList>()),
+        ("POST", "/api/v1/projects/{slug}/environments/{environment}/deploy") => Operation::new("deployments", "Deploy a build (or the default branch's tip) to an environment")
+            .optional_body(json::<wire::DeployRequest>())
+            .created(json::<wire::DeployStarted>()),
+        ("POST", "/api/v1/projects/{slug}/environments/{environment}/rollback") => Operation::new("deployments", "Deploy an earlier deployment's build again")
+            .body(json::<wire::RollbackRequest>())
+            .created(json::<wire::DeploymentDto>()),
+        ("GET", "/api/v1/deployments/{id}") => Operation::new("deployments", "One deployment")
+            .ok(json::<wire::DeploymentDto>()),
+        ("POST", "/api/v1/deployments/{id}/cancel") => Operation::new("deployments", "Cancel a deployment that has not finished")
+            .ok(json::<wire::DeploymentDto>()),
+
+        // Inbound hooks.
+        ("POST", "/api/v1/hooks/github/{slug}") => Operation::new("hooks", "GitHub webhook (signed with X-Hub-Signature-256): ping, push")
+            .param("header", "X-Hub-Signature-256", Text, false, "sha256=HMAC of the body with the project's GitHub secret")
+            .param("header", "X-GitHub-Event", Text, false, "`ping`, `push`, …")
+            .body(Body::Raw("application/json"))
+            .ok(json::<wire::HookPing>())
+            .created(json::<wire::TriggeredBuild>())
+            .answer(202, "Accepted and ignored (another event, an unbuilt branch)", json::<wire::HookIgnored>())
+            .errors(&[401, 404, 409, 413, 422]),
+        ("PUT", "/api/v1/projects/{slug}/hooks/github") => Operation::new("hooks", "Set (or replace) the project's GitHub webhook secret")
+            .created(json::<wire::GithubHookSecret>()),
+
+        // Secrets.
+        ("GET", "/api/v1/projects/{slug}/secrets") => Operation::new("secrets", "The project's secrets: names and times, never values")
+            .ok(json::<wire::SecretList>()),
+        ("PUT", "/api/v1/projects/{slug}/secrets/{name}") => Operation::new("secrets", "Write a secret (encrypted at rest, never shown again)")
+            .body(json::<wire::SetSecret>())
+            .ok(json::<wire::SecretDto>()),
+        ("DELETE", "/api/v1/projects/{slug}/secrets/{name}") => Operation::new("secrets", "Delete a secret")
+            .no_content(),
+
+        // Accounts.
+        ("POST", "/api/v1/session") => Operation::new("accounts", "Log in: sets the session cookie, answers the CSRF token")
+            .body(json::<wire::Login>())
+            .ok(json::<wire::Session>())
+            .errors(&[401, 429]),
+        ("DELETE", "/api/v1/session") => Operation::new("accounts", "Log out (end the session of the cookie)")
+            .no_content(),
+        ("GET", "/api/v1/me") => Operation::new("accounts", "The caller's account and roles")
+            .ok(json::<wire::Me>()),
+        ("GET", "/api/v1/whoami") => Operation::new("accounts", "The calling credential and the projects it reaches")
+            .ok(json::<wire::WhoAmI>()),
+        ("POST", "/api/v1/me/password") => Operation::new("accounts", "Change the caller's password")
+            .body(json::<wire::ChangePassword>())
+            .no_content(),
+        ("POST", "/api/v1/me/tokens") => Operation::new("accounts", "Create a personal API token (shown once)")
+            .body(json::<wire::CreateNamedToken>())
+            .created(json::<wire::CreatedToken>()),
+        ("GET", "/api/v1/me/tokens") => Operation::new("accounts", "The caller's personal tokens")
+            .ok(json::<wire::TokenList>()),
+        ("DELETE", "/api/v1/me/tokens/{id}") => Operation::new("accounts", "Revoke a personal token")
+            .ok(json::<wire::TokenDto>()),
+        ("POST", "/api/v1/users") => Operation::new("accounts", "Create a user")
+            .body(json::<wire::CreateUser>())
+            .created(json::<wire::UserAnswer>()),
+        ("GET", "/api/v1/users") => Operation::new("accounts", "Every user")
+            .ok(json::<wire::UserList>()),
+        ("POST", "/api/v1/users/{user}/disable") => Operation::new("accounts", "Deactivate a user (sessions and tokens stop working)")
+            .ok(json::<wire::UserAnswer>()),
+        ("POST", "/api/v1/users/{user}/enable") => Operation::new("accounts", "Reactivate a user")
+            .ok(json::<wire::UserAnswer>()),
+        ("POST", "/api/v1/users/{user}/password") => Operation::new("accounts", "Reset a user's password (generated when absent) and end their sessions")
+            .optional_body(json::<wire::ResetPassword>())
+            .ok(json::<wire::UserAnswer>()),
+        ("GET", "/api/v1/projects/{slug}/members") => Operation::new("members", "The project's members and roles")
+            .ok(json::<wire::MemberList>()),
+        ("PUT", "/api/v1/projects/{slug}/members/{user}") => Operation::new("members", "Give a user a role in the project")
+            .body(json::<wire::SetMemberRole>())
+            .ok(json::<wire::MemberDto>()),
+        ("DELETE", "/api/v1/projects/{slug}/members/{user}") => Operation::new("members", "Remove a member")
+            .no_content(),
+        ("GET", "/api/v1/audit") => project_query(Operation::new("members", "The audit log, newest first"), "a project's entries (required unless an instance admin)")
+            .query("before", Integer(1), "the page before this entry id")
+            .query("limit", Range(1, 1000), "at most this many")
+            .ok(json::<wire::AuditLog>()),
+
+        // Projects and their tokens.
+        ("POST", "/api/v1/projects") => Operation::new("projects", "Create a project")
+            .body(json::<wire::CreateProject>())
+            .created(json::<wire::ProjectDto>()),
+        ("GET", "/api/v1/projects") => Operation::new("projects", "The projects the caller may read")
+            .ok(json::<wire::ProjectList>()),
+        ("GET", "/api/v1/projects/{slug}") => Operation::new("projects", "One project")
+            .ok(json::<wire::ProjectDto>()),
+        ("POST", "/api/v1/projects/{slug}/tokens") => Operation::new("projects", "Create a project token (shown once)")
+            .body(json::<wire::CreateToken>())
+            .created(json::<wire::CreatedToken>()),
+        ("GET", "/api/v1/projects/{slug}/tokens") => Operation::new("projects", "The project's tokens")
+            .ok(json::<wire::TokenList>()),
+        ("DELETE", "/api/v1/projects/{slug}/tokens/{id}") => Operation::new("projects", "Revoke a project token")
+            .ok(json::<wire::TokenDto>()),
+        ("GET", "/api/v1/projects/{slug}/public-status") => Operation::new("projects", "Whether the project's status page and badges are public")
+            .ok(json::<wire::PublicStatusDto>()),
+        ("PUT", "/api/v1/projects/{slug}/public-status") => Operation::new("projects", "Publish or withdraw the status page and badges")
+            .body(json::<wire::SetPublicStatus>())
+            .ok(json::<wire::PublicStatusDto>()),
+
+        // Analytics and tests.
+        ("GET", "/api/v1/projects/{slug}/analytics") => Operation::new("analytics", "Build statistics over a time range")
+            .query("from", Instant, "start (milliseconds since the epoch or RFC 3339)")
+            .query("to", Instant, "end")
+            .query("branch", Text, "only this branch")
+            .query("pipeline", Text, "only this pipeline")
+            .ok(json::<wire::ProjectAnalytics>()),
+        ("GET", "/api/v1/projects/{slug}/prediction") => Operation::new("analytics", "The predicted duration of the next build")
+            .query("at", Instant, "predict for this time of day")
+            .query("branch", Text, "only this branch's history")
+            .query("pipeline", Text, "only this pipeline's history")
+            .ok(json::<wire::PipelinePrediction>()),
+        ("GET", "/api/v1/projects/{slug}/tests/flaky") => Operation::new("tests", "Tests that both passed and failed on one commit")
+            .query("days", Range(1, 366), "over this many days")
+            .ok(json::<wire::FlakyTests>()),
+        ("GET", "/api/v1/projects/{slug}/tests/slowest") => Operation::new("tests", "The slowest tests")
+            .query("days", Range(1, 366), "over this many days")
+            .query("limit", Range(1, 1000), "at most this many")
+            .ok(json::<wire::SlowestTests>()),
+        ("GET", "/api/v1/projects/{slug}/tests/history") => Operation::new("tests", "One test's runs")
+            .query("days", Range(1, 366), "over this many days")
+            .query("key", Text, "the test's key (suite and name)")
+            .ok(json::<wire::TestHistory>()),
+        ("POST", "/api/v1/builds/{run_id}/tests") => Operation::new("tests", "Upload a JUnit XML report of a build")
+            .body(Body::Raw("application/xml"))
+            .created(json::<wire::TestReportStored>()),
+        ("GET", "/api/v1/builds/{run_id}/tests") => Operation::new("tests", "A build's test results")
+            .ok(json::<wire::BuildTests>()),
+
+        // Events and builds.
+        ("POST", "/api/v1/events") => Operation::new("events", "Ingest one event or a batch (one transaction)")
+            .body(Body::OneOrMany(schema_of::<wire::EventPayload>))
+            .answer(200, "Every event was ignored (heartbeats after the end)", json::<wire::IngestResponse>())
+            .created(json::<wire::IngestResponse>()),
+        ("POST", "/api/internal/build-events") => Operation::new("events", "The seed's ingest route (same as POST /api/v1/events)")
+            .body(Body::OneOrMany(schema_of::<wire::EventPayload>))
+            .answer(200, "Every event was ignored (heartbeats after the end)", json::<wire::IngestResponse>())
+            .created(json::<wire::IngestResponse>()),
+        ("POST", "/api/v1/builds/{run_id}/log") => Operation::new("builds", "Append a chunk of a reported step's log (`kiln run`)")
+            .required_query("offset", Integer(0), "the log's length so far (0 for the first chunk)")
+            .query("step", Text, "the step (default `run`)")
+            .query("end", Text, "end the log: `passed`, `failed` or `cancelled`")
+            .query("exitCode", Range(0, 255), "the command's exit code")
+            .body(Body::Raw("application/octet-stream"))
+            .ok(json::<wire::ReportedLogAck>()),
+        ("GET", "/api/v1/builds") => project_query(Operation::new("builds", "Builds, newest first"), "only this project's")
+            .query("branch", Text, "only this branch")
+            .query("status", Text, "only builds with this status")
+            .query("before", Integer(1), "the page before this build")
+            .query("limit", Range(1, 500), "at most this many")
+            .ok(json::<wire::BuildList>()),
+        ("GET", "/api/v1/builds/{run_id}") => Operation::new("builds", "One build with its stages")
+            .ok(json::<wire::BuildDto>()),
+        ("GET", "/api/v1/builds/{run_id}/metrics") => Operation::new("builds", "A build's custom metrics")
+            .ok(json::<wire::BuildMetrics>()),
+        ("GET", "/api/v1/builds/{run_id}/events") => Operation::new("builds", "A build's events after a cursor")
+            .query("lastEventId", Integer(0), "the cursor: events after this id")
+            .query("limit", Range(1, 500), "at most this many")
+            .ok(json::<wire::EventPage>()),
+        ("GET", "/api/v1/builds/{run_id}/status") => Operation::new("builds", "A build's status in brief")
+            .ok(json::<wire::BuildStatusDto>()),
+        ("GET", "/api/v1/status") => project_query(Operation::new("builds", "Is the project building right now (seed 000)"), "the project (required unless a project token)")
+            .query("heartbeatTimeout", Integer(1), "seconds without an event after which a build counts as stale")
+            .ok(json::<wire::ProjectStatus>()),
+        ("GET", "/api/v1/builds/{run_id}/stream") => Operation::new("live", "A build's events, live (server-sent events)")
+            .query("lastEventId", Integer(0), "resume after this event id")
+            .query("coalesce", Text, "coalesce progress events within this many milliseconds")
+            .param("header", "Last-Event-ID", Text, false, "resume after this event id")
+            .ok(Body::EventStream)
+            .errors(&[429]),
+        ("GET", "/api/v1/stream") => project_query(Operation::new("live", "A project's events, live (server-sent events)"), "the project (required unless a project token)")
+            .query("lastEventId", Integer(0), "resume after this event id")
+            .query("coalesce", Text, "coalesce progress events within this many milliseconds")
+            .param("header", "Last-Event-ID", Text, false, "resume after this event id")
+            .ok(Body::EventStream)
+            .errors(&[429]),
+
+        // Artifacts, retention, comparison, reports.
+        ("POST", "/api/v1/builds/{run_id}/artifacts") => Operation::new("artifacts", "Start or resume an artifact upload")
+            .body(json::<wire::StartArtifactUpload>())
+            .ok(json::<wire::ArtifactUpload>()),
+        ("PUT", "/api/v1/builds/{run_id}/artifacts/uploads/{upload_id}") => Operation::new("artifacts", "Send an upload's bytes from an offset")
+            .required_query("offset", Integer(0), "the bytes the server holds")
+            .body(Body::Raw("application/octet-stream"))
+            .ok(json::<wire::ArtifactUpload>()),
+        ("GET", "/api/v1/builds/{run_id}/artifacts") => Operation::new("artifacts", "A build's artifact manifest")
+            .ok(json::<wire::ArtifactManifest>()),
+        ("GET", "/api/v1/builds/{run_id}/artifacts/files/{path}") => Operation::new("artifacts", "One artifact file (`Range` and `If-None-Match` honoured)")
+            .param("header", "Range", Text, false, "one byte range")
+            .param("header", "If-None-Match", Text, false, "the file's ETag (its SHA-256)")
+            .ok(Body::Raw("application/octet-stream"))
+            .answer(206, "Partial content", Body::Raw("application/octet-stream"))
+            .answer(304, "Not modified", Body::Empty)
+            .errors(&[416]),
+        ("GET", "/api/v1/builds/{run_id}/artifacts.tar.gz") => Operation::new("artifacts", "Every artifact of a build as one .tar.gz")
+            .ok(Body::Raw("application/gzip")),
+        ("POST", "/api/v1/builds/{run_id}/artifacts/verify") => Operation::new("artifacts", "Re-read a build's artifacts and check their digests")
+            .ok(json::<wire::ArtifactVerification>()),
+        ("GET", "/api/v1/projects/{slug}/artifact-retention") => Operation::new("retention", "The project's artifact retention rule")
+            .ok(json::<wire::ArtifactRetention>()),
+        ("PUT", "/api/v1/projects/{slug}/artifact-retention") => Operation::new("retention", "Set the artifact retention rule")
+            .body(json::<wire::SetArtifactRetention>())
+            .ok(json::<wire::ArtifactRetention>()),
+        ("POST", "/api/v1/projects/{slug}/artifact-retention/run") => Operation::new("retention", "Apply the retention rule now (or say what it would delete)")
+            .query("dryRun", Text, "`true` or `false`")
+            .ok(json::<wire::RetentionRun>()),
+        ("POST", "/api/v1/builds/{run_id}/pin") => Operation::new("retention", "Keep a build's artifacts whatever the rule")
+            .ok(json::<wire::BuildPin>()),
+        ("DELETE", "/api/v1/builds/{run_id}/pin") => Operation::new("retention", "Unpin a build")
+            .ok(json::<wire::BuildPin>()),
+        ("GET", "/api/v1/compare") => Operation::new("artifacts", "Compare two builds' artifacts")
+            .required_query("a", Text, "a build's run id")
+            .required_query("b", Text, "another build's run id")
+            .ok(json::<wire::ArtifactComparison>()),
+        ("POST", "/api/v1/builds/{run_id}/rebuild-verify") => Operation::new("artifacts", "Rebuild the same commit and compare the artifacts")
+            .created(json::<wire::RebuildVerification>()),
+        ("GET", "/api/v1/builds/{run_id}/verification") => Operation::new("artifacts", "A rebuild-to-verify and its comparison")
+            .ok(json::<wire::RebuildVerification>()),
+        ("GET", "/api/v1/builds/{run_id}/report.json") => Operation::new("reports", "A build's report")
+            .ok(json::<wire::BuildReport>()),
+        ("GET", "/api/v1/builds/{run_id}/report.md") => Operation::new("reports", "A build's report in Markdown")
+            .ok(Body::Raw("text/markdown")),
+
+        // Builds Kiln runs.
+        ("PUT", "/api/v1/projects/{slug}/repo") => Operation::new("runs", "Set the project's repository, default branch and concurrency")
+            .body(json::<wire::RepoSettings>())
+            .ok(json::<wire::RepoDto>()),
+        ("GET", "/api/v1/projects/{slug}/branches") => Operation::new("runs", "The branches Kiln builds")
+            .ok(json::<wire::BranchList>()),
+        ("POST", "/api/v1/projects/{slug}/branches") => Operation::new("runs", "Add or change a built branch")
+            .body(json::<wire::SetBranch>())
+            .ok(json::<wire::BranchDto>()),
+        ("DELETE", "/api/v1/projects/{slug}/branches/{name}") => Operation::new("runs", "Stop building a branch")
+            .no_content(),
+        ("POST", "/api/v1/projects/{slug}/builds") => Operation::new("runs", "Trigger a build (the default branch's tip when the body is empty)")
+            .optional_body(json::<wire::TriggerBuild>())
+            .created(json::<wire::TriggeredBuild>()),
+        ("POST", "/api/v1/projects/{slug}/builds/{run_id}/retry") => Operation::new("runs", "Build the same commit again")
+            .created(json::<wire::TriggeredBuild>()),
+        ("POST", "/api/v1/projects/{slug}/builds/{run_id}/cancel") => Operation::new("runs", "Cancel a build")
+            .ok(json::<wire::CancelledBuild>()),
+        ("GET", "/api/v1/projects/{slug}/builds/{run_id}/jobs") => Operation::new("runs", "A build's jobs")
+            .ok(json::<wire::JobList>()),
+        ("GET", "/api/v1/projects/{slug}/builds/{run_id}/jobs/{job}/log") => Operation::new("runs", "A job's log from an offset (plain text; X-Kiln-Log-Offset, X-Kiln-Log-Size, X-Kiln-Job-State)")
+            .query("offset", Integer(0), "from this byte")
+            .query("limit", Range(1, 1_048_576), "at most this many bytes")
+            .ok(Body::Raw("text/plain")),
+        ("GET", "/api/v1/projects/{slug}/builds/{run_id}/jobs/{job}/log/stream") => Operation::new("live", "A job's log, live (server-sent events)")
+            .query("offset", Integer(0), "from this byte")
+            .param("header", "Last-Event-ID", Text, false, "resume from this byte offset")
+            .ok(Body::EventStream)
+            .errors(&[429]),
+        ("GET", "/api/v1/queue") => Operation::new("fleet", "Jobs waiting or running, with why each waits")
+            .ok(json::<wire::JobList>()),
+        ("GET", "/api/v1/agents") => Operation::new("fleet", "Agents with their health and jobs")
+            .ok(json::<wire::AgentList>()),
+        ("POST", "/api/v1/agent-tokens") => Operation::new("fleet", "Create an agent token (shown once)")
+            .body(json::<wire::CreateNamedToken>())
+            .created(json::<wire::CreatedToken>()),
+        ("GET", "/api/v1/agent-tokens") => Operation::new("fleet", "Agent tokens")
+            .ok(json::<wire::TokenList>()),
+        ("DELETE", "/api/v1/agent-tokens/{id}") => Operation::new("fleet", "Revoke an agent token")
+            .ok(json::<wire::TokenDto>()),
+
+        // The agent protocol.
+        ("POST", "/api/v1/agent/register") => Operation::new("agent", "Register an agent")
+            .body(json::<wire::RegisterAgent>())
+            .ok(json::<wire::AgentRegistered>()),
+        ("POST", "/api/v1/agent/claim") => Operation::new("agent", "Claim a job (long poll)")
+            .body(json::<wire::ClaimRequest>())
+            .ok(json::<wire::AgentJob>())
+            .no_content(),
+        ("POST", "/api/v1/agent/heartbeat") => Operation::new("agent", "Renew the agent's leases; learn what to stop")
+            .body(json::<wire::AgentHeartbeat>())
+            .ok(json::<wire::HeartbeatReply>()),
+        ("POST", "/api/v1/agent/jobs/{id}/log") => Operation::new("agent", "Append a chunk of a job's log")
+            .held_job()
+            .required_query("offset", Integer(0), "the log's length so far")
+            .body(Body::Raw("application/octet-stream"))
+            .ok(json::<wire::LogAck>()),
+        ("POST", "/api/v1/agent/jobs/{id}/tests") => Operation::new("agent", "Upload a JUnit XML report the step wrote")
+            .held_job()
+            .body(Body::Raw("application/xml"))
+            .created(json::<wire::TestReportStored>()),
+        ("POST", "/api/v1/agent/jobs/{id}/artifacts") => Operation::new("agent", "Start or resume an artifact upload of the job")
+            .held_job()
+            .body(json::<wire::StartArtifactUpload>())
+            .ok(json::<wire::ArtifactUpload>()),
+        ("PUT", "/api/v1/agent/jobs/{id}/artifacts/uploads/{upload_id}") => Operation::new("agent", "Send an upload's bytes from an offset")
+            .held_job()
+            .required_query("offset", Integer(0), "the bytes the server holds")
+            .body(Body::Raw("application/octet-stream"))
+            .ok(json::<wire::ArtifactUpload>()),
+        ("GET", "/api/v1/agent/jobs/{id}/artifacts/{sha256}") => Operation::new("agent", "Download an artifact of the job's build by SHA-256")
+            .held_job()
+            .param("header", "Range", Text, false, "one byte range")
+            .ok(Body::Raw("application/octet-stream"))
+            .answer(206, "Partial content", Body::Raw("application/octet-stream"))
+            .answer(304, "Not modified", Body::Empty)
+            .errors(&[416]),
+        ("POST", "/api/v1/agent/jobs/{id}/finish") => Operation::new("agent", "Report a job's outcome")
+            .body(json::<wire::FinishJob>())
+            .no_content(),
+
+        // Notifications.
+        ("GET", "/api/v1/notifications") => Operation::new("notifications", "The caller's inbox, newest first")
+            .query("unread", Boolean, "only unread (true) or read (false)")
+            .query("archived", Boolean, "the archive instead of the inbox")
+            .query("before", Integer(1), "the page before this notification id")
+            .query("limit", Range(1, 200), "at most this many")
+            .ok(json::<wire::NotificationList>()),
+        ("POST", "/api/v1/notifications/{id}/read") => Operation::new("notifications", "Mark a notification read")
+            .ok(json::<wire::NotificationDto>()),
+        ("POST", "/api/v1/notifications/read-all") => Operation::new("notifications", "Mark the whole inbox read")
+            .ok(json::<wire::MarkedRead>()),
+        ("POST", "/api/v1/notifications/{id}/archive") => Operation::new("notifications", "Archive a notification")
+            .ok(json::<wire::NotificationDto>()),
+        ("GET", "/api/v1/notifications/stats") => Operation::new("notifications", "Unread counts, in total and by kind")
+            .ok(json::<wire::NotificationStats>()),
+        ("GET", "/api/v1/notifications/mutes") => Operation::new("notifications", "The caller's mutes")
+            .ok(json::<wire::MuteList>()),
+        ("POST", "/api/v1/notifications/mutes") => Operation::new("notifications", "Mute a project, a kind, or both")
+            .body(json::<wire::MuteTarget>())
+            .created(json::<wire::MuteDto>()),
+        ("DELETE", "/api/v1/notifications/mutes") => Operation::new("notifications", "Unmute (target as a JSON body or as query parameters)")
+            .query("project", Text, "the muted project")
+            .query("kind", Text, "the muted kind")
+            .optional_body(json::<wire::MuteTarget>())
+            .ok(json::<wire::MuteRemoved>()),
+
+        // Webhooks.
+        ("POST", "/api/v1/projects/{slug}/webhooks") => Operation::new("webhooks", "Create a webhook endpoint (its secret shown once)")
+            .body(json::<wire::CreateWebhook>())
+            .created(json::<wire::WebhookWithSecret>()),
+        ("GET", "/api/v1/projects/{slug}/webhooks") => Operation::new("webhooks", "The project's webhook endpoints")
+            .ok(json::<wire::WebhookList>()),
+        ("GET", "/api/v1/projects/{slug}/webhooks/{id}") => Operation::new("webhooks", "One endpoint")
+            .ok(json::<wire::WebhookDto>()),
+        ("PATCH", "/api/v1/projects/{slug}/webhooks/{id}") => Operation::new("webhooks", "Change an endpoint (only the fields given)")
+            .body(json::<wire::UpdateWebhook>())
+            .ok(json::<wire::WebhookDto>()),
+        ("DELETE", "/api/v1/projects/{slug}/webhooks/{id}") => Operation::new("webhooks", "Delete an endpoint")
+            .no_content(),
+        ("POST", "/api/v1/projects/{slug}/webhooks/{id}/rotate-secret") => Operation::new("webhooks", "Give an endpoint a new secret (shown once)")
+            .ok(json::<wire::WebhookWithSecret>()),
+        ("POST", "/api/v1/projects/{slug}/webhooks/{id}/test") => Operation::new("webhooks", "Queue a test delivery")
+            .answer(202, "Queued", json::<wire::WebhookTestQueued>()),
+        ("GET", "/api/v1/projects/{slug}/webhooks/{id}/deliveries") => Operation::new("webhooks", "An endpoint's deliveries, newest first")
+            .query("limit", Range(1, 500), "at most this many")
+            .ok(json::<wire::WebhookDeliveryList>()),
+        ("POST", "/api/v1/projects/{slug}/webhooks/{id}/deliveries/{delivery}/redeliver") => Operation::new("webhooks", "Send a delivery again")
+            .answer(202, "Queued", json::<wire::WebhookDeliveryDto>()),
+        ("GET", "/api/v1/webhooks/status") => project_query(Operation::new("webhooks", "Delivery status of the endpoints the caller may read"), "only this project's")
+            .ok(json::<wire::WebhookStatusDto>()),
+        _ => return None,
+    };
+    Some(operation)
+}
+
+/// An OpenAPI path template of a route's axum path: `{*path}` becomes `{path}`.
+pub(crate) fn openapi_path(path: &str) -> String {
+    path.replace("{*", "{")
+}
+
+/// The names of a path's parameters, in order.
+fn path_parameters(path: &str) -> Vec<&str> {
+    path.split('{')
+        .skip(1)
+        .filter_map(|rest| rest.split('}').next())
+        .collect()
+}
+
+/// The document's `security` of a route: who may call it, as OpenAPI security schemes.
+fn security(access: Access) -> Value {
+    match access {
+        Access::Public => json!([]),
+        Access::Scrape => json!([{}, {"scrapeToken": []}]),
+        Access::ProjectIngest => json!([{"bearerToken": []}, {"buildToken": []}]),
+        Access::Agent => json!([{"bearerToken": []}]),
+        Access::InstanceAdmin
+        | Access::ProjectRead
+        | Access::ProjectWrite
+        | Access::ProjectAdmin
+        | Access::User
+        | Access::Page
+        | Access::PageInstanceAdmin => json!([{"bearerToken": []}, {"sessionCookie": []}]),
+    }
+}
+
+/// Error statuses a route of its kind may answer, besides its own (`Operation::errors`).
+fn common_errors(method: &str, path: &str, access: Access, operation: &Operation) -> Vec<u16> {
+    let mut statuses = vec![400];
+    if !matches!(access, Access::Public) {
+        statuses.extend([401, 403]);
+    }
+    let has_path_parameters = path.contains('{');
+    let has_query = operation.params.iter().any(|param| param.place == "query");
+    if has_path_parameters || has_query || !matches!(access, Access::Public) {
+        statuses.push(404);
+    }
+    if method != "GET" {
+        statuses.extend([409, 422]);
+    }
+    if operation.request.is_some() {
+        statuses.push(413);
+    }
+    if !matches!(path, "/healthz" | "/api/v1/openapi.json") {
+        statuses.push(503);
+    }
+    statuses.extend(operation.errors.iter().copied());
+    statuses.sort_unstable();
+    statuses.dedup();
+    statuses
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad request: a malformed body, field, query or URL (the field is named)",
+        401 => "No credential, or one that is unknown, revoked or expired",
+        403 => "The credential may not do this",
+        404 => "No such thing, or the caller may not see it",
+        409 => "Conflicts with the current state",
+        413 => "The body is too large",
+        422 => "Well-formed, but names something that cannot be used",
+        416 => "The Range starts past the end of the file",
+        429 => "Too many attempts or streams; wait (Retry-After)",
+        503 => "The database is unavailable or busy; retry (Retry-After)",
+        _ => "Error",
+    }
+}
+
+/// The two schema generators: request bodies as the server reads them, answers as it
+/// writes them (an `Option` field without a default is required in an answer, where it
+/// is `null` when empty).
+struct Generators {
+    requests: SchemaGenerator,
+    answers: SchemaGenerator,
+}
+
+fn settings() -> SchemaSettings {
+    SchemaSettings::draft2020_12().with(|settings| {
+        settings.definitions_path = "/components/schemas".into();
+        settings.meta_schema = None;
+    })
+}
+
+fn content(media_type: &str, schema: Value) -> Value {
+    json!({ media_type: { "schema": schema } })
+}
+
+fn body_content(body: Body, generator: &mut SchemaGenerator) -> Option<Value> {
+    match body {
+        Body::Json(schema) => Some(content("application/json", schema(generator).to_value())),
+        Body::OneOrMany(schema) => {
+            let one = schema(generator).to_value();
+            Some(content(
+                "application/json",
+                json!({"oneOf": [one.clone(), {"type": "array", "items": one, "minItems": 1}]}),
+            ))
+        }
+        Body::Raw(media_type) => Some(content(media_type, json!({}))),
+        Body::EventStream => Some(content("text/event-stream", json!({"type": "string"}))),
+        Body::Empty => None,
+    }
+}
+
+fn parameter_schema(schema: ParamType) -> Value {
+    match schema {
+        ParamType::Text | ParamType::Instant => json!({"type": "string"}),
+        ParamType::Integer(minimum) => json!({"type": "integer", "minimum": minimum}),
+        ParamType::Range(minimum, maximum) => {
+            json!({"type": "integer", "minimum": minimum, "maximum": maximum})
+        }
+        ParamType::Boolean => json!({"type": "boolean"}),
+    }
+}
+
+fn operation_object(
+    method: &str,
+    path: &str,
+    access: Access,
+    operation: &Operation,
+    generators: &mut Generators,
+) -> Value {
+    let mut parameters: Vec<Value> = path_parameters(path)
+        .into_iter()
+        .map(|name| {
+            let name = name.trim_start_matches('*');
+            json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
+        })
+        .collect();
+    parameters.extend(operation.params.iter().map(|param| {
+        json!({
+            "name": param.name,
+            "in": param.place,
+            "required": param.required,
+            "description": param.description,
+            "schema": parameter_schema(param.schema),
+        })
+    }));
+    let mut responses = Map::new();
+    for (status, description, body) in &operation.answers {
+        let mut response = json!({ "description": description });
+        if let Some(content) = body_content(*body, &mut generators.answers) {
+            response["content"] = content;
+        }
+        responses.insert(status.to_string(), response);
+    }
+    for status in common_errors(method, path, access, operation) {
+        responses.insert(
+            status.to_string(),
+            json!({
+                "description": reason(status),
+                "content": content("application/json", json!({"$ref": "#/components/schemas/Error"})),
+            }),
+        );
+    }
+    let mut object = json!({
+        "operationId": operation_id(method, path),
+        "summary": operation.summary,
+        "tags": [operation.tag],
+        "description": format!("Access: {}.", access.as_str()),
+        "x-kiln-access": access.as_str(),
+        "security": security(access),
+        "responses": responses,
+    });
+    if !parameters.is_empty() {
+        object["parameters"] = Value::Array(parameters);
+    }
+    if let Some((body, required)) = operation.request
+        && let Some(content) = body_content(body, &mut generators.requests)
+    {
+        object["requestBody"] = json!({"required": required, "content": content});
+    }
+    object
+}
+
+/// `GET /api/v1/builds/{run_id}` → `get_api_v1_builds_run_id`.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_ascii_lowercase();
+    for character in path.chars() {
+        if character.is_ascii_alphanumeric() {
+            id.push(character);
+        } else if !id.ends_with('_') {
+            id.push('_');
+        }
+    }
+    id.trim_end_matches('_').to_owned()
+}
+
+/// The whole document. A route without a description is left out (and fails
+/// `tests/openapi.rs`).
+fn build() -> Value {
+    let mut generators = Generators {
+        requests: settings().for_deserialize().into_generator(),
+        answers: settings().for_serialize().into_generator(),
+    };
+    // The one error shape, for every 4xx and 5xx answer.
+    generators.answers.subschema_for::<wire::ErrorBody>();
+    let mut paths = Map::new();
+    for (method, path, access, _) in super::route_list() {
+        let Some(operation) = describe(method, &openapi_path(path)) else {
+            continue;
+        };
+        let item = paths.entry(openapi_path(path)).or_insert_with(|| json!({}));
+        item[method.to_ascii_lowercase()] = operation_object(
+            method,
+            &openapi_path(path),
+            access,
+            &operation,
+            &mut generators,
+        );
+    }
+    let schemas = merged_schemas(
+        generators.answers.take_definitions(true),
+        generators.requests.take_definitions(true),
+        &mut paths,
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Kiln",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Kiln's HTTP API. Errors answer {\"error\":{\"code\",\"message\",\"field\"}} (the Error schema). docs/api.md describes each route in words.",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A Kiln token (`kiln_…`): an instance admin's, a user's personal token, a project token or an agent token.",
+                },
+                "sessionCookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": crate::auth::SESSION_COOKIE,
+                    "description": "The dashboard session (POST /api/v1/session). Unsafe methods must also send the session's CSRF token as X-CSRF-Token.",
+                },
+                "buildToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-OM-BUILD-TOKEN",
+                    "description": "A project token in the seed's header.",
+                },
+                "scrapeToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The --metrics-token; without one set, loopback clients need none.",
+                },
+            },
+        },
+    })
+}
+
+/// The answers' and the requests' schemas in one `components/schemas`. A type whose two
+/// schemas differ (an `Option` field required in answers, optional in requests) keeps its
+/// name for answers and is `…Request` for requests, its references in request bodies
+/// rewritten.
+fn merged_schemas(
+    answers: Map<String, Value>,
+    requests: Map<String, Value>,
+    paths: &mut Map<String, Value>,
+) -> Map<String, Value> {
+    let mut schemas = answers;
+    let renamed: Vec<String> = requests
+        .iter()
+        .filter(|(name, schema)| schemas.get(*name).is_some_and(|other| other != *schema))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let rename = |value: &mut Value| rename_references(value, &renamed);
+    for (name, mut schema) in requests {
+        rename(&mut schema);
+        let name = if renamed.contains(&name) {
+            format!("{name}Request")
+        } else {
+            name
+        };
+        schemas.insert(name, schema);
+    }
+    for item in paths.values_mut() {
+        if let Some(operations) = item.as_object_mut() {
+            for operation in operations.values_mut() {
+                if let Some(body) = operation.get_mut("requestBody") {
+                    rename(body);
+                }
+            }
+        }
+    }
+    // The error body is `Error` in the document (one name for every error answer).
+    if let Some(error) = schemas.remove("ErrorBody") {
+        schemas.insert("Error".into(), error);
+    }
+    schemas
+}
+
+fn rename_references(value: &mut Value, renamed: &[String]) {
+    match value {
+        Value::Object(object) => {
+            for (key, member) in object.iter_mut() {
+                if key == "$ref"
+                    && let Value::String(reference) = member
+                    && let Some(name) = reference.strip_prefix("#/components/schemas/")
+                    && renamed.iter().any(|renamed| renamed == name)
+                {
+                    *reference = format!("{reference}Request");
+                } else {
+                    rename_references(member, renamed);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                rename_references(item, renamed);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_of_the_api_is_described() {
+        let missing: Vec<String> = super::super::route_list()
+            .into_iter()
+            .filter(|(method, path, _, _)| describe(method, &openapi_path(path)).is_none())
+            .map(|(method, path, _, _)| format!("{method} {path}"))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "routes without a description: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn the_error_schema_is_the_error_body() {
+        let document = build();
+        let error = &document["components"]["schemas"]["Error"];
+        assert_eq!(error["required"], json!(["error"]), "{error}");
+        assert!(document["components"]["schemas"].get("ErrorBody").is_none());
+    }
+}

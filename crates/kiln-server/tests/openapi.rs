@@ -1,0 +1,180 @@
+//! `GET /api/v1/openapi.json` against the route table: every JSON route is in the
+//! document with the access it really requires, the document names no route the table
+//! lacks, and every error answer refers to the one `Error` schema. (Its validity against
+//! the OpenAPI 3.1 schema and the server's conformance to it are `.ci/schemathesis.sh`'s.)
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::TestApp;
+use kiln_store::Engine;
+use serde_json::Value;
+
+/// The routes outside `/api/` that the document covers; every other route outside
+/// `/api/` is the dashboard's (pages, forms, assets, the public status page and badges),
+/// which the document leaves out.
+const OPERATIONAL_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// An axum path as an OpenAPI path template: the catch-all `{*path}` is `{path}`.
+fn template(path: &str) -> String {
+    path.replace("{*", "{")
+}
+
+async fn document(app: &TestApp) -> Value {
+    let response = app
+        .http
+        .get(format!("{}/api/v1/openapi.json", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    response.json().await.unwrap()
+}
+
+fn documented_operations(document: &Value) -> BTreeSet<(String, String)> {
+    let mut operations = BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            operations.insert((method.to_ascii_uppercase(), path.clone()));
+        }
+    }
+    operations
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_holds_every_json_route_and_no_other() {
+    let app = TestApp::spawn(Engine::Sqlite).await;
+    let document = document(&app).await;
+    assert_eq!(document["openapi"], "3.1.0");
+    let table = kiln_server::route_table();
+    let covered: BTreeSet<(String, String)> = table
+        .iter()
+        .filter(|route| route.path.starts_with("/api/") || OPERATIONAL_ROUTES.contains(&route.path))
+        .map(|route| (route.method.to_owned(), template(route.path)))
+        .collect();
+    let documented = documented_operations(&document);
+    let missing: Vec<_> = covered.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "routes missing from the document: {missing:?}"
+    );
+    let unknown: Vec<_> = documented.difference(&covered).collect();
+    assert!(
+        unknown.is_empty(),
+        "the document names routes the table lacks: {unknown:?}"
+    );
+    // What the document leaves out is the dashboard, never the API.
+    let left_out: Vec<_> = table
+        .iter()
+        .filter(|route| !covered.contains(&(route.method.to_owned(), template(route.path))))
+        .collect();
+    assert!(
+        left_out
+            .iter()
+            .all(|route| !route.path.starts_with("/api") && !route.path.starts_with("/metrics")),
+        "{left_out:?}"
+    );
+    assert!(left_out.iter().any(|route| route.path == "/status/{slug}"));
+    // Each operation says who may call it, as the table does.
+    for route in &table {
+        let Some(operation) = document["paths"]
+            .get(template(route.path))
+            .and_then(|item| item.get(route.method.to_ascii_lowercase()))
+        else {
+            continue;
+        };
+        assert_eq!(
+            operation["x-kiln-access"], route.access,
+            "{} {}",
+            route.method, route.path
+        );
+        let security = operation["security"].as_array().unwrap();
+        assert_eq!(
+            security.is_empty(),
+            route.access == "public",
+            "{} {}: {security:?}",
+            route.method,
+            route.path
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_answer_is_the_error_schema_and_every_reference_resolves() {
+    let app = TestApp::spawn(Engine::Sqlite).await;
+    let document = document(&app).await;
+    let schemas = document["components"]["schemas"].as_object().unwrap();
+    // `Error` is error.rs's body: {"error": {"code", "message", "field"?}}.
+    let error = &schemas["Error"];
+    assert_eq!(error["required"], serde_json::json!(["error"]), "{error}");
+    let detail_reference = error["properties"]["error"]["$ref"].as_str().unwrap();
+    let detail = &schemas[detail_reference.rsplit('/').next().unwrap()];
+    let required: BTreeSet<&str> = detail["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
+    assert_eq!(required, BTreeSet::from(["code", "message"]));
+    assert!(detail["properties"].get("field").is_some());
+
+    let mut error_answers = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            assert!(
+                responses.keys().any(|status| status.starts_with('2')),
+                "{method} {path} documents no success"
+            );
+            assert!(
+                responses.contains_key("400"),
+                "{method} {path}: every route may refuse a bad URL"
+            );
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/Error",
+                        "{method} {path} {status}"
+                    );
+                    error_answers += 1;
+                }
+            }
+        }
+    }
+    assert!(error_answers > 300, "{error_answers}");
+
+    // Every reference names a schema of the document.
+    let mut references = Vec::new();
+    collect_references(&document, &mut references);
+    for reference in references {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("a reference outside the schemas: {reference}"));
+        assert!(schemas.contains_key(name), "{reference} does not resolve");
+    }
+    app.stop().await;
+}
+
+fn collect_references(value: &Value, references: &mut Vec<String>) {
+    match value {
+        Value::Object(object) => {
+            for (key, member) in object {
+                match (key.as_str(), member) {
+                    ("$ref", Value::String(reference)) => references.push(reference.clone()),
+                    _ => collect_references(member, references),
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|item| collect_references(item, references)),
+        _ => {}
+    }
+}
