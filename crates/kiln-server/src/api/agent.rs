@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -165,7 +166,8 @@ pub(crate) async fn append_log(
     Extension(caller): Extension<Caller>,
     Path(job_id): Path<i64>,
     uri: Uri,
-    body: Bytes,
+    // At most a chunk; a larger one is 413 with the error body.
+    super::body::RawBody(body): super::body::RawBody<MAX_LOG_CHUNK_BYTES>,
 ) -> Result<Json<LogAck>, ApiError> {
     let params = QueryParams::from_uri(uri.query());
     let required = |key: &str| -> Result<i64, ApiError> {
@@ -178,11 +180,6 @@ pub(crate) async fn append_log(
         required("attempt")?,
         required("offset")?,
     );
-    if body.len() > MAX_LOG_CHUNK_BYTES {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "a log chunk is at most {MAX_LOG_CHUNK_BYTES} bytes; send smaller chunks"
-        )));
-    }
     own_agent(&state, &caller, agent_id).await?;
     let job = state.scheduler.held_job(job_id, agent_id, attempt).await?;
     let size = state.scheduler.append_log(&job, offset, &body).await?;

@@ -19,6 +19,7 @@ pub(crate) mod members;
 mod metrics;
 pub(crate) mod notifications;
 mod openapi;
+mod path;
 pub(crate) mod projects;
 mod public_status;
 mod reported_log;

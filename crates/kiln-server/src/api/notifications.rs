@@ -1,8 +1,9 @@
 //! A user's notifications: the inbox (unread, archived, paging), mark read, archive,
 //! stats and mutes. Every route acts on the caller's own user only.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use kiln_protocol::{
@@ -221,7 +222,8 @@ pub(crate) async fn remove_mute(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     uri: Uri,
-    body: Bytes,
+    // At most MAX_BODY_BYTES; a larger body is 413 with the error body.
+    super::body::RawBody(body): super::body::RawBody<{ kiln_core::limits::MAX_BODY_BYTES }>,
 ) -> Result<Json<MuteRemoved>, ApiError> {
     let user_id = user_of(&caller)?;
     let target: MuteTarget = if body.is_empty() {

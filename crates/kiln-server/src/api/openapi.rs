@@ -662,7 +662,20 @@ fn body_content(body: Body, generator: &mut SchemaGenerator) -> Option<Value> {
             ))
         }
         Body::Raw(media_type) => Some(content(media_type, json!({}))),
-        Body::EventStream => Some(content("text/event-stream", json!({"type": "string"}))),
+        // OpenAPI 3.1 reads the schema of an event stream as that of each event.
+        Body::EventStream => Some(content(
+            "text/event-stream",
+            json!({
+                "type": "object",
+                "description": "One server-sent event: `event` names it (a build event's type, `log`, `end`, `shutdown`, …), `data` is its JSON or log text, `id` the cursor to resume from.",
+                "properties": {
+                    "event": {"type": "string"},
+                    "data": {"type": "string"},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer", "minimum": 0},
+                },
+            }),
+        )),
         Body::Empty => None,
     }
 }

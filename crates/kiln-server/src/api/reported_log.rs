@@ -2,8 +2,9 @@
 //! by byte offset to a reported job of its build, so the build page, `GET …/jobs/{step}/log`
 //! and the live tail show it like the log of a step Kiln ran.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::Uri;
 use axum::{Extension, Json};
 use kiln_core::limits::MAX_LOG_CHUNK_BYTES;
@@ -27,7 +28,8 @@ pub(crate) async fn append(
     Extension(caller): Extension<Caller>,
     Path(run_id): Path<String>,
     uri: Uri,
-    body: Bytes,
+    // At most a chunk; a larger one is 413 with the error body.
+    super::body::RawBody(body): super::body::RawBody<MAX_LOG_CHUNK_BYTES>,
 ) -> Result<Json<ReportedLogAck>, ApiError> {
     let params = QueryParams::from_uri(uri.query());
     let offset = params.integer("offset", 0, i64::MAX)?.ok_or_else(|| {
@@ -50,11 +52,6 @@ pub(crate) async fn append(
         })
         .transpose()?;
     let exit_code = params.integer("exitCode", 0, 255)?;
-    if body.len() > MAX_LOG_CHUNK_BYTES {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "a log chunk is at most {MAX_LOG_CHUNK_BYTES} bytes; send smaller chunks"
-        )));
-    }
     let build = ingest_build(&state, &caller, &run_id, "write build logs").await?;
     let job = state.scheduler.reported_job(&build, step.as_str()).await?;
     if job.state.is_terminal() && !body.is_empty() && job.log_size <= offset {

@@ -1,7 +1,9 @@
 //! A project's outbound webhook endpoints, their delivery logs, redelivery, test events
 //! and the delivery status (`crate::webhooks` sends them).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use kiln_protocol::{
