@@ -152,6 +152,37 @@ async fn every_error_answer_is_the_error_schema_and_every_reference_resolves() {
     }
     assert!(error_answers > 300, "{error_answers}");
 
+    // Every link names an operation of the document and parameters it takes.
+    let mut operations = std::collections::BTreeMap::new();
+    for item in document["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            operations.insert(operation["operationId"].as_str().unwrap(), operation);
+        }
+    }
+    let mut links = 0;
+    for operation in operations.values() {
+        for response in operation["responses"].as_object().unwrap().values() {
+            for link in response["links"]
+                .as_object()
+                .into_iter()
+                .flat_map(|l| l.values())
+            {
+                let target = operations[link["operationId"].as_str().unwrap()];
+                let taken: BTreeSet<&str> = target["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|parameter| parameter["name"].as_str().unwrap())
+                    .collect();
+                for name in link["parameters"].as_object().unwrap().keys() {
+                    assert!(taken.contains(name.as_str()), "{link}: {name}");
+                }
+                links += 1;
+            }
+        }
+    }
+    assert!(links >= 20, "{links}");
+
     // Every reference names a schema of the document.
     let mut references = Vec::new();
     collect_references(&document, &mut references);

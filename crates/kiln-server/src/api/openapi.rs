@@ -88,6 +88,16 @@ struct Operation {
     answers: Vec<(u16, &'static str, Body)>,
     params: Vec<Param>,
     errors: Vec<u16>,
+    links: Vec<Link>,
+}
+
+/// An OpenAPI link: what an answer names that another route takes (schemathesis's
+/// stateful phase follows them: create, then read, change, delete what was created).
+struct Link {
+    status: u16,
+    method: &'static str,
+    path: &'static str,
+    parameters: &'static [(&'static str, &'static str)],
 }
 
 impl Operation {
@@ -99,6 +109,7 @@ impl Operation {
             answers: Vec::new(),
             params: Vec::new(),
             errors: Vec::new(),
+            links: Vec::new(),
         }
     }
 
@@ -167,6 +178,25 @@ impl Operation {
         self
     }
 
+    /// The answer with `status` names what `method path` takes: each parameter with the
+    /// runtime expression that finds it (`$response.body#/id`, `$request.path.slug`).
+    fn link(
+        mut self,
+        status: u16,
+        targets: &[(&'static str, &'static str)],
+        parameters: &'static [(&'static str, &'static str)],
+    ) -> Self {
+        for (method, path) in targets {
+            self.links.push(Link {
+                status,
+                method,
+                path,
+                parameters,
+            });
+        }
+        self
+    }
+
     /// `?agentId=&attempt=` of the agent's job routes.
     fn held_job(self) -> Self {
         self.required_query("agentId", ParamType::Integer(0), "the agent's id")
@@ -231,7 +261,12 @@ fn describe(method: &str, path: &str) -> Option<Operation> {
             .ok(json::<wire::SecretList>()),
         ("PUT", "/api/v1/projects/{slug}/secrets/{name}") => Operation::new("secrets", "Write a secret (encrypted at rest, never shown again)")
             .body(json::<wire::SetSecret>())
-            .ok(json::<wire::SecretDto>()),
+            .ok(json::<wire::SecretDto>())
+            .link(
+                200,
+                &[("DELETE", "/api/v1/projects/{slug}/secrets/{name}")],
+                &[("slug", "$request.path.slug"), ("name", "$response.body#/name")],
+            ),
         ("DELETE", "/api/v1/projects/{slug}/secrets/{name}") => Operation::new("secrets", "Delete a secret")
             .no_content(),
 
@@ -251,14 +286,24 @@ fn describe(method: &str, path: &str) -> Option<Operation> {
             .no_content(),
         ("POST", "/api/v1/me/tokens") => Operation::new("accounts", "Create a personal API token (shown once)")
             .body(json::<wire::CreateNamedToken>())
-            .created(json::<wire::CreatedToken>()),
+            .created(json::<wire::CreatedToken>())
+            .link(201, &[("DELETE", "/api/v1/me/tokens/{id}")], &[("id", "$response.body#/id")]),
         ("GET", "/api/v1/me/tokens") => Operation::new("accounts", "The caller's personal tokens")
             .ok(json::<wire::TokenList>()),
         ("DELETE", "/api/v1/me/tokens/{id}") => Operation::new("accounts", "Revoke a personal token")
             .ok(json::<wire::TokenDto>()),
         ("POST", "/api/v1/users") => Operation::new("accounts", "Create a user")
             .body(json::<wire::CreateUser>())
-            .created(json::<wire::UserAnswer>()),
+            .created(json::<wire::UserAnswer>())
+            .link(
+                201,
+                &[
+                    ("POST", "/api/v1/users/{user}/disable"),
+                    ("POST", "/api/v1/users/{user}/enable"),
+                    ("POST", "/api/v1/users/{user}/password"),
+                ],
+                &[("user", "$response.body#/user/id")],
+            ),
         ("GET", "/api/v1/users") => Operation::new("accounts", "Every user")
             .ok(json::<wire::UserList>()),
         ("POST", "/api/v1/users/{user}/disable") => Operation::new("accounts", "Deactivate a user (sessions and tokens stop working)")
@@ -283,14 +328,28 @@ fn describe(method: &str, path: &str) -> Option<Operation> {
         // Projects and their tokens.
         ("POST", "/api/v1/projects") => Operation::new("projects", "Create a project")
             .body(json::<wire::CreateProject>())
-            .created(json::<wire::ProjectDto>()),
+            .created(json::<wire::ProjectDto>())
+            .link(
+                201,
+                &[
+                    ("GET", "/api/v1/projects/{slug}"),
+                    ("POST", "/api/v1/projects/{slug}/tokens"),
+                    ("PUT", "/api/v1/projects/{slug}/repo"),
+                ],
+                &[("slug", "$response.body#/slug")],
+            ),
         ("GET", "/api/v1/projects") => Operation::new("projects", "The projects the caller may read")
             .ok(json::<wire::ProjectList>()),
         ("GET", "/api/v1/projects/{slug}") => Operation::new("projects", "One project")
             .ok(json::<wire::ProjectDto>()),
         ("POST", "/api/v1/projects/{slug}/tokens") => Operation::new("projects", "Create a project token (shown once)")
             .body(json::<wire::CreateToken>())
-            .created(json::<wire::CreatedToken>()),
+            .created(json::<wire::CreatedToken>())
+            .link(
+                201,
+                &[("DELETE", "/api/v1/projects/{slug}/tokens/{id}")],
+                &[("slug", "$request.path.slug"), ("id", "$response.body#/id")],
+            ),
         ("GET", "/api/v1/projects/{slug}/tokens") => Operation::new("projects", "The project's tokens")
             .ok(json::<wire::TokenList>()),
         ("DELETE", "/api/v1/projects/{slug}/tokens/{id}") => Operation::new("projects", "Revoke a project token")
@@ -334,7 +393,16 @@ fn describe(method: &str, path: &str) -> Option<Operation> {
         ("POST", "/api/v1/events") => Operation::new("events", "Ingest one event or a batch (one transaction)")
             .body(Body::OneOrMany(schema_of::<wire::EventPayload>))
             .answer(200, "Every event was ignored (heartbeats after the end)", json::<wire::IngestResponse>())
-            .created(json::<wire::IngestResponse>()),
+            .created(json::<wire::IngestResponse>())
+            .link(
+                201,
+                &[
+                    ("GET", "/api/v1/builds/{run_id}"),
+                    ("GET", "/api/v1/builds/{run_id}/events"),
+                    ("GET", "/api/v1/builds/{run_id}/status"),
+                ],
+                &[("run_id", "$response.body#/events/0/runId")],
+            ),
         ("POST", "/api/internal/build-events") => Operation::new("events", "The seed's ingest route (same as POST /api/v1/events)")
             .body(Body::OneOrMany(schema_of::<wire::EventPayload>))
             .answer(200, "Every event was ignored (heartbeats after the end)", json::<wire::IngestResponse>())
@@ -381,7 +449,12 @@ fn describe(method: &str, path: &str) -> Option<Operation> {
         // Artifacts, retention, comparison, reports.
         ("POST", "/api/v1/builds/{run_id}/artifacts") => Operation::new("artifacts", "Start or resume an artifact upload")
             .body(json::<wire::StartArtifactUpload>())
-            .ok(json::<wire::ArtifactUpload>()),
+            .ok(json::<wire::ArtifactUpload>())
+            .link(
+                200,
+                &[("PUT", "/api/v1/builds/{run_id}/artifacts/uploads/{upload_id}")],
+                &[("run_id", "$request.path.run_id"), ("upload_id", "$response.body#/uploadId")],
+            ),
         ("PUT", "/api/v1/builds/{run_id}/artifacts/uploads/{upload_id}") => Operation::new("artifacts", "Send an upload's bytes from an offset")
             .required_query("offset", Integer(0), "the bytes the server holds")
             .body(Body::Raw("application/octet-stream"))
@@ -432,7 +505,12 @@ fn describe(method: &str, path: &str) -> Option<Operation> {
             .ok(json::<wire::BranchList>()),
         ("POST", "/api/v1/projects/{slug}/branches") => Operation::new("runs", "Add or change a built branch")
             .body(json::<wire::SetBranch>())
-            .ok(json::<wire::BranchDto>()),
+            .ok(json::<wire::BranchDto>())
+            .link(
+                200,
+                &[("DELETE", "/api/v1/projects/{slug}/branches/{name}")],
+                &[("slug", "$request.path.slug"), ("name", "$response.body#/name")],
+            ),
         ("DELETE", "/api/v1/projects/{slug}/branches/{name}") => Operation::new("runs", "Stop building a branch")
             .no_content(),
         ("POST", "/api/v1/projects/{slug}/builds") => Operation::new("runs", "Trigger a build (the default branch's tip when the body is empty)")
@@ -459,7 +537,8 @@ fn describe(method: &str, path: &str) -> Option<Operation> {
             .ok(json::<wire::AgentList>()),
         ("POST", "/api/v1/agent-tokens") => Operation::new("fleet", "Create an agent token (shown once)")
             .body(json::<wire::CreateNamedToken>())
-            .created(json::<wire::CreatedToken>()),
+            .created(json::<wire::CreatedToken>())
+            .link(201, &[("DELETE", "/api/v1/agent-tokens/{id}")], &[("id", "$response.body#/id")]),
         ("GET", "/api/v1/agent-tokens") => Operation::new("fleet", "Agent tokens")
             .ok(json::<wire::TokenList>()),
         ("DELETE", "/api/v1/agent-tokens/{id}") => Operation::new("fleet", "Revoke an agent token")
@@ -524,7 +603,12 @@ fn describe(method: &str, path: &str) -> Option<Operation> {
             .ok(json::<wire::MuteList>()),
         ("POST", "/api/v1/notifications/mutes") => Operation::new("notifications", "Mute a project, a kind, or both")
             .body(json::<wire::MuteTarget>())
-            .created(json::<wire::MuteDto>()),
+            .created(json::<wire::MuteDto>())
+            .link(
+                201,
+                &[("DELETE", "/api/v1/notifications/mutes")],
+                &[("project", "$response.body#/project"), ("kind", "$response.body#/kind")],
+            ),
         ("DELETE", "/api/v1/notifications/mutes") => Operation::new("notifications", "Unmute (target as a JSON body or as query parameters)")
             .query("project", Text, "the muted project")
             .query("kind", Text, "the muted kind")
@@ -534,7 +618,19 @@ fn describe(method: &str, path: &str) -> Option<Operation> {
         // Webhooks.
         ("POST", "/api/v1/projects/{slug}/webhooks") => Operation::new("webhooks", "Create a webhook endpoint (its secret shown once)")
             .body(json::<wire::CreateWebhook>())
-            .created(json::<wire::WebhookWithSecret>()),
+            .created(json::<wire::WebhookWithSecret>())
+            .link(
+                201,
+                &[
+                    ("GET", "/api/v1/projects/{slug}/webhooks/{id}"),
+                    ("PATCH", "/api/v1/projects/{slug}/webhooks/{id}"),
+                    ("DELETE", "/api/v1/projects/{slug}/webhooks/{id}"),
+                    ("POST", "/api/v1/projects/{slug}/webhooks/{id}/rotate-secret"),
+                    ("POST", "/api/v1/projects/{slug}/webhooks/{id}/test"),
+                    ("GET", "/api/v1/projects/{slug}/webhooks/{id}/deliveries"),
+                ],
+                &[("slug", "$request.path.slug"), ("id", "$response.body#/id")],
+            ),
         ("GET", "/api/v1/projects/{slug}/webhooks") => Operation::new("webhooks", "The project's webhook endpoints")
             .ok(json::<wire::WebhookList>()),
         ("GET", "/api/v1/projects/{slug}/webhooks/{id}") => Operation::new("webhooks", "One endpoint")
@@ -547,7 +643,19 @@ fn describe(method: &str, path: &str) -> Option<Operation> {
         ("POST", "/api/v1/projects/{slug}/webhooks/{id}/rotate-secret") => Operation::new("webhooks", "Give an endpoint a new secret (shown once)")
             .ok(json::<wire::WebhookWithSecret>()),
         ("POST", "/api/v1/projects/{slug}/webhooks/{id}/test") => Operation::new("webhooks", "Queue a test delivery")
-            .answer(202, "Queued", json::<wire::WebhookTestQueued>()),
+            .answer(202, "Queued", json::<wire::WebhookTestQueued>())
+            .link(
+                202,
+                &[(
+                    "POST",
+                    "/api/v1/projects/{slug}/webhooks/{id}/deliveries/{delivery}/redeliver",
+                )],
+                &[
+                    ("slug", "$request.path.slug"),
+                    ("id", "$request.path.id"),
+                    ("delivery", "$response.body#/deliveryId"),
+                ],
+            ),
         ("GET", "/api/v1/projects/{slug}/webhooks/{id}/deliveries") => Operation::new("webhooks", "An endpoint's deliveries, newest first")
             .query("limit", Range(1, 500), "at most this many")
             .ok(json::<wire::WebhookDeliveryList>()),
@@ -719,6 +827,26 @@ fn operation_object(
         let mut response = json!({ "description": description });
         if let Some(content) = body_content(*body, &mut generators.answers) {
             response["content"] = content;
+        }
+        let links: Map<String, Value> = operation
+            .links
+            .iter()
+            .filter(|link| link.status == *status)
+            .map(|link| {
+                let target = operation_id(link.method, link.path);
+                let parameters: Map<String, Value> = link
+                    .parameters
+                    .iter()
+                    .map(|(name, expression)| ((*name).to_owned(), json!(expression)))
+                    .collect();
+                (
+                    target.clone(),
+                    json!({"operationId": target, "parameters": parameters}),
+                )
+            })
+            .collect();
+        if !links.is_empty() {
+            response["links"] = Value::Object(links);
         }
         responses.insert(status.to_string(), response);
     }
