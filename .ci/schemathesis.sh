@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 
-venv="${KILN_SCHEMATHESIS_VENV:-$PWD/target/schemathesis-venv}"
+venv=$(realpath -m "${KILN_SCHEMATHESIS_VENV:-target/schemathesis-venv}")
 bin="${KILN_BIN:-$PWD/target/debug/kiln}"
 examples="${KILN_SCHEMATHESIS_EXAMPLES:-8}"
 seed="${KILN_SCHEMATHESIS_SEED:-1}"
@@ -119,6 +119,10 @@ cat >"$config" <<EOF
 max-stream-events = 3
 request-timeout = 10
 
+# Each run starts from nothing: no crashes remembered from an earlier run.
+[cache]
+enabled = false
+
 [parameters]
 "path.slug" = "demo"
 "path.run_id" = "$run_id"
@@ -138,12 +142,14 @@ run_as() {
   shift
   echo "== schemathesis as $caller"
   local status=0
-  "$venv/bin/schemathesis" --config-file "$config" run "$out/openapi.json" --url "$url" \
+  # From the output directory: schemathesis and hypothesis keep their caches in the
+  # working directory.
+  (cd "$out" && "$venv/bin/schemathesis" --config-file "$config" run "$out/openapi.json" --url "$url" \
     --checks "$checks" --max-examples "$examples" --seed "$seed" --workers 1 \
     --phases examples,coverage,fuzzing,stateful \
     --suppress-health-check all --no-shrink --generation-database none \
     --report ndjson --report-ndjson-path "$out/$caller.ndjson" \
-    "$@" || status=$?
+    "$@") || status=$?
   [ "$status" -eq 0 ] || failed=1
 }
 
