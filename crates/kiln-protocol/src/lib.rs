@@ -35,6 +35,9 @@ pub struct ErrorDetail {
 
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreateProject {
+    /// Lowercase letters, digits and `-`, starting with a letter or digit (kiln-core's
+    /// `ProjectSlug`).
+    #[schemars(pattern(r"^[a-z0-9][a-z0-9-]{0,63}$"))]
     pub slug: String,
     pub name: String,
 }

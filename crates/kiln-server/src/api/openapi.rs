@@ -788,6 +788,20 @@ fn body_content(body: Body, generator: &mut SchemaGenerator) -> Option<Value> {
     }
 }
 
+/// What a path parameter may be, as the handlers read it: ids are numbers (anything else
+/// is 400 `invalid_field`, `api/path.rs`), a project's slug and a secret's name follow
+/// kiln-core's rules; the rest (run ids, user ids or emails, step names) are text.
+fn path_parameter_schema(path: &str, name: &str) -> Value {
+    match name {
+        "id" | "delivery" => json!({"type": "integer", "format": "int64"}),
+        "slug" => json!({"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,63}$"}),
+        "name" if path.contains("/secrets/") => {
+            json!({"type": "string", "pattern": "^[A-Z_][A-Z0-9_]{0,127}$"})
+        }
+        _ => json!({"type": "string"}),
+    }
+}
+
 fn parameter_schema(schema: ParamType) -> Value {
     match schema {
         ParamType::Text | ParamType::Instant => json!({"type": "string"}),
@@ -810,7 +824,7 @@ fn operation_object(
         .into_iter()
         .map(|name| {
             let name = name.trim_start_matches('*');
-            json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
+            json!({"name": name, "in": "path", "required": true, "schema": path_parameter_schema(path, name)})
         })
         .collect();
     parameters.extend(operation.params.iter().map(|param| {
