@@ -25,7 +25,7 @@ use crate::services::projects::readable_project;
 use crate::wire::job_dto;
 
 /// Most bytes one log page returns.
-const MAX_LOG_PAGE: i64 = 1024 * 1024;
+pub(super) const MAX_LOG_PAGE: i64 = 1024 * 1024;
 /// A live tail also looks for chunks stored by other replicas this often.
 const TAIL_POLL: Duration = Duration::from_millis(500);
 

@@ -22,7 +22,7 @@ use crate::services::notifications::{not_found, notification_id};
 use crate::wire::{mute_dto, notification_dto};
 
 const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 200;
+pub(super) const MAX_LIMIT: i64 = 200;
 
 /// The caller's user; project, agent and admin tokens have none.
 fn user_of(caller: &Caller) -> Result<i64, ApiError> {

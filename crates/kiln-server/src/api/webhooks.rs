@@ -29,7 +29,7 @@ use crate::services::webhooks::{
 use crate::wire::webhook_dto;
 
 /// The most deliveries one request of the delivery log may ask for.
-const MAX_LOG_LIMIT: i64 = 1000;
+pub(super) const MAX_LOG_LIMIT: i64 = 1000;
 
 fn object(body: &Value) -> Result<(), ApiError> {
     if body.is_object() {
