@@ -457,8 +457,10 @@ pub struct AgentRegistered {
 #[serde(rename_all = "camelCase")]
 pub struct ClaimRequest {
     pub agent_id: i64,
-    /// Seconds to wait for a job (long poll), at most 30.
+    /// Seconds to wait for a job (long poll), at most 30 (kiln-core's
+    /// `MAX_CLAIM_WAIT_SECS`); 30 when absent.
     #[serde(default)]
+    #[schemars(range(max = 30))]
     pub wait_secs: Option<u64>,
 }
 
