@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Nearest-rank percentiles of a sample; `null` when it is empty.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QuantilesDto {
     pub count: u64,
@@ -15,7 +15,7 @@ pub struct QuantilesDto {
 }
 
 /// One UTC day of the range (every day is listed, empty ones too).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalyticsDay {
     /// `YYYY-MM-DD`.
@@ -29,7 +29,7 @@ pub struct AnalyticsDay {
     pub duration: QuantilesDto,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageAnalytics {
     pub name: String,
@@ -43,7 +43,7 @@ pub struct StageAnalytics {
 
 /// Time to recovery: a failed build's end to the end of the next successful build of
 /// the same branch.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoveryDto {
     pub incidents: u64,
@@ -51,13 +51,13 @@ pub struct RecoveryDto {
     pub median_ms: Option<i64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct FailingStage {
     pub name: String,
     pub failures: u64,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct HourCount {
     /// 0 to 23, UTC.
     pub hour: u32,
@@ -65,7 +65,7 @@ pub struct HourCount {
 }
 
 /// `GET /api/v1/projects/{slug}/analytics?from=&to=&branch=&pipeline=`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectAnalytics {
     pub project: String,
@@ -100,7 +100,7 @@ pub struct ProjectAnalytics {
 }
 
 /// A custom metric over the range (values as reported, in the emitter's unit).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricTrendDto {
     pub name: String,
@@ -116,7 +116,7 @@ pub struct MetricTrendDto {
 }
 
 /// An expected duration with its 80% interval.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PredictionDto {
     pub expected_ms: i64,
@@ -126,14 +126,14 @@ pub struct PredictionDto {
     pub samples: usize,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct StagePrediction {
     pub name: String,
     pub prediction: PredictionDto,
 }
 
 /// Replay of the history: each past build predicted from the builds before it.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PredictionAccuracy {
     /// Median absolute percentage error (0.1 is 10%).
@@ -142,7 +142,7 @@ pub struct PredictionAccuracy {
 }
 
 /// `GET /api/v1/projects/{slug}/prediction?branch=&pipeline=&at=`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelinePrediction {
     pub project: String,

@@ -8,7 +8,7 @@ use crate::ArtifactFile;
 
 /// `PUT /api/v1/projects/{slug}/artifact-retention`: both parts optional; neither keeps
 /// everything.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetArtifactRetention {
     /// Keep the artifacts of the newest N ended builds of each branch.
@@ -20,7 +20,7 @@ pub struct SetArtifactRetention {
 }
 
 /// A project's retention rule.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactRetention {
     pub project: String,
@@ -31,7 +31,7 @@ pub struct ArtifactRetention {
 }
 
 /// A build whose artifacts a retention run deletes (or would delete).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionBuild {
     pub run_id: String,
@@ -43,7 +43,7 @@ pub struct RetentionBuild {
 }
 
 /// `POST /api/v1/projects/{slug}/artifact-retention/run[?dryRun=true]`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionRun {
     pub project: String,
@@ -63,7 +63,7 @@ pub struct RetentionRun {
 }
 
 /// `POST|DELETE /api/v1/builds/{runId}/pin`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildPin {
     pub run_id: String,
@@ -73,7 +73,7 @@ pub struct BuildPin {
 }
 
 /// One side of a compared file.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ComparedSide {
     pub size: u64,
@@ -81,7 +81,7 @@ pub struct ComparedSide {
 }
 
 /// One path of a comparison.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ComparedArtifact {
     pub path: String,
@@ -92,7 +92,7 @@ pub struct ComparedArtifact {
 }
 
 /// `GET /api/v1/compare?a=RUN&b=RUN`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactComparison {
     pub a: String,
@@ -108,7 +108,7 @@ pub struct ArtifactComparison {
 }
 
 /// `POST /api/v1/builds/{runId}/rebuild-verify` and `GET …/verification`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RebuildVerification {
     pub run_id: String,
@@ -123,7 +123,7 @@ pub struct RebuildVerification {
 }
 
 /// How a build started.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportTrigger {
     /// `api`, `poll`, `retry`, `verify`, `push` … for builds Kiln ran; `reported` for a
@@ -136,7 +136,7 @@ pub struct ReportTrigger {
 }
 
 /// A stage of a report.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportStage {
     pub name: String,
@@ -148,7 +148,7 @@ pub struct ReportStage {
 }
 
 /// A failed job with the end of its log.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportFailure {
     pub step: String,
@@ -159,7 +159,7 @@ pub struct ReportFailure {
 }
 
 /// A report's test summary.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportTests {
     pub total: u64,
@@ -172,7 +172,7 @@ pub struct ReportTests {
 }
 
 /// `GET /api/v1/builds/{runId}/report.json`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildReport {
     pub project: String,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// `POST …/artifacts`: the file about to be sent. An upload with the same build, path,
 /// size and SHA-256 resumes where the last one stopped.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StartArtifactUpload {
     /// Relative, `/`-separated; no `..`, `.`, empty segment, NUL or backslash.
@@ -24,7 +24,7 @@ pub struct StartArtifactUpload {
 
 /// Where an upload stands: send the bytes from `offset` with `PUT …/uploads/{uploadId}`
 /// until `complete`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactUpload {
     pub upload_id: String,
@@ -38,7 +38,7 @@ pub struct ArtifactUpload {
 }
 
 /// One file of a build's manifest.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactFile {
     pub path: String,
@@ -55,7 +55,7 @@ pub struct ArtifactFile {
 }
 
 /// `GET …/builds/{runId}/artifacts`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactManifest {
     pub run_id: String,
@@ -65,7 +65,7 @@ pub struct ArtifactManifest {
 }
 
 /// A stored file that is not what its manifest says.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactMismatch {
     pub path: String,
@@ -76,7 +76,7 @@ pub struct ArtifactMismatch {
 }
 
 /// `POST …/builds/{runId}/artifacts/verify`: every stored file re-hashed.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactVerification {
     pub run_id: String,

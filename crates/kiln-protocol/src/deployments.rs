@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::TriggeredBuild;
 
 /// One deployment of a build (or a rollback to one) to an environment.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentDto {
     pub id: i64,
@@ -43,7 +43,7 @@ pub struct DeploymentDto {
 }
 
 /// An environment of a project.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentDto {
     pub name: String,
@@ -56,7 +56,7 @@ pub struct EnvironmentDto {
 }
 
 /// The newest successful build of a branch.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BranchBuildDto {
     pub branch: String,
@@ -67,7 +67,7 @@ pub struct BranchBuildDto {
 }
 
 /// `GET /api/v1/projects/{slug}/environments`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentList {
     pub environments: Vec<EnvironmentDto>,
@@ -76,14 +76,14 @@ pub struct EnvironmentList {
 }
 
 /// `GET /api/v1/projects/{slug}/deployments`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentList {
     pub deployments: Vec<DeploymentDto>,
 }
 
 /// `POST /api/v1/projects/{slug}/environments/{env}/deploy`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeployRequest {
     /// The branch whose tip is built and deployed (default: the project's default branch).
@@ -92,7 +92,7 @@ pub struct DeployRequest {
 }
 
 /// What a deploy started: the build, and its deployment to the environment.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeployStarted {
     pub build: TriggeredBuild,
@@ -100,7 +100,7 @@ pub struct DeployStarted {
 }
 
 /// `POST /api/v1/projects/{slug}/environments/{env}/rollback`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RollbackRequest {
     /// The run id of a build that was deployed to this environment.

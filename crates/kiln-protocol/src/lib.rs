@@ -20,12 +20,12 @@ pub use test_results::*;
 pub use webhooks::*;
 
 /// Every error answer: `{"error":{"code","message","field"}}`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -33,13 +33,16 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreateProject {
+    /// Lowercase letters, digits and `-`, starting with a letter or digit (kiln-core's
+    /// `ProjectSlug`).
+    #[schemars(pattern(r"^[a-z0-9][a-z0-9-]{0,63}$"))]
     pub slug: String,
     pub name: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectDto {
     pub slug: String,
@@ -47,13 +50,13 @@ pub struct ProjectDto {
     pub created_at: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProjectList {
     pub projects: Vec<ProjectDto>,
 }
 
 /// `GET /api/v1/whoami`: the calling credential and the projects it reaches.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WhoAmI {
     /// `admin`, `project` or `user`.
@@ -67,7 +70,7 @@ pub struct WhoAmI {
 }
 
 /// `POST /api/v1/projects/{slug}/tokens`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreateToken {
     pub name: String,
     /// `ingest` and/or `read`; `["ingest"]` when absent or `null`.
@@ -75,7 +78,7 @@ pub struct CreateToken {
     pub scopes: Option<Vec<String>>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenDto {
     pub id: i64,
@@ -92,21 +95,21 @@ pub struct TokenDto {
 }
 
 /// The answer to token creation: the only time the secret is shown.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreatedToken {
     pub token: String,
     #[serde(flatten)]
     pub info: TokenDto,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenList {
     pub tokens: Vec<TokenDto>,
 }
 
 /// One event as a client sends it (the seed's payload plus Kiln's additions). Every
 /// field but `runId` and `event` is optional and omitted when `None`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventPayload {
     pub run_id: String,
@@ -147,12 +150,12 @@ pub struct EventPayload {
 }
 
 /// The answer to an ingest request, one entry per submitted event, in order.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct IngestResponse {
     pub events: Vec<EventAck>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventAck {
     pub run_id: String,
@@ -164,7 +167,7 @@ pub struct EventAck {
     pub seq: Option<i64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageDto {
     pub name: String,
@@ -175,7 +178,7 @@ pub struct StageDto {
     pub message: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildDto {
     pub run_id: String,
@@ -210,14 +213,14 @@ pub struct BuildDto {
 }
 
 /// `GET /api/v1/builds/{runId}/metrics`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildMetrics {
     pub run_id: String,
     pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildList {
     pub builds: Vec<BuildDto>,
@@ -226,7 +229,7 @@ pub struct BuildList {
 }
 
 /// A page of events after a cursor (seed 004's incremental poll).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventPage {
     /// Each event as received plus `id`, `seq` and `receivedAt`.
@@ -237,7 +240,7 @@ pub struct EventPage {
     pub has_more: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildStatusDto {
     pub run_id: String,
@@ -255,7 +258,7 @@ pub struct BuildStatusDto {
 }
 
 /// Seed 000's project status: is something building right now?
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectStatus {
     pub success: bool,
@@ -267,7 +270,7 @@ pub struct ProjectStatus {
 // ---- Builds Kiln runs (docs/api.md, "Running builds").
 
 /// `PUT /api/v1/projects/{slug}/repo`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RepoSettings {
     pub repo: Option<String>,
@@ -285,7 +288,7 @@ pub struct RepoSettings {
 
 /// A project's repository settings as stored (`PUT`/`GET …/repo`): the URL without
 /// its credentials.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RepoDto {
     pub project: ProjectDto,
@@ -295,13 +298,13 @@ pub struct RepoDto {
 }
 
 /// `GET /api/v1/projects/{slug}/branches`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct BranchList {
     pub branches: Vec<BranchDto>,
 }
 
 /// `POST /api/v1/projects/{slug}/branches`: adds a branch or changes one.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SetBranch {
     pub name: String,
@@ -323,7 +326,7 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BranchDto {
     pub name: String,
@@ -333,7 +336,7 @@ pub struct BranchDto {
 }
 
 /// `POST /api/v1/projects/{slug}/builds`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerBuild {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -345,7 +348,7 @@ pub struct TriggerBuild {
 }
 
 /// The answer to a trigger (and to a retry).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggeredBuild {
     pub run_id: String,
@@ -359,7 +362,7 @@ pub struct TriggeredBuild {
     pub jobs: Vec<JobDto>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobDto {
     pub id: i64,
@@ -397,12 +400,12 @@ pub struct JobDto {
     pub recommendation: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct JobList {
     pub jobs: Vec<JobDto>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentDto {
     pub id: i64,
@@ -420,13 +423,13 @@ pub struct AgentDto {
     pub jobs: Vec<JobDto>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentDto>,
 }
 
 /// `POST /api/v1/agent/register`, sent by `kiln agent` at start.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterAgent {
     pub name: String,
@@ -440,7 +443,7 @@ pub struct RegisterAgent {
     pub version: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentRegistered {
     pub agent_id: i64,
@@ -450,17 +453,19 @@ pub struct AgentRegistered {
 }
 
 /// `POST /api/v1/agent/claim`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimRequest {
     pub agent_id: i64,
-    /// Seconds to wait for a job (long poll), at most 30.
+    /// Seconds to wait for a job (long poll), at most 30 (kiln-core's
+    /// `MAX_CLAIM_WAIT_SECS`); 30 when absent.
     #[serde(default)]
+    #[schemars(range(max = 30))]
     pub wait_secs: Option<u64>,
 }
 
 /// A job handed to an agent: everything it needs to run the step.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentJob {
     pub job_id: i64,
@@ -511,7 +516,7 @@ pub struct AgentJob {
 }
 
 /// Secret values by name; `Debug` shows the names only.
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct SecretValues(pub std::collections::BTreeMap<String, String>);
 
@@ -521,7 +526,7 @@ impl std::fmt::Debug for SecretValues {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobCache {
     pub key_files: Vec<String>,
@@ -529,7 +534,7 @@ pub struct JobCache {
 }
 
 /// `POST /api/v1/agent/heartbeat`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentHeartbeat {
     pub agent_id: i64,
@@ -541,7 +546,7 @@ pub struct AgentHeartbeat {
     pub metrics: Option<Value>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatReply {
     /// Jobs to stop: cancelled by a user.
@@ -552,7 +557,7 @@ pub struct HeartbeatReply {
 }
 
 /// `POST /api/v1/agent/jobs/{id}/finish`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FinishJob {
     pub agent_id: i64,
@@ -571,7 +576,7 @@ pub struct FinishJob {
 }
 
 /// The answer to a log chunk.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogAck {
     pub size: i64,
@@ -581,7 +586,7 @@ pub struct LogAck {
 /// The answer to a chunk of a reported log (`POST /api/v1/builds/{runId}/log`, what
 /// `kiln run` sends): the job holding it, the log's size, and whether the build was
 /// cancelled.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportedLogAck {
     pub job_id: i64,
@@ -593,14 +598,14 @@ pub struct ReportedLogAck {
 }
 
 /// `PUT /api/v1/projects/{slug}/secrets/{name}`: the value, written once, never shown.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetSecret {
     pub value: String,
 }
 
 /// A project secret as listed: its name and times, never its value.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretDto {
     pub name: String,
@@ -608,13 +613,13 @@ pub struct SecretDto {
     pub updated_at: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct SecretList {
     pub secrets: Vec<SecretDto>,
 }
 
 /// Credentials for fetching a job's repository, passed to git through its environment.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RepoCredentials {
     pub username: String,
@@ -631,7 +636,7 @@ impl std::fmt::Debug for RepoCredentials {
 }
 
 /// A notification in a user's inbox (`GET /api/v1/notifications`, mark read, archive).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationDto {
     pub id: i64,
@@ -649,7 +654,7 @@ pub struct NotificationDto {
 }
 
 /// A page of the inbox.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationList {
     pub notifications: Vec<NotificationDto>,
@@ -658,14 +663,14 @@ pub struct NotificationList {
 }
 
 /// `POST /api/v1/notifications/read-all`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct MarkedRead {
     pub marked: u64,
 }
 
 /// `GET /api/v1/notifications/stats`: unread in the inbox, in total and by kind (every
 /// kind listed).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationStats {
     pub unread: i64,
@@ -673,7 +678,7 @@ pub struct NotificationStats {
 }
 
 /// A mute: a project, a kind, or both, that notify the user no more.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MuteDto {
     pub id: i64,
@@ -682,14 +687,14 @@ pub struct MuteDto {
     pub created_at: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct MuteList {
     pub mutes: Vec<MuteDto>,
 }
 
 /// `POST` and `DELETE /api/v1/notifications/mutes`: what to mute (or unmute); `null`
 /// is the same as absent.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct MuteTarget {
     /// A project's slug; absent mutes every project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -700,13 +705,13 @@ pub struct MuteTarget {
 }
 
 /// `DELETE /api/v1/notifications/mutes`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct MuteRemoved {
     pub removed: bool,
 }
 
 /// `GET /healthz` (with the storage engine) and `GET /readyz`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct Health {
     /// `ok` (up) or `ready` (the database answers).
     pub status: String,
@@ -716,7 +721,7 @@ pub struct Health {
 }
 
 /// `POST /api/v1/projects/{slug}/builds/{runId}/cancel`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelledBuild {
     pub run_id: String,
@@ -765,7 +770,7 @@ mod tests {
 
 /// `PUT /api/v1/projects/{slug}/public-status`: publishes or withdraws the project's
 /// public status page and badges.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetPublicStatus {
     pub enabled: bool,
@@ -773,7 +778,7 @@ pub struct SetPublicStatus {
 
 /// `GET`/`PUT /api/v1/projects/{slug}/public-status`: whether the project's status is
 /// public, and where (paths on this server).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublicStatusDto {
     pub enabled: bool,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Counts of a build's (or one report's) test cases.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TestSummary {
     pub total: u64,
@@ -17,14 +17,14 @@ pub struct TestSummary {
 }
 
 /// The answer to an upload: what this report added.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TestReportStored {
     pub run_id: String,
     pub stored: TestSummary,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TestCaseDto {
     /// Suite, class and name: the test's identity across builds.
@@ -40,7 +40,7 @@ pub struct TestCaseDto {
 }
 
 /// `GET /api/v1/builds/{runId}/tests`: failures first.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildTests {
     pub run_id: String,
@@ -48,7 +48,7 @@ pub struct BuildTests {
     pub tests: Vec<TestCaseDto>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlakyTestDto {
     pub key: String,
@@ -64,7 +64,7 @@ pub struct FlakyTestDto {
 }
 
 /// `GET /api/v1/projects/{slug}/tests/flaky?days=`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlakyTests {
     pub project: String,
@@ -72,7 +72,7 @@ pub struct FlakyTests {
     pub flaky: Vec<FlakyTestDto>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SlowTestDto {
     pub key: String,
@@ -83,7 +83,7 @@ pub struct SlowTestDto {
 }
 
 /// `GET /api/v1/projects/{slug}/tests/slowest?days=&limit=`: by p95, slowest first.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SlowestTests {
     pub project: String,
@@ -91,7 +91,7 @@ pub struct SlowestTests {
     pub tests: Vec<SlowTestDto>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TestRunDto {
     pub run_id: String,
@@ -103,7 +103,7 @@ pub struct TestRunDto {
 }
 
 /// `GET /api/v1/projects/{slug}/tests/history?key=&days=`: newest first.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TestHistory {
     pub project: String,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// `POST /api/v1/projects/{slug}/webhooks`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct CreateWebhook {
     pub url: String,
     /// Event types or `prefix*` patterns; absent or empty means every event.
@@ -20,7 +20,7 @@ pub struct CreateWebhook {
 
 /// `PATCH /api/v1/projects/{slug}/webhooks/{id}`: only the fields given change;
 /// activating clears the reason it was disabled.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateWebhook {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,7 +38,7 @@ pub struct UpdateWebhook {
 }
 
 /// An endpoint as served: never its secret, only the secret's first characters.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookDto {
     pub id: i64,
@@ -60,7 +60,7 @@ pub struct WebhookDto {
 }
 
 /// The answer to creation and to a secret rotation: the only time the secret is shown.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct WebhookWithSecret {
     /// `whsec_` + base64 of the key.
     pub secret: String,
@@ -68,13 +68,13 @@ pub struct WebhookWithSecret {
     pub webhook: WebhookDto,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct WebhookList {
     pub webhooks: Vec<WebhookDto>,
 }
 
 /// `POST …/webhooks/{id}/test`: the queued `webhook_test` delivery.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookTestQueued {
     pub delivery_id: Option<i64>,
@@ -83,7 +83,7 @@ pub struct WebhookTestQueued {
 }
 
 /// One attempt of a delivery, as logged.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookAttemptDto {
     pub attempt: i64,
@@ -98,7 +98,7 @@ pub struct WebhookAttemptDto {
 }
 
 /// One delivery: an event (or a test) for one endpoint, with its attempts.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookDeliveryDto {
     pub id: i64,
@@ -122,13 +122,13 @@ pub struct WebhookDeliveryDto {
     pub attempt_log: Vec<WebhookAttemptDto>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct WebhookDeliveryList {
     pub deliveries: Vec<WebhookDeliveryDto>,
 }
 
 /// `GET /api/v1/webhooks/status`: totals over the endpoints the caller may read.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookStatusDto {
     pub pending: i64,
@@ -142,7 +142,7 @@ pub struct WebhookStatusDto {
     pub unqueued_events: Option<i64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookEndpointStatusDto {
     pub id: i64,
@@ -162,7 +162,7 @@ pub struct WebhookEndpointStatusDto {
 
 /// `PUT /api/v1/projects/{slug}/hooks/github`: what to paste into GitHub's webhook
 /// settings (the secret is shown only here).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GithubHookSecret {
     pub secret: String,
@@ -173,14 +173,14 @@ pub struct GithubHookSecret {
 }
 
 /// `POST /api/v1/hooks/github/{slug}` answering GitHub's `ping`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct HookPing {
     pub ok: bool,
     pub project: String,
 }
 
 /// An inbound hook event Kiln takes no action on (202), and why.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct HookIgnored {
     pub ignored: String,
 }

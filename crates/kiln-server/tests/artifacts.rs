@@ -226,6 +226,13 @@ async fn uploads_are_checked_stored_once_and_served_with_ranges(engine: Engine) 
         .await
         .unwrap();
     assert_eq!(past.status(), 416);
+    // Like every 4xx, with the error body (the OpenAPI document's Error).
+    assert_eq!(past.headers()["content-range"], "bytes */700000");
+    assert_error(
+        &past.json::<Value>().await.unwrap(),
+        "range_not_satisfiable",
+        Some("Range"),
+    );
     let (status, body) = app
         .raw(
             Method::GET,

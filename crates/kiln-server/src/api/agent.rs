@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -164,6 +166,7 @@ pub(crate) async fn append_log(
     Extension(caller): Extension<Caller>,
     Path(job_id): Path<i64>,
     uri: Uri,
+    // At most a chunk; a larger one is 413 with the error body.
     super::body::RawBody(body): super::body::RawBody<MAX_LOG_CHUNK_BYTES>,
 ) -> Result<Json<LogAck>, ApiError> {
     let params = QueryParams::from_uri(uri.query());

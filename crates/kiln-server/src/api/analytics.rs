@@ -1,6 +1,8 @@
 //! A project's analytics and its builds' predicted durations.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::Uri;
 use axum::{Extension, Json};
 use kiln_protocol::{PipelinePrediction, ProjectAnalytics};

@@ -4,7 +4,9 @@
 //! [`blob_response`] and the service.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -199,10 +201,21 @@ pub(crate) async fn blob_response(
             end - start + 1,
             Some(format!("bytes {start}-{end}/{size}")),
         ),
+        // Like every 4xx, with the error body (docs/api.md, the OpenAPI document).
         Wanted::Unsatisfiable => {
+            let body = kiln_protocol::ErrorBody {
+                error: kiln_protocol::ErrorDetail {
+                    code: "range_not_satisfiable".into(),
+                    message: format!(
+                        "the Range starts past the end of the file ({size} bytes); ask for bytes below {size}"
+                    ),
+                    field: Some("Range".into()),
+                },
+            };
             return Ok((
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+                axum::Json(body),
             )
                 .into_response());
         }

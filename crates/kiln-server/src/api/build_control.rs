@@ -1,7 +1,9 @@
 //! Starting and stopping builds Kiln runs, for users: trigger, retry, cancel (a build's
 //! jobs and their logs are `jobs.rs`; reads of any build, `builds.rs`).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_protocol::{CancelledBuild, TriggerBuild, TriggeredBuild};
@@ -17,6 +19,7 @@ pub(crate) async fn trigger(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(slug): Path<String>,
+    // At most MAX_BODY_BYTES; a larger body is 413 with the error body.
     super::body::RawBody(body): super::body::RawBody<{ kiln_core::limits::MAX_BODY_BYTES }>,
 ) -> Result<(StatusCode, Json<TriggeredBuild>), ApiError> {
     let project = writable_project(&state, &caller, &slug).await?;

@@ -1,7 +1,9 @@
 //! Build reads: lists, one build, its events after a cursor, its status, and seed 000's
 //! project status.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::Uri;
 use axum::{Extension, Json};
 use kiln_core::BuildStatus;

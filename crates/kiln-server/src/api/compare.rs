@@ -1,7 +1,9 @@
 //! Comparing builds' artifacts over HTTP: `GET /api/v1/compare?a=RUN&b=RUN`, and rebuild
 //! to verify (`POST /api/v1/builds/{runId}/rebuild-verify`, `GET …/verification`).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use kiln_protocol::{ArtifactComparison, RebuildVerification};

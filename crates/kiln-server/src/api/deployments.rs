@@ -1,7 +1,9 @@
 //! Deployments over HTTP: a project's environments and deployment history, one
 //! deployment, and deploy, rollback and cancel (developers). The service does the work.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use kiln_protocol::{
@@ -79,6 +81,7 @@ pub(crate) async fn deploy(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((slug, environment)): Path<(String, String)>,
+    // At most MAX_BODY_BYTES; a larger body is 413 with the error body.
     super::body::RawBody(body): super::body::RawBody<{ kiln_core::limits::MAX_BODY_BYTES }>,
 ) -> Result<(StatusCode, Json<DeployStarted>), ApiError> {
     let request: DeployRequest = if body.iter().all(u8::is_ascii_whitespace) {

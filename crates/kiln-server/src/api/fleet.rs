@@ -1,7 +1,9 @@
 //! The fleet, for users and admins: agent tokens, the agents and the queue with why
 //! each job waits.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_core::token::TokenKind;

@@ -2,7 +2,9 @@
 //! authenticated by `X-Hub-Signature-256` with the project's secret, no token), and the
 //! project admin's route that sets that secret.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};

@@ -5,7 +5,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +25,7 @@ use crate::services::projects::readable_project;
 use crate::wire::job_dto;
 
 /// Most bytes one log page returns.
-const MAX_LOG_PAGE: i64 = 1024 * 1024;
+pub(super) const MAX_LOG_PAGE: i64 = 1024 * 1024;
 /// A live tail also looks for chunks stored by other replicas this often.
 const TAIL_POLL: Duration = Duration::from_millis(500);
 

@@ -1,6 +1,8 @@
 //! A project's members and their roles, and the audit log.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use kiln_core::FieldError;

@@ -18,6 +18,8 @@ mod jobs;
 pub(crate) mod members;
 mod metrics;
 pub(crate) mod notifications;
+mod openapi;
+mod path;
 pub(crate) mod projects;
 mod public_status;
 mod reported_log;
@@ -45,6 +47,13 @@ use crate::auth::Access;
 pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
     vec![
         ("GET", "/healthz", Access::Public, get(health::healthz)),
+        // This API as an OpenAPI 3.1 document (api/openapi.rs).
+        (
+            "GET",
+            "/api/v1/openapi.json",
+            Access::Public,
+            get(openapi::document),
+        ),
         // Deployments: environments, history, deploy, rollback.
         (
             "GET",

@@ -1,7 +1,9 @@
 //! A user's notifications: the inbox (unread, archived, paging), mark read, archive,
 //! stats and mutes. Every route acts on the caller's own user only.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use kiln_protocol::{
@@ -20,7 +22,7 @@ use crate::services::notifications::{not_found, notification_id};
 use crate::wire::{mute_dto, notification_dto};
 
 const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 200;
+pub(super) const MAX_LIMIT: i64 = 200;
 
 /// The caller's user; project, agent and admin tokens have none.
 fn user_of(caller: &Caller) -> Result<i64, ApiError> {
@@ -220,6 +222,7 @@ pub(crate) async fn remove_mute(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     uri: Uri,
+    // At most MAX_BODY_BYTES; a larger body is 413 with the error body.
     super::body::RawBody(body): super::body::RawBody<{ kiln_core::limits::MAX_BODY_BYTES }>,
 ) -> Result<Json<MuteRemoved>, ApiError> {
     let user_id = user_of(&caller)?;

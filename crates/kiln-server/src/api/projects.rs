@@ -1,6 +1,8 @@
 //! Projects and their tokens.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_core::ProjectSlug;

@@ -2,7 +2,9 @@
 //! and changed by its admins. The public page and badges themselves are in
 //! `web::public_status`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::{Extension, Json};
 use kiln_protocol::{PublicStatusDto, SetPublicStatus};
 

@@ -2,7 +2,9 @@
 //! by byte offset to a reported job of its build, so the build page, `GET …/jobs/{step}/log`
 //! and the live tail show it like the log of a step Kiln ran.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::Uri;
 use axum::{Extension, Json};
 use kiln_core::limits::MAX_LOG_CHUNK_BYTES;
@@ -26,6 +28,7 @@ pub(crate) async fn append(
     Extension(caller): Extension<Caller>,
     Path(run_id): Path<String>,
     uri: Uri,
+    // At most a chunk; a larger one is 413 with the error body.
     super::body::RawBody(body): super::body::RawBody<MAX_LOG_CHUNK_BYTES>,
 ) -> Result<Json<ReportedLogAck>, ApiError> {
     let params = QueryParams::from_uri(uri.query());

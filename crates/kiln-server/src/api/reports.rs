@@ -1,7 +1,9 @@
 //! Build reports over HTTP: `GET /api/v1/builds/{runId}/report.json` and `report.md`
 //! (the same, as Markdown).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};

@@ -1,6 +1,8 @@
 //! A project's repository and branches (what Kiln builds, and which branches it polls).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_protocol::{BranchDto, BranchList, RepoDto};

@@ -2,7 +2,9 @@
 //! /api/v1/projects/{slug}/artifact-retention`), a run or dry run of it, and pins
 //! (`POST`/`DELETE /api/v1/builds/{runId}/pin`).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::Uri;
 use axum::{Extension, Json};
 use kiln_protocol::{ArtifactRetention, BuildPin, RetentionRun, SetArtifactRetention};

@@ -2,7 +2,9 @@
 //! at rest (`crate::secret_box`), handed to the steps that name them (`scheduler`), every
 //! change audited. Project admins only.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use kiln_core::limits::{MAX_SECRET_VALUE_BYTES, MAX_SECRETS_PER_PROJECT};

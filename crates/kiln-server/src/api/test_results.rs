@@ -1,7 +1,9 @@
 //! Test results: a JUnit report uploaded for a build (ingest tokens), a build's tests,
 //! and a project's flaky tests, slowest tests and one test's history.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use kiln_protocol::{BuildTests, FlakyTests, SlowestTests, TestHistory, TestReportStored};

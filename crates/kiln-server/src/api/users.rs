@@ -5,7 +5,9 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
+
+use super::path::Path;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -275,6 +277,7 @@ pub(crate) async fn reset_user_password(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(user): Path<String>,
+    // At most MAX_BODY_BYTES; a larger body is 413 with the error body.
     super::body::RawBody(body): super::body::RawBody<{ kiln_core::limits::MAX_BODY_BYTES }>,
 ) -> Result<Json<UserAnswer>, ApiError> {
     let user = user_by_path(&state, &user).await?;

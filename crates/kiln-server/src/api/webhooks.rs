@@ -1,7 +1,9 @@
 //! A project's outbound webhook endpoints, their delivery logs, redelivery, test events
 //! and the delivery status (`crate::webhooks` sends them).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::path::Path;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use kiln_protocol::{
@@ -27,7 +29,7 @@ use crate::services::webhooks::{
 use crate::wire::webhook_dto;
 
 /// The most deliveries one request of the delivery log may ask for.
-const MAX_LOG_LIMIT: i64 = 1000;
+pub(super) const MAX_LOG_LIMIT: i64 = 1000;
 
 fn object(body: &Value) -> Result<(), ApiError> {
     if body.is_object() {
