@@ -27,6 +27,7 @@ engine_test!(artifact_files_bytes_counts_and_paths_are_capped);
 engine_test!(secrets_are_capped_in_size_and_number);
 engine_test!(signed_payloads_and_test_reports_are_read_up_to_their_route_limits);
 engine_test!(the_agent_protocol_limits_hold_at_and_past_them);
+engine_test!(repository_trigger_and_body_rules_hold_at_and_past_their_limits);
 
 async fn spawn(engine: Engine, configure: impl FnOnce(&mut kiln_server::ServerConfig)) -> TestApp {
     let database = std::sync::Arc::new(TestDatabase::create(engine).await);
@@ -787,5 +788,158 @@ async fn the_agent_protocol_limits_hold_at_and_past_them(engine: Engine) {
     .await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"]["field"], "metrics", "{answer}");
+    app.stop().await;
+}
+
+/// A JSON request with raw text (so numbers beyond 64 bits reach the server as written).
+async fn raw_json(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, Value) {
+    app.raw(method, path, Some(token), Some(body.as_bytes().to_vec()))
+        .await
+}
+
+/// The repository URL (≤ 2,048 characters), a trigger's branch (≤ 255), commit (40 hex
+/// digits) and priority (1–10), U+0000 anywhere in a body or `%00` in a URL, and integer
+/// literals within 64 bits: each at its limit (not refused for it) and one past it (400
+/// naming the field).
+async fn repository_trigger_and_body_rules_hold_at_and_past_their_limits(engine: Engine) {
+    use common::{assert_error, git};
+    use reqwest::Method;
+    let app = spawn(engine, |_| {}).await;
+    let (_, token) = app.project_client("web", &["ingest", "read"]).await;
+
+    // Repository URL: 2,048 characters is read (then judged by the policy), 2,049 is not.
+    let base = format!("{}/", std::env::temp_dir().display());
+    let at_limit = format!("{base}{}", "r".repeat(2048 - base.len()));
+    let past = format!("{at_limit}r");
+    let (status, body) = raw_json(
+        &app,
+        Method::PUT,
+        "/api/v1/projects/web/repo",
+        ADMIN_TOKEN,
+        &json!({"repo": at_limit}).to_string(),
+    )
+    .await;
+    assert_ne!(
+        body["error"]["code"], "invalid_field",
+        "2,048 characters: {status} {body}"
+    );
+    let (status, body) = raw_json(
+        &app,
+        Method::PUT,
+        "/api/v1/projects/web/repo",
+        ADMIN_TOKEN,
+        &json!({"repo": past}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_error(&body, "invalid_field", Some("repo"));
+
+    // A real repository for the triggers.
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    std::fs::write(
+        repo.path().join(".kiln.yml"),
+        "steps:\n  - name: a\n    run: 'true'\n",
+    )
+    .unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "a"]);
+    let (status, body) = raw_json(
+        &app,
+        Method::PUT,
+        "/api/v1/projects/web/repo",
+        ADMIN_TOKEN,
+        &json!({"repo": repo.path().display().to_string()}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let trigger = |body: Value| {
+        let app = &app;
+        async move {
+            raw_json(
+                app,
+                Method::POST,
+                "/api/v1/projects/web/builds",
+                ADMIN_TOKEN,
+                &body.to_string(),
+            )
+            .await
+        }
+    };
+
+    // Branch: 255 characters is a name (unknown here: 422), 256 is refused.
+    let (status, body) = trigger(json!({"branch": "b".repeat(255)})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_error(&body, "unprocessable", Some("branch"));
+    let (status, body) = trigger(json!({"branch": "b".repeat(256)})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_error(&body, "invalid_field", Some("branch"));
+
+    // Commit: 40 hex digits is a commit (unknown here: 422); 39 and 41 are refused.
+    let (status, body) = trigger(json!({"commit": "0".repeat(40)})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_error(&body, "unprocessable", Some("commit"));
+    for length in [39, 41] {
+        let (status, body) = trigger(json!({"commit": "0".repeat(length)})).await;
+        assert_eq!(status, 400, "{length}: {body}");
+        assert_error(&body, "invalid_field", Some("commit"));
+    }
+
+    // Priority: 1 and 10 queue builds, 0 and 11 are refused.
+    for priority in [1, 10] {
+        let (status, body) = trigger(json!({"priority": priority})).await;
+        assert_eq!(status, 201, "{priority}: {body}");
+    }
+    for priority in [0, 11] {
+        let (status, body) = trigger(json!({"priority": priority})).await;
+        assert_eq!(status, 400, "{priority}: {body}");
+        assert_error(&body, "invalid_field", Some("priority"));
+    }
+
+    // U+0000: U+0001 is stored, U+0000 refused with the field's path; %00 in a URL refused.
+    let (status, body) = raw_json(
+        &app,
+        Method::POST,
+        "/api/v1/events",
+        &token,
+        r#"{"runId": "nul", "eventId": "a", "event": "build_started", "data": {"k": "a\u0001"}}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = raw_json(
+        &app,
+        Method::POST,
+        "/api/v1/events",
+        &token,
+        r#"{"runId": "nul", "eventId": "b", "event": "note", "data": {"k": "a\u0000"}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_error(&body, "invalid_field", Some("data.k"));
+    let (status, body) = app
+        .raw(Method::GET, "/api/v1/builds/nul%00", Some(&token), None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_error(&body, "invalid_url", Some("url"));
+
+    // Integers: 2^64 − 1 and −2^63 are stored; one past either end is refused.
+    for (id, literal) in [
+        ("max", "18446744073709551615"),
+        ("min", "-9223372036854775808"),
+    ] {
+        let (status, body) = raw_json(&app, Method::POST, "/api/v1/events", &token, &format!(r#"{{"runId": "big", "eventId": "{id}", "event": "note", "data": {{"big": {literal}}}}}"#)).await;
+        assert_eq!(status, 201, "{literal}: {body}");
+    }
+    for literal in ["18446744073709551616", "-9223372036854775809"] {
+        let (status, body) = raw_json(&app, Method::POST, "/api/v1/events", &token, &format!(r#"{{"runId": "big", "eventId": "x{literal}", "event": "note", "data": {{"big": {literal}}}}}"#)).await;
+        assert_eq!(status, 400, "{literal}: {body}");
+        assert_error(&body, "invalid_field", Some("data.big"));
+    }
     app.stop().await;
 }

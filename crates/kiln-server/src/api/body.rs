@@ -76,7 +76,8 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     }
     // serde_json reads an integer beyond 64 bits as a float, which would come back as
     // `1.2345678901234568e+29`: refused, naming the field, rather than stored changed.
-    // Only a body with a run of 20 digits can hold one, so others need no walk.
+    // Only a body with a run of 19 digits can hold one (a negative literal below −2^63
+    // has 19), so others need no walk.
     let big_integers = big_integer_literals(bytes);
     if let Some(field) = (!big_integers.is_empty())
         .then(|| field_with_inexact_integer(&value, "", &big_integers))
@@ -94,12 +95,12 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// The values of the integer literals of a JSON text (outside strings) that fit neither
-/// i64 nor u64; serde_json reads those as floats. Only a run of 20 digits can be one,
-/// so ordinary bodies are not tokenized.
+/// i64 nor u64; serde_json reads those as floats. Only a run of 19 digits or more can be
+/// one (−9223372036854775809 has 19), so ordinary bodies are not tokenized.
 fn big_integer_literals(bytes: &[u8]) -> Vec<f64> {
     if !bytes
         .split(|byte| !byte.is_ascii_digit())
-        .any(|digits| digits.len() >= 20)
+        .any(|digits| digits.len() >= 19)
     {
         return Vec::new();
     }
