@@ -337,6 +337,7 @@ class Ingesters:
                      "event": "build_started" if n == 0 else "chaos_tick",
                      "data": {"n": n, "pad": self.payload}}
             delay = 0.02
+            first_try = time.time()
             while True:
                 began = time.time()
                 try:
@@ -360,7 +361,9 @@ class Ingesters:
                     if 400 <= status < 500 and status not in (408, 429):
                         # A refusal is final: this event will never be stored.
                         break
-                if self.stop_flag.is_set() and time.time() - began > 30:
+                # Once told to stop, an event still refused after 10 s of retries is
+                # given up (it was never acknowledged, so nothing is lost).
+                if self.stop_flag.is_set() and time.time() - first_try > 10:
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
@@ -369,10 +372,12 @@ class Ingesters:
                 time.sleep(self.pause)
 
     def finish(self, grace=60):
-        """Stops sending new events; each client finishes the event it is retrying."""
+        """Stops sending new events; each client finishes (or gives up) the event it is
+        retrying, all within `grace` seconds."""
         self.stop_flag.set()
+        deadline = time.time() + grace
         for thread in self.threads:
-            thread.join(grace)
+            thread.join(max(0.0, deadline - time.time()))
 
     def acknowledged(self):
         with self.lock:
@@ -715,7 +720,7 @@ def scenario_disk_full(args, work):
                 recovered = min(later) - freed_at
                 break
             time.sleep(0.05)
-        time.sleep(1)
+        # Stopped at once: at full speed the writers would fill the small disk again.
         load.finish()
         lost, dupes, stored = load.verify(server.url)
         server.stop()
