@@ -11,7 +11,7 @@ use kiln_store::{Engine, engine_test};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use common::fake_agent::{Agent, agent_call};
+use common::fake_agent::{Agent, agent_call, register};
 use common::{ADMIN_TOKEN, TestApp, git};
 
 engine_test!(stale_detection_survives_clock_jumps);
@@ -233,31 +233,7 @@ async fn leases_survive_clock_jumps(engine: Engine) {
         )
         .await;
     assert_eq!(status, 200, "{answer}");
-    let (status, created) = app
-        .raw(
-            Method::POST,
-            "/api/v1/agent-tokens",
-            Some(ADMIN_TOKEN),
-            Some(json!({"name": "a"}).to_string().into_bytes()),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let token = created["token"].as_str().unwrap().to_owned();
-    let (status, registered) = agent_call(
-        &app,
-        &Agent {
-            token: token.clone(),
-            id: 0,
-        },
-        "/api/v1/agent/register",
-        json!({"name": "jumper", "concurrency": 1, "executor": "process"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{registered}");
-    let agent = Agent {
-        token,
-        id: registered["agentId"].as_i64().unwrap(),
-    };
+    let agent = register(&app, "jumper", 1).await;
     let (status, build) = app
         .raw(
             Method::POST,

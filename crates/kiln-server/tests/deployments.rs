@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::fake_agent::{Agent, agent_call, claim, finish, upload};
+use common::fake_agent::{Agent, claim, finish, register, upload};
 use common::{ADMIN_TOKEN, TestApp, assert_error, git};
 use kiln_store::{Engine, engine_test};
 use reqwest::Method;
@@ -136,31 +136,7 @@ async fn a_site_is_deployed_served_and_rolled_back(engine: Engine) {
         )
         .await;
     assert_eq!(status, 200, "{answer}");
-    let (status, created) = app
-        .raw(
-            Method::POST,
-            "/api/v1/agent-tokens",
-            Some(ADMIN_TOKEN),
-            body(json!({"name": "a"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let token = created["token"].as_str().unwrap().to_owned();
-    let (status, registered) = agent_call(
-        &app,
-        &Agent {
-            token: token.clone(),
-            id: 0,
-        },
-        "/api/v1/agent/register",
-        json!({"name": "fake", "concurrency": 4, "executor": "process"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{registered}");
-    let agent = Agent {
-        token,
-        id: registered["agentId"].as_i64().unwrap(),
-    };
+    let agent = register(&app, "fake", 4).await;
 
     // Nothing deployed yet.
     let (status, environments) = app

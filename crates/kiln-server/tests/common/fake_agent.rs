@@ -81,3 +81,30 @@ pub async fn upload(app: &TestApp, agent: &Agent, job: &Value, files: &[(&str, &
         assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     }
 }
+
+/// Creates an agent token (as the instance admin) and registers an agent with it.
+pub async fn register(app: &TestApp, name: &str, concurrency: u32) -> Agent {
+    let (status, created) = app
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/agent-tokens",
+            Some(super::ADMIN_TOKEN),
+            Some(json!({"name": name}).to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().unwrap().to_owned();
+    let unregistered = Agent { token, id: 0 };
+    let (status, registered) = agent_call(
+        app,
+        &unregistered,
+        "/api/v1/agent/register",
+        json!({"name": name, "concurrency": concurrency, "executor": "process"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{registered}");
+    Agent {
+        token: unregistered.token,
+        id: registered["agentId"].as_i64().unwrap(),
+    }
+}
