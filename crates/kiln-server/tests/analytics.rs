@@ -95,7 +95,13 @@ async fn analytics(app: &TestApp, token: &str, query: &str) -> ProjectAnalytics 
 }
 
 async fn analytics_of_a_seeded_history(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
+    // The seeded stages run longer than the default heartbeat timeout (90 s) without a
+    // heartbeat; the reaper, running every 20 ms against the same test clock, would
+    // otherwise mark a build stale between two of its events.
+    let app = TestApp::spawn_with(engine, |config| {
+        config.heartbeat_timeout_secs = 7 * DAY / SECOND;
+    })
+    .await;
     let (web, token) = app.project_client("web", &["ingest", "read"]).await;
     let day0 = app.clock.now().start_of_day().0 + DAY;
     let seed = Seeder {

@@ -51,9 +51,14 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(engine: Engine) -> TestApp {
+        Self::spawn_with(engine, |_| {}).await
+    }
+
+    /// A fresh database and test clock, with settings changed from the tests' defaults.
+    pub async fn spawn_with(engine: Engine, configure: impl FnOnce(&mut ServerConfig)) -> TestApp {
         let database = Arc::new(TestDatabase::create(engine).await);
         let clock = ManualClock::new(Millis(1_800_000_000_000));
-        Self::spawn_on(database, clock).await
+        Self::spawn_configured(database, clock, configure).await
     }
 
     /// Starts a server on an existing database (a restart, or a second replica).
