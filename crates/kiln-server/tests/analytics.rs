@@ -269,6 +269,13 @@ async fn analytics_of_a_seeded_history(engine: Engine) {
         assert_eq!(status, 400, "{answer}");
         assert_error(&answer, "invalid_field", Some(field));
     }
+    // The same answers once the closed days are kept (days 0 and 1 by the first read),
+    // and once every day of the range is (three days later).
+    let range = format!("from={from}&to={to}");
+    assert_eq!(analytics(&app, &token, &range).await, all);
+    seed.at(day0 + 6 * DAY);
+    assert_eq!(analytics(&app, &token, &range).await, all);
+    assert_eq!(analytics(&app, &token, &range).await, all);
     let dev = analytics(&app, &token, &format!("from={from}&to={to}&branch=dev")).await;
     assert_eq!((dev.builds, dev.succeeded), (1, 1));
     assert_eq!(dev.branch.as_deref(), Some("dev"));
