@@ -171,16 +171,13 @@ fn metric_trends(builds: &[&BuildSample], day_starts: &[i64]) -> Vec<MetricTrend
             let mut values: Vec<f64> = points.iter().map(|(_, v)| *v).collect();
             let latest = values[values.len() - 1];
             let p50 = median_of(&mut values);
+            let mut per_day: HashMap<i64, Vec<f64>> = HashMap::new();
+            for (at, value) in &points {
+                per_day.entry(at.start_of_day().0).or_default().push(*value);
+            }
             let days = day_starts
                 .iter()
-                .map(|day| {
-                    let mut values: Vec<f64> = points
-                        .iter()
-                        .filter(|(at, _)| at.start_of_day().0 == *day)
-                        .map(|(_, v)| *v)
-                        .collect();
-                    (!values.is_empty()).then(|| median_of(&mut values))
-                })
+                .map(|day| per_day.get_mut(day).map(|values| median_of(values)))
                 .collect();
             MetricTrend {
                 name: name.to_owned(),

@@ -43,6 +43,15 @@ pub trait AnalyticsStore: Send + Sync {
         filter: &AnalyticsFilter,
         now: Millis,
     ) -> StoreResult<Samples>;
+    /// Keeps the closed days of `[from, now)` of a project that are not validly kept yet
+    /// (the analytics keeper's pass, so a first request finds them); answers how many
+    /// it kept.
+    async fn keep_closed_days(
+        &self,
+        project_id: i64,
+        from: Millis,
+        now: Millis,
+    ) -> StoreResult<usize>;
     /// The newest `limit` builds of a pipeline that ended with a duration (success or
     /// failure, not cancelled), newest first, with their ended stages.
     async fn pipeline_history(

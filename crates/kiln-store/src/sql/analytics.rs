@@ -4,7 +4,7 @@
 //! `analytics_days`), and a pipeline's newest successful builds with their stages.
 
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use kiln_core::analytics::{Samples, StageSample};
 use kiln_core::{BuildStatus, Millis, StageStatus};
@@ -151,6 +151,20 @@ const COUNTER: &str = "SELECT value FROM kiln_counters WHERE name = 'event_id'";
 const KEPT_DAYS: &str = "SELECT day, data FROM analytics_days \
      WHERE project_id = $1 AND day >= $2 AND day < $3 AND data IS NOT NULL AND changed_at <= computed_through";
 
+/// Only which of a project's closed days are validly kept (when keeping, not reading).
+const KEPT_DAY_LIST: &str = "SELECT day FROM analytics_days \
+     WHERE project_id = $1 AND day >= $2 AND day < $3 AND data IS NOT NULL AND changed_at <= computed_through";
+
+/// What a read is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// The samples of the filter.
+    Samples,
+    /// Only keeping the closed days not kept yet: kept days are not decoded, the open
+    /// rest is not read.
+    KeepOnly,
+}
+
 /// Keeps a closed day computed as of `computed_through`, unless a newer one is there.
 const KEEP_DAY: &str = "INSERT INTO analytics_days (project_id, day, data, computed_through) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (project_id, day) DO UPDATE SET data = excluded.data, computed_through = excluded.computed_through \
@@ -158,28 +172,43 @@ const KEEP_DAY: &str = "INSERT INTO analytics_days (project_id, day, data, compu
 
 /// The reads on a read-only rusqlite connection of its own (SQLite), in one read
 /// transaction: the rows of a long range decode several times faster than through sqlx.
-fn sqlite_read(path: &std::path::Path, filter: &AnalyticsFilter, now: Millis) -> StoreResult<Read> {
+fn sqlite_read(
+    path: &std::path::Path,
+    filter: &AnalyticsFilter,
+    now: Millis,
+    purpose: Purpose,
+) -> StoreResult<Read> {
     use rusqlite::{OpenFlags, params_from_iter};
     let connection = rusqlite::Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     connection.busy_timeout(std::time::Duration::from_secs(10))?;
-    let plan = Plan::new(filter, now);
+    let plan = Plan::new(filter, now, purpose == Purpose::KeepOnly);
     // One snapshot for the counter and every read (WAL: a deferred transaction's first
     // read fixes it).
     connection.execute_batch("BEGIN")?;
     let through: i64 = connection.query_row(COUNTER, [], |row| row.get(0))?;
     let mut rows = Vec::new();
+    let mut listed = BTreeMap::new();
     if let Some(closed) = plan.closed {
-        let mut statement = connection.prepare(KEPT_DAYS)?;
-        let mut found =
-            statement.query(rusqlite::params![filter.project_id, closed.from, closed.to])?;
-        while let Some(row) = found.next()? {
-            rows.push((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?));
+        let range = rusqlite::params![filter.project_id, closed.from, closed.to];
+        if purpose == Purpose::KeepOnly {
+            let mut statement = connection.prepare(KEPT_DAY_LIST)?;
+            let mut found = statement.query(range)?;
+            while let Some(row) = found.next()? {
+                listed.insert(row.get::<_, i64>(0)?, Vec::new());
+            }
+        } else {
+            let mut statement = connection.prepare(KEPT_DAYS)?;
+            let mut found = statement.query(range)?;
+            while let Some(row) = found.next()? {
+                rows.push((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?));
+            }
         }
     }
-    let kept = decode_rows(rows);
+    let mut kept = decode_rows(rows);
+    kept.append(&mut listed);
     let read_span =
         |span: Span, filter_by: Option<&AnalyticsFilter>| -> StoreResult<Vec<DayBuild>> {
             let (clause, binds) = span_clause(filter.project_id, span, filter_by);
@@ -245,8 +274,9 @@ async fn postgres_read(
     pool: &sqlx::PgPool,
     filter: &AnalyticsFilter,
     now: Millis,
+    purpose: Purpose,
 ) -> StoreResult<Read> {
-    let plan = Plan::new(filter, now);
+    let plan = Plan::new(filter, now, purpose == Purpose::KeepOnly);
     let mut transaction = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *transaction)
@@ -255,18 +285,26 @@ async fn postgres_read(
         .fetch_one(&mut *transaction)
         .await?;
     let mut rows = Vec::new();
+    let mut listed = BTreeMap::new();
     if let Some(closed) = plan.closed {
-        for row in sqlx::query(KEPT_DAYS)
+        let keep_only = purpose == Purpose::KeepOnly;
+        for row in sqlx::query(if keep_only { KEPT_DAY_LIST } else { KEPT_DAYS })
             .bind(filter.project_id)
             .bind(closed.from)
             .bind(closed.to)
             .fetch_all(&mut *transaction)
             .await?
         {
-            rows.push((row.try_get::<i64, _>(0)?, row.try_get::<Vec<u8>, _>(1)?));
+            let day = row.try_get::<i64, _>(0)?;
+            if keep_only {
+                listed.insert(day, Vec::new());
+            } else {
+                rows.push((day, row.try_get::<Vec<u8>, _>(1)?));
+            }
         }
     }
-    let kept = decode_rows(rows);
+    let mut kept = decode_rows(rows);
+    kept.append(&mut listed);
     let mut spans: Vec<(Span, Option<&AnalyticsFilter>)> = plan
         .missing(&kept)
         .into_iter()
@@ -372,15 +410,17 @@ impl SqlStore {
     }
 }
 
-#[async_trait]
-impl AnalyticsStore for SqlStore {
-    async fn analytics_samples(
+impl SqlStore {
+    /// One read of either purpose on the engine's own connection, then the closed days
+    /// it computed kept.
+    async fn read_range(
         &self,
         filter: &AnalyticsFilter,
         now: Millis,
-    ) -> StoreResult<Samples> {
+        purpose: Purpose,
+    ) -> StoreResult<(Samples, usize)> {
         let read = if let Some(pool) = &self.native_pool {
-            postgres_read(pool, filter, now).await?
+            postgres_read(pool, filter, now, purpose).await?
         } else {
             let Some(path) = self.sqlite_path.clone() else {
                 return Err(crate::StoreError::Unavailable(
@@ -393,10 +433,10 @@ impl AnalyticsStore for SqlStore {
                 // A read-only connection can be refused while SQLite recovers the WAL
                 // index after another connection closed; once more, after a moment, is
                 // enough.
-                sqlite_read(&path, &filter, now).or_else(|error| {
+                sqlite_read(&path, &filter, now, purpose).or_else(|error| {
                     tracing::warn!(%error, "analytics read failed; retrying once");
                     std::thread::sleep(std::time::Duration::from_millis(50));
-                    sqlite_read(&path, &filter, now)
+                    sqlite_read(&path, &filter, now, purpose)
                 })
             })
             .await
@@ -409,8 +449,36 @@ impl AnalyticsStore for SqlStore {
             samples,
             to_keep,
         } = read;
+        let kept = to_keep.len();
         self.keep_days(filter.project_id, through, to_keep).await;
-        Ok(samples)
+        Ok((samples, kept))
+    }
+}
+
+#[async_trait]
+impl AnalyticsStore for SqlStore {
+    async fn analytics_samples(
+        &self,
+        filter: &AnalyticsFilter,
+        now: Millis,
+    ) -> StoreResult<Samples> {
+        Ok(self.read_range(filter, now, Purpose::Samples).await?.0)
+    }
+
+    async fn keep_closed_days(
+        &self,
+        project_id: i64,
+        from: Millis,
+        now: Millis,
+    ) -> StoreResult<usize> {
+        let filter = AnalyticsFilter {
+            project_id,
+            from,
+            to: now,
+            branch: None,
+            command: None,
+        };
+        Ok(self.read_range(&filter, now, Purpose::KeepOnly).await?.1)
     }
 
     async fn pipeline_history(

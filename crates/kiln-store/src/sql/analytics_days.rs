@@ -81,7 +81,17 @@ fn ceil_day(at: i64) -> i64 {
 }
 
 impl Plan {
-    pub(super) fn new(filter: &AnalyticsFilter, now: Millis) -> Plan {
+    /// The plan of a range; `closed_only` leaves the open rest out (when only keeping
+    /// days).
+    pub(super) fn new(filter: &AnalyticsFilter, now: Millis, closed_only: bool) -> Plan {
+        let mut plan = Self::of_range(filter, now);
+        if closed_only {
+            plan.open.clear();
+        }
+        plan
+    }
+
+    fn of_range(filter: &AnalyticsFilter, now: Millis) -> Plan {
         let (from, to) = (filter.from.0, filter.to.0);
         let first = ceil_day(from);
         let end = floor_day(to.min(now.0.saturating_sub(CLOSE_MARGIN_MS)));
@@ -176,21 +186,21 @@ pub(super) fn assemble(
         .collect();
     let mut samples = Samples::default();
     let all = kept
-        .values()
-        .chain(fresh.values())
+        .into_values()
+        .chain(fresh.into_values())
         .flatten()
-        .chain(read_open.iter());
+        .chain(read_open);
     for build in all.filter(|build| build.matches(filter)) {
         samples.builds.push(BuildSample {
             started_at: Millis(build.started_at),
             ended_at: build.ended_at.map(Millis),
             duration_ms: build.duration_ms,
             status: build.status,
-            branch: build.branch.clone(),
-            metrics: build.metrics.clone(),
+            branch: build.branch,
+            metrics: build.metrics,
         });
-        samples.stages.extend(build.stages.iter().cloned());
-        samples.queue_waits_ms.extend(&build.waits);
+        samples.stages.extend(build.stages);
+        samples.queue_waits_ms.extend(build.waits);
     }
     (samples, to_keep)
 }
@@ -515,7 +525,7 @@ mod tests {
     fn only_whole_days_that_closed_an_hour_ago_come_from_rows() {
         let now = Millis(DAY0 + 10 * DAY_MS + 30 * 60_000);
         // 10:00 on day 0 to now: days 1–8 closed (day 9 ended 30 minutes ago).
-        let plan = Plan::new(&filter(DAY0 + 36_000_000, now.0), now);
+        let plan = Plan::new(&filter(DAY0 + 36_000_000, now.0), now, false);
         assert_eq!(
             plan.closed,
             Some(Span {
@@ -537,14 +547,14 @@ mod tests {
             ]
         );
         // Aligned on days and long closed: all of it.
-        let plan = Plan::new(&filter(DAY0, DAY0 + 3 * DAY_MS), now);
+        let plan = Plan::new(&filter(DAY0, DAY0 + 3 * DAY_MS), now, false);
         assert_eq!(plan.open, Vec::new());
         // Today only: nothing closed.
-        let plan = Plan::new(&filter(DAY0 + 10 * DAY_MS, now.0), now);
+        let plan = Plan::new(&filter(DAY0 + 10 * DAY_MS, now.0), now, false);
         assert_eq!(plan.closed, None);
         assert_eq!(plan.open.len(), 1);
         // Missing days come back as runs of consecutive days.
-        let plan = Plan::new(&filter(DAY0, DAY0 + 5 * DAY_MS), now);
+        let plan = Plan::new(&filter(DAY0, DAY0 + 5 * DAY_MS), now, false);
         let kept: BTreeMap<i64, Vec<DayBuild>> =
             [(DAY0 + DAY_MS, Vec::new()), (DAY0 + 2 * DAY_MS, Vec::new())].into();
         assert_eq!(
@@ -565,7 +575,7 @@ mod tests {
     #[test]
     fn days_with_a_running_build_are_not_kept_and_filters_apply_to_kept_days() {
         let now = Millis(DAY0 + 10 * DAY_MS);
-        let plan = Plan::new(&filter(DAY0, DAY0 + 3 * DAY_MS), now);
+        let plan = Plan::new(&filter(DAY0, DAY0 + 3 * DAY_MS), now, false);
         let kept: BTreeMap<i64, Vec<DayBuild>> = [(
             DAY0,
             vec![
