@@ -4,7 +4,7 @@
 //! `analytics_days`), and a pipeline's newest successful builds with their stages.
 
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use kiln_core::analytics::{Samples, StageSample};
 use kiln_core::{BuildStatus, Millis, StageStatus};
@@ -97,9 +97,12 @@ impl SpanBuilds {
             ended_at,
             duration_ms,
             status: build_status(status)?,
-            branch,
-            command,
-            metrics: super::rows::metrics_from_text(metrics)?,
+            branch: branch.map(Into::into),
+            command: command.map(Into::into),
+            metrics: super::rows::metrics_from_text(metrics)?
+                .into_iter()
+                .map(|(name, value)| (name.into(), value))
+                .collect(),
             stages: Vec::new(),
             waits: Vec::new(),
         });
@@ -121,7 +124,7 @@ impl SpanBuilds {
         let status = stage_status(status)?;
         if let Some(build) = self.of(build_id) {
             build.stages.push(StageSample {
-                name,
+                name: name.into(),
                 status,
                 duration_ms,
             });
@@ -190,14 +193,14 @@ fn sqlite_read(
     connection.execute_batch("BEGIN")?;
     let through: i64 = connection.query_row(COUNTER, [], |row| row.get(0))?;
     let mut rows = Vec::new();
-    let mut listed = BTreeMap::new();
+    let mut listed = BTreeSet::new();
     if let Some(closed) = plan.closed {
         let range = rusqlite::params![filter.project_id, closed.from, closed.to];
         if purpose == Purpose::KeepOnly {
             let mut statement = connection.prepare(KEPT_DAY_LIST)?;
             let mut found = statement.query(range)?;
             while let Some(row) = found.next()? {
-                listed.insert(row.get::<_, i64>(0)?, Vec::new());
+                listed.insert(row.get::<_, i64>(0)?);
             }
         } else {
             let mut statement = connection.prepare(KEPT_DAYS)?;
@@ -207,7 +210,8 @@ fn sqlite_read(
             }
         }
     }
-    let mut kept = decode_rows(rows);
+    let mut samples = Samples::default();
+    let mut kept = decode_rows(rows, filter, &mut samples);
     kept.append(&mut listed);
     let read_span =
         |span: Span, filter_by: Option<&AnalyticsFilter>| -> StoreResult<Vec<DayBuild>> {
@@ -260,7 +264,7 @@ fn sqlite_read(
         read_open.extend(read_span(*span, Some(filter))?);
     }
     connection.execute_batch("COMMIT")?;
-    let (samples, to_keep) = assemble(filter, kept, read_closed, read_open, &plan);
+    let to_keep = assemble(filter, &mut samples, &kept, read_closed, read_open, &plan);
     Ok(Read {
         through,
         samples,
@@ -285,7 +289,7 @@ async fn postgres_read(
         .fetch_one(&mut *transaction)
         .await?;
     let mut rows = Vec::new();
-    let mut listed = BTreeMap::new();
+    let mut listed = BTreeSet::new();
     if let Some(closed) = plan.closed {
         let keep_only = purpose == Purpose::KeepOnly;
         for row in sqlx::query(if keep_only { KEPT_DAY_LIST } else { KEPT_DAYS })
@@ -297,13 +301,14 @@ async fn postgres_read(
         {
             let day = row.try_get::<i64, _>(0)?;
             if keep_only {
-                listed.insert(day, Vec::new());
+                listed.insert(day);
             } else {
                 rows.push((day, row.try_get::<Vec<u8>, _>(1)?));
             }
         }
     }
-    let mut kept = decode_rows(rows);
+    let mut samples = Samples::default();
+    let mut kept = decode_rows(rows, filter, &mut samples);
     kept.append(&mut listed);
     let mut spans: Vec<(Span, Option<&AnalyticsFilter>)> = plan
         .missing(&kept)
@@ -355,7 +360,7 @@ async fn postgres_read(
         }
     }
     transaction.commit().await?;
-    let (samples, to_keep) = assemble(filter, kept, read_closed, read_open, &plan);
+    let to_keep = assemble(filter, &mut samples, &kept, read_closed, read_open, &plan);
     Ok(Read {
         through,
         samples,

@@ -13,7 +13,8 @@
 //! the reading snapshot did not see always has an id above `computed_through`: a row
 //! never hides a change, whichever of the two commits first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use kiln_core::analytics::{BuildSample, Samples, StageSample};
 use kiln_core::{BuildStatus, Millis, StageStatus};
@@ -35,9 +36,9 @@ pub(super) struct DayBuild {
     pub(super) ended_at: Option<i64>,
     pub(super) duration_ms: Option<i64>,
     pub(super) status: BuildStatus,
-    pub(super) branch: Option<String>,
-    pub(super) command: Option<String>,
-    pub(super) metrics: BTreeMap<String, f64>,
+    pub(super) branch: Option<Arc<str>>,
+    pub(super) command: Option<Arc<str>>,
+    pub(super) metrics: Vec<(Arc<str>, f64)>,
     pub(super) stages: Vec<StageSample>,
     /// Claimed − queued of its agent jobs that were claimed.
     pub(super) waits: Vec<i64>,
@@ -45,8 +46,9 @@ pub(super) struct DayBuild {
 
 impl DayBuild {
     fn matches(&self, filter: &AnalyticsFilter) -> bool {
-        let wanted = |want: &Option<String>, have: &Option<String>| {
-            want.as_ref().is_none_or(|want| have.as_ref() == Some(want))
+        let wanted = |want: &Option<String>, have: &Option<Arc<str>>| {
+            want.as_ref()
+                .is_none_or(|want| have.as_deref() == Some(want.as_str()))
         };
         self.started_at >= filter.from.0
             && self.started_at < filter.to.0
@@ -118,14 +120,14 @@ impl Plan {
     }
 
     /// The closed days without a usable row, as spans of consecutive days.
-    pub(super) fn missing(&self, kept: &BTreeMap<i64, Vec<DayBuild>>) -> Vec<Span> {
+    pub(super) fn missing(&self, kept: &BTreeSet<i64>) -> Vec<Span> {
         let Some(closed) = self.closed else {
             return Vec::new();
         };
         let mut spans: Vec<Span> = Vec::new();
         let mut day = closed.from;
         while day < closed.to {
-            if !kept.contains_key(&day) {
+            if !kept.contains(&day) {
                 match spans.last_mut() {
                     Some(last) if last.to == day => last.to = day + DAY_MS,
                     _ => spans.push(Span {
@@ -140,33 +142,66 @@ impl Plan {
     }
 }
 
-/// The rows of the closed span that decode; the others count as missing.
-pub(super) fn decode_rows(rows: Vec<(i64, Vec<u8>)>) -> BTreeMap<i64, Vec<DayBuild>> {
-    rows.into_iter()
-        .filter_map(|(day, data)| match decode(day, &data) {
-            Some(builds) => Some((day, builds)),
-            None => {
-                tracing::warn!(
-                    day,
-                    "an analytics_days row did not decode; reading its builds"
-                );
-                None
-            }
-        })
-        .collect()
+/// Decodes the kept rows of the closed span straight into `samples` (the builds the
+/// filter takes), and answers the days that decoded; a row that does not counts as
+/// missing (what it added is taken out again).
+pub(super) fn decode_rows(
+    rows: Vec<(i64, Vec<u8>)>,
+    filter: &AnalyticsFilter,
+    samples: &mut Samples,
+) -> BTreeSet<i64> {
+    let mut decoded = BTreeSet::new();
+    for (day, data) in rows {
+        let lengths = (
+            samples.builds.len(),
+            samples.stages.len(),
+            samples.queue_waits_ms.len(),
+        );
+        if decode_into(day, &data, filter, samples).is_some() {
+            decoded.insert(day);
+        } else {
+            samples.builds.truncate(lengths.0);
+            samples.stages.truncate(lengths.1);
+            samples.queue_waits_ms.truncate(lengths.2);
+            tracing::warn!(
+                day,
+                "an analytics_days row did not decode; reading its builds"
+            );
+        }
+    }
+    decoded
 }
 
-/// The samples of the request, and the closed days read from the builds whose builds
-/// have all ended: rows to keep (day, encoding).
+/// Adds a build read from the builds to `samples` when the filter takes it.
+fn push_sample(samples: &mut Samples, filter: &AnalyticsFilter, build: DayBuild) {
+    if !build.matches(filter) {
+        return;
+    }
+    samples.builds.push(BuildSample {
+        started_at: Millis(build.started_at),
+        ended_at: build.ended_at.map(Millis),
+        duration_ms: build.duration_ms,
+        status: build.status,
+        branch: build.branch,
+        metrics: build.metrics,
+    });
+    samples.stages.extend(build.stages);
+    samples.queue_waits_ms.extend(build.waits);
+}
+
+/// Adds what was read from the builds (closed days without a valid row, and the open
+/// rest) to `samples`, and answers the closed days whose builds have all ended as rows
+/// to keep (day, encoding).
 pub(super) fn assemble(
     filter: &AnalyticsFilter,
-    kept: BTreeMap<i64, Vec<DayBuild>>,
+    samples: &mut Samples,
+    kept: &BTreeSet<i64>,
     read_closed: Vec<DayBuild>,
     read_open: Vec<DayBuild>,
     plan: &Plan,
-) -> (Samples, Vec<(i64, Vec<u8>)>) {
+) -> Vec<(i64, Vec<u8>)> {
     let mut fresh: BTreeMap<i64, Vec<DayBuild>> = BTreeMap::new();
-    for span in plan.missing(&kept) {
+    for span in plan.missing(kept) {
         let mut day = span.from;
         while day < span.to {
             fresh.insert(day, Vec::new());
@@ -184,25 +219,10 @@ pub(super) fn assemble(
         .filter(|(_, builds)| builds.iter().all(|b| b.status.is_terminal()))
         .map(|(day, builds)| (*day, encode(*day, builds)))
         .collect();
-    let mut samples = Samples::default();
-    let all = kept
-        .into_values()
-        .chain(fresh.into_values())
-        .flatten()
-        .chain(read_open);
-    for build in all.filter(|build| build.matches(filter)) {
-        samples.builds.push(BuildSample {
-            started_at: Millis(build.started_at),
-            ended_at: build.ended_at.map(Millis),
-            duration_ms: build.duration_ms,
-            status: build.status,
-            branch: build.branch,
-            metrics: build.metrics,
-        });
-        samples.stages.extend(build.stages);
-        samples.queue_waits_ms.extend(build.waits);
+    for build in fresh.into_values().flatten().chain(read_open) {
+        push_sample(samples, filter, build);
     }
-    (samples, to_keep)
+    to_keep
 }
 
 // The encoding: a version byte, a table of the strings (names, branches, commands,
@@ -342,21 +362,33 @@ impl Reader<'_> {
     }
 }
 
-fn decode(day: i64, data: &[u8]) -> Option<Vec<DayBuild>> {
+/// Decodes one kept day into `samples`, the builds the filter takes; `None` when the
+/// row is not of this encoding or is damaged (what was added is then partial).
+fn decode_into(
+    day: i64,
+    data: &[u8],
+    filter: &AnalyticsFilter,
+    samples: &mut Samples,
+) -> Option<()> {
     let mut reader = Reader { data, at: 0 };
     if reader.byte()? != FORMAT {
         return None;
     }
-    let mut strings = Vec::with_capacity(reader.count()?);
-    for _ in 0..strings.capacity() {
+    let count = reader.count()?;
+    let mut strings: Vec<Arc<str>> = Vec::with_capacity(count);
+    for _ in 0..count {
         let len = reader.count()?;
-        strings.push(std::str::from_utf8(reader.bytes(len)?).ok()?.to_owned());
+        strings.push(Arc::from(std::str::from_utf8(reader.bytes(len)?).ok()?));
     }
-    let string = |reader: &mut Reader| -> Option<&String> {
+    let string = |reader: &mut Reader| -> Option<&Arc<str>> {
         strings.get(usize::try_from(reader.uint()?).ok()?)
     };
+    let wanted = |want: &Option<String>, have: Option<&Arc<str>>| {
+        want.as_ref()
+            .is_none_or(|want| have.map(|have| &**have) == Some(want.as_str()))
+    };
     let count = reader.count()?;
-    let mut builds = Vec::with_capacity(count);
+    samples.builds.reserve(count);
     for _ in 0..count {
         let flags = reader.byte()?;
         let started_at = day.checked_add(reader.int()?)?;
@@ -372,55 +404,63 @@ fn decode(day: i64, data: &[u8]) -> Option<Vec<DayBuild>> {
         };
         let status = BuildStatus::from_name(string(&mut reader)?)?;
         let branch = if flags & 4 != 0 {
-            Some(string(&mut reader)?.clone())
+            Some(string(&mut reader)?)
         } else {
             None
         };
         let command = if flags & 8 != 0 {
-            Some(string(&mut reader)?.clone())
+            Some(string(&mut reader)?)
         } else {
             None
         };
-        let mut metrics = BTreeMap::new();
-        for _ in 0..reader.count()? {
-            let name = string(&mut reader)?.clone();
+        let take = started_at >= filter.from.0
+            && started_at < filter.to.0
+            && wanted(&filter.branch, branch)
+            && wanted(&filter.command, command);
+        let branch = branch.cloned();
+        let metric_count = reader.count()?;
+        let mut metrics = Vec::with_capacity(if take { metric_count } else { 0 });
+        for _ in 0..metric_count {
+            let name = string(&mut reader)?;
             let bits: [u8; 8] = reader.bytes(8)?.try_into().ok()?;
-            metrics.insert(name, f64::from_bits(u64::from_le_bytes(bits)));
+            if take {
+                metrics.push((name.clone(), f64::from_bits(u64::from_le_bytes(bits))));
+            }
         }
-        let stage_count = reader.count()?;
-        let mut stages = Vec::with_capacity(stage_count);
-        for _ in 0..stage_count {
-            let name = string(&mut reader)?.clone();
+        for _ in 0..reader.count()? {
+            let name = string(&mut reader)?;
             let status = StageStatus::from_name(string(&mut reader)?)?;
             let duration_ms = if reader.byte()? != 0 {
                 Some(reader.int()?)
             } else {
                 None
             };
-            stages.push(StageSample {
-                name,
-                status,
+            if take {
+                samples.stages.push(StageSample {
+                    name: name.clone(),
+                    status,
+                    duration_ms,
+                });
+            }
+        }
+        for _ in 0..reader.count()? {
+            let wait = reader.int()?;
+            if take {
+                samples.queue_waits_ms.push(wait);
+            }
+        }
+        if take {
+            samples.builds.push(BuildSample {
+                started_at: Millis(started_at),
+                ended_at: ended_at.map(Millis),
                 duration_ms,
+                status,
+                branch,
+                metrics,
             });
         }
-        let wait_count = reader.count()?;
-        let mut waits = Vec::with_capacity(wait_count);
-        for _ in 0..wait_count {
-            waits.push(reader.int()?);
-        }
-        builds.push(DayBuild {
-            started_at,
-            ended_at,
-            duration_ms,
-            status,
-            branch,
-            command,
-            metrics,
-            stages,
-            waits,
-        });
     }
-    (reader.at == data.len()).then_some(builds)
+    (reader.at == data.len()).then_some(())
 }
 
 /// The days of ended builds that a write changed: `(project, day, event id)` for the
@@ -454,7 +494,7 @@ mod tests {
             status,
             branch: branch.map(Into::into),
             command: Some("make test".into()),
-            metrics: BTreeMap::from([("bundle_kb".to_owned(), 412.5)]),
+            metrics: vec![("bundle_kb".into(), 412.5)],
             stages: vec![
                 StageSample {
                     name: "build".into(),
@@ -469,6 +509,27 @@ mod tests {
             ],
             waits: vec![0, 1_250],
         }
+    }
+
+    /// What decoding `data` gives, with no filter but the day.
+    fn decode(day: i64, data: &[u8]) -> Option<Samples> {
+        let mut samples = Samples::default();
+        decode_into(day, data, &filter(day, day + DAY_MS), &mut samples)?;
+        Some(samples)
+    }
+
+    /// The samples of builds as read from the builds.
+    fn samples_of(day: i64, builds: Vec<DayBuild>) -> Samples {
+        let mut samples = Samples::default();
+        for build in builds {
+            push_sample(&mut samples, &filter(day, day + DAY_MS), build);
+        }
+        samples
+    }
+
+    fn same(a: Option<Samples>, b: Option<Samples>) {
+        let parts = |s: Option<Samples>| s.map(|s| (s.builds, s.stages, s.queue_waits_ms));
+        assert_eq!(parts(a), parts(b));
     }
 
     fn filter(from: i64, to: i64) -> AnalyticsFilter {
@@ -488,37 +549,52 @@ mod tests {
             build(DAY0 + DAY_MS - 1, BuildStatus::Failed, None),
             DayBuild {
                 command: None,
-                metrics: BTreeMap::new(),
+                metrics: Vec::new(),
                 stages: Vec::new(),
                 waits: Vec::new(),
                 ..build(DAY0 + 7, BuildStatus::Cancelled, Some("dev"))
             },
         ];
         let data = encode(DAY0, &builds);
-        assert_eq!(decode(DAY0, &data), Some(builds));
-        assert_eq!(decode(DAY0, &encode(DAY0, &[])), Some(Vec::new()));
+        same(decode(DAY0, &data), Some(samples_of(DAY0, builds)));
+        same(decode(DAY0, &encode(DAY0, &[])), Some(Samples::default()));
     }
 
     #[test]
     fn a_damaged_row_reads_as_missing() {
         let data = encode(DAY0, &[build(DAY0, BuildStatus::Success, Some("main"))]);
         for cut in 0..data.len() {
-            assert_eq!(decode(DAY0, &data[..cut]), None, "cut at {cut}");
+            assert!(decode(DAY0, &data[..cut]).is_none(), "cut at {cut}");
         }
         let mut other_version = data.clone();
         other_version[0] = 2;
-        assert_eq!(decode(DAY0, &other_version), None);
+        assert!(decode(DAY0, &other_version).is_none());
         let mut longer = data;
         longer.push(0);
-        assert_eq!(decode(DAY0, &longer), None);
-        let rows = vec![
-            (DAY0, vec![FORMAT, 0xff]),
-            (DAY0 + DAY_MS, encode(DAY0, &[])),
-        ];
-        assert_eq!(
-            decode_rows(rows).keys().copied().collect::<Vec<_>>(),
-            vec![DAY0 + DAY_MS]
+        assert!(decode(DAY0, &longer).is_none());
+        // A damaged day adds nothing; the good day beside it is read.
+        let good = encode(
+            DAY0 + DAY_MS,
+            &[build(DAY0 + DAY_MS + 1, BuildStatus::Success, None)],
         );
+        let mut damaged = encode(
+            DAY0,
+            &[
+                build(DAY0 + 1, BuildStatus::Success, None),
+                build(DAY0 + 2, BuildStatus::Success, None),
+            ],
+        );
+        damaged.truncate(damaged.len() - 3);
+        let mut samples = Samples::default();
+        let decoded = decode_rows(
+            vec![(DAY0, damaged), (DAY0 + DAY_MS, good)],
+            &filter(DAY0, DAY0 + 2 * DAY_MS),
+            &mut samples,
+        );
+        assert_eq!(decoded.into_iter().collect::<Vec<_>>(), vec![DAY0 + DAY_MS]);
+        assert_eq!(samples.builds.len(), 1);
+        assert_eq!(samples.stages.len(), 2);
+        assert_eq!(samples.queue_waits_ms.len(), 2);
     }
 
     #[test]
@@ -555,8 +631,7 @@ mod tests {
         assert_eq!(plan.open.len(), 1);
         // Missing days come back as runs of consecutive days.
         let plan = Plan::new(&filter(DAY0, DAY0 + 5 * DAY_MS), now, false);
-        let kept: BTreeMap<i64, Vec<DayBuild>> =
-            [(DAY0 + DAY_MS, Vec::new()), (DAY0 + 2 * DAY_MS, Vec::new())].into();
+        let kept: BTreeSet<i64> = [DAY0 + DAY_MS, DAY0 + 2 * DAY_MS].into();
         assert_eq!(
             plan.missing(&kept),
             vec![
@@ -576,21 +651,22 @@ mod tests {
     fn days_with_a_running_build_are_not_kept_and_filters_apply_to_kept_days() {
         let now = Millis(DAY0 + 10 * DAY_MS);
         let plan = Plan::new(&filter(DAY0, DAY0 + 3 * DAY_MS), now, false);
-        let kept: BTreeMap<i64, Vec<DayBuild>> = [(
+        let mut main = filter(DAY0, DAY0 + 3 * DAY_MS);
+        main.branch = Some("main".into());
+        let row = encode(
             DAY0,
-            vec![
+            &[
                 build(DAY0 + 1, BuildStatus::Success, Some("main")),
                 build(DAY0 + 2, BuildStatus::Success, Some("dev")),
             ],
-        )]
-        .into();
+        );
+        let mut samples = Samples::default();
+        let kept = decode_rows(vec![(DAY0, row)], &main, &mut samples);
         let read = vec![
             build(DAY0 + DAY_MS + 1, BuildStatus::Success, Some("main")),
             build(DAY0 + 2 * DAY_MS + 1, BuildStatus::Running, Some("main")),
         ];
-        let mut main = filter(DAY0, DAY0 + 3 * DAY_MS);
-        main.branch = Some("main".into());
-        let (samples, to_keep) = assemble(&main, kept, read, Vec::new(), &plan);
+        let to_keep = assemble(&main, &mut samples, &kept, read, Vec::new(), &plan);
         assert_eq!(samples.builds.len(), 3);
         assert_eq!(samples.stages.len(), 6);
         assert_eq!(samples.queue_waits_ms.len(), 6);
