@@ -140,7 +140,10 @@ fn sqlite_samples(path: &std::path::Path, filter: &AnalyticsFilter) -> StoreResu
 }
 
 /// The reads on the native PostgreSQL pool (typed rows, not `Any`'s).
-async fn postgres_samples(pool: &sqlx::PgPool, filter: &AnalyticsFilter) -> StoreResult<Samples> {
+async fn postgres_samples(
+    pool: &super::outage::GuardedPool<sqlx::Postgres>,
+    filter: &AnalyticsFilter,
+) -> StoreResult<Samples> {
     let (clause, binds) = range_clause(filter);
     let [builds_sql, stages_sql, waits_sql] = range_reads(&clause);
     let fetch = |sql: String| {
