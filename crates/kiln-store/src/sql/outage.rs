@@ -177,7 +177,7 @@ impl<DB: Database> GuardedPool<DB> {
                         %error,
                         "the database cannot be reached; requests that need it are answered 503 at once until it can"
                     ),
-                    (Ok(()), true) => tracing::warn!("the database answers again"),
+                    (Ok(()), true) => tracing::info!("the database answers again"),
                     _ => {}
                 }
                 *down = answered.is_err();
