@@ -7,7 +7,10 @@
 //! rate once it ended as `success`, `failed` or `stale`; cancelled builds are left out
 //! (someone stopped them; they neither passed nor failed). Days and hours are UTC.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use crate::{BuildStatus, Millis, StageStatus};
 
@@ -18,15 +21,17 @@ pub struct BuildSample {
     pub ended_at: Option<Millis>,
     pub duration_ms: Option<i64>,
     pub status: BuildStatus,
-    pub branch: Option<String>,
-    /// Its custom metrics (last value of each name).
-    pub metrics: BTreeMap<String, f64>,
+    /// Shared, not copied: a range's builds name few branches.
+    pub branch: Option<Arc<str>>,
+    /// Its custom metrics (last value of each name), by name.
+    pub metrics: Vec<(Arc<str>, f64)>,
 }
 
 /// One stage of a build of the range.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageSample {
-    pub name: String,
+    /// Shared, not copied: a range's stages have few names.
+    pub name: Arc<str>,
     pub status: StageStatus,
     pub duration_ms: Option<i64>,
 }
@@ -50,24 +55,35 @@ pub struct Quantiles {
 }
 
 impl Quantiles {
+    /// The quantiles of values in any order: each found by selection (linear), not by
+    /// sorting them all, from the highest down so each looks only below the last.
     pub fn of(mut values: Vec<i64>) -> Quantiles {
-        values.sort_unstable();
+        let count = values.len();
+        let mut select = |p: f64, within: usize| -> Option<(i64, usize)> {
+            let index = rank(count, p)? - 1;
+            let (_, value, _) = values[..within].select_nth_unstable(index);
+            Some((*value, index + 1))
+        };
+        let p95 = select(95.0, count);
+        let p90 = p95.and_then(|(_, within)| select(90.0, within));
+        let p50 = p90.and_then(|(_, within)| select(50.0, within));
         Quantiles {
-            count: values.len() as u64,
-            p50: percentile(&values, 50.0),
-            p90: percentile(&values, 90.0),
-            p95: percentile(&values, 95.0),
+            count: count as u64,
+            p50: p50.map(|(value, _)| value),
+            p90: p90.map(|(value, _)| value),
+            p95: p95.map(|(value, _)| value),
         }
     }
 }
 
+/// The 1-based nearest rank of the p-th percentile of `len` values.
+fn rank(len: usize, p: f64) -> Option<usize> {
+    (len > 0).then(|| (((p / 100.0) * len as f64).ceil() as usize).clamp(1, len))
+}
+
 /// The nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+    Some(sorted[rank(sorted.len(), p)? - 1])
 }
 
 /// One UTC day of the range.
@@ -159,7 +175,7 @@ fn metric_trends(builds: &[&BuildSample], day_starts: &[i64]) -> Vec<MetricTrend
     for build in builds {
         for (name, value) in &build.metrics {
             by_name
-                .entry(name)
+                .entry(&**name)
                 .or_default()
                 .push((build.started_at, *value));
         }
@@ -171,16 +187,13 @@ fn metric_trends(builds: &[&BuildSample], day_starts: &[i64]) -> Vec<MetricTrend
             let mut values: Vec<f64> = points.iter().map(|(_, v)| *v).collect();
             let latest = values[values.len() - 1];
             let p50 = median_of(&mut values);
+            let mut per_day: FxHashMap<i64, Vec<f64>> = FxHashMap::default();
+            for (at, value) in &points {
+                per_day.entry(at.start_of_day().0).or_default().push(*value);
+            }
             let days = day_starts
                 .iter()
-                .map(|day| {
-                    let mut values: Vec<f64> = points
-                        .iter()
-                        .filter(|(at, _)| at.start_of_day().0 == *day)
-                        .map(|(_, v)| *v)
-                        .collect();
-                    (!values.is_empty()).then(|| median_of(&mut values))
-                })
+                .map(|day| per_day.get_mut(day).map(|values| median_of(values)))
                 .collect();
             MetricTrend {
                 name: name.to_owned(),
@@ -271,9 +284,9 @@ pub fn analyze(from: Millis, to: Millis, samples: &Samples) -> Analytics {
         _ => None,
     };
 
-    let mut stages: HashMap<&str, (u64, u64, Vec<i64>)> = HashMap::new();
+    let mut stages: FxHashMap<&str, (u64, u64, Vec<i64>)> = FxHashMap::default();
     for stage in &samples.stages {
-        let entry = stages.entry(stage.name.as_str()).or_default();
+        let entry = stages.entry(&*stage.name).or_default();
         if stage.status == StageStatus::Running {
             continue;
         }
@@ -334,7 +347,7 @@ pub fn analyze(from: Millis, to: Millis, samples: &Samples) -> Analytics {
 /// Per branch, in start order: a failure opens an incident (unless one is open), the
 /// next success closes it.
 fn recovery(builds: &[&BuildSample]) -> Recovery {
-    let mut by_branch: HashMap<Option<&str>, Vec<&BuildSample>> = HashMap::new();
+    let mut by_branch: FxHashMap<Option<&str>, Vec<&BuildSample>> = FxHashMap::default();
     for build in builds {
         by_branch
             .entry(build.branch.as_deref())
@@ -383,7 +396,7 @@ mod tests {
             duration_ms: Some(minutes * 60_000),
             status,
             branch: Some(branch.into()),
-            metrics: BTreeMap::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -397,6 +410,31 @@ mod tests {
         assert_eq!(percentile(&[7], 95.0), Some(7));
         assert_eq!(percentile(&[], 50.0), None);
         assert_eq!(Quantiles::of(vec![3, 1, 2]).p50, Some(2));
+        // Selection answers what sorting answers, duplicates and all.
+        let mut seed = 7u64;
+        for len in 0..200usize {
+            let values: Vec<i64> = (0..len)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (seed >> 40) as i64 % 50
+                })
+                .collect();
+            let mut sorted = values.clone();
+            sorted.sort_unstable();
+            let q = Quantiles::of(values);
+            assert_eq!(
+                (q.count, q.p50, q.p90, q.p95),
+                (
+                    len as u64,
+                    percentile(&sorted, 50.0),
+                    percentile(&sorted, 90.0),
+                    percentile(&sorted, 95.0)
+                ),
+                "{len} values"
+            );
+        }
     }
 
     #[test]
@@ -450,7 +488,7 @@ mod tests {
     fn metric_trends_per_day() {
         let from = Millis(20_000 * DAY);
         let with = |start: i64, kb: f64| BuildSample {
-            metrics: BTreeMap::from([("bundle_kb".to_owned(), kb)]),
+            metrics: vec![("bundle_kb".into(), kb)],
             ..build(start, 1, BuildStatus::Success, "main")
         };
         let samples = Samples {

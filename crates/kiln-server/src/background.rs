@@ -65,6 +65,8 @@ pub enum Periodic {
     Mail,
     /// An artifact retention pass over every project with a rule, then the unused blobs.
     Retention,
+    /// A pass of the analytics keeper over every project's recent closed days.
+    AnalyticsKeeper,
 }
 
 /// How many passes each periodic task has completed, so a caller (a test) can wait for
@@ -75,6 +77,7 @@ pub struct Passes {
     notifier: AtomicU64,
     mail: AtomicU64,
     retention: AtomicU64,
+    analytics_keeper: AtomicU64,
     changed: tokio::sync::Notify,
 }
 
@@ -85,6 +88,7 @@ impl Passes {
             Periodic::Notifier => &self.notifier,
             Periodic::Mail => &self.mail,
             Periodic::Retention => &self.retention,
+            Periodic::AnalyticsKeeper => &self.analytics_keeper,
         }
     }
 

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// `--sites-listen`: published sites served on a listener of their own (another
     /// origin than the dashboard's); `None` serves no sites.
     pub sites: Option<crate::deploy::SitesConfig>,
+    /// How often the analytics keeper keeps the recent closed days of every project
+    /// (`analytics_keeper`); it also runs at start-up.
+    pub analytics_keep_interval: Duration,
 }
 
 /// Artifact storage: the blob store, the staging area uploads arrive in, the limits.
@@ -115,6 +118,7 @@ impl fmt::Debug for ServerConfig {
             .field("otlp", &self.otlp)
             .field("artifacts", &self.artifacts)
             .field("sites", &self.sites)
+            .field("analytics_keep_interval", &self.analytics_keep_interval)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +145,7 @@ impl Default for ServerConfig {
             otlp: None,
             artifacts: None,
             sites: None,
+            analytics_keep_interval: Duration::from_secs(3600),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod accounts;
 mod address;
+mod analytics_keeper;
 mod api;
 mod auth;
 mod background;
@@ -309,6 +310,16 @@ pub async fn run(
             ),
         );
     }
+    background.spawn(
+        "analytics keeper",
+        analytics_keeper::run(
+            store.clone(),
+            clock.clone(),
+            config.analytics_keep_interval,
+            config.passes.clone(),
+            background.stop_signal(),
+        ),
+    );
     background.spawn(
         "reaper",
         reaper::run(

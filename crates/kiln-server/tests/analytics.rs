@@ -15,6 +15,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 engine_test!(analytics_of_a_seeded_history);
+engine_test!(the_keeper_keeps_closed_days_before_any_request);
 
 const SECOND: i64 = 1000;
 const HOUR: i64 = 3_600_000;
@@ -269,6 +270,13 @@ async fn analytics_of_a_seeded_history(engine: Engine) {
         assert_eq!(status, 400, "{answer}");
         assert_error(&answer, "invalid_field", Some(field));
     }
+    // The same answers once the closed days are kept (days 0 and 1 by the first read),
+    // and once every day of the range is (three days later).
+    let range = format!("from={from}&to={to}");
+    assert_eq!(analytics(&app, &token, &range).await, all);
+    seed.at(day0 + 6 * DAY);
+    assert_eq!(analytics(&app, &token, &range).await, all);
+    assert_eq!(analytics(&app, &token, &range).await, all);
     let dev = analytics(&app, &token, &format!("from={from}&to={to}&branch=dev")).await;
     assert_eq!((dev.builds, dev.succeeded), (1, 1));
     assert_eq!(dev.branch.as_deref(), Some("dev"));
@@ -330,4 +338,56 @@ async fn analytics_of_a_seeded_history(engine: Engine) {
     let nothing = predict("branch=nowhere".into()).await;
     assert_eq!((nothing.build, nothing.stages.len()), (None, 0));
     app.stop().await;
+}
+
+async fn the_keeper_keeps_closed_days_before_any_request(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |config| {
+        config.heartbeat_timeout_secs = 7 * DAY / SECOND;
+        config.analytics_keep_interval = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let (web, token) = app.project_client("web", &["ingest", "read"]).await;
+    let day0 = app.clock.now().start_of_day().0 + DAY;
+    let seed = Seeder {
+        app: &app,
+        client: &web,
+    };
+    for (n, day) in [0, 1].into_iter().enumerate() {
+        let start = day0 + day * DAY + 9 * HOUR;
+        seed.build(
+            &format!("k{n}"),
+            "main",
+            start,
+            &[("build", 30, true)],
+            5,
+            "build_completed",
+        )
+        .await;
+    }
+    let kept = || async {
+        app.database
+            .integers("SELECT day FROM analytics_days WHERE data IS NOT NULL ORDER BY day")
+            .await
+    };
+    // Day 1 has not closed yet (it is 09:00:35 on day 1).
+    app.passes_of(kiln_server::Periodic::AnalyticsKeeper, 2)
+        .await;
+    assert!(!kept().await.contains(&(day0 + DAY)));
+    seed.at(day0 + 2 * DAY + 2 * HOUR);
+    app.passes_of(kiln_server::Periodic::AnalyticsKeeper, 2)
+        .await;
+    let days = kept().await;
+    assert!(
+        days.contains(&day0) && days.contains(&(day0 + DAY)),
+        "{days:?}"
+    );
+    // The answer read from the kept days is the builds' answer.
+    let range = format!(
+        "from={}&to={}",
+        Millis(day0).date(),
+        Millis(day0 + 2 * DAY).date()
+    );
+    let answer = analytics(&app, &token, &range).await;
+    assert_eq!((answer.builds, answer.succeeded), (2, 2));
+    assert_eq!(answer.duration.p50_ms, Some(35 * SECOND));
 }

@@ -34,8 +34,24 @@ pub struct HistoryBuild {
 #[async_trait]
 pub trait AnalyticsStore: Send + Sync {
     /// The builds of the filter with their stages and the queue waits (claimed − queued)
-    /// of their agent jobs; three statements along `builds_project_started`.
-    async fn analytics_samples(&self, filter: &AnalyticsFilter) -> StoreResult<Samples>;
+    /// of their agent jobs. Whole UTC days that closed an hour before `now` (server
+    /// time) come from the kept `analytics_days` rows where they are valid, and are kept
+    /// once read while every build of them has ended; the rest is read along
+    /// `builds_project_started`.
+    async fn analytics_samples(
+        &self,
+        filter: &AnalyticsFilter,
+        now: Millis,
+    ) -> StoreResult<Samples>;
+    /// Keeps the closed days of `[from, now)` of a project that are not validly kept yet
+    /// (the analytics keeper's pass, so a first request finds them); answers how many
+    /// it kept.
+    async fn keep_closed_days(
+        &self,
+        project_id: i64,
+        from: Millis,
+        now: Millis,
+    ) -> StoreResult<usize>;
     /// The newest `limit` builds of a pipeline that ended with a duration (success or
     /// failure, not cancelled), newest first, with their ended stages.
     async fn pipeline_history(

@@ -134,6 +134,13 @@ const SQLITE: &[Migration] = &[
         name: "artifact_lifecycle",
         sql: include_str!("../migrations/sqlite/0018_artifact_lifecycle.sql"),
     },
+    // Analytics of closed days: one project's builds of one UTC day, encoded, and the
+    // event id after which a change to one of them makes the row stale.
+    Migration {
+        version: 19,
+        name: "analytics_days",
+        sql: include_str!("../migrations/sqlite/0019_analytics_days.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -256,6 +263,13 @@ const POSTGRES: &[Migration] = &[
         version: 18,
         name: "artifact_lifecycle",
         sql: include_str!("../migrations/postgres/0018_artifact_lifecycle.sql"),
+    },
+    // Analytics of closed days: one project's builds of one UTC day, encoded, and the
+    // event id after which a change to one of them makes the row stale.
+    Migration {
+        version: 19,
+        name: "analytics_days",
+        sql: include_str!("../migrations/postgres/0019_analytics_days.sql"),
     },
 ];
 

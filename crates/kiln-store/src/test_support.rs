@@ -137,6 +137,23 @@ impl TestDatabase {
         connection.close().await.ok();
     }
 
+    /// The first column of every row of `sql` as integers: for tests that look at what
+    /// the store wrote without an API for it.
+    pub async fn integers(&self, sql: &str) -> Vec<i64> {
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.url)
+            .await
+            .expect("connect to the test database");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&mut connection)
+            .await
+            .expect("test query");
+        connection.close().await.ok();
+        rows.iter()
+            .map(|row| sqlx::Row::try_get::<i64, _>(row, 0).expect("an integer column"))
+            .collect()
+    }
+
     pub async fn open(&self) -> Arc<SqlStore> {
         Arc::new(SqlStore::connect(&self.url).await.expect("open store"))
     }

@@ -74,13 +74,16 @@ pub(crate) async fn project_analytics(
     )?;
     let samples = state
         .store
-        .analytics_samples(&AnalyticsFilter {
-            project_id: project.id,
-            from,
-            to,
-            branch: query.branch.clone(),
-            command: query.pipeline.clone(),
-        })
+        .analytics_samples(
+            &AnalyticsFilter {
+                project_id: project.id,
+                from,
+                to,
+                branch: query.branch.clone(),
+                command: query.pipeline.clone(),
+            },
+            state.clock.now(),
+        )
         .await?;
     let computed = analytics::analyze(from, to, &samples);
     let answer = analytics_dto(project, &query, &computed);

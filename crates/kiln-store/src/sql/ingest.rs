@@ -61,6 +61,8 @@ pub(super) struct WorkingBuild {
     pub(super) last_event_id: i64,
     pub(super) state: BuildState,
     pub(super) changed: bool,
+    /// It had ended before this transaction (its day may be kept in `analytics_days`).
+    pub(super) ended_before: bool,
 }
 
 impl WorkingBuild {
@@ -70,6 +72,7 @@ impl WorkingBuild {
             project_id: record.project_id,
             number: record.number,
             last_event_id: record.last_event_id,
+            ended_before: record.state.status.is_terminal(),
             state: record.state,
             changed: false,
         }
@@ -125,6 +128,23 @@ impl Batch {
                 working.number = first + offset as i64;
             }
         }
+    }
+
+    /// The days whose kept analytics this transaction makes stale: those of the ended
+    /// builds it changed (custom events annotate ended builds and may carry metrics),
+    /// as `(project, day, the build's newest event id)`.
+    pub(super) fn ended_days_changed(&self) -> Vec<(i64, i64, i64)> {
+        super::analytics_days::touched_days(
+            self.changed()
+                .filter(|working| working.ended_before)
+                .map(|working| {
+                    (
+                        working.project_id,
+                        working.state.started_at,
+                        working.last_event_id,
+                    )
+                }),
+        )
     }
 
     /// Builds the accepted requests changed, in arrival order.
@@ -340,6 +360,7 @@ pub(super) fn new_build(run_id: &RunId, project_id: i64, now: Millis) -> Working
         last_event_id: 0,
         state: BuildState::new(run_id.clone(), now),
         changed: false,
+        ended_before: false,
     }
 }
 

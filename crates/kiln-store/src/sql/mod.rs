@@ -13,6 +13,7 @@
 
 mod accounts;
 mod analytics;
+mod analytics_days;
 mod artifact_lifecycle;
 mod artifacts;
 mod builds;

@@ -211,6 +211,26 @@ async fn transaction(
     if next_id > last_id {
         number_new_builds(connection, &mut batch).await?;
         write(connection, &batch, channel, next_id, now).await?;
+        let stale_days = batch.ended_days_changed();
+        if !stale_days.is_empty() {
+            // Rare (events on ended builds): a statement of its own only then.
+            let (projects, rest): (Vec<i64>, Vec<(i64, i64)>) = stale_days
+                .into_iter()
+                .map(|(project, day, event)| (project, (day, event)))
+                .unzip();
+            let (days, events): (Vec<i64>, Vec<i64>) = rest.into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO analytics_days (project_id, day, changed_at) \
+                 SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]) \
+                 ON CONFLICT (project_id, day) DO UPDATE \
+                 SET changed_at = GREATEST(analytics_days.changed_at, excluded.changed_at)",
+            )
+            .bind(&projects)
+            .bind(&days)
+            .bind(&events)
+            .execute(&mut *connection)
+            .await?;
+        }
     }
     let written = started.elapsed();
     connection.execute("COMMIT").await?;

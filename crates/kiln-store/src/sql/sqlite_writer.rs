@@ -199,6 +199,10 @@ struct BuildCache {
     builds: HashMap<String, WorkingBuild>,
 }
 
+/// Marks a day's kept analytics stale as of an event id (see `analytics_days`).
+const ANALYTICS_DAY_CHANGED: &str = "INSERT INTO analytics_days (project_id, day, changed_at) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (project_id, day) DO UPDATE SET changed_at = max(changed_at, excluded.changed_at)";
+
 /// Builds kept at most; beyond, the cache starts over (a re-read per build).
 const CACHE_CAPACITY: usize = 20_000;
 
@@ -340,6 +344,11 @@ fn ingest(
             ])?;
         }
         drop(insert_job);
+        for (project_id, day, event_id) in batch.ended_days_changed() {
+            transaction
+                .prepare_cached(ANALYTICS_DAY_CHANGED)?
+                .execute(params![project_id, day, event_id])?;
+        }
         transaction
             .prepare_cached("UPDATE kiln_counters SET value = ?1 WHERE name = 'event_id'")?
             .execute([next_id])?;
