@@ -2,7 +2,8 @@
 //! of concurrent bad logins (memory stays bounded and returns), slow and idle
 //! connections (closed by the header and idle timeouts, while a quiet live stream stays
 //! open), the connection cap and one address's share of it (another address is still
-//! served), and the open-files limit (raised to the hard limit at start).
+//! served), and the open-files limit (raised to the hard limit at start; at a hard
+//! limit, accept backs off and recovers).
 
 mod common;
 
@@ -362,4 +363,154 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
             "{logged:?}"
         );
     }
+}
+
+/// CPU time a process has used (user + system), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces) start at state, field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // Linux reports these in USER_HZ, 100 per second.
+    Duration::from_millis(ticks * 10)
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Out of file descriptors for real: `kiln serve` under an open-files limit of 96 (soft
+/// and hard, so it cannot raise it) is sent connections until `accept` fails with EMFILE.
+/// The server says so once, backs off (5 ms doubling to 1 s) instead of spinning — its
+/// CPU time stays low over two seconds at the limit — keeps serving the connections it
+/// has, and once the clients go it accepts and answers a new one.
+#[test]
+fn out_of_file_descriptors_the_server_backs_off_and_recovers() {
+    const LIMIT: usize = 96;
+    let workspace = Workspace::new();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -S -n {LIMIT} && ulimit -H -n {LIMIT} && exec '{KILN}' serve --listen 127.0.0.1:0 --data-dir '{}'",
+            workspace.data().display()
+        ))
+        .env("KILN_ADMIN_TOKEN", ADMIN)
+        .env("KILN_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_sender, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if lines_sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let url = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("kiln serve starts");
+        if let Some(url) = line.strip_prefix("kiln listening on ") {
+            break url.trim().to_owned();
+        }
+    };
+    let server: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    assert!(
+        limits.lines().any(|line| line.starts_with("Max open files")
+            && line.split_whitespace().skip(3).take(2).all(|n| n == "96")),
+        "{limits}"
+    );
+    let healthz = |stream: &mut TcpStream| -> Option<String> {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: kiln\r\n\r\n")
+            .ok()?;
+        let mut answer = [0u8; 256];
+        let read = stream.read(&mut answer).ok()?;
+        Some(String::from_utf8_lossy(&answer[..read]).into_owned())
+    };
+
+    // Connections past what the descriptors allow: the kernel completes them into the
+    // listen backlog, where the server cannot accept them.
+    let before = open_descriptors(pid);
+    let mut clients: Vec<TcpStream> = (0..(LIMIT - before) + 40)
+        .map(|_| TcpStream::connect(server).unwrap())
+        .collect();
+    let opened = Instant::now();
+    let (warning, failed_after) = loop {
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.contains("cannot accept connections") => {
+                break (line, opened.elapsed());
+            }
+            Ok(_) => continue,
+            Err(error) => panic!("no accept error logged within 10 s: {error}"),
+        }
+    };
+    assert!(
+        warning.contains("Too many open files"),
+        "EMFILE is what stopped accept: {warning}"
+    );
+    let descriptors = open_descriptors(pid);
+    assert!(
+        descriptors >= LIMIT - 2,
+        "the server holds {descriptors} of its {LIMIT} descriptors"
+    );
+
+    // At the limit: alive, not spinning, still serving the connections it holds.
+    let cpu_before = cpu_time(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_used = cpu_time(pid) - cpu_before;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server is alive out of descriptors"
+    );
+    assert!(
+        cpu_used < Duration::from_millis(300),
+        "two seconds out of descriptors used {cpu_used:?} of CPU (a spinning accept loop uses all of it)"
+    );
+    let answer = healthz(&mut clients[0]).expect("an accepted connection is served");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    println!(
+        "open-files limit {LIMIT}: {} connections, accept failed (logged {failed_after:.1?} after they were opened), {descriptors} descriptors open, {cpu_used:?} CPU over 2 s out of descriptors",
+        clients.len(),
+    );
+
+    // The clients go: the server accepts again (within its back-off of at most 1 s)
+    // and answers a new connection.
+    clients.clear();
+    let closed = Instant::now();
+    let answer = loop {
+        let mut stream = TcpStream::connect(server).unwrap();
+        if let Some(answer) = healthz(&mut stream).filter(|answer| !answer.is_empty()) {
+            break answer;
+        }
+        assert!(
+            closed.elapsed() < Duration::from_secs(10),
+            "no answer within 10 s of the clients leaving"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    println!(
+        "a new connection answered {:?} after the clients closed theirs",
+        closed.elapsed()
+    );
+    assert!(child.try_wait().unwrap().is_none());
+    let _ = child.kill();
+    let _ = child.wait();
 }

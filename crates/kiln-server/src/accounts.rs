@@ -2,9 +2,10 @@
 //!
 //! A failed login costs the same whether the account exists or not (a dummy hash is
 //! verified), and failures are limited per account and per client address. Logins in
-//! flight count against the address's limit too, and argon2 runs at most one per core at
-//! once (each takes ~19 MiB and tens of milliseconds): a burst of logins waits its turn
-//! or is refused with 503 and `Retry-After`, so memory stays bounded.
+//! flight count against the address's limit too, and argon2 runs in a fixed number of
+//! slots (`PasswordConfig`: one per core by default; each takes ~19 MiB and tens of
+//! milliseconds): a burst of logins waits its turn for a bounded time or is refused with
+//! 503 and `Retry-After`, so memory stays bounded.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -33,20 +34,36 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
         .unwrap_or_default()
 });
 
-/// How long a password check waits for a free slot before it is refused as busy.
-pub(crate) const PASSWORD_QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// How many passwords are hashed at once, and how long a check waits for a turn
+/// (`ServerConfig::passwords`).
+#[derive(Clone, Debug)]
+pub struct PasswordConfig {
+    /// Argon2 computations at once; each holds ~19 MiB while it runs. At least 1.
+    pub slots: usize,
+    /// How long a password check waits for a free slot before it is refused as busy
+    /// (503 `unavailable` with `Retry-After`).
+    pub queue_wait: Duration,
+}
 
-/// Slots for argon2 work: one per core (at most 8).
-static PASSWORD_SLOTS: LazyLock<Semaphore> = LazyLock::new(|| {
-    Semaphore::new(
-        std::thread::available_parallelism()
-            .map(|cores| cores.get())
-            .unwrap_or(1)
-            .clamp(1, 8),
-    )
-});
+impl PasswordConfig {
+    /// How long a check waits for a slot by default.
+    pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_secs(10);
+}
 
-/// Every password slot stayed taken for `PASSWORD_QUEUE_WAIT`.
+impl Default for PasswordConfig {
+    /// One slot per core (at most 8), a 10 s wait.
+    fn default() -> Self {
+        Self {
+            slots: std::thread::available_parallelism()
+                .map(|cores| cores.get())
+                .unwrap_or(1)
+                .clamp(1, 8),
+            queue_wait: Self::DEFAULT_QUEUE_WAIT,
+        }
+    }
+}
+
+/// Every password slot stayed taken for the configured wait.
 #[derive(Debug, thiserror::Error)]
 #[error("the server is busy checking other passwords; retry in a few seconds")]
 pub(crate) struct PasswordsBusy;
@@ -55,30 +72,71 @@ pub(crate) struct PasswordsBusy;
 /// buffer instead of allocating ~19 MiB, which the allocator would keep per thread.
 static PASSWORD_MEMORY: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
 
-/// Runs argon2 work off the async threads, at most one per slot, with a reused buffer.
-async fn in_password_slot<T: Send + 'static>(
-    work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
-) -> Result<T, PasswordsBusy> {
-    let permit = tokio::time::timeout(PASSWORD_QUEUE_WAIT, PASSWORD_SLOTS.acquire())
+/// Hashes and checks passwords off the async threads, at most `slots` at once; a check
+/// that finds every slot taken waits at most `queue_wait`, then is refused as busy.
+pub(crate) struct Passwords {
+    slots: Semaphore,
+    queue_wait: Duration,
+}
+
+impl Passwords {
+    pub fn new(config: &PasswordConfig) -> Self {
+        Self {
+            slots: Semaphore::new(config.slots.max(1)),
+            queue_wait: config.queue_wait,
+        }
+    }
+
+    /// Runs argon2 work off the async threads in a slot, with a reused buffer.
+    async fn in_slot<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
+    ) -> Result<T, PasswordsBusy> {
+        let permit = tokio::time::timeout(self.queue_wait, self.slots.acquire())
+            .await
+            .map_err(|_| PasswordsBusy)?
+            .map_err(|_| PasswordsBusy)?;
+        let result = tokio::task::spawn_blocking(move || {
+            let mut memory = PASSWORD_MEMORY
+                .lock()
+                .expect("password memory lock")
+                .pop()
+                .unwrap_or_default();
+            let result = work(&mut memory);
+            PASSWORD_MEMORY
+                .lock()
+                .expect("password memory lock")
+                .push(memory);
+            result
+        })
+        .await;
+        drop(permit);
+        result.map_err(|_| PasswordsBusy)
+    }
+
+    /// The argon2id PHC string of a password.
+    pub async fn hash(&self, password: String) -> Result<String, String> {
+        self.in_slot(move |_| {
+            Argon2::default()
+                .hash_password(password.as_bytes())
+                .map(|hash| hash.to_string())
+                .map_err(|error| format!("cannot hash the password: {error}"))
+        })
         .await
-        .map_err(|_| PasswordsBusy)?
-        .map_err(|_| PasswordsBusy)?;
-    let result = tokio::task::spawn_blocking(move || {
-        let mut memory = PASSWORD_MEMORY
-            .lock()
-            .expect("password memory lock")
-            .pop()
-            .unwrap_or_default();
-        let result = work(&mut memory);
-        PASSWORD_MEMORY
-            .lock()
-            .expect("password memory lock")
-            .push(memory);
-        result
-    })
-    .await;
-    drop(permit);
-    result.map_err(|_| PasswordsBusy)
+        .map_err(|busy| busy.to_string())?
+    }
+
+    /// Whether `password` matches `hash` (the dummy hash when the account has none).
+    pub async fn verify(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, PasswordsBusy> {
+        let real = hash.is_some();
+        let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
+        self.in_slot(move |memory| matches_hash(password.as_bytes(), &hash, memory) && real)
+            .await
+    }
 }
 
 /// Checks `password` against a PHC string, computing into `memory` (grown as needed).
@@ -115,28 +173,6 @@ fn matches_hash(password: &[u8], hash: &str, memory: &mut Vec<Block>) -> bool {
     }
     // `Output`'s equality is constant-time.
     Output::new(&computed).is_ok_and(|computed| &computed == expected)
-}
-
-/// The argon2id PHC string of a password.
-pub(crate) async fn hash_password(password: String) -> Result<String, String> {
-    in_password_slot(move |_| {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|hash| hash.to_string())
-            .map_err(|error| format!("cannot hash the password: {error}"))
-    })
-    .await
-    .map_err(|busy| busy.to_string())?
-}
-
-/// Whether `password` matches `hash` (the dummy hash when the account has none).
-pub(crate) async fn verify_password(
-    password: String,
-    hash: Option<String>,
-) -> Result<bool, PasswordsBusy> {
-    let real = hash.is_some();
-    let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
-    in_password_slot(move |memory| matches_hash(password.as_bytes(), &hash, memory) && real).await
 }
 
 /// Counts failed logins per account and per address in a sliding window, and the
@@ -230,20 +266,24 @@ mod tests {
 
     #[tokio::test]
     async fn passwords_hash_and_verify() {
-        let hash = hash_password("correct horse".into()).await.unwrap();
+        let passwords = Passwords::new(&PasswordConfig::default());
+        let hash = passwords.hash("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
         assert!(
-            verify_password("correct horse".into(), Some(hash.clone()))
+            passwords
+                .verify("correct horse".into(), Some(hash.clone()))
                 .await
                 .unwrap()
         );
         assert!(
-            !verify_password("wrong horse".into(), Some(hash))
+            !passwords
+                .verify("wrong horse".into(), Some(hash))
                 .await
                 .unwrap()
         );
         assert!(
-            !verify_password("kiln-no-such-account".into(), None)
+            !passwords
+                .verify("kiln-no-such-account".into(), None)
                 .await
                 .unwrap(),
             "the dummy never logs in"

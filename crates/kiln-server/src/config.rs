@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub webhooks_allow_private: bool,
     /// Connection timeouts and caps.
     pub connections: crate::serve::ConnectionConfig,
+    /// Password hashing: slots at once, and how long a check waits for one.
+    pub passwords: crate::accounts::PasswordConfig,
     /// Encrypts project secrets and repository credentials at rest
     /// (`--secret-key-file`); every replica of one database needs the same key.
     pub secret_key: crate::secret_box::SecretKey,
@@ -111,6 +113,7 @@ impl fmt::Debug for ServerConfig {
             .field("webhooks", &self.webhooks)
             .field("webhooks_allow_private", &self.webhooks_allow_private)
             .field("connections", &self.connections)
+            .field("passwords", &self.passwords)
             .field("metrics_token", &self.metrics_token)
             .field("otlp", &self.otlp)
             .field("artifacts", &self.artifacts)
@@ -135,6 +138,7 @@ impl Default for ServerConfig {
             webhooks: crate::webhooks::WebhookConfig::default(),
             webhooks_allow_private: false,
             connections: crate::serve::ConnectionConfig::default(),
+            passwords: crate::accounts::PasswordConfig::default(),
             secret_key: crate::secret_box::SecretKey::generate()
                 .expect("the operating system provides randomness"),
             metrics_token: None,

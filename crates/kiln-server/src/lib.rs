@@ -41,6 +41,7 @@ use kiln_core::{Millis, ProjectSlug};
 use kiln_store::{NewToken, Store, StoreError};
 use tokio::net::TcpListener;
 
+pub use accounts::PasswordConfig;
 pub use background::{Passes, Periodic};
 pub use config::{ArtifactConfig, Secret, ServerConfig};
 pub use deploy::{SitesConfig, SitesListener};
@@ -71,6 +72,8 @@ pub(crate) struct AppState {
     /// Moves deployments along with their builds.
     pub deployer: deploy::Deployer,
     pub logins: Arc<accounts::LoginLimiter>,
+    /// Argon2 hashing in a bounded number of slots (`ServerConfig::passwords`).
+    pub passwords: Arc<accounts::Passwords>,
     /// Wakes the webhook sender when deliveries are queued (test events, redeliveries).
     pub webhook_sender: Arc<tokio::sync::Notify>,
     /// Line counts of job logs the build page has numbered (logs only grow).
@@ -178,6 +181,7 @@ pub async fn run(
         scheduler: scheduler.clone(),
         deployer: deployer.clone(),
         logins: Arc::new(accounts::LoginLimiter::default()),
+        passwords: Arc::new(accounts::Passwords::new(&config.passwords)),
         webhook_sender: webhook_sender.clone(),
         log_lines: Arc::new(web::LogLineCache::default()),
         metrics: metrics.clone(),
@@ -514,7 +518,8 @@ pub async fn bootstrap_first_user(
         return Ok(None);
     }
     let password = generate_password();
-    let hash = accounts::hash_password(password.clone())
+    let hash = accounts::Passwords::new(&accounts::PasswordConfig::default())
+        .hash(password.clone())
         .await
         .map_err(StoreError::Unavailable)?;
     store

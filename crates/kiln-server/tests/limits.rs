@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 engine_test!(connections_are_capped_in_total_and_per_address);
 engine_test!(idle_connections_and_slow_heads_are_closed_after_their_timeouts);
 engine_test!(request_heads_and_json_bodies_are_read_up_to_their_limits);
+engine_test!(a_body_past_its_limit_is_drained_so_a_client_that_sends_it_all_reads_the_413);
 engine_test!(log_chunks_and_a_job_log_are_capped);
 engine_test!(artifact_files_bytes_counts_and_paths_are_capped);
 engine_test!(secrets_are_capped_in_size_and_number);
@@ -381,6 +382,63 @@ async fn request_heads_and_json_bodies_are_read_up_to_their_limits(engine: Engin
         .await;
     assert_eq!(status, 400);
     assert_eq!(answer["error"]["field"], "limit", "{answer}");
+    app.stop().await;
+}
+
+/// A client that writes its whole body before reading (as most HTTP clients do) gets the
+/// 413 when the body is 1 MiB past the limit: the server reads the rest and throws it
+/// away before answering, instead of closing on unread bytes (which resets the
+/// connection: the client's next write fails and the answer is lost). Drained to its
+/// end, the connection stays usable.
+async fn a_body_past_its_limit_is_drained_so_a_client_that_sends_it_all_reads_the_413(
+    engine: Engine,
+) {
+    let app = spawn(engine, |_| {}).await;
+    let (_, token) = app.project_client("drain", &["ingest", "read"]).await;
+    app.admin.create_project("other", "other").await.unwrap();
+    let limit = kiln_core::limits::MAX_BODY_BYTES;
+    let length = limit + (1 << 20);
+    for (path, token) in [
+        ("/api/v1/events", token.as_str()),
+        ("/api/v1/projects/other/builds", ADMIN_TOKEN),
+    ] {
+        let mut stream = connect_from([127, 0, 0, 1], address(&app)).await;
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        )
+        .into_bytes();
+        let head = request.len();
+        request.resize(head + length, b' ');
+        request[head] = b'{';
+        let started = std::time::Instant::now();
+        // In pieces, as a client on a real network sends it: still sending when the
+        // server has seen the limit passed.
+        for piece in request.chunks(64 << 10) {
+            stream
+                .write_all(piece)
+                .await
+                .unwrap_or_else(|error| panic!("{path}: the whole body was taken: {error}"));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (status, body) = read_response(&mut stream)
+            .await
+            .unwrap_or_else(|| panic!("{path}: the 413 arrives after the whole body was sent"));
+        let text = String::from_utf8(body).unwrap();
+        assert_eq!(
+            (status, code(&text)),
+            (413, "body_too_large".into()),
+            "{path}: {text}"
+        );
+        println!(
+            "{path}: {length} bytes sent whole, the 413 read {:?} after the first byte",
+            started.elapsed()
+        );
+        assert_eq!(
+            exchange(&mut stream, HEALTHZ).await.map(|answer| answer.0),
+            Some(200),
+            "{path}: the drained connection serves the next request"
+        );
+    }
     app.stop().await;
 }
 

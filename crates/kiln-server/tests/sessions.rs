@@ -2,7 +2,7 @@
 
 mod common;
 
-use kiln_store::engine_test;
+use kiln_store::{AccountStore, engine_test};
 
 use common::{ADMIN_TOKEN, TestApp};
 use kiln_store::Engine;
@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 engine_test!(sessions_need_csrf_expire_and_log_out);
 engine_test!(behind_a_trusted_proxy_each_client_has_its_own_login_limit);
 engine_test!(user_routes_tell_a_token_how_to_get_a_user_token);
+engine_test!(password_hashing_at_its_limit_answers_503_and_recovers);
 
 async fn login(app: &TestApp, email: &str, password: &str) -> (u16, Option<String>, Value) {
     let response = app
@@ -279,5 +280,131 @@ async fn user_routes_tell_a_token_how_to_get_a_user_token(engine: Engine) {
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains("`kiln login`"), "{message}");
     assert!(!message.contains("kiln user token create"), "{message}");
+    app.stop().await;
+}
+
+/// An argon2id hash of `password` whose parameters make one check take at least
+/// `at_least` here (time cost doubled until it does), and the time one check took.
+fn slow_hash(password: &str, at_least: std::time::Duration) -> (String, std::time::Duration) {
+    use argon2::password_hash::PasswordHasher;
+    let mut time_cost = 2;
+    loop {
+        let params = argon2::Params::new(19_456, time_cost, 1, None).unwrap();
+        let argon2 =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let started = std::time::Instant::now();
+        let hash = argon2
+            .hash_password(password.as_bytes())
+            .unwrap()
+            .to_string();
+        let took = started.elapsed();
+        if took >= at_least {
+            return (hash, took);
+        }
+        time_cost *= 2;
+    }
+}
+
+/// Password hashing at its limit: one slot and a 100 ms wait. While a login whose hash
+/// takes over 600 ms holds the slot, six logins sent at once each wait 100 ms and get
+/// 503 `unavailable` with `Retry-After` and Kiln's JSON error; the slow login then gets
+/// its 200, and the server logs users in again afterwards.
+async fn password_hashing_at_its_limit_answers_503_and_recovers(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |config| {
+        config.passwords = kiln_server::PasswordConfig {
+            slots: 1,
+            queue_wait: std::time::Duration::from_millis(100),
+        };
+    })
+    .await;
+    for email in ["slow@example.com", "quick@example.com"] {
+        let (status, created) = app
+            .raw(
+                Method::POST,
+                "/api/v1/users",
+                Some(ADMIN_TOKEN),
+                Some(
+                    serde_json::to_vec(
+                        &json!({"email": email, "name": email, "password": "correct horse"}),
+                    )
+                    .unwrap(),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+    }
+    // The slow account's hash is stored with costlier parameters (Kiln verifies with
+    // the parameters the hash names), so its check holds the one slot long enough.
+    let (slow, took) = tokio::task::spawn_blocking(|| {
+        slow_hash("correct horse", std::time::Duration::from_millis(600))
+    })
+    .await
+    .unwrap();
+    let store = app.database.open().await;
+    let user = store
+        .user_by_email("slow@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    store.set_password(user.id, &slow).await.unwrap();
+
+    let holder = {
+        let app_url = app.base_url.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let status = reqwest::Client::new()
+                .post(format!("{app_url}/api/v1/session"))
+                .json(&json!({"email": "slow@example.com", "password": "correct horse"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            (status, started.elapsed())
+        })
+    };
+    // The slow check has the slot well before this, and holds it for `took` (≥ 600 ms).
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let crowd: Vec<_> = (0..6)
+        .map(|_| {
+            let app_url = app.base_url.clone();
+            tokio::spawn(async move {
+                // A client each: six connections, six requests at once.
+                let response = reqwest::Client::new()
+                    .post(format!("{app_url}/api/v1/session"))
+                    .json(&json!({"email": "quick@example.com", "password": "correct horse"}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|value| value.to_str().unwrap().to_owned());
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                (status, retry_after, body)
+            })
+        })
+        .collect();
+    for answer in crowd {
+        let (status, retry_after, body) = answer.await.unwrap();
+        assert_eq!(status, 503, "the slot was taken past the wait: {body}");
+        assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("busy checking other passwords"),
+            "{body}"
+        );
+    }
+    let (status, slow_took) = holder.await.unwrap();
+    assert_eq!(status, 200, "the login holding the slot is answered");
+    println!(
+        "password slots 1, wait 100 ms: 6 of 6 concurrent logins answered 503 while one check took {slow_took:?} (its hash alone {took:?})"
+    );
+    let (status, _, answer) = login(&app, "quick@example.com", "correct horse").await;
+    assert_eq!(status, 200, "served again once the slot is free: {answer}");
     app.stop().await;
 }

@@ -99,6 +99,15 @@ impl TestDatabase {
         }
     }
 
+    /// A database someone else made at `url` (a private PostgreSQL server a test starts
+    /// and stops); nothing is removed when this is dropped.
+    pub fn existing(url: String) -> TestDatabase {
+        TestDatabase {
+            url,
+            _directory: None,
+        }
+    }
+
     /// Brings the empty database to the schema of migration `last_version` only (an
     /// earlier release's), and runs `setup` statements there: rows an earlier Kiln wrote.
     pub async fn at_schema_version(&self, last_version: i64, setup: &[&str]) {

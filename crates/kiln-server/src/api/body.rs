@@ -1,11 +1,56 @@
 //! Request bodies and query strings parsed with Kiln's limits and error shape, instead
 //! of axum's plain-text rejections.
+//!
+//! A body past its limit is refused with 413, but read on (and thrown away) for up to
+//! `DRAIN_BYTES` more or `DRAIN_TIME` first: a server that answers and closes while the
+//! client is still sending resets the connection (the kernel answers unread bytes with
+//! RST), and a client still writing its body then sees the reset instead of the 413.
+//! Drained to its end, the connection even stays open for the next request.
 
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
+use futures_util::StreamExt;
 use kiln_core::limits::MAX_BODY_BYTES;
 use serde_json::Value;
 
 use crate::error::ApiError;
+
+/// How much of a body past its limit is read and dropped before the 413 is sent.
+pub(crate) const DRAIN_BYTES: usize = 8 << 20;
+/// How long the rest of a body past its limit is read before the 413 is sent.
+pub(crate) const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// The body was longer than the limit (or could not be read to its end).
+pub(crate) struct TooLarge;
+
+/// Reads `body` whole when it has at most `limit` bytes; past that (or when it cannot be
+/// read), drains up to `DRAIN_BYTES` more within `DRAIN_TIME` and refuses it.
+pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<Bytes, TooLarge> {
+    let mut chunks = body.into_data_stream();
+    let mut collected = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let Ok(chunk) = chunk else {
+            return Err(TooLarge);
+        };
+        if collected.len() + chunk.len() > limit {
+            let mut drained = collected.len() + chunk.len() - limit;
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                while drained <= DRAIN_BYTES {
+                    match chunks.next().await {
+                        Some(Ok(chunk)) => drained += chunk.len(),
+                        Some(Err(_)) | None => break,
+                    }
+                }
+            })
+            .await;
+            return Err(TooLarge);
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(collected))
+}
 
 /// A JSON body of at most `MAX_BODY_BYTES`.
 pub(crate) struct JsonBody(pub Value);
@@ -14,9 +59,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+        let bytes = read_limited(request.into_body(), MAX_BODY_BYTES)
             .await
-            .map_err(|_| {
+            .map_err(|TooLarge| {
                 ApiError::PayloadTooLarge(format!(
                     "the body is larger than {MAX_BODY_BYTES} bytes (1 MiB); send fewer events per request"
                 ))
@@ -40,10 +85,10 @@ impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for RawBody<LIMIT> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        axum::body::to_bytes(request.into_body(), LIMIT)
+        read_limited(request.into_body(), LIMIT)
             .await
             .map(RawBody)
-            .map_err(|_| {
+            .map_err(|TooLarge| {
                 ApiError::PayloadTooLarge(format!(
                     "the body is larger than {LIMIT} bytes, the limit of this route"
                 ))

@@ -2,7 +2,7 @@
 //! changed, sessions opened and closed, and the audit log written (the API, the login
 //! page, the account page and the Users page call these).
 
-use crate::accounts::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, verify_password};
+use crate::accounts::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use crate::auth::{Caller, SESSION_COOKIE, session_cookie};
 use crate::service_error::ServiceError;
 use crate::{AppState, generate_token};
@@ -108,7 +108,11 @@ pub(crate) async fn change_password(
             "too many failed or concurrent password checks for this account or address; wait 15 minutes".into(),
         ));
     };
-    if !verify_password(current, user.password_hash.clone()).await? {
+    if !state
+        .passwords
+        .verify(current, user.password_hash.clone())
+        .await?
+    {
         state.logins.failed(&user.email, address);
         return Err(ServiceError::bad_request(
             "wrong_password",
@@ -117,7 +121,9 @@ pub(crate) async fn change_password(
         ));
     }
     state.logins.succeeded(&user.email);
-    let hash = hash_password(new)
+    let hash = state
+        .passwords
+        .hash(new)
         .await
         .map_err(ServiceError::Unavailable)?;
     state.store.set_password(user.id, &hash).await?;
@@ -138,7 +144,9 @@ pub(crate) async fn create_account(
         None => (generate_token(), true),
         Some(password) => (checked_password(password, "password")?, false),
     };
-    let hash = hash_password(password.clone())
+    let hash = state
+        .passwords
+        .hash(password.clone())
         .await
         .map_err(ServiceError::Unavailable)?;
     let user = state
@@ -220,7 +228,9 @@ pub(crate) async fn reset_account_password(
         None => (generate_token(), true),
         Some(password) => (checked_password(password, "password")?, false),
     };
-    let hash = hash_password(password.clone())
+    let hash = state
+        .passwords
+        .hash(password.clone())
         .await
         .map_err(ServiceError::Unavailable)?;
     state.store.set_password(user.id, &hash).await?;
@@ -294,7 +304,7 @@ pub(crate) async fn open_session(
     };
     let user = state.store.user_by_email(email).await?;
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-    let matches = verify_password(password, hash).await?;
+    let matches = state.passwords.verify(password, hash).await?;
     let user = match user {
         Some(user) if matches && user.disabled_at.is_none() => user,
         _ => {

@@ -275,7 +275,7 @@ fn sqlite_read(
 /// The reads on the native PostgreSQL pool (typed rows), in one repeatable-read
 /// transaction.
 async fn postgres_read(
-    pool: &sqlx::PgPool,
+    pool: &super::outage::GuardedPool<sqlx::Postgres>,
     filter: &AnalyticsFilter,
     now: Millis,
     purpose: Purpose,

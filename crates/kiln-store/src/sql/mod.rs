@@ -20,6 +20,7 @@ mod builds;
 mod deployments;
 mod ingest;
 mod notifications;
+mod outage;
 mod pg_ingest;
 mod projects;
 mod queue;
@@ -33,21 +34,25 @@ mod webhooks;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sqlx::Executor;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+
+use outage::GuardedPool;
 
 use crate::records::*;
 use crate::{Engine, StoreError, StoreResult};
 
 pub struct SqlStore {
-    pool: AnyPool,
+    /// Reads and administrative writes; answers fast while the database is known down
+    /// (`outage`).
+    pool: GuardedPool<sqlx::Any>,
     engine: Engine,
     /// SQLite only: the thread that runs every ingest transaction.
     writer: Option<sqlite_writer::SqliteWriter>,
     /// PostgreSQL only: native connections for the statements that bind arrays (ingest
     /// in `pg_ingest`, webhook attempts), whose text stays the same whatever the batch,
     /// so each is prepared once per connection.
-    native_pool: Option<sqlx::PgPool>,
+    native_pool: Option<GuardedPool<sqlx::Postgres>>,
     /// Kept for engine-specific connections (PostgreSQL `LISTEN`).
     database_url: String,
     /// PostgreSQL only: the readiness check's own connection, outside the pools, so
@@ -114,6 +119,7 @@ impl SqlStore {
                 Engine::Sqlite => 8,
                 Engine::Postgres => 16,
             })
+            // While the database answers; `outage` shortens it while it is known down.
             .acquire_timeout(Duration::from_secs(10))
             // No ping before every use (a round trip per query on PostgreSQL): a broken
             // connection fails its query, the caller gets a retryable 503, and the pool
@@ -156,6 +162,7 @@ impl SqlStore {
         let mut connection = pool.acquire().await?;
         crate::migrations::run(&mut connection, engine).await?;
         drop(connection);
+        let pool = GuardedPool::new(pool);
         let mut sqlite_path = None;
         let writer = match engine {
             Engine::Sqlite => {
@@ -174,7 +181,7 @@ impl SqlStore {
         };
         let native_pool = match engine {
             Engine::Sqlite => None,
-            Engine::Postgres => Some(
+            Engine::Postgres => Some(GuardedPool::new(
                 // Ingest transactions run one at a time (they all lock the event-id
                 // counter); the others serve the webhook sender's attempt batches.
                 sqlx::postgres::PgPoolOptions::new()
@@ -183,7 +190,7 @@ impl SqlStore {
                     .test_before_acquire(false)
                     .connect_with(sqlx::postgres::PgConnectOptions::from_str(&url)?)
                     .await?,
-            ),
+            )),
         };
         Ok(Self {
             pool,

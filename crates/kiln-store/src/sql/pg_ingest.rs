@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 
 use kiln_core::{Millis, StageState};
-use sqlx::postgres::PgPool;
 use sqlx::{Connection, Executor, PgConnection, Row};
 
 use super::ingest::{
@@ -166,7 +165,7 @@ impl<R: Columns> Columns for Prefixed<'_, R> {
 /// even that fails, the connection is closed rather than returned to the pool with a
 /// transaction open).
 pub(super) async fn ingest(
-    pool: &PgPool,
+    pool: &super::outage::GuardedPool<sqlx::Postgres>,
     channel: &str,
     requests: &[IngestRequest],
     now: Millis,
@@ -177,6 +176,8 @@ pub(super) async fn ingest(
         Ok(results) => Ok(results),
         Err(error) => {
             if connection.execute("ROLLBACK").await.is_err() {
+                // The connection may have died with the database: check it.
+                pool.probe_soon();
                 // Not returned to the pool: its session state is unknown.
                 let _ = connection.detach().close().await;
             }
