@@ -134,6 +134,15 @@ const SQLITE: &[Migration] = &[
         name: "artifact_lifecycle",
         sql: include_str!("../migrations/sqlite/0018_artifact_lifecycle.sql"),
     },
+    // Script deployments rolled back by re-running an earlier build's deploy step (the
+    // deployments that follow their build told from the rollbacks that switch a site), and
+    // jobs that avoid an agent for a while (rebuilds to verify). Version 19 is another
+    // change's.
+    Migration {
+        version: 20,
+        name: "rollback_reruns",
+        sql: include_str!("../migrations/sqlite/0020_rollback_reruns.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -256,6 +265,15 @@ const POSTGRES: &[Migration] = &[
         version: 18,
         name: "artifact_lifecycle",
         sql: include_str!("../migrations/postgres/0018_artifact_lifecycle.sql"),
+    },
+    // Script deployments rolled back by re-running an earlier build's deploy step (the
+    // deployments that follow their build told from the rollbacks that switch a site), and
+    // jobs that avoid an agent for a while (rebuilds to verify). Version 19 is another
+    // change's.
+    Migration {
+        version: 20,
+        name: "rollback_reruns",
+        sql: include_str!("../migrations/postgres/0020_rollback_reruns.sql"),
     },
 ];
 

@@ -1,7 +1,10 @@
 //! Rebuild to verify: an ended build Kiln ran is built again at the same commit (as a
-//! retry with cause `verify`, through the same queue: any agent may take it, the first
-//! one included), the pair is recorded, and once the rebuild has ended its artifacts are
-//! compared with the original's.
+//! retry with cause `verify`, through the same queue), the pair is recorded, and once the
+//! rebuild has ended its artifacts are compared with the original's. Each of the
+//! rebuild's jobs avoids the agent that ran its step in the original build for the first
+//! `kiln_store::AVOIDED_AGENT_HOLD_MS` (10 s) of its wait: another eligible agent that
+//! claims meanwhile rebuilds it; after that any agent may, the first one included (a
+//! fleet of one still verifies, later).
 
 use kiln_protocol::RebuildVerification;
 use kiln_store::BuildRecord;
@@ -20,6 +23,7 @@ pub(crate) async fn rebuild(
 ) -> Result<RebuildVerification, ServiceError> {
     let mut request = retry_request(build, Some(requester(state, caller).await?))?;
     request.cause = "verify";
+    request.avoid_agents_of = Some(build.id);
     let project = state
         .store
         .project_by_id(build.project_id)

@@ -337,6 +337,7 @@ fn ingest(
                 job.spec,
                 job.created_at,
                 job.queued_at,
+                job.avoid_agent_id,
             ])?;
         }
         drop(insert_job);
