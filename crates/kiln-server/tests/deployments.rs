@@ -729,7 +729,7 @@ async fn a_script_deployment_rolls_back_by_running_its_step_again(engine: Engine
     assert_eq!(trigger["data"]["rollbackOf"], first_run.as_str());
     assert_eq!(trigger["commit"], first_commit.as_str());
     // One deployment of an environment at a time.
-    let (status, refused) = rollback(&developer, &second_run).await;
+    let (status, refused) = rollback(&developer, &first_run).await;
     assert_eq!(status, 409, "{refused}");
     assert_error(&refused, "deployment_running", None);
     let (status, refused) = api(
