@@ -1345,8 +1345,8 @@ fn required_artifacts_that_are_missing_fail_the_step() {
     );
 }
 
-/// Rebuild to verify, end to end: a repository whose build writes the same bytes every
-/// time is reproducible (`kiln compare` exits 0); one that also writes the time
+/// Rebuild to verify, end to end (one agent, so the rebuild is not held back for another):
+/// a repository whose build writes the same bytes every time is reproducible (`kiln compare` exits 0); one that also writes the time
 /// (`date +%s%N`) is not (`kiln compare` exits 1 and names the file that differs).
 #[test]
 fn a_reproducible_and_a_non_reproducible_repository_are_told_apart() {
@@ -1371,6 +1371,12 @@ fn a_reproducible_and_a_non_reproducible_repository_are_told_apart() {
         assert_eq!(
             kiln.wait_for_build(&rebuild, Duration::from_secs(60)),
             "success"
+        );
+        // One agent: nothing is held back for another (there is none).
+        let waited = queue_wait_ms(&kiln.job(&rebuild, "build"));
+        assert!(
+            waited < kiln_store::AVOIDED_AGENT_HOLD_MS,
+            "a fleet of one rebuilds at once: waited {waited} ms"
         );
         let verification = kiln
             .block_on(kiln.user.verification(&first.run_id))

@@ -37,7 +37,8 @@ pub(crate) struct TriggerRequest {
     pub deploys_to: Option<String>,
     /// A rebuild to verify (the original build's id): each job avoids, for
     /// `kiln_store::AVOIDED_AGENT_HOLD_MS` of its wait, the agent that ran its step in the
-    /// original build, so another agent rebuilds it when one claims meanwhile.
+    /// original build, so another agent rebuilds it when one claims meanwhile (only when
+    /// another connected agent could run it).
     pub avoid_agents_of: Option<i64>,
 }
 
@@ -228,13 +229,7 @@ impl Scheduler {
             }
         }
         if let Some(original) = request.avoid_agents_of {
-            let ran = self.store().jobs_of_build(original).await?;
-            for plan in &mut plans {
-                plan.avoid_agent_id = ran
-                    .iter()
-                    .find(|job| job.step == plan.step)
-                    .and_then(|job| job.agent_id);
-            }
+            self.avoid_original_agents(original, &mut plans).await?;
         }
         self.add_cache_keys(project, &commit, &mut plans).await;
         self.follow_steps(project.id, &plans);
@@ -389,6 +384,35 @@ impl Scheduler {
             deploy_job.priority,
         )
         .await
+    }
+
+    /// A rebuild to verify: each plan avoids the agent that ran its step in build
+    /// `original`, when another agent that could run it (its labels, heard from within a
+    /// lease) is registered; otherwise holding the job back would only delay a fleet
+    /// that has no one else to offer.
+    async fn avoid_original_agents(
+        &self,
+        original: i64,
+        plans: &mut [JobPlan],
+    ) -> Result<(), ServiceError> {
+        let ran = self.store().jobs_of_build(original).await?;
+        let agents = self.store().list_agents().await?;
+        let now = self.now();
+        let lease = self.lease_ms();
+        for plan in plans.iter_mut() {
+            let ran_on = ran
+                .iter()
+                .find(|job| job.step == plan.step)
+                .and_then(|job| job.agent_id);
+            plan.avoid_agent_id = ran_on.filter(|avoided| {
+                agents.iter().any(|agent| {
+                    agent.id != *avoided
+                        && now.saturating_sub(agent.last_seen_at) <= lease
+                        && plan.labels.iter().all(|label| agent.labels.contains(label))
+                })
+            });
+        }
+        Ok(())
     }
 
     /// Sets each cached step's key for the commit (`kiln_core::cache_key`, as the agent

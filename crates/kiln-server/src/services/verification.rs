@@ -2,9 +2,10 @@
 //! retry with cause `verify`, through the same queue), the pair is recorded, and once the
 //! rebuild has ended its artifacts are compared with the original's. Each of the
 //! rebuild's jobs avoids the agent that ran its step in the original build for the first
-//! `kiln_store::AVOIDED_AGENT_HOLD_MS` (10 s) of its wait: another eligible agent that
-//! claims meanwhile rebuilds it; after that any agent may, the first one included (a
-//! fleet of one still verifies, later).
+//! `kiln_store::AVOIDED_AGENT_HOLD_MS` (10 s) of its wait, when another agent that could
+//! run it (its labels, heard from within a lease) is registered: another agent that
+//! claims meanwhile rebuilds it; after that any agent may, the first one included. With
+//! no such agent nothing is held (a fleet of one verifies at once, on the same agent).
 
 use kiln_protocol::RebuildVerification;
 use kiln_store::BuildRecord;
