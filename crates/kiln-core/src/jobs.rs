@@ -596,3 +596,32 @@ mod ancestor_tests {
         assert!(super::ancestors("missing", lookup).is_empty());
     }
 }
+
+#[cfg(test)]
+mod rerun_tests {
+    use super::*;
+
+    /// A rollback's re-run survives the spec's round trip; a spec without one (every
+    /// job written before) reads as none.
+    #[test]
+    fn a_rerun_survives_the_spec_round_trip() {
+        let mut spec = JobSpec::from_json(&json!({"commands": ["./deploy.sh"]}));
+        assert_eq!(spec.rerun, None);
+        spec.rerun = Some(Rerun {
+            deployment_id: 7,
+            build_id: 70,
+            artifact_steps: vec!["build".into(), "install".into()],
+        });
+        let written = spec.to_json();
+        assert_eq!(
+            written["rerunOf"],
+            json!({"deploymentId": 7, "buildId": 70, "artifactSteps": ["build", "install"]})
+        );
+        assert_eq!(JobSpec::from_json(&written), spec);
+        assert_eq!(
+            JobSpec::from_json(&json!({"rerunOf": {"buildId": 70}})).rerun,
+            None,
+            "a re-run names the deployment it rolls back to"
+        );
+    }
+}
