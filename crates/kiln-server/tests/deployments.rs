@@ -801,6 +801,23 @@ async fn a_script_deployment_rolls_back_by_running_its_step_again(engine: Engine
     assert_eq!(failed["current"], false);
     assert_eq!(live(&app, "staging").await["id"], rolled_id);
 
+    // Build #2 again (passing this time), then back to build #1 by naming its re-run:
+    // the re-run of build #1's step, with build #1's artifacts.
+    let (status, again) = rollback(&developer, &second_run).await;
+    assert_eq!(status, 201, "{again}");
+    let job = claim(&app, &agent).await;
+    finish(&app, &agent, &job).await;
+    wait_for_status(&app, &again["id"], "deployed").await;
+    let (status, back) = rollback(&developer, &rerun_run).await;
+    assert_eq!(status, 201, "{back}");
+    assert_eq!(back["rollbackOf"], first_id);
+    assert_eq!(back["rollbackRunId"], first_run.as_str());
+    let job = claim(&app, &agent).await;
+    assert_eq!(job["commit"], first_commit.as_str());
+    assert_eq!(job["artifacts"][0]["sha256"], sha256);
+    finish(&app, &agent, &job).await;
+    wait_for_status(&app, &back["id"], "deployed").await;
+
     let (status, audit) = api(&app, Method::GET, "/api/v1/audit", ADMIN_TOKEN, Value::Null).await;
     assert_eq!(status, 200, "{audit}");
     assert!(

@@ -449,6 +449,21 @@ async fn rerun_script_deployment(
     build: &kiln_store::BuildRecord,
     deployed: &DeploymentRecord,
 ) -> Result<DeploymentDto, ServiceError> {
+    // Rolling back to a re-run is rolling back to the build whose step it re-ran.
+    let original = match (deployed.rollback_of, &deployed.rollback_run_id) {
+        (Some(of), Some(run_id)) => match (
+            state.store.deployment(of).await?,
+            state.store.build_by_run_id(run_id).await?,
+        ) {
+            (Some(deployment), Some(build)) => Some((build, deployment)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let (build, deployed) = match &original {
+        Some((build, deployment)) => (build, deployment),
+        None => (build, deployed),
+    };
     let target_step_build = step_build_of(state, deployed).await?;
     if let Some(current_id) = current_id
         && let Some(current) = state.store.deployment(current_id).await?
@@ -482,7 +497,7 @@ async fn rerun_script_deployment(
         return Err(ServiceError::Unprocessable {
             code: "script_deployment",
             message: format!(
-                "to: build #{} ({}) has no job of its deploy step '{}' to run again (it reported itself; Kiln did not run it); deploy that commit again (`kiln trigger --commit {}`)",
+                "to: build #{} ({}) has no job of its deploy step '{}' to run again; deploy that commit again (`kiln trigger --commit {}`)",
                 build.number,
                 build.state.run_id,
                 deployed.step,
@@ -493,7 +508,7 @@ async fn rerun_script_deployment(
     };
     let spec = kiln_core::jobs::JobSpec::from_json(&deploy_job.spec);
     let rerun = match spec.rerun {
-        // Rolling back to a re-run: the step it re-ran, with the same artifacts.
+        // A re-run whose original could not be read: the same step and artifacts.
         Some(rerun) => rerun,
         None => kiln_core::jobs::Rerun {
             deployment_id: deployed.id,
