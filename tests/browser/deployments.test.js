@@ -2,8 +2,8 @@
 // deployment appears in the history with Deploy disabled while it runs, the real
 // `kiln agent` (process executor) builds the site and uploads its `dist` directory, the
 // page turns "deployed" by itself (its live region), a second deploy, then "Roll back
-// to #1" switches the live deployment back; a viewer sees no buttons; axe and a
-// screenshot of the page.
+// to #1" switches the live deployment back; a deployment of a slow site is cancelled
+// with its Cancel button; a viewer sees no buttons; axe and a screenshot of the page.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -31,6 +31,16 @@ const SITE_PIPELINE = `steps:
     deploy: {environment: production, publish: dist}
 `;
 
+/** A site whose build runs long enough to be cancelled from the page. */
+const SLOW_SITE_PIPELINE = `steps:
+  - name: site
+    run: |
+      sleep 60
+      mkdir -p dist
+      echo "<h1>too late</h1>" > dist/index.html
+    deploy: {environment: production, publish: dist}
+`;
+
 let fixture;
 let browser;
 
@@ -42,12 +52,17 @@ before(async () => {
   await must(server, 'POST', '/api/v1/projects', { token: admin, body: { slug: 'site', name: 'Project site' } });
   const dir = makeRepo(SITE_PIPELINE, join(fixture.tmp, 'repo-site'));
   await must(server, 'PUT', '/api/v1/projects/site/repo', { token: admin, body: { repo: dir, defaultBranch: 'main' } });
+  await must(server, 'POST', '/api/v1/projects', { token: admin, body: { slug: 'slowsite', name: 'Slow site' } });
+  const slowDir = makeRepo(SLOW_SITE_PIPELINE, join(fixture.tmp, 'repo-slowsite'));
+  await must(server, 'PUT', '/api/v1/projects/slowsite/repo', { token: admin, body: { repo: slowDir, defaultBranch: 'main' } });
   for (const key of ['dev', 'viewer']) {
     const user = fixture.users[key];
-    await must(server, 'PUT', `/api/v1/projects/site/members/${encodeURIComponent(user.email)}`, {
-      token: admin,
-      body: { role: user.role },
-    });
+    for (const slug of ['site', 'slowsite']) {
+      await must(server, 'PUT', `/api/v1/projects/${slug}/members/${encodeURIComponent(user.email)}`, {
+        token: admin,
+        body: { role: user.role },
+      });
+    }
   }
 });
 
@@ -145,6 +160,39 @@ test('a developer deploys from the page, sees it run and finish, and rolls back'
   await context.close();
 });
 
+test('a developer cancels a deployment on its way with its Cancel button', async () => {
+  const context = await loggedInContext(browser, fixture, fixture.users.dev);
+  const page = await context.newPage();
+  const problems = watchConsole(page);
+  await page.goto('/projects/slowsite/deployments');
+  await Promise.all([
+    page.waitForURL(/notice=deploy-started/),
+    page.locator('form[data-deploy-form=""]').getByRole('button', { name: 'Deploy', exact: true }).click(),
+  ]);
+  const list = await api(fixture.server, 'GET', '/api/v1/projects/slowsite/deployments', { token: fixture.server.adminToken });
+  const [running] = list.body.deployments;
+  const card = page.locator('section[data-environment="production"]');
+  const cancel = card.getByRole('button', { name: `Cancel deployment ${running.id} (production)` });
+  await cancel.waitFor();
+  assert.equal(await page.locator(`tr[data-deployment="${running.id}"] form[data-cancel-deployment]`).count(), 1);
+  await checkPage(page, 'deployments-cancellable');
+  page.once('dialog', (dialog) => dialog.accept());
+  await Promise.all([
+    page.waitForURL(/notice=deploy-cancelled/),
+    cancel.click(),
+  ]);
+  await page.getByRole('status').filter({ hasText: 'Cancelled' }).waitFor();
+  await until(async () => {
+    const row = page.locator(`tr[data-deployment="${running.id}"]`);
+    return (await row.getAttribute('data-status')) === 'cancelled';
+  }, 15_000, 'the deployment to read cancelled on the page');
+  assert.equal(await page.locator('form[data-cancel-deployment]').count(), 0, 'nothing left to cancel');
+  const build = await api(fixture.server, 'GET', `/api/v1/builds/${running.runId}`, { token: fixture.server.adminToken });
+  assert.equal(build.body.status, 'cancelled');
+  assert.deepEqual(problems, []);
+  await context.close();
+});
+
 test('a viewer sees the deployments without Deploy or Roll back buttons', async () => {
   const context = await loggedInContext(browser, fixture, fixture.users.viewer);
   const page = await context.newPage();
@@ -153,8 +201,8 @@ test('a viewer sees the deployments without Deploy or Roll back buttons', async 
   await page.getByRole('link', { name: 'Deployments of site' }).click();
   await page.getByRole('heading', { name: 'Deployments of Project site', level: 1 }).waitFor();
   await page.locator('tr[data-deployment]').first().waitFor();
-  assert.equal(await page.getByRole('button', { name: /^Deploy|^Roll back/ }).count(), 0);
-  assert.equal(await page.locator('form[data-deploy-form], form[data-rollback-to]').count(), 0);
+  assert.equal(await page.getByRole('button', { name: /^Deploy|^Roll back|^Cancel/ }).count(), 0);
+  assert.equal(await page.locator('form[data-deploy-form], form[data-rollback-to], form[data-cancel-deployment]').count(), 0);
   await checkPage(page, 'deployments-viewer');
   assert.deepEqual(problems, []);
   await context.close();

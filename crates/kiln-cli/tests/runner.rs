@@ -1345,8 +1345,8 @@ fn required_artifacts_that_are_missing_fail_the_step() {
     );
 }
 
-/// Rebuild to verify, end to end: a repository whose build writes the same bytes every
-/// time is reproducible (`kiln compare` exits 0); one that also writes the time
+/// Rebuild to verify, end to end (one agent, so the rebuild is not held back for another):
+/// a repository whose build writes the same bytes every time is reproducible (`kiln compare` exits 0); one that also writes the time
 /// (`date +%s%N`) is not (`kiln compare` exits 1 and names the file that differs).
 #[test]
 fn a_reproducible_and_a_non_reproducible_repository_are_told_apart() {
@@ -1371,6 +1371,12 @@ fn a_reproducible_and_a_non_reproducible_repository_are_told_apart() {
         assert_eq!(
             kiln.wait_for_build(&rebuild, Duration::from_secs(60)),
             "success"
+        );
+        // One agent: nothing is held back for another (there is none).
+        let waited = queue_wait_ms(&kiln.job(&rebuild, "build"));
+        assert!(
+            waited < kiln_store::AVOIDED_AGENT_HOLD_MS,
+            "a fleet of one rebuilds at once: waited {waited} ms"
         );
         let verification = kiln
             .block_on(kiln.user.verification(&first.run_id))
@@ -1553,4 +1559,109 @@ fn a_pipeline_publishes_its_site_and_rolls_back_to_the_last_good_build() {
         .block_on(kiln.user.list_builds(&BuildQuery::default()))
         .unwrap();
     assert_eq!(builds.builds.len(), 2, "a rollback builds nothing");
+}
+
+/// A script deployment (`deploy: {environment: staging, url: …}`), run by a real agent:
+/// each build's `build` step writes a marker (its run id) as an artifact, and the deploy
+/// step writes that marker and the checkout's VERSION to a file outside the repository,
+/// as a deploy script would write to a server. After two deploys, `kiln rollback` to the
+/// first runs its deploy step again — in a build of its own, at the first build's commit,
+/// with the first build's artifact — and the file holds the first marker again.
+#[test]
+fn a_script_deployment_rolls_back_by_running_its_deploy_step_again() {
+    let kiln = Kiln::start(&[]);
+    let target = kiln.workspace.dir.path().join("deployed-staging.txt");
+    let pipeline_of = || {
+        pipeline(&[
+            step(
+                "build",
+                &[
+                    "mkdir -p out",
+                    "printf 'marker of %s' \"$KILN_RUN_ID\" > out/marker",
+                ],
+                "    artifacts: [out]\n",
+            ),
+            step(
+                "deploy",
+                &[&format!(
+                    "printf '%s from %s' \"$(cat out/marker)\" \"$(cat VERSION)\" > '{}'",
+                    target.display()
+                )],
+                "    depends_on: [build]\n    deploy: {environment: staging, url: 'https://staging.example.test/'}\n",
+            ),
+        ])
+    };
+    let _agent = kiln.agent("deployer", &[]);
+    let deployed_file = || std::fs::read_to_string(&target).unwrap_or_default();
+    let mut runs = Vec::new();
+    for version in ["v1", "v2"] {
+        kiln.repo.write("VERSION", version);
+        kiln.commit_pipeline(&pipeline_of());
+        let build = kiln.trigger_main();
+        let status = kiln.wait_for_build(&build.run_id, Duration::from_secs(60));
+        assert_eq!(
+            status,
+            "success",
+            "{}",
+            kiln.log_text(&build.run_id, "deploy")
+        );
+        wait_until(
+            || format!("{version} live on staging"),
+            Duration::from_secs(20),
+            || {
+                let environments = kiln.block_on(kiln.user.environments(PROJECT)).unwrap();
+                let current = environments.environments.first()?.current.clone()?;
+                (current.run_id == build.run_id && current.status == "deployed").then_some(())
+            },
+        );
+        assert_eq!(
+            deployed_file(),
+            format!("marker of {} from {version}", build.run_id)
+        );
+        runs.push(build.run_id);
+    }
+
+    let rolled = output(
+        kiln.workspace
+            .kiln(&kiln.url(), &kiln.user_token)
+            .args(["rollback", "staging", "--to", &runs[0]]),
+    );
+    assert_eq!(rolled.status.code(), Some(0), "{}", stderr(&rolled));
+    assert!(
+        stdout(&rolled).contains("rollback started:"),
+        "{}",
+        stdout(&rolled)
+    );
+    let history = kiln
+        .block_on(kiln.user.deployments(PROJECT, Some("staging"), 10))
+        .unwrap();
+    let rollback = history.deployments[0].clone();
+    assert_eq!(rollback.rollback_run_id.as_deref(), Some(runs[0].as_str()));
+    assert!(!runs.contains(&rollback.run_id), "a build of its own");
+    assert_eq!(
+        kiln.wait_for_build(&rollback.run_id, Duration::from_secs(60)),
+        "success",
+        "{}",
+        kiln.log_text(&rollback.run_id, "deploy")
+    );
+    let steps: Vec<String> = kiln
+        .jobs(&rollback.run_id)
+        .into_iter()
+        .map(|job| job.step)
+        .collect();
+    assert_eq!(steps, ["deploy"], "only the deploy step runs again");
+    wait_until(
+        || "the rollback live on staging".into(),
+        Duration::from_secs(20),
+        || {
+            let environments = kiln.block_on(kiln.user.environments(PROJECT)).unwrap();
+            let current = environments.environments.first()?.current.clone()?;
+            (current.id == rollback.id && current.status == "deployed").then_some(())
+        },
+    );
+    assert_eq!(
+        deployed_file(),
+        format!("marker of {} from v1", runs[0]),
+        "the first build's marker and commit, deployed again"
+    );
 }

@@ -82,6 +82,9 @@ pub struct JobPlan {
     pub state: JobState,
     /// What the agent runs: see [`JobSpec`].
     pub spec: Value,
+    /// An agent a claim leaves the job to others for a while (a rebuild to verify
+    /// avoids the agent that ran the step in the original build); `None` for any agent.
+    pub avoid_agent_id: Option<i64>,
 }
 
 /// The part of a job the agent needs to run it, stored as JSON with the job.
@@ -110,6 +113,50 @@ pub struct JobSpec {
     pub needs_artifacts: bool,
     /// What the step deploys when the build succeeds.
     pub deploy: Option<DeploySpec>,
+    /// Set on the one job of a script deployment's rollback: the earlier build's deploy
+    /// step run again, with that build's artifacts.
+    pub rerun: Option<Rerun>,
+}
+
+/// A rollback's re-run of an earlier build's deploy step (a build of its own, see
+/// `kiln-server`'s `deploy` module): the deployment it rolls back to, and where the
+/// artifacts the step receives come from (the earlier build's steps it depends on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rerun {
+    /// The deployment of the earlier build whose step runs again (`rollback_of`).
+    pub deployment_id: i64,
+    /// The earlier build: its artifacts are the step's.
+    pub build_id: i64,
+    /// The steps of that build whose artifacts the step receives (those it depends on,
+    /// directly or not; none with `needs_artifacts: false`).
+    pub artifact_steps: Vec<String>,
+}
+
+impl Rerun {
+    fn to_json(&self) -> Value {
+        json!({
+            "deploymentId": self.deployment_id,
+            "buildId": self.build_id,
+            "artifactSteps": self.artifact_steps,
+        })
+    }
+
+    fn from_json(value: &Value) -> Option<Rerun> {
+        Some(Rerun {
+            deployment_id: value.get("deploymentId")?.as_i64()?,
+            build_id: value.get("buildId")?.as_i64()?,
+            artifact_steps: value
+                .get("artifactSteps")
+                .and_then(Value::as_array)
+                .map(|steps| {
+                    steps
+                        .iter()
+                        .filter_map(|step| step.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
 }
 
 impl JobSpec {
@@ -138,6 +185,9 @@ impl JobSpec {
         });
         if let Some(cache_key) = &self.cache_key {
             value["cacheKey"] = json!(cache_key);
+        }
+        if let Some(rerun) = &self.rerun {
+            value["rerunOf"] = rerun.to_json();
         }
         value
     }
@@ -194,6 +244,7 @@ impl JobSpec {
             });
         JobSpec {
             deploy,
+            rerun: value.get("rerunOf").and_then(Rerun::from_json),
             secrets: value.get("secrets").map(strings).unwrap_or_default(),
             test_reports: value.get("testReports").map(strings).unwrap_or_default(),
             artifacts: value.get("artifacts").map(strings).unwrap_or_default(),
@@ -290,6 +341,7 @@ pub fn plan(pipeline: &Pipeline, branch: &str) -> Vec<JobPlan> {
                 artifacts_required: step.artifacts_required,
                 needs_artifacts: step.needs_artifacts,
                 deploy: step.deploy.clone(),
+                rerun: None,
             };
             JobPlan {
                 step: step.name.as_str().to_owned(),
@@ -302,6 +354,7 @@ pub fn plan(pipeline: &Pipeline, branch: &str) -> Vec<JobPlan> {
                 depends_on,
                 labels: step.agents.iter().map(|l| l.as_str().to_owned()).collect(),
                 spec: spec.to_json(),
+                avoid_agent_id: None,
             }
         })
         .collect()
@@ -541,5 +594,34 @@ mod ancestor_tests {
         assert_eq!(names(super::ancestors("build", lookup)), ["install"]);
         assert!(super::ancestors("install", lookup).is_empty());
         assert!(super::ancestors("missing", lookup).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod rerun_tests {
+    use super::*;
+
+    /// A rollback's re-run survives the spec's round trip; a spec without one (every
+    /// job written before) reads as none.
+    #[test]
+    fn a_rerun_survives_the_spec_round_trip() {
+        let mut spec = JobSpec::from_json(&json!({"commands": ["./deploy.sh"]}));
+        assert_eq!(spec.rerun, None);
+        spec.rerun = Some(Rerun {
+            deployment_id: 7,
+            build_id: 70,
+            artifact_steps: vec!["build".into(), "install".into()],
+        });
+        let written = spec.to_json();
+        assert_eq!(
+            written["rerunOf"],
+            json!({"deploymentId": 7, "buildId": 70, "artifactSteps": ["build", "install"]})
+        );
+        assert_eq!(JobSpec::from_json(&written), spec);
+        assert_eq!(
+            JobSpec::from_json(&json!({"rerunOf": {"buildId": 70}})).rerun,
+            None,
+            "a re-run names the deployment it rolls back to"
+        );
     }
 }

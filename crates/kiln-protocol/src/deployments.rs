@@ -31,8 +31,16 @@ pub struct DeploymentDto {
     pub message: Option<String>,
     /// Who asked: a user's email or a token's name.
     pub requested_by: Option<String>,
-    /// For a rollback: the deployment whose build it serves again.
+    /// For a rollback: the deployment whose build it serves again. A site's rollback
+    /// serves that build's files (`runId` is that build); a script deployment's rollback
+    /// is a build of its own (`runId`) that ran that build's deploy step again.
     pub rollback_of: Option<i64>,
+    /// For a rollback: the run id of the build it serves again (`rollbackOf`'s build).
+    #[serde(default)]
+    pub rollback_run_id: Option<String>,
+    /// For a rollback: that build's number.
+    #[serde(default)]
+    pub rollback_build_number: Option<i64>,
     /// The deployment that was live when this one went live.
     pub replaces: Option<i64>,
     /// Whether its environment serves it now.

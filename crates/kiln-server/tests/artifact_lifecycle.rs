@@ -1,6 +1,7 @@
 //! After a build, against the real server: retention (dry run and real run, pinned and
 //! last-good builds kept, shared blobs kept, blob files removed from the local store,
-//! the hourly task), comparing builds, rebuild-to-verify's answer before any rebuild,
+//! the hourly task), comparing builds, rebuild-to-verify's answer before any rebuild and
+//! the agent a rebuild goes to (another than the first build's, when one claims in time),
 //! and build reports as JSON and Markdown.
 
 mod common;
@@ -18,6 +19,7 @@ engine_test!(retention_keeps_pinned_last_good_and_shared_blobs);
 engine_test!(the_hourly_task_applies_each_projects_rule);
 engine_test!(builds_compare_file_by_file);
 engine_test!(a_report_sums_up_a_build_as_json_and_markdown);
+engine_test!(a_rebuild_to_verify_prefers_another_agent);
 
 /// Sends one event with the project token.
 async fn event(app: &TestApp, token: &str, body: Value) {
@@ -602,5 +604,129 @@ async fn a_report_sums_up_a_build_as_json_and_markdown(engine: Engine) {
         client.build_report("nope").await.unwrap_err().status(),
         Some(404)
     );
+    app.stop().await;
+}
+
+/// Rebuild to verify steers each step away from the agent that ran it in the original
+/// build: with two agents polling, the other one gets the rebuild's job while the first
+/// is passed over; with the first agent alone, it gets the job once
+/// `AVOIDED_AGENT_HOLD_MS` has passed (the test clock moved on), not before.
+async fn a_rebuild_to_verify_prefers_another_agent(engine: Engine) {
+    use common::fake_agent::{agent_call, claim, finish, register};
+    let app = TestApp::spawn(engine).await;
+    let repo = tempfile::tempdir().unwrap();
+    common::git(repo.path(), &["init", "-q"]);
+    std::fs::write(
+        repo.path().join(".kiln.yml"),
+        "steps:\n  - name: build\n    run: echo build\n",
+    )
+    .unwrap();
+    common::git(repo.path(), &["add", "."]);
+    common::git(repo.path(), &["commit", "-q", "-m", "one step"]);
+    app.project_client("web", &["ingest", "read"]).await;
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let app = &app;
+        async move {
+            app.raw(
+                method,
+                &path,
+                Some(common::ADMIN_TOKEN),
+                body.map(|body| body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let (status, answer) = call(
+        reqwest::Method::PUT,
+        "/api/v1/projects/web/repo".into(),
+        Some(json!({"repo": repo.path().display().to_string()})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let first = register(&app, "first", 1).await;
+    let second = register(&app, "second", 1).await;
+    // Waits at most `wait_secs` for a job; `Value::Null` when none came.
+    let claim_within = |agent: &common::fake_agent::Agent, wait_secs: u64| {
+        let app = &app;
+        let request = json!({"agentId": agent.id, "waitSecs": wait_secs});
+        let token = agent.token.clone();
+        let id = agent.id;
+        async move {
+            let agent = common::fake_agent::Agent { token, id };
+            let (status, job) = agent_call(app, &agent, "/api/v1/agent/claim", request).await;
+            assert!(status == 200 || status == 204, "{status} {job}");
+            job
+        }
+    };
+    let wait_for_end = |run_id: String| {
+        let app = &app;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let (_, build) = app
+                    .raw(
+                        reqwest::Method::GET,
+                        &format!("/api/v1/builds/{run_id}"),
+                        Some(common::ADMIN_TOKEN),
+                        None,
+                    )
+                    .await;
+                if build["status"] == "success" {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "{build}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    let (status, triggered) = call(
+        reqwest::Method::POST,
+        "/api/v1/projects/web/builds".into(),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 201, "{triggered}");
+    let original = triggered["runId"].as_str().unwrap().to_owned();
+    let job = claim(&app, &first).await;
+    assert_eq!(job["runId"], original.as_str());
+    finish(&app, &first, &job).await;
+    wait_for_end(original.clone()).await;
+
+    // Two agents: the first is passed over, the second rebuilds.
+    let (status, requested) = call(
+        reqwest::Method::POST,
+        format!("/api/v1/builds/{original}/rebuild-verify"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{requested}");
+    let rebuild = requested["rebuildRunId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        claim_within(&first, 0).await,
+        Value::Null,
+        "held from the first agent"
+    );
+    let job = claim_within(&second, 5).await;
+    assert_eq!(job["runId"], rebuild.as_str());
+    assert_eq!(job["env"]["KILN_AGENT_NAME"], "second");
+    finish(&app, &second, &job).await;
+    wait_for_end(rebuild.clone()).await;
+
+    // The first agent alone: it waits out the hold, then rebuilds.
+    let (status, requested) = call(
+        reqwest::Method::POST,
+        format!("/api/v1/builds/{original}/rebuild-verify"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{requested}");
+    let rebuild = requested["rebuildRunId"].as_str().unwrap().to_owned();
+    assert_eq!(claim_within(&first, 1).await, Value::Null);
+    app.clock.advance_ms(kiln_store::AVOIDED_AGENT_HOLD_MS);
+    let job = claim_within(&first, 5).await;
+    assert_eq!(job["runId"], rebuild.as_str());
+    finish(&app, &first, &job).await;
+    wait_for_end(rebuild).await;
     app.stop().await;
 }

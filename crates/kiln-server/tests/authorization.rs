@@ -1270,6 +1270,12 @@ async fn every_route_answers_every_caller_by_its_rule(engine: Engine) {
             Rule::PageDeveloper,
         ),
         (
+            "POST",
+            format!("/projects/web/deployments/{deployment_id}/cancel"),
+            Value::Null,
+            Rule::PageDeveloper,
+        ),
+        (
             "GET",
             "/projects/web/settings".into(),
             Value::Null,

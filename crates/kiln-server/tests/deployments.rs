@@ -2,7 +2,9 @@
 //! followed through its statuses as a fake agent runs the build's jobs and uploads the
 //! site, the site fetched (index pages, content types, ETag, ranges, refusals), a script
 //! deployment, and a rollback while a client keeps fetching (every answer whole, one
-//! version or the other, never going back), audited.
+//! version or the other, never going back), audited; a script deployment rolled back by
+//! running the earlier build's deploy step again (its commit, its artifacts) in a build
+//! of its own, live once the step passed, the environment unchanged when it failed.
 
 mod common;
 
@@ -19,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 engine_test!(a_site_is_deployed_served_and_rolled_back);
+engine_test!(a_script_deployment_rolls_back_by_running_its_step_again);
 
 const PIPELINE: &str = "steps:
   - name: build
@@ -428,9 +431,15 @@ async fn a_site_is_deployed_served_and_rolled_back(engine: Engine) {
     assert_eq!(status, 404, "{refused}");
     let (status, refused) = rollback(&developer, "production", json!({"too": first_run})).await;
     assert_eq!(status, 400, "{refused}");
-    let (status, refused) = rollback(&developer, "staging", json!({"to": first_run})).await;
-    assert_eq!(status, 422, "{refused}");
-    assert_error(&refused, "script_deployment", Some("to"));
+    // The script deployment's live build is the second too.
+    let (status, refused) = rollback(
+        &developer,
+        "staging",
+        json!({"to": started["build"]["runId"]}),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_error(&refused, "already_live", Some("to"));
 
     // The rollback, while a client keeps fetching.
     let fetching = Arc::new(AtomicBool::new(true));
@@ -539,5 +548,283 @@ async fn a_site_is_deployed_served_and_rolled_back(engine: Engine) {
     );
     let (status, refused) = rollback(&developer, "production", json!({"to": first_run})).await;
     assert_eq!(status, 409, "{refused}");
+    app.stop().await;
+}
+
+const SCRIPT_PIPELINE: &str = "steps:
+  - name: build
+    run: ./build.sh
+    artifacts: [out]
+  - name: deploy
+    run: ./deploy.sh
+    depends_on: build
+    deploy: {environment: staging, url: 'https://staging.example.test/'}
+";
+
+async fn api(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    request: Value,
+) -> (u16, Value) {
+    let body = (!request.is_null()).then(|| serde_json::to_vec(&request).unwrap());
+    app.raw(method, path, Some(token), body).await
+}
+
+/// Finishes a claimed job as failed.
+async fn fail(app: &TestApp, agent: &Agent, job: &Value) {
+    let (status, answer) = common::fake_agent::agent_call(
+        app,
+        agent,
+        &format!("/api/v1/agent/jobs/{}/finish", job["jobId"]),
+        json!({"agentId": agent.id, "attempt": job["attempt"], "state": "failed", "exitCode": 1, "reason": "exit_status"}),
+    )
+    .await;
+    assert!(status < 300, "finish: {status} {answer}");
+}
+
+/// The environment's current deployment.
+async fn live(app: &TestApp, environment: &str) -> Value {
+    let (status, environments) = api(
+        app,
+        Method::GET,
+        "/api/v1/projects/web/environments",
+        ADMIN_TOKEN,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{environments}");
+    environments["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == environment)
+        .map(|e| e["current"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// A script deployment (`deploy.url`) rolled back: a build of its own (cause `rollback`)
+/// at the earlier build's commit runs only its deploy step, handed the earlier build's
+/// artifacts (downloadable through the agent's route), recorded as a deployment naming
+/// the earlier one; the environment keeps what it served until the step passes, and
+/// keeps it when a re-run fails. Refusals: a viewer, a run while one runs, the build live
+/// already.
+async fn a_script_deployment_rolls_back_by_running_its_step_again(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    std::fs::write(repo.path().join(".kiln.yml"), SCRIPT_PIPELINE).unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "v1"]);
+    app.project_client("web", &["ingest", "read"]).await;
+    let (status, answer) = api(
+        &app,
+        Method::PUT,
+        "/api/v1/projects/web/repo",
+        ADMIN_TOKEN,
+        json!({"repo": repo.path().display().to_string()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let agent = register(&app, "fake", 4).await;
+    let developer = app
+        .member_token("dev@example.com", "web", "developer")
+        .await;
+    let viewer = app
+        .member_token("viewer@example.com", "web", "viewer")
+        .await;
+
+    // Two deploys, each build's `build` step uploading its marker.
+    let mut builds = Vec::new();
+    for version in ["v1", "v2"] {
+        if version == "v2" {
+            std::fs::write(repo.path().join("VERSION"), version).unwrap();
+            git(repo.path(), &["add", "."]);
+            git(repo.path(), &["commit", "-q", "-m", version]);
+        }
+        let (status, started) = api(
+            &app,
+            Method::POST,
+            "/api/v1/projects/web/environments/staging/deploy",
+            &developer,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(status, 201, "{started}");
+        let id = started["deployment"]["id"].clone();
+        let built = claim(&app, &agent).await;
+        assert_eq!(built["step"], "build");
+        let marker = format!("marker of {version}");
+        upload(
+            &app,
+            &agent,
+            &built,
+            &[("out/marker.txt", marker.as_bytes())],
+        )
+        .await;
+        finish(&app, &agent, &built).await;
+        let deploying = claim(&app, &agent).await;
+        assert_eq!(deploying["step"], "deploy");
+        finish(&app, &agent, &deploying).await;
+        let deployed = wait_for_status(&app, &id, "deployed").await;
+        assert_eq!(deployed["current"], true);
+        builds.push((
+            started["build"]["runId"].as_str().unwrap().to_owned(),
+            started["build"]["commit"].as_str().unwrap().to_owned(),
+            id,
+            marker,
+        ));
+    }
+    let (first_run, first_commit, first_id, first_marker) = builds[0].clone();
+    let (second_run, _, second_id, _) = builds[1].clone();
+
+    let rollback = |token: &str, to: &str| {
+        let token = token.to_owned();
+        let to = to.to_owned();
+        let app = &app;
+        async move {
+            api(
+                app,
+                Method::POST,
+                "/api/v1/projects/web/environments/staging/rollback",
+                &token,
+                json!({ "to": to }),
+            )
+            .await
+        }
+    };
+    let (status, refused) = rollback(&viewer, &first_run).await;
+    assert_eq!(status, 403, "{refused}");
+    let (status, refused) = rollback(&developer, &second_run).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_error(&refused, "already_live", Some("to"));
+
+    // The rollback: queued, in a build of its own at build #1's commit.
+    let (status, rolled) = rollback(&developer, &first_run).await;
+    assert_eq!(status, 201, "{rolled}");
+    assert_eq!(rolled["status"], "queued");
+    assert_eq!(rolled["rollbackOf"], first_id);
+    assert_eq!(rolled["rollbackRunId"], first_run.as_str());
+    assert_eq!(rolled["rollbackBuildNumber"], 1);
+    assert_eq!(rolled["commit"], first_commit.as_str());
+    assert_eq!(rolled["step"], "deploy");
+    assert_eq!(rolled["url"], "https://staging.example.test/");
+    assert_eq!(rolled["current"], false);
+    assert_eq!(rolled["requestedBy"], "dev@example.com");
+    let rerun_run = rolled["runId"].as_str().unwrap().to_owned();
+    assert!(rerun_run != first_run && rerun_run != second_run);
+    let (status, queued) = api(
+        &app,
+        Method::GET,
+        &format!("/api/v1/builds/{rerun_run}/events"),
+        ADMIN_TOKEN,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{queued}");
+    let trigger = &queued["events"][0];
+    assert_eq!(trigger["event"], "build_queued");
+    assert_eq!(trigger["data"]["trigger"], "rollback");
+    assert_eq!(trigger["data"]["rollbackOf"], first_run.as_str());
+    assert_eq!(trigger["commit"], first_commit.as_str());
+    // One deployment of an environment at a time.
+    let (status, refused) = rollback(&developer, &first_run).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_error(&refused, "deployment_running", None);
+    let (status, refused) = api(
+        &app,
+        Method::POST,
+        "/api/v1/projects/web/environments/staging/deploy",
+        &developer,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+
+    // The agent runs only the deploy step, with build #1's artifacts.
+    let job = claim(&app, &agent).await;
+    assert_eq!(job["step"], "deploy");
+    assert_eq!(job["runId"], rerun_run.as_str());
+    assert_eq!(job["commit"], first_commit.as_str());
+    assert_eq!(job["commands"], json!(["./deploy.sh"]));
+    let files = job["artifacts"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{job}");
+    assert_eq!(files[0]["path"], "out/marker.txt");
+    assert_eq!(files[0]["step"], "build");
+    let sha256 = files[0]["sha256"].as_str().unwrap();
+    let downloaded = app
+        .http
+        .get(format!(
+            "{}/api/v1/agent/jobs/{}/artifacts/{sha256}?agentId={}&attempt={}",
+            app.base_url, job["jobId"], agent.id, job["attempt"]
+        ))
+        .bearer_auth(&agent.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(downloaded.status(), 200);
+    assert_eq!(downloaded.text().await.unwrap(), first_marker);
+    // Only what the step depends on: not another build's blob.
+    let (_, jobs) = api(
+        &app,
+        Method::GET,
+        &format!("/api/v1/projects/web/builds/{rerun_run}/jobs"),
+        ADMIN_TOKEN,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+    let rolled_id = rolled["id"].clone();
+    wait_for_status(&app, &rolled_id, "cloning").await;
+    assert_eq!(live(&app, "staging").await["id"], second_id, "not live yet");
+    finish(&app, &agent, &job).await;
+    let done = wait_for_status(&app, &rolled_id, "deployed").await;
+    assert_eq!(done["current"], true);
+    assert_eq!(done["replaces"], second_id);
+    assert_eq!(live(&app, "staging").await["id"], rolled_id);
+    // Build #1 runs there now: rolling back to it (or to its re-run) again is refused.
+    let (status, refused) = rollback(&developer, &first_run).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_error(&refused, "already_live", Some("to"));
+    let (status, refused) = rollback(&developer, &rerun_run).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_error(&refused, "already_live", Some("to"));
+
+    // A re-run that fails leaves the environment as it was.
+    let (status, again) = rollback(&developer, &second_run).await;
+    assert_eq!(status, 201, "{again}");
+    let job = claim(&app, &agent).await;
+    assert_eq!(job["step"], "deploy");
+    fail(&app, &agent, &job).await;
+    let failed = wait_for_status(&app, &again["id"], "failed").await;
+    assert_eq!(failed["current"], false);
+    assert_eq!(live(&app, "staging").await["id"], rolled_id);
+
+    // Build #2 again (passing this time), then back to build #1 by naming its re-run:
+    // the re-run of build #1's step, with build #1's artifacts.
+    let (status, again) = rollback(&developer, &second_run).await;
+    assert_eq!(status, 201, "{again}");
+    let job = claim(&app, &agent).await;
+    finish(&app, &agent, &job).await;
+    wait_for_status(&app, &again["id"], "deployed").await;
+    let (status, back) = rollback(&developer, &rerun_run).await;
+    assert_eq!(status, 201, "{back}");
+    assert_eq!(back["rollbackOf"], first_id);
+    assert_eq!(back["rollbackRunId"], first_run.as_str());
+    let job = claim(&app, &agent).await;
+    assert_eq!(job["commit"], first_commit.as_str());
+    assert_eq!(job["artifacts"][0]["sha256"], sha256);
+    finish(&app, &agent, &job).await;
+    wait_for_status(&app, &back["id"], "deployed").await;
+
+    let (status, audit) = api(&app, Method::GET, "/api/v1/audit", ADMIN_TOKEN, Value::Null).await;
+    assert_eq!(status, 200, "{audit}");
+    assert!(
+        audit
+            .to_string()
+            .contains(&format!("run again as build {rerun_run}")),
+        "the rollback is audited: {audit}"
+    );
     app.stop().await;
 }

@@ -244,6 +244,7 @@ async fn kiln_run_build(app: &TestApp, store: &dyn Store, token: &str) -> i64 {
         labels: Vec::new(),
         state,
         spec: json!({}),
+        avoid_agent_id: None,
     };
     store
         .create_jobs(

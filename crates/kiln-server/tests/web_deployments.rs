@@ -3,7 +3,10 @@
 //! no buttons, a developer deploys (the build runs as a fake agent that uploads the
 //! site), sees Deploy disabled while it runs, is refused with the reason on the page
 //! (running, no deploy step, an invalid name, a stale CSRF token) and rolls back; the
-//! page is compared with a snapshot (`tests/snapshots/deployments-viewer.html`).
+//! page is compared with a snapshot (`tests/snapshots/deployments-viewer.html`). A
+//! deployment on its way has a Cancel form (developers): it cancels the build, and a
+//! viewer, a stale token, an ended deployment, another project's or a malformed id are
+//! refused on the page.
 
 mod common;
 
@@ -18,6 +21,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 engine_test!(the_deployments_page_deploys_and_rolls_back);
+engine_test!(the_deployments_page_cancels_a_running_deployment);
 
 const PIPELINE: &str = "steps:
   - name: build
@@ -451,6 +455,162 @@ async fn the_deployments_page_deploys_and_rolls_back(engine: Engine) {
         no_step
             .text
             .contains(r#"name="environment" value="staging""#)
+    );
+    app.stop().await;
+}
+
+async fn the_deployments_page_cancels_a_running_deployment(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    for slug in ["web", "other"] {
+        admin_call(
+            &app,
+            Method::POST,
+            "/api/v1/projects",
+            json!({"slug": slug, "name": slug}),
+        )
+        .await;
+    }
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    std::fs::write(repo.path().join(".kiln.yml"), PIPELINE).unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "site"]);
+    for slug in ["web", "other"] {
+        admin_call(
+            &app,
+            Method::PUT,
+            &format!("/api/v1/projects/{slug}/repo"),
+            json!({"repo": repo.path().display().to_string()}),
+        )
+        .await;
+    }
+    for (email, role) in [
+        ("dev@example.com", "developer"),
+        ("vic@example.com", "viewer"),
+    ] {
+        admin_call(
+            &app,
+            Method::POST,
+            "/api/v1/users",
+            json!({"email": email, "name": email, "password": PASSWORD}),
+        )
+        .await;
+        admin_call(
+            &app,
+            Method::PUT,
+            &format!("/api/v1/projects/web/members/{email}"),
+            json!({ "role": role }),
+        )
+        .await;
+    }
+    let dev = Browser::log_in(&app, "dev@example.com", PASSWORD).await;
+    let vic = Browser::log_in(&app, "vic@example.com", PASSWORD).await;
+    let page = "/projects/web/deployments";
+
+    let started = dev
+        .post(
+            "/projects/web/deploy",
+            &[("environment", "production"), ("branch", "main")],
+        )
+        .await;
+    assert_eq!(started.status, 303, "{}", started.text);
+    let running = deployments(&app).await.remove(0);
+    let id = running["id"].as_i64().unwrap();
+    let run_id = running["runId"].as_str().unwrap().to_owned();
+    let cancel_path = format!("/projects/web/deployments/{id}/cancel");
+
+    // The developer sees Cancel in the environment and in the history; the viewer none.
+    let shown = dev.get(page).await;
+    let marker = format!(r#"data-cancel-deployment="{id}""#);
+    assert_eq!(shown.text.matches(&marker).count(), 2, "{}", shown.text);
+    let form = form_with(&shown.text, &marker);
+    assert!(
+        form.contains(&format!(r#"action="{cancel_path}""#)),
+        "{form}"
+    );
+    assert!(form.contains(r#"name="_csrf""#), "{form}");
+    assert!(
+        form.contains(&format!(
+            r#"aria-label="Cancel deployment {id} (production)">Cancel</button>"#
+        )),
+        "{form}"
+    );
+    let viewed = vic.get(page).await;
+    assert!(
+        !viewed.text.contains("data-cancel-deployment"),
+        "{}",
+        viewed.text
+    );
+
+    // Refusals: a viewer (403), a stale token (403), a malformed id, another project's
+    // deployment (404 on that project's page): nothing cancelled.
+    let refused = vic.post(&cancel_path, &[]).await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert!(refused.text.contains("developer"), "{}", refused.text);
+    let stale = dev
+        .post_raw(&cancel_path, &form_body(&[("_csrf", "stale")]))
+        .await;
+    assert_eq!(stale.status, 403);
+    assert!(stale.text.contains("out of date"), "{}", stale.text);
+    let malformed = dev.post("/projects/web/deployments/x1/cancel", &[]).await;
+    assert_eq!(malformed.status, 400, "{}", malformed.text);
+    assert!(
+        malformed.text.contains(r#"role="alert""#),
+        "{}",
+        malformed.text
+    );
+    assert!(malformed.text.contains("id: "), "{}", malformed.text);
+    let (status, elsewhere) = app
+        .raw(
+            Method::POST,
+            "/api/v1/projects/other/environments/production/deploy",
+            Some(common::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{elsewhere}");
+    let other_id = elsewhere["deployment"]["id"].as_i64().unwrap();
+    let wrong_project = dev
+        .post(&format!("/projects/web/deployments/{other_id}/cancel"), &[])
+        .await;
+    assert_eq!(wrong_project.status, 404, "{}", wrong_project.text);
+    assert_eq!(deployments(&app).await[0]["status"], "queued");
+
+    // Cancel: back to the page with the notice; the deployment and its build cancelled.
+    let cancelled = dev.post(&cancel_path, &[]).await;
+    assert_eq!(cancelled.status, 303, "{}", cancelled.text);
+    assert_eq!(
+        cancelled.location,
+        "/projects/web/deployments?notice=deploy-cancelled#history"
+    );
+    let after = dev.get(&cancelled.location).await;
+    assert!(after.text.contains(r#"role="status""#), "{}", after.text);
+    assert!(after.text.contains("Cancelled:"), "{}", after.text);
+    assert!(
+        !after.text.contains("data-cancel-deployment"),
+        "{}",
+        after.text
+    );
+    let newest = newest_becomes(&app, "cancelled").await;
+    assert_eq!(newest["id"], id);
+    let build = admin_call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/builds/{run_id}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(build["status"], "cancelled", "{build}");
+
+    // An ended deployment: refused on the page with the reason.
+    let again = dev.post(&cancel_path, &[]).await;
+    assert_eq!(again.status, 409, "{}", again.text);
+    assert!(again.text.contains(r#"role="alert""#), "{}", again.text);
+    assert!(again.text.contains("already ended"), "{}", again.text);
+    assert!(
+        again.text.contains("<h1>Deployments of web</h1>"),
+        "{}",
+        again.text
     );
     app.stop().await;
 }

@@ -41,12 +41,17 @@ pub struct DeploymentRecord {
     pub message: Option<String>,
     /// Who asked (their email, or a token's name), when someone did.
     pub requested_by: Option<String>,
-    /// For a rollback: the deployment whose build it serves again.
+    /// For a rollback: the deployment whose build it serves again (a site switched back
+    /// to that build's files, or that build's deploy step run again by this one's build).
     pub rollback_of: Option<i64>,
     /// The deployment that was current when this one went live.
     pub replaces: Option<i64>,
     pub created_at: Millis,
     pub finished_at: Option<Millis>,
+    /// For a rollback: the run id and number of the build it serves again (whose files
+    /// a site switched back to, or whose deploy step this one's build ran again).
+    pub rollback_run_id: Option<String>,
+    pub rollback_build_number: Option<i64>,
 }
 
 /// A deployment to record.
@@ -60,6 +65,8 @@ pub struct NewDeployment {
     pub url: Option<String>,
     pub status: String,
     pub requested_by: Option<String>,
+    /// For a script deployment's rollback (recorded by `ensure_deployment` for the build
+    /// that re-runs the step) or a site's (`roll_back`): the deployment served again.
     pub rollback_of: Option<i64>,
 }
 
@@ -76,7 +83,9 @@ pub struct ServedRelease {
 #[async_trait]
 pub trait DeploymentStore: Send + Sync {
     /// Records the deployment of a build to an environment (creating the environment),
-    /// unless the build already has one there; answers the deployment either way.
+    /// unless the build already has one there; answers the deployment either way. Its
+    /// status follows the build's jobs; `rollback_of` is kept (a build that re-runs an
+    /// earlier build's deploy step).
     async fn ensure_deployment(
         &self,
         new: &NewDeployment,
@@ -105,7 +114,8 @@ pub trait DeploymentStore: Send + Sync {
         now: Millis,
     ) -> StoreResult<Option<DeploymentRecord>>;
     async fn deployment(&self, id: i64) -> StoreResult<Option<DeploymentRecord>>;
-    /// The deployments of a build (not its rollbacks).
+    /// The deployments that follow a build's jobs (its deploy steps', a re-run's
+    /// included), not the rollbacks that switched a site back to its files.
     async fn deployments_of_build(&self, build_id: i64) -> StoreResult<Vec<DeploymentRecord>>;
     /// The builds of deployments that have not ended, oldest first.
     async fn builds_with_active_deployments(&self, limit: i64) -> StoreResult<Vec<i64>>;

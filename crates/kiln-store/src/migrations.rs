@@ -141,6 +141,14 @@ const SQLITE: &[Migration] = &[
         name: "analytics_days",
         sql: include_str!("../migrations/sqlite/0019_analytics_days.sql"),
     },
+    // Script deployments rolled back by re-running an earlier build's deploy step (the
+    // deployments that follow their build told from the rollbacks that switch a site), and
+    // jobs that avoid an agent for a while (rebuilds to verify).
+    Migration {
+        version: 20,
+        name: "rollback_reruns",
+        sql: include_str!("../migrations/sqlite/0020_rollback_reruns.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -270,6 +278,14 @@ const POSTGRES: &[Migration] = &[
         version: 19,
         name: "analytics_days",
         sql: include_str!("../migrations/postgres/0019_analytics_days.sql"),
+    },
+    // Script deployments rolled back by re-running an earlier build's deploy step (the
+    // deployments that follow their build told from the rollbacks that switch a site), and
+    // jobs that avoid an agent for a while (rebuilds to verify).
+    Migration {
+        version: 20,
+        name: "rollback_reruns",
+        sql: include_str!("../migrations/postgres/0020_rollback_reruns.sql"),
     },
 ];
 

@@ -124,6 +124,13 @@ pub enum LogAppend {
     TooLarge { size: i64 },
 }
 
+/// How long a claim by the agent a job avoids (`JobPlan::avoid_agent_id`: a rebuild to
+/// verify avoids the agent that ran the step in the original build) passes the job over,
+/// from when it was queued: another agent that claims meanwhile takes it; after this any
+/// agent does, the avoided one included, so a fleet without another eligible agent waits
+/// no longer than this.
+pub const AVOIDED_AGENT_HOLD_MS: i64 = 10_000;
+
 /// What the scheduler's agent recommendation asks of a claim (see
 /// `kiln_core::recommend`). The default asks nothing: the plain claim order.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -264,6 +264,7 @@ async fn log_lines_are_counted_before_an_offset(engine: Engine) {
         labels: Vec::new(),
         state: kiln_core::JobState::Queued,
         spec: json!({}),
+        avoid_agent_id: None,
     };
     store
         .create_jobs(build.id, web.id, 5, &[plan], Millis(10))

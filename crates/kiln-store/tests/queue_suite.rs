@@ -21,6 +21,7 @@ engine_test!(secrets_and_repo_credentials_keep_ciphertext);
 engine_test!(concurrent_claims_on_two_stores_hand_out_each_job_once);
 engine_test!(claim_hints_hold_young_jobs_and_prefer_recommended_steps);
 engine_test!(step_runs_and_agent_caches_feed_the_recommendation);
+engine_test!(a_job_avoids_its_agent_for_a_while);
 
 const RULES: ClaimRules = ClaimRules {
     lease_ms: 60_000,
@@ -75,6 +76,7 @@ async fn queued_build(
                 JobState::Blocked
             },
             spec: json!({"commands": [format!("echo {step}")]}),
+            avoid_agent_id: None,
         })
         .collect();
     store
@@ -943,4 +945,81 @@ async fn step_runs_and_agent_caches_feed_the_recommendation(engine: Engine) {
         .unwrap();
     assert_eq!(recent.len(), 1);
     assert_eq!(recent[0].agent_id, fast.id);
+}
+
+/// A job that avoids an agent (a rebuild to verify avoids the agent that ran the step in
+/// the original build): that agent's claims pass it over for `AVOIDED_AGENT_HOLD_MS`
+/// from when it was queued, with or without hints, while another agent takes it at once;
+/// once the hold is over the avoided agent takes it too.
+async fn a_job_avoids_its_agent_for_a_while(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let first = agent(&*store, "first", &[], 10).await;
+    let other = agent(&*store, "other", &[], 10).await;
+    let avoiding = |run_id: &str, now: i64| {
+        let store = store.clone();
+        let web = web.clone();
+        let run_id = run_id.to_owned();
+        let avoided = first.id;
+        async move {
+            let event = NewEvent::new(
+                RunId::parse("runId", &run_id).unwrap(),
+                EventType::parse("event", "build_queued").unwrap(),
+            );
+            store
+                .ingest(&[IngestRequest::events(web.id, vec![event])], Millis(now))
+                .await
+                .unwrap()
+                .remove(0)
+                .unwrap();
+            let build = store.build_by_run_id(&run_id).await.unwrap().unwrap();
+            let plan = JobPlan {
+                step: "build".into(),
+                position: 0,
+                depends_on: Vec::new(),
+                labels: Vec::new(),
+                state: JobState::Queued,
+                spec: json!({}),
+                avoid_agent_id: Some(avoided),
+            };
+            store
+                .create_jobs(build.id, web.id, 5, &[plan], Millis(now))
+                .await
+                .unwrap();
+        }
+    };
+    let hold = AVOIDED_AGENT_HOLD_MS;
+    avoiding("v1", 1_000).await;
+    assert!(claim(&*store, &first, 1_000).await.is_none());
+    let hinted = ClaimHints {
+        preferred_steps: steps(&web, &["build"]),
+        ..ClaimHints::default()
+    };
+    assert_eq!(
+        claim_hinted(&*store, &first, &hinted, 1_000 + hold - 1).await,
+        None,
+        "hints do not lift the hold"
+    );
+    let taken = claim(&*store, &other, 1_500).await.expect("another agent");
+    assert_eq!(
+        (taken.run_id.as_str(), taken.agent_id),
+        ("v1", Some(other.id))
+    );
+
+    // No other agent claims: the avoided one takes it once the hold is over.
+    avoiding("v2", 10_000).await;
+    assert!(claim(&*store, &first, 10_000 + hold - 1).await.is_none());
+    let taken = claim(&*store, &first, 10_000 + hold)
+        .await
+        .expect("after the hold, any agent");
+    assert_eq!(
+        (taken.run_id.as_str(), taken.agent_id),
+        ("v2", Some(first.id))
+    );
+    avoiding("v3", 100_000).await;
+    assert_eq!(
+        claim_hinted(&*store, &first, &hinted, 100_000 + hold).await,
+        Some(("v3".to_owned(), "build".to_owned()))
+    );
 }

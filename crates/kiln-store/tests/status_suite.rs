@@ -77,6 +77,7 @@ async fn operational_counts_count_what_is_not_ended(engine: Engine) {
         labels: vec![],
         state,
         spec: json!({}),
+        avoid_agent_id: None,
     };
     store
         .create_jobs(

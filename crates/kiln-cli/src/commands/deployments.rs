@@ -1,5 +1,6 @@
 //! Deployments from the command line: `kiln deploy ENV` (build the branch's tip and
-//! deploy it, `--wait` follows it), `kiln rollback ENV --to RUN_ID` and
+//! deploy it, `--wait` follows it), `kiln rollback ENV --to RUN_ID` (a site switched at
+//! once; a script deployment's step run again in a build of its own) and
 //! `kiln deployments [ENV]` (the environments and the history).
 
 use std::process::ExitCode;
@@ -77,7 +78,12 @@ fn line(deployment: &DeploymentDto) -> String {
         deployment.run_id
     );
     if let Some(of) = deployment.rollback_of {
-        text.push_str(&format!(" (rollback to deployment {of})"));
+        match deployment.rollback_build_number {
+            Some(number) => {
+                text.push_str(&format!(" (rollback to deployment {of}, build #{number})"))
+            }
+            None => text.push_str(&format!(" (rollback to deployment {of})")),
+        }
     }
     if deployment.current {
         text.push_str(" [live]");
@@ -146,8 +152,15 @@ pub async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         .await?;
     if args.json {
         print_json(&deployment)?;
-    } else {
+    } else if deployment.status == "deployed" {
         outln!("rolled back: {}", line(&deployment));
+    } else {
+        // A script deployment: its step runs again in a build of its own.
+        outln!("rollback started: {}", line(&deployment));
+        outln!(
+            "the environment switches once its step succeeds; follow it: kiln watch {}",
+            deployment.run_id
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -25,7 +25,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::params::QueryParams;
-use crate::scheduler::reported_state;
+use crate::scheduler::{ArtifactSource, artifact_source, reported_state};
 
 fn short_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.trim().is_empty() || value.len() > max || value.chars().any(char::is_control) {
@@ -282,7 +282,9 @@ pub(crate) async fn send_artifact(
 }
 
 /// `GET /api/v1/agent/jobs/{id}/artifacts/{sha256}?agentId=&attempt=`: a blob of the
-/// job's build (what the steps it depends on uploaded), for its workspace.
+/// job's build (what the steps it depends on uploaded), for its workspace; for a
+/// rollback's re-run of a deploy step, also one the earlier build's steps it depends on
+/// uploaded (`scheduler::artifact_source`).
 pub(crate) async fn download_artifact(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -290,17 +292,32 @@ pub(crate) async fn download_artifact(
     uri: Uri,
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
-    let (_, build) = agent_build(&state, &caller, job_id, &uri).await?;
-    let record = state
+    let (job, build) = agent_build(&state, &caller, job_id, &uri).await?;
+    let mut record = state
         .store
         .build_artifact_by_sha256(build.id, &sha256)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "build '{}' has no artifact with SHA-256 {sha256}",
-                build.state.run_id
-            ))
-        })?;
+        .await?;
+    if record.is_none() {
+        let spec = kiln_core::jobs::JobSpec::from_json(&job.spec);
+        if let Some(ArtifactSource::Rerun { build_id, steps }) = artifact_source(&job, &spec) {
+            record = state
+                .store
+                .build_artifact_by_sha256(build_id, &sha256)
+                .await?
+                .filter(|record| {
+                    record
+                        .step
+                        .as_ref()
+                        .is_some_and(|step| steps.contains(step))
+                });
+        }
+    }
+    let record = record.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "build '{}' has no artifact with SHA-256 {sha256}",
+            build.state.run_id
+        ))
+    })?;
     super::artifacts::blob_response(&state, &record, &headers).await
 }
 

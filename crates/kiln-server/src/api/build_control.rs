@@ -55,6 +55,7 @@ pub(crate) async fn trigger(
         retry_of: None,
         by: Some(requester(&state, &caller).await?),
         deploys_to: None,
+        avoid_agents_of: None,
     };
     let build = state.scheduler.trigger(&project, request).await?;
     Ok((StatusCode::CREATED, Json(build)))

@@ -187,6 +187,7 @@ async fn push(
                 retry_of: None,
                 by: None,
                 deploys_to: None,
+                avoid_agents_of: None,
             },
         )
         .await?;

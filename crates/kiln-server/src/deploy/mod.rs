@@ -5,6 +5,14 @@
 //! event of the build (streamed like any event). The sites listener (`sites.rs`) serves
 //! what an environment's current deployment published.
 //!
+//! A script deployment (`deploy.url`) is rolled back by running the earlier build's
+//! deploy step again: `services::deployments::rollback` has the scheduler queue a build
+//! of its own at that build's commit holding only that step (`Scheduler::rerun_deploy_step`,
+//! marked with kiln-core's `Rerun`), whose claim hands the agent the earlier build's
+//! artifacts of the steps the step depends on. Its deployment names the earlier one in
+//! `rollback_of` and follows its build like any other here: live when the step succeeds,
+//! `failed` (the environment keeps what it serves) when it does not.
+//!
 //! The scheduler calls [`Deployer::refresh`] after it triggers, claims, finishes, advances
 //! or cancels; a task per replica ([`run`]) refreshes builds with unfinished deployments
 //! every second, repairing a crash between a build's end and its deployment's. Every
@@ -123,7 +131,8 @@ impl Deployer {
                         url: deploy.url().map(str::to_owned),
                         status: DeploymentStatus::Queued.as_str().to_owned(),
                         requested_by: requested_by.clone(),
-                        rollback_of: None,
+                        // A script rollback's build re-runs an earlier build's step.
+                        rollback_of: spec.rerun.as_ref().map(|rerun| rerun.deployment_id),
                     },
                     self.now(),
                 )

@@ -400,7 +400,7 @@ impl Scheduler {
         }
         let (secrets, missing_secrets) = self.job_secrets(job.project_id, &spec.secrets).await?;
         let repo_credentials = self.repo_credentials(job.project_id).await?;
-        let artifacts = self.inherited_artifacts(&job, spec.needs_artifacts).await?;
+        let artifacts = self.inherited_artifacts(&job, &spec).await?;
         Ok(AgentJob {
             artifact_globs,
             artifacts_required: spec.artifacts_required,
@@ -433,22 +433,27 @@ impl Scheduler {
     }
 
     /// The artifacts a job receives before it runs: those of the steps its step depends
-    /// on, directly or not, in its build (none with `needs_artifacts: false`).
+    /// on, directly or not, in its build (none with `needs_artifacts: false`); for a
+    /// rollback's re-run of a deploy step, those the earlier build's steps made.
     async fn inherited_artifacts(
         &self,
         job: &JobRecord,
-        needs_artifacts: bool,
+        spec: &JobSpec,
     ) -> Result<Vec<kiln_protocol::ArtifactFile>, ServiceError> {
-        if !needs_artifacts || job.depends_on.is_empty() {
-            return Ok(Vec::new());
-        }
-        let jobs = self.store().jobs_of_build(job.build_id).await?;
-        let steps = kiln_core::jobs::ancestors(&job.step, |step| {
-            jobs.iter()
-                .find(|other| other.step == step)
-                .map(|other| other.depends_on.as_slice())
-        });
-        let records = self.store().build_artifacts(job.build_id).await?;
+        let (build_id, steps) = match artifact_source(job, spec) {
+            Some(ArtifactSource::Rerun { build_id, steps }) => (build_id, steps),
+            Some(ArtifactSource::OwnBuild) => {
+                let jobs = self.store().jobs_of_build(job.build_id).await?;
+                let steps = kiln_core::jobs::ancestors(&job.step, |step| {
+                    jobs.iter()
+                        .find(|other| other.step == step)
+                        .map(|other| other.depends_on.as_slice())
+                });
+                (job.build_id, steps)
+            }
+            None => return Ok(Vec::new()),
+        };
+        let records = self.store().build_artifacts(build_id).await?;
         Ok(records
             .iter()
             .filter(|record| {
@@ -804,6 +809,31 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// Where the artifacts a job receives before it runs come from.
+pub(crate) enum ArtifactSource {
+    /// The steps it depends on in its own build.
+    OwnBuild,
+    /// A rollback's re-run of a deploy step: the earlier build's, of these steps.
+    Rerun {
+        build_id: i64,
+        steps: std::collections::BTreeSet<String>,
+    },
+}
+
+/// Where `job` (with its `spec`) receives artifacts from; `None` when it receives none.
+pub(crate) fn artifact_source(job: &JobRecord, spec: &JobSpec) -> Option<ArtifactSource> {
+    if !spec.needs_artifacts {
+        return None;
+    }
+    if let Some(rerun) = &spec.rerun {
+        return (!rerun.artifact_steps.is_empty()).then(|| ArtifactSource::Rerun {
+            build_id: rerun.build_id,
+            steps: rerun.artifact_steps.iter().cloned().collect(),
+        });
+    }
+    (!job.depends_on.is_empty()).then_some(ArtifactSource::OwnBuild)
 }
 
 /// The `stage_started` event of a job's attempt.

@@ -143,6 +143,7 @@ pub(crate) async fn poll_branches(scheduler: &Scheduler) {
             retry_of: None,
             by: None,
             deploys_to: None,
+            avoid_agents_of: None,
         };
         match scheduler.trigger(&project, request).await {
             Ok(build) => {

@@ -7,11 +7,11 @@
 //! in the log; an invalid pipeline file makes a build that failed at once with the line
 //! and the reason.
 
-use kiln_core::jobs::{self, JobPlan, JobSpec};
+use kiln_core::jobs::{self, JobPlan, JobSpec, Rerun};
 use kiln_core::pipeline::{PIPELINE_FILE, Pipeline, Priority, RepoListing, infer};
 use kiln_core::{CoreEventType, JobState, NewEvent};
 use kiln_protocol::TriggeredBuild;
-use kiln_store::{BuildRecord, IngestRequest, NewJobs, Precondition, Project};
+use kiln_store::{BuildRecord, IngestRequest, JobRecord, NewJobs, Precondition, Project};
 use serde_json::json;
 
 use super::Scheduler;
@@ -35,6 +35,11 @@ pub(crate) struct TriggerRequest {
     /// A deploy: refuse (queueing nothing) unless a step of the pipeline at that commit
     /// deploys to this environment on the branch.
     pub deploys_to: Option<String>,
+    /// A rebuild to verify (the original build's id): each job avoids, for
+    /// `kiln_store::AVOIDED_AGENT_HOLD_MS` of its wait, the agent that ran its step in the
+    /// original build, so another agent rebuilds it when one claims meanwhile (only when
+    /// another connected agent could run it).
+    pub avoid_agents_of: Option<i64>,
 }
 
 /// A branch name git would accept, within Kiln's limits.
@@ -71,6 +76,8 @@ struct Queued<'a> {
     commit_message: Option<&'a str>,
     request: &'a TriggerRequest,
     priority: i64,
+    /// A script rollback's build: the run id of the build whose deploy step it re-runs.
+    rollback_of: Option<&'a str>,
 }
 
 /// A repository the instance's policy refuses (`scheduler::policy`).
@@ -221,6 +228,9 @@ impl Scheduler {
                 });
             }
         }
+        if let Some(original) = request.avoid_agents_of {
+            self.avoid_original_agents(original, &mut plans).await?;
+        }
         self.add_cache_keys(project, &commit, &mut plans).await;
         self.follow_steps(project.id, &plans);
         let run_id = uuid::Uuid::now_v7().to_string();
@@ -253,6 +263,7 @@ impl Scheduler {
                     commit_message: Some(&files.message),
                     request: &request,
                     priority: priority.get() as i64,
+                    rollback_of: None,
                 },
                 end_event.into_iter().collect(),
                 plans,
@@ -276,6 +287,132 @@ impl Scheduler {
             priority.get() as i64,
         )
         .await
+    }
+
+    /// A script deployment's rollback: a build of its own (cause `rollback`, `data.rollbackOf`
+    /// naming `target`) at `target`'s branch and commit whose one job is `deploy_job` — the
+    /// deploy step `target` ran, with its stored spec — queued at once, marked with
+    /// `rerun` so the claim hands the agent `target`'s artifacts of the steps it depends
+    /// on and the deployer records the deployment as a rollback. The steps it depends on
+    /// are not run again: their artifacts are those `target` made.
+    pub async fn rerun_deploy_step(
+        &self,
+        project: &Project,
+        target: &BuildRecord,
+        deploy_job: &JobRecord,
+        rerun: Rerun,
+        by: Option<Requester>,
+    ) -> Result<TriggeredBuild, ServiceError> {
+        let Some(repo) = project.repo.clone() else {
+            return Err(unprocessable(
+                "repo",
+                format!(
+                    "project '{}' has no repository any more, so its deploy step cannot run again: set one with PUT /api/v1/projects/{}/repo",
+                    project.slug, project.slug
+                ),
+            ));
+        };
+        // Checked at every trigger: the policy may have changed since the build ran.
+        self.project_repo_access(project, &repo).await?;
+        let (Some(branch), Some(commit)) =
+            (target.state.branch.clone(), target.state.commit.clone())
+        else {
+            return Err(unprocessable(
+                "to",
+                format!(
+                    "to: build {} has no branch and commit to run its deploy step at",
+                    target.state.run_id
+                ),
+            ));
+        };
+        let mut spec = JobSpec::from_json(&deploy_job.spec);
+        spec.rerun = Some(rerun);
+        let plan = JobPlan {
+            step: deploy_job.step.clone(),
+            position: 0,
+            depends_on: Vec::new(),
+            labels: deploy_job.labels.clone(),
+            state: JobState::Queued,
+            spec: spec.to_json(),
+            avoid_agent_id: None,
+        };
+        self.follow_steps(project.id, std::slice::from_ref(&plan));
+        let request = TriggerRequest {
+            branch: Some(branch.clone()),
+            commit: Some(commit.clone()),
+            priority: None,
+            cause: "rollback",
+            retry_of: None,
+            by,
+            deploys_to: None,
+            avoid_agents_of: None,
+        };
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let target_run_id = target.state.run_id.to_string();
+        let queued = self
+            .queue_build(
+                project,
+                &run_id,
+                Queued {
+                    repo: &repo,
+                    branch: &branch,
+                    commit: Some(&commit),
+                    commit_message: None,
+                    request: &request,
+                    priority: deploy_job.priority,
+                    rollback_of: Some(&target_run_id),
+                },
+                Vec::new(),
+                vec![plan],
+            )
+            .await?;
+        let requested_by = request.by.as_ref().and_then(|by| {
+            by.email
+                .clone()
+                .or_else(|| by.token.as_ref().map(|(_, name)| name.clone()))
+        });
+        self.inner
+            .deployer
+            .refresh_quietly(queued.id, requested_by)
+            .await;
+        self.answer(
+            project,
+            &queued,
+            &branch,
+            &commit,
+            None,
+            deploy_job.priority,
+        )
+        .await
+    }
+
+    /// A rebuild to verify: each plan avoids the agent that ran its step in build
+    /// `original`, when another agent that could run it (its labels, heard from within a
+    /// lease) is registered; otherwise holding the job back would only delay a fleet
+    /// that has no one else to offer.
+    async fn avoid_original_agents(
+        &self,
+        original: i64,
+        plans: &mut [JobPlan],
+    ) -> Result<(), ServiceError> {
+        let ran = self.store().jobs_of_build(original).await?;
+        let agents = self.store().list_agents().await?;
+        let now = self.now();
+        let lease = self.lease_ms();
+        for plan in plans.iter_mut() {
+            let ran_on = ran
+                .iter()
+                .find(|job| job.step == plan.step)
+                .and_then(|job| job.agent_id);
+            plan.avoid_agent_id = ran_on.filter(|avoided| {
+                agents.iter().any(|agent| {
+                    agent.id != *avoided
+                        && now.saturating_sub(agent.last_seen_at) <= lease
+                        && plan.labels.iter().all(|label| agent.labels.contains(label))
+                })
+            });
+        }
+        Ok(())
     }
 
     /// Sets each cached step's key for the commit (`kiln_core::cache_key`, as the agent
@@ -360,6 +497,9 @@ impl Scheduler {
             "retryOf": queued.request.retry_of,
             "by": queued.request.by.as_ref().and_then(|by| by.email.clone()),
         });
+        if let Some(rollback_of) = queued.rollback_of {
+            data["rollbackOf"] = json!(rollback_of);
+        }
         if let Some(by) = &queued.request.by {
             data["via"] = json!(by.via);
             if let Some(name) = &by.name {
@@ -417,6 +557,7 @@ impl Scheduler {
             labels: Vec::new(),
             state: JobState::Failed,
             spec: json!({}),
+            avoid_agent_id: None,
         };
         // The build, its failed job and its end are one transaction; the log follows.
         let run_id = uuid::Uuid::now_v7().to_string();
@@ -456,6 +597,7 @@ impl Scheduler {
             commit_message: None,
             request,
             priority: 5,
+            rollback_of: None,
         };
         let build = self
             .queue_build(

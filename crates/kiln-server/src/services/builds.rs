@@ -96,6 +96,7 @@ pub(crate) fn retry_request(
         retry_of: Some(run_id),
         by,
         deploys_to: None,
+        avoid_agents_of: None,
     })
 }
 

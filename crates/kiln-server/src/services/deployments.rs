@@ -1,7 +1,8 @@
 //! Deployments as a service: a project's environments (what each serves, the last good
 //! deployment, the one running, the last successful build per branch), its deployment
 //! history, a deploy (a build of a branch's tip, refused while one of that environment
-//! runs), a rollback (an earlier deployed build served again, atomically, audited) and a
+//! runs), a rollback (an earlier deployed build served again: a site switched atomically,
+//! a script deployment's step run again with that build's artifacts; audited) and a
 //! deployment's cancel (its build's). The API and the project page call these.
 
 use kiln_core::BuildStatus;
@@ -44,6 +45,8 @@ pub(crate) fn dto(
         message: record.message.clone(),
         requested_by: record.requested_by.clone(),
         rollback_of: record.rollback_of,
+        rollback_run_id: record.rollback_run_id.clone(),
+        rollback_build_number: record.rollback_build_number,
         replaces: record.replaces,
         current: current_id == Some(record.id),
         created_at: record.created_at.0,
@@ -243,6 +246,7 @@ pub(crate) async fn deploy(
         retry_of: None,
         by: Some(requester(state, caller).await?),
         deploys_to: Some(environment.as_str().to_owned()),
+        avoid_agents_of: None,
     };
     let build = state.scheduler.trigger(&project, trigger).await?;
     let record = state
@@ -341,14 +345,16 @@ pub(crate) async fn rollback(
             field: Some("to".into()),
         })?;
     if deployed.publish_dir.is_none() {
-        return Err(ServiceError::Unprocessable {
-            code: "script_deployment",
-            message: format!(
-                "'{environment}' is deployed by a script (deploy.url): Kiln cannot switch it by itself yet; deploy that commit again (`kiln trigger --commit {}`)",
-                deployed.commit.as_deref().unwrap_or("SHA")
-            ),
-            field: Some("to".into()),
-        });
+        return rerun_script_deployment(
+            state,
+            caller,
+            &project,
+            &environment,
+            stored.current_deployment_id,
+            &build,
+            &deployed,
+        )
+        .await;
     }
     if let Some(current_id) = stored.current_deployment_id
         && let Some(current) = state.store.deployment(current_id).await?
@@ -415,6 +421,166 @@ pub(crate) async fn rollback(
         )
         .await;
     Ok(dto(state, &project.slug, &record, Some(record.id)))
+}
+
+/// The build whose deploy step a deployment ran: its own, or for a script rollback's
+/// re-run the earlier build whose step it ran again (and whose artifacts it used).
+async fn step_build_of(state: &AppState, record: &DeploymentRecord) -> Result<i64, ServiceError> {
+    if record.publish_dir.is_none()
+        && let Some(of) = record.rollback_of
+        && let Some(original) = state.store.deployment(of).await?
+    {
+        return Ok(original.build_id);
+    }
+    Ok(record.build_id)
+}
+
+/// Rolls a script deployment (`deploy.url`) back by running `deployed`'s deploy step
+/// again, at its build's commit, with its build's artifacts, as a build of its own
+/// (`Scheduler::rerun_deploy_step`): the answer is that build's deployment, `queued`,
+/// naming `deployed` (or, when `deployed` was itself such a re-run, the deployment it
+/// re-ran) in `rollbackOf`; the environment switches to it only when the step succeeds.
+async fn rerun_script_deployment(
+    state: &AppState,
+    caller: &Caller,
+    project: &Project,
+    environment: &EnvironmentName,
+    current_id: Option<i64>,
+    build: &kiln_store::BuildRecord,
+    deployed: &DeploymentRecord,
+) -> Result<DeploymentDto, ServiceError> {
+    // Rolling back to a re-run is rolling back to the build whose step it re-ran.
+    let original = match (deployed.rollback_of, &deployed.rollback_run_id) {
+        (Some(of), Some(run_id)) => match (
+            state.store.deployment(of).await?,
+            state.store.build_by_run_id(run_id).await?,
+        ) {
+            (Some(deployment), Some(build)) => Some((build, deployment)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let (build, deployed) = match &original {
+        Some((build, deployment)) => (build, deployment),
+        None => (build, deployed),
+    };
+    let target_step_build = step_build_of(state, deployed).await?;
+    if let Some(current_id) = current_id
+        && let Some(current) = state.store.deployment(current_id).await?
+        && step_build_of(state, &current).await? == target_step_build
+    {
+        return Err(ServiceError::Conflict {
+            code: "already_live",
+            message: format!(
+                "'{environment}' already runs the deployment of build #{}'s step '{}' (deployment {current_id})",
+                build.number, deployed.step
+            ),
+            field: Some("to".into()),
+        });
+    }
+    let recent = state
+        .store
+        .list_deployments(project.id, Some(environment.as_str()), None, 20)
+        .await?;
+    if let Some(running) = recent.iter().find(|record| is_running(record)) {
+        return Err(ServiceError::Conflict {
+            code: "deployment_running",
+            message: format!(
+                "deployment {} of build #{} to '{}' is {}; wait for it or cancel it (POST /api/v1/deployments/{}/cancel) first",
+                running.id, running.build_number, environment, running.status, running.id
+            ),
+            field: None,
+        });
+    }
+    let jobs = state.store.jobs_of_build(build.id).await?;
+    let Some(deploy_job) = jobs.iter().find(|job| job.step == deployed.step) else {
+        return Err(ServiceError::Unprocessable {
+            code: "script_deployment",
+            message: format!(
+                "to: build #{} ({}) has no job of its deploy step '{}' to run again; deploy that commit again (`kiln trigger --commit {}`)",
+                build.number,
+                build.state.run_id,
+                deployed.step,
+                deployed.commit.as_deref().unwrap_or("SHA")
+            ),
+            field: Some("to".into()),
+        });
+    };
+    let spec = kiln_core::jobs::JobSpec::from_json(&deploy_job.spec);
+    let rerun = match spec.rerun {
+        // A re-run whose original could not be read: the same step and artifacts.
+        Some(rerun) => rerun,
+        None => kiln_core::jobs::Rerun {
+            deployment_id: deployed.id,
+            build_id: build.id,
+            artifact_steps: if spec.needs_artifacts {
+                kiln_core::jobs::ancestors(&deploy_job.step, |step| {
+                    jobs.iter()
+                        .find(|other| other.step == step)
+                        .map(|other| other.depends_on.as_slice())
+                })
+                .into_iter()
+                .collect()
+            } else {
+                Vec::new()
+            },
+        },
+    };
+    let requested_by = requester(state, caller).await?;
+    let rerun_of = rerun.deployment_id;
+    let triggered = state
+        .scheduler
+        .rerun_deploy_step(
+            project,
+            build,
+            deploy_job,
+            rerun,
+            Some(requested_by.clone()),
+        )
+        .await?;
+    let rerun_build = state
+        .store
+        .build_by_run_id(&triggered.run_id)
+        .await?
+        .ok_or_else(|| ServiceError::Unavailable("the new build vanished; retry".into()))?;
+    let find = |records: Vec<DeploymentRecord>| {
+        records
+            .into_iter()
+            .find(|record| record.environment == environment.as_str())
+    };
+    let mut record = find(state.store.deployments_of_build(rerun_build.id).await?);
+    if record.is_none() {
+        // The scheduler's refresh logs a failure; this answer needs the record.
+        let by = requested_by
+            .email
+            .clone()
+            .or_else(|| requested_by.token.as_ref().map(|(_, name)| name.clone()));
+        state.deployer.refresh(rerun_build.id, by).await?;
+        record = find(state.store.deployments_of_build(rerun_build.id).await?);
+    }
+    let record = record.ok_or_else(|| {
+        ServiceError::Unavailable(format!(
+            "build {} re-runs the deploy step, but its deployment is not recorded yet; GET /api/v1/projects/{}/deployments shows it shortly",
+            triggered.run_id, project.slug
+        ))
+    })?;
+    audit(
+        state,
+        caller,
+        "deployment.rollback",
+        Some(project.id),
+        Some(&format!(
+            "{environment}: step '{}' of build {} run again as build {} (deployment {} rolls back to {rerun_of}; replaces {} once deployed)",
+            deployed.step,
+            build.state.run_id,
+            triggered.run_id,
+            record.id,
+            current_id.map_or("none".to_owned(), |id| id.to_string())
+        )),
+    )
+    .await;
+    tracing::info!(deployment = record.id, environment = %environment, run_id = %triggered.run_id, rollback_of = rerun_of, "script rollback queued");
+    Ok(dto(state, &project.slug, &record, current_id))
 }
 
 /// Cancels a running deployment's build.

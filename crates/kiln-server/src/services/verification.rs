@@ -1,7 +1,11 @@
 //! Rebuild to verify: an ended build Kiln ran is built again at the same commit (as a
-//! retry with cause `verify`, through the same queue: any agent may take it, the first
-//! one included), the pair is recorded, and once the rebuild has ended its artifacts are
-//! compared with the original's.
+//! retry with cause `verify`, through the same queue), the pair is recorded, and once the
+//! rebuild has ended its artifacts are compared with the original's. Each of the
+//! rebuild's jobs avoids the agent that ran its step in the original build for the first
+//! `kiln_store::AVOIDED_AGENT_HOLD_MS` (10 s) of its wait, when another agent that could
+//! run it (its labels, heard from within a lease) is registered: another agent that
+//! claims meanwhile rebuilds it; after that any agent may, the first one included. With
+//! no such agent nothing is held (a fleet of one verifies at once, on the same agent).
 
 use kiln_protocol::RebuildVerification;
 use kiln_store::BuildRecord;
@@ -20,6 +24,7 @@ pub(crate) async fn rebuild(
 ) -> Result<RebuildVerification, ServiceError> {
     let mut request = retry_request(build, Some(requester(state, caller).await?))?;
     request.cause = "verify";
+    request.avoid_agents_of = Some(build.id);
     let project = state
         .store
         .project_by_id(build.project_id)

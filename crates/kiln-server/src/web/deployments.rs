@@ -1,6 +1,6 @@
 //! `/projects/{slug}/deployments`: a project's environments (what each serves, its last
-//! known good deployment, the one on its way), the Deploy and "Roll back to #N" forms
-//! (developers), the deployment history (newest first, paged) and the last successful
+//! known good deployment, the one on its way), the Deploy, "Roll back to #N" and Cancel
+//! forms (developers), the deployment history (newest first, paged) and the last successful
 //! build of each branch. A thin adapter over `services::deployments`: the rules (who
 //! may deploy, one deployment per environment at a time, what a rollback may target,
 //! the audit log) are the service's; a refused form shows this page again with the
@@ -24,6 +24,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::params::QueryParams;
+use crate::service_error::ServiceError;
 use crate::services::builds::writable_project;
 use crate::services::deployments::{self, environments_of, history};
 use crate::services::projects::readable_project;
@@ -55,7 +56,13 @@ struct DeploymentView {
     message: String,
     /// The deployment whose build this rollback serves again.
     rollback_of: Option<i64>,
+    /// That build's number, when known.
+    rollback_build_number: Option<i64>,
+    /// A script deployment (`deploy.url`): its rollback re-runs a step.
+    script: bool,
     live: bool,
+    /// Still on its way (queued … uploading): it can be cancelled.
+    running: bool,
 }
 
 impl DeploymentView {
@@ -77,7 +84,13 @@ impl DeploymentView {
             url: dto.url.clone().unwrap_or_default(),
             message: dto.message.clone().unwrap_or_default(),
             rollback_of: dto.rollback_of,
+            rollback_build_number: dto.rollback_build_number,
+            script: dto.publish.is_none(),
             live: dto.current,
+            running: matches!(
+                dto.status.as_str(),
+                "queued" | "cloning" | "building" | "uploading"
+            ),
         }
     }
 }
@@ -100,6 +113,8 @@ struct RollbackTarget {
     build_number: i64,
     commit: String,
     when: When,
+    /// A script deployment: rolling back runs the build's deploy step again.
+    script: bool,
 }
 
 #[derive(Debug)]
@@ -155,6 +170,12 @@ fn notice_text(code: &str) -> Option<&'static str> {
             "Deploy started: its build is queued, and the deployment below follows it."
         }
         "rolled-back" => "Rolled back: the environment serves the chosen build now.",
+        "rollback-started" => {
+            "Rollback started: a build runs the chosen build's deploy step again; the environment switches to it once the step succeeds."
+        }
+        "deploy-cancelled" => {
+            "Cancelled: the deployment's build is stopping; the environment keeps what it served."
+        }
         _ => return None,
     })
 }
@@ -188,22 +209,36 @@ async fn deployments_response(
     for environment in &overview.environments {
         let live = environment.current.as_ref();
         // The environment's newest deployments, for the builds it served before: each
-        // build once, without the one it serves now, only sites Kiln can switch.
+        // build once, without the one it serves now. A script rollback's build served
+        // the build whose step it ran again: that build is the target.
+        let served = |deployment: &DeploymentDto| -> (String, i64) {
+            match (
+                &deployment.rollback_run_id,
+                deployment.rollback_build_number,
+            ) {
+                (Some(run_id), Some(number)) if deployment.publish.is_none() => {
+                    (run_id.clone(), number)
+                }
+                _ => (deployment.run_id.clone(), deployment.build_number),
+            }
+        };
+        let live_build = live.map(|live| served(live).0);
         let recent = history(state, project, Some(&environment.name), None, 100).await?;
         let mut rollback_targets: Vec<RollbackTarget> = Vec::new();
         for deployment in &recent.deployments {
+            let (run_id, build_number) = served(deployment);
             if deployment.status != "deployed"
-                || deployment.publish.is_none()
-                || live.is_some_and(|live| live.run_id == deployment.run_id)
+                || live_build.as_deref() == Some(run_id.as_str())
                 || rollback_targets
                     .iter()
-                    .any(|target| target.run_id == deployment.run_id)
+                    .any(|target| target.run_id == run_id)
             {
                 continue;
             }
             rollback_targets.push(RollbackTarget {
-                run_id: deployment.run_id.clone(),
-                build_number: deployment.build_number,
+                script: deployment.publish.is_none(),
+                run_id,
+                build_number,
                 commit: deployment
                     .commit
                     .as_deref()
@@ -415,7 +450,42 @@ pub(crate) async fn rollback(
         to: form.text("to").trim().to_owned(),
     };
     match deployments::rollback(&state, &caller, &project.slug, &environment, request).await {
-        Ok(_) => done(&project.slug, "rolled-back"),
+        Ok(deployment) if deployment.status == "deployed" => done(&project.slug, "rolled-back"),
+        Ok(_) => done(&project.slug, "rollback-started"),
+        Err(error) => refused(&state, &caller, &project, error.into(), Posted::default()).await,
+    }
+}
+
+/// `POST /projects/{slug}/deployments/{id}/cancel` (form: `_csrf`): cancels a deployment
+/// on its way, by cancelling its build (`services::deployments::cancel`); one that
+/// ended, or of another project, is refused on the page.
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((slug, id)): Path<(String, String)>,
+    body: Bytes,
+) -> PageResult {
+    let (project, _form) = developer_form(&state, &caller, &slug, &body).await?;
+    let outcome = async {
+        let id: i64 = id.parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+            ServiceError::bad_request(
+                "invalid_field",
+                Some("id"),
+                format!("id: '{id}' is not a deployment id (a positive integer)"),
+            )
+        })?;
+        let (owner, _) = deployments::one(&state, &caller, id).await?;
+        if owner.id != project.id {
+            return Err(ServiceError::NotFound(format!(
+                "deployment {id} not found in project '{}'",
+                project.slug
+            )));
+        }
+        deployments::cancel(&state, &caller, id).await
+    }
+    .await;
+    match outcome {
+        Ok(_) => done(&project.slug, "deploy-cancelled"),
         Err(error) => refused(&state, &caller, &project, error.into(), Posted::default()).await,
     }
 }

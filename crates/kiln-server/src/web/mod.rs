@@ -124,7 +124,7 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             Access::Page,
             get(analytics::page),
         ),
-        // Deployments: environments, history, the Deploy and Roll back forms.
+        // Deployments: environments, history, the Deploy, Roll back and Cancel forms.
         (
             "GET",
             "/projects/{slug}/deployments",
@@ -142,6 +142,12 @@ pub(crate) fn route_list() -> Vec<(&'static str, &'static str, Access, MethodRou
             "/projects/{slug}/rollback",
             Access::Page,
             post(deployments::rollback),
+        ),
+        (
+            "POST",
+            "/projects/{slug}/deployments/{id}/cancel",
+            Access::Page,
+            post(deployments::cancel),
         ),
         (
             "GET",

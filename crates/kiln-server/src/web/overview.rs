@@ -249,6 +249,7 @@ pub(crate) async fn trigger(
         retry_of: None,
         by,
         deploys_to: None,
+        avoid_agents_of: None,
     };
     let build = state.scheduler.trigger(&project, request).await?;
     Ok(Redirect::to(&format!("/builds/{}", build.run_id)).into_response())

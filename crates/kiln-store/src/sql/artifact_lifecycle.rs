@@ -135,8 +135,10 @@ impl ArtifactLifecycleStore for SqlStore {
 
     async fn protected_builds(&self, project_id: i64) -> StoreResult<Vec<i64>> {
         // Pinned builds, the newest successful build of each branch, the build each
-        // environment serves now, and the two newest deployed builds of each environment
-        // (the last known good one stays ready for a rollback).
+        // environment serves now, the two newest deployed builds of each environment
+        // (the last known good one stays ready for a rollback), and the earlier build
+        // whose deploy step a script rollback re-runs with its artifacts, while that
+        // rollback runs or is live.
         let rows = sqlx::query(
             "SELECT p.build_id AS id FROM build_pins p JOIN builds b ON b.id = p.build_id \
              WHERE b.project_id = $1 \
@@ -154,6 +156,11 @@ impl ArtifactLifecycleStore for SqlStore {
                  SELECT build_id, ROW_NUMBER() OVER (PARTITION BY environment_id ORDER BY id DESC) AS n \
                  FROM deployments WHERE project_id = $1 AND status = 'deployed' \
              ) x WHERE x.n <= 2 \
+             UNION \
+             SELECT o.build_id AS id FROM deployments r JOIN deployments o ON o.id = r.rollback_of \
+             WHERE r.project_id = $1 AND r.follows_build = 1 AND r.rollback_of IS NOT NULL \
+               AND (r.status IN ('queued', 'cloning', 'building', 'uploading') \
+                 OR r.id IN (SELECT current_deployment_id FROM environments WHERE project_id = $1)) \
              ORDER BY id",
         )
         .bind(project_id)

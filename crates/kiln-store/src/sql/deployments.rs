@@ -1,5 +1,6 @@
-//! Deployments on both engines: environments created on first use, deployments recorded
-//! once per (build, environment), statuses moved by compare-and-set, and the switch of
+//! Deployments on both engines: environments created on first use, deployments that
+//! follow a build recorded once per (build, environment) (`follows_build`, which a
+//! switching rollback is not), statuses moved by compare-and-set, and the switch of
 //! an environment's served deployment as one row update in the transaction that marks
 //! the deployment deployed (or records the rollback). Every transaction's first statement
 //! writes, so SQLite takes its write lock at once.
@@ -18,8 +19,10 @@ use crate::{
 const SELECT: &str = "SELECT d.id, d.project_id, d.environment_id, e.name AS environment, \
      d.build_id, b.run_id, b.number, b.branch, b.commit_sha, d.step, d.publish_dir, d.url, \
      d.status, d.message, d.requested_by, d.rollback_of, d.replaces, d.created_at, \
-     d.finished_at FROM deployments d JOIN environments e ON e.id = d.environment_id \
-     JOIN builds b ON b.id = d.build_id";
+     d.finished_at, ob.run_id AS rollback_run_id, ob.number AS rollback_build_number \
+     FROM deployments d JOIN environments e ON e.id = d.environment_id \
+     JOIN builds b ON b.id = d.build_id \
+     LEFT JOIN deployments o ON o.id = d.rollback_of LEFT JOIN builds ob ON ob.id = o.build_id";
 
 fn deployment(row: &AnyRow) -> StoreResult<DeploymentRecord> {
     Ok(DeploymentRecord {
@@ -42,6 +45,8 @@ fn deployment(row: &AnyRow) -> StoreResult<DeploymentRecord> {
         replaces: row.try_get("replaces")?,
         created_at: Millis(row.try_get("created_at")?),
         finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(Millis),
+        rollback_run_id: row.try_get("rollback_run_id")?,
+        rollback_build_number: row.try_get("rollback_build_number")?,
     })
 }
 
@@ -95,8 +100,8 @@ impl DeploymentStore for SqlStore {
             Self::environment_id(&mut transaction, new.project_id, &new.environment, now).await?;
         sqlx::query(
             "INSERT INTO deployments (project_id, environment_id, build_id, step, publish_dir, \
-             url, status, requested_by, rollback_of, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9) ON CONFLICT DO NOTHING",
+             url, status, requested_by, rollback_of, created_at, follows_build) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1) ON CONFLICT DO NOTHING",
         )
         .bind(new.project_id)
         .bind(environment_id)
@@ -106,6 +111,7 @@ impl DeploymentStore for SqlStore {
         .bind(new.url.clone())
         .bind(new.status.clone())
         .bind(new.requested_by.clone())
+        .bind(new.rollback_of)
         .bind(now.0)
         .execute(&mut *transaction)
         .await?;
@@ -114,7 +120,7 @@ impl DeploymentStore for SqlStore {
         if let Some(requested_by) = &new.requested_by {
             sqlx::query(
                 "UPDATE deployments SET requested_by = $1 WHERE build_id = $2 \
-                 AND environment_id = $3 AND rollback_of IS NULL AND requested_by IS NULL",
+                 AND environment_id = $3 AND follows_build = 1 AND requested_by IS NULL",
             )
             .bind(requested_by.clone())
             .bind(new.build_id)
@@ -123,7 +129,7 @@ impl DeploymentStore for SqlStore {
             .await?;
         }
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{SELECT} WHERE d.build_id = $1 AND d.environment_id = $2 AND d.rollback_of IS NULL"
+            "{SELECT} WHERE d.build_id = $1 AND d.environment_id = $2 AND d.follows_build = 1"
         )))
         .bind(new.build_id)
         .bind(environment_id)
@@ -221,8 +227,9 @@ impl DeploymentStore for SqlStore {
                 .try_get("id")?;
         let id: i64 = sqlx::query(
             "INSERT INTO deployments (project_id, environment_id, build_id, step, publish_dir, \
-             url, status, requested_by, rollback_of, replaces, created_at, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
+             url, status, requested_by, rollback_of, replaces, created_at, finished_at, \
+             follows_build) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 0) RETURNING id",
         )
         .bind(new.project_id)
         .bind(environment_id)
@@ -264,7 +271,7 @@ impl DeploymentStore for SqlStore {
 
     async fn deployments_of_build(&self, build_id: i64) -> StoreResult<Vec<DeploymentRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{SELECT} WHERE d.build_id = $1 AND d.rollback_of IS NULL ORDER BY d.id"
+            "{SELECT} WHERE d.build_id = $1 AND d.follows_build = 1 ORDER BY d.id"
         )))
         .bind(build_id)
         .fetch_all(&self.pool)

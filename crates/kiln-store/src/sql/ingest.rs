@@ -408,8 +408,8 @@ pub(super) const STAGE_UPSERT: &str = "ON CONFLICT (build_id, name) DO UPDATE SE
 pub(super) const EVENT_COLUMNS: &str =
     "id, build_id, project_id, seq, event_type, client_event_id, received_at, payload";
 pub(super) const JOB_COLUMNS: &str = "build_id, project_id, step, position, state, priority, depends_on, labels, spec, \
-     created_at, queued_at";
-pub(super) const JOB_COLUMN_COUNT: usize = 11;
+     created_at, queued_at, avoid_agent_id";
+pub(super) const JOB_COLUMN_COUNT: usize = 12;
 /// A job written twice (a repeated trigger) is kept as first written.
 pub(super) const JOB_CONFLICT: &str = "ON CONFLICT (build_id, step) DO NOTHING";
 
@@ -426,6 +426,7 @@ pub(super) struct JobRow<'a> {
     pub(super) spec: String,
     pub(super) created_at: i64,
     pub(super) queued_at: Option<i64>,
+    pub(super) avoid_agent_id: Option<i64>,
 }
 
 impl<'a> JobRow<'a> {
@@ -450,6 +451,7 @@ impl<'a> JobRow<'a> {
             spec: plan.spec.to_string(),
             created_at: now.0,
             queued_at: (plan.state == JobState::Queued).then_some(now.0),
+            avoid_agent_id: plan.avoid_agent_id,
         }
     }
 }
@@ -494,7 +496,8 @@ pub(super) async fn insert_jobs(transaction: &mut Tx, job_rows: &[JobRow<'_>]) -
                 .bind(job.labels.as_str())
                 .bind(job.spec.as_str())
                 .bind(job.created_at)
-                .bind(job.queued_at);
+                .bind(job.queued_at)
+                .bind(job.avoid_agent_id);
         }
         query.execute(&mut **transaction).await?;
     }

@@ -75,7 +75,7 @@ const NUMBER_BUILDS: &str = "UPDATE projects p SET last_build_number = p.last_bu
 /// the row ids of the new builds. `$1`–`$23`: new builds; `$24`–`$44`: changed builds;
 /// `$45`–`$52`: stages; `$53`–`$60`: events; `$61`–`$71`: jobs; `$72`: the counter;
 /// `$73`: the notification channel; `$74`, `$75`: the metrics of the new and the changed
-/// builds (added last, so the earlier numbers stay).
+/// builds; `$76`: the jobs' avoided agents (each added last, so the earlier numbers stay).
 const WRITE: &str = "WITH new_builds AS ( \
        INSERT INTO builds (project_id, run_id, number, status, progress_hundredths, current_stage, env, \
          origin, command, host, pid, repo, branch, commit_sha, message, created_at, started_at, ended_at, \
@@ -121,12 +121,12 @@ const WRITE: &str = "WITH new_builds AS ( \
        JOIN ids ON ids.run_id = v.run_id), \
      written_jobs AS ( \
        INSERT INTO jobs (build_id, project_id, step, position, state, priority, depends_on, labels, spec, \
-         created_at, queued_at) \
+         created_at, queued_at, avoid_agent_id) \
        SELECT ids.id, v.project_id, v.step, v.position, v.state, v.priority, v.depends_on, v.labels, \
-         v.spec, v.created_at, v.queued_at \
+         v.spec, v.created_at, v.queued_at, v.avoid_agent_id \
        FROM UNNEST($61::text[], $62::bigint[], $63::text[], $64::bigint[], $65::text[], $66::bigint[], \
-         $67::text[], $68::text[], $69::text[], $70::bigint[], $71::bigint[]) AS v(run_id, project_id, \
-         step, position, state, priority, depends_on, labels, spec, created_at, queued_at) \
+         $67::text[], $68::text[], $69::text[], $70::bigint[], $71::bigint[], $76::bigint[]) AS v(run_id, project_id, \
+         step, position, state, priority, depends_on, labels, spec, created_at, queued_at, avoid_agent_id) \
        JOIN ids ON ids.run_id = v.run_id \
        ON CONFLICT (build_id, step) DO NOTHING), \
      counter AS (UPDATE kiln_counters SET value = $72 WHERE name = 'event_id') \
@@ -567,6 +567,12 @@ async fn write(
         // The builds' metrics.
         .bind(&created.metrics)
         .bind(&changed.metrics)
+        // The jobs' avoided agents.
+        .bind(
+            jobs.iter()
+                .map(|(_, j)| j.avoid_agent_id)
+                .collect::<Vec<_>>(),
+        )
         .fetch_one(&mut *connection)
         .await?;
     let new_ids: Vec<i64> = row.try_get("new_ids")?;

@@ -38,8 +38,21 @@ const CLAIM_CANDIDATES: i64 = 200;
 /// labels contained in the agent's, its project under `max_concurrency`, the agent under
 /// its own concurrency), locked with `SKIP LOCKED` so concurrent claims on any replica
 /// pass each other instead of queueing on one row, and taken. `$1` agent, `$2` lease end, `$3` now, `$4` the agent's labels as a
-/// JSON list, `$5` its concurrency, `$6` the aging period.
-const PG_CLAIM_TAKE: &str = "WITH claimed AS ( \
+/// JSON list, `$5` its concurrency, `$6` the aging period. A job that avoids this agent
+/// (`avoid_agent_id`) is passed over for its first `AVOIDED_AGENT_HOLD_MS` queued.
+static PG_CLAIM_TAKE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    PG_CLAIM_TAKE_TEXT.replacen(
+        "WHERE j.state = 'queued' ",
+        &format!(
+            "WHERE j.state = 'queued' \
+             AND (j.avoid_agent_id IS NULL OR j.avoid_agent_id <> $1 \
+               OR j.queued_at <= $3 - {AVOIDED_AGENT_HOLD_MS}) "
+        ),
+        1,
+    )
+});
+
+const PG_CLAIM_TAKE_TEXT: &str = "WITH claimed AS ( \
        UPDATE jobs SET state = 'running', agent_id = $1, attempt = attempt + 1, \
          lease_expires_at = $2, started_at = $3, finished_at = NULL, exit_code = NULL, \
          reason = NULL, cancel_requested = 0 \
@@ -57,7 +70,8 @@ const PG_CLAIM_TAKE: &str = "WITH claimed AS ( \
 /// `PG_CLAIM_TAKE` followed by `JOB_SELECT` over the claimed row.
 static PG_CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "{PG_CLAIM_TAKE} {}",
+        "{} {}",
+        *PG_CLAIM_TAKE,
         JOB_SELECT.replacen("FROM jobs j", "FROM claimed j", 1)
     )
 });
@@ -466,7 +480,7 @@ impl QueueStore for SqlStore {
         // One round trip: the best queued jobs, each row also carrying how many jobs
         // the agent runs now.
         let rows = sqlx::query(
-            "SELECT j.id, j.project_id, j.step, j.queued_at, j.labels, p.max_concurrency, \
+            "SELECT j.id, j.project_id, j.step, j.queued_at, j.labels, j.avoid_agent_id, p.max_concurrency, \
              j.priority - (($1 - j.queued_at) / $2) AS aged, \
              (SELECT COUNT(*) FROM jobs r WHERE r.agent_id = $4 AND r.state = 'running') AS agent_running \
              FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.state = 'queued' \
@@ -492,6 +506,14 @@ impl QueueStore for SqlStore {
             let labels: String = candidate.try_get("labels")?;
             let labels = json_list(&labels, "job")?;
             if !labels.iter().all(|label| agent.labels.contains(label)) {
+                continue;
+            }
+            let avoids_me =
+                candidate.try_get::<Option<i64>, _>("avoid_agent_id")? == Some(agent.id);
+            let queued_at: i64 = candidate
+                .try_get::<Option<i64>, _>("queued_at")?
+                .unwrap_or(0);
+            if avoids_me && queued_at > now.0 - AVOIDED_AGENT_HOLD_MS {
                 continue;
             }
             if let Some(limit) = candidate.try_get::<Option<i64>, _>("max_concurrency")? {

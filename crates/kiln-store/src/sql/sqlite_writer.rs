@@ -341,6 +341,7 @@ fn ingest(
                 job.spec,
                 job.created_at,
                 job.queued_at,
+                job.avoid_agent_id,
             ])?;
         }
         drop(insert_job);

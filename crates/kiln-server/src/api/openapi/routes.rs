@@ -211,7 +211,7 @@ pub(super) fn describe(method: &str, path: &str) -> Option<Operation> {
         ("POST", "/api/v1/projects/{slug}/environments/{environment}/deploy") => Operation::new("deployments", "Deploy a build (or the default branch's tip) to an environment")
             .optional_body(json::<wire::DeployRequest>())
             .created(json::<wire::DeployStarted>()),
-        ("POST", "/api/v1/projects/{slug}/environments/{environment}/rollback") => Operation::new("deployments", "Deploy an earlier deployment's build again")
+        ("POST", "/api/v1/projects/{slug}/environments/{environment}/rollback") => Operation::new("deployments", "Deploy an earlier deployment's build again: a published site switches to its files at once (status deployed); a script deployment's step runs again in a build of its own (status queued, live when the step passes)")
             .body(json::<wire::RollbackRequest>())
             .created(json::<wire::DeploymentDto>()),
         ("GET", "/api/v1/deployments/{id}") => Operation::new("deployments", "One deployment")
@@ -463,7 +463,7 @@ pub(super) fn describe(method: &str, path: &str) -> Option<Operation> {
             .required_query("a", Text, "a build's run id")
             .required_query("b", Text, "another build's run id")
             .ok(json::<wire::ArtifactComparison>()),
-        ("POST", "/api/v1/builds/{run_id}/rebuild-verify") => Operation::new("artifacts", "Rebuild the same commit and compare the artifacts")
+        ("POST", "/api/v1/builds/{run_id}/rebuild-verify") => Operation::new("artifacts", "Rebuild the same commit and compare the artifacts (each step held for 10 s from the agent that ran it, when another could take it)")
             .created(json::<wire::RebuildVerification>()),
         ("GET", "/api/v1/builds/{run_id}/verification") => Operation::new("artifacts", "A rebuild-to-verify and its comparison")
             .ok(json::<wire::RebuildVerification>()),
