@@ -1457,13 +1457,27 @@ fn a_reproducible_and_a_non_reproducible_repository_are_told_apart() {
     );
 }
 
-/// A pipeline that installs (artifacts passed on), builds a site into `dist` and
-/// publishes it (`deploy: {environment: production, publish: dist}`), run by a real
-/// agent: the deployment goes live on the sites listener, a second build replaces it,
-/// and a rollback brings the first build's files back without rebuilding.
-#[test]
-fn a_pipeline_publishes_its_site_and_rolls_back_to_the_last_good_build() {
-    let kiln = Kiln::start(&["--sites-listen", "127.0.0.1:0"]);
+/// (status, content type, body) of a GET of a published site.
+fn site_get(kiln: &Kiln, url: &str) -> (u16, String, String) {
+    kiln.block_on(async {
+        let response = reqwest::get(url).await.unwrap();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (
+            response.status().as_u16(),
+            kind,
+            response.text().await.unwrap(),
+        )
+    })
+}
+
+/// Two builds of a pipeline whose `build` step publishes `dist` (an `index.html` saying
+/// "hello from v1", then "v2", and a stylesheet) to production, each checked live and
+/// served by an agent of the caller's; their run ids and site URLs.
+fn deploy_two_site_versions(kiln: &Kiln) -> Vec<(String, String)> {
     let pipeline_of = |version: &str| {
         pipeline(&[
             step(
@@ -1485,24 +1499,7 @@ fn a_pipeline_publishes_its_site_and_rolls_back_to_the_last_good_build() {
             ),
         ])
     };
-    let _agent = kiln.agent("deployer", &[]);
-    let http = reqwest::Client::new();
-    // (status, content type, body) of a GET.
-    let get = |url: &str| {
-        kiln.block_on(async {
-            let response = http.get(url).send().await.unwrap();
-            let kind = response
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default();
-            (
-                response.status().as_u16(),
-                kind,
-                response.text().await.unwrap(),
-            )
-        })
-    };
+    let get = |url: &str| site_get(kiln, url);
     let mut runs = Vec::new();
     for version in ["v1", "v2"] {
         kiln.commit_pipeline(&pipeline_of(version));
@@ -1541,6 +1538,19 @@ fn a_pipeline_publishes_its_site_and_rolls_back_to_the_last_good_build() {
         assert!(kind.starts_with("text/css"), "{kind}");
         runs.push((build.run_id, url));
     }
+    runs
+}
+
+/// A pipeline that installs (artifacts passed on), builds a site into `dist` and
+/// publishes it (`deploy: {environment: production, publish: dist}`), run by a real
+/// agent: the deployment goes live on the sites listener, a second build replaces it,
+/// and a rollback brings the first build's files back without rebuilding.
+#[test]
+fn a_pipeline_publishes_its_site_and_rolls_back_to_the_last_good_build() {
+    let kiln = Kiln::start(&["--sites-listen", "127.0.0.1:0"]);
+    let _agent = kiln.agent("deployer", &[]);
+    let runs = deploy_two_site_versions(&kiln);
+    let get = |url: &str| site_get(&kiln, url);
     // Back to the first build: its files, at once, with no build.
     let rolled = kiln
         .block_on(kiln.user.rollback(PROJECT, "production", &runs[0].0))
@@ -1559,6 +1569,95 @@ fn a_pipeline_publishes_its_site_and_rolls_back_to_the_last_good_build() {
         .block_on(kiln.user.list_builds(&BuildQuery::default()))
         .unwrap();
     assert_eq!(builds.builds.len(), 2, "a rollback builds nothing");
+}
+
+/// A crash during a rollback (the server killed with SIGKILL 0–21 ms after the request
+/// was sent, eight times, back and forth between two published builds) leaves one whole
+/// version live: after each restart the environment names a deployed build and the site
+/// serves exactly that build's page, never a mix, never nothing, and no deployment is
+/// left half-recorded.
+#[test]
+fn a_crash_during_a_rollback_leaves_one_whole_version_live() {
+    let mut kiln = Kiln::start(&["--sites-listen", "127.0.0.1:0"]);
+    let agent = kiln.agent("deployer", &[]);
+    let runs = deploy_two_site_versions(&kiln);
+    drop(agent);
+    let version_of = |run_id: &str| {
+        if run_id == runs[0].0 { "v1" } else { "v2" }
+    };
+    let mut switched = 0;
+    for round in 0..8u64 {
+        let before = kiln
+            .block_on(kiln.user.environments(PROJECT))
+            .unwrap()
+            .environments[0]
+            .current
+            .clone()
+            .expect("a live deployment");
+        let to = if before.run_id == runs[0].0 {
+            &runs[1].0
+        } else {
+            &runs[0].0
+        };
+        // The request is written whole, then the server dies without waiting for it.
+        let address = kiln
+            .server
+            .as_ref()
+            .unwrap()
+            .url
+            .trim_start_matches("http://")
+            .to_owned();
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        let body = format!("{{\"to\":\"{to}\"}}");
+        let request = format!(
+            "POST /api/v1/projects/{PROJECT}/environments/production/rollback HTTP/1.1\r\n\
+             host: {address}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            kiln.user_token,
+            body.len()
+        );
+        std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(round * 3));
+        let port = kiln.kill_server();
+        drop(stream);
+        kiln.start_server_again(port);
+
+        let live = kiln
+            .block_on(kiln.user.environments(PROJECT))
+            .unwrap()
+            .environments[0]
+            .current
+            .clone()
+            .expect("a live deployment after the crash");
+        assert_eq!(live.status, "deployed", "{live:?}");
+        assert!(
+            live.run_id == runs[0].0 || live.run_id == runs[1].0,
+            "{live:?}"
+        );
+        if live.run_id != before.run_id {
+            switched += 1;
+        }
+        let url = live.url.clone().expect("a published site has a URL");
+        let (status, _, page) = site_get(&kiln, &url);
+        assert_eq!(status, 200, "{url} after round {round}");
+        assert_eq!(page, format!("hello from {}", version_of(&live.run_id)));
+        let deployments = kiln
+            .block_on(kiln.user.deployments(PROJECT, Some("production"), 100))
+            .unwrap()
+            .deployments;
+        for deployment in &deployments {
+            assert!(
+                ["deployed", "failed", "cancelled"].contains(&deployment.status.as_str()),
+                "half-recorded after round {round}: {deployment:?}"
+            );
+        }
+        assert_eq!(
+            deployments.iter().filter(|d| d.current).count(),
+            1,
+            "one deployment is current"
+        );
+    }
+    eprintln!("rollbacks that took effect before the kill: {switched} of 8");
 }
 
 /// A script deployment (`deploy: {environment: staging, url: …}`), run by a real agent:
