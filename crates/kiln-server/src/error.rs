@@ -153,6 +153,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            // A 503 can come before the request's body was read (the caller's token
+            // looked up while the database is down), after which the server cannot keep
+            // the connection; saying so keeps a client from reusing it (a retry on it
+            // would meet a closed socket), and its retry may reach another replica.
+            response
+                .headers_mut()
+                .insert("connection", axum::http::HeaderValue::from_static("close"));
         }
         if matches!(self, Self::RateLimited(_)) {
             response

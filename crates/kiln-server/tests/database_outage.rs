@@ -152,6 +152,7 @@ fn can_run_private_postgres() -> bool {
 struct Answer {
     status: u16,
     retry_after: Option<String>,
+    connection: Option<String>,
     body: Value,
     took: Duration,
 }
@@ -174,10 +175,15 @@ async fn request(
         .headers()
         .get("retry-after")
         .map(|value| value.to_str().unwrap().to_owned());
+    let connection = response
+        .headers()
+        .get("connection")
+        .map(|value| value.to_str().unwrap().to_owned());
     let body = response.json().await.unwrap_or(Value::Null);
     Answer {
         status,
         retry_after,
+        connection,
         body,
         took: started.elapsed(),
     }
@@ -260,6 +266,12 @@ async fn while_postgres_is_down_requests_answer_503_fast_and_recover() {
     for answer in &answers {
         assert_eq!(answer.status, 503, "{}", answer.body);
         assert_eq!(answer.retry_after.as_deref(), Some("1"), "{}", answer.body);
+        assert_eq!(
+            answer.connection.as_deref(),
+            Some("close"),
+            "{}",
+            answer.body
+        );
         assert_eq!(
             answer.body["error"]["code"], "unavailable",
             "{}",
