@@ -466,6 +466,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn large_and_small_frames_are_written_in_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        // Large frames go to the threads as they are, small ones gathered between them.
+        let large = vec![b'a'; DIRECT];
+        let frames: Vec<Bytes> = vec![
+            Bytes::from_static(b"xy"),
+            Bytes::from(large.clone()),
+            Bytes::from_static(b"z"),
+            Bytes::from(large.clone()),
+        ];
+        let whole: Vec<u8> = frames.iter().flat_map(|frame| frame.to_vec()).collect();
+        let sha256 = hex::encode(sha2::Sha256::digest(&whole));
+        let size = whole.len() as u64;
+        let id = Staging::upload_id(1, "c.bin", &sha256, size);
+        let guard = staging.hold(&id).unwrap();
+        let body = futures_util::stream::iter(frames.into_iter().map(Ok::<_, String>));
+        let appended = staging.append(&guard, &id, 0, size, body).await.unwrap();
+        assert_eq!(appended.length, size);
+        assert_eq!(appended.sha256.as_deref(), Some(sha256.as_str()));
+        assert_eq!(std::fs::read(staging.part_path(&id)).unwrap(), whole);
+    }
+
+    #[tokio::test]
     async fn an_upload_resumes_at_the_bytes_held_and_is_hashed_either_way() {
         let dir = tempfile::tempdir().unwrap();
         let staging = Staging::open(dir.path()).unwrap();
