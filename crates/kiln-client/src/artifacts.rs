@@ -11,7 +11,7 @@ use kiln_protocol::{
 };
 use reqwest::Method;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncSeekExt;
 
 use super::{Client, ClientError, encode, json_answer};
 
@@ -86,6 +86,60 @@ pub async fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// Chunks of a download queued to its writer and hasher threads.
+const QUEUE: usize = 16;
+/// Written bytes after which the kernel is asked to start writing them to disk.
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
+/// Writes the chunks to `file` and syncs it; the error names what failed ("write",
+/// "sync").
+fn write_synced(
+    mut file: std::fs::File,
+    mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> Result<(), (&'static str, std::io::Error)> {
+    use std::io::Write;
+    let mut written = 0u64;
+    let mut flushed = 0u64;
+    while let Some(chunk) = chunks.blocking_recv() {
+        file.write_all(&chunk).map_err(|e| ("write", e))?;
+        written += chunk.len() as u64;
+        if written - flushed >= WRITEBACK_EVERY {
+            start_writeback(&file, flushed, written - flushed);
+            flushed = written;
+        }
+    }
+    file.sync_all().map_err(|e| ("sync", e))
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` to disk now, so the final
+/// sync waits only for the last few MiB. `POSIX_FADV_DONTNEED` on pages still dirty starts
+/// their writeback without waiting and drops none of them from the cache (the safe-Rust
+/// way to `sync_file_range(SYNC_FILE_RANGE_WRITE)`). A hint only: the sync stays.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        let _ = nix::fcntl::posix_fadvise(
+            file,
+            offset,
+            len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+fn hash_chunks(mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> String {
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = chunks.blocking_recv() {
+        hasher.update(&chunk);
+    }
+    hex::encode(hasher.finalize())
 }
 
 fn io_error(context: &str, error: std::io::Error) -> ClientError {
@@ -267,40 +321,64 @@ impl Client {
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_else(|| "download".into());
         let partial = dest.with_file_name(format!(".{file_name}.kiln-partial"));
-        let mut file = tokio::fs::File::create(&partial)
+        let file = tokio::fs::File::create(&partial)
             .await
-            .map_err(|e| io_error(&format!("cannot write {}", partial.display()), e))?;
-        let mut hasher = Sha256::new();
+            .map_err(|e| io_error(&format!("cannot write {}", partial.display()), e))?
+            .into_std()
+            .await;
+        // Written and hashed on two threads while the next chunks arrive; the disk is
+        // asked to write as the file grows, so the final sync waits for little.
+        let (to_writer, from_download) = tokio::sync::mpsc::channel::<bytes::Bytes>(QUEUE);
+        let (to_hasher, from_download_too) = tokio::sync::mpsc::channel::<bytes::Bytes>(QUEUE);
+        let writer = tokio::task::spawn_blocking(move || write_synced(file, from_download));
+        let hasher = tokio::task::spawn_blocking(move || hash_chunks(from_download_too));
         let mut written = 0u64;
         let mut stream = response.bytes_stream();
-        let result: Result<(), ClientError> = async {
+        let received: Result<(), ClientError> = async {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk
                     .map_err(|e| ClientError::Transport(format!("the download broke off: {e}")))?;
-                hasher.update(&chunk);
                 written += chunk.len() as u64;
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| io_error(&format!("cannot write {}", partial.display()), e))?;
-            }
-            file.flush()
-                .await
-                .map_err(|e| io_error("cannot write", e))?;
-            file.sync_all()
-                .await
-                .map_err(|e| io_error("cannot sync", e))?;
-            if let Some(expected) = sha256 {
-                let actual = hex::encode(hasher.finalize());
-                if actual != expected {
-                    return Err(ClientError::Transport(format!(
-                        "the download of {} has SHA-256 {actual}, not {expected}; it was not kept",
-                        dest.display()
-                    )));
+                let _ = to_hasher.send(chunk.clone()).await;
+                if to_writer.send(chunk).await.is_err() {
+                    break;
                 }
             }
             Ok(())
         }
         .await;
+        drop((to_writer, to_hasher));
+        let stored = writer
+            .await
+            .map_err(|e| io_error("cannot write", std::io::Error::other(e)))
+            .and_then(|result| {
+                result.map_err(|(context, e)| {
+                    io_error(
+                        &match context {
+                            "write" => format!("cannot write {}", partial.display()),
+                            other => format!("cannot {other}"),
+                        },
+                        e,
+                    )
+                })
+            });
+        let actual = hasher
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()));
+        let result: Result<(), ClientError> = (|| {
+            received?;
+            stored?;
+            let actual = actual?;
+            if let Some(expected) = sha256
+                && actual != expected
+            {
+                return Err(ClientError::Transport(format!(
+                    "the download of {} has SHA-256 {actual}, not {expected}; it was not kept",
+                    dest.display()
+                )));
+            }
+            Ok(())
+        })();
         if let Err(error) = result {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(error);

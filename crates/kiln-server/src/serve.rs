@@ -38,8 +38,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::Service;
 
-/// The largest HTTP/1 read buffer per connection (and so the largest request head).
+/// The largest request head (start line and headers); a longer one is answered 431.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+/// The largest HTTP/1 read buffer per connection. Bodies are read through it, so an
+/// artifact upload arrives in reads of up to this size rather than of the head limit's
+/// 8 KiB (25,600 reads and frames for 200 MiB); hyper grows a connection's buffer towards
+/// it only while reads fill it, and the head stays capped by `MAX_REQUEST_HEAD_BYTES`.
+const MAX_READ_BUFFER_BYTES: usize = 256 * 1024;
 
 /// How long connections may be held, and how many (`kiln serve` flags).
 #[derive(Clone, Debug)]
@@ -462,7 +467,8 @@ pub(crate) async fn serve(
             // No hyper timer: its header timeout would also start on an idle
             // keep-alive connection; the watchdog below tells the two apart.
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.max_buf_size(MAX_REQUEST_HEAD_BYTES);
+            builder.max_buf_size(MAX_READ_BUFFER_BYTES);
+            builder.max_header_size(MAX_REQUEST_HEAD_BYTES);
             let io = TokioIo::new(Watched {
                 inner: stream,
                 activity: activity.clone(),

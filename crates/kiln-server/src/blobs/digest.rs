@@ -1,7 +1,8 @@
 //! A blob's three digests read back from the store, hashed on two blocking threads in
 //! parallel (MD5 with SHA-256, and SHA-512), and the digester: the background task that
 //! fills in the MD5 and SHA-512 of blobs stored without them — uploads compute only the
-//! SHA-256 they are checked by, so the slower digests never hold an upload up.
+//! SHA-256 they are checked by, so the slower digests never hold an upload up; its
+//! threads run at the lowest priority, so they do not slow the transfers beside them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +23,58 @@ const BATCH: i64 = 16;
 /// How long the digester rests when there is nothing to do (or it made no progress).
 const IDLE: Duration = Duration::from_secs(30);
 
+/// Whose turn the hashing threads take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashingPriority {
+    /// A request waits for the digests (verify): the blocking pool, normal priority.
+    Request,
+    /// Nobody waits (the digester): threads of their own at the lowest priority, so
+    /// filling in digests never slows the transfers and requests running beside it.
+    Background,
+}
+
+/// The lowest scheduling priority (`nice` 19).
+const BACKGROUND_NICE: i32 = 19;
+
+/// Runs `work` on a thread as `priority` says; answers its result.
+async fn on_thread<T: Send + 'static>(
+    priority: HashingPriority,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    match priority {
+        HashingPriority::Request => tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string())),
+        HashingPriority::Background => {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            // A thread of its own: on Linux the nice value belongs to the thread, and an
+            // unprivileged thread cannot raise it again, so a pooled one must not be used.
+            std::thread::Builder::new()
+                .name("kiln-digester".into())
+                .spawn(move || {
+                    let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
+                    let _ = answer.send(work());
+                })?;
+            answered
+                .await
+                .map_err(|_| std::io::Error::other("a digester thread panicked"))
+        }
+    }
+}
+
 /// The digests of everything `stream` yields; `Err` if it breaks off.
-pub async fn digest_stream(mut stream: BlobStream) -> std::io::Result<Digests> {
+pub async fn digest_stream(stream: BlobStream) -> std::io::Result<Digests> {
+    digest_stream_at(stream, HashingPriority::Request).await
+}
+
+/// [`digest_stream`], hashed at `priority`.
+pub async fn digest_stream_at(
+    mut stream: BlobStream,
+    priority: HashingPriority,
+) -> std::io::Result<Digests> {
     let (to_first, mut first) = mpsc::channel::<Bytes>(QUEUE);
     let (to_second, mut second) = mpsc::channel::<Bytes>(QUEUE);
-    let md5_sha256 = tokio::task::spawn_blocking(move || {
+    let md5_sha256 = on_thread(priority, move || {
         let mut hasher = Md5Sha256Hasher::default();
         let mut size = 0u64;
         while let Some(chunk) = first.blocking_recv() {
@@ -35,13 +83,15 @@ pub async fn digest_stream(mut stream: BlobStream) -> std::io::Result<Digests> {
         }
         (size, hasher.finish())
     });
-    let sha512 = tokio::task::spawn_blocking(move || {
+    let sha512 = on_thread(priority, move || {
         let mut hasher = Sha512Hasher::default();
         while let Some(chunk) = second.blocking_recv() {
             hasher.update(&chunk);
         }
         hasher.finish()
     });
+    let md5_sha256 = tokio::spawn(md5_sha256);
+    let sha512 = tokio::spawn(sha512);
     let mut failure = None;
     while let Some(chunk) = stream.next().await {
         match chunk {
@@ -57,8 +107,8 @@ pub async fn digest_stream(mut stream: BlobStream) -> std::io::Result<Digests> {
     }
     drop((to_first, to_second));
     let joined = |e: tokio::task::JoinError| std::io::Error::other(e.to_string());
-    let (size, (md5, sha256)) = md5_sha256.await.map_err(joined)?;
-    let sha512 = sha512.await.map_err(joined)?;
+    let (size, (md5, sha256)) = md5_sha256.await.map_err(joined)??;
+    let sha512 = sha512.await.map_err(joined)??;
     match failure {
         Some(error) => Err(error),
         None => Ok(Digests {
@@ -109,7 +159,7 @@ async fn digest_pending(
     let mut done = 0;
     for blob in store.undigested_blobs(BATCH).await? {
         let digests = match blobs.read(&blob.sha256, 0, None).await {
-            Ok(stream) => digest_stream(stream).await,
+            Ok(stream) => digest_stream_at(stream, HashingPriority::Background).await,
             Err(error) => {
                 tracing::warn!(sha256 = %blob.sha256, %error, "blob not digested: cannot read it");
                 continue;
