@@ -147,8 +147,12 @@ mod tests {
         assert!(key.open("secret:2:A", &sealed).is_err(), "another row");
         let other = SecretKey::generate().unwrap();
         assert!(other.open("secret:1:A", &sealed).is_err(), "another key");
+        // One hex digit of the tag changed (to another digit: writing "00" over the last
+        // two left a sealed value that already ended in "00" — one in 256 — unchanged).
         let mut altered = sealed.clone();
-        altered.replace_range(sealed.len() - 2.., "00");
+        let last = if sealed.ends_with('0') { "1" } else { "0" };
+        altered.replace_range(sealed.len() - 1.., last);
+        assert_ne!(altered, sealed);
         assert!(key.open("secret:1:A", &altered).is_err());
         assert_eq!(
             SecretKey::parse(&key.to_hex())
