@@ -246,6 +246,13 @@ pub(crate) struct Requester {
 }
 
 impl Requester {
+    /// How a deployment records who asked: the user's email, else the token's name.
+    pub fn label(&self) -> Option<String> {
+        self.email
+            .clone()
+            .or_else(|| self.token.as_ref().map(|(_, name)| name.clone()))
+    }
+
     /// The requester behind `caller` (one read of the user, when there is one).
     pub async fn of(
         store: &dyn Store,

@@ -269,11 +269,7 @@ impl Scheduler {
                 plans,
             )
             .await?;
-        let requested_by = request.by.as_ref().and_then(|by| {
-            by.email
-                .clone()
-                .or_else(|| by.token.as_ref().map(|(_, name)| name.clone()))
-        });
+        let requested_by = request.by.as_ref().and_then(Requester::label);
         self.inner
             .deployer
             .refresh_quietly(queued.id, requested_by)
@@ -366,11 +362,7 @@ impl Scheduler {
                 vec![plan],
             )
             .await?;
-        let requested_by = request.by.as_ref().and_then(|by| {
-            by.email
-                .clone()
-                .or_else(|| by.token.as_ref().map(|(_, name)| name.clone()))
-        });
+        let requested_by = request.by.as_ref().and_then(Requester::label);
         self.inner
             .deployer
             .refresh_quietly(queued.id, requested_by)

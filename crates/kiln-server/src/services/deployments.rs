@@ -378,10 +378,7 @@ pub(crate) async fn rollback(
         publish_dir: deployed.publish_dir.clone(),
         url: None,
         status: DeploymentStatus::Deployed.as_str().to_owned(),
-        requested_by: requested_by
-            .email
-            .clone()
-            .or_else(|| requested_by.token.as_ref().map(|(_, name)| name.clone())),
+        requested_by: requested_by.label(),
         rollback_of: Some(deployed.id),
     };
     let record = state
@@ -551,11 +548,10 @@ async fn rerun_script_deployment(
     let mut record = find(state.store.deployments_of_build(rerun_build.id).await?);
     if record.is_none() {
         // The scheduler's refresh logs a failure; this answer needs the record.
-        let by = requested_by
-            .email
-            .clone()
-            .or_else(|| requested_by.token.as_ref().map(|(_, name)| name.clone()));
-        state.deployer.refresh(rerun_build.id, by).await?;
+        state
+            .deployer
+            .refresh(rerun_build.id, requested_by.label())
+            .await?;
         record = find(state.store.deployments_of_build(rerun_build.id).await?);
     }
     let record = record.ok_or_else(|| {
