@@ -116,7 +116,8 @@ async fn kept_days(database: &TestDatabase) -> Vec<i64> {
         .collect()
 }
 
-async fn kept_days_answer_like_the_builds(engine: Engine) {
+/// A fresh database with its store and a project `web`.
+async fn fresh(engine: Engine) -> (TestDatabase, std::sync::Arc<dyn Store>, Project) {
     let database = TestDatabase::create(engine).await;
     let store = database.open_dyn().await;
     let project = store
@@ -127,6 +128,11 @@ async fn kept_days_answer_like_the_builds(engine: Engine) {
         )
         .await
         .unwrap();
+    (database, store, project)
+}
+
+async fn kept_days_answer_like_the_builds(engine: Engine) {
+    let (database, store, project) = fresh(engine).await;
     let seed = Seeder {
         store: &*store,
         project: project.id,
@@ -185,16 +191,7 @@ async fn kept_days_answer_like_the_builds(engine: Engine) {
 }
 
 async fn an_event_on_an_ended_build_makes_its_kept_day_stale(engine: Engine) {
-    let database = TestDatabase::create(engine).await;
-    let store = database.open_dyn().await;
-    let project = store
-        .create_project(
-            &ProjectSlug::parse("slug", "web").unwrap(),
-            "web",
-            Millis(1),
-        )
-        .await
-        .unwrap();
+    let (database, store, project) = fresh(engine).await;
     let seed = Seeder {
         store: &*store,
         project: project.id,
