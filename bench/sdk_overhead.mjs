@@ -1,7 +1,9 @@
 // What @kiln-ci/sdk adds to a real build: a jest@30 run of 2,000 tests with and without
 // the Kiln reporter, and a vite@8 build of a 1,500-module app with and without the Kiln
 // plugin, alternating, several rounds in the same run, against a real `kiln serve` on
-// loopback. Reports the median wall time and the main process's peak RSS of each.
+// loopback. Reports the median wall time, the median of the paired differences (each
+// round's run with the SDK against the one without it), the same for the main process's
+// CPU time, and the main process's peak RSS.
 //
 //   node bench/sdk_overhead.mjs [--rounds 7]      # needs tests/sdk installed: cd tests/sdk && npm ci && npm run pretest
 //
@@ -34,8 +36,8 @@ function exec(command, args, options = {}) {
     child.on('error', reject);
     child.on('close', (code) => {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
-      const rss = /KILN_BENCH_MAXRSS=(\d+)/.exec(stderr);
-      resolve({ code, ms, maxRssKb: rss ? Number(rss[1]) : undefined, stderr });
+      const usage = /KILN_BENCH_MAXRSS=(\d+) KILN_BENCH_CPU=(\d+)/.exec(stderr);
+      resolve({ code, ms, maxRssKb: usage ? Number(usage[1]) : undefined, cpuMs: usage ? Number(usage[2]) / 1000 : undefined, stderr });
     });
   });
 }
@@ -74,7 +76,7 @@ const work = join(testsDir, 'work', `bench-${randomBytes(4).toString('hex')}`);
 mkdirSync(work, { recursive: true });
 // Reports the process's peak RSS at exit (loaded with -r into the jest and vite main processes).
 const rssReporter = join(work, 'maxrss.cjs');
-writeFileSync(rssReporter, "process.on('exit', () => process.stderr.write(`KILN_BENCH_MAXRSS=${process.resourceUsage().maxRSS}\\n`));\n");
+writeFileSync(rssReporter, "process.on('exit', () => { const u = process.resourceUsage(); process.stderr.write(`KILN_BENCH_MAXRSS=${u.maxRSS} KILN_BENCH_CPU=${u.userCPUTime + u.systemCPUTime}\\n`); });\n");
 
 // 2,000 tests: 40 files of 50.
 const jestDir = join(work, 'jest');
@@ -128,13 +130,20 @@ try {
 }
 
 console.log(`rounds: ${rounds} (alternating), kiln: ${kilnBin}, node ${process.versions.node}`);
-console.log('| run | without the SDK | with the SDK | wall time added | peak RSS without | with | RSS added |');
-console.log('|---|---|---|---|---|---|---|');
+// This machine's speed drifts by tens of percent between identical runs a few seconds
+// apart, so besides the medians of each set the table gives the median of the paired
+// differences: each round's run with the SDK against the run without it beside it.
+console.log('| run | without the SDK | with the SDK | wall time added (medians) | paired: median added | main process CPU added (paired) | peak RSS without | with | RSS added |');
+console.log('|---|---|---|---|---|---|---|---|---|');
+const pct = (part, whole) => `${((part / whole) * 100).toFixed(1)}%`;
 for (const [name, { with: on, without: off }] of Object.entries(results)) {
   const a = median(off.map((r) => r.ms));
   const b = median(on.map((r) => r.ms));
+  const pairedWall = median(on.map((r, i) => r.ms - off[i].ms));
+  const pairedCpu = median(on.map((r, i) => r.cpuMs - off[i].cpuMs));
+  const cpuOff = median(off.map((r) => r.cpuMs));
   const ra = median(off.map((r) => r.maxRssKb)) / 1024;
   const rb = median(on.map((r) => r.maxRssKb)) / 1024;
   const label = name === 'jest' ? 'jest@30, 2,000 tests (40 files)' : 'vite@8 build, 1,500 modules';
-  console.log(`| ${label} | ${a.toFixed(0)} ms | ${b.toFixed(0)} ms | ${(b - a).toFixed(0)} ms (${(((b - a) / a) * 100).toFixed(1)}%) | ${ra.toFixed(1)} MB | ${rb.toFixed(1)} MB | ${(rb - ra).toFixed(1)} MB |`);
+  console.log(`| ${label} | ${a.toFixed(0)} ms | ${b.toFixed(0)} ms | ${(b - a).toFixed(0)} ms (${pct(b - a, a)}) | ${pairedWall.toFixed(0)} ms (${pct(pairedWall, a)}) | ${pairedCpu.toFixed(0)} ms (${pct(pairedCpu, cpuOff)}) | ${ra.toFixed(1)} MB | ${rb.toFixed(1)} MB | ${(rb - ra).toFixed(1)} MB |`);
 }
