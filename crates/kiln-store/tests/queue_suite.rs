@@ -22,6 +22,7 @@ engine_test!(concurrent_claims_on_two_stores_hand_out_each_job_once);
 engine_test!(claim_hints_hold_young_jobs_and_prefer_recommended_steps);
 engine_test!(step_runs_and_agent_caches_feed_the_recommendation);
 engine_test!(a_job_avoids_its_agent_for_a_while);
+engine_test!(claims_go_on_after_their_connection_is_cut);
 
 const RULES: ClaimRules = ClaimRules {
     lease_ms: 60_000,
@@ -1021,5 +1022,64 @@ async fn a_job_avoids_its_agent_for_a_while(engine: Engine) {
     assert_eq!(
         claim_hinted(&*store, &first, &hinted, 100_000 + hold).await,
         Some(("v3".to_owned(), "build".to_owned()))
+    );
+}
+
+/// PostgreSQL claims run on a connection of their own (planned once): when the database
+/// cuts it (a restart, `pg_terminate_backend`), that claim fails (503 to the agent),
+/// nothing is taken, and the next claim connects again and takes the job.
+async fn claims_go_on_after_their_connection_is_cut(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    let runner = agent(&*store, "runner", &[], 10).await;
+    queued_build(&*store, &web, "cut1", 5, &[("build", &[], &[])], 1_000).await;
+    queued_build(&*store, &web, "cut2", 5, &[("build", &[], &[])], 1_001).await;
+    let first = claim(&*store, &runner, 2_000).await.expect("the first job");
+    assert_eq!(first.run_id, "cut1");
+    if engine == Engine::Postgres {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&database.url).await.unwrap();
+        let cut: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert!(cut >= 1, "the claim's connection was open");
+        let refused = store.claim_job(&runner, RULES, Millis(2_001)).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Unavailable(_) | StoreError::Database(_))
+            ),
+            "the cut connection's claim fails (a 503 to the agent): {refused:?}"
+        );
+    }
+    // The pool's other connections were cut too, and a broken one fails the query it is
+    // given (the agent retries on 503): within a few claims one connects again.
+    let mut second = None;
+    for attempt in 0..20 {
+        match store.claim_job(&runner, RULES, Millis(2_002)).await {
+            Ok(job) => {
+                second = job;
+                break;
+            }
+            Err(error) if engine == Engine::Postgres && attempt < 19 => {
+                assert!(
+                    matches!(error, StoreError::Unavailable(_) | StoreError::Database(_)),
+                    "{error:?}"
+                );
+            }
+            Err(error) => panic!("claim after the cut: {error:?}"),
+        }
+    }
+    let second = second.expect("the second job");
+    assert_eq!(second.run_id, "cut2");
+    assert_eq!(second.state, JobState::Running);
+    assert!(
+        claim(&*store, &runner, 2_003).await.is_none(),
+        "nothing else queued"
     );
 }

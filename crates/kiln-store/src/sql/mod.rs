@@ -60,6 +60,13 @@ pub struct SqlStore {
     /// load balancer that took a busy pool for a dead database would pull the replica
     /// and pile its clients onto the others).
     health: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+    /// PostgreSQL only: the claim's own connection, taken from the pool on first use and
+    /// set to plan the claim statement once (`plan_cache_mode = force_generic_plan`): the
+    /// pool's connections plan every execution with its values (see `connect`), which
+    /// cost a claim ~0.5 ms of planning against ~0.1 ms of execution, at every claim of
+    /// every waiting agent. Claims on a replica run one at a time anyway (the
+    /// scheduler's lock); an error drops the connection and the next claim takes another.
+    claim_connection: tokio::sync::Mutex<Option<sqlx::AnyConnection>>,
     /// SQLite only: the database file, for reads that return many rows (analytics) over
     /// a read-only rusqlite connection instead of sqlx's `Any` row decoding.
     sqlite_path: Option<std::path::PathBuf>,
@@ -199,6 +206,7 @@ impl SqlStore {
             native_pool,
             database_url: url,
             health: tokio::sync::Mutex::new(None),
+            claim_connection: tokio::sync::Mutex::new(None),
             sqlite_path,
         })
     }
@@ -226,6 +234,9 @@ impl SqlStore {
 
     /// Closes the pools; in-flight queries finish first.
     pub async fn close(&self) {
+        if let Some(connection) = self.claim_connection.lock().await.take() {
+            let _ = sqlx::Connection::close(connection).await;
+        }
         if let Some(pool) = &self.native_pool {
             pool.close().await;
         }

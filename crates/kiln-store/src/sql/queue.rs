@@ -474,7 +474,26 @@ impl QueueStore for SqlStore {
                     .bind(steps(&hints.held_steps))
                     .bind(steps(&hints.preferred_steps));
             }
-            let row = query.fetch_optional(&self.pool).await?;
+            let mut slot = self.claim_connection.lock().await;
+            let connection = match slot.as_mut() {
+                Some(connection) => connection,
+                None => {
+                    let mut connection = self.pool.acquire().await?.detach();
+                    sqlx::query("SET plan_cache_mode = force_generic_plan")
+                        .execute(&mut connection)
+                        .await?;
+                    slot.insert(connection)
+                }
+            };
+            let row = match query.fetch_optional(&mut *connection).await {
+                Ok(row) => row,
+                Err(error) => {
+                    // A broken connection is not kept; the pool hears of the outage.
+                    *slot = None;
+                    self.pool.observe(&error);
+                    return Err(error.into());
+                }
+            };
             return row.as_ref().map(job_from_row).transpose();
         }
         // One round trip: the best queued jobs, each row also carrying how many jobs
