@@ -17,9 +17,14 @@ use tokio::time::Instant;
 
 use super::{Bus, LiveEvent, Room};
 
-const REPLAY_PAGE: i64 = 1000;
 /// Deliveries queued for one subscriber's connection before the follow task waits.
 const OUTBOX: usize = 256;
+/// Events read from the store per replay query. A page is held while its events wait
+/// for the subscriber's outbox, so it bounds a replaying subscriber's memory with the
+/// outbox: 1,000 events of 2 KiB held ~3 MiB per subscriber, and 100 SSE clients that
+/// never read, each catching up after a flood, held 400 MiB (the chaos suite's
+/// slow_clients scenario on a release build); a page the outbox's size holds a quarter.
+const REPLAY_PAGE: i64 = OUTBOX as i64;
 /// How long a subscriber catching up after a lag may leave its outbox full before it
 /// is dropped as too slow.
 const CATCH_UP_PATIENCE: Duration = Duration::from_secs(2);
@@ -220,8 +225,9 @@ impl Follower {
                 }
             };
             let full = page.len() as i64 == REPLAY_PAGE;
-            for stored in &page {
-                if let Flow::Stop = self.offer(Arc::new(LiveEvent::from_stored(stored))).await {
+            // Each stored event is dropped once converted, not with the page.
+            for stored in page {
+                if let Flow::Stop = self.offer(Arc::new(LiveEvent::from_stored(&stored))).await {
                     return Flow::Stop;
                 }
             }
