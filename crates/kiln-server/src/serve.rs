@@ -38,12 +38,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::Service;
 
-/// The largest HTTP/1 read buffer per connection (and so the largest request head; a
-/// longer one is answered 431). Bodies are read through it too, in pieces of this size:
-/// a 256 KiB buffer took artifact uploads from 532 to 642 MiB/s but held 10,000 idle
-/// connections at 554 MiB of memory instead of 154 (the chaos suite's slow_clients
-/// scenario, whose cap is 512), so it stays at 8 KiB.
+/// The largest request head (start line and headers); a longer one is answered 431.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+/// The largest HTTP/1 read buffer per connection. Bodies are read through it, so an
+/// artifact upload arrives in reads of up to this size rather than of the head limit's
+/// 8 KiB (25,600 reads and frames for 200 MiB); hyper starts every connection at 8 KiB
+/// and grows its buffer towards this only while reads fill it, so an idle connection
+/// costs what it did (10,000 idle: 131 MiB either way, the chaos suite's slow_clients).
+/// It also bounds what hyper queues for a connection that does not read its response.
+const MAX_READ_BUFFER_BYTES: usize = 256 * 1024;
 
 /// How long connections may be held, and how many (`kiln serve` flags).
 #[derive(Clone, Debug)]
@@ -466,7 +469,8 @@ pub(crate) async fn serve(
             // No hyper timer: its header timeout would also start on an idle
             // keep-alive connection; the watchdog below tells the two apart.
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.max_buf_size(MAX_REQUEST_HEAD_BYTES);
+            builder.max_buf_size(MAX_READ_BUFFER_BYTES);
+            builder.max_header_size(MAX_REQUEST_HEAD_BYTES);
             let io = TokioIo::new(Watched {
                 inner: stream,
                 activity: activity.clone(),
