@@ -252,6 +252,19 @@ where
         .map_err(|e| storage_failed("reading the upload", e))?
         .filter(|pending| pending.build_id == build.id)
         .ok_or_else(missing)?;
+    if !pending.sha256.is_empty()
+        && let Some(confirm) = confirm
+        && confirm != pending.sha256
+    {
+        return Err(ServiceError::bad_request(
+            "invalid_field",
+            Some("sha256"),
+            format!(
+                "sha256: the upload declared {}; confirm that one or start another upload (nothing of this request was kept)",
+                pending.sha256
+            ),
+        ));
+    }
     let guard = staging
         .hold(upload_id)
         .map_err(|_| ServiceError::Conflict {
@@ -298,19 +311,6 @@ where
     };
     if appended.length < pending.size {
         return Ok(upload_answer(&pending, appended.length, None));
-    }
-    if !pending.sha256.is_empty()
-        && let Some(confirm) = confirm
-        && confirm != pending.sha256
-    {
-        return Err(ServiceError::bad_request(
-            "invalid_field",
-            Some("sha256"),
-            format!(
-                "sha256: the upload declared {}; confirm that one or start another upload",
-                pending.sha256
-            ),
-        ));
     }
     let (sha256, size) = match appended.sha256 {
         Some(sha256) => (sha256, appended.length),
