@@ -796,6 +796,14 @@ async fn an_upload_without_a_sha256_is_confirmed_by_its_last_put(engine: Engine)
         send_confirming(&app, &token, "r1", &id, 0, &sha256, content.clone()).await;
     assert_eq!(status, 400);
     assert_error(&body, "invalid_field", Some("sha256"));
+    let (_, body) = declare(
+        &app,
+        &token,
+        "r1",
+        json!({"path": "declared.bin", "size": 3000, "sha256": sha256_hex(&bytes(3000, 8))}),
+    )
+    .await;
+    assert_eq!(body["offset"], 0, "nothing of the refused request was kept");
 
     // The same path with other content, undeclared: refused at the confirmation.
     let other = bytes(3000, 9);
