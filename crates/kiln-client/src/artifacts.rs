@@ -19,6 +19,10 @@ use super::{Client, ClientError, encode, json_answer};
 const UPLOAD_TRIES: usize = 5;
 /// A transfer may take this long (a large file on a slow link).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Files at least this large are sent while another thread hashes them, the SHA-256
+/// confirmed with the last request (one pass over the file's time instead of two);
+/// smaller ones are hashed first, so content the server already holds needs no bytes.
+pub const HASH_WHILE_SENDING_FROM: u64 = 8 * 1024 * 1024;
 
 /// Where an upload goes.
 #[derive(Clone, Debug)]
@@ -142,6 +146,13 @@ fn hash_chunks(mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> String 
     hex::encode(hasher.finalize())
 }
 
+/// How an upload that hashes while sending ended short of a file.
+enum HashWhileSending {
+    /// The server wants the SHA-256 in the declaration (an older Kiln).
+    Refused,
+    Failed(ClientError),
+}
+
 fn io_error(context: &str, error: std::io::Error) -> ClientError {
     ClientError::Transport(format!("{context}: {error}"))
 }
@@ -157,13 +168,24 @@ impl Client {
         mode: u32,
         step: Option<&str>,
     ) -> Result<ArtifactFile, ClientError> {
-        let (sha256, size) = file_sha256(local)
-            .await
-            .map_err(|e| io_error(&format!("cannot read {}", local.display()), e))?;
+        let cannot_read = |e| io_error(&format!("cannot read {}", local.display()), e);
+        let size = tokio::fs::metadata(local).await.map_err(cannot_read)?.len();
+        if size >= HASH_WHILE_SENDING_FROM {
+            match self
+                .upload_hashing_while_sending(target, local, path, mode, step, size)
+                .await
+            {
+                // A server older than the confirmation wants the SHA-256 first.
+                Err(HashWhileSending::Refused) => {}
+                Err(HashWhileSending::Failed(error)) => return Err(error),
+                Ok(artifact) => return Ok(artifact),
+            }
+        }
+        let (sha256, size) = file_sha256(local).await.map_err(cannot_read)?;
         let declaration = StartArtifactUpload {
             path: path.to_owned(),
             size,
-            sha256,
+            sha256: Some(sha256),
             mode: Some(mode),
             step: step.map(str::to_owned),
         };
@@ -199,6 +221,127 @@ impl Client {
                 "the upload of {path} did not complete after {UPLOAD_TRIES} tries (did the file change while it was sent?)"
             ))
         }))
+    }
+
+    /// Declares the upload without a SHA-256, sends the file while a thread hashes it,
+    /// then confirms the SHA-256 with an empty `PUT` at the end. Resumes like the other
+    /// way; `Refused` when the server wants the SHA-256 in the declaration.
+    async fn upload_hashing_while_sending(
+        &self,
+        target: &ArtifactTarget,
+        local: &Path,
+        path: &str,
+        mode: u32,
+        step: Option<&str>,
+        size: u64,
+    ) -> Result<ArtifactFile, HashWhileSending> {
+        let hashing = {
+            let local = local.to_path_buf();
+            tokio::spawn(async move { file_sha256(&local).await })
+        };
+        let mut hashing = Some(hashing);
+        let mut hashed: Option<String> = None;
+        let declaration = StartArtifactUpload {
+            path: path.to_owned(),
+            size,
+            sha256: None,
+            mode: Some(mode),
+            step: step.map(str::to_owned),
+        };
+        let mut last_error = None;
+        for attempt in 0..UPLOAD_TRIES {
+            let mut upload: ArtifactUpload = match self
+                .call(Method::POST, &target.start_path(), Some(&declaration))
+                .await
+            {
+                Ok(upload) => upload,
+                Err(ClientError::Api { status: 400, body })
+                    if attempt == 0 && body.error.field.as_deref() == Some("sha256") =>
+                {
+                    return Err(HashWhileSending::Refused);
+                }
+                Err(error) => return Err(HashWhileSending::Failed(error)),
+            };
+            if upload.offset < upload.size {
+                match self.send_from(target, &upload, local).await {
+                    Ok(answer) => upload = answer,
+                    Err(error @ (ClientError::Transport(_) | ClientError::Unreachable(_))) => {
+                        last_error = Some(error);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    Err(ClientError::Api { status: 409, body })
+                        if body.error.code == "upload_offset" =>
+                    {
+                        last_error = Some(ClientError::Api { status: 409, body });
+                        continue;
+                    }
+                    Err(error) => return Err(HashWhileSending::Failed(error)),
+                }
+            }
+            if let Some(artifact) = upload.artifact {
+                return Ok(artifact);
+            }
+            if upload.offset < upload.size {
+                // Short of the end (the file shrank while it was sent?): ask again.
+                last_error = None;
+                continue;
+            }
+            let sha256 = match (&hashed, hashing.take()) {
+                (Some(sha256), _) => sha256.clone(),
+                (None, Some(task)) => {
+                    let (sha256, hashed_size) = task
+                        .await
+                        .map_err(|e| ClientError::Transport(format!("hashing {path}: {e}")))
+                        .and_then(|result| {
+                            result.map_err(|e| {
+                                io_error(&format!("cannot read {}", local.display()), e)
+                            })
+                        })
+                        .map_err(HashWhileSending::Failed)?;
+                    if hashed_size != size {
+                        return Err(HashWhileSending::Failed(ClientError::Transport(format!(
+                            "{} changed while it was uploaded ({size} bytes declared, {hashed_size} hashed); upload it again",
+                            local.display()
+                        ))));
+                    }
+                    hashed = Some(sha256.clone());
+                    sha256
+                }
+                (None, None) => unreachable!("the hash is kept once taken"),
+            };
+            let confirm = self
+                .request(
+                    Method::PUT,
+                    &format!(
+                        "{}&sha256={sha256}",
+                        target.send_path(&upload.upload_id, upload.size)
+                    ),
+                )
+                .header("content-type", "application/octet-stream")
+                .header("content-length", 0)
+                .body(Vec::<u8>::new());
+            match Self::exchange(confirm).await {
+                Ok((_, _, body)) => {
+                    let answer: ArtifactUpload =
+                        json_answer(&body).map_err(HashWhileSending::Failed)?;
+                    if let Some(artifact) = answer.artifact {
+                        return Ok(artifact);
+                    }
+                    last_error = None;
+                }
+                Err(error @ (ClientError::Transport(_) | ClientError::Unreachable(_))) => {
+                    last_error = Some(error);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => return Err(HashWhileSending::Failed(error)),
+            }
+        }
+        Err(HashWhileSending::Failed(last_error.unwrap_or_else(|| {
+            ClientError::Transport(format!(
+                "the upload of {path} did not complete after {UPLOAD_TRIES} tries (did the file change while it was sent?)"
+            ))
+        })))
     }
 
     async fn send_from(

@@ -5,7 +5,7 @@ mod accounts;
 mod analytics;
 mod artifact_lifecycle;
 mod artifacts;
-pub use artifacts::{ArtifactTarget, file_sha256};
+pub use artifacts::{ArtifactTarget, HASH_WHILE_SENDING_FROM, file_sha256};
 mod deployments;
 mod runs;
 mod secrets;

@@ -5,15 +5,20 @@
 use serde::{Deserialize, Serialize};
 
 /// `POST …/artifacts`: the file about to be sent. An upload with the same build, path,
-/// size and SHA-256 resumes where the last one stopped.
+/// size and SHA-256 (or the same build, path and size, with none) resumes where the last
+/// one stopped.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StartArtifactUpload {
     /// Relative, `/`-separated; no `..`, `.`, empty segment, NUL or backslash.
     pub path: String,
     pub size: u64,
-    /// The SHA-256 of the whole file; the server checks the bytes against it.
-    pub sha256: String,
+    /// The SHA-256 of the whole file; the server checks the bytes against it. Left out,
+    /// the client sends first and confirms the SHA-256 with the last `PUT`
+    /// (`?sha256=`), so it can hash the file while sending it; content the server already
+    /// holds is then still stored once, but its bytes are sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Unix permission bits (default `0o644`, i.e. 420).
     #[serde(default)]
     pub mode: Option<u32>,
@@ -34,6 +39,10 @@ pub struct ArtifactUpload {
     pub offset: u64,
     /// Stored and in the manifest (`artifact` says how).
     pub complete: bool,
+    /// Every byte is there and the upload declared no SHA-256: a `PUT` at `offset` (an
+    /// empty body will do) with `?sha256=` completes it.
+    #[serde(default)]
+    pub awaiting_sha256: bool,
     pub artifact: Option<ArtifactFile>,
 }
 

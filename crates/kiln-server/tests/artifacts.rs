@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 engine_test!(uploads_are_checked_stored_once_and_served_with_ranges);
 engine_test!(a_broken_upload_resumes_and_a_wrong_checksum_stores_nothing);
+engine_test!(an_upload_without_a_sha256_is_confirmed_by_its_last_put);
 engine_test!(bad_paths_and_limits_are_refused_naming_the_field);
 engine_test!(verify_names_corrupted_and_missing_blobs);
 engine_test!(a_failing_store_answers_503_and_publishes_nothing);
@@ -102,6 +103,31 @@ async fn send(
         .http
         .put(format!(
             "{}/api/v1/builds/{run_id}/artifacts/uploads/{upload_id}?offset={offset}",
+            app.base_url
+        ))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// `send` with more of a query string after `offset` (`&sha256=…`).
+async fn send_confirming(
+    app: &TestApp,
+    token: &str,
+    run_id: &str,
+    upload_id: &str,
+    offset: u64,
+    sha256: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let response = app
+        .http
+        .put(format!(
+            "{}/api/v1/builds/{run_id}/artifacts/uploads/{upload_id}?offset={offset}&sha256={sha256}",
             app.base_url
         ))
         .bearer_auth(token)
@@ -619,4 +645,218 @@ async fn a_failing_store_answers_503_and_publishes_nothing(engine: Engine) {
             .contains("artifact storage failed")
     );
     assert_eq!(client.artifact_manifest("r1").await.unwrap().count, 0);
+}
+
+/// An upload may leave the SHA-256 out of its declaration (the client hashes while it
+/// sends): the last bytes wait for it, a `PUT` carrying `?sha256=` completes or refuses
+/// the file, and it resumes like any upload. `kiln`'s client does this for large files.
+async fn an_upload_without_a_sha256_is_confirmed_by_its_last_put(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (client, token) = started(&app, "web", "r1").await;
+    let content = bytes(3000, 7);
+    let sha256 = sha256_hex(&content);
+    let declaration = json!({"path": "streamed.bin", "size": 3000});
+    let (status, body) = declare(&app, &token, "r1", declaration.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let upload: ArtifactUpload = serde_json::from_value(body).unwrap();
+    assert_eq!(
+        (upload.offset, upload.complete, upload.awaiting_sha256),
+        (0, false, false)
+    );
+    // Part, then (after a break, declared again: the same upload) the rest.
+    let (status, body) = send(
+        &app,
+        &token,
+        "r1",
+        &upload.upload_id,
+        0,
+        content[..1200].to_vec(),
+    )
+    .await;
+    assert_eq!((status, body["offset"].clone()), (200, json!(1200)));
+    let (_, body) = declare(&app, &token, "r1", declaration.clone()).await;
+    assert_eq!(
+        (body["uploadId"].clone(), body["offset"].clone()),
+        (json!(upload.upload_id), json!(1200))
+    );
+    let (status, body) = send(
+        &app,
+        &token,
+        "r1",
+        &upload.upload_id,
+        1200,
+        content[1200..].to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            body["offset"].clone(),
+            body["complete"].clone(),
+            body["awaitingSha256"].clone()
+        ),
+        (json!(3000), json!(false), json!(true)),
+        "every byte is there; the SHA-256 is awaited"
+    );
+    assert_eq!(
+        client.artifact_manifest("r1").await.unwrap().count,
+        0,
+        "nothing published yet"
+    );
+    // A confirmation that is not a SHA-256 is refused naming the field, and changes nothing.
+    let (status, body) = send_confirming(
+        &app,
+        &token,
+        "r1",
+        &upload.upload_id,
+        3000,
+        "xyz",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_error(&body, "invalid_field", Some("sha256"));
+    // The right SHA-256 with an empty body completes it.
+    let (status, body) = send_confirming(
+        &app,
+        &token,
+        "r1",
+        &upload.upload_id,
+        3000,
+        &sha256,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], true);
+    assert_eq!(body["artifact"]["sha256"], sha256.as_str());
+    assert_eq!(body["artifact"]["size"], 3000);
+    // Declared again without a SHA-256 once stored: the server cannot know the content
+    // yet, so the bytes come again; the same content is accepted at the confirmation.
+    let (_, body) = declare(&app, &token, "r1", declaration).await;
+    assert_eq!(
+        (body["complete"].clone(), body["offset"].clone()),
+        (json!(false), json!(0)),
+        "{body}"
+    );
+    let again = body["uploadId"].as_str().unwrap().to_owned();
+    let (status, body) =
+        send_confirming(&app, &token, "r1", &again, 0, &sha256, content.clone()).await;
+    assert_eq!(
+        (status, body["complete"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
+
+    // A wrong SHA-256: refused, nothing stored, the bytes dropped.
+    let wrong = json!({"path": "wrong.bin", "size": 3000});
+    let (_, body) = declare(&app, &token, "r1", wrong.clone()).await;
+    let id = body["uploadId"].as_str().unwrap().to_owned();
+    let (status, body) = send(&app, &token, "r1", &id, 0, content.clone()).await;
+    assert_eq!((status, body["awaitingSha256"].clone()), (200, json!(true)));
+    let (status, body) = send_confirming(
+        &app,
+        &token,
+        "r1",
+        &id,
+        3000,
+        &sha256_hex(b"other"),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert_error(&body, "checksum_mismatch", Some("sha256"));
+    let (_, body) = declare(&app, &token, "r1", wrong).await;
+    assert_eq!(body["offset"], 0, "the refused bytes were dropped");
+
+    // The SHA-256 may also come with the last bytes themselves.
+    let (_, body) = declare(
+        &app,
+        &token,
+        "r1",
+        json!({"path": "at-once.bin", "size": 3000}),
+    )
+    .await;
+    let id = body["uploadId"].as_str().unwrap().to_owned();
+    let (status, body) =
+        send_confirming(&app, &token, "r1", &id, 0, &sha256, content.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], true);
+
+    // An upload that declared its SHA-256 refuses a confirmation of another.
+    let (_, body) = declare(
+        &app,
+        &token,
+        "r1",
+        json!({"path": "declared.bin", "size": 3000, "sha256": sha256_hex(&bytes(3000, 8))}),
+    )
+    .await;
+    let id = body["uploadId"].as_str().unwrap().to_owned();
+    let (status, body) =
+        send_confirming(&app, &token, "r1", &id, 0, &sha256, content.clone()).await;
+    assert_eq!(status, 400);
+    assert_error(&body, "invalid_field", Some("sha256"));
+    let (_, body) = declare(
+        &app,
+        &token,
+        "r1",
+        json!({"path": "declared.bin", "size": 3000, "sha256": sha256_hex(&bytes(3000, 8))}),
+    )
+    .await;
+    assert_eq!(body["offset"], 0, "nothing of the refused request was kept");
+
+    // The same path with other content, undeclared: refused at the confirmation.
+    let other = bytes(3000, 9);
+    let (_, body) = declare(
+        &app,
+        &token,
+        "r1",
+        json!({"path": "streamed.bin", "size": 3000}),
+    )
+    .await;
+    assert_eq!(body["complete"], false, "content not known yet: {body}");
+    let id = body["uploadId"].as_str().unwrap().to_owned();
+    let (_, _) = send(&app, &token, "r1", &id, 0, other.clone()).await;
+    let (status, body) = send_confirming(
+        &app,
+        &token,
+        "r1",
+        &id,
+        3000,
+        &sha256_hex(&other),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_error(&body, "artifact_exists", Some("path"));
+
+    // The client hashes while sending from its threshold up; the file is the same.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("large.bin");
+    let large = bytes(kiln_client::HASH_WHILE_SENDING_FROM as usize + 4096, 10);
+    std::fs::write(&local, &large).unwrap();
+    let stored = client
+        .upload_artifact(
+            &ArtifactTarget::Build {
+                run_id: "r1".into(),
+            },
+            &local,
+            "large.bin",
+            0o644,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.sha256, sha256_hex(&large));
+    assert_eq!(stored.size, large.len() as u64);
+    let manifest = digested(&client, "r1").await;
+    let paths: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["at-once.bin", "large.bin", "streamed.bin"]);
+    let fetched = dir.path().join("fetched.bin");
+    client
+        .download_artifact("r1", "large.bin", &fetched, Some(&stored.sha256))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&fetched).unwrap(), large);
+    app.stop().await;
 }

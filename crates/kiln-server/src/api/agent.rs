@@ -259,7 +259,7 @@ pub(crate) async fn start_artifact(
     ))
 }
 
-/// `PUT /api/v1/agent/jobs/{id}/artifacts/uploads/{uploadId}?agentId=&attempt=&offset=`.
+/// `PUT /api/v1/agent/jobs/{id}/artifacts/uploads/{uploadId}?agentId=&attempt=&offset=[&sha256=]`.
 pub(crate) async fn send_artifact(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -268,6 +268,7 @@ pub(crate) async fn send_artifact(
     body: axum::body::Body,
 ) -> Result<Json<kiln_protocol::ArtifactUpload>, ApiError> {
     let offset = super::artifacts::offset_of(&uri)?;
+    let confirm = super::artifacts::confirmed_sha256(&uri);
     let (_, build) = agent_build(&state, &caller, job_id, &uri).await?;
     Ok(Json(
         crate::services::artifacts::append(
@@ -275,6 +276,7 @@ pub(crate) async fn send_artifact(
             &build,
             &upload_id,
             offset,
+            confirm.as_deref(),
             body.into_data_stream(),
         )
         .await?,

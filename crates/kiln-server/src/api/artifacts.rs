@@ -39,6 +39,14 @@ pub(crate) fn offset_of(uri: &Uri) -> Result<u64, ApiError> {
     Ok(offset as u64)
 }
 
+/// The optional `sha256` query parameter of an upload's `PUT`: the file's SHA-256, which
+/// completes an upload that declared none.
+pub(crate) fn confirmed_sha256(uri: &Uri) -> Option<String> {
+    QueryParams::from_uri(uri.query())
+        .string("sha256")
+        .map(str::to_owned)
+}
+
 /// `POST /api/v1/builds/{runId}/artifacts`: starts or resumes an upload.
 pub(crate) async fn start(
     State(state): State<AppState>,
@@ -53,8 +61,8 @@ pub(crate) async fn start(
     ))
 }
 
-/// `PUT /api/v1/builds/{runId}/artifacts/uploads/{uploadId}?offset=N`: the file's bytes
-/// from `offset`.
+/// `PUT /api/v1/builds/{runId}/artifacts/uploads/{uploadId}?offset=N[&sha256=]`: the
+/// file's bytes from `offset`.
 pub(crate) async fn send(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -63,9 +71,18 @@ pub(crate) async fn send(
     body: Body,
 ) -> Result<Json<ArtifactUpload>, ApiError> {
     let offset = offset_of(&uri)?;
+    let confirm = confirmed_sha256(&uri);
     let build = ingest_build(&state, &caller, &run_id, UPLOADS).await?;
     Ok(Json(
-        artifacts::append(&state, &build, &upload_id, offset, body.into_data_stream()).await?,
+        artifacts::append(
+            &state,
+            &build,
+            &upload_id,
+            offset,
+            confirm.as_deref(),
+            body.into_data_stream(),
+        )
+        .await?,
     ))
 }
 

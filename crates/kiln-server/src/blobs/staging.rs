@@ -326,6 +326,27 @@ impl Staging {
         .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 
+    fn computed_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.sha256"))
+    }
+
+    /// Keeps the SHA-256 the server computed over a whole upload that declared none, for
+    /// the request that confirms it (it survives a restart; the sweep removes it with the
+    /// upload's other files).
+    pub async fn remember_sha256(&self, id: &str, sha256: &str) -> std::io::Result<()> {
+        tokio::fs::write(self.computed_path(id), sha256).await
+    }
+
+    /// The SHA-256 [`remember_sha256`](Self::remember_sha256) kept, if the held bytes are
+    /// still what it was computed over (`size` of them).
+    pub async fn remembered_sha256(&self, id: &str, size: u64) -> Option<String> {
+        let held = tokio::fs::metadata(self.part_path(id)).await.ok()?.len();
+        let text = tokio::fs::read_to_string(self.computed_path(id))
+            .await
+            .ok()?;
+        (held == size && kiln_core::artifacts::is_sha256_hex(&text)).then_some(text)
+    }
+
     /// The declared bytes of a build's uploads in progress here, but `except` one.
     pub fn staged_bytes(&self, build_id: i64, except: &str) -> u64 {
         self.declared
@@ -342,6 +363,7 @@ impl Staging {
         self.declared.lock().expect("staging lock").remove(id);
         let _ = tokio::fs::remove_file(self.part_path(id)).await;
         let _ = tokio::fs::remove_file(self.sidecar_path(id)).await;
+        let _ = tokio::fs::remove_file(self.computed_path(id)).await;
     }
 
     /// Sweeps abandoned uploads in the background at most once an hour (called as uploads

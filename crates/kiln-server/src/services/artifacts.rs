@@ -63,8 +63,20 @@ fn upload_answer(
         size: pending.size,
         offset: if done.is_some() { pending.size } else { offset },
         complete: done.is_some(),
+        awaiting_sha256: done.is_none() && offset == pending.size && pending.sha256.is_empty(),
         artifact: done.map(artifact_file),
     }
+}
+
+fn sha256_field(value: &str) -> Result<(), ServiceError> {
+    if is_sha256_hex(value) {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        "sha256",
+        "must be 64 lowercase hex digits (the file's SHA-256, as `sha256sum` prints it)",
+    )
+    .into())
 }
 
 /// Starts (or resumes) an upload of one file to `build`. `step` is the step the file
@@ -79,12 +91,10 @@ pub(crate) async fn start_upload(
     let replaces_attempt = step.is_some();
     let config = config(state)?;
     let path = ArtifactPath::parse(&request.path).map_err(ServiceError::invalid_field)?;
-    if !is_sha256_hex(&request.sha256) {
-        return Err(FieldError::new(
-            "sha256",
-            "must be 64 lowercase hex digits (the file's SHA-256, as `sha256sum` prints it)",
-        )
-        .into());
+    // Without a SHA-256 the client confirms it with the last `PUT` (empty here).
+    let declared = request.sha256.clone().unwrap_or_default();
+    if request.sha256.is_some() {
+        sha256_field(&declared)?;
     }
     let mode = request.mode.unwrap_or(DEFAULT_MODE);
     if mode > MODE_BITS {
@@ -110,18 +120,21 @@ pub(crate) async fn start_upload(
         )));
     }
     let pending = PendingUpload {
-        upload_id: Staging::upload_id(build.id, path.as_str(), &request.sha256, request.size),
+        upload_id: Staging::upload_id(build.id, path.as_str(), &declared, request.size),
         build_id: build.id,
         path: path.as_str().to_owned(),
         step,
         size: request.size,
         mode,
-        sha256: request.sha256.clone(),
+        sha256: declared.clone(),
     };
     if let Some(existing) = state.store.build_artifact(build.id, path.as_str()).await? {
-        if existing.sha256 == request.sha256 {
+        if existing.sha256 == declared {
             return Ok(upload_answer(&pending, request.size, Some(&existing)));
         }
+        // Content not declared yet: the confirmation decides (the same content again is
+        // accepted then, other content refused), unless a later attempt replaces it.
+        let undeclared = declared.is_empty();
         // A later attempt of the step that made it replaces it (a retried step need
         // not make the same bytes); nothing else changes a manifest.
         if replaces_attempt
@@ -130,7 +143,7 @@ pub(crate) async fn start_upload(
             && state.store.remove_artifact(build.id, path.as_str()).await?
         {
             tracing::info!(path = %path, step = ?pending.step, "artifact replaced by a later attempt of its step");
-        } else {
+        } else if !undeclared {
             return Err(ServiceError::Conflict {
                 code: "artifact_exists",
                 message: format!(
@@ -159,9 +172,10 @@ pub(crate) async fn start_upload(
     // Content Kiln already holds needs no bytes: link it. Retention does not delete a
     // blob while this holds the gate (`services::retention::sweep_blobs`).
     let gate = config.blob_gate.read().await;
-    if let Some(blob) = state.store.artifact_blob(&request.sha256).await?
+    if !declared.is_empty()
+        && let Some(blob) = state.store.artifact_blob(&declared).await?
         && blob.size == request.size
-        && config.blobs.size(&request.sha256).await? == Some(blob.size)
+        && config.blobs.size(&declared).await? == Some(blob.size)
     {
         let record = ArtifactRecord {
             build_id: build.id,
@@ -205,12 +219,14 @@ async fn publish_record(
 }
 
 /// Appends a request's bytes at `offset`; when the file is whole and its SHA-256 is the
-/// declared one, publishes it.
+/// declared one (or, for an upload that declared none, the one this request confirms
+/// with `?sha256=`), publishes it.
 pub(crate) async fn append<S, E>(
     state: &AppState,
     build: &BuildRecord,
     upload_id: &str,
     offset: u64,
+    confirm: Option<&str>,
     body: S,
 ) -> Result<ArtifactUpload, ServiceError>
 where
@@ -218,6 +234,9 @@ where
     E: std::fmt::Display,
 {
     let config = config(state)?;
+    if let Some(confirm) = confirm {
+        sha256_field(confirm)?;
+    }
     let missing = || {
         ServiceError::NotFound(format!(
             "upload '{upload_id}' not found for this build; start it (again) with POST …/artifacts"
@@ -233,6 +252,19 @@ where
         .map_err(|e| storage_failed("reading the upload", e))?
         .filter(|pending| pending.build_id == build.id)
         .ok_or_else(missing)?;
+    if !pending.sha256.is_empty()
+        && let Some(confirm) = confirm
+        && confirm != pending.sha256
+    {
+        return Err(ServiceError::bad_request(
+            "invalid_field",
+            Some("sha256"),
+            format!(
+                "sha256: the upload declared {}; confirm that one or start another upload (nothing of this request was kept)",
+                pending.sha256
+            ),
+        ));
+    }
     let guard = staging
         .hold(upload_id)
         .map_err(|_| ServiceError::Conflict {
@@ -282,18 +314,35 @@ where
     }
     let (sha256, size) = match appended.sha256 {
         Some(sha256) => (sha256, appended.length),
-        None => staging
-            .sha256(upload_id)
-            .await
-            .map_err(|e| storage_failed("hashing the upload", e))?,
+        None => match staging.remembered_sha256(upload_id, pending.size).await {
+            Some(sha256) => (sha256, pending.size),
+            None => staging
+                .sha256(upload_id)
+                .await
+                .map_err(|e| storage_failed("hashing the upload", e))?,
+        },
     };
-    if sha256 != pending.sha256 {
+    let expected = if pending.sha256.is_empty() {
+        match confirm {
+            Some(confirm) => confirm.to_owned(),
+            None => {
+                // Every byte is here; the client confirms the SHA-256 next.
+                staging
+                    .remember_sha256(upload_id, &sha256)
+                    .await
+                    .map_err(|e| storage_failed("staging the upload", e))?;
+                return Ok(upload_answer(&pending, size, None));
+            }
+        }
+    } else {
+        pending.sha256.clone()
+    };
+    if sha256 != expected {
         staging.discard(upload_id).await;
         return Err(ServiceError::Unprocessable {
             code: "checksum_mismatch",
             message: format!(
-                "sha256: the {size} bytes received have SHA-256 {sha256}, not the declared {}; nothing was stored — upload the file again",
-                pending.sha256
+                "sha256: the {size} bytes received have SHA-256 {sha256}, not the declared {expected}; nothing was stored — upload the file again (did it change while it was sent?)"
             ),
             field: Some("sha256".into()),
         });

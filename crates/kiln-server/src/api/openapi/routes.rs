@@ -432,6 +432,7 @@ pub(super) fn describe(method: &str, path: &str) -> Option<Operation> {
             ),
         ("PUT", "/api/v1/builds/{run_id}/artifacts/uploads/{upload_id}") => Operation::new("artifacts", "Send an upload's bytes from an offset")
             .required_query("offset", Integer(0), "the bytes the server holds")
+            .query("sha256", Text, "the whole file's SHA-256: completes an upload declared without one")
             .body(Body::Raw("application/octet-stream"))
             .ok(json::<wire::ArtifactUpload>()),
         ("GET", "/api/v1/builds/{run_id}/artifacts") => Operation::new("artifacts", "A build's artifact manifest")
@@ -546,6 +547,7 @@ pub(super) fn describe(method: &str, path: &str) -> Option<Operation> {
         ("PUT", "/api/v1/agent/jobs/{id}/artifacts/uploads/{upload_id}") => Operation::new("agent", "Send an upload's bytes from an offset")
             .held_job()
             .required_query("offset", Integer(0), "the bytes the server holds")
+            .query("sha256", Text, "the whole file's SHA-256: completes an upload declared without one")
             .body(Body::Raw("application/octet-stream"))
             .ok(json::<wire::ArtifactUpload>()),
         ("GET", "/api/v1/agent/jobs/{id}/artifacts/{sha256}") => Operation::new("agent", "Download an artifact of the job's build by SHA-256")
