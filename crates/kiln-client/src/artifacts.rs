@@ -146,6 +146,23 @@ fn hash_chunks(mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> String 
     hex::encode(hasher.finalize())
 }
 
+/// The `POST …/artifacts` body of a file (`sha256` left out: confirmed at the end).
+fn declare(
+    path: &str,
+    size: u64,
+    sha256: Option<String>,
+    mode: u32,
+    step: Option<&str>,
+) -> StartArtifactUpload {
+    StartArtifactUpload {
+        path: path.to_owned(),
+        size,
+        sha256,
+        mode: Some(mode),
+        step: step.map(str::to_owned),
+    }
+}
+
 /// How an upload that hashes while sending ended short of a file.
 enum HashWhileSending {
     /// The server wants the SHA-256 in the declaration (an older Kiln).
@@ -182,13 +199,7 @@ impl Client {
             }
         }
         let (sha256, size) = file_sha256(local).await.map_err(cannot_read)?;
-        let declaration = StartArtifactUpload {
-            path: path.to_owned(),
-            size,
-            sha256: Some(sha256),
-            mode: Some(mode),
-            step: step.map(str::to_owned),
-        };
+        let declaration = declare(path, size, Some(sha256), mode, step);
         let mut last_error = None;
         for _ in 0..UPLOAD_TRIES {
             let upload: ArtifactUpload = self
@@ -235,19 +246,11 @@ impl Client {
         step: Option<&str>,
         size: u64,
     ) -> Result<ArtifactFile, HashWhileSending> {
-        let hashing = {
-            let local = local.to_path_buf();
-            tokio::spawn(async move { file_sha256(&local).await })
-        };
-        let mut hashing = Some(hashing);
+        // Started once the server took the declaration (an older one refuses it, and the
+        // caller then hashes first), beside the sending.
+        let mut hashing = None;
         let mut hashed: Option<String> = None;
-        let declaration = StartArtifactUpload {
-            path: path.to_owned(),
-            size,
-            sha256: None,
-            mode: Some(mode),
-            step: step.map(str::to_owned),
-        };
+        let declaration = declare(path, size, None, mode, step);
         let mut last_error = None;
         for attempt in 0..UPLOAD_TRIES {
             let mut upload: ArtifactUpload = match self
@@ -262,6 +265,10 @@ impl Client {
                 }
                 Err(error) => return Err(HashWhileSending::Failed(error)),
             };
+            if hashing.is_none() && hashed.is_none() {
+                let local = local.to_path_buf();
+                hashing = Some(tokio::spawn(async move { file_sha256(&local).await }));
+            }
             if upload.offset < upload.size {
                 match self.send_from(target, &upload, local).await {
                     Ok(answer) => upload = answer,

@@ -99,22 +99,18 @@ async fn send(
     offset: u64,
     body: Vec<u8>,
 ) -> (u16, Value) {
-    let response = app
-        .http
-        .put(format!(
-            "{}/api/v1/builds/{run_id}/artifacts/uploads/{upload_id}?offset={offset}",
-            app.base_url
-        ))
-        .bearer_auth(token)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    send_query(
+        app,
+        token,
+        run_id,
+        upload_id,
+        &format!("offset={offset}"),
+        body,
+    )
+    .await
 }
 
-/// `send` with more of a query string after `offset` (`&sha256=…`).
+/// `send` confirming the file's SHA-256 (`&sha256=…`).
 async fn send_confirming(
     app: &TestApp,
     token: &str,
@@ -124,10 +120,22 @@ async fn send_confirming(
     sha256: &str,
     body: Vec<u8>,
 ) -> (u16, Value) {
+    let query = format!("offset={offset}&sha256={sha256}");
+    send_query(app, token, run_id, upload_id, &query, body).await
+}
+
+async fn send_query(
+    app: &TestApp,
+    token: &str,
+    run_id: &str,
+    upload_id: &str,
+    query: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
     let response = app
         .http
         .put(format!(
-            "{}/api/v1/builds/{run_id}/artifacts/uploads/{upload_id}?offset={offset}&sha256={sha256}",
+            "{}/api/v1/builds/{run_id}/artifacts/uploads/{upload_id}?{query}",
             app.base_url
         ))
         .bearer_auth(token)

@@ -108,6 +108,21 @@ impl TestDatabase {
         }
     }
 
+    /// PostgreSQL only: cuts every other connection to this database, as a restart or an
+    /// administrator's `pg_terminate_backend` would; answers how many were cut.
+    pub async fn cut_connections(&self) -> i64 {
+        let mut admin = sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect to the test database");
+        sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .expect("cut the connections")
+    }
+
     /// Brings the empty database to the schema of migration `last_version` only (an
     /// earlier release's), and runs `setup` statements there: rows an earlier Kiln wrote.
     pub async fn at_schema_version(&self, last_version: i64, setup: &[&str]) {

@@ -1038,16 +1038,10 @@ async fn claims_go_on_after_their_connection_is_cut(engine: Engine) {
     let first = claim(&*store, &runner, 2_000).await.expect("the first job");
     assert_eq!(first.run_id, "cut1");
     if engine == Engine::Postgres {
-        use sqlx::Connection;
-        let mut admin = sqlx::PgConnection::connect(&database.url).await.unwrap();
-        let cut: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
-        )
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-        assert!(cut >= 1, "the claim's connection was open");
+        assert!(
+            database.cut_connections().await >= 1,
+            "the claim's connection was open"
+        );
         let refused = store.claim_job(&runner, RULES, Millis(2_001)).await;
         assert!(
             matches!(

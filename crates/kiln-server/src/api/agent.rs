@@ -267,16 +267,15 @@ pub(crate) async fn send_artifact(
     uri: Uri,
     body: axum::body::Body,
 ) -> Result<Json<kiln_protocol::ArtifactUpload>, ApiError> {
-    let offset = super::artifacts::offset_of(&uri)?;
-    let confirm = super::artifacts::confirmed_sha256(&uri);
+    let query = super::artifacts::SendQuery::of(&uri)?;
     let (_, build) = agent_build(&state, &caller, job_id, &uri).await?;
     Ok(Json(
         crate::services::artifacts::append(
             &state,
             &build,
             &upload_id,
-            offset,
-            confirm.as_deref(),
+            query.offset,
+            query.sha256.as_deref(),
             body.into_data_stream(),
         )
         .await?,

@@ -25,26 +25,28 @@ use crate::services::builds::{ingest_build, readable_build, writable_build};
 
 const UPLOADS: &str = "upload artifacts";
 
-/// The `offset` query parameter of an upload's `PUT`.
-pub(crate) fn offset_of(uri: &Uri) -> Result<u64, ApiError> {
-    let offset = QueryParams::from_uri(uri.query())
-        .integer("offset", 0, i64::MAX)?
-        .ok_or_else(|| {
+/// An upload's `PUT` query: `offset` (required: the bytes the server holds) and
+/// `sha256` (optional: the whole file's, which completes an upload declared without one).
+pub(crate) struct SendQuery {
+    pub offset: u64,
+    pub sha256: Option<String>,
+}
+
+impl SendQuery {
+    pub(crate) fn of(uri: &Uri) -> Result<Self, ApiError> {
+        let params = QueryParams::from_uri(uri.query());
+        let offset = params.integer("offset", 0, i64::MAX)?.ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_field",
                 Some("offset"),
                 "offset: is required (the bytes the server holds; POST …/artifacts tells)",
             )
         })?;
-    Ok(offset as u64)
-}
-
-/// The optional `sha256` query parameter of an upload's `PUT`: the file's SHA-256, which
-/// completes an upload that declared none.
-pub(crate) fn confirmed_sha256(uri: &Uri) -> Option<String> {
-    QueryParams::from_uri(uri.query())
-        .string("sha256")
-        .map(str::to_owned)
+        Ok(Self {
+            offset: offset as u64,
+            sha256: params.string("sha256").map(str::to_owned),
+        })
+    }
 }
 
 /// `POST /api/v1/builds/{runId}/artifacts`: starts or resumes an upload.
@@ -70,16 +72,15 @@ pub(crate) async fn send(
     uri: Uri,
     body: Body,
 ) -> Result<Json<ArtifactUpload>, ApiError> {
-    let offset = offset_of(&uri)?;
-    let confirm = confirmed_sha256(&uri);
+    let query = SendQuery::of(&uri)?;
     let build = ingest_build(&state, &caller, &run_id, UPLOADS).await?;
     Ok(Json(
         artifacts::append(
             &state,
             &build,
             &upload_id,
-            offset,
-            confirm.as_deref(),
+            query.offset,
+            query.sha256.as_deref(),
             body.into_data_stream(),
         )
         .await?,
