@@ -7,12 +7,13 @@
 #   bash bench/artifacts/run.sh          # builds target/release/kiln first
 #   BENCH_SKIP_BUILD=1 bash bench/artifacts/run.sh
 #
-# Knobs: BENCH_ARTIFACT_MIB (200), BENCH_VERIFY_GIB (1), BENCH_DIR (a mktemp dir under
+# Knobs: BENCH_ARTIFACT_MIB (200), BENCH_VERIFY_GIB (1), BENCH_ROUNDS (3), BENCH_DIR (a mktemp dir under
 # /var/tmp: a real disk, not tmpfs), BENCH_PORT (18231).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MIB=${BENCH_ARTIFACT_MIB:-200}
 VERIFY_GIB=${BENCH_VERIFY_GIB:-1}
+ROUNDS=${BENCH_ROUNDS:-3}
 PORT=${BENCH_PORT:-18231}
 DIR=${BENCH_DIR:-$(mktemp -d /var/tmp/kiln-artifact-bench.XXXXXX)}
 KILN=${BENCH_KILN:-target/release/kiln}
@@ -32,13 +33,6 @@ rate() { python3 -c "import sys; print(f'{$1/($3-$2):.1f}')"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 
-# The disk's sequential write speed, synced (what a durable upload can at best reach).
-t0=$(now)
-dd if=/dev/zero of="$DIR/dd.bin" bs=1M count="$MIB" conv=fdatasync status=none
-t1=$(now)
-DD=$(rate "$MIB" "$t0" "$t1")
-rm -f "$DIR/dd.bin"
-
 KILN_ADMIN_TOKEN=$ADMIN "$KILN" serve --listen "127.0.0.1:$PORT" --data-dir "$DIR/data" \
   --log-format json >"$DIR/server.log" 2>&1 &
 SERVER=$!
@@ -53,29 +47,51 @@ export KILN_TOKEN=$TOKEN
 curl -fs -X POST "$KILN_URL/api/v1/events" -H "authorization: Bearer $TOKEN" \
   -H 'content-type: application/json' -d '{"runId":"bench-1","event":"build_started"}' >/dev/null
 
-# Incompressible content, made before the clock starts.
-head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$DIR/artifact.bin"
-sync
+# Rounds of: the disk's sequential write speed (dd, synced: what a durable upload can at
+# best reach), then an upload and a download of fresh incompressible content (made before
+# the clock starts). The disk of a VM varies from second to second, so each transfer is
+# compared with the dd of its own round, and the median ratio is the figure.
 RSS_BEFORE=$(rss_kib "$SERVER")
-cd "$DIR"
-t0=$(now)
-"$OLDPWD/$KILN" artifact upload artifact.bin --run-id bench-1 >/dev/null 2>&1
-t1=$(now)
-cd "$OLDPWD"
-UP=$(rate "$MIB" "$t0" "$t1")
-RSS_AFTER_UP=$(rss_kib "$SERVER")
-t0=$(now)
-"$KILN" artifact get bench-1 artifact.bin -o "$DIR/downloaded.bin" >/dev/null 2>&1
-sync -f "$DIR/downloaded.bin"
-t1=$(now)
-DOWN=$(rate "$MIB" "$t0" "$t1")
-cmp "$DIR/artifact.bin" "$DIR/downloaded.bin"
-RSS_AFTER_DOWN=$(rss_kib "$SERVER")
-rm -f "$DIR/downloaded.bin"
+ROWS=""
+for round in $(seq "$ROUNDS"); do
+  t0=$(now)
+  dd if=/dev/zero of="$DIR/dd.bin" bs=1M count="$MIB" conv=fdatasync status=none
+  t1=$(now)
+  dd_rate=$(rate "$MIB" "$t0" "$t1")
+  rm -f "$DIR/dd.bin"
+  head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$DIR/round-$round.bin"
+  sync
+  cd "$DIR"
+  t0=$(now)
+  "$OLDPWD/$KILN" artifact upload "round-$round.bin" --run-id bench-1 >/dev/null 2>&1
+  t1=$(now)
+  cd "$OLDPWD"
+  up_rate=$(rate "$MIB" "$t0" "$t1")
+  RSS_AFTER_UP=$(rss_kib "$SERVER")
+  t0=$(now)
+  "$KILN" artifact get bench-1 "round-$round.bin" -o "$DIR/downloaded.bin" >/dev/null 2>&1
+  sync -f "$DIR/downloaded.bin"
+  t1=$(now)
+  down_rate=$(rate "$MIB" "$t0" "$t1")
+  cmp "$DIR/round-$round.bin" "$DIR/downloaded.bin"
+  RSS_AFTER_DOWN=$(rss_kib "$SERVER")
+  rm -f "$DIR/downloaded.bin" "$DIR/round-$round.bin"
+  ROWS="$ROWS$round $dd_rate $up_rate $down_rate
+"
+done
+read -r DD UP DOWN UP_RATIO DOWN_RATIO ROUND_TABLE < <(python3 - "$ROWS" <<'PY'
+import statistics, sys
+rows = [list(map(float, line.split())) for line in sys.argv[1].splitlines() if line.strip()]
+med = lambda xs: statistics.median(xs)
+table = "<br>".join(f"round {int(r)}: dd {d:.0f}, up {u:.0f} ({100*u/d:.0f}%), down {w:.0f} ({100*w/d:.0f}%)" for r, d, u, w in rows)
+print(f"{med([r[1] for r in rows]):.1f} {med([r[2] for r in rows]):.1f} {med([r[3] for r in rows]):.1f} "
+      f"{100*med([r[2]/r[1] for r in rows]):.0f}% {100*med([r[3]/r[1] for r in rows]):.0f}% {table.replace(' ', '_')}")
+PY
+)
 
 # Verify: enough files for VERIFY_GIB in all (the first file counts), read back cold-ish.
 need=$(( VERIFY_GIB * 1024 / MIB ))
-for i in $(seq 2 "$need"); do
+for i in $(seq "$((ROUNDS + 1))" "$need"); do
   head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$DIR/more-$i.bin"
   (cd "$DIR" && "$OLDPWD/$KILN" artifact upload "more-$i.bin" --run-id bench-1 >/dev/null 2>&1)
   rm -f "$DIR/more-$i.bin"
@@ -91,10 +107,12 @@ HWM=$(hwm_kib "$SERVER")
 cat <<TABLE
 | what | MiB/s | vs dd |
 |---|---|---|
-| dd sequential write, ${MIB} MiB, fdatasync | $DD | 100% |
-| upload ${MIB} MiB (\`kiln artifact upload\`: client SHA-256, send, server SHA-256 + write on two threads, fsync, publish; MD5/SHA-512 after, off the path) | $UP | $(python3 -c "print(f'{100*$UP/$DD:.0f}%')") |
-| download ${MIB} MiB (\`kiln artifact get\`: stream, SHA-256 check, fsync) | $DOWN | $(python3 -c "print(f'{100*$DOWN/$DD:.0f}%')") |
+| dd sequential write, ${MIB} MiB, fdatasync (median of $ROUNDS rounds) | $DD | 100% |
+| upload ${MIB} MiB (\`kiln artifact upload\`: client CRC-32 of what it sends, server SHA-256 + CRC-32 and write on two threads, fsync, publish; MD5/SHA-512 after, off the path) | $UP | $UP_RATIO |
+| download ${MIB} MiB (\`kiln artifact get\`: stream, SHA-256 check, fsync) | $DOWN | $DOWN_RATIO |
 | verify $(python3 -c "print(f'{$VERIFIED_BYTES/2**30:.2f}')") GiB (server re-hashes MD5+SHA-256+SHA-512) | $VERIFY | target ≥ 200 |
+
+per round (MiB/s, ratio to that round's dd): ${ROUND_TABLE//_/ }
 
 server RSS: before ${RSS_BEFORE} KiB, after upload ${RSS_AFTER_UP} KiB, after download ${RSS_AFTER_DOWN} KiB, peak ${HWM} KiB
 TABLE

@@ -3,6 +3,7 @@
 //! manifest, one file or the whole archive downloaded and checked; verification.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -19,9 +20,11 @@ use super::{Client, ClientError, encode, json_answer};
 const UPLOAD_TRIES: usize = 5;
 /// A transfer may take this long (a large file on a slow link).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Files at least this large are sent while another thread hashes them, the SHA-256
-/// confirmed with the last request (one pass over the file's time instead of two);
-/// smaller ones are hashed first, so content the server already holds needs no bytes.
+/// Files at least this large are sent without hashing them first: the CRC-32 of what was
+/// sent, summed on the way, confirms them with the last request (the server computes the
+/// manifest's SHA-256 as the bytes arrive), so the file is read once and only the server
+/// pays for a SHA-256; smaller ones are hashed first, so content the server already holds
+/// needs no bytes.
 pub const HASH_WHILE_SENDING_FROM: u64 = 8 * 1024 * 1024;
 
 /// Where an upload goes.
@@ -138,6 +141,62 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
+/// The CRC-32 of a file's bytes sent so far, in order from its first byte.
+#[derive(Default)]
+struct SentSum {
+    length: u64,
+    hasher: crc32fast::Hasher,
+}
+
+/// The CRC-32 of the first `length` bytes of `path` (bytes a resumed upload sent before).
+async fn file_crc32(path: &Path, length: u64) -> std::io::Result<crc32fast::Hasher> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?.take(length);
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buffer = vec![0u8; 1024 * 1024];
+        let mut read_in_all = 0u64;
+        loop {
+            let read = file.read(&mut buffer)?;
+            if read == 0 {
+                break;
+            }
+            read_in_all += read as u64;
+            hasher.update(&buffer[..read]);
+        }
+        if read_in_all != length {
+            return Err(std::io::Error::other(format!(
+                "the file has {read_in_all} bytes, not the {length} sent: it changed while it was uploaded"
+            )));
+        }
+        Ok(hasher)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// A file's size and modification time: the same before and after sending, or it changed.
+fn file_version(path: &Path) -> std::io::Result<(u64, Option<std::time::SystemTime>)> {
+    let metadata = std::fs::metadata(path)?;
+    Ok((metadata.len(), metadata.modified().ok()))
+}
+
+/// Makes `sent` the CRC-32 of the first `held` bytes of `local`: as summed while
+/// sending when that got exactly there, else read again (a resumed upload: the server
+/// holds bytes sent before, or fewer than were read for a connection that broke).
+async fn sum_held(sent: &Arc<Mutex<SentSum>>, local: &Path, held: u64) -> std::io::Result<()> {
+    if sent.lock().expect("sum lock").length == held {
+        return Ok(());
+    }
+    let hasher = file_crc32(local, held).await?;
+    *sent.lock().expect("sum lock") = SentSum {
+        length: held,
+        hasher,
+    };
+    Ok(())
+}
+
 fn hash_chunks(mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> String {
     let mut hasher = Sha256::new();
     while let Some(chunk) = chunks.blocking_recv() {
@@ -208,7 +267,7 @@ impl Client {
             if let Some(artifact) = upload.artifact {
                 return Ok(artifact);
             }
-            match self.send_from(target, &upload, local).await {
+            match self.send_from(target, &upload, local, None).await {
                 Ok(ArtifactUpload {
                     artifact: Some(artifact),
                     ..
@@ -234,9 +293,10 @@ impl Client {
         }))
     }
 
-    /// Declares the upload without a SHA-256, sends the file while a thread hashes it,
-    /// then confirms the SHA-256 with an empty `PUT` at the end. Resumes like the other
-    /// way; `Refused` when the server wants the SHA-256 in the declaration.
+    /// Declares the upload without a SHA-256, sends the file summing a CRC-32 of what is
+    /// sent, then confirms that CRC-32 with an empty `PUT` at the end (a server older than
+    /// `?crc32=` ignores it and is confirmed with the SHA-256). Resumes like the other way;
+    /// `Refused` when the server wants the SHA-256 in the declaration.
     async fn upload_hashing_while_sending(
         &self,
         target: &ArtifactTarget,
@@ -246,10 +306,10 @@ impl Client {
         step: Option<&str>,
         size: u64,
     ) -> Result<ArtifactFile, HashWhileSending> {
-        // Started once the server took the declaration (an older one refuses it, and the
-        // caller then hashes first), beside the sending.
-        let mut hashing = None;
-        let mut hashed: Option<String> = None;
+        let failed = HashWhileSending::Failed;
+        let cannot_read = |e| io_error(&format!("cannot read {}", local.display()), e);
+        let version = file_version(local).map_err(|e| failed(cannot_read(e)))?;
+        let sent = Arc::new(Mutex::new(SentSum::default()));
         let declaration = declare(path, size, None, mode, step);
         let mut last_error = None;
         for attempt in 0..UPLOAD_TRIES {
@@ -263,14 +323,16 @@ impl Client {
                 {
                     return Err(HashWhileSending::Refused);
                 }
-                Err(error) => return Err(HashWhileSending::Failed(error)),
+                Err(error) => return Err(failed(error)),
             };
-            if hashing.is_none() && hashed.is_none() {
-                let local = local.to_path_buf();
-                hashing = Some(tokio::spawn(async move { file_sha256(&local).await }));
-            }
             if upload.offset < upload.size {
-                match self.send_from(target, &upload, local).await {
+                sum_held(&sent, local, upload.offset)
+                    .await
+                    .map_err(|e| failed(cannot_read(e)))?;
+                match self
+                    .send_from(target, &upload, local, Some(sent.clone()))
+                    .await
+                {
                     Ok(answer) => upload = answer,
                     Err(error @ (ClientError::Transport(_) | ClientError::Unreachable(_))) => {
                         last_error = Some(error);
@@ -283,7 +345,7 @@ impl Client {
                         last_error = Some(ClientError::Api { status: 409, body });
                         continue;
                     }
-                    Err(error) => return Err(HashWhileSending::Failed(error)),
+                    Err(error) => return Err(failed(error)),
                 }
             }
             if let Some(artifact) = upload.artifact {
@@ -294,68 +356,80 @@ impl Client {
                 last_error = None;
                 continue;
             }
-            let sha256 = match (&hashed, hashing.take()) {
-                (Some(sha256), _) => sha256.clone(),
-                (None, Some(task)) => {
-                    let (sha256, hashed_size) = task
+            sum_held(&sent, local, size)
+                .await
+                .map_err(|e| failed(cannot_read(e)))?;
+            if file_version(local).map_err(|e| failed(cannot_read(e)))? != version {
+                return Err(failed(ClientError::Transport(format!(
+                    "{} changed while it was uploaded; upload it again",
+                    local.display()
+                ))));
+            }
+            let crc32 = sent.lock().expect("sum lock").hasher.clone().finalize();
+            let confirmed = self
+                .confirm_upload(target, &upload, &format!("crc32={crc32:08x}"))
+                .await;
+            let confirmed = match confirmed {
+                // A server that does not know `?crc32=` still awaits the SHA-256.
+                Ok(answer) if answer.artifact.is_none() && answer.awaiting_sha256 => {
+                    let (sha256, _) = file_sha256(local)
                         .await
-                        .map_err(|e| ClientError::Transport(format!("hashing {path}: {e}")))
-                        .and_then(|result| {
-                            result.map_err(|e| {
-                                io_error(&format!("cannot read {}", local.display()), e)
-                            })
-                        })
-                        .map_err(HashWhileSending::Failed)?;
-                    if hashed_size != size {
-                        return Err(HashWhileSending::Failed(ClientError::Transport(format!(
-                            "{} changed while it was uploaded ({size} bytes declared, {hashed_size} hashed); upload it again",
-                            local.display()
-                        ))));
-                    }
-                    hashed = Some(sha256.clone());
-                    sha256
+                        .map_err(|e| failed(cannot_read(e)))?;
+                    self.confirm_upload(target, &upload, &format!("sha256={sha256}"))
+                        .await
                 }
-                (None, None) => unreachable!("the hash is kept once taken"),
+                other => other,
             };
-            let confirm = self
-                .request(
-                    Method::PUT,
-                    &format!(
-                        "{}&sha256={sha256}",
-                        target.send_path(&upload.upload_id, upload.size)
-                    ),
-                )
-                .header("content-type", "application/octet-stream")
-                .header("content-length", 0)
-                .body(Vec::<u8>::new());
-            match Self::exchange(confirm).await {
-                Ok((_, _, body)) => {
-                    let answer: ArtifactUpload =
-                        json_answer(&body).map_err(HashWhileSending::Failed)?;
-                    if let Some(artifact) = answer.artifact {
-                        return Ok(artifact);
-                    }
-                    last_error = None;
-                }
+            match confirmed {
+                Ok(ArtifactUpload {
+                    artifact: Some(artifact),
+                    ..
+                }) => return Ok(artifact),
+                Ok(_) => last_error = None,
                 Err(error @ (ClientError::Transport(_) | ClientError::Unreachable(_))) => {
                     last_error = Some(error);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(error) => return Err(HashWhileSending::Failed(error)),
+                Err(error) => return Err(failed(error)),
             }
         }
-        Err(HashWhileSending::Failed(last_error.unwrap_or_else(|| {
+        Err(failed(last_error.unwrap_or_else(|| {
             ClientError::Transport(format!(
                 "the upload of {path} did not complete after {UPLOAD_TRIES} tries (did the file change while it was sent?)"
             ))
         })))
     }
 
+    /// The `PUT` at an upload's end with `query` (`sha256=…` or `crc32=…`), empty.
+    async fn confirm_upload(
+        &self,
+        target: &ArtifactTarget,
+        upload: &ArtifactUpload,
+        query: &str,
+    ) -> Result<ArtifactUpload, ClientError> {
+        let request = self
+            .request(
+                Method::PUT,
+                &format!(
+                    "{}&{query}",
+                    target.send_path(&upload.upload_id, upload.size)
+                ),
+            )
+            .header("content-type", "application/octet-stream")
+            .header("content-length", 0)
+            .body(Vec::<u8>::new());
+        let (_, _, body) = Self::exchange(request).await?;
+        json_answer(&body)
+    }
+
+    /// Sends `local` from the upload's offset to its end; each chunk read goes into `sum`
+    /// (when given) as it is sent.
     async fn send_from(
         &self,
         target: &ArtifactTarget,
         upload: &ArtifactUpload,
         local: &Path,
+        sum: Option<Arc<Mutex<SentSum>>>,
     ) -> Result<ArtifactUpload, ClientError> {
         let mut file = tokio::fs::File::open(local)
             .await
@@ -367,7 +441,14 @@ impl Client {
         let stream = tokio_util::io::ReaderStream::with_capacity(
             tokio::io::AsyncReadExt::take(file, remaining),
             256 * 1024,
-        );
+        )
+        .inspect(move |chunk| {
+            if let (Some(sum), Ok(chunk)) = (&sum, chunk) {
+                let mut sum = sum.lock().expect("sum lock");
+                sum.hasher.update(chunk);
+                sum.length += chunk.len() as u64;
+            }
+        });
         let request = self
             .request(
                 Method::PUT,

@@ -138,6 +138,44 @@ impl Sha512Hasher {
     }
 }
 
+/// The SHA-256 a manifest records and the CRC-32 (the zlib/`gzip` one) a client may
+/// confirm an upload with instead, in one pass.
+#[derive(Clone, Default)]
+pub struct Sha256Crc32Hasher {
+    sha256: Sha256,
+    crc32: crc32fast::Hasher,
+}
+
+impl std::fmt::Debug for Sha256Crc32Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sha256Crc32Hasher")
+    }
+}
+
+impl Sha256Crc32Hasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        self.crc32.update(bytes);
+    }
+
+    /// (SHA-256 hex, CRC-32).
+    pub fn finish(self) -> (String, u32) {
+        (hex::encode(self.sha256.finalize()), self.crc32.finalize())
+    }
+}
+
+/// A CRC-32 as the API writes it: 8 lowercase hex digits (`printf %08x`).
+pub fn crc32_hex(crc32: u32) -> String {
+    format!("{crc32:08x}")
+}
+
+/// A CRC-32 written as 8 hex digits (either case), or `None`.
+pub fn parse_crc32_hex(text: &str) -> Option<u32> {
+    (text.len() == 8 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(text, 16).ok())
+        .flatten()
+}
+
 /// SHA-256 alone, for a client checking what it sends or received.
 #[derive(Clone, Default)]
 pub struct Sha256Hasher(Sha256);
@@ -195,6 +233,34 @@ mod tests {
             ArtifactPath::parse("x/y/z.txt").unwrap().file_name(),
             "z.txt"
         );
+    }
+
+    #[test]
+    fn the_crc32_is_the_zlib_one_and_reads_back() {
+        // The check value of CRC-32/ISO-HDLC (zlib, gzip, `crc32`).
+        let mut hasher = Sha256Crc32Hasher::default();
+        hasher.update(b"1234");
+        hasher.update(b"56789");
+        let (sha256, crc32) = hasher.finish();
+        assert_eq!(crc32, 0xcbf4_3926);
+        assert_eq!(
+            sha256,
+            "15e2b0d3c33891ebb0f1ef609ec419420c20e320ce94c65fbc8c3312448eb225"
+        );
+        assert_eq!(crc32_hex(crc32), "cbf43926");
+        assert_eq!(crc32_hex(0x0000_00ff), "000000ff");
+        assert_eq!(parse_crc32_hex("cbf43926"), Some(0xcbf4_3926));
+        assert_eq!(parse_crc32_hex("CBF43926"), Some(0xcbf4_3926));
+        for bad in [
+            "",
+            "cbf4392",
+            "cbf439260",
+            "xbf43926",
+            "+bf43926",
+            " cbf4392",
+        ] {
+            assert_eq!(parse_crc32_hex(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -14,9 +14,9 @@ pub struct StartArtifactUpload {
     pub path: String,
     pub size: u64,
     /// The SHA-256 of the whole file; the server checks the bytes against it. Left out,
-    /// the client sends first and confirms the SHA-256 with the last `PUT`
-    /// (`?sha256=`), so it can hash the file while sending it; content the server already
-    /// holds is then still stored once, but its bytes are sent.
+    /// the client sends first and confirms the SHA-256 (`?sha256=`) or the CRC-32
+    /// (`?crc32=`) with the last `PUT`, so it need not read the file before sending it;
+    /// content the server already holds is then still stored once, but its bytes are sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// Unix permission bits (default `0o644`, i.e. 420).
@@ -40,7 +40,8 @@ pub struct ArtifactUpload {
     /// Stored and in the manifest (`artifact` says how).
     pub complete: bool,
     /// Every byte is there and the upload declared no SHA-256: a `PUT` at `offset` (an
-    /// empty body will do) with `?sha256=` completes it.
+    /// empty body will do) with `?sha256=` (the file's SHA-256) or `?crc32=` (its CRC-32)
+    /// completes it.
     #[serde(default)]
     pub awaiting_sha256: bool,
     pub artifact: Option<ArtifactFile>,

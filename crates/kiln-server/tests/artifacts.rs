@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 engine_test!(uploads_are_checked_stored_once_and_served_with_ranges);
 engine_test!(a_broken_upload_resumes_and_a_wrong_checksum_stores_nothing);
 engine_test!(an_upload_without_a_sha256_is_confirmed_by_its_last_put);
+engine_test!(an_upload_may_be_confirmed_by_its_crc32);
 engine_test!(bad_paths_and_limits_are_refused_naming_the_field);
 engine_test!(verify_names_corrupted_and_missing_blobs);
 engine_test!(a_failing_store_answers_503_and_publishes_nothing);
@@ -655,7 +656,7 @@ async fn a_failing_store_answers_503_and_publishes_nothing(engine: Engine) {
     assert_eq!(client.artifact_manifest("r1").await.unwrap().count, 0);
 }
 
-/// An upload may leave the SHA-256 out of its declaration (the client hashes while it
+/// An upload may leave the SHA-256 out of its declaration (the client checks while it
 /// sends): the last bytes wait for it, a `PUT` carrying `?sha256=` completes or refuses
 /// the file, and it resumes like any upload. `kiln`'s client does this for large files.
 async fn an_upload_without_a_sha256_is_confirmed_by_its_last_put(engine: Engine) {
@@ -838,7 +839,7 @@ async fn an_upload_without_a_sha256_is_confirmed_by_its_last_put(engine: Engine)
     assert_eq!(status, 409, "{body}");
     assert_error(&body, "artifact_exists", Some("path"));
 
-    // The client hashes while sending from its threshold up; the file is the same.
+    // The client sums a CRC-32 while sending from its threshold up; the file is the same.
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("large.bin");
     let large = bytes(kiln_client::HASH_WHILE_SENDING_FROM as usize + 4096, 10);
@@ -860,6 +861,101 @@ async fn an_upload_without_a_sha256_is_confirmed_by_its_last_put(engine: Engine)
     let manifest = digested(&client, "r1").await;
     let paths: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["at-once.bin", "large.bin", "streamed.bin"]);
+    let fetched = dir.path().join("fetched.bin");
+    client
+        .download_artifact("r1", "large.bin", &fetched, Some(&stored.sha256))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&fetched).unwrap(), large);
+    app.stop().await;
+}
+
+/// The last `PUT` may confirm an upload declared without a SHA-256 by its CRC-32 instead
+/// (`?crc32=`): the manifest takes the SHA-256 the server computed. A malformed one is
+/// refused naming `crc32`, a wrong one drops the bytes; beside a SHA-256 it is checked too.
+/// `kiln`'s client sums what it sends this way, also when it resumes an upload the server
+/// holds part of.
+async fn an_upload_may_be_confirmed_by_its_crc32(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (client, token) = started(&app, "web", "r1").await;
+    let content = bytes(5000, 3);
+    let crc32 = format!("{:08x}", crc32fast::hash(&content));
+    let wrong_crc32 = format!("{:08x}", crc32fast::hash(b"other"));
+    let declaration = json!({"path": "summed.bin", "size": 5000});
+    let (_, body) = declare(&app, &token, "r1", declaration.clone()).await;
+    let id = body["uploadId"].as_str().unwrap().to_owned();
+    let (status, body) = send(&app, &token, "r1", &id, 0, content.clone()).await;
+    assert_eq!((status, body["awaitingSha256"].clone()), (200, json!(true)));
+    for malformed in ["xyz", "0123456", "0123456789", "g1234567"] {
+        let query = format!("offset=5000&crc32={malformed}");
+        let (status, body) = send_query(&app, &token, "r1", &id, &query, Vec::new()).await;
+        assert_eq!(status, 400, "{malformed}: {body}");
+        assert_error(&body, "invalid_field", Some("crc32"));
+    }
+    let query = format!("offset=5000&crc32={wrong_crc32}");
+    let (status, body) = send_query(&app, &token, "r1", &id, &query, Vec::new()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_error(&body, "checksum_mismatch", Some("crc32"));
+    let (_, body) = declare(&app, &token, "r1", declaration.clone()).await;
+    assert_eq!(body["offset"], 0, "the refused bytes were dropped");
+    assert_eq!(client.artifact_manifest("r1").await.unwrap().count, 0);
+    // Sent again, confirmed with the right CRC-32 (either case) with the last bytes.
+    let (status, body) = send(&app, &token, "r1", &id, 0, content[..4000].to_vec()).await;
+    assert_eq!((status, body["offset"].clone()), (200, json!(4000)));
+    let query = format!("offset=4000&crc32={}", crc32.to_uppercase());
+    let (status, body) =
+        send_query(&app, &token, "r1", &id, &query, content[4000..].to_vec()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], true);
+    assert_eq!(body["artifact"]["sha256"], sha256_hex(&content).as_str());
+    assert_eq!(body["artifact"]["size"], 5000);
+
+    // Beside a SHA-256 (declared, or confirmed with it) a wrong CRC-32 still refuses.
+    // (Content the server does not hold yet, or the declaration would link it at once.)
+    let fresh = bytes(5000, 4);
+    for (path, declare_sha256) in [("both.bin", false), ("declared.bin", true)] {
+        let mut declaration = json!({"path": path, "size": 5000});
+        if declare_sha256 {
+            declaration["sha256"] = json!(sha256_hex(&fresh));
+        }
+        let (_, body) = declare(&app, &token, "r1", declaration).await;
+        let id = body["uploadId"].as_str().unwrap().to_owned();
+        let query = format!("offset=0&sha256={}&crc32={wrong_crc32}", sha256_hex(&fresh));
+        let (status, body) = send_query(&app, &token, "r1", &id, &query, fresh.clone()).await;
+        assert_eq!(status, 422, "{path}: {body}");
+        assert_error(&body, "checksum_mismatch", Some("crc32"));
+    }
+    assert_eq!(client.artifact_manifest("r1").await.unwrap().count, 1);
+
+    // The client, resuming an upload the server already holds the first MiB of: the CRC-32
+    // covers the held bytes (read again) and the ones it sends.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("large.bin");
+    let large = bytes(kiln_client::HASH_WHILE_SENDING_FROM as usize + 12_345, 11);
+    std::fs::write(&local, &large).unwrap();
+    let (_, body) = declare(
+        &app,
+        &token,
+        "r1",
+        json!({"path": "large.bin", "size": large.len()}),
+    )
+    .await;
+    let id = body["uploadId"].as_str().unwrap().to_owned();
+    let (status, body) = send(&app, &token, "r1", &id, 0, large[..1 << 20].to_vec()).await;
+    assert_eq!((status, body["offset"].clone()), (200, json!(1 << 20)));
+    let stored = client
+        .upload_artifact(
+            &ArtifactTarget::Build {
+                run_id: "r1".into(),
+            },
+            &local,
+            "large.bin",
+            0o644,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.sha256, sha256_hex(&large));
     let fetched = dir.path().join("fetched.bin");
     client
         .download_artifact("r1", "large.bin", &fetched, Some(&stored.sha256))

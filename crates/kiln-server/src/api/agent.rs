@@ -259,7 +259,7 @@ pub(crate) async fn start_artifact(
     ))
 }
 
-/// `PUT /api/v1/agent/jobs/{id}/artifacts/uploads/{uploadId}?agentId=&attempt=&offset=[&sha256=]`.
+/// `PUT /api/v1/agent/jobs/{id}/artifacts/uploads/{uploadId}?agentId=&attempt=&offset=[&sha256=|&crc32=]`.
 pub(crate) async fn send_artifact(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -275,7 +275,7 @@ pub(crate) async fn send_artifact(
             &build,
             &upload_id,
             query.offset,
-            query.sha256.as_deref(),
+            &query.confirm,
             body.into_data_stream(),
         )
         .await?,

@@ -25,11 +25,12 @@ use crate::services::builds::{ingest_build, readable_build, writable_build};
 
 const UPLOADS: &str = "upload artifacts";
 
-/// An upload's `PUT` query: `offset` (required: the bytes the server holds) and
-/// `sha256` (optional: the whole file's, which completes an upload declared without one).
+/// An upload's `PUT` query: `offset` (required: the bytes the server holds), and `sha256`
+/// or `crc32` (optional: the whole file's, either of which completes an upload declared
+/// without a SHA-256).
 pub(crate) struct SendQuery {
     pub offset: u64,
-    pub sha256: Option<String>,
+    pub confirm: artifacts::Confirmation,
 }
 
 impl SendQuery {
@@ -44,7 +45,10 @@ impl SendQuery {
         })?;
         Ok(Self {
             offset: offset as u64,
-            sha256: params.string("sha256").map(str::to_owned),
+            confirm: artifacts::Confirmation {
+                sha256: params.string("sha256").map(str::to_owned),
+                crc32: params.string("crc32").map(str::to_owned),
+            },
         })
     }
 }
@@ -63,7 +67,7 @@ pub(crate) async fn start(
     ))
 }
 
-/// `PUT /api/v1/builds/{runId}/artifacts/uploads/{uploadId}?offset=N[&sha256=]`: the
+/// `PUT /api/v1/builds/{runId}/artifacts/uploads/{uploadId}?offset=N[&sha256=|&crc32=]`: the
 /// file's bytes from `offset`.
 pub(crate) async fn send(
     State(state): State<AppState>,
@@ -80,7 +84,7 @@ pub(crate) async fn send(
             &build,
             &upload_id,
             query.offset,
-            query.sha256.as_deref(),
+            &query.confirm,
             body.into_data_stream(),
         )
         .await?,

@@ -1,7 +1,7 @@
 //! The staging area: uploads arrive here as `{id}.part` files with a `{id}.json` sidecar
 //! (what was declared), so an interrupted upload resumes at the bytes already received.
-//! Bytes are written and hashed (SHA-256, what the upload is checked by) on two blocking
-//! threads in parallel; a finished file is moved into the blob store only once its
+//! Bytes are written and hashed (SHA-256, what the upload is checked by, and the CRC-32 a
+//! client may confirm instead) on two blocking threads in parallel; a finished file is moved into the blob store only once its
 //! SHA-256 matches the declared one, so nothing half-uploaded is ever published. Sidecars
 //! and parts left alone for a day are swept.
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use kiln_core::artifacts::Sha256Hasher;
+use kiln_core::artifacts::{Sha256Crc32Hasher, crc32_hex, is_sha256_hex, parse_crc32_hex};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -75,13 +75,21 @@ impl Drop for UploadGuard {
     }
 }
 
+/// What the server computed over a whole held file: the SHA-256 the manifest records and
+/// the CRC-32 a client may confirm the upload with instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldDigest {
+    pub sha256: String,
+    pub crc32: u32,
+}
+
 /// How far an upload got after a request's bytes were written.
 #[derive(Debug)]
 pub struct Appended {
     /// Bytes now held.
     pub length: u64,
-    /// The SHA-256 of the whole file, when this request sent all of it from the start.
-    pub sha256: Option<String>,
+    /// The digests of the whole file, when this request sent all of it from the start.
+    pub digest: Option<HeldDigest>,
 }
 
 #[derive(Debug)]
@@ -280,7 +288,7 @@ impl Staging {
         let written = writer
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
-        let sha256 = match hasher {
+        let digest = match hasher {
             Some(hasher) => Some(
                 hasher
                     .await
@@ -299,24 +307,25 @@ impl Staging {
         let length = offset + written;
         Ok(Appended {
             length,
-            sha256: sha256
+            digest: digest
                 .filter(|(hashed, _)| *hashed == length && length == size)
-                .map(|(_, sha256)| sha256),
+                .map(|(_, digest)| digest),
         })
     }
 
-    /// The SHA-256 and size of a held file, read back from disk (a resumed upload).
-    pub async fn sha256(&self, id: &str) -> std::io::Result<(String, u64)> {
+    /// The digests and size of a held file, read back from disk (a resumed upload).
+    pub async fn digest(&self, id: &str) -> std::io::Result<(HeldDigest, u64)> {
         let path = self.part_path(id);
         tokio::task::spawn_blocking(move || {
             let mut file = std::fs::File::open(path)?;
-            let mut hasher = Sha256Hasher::default();
+            let mut hasher = Sha256Crc32Hasher::default();
             let mut size = 0u64;
             let mut buffer = vec![0u8; REHASH_CHUNK];
             loop {
                 let read = file.read(&mut buffer)?;
                 if read == 0 {
-                    return Ok((hasher.finish(), size));
+                    let (sha256, crc32) = hasher.finish();
+                    return Ok((HeldDigest { sha256, crc32 }, size));
                 }
                 size += read as u64;
                 hasher.update(&buffer[..read]);
@@ -330,21 +339,28 @@ impl Staging {
         self.dir.join(format!("{id}.sha256"))
     }
 
-    /// Keeps the SHA-256 the server computed over a whole upload that declared none, for
-    /// the request that confirms it (it survives a restart; the sweep removes it with the
-    /// upload's other files).
-    pub async fn remember_sha256(&self, id: &str, sha256: &str) -> std::io::Result<()> {
-        tokio::fs::write(self.computed_path(id), sha256).await
+    /// Keeps the digests the server computed over a whole upload that declared no SHA-256,
+    /// for the request that confirms it (`{sha256} {crc32}`; it survives a restart, and the
+    /// sweep removes it with the upload's other files).
+    pub async fn remember_digest(&self, id: &str, digest: &HeldDigest) -> std::io::Result<()> {
+        let text = format!("{} {}", digest.sha256, crc32_hex(digest.crc32));
+        tokio::fs::write(self.computed_path(id), text).await
     }
 
-    /// The SHA-256 [`remember_sha256`](Self::remember_sha256) kept, if the held bytes are
-    /// still what it was computed over (`size` of them).
-    pub async fn remembered_sha256(&self, id: &str, size: u64) -> Option<String> {
+    /// The digests [`remember_digest`](Self::remember_digest) kept, if the held bytes are
+    /// still what they were computed over (`size` of them). A file in another form (a
+    /// SHA-256 alone, as an earlier Kiln kept it) answers `None`: the part is hashed again.
+    pub async fn remembered_digest(&self, id: &str, size: u64) -> Option<HeldDigest> {
         let held = tokio::fs::metadata(self.part_path(id)).await.ok()?.len();
         let text = tokio::fs::read_to_string(self.computed_path(id))
             .await
             .ok()?;
-        (held == size && kiln_core::artifacts::is_sha256_hex(&text)).then_some(text)
+        let (sha256, crc32) = text.split_once(' ')?;
+        let crc32 = parse_crc32_hex(crc32)?;
+        (held == size && is_sha256_hex(sha256)).then(|| HeldDigest {
+            sha256: sha256.to_owned(),
+            crc32,
+        })
     }
 
     /// The declared bytes of a build's uploads in progress here, but `except` one.
@@ -464,14 +480,15 @@ pub(crate) fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
-fn hash_all(mut chunks: tokio::sync::mpsc::Receiver<Bytes>) -> (u64, String) {
-    let mut hasher = Sha256Hasher::default();
+fn hash_all(mut chunks: tokio::sync::mpsc::Receiver<Bytes>) -> (u64, HeldDigest) {
+    let mut hasher = Sha256Crc32Hasher::default();
     let mut size = 0u64;
     while let Some(chunk) = chunks.blocking_recv() {
         size += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    (size, hasher.finish())
+    let (sha256, crc32) = hasher.finish();
+    (size, HeldDigest { sha256, crc32 })
 }
 
 #[cfg(test)]
@@ -507,7 +524,9 @@ mod tests {
         let body = futures_util::stream::iter(frames.into_iter().map(Ok::<_, String>));
         let appended = staging.append(&guard, &id, 0, size, body).await.unwrap();
         assert_eq!(appended.length, size);
-        assert_eq!(appended.sha256.as_deref(), Some(sha256.as_str()));
+        let digest = appended.digest.unwrap();
+        assert_eq!(digest.sha256, sha256);
+        assert_eq!(digest.crc32, crc32fast::hash(&whole));
         assert_eq!(std::fs::read(staging.part_path(&id)).unwrap(), whole);
     }
 
@@ -537,7 +556,7 @@ mod tests {
             .unwrap();
         assert_eq!(first.length, 3);
         assert!(
-            first.sha256.is_none(),
+            first.digest.is_none(),
             "a part of the file has no digests of the file"
         );
         assert!(matches!(
@@ -558,12 +577,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rest.length, 6);
-        let (sha256, size) = staging.sha256(&id).await.unwrap();
+        let (digest, size) = staging.digest(&id).await.unwrap();
         assert_eq!(size, 6);
         assert_eq!(
-            sha256,
+            digest.sha256,
             "bef57ec7f53a6d40beb640a780a639c83bc29ac8a9816f1fc6c5c6dcd93c4721"
         );
+        assert_eq!(crc32_hex(digest.crc32), "4b8e39ef");
+        // Remembered for the confirming request; a SHA-256 alone (an earlier Kiln's file)
+        // or a part that changed since is not trusted.
+        assert_eq!(staging.remembered_digest(&id, 6).await, None);
+        staging.remember_digest(&id, &digest).await.unwrap();
+        assert_eq!(
+            staging.remembered_digest(&id, 6).await,
+            Some(digest.clone())
+        );
+        assert_eq!(staging.remembered_digest(&id, 7).await, None);
+        std::fs::write(staging.computed_path(&id), &digest.sha256).unwrap();
+        assert_eq!(staging.remembered_digest(&id, 6).await, None);
         drop(guard);
 
         let whole_id = Staging::upload_id(1, "b.txt", "y", 6);
@@ -572,7 +603,7 @@ mod tests {
             .append(&guard, &whole_id, 0, 6, body(&[b"abcdef"]))
             .await
             .unwrap();
-        assert_eq!(whole.sha256, Some(sha256));
+        assert_eq!(whole.digest, Some(digest));
         staging.discard(&id).await;
         assert_eq!(staging.pending(&id).await.unwrap(), None);
         assert_eq!(

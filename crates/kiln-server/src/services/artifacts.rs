@@ -1,11 +1,12 @@
 //! Artifacts as a service: an upload started or resumed (limits, paths and manifests
 //! checked; a blob already stored is linked at once), its bytes appended and — once all
-//! are there and their SHA-256 is the declared one — published to the blob store and the
+//! are there and their SHA-256 is the declared one (or, for an upload that declared none,
+//! the SHA-256 or CRC-32 its last request confirms) — published to the blob store and the
 //! build's manifest; a build's manifest and files; and verification of what is stored against the manifest.
 
 use bytes::Bytes;
 use futures_util::Stream;
-use kiln_core::artifacts::{ArtifactPath, is_sha256_hex};
+use kiln_core::artifacts::{ArtifactPath, crc32_hex, is_sha256_hex, parse_crc32_hex};
 use kiln_core::{FieldError, StageName};
 use kiln_protocol::{
     ArtifactManifest, ArtifactMismatch, ArtifactUpload, ArtifactVerification, StartArtifactUpload,
@@ -65,6 +66,34 @@ fn upload_answer(
         complete: done.is_some(),
         awaiting_sha256: done.is_none() && offset == pending.size && pending.sha256.is_empty(),
         artifact: done.map(artifact_file),
+    }
+}
+
+/// What an upload's last `PUT` may confirm the whole file by (`?sha256=`, `?crc32=`, or
+/// both): a client that hashed the file names its SHA-256; one that only summed what it
+/// sent names the CRC-32 (much cheaper, the same end-to-end check against a corrupted or
+/// misplaced byte), and the manifest takes the SHA-256 the server computed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Confirmation {
+    pub sha256: Option<String>,
+    pub crc32: Option<String>,
+}
+
+impl Confirmation {
+    /// The CRC-32 named, checked (400 naming `crc32` when malformed).
+    fn crc32(&self) -> Result<Option<u32>, ServiceError> {
+        self.crc32
+            .as_deref()
+            .map(|text| {
+                parse_crc32_hex(text).ok_or_else(|| {
+                    FieldError::new(
+                        "crc32",
+                        "must be 8 hex digits (the file's CRC-32, as zlib and `crc32` compute it)",
+                    )
+                    .into()
+                })
+            })
+            .transpose()
     }
 }
 
@@ -220,13 +249,14 @@ async fn publish_record(
 
 /// Appends a request's bytes at `offset`; when the file is whole and its SHA-256 is the
 /// declared one (or, for an upload that declared none, the one this request confirms
-/// with `?sha256=`), publishes it.
+/// with `?sha256=`, or the CRC-32 it confirms with `?crc32=`), publishes it. A CRC-32
+/// named beside a SHA-256 is checked too.
 pub(crate) async fn append<S, E>(
     state: &AppState,
     build: &BuildRecord,
     upload_id: &str,
     offset: u64,
-    confirm: Option<&str>,
+    confirmation: &Confirmation,
     body: S,
 ) -> Result<ArtifactUpload, ServiceError>
 where
@@ -234,9 +264,11 @@ where
     E: std::fmt::Display,
 {
     let config = config(state)?;
+    let confirm = confirmation.sha256.as_deref();
     if let Some(confirm) = confirm {
         sha256_field(confirm)?;
     }
+    let confirm_crc32 = confirmation.crc32()?;
     let missing = || {
         ServiceError::NotFound(format!(
             "upload '{upload_id}' not found for this build; start it (again) with POST …/artifacts"
@@ -312,30 +344,45 @@ where
     if appended.length < pending.size {
         return Ok(upload_answer(&pending, appended.length, None));
     }
-    let (sha256, size) = match appended.sha256 {
-        Some(sha256) => (sha256, appended.length),
-        None => match staging.remembered_sha256(upload_id, pending.size).await {
-            Some(sha256) => (sha256, pending.size),
+    let (digest, size) = match appended.digest {
+        Some(digest) => (digest, appended.length),
+        None => match staging.remembered_digest(upload_id, pending.size).await {
+            Some(digest) => (digest, pending.size),
             None => staging
-                .sha256(upload_id)
+                .digest(upload_id)
                 .await
                 .map_err(|e| storage_failed("hashing the upload", e))?,
         },
     };
-    let expected = if pending.sha256.is_empty() {
-        match confirm {
-            Some(confirm) => confirm.to_owned(),
-            None => {
-                // Every byte is here; the client confirms the SHA-256 next.
-                staging
-                    .remember_sha256(upload_id, &sha256)
-                    .await
-                    .map_err(|e| storage_failed("staging the upload", e))?;
-                return Ok(upload_answer(&pending, size, None));
-            }
-        }
-    } else {
+    if let Some(expected) = confirm_crc32
+        && digest.crc32 != expected
+    {
+        staging.discard(upload_id).await;
+        return Err(ServiceError::Unprocessable {
+            code: "checksum_mismatch",
+            message: format!(
+                "crc32: the {size} bytes received have CRC-32 {}, not the confirmed {}; nothing was stored — upload the file again (did it change while it was sent?)",
+                crc32_hex(digest.crc32),
+                crc32_hex(expected)
+            ),
+            field: Some("crc32".into()),
+        });
+    }
+    let sha256 = digest.sha256.clone();
+    let expected = if !pending.sha256.is_empty() {
         pending.sha256.clone()
+    } else if let Some(confirm) = confirm {
+        confirm.to_owned()
+    } else if confirm_crc32.is_some() {
+        // The CRC-32 matched above: the manifest takes the SHA-256 computed here.
+        sha256.clone()
+    } else {
+        // Every byte is here; the client confirms the SHA-256 (or CRC-32) next.
+        staging
+            .remember_digest(upload_id, &digest)
+            .await
+            .map_err(|e| storage_failed("staging the upload", e))?;
+        return Ok(upload_answer(&pending, size, None));
     };
     if sha256 != expected {
         staging.discard(upload_id).await;

@@ -433,6 +433,7 @@ pub(super) fn describe(method: &str, path: &str) -> Option<Operation> {
         ("PUT", "/api/v1/builds/{run_id}/artifacts/uploads/{upload_id}") => Operation::new("artifacts", "Send an upload's bytes from an offset")
             .required_query("offset", Integer(0), "the bytes the server holds")
             .query("sha256", Text, "the whole file's SHA-256: completes an upload declared without one")
+            .query("crc32", Text, "the whole file's CRC-32 (8 hex digits): completes an upload declared without a SHA-256, or is checked beside one")
             .body(Body::Raw("application/octet-stream"))
             .ok(json::<wire::ArtifactUpload>()),
         ("GET", "/api/v1/builds/{run_id}/artifacts") => Operation::new("artifacts", "A build's artifact manifest")
@@ -548,6 +549,7 @@ pub(super) fn describe(method: &str, path: &str) -> Option<Operation> {
             .held_job()
             .required_query("offset", Integer(0), "the bytes the server holds")
             .query("sha256", Text, "the whole file's SHA-256: completes an upload declared without one")
+            .query("crc32", Text, "the whole file's CRC-32 (8 hex digits): completes an upload declared without a SHA-256, or is checked beside one")
             .body(Body::Raw("application/octet-stream"))
             .ok(json::<wire::ArtifactUpload>()),
         ("GET", "/api/v1/agent/jobs/{id}/artifacts/{sha256}") => Operation::new("agent", "Download an artifact of the job's build by SHA-256")
