@@ -99,6 +99,39 @@ impl TestDatabase {
         }
     }
 
+    /// A copy of a SQLite database file (one an earlier Kiln wrote), in a directory of
+    /// its own that goes when this is dropped.
+    pub fn from_sqlite_file(file: &std::path::Path) -> TestDatabase {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let copy = directory.path().join("kiln.db");
+        std::fs::copy(file, &copy).expect("copy the database file");
+        TestDatabase {
+            url: format!("sqlite://{}", copy.display()),
+            _directory: Some(directory),
+        }
+    }
+
+    /// A fresh PostgreSQL database restored from a plain-text `pg_dump` (`--inserts`) an
+    /// earlier Kiln's database was dumped to; `psql` meta-commands (`\restrict`) are left
+    /// out, the rest runs as one script on a connection of its own.
+    pub async fn from_postgres_dump(script: &str) -> TestDatabase {
+        let database = TestDatabase::create(Engine::Postgres).await;
+        let script: String = script
+            .lines()
+            .filter(|line| !line.starts_with('\\'))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let mut connection = sqlx::PgConnection::connect(&database.url)
+            .await
+            .expect("connect to the new database");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+            .execute(&mut connection)
+            .await
+            .expect("the dump restores");
+        connection.close().await.ok();
+        database
+    }
+
     /// A database someone else made at `url` (a private PostgreSQL server a test starts
     /// and stops); nothing is removed when this is dropped.
     pub fn existing(url: String) -> TestDatabase {
