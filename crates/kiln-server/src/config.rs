@@ -74,6 +74,8 @@ pub struct ArtifactConfig {
     /// exclusively while retention deletes blobs no manifest names: in one process, a
     /// blob is never deleted under an upload that is about to name it.
     pub blob_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Uploads and downloads in flight; the digester waits while there are any.
+    pub transfers: Arc<crate::blobs::transfers::Transfers>,
 }
 
 impl ArtifactConfig {
@@ -97,6 +99,7 @@ impl ArtifactConfig {
             digester: Arc::default(),
             retention_interval: Self::DEFAULT_RETENTION_INTERVAL,
             blob_gate: Arc::default(),
+            transfers: Arc::default(),
         })
     }
 }

@@ -294,6 +294,7 @@ pub async fn run(
                 store.clone(),
                 artifacts.blobs.clone(),
                 artifacts.digester.clone(),
+                artifacts.transfers.clone(),
                 background.stop_signal(),
             ),
         );

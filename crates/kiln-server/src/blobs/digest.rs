@@ -2,7 +2,8 @@
 //! parallel (MD5 with SHA-256, and SHA-512), and the digester: the background task that
 //! fills in the MD5 and SHA-512 of blobs stored without them — uploads compute only the
 //! SHA-256 they are checked by, so the slower digests never hold an upload up; its
-//! threads run at the lowest priority, so they do not slow the transfers beside them.
+//! threads run at the lowest priority, and it pauses while uploads or downloads are in
+//! flight (up to `MAX_DEFER` per blob), so it does not slow the transfers beside it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use kiln_core::artifacts::{Digests, Md5Sha256Hasher, Sha512Hasher};
 use kiln_store::Store;
 use tokio::sync::{Notify, mpsc};
 
+use super::transfers::Transfers;
 use super::{BlobStore, BlobStream};
 use crate::background::StopSignal;
 
@@ -22,6 +24,9 @@ const QUEUE: usize = 16;
 const BATCH: i64 = 16;
 /// How long the digester rests when there is nothing to do (or it made no progress).
 const IDLE: Duration = Duration::from_secs(30);
+/// How long the digester waits, per blob, for transfers in flight to end before it
+/// digests beside them (so constant traffic slows digests down but never stops them).
+const MAX_DEFER: Duration = Duration::from_secs(30);
 
 /// Whose turn the hashing threads take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,14 +69,17 @@ async fn on_thread<T: Send + 'static>(
 
 /// The digests of everything `stream` yields; `Err` if it breaks off.
 pub async fn digest_stream(stream: BlobStream) -> std::io::Result<Digests> {
-    digest_stream_at(stream, HashingPriority::Request).await
+    digest_stream_at(stream, HashingPriority::Request, None).await
 }
 
-/// [`digest_stream`], hashed at `priority`.
+/// [`digest_stream`], hashed at `priority`; with `transfers`, each piece waits until no
+/// transfer is in flight (at most `MAX_DEFER` in all).
 pub async fn digest_stream_at(
     mut stream: BlobStream,
     priority: HashingPriority,
+    transfers: Option<&Transfers>,
 ) -> std::io::Result<Digests> {
+    let mut deferred = Duration::ZERO;
     let (to_first, mut first) = mpsc::channel::<Bytes>(QUEUE);
     let (to_second, mut second) = mpsc::channel::<Bytes>(QUEUE);
     let md5_sha256 = on_thread(priority, move || {
@@ -94,6 +102,11 @@ pub async fn digest_stream_at(
     let sha512 = tokio::spawn(sha512);
     let mut failure = None;
     while let Some(chunk) = stream.next().await {
+        if let Some(transfers) = transfers
+            && deferred < MAX_DEFER
+        {
+            deferred += transfers.quiet(MAX_DEFER - deferred).await;
+        }
         match chunk {
             Ok(chunk) => {
                 let _ = to_second.send(chunk.clone()).await;
@@ -127,10 +140,12 @@ pub(crate) async fn run_digester(
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
     wake: Arc<Notify>,
+    transfers: Arc<Transfers>,
     mut stop: StopSignal,
 ) {
     loop {
-        let progressed = match digest_pending(store.as_ref(), blobs.as_ref()).await {
+        let pending = digest_pending(store.as_ref(), blobs.as_ref(), &transfers);
+        let progressed = match pending.await {
             Ok(done) => done > 0,
             Err(error) => {
                 tracing::warn!(%error, "the artifact digester could not read pending blobs");
@@ -155,11 +170,14 @@ pub(crate) async fn run_digester(
 async fn digest_pending(
     store: &dyn Store,
     blobs: &dyn BlobStore,
+    transfers: &Transfers,
 ) -> kiln_store::StoreResult<usize> {
     let mut done = 0;
     for blob in store.undigested_blobs(BATCH).await? {
         let digests = match blobs.read(&blob.sha256, 0, None).await {
-            Ok(stream) => digest_stream_at(stream, HashingPriority::Background).await,
+            Ok(stream) => {
+                digest_stream_at(stream, HashingPriority::Background, Some(transfers)).await
+            }
             Err(error) => {
                 tracing::warn!(sha256 = %blob.sha256, %error, "blob not digested: cannot read it");
                 continue;
@@ -184,4 +202,50 @@ async fn digest_pending(
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_of(pieces: &[&'static [u8]]) -> BlobStream {
+        let pieces: Vec<std::io::Result<Bytes>> =
+            pieces.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Box::pin(futures_util::stream::iter(pieces))
+    }
+
+    #[tokio::test]
+    async fn background_digests_wait_while_a_transfer_is_in_flight() {
+        let transfers = Arc::new(Transfers::default());
+        let download = transfers.begin();
+        let digesting = {
+            let transfers = transfers.clone();
+            tokio::spawn(async move {
+                digest_stream_at(
+                    stream_of(&[b"ab", b"c"]),
+                    HashingPriority::Background,
+                    Some(&transfers),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!digesting.is_finished(), "waits for the download");
+        drop(download);
+        let digests = tokio::time::timeout(Duration::from_secs(5), digesting)
+            .await
+            .expect("goes on once the download ended")
+            .unwrap()
+            .unwrap();
+        assert_eq!(digests.size, 3);
+        assert_eq!(digests.md5, "900150983cd24fb0d6963f7d28e17f72");
+        // A request's digests (verify) never wait.
+        let _upload = transfers.begin();
+        let digests =
+            tokio::time::timeout(Duration::from_secs(5), digest_stream(stream_of(&[b"abc"])))
+                .await
+                .expect("verify does not wait for transfers")
+                .unwrap();
+        assert_eq!(digests.size, 3);
+    }
 }

@@ -1,13 +1,15 @@
 //! Where artifact contents live: a content-addressed blob store behind one trait (files
 //! named by their SHA-256), on local disk under the data dir (`local.rs`) or in an
 //! S3-compatible object store (`s3.rs`), and the staging area where uploads arrive
-//! (`staging.rs`) before a finished, verified file is moved in.
+//! (`staging.rs`) before a finished, verified file is moved in; transfers in flight are
+//! counted (`transfers.rs`) so the digester's background hashing waits for them.
 
 pub mod digest;
 pub mod local;
 pub mod s3;
 pub mod staging;
 pub mod tarball;
+pub mod transfers;
 
 use std::fmt;
 use std::path::Path;

@@ -306,10 +306,12 @@ where
                     .into(),
             field: None,
         })?;
-    let appended = match staging
+    let transfer = config.transfers.begin();
+    let appended = staging
         .append(&guard, upload_id, offset, pending.size, body)
-        .await
-    {
+        .await;
+    drop(transfer);
+    let appended = match appended {
         Ok(appended) => appended,
         Err(StagingError::Offset(held)) => {
             return Err(ServiceError::Conflict {
@@ -460,7 +462,9 @@ pub(crate) async fn open(
     offset: u64,
     len: Option<u64>,
 ) -> Result<BlobStream, ServiceError> {
-    Ok(config(state)?.blobs.read(sha256, offset, len).await?)
+    let config = config(state)?;
+    let stream = config.blobs.read(sha256, offset, len).await?;
+    Ok(config.transfers.counted(stream))
 }
 
 /// Re-hashes every stored file of a build and names each that is not what the manifest
