@@ -81,6 +81,9 @@ pub struct JobRecord {
     /// build's log): never queued, claimed or leased; ended by its reporter, or with
     /// its build when the reporter stopped without saying so.
     pub reported: bool,
+    /// Whether the project holds repository credentials (their ciphertext is read only
+    /// when it does, so a claim for a project without them costs no extra read).
+    pub has_repo_credentials: bool,
 }
 
 /// A job to create (see `kiln_core::jobs::plan`).

@@ -600,6 +600,36 @@ async fn secrets_and_repo_credentials_keep_ciphertext(engine: Engine) {
     assert_eq!(read.repo.as_deref(), Some("https://git.example.com/x.git"));
     assert_eq!(read.repo_credentials.as_deref(), Some("kiln1:ee"));
     assert!(store.set_repo_credentials(9999, None, None).await.is_err());
+
+    // A claimed job says whether its project holds credentials (the claim then reads
+    // them; without, it reads nothing more), on both claim paths.
+    queued_build(
+        &*store,
+        &web,
+        "with-credentials",
+        5,
+        &[("a", &[], &[])],
+        100,
+    )
+    .await;
+    queued_build(&*store, &api, "without", 5, &[("a", &[], &[])], 200).await;
+    let worker = agent(&*store, "w", &[], 2).await;
+    let first = claim(&*store, &worker, 1_000).await.unwrap();
+    assert_eq!(
+        (first.run_id.as_str(), first.has_repo_credentials),
+        ("with-credentials", true)
+    );
+    let second = store
+        .claim_job_with(&worker, RULES, &ClaimHints::default(), Millis(1_001))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (second.run_id.as_str(), second.has_repo_credentials),
+        ("without", false)
+    );
+    let listed = store.job_by_id(first.id).await.unwrap().unwrap();
+    assert!(listed.has_repo_credentials, "every job read carries it");
 }
 
 /// Ingests one event of `kind` for `run_id` at `now`.

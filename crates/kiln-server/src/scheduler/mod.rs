@@ -399,7 +399,13 @@ impl Scheduler {
             env.entry(name.to_owned()).or_insert(value);
         }
         let (secrets, missing_secrets) = self.job_secrets(job.project_id, &spec.secrets).await?;
-        let repo_credentials = self.repo_credentials(job.project_id).await?;
+        // The claim's row says whether there are credentials: most projects have none,
+        // and their claims then cost no read of the project.
+        let repo_credentials = if job.has_repo_credentials {
+            self.repo_credentials(job.project_id).await?
+        } else {
+            None
+        };
         let artifacts = self.inherited_artifacts(&job, &spec).await?;
         Ok(AgentJob {
             artifact_globs,

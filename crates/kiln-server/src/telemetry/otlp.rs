@@ -466,6 +466,7 @@ mod tests {
             reason: None,
             log_size: 0,
             reported: false,
+            has_repo_credentials: false,
         };
         let trace = trace_of(
             &build,

@@ -754,6 +754,7 @@ mod tests {
             exit_code,
             reason: reason.map(str::to_owned),
             reported: false,
+            has_repo_credentials: false,
             log_size: 0,
         }
     }

@@ -26,7 +26,8 @@ const BRANCH_COLUMNS: &str = "project_id, name, priority, auto_build, last_commi
 const JOB_SELECT: &str = "SELECT j.id, j.build_id, j.project_id, p.slug, p.repo, b.run_id, b.number, b.branch, \
      b.commit_sha, j.step, j.position, j.state, j.priority, j.depends_on, j.labels, j.spec, j.attempt, \
      j.agent_id, a.name AS agent_name, j.lease_expires_at, j.cancel_requested, j.created_at, j.queued_at, \
-     j.started_at, j.finished_at, j.exit_code, j.reason, j.log_size, j.kind \
+     j.started_at, j.finished_at, j.exit_code, j.reason, j.log_size, j.kind, \
+     CAST(CASE WHEN p.repo_credentials IS NULL THEN 0 ELSE 1 END AS BIGINT) AS has_repo_credentials \
      FROM jobs j JOIN builds b ON b.id = j.build_id JOIN projects p ON p.id = j.project_id \
      LEFT JOIN agents a ON a.id = j.agent_id";
 
@@ -189,6 +190,7 @@ fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
         reason: row.try_get("reason")?,
         log_size: row.try_get("log_size")?,
         reported: row.try_get::<String, _>("kind")? == "reported",
+        has_repo_credentials: row.try_get::<i64, _>("has_repo_credentials")? != 0,
     })
 }
 
