@@ -27,6 +27,7 @@ engine_test!(the_repository_policy_keeps_projects_to_their_own_code);
 engine_test!(steps_get_the_secrets_they_name_masked_in_their_logs);
 engine_test!(credentials_an_earlier_kiln_stored_in_a_url_are_sealed_at_start);
 engine_test!(a_reported_log_takes_chunks_by_offset_and_refuses_bad_input);
+engine_test!(a_claim_carries_repository_credentials_only_where_the_project_has_them);
 
 fn body(value: Value) -> Option<Vec<u8>> {
     Some(serde_json::to_vec(&value).unwrap())
@@ -1404,6 +1405,46 @@ async fn a_reported_log_takes_chunks_by_offset_and_refuses_bad_input(engine: Eng
             &listed[0]["reported"]
         ),
         (&json!("failed"), &json!(2), &json!(true))
+    );
+    app.stop().await;
+}
+
+/// The claim gives the agent the project's repository credentials when it has some (read
+/// only then: the claimed row says whether there are any), and none otherwise.
+async fn a_claim_carries_repository_credentials_only_where_the_project_has_them(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (repo_dir, _) = repo(&[(".kiln.yml", "steps:\n  - name: build\n    run: echo hi\n")]);
+    let setup = setup(&app, repo_dir.path()).await;
+    let token = setup.project_token.as_str();
+    let agent = common::fake_agent::register(&app, "creds", 1).await;
+
+    // Without credentials: the claim has none.
+    let (status, triggered) = trigger(&app, token, json!({})).await;
+    assert_eq!(status, 201, "{triggered}");
+    let job = common::fake_agent::claim(&app, &agent).await;
+    assert_eq!(job["runId"], triggered["runId"], "{job}");
+    assert!(job["repoCredentials"].is_null(), "{job}");
+    common::fake_agent::finish(&app, &agent, &job).await;
+
+    // Queued, then the project's repository gets credentials: the claim carries them.
+    let (status, triggered) = trigger(&app, token, json!({})).await;
+    assert_eq!(status, 201, "{triggered}");
+    let (status, answer) = app
+        .raw(
+            Method::PUT,
+            "/api/v1/projects/web/repo",
+            Some(ADMIN_TOKEN),
+            body(json!({"repo": "https://ci-bot:pa%40ss-9z@93.184.215.14/app.git"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let job = common::fake_agent::claim(&app, &agent).await;
+    assert_eq!(job["runId"], triggered["runId"], "{job}");
+    assert_eq!(job["repo"], "https://93.184.215.14/app.git", "{job}");
+    assert_eq!(
+        job["repoCredentials"],
+        json!({"username": "ci-bot", "password": "pa@ss-9z"}),
+        "{job}"
     );
     app.stop().await;
 }
