@@ -99,7 +99,7 @@ print(f"{med([r[1] for r in rows]):.1f} {med([r[2] for r in rows]):.1f} {med([r[
 PY
 )
 
-# Verify: enough files for VERIFY_GIB in all (the first file counts), read back cold-ish.
+# Verify: enough files for VERIFY_GIB in all (the rounds' files count), read back cold-ish.
 need=$(( VERIFY_GIB * 1024 / MIB ))
 for i in $(seq "$((ROUNDS + 1))" "$need"); do
   head -c "$((MIB * 1024 * 1024))" /dev/urandom >"$DIR/more-$i.bin"

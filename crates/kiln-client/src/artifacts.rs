@@ -73,23 +73,34 @@ impl ArtifactTarget {
     }
 }
 
+/// Reads `path` from its start in pieces of 1 MiB, at most `limit` bytes (all of it
+/// without one), giving each piece to `each`; answers the bytes read.
+fn read_pieces(
+    path: &Path,
+    limit: Option<u64>,
+    mut each: impl FnMut(&[u8]),
+) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?.take(limit.unwrap_or(u64::MAX));
+    let mut buffer = vec![0u8; 1024 * 1024];
+    let mut size = 0u64;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(size);
+        }
+        size += read as u64;
+        each(&buffer[..read]);
+    }
+}
+
 /// The SHA-256 (hex) and size of a file, read in pieces.
 pub async fn file_sha256(path: &Path) -> std::io::Result<(String, u64)> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut file = std::fs::File::open(path)?;
         let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 1024 * 1024];
-        let mut size = 0u64;
-        loop {
-            let read = file.read(&mut buffer)?;
-            if read == 0 {
-                return Ok((hex::encode(hasher.finalize()), size));
-            }
-            size += read as u64;
-            hasher.update(&buffer[..read]);
-        }
+        let size = read_pieces(&path, None, |piece| hasher.update(piece))?;
+        Ok((hex::encode(hasher.finalize()), size))
     })
     .await
     .map_err(std::io::Error::other)?
@@ -152,19 +163,8 @@ struct SentSum {
 async fn file_crc32(path: &Path, length: u64) -> std::io::Result<crc32fast::Hasher> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut file = std::fs::File::open(path)?.take(length);
         let mut hasher = crc32fast::Hasher::new();
-        let mut buffer = vec![0u8; 1024 * 1024];
-        let mut read_in_all = 0u64;
-        loop {
-            let read = file.read(&mut buffer)?;
-            if read == 0 {
-                break;
-            }
-            read_in_all += read as u64;
-            hasher.update(&buffer[..read]);
-        }
+        let read_in_all = read_pieces(&path, Some(length), |piece| hasher.update(piece))?;
         if read_in_all != length {
             return Err(std::io::Error::other(format!(
                 "the file has {read_in_all} bytes, not the {length} sent: it changed while it was uploaded"

@@ -176,26 +176,6 @@ pub fn parse_crc32_hex(text: &str) -> Option<u32> {
         .flatten()
 }
 
-/// SHA-256 alone, for a client checking what it sends or received.
-#[derive(Clone, Default)]
-pub struct Sha256Hasher(Sha256);
-
-impl std::fmt::Debug for Sha256Hasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sha256Hasher")
-    }
-}
-
-impl Sha256Hasher {
-    pub fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
-    }
-
-    pub fn finish(self) -> String {
-        hex::encode(self.0.finalize())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,8 +263,8 @@ mod tests {
         assert!(is_sha256_hex(&sha256));
         assert!(!is_sha256_hex(&sha256.to_uppercase()));
         assert!(!is_sha256_hex("abc"));
-        let mut alone = Sha256Hasher::default();
-        alone.update(b"abc");
-        assert_eq!(alone.finish(), sha256);
+        let mut with_crc32 = Sha256Crc32Hasher::default();
+        with_crc32.update(b"abc");
+        assert_eq!(with_crc32.finish().0, sha256);
     }
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::{TestApp, assert_error, database_dir};
@@ -841,33 +842,34 @@ async fn an_upload_without_a_sha256_is_confirmed_by_its_last_put(engine: Engine)
 
     // The client sums a CRC-32 while sending from its threshold up; the file is the same.
     let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("large.bin");
     let large = bytes(kiln_client::HASH_WHILE_SENDING_FROM as usize + 4096, 10);
-    std::fs::write(&local, &large).unwrap();
-    let stored = client
-        .upload_artifact(
-            &ArtifactTarget::Build {
-                run_id: "r1".into(),
-            },
-            &local,
-            "large.bin",
-            0o644,
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(stored.sha256, sha256_hex(&large));
-    assert_eq!(stored.size, large.len() as u64);
+    client_round_trip(&client, dir.path(), "large.bin", &large).await;
     let manifest = digested(&client, "r1").await;
     let paths: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["at-once.bin", "large.bin", "streamed.bin"]);
-    let fetched = dir.path().join("fetched.bin");
-    client
-        .download_artifact("r1", "large.bin", &fetched, Some(&stored.sha256))
+    app.stop().await;
+}
+
+/// `kiln`'s client uploads `content` as `name` of build `r1` (from a file in `dir`), the
+/// answer names its SHA-256 and size, and a download gives the same bytes back.
+async fn client_round_trip(client: &Client, dir: &Path, name: &str, content: &[u8]) {
+    let local = dir.join(name);
+    std::fs::write(&local, content).unwrap();
+    let target = ArtifactTarget::Build {
+        run_id: "r1".into(),
+    };
+    let stored = client
+        .upload_artifact(&target, &local, name, 0o644, None)
         .await
         .unwrap();
-    assert_eq!(std::fs::read(&fetched).unwrap(), large);
-    app.stop().await;
+    assert_eq!(stored.sha256, sha256_hex(content));
+    assert_eq!(stored.size, content.len() as u64);
+    let fetched = dir.join("fetched.bin");
+    client
+        .download_artifact("r1", name, &fetched, Some(&stored.sha256))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&fetched).unwrap(), content);
 }
 
 /// The last `PUT` may confirm an upload declared without a SHA-256 by its CRC-32 instead
@@ -930,9 +932,7 @@ async fn an_upload_may_be_confirmed_by_its_crc32(engine: Engine) {
     // The client, resuming an upload the server already holds the first MiB of: the CRC-32
     // covers the held bytes (read again) and the ones it sends.
     let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("large.bin");
     let large = bytes(kiln_client::HASH_WHILE_SENDING_FROM as usize + 12_345, 11);
-    std::fs::write(&local, &large).unwrap();
     let (_, body) = declare(
         &app,
         &token,
@@ -943,24 +943,6 @@ async fn an_upload_may_be_confirmed_by_its_crc32(engine: Engine) {
     let id = body["uploadId"].as_str().unwrap().to_owned();
     let (status, body) = send(&app, &token, "r1", &id, 0, large[..1 << 20].to_vec()).await;
     assert_eq!((status, body["offset"].clone()), (200, json!(1 << 20)));
-    let stored = client
-        .upload_artifact(
-            &ArtifactTarget::Build {
-                run_id: "r1".into(),
-            },
-            &local,
-            "large.bin",
-            0o644,
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(stored.sha256, sha256_hex(&large));
-    let fetched = dir.path().join("fetched.bin");
-    client
-        .download_artifact("r1", "large.bin", &fetched, Some(&stored.sha256))
-        .await
-        .unwrap();
-    assert_eq!(std::fs::read(&fetched).unwrap(), large);
+    client_round_trip(&client, dir.path(), "large.bin", &large).await;
     app.stop().await;
 }

@@ -56,24 +56,23 @@ async fn an_earlier_kilns_database_opens_and_works(engine: Engine) {
     let (database, token) = earlier_database(engine).await;
     // The clock stands just after the fixture's last event, so its running build is
     // still running (not stale) when the server starts.
-    let last_event_at = {
+    let (last_event_at, last_old_id) = {
         let store = database.open_dyn().await;
         let running = store.build_by_run_id("legacy-3").await.unwrap().unwrap();
-        running.state.last_event_at
+        (
+            running.state.last_event_at,
+            store.max_event_id().await.unwrap(),
+        )
     };
+    assert_eq!(
+        last_old_id, 14,
+        "the fixture's three builds hold 7 + 4 + 3 events"
+    );
     let clock = kiln_server::clock::ManualClock::new(Millis(last_event_at.0 + 5_000));
-    let app = TestApp::spawn_configured(Arc::new(database), clock, |_| {}).await;
+    let app = TestApp::spawn_on(Arc::new(database), clock).await;
 
     // The earlier Kiln's ingest token (stored hashed) still authenticates and reads.
-    let (status, list) = app
-        .raw(
-            Method::GET,
-            "/api/v1/builds?project=legacy",
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{list}");
+    let list = app.get_ok("/api/v1/builds?project=legacy", &token).await;
     let mut statuses: Vec<(String, String)> = list["builds"]
         .as_array()
         .unwrap()
@@ -94,10 +93,7 @@ async fn an_earlier_kilns_database_opens_and_works(engine: Engine) {
             ("legacy-3".to_owned(), "running".to_owned()),
         ]
     );
-    let (status, done) = app
-        .raw(Method::GET, "/api/v1/builds/legacy-1", Some(&token), None)
-        .await;
-    assert_eq!(status, 200, "{done}");
+    let done = app.get_ok("/api/v1/builds/legacy-1", &token).await;
     assert_eq!(done["branch"], "main", "{done}");
     assert_eq!(done["commit"], "0123456789abcdef0123456789abcdef01234567");
     let stages: Vec<(&str, &str)> = done["stages"]
@@ -107,22 +103,11 @@ async fn an_earlier_kilns_database_opens_and_works(engine: Engine) {
         .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
         .collect();
     assert_eq!(stages, [("Build", "success"), ("Test", "success")]);
-    let (status, failed) = app
-        .raw(Method::GET, "/api/v1/builds/legacy-2", Some(&token), None)
-        .await;
-    assert_eq!(status, 200);
+    let failed = app.get_ok("/api/v1/builds/legacy-2", &token).await;
     assert_eq!(failed["stages"][0]["status"], "failed", "{failed}");
 
     // Its events replay in order, with the cursors the earlier Kiln gave them.
-    let (status, events) = app
-        .raw(
-            Method::GET,
-            "/api/v1/builds/legacy-1/events",
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{events}");
+    let events = app.get_ok("/api/v1/builds/legacy-1/events", &token).await;
     let events = events["events"].as_array().unwrap().clone();
     let kinds: Vec<&str> = events
         .iter()
@@ -175,69 +160,32 @@ async fn an_earlier_kilns_database_opens_and_works(engine: Engine) {
     let acks = ack["events"].as_array().unwrap();
     assert!(acks.iter().all(|a| a["status"] == "stored"), "{ack}");
     assert_eq!(acks[0]["seq"], 4, "legacy-3 had three events");
-    let max_old = app
-        .raw(
-            Method::GET,
-            "/api/v1/builds/legacy-3/events",
-            Some(&token),
-            None,
-        )
-        .await
-        .1["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take(3)
-        .map(|e| e["id"].as_i64().unwrap())
-        .max()
-        .unwrap();
-    assert!(acks[0]["id"].as_i64().unwrap() > max_old.max(old_ids[6]));
-    let (_, running) = app
-        .raw(Method::GET, "/api/v1/builds/legacy-3", Some(&token), None)
-        .await;
+    let new_ids: Vec<i64> = acks.iter().map(|a| a["id"].as_i64().unwrap()).collect();
+    assert_eq!(new_ids, [last_old_id + 1, last_old_id + 2, last_old_id + 3]);
+    let running = app.get_ok("/api/v1/builds/legacy-3", &token).await;
     assert_eq!(running["status"], "success", "{running}");
     assert_eq!(running["stages"][0]["status"], "success", "{running}");
-    let (_, new_build) = app
-        .raw(Method::GET, "/api/v1/builds/legacy-4", Some(&token), None)
-        .await;
+    let new_build = app.get_ok("/api/v1/builds/legacy-4", &token).await;
     assert_eq!(new_build["number"], 4, "{new_build}");
 
     // The rest of what the earlier Kiln held: its user and membership, the project's
     // secret (listed, value never shown), its webhook endpoint.
-    let (status, members) = app
-        .raw(
-            Method::GET,
-            "/api/v1/projects/legacy/members",
-            Some(ADMIN_TOKEN),
-            None,
-        )
+    let members = app
+        .get_ok("/api/v1/projects/legacy/members", ADMIN_TOKEN)
         .await;
-    assert_eq!(status, 200, "{members}");
     let text = members.to_string();
     assert!(
         text.contains("alice@example.com") && text.contains("developer"),
         "{text}"
     );
-    let (status, secrets) = app
-        .raw(
-            Method::GET,
-            "/api/v1/projects/legacy/secrets",
-            Some(ADMIN_TOKEN),
-            None,
-        )
+    let secrets = app
+        .get_ok("/api/v1/projects/legacy/secrets", ADMIN_TOKEN)
         .await;
-    assert_eq!(status, 200, "{secrets}");
     assert!(secrets.to_string().contains("DEPLOY_KEY"), "{secrets}");
     assert!(!secrets.to_string().contains("s3cr3t"), "{secrets}");
-    let (status, hooks) = app
-        .raw(
-            Method::GET,
-            "/api/v1/projects/legacy/webhooks",
-            Some(ADMIN_TOKEN),
-            None,
-        )
+    let hooks = app
+        .get_ok("/api/v1/projects/legacy/webhooks", ADMIN_TOKEN)
         .await;
-    assert_eq!(status, 200, "{hooks}");
     assert!(
         hooks.to_string().contains("https://93.184.215.14/kiln"),
         "{hooks}"

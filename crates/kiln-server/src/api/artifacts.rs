@@ -134,7 +134,12 @@ pub(crate) async fn archive(
             ),
             (header::CONTENT_DISPOSITION, attachment(&name)),
         ],
-        Body::from_stream(tar_gz(config.blobs.clone(), entries)),
+        // A download like any other: the digester waits while it is sent.
+        Body::from_stream(
+            config
+                .transfers
+                .counted(tar_gz(config.blobs.clone(), entries)),
+        ),
     )
         .into_response())
 }

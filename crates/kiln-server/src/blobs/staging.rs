@@ -1,9 +1,9 @@
 //! The staging area: uploads arrive here as `{id}.part` files with a `{id}.json` sidecar
 //! (what was declared), so an interrupted upload resumes at the bytes already received.
 //! Bytes are written and hashed (SHA-256, what the upload is checked by, and the CRC-32 a
-//! client may confirm instead) on two blocking threads in parallel; a finished file is moved into the blob store only once its
-//! SHA-256 matches the declared one, so nothing half-uploaded is ever published. Sidecars
-//! and parts left alone for a day are swept.
+//! client may confirm instead) on two blocking threads in parallel; a finished file is
+//! moved into the blob store only once its SHA-256 matches the declared one, so nothing
+//! half-uploaded is ever published. Sidecars and parts left alone for a day are swept.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -81,6 +81,13 @@ impl Drop for UploadGuard {
 pub struct HeldDigest {
     pub sha256: String,
     pub crc32: u32,
+}
+
+impl From<Sha256Crc32Hasher> for HeldDigest {
+    fn from(hasher: Sha256Crc32Hasher) -> Self {
+        let (sha256, crc32) = hasher.finish();
+        Self { sha256, crc32 }
+    }
 }
 
 /// How far an upload got after a request's bytes were written.
@@ -324,8 +331,7 @@ impl Staging {
             loop {
                 let read = file.read(&mut buffer)?;
                 if read == 0 {
-                    let (sha256, crc32) = hasher.finish();
-                    return Ok((HeldDigest { sha256, crc32 }, size));
+                    return Ok((hasher.into(), size));
                 }
                 size += read as u64;
                 hasher.update(&buffer[..read]);
@@ -487,8 +493,7 @@ fn hash_all(mut chunks: tokio::sync::mpsc::Receiver<Bytes>) -> (u64, HeldDigest)
         size += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    let (sha256, crc32) = hasher.finish();
-    (size, HeldDigest { sha256, crc32 })
+    (size, hasher.into())
 }
 
 #[cfg(test)]

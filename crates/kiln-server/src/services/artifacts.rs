@@ -80,9 +80,13 @@ pub(crate) struct Confirmation {
 }
 
 impl Confirmation {
-    /// The CRC-32 named, checked (400 naming `crc32` when malformed).
-    fn crc32(&self) -> Result<Option<u32>, ServiceError> {
-        self.crc32
+    /// The SHA-256 and CRC-32 named, each checked (400 naming the malformed one).
+    fn checked(&self) -> Result<(Option<&str>, Option<u32>), ServiceError> {
+        if let Some(sha256) = &self.sha256 {
+            sha256_field(sha256)?;
+        }
+        let crc32 = self
+            .crc32
             .as_deref()
             .map(|text| {
                 parse_crc32_hex(text).ok_or_else(|| {
@@ -90,10 +94,10 @@ impl Confirmation {
                         "crc32",
                         "must be 8 hex digits (the file's CRC-32, as zlib and `crc32` compute it)",
                     )
-                    .into()
                 })
             })
-            .transpose()
+            .transpose()?;
+        Ok((self.sha256.as_deref(), crc32))
     }
 }
 
@@ -264,11 +268,7 @@ where
     E: std::fmt::Display,
 {
     let config = config(state)?;
-    let confirm = confirmation.sha256.as_deref();
-    if let Some(confirm) = confirm {
-        sha256_field(confirm)?;
-    }
-    let confirm_crc32 = confirmation.crc32()?;
+    let (confirm, confirm_crc32) = confirmation.checked()?;
     let missing = || {
         ServiceError::NotFound(format!(
             "upload '{upload_id}' not found for this build; start it (again) with POST …/artifacts"
@@ -370,23 +370,23 @@ where
             field: Some("crc32".into()),
         });
     }
-    let sha256 = digest.sha256.clone();
-    let expected = if !pending.sha256.is_empty() {
-        pending.sha256.clone()
-    } else if let Some(confirm) = confirm {
-        confirm.to_owned()
-    } else if confirm_crc32.is_some() {
-        // The CRC-32 matched above: the manifest takes the SHA-256 computed here.
-        sha256.clone()
-    } else {
+    // The SHA-256 the bytes must have: the declared one, else the confirmed one; with
+    // neither, a CRC-32 that matched above lets the manifest take the one computed here.
+    let expected = Some(pending.sha256.as_str())
+        .filter(|declared| !declared.is_empty())
+        .or(confirm);
+    if expected.is_none() && confirm_crc32.is_none() {
         // Every byte is here; the client confirms the SHA-256 (or CRC-32) next.
         staging
             .remember_digest(upload_id, &digest)
             .await
             .map_err(|e| storage_failed("staging the upload", e))?;
         return Ok(upload_answer(&pending, size, None));
-    };
-    if sha256 != expected {
+    }
+    let sha256 = digest.sha256;
+    if let Some(expected) = expected
+        && sha256 != expected
+    {
         staging.discard(upload_id).await;
         return Err(ServiceError::Unprocessable {
             code: "checksum_mismatch",

@@ -243,6 +243,15 @@ impl TestApp {
         (tokens, create().await)
     }
 
+    /// `GET path` with `token`, which must answer 200; its JSON body.
+    pub async fn get_ok(&self, path: &str, token: &str) -> Value {
+        let (status, body) = self
+            .raw(reqwest::Method::GET, path, Some(token), None)
+            .await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
     /// A raw request, for bad input and header tests: returns status and JSON body.
     pub async fn raw(
         &self,
