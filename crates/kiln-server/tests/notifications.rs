@@ -667,13 +667,11 @@ async fn emails_reach_a_real_smtp_server_after_a_retry(engine: Engine) {
     .await;
     settle(&*store).await;
     // Nothing listens: both sends fail and wait for their retry (ingest was answered).
-    sqlx::any::install_default_drivers();
-    let outbox = sqlx::AnyPool::connect(&app.database.url).await.unwrap();
     for _ in 0..500 {
-        let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notification_emails WHERE attempts = 1 AND last_error IS NOT NULL")
-            .fetch_one(&outbox)
-            .await
-            .unwrap();
+        let failed = app
+            .database
+            .integers("SELECT COUNT(*) FROM notification_emails WHERE attempts = 1 AND last_error IS NOT NULL")
+            .await[0];
         if failed == 2 {
             break;
         }
@@ -746,14 +744,13 @@ async fn emails_reach_a_real_smtp_server_after_a_retry(engine: Engine) {
         assert!(message.contains("From: kiln@example.com"), "{message}");
         assert!(message.contains("Run: r1"), "{message}");
     }
-    let sent: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM notification_emails WHERE sent_at IS NOT NULL AND attempts = 2",
-    )
-    .fetch_one(&outbox)
-    .await
-    .unwrap();
+    let sent = app
+        .database
+        .integers(
+            "SELECT COUNT(*) FROM notification_emails WHERE sent_at IS NOT NULL AND attempts = 2",
+        )
+        .await[0];
     assert_eq!(sent, 2);
-    outbox.close().await;
     app.stop().await;
 }
 
@@ -899,30 +896,33 @@ async fn send_one_email(
     )
     .await;
     settle(&*store).await;
-    sqlx::any::install_default_drivers();
-    let outbox = sqlx::AnyPool::connect(&app.database.url).await.unwrap();
     let mut row = None;
     for _ in 0..2000 {
-        let found: Option<(i64, i64, i64, Option<String>)> = sqlx::query_as(
-            "SELECT attempts, CASE WHEN sent_at IS NULL THEN 0 ELSE 1 END, \
-             CASE WHEN failed_at IS NULL THEN 0 ELSE 1 END, last_error FROM notification_emails \
-             WHERE sent_at IS NOT NULL OR last_error IS NOT NULL",
-        )
-        .fetch_optional(&outbox)
-        .await
-        .unwrap();
-        if let Some((attempts, sent, given_up, last_error)) = found {
+        let found = app
+            .database
+            .rows(
+                "SELECT attempts, CASE WHEN sent_at IS NULL THEN 0 ELSE 1 END, \
+                 CASE WHEN failed_at IS NULL THEN 0 ELSE 1 END, last_error FROM notification_emails \
+                 WHERE sent_at IS NOT NULL OR last_error IS NOT NULL",
+            )
+            .await;
+        if let Some(found) = found.first() {
+            let number = |column: usize| {
+                found[column]
+                    .as_deref()
+                    .and_then(|text| text.parse::<i64>().ok())
+                    .expect("an integer column")
+            };
             row = Some(OutboxRow {
-                attempts,
-                sent: sent == 1,
-                given_up: given_up == 1,
-                last_error: last_error.unwrap_or_default(),
+                attempts: number(0),
+                sent: number(1) == 1,
+                given_up: number(2) == 1,
+                last_error: found[3].clone().unwrap_or_default(),
             });
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    outbox.close().await;
     app.stop().await;
     row.expect("the email was neither sent nor failed")
 }

@@ -1,12 +1,12 @@
 //! Kiln's durable storage: one trait per area (`Store` is their union), its records, and
 //! the SQL engines behind it.
 //!
-//! Only this crate knows SQL. One implementation (`sql::SqlStore`, over sqlx's `Any`
-//! driver) serves both SQLite and PostgreSQL: the statements are written in the common
-//! dialect and the engines differ only in their migrations, connection set-up and how a
-//! write transaction begins — except SQLite ingest, which a dedicated writer thread runs
-//! over rusqlite (`sql::sqlite_writer`) with the same transaction logic. The same test
-//! suite (`tests/store_suite.rs`) runs against both engines.
+//! Only this crate knows SQL. One implementation (`sql::SqlStore`) serves both SQLite and
+//! PostgreSQL, each on its native driver (`sql::db`: rusqlite on SQLite, sqlx's
+//! PostgreSQL driver on PostgreSQL): the statements are written in the common dialect and
+//! the engines differ in their migrations, connection set-up and native ingest paths
+//! (`sql::sqlite_writer`, `sql::pg_ingest`) sharing one transaction logic. The same test
+//! suites (`tests/*_suite.rs`) run against both engines.
 
 pub(crate) mod accounts;
 mod analytics;

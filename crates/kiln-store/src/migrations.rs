@@ -3,7 +3,7 @@
 //! On PostgreSQL an advisory lock makes concurrent replicas start safely: the first
 //! applies, the others wait and find nothing left to do.
 
-use sqlx::{AnyConnection, Connection, Executor};
+use crate::sql::db::{self, Conn};
 
 use crate::{Engine, StoreResult};
 
@@ -301,14 +301,14 @@ pub(crate) fn latest_version(engine: Engine) -> i64 {
     all.last().map_or(0, |migration| migration.version)
 }
 
-pub(crate) async fn run(connection: &mut AnyConnection, engine: Engine) -> StoreResult<()> {
+pub(crate) async fn run(connection: &mut Conn, engine: Engine) -> StoreResult<()> {
     run_up_to(connection, engine, i64::MAX).await
 }
 
 /// Applies the migrations up to `last_version` (tests build an earlier release's schema
 /// with it, to check the upgrade from there).
 pub(crate) async fn run_up_to(
-    connection: &mut AnyConnection,
+    connection: &mut Conn,
     engine: Engine,
     last_version: i64,
 ) -> StoreResult<()> {
@@ -322,14 +322,14 @@ pub(crate) async fn run_up_to(
         .count();
     let migrations = &all[..count];
     if engine == Engine::Postgres {
-        sqlx::query("SELECT pg_advisory_lock($1)")
+        db::query("SELECT pg_advisory_lock($1)")
             .bind(POSTGRES_MIGRATION_LOCK)
             .execute(&mut *connection)
             .await?;
     }
     let result = apply_pending(connection, engine, migrations).await;
     if engine == Engine::Postgres {
-        sqlx::query("SELECT pg_advisory_unlock($1)")
+        db::query("SELECT pg_advisory_unlock($1)")
             .bind(POSTGRES_MIGRATION_LOCK)
             .execute(&mut *connection)
             .await?;
@@ -338,16 +338,16 @@ pub(crate) async fn run_up_to(
 }
 
 async fn apply_pending(
-    connection: &mut AnyConnection,
+    connection: &mut Conn,
     engine: Engine,
     migrations: &[Migration],
 ) -> StoreResult<()> {
-    connection
-        .execute(
-            "CREATE TABLE IF NOT EXISTS kiln_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-        )
-        .await?;
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM kiln_migrations")
+    db::query(
+        "CREATE TABLE IF NOT EXISTS kiln_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *connection)
+    .await?;
+    let applied: Vec<i64> = db::query_scalar("SELECT version FROM kiln_migrations")
         .fetch_all(&mut *connection)
         .await?;
     for migration in migrations {
@@ -358,22 +358,27 @@ async fn apply_pending(
             Engine::Sqlite => "BEGIN IMMEDIATE",
             Engine::Postgres => "BEGIN",
         };
-        let mut transaction = connection.begin_with(begin).await?;
+        // A failed statement leaves the transaction open: the session (SQLite) or the
+        // connection (PostgreSQL) is dropped with the error, which rolls it back.
+        db::query(begin).execute(&mut *connection).await?;
         for statement in migration
             .sql
             .split(';')
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            transaction.execute(statement).await?;
+            db::query(statement.to_owned())
+                .unprepared()
+                .execute(&mut *connection)
+                .await?;
         }
-        sqlx::query("INSERT INTO kiln_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+        db::query("INSERT INTO kiln_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
             .bind(migration.version)
             .bind(migration.name)
             .bind(crate::sql::wall_clock_ms())
-            .execute(&mut *transaction)
+            .execute(&mut *connection)
             .await?;
-        transaction.commit().await?;
+        db::query("COMMIT").execute(&mut *connection).await?;
         tracing::info!(
             version = migration.version,
             name = migration.name,

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use sqlx::{Connection, Executor};
 
+use crate::sql::db;
+
 use crate::{Engine, SqlStore, Store};
 
 /// Declares one test per engine, `NAME::sqlite` and `NAME::postgres`, each calling
@@ -80,9 +82,8 @@ impl TestDatabase {
                 let base = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
                     panic!("{POSTGRES_URL_VAR} must name a PostgreSQL server for this test")
                 });
-                sqlx::any::install_default_drivers();
                 let name = format!("kiln_t_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = sqlx::AnyConnection::connect(&base)
+                let mut admin = sqlx::PgConnection::connect(&base)
                     .await
                     .expect("connect to KILN_TEST_DATABASE_URL");
                 admin
@@ -159,46 +160,63 @@ impl TestDatabase {
     /// Brings the empty database to the schema of migration `last_version` only (an
     /// earlier release's), and runs `setup` statements there: rows an earlier Kiln wrote.
     pub async fn at_schema_version(&self, last_version: i64, setup: &[&str]) {
-        sqlx::any::install_default_drivers();
-        let url = if self.url.starts_with("sqlite:") {
-            format!("{}?mode=rwc", self.url)
-        } else {
-            self.url.clone()
-        };
-        let mut connection = sqlx::AnyConnection::connect(&url)
+        let engine = crate::sql::engine_of(&self.url).expect("a database URL");
+        let mut connection = db::Conn::open(&self.url)
             .await
             .expect("connect to the test database");
-        let engine = if self.url.starts_with("sqlite:") {
-            Engine::Sqlite
-        } else {
-            Engine::Postgres
-        };
         crate::migrations::run_up_to(&mut connection, engine, last_version)
             .await
             .expect("earlier migrations apply");
         for statement in setup {
-            connection
-                .execute(sqlx::AssertSqlSafe(statement.to_string()))
+            db::query(statement.to_string())
+                .unprepared()
+                .execute(&mut connection)
                 .await
                 .expect("setup statement");
         }
-        connection.close().await.ok();
+        connection.close().await;
     }
 
     /// The first column of every row of `sql` as integers: for tests that look at what
     /// the store wrote without an API for it.
     pub async fn integers(&self, sql: &str) -> Vec<i64> {
-        sqlx::any::install_default_drivers();
-        let mut connection = sqlx::AnyConnection::connect(&self.url)
+        let mut connection = db::Conn::open(&self.url)
             .await
             .expect("connect to the test database");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        let values = db::query_scalar::<i64>(sql.to_owned())
             .fetch_all(&mut connection)
             .await
-            .expect("test query");
-        connection.close().await.ok();
+            .expect("test query (integers)");
+        connection.close().await;
+        values
+    }
+
+    /// Every row of `sql`, each column as text (integers and reals written out, NULL as
+    /// `None`): for tests that look at what the store wrote without an API for it.
+    pub async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let mut connection = db::Conn::open(&self.url)
+            .await
+            .expect("connect to the test database");
+        let rows = db::query(sql.to_owned())
+            .fetch_all(&mut connection)
+            .await
+            .expect("test query (rows)");
+        connection.close().await;
         rows.iter()
-            .map(|row| sqlx::Row::try_get::<i64, _>(row, 0).expect("an integer column"))
+            .map(|row| {
+                (0..row.len())
+                    .map(|column| {
+                        row.try_get::<Option<i64>, _>(column)
+                            .map(|value| value.map(|value| value.to_string()))
+                            .or_else(|_| {
+                                row.try_get::<Option<f64>, _>(column)
+                                    .map(|value| value.map(|value| value.to_string()))
+                            })
+                            .or_else(|_| row.try_get::<Option<String>, _>(column))
+                            .expect("an integer, real or text column")
+                    })
+                    .collect()
+            })
             .collect()
     }
 

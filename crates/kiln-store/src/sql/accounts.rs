@@ -1,11 +1,10 @@
 //! Accounts in SQL: users, sessions, memberships, user tokens and the audit log.
 
+use super::db::{self, Row};
 use crate::AccountStore;
 use async_trait::async_trait;
 use kiln_core::token::Scope;
 use kiln_core::{Millis, Role};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use super::{SqlStore, rows, trusted};
 use crate::accounts::*;
@@ -16,7 +15,7 @@ const USER_COLUMNS: &str =
     "id, email, name, password_hash, instance_admin, created_at, disabled_at";
 const SESSION_COLUMNS: &str = "id, user_id, csrf_token, created_at, expires_at, revoked_at";
 
-fn user_from_row(row: &AnyRow) -> StoreResult<UserRecord> {
+fn user_from_row(row: &Row) -> StoreResult<UserRecord> {
     Ok(UserRecord {
         id: row.try_get("id")?,
         email: row.try_get("email")?,
@@ -28,7 +27,7 @@ fn user_from_row(row: &AnyRow) -> StoreResult<UserRecord> {
     })
 }
 
-fn session_from_row(row: &AnyRow) -> StoreResult<SessionRecord> {
+fn session_from_row(row: &Row) -> StoreResult<SessionRecord> {
     Ok(SessionRecord {
         id: row.try_get("id")?,
         user_id: row.try_get("user_id")?,
@@ -39,7 +38,7 @@ fn session_from_row(row: &AnyRow) -> StoreResult<SessionRecord> {
     })
 }
 
-fn membership_from_row(row: &AnyRow) -> StoreResult<Membership> {
+fn membership_from_row(row: &Row) -> StoreResult<Membership> {
     let role: String = row.try_get("role")?;
     Ok(Membership {
         project_id: row.try_get("project_id")?,
@@ -60,7 +59,7 @@ impl AccountStore for SqlStore {
         instance_admin: bool,
         now: Millis,
     ) -> StoreResult<UserRecord> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "INSERT INTO users (email, name, password_hash, instance_admin, created_at) \
              VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}"
         )))
@@ -71,7 +70,7 @@ impl AccountStore for SqlStore {
         .bind(now.0)
         .fetch_one(&self.pool)
         .await
-        .map_err(|error| match StoreError::from(error) {
+        .map_err(|error| match error {
             StoreError::Conflict(_) => {
                 StoreError::Conflict(format!("a user with email '{email}' exists already"))
             }
@@ -81,7 +80,7 @@ impl AccountStore for SqlStore {
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
         )))
         .bind(email)
@@ -91,7 +90,7 @@ impl AccountStore for SqlStore {
     }
 
     async fn user_by_id(&self, id: i64) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
         )))
         .bind(id)
@@ -101,7 +100,7 @@ impl AccountStore for SqlStore {
     }
 
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "SELECT {USER_COLUMNS} FROM users ORDER BY email"
         )))
         .fetch_all(&self.pool)
@@ -110,7 +109,7 @@ impl AccountStore for SqlStore {
     }
 
     async fn set_password(&self, user_id: i64, password_hash: &str) -> StoreResult<()> {
-        let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+        let done = db::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(password_hash)
             .bind(user_id)
             .execute(&self.pool)
@@ -129,7 +128,7 @@ impl AccountStore for SqlStore {
         now: Millis,
         expires_at: Millis,
     ) -> StoreResult<SessionRecord> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "INSERT INTO sessions (user_id, token_hash, csrf_token, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5) RETURNING {SESSION_COLUMNS}"
         )))
@@ -144,7 +143,7 @@ impl AccountStore for SqlStore {
     }
 
     async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = $1"
         )))
         .bind(token_hash)
@@ -159,7 +158,7 @@ impl AccountStore for SqlStore {
         disabled_at: Option<Millis>,
     ) -> StoreResult<UserRecord> {
         // A user deactivated twice keeps the first time.
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "UPDATE users SET disabled_at = CASE WHEN $1 IS NULL THEN NULL \
              ELSE COALESCE(disabled_at, $1) END WHERE id = $2 RETURNING {USER_COLUMNS}"
         )))
@@ -174,20 +173,18 @@ impl AccountStore for SqlStore {
     }
 
     async fn revoke_user_sessions(&self, user_id: i64, now: Millis) -> StoreResult<Vec<i64>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING id",
         )
         .bind(now.0)
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| Ok(row.try_get::<i64, _>("id")?))
-            .collect()
+        rows.iter().map(|row| row.try_get::<i64, _>("id")).collect()
     }
 
     async fn revoke_session(&self, id: i64, now: Millis) -> StoreResult<()> {
-        sqlx::query("UPDATE sessions SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+        db::query("UPDATE sessions SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
             .bind(now.0)
             .bind(id)
             .execute(&self.pool)
@@ -202,7 +199,7 @@ impl AccountStore for SqlStore {
         role: Role,
         now: Millis,
     ) -> StoreResult<Membership> {
-        let row = sqlx::query(
+        let row = db::query(
             "INSERT INTO memberships (project_id, user_id, role, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role \
              RETURNING project_id, user_id, role, created_at",
@@ -217,7 +214,7 @@ impl AccountStore for SqlStore {
     }
 
     async fn remove_membership(&self, project_id: i64, user_id: i64) -> StoreResult<()> {
-        let done = sqlx::query("DELETE FROM memberships WHERE project_id = $1 AND user_id = $2")
+        let done = db::query("DELETE FROM memberships WHERE project_id = $1 AND user_id = $2")
             .bind(project_id)
             .bind(user_id)
             .execute(&self.pool)
@@ -229,7 +226,7 @@ impl AccountStore for SqlStore {
     }
 
     async fn memberships_of_user(&self, user_id: i64) -> StoreResult<Vec<Membership>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT project_id, user_id, role, created_at FROM memberships WHERE user_id = $1 ORDER BY project_id",
         )
         .bind(user_id)
@@ -239,7 +236,7 @@ impl AccountStore for SqlStore {
     }
 
     async fn members_of_project(&self, project_id: i64) -> StoreResult<Vec<Membership>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT project_id, user_id, role, created_at FROM memberships WHERE project_id = $1 ORDER BY user_id",
         )
         .bind(project_id)
@@ -249,16 +246,14 @@ impl AccountStore for SqlStore {
     }
 
     async fn project_admins(&self, project_id: i64) -> StoreResult<Vec<i64>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT id FROM users WHERE disabled_at IS NULL AND (instance_admin = 1 OR id IN \
              (SELECT user_id FROM memberships WHERE project_id = $1 AND role = 'admin')) ORDER BY id",
         )
         .bind(project_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| Ok(row.try_get::<i64, _>(0)?))
-            .collect()
+        rows.iter().map(|row| row.try_get::<i64, _>(0)).collect()
     }
 
     async fn create_user_token(
@@ -267,7 +262,7 @@ impl AccountStore for SqlStore {
         token: &NewToken,
         now: Millis,
     ) -> StoreResult<TokenRecord> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "INSERT INTO tokens (project_id, kind, name, scopes, token_hash, display_prefix, created_at, user_id) \
              VALUES (NULL, 'user', $1, $2, $3, $4, $5, $6) RETURNING {}",
             rows::TOKEN_COLUMNS
@@ -284,7 +279,7 @@ impl AccountStore for SqlStore {
     }
 
     async fn user_tokens(&self, user_id: i64) -> StoreResult<Vec<TokenRecord>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "SELECT {} FROM tokens WHERE user_id = $1 ORDER BY id",
             rows::TOKEN_COLUMNS
         )))
@@ -300,7 +295,7 @@ impl AccountStore for SqlStore {
         token_id: i64,
         now: Millis,
     ) -> StoreResult<TokenRecord> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 AND user_id = $3 RETURNING {}",
             rows::TOKEN_COLUMNS
         )))
@@ -324,7 +319,7 @@ impl AccountStore for SqlStore {
         detail: Option<&str>,
         now: Millis,
     ) -> StoreResult<()> {
-        sqlx::query(
+        db::query(
             "INSERT INTO audit_log (at, actor, action, project_id, target, detail) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(now.0)
@@ -344,7 +339,7 @@ impl AccountStore for SqlStore {
         before: Option<i64>,
         limit: i64,
     ) -> StoreResult<Vec<AuditEntry>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT id, at, actor, action, project_id, target, detail FROM audit_log \
              WHERE ($1 IS NULL OR project_id = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
         )

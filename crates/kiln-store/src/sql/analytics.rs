@@ -6,9 +6,9 @@
 use async_trait::async_trait;
 use std::collections::{BTreeSet, HashMap};
 
+use super::db;
 use kiln_core::analytics::{Samples, StageSample};
 use kiln_core::{BuildStatus, Millis, StageStatus};
-use sqlx::Row;
 
 use super::analytics_days::{DayBuild, Plan, Span, assemble, decode_rows};
 use super::rows::corrupt;
@@ -280,6 +280,7 @@ async fn postgres_read(
     now: Millis,
     purpose: Purpose,
 ) -> StoreResult<Read> {
+    use sqlx::Row as _;
     let plan = Plan::new(filter, now, purpose == Purpose::KeepOnly);
     let mut transaction = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -322,7 +323,7 @@ async fn postgres_read(
         let (clause, binds) = span_clause(filter.project_id, span, filter_by);
         let [builds_sql, stages_sql, waits_sql] = span_reads(&clause);
         let query = |sql: String| {
-            let mut query = sqlx::query::<sqlx::Postgres>(trusted(sql));
+            let mut query = sqlx::query::<sqlx::Postgres>(sqlx::AssertSqlSafe(sql));
             for bind in &binds {
                 query = match bind {
                     Bind::Int(value) => query.bind(*value),
@@ -507,7 +508,7 @@ impl AnalyticsStore for SqlStore {
         } else {
             "b.command IS NULL AND $3 = ''"
         };
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "SELECT b.id, b.started_at, b.duration_ms, b.status FROM builds b \
              WHERE b.project_id = $1 AND {branch} AND {command} \
              AND b.status = 'success' AND b.duration_ms IS NOT NULL ORDER BY b.id DESC LIMIT $4"
@@ -539,7 +540,7 @@ impl AnalyticsStore for SqlStore {
             .map(|n| format!("${n}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut query = sqlx::query(trusted(format!(
+        let mut query = db::query(trusted(format!(
             "SELECT s.build_id, s.name, s.status, s.duration_ms FROM stages s \
              WHERE s.build_id IN ({list}) AND s.duration_ms IS NOT NULL"
         )));

@@ -2,10 +2,9 @@
 //! a project's builds with artifacts, manifests deleted in one transaction and blob rows
 //! forgotten only while no manifest row names them, verification rebuilds.
 
+use super::db::{self, Row};
 use async_trait::async_trait;
 use kiln_core::Millis;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use super::{SqlStore, trusted};
 use crate::{
@@ -25,7 +24,7 @@ fn count(value: Option<i64>) -> Option<u32> {
     value.map(|v| v.clamp(0, i64::from(u32::MAX)) as u32)
 }
 
-fn retention(row: &AnyRow) -> StoreResult<RetentionRecord> {
+fn retention(row: &Row) -> StoreResult<RetentionRecord> {
     Ok(RetentionRecord {
         project_id: row.try_get("project_id")?,
         keep_builds: count(row.try_get("keep_builds")?),
@@ -34,7 +33,7 @@ fn retention(row: &AnyRow) -> StoreResult<RetentionRecord> {
     })
 }
 
-fn blob(row: &AnyRow) -> StoreResult<BlobRecord> {
+fn blob(row: &Row) -> StoreResult<BlobRecord> {
     Ok(BlobRecord {
         sha256: row.try_get("sha256")?,
         size: row.try_get::<i64, _>("size")?.max(0) as u64,
@@ -49,7 +48,7 @@ const RETENTION_SELECT: &str =
 #[async_trait]
 impl ArtifactLifecycleStore for SqlStore {
     async fn artifact_retention(&self, project_id: i64) -> StoreResult<Option<RetentionRecord>> {
-        let row = sqlx::query(trusted(format!("{RETENTION_SELECT} WHERE project_id = $1")))
+        let row = db::query(trusted(format!("{RETENTION_SELECT} WHERE project_id = $1")))
             .bind(project_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -63,7 +62,7 @@ impl ArtifactLifecycleStore for SqlStore {
         keep_days: Option<u32>,
         now: Millis,
     ) -> StoreResult<RetentionRecord> {
-        sqlx::query(
+        db::query(
             "INSERT INTO artifact_retention (project_id, keep_builds, keep_days, updated_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (project_id) DO UPDATE SET \
              keep_builds = excluded.keep_builds, keep_days = excluded.keep_days, \
@@ -84,7 +83,7 @@ impl ArtifactLifecycleStore for SqlStore {
     }
 
     async fn retention_rules(&self) -> StoreResult<Vec<RetentionRecord>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "{RETENTION_SELECT} WHERE keep_builds IS NOT NULL OR keep_days IS NOT NULL \
              ORDER BY project_id"
         )))
@@ -94,7 +93,7 @@ impl ArtifactLifecycleStore for SqlStore {
     }
 
     async fn pin_build(&self, build_id: i64, pinned_by: &str, now: Millis) -> StoreResult<bool> {
-        let inserted = sqlx::query(
+        let inserted = db::query(
             "INSERT INTO build_pins (build_id, pinned_by, pinned_at) VALUES ($1, $2, $3) \
              ON CONFLICT (build_id) DO NOTHING",
         )
@@ -108,7 +107,7 @@ impl ArtifactLifecycleStore for SqlStore {
     }
 
     async fn unpin_build(&self, build_id: i64) -> StoreResult<bool> {
-        let deleted = sqlx::query("DELETE FROM build_pins WHERE build_id = $1")
+        let deleted = db::query("DELETE FROM build_pins WHERE build_id = $1")
             .bind(build_id)
             .execute(&self.pool)
             .await?
@@ -117,12 +116,11 @@ impl ArtifactLifecycleStore for SqlStore {
     }
 
     async fn build_pin(&self, build_id: i64) -> StoreResult<Option<PinRecord>> {
-        let row = sqlx::query(
-            "SELECT build_id, pinned_by, pinned_at FROM build_pins WHERE build_id = $1",
-        )
-        .bind(build_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            db::query("SELECT build_id, pinned_by, pinned_at FROM build_pins WHERE build_id = $1")
+                .bind(build_id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|row| {
             Ok(PinRecord {
                 build_id: row.try_get("build_id")?,
@@ -139,7 +137,7 @@ impl ArtifactLifecycleStore for SqlStore {
         // (the last known good one stays ready for a rollback), and the earlier build
         // whose deploy step a script rollback re-runs with its artifacts, while that
         // rollback runs or is live.
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT p.build_id AS id FROM build_pins p JOIN builds b ON b.id = p.build_id \
              WHERE b.project_id = $1 \
              UNION \
@@ -166,13 +164,11 @@ impl ArtifactLifecycleStore for SqlStore {
         .bind(project_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| Ok(row.try_get::<i64, _>("id")?))
-            .collect()
+        rows.iter().map(|row| row.try_get::<i64, _>("id")).collect()
     }
 
     async fn builds_with_artifacts(&self, project_id: i64) -> StoreResult<Vec<BuildArtifactUsage>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT b.id, b.run_id, b.number, b.branch, b.status, b.ended_at, \
              CAST(COUNT(*) AS BIGINT) AS files, CAST(SUM(a.size) AS BIGINT) AS bytes \
              FROM builds b JOIN artifacts a ON a.build_id = b.id WHERE b.project_id = $1 \
@@ -208,7 +204,7 @@ impl ArtifactLifecycleStore for SqlStore {
              AND NOT EXISTS (SELECT 1 FROM artifacts o WHERE o.sha256 = b.sha256 AND o.build_id NOT IN ({list})) \
              ORDER BY b.sha256"
         );
-        let mut query = sqlx::query(trusted(statement));
+        let mut query = db::query(trusted(statement));
         for id in build_ids {
             query = query.bind(*id);
         }
@@ -224,7 +220,7 @@ impl ArtifactLifecycleStore for SqlStore {
             "DELETE FROM artifacts WHERE build_id IN ({})",
             placeholders(1, build_ids.len())
         );
-        let mut query = sqlx::query(trusted(statement));
+        let mut query = db::query(trusted(statement));
         for id in build_ids {
             query = query.bind(*id);
         }
@@ -235,7 +231,7 @@ impl ArtifactLifecycleStore for SqlStore {
     }
 
     async fn unreferenced_blobs(&self, limit: i64) -> StoreResult<Vec<BlobRecord>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT b.sha256, b.size, b.md5, b.sha512 FROM artifact_blobs b \
              WHERE NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.sha256 = b.sha256) \
              ORDER BY b.created_at, b.sha256 LIMIT $1",
@@ -247,7 +243,7 @@ impl ArtifactLifecycleStore for SqlStore {
     }
 
     async fn forget_blob(&self, sha256: &str) -> StoreResult<bool> {
-        let deleted = sqlx::query(
+        let deleted = db::query(
             "DELETE FROM artifact_blobs WHERE sha256 = $1 \
              AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.sha256 = $1)",
         )
@@ -264,7 +260,7 @@ impl ArtifactLifecycleStore for SqlStore {
         rebuild_id: i64,
         now: Millis,
     ) -> StoreResult<()> {
-        sqlx::query(
+        db::query(
             "INSERT INTO build_verifications (build_id, rebuild_id, requested_at) \
              VALUES ($1, $2, $3) ON CONFLICT (build_id, rebuild_id) DO NOTHING",
         )
@@ -277,7 +273,7 @@ impl ArtifactLifecycleStore for SqlStore {
     }
 
     async fn latest_verification(&self, build_id: i64) -> StoreResult<Option<VerificationRecord>> {
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT v.build_id, v.rebuild_id, b.run_id, v.requested_at FROM build_verifications v \
              JOIN builds b ON b.id = v.rebuild_id WHERE v.build_id = $1 \
              ORDER BY v.rebuild_id DESC LIMIT 1",

@@ -2,10 +2,10 @@
 //! transaction (a path, once written, keeps its content), and a build's files read back
 //! with their digests.
 
+use super::db::{self, Row};
+use super::trusted;
 use async_trait::async_trait;
 use kiln_core::Millis;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use super::SqlStore;
 use crate::{ArtifactAdded, ArtifactRecord, ArtifactStore, BlobRecord, StoreResult};
@@ -13,7 +13,7 @@ use crate::{ArtifactAdded, ArtifactRecord, ArtifactStore, BlobRecord, StoreResul
 const SELECT: &str = "SELECT a.build_id, a.path, a.step, a.size, a.mode, a.sha256, a.created_at, \
      b.md5, b.sha512 FROM artifacts a JOIN artifact_blobs b ON b.sha256 = a.sha256";
 
-fn record(row: &AnyRow) -> StoreResult<ArtifactRecord> {
+fn record(row: &Row) -> StoreResult<ArtifactRecord> {
     Ok(ArtifactRecord {
         build_id: row.try_get("build_id")?,
         path: row.try_get("path")?,
@@ -27,7 +27,7 @@ fn record(row: &AnyRow) -> StoreResult<ArtifactRecord> {
     })
 }
 
-fn blob(row: &AnyRow) -> StoreResult<BlobRecord> {
+fn blob(row: &Row) -> StoreResult<BlobRecord> {
     Ok(BlobRecord {
         sha256: row.try_get("sha256")?,
         size: row.try_get::<i64, _>("size")?.max(0) as u64,
@@ -40,7 +40,7 @@ fn blob(row: &AnyRow) -> StoreResult<BlobRecord> {
 impl ArtifactStore for SqlStore {
     async fn add_artifact(&self, record: &ArtifactRecord) -> StoreResult<ArtifactAdded> {
         let mut transaction = self.pool.begin().await?;
-        sqlx::query(
+        db::query(
             "INSERT INTO artifact_blobs (sha256, size, md5, sha512, created_at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (sha256) DO NOTHING",
         )
@@ -51,7 +51,7 @@ impl ArtifactStore for SqlStore {
         .bind(record.created_at.0)
         .execute(&mut *transaction)
         .await?;
-        let inserted = sqlx::query(
+        let inserted = db::query(
             "INSERT INTO artifacts (build_id, path, step, size, mode, sha256, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (build_id, path) DO NOTHING",
         )
@@ -69,7 +69,7 @@ impl ArtifactStore for SqlStore {
             ArtifactAdded::Added
         } else {
             let existing: String =
-                sqlx::query("SELECT sha256 FROM artifacts WHERE build_id = $1 AND path = $2")
+                db::query("SELECT sha256 FROM artifacts WHERE build_id = $1 AND path = $2")
                     .bind(record.build_id)
                     .bind(record.path.clone())
                     .fetch_one(&mut *transaction)
@@ -86,7 +86,7 @@ impl ArtifactStore for SqlStore {
     }
 
     async fn remove_artifact(&self, build_id: i64, path: &str) -> StoreResult<bool> {
-        let removed = sqlx::query("DELETE FROM artifacts WHERE build_id = $1 AND path = $2")
+        let removed = db::query("DELETE FROM artifacts WHERE build_id = $1 AND path = $2")
             .bind(build_id)
             .bind(path.to_owned())
             .execute(&self.pool)
@@ -96,7 +96,7 @@ impl ArtifactStore for SqlStore {
     }
 
     async fn build_artifacts(&self, build_id: i64) -> StoreResult<Vec<ArtifactRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = db::query(trusted(format!(
             "{SELECT} WHERE a.build_id = $1 ORDER BY a.path"
         )))
         .bind(build_id)
@@ -110,7 +110,7 @@ impl ArtifactStore for SqlStore {
         build_id: i64,
         path: &str,
     ) -> StoreResult<Option<ArtifactRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = db::query(trusted(format!(
             "{SELECT} WHERE a.build_id = $1 AND a.path = $2"
         )))
         .bind(build_id)
@@ -125,7 +125,7 @@ impl ArtifactStore for SqlStore {
         build_id: i64,
         sha256: &str,
     ) -> StoreResult<Option<ArtifactRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = db::query(trusted(format!(
             "{SELECT} WHERE a.sha256 = $1 AND a.build_id = $2 ORDER BY a.path LIMIT 1"
         )))
         .bind(sha256.to_owned())
@@ -136,7 +136,7 @@ impl ArtifactStore for SqlStore {
     }
 
     async fn build_artifact_totals(&self, build_id: i64) -> StoreResult<(u64, u64)> {
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
              FROM artifacts WHERE build_id = $1",
         )
@@ -149,7 +149,7 @@ impl ArtifactStore for SqlStore {
 
     async fn artifact_blob(&self, sha256: &str) -> StoreResult<Option<BlobRecord>> {
         let row =
-            sqlx::query("SELECT sha256, size, md5, sha512 FROM artifact_blobs WHERE sha256 = $1")
+            db::query("SELECT sha256, size, md5, sha512 FROM artifact_blobs WHERE sha256 = $1")
                 .bind(sha256.to_owned())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -157,7 +157,7 @@ impl ArtifactStore for SqlStore {
     }
 
     async fn undigested_blobs(&self, limit: i64) -> StoreResult<Vec<BlobRecord>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT sha256, size, md5, sha512 FROM artifact_blobs WHERE md5 IS NULL \
              ORDER BY created_at LIMIT $1",
         )
@@ -168,7 +168,7 @@ impl ArtifactStore for SqlStore {
     }
 
     async fn set_blob_digests(&self, sha256: &str, md5: &str, sha512: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE artifact_blobs SET md5 = $1, sha512 = $2 WHERE sha256 = $3")
+        db::query("UPDATE artifact_blobs SET md5 = $1, sha512 = $2 WHERE sha256 = $3")
             .bind(md5.to_owned())
             .bind(sha512.to_owned())
             .bind(sha256.to_owned())

@@ -11,6 +11,7 @@ use std::time::Duration;
 use kiln_core::Millis;
 use kiln_core::predict::Sample;
 
+use super::db;
 use super::{COMMIT_CHANNEL, SqlStore, pg_ingest, rows, trusted};
 use crate::Engine;
 use crate::records::*;
@@ -18,7 +19,6 @@ use crate::{
     BuildFilter, BuildRecord, JobTally, PipelineKey, StoreError, StoreResult, StoredEvent,
 };
 use rows::{BUILD_SELECT, build_from_row};
-use sqlx::Row;
 
 /// `$first, $first+1, …` for `count` values.
 fn placeholders(first: usize, count: usize) -> String {
@@ -46,7 +46,7 @@ impl BuildStore for SqlStore {
     }
 
     async fn build_by_run_id(&self, run_id: &str) -> StoreResult<Option<BuildRecord>> {
-        let row = sqlx::query(trusted(format!("{BUILD_SELECT} WHERE b.run_id = $1")))
+        let row = db::query(trusted(format!("{BUILD_SELECT} WHERE b.run_id = $1")))
             .bind(run_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -85,10 +85,10 @@ impl BuildStore for SqlStore {
     }
 
     async fn max_event_id(&self) -> StoreResult<i64> {
-        let row = sqlx::query("SELECT value FROM kiln_counters WHERE name = 'event_id'")
+        let row = db::query("SELECT value FROM kiln_counters WHERE name = 'event_id'")
             .fetch_one(&self.pool)
             .await?;
-        Ok(sqlx::Row::try_get(&row, 0)?)
+        Ok(row.try_get(0)?)
     }
 
     async fn commit_signals(&self) -> StoreResult<Option<tokio::sync::watch::Receiver<i64>>> {
@@ -128,7 +128,7 @@ impl BuildStore for SqlStore {
         default_timeout_secs: i64,
         limit: i64,
     ) -> StoreResult<Vec<BuildRecord>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "{BUILD_SELECT} WHERE b.status = 'running' \
              AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id AND j.kind = 'agent') \
              AND b.last_event_at + COALESCE(b.heartbeat_timeout_secs, $1) * 1000 <= $2 \
@@ -156,7 +156,7 @@ impl BuildStore for SqlStore {
              AND ($3 IS NULL OR b.status = $3) AND ($4 IS NULL OR b.id < $4){project_set} \
              ORDER BY b.id DESC LIMIT $5"
         );
-        let mut query = sqlx::query(trusted(statement))
+        let mut query = db::query(trusted(statement))
             .bind(filter.project_id)
             .bind(filter.branch.as_deref())
             .bind(filter.status.map(|s| s.as_str()))
@@ -206,7 +206,7 @@ impl BuildStore for SqlStore {
             })
             .collect();
         let statement = format!("{} ORDER BY k, id DESC", parts.join(" UNION ALL "));
-        let mut query = sqlx::query(trusted(statement)).bind(per_key);
+        let mut query = db::query(trusted(statement)).bind(per_key);
         for key in keys {
             query = query
                 .bind(key.project_id)
@@ -216,10 +216,10 @@ impl BuildStore for SqlStore {
         let rows = query.fetch_all(&self.pool).await?;
         let mut durations: HashMap<usize, Vec<Sample>> = HashMap::new();
         for row in &rows {
-            let index: i64 = sqlx::Row::try_get(row, "k")?;
+            let index: i64 = row.try_get("k")?;
             durations.entry(index as usize).or_default().push(Sample {
-                started_at: Millis(sqlx::Row::try_get(row, "started_at")?),
-                duration_ms: sqlx::Row::try_get(row, "duration_ms")?,
+                started_at: Millis(row.try_get("started_at")?),
+                duration_ms: row.try_get("duration_ms")?,
             });
         }
         let mut found: Vec<(PipelineKey, Vec<Sample>)> = durations
@@ -233,7 +233,7 @@ impl BuildStore for SqlStore {
 
     async fn latest_events(&self, build_id: i64, limit: i64) -> StoreResult<Vec<StoredEvent>> {
         // Walks the `(build_id, seq)` unique index backwards.
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
              WHERE build_id = $1 ORDER BY seq DESC LIMIT $2",
         )
@@ -253,7 +253,7 @@ impl BuildStore for SqlStore {
              WHERE seq = 1 AND build_id IN ({}) ORDER BY id",
             placeholders(1, build_ids.len())
         );
-        let mut query = sqlx::query(trusted(statement));
+        let mut query = db::query(trusted(statement));
         for id in build_ids {
             query = query.bind(*id);
         }
@@ -271,7 +271,7 @@ impl BuildStore for SqlStore {
              CAST(COUNT(*) AS BIGINT) AS total FROM jobs WHERE build_id IN ({}) AND kind = 'agent' GROUP BY build_id",
             placeholders(1, build_ids.len())
         );
-        let mut query = sqlx::query(trusted(statement));
+        let mut query = db::query(trusted(statement));
         for id in build_ids {
             query = query.bind(*id);
         }

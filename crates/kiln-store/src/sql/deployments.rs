@@ -5,15 +5,14 @@
 //! the deployment deployed (or records the rollback). Every transaction's first statement
 //! writes, so SQLite takes its write lock at once.
 
+use super::db::{self, Row};
+use super::trusted;
 use async_trait::async_trait;
 use kiln_core::Millis;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use super::SqlStore;
 use crate::{
-    DeploymentRecord, DeploymentStore, EnvironmentRecord, NewDeployment, ServedRelease, StoreError,
-    StoreResult,
+    DeploymentRecord, DeploymentStore, EnvironmentRecord, NewDeployment, ServedRelease, StoreResult,
 };
 
 const SELECT: &str = "SELECT d.id, d.project_id, d.environment_id, e.name AS environment, \
@@ -24,7 +23,7 @@ const SELECT: &str = "SELECT d.id, d.project_id, d.environment_id, e.name AS env
      JOIN builds b ON b.id = d.build_id \
      LEFT JOIN deployments o ON o.id = d.rollback_of LEFT JOIN builds ob ON ob.id = o.build_id";
 
-fn deployment(row: &AnyRow) -> StoreResult<DeploymentRecord> {
+fn deployment(row: &Row) -> StoreResult<DeploymentRecord> {
     Ok(DeploymentRecord {
         id: row.try_get("id")?,
         project_id: row.try_get("project_id")?,
@@ -50,7 +49,7 @@ fn deployment(row: &AnyRow) -> StoreResult<DeploymentRecord> {
     })
 }
 
-fn environment(row: &AnyRow) -> StoreResult<EnvironmentRecord> {
+fn environment(row: &Row) -> StoreResult<EnvironmentRecord> {
     Ok(EnvironmentRecord {
         id: row.try_get("id")?,
         project_id: row.try_get("project_id")?,
@@ -63,12 +62,12 @@ fn environment(row: &AnyRow) -> StoreResult<EnvironmentRecord> {
 
 impl SqlStore {
     async fn environment_id(
-        connection: &mut sqlx::AnyConnection,
+        connection: &mut db::Conn,
         project_id: i64,
         name: &str,
         now: Millis,
     ) -> StoreResult<i64> {
-        sqlx::query(
+        db::query(
             "INSERT INTO environments (project_id, name, current_deployment_id, version, created_at) \
              VALUES ($1, $2, NULL, 0, $3) ON CONFLICT (project_id, name) DO NOTHING",
         )
@@ -77,14 +76,12 @@ impl SqlStore {
         .bind(now.0)
         .execute(&mut *connection)
         .await?;
-        Ok(
-            sqlx::query("SELECT id FROM environments WHERE project_id = $1 AND name = $2")
-                .bind(project_id)
-                .bind(name.to_owned())
-                .fetch_one(&mut *connection)
-                .await?
-                .try_get("id")?,
-        )
+        db::query("SELECT id FROM environments WHERE project_id = $1 AND name = $2")
+            .bind(project_id)
+            .bind(name.to_owned())
+            .fetch_one(&mut *connection)
+            .await?
+            .try_get("id")
     }
 }
 
@@ -98,7 +95,7 @@ impl DeploymentStore for SqlStore {
         let mut transaction = self.pool.begin().await?;
         let environment_id =
             Self::environment_id(&mut transaction, new.project_id, &new.environment, now).await?;
-        sqlx::query(
+        db::query(
             "INSERT INTO deployments (project_id, environment_id, build_id, step, publish_dir, \
              url, status, requested_by, rollback_of, created_at, follows_build) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1) ON CONFLICT DO NOTHING",
@@ -118,7 +115,7 @@ impl DeploymentStore for SqlStore {
         // Whoever asked is known to the trigger's call; another (a claim, the periodic
         // pass) may have recorded the deployment first without it.
         if let Some(requested_by) = &new.requested_by {
-            sqlx::query(
+            db::query(
                 "UPDATE deployments SET requested_by = $1 WHERE build_id = $2 \
                  AND environment_id = $3 AND follows_build = 1 AND requested_by IS NULL",
             )
@@ -128,7 +125,7 @@ impl DeploymentStore for SqlStore {
             .execute(&mut *transaction)
             .await?;
         }
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = db::query(trusted(format!(
             "{SELECT} WHERE d.build_id = $1 AND d.environment_id = $2 AND d.follows_build = 1"
         )))
         .bind(new.build_id)
@@ -149,7 +146,7 @@ impl DeploymentStore for SqlStore {
         now: Millis,
     ) -> StoreResult<bool> {
         let terminal = matches!(to, "failed" | "cancelled" | "deployed");
-        let changed = sqlx::query(
+        let changed = db::query(
             "UPDATE deployments SET status = $1, message = COALESCE($2, message), \
              finished_at = CASE WHEN $3 = 1 THEN $4 ELSE finished_at END \
              WHERE id = $5 AND status = $6",
@@ -168,7 +165,7 @@ impl DeploymentStore for SqlStore {
 
     async fn publish_deployment(&self, id: i64, from: &str, now: Millis) -> StoreResult<bool> {
         let mut transaction = self.pool.begin().await?;
-        let changed = sqlx::query(
+        let changed = db::query(
             "UPDATE deployments SET status = 'deployed', finished_at = $1, \
              replaces = (SELECT e.current_deployment_id FROM environments e \
                          WHERE e.id = deployments.environment_id) \
@@ -184,7 +181,7 @@ impl DeploymentStore for SqlStore {
             transaction.rollback().await?;
             return Ok(false);
         }
-        sqlx::query(
+        db::query(
             "UPDATE environments SET current_deployment_id = $1, version = version + 1 \
              WHERE id = (SELECT environment_id FROM deployments WHERE id = $1)",
         )
@@ -204,7 +201,7 @@ impl DeploymentStore for SqlStore {
         let mut transaction = self.pool.begin().await?;
         // Taking the environment row first (a write) orders concurrent rollbacks and
         // publishes; the compare on the current deployment refuses a stale request.
-        let held = sqlx::query(
+        let held = db::query(
             "UPDATE environments SET version = version + 1 WHERE project_id = $1 AND name = $2 \
              AND COALESCE(current_deployment_id, 0) = $3",
         )
@@ -219,13 +216,13 @@ impl DeploymentStore for SqlStore {
             return Ok(None);
         }
         let environment_id: i64 =
-            sqlx::query("SELECT id FROM environments WHERE project_id = $1 AND name = $2")
+            db::query("SELECT id FROM environments WHERE project_id = $1 AND name = $2")
                 .bind(new.project_id)
                 .bind(new.environment.clone())
                 .fetch_one(&mut *transaction)
                 .await?
                 .try_get("id")?;
-        let id: i64 = sqlx::query(
+        let id: i64 = db::query(
             "INSERT INTO deployments (project_id, environment_id, build_id, step, publish_dir, \
              url, status, requested_by, rollback_of, replaces, created_at, finished_at, \
              follows_build) \
@@ -246,13 +243,13 @@ impl DeploymentStore for SqlStore {
         .await?
         .try_get("id")?;
         if new.status == "deployed" {
-            sqlx::query("UPDATE environments SET current_deployment_id = $1 WHERE id = $2")
+            db::query("UPDATE environments SET current_deployment_id = $1 WHERE id = $2")
                 .bind(id)
                 .bind(environment_id)
                 .execute(&mut *transaction)
                 .await?;
         }
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE d.id = $1")))
+        let row = db::query(trusted(format!("{SELECT} WHERE d.id = $1")))
             .bind(id)
             .fetch_one(&mut *transaction)
             .await?;
@@ -262,7 +259,7 @@ impl DeploymentStore for SqlStore {
     }
 
     async fn deployment(&self, id: i64) -> StoreResult<Option<DeploymentRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE d.id = $1")))
+        let row = db::query(trusted(format!("{SELECT} WHERE d.id = $1")))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -270,7 +267,7 @@ impl DeploymentStore for SqlStore {
     }
 
     async fn deployments_of_build(&self, build_id: i64) -> StoreResult<Vec<DeploymentRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = db::query(trusted(format!(
             "{SELECT} WHERE d.build_id = $1 AND d.follows_build = 1 ORDER BY d.id"
         )))
         .bind(build_id)
@@ -280,7 +277,7 @@ impl DeploymentStore for SqlStore {
     }
 
     async fn builds_with_active_deployments(&self, limit: i64) -> StoreResult<Vec<i64>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT DISTINCT build_id FROM deployments \
              WHERE status IN ('queued', 'cloning', 'building', 'uploading') \
              ORDER BY build_id LIMIT $1",
@@ -288,9 +285,7 @@ impl DeploymentStore for SqlStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| row.try_get("build_id").map_err(StoreError::from))
-            .collect()
+        rows.iter().map(|row| row.try_get("build_id")).collect()
     }
 
     async fn list_deployments(
@@ -300,7 +295,7 @@ impl DeploymentStore for SqlStore {
         before: Option<i64>,
         limit: i64,
     ) -> StoreResult<Vec<DeploymentRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = db::query(trusted(format!(
             "{SELECT} WHERE d.project_id = $1 AND ($2 = '' OR e.name = $2) AND d.id < $3 \
              ORDER BY d.id DESC LIMIT $4"
         )))
@@ -314,7 +309,7 @@ impl DeploymentStore for SqlStore {
     }
 
     async fn list_environments(&self, project_id: i64) -> StoreResult<Vec<EnvironmentRecord>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT id, project_id, name, current_deployment_id, version, created_at \
              FROM environments WHERE project_id = $1 ORDER BY name",
         )
@@ -329,7 +324,7 @@ impl DeploymentStore for SqlStore {
         project_id: i64,
         name: &str,
     ) -> StoreResult<Option<EnvironmentRecord>> {
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT id, project_id, name, current_deployment_id, version, created_at \
              FROM environments WHERE project_id = $1 AND name = $2",
         )
@@ -345,7 +340,7 @@ impl DeploymentStore for SqlStore {
         project_slug: &str,
         environment: &str,
     ) -> StoreResult<Option<ServedRelease>> {
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT e.id AS environment_id, e.version, d.id AS deployment_id, d.build_id, \
              d.publish_dir FROM projects p \
              JOIN environments e ON e.project_id = p.id AND e.name = $2 \

@@ -20,9 +20,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::db::{self, Tx};
 use kiln_core::jobs::JobPlan;
 use kiln_core::{Applied, BuildState, JobState, Millis, NewEvent, RunId};
-use sqlx::{Any, Transaction};
 
 use super::trusted;
 use crate::StoreResult;
@@ -50,8 +50,6 @@ fn chunks<T>(items: &[T]) -> Vec<&[T]> {
     }
     slices
 }
-
-type Tx = Transaction<'static, Any>;
 
 #[derive(Clone)]
 pub(super) struct WorkingBuild {
@@ -380,7 +378,7 @@ fn outcome(
 }
 
 /// Progress is kept as an integer (hundredths of a percent) so both engines store it
-/// exactly and no float crosses the `Any` driver.
+/// exactly.
 pub(super) fn progress_to_hundredths(progress: f64) -> i64 {
     (progress * 100.0).round() as i64
 }
@@ -483,7 +481,7 @@ pub(super) async fn insert_jobs(transaction: &mut Tx, job_rows: &[JobRow<'_>]) -
             "INSERT INTO jobs ({JOB_COLUMNS}) VALUES {} {JOB_CONFLICT}",
             row_placeholders(chunk.len(), JOB_COLUMN_COUNT)
         );
-        let mut query = sqlx::query(trusted(sql));
+        let mut query = db::query(trusted(sql));
         for job in chunk {
             query = query
                 .bind(job.build_id)

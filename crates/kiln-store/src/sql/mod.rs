@@ -1,15 +1,15 @@
-//! `SqlStore`: the `Store` implementation for SQLite and PostgreSQL over sqlx's `Any`,
-//! one area trait per file (`projects`, `builds`, `queue`, `accounts`, `notifications`,
-//! `webhooks`, `secrets`); this module holds the connection set-up.
+//! `SqlStore`: the `Store` implementation for SQLite and PostgreSQL, each on its native
+//! driver through `db` (rusqlite on SQLite, sqlx's PostgreSQL driver on PostgreSQL), one
+//! area trait per file (`projects`, `builds`, `queue`, `accounts`, `notifications`,
+//! `webhooks`, `secrets`, …); this module holds the connection set-up.
 //!
 //! Statements use `$N` placeholders, which both engines accept, and only types both
 //! share (BIGINT, DOUBLE PRECISION, TEXT). Ingest transactions begin with a write to the
 //! `kiln_counters` row, which serialises them across connections and replicas.
 //!
-//! Ingest on SQLite does not go through sqlx: `sqlite_writer` runs it on a dedicated
-//! thread with its own rusqlite connection (same file, same pragmas), `BEGIN IMMEDIATE`,
-//! sharing the transaction's logic and statement text with the PostgreSQL path in
-//! `ingest`.
+//! On SQLite every write runs on one thread (`sqlite_writer`: ingest with its own
+//! statements, every other write through `db`), reads on a few read-only connections.
+//! PostgreSQL ingest runs in `pg_ingest` with array binds; the rest through `db`.
 
 mod accounts;
 mod analytics;
@@ -17,6 +17,7 @@ mod analytics_days;
 mod artifact_lifecycle;
 mod artifacts;
 mod builds;
+pub(crate) mod db;
 mod deployments;
 mod ingest;
 mod notifications;
@@ -32,23 +33,25 @@ mod test_results;
 mod webhooks;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::Executor;
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 
+use db::Db;
+pub(crate) use db::trusted;
 use outage::GuardedPool;
 
 use crate::records::*;
 use crate::{Engine, StoreError, StoreResult};
 
 pub struct SqlStore {
-    /// Reads and administrative writes; answers fast while the database is known down
-    /// (`outage`).
-    pool: GuardedPool<sqlx::Any>,
+    /// Reads and administrative writes on the engine's native connections; on
+    /// PostgreSQL it answers fast while the database is known down (`outage`).
+    pool: Db,
     engine: Engine,
-    /// SQLite only: the thread that runs every ingest transaction.
-    writer: Option<sqlite_writer::SqliteWriter>,
+    /// SQLite only: the thread that runs every write.
+    writer: Option<Arc<sqlite_writer::SqliteWriter>>,
     /// PostgreSQL only: native connections for the statements that bind arrays (ingest
     /// in `pg_ingest`, webhook attempts), whose text stays the same whatever the batch,
     /// so each is prepared once per connection.
@@ -66,9 +69,9 @@ pub struct SqlStore {
     /// cost a claim ~0.5 ms of planning against ~0.1 ms of execution, at every claim of
     /// every waiting agent. Claims on a replica run one at a time anyway (the
     /// scheduler's lock); an error drops the connection and the next claim takes another.
-    claim_connection: tokio::sync::Mutex<Option<sqlx::AnyConnection>>,
+    claim_connection: tokio::sync::Mutex<Option<db::Conn>>,
     /// SQLite only: the database file, for reads that return many rows (analytics) over
-    /// a read-only rusqlite connection instead of sqlx's `Any` row decoding.
+    /// a read-only rusqlite connection of their own.
     sqlite_path: Option<std::path::PathBuf>,
 }
 
@@ -81,11 +84,6 @@ impl std::fmt::Debug for SqlStore {
             .field("engine", &self.engine)
             .finish()
     }
-}
-
-/// Marks a statement assembled only from this crate's constants, never from input.
-pub(crate) fn trusted(sql: String) -> sqlx::AssertSqlSafe<String> {
-    sqlx::AssertSqlSafe(sql)
 }
 
 pub(crate) fn wall_clock_ms() -> i64 {
@@ -111,103 +109,92 @@ pub fn engine_of(database_url: &str) -> StoreResult<Engine> {
 
 impl SqlStore {
     pub async fn connect(database_url: &str) -> StoreResult<Self> {
-        sqlx::any::install_default_drivers();
         let engine = engine_of(database_url)?;
-        let url = match engine {
-            Engine::Sqlite if !database_url.contains("mode=") => {
-                let separator = if database_url.contains('?') { '&' } else { '?' };
-                format!("{database_url}{separator}mode=rwc")
-            }
-            _ => database_url.to_owned(),
-        };
-        let options = AnyConnectOptions::from_str(&url)?;
-        let pool_options = AnyPoolOptions::new()
-            .max_connections(match engine {
-                Engine::Sqlite => 8,
-                Engine::Postgres => 16,
-            })
+        match engine {
+            Engine::Sqlite => Self::connect_sqlite(database_url).await,
+            Engine::Postgres => Self::connect_postgres(database_url).await,
+        }
+    }
+
+    async fn connect_sqlite(database_url: &str) -> StoreResult<Self> {
+        let path = crate::backup::sqlite_path_of(database_url).ok_or_else(|| {
+            StoreError::Unavailable(format!(
+                "no file in the SQLite URL '{database_url}': use sqlite://PATH"
+            ))
+        })?;
+        if path == std::path::Path::new(":memory:") {
+            return Err(StoreError::Unavailable(
+                "in-memory SQLite is not supported (every connection would see another \
+                 database): use sqlite://PATH"
+                    .into(),
+            ));
+        }
+        // WAL lets readers run beside the single writer; FULL makes a commit durable
+        // across power loss before the client is answered (group commit amortises the
+        // fsync). See docs/operations.md and `sqlite_writer::open`.
+        let writer = Arc::new(sqlite_writer::SqliteWriter::start(&path)?);
+        let pool = Db::Sqlite(db::SqliteDb::start(&path, writer.clone())?);
+        let mut connection = pool.connection().await?;
+        crate::migrations::run(&mut connection, Engine::Sqlite).await?;
+        drop(connection);
+        Ok(Self {
+            pool,
+            engine: Engine::Sqlite,
+            writer: Some(writer),
+            native_pool: None,
+            database_url: database_url.to_owned(),
+            health: tokio::sync::Mutex::new(None),
+            claim_connection: tokio::sync::Mutex::new(None),
+            sqlite_path: Some(path),
+        })
+    }
+
+    async fn connect_postgres(url: &str) -> StoreResult<Self> {
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(16)
             // While the database answers; `outage` shortens it while it is known down.
             .acquire_timeout(Duration::from_secs(10))
-            // No ping before every use (a round trip per query on PostgreSQL): a broken
-            // connection fails its query, the caller gets a retryable 503, and the pool
-            // replaces the connection.
-            .test_before_acquire(false);
-        let pool_options = if engine == Engine::Sqlite {
-            pool_options.after_connect(|connection, _meta| {
-                Box::pin(async move {
-                    // WAL lets readers run beside the single writer; FULL makes a commit
-                    // durable across power loss before the client is answered (group
-                    // commit amortises the fsync). See docs/operations.md.
-                    for pragma in [
-                        "PRAGMA journal_mode = WAL",
-                        "PRAGMA synchronous = FULL",
-                        "PRAGMA busy_timeout = 10000",
-                        "PRAGMA foreign_keys = ON",
-                    ] {
-                        connection.execute(pragma).await?;
-                    }
-                    Ok(())
-                })
-            })
-        } else {
-            pool_options.after_connect(|connection, _meta| {
+            // No ping before every use (a round trip per query): a broken connection
+            // fails its query, the caller gets a retryable 503, and the pool replaces it.
+            .test_before_acquire(false)
+            .after_connect(|connection, _meta| {
                 Box::pin(async move {
                     // Plan every execution with its actual values. Prepared statements
                     // otherwise switch to a generic plan after five runs, and for the
-                    // ingest lookups (`run_id IN (…)`, `(build_id, client_event_id) IN
-                    // (VALUES …)`) and the optional filters of the read queries that plan
-                    // was a hash join over a sequential scan of events: a commit's cost
-                    // grew with the table.
+                    // optional filters of the read queries that plan was a hash join
+                    // over a sequential scan of events: a read's cost grew with the table.
                     connection
                         .execute("SET plan_cache_mode = force_custom_plan")
                         .await?;
                     Ok(())
                 })
             })
-        };
-        let pool = pool_options.connect_with(options).await?;
-        let mut connection = pool.acquire().await?;
-        crate::migrations::run(&mut connection, engine).await?;
-        drop(connection);
-        let pool = GuardedPool::new(pool);
-        let mut sqlite_path = None;
-        let writer = match engine {
-            Engine::Sqlite => {
-                let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?;
-                sqlite_path = Some(options.get_filename().to_path_buf());
-                if options.get_filename() == std::path::Path::new(":memory:") {
-                    return Err(StoreError::Unavailable(
-                        "in-memory SQLite is not supported (every connection would see another \
-                         database): use sqlite://PATH"
-                            .into(),
-                    ));
-                }
-                Some(sqlite_writer::SqliteWriter::start(options.get_filename())?)
-            }
-            Engine::Postgres => None,
-        };
-        let native_pool = match engine {
-            Engine::Sqlite => None,
-            Engine::Postgres => Some(GuardedPool::new(
-                // Ingest transactions run one at a time (they all lock the event-id
-                // counter); the others serve the webhook sender's attempt batches.
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .test_before_acquire(false)
-                    .connect_with(sqlx::postgres::PgConnectOptions::from_str(&url)?)
-                    .await?,
-            )),
-        };
+            .connect_with(options.clone())
+            .await?;
+        let pool = Db::Postgres(GuardedPool::new(pool));
+        let mut connection = pool.connection().await?;
+        crate::migrations::run(&mut connection, Engine::Postgres).await?;
+        connection.close().await;
+        // Ingest transactions run one at a time (they all lock the event-id counter); the
+        // others serve the webhook sender's attempt batches and analytics reads.
+        let native_pool = GuardedPool::new(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(10))
+                .test_before_acquire(false)
+                .connect_with(options)
+                .await?,
+        );
         Ok(Self {
             pool,
-            engine,
-            writer,
-            native_pool,
-            database_url: url,
+            engine: Engine::Postgres,
+            writer: None,
+            native_pool: Some(native_pool),
+            database_url: url.to_owned(),
             health: tokio::sync::Mutex::new(None),
             claim_connection: tokio::sync::Mutex::new(None),
-            sqlite_path,
+            sqlite_path: None,
         })
     }
 
@@ -220,7 +207,7 @@ impl SqlStore {
         after_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<StoredEvent>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
              WHERE {column} = $1 AND id > $2 ORDER BY id LIMIT $3"
         )))
@@ -235,7 +222,7 @@ impl SqlStore {
     /// Closes the pools; in-flight queries finish first.
     pub async fn close(&self) {
         if let Some(connection) = self.claim_connection.lock().await.take() {
-            let _ = sqlx::Connection::close(connection).await;
+            connection.close().await;
         }
         if let Some(pool) = &self.native_pool {
             pool.close().await;

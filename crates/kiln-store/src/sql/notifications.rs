@@ -4,11 +4,10 @@
 //! use `ON CONFLICT DO NOTHING`: replaying events (after a crash, or by a second
 //! replica's notifier) never notifies anyone twice.
 
+use super::db::{self, Row};
 use crate::NotificationStore;
 use async_trait::async_trait;
 use kiln_core::Millis;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use super::{SqlStore, trusted};
 use crate::notifications::*;
@@ -26,7 +25,7 @@ fn kind_from_column(value: &str) -> StoreResult<NotificationKind> {
     })
 }
 
-fn notification_from_row(row: &AnyRow) -> StoreResult<NotificationRecord> {
+fn notification_from_row(row: &Row) -> StoreResult<NotificationRecord> {
     Ok(NotificationRecord {
         id: row.try_get("id")?,
         user_id: row.try_get("user_id")?,
@@ -44,7 +43,7 @@ fn notification_from_row(row: &AnyRow) -> StoreResult<NotificationRecord> {
     })
 }
 
-fn mute_from_row(row: &AnyRow) -> StoreResult<NotificationMute> {
+fn mute_from_row(row: &Row) -> StoreResult<NotificationMute> {
     Ok(NotificationMute {
         id: row.try_get("id")?,
         user_id: row.try_get("user_id")?,
@@ -85,7 +84,7 @@ impl NotificationStore for SqlStore {
         for &user_id in recipients {
             // The WHERE clause applies the user's mutes; on SQLite it also lets the
             // parser tell the upsert clause from a join constraint.
-            let id: Option<i64> = sqlx::query_scalar(
+            let id: Option<i64> = db::query_scalar(
                 "INSERT INTO notifications (user_id, project_id, build_id, run_id, event_id, kind, title, body, created_at) \
                  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE NOT EXISTS ( \
                    SELECT 1 FROM notification_mutes WHERE user_id = $1 \
@@ -105,7 +104,7 @@ impl NotificationStore for SqlStore {
             .await?;
             let Some(id) = id else { continue };
             if delivery == Delivery::InboxAndEmail {
-                sqlx::query(
+                db::query(
                     "INSERT INTO notification_emails (notification_id, recipient, subject, body, attempts, next_attempt_at, created_at) \
                      SELECT n.id, u.email, n.title, n.body, 0, $2, $2 FROM notifications n \
                      JOIN users u ON u.id = n.user_id WHERE n.id = $1 \
@@ -126,7 +125,7 @@ impl NotificationStore for SqlStore {
         &self,
         filter: &NotificationFilter,
     ) -> StoreResult<Vec<NotificationRecord>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "{NOTIFICATION_SELECT} WHERE n.user_id = $1 \
              AND ($2 < 0 OR ($2 = 1 AND n.read_at IS NULL) OR ($2 = 0 AND n.read_at IS NOT NULL)) \
              AND ($3 < 0 OR ($3 = 1 AND n.archived_at IS NOT NULL) OR ($3 = 0 AND n.archived_at IS NULL)) \
@@ -148,7 +147,7 @@ impl NotificationStore for SqlStore {
         id: i64,
         now: Millis,
     ) -> StoreResult<NotificationRecord> {
-        sqlx::query(
+        db::query(
             "UPDATE notifications SET read_at = COALESCE(read_at, $1) WHERE id = $2 AND user_id = $3",
         )
         .bind(now.0)
@@ -160,7 +159,7 @@ impl NotificationStore for SqlStore {
     }
 
     async fn mark_all_notifications_read(&self, user_id: i64, now: Millis) -> StoreResult<u64> {
-        let done = sqlx::query(
+        let done = db::query(
             "UPDATE notifications SET read_at = $1 WHERE user_id = $2 AND read_at IS NULL AND archived_at IS NULL",
         )
         .bind(now.0)
@@ -176,7 +175,7 @@ impl NotificationStore for SqlStore {
         id: i64,
         now: Millis,
     ) -> StoreResult<NotificationRecord> {
-        sqlx::query(
+        db::query(
             "UPDATE notifications SET archived_at = COALESCE(archived_at, $1) WHERE id = $2 AND user_id = $3",
         )
         .bind(now.0)
@@ -188,7 +187,7 @@ impl NotificationStore for SqlStore {
     }
 
     async fn archive_notifications_before(&self, cutoff: Millis, now: Millis) -> StoreResult<u64> {
-        let done = sqlx::query(
+        let done = db::query(
             "UPDATE notifications SET archived_at = $1 WHERE archived_at IS NULL AND created_at < $2",
         )
         .bind(now.0)
@@ -199,7 +198,7 @@ impl NotificationStore for SqlStore {
     }
 
     async fn notification_stats(&self, user_id: i64) -> StoreResult<NotificationStats> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT kind, COUNT(*) AS unread FROM notifications \
              WHERE user_id = $1 AND read_at IS NULL AND archived_at IS NULL GROUP BY kind ORDER BY kind",
         )
@@ -226,7 +225,7 @@ impl NotificationStore for SqlStore {
         if let Some(mute) = self.find_mute(user_id, project_id, kind).await? {
             return Ok(mute);
         }
-        let inserted = sqlx::query(
+        let inserted = db::query(
             "INSERT INTO notification_mutes (user_id, project_id, kind, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(user_id)
@@ -235,7 +234,7 @@ impl NotificationStore for SqlStore {
         .bind(now.0)
         .execute(&self.pool)
         .await;
-        match inserted.map_err(StoreError::from) {
+        match inserted {
             // Added concurrently by another request: the mute exists, as asked.
             Ok(_) | Err(StoreError::Conflict(_)) => {}
             Err(error) => return Err(error),
@@ -251,7 +250,7 @@ impl NotificationStore for SqlStore {
         project_id: Option<i64>,
         kind: Option<NotificationKind>,
     ) -> StoreResult<()> {
-        let done = sqlx::query(
+        let done = db::query(
             "DELETE FROM notification_mutes WHERE user_id = $1 AND COALESCE(project_id, 0) = $2 AND COALESCE(kind, '') = $3",
         )
         .bind(user_id)
@@ -266,7 +265,7 @@ impl NotificationStore for SqlStore {
     }
 
     async fn notification_mutes(&self, user_id: i64) -> StoreResult<Vec<NotificationMute>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "{MUTE_SELECT} WHERE m.user_id = $1 ORDER BY m.id"
         )))
         .bind(user_id)
@@ -277,7 +276,7 @@ impl NotificationStore for SqlStore {
 
     async fn notifier_cursor(&self) -> StoreResult<i64> {
         let value: Option<i64> =
-            sqlx::query_scalar("SELECT value FROM kiln_counters WHERE name = 'notifier_cursor'")
+            db::query_scalar("SELECT value FROM kiln_counters WHERE name = 'notifier_cursor'")
                 .fetch_optional(&self.pool)
                 .await?;
         value.ok_or(StoreError::NotFound("notifier cursor"))
@@ -298,7 +297,7 @@ impl NotificationStore for SqlStore {
                 })
                 .await;
         }
-        let done = sqlx::query(ADVANCE)
+        let done = db::query(ADVANCE)
             .bind(to)
             .bind(from)
             .execute(&self.pool)
@@ -314,7 +313,7 @@ impl NotificationStore for SqlStore {
     ) -> StoreResult<Vec<OutboxEmail>> {
         // The conditions are repeated outside the subquery so that PostgreSQL re-checks
         // them on a row another replica claimed meanwhile: each attempt has one sender.
-        let rows = sqlx::query(
+        let rows = db::query(
             "UPDATE notification_emails SET next_attempt_at = $1, attempts = attempts + 1 \
              WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $2 AND id IN ( \
                SELECT id FROM notification_emails WHERE sent_at IS NULL AND failed_at IS NULL \
@@ -344,7 +343,7 @@ impl NotificationStore for SqlStore {
     }
 
     async fn email_sent(&self, id: i64, now: Millis) -> StoreResult<()> {
-        sqlx::query("UPDATE notification_emails SET sent_at = $1, last_error = NULL WHERE id = $2")
+        db::query("UPDATE notification_emails SET sent_at = $1, last_error = NULL WHERE id = $2")
             .bind(now.0)
             .bind(id)
             .execute(&self.pool)
@@ -361,7 +360,7 @@ impl NotificationStore for SqlStore {
     ) -> StoreResult<()> {
         match retry_at {
             Some(retry_at) => {
-                sqlx::query(
+                db::query(
                     "UPDATE notification_emails SET next_attempt_at = $1, last_error = $2 WHERE id = $3 AND sent_at IS NULL",
                 )
                 .bind(retry_at.0)
@@ -371,7 +370,7 @@ impl NotificationStore for SqlStore {
                 .await?;
             }
             None => {
-                sqlx::query(
+                db::query(
                     "UPDATE notification_emails SET failed_at = $1, last_error = $2 WHERE id = $3 AND sent_at IS NULL",
                 )
                 .bind(now.0)
@@ -387,7 +386,7 @@ impl NotificationStore for SqlStore {
 
 impl SqlStore {
     async fn notification_of_user(&self, user_id: i64, id: i64) -> StoreResult<NotificationRecord> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "{NOTIFICATION_SELECT} WHERE n.id = $1 AND n.user_id = $2"
         )))
         .bind(id)
@@ -406,7 +405,7 @@ impl SqlStore {
         project_id: Option<i64>,
         kind: Option<NotificationKind>,
     ) -> StoreResult<Option<NotificationMute>> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "{MUTE_SELECT} WHERE m.user_id = $1 AND COALESCE(m.project_id, 0) = $2 AND COALESCE(m.kind, '') = $3"
         )))
         .bind(user_id)

@@ -1,10 +1,11 @@
 //! Projects in SQL: projects, their tokens, and the secret a project's GitHub webhooks
 //! are signed with (kept as is: verifying an HMAC needs the key itself).
 
+use super::db;
 use async_trait::async_trait;
 use kiln_core::token::Scope;
 use kiln_core::{Millis, ProjectSlug};
-use sqlx::{Connection, Row};
+use sqlx::Connection;
 
 use super::rows::{project_from_row, token_from_row};
 use super::{SqlStore, rows, trusted};
@@ -26,8 +27,7 @@ impl ProjectStore for SqlStore {
 
     async fn ping(&self) -> StoreResult<()> {
         if self.engine == Engine::Sqlite {
-            let mut connection = self.pool.acquire().await?;
-            connection.ping().await?;
+            db::query("SELECT 1").execute(&self.pool).await?;
             return Ok(());
         }
         // PostgreSQL: the check's own connection, each step bounded, so a database that
@@ -61,7 +61,7 @@ impl ProjectStore for SqlStore {
         name: &str,
         now: Millis,
     ) -> StoreResult<Project> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "INSERT INTO projects (slug, name, created_at) VALUES ($1, $2, $3) RETURNING {}",
             rows::PROJECT_COLUMNS
         )))
@@ -70,7 +70,7 @@ impl ProjectStore for SqlStore {
         .bind(now.0)
         .fetch_one(&self.pool)
         .await
-        .map_err(|error| match StoreError::from(error) {
+        .map_err(|error| match error {
             StoreError::Conflict(_) => {
                 StoreError::Conflict(format!("a project with slug '{slug}' exists already"))
             }
@@ -80,7 +80,7 @@ impl ProjectStore for SqlStore {
     }
 
     async fn list_projects(&self) -> StoreResult<Vec<Project>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "SELECT {} FROM projects ORDER BY slug",
             rows::PROJECT_COLUMNS
         )))
@@ -90,7 +90,7 @@ impl ProjectStore for SqlStore {
     }
 
     async fn project_by_slug(&self, slug: &str) -> StoreResult<Option<Project>> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "SELECT {} FROM projects WHERE slug = $1",
             rows::PROJECT_COLUMNS
         )))
@@ -101,7 +101,7 @@ impl ProjectStore for SqlStore {
     }
 
     async fn project_by_id(&self, id: i64) -> StoreResult<Option<Project>> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "SELECT {} FROM projects WHERE id = $1",
             rows::PROJECT_COLUMNS
         )))
@@ -112,7 +112,7 @@ impl ProjectStore for SqlStore {
     }
 
     async fn create_token(&self, token: &NewToken, now: Millis) -> StoreResult<TokenRecord> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "INSERT INTO tokens (project_id, kind, name, scopes, token_hash, display_prefix, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {}",
             rows::TOKEN_COLUMNS
@@ -130,7 +130,7 @@ impl ProjectStore for SqlStore {
     }
 
     async fn ensure_token(&self, token: &NewToken, now: Millis) -> StoreResult<TokenRecord> {
-        sqlx::query(
+        db::query(
             "INSERT INTO tokens (project_id, kind, name, scopes, token_hash, display_prefix, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (token_hash) DO NOTHING",
         )
@@ -151,7 +151,7 @@ impl ProjectStore for SqlStore {
     async fn list_tokens(&self, project_id: Option<i64>) -> StoreResult<Vec<TokenRecord>> {
         let rows = match project_id {
             Some(project_id) => {
-                sqlx::query(trusted(format!(
+                db::query(trusted(format!(
                     "SELECT {} FROM tokens WHERE project_id = $1 ORDER BY id",
                     rows::TOKEN_COLUMNS
                 )))
@@ -160,7 +160,7 @@ impl ProjectStore for SqlStore {
                 .await?
             }
             None => {
-                sqlx::query(trusted(format!(
+                db::query(trusted(format!(
                     "SELECT {} FROM tokens WHERE project_id IS NULL ORDER BY id",
                     rows::TOKEN_COLUMNS
                 )))
@@ -172,7 +172,7 @@ impl ProjectStore for SqlStore {
     }
 
     async fn token_by_hash(&self, token_hash: &str) -> StoreResult<Option<TokenRecord>> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "SELECT {} FROM tokens WHERE token_hash = $1",
             rows::TOKEN_COLUMNS
         )))
@@ -189,7 +189,7 @@ impl ProjectStore for SqlStore {
         now: Millis,
     ) -> StoreResult<TokenRecord> {
         // Instance tokens have no project; -1 stands for "none" so one statement serves both.
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 AND COALESCE(project_id, -1) = $3 RETURNING {}",
             rows::TOKEN_COLUMNS
         )))
@@ -205,7 +205,7 @@ impl ProjectStore for SqlStore {
     }
 
     async fn touch_token(&self, token_id: i64, now: Millis) -> StoreResult<()> {
-        sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
+        db::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
             .bind(now.0)
             .bind(token_id)
             .execute(&self.pool)
@@ -214,7 +214,7 @@ impl ProjectStore for SqlStore {
     }
 
     async fn set_github_secret(&self, project_id: i64, secret: Option<&str>) -> StoreResult<()> {
-        let done = sqlx::query("UPDATE projects SET github_secret = $1 WHERE id = $2")
+        let done = db::query("UPDATE projects SET github_secret = $1 WHERE id = $2")
             .bind(secret)
             .bind(project_id)
             .execute(&self.pool)
@@ -226,7 +226,7 @@ impl ProjectStore for SqlStore {
     }
 
     async fn github_secret(&self, project_id: i64) -> StoreResult<Option<String>> {
-        let row = sqlx::query("SELECT github_secret FROM projects WHERE id = $1")
+        let row = db::query("SELECT github_secret FROM projects WHERE id = $1")
             .bind(project_id)
             .fetch_optional(&self.pool)
             .await?;

@@ -7,10 +7,9 @@ use crate::QueueStore;
 use async_trait::async_trait;
 use std::collections::HashMap;
 
+use super::db::{self, Row};
 use kiln_core::{JobState, Millis};
 use serde_json::Value;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use super::ingest::{JobRow, insert_jobs};
 use super::{SqlStore, rows, trusted};
@@ -124,7 +123,7 @@ fn to_json_text(list: &[String]) -> String {
     serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
 }
 
-fn agent_from_row(row: &AnyRow) -> StoreResult<AgentRecord> {
+fn agent_from_row(row: &Row) -> StoreResult<AgentRecord> {
     let labels: String = row.try_get("labels")?;
     let metrics: Option<String> = row.try_get("metrics")?;
     Ok(AgentRecord {
@@ -142,7 +141,7 @@ fn agent_from_row(row: &AnyRow) -> StoreResult<AgentRecord> {
     })
 }
 
-fn branch_from_row(row: &AnyRow) -> StoreResult<BranchRecord> {
+fn branch_from_row(row: &Row) -> StoreResult<BranchRecord> {
     Ok(BranchRecord {
         project_id: row.try_get("project_id")?,
         name: row.try_get("name")?,
@@ -153,7 +152,7 @@ fn branch_from_row(row: &AnyRow) -> StoreResult<BranchRecord> {
     })
 }
 
-fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
+fn job_from_row(row: &Row) -> StoreResult<JobRecord> {
     let state: String = row.try_get("state")?;
     let depends_on: String = row.try_get("depends_on")?;
     let labels: String = row.try_get("labels")?;
@@ -205,7 +204,7 @@ fn placeholders(first: usize, count: usize) -> String {
 /// The SQLite claim's candidates (in the claim order) as the hints reorder them: held
 /// steps' jobs queued at or after the bound left out, preferred steps' jobs first among
 /// those of equal aged priority. Without hints, the rows as they are.
-fn hinted_order<'a>(rows: &'a [AnyRow], hints: &ClaimHints) -> StoreResult<Vec<&'a AnyRow>> {
+fn hinted_order<'a>(rows: &'a [Row], hints: &ClaimHints) -> StoreResult<Vec<&'a Row>> {
     if hints.is_empty() {
         return Ok(rows.iter().collect());
     }
@@ -240,7 +239,7 @@ impl QueueStore for SqlStore {
         default_branch: &str,
         max_concurrency: Option<i64>,
     ) -> StoreResult<Project> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "UPDATE projects SET repo = $1, default_branch = $2, max_concurrency = $3 WHERE id = $4 RETURNING {}",
             rows::PROJECT_COLUMNS
         )))
@@ -264,7 +263,7 @@ impl QueueStore for SqlStore {
         auto_build: bool,
         now: Millis,
     ) -> StoreResult<BranchRecord> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "INSERT INTO branches (project_id, name, priority, auto_build, created_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (project_id, name) DO UPDATE SET priority = excluded.priority, auto_build = excluded.auto_build \
              RETURNING {BRANCH_COLUMNS}"
@@ -280,7 +279,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn list_branches(&self, project_id: i64) -> StoreResult<Vec<BranchRecord>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "SELECT {BRANCH_COLUMNS} FROM branches WHERE project_id = $1 ORDER BY name"
         )))
         .bind(project_id)
@@ -290,7 +289,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn delete_branch(&self, project_id: i64, name: &str) -> StoreResult<()> {
-        let done = sqlx::query("DELETE FROM branches WHERE project_id = $1 AND name = $2")
+        let done = db::query("DELETE FROM branches WHERE project_id = $1 AND name = $2")
             .bind(project_id)
             .bind(name)
             .execute(&self.pool)
@@ -302,7 +301,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn auto_build_branches(&self) -> StoreResult<Vec<(Project, BranchRecord)>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT br.project_id, br.name, br.priority, br.auto_build, br.last_commit, br.created_at \
              FROM branches br JOIN projects p ON p.id = br.project_id WHERE br.auto_build = 1 AND p.repo IS NOT NULL ORDER BY br.project_id, br.name"
         )
@@ -334,7 +333,7 @@ impl QueueStore for SqlStore {
         previous: Option<&str>,
         commit: &str,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
+        let done = db::query(
             "UPDATE branches SET last_commit = $1 WHERE project_id = $2 AND name = $3 \
              AND COALESCE(last_commit, '') = $4",
         )
@@ -348,7 +347,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn register_agent(&self, agent: &NewAgent, now: Millis) -> StoreResult<AgentRecord> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "INSERT INTO agents (name, token_id, labels, concurrency, executor, hostname, version, registered_at, last_seen_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (name) DO UPDATE SET token_id = excluded.token_id, \
              labels = excluded.labels, concurrency = excluded.concurrency, executor = excluded.executor, \
@@ -369,7 +368,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn agent_by_id(&self, id: i64) -> StoreResult<Option<AgentRecord>> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1"
         )))
         .bind(id)
@@ -379,7 +378,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "SELECT {AGENT_COLUMNS} FROM agents ORDER BY name"
         )))
         .fetch_all(&self.pool)
@@ -388,7 +387,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn touch_agent(&self, id: i64, now: Millis, metrics: Option<&Value>) -> StoreResult<()> {
-        sqlx::query(
+        db::query(
             "UPDATE agents SET last_seen_at = $1, metrics = COALESCE($2, metrics) WHERE id = $3",
         )
         .bind(now.0)
@@ -418,7 +417,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn job_by_id(&self, id: i64) -> StoreResult<Option<JobRecord>> {
-        let row = sqlx::query(trusted(format!("{JOB_SELECT} WHERE j.id = $1")))
+        let row = db::query(trusted(format!("{JOB_SELECT} WHERE j.id = $1")))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -426,7 +425,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn jobs_of_build(&self, build_id: i64) -> StoreResult<Vec<JobRecord>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "{JOB_SELECT} WHERE j.build_id = $1 ORDER BY j.position"
         )))
         .bind(build_id)
@@ -436,7 +435,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn unfinished_jobs(&self, limit: i64) -> StoreResult<Vec<JobRecord>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "{JOB_SELECT} WHERE j.state IN ('blocked', 'queued', 'running') AND j.kind = 'agent' ORDER BY j.id LIMIT $1"
         )))
         .bind(limit)
@@ -460,7 +459,7 @@ impl QueueStore for SqlStore {
             } else {
                 &PG_CLAIM_HINTED
             };
-            let mut query = sqlx::query(trusted(statement.to_string()))
+            let mut query = db::query(trusted(statement.to_string()))
                 .bind(agent.id)
                 .bind(now.0 + rules.lease_ms)
                 .bind(now.0)
@@ -480,8 +479,8 @@ impl QueueStore for SqlStore {
             let connection = match slot.as_mut() {
                 Some(connection) => connection,
                 None => {
-                    let mut connection = self.pool.acquire().await?.detach();
-                    sqlx::query("SET plan_cache_mode = force_generic_plan")
+                    let mut connection = self.pool.connection().await?;
+                    db::query("SET plan_cache_mode = force_generic_plan")
                         .execute(&mut connection)
                         .await?;
                     slot.insert(connection)
@@ -492,15 +491,17 @@ impl QueueStore for SqlStore {
                 Err(error) => {
                     // A broken connection is not kept; the pool hears of the outage.
                     *slot = None;
-                    self.pool.observe(&error);
-                    return Err(error.into());
+                    if let (StoreError::Database(_), Some(pool)) = (&error, self.pool.postgres()) {
+                        pool.probe_soon();
+                    }
+                    return Err(error);
                 }
             };
             return row.as_ref().map(job_from_row).transpose();
         }
         // One round trip: the best queued jobs, each row also carrying how many jobs
         // the agent runs now.
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT j.id, j.project_id, j.step, j.queued_at, j.labels, j.avoid_agent_id, p.max_concurrency, \
              j.priority - (($1 - j.queued_at) / $2) AS aged, \
              (SELECT COUNT(*) FROM jobs r WHERE r.agent_id = $4 AND r.state = 'running') AS agent_running \
@@ -541,7 +542,7 @@ impl QueueStore for SqlStore {
                 let running = match project_running.get(&project_id) {
                     Some(count) => *count,
                     None => {
-                        let count: i64 = sqlx::query(
+                        let count: i64 = db::query(
                             "SELECT COUNT(*) FROM jobs WHERE project_id = $1 AND state = 'running' AND kind = 'agent'",
                         )
                         .bind(project_id)
@@ -556,7 +557,7 @@ impl QueueStore for SqlStore {
                     continue;
                 }
             }
-            let claimed = sqlx::query(
+            let claimed = db::query(
                 "UPDATE jobs SET state = 'running', agent_id = $1, attempt = attempt + 1, lease_expires_at = $2, \
                  started_at = $3, finished_at = NULL, exit_code = NULL, reason = NULL, cancel_requested = 0 \
                  WHERE id = $4 AND state = 'queued'",
@@ -593,9 +594,7 @@ impl QueueStore for SqlStore {
                  ) ranked WHERE newest <= $2 ORDER BY project_id, step, agent_id",
                 step_filter("j.", 3, chunk.len())
             );
-            let mut query = sqlx::query(trusted(statement))
-                .bind(since.0)
-                .bind(per_agent);
+            let mut query = db::query(trusted(statement)).bind(since.0).bind(per_agent);
             for (project_id, step) in chunk {
                 query = query.bind(*project_id).bind(step.as_str());
             }
@@ -623,7 +622,7 @@ impl QueueStore for SqlStore {
                  WHERE used_at >= $1 AND ({}) ORDER BY used_at DESC",
                 step_filter("", 2, chunk.len())
             );
-            let mut query = sqlx::query(trusted(statement)).bind(since.0);
+            let mut query = db::query(trusted(statement)).bind(since.0);
             for (project_id, step) in chunk {
                 query = query.bind(*project_id).bind(step.as_str());
             }
@@ -648,7 +647,7 @@ impl QueueStore for SqlStore {
         cache_key: &str,
         now: Millis,
     ) -> StoreResult<()> {
-        sqlx::query(
+        db::query(
             "INSERT INTO agent_caches (agent_id, cache_key, project_id, step, used_at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (agent_id, cache_key) \
              DO UPDATE SET used_at = excluded.used_at, project_id = excluded.project_id, step = excluded.step",
@@ -673,7 +672,7 @@ impl QueueStore for SqlStore {
         if job_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT id, cancel_requested, lease_expires_at FROM jobs WHERE agent_id = $1 AND state = 'running'",
         )
         .bind(agent_id)
@@ -706,7 +705,7 @@ impl QueueStore for SqlStore {
                 "UPDATE jobs SET lease_expires_at = $1 WHERE agent_id = $2 AND state = 'running' AND id IN ({})",
                 placeholders(3, renew.len())
             );
-            let mut query = sqlx::query(trusted(statement))
+            let mut query = db::query(trusted(statement))
                 .bind(lease_until)
                 .bind(agent_id);
             for id in &renew {
@@ -732,7 +731,7 @@ impl QueueStore for SqlStore {
         end: &JobEnd,
         now: Millis,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
+        let done = db::query(
             "UPDATE jobs SET state = $1, exit_code = $2, reason = $3, finished_at = $4, lease_expires_at = NULL \
              WHERE id = $5 AND state = 'running' AND attempt = $6 AND ($7 IS NULL OR agent_id = $7)",
         )
@@ -749,7 +748,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn requeue_job(&self, job_id: i64, attempt: i64, now: Millis) -> StoreResult<bool> {
-        let done = sqlx::query(
+        let done = db::query(
             "UPDATE jobs SET state = 'queued', agent_id = NULL, lease_expires_at = NULL, queued_at = $1, \
              cancel_requested = 0 WHERE id = $2 AND state = 'running' AND attempt = $3",
         )
@@ -780,7 +779,7 @@ impl QueueStore for SqlStore {
             ),
         ] {
             for step in steps {
-                sqlx::query(statement)
+                db::query(statement)
                     .bind(now.0)
                     .bind(build_id)
                     .bind(step)
@@ -792,7 +791,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn cancel_jobs(&self, build_id: i64, now: Millis) -> StoreResult<u64> {
-        sqlx::query(
+        db::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = $1, reason = 'cancelled' \
              WHERE build_id = $2 AND state IN ('blocked', 'queued')",
         )
@@ -800,7 +799,7 @@ impl QueueStore for SqlStore {
         .bind(build_id)
         .execute(&self.pool)
         .await?;
-        let running = sqlx::query(
+        let running = db::query(
             "UPDATE jobs SET cancel_requested = 1 WHERE build_id = $1 AND state = 'running'",
         )
         .bind(build_id)
@@ -810,7 +809,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn expired_leases(&self, now: Millis, limit: i64) -> StoreResult<Vec<JobRecord>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "{JOB_SELECT} WHERE j.state = 'running' AND j.lease_expires_at < $1 ORDER BY j.lease_expires_at LIMIT $2"
         )))
         .bind(now.0)
@@ -821,7 +820,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn extend_leases(&self, until: Millis) -> StoreResult<u64> {
-        let done = sqlx::query(
+        let done = db::query(
             "UPDATE jobs SET lease_expires_at = $1 WHERE state = 'running' AND lease_expires_at < $1",
         )
         .bind(until.0)
@@ -831,7 +830,7 @@ impl QueueStore for SqlStore {
     }
 
     async fn builds_to_advance(&self, limit: i64) -> StoreResult<Vec<i64>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT b.id FROM builds b WHERE b.status IN ('queued', 'running') \
              AND EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id) \
              AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.build_id = b.id \
@@ -841,9 +840,7 @@ impl QueueStore for SqlStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| Ok(row.try_get::<i64, _>(0)?))
-            .collect()
+        rows.iter().map(|row| row.try_get::<i64, _>(0)).collect()
     }
 
     async fn log_lines_before(&self, job_id: i64, offset: i64) -> StoreResult<i64> {
@@ -864,13 +861,13 @@ impl QueueStore for SqlStore {
              CAST(COALESCE(MAX(offset_bytes + length(data)), 0) AS BIGINT) AS counted_to \
              FROM job_logs WHERE job_id = $1 AND offset_bytes + length(data) <= $2"
         );
-        let row = sqlx::query(trusted(statement))
+        let row = db::query(trusted(statement))
             .bind(job_id)
             .bind(offset)
             .fetch_one(&self.pool)
             .await?;
-        let mut lines: i64 = sqlx::Row::try_get(&row, "lines")?;
-        let counted_to: i64 = sqlx::Row::try_get(&row, "counted_to")?;
+        let mut lines: i64 = row.try_get("lines")?;
+        let counted_to: i64 = row.try_get("counted_to")?;
         if counted_to < offset {
             let (rest, _) = self
                 .read_log(job_id, counted_to, offset - counted_to)
@@ -888,7 +885,7 @@ impl QueueStore for SqlStore {
         now: Millis,
     ) -> StoreResult<JobRecord> {
         // `WHERE true` keeps SQLite from reading `ON CONFLICT` as part of the SELECT.
-        sqlx::query(
+        db::query(
             "INSERT INTO jobs (build_id, project_id, step, position, state, priority, depends_on, \
              labels, spec, attempt, created_at, started_at, kind) \
              SELECT $1, $2, $3, COALESCE((SELECT MAX(position) + 1 FROM jobs WHERE build_id = $1), 0), \
@@ -901,7 +898,7 @@ impl QueueStore for SqlStore {
         .bind(now.0)
         .execute(&self.pool)
         .await?;
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "{JOB_SELECT} WHERE j.build_id = $1 AND j.step = $2"
         )))
         .bind(build_id)
@@ -925,7 +922,7 @@ impl QueueStore for SqlStore {
         exit_code: Option<i64>,
         now: Millis,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
+        let done = db::query(
             "UPDATE jobs SET state = $1, exit_code = $2, finished_at = $3 \
              WHERE id = $4 AND kind = 'reported' AND state = 'running'",
         )
@@ -943,7 +940,7 @@ impl QueueStore for SqlStore {
         ended_before: Millis,
         now: Millis,
     ) -> StoreResult<u64> {
-        let done = sqlx::query(
+        let done = db::query(
             "UPDATE jobs SET finished_at = $1, reason = 'reporter_gone', state = \
              (SELECT CASE b.status WHEN 'success' THEN 'passed' WHEN 'cancelled' THEN 'cancelled' \
               ELSE 'failed' END FROM builds b WHERE b.id = jobs.build_id) \
@@ -969,7 +966,7 @@ impl QueueStore for SqlStore {
         let mut transaction = self.pool.begin().await?;
         // The size check and the growth are one statement, so two senders of the same
         // offset cannot both append.
-        let grown = sqlx::query(
+        let grown = db::query(
             "UPDATE jobs SET log_size = log_size + $1 WHERE id = $2 AND log_size = $3 AND log_size + $1 <= $4",
         )
         .bind(length)
@@ -980,14 +977,12 @@ impl QueueStore for SqlStore {
         .await?;
         if grown.rows_affected() == 1 {
             if length > 0 {
-                sqlx::query(
-                    "INSERT INTO job_logs (job_id, offset_bytes, data) VALUES ($1, $2, $3)",
-                )
-                .bind(job_id)
-                .bind(offset)
-                .bind(bytes.to_vec())
-                .execute(&mut *transaction)
-                .await?;
+                db::query("INSERT INTO job_logs (job_id, offset_bytes, data) VALUES ($1, $2, $3)")
+                    .bind(job_id)
+                    .bind(offset)
+                    .bind(bytes.to_vec())
+                    .execute(&mut *transaction)
+                    .await?;
             }
             transaction.commit().await?;
             return Ok(LogAppend::Stored {
@@ -995,7 +990,7 @@ impl QueueStore for SqlStore {
             });
         }
         transaction.rollback().await?;
-        let size: Option<i64> = sqlx::query("SELECT log_size FROM jobs WHERE id = $1")
+        let size: Option<i64> = db::query("SELECT log_size FROM jobs WHERE id = $1")
             .bind(job_id)
             .fetch_optional(&self.pool)
             .await?
@@ -1019,7 +1014,7 @@ impl QueueStore for SqlStore {
         offset: i64,
         max_bytes: i64,
     ) -> StoreResult<(Vec<u8>, i64)> {
-        let size: Option<i64> = sqlx::query("SELECT log_size FROM jobs WHERE id = $1")
+        let size: Option<i64> = db::query("SELECT log_size FROM jobs WHERE id = $1")
             .bind(job_id)
             .fetch_optional(&self.pool)
             .await?
@@ -1032,7 +1027,7 @@ impl QueueStore for SqlStore {
         if offset >= size || max_bytes <= 0 {
             return Ok((out, size));
         }
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT offset_bytes, data FROM job_logs WHERE job_id = $1 AND offset_bytes >= \
              COALESCE((SELECT MAX(offset_bytes) FROM job_logs WHERE job_id = $1 AND offset_bytes <= $2), 0) \
              AND offset_bytes < $3 ORDER BY offset_bytes",

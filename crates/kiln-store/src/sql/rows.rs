@@ -1,10 +1,9 @@
 //! Mapping database rows to records; a row that cannot be mapped is reported as a
 //! corrupt-data error rather than a panic.
 
+use super::db::{self, Row};
 use kiln_core::token::{Scope, TokenKind};
 use kiln_core::{BuildState, BuildStatus, Millis, RunId, StageName, StageState, StageStatus};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 use std::collections::BTreeMap;
 
 use crate::records::{BuildRecord, Project, StoredEvent, TokenRecord};
@@ -27,7 +26,7 @@ pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError 
     StoreError::Unavailable(format!("corrupt {what} row: {detail}"))
 }
 
-pub(crate) fn project_from_row(row: &AnyRow) -> StoreResult<Project> {
+pub(crate) fn project_from_row(row: &Row) -> StoreResult<Project> {
     Ok(Project {
         id: row.try_get("id")?,
         slug: row.try_get("slug")?,
@@ -41,7 +40,7 @@ pub(crate) fn project_from_row(row: &AnyRow) -> StoreResult<Project> {
     })
 }
 
-pub(crate) fn token_from_row(row: &AnyRow) -> StoreResult<TokenRecord> {
+pub(crate) fn token_from_row(row: &Row) -> StoreResult<TokenRecord> {
     let kind: String = row.try_get("kind")?;
     let scopes: String = row.try_get("scopes")?;
     Ok(TokenRecord {
@@ -58,8 +57,8 @@ pub(crate) fn token_from_row(row: &AnyRow) -> StoreResult<TokenRecord> {
     })
 }
 
-/// Named column access shared by sqlx rows (reads, PostgreSQL ingest) and rusqlite rows
-/// (the SQLite writer), so one mapping serves both.
+/// Named column access shared by `db` rows (reads on both engines), native PostgreSQL
+/// rows (ingest) and rusqlite rows (the SQLite writer), so one mapping serves all.
 pub(crate) trait Columns {
     fn int(&self, name: &str) -> StoreResult<i64>;
     fn opt_int(&self, name: &str) -> StoreResult<Option<i64>>;
@@ -67,27 +66,41 @@ pub(crate) trait Columns {
     fn opt_text(&self, name: &str) -> StoreResult<Option<String>>;
 }
 
-/// `Columns` for sqlx row types: the `Any` rows of reads, the native PostgreSQL rows of
-/// `pg_ingest`.
+/// `Columns` for the rows of `db` and the native PostgreSQL rows of `pg_ingest`.
 macro_rules! sqlx_columns {
     ($($row:ty),*) => {$(
         impl Columns for $row {
             fn int(&self, name: &str) -> StoreResult<i64> {
-                Ok(self.try_get(name)?)
+                self.try_get(name)
             }
             fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
-                Ok(self.try_get(name)?)
+                self.try_get(name)
             }
             fn text(&self, name: &str) -> StoreResult<String> {
-                Ok(self.try_get(name)?)
+                self.try_get(name)
             }
             fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
-                Ok(self.try_get(name)?)
+                self.try_get(name)
             }
         }
     )*};
 }
-sqlx_columns!(AnyRow, sqlx::postgres::PgRow);
+sqlx_columns!(Row);
+
+impl Columns for sqlx::postgres::PgRow {
+    fn int(&self, name: &str) -> StoreResult<i64> {
+        Ok(<Self as sqlx::Row>::try_get(self, name)?)
+    }
+    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
+        Ok(<Self as sqlx::Row>::try_get(self, name)?)
+    }
+    fn text(&self, name: &str) -> StoreResult<String> {
+        Ok(<Self as sqlx::Row>::try_get(self, name)?)
+    }
+    fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
+        Ok(<Self as sqlx::Row>::try_get(self, name)?)
+    }
+}
 
 impl Columns for rusqlite::Row<'_> {
     fn int(&self, name: &str) -> StoreResult<i64> {
@@ -175,18 +188,18 @@ pub(crate) fn stage_from_row(row: &impl Columns) -> StoreResult<StageState> {
     })
 }
 
-pub(crate) async fn load_stages<'c, E>(executor: E, build_id: i64) -> StoreResult<Vec<StageState>>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
-{
-    let rows = sqlx::query(STAGES_OF_BUILD)
+pub(crate) async fn load_stages<'c>(
+    executor: impl Into<db::Target<'c>>,
+    build_id: i64,
+) -> StoreResult<Vec<StageState>> {
+    let rows = db::query(STAGES_OF_BUILD)
         .bind(build_id)
         .fetch_all(executor)
         .await?;
     rows.iter().map(stage_from_row).collect()
 }
 
-pub(crate) fn event_from_row(row: &AnyRow) -> StoreResult<StoredEvent> {
+pub(crate) fn event_from_row(row: &Row) -> StoreResult<StoredEvent> {
     let payload: String = row.try_get("payload")?;
     Ok(StoredEvent {
         id: row.try_get("id")?,

@@ -1,10 +1,10 @@
 //! Project secrets and repository credentials: ciphertext in, ciphertext out. The server
 //! encrypts and decrypts; this module never sees a secret's value.
 
+use super::db;
 use crate::SecretStore;
 use async_trait::async_trait;
 use kiln_core::Millis;
-use sqlx::Row;
 
 use super::SqlStore;
 use crate::records::SecretRecord;
@@ -19,7 +19,7 @@ impl SecretStore for SqlStore {
         ciphertext: &str,
         now: Millis,
     ) -> StoreResult<SecretRecord> {
-        let row = sqlx::query(
+        let row = db::query(
             "INSERT INTO project_secrets (project_id, name, ciphertext, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $4) ON CONFLICT (project_id, name) DO UPDATE SET \
              ciphertext = excluded.ciphertext, updated_at = excluded.updated_at \
@@ -39,7 +39,7 @@ impl SecretStore for SqlStore {
     }
 
     async fn list_project_secrets(&self, project_id: i64) -> StoreResult<Vec<SecretRecord>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT name, created_at, updated_at FROM project_secrets WHERE project_id = $1 ORDER BY name",
         )
         .bind(project_id)
@@ -57,7 +57,7 @@ impl SecretStore for SqlStore {
     }
 
     async fn project_secret_values(&self, project_id: i64) -> StoreResult<Vec<(String, String)>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT name, ciphertext FROM project_secrets WHERE project_id = $1 ORDER BY name",
         )
         .bind(project_id)
@@ -69,7 +69,7 @@ impl SecretStore for SqlStore {
     }
 
     async fn delete_project_secret(&self, project_id: i64, name: &str) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM project_secrets WHERE project_id = $1 AND name = $2")
+        let done = db::query("DELETE FROM project_secrets WHERE project_id = $1 AND name = $2")
             .bind(project_id)
             .bind(name)
             .execute(&self.pool)
@@ -83,13 +83,12 @@ impl SecretStore for SqlStore {
         repo: Option<&str>,
         ciphertext: Option<&str>,
     ) -> StoreResult<()> {
-        let done =
-            sqlx::query("UPDATE projects SET repo = $1, repo_credentials = $2 WHERE id = $3")
-                .bind(repo)
-                .bind(ciphertext)
-                .bind(project_id)
-                .execute(&self.pool)
-                .await?;
+        let done = db::query("UPDATE projects SET repo = $1, repo_credentials = $2 WHERE id = $3")
+            .bind(repo)
+            .bind(ciphertext)
+            .bind(project_id)
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("project"));
         }

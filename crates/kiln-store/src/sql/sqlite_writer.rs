@@ -1,10 +1,10 @@
-//! The SQLite ingest writer: one thread owning one rusqlite connection that runs every
-//! ingest transaction of the process, and the frequent background writes (the webhook
-//! outbox) beside them.
+//! The SQLite writer: one thread owning one rusqlite connection that runs every write of
+//! the process — ingest transactions, the frequent background writes (the webhook
+//! outbox), and every other statement and transaction of `db`.
 //!
 //! SQLite has one writer at a time anyway; giving it a dedicated thread with cached
 //! prepared statements removes what dominated ingest through sqlx (a cross-thread round
-//! trip, a futex wake-up and an `Any` row conversion per statement, ~50 µs each). The
+//! trip, a futex wake-up and a row conversion per statement, ~50 µs each). The
 //! transaction itself is the same as on PostgreSQL — the same prefetch, the same in-memory
 //! replay (`ingest::simulate_all`), the same rows — written with single-row statements,
 //! which in-process SQLite executes in a few microseconds each.
@@ -12,14 +12,16 @@
 //! The writer also keeps the state of running builds it has written (`BuildCache`), so a
 //! busy build is not read back before each commit. The cache is trusted only while no
 //! other connection has committed: SQLite's `PRAGMA data_version` changes exactly then, and
-//! the cache is dropped (another process on the same file, or an administrative write of
-//! this one, costs one re-read per build).
+//! the cache is dropped (another process on the same file costs one re-read per build);
+//! this process's other writes run on this connection and drop it themselves.
 //!
-//! Other frequent writers (`SqliteWriter::run`) queue their transactions here too instead
-//! of taking the write lock through the sqlx pool: SQLite's busy handler *sleeps* while
+//! Every other write queues here too (`SqliteWriter::run` for the outbox's own
+//! transactions, `write` and `session` for `db`'s statements and transactions) instead of
+//! taking the write lock on a connection of its own: SQLite's busy handler *sleeps* while
 //! another connection holds the lock, so two busy writers on separate connections leave
 //! the lock idle between them and stall each other for up to the busy timeout. Queued on
-//! one thread they simply take turns.
+//! one thread they simply take turns. After a statement or transaction of `db` the build
+//! cache is let go, since it may have changed builds.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ use kiln_core::Millis;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::db::{Session, SqliteWork, run_session};
 use super::ingest::{
     BUILD_COLUMN_COUNT, BUILD_COLUMNS, BUILD_UPSERT, EVENT_COLUMNS, JOB_COLUMN_COUNT, JOB_COLUMNS,
     JOB_CONFLICT, Prefetched, Results, STAGE_COLUMNS, STAGE_UPSERT, WorkingBuild, job_rows,
@@ -48,11 +51,21 @@ enum Job {
     /// Any other transaction: the closure runs it on the writer's connection and sends
     /// its own answer.
     Run(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// A statement of `db` (an administrative write): as `Run`, but the build cache is
+    /// let go afterwards, since the statement may have changed builds.
+    Write(SqliteWork),
+    /// A session of `db` (a transaction, or migrations): the writer runs its statements
+    /// until the session ends, then lets the build cache go.
+    Session {
+        begin: bool,
+        work: mpsc::Receiver<SqliteWork>,
+        ready: oneshot::Sender<StoreResult<()>>,
+    },
 }
 
 /// Handle to the writer thread; the thread ends (closing its connection) when the last
 /// handle is dropped.
-pub(super) struct SqliteWriter {
+pub(crate) struct SqliteWriter {
     jobs: mpsc::Sender<Job>,
     /// Dropping it stops the checkpointer thread.
     _checkpointer: mpsc::Sender<()>,
@@ -111,6 +124,27 @@ impl SqliteWriter {
                             let _ = reply.send(result);
                         }
                         Job::Run(work) => work(&mut writer.connection),
+                        Job::Write(work) => {
+                            work(&mut writer.connection);
+                            writer.cache.builds.clear();
+                        }
+                        Job::Session { begin, work, ready } => {
+                            let began = if begin {
+                                writer
+                                    .connection
+                                    .execute_batch("BEGIN IMMEDIATE")
+                                    .map_err(StoreError::from)
+                            } else {
+                                Ok(())
+                            };
+                            let began_ok = began.is_ok();
+                            if ready.send(began).is_ok() && began_ok {
+                                run_session(&mut writer.connection, work);
+                            } else if began_ok && !writer.connection.is_autocommit() {
+                                let _ = writer.connection.execute_batch("ROLLBACK");
+                            }
+                            writer.cache.builds.clear();
+                        }
                     }
                 }
                 tracing::debug!(path = %path.display(), "SQLite writer stopped");
@@ -139,6 +173,35 @@ impl SqliteWriter {
             })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Runs one statement of `db` on the writer's connection, between transactions.
+    pub(super) async fn write<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the SQLite writer thread stopped".into());
+        self.jobs
+            .send(Job::Write(Box::new(move |connection| {
+                let _ = reply.send(work(connection));
+            })))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Holds the writer for one caller until the returned session is dropped; `begin`
+    /// starts a transaction (`BEGIN IMMEDIATE`) first.
+    pub(super) async fn session(&self, begin: bool) -> StoreResult<Session> {
+        let (sender, work) = mpsc::channel();
+        let (ready, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the SQLite writer thread stopped".into());
+        self.jobs
+            .send(Job::Session { begin, work, ready })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())??;
+        Ok(Session::new(sender))
     }
 
     /// Runs `work` on the writer's connection, between ingest transactions. `work` must
@@ -180,14 +243,17 @@ fn with_busy_retry<T>(mut transaction: impl FnMut() -> StoreResult<T>) -> StoreR
 fn open(path: &Path) -> StoreResult<Connection> {
     let connection = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    // The same settings as the pool's connections (see `SqlStore::connect`).
+    // WAL lets readers run beside the single writer; FULL makes a commit durable across
+    // power loss before the client is answered (group commit amortises the fsync).
     connection.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )?;
     connection.busy_timeout(Duration::from_secs(10))?;
-    connection.set_prepared_statement_cache_capacity(32);
+    connection.set_prepared_statement_cache_capacity(128);
     Ok(connection)
 }
 

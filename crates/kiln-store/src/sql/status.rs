@@ -3,9 +3,9 @@
 //! table (agents), and the public page reads a bounded window of a project's newest
 //! builds, so neither grows with the history.
 
+use super::db;
 use async_trait::async_trait;
 use kiln_core::{BuildStatus, JobState, Millis};
-use sqlx::Row;
 
 use super::rows::{self, project_from_row};
 use super::{SqlStore, trusted};
@@ -20,14 +20,13 @@ fn corrupt(what: &str, value: &str) -> StoreError {
 #[async_trait]
 impl StatusStore for SqlStore {
     async fn operational_counts(&self) -> StoreResult<OperationalCounts> {
-        let mut connection = self.pool.acquire().await?;
         let mut counts = OperationalCounts::default();
 
-        for row in sqlx::query(
+        for row in db::query(
             "SELECT p.slug, b.status, COUNT(*) AS n FROM builds b JOIN projects p ON p.id = b.project_id \
              WHERE b.status IN ('queued', 'running') GROUP BY p.slug, b.status ORDER BY p.slug, b.status",
         )
-        .fetch_all(&mut *connection)
+        .fetch_all(&self.pool)
         .await?
         {
             let status: String = row.try_get("status")?;
@@ -38,11 +37,11 @@ impl StatusStore for SqlStore {
             ));
         }
 
-        for row in sqlx::query(
+        for row in db::query(
             "SELECT state, COUNT(*) AS n, MIN(queued_at) AS oldest FROM jobs \
              WHERE state IN ('blocked', 'queued', 'running') AND kind = 'agent' GROUP BY state ORDER BY state",
         )
-        .fetch_all(&mut *connection)
+        .fetch_all(&self.pool)
         .await?
         {
             let state: String = row.try_get("state")?;
@@ -53,12 +52,12 @@ impl StatusStore for SqlStore {
             counts.active_jobs.push((state, row.try_get("n")?));
         }
 
-        for row in sqlx::query(
+        for row in db::query(
             "SELECT a.id, a.last_seen_at, \
                (SELECT COUNT(*) FROM jobs j WHERE j.state = 'running' AND j.agent_id = a.id) AS running \
              FROM agents a ORDER BY a.id",
         )
-        .fetch_all(&mut *connection)
+        .fetch_all(&self.pool)
         .await?
         {
             counts.agents.push(AgentActivity {
@@ -68,27 +67,27 @@ impl StatusStore for SqlStore {
             });
         }
 
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM webhook_deliveries WHERE state = 'pending'",
         )
-        .fetch_one(&mut *connection)
+        .fetch_one(&self.pool)
         .await?;
         counts.webhook_pending = row.try_get("n")?;
         counts.webhook_oldest_pending_at = row.try_get::<Option<i64>, _>("oldest")?.map(Millis);
 
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT (SELECT value FROM kiln_counters WHERE name = 'event_id') \
                - (SELECT value FROM kiln_counters WHERE name = 'webhook_cursor') AS unread",
         )
-        .fetch_one(&mut *connection)
+        .fetch_one(&self.pool)
         .await?;
         counts.webhook_unread_events = row.try_get::<Option<i64>, _>("unread")?.unwrap_or(0).max(0);
 
-        let row = sqlx::query(
+        let row = db::query(
             "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM notification_emails \
              WHERE sent_at IS NULL AND failed_at IS NULL",
         )
-        .fetch_one(&mut *connection)
+        .fetch_one(&self.pool)
         .await?;
         counts.email_pending = row.try_get("n")?;
         counts.email_oldest_pending_at = row.try_get::<Option<i64>, _>("oldest")?.map(Millis);
@@ -96,7 +95,7 @@ impl StatusStore for SqlStore {
     }
 
     async fn set_public_status(&self, project_id: i64, public: bool) -> StoreResult<Project> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "UPDATE projects SET public_status = $1 WHERE id = $2 RETURNING {}",
             rows::PROJECT_COLUMNS
         )))
@@ -117,7 +116,7 @@ impl StatusStore for SqlStore {
     ) -> StoreResult<Vec<BuildSummary>> {
         // The inner query walks the (project_id, id) index backwards and stops after
         // `window` rows; the branch filter applies to that window only.
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT id, number, branch, commit_sha, status, started_at, ended_at, duration_ms FROM \
                (SELECT id, number, branch, commit_sha, status, started_at, ended_at, duration_ms \
                 FROM builds WHERE project_id = $1 ORDER BY id DESC LIMIT $2) recent \

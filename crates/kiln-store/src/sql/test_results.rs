@@ -1,10 +1,10 @@
 //! Test results on both engines: a report's cases inserted in batches of fixed shape
 //! inside one transaction, and read by build or by project along their indexes.
 
+use super::db;
 use async_trait::async_trait;
 use kiln_core::Millis;
 use kiln_core::junit::{TestCase, TestStatus};
-use sqlx::Row;
 
 use super::rows::corrupt;
 use super::{SqlStore, trusted};
@@ -39,7 +39,7 @@ impl TestResultStore for SqlStore {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            let mut query = sqlx::query(trusted(format!(
+            let mut query = db::query(trusted(format!(
                 "INSERT INTO test_results (build_id, project_id, test_key, suite, classname, name, file, \
                  status, duration_ms, message, created_at) VALUES {rows}"
             )));
@@ -64,7 +64,7 @@ impl TestResultStore for SqlStore {
     }
 
     async fn build_test_counts(&self, build_id: i64) -> StoreResult<Vec<(TestStatus, u64, i64)>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT status, CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(duration_ms), 0) AS BIGINT) AS ms \
              FROM test_results WHERE build_id = $1 GROUP BY status",
         )
@@ -91,7 +91,7 @@ impl TestResultStore for SqlStore {
         } else {
             ""
         };
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "SELECT id, build_id, test_key, suite, classname, name, file, status, duration_ms, message, created_at \
              FROM test_results WHERE build_id = $1{failures} \
              ORDER BY CASE status WHEN 'failed' THEN 0 WHEN 'error' THEN 1 WHEN 'skipped' THEN 3 ELSE 2 END, test_key, id \
@@ -135,7 +135,7 @@ impl TestResultStore for SqlStore {
         } else {
             ""
         };
-        let mut query = sqlx::query(trusted(format!(
+        let mut query = db::query(trusted(format!(
             "SELECT b.run_id, b.commit_sha, b.branch, t.created_at, t.test_key, t.status, t.duration_ms \
              FROM test_results t JOIN builds b ON b.id = t.build_id \
              WHERE t.project_id = $1 AND t.created_at >= $2{key_clause} \

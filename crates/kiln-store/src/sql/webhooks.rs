@@ -6,11 +6,10 @@
 //! receives its events in order: event N+1 waits while N is pending or retrying, and an
 //! endpoint never has two deliveries in flight.
 
+use super::db::{self, Row};
 use crate::WebhookStore;
 use async_trait::async_trait;
 use kiln_core::Millis;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use super::{SqlStore, trusted};
 use crate::webhooks::*;
@@ -114,7 +113,7 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Unavailable(format!("corrupt webhook row: {what}"))
 }
 
-fn endpoint_from_row(row: &AnyRow) -> StoreResult<WebhookEndpoint> {
+fn endpoint_from_row(row: &Row) -> StoreResult<WebhookEndpoint> {
     let events: String = row.try_get("events")?;
     let format: String = row.try_get("format")?;
     Ok(WebhookEndpoint {
@@ -136,7 +135,7 @@ fn endpoint_from_row(row: &AnyRow) -> StoreResult<WebhookEndpoint> {
     })
 }
 
-fn delivery_from_row(row: &AnyRow) -> StoreResult<WebhookDeliveryRecord> {
+fn delivery_from_row(row: &Row) -> StoreResult<WebhookDeliveryRecord> {
     let state: String = row.try_get("state")?;
     Ok(WebhookDeliveryRecord {
         id: row.try_get("id")?,
@@ -165,7 +164,7 @@ impl WebhookStore for SqlStore {
         &self,
         endpoint: &NewWebhookEndpoint,
     ) -> StoreResult<WebhookEndpoint> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "INSERT INTO webhook_endpoints (project_id, url, secret, events, format, active, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {ENDPOINT_COLUMNS}"
         )))
@@ -185,7 +184,7 @@ impl WebhookStore for SqlStore {
         &self,
         project_id: Option<i64>,
     ) -> StoreResult<Vec<WebhookEndpoint>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
              WHERE ($1 = 0 OR project_id = $1) ORDER BY id"
         )))
@@ -196,7 +195,7 @@ impl WebhookStore for SqlStore {
     }
 
     async fn webhook_endpoint(&self, project_id: i64, id: i64) -> StoreResult<WebhookEndpoint> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND project_id = $2"
         )))
         .bind(id)
@@ -223,7 +222,7 @@ impl WebhookStore for SqlStore {
         };
         let mut transaction = self.pool.begin().await?;
         if patch.active == Some(true) && patch.discard_held && !current.active {
-            sqlx::query(
+            db::query(
                 "UPDATE webhook_deliveries SET state = 'failed', finished_at = $1, \
                  last_error = $2 WHERE endpoint_id = $3 AND state = 'pending'",
             )
@@ -233,7 +232,7 @@ impl WebhookStore for SqlStore {
             .execute(&mut *transaction)
             .await?;
         }
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "UPDATE webhook_endpoints SET url = $1, events = $2, format = $3, active = $4, \
              disabled_reason = $5, updated_at = $6 WHERE id = $7 AND project_id = $8 \
              RETURNING {ENDPOINT_COLUMNS}"
@@ -263,7 +262,7 @@ impl WebhookStore for SqlStore {
         previous_until: Millis,
         now: Millis,
     ) -> StoreResult<WebhookEndpoint> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_until = $1, \
              secret = $2, updated_at = $3 WHERE id = $4 AND project_id = $5 \
              RETURNING {ENDPOINT_COLUMNS}"
@@ -287,7 +286,7 @@ impl WebhookStore for SqlStore {
             // waits for this transaction (its foreign-key check needs a share lock on the
             // row) and then fails and re-reads the endpoints, instead of slipping a
             // delivery in between the deletes (which failed the delete with a 503).
-            sqlx::query(
+            db::query(
                 "SELECT id FROM webhook_endpoints WHERE id = $1 AND project_id = $2 FOR UPDATE",
             )
             .bind(id)
@@ -297,12 +296,12 @@ impl WebhookStore for SqlStore {
             // And its deliveries: a sender recording an attempt meanwhile waits (it updates
             // the delivery before inserting the attempt) and then finds it gone, instead of
             // adding an attempt between the deletes of attempts and of deliveries.
-            sqlx::query("SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 FOR UPDATE")
+            db::query("SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 FOR UPDATE")
                 .bind(id)
                 .fetch_all(&mut *transaction)
                 .await?;
         }
-        sqlx::query(
+        db::query(
             "DELETE FROM webhook_attempts WHERE delivery_id IN \
              (SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
               WHERE d.endpoint_id = $1 AND e.project_id = $2)",
@@ -311,7 +310,7 @@ impl WebhookStore for SqlStore {
         .bind(project_id)
         .execute(&mut *transaction)
         .await?;
-        sqlx::query(
+        db::query(
             "DELETE FROM webhook_deliveries WHERE endpoint_id IN \
              (SELECT id FROM webhook_endpoints WHERE id = $1 AND project_id = $2)",
         )
@@ -319,12 +318,11 @@ impl WebhookStore for SqlStore {
         .bind(project_id)
         .execute(&mut *transaction)
         .await?;
-        let deleted =
-            sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1 AND project_id = $2")
-                .bind(id)
-                .bind(project_id)
-                .execute(&mut *transaction)
-                .await?;
+        let deleted = db::query("DELETE FROM webhook_endpoints WHERE id = $1 AND project_id = $2")
+            .bind(id)
+            .bind(project_id)
+            .execute(&mut *transaction)
+            .await?;
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound("webhook endpoint"));
         }
@@ -334,14 +332,14 @@ impl WebhookStore for SqlStore {
 
     async fn webhook_cursor(&self) -> StoreResult<i64> {
         Ok(
-            sqlx::query_scalar("SELECT value FROM kiln_counters WHERE name = 'webhook_cursor'")
+            db::query_scalar("SELECT value FROM kiln_counters WHERE name = 'webhook_cursor'")
                 .fetch_one(&self.pool)
                 .await?,
         )
     }
 
     async fn advance_webhook_cursor(&self, from: i64, to: i64) -> StoreResult<bool> {
-        let done = sqlx::query(ADVANCE_CURSOR)
+        let done = db::query(ADVANCE_CURSOR)
             .bind(to)
             .bind(from)
             .execute(&self.pool)
@@ -353,15 +351,14 @@ impl WebhookStore for SqlStore {
         &self,
         delivery: &NewWebhookDelivery,
     ) -> StoreResult<Option<i64>> {
-        let id: Option<i64> =
-            sqlx::query_scalar(trusted(format!("{INSERT_DELIVERY} RETURNING id")))
-                .bind(delivery.endpoint_id)
-                .bind(delivery.event_id)
-                .bind(&delivery.event_type)
-                .bind(&delivery.body)
-                .bind(delivery.created_at.0)
-                .fetch_optional(&self.pool)
-                .await?;
+        let id: Option<i64> = db::query_scalar(trusted(format!("{INSERT_DELIVERY} RETURNING id")))
+            .bind(delivery.endpoint_id)
+            .bind(delivery.event_id)
+            .bind(&delivery.event_type)
+            .bind(&delivery.body)
+            .bind(delivery.created_at.0)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(id)
     }
 
@@ -431,7 +428,7 @@ impl WebhookStore for SqlStore {
                 "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, body, state, attempts, next_attempt_at, created_at) \
                  VALUES {rows} ON CONFLICT (endpoint_id, event_id) DO NOTHING"
             );
-            let mut insert = sqlx::query(trusted(sql));
+            let mut insert = db::query(trusted(sql));
             for delivery in chunk {
                 insert = insert
                     .bind(delivery.endpoint_id)
@@ -442,7 +439,7 @@ impl WebhookStore for SqlStore {
             }
             queued += insert.execute(&mut *transaction).await?.rows_affected() as usize;
         }
-        let moved = sqlx::query(ADVANCE_CURSOR)
+        let moved = db::query(ADVANCE_CURSOR)
             .bind(cursor_to)
             .bind(cursor_from)
             .execute(&mut *transaction)
@@ -451,7 +448,7 @@ impl WebhookStore for SqlStore {
             == 1;
         if moved {
             for dropped in dropped {
-                sqlx::query(ADD_DROPPED)
+                db::query(ADD_DROPPED)
                     .bind(dropped.events)
                     .bind(dropped.endpoint_id)
                     .execute(&mut *transaction)
@@ -466,7 +463,7 @@ impl WebhookStore for SqlStore {
     }
 
     async fn pending_webhook_deliveries(&self, endpoint_id: i64) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
+        Ok(db::query_scalar(
             "SELECT COUNT(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'pending'",
         )
         .bind(endpoint_id)
@@ -498,7 +495,7 @@ impl WebhookStore for SqlStore {
                     .await?
             }
             None => {
-                sqlx::query_scalar(CLAIM)
+                db::query_scalar(CLAIM)
                     .bind(claimed_until.0)
                     .bind(now.0)
                     .bind(limit)
@@ -516,7 +513,7 @@ impl WebhookStore for SqlStore {
             .map(i64::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id IN ({list}) ORDER BY id"
         )))
         .fetch_all(&self.pool)
@@ -533,7 +530,7 @@ impl WebhookStore for SqlStore {
             .map(i64::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        let endpoints = sqlx::query(trusted(format!(
+        let endpoints = db::query(trusted(format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id IN ({list})"
         )))
         .fetch_all(&self.pool)
@@ -550,7 +547,7 @@ impl WebhookStore for SqlStore {
             .collect();
         let mut events = std::collections::HashMap::new();
         if !unrendered.is_empty() {
-            let rows = sqlx::query(trusted(format!(
+            let rows = db::query(trusted(format!(
                 "SELECT id, seq, build_id, project_id, event_type, received_at, payload FROM events \
                  WHERE id IN ({})",
                 unrendered.join(", ")
@@ -747,7 +744,7 @@ impl WebhookStore for SqlStore {
         endpoint_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<WebhookDeliveryRecord>> {
-        let rows = sqlx::query(trusted(format!(
+        let rows = db::query(trusted(format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id DESC LIMIT $2"
         )))
         .bind(endpoint_id)
@@ -770,7 +767,7 @@ impl WebhookStore for SqlStore {
         delivery_id: i64,
         now: Millis,
     ) -> StoreResult<WebhookDeliveryRecord> {
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1 AND endpoint_id = $2"
         )))
         .bind(delivery_id)
@@ -786,7 +783,7 @@ impl WebhookStore for SqlStore {
         }
         // A redelivery keeps the attempt count running, so the log and the
         // compare-and-set of each attempt stay unambiguous.
-        let row = sqlx::query(trusted(format!(
+        let row = db::query(trusted(format!(
             "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = $1, finished_at = NULL \
              WHERE id = $2 AND state <> 'pending' RETURNING {DELIVERY_COLUMNS}"
         )))
@@ -805,7 +802,7 @@ impl WebhookStore for SqlStore {
         let endpoints = self.webhook_endpoints(project_id).await?;
         let mut statuses = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            let counts = sqlx::query(
+            let counts = db::query(
                 "SELECT \
                    COALESCE(SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), 0) AS pending, \
                    COALESCE(SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END), 0) AS delivered, \
@@ -816,7 +813,7 @@ impl WebhookStore for SqlStore {
             .bind(endpoint.id)
             .fetch_one(&self.pool)
             .await?;
-            let attempts = sqlx::query(
+            let attempts = db::query(
                 "SELECT a.status_code, a.latency_ms FROM webhook_attempts a \
                  JOIN webhook_deliveries d ON d.id = a.delivery_id \
                  WHERE d.endpoint_id = $1 ORDER BY a.id DESC LIMIT 100",
@@ -857,7 +854,7 @@ impl WebhookStore for SqlStore {
 
 impl SqlStore {
     async fn webhook_attempts(&self, delivery_id: i64) -> StoreResult<Vec<WebhookAttempt>> {
-        let rows = sqlx::query(
+        let rows = db::query(
             "SELECT attempt, started_at, status_code, latency_ms, request_headers, response_excerpt, error \
              FROM webhook_attempts WHERE delivery_id = $1 ORDER BY id",
         )
