@@ -171,7 +171,10 @@ def main():
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, KILN_ADMIN_TOKEN=ADMIN, KILN_LOG="warn")
-    server = subprocess.Popen([KILN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(workdir, "data")],
+    # The build's repository is a local directory, which a server takes only from a
+    # directory it was told to allow.
+    server = subprocess.Popen([KILN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(workdir, "data"),
+                               "--allow-local-repos", workdir],
                               env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "server.log"), "w"))
     try:
         wait_healthy(base)
