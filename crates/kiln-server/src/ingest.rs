@@ -5,6 +5,9 @@
 //! which arrives after the transaction committed. While one transaction is in flight
 //! new requests queue up, so under load each commit carries many requests and the
 //! fsync cost is shared; with no load a request commits alone, with no added delay.
+//! Where the store can overlap them (`BuildStore::ingest_concurrency`: PostgreSQL), a
+//! second group is sent while the first commits; the database's counter lock still
+//! orders them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,10 +157,35 @@ async fn run(
     observers: IngestObservers,
     mut receiver: mpsc::Receiver<Job>,
 ) {
-    let mut jobs: Vec<Job> = Vec::new();
-    while let Some(first) = receiver.recv().await {
+    use futures_util::StreamExt;
+    // Group commits in flight at once (the store says how many it can overlap).
+    let depth = store.ingest_concurrency().max(1);
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        let first = if open && in_flight.len() < depth {
+            tokio::select! {
+                job = receiver.recv() => match job {
+                    Some(job) => Some(job),
+                    None => {
+                        open = false;
+                        None
+                    }
+                },
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    finished(done, &load, &observers, &bus);
+                    None
+                }
+            }
+        } else {
+            if let Some(done) = in_flight.next().await {
+                finished(done, &load, &observers, &bus);
+            }
+            None
+        };
+        let Some(first) = first else { continue };
         let mut events = first.request.events.len();
-        jobs.push(first);
+        let mut jobs = vec![first];
         while events < MAX_EVENTS_PER_COMMIT {
             match receiver.try_recv() {
                 Ok(job) => {
@@ -167,18 +195,39 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
-        let requests = jobs.len();
-        let last_id = commit(&*store, &*clock, &mut jobs, events, &observers).await;
-        let spent = started.elapsed();
-        load.add(spent, requests);
-        let metrics = &observers.metrics;
-        metrics.ingest_commit_duration.observe(spent.as_secs_f64());
-        metrics.ingest_commit_requests.observe(requests as f64);
-        metrics.ingest_commit_events.observe(events as f64);
-        if let Some(last_id) = last_id {
-            bus.notify_commit(last_id);
-        }
+        let (store, clock, observers) = (&*store, &*clock, &observers);
+        in_flight.push(async move {
+            let started = Instant::now();
+            let requests = jobs.len();
+            let last_id = commit(store, clock, jobs, events, observers).await;
+            Committed {
+                spent: started.elapsed(),
+                requests,
+                events,
+                last_id,
+            }
+        });
+    }
+}
+
+/// What one group commit did, for the metrics and the live bus.
+struct Committed {
+    spent: Duration,
+    requests: usize,
+    events: usize,
+    last_id: Option<i64>,
+}
+
+fn finished(done: Committed, load: &IngestLoad, observers: &IngestObservers, bus: &Bus) {
+    load.add(done.spent, done.requests);
+    let metrics = &observers.metrics;
+    metrics
+        .ingest_commit_duration
+        .observe(done.spent.as_secs_f64());
+    metrics.ingest_commit_requests.observe(done.requests as f64);
+    metrics.ingest_commit_events.observe(done.events as f64);
+    if let Some(last_id) = done.last_id {
+        bus.notify_commit(last_id);
     }
 }
 
@@ -223,12 +272,12 @@ fn observe(
 async fn commit(
     store: &dyn Store,
     clock: &dyn Clock,
-    jobs: &mut Vec<Job>,
+    jobs: Vec<Job>,
     events: usize,
     observers: &IngestObservers,
 ) -> Option<i64> {
     let (requests, replies): (Vec<IngestRequest>, Vec<oneshot::Sender<IngestResult>>) =
-        jobs.drain(..).map(|job| (job.request, job.reply)).unzip();
+        jobs.into_iter().map(|job| (job.request, job.reply)).unzip();
     let started = std::time::Instant::now();
     match store.ingest(&requests, clock.now()).await {
         Ok(results) => {

@@ -124,6 +124,24 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        if let Some(code) = error.code().map(|state| state.code()) {
+            if code == "23505" {
+                tracing::debug!(%error, "unique violation");
+                return StoreError::Conflict(CONFLICT.into());
+            }
+            if BUSY_CODES.contains(&code) {
+                return StoreError::Busy(Box::new(error));
+            }
+            if FULL_CODES.contains(&code) {
+                return StoreError::Full(Box::new(error));
+            }
+        }
+        StoreError::Database(Box::new(error))
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
         if let rusqlite::Error::SqliteFailure(failure, _) = &error {
@@ -258,6 +276,14 @@ pub trait ProjectStore: Send + Sync {
 /// Events and the builds derived from them: the group-commit ingest and every read of builds and events (`sql/builds.rs`).
 #[async_trait]
 pub trait BuildStore: Send + Sync {
+    /// How many group commits the ingestor may have in flight at once: 1 where one
+    /// writer runs them in turn anyway (SQLite); more where a second transaction can
+    /// queue behind the first's lock while that one commits, saving the round trip
+    /// between them (PostgreSQL). Ids stay gap-free and in commit order either way.
+    fn ingest_concurrency(&self) -> usize {
+        1
+    }
+
     /// Appends the events of many requests in ONE transaction (group commit). Each
     /// request is accepted or rejected as a whole; a rejected request writes nothing
     /// and does not affect the others. Returns one result per request, in order, only

@@ -30,16 +30,25 @@ fn placeholders(first: usize, count: usize) -> String {
 
 #[async_trait]
 impl BuildStore for SqlStore {
+    fn ingest_concurrency(&self) -> usize {
+        match self.engine {
+            Engine::Sqlite => 1,
+            Engine::Postgres => pg_ingest::CONNECTIONS,
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(requests = requests.len()))]
     async fn ingest(
         &self,
         requests: &[IngestRequest],
         now: Millis,
     ) -> StoreResult<Vec<Result<Vec<EventOutcome>, IngestRejection>>> {
-        match (&self.writer, &self.native_pool) {
-            (Some(writer), _) => writer.ingest(requests, now).await,
-            (None, Some(pool)) => pg_ingest::ingest(pool, COMMIT_CHANNEL, requests, now).await,
-            (None, None) => Err(StoreError::Unavailable(
+        match (&self.writer, &self.pg_ingest, &self.native_pool) {
+            (Some(writer), _, _) => writer.ingest(requests, now).await,
+            (None, Some(ingest), Some(pool)) => {
+                ingest.ingest(pool, COMMIT_CHANNEL, requests, now).await
+            }
+            _ => Err(StoreError::Unavailable(
                 "this store has no ingest path (neither SQLite writer nor PostgreSQL pool)".into(),
             )),
         }

@@ -9,7 +9,8 @@
 //!
 //! On SQLite every write runs on one thread (`sqlite_writer`: ingest with its own
 //! statements, every other write through `db`), reads on a few read-only connections.
-//! PostgreSQL ingest runs in `pg_ingest` with array binds; the rest through `db`.
+//! PostgreSQL ingest runs in `pg_ingest` (tokio-postgres: array binds, pipelined
+//! statements); the rest through `db`.
 
 mod accounts;
 mod analytics;
@@ -52,10 +53,12 @@ pub struct SqlStore {
     engine: Engine,
     /// SQLite only: the thread that runs every write.
     writer: Option<Arc<sqlite_writer::SqliteWriter>>,
-    /// PostgreSQL only: native connections for the statements that bind arrays (ingest
-    /// in `pg_ingest`, webhook attempts), whose text stays the same whatever the batch,
-    /// so each is prepared once per connection.
+    /// PostgreSQL only: native connections for the statements that bind arrays (webhook
+    /// attempts, analytics), whose text stays the same whatever the batch, so each is
+    /// prepared once per connection; its guard also answers for `pg_ingest`.
     native_pool: Option<GuardedPool<sqlx::Postgres>>,
+    /// PostgreSQL only: ingest's own pipelined connection.
+    pg_ingest: Option<pg_ingest::PgIngest>,
     /// Kept for engine-specific connections (PostgreSQL `LISTEN`).
     database_url: String,
     /// PostgreSQL only: the readiness check's own connection, outside the pools, so
@@ -142,6 +145,7 @@ impl SqlStore {
             engine: Engine::Sqlite,
             writer: Some(writer),
             native_pool: None,
+            pg_ingest: None,
             database_url: database_url.to_owned(),
             health: tokio::sync::Mutex::new(None),
             claim_connection: tokio::sync::Mutex::new(None),
@@ -176,8 +180,8 @@ impl SqlStore {
         let mut connection = pool.connection().await?;
         crate::migrations::run(&mut connection, Engine::Postgres).await?;
         connection.close().await;
-        // Ingest transactions run one at a time (they all lock the event-id counter); the
-        // others serve the webhook sender's attempt batches and analytics reads.
+        // The webhook sender's attempt batches and analytics reads (ingest has a
+        // connection of its own, `pg_ingest`).
         let native_pool = GuardedPool::new(
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(4)
@@ -191,6 +195,7 @@ impl SqlStore {
             engine: Engine::Postgres,
             writer: None,
             native_pool: Some(native_pool),
+            pg_ingest: Some(pg_ingest::PgIngest::new(url)?),
             database_url: url.to_owned(),
             health: tokio::sync::Mutex::new(None),
             claim_connection: tokio::sync::Mutex::new(None),

@@ -1,41 +1,48 @@
-//! The ingest transaction on PostgreSQL, over sqlx's native driver with array binds.
+//! The ingest transaction on PostgreSQL, over tokio-postgres with array binds and
+//! pipelined statements.
 //!
-//! Every statement has fixed text whatever the size of the group, so each is prepared
-//! once per connection and then only bound and executed (no parse, no plan per commit).
-//! A group commit of N events costs at most six round trips, whatever N:
+//! Every statement has fixed text whatever the size of the group, and is prepared once
+//! per connection, then only bound and executed (no parse, no plan per commit). A group
+//! commit of N events is two flights of statements, whatever N — each flight sent at
+//! once and answered together, so it costs one round trip:
 //!
-//! 1. `BEGIN` and the `kiln_counters` lock, sent together (simple protocol);
-//! 2. the builds the group names with their stages (`run_id = ANY($1)`, one join);
-//! 3. the earlier events whose `eventId`s reappear (`UNNEST` of the pairs; skipped when
-//!    the group names no existing build with an `eventId`);
-//! 4. the build numbers of new builds, one `UPDATE` for every project (skipped when the
-//!    group starts no build);
-//! 5. every write in one statement: new builds, changed builds, stages, events, jobs, the
-//!    counter and the `pg_notify` that wakes other replicas' tailers;
-//! 6. `COMMIT`.
+//! 1. `BEGIN`, the `kiln_counters` lock, the builds the group names with their stages
+//!    (`UNNEST` of the run ids, one join) and the earlier events whose `eventId`s reappear
+//!    (`UNNEST` of the pairs, found through their builds' run ids). PostgreSQL runs the
+//!    statements of a flight in order, each reading committed data as of its own start
+//!    (READ COMMITTED), so the reads run after the lock is held and see every commit
+//!    before it;
+//! 2. every write in one statement (new builds, changed builds, stages, events, jobs, the
+//!    counter and the `pg_notify` that wakes other replicas' tailers), and `COMMIT`. If
+//!    the write fails, PostgreSQL turns the `COMMIT` into a rollback.
+//!
+//! Between the two: the build numbers of new builds, one `UPDATE` for every project (a
+//! round trip only when the group starts a build). sqlx cannot pipeline, which is why
+//! this one path has a driver of its own; its connection is made on first use, and
+//! replaced after an error that leaves its state unknown.
 //!
 //! The rules stay in Rust: phase 1 (`ingest::simulate_all`, `BuildState::apply`) is the
 //! same code the SQLite writer runs; only the reads and writes around it are native.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use futures_util::future::{try_join3, try_join4};
 use kiln_core::{Millis, StageState};
-use sqlx::{Connection, Executor, PgConnection, Row};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
 
 use super::ingest::{
     Batch, Prefetched, Results, WorkingBuild, progress_to_hundredths, run_ids, simulate_all,
-    wanted_client_ids,
 };
 use super::rows::{Columns, build_from_row, stage_from_row};
 use crate::records::*;
 use crate::{StoreError, StoreResult};
 
-/// Round trip 1: opens the transaction and takes the event-id counter's row lock, which
-/// serialises ingest across connections and replicas (see `ingest`'s module notes).
-const BEGIN_AND_LOCK: &str =
-    "BEGIN; UPDATE kiln_counters SET value = value WHERE name = 'event_id' RETURNING value";
+/// Flight 1: takes the event-id counter's row lock (after `BEGIN`), which serialises
+/// ingest across connections and replicas (see `ingest`'s module notes).
+const LOCK: &str = "UPDATE kiln_counters SET value = value WHERE name = 'event_id' RETURNING value";
 
-/// Round trip 2: the builds of `$1` and their stages (one row per stage, or one row with
+/// Flight 1: the builds of `$1` and their stages (one row per stage, or one row with
 /// NULL stage columns), stages in order. Each run id and each build's stages are probes
 /// of an index whatever the table statistics say: the `LATERAL … OFFSET 0` subqueries
 /// cannot be flattened into a join, so a generic plan made while a table was small (or
@@ -52,24 +59,25 @@ const BUILDS_WITH_STAGES: &str = "SELECT b.id, b.project_id, p.slug, b.number, b
      LEFT JOIN LATERAL (SELECT * FROM stages WHERE stages.build_id = b.id OFFSET 0) s ON true \
      ORDER BY b.id, s.position";
 
-/// Round trip 3: the stored events among the `(build id, eventId)` pairs of `$1`, `$2`;
-/// each pair is one probe of the `(build_id, client_event_id)` unique index (forced as
-/// above: a hash join over a sequential scan of `events` was seen in a generic plan made
-/// while autovacuum had not yet counted the table's rows, 3 ms per commit at 7,000
-/// events and growing with the table).
-const EARLIER_EVENTS: &str = "SELECT w.build_id, w.client_event_id, e.id, e.seq \
-     FROM UNNEST($1::bigint[], $2::text[]) AS w(build_id, client_event_id) \
+/// Flight 1: the stored events among the `(run id, eventId)` pairs of `$1`, `$2`; each
+/// pair is one probe of the builds' run-id index and one of the `(build_id,
+/// client_event_id)` unique index (forced as above: a hash join over a sequential scan of
+/// `events` was seen in a generic plan made while autovacuum had not yet counted the
+/// table's rows, 3 ms per commit at 7,000 events and growing with the table).
+const EARLIER_EVENTS: &str = "SELECT w.run_id, w.client_event_id, e.id, e.seq \
+     FROM UNNEST($1::text[], $2::text[]) AS w(run_id, client_event_id) \
+     CROSS JOIN LATERAL (SELECT id FROM builds WHERE builds.run_id = w.run_id OFFSET 0) b \
      CROSS JOIN LATERAL (SELECT id, seq FROM events \
-       WHERE events.build_id = w.build_id AND events.client_event_id = w.client_event_id \
+       WHERE events.build_id = b.id AND events.client_event_id = w.client_event_id \
        OFFSET 0) e";
 
-/// Round trip 4: adds `$2[i]` new builds to project `$1[i]`; returns each project's last
+/// Between the flights, when the group starts builds: adds `$2[i]` new builds to project `$1[i]`; returns each project's last
 /// number.
 const NUMBER_BUILDS: &str = "UPDATE projects p SET last_build_number = p.last_build_number + v.added \
      FROM UNNEST($1::bigint[], $2::bigint[]) AS v(id, added) WHERE p.id = v.id \
      RETURNING p.id, p.last_build_number";
 
-/// Round trip 5: every write of the group. New builds are inserted and the others
+/// Flight 2: every write of the group. New builds are inserted and the others
 /// updated by id; stages, events and jobs name their build by run id and find its row
 /// id in `ids` (so a build created here needs no round trip before its events). Returns
 /// the row ids of the new builds. `$1`–`$23`: new builds; `$24`–`$44`: changed builds;
@@ -133,6 +141,133 @@ const WRITE: &str = "WITH new_builds AS ( \
      SELECT (SELECT COALESCE(array_agg(id), '{}') FROM new_builds) AS new_ids, \
             pg_notify($73, $72::text)";
 
+/// Flight 2, rarely (events on ended builds): the analytics days they make stale.
+const STALE_DAYS: &str = "INSERT INTO analytics_days (project_id, day, changed_at) \
+     SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]) \
+     ON CONFLICT (project_id, day) DO UPDATE \
+     SET changed_at = GREATEST(analytics_days.changed_at, excluded.changed_at)";
+
+/// A connection with its statements prepared.
+struct Prepared {
+    client: Client,
+    lock: Statement,
+    builds: Statement,
+    earlier_events: Statement,
+    number_builds: Statement,
+    write: Statement,
+    stale_days: Statement,
+}
+
+/// Connections of `PgIngest`: group commits in flight at once (the ingestor's
+/// `ingest_concurrency`). The second one's first flight waits in PostgreSQL for the
+/// counter's lock while the first commits, and runs the moment it is released.
+pub(super) const CONNECTIONS: usize = 2;
+
+/// PostgreSQL ingest's own connections, each made on first use.
+pub(super) struct PgIngest {
+    config: tokio_postgres::Config,
+    connections: [tokio::sync::Mutex<Option<Prepared>>; CONNECTIONS],
+}
+
+/// How long connecting may take before the group is answered 503.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl PgIngest {
+    pub(super) fn new(url: &str) -> StoreResult<Self> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|error| {
+            StoreError::Unavailable(format!(
+                "the PostgreSQL URL cannot be used for ingest: {error}"
+            ))
+        })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("kiln-ingest");
+        Ok(Self {
+            config,
+            connections: std::array::from_fn(|_| tokio::sync::Mutex::new(None)),
+        })
+    }
+
+    async fn connect(&self) -> StoreResult<Prepared> {
+        let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "the PostgreSQL ingest connection ended");
+            }
+        });
+        let (lock, builds, earlier_events, number_builds, write, stale_days) = tokio::try_join!(
+            client.prepare(LOCK),
+            client.prepare(BUILDS_WITH_STAGES),
+            client.prepare(EARLIER_EVENTS),
+            client.prepare(NUMBER_BUILDS),
+            client.prepare(WRITE),
+            client.prepare(STALE_DAYS),
+        )?;
+        Ok(Prepared {
+            client,
+            lock,
+            builds,
+            earlier_events,
+            number_builds,
+            write,
+            stale_days,
+        })
+    }
+
+    /// One group commit. On any error the transaction is rolled back (or, if even that
+    /// fails, the connection is dropped and made again next time).
+    pub(super) async fn ingest(
+        &self,
+        pool: &super::outage::GuardedPool<sqlx::Postgres>,
+        channel: &str,
+        requests: &[IngestRequest],
+        now: Millis,
+    ) -> StoreResult<Results> {
+        // A free connection, or the first once it is free.
+        let free = self
+            .connections
+            .iter()
+            .find_map(|connection| connection.try_lock().ok());
+        let mut slot = match free {
+            Some(slot) => slot,
+            None => self.connections[0].lock().await,
+        };
+        if slot
+            .as_ref()
+            .is_some_and(|prepared| prepared.client.is_closed())
+        {
+            *slot = None;
+        }
+        let prepared = match slot.as_mut() {
+            Some(prepared) => prepared,
+            None => {
+                if pool.is_down() {
+                    // The outage guard knows the database is gone: answer at once (503),
+                    // as the pools do, instead of waiting for a connection attempt.
+                    pool.probe_soon();
+                    return Err(StoreError::Unavailable(
+                        "the database cannot be reached".into(),
+                    ));
+                }
+                match self.connect().await {
+                    Ok(prepared) => slot.insert(prepared),
+                    Err(error) => {
+                        pool.probe_soon();
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        let result = transaction(prepared, channel, requests, now).await;
+        if result.is_err() && prepared.client.batch_execute("ROLLBACK").await.is_err() {
+            // The connection may have died with the database: check it, and make a
+            // new one next time (this one's session state is unknown).
+            pool.probe_soon();
+            *slot = None;
+        }
+        result
+    }
+}
+
 /// A row's columns under a prefix (`s_name` read as `name`), for the stage half of a
 /// build-and-stage join.
 struct Prefixed<'r, R> {
@@ -161,104 +296,101 @@ impl<R: Columns> Columns for Prefixed<'_, R> {
     }
 }
 
-/// One group commit on PostgreSQL. On any error the transaction is rolled back (or, if
-/// even that fails, the connection is closed rather than returned to the pool with a
-/// transaction open).
-pub(super) async fn ingest(
-    pool: &super::outage::GuardedPool<sqlx::Postgres>,
-    channel: &str,
-    requests: &[IngestRequest],
-    now: Millis,
-) -> StoreResult<Results> {
-    let mut connection = pool.acquire().await?;
-    let result = transaction(&mut connection, channel, requests, now).await;
-    match result {
-        Ok(results) => Ok(results),
-        Err(error) => {
-            if connection.execute("ROLLBACK").await.is_err() {
-                // The connection may have died with the database: check it.
-                pool.probe_soon();
-                // Not returned to the pool: its session state is unknown.
-                let _ = connection.detach().close().await;
-            }
-            Err(error)
-        }
-    }
-}
-
 async fn transaction(
-    connection: &mut PgConnection,
+    prepared: &Prepared,
     channel: &str,
     requests: &[IngestRequest],
     now: Millis,
 ) -> StoreResult<Results> {
     let started = std::time::Instant::now();
-    let mut last_id = None;
-    for row in sqlx::raw_sql(BEGIN_AND_LOCK)
-        .fetch_all(&mut *connection)
-        .await?
-    {
-        last_id = Some(row.try_get::<i64, _>(0)?);
-    }
-    let last_id = last_id.ok_or_else(|| {
-        StoreError::Unavailable("the event-id counter row is missing from kiln_counters".into())
-    })?;
+    let client = &prepared.client;
+    // Flight 1: BEGIN, the lock, both reads.
+    let run_ids = run_ids(requests);
+    let pairs: HashSet<(&str, &str)> = requests
+        .iter()
+        .flat_map(|request| &request.events)
+        .filter_map(|event| {
+            event
+                .client_event_id
+                .as_ref()
+                .map(|client_event_id| (event.run_id.as_str(), client_event_id.as_str()))
+        })
+        .collect();
+    let (pair_runs, pair_ids): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
+    let build_parameters: [&(dyn ToSql + Sync); 1] = [&run_ids];
+    let event_parameters: [&(dyn ToSql + Sync); 2] = [&pair_runs, &pair_ids];
+    // A statement is sent when its future is first polled, and `try_join4` polls in
+    // argument order: BEGIN, then the lock, then the reads. The order is what makes the
+    // reads see the database as of the lock (see the module notes).
+    let (_, locked_rows, build_rows, event_rows) = try_join4(
+        client.batch_execute("BEGIN"),
+        client.query(&prepared.lock, &[]),
+        client.query(&prepared.builds, &build_parameters),
+        client.query(&prepared.earlier_events, &event_parameters),
+    )
+    .await?;
+    let last_id = match locked_rows.first() {
+        Some(row) => row.try_get::<_, i64>(0)?,
+        None => {
+            return Err(StoreError::Unavailable(
+                "the event-id counter row is missing from kiln_counters".into(),
+            ));
+        }
+    };
     let locked = started.elapsed();
-    let prefetched = prefetch(connection, requests).await?;
+    let prefetched = prefetched(&build_rows, &event_rows)?;
     let fetched = started.elapsed();
     let (mut batch, results, next_id) = simulate_all(&prefetched, requests, now, last_id);
     let simulated = started.elapsed();
     if next_id > last_id {
-        number_new_builds(connection, &mut batch).await?;
-        write(connection, &batch, channel, next_id, now).await?;
+        number_new_builds(prepared, &mut batch).await?;
+        // Flight 2: the writes and COMMIT.
         let stale_days = batch.ended_days_changed();
-        if !stale_days.is_empty() {
-            // Rare (events on ended builds): a statement of its own only then.
-            let (projects, rest): (Vec<i64>, Vec<(i64, i64)>) = stale_days
-                .into_iter()
-                .map(|(project, day, event)| (project, (day, event)))
-                .unzip();
-            let (days, events): (Vec<i64>, Vec<i64>) = rest.into_iter().unzip();
-            sqlx::query(
-                "INSERT INTO analytics_days (project_id, day, changed_at) \
-                 SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]) \
-                 ON CONFLICT (project_id, day) DO UPDATE \
-                 SET changed_at = GREATEST(analytics_days.changed_at, excluded.changed_at)",
-            )
-            .bind(&projects)
-            .bind(&days)
-            .bind(&events)
-            .execute(&mut *connection)
-            .await?;
-        }
+        let (projects, rest): (Vec<i64>, Vec<(i64, i64)>) = stale_days
+            .into_iter()
+            .map(|(project, day, event)| (project, (day, event)))
+            .unzip();
+        let (days, events): (Vec<i64>, Vec<i64>) = rest.into_iter().unzip();
+        let mark_stale = async {
+            if projects.is_empty() {
+                Ok(0)
+            } else {
+                client
+                    .execute(&prepared.stale_days, &[&projects, &days, &events])
+                    .await
+            }
+        };
+        // In this order (as above): the writes, then COMMIT.
+        try_join3(
+            write(prepared, &batch, channel, next_id, now),
+            async { Ok(mark_stale.await?) },
+            async { Ok(client.batch_execute("COMMIT").await?) },
+        )
+        .await?;
+    } else {
+        client.batch_execute("COMMIT").await?;
     }
     let written = started.elapsed();
-    connection.execute("COMMIT").await?;
     tracing::debug!(
         requests = requests.len(),
         events = next_id - last_id,
-        lock_us = locked.as_micros() as u64,
-        prefetch_us = (fetched - locked).as_micros() as u64,
+        flight1_us = locked.as_micros() as u64,
+        decode_us = (fetched - locked).as_micros() as u64,
         simulate_us = (simulated - fetched).as_micros() as u64,
-        write_us = (written - simulated).as_micros() as u64,
-        commit_us = (started.elapsed() - written).as_micros() as u64,
+        flight2_us = (written - simulated).as_micros() as u64,
         "ingest transaction phases"
     );
     Ok(results)
 }
 
-async fn prefetch(
-    connection: &mut PgConnection,
-    requests: &[IngestRequest],
+/// The builds (with their stages) and the earlier events flight 1 read.
+fn prefetched(
+    build_rows: &[tokio_postgres::Row],
+    event_rows: &[tokio_postgres::Row],
 ) -> StoreResult<Prefetched> {
-    let run_ids = run_ids(requests);
     let mut builds: HashMap<String, WorkingBuild> = HashMap::new();
     let mut run_of: HashMap<i64, String> = HashMap::new();
-    let rows = sqlx::query(BUILDS_WITH_STAGES)
-        .bind(&run_ids)
-        .fetch_all(&mut *connection)
-        .await?;
-    for row in &rows {
+    for row in build_rows {
         let build_id: i64 = row.try_get("id")?;
         if let std::collections::hash_map::Entry::Vacant(entry) = run_of.entry(build_id) {
             let record = build_from_row(row)?;
@@ -266,48 +398,34 @@ async fn prefetch(
             entry.insert(run_id.clone());
             builds.insert(run_id, WorkingBuild::existing(record));
         }
-        if row.try_get::<Option<String>, _>("s_name")?.is_some() {
+        if row.try_get::<_, Option<String>>("s_name")?.is_some() {
             let stage: StageState = stage_from_row(&Prefixed { row, prefix: "s_" })?;
             if let Some(working) = run_of.get(&build_id).and_then(|run| builds.get_mut(run)) {
                 working.state.stages.push(stage);
             }
         }
     }
-
     let mut client_ids = HashMap::new();
-    let wanted = wanted_client_ids(requests, &builds);
-    if !wanted.is_empty() {
-        let (build_ids, event_ids): (Vec<i64>, Vec<&str>) = wanted.into_iter().unzip();
-        let rows = sqlx::query(EARLIER_EVENTS)
-            .bind(&build_ids)
-            .bind(&event_ids)
-            .fetch_all(&mut *connection)
-            .await?;
-        for row in rows {
-            let build_id: i64 = row.try_get(0)?;
-            if let Some(run_id) = run_of.get(&build_id) {
-                client_ids.insert(
-                    (run_id.clone(), row.try_get::<String, _>(1)?),
-                    (row.try_get(2)?, row.try_get(3)?),
-                );
-            }
-        }
+    for row in event_rows {
+        client_ids.insert(
+            (row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?),
+            (row.try_get(2)?, row.try_get(3)?),
+        );
     }
     Ok(Prefetched { builds, client_ids })
 }
 
 /// Gives the group's new builds their numbers, per project in arrival order.
-async fn number_new_builds(connection: &mut PgConnection, batch: &mut Batch) -> StoreResult<()> {
+async fn number_new_builds(prepared: &Prepared, batch: &mut Batch) -> StoreResult<()> {
     let per_project = batch.new_builds_per_project();
     if per_project.is_empty() {
         return Ok(());
     }
     let projects: Vec<i64> = per_project.keys().copied().collect();
     let added: Vec<i64> = per_project.values().map(|keys| keys.len() as i64).collect();
-    let rows = sqlx::query(NUMBER_BUILDS)
-        .bind(&projects)
-        .bind(&added)
-        .fetch_all(&mut *connection)
+    let rows = prepared
+        .client
+        .query(&prepared.number_builds, &[&projects, &added])
         .await?;
     for row in rows {
         let project_id: i64 = row.try_get(0)?;
@@ -385,7 +503,7 @@ impl<'b> BuildColumns<'b> {
 }
 
 async fn write(
-    connection: &mut PgConnection,
+    prepared: &Prepared,
     batch: &Batch,
     channel: &str,
     next_id: i64,
@@ -427,153 +545,132 @@ async fn write(
         })
         .collect();
 
-    let row = sqlx::query(WRITE)
-        // New builds.
-        .bind(&created.project_id)
-        .bind(&created.run_id)
-        .bind(&created.number)
-        .bind(&created.status)
-        .bind(&created.progress_hundredths)
-        .bind(&created.current_stage)
-        .bind(&created.env)
-        .bind(&created.origin)
-        .bind(&created.command)
-        .bind(&created.host)
-        .bind(&created.pid)
-        .bind(&created.repo)
-        .bind(&created.branch)
-        .bind(&created.commit_sha)
-        .bind(&created.message)
-        .bind(&created.created_at)
-        .bind(&created.started_at)
-        .bind(&created.ended_at)
-        .bind(&created.duration_ms)
-        .bind(&created.last_event_at)
-        .bind(&created.last_event_id)
-        .bind(&created.last_seq)
-        .bind(&created.heartbeat_timeout_secs)
-        // Changed builds.
-        .bind(&changed.id)
-        .bind(&changed.run_id)
-        .bind(&changed.status)
-        .bind(&changed.progress_hundredths)
-        .bind(&changed.current_stage)
-        .bind(&changed.env)
-        .bind(&changed.origin)
-        .bind(&changed.command)
-        .bind(&changed.host)
-        .bind(&changed.pid)
-        .bind(&changed.repo)
-        .bind(&changed.branch)
-        .bind(&changed.commit_sha)
-        .bind(&changed.message)
-        .bind(&changed.started_at)
-        .bind(&changed.ended_at)
-        .bind(&changed.duration_ms)
-        .bind(&changed.last_event_at)
-        .bind(&changed.last_event_id)
-        .bind(&changed.last_seq)
-        .bind(&changed.heartbeat_timeout_secs)
-        // Stages.
-        .bind(stages.iter().map(|(run_id, _)| *run_id).collect::<Vec<_>>())
-        .bind(
-            stages
-                .iter()
-                .map(|(_, stage)| stage.name.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(stages.iter().map(|(_, s)| s.position).collect::<Vec<_>>())
-        .bind(
-            stages
-                .iter()
-                .map(|(_, s)| s.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            stages
-                .iter()
-                .map(|(_, s)| s.started_at.0)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            stages
-                .iter()
-                .map(|(_, s)| s.ended_at.map(|m| m.0))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            stages
-                .iter()
-                .map(|(_, s)| s.duration_ms)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            stages
-                .iter()
-                .map(|(_, s)| s.message.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        // Events.
-        .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.run_id.as_str()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.project_id).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.seq).collect::<Vec<_>>())
-        .bind(
-            events
-                .iter()
-                .map(|e| e.event_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events
-                .iter()
-                .map(|e| e.client_event_id.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events
-                .iter()
-                .map(|e| e.payload.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(now.0)
-        // Jobs.
-        .bind(jobs.iter().map(|(run_id, _)| *run_id).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|(_, j)| j.project_id).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|(_, j)| j.step).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|(_, j)| j.position).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|(_, j)| j.state).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|(_, j)| j.priority).collect::<Vec<_>>())
-        .bind(
-            jobs.iter()
-                .map(|(_, j)| j.depends_on.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            jobs.iter()
-                .map(|(_, j)| j.labels.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            jobs.iter()
-                .map(|(_, j)| j.spec.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(jobs.iter().map(|(_, j)| j.created_at).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|(_, j)| j.queued_at).collect::<Vec<_>>())
-        // The counter and the notification.
-        .bind(next_id)
-        .bind(channel)
-        // The builds' metrics.
-        .bind(&created.metrics)
-        .bind(&changed.metrics)
-        // The jobs' avoided agents.
-        .bind(
-            jobs.iter()
-                .map(|(_, j)| j.avoid_agent_id)
-                .collect::<Vec<_>>(),
-        )
-        .fetch_one(&mut *connection)
+    let stage_runs: Vec<&str> = stages.iter().map(|(run_id, _)| *run_id).collect();
+    let stage_names: Vec<&str> = stages.iter().map(|(_, s)| s.name.as_str()).collect();
+    let stage_positions: Vec<i64> = stages.iter().map(|(_, s)| s.position).collect();
+    let stage_statuses: Vec<&str> = stages.iter().map(|(_, s)| s.status.as_str()).collect();
+    let stage_started: Vec<i64> = stages.iter().map(|(_, s)| s.started_at.0).collect();
+    let stage_ended: Vec<Option<i64>> = stages
+        .iter()
+        .map(|(_, s)| s.ended_at.map(|m| m.0))
+        .collect();
+    let stage_durations: Vec<Option<i64>> = stages.iter().map(|(_, s)| s.duration_ms).collect();
+    let stage_messages: Vec<Option<&str>> =
+        stages.iter().map(|(_, s)| s.message.as_deref()).collect();
+
+    let event_ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let event_runs: Vec<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
+    let event_projects: Vec<i64> = events.iter().map(|e| e.project_id).collect();
+    let event_seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    let event_types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let event_client_ids: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| e.client_event_id.as_deref())
+        .collect();
+    let event_payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+
+    let job_runs: Vec<&str> = jobs.iter().map(|(run_id, _)| *run_id).collect();
+    let job_projects: Vec<i64> = jobs.iter().map(|(_, j)| j.project_id).collect();
+    let job_steps: Vec<&str> = jobs.iter().map(|(_, j)| j.step).collect();
+    let job_positions: Vec<i64> = jobs.iter().map(|(_, j)| j.position).collect();
+    let job_states: Vec<&str> = jobs.iter().map(|(_, j)| j.state).collect();
+    let job_priorities: Vec<i64> = jobs.iter().map(|(_, j)| j.priority).collect();
+    let job_depends: Vec<&str> = jobs.iter().map(|(_, j)| j.depends_on.as_str()).collect();
+    let job_labels: Vec<&str> = jobs.iter().map(|(_, j)| j.labels.as_str()).collect();
+    let job_specs: Vec<&str> = jobs.iter().map(|(_, j)| j.spec.as_str()).collect();
+    let job_created: Vec<i64> = jobs.iter().map(|(_, j)| j.created_at).collect();
+    let job_queued: Vec<Option<i64>> = jobs.iter().map(|(_, j)| j.queued_at).collect();
+    let job_avoided: Vec<Option<i64>> = jobs.iter().map(|(_, j)| j.avoid_agent_id).collect();
+
+    let parameters: [&(dyn ToSql + Sync); 76] = [
+        // New builds: $1–$23.
+        &created.project_id,
+        &created.run_id,
+        &created.number,
+        &created.status,
+        &created.progress_hundredths,
+        &created.current_stage,
+        &created.env,
+        &created.origin,
+        &created.command,
+        &created.host,
+        &created.pid,
+        &created.repo,
+        &created.branch,
+        &created.commit_sha,
+        &created.message,
+        &created.created_at,
+        &created.started_at,
+        &created.ended_at,
+        &created.duration_ms,
+        &created.last_event_at,
+        &created.last_event_id,
+        &created.last_seq,
+        &created.heartbeat_timeout_secs,
+        // Changed builds: $24–$44.
+        &changed.id,
+        &changed.run_id,
+        &changed.status,
+        &changed.progress_hundredths,
+        &changed.current_stage,
+        &changed.env,
+        &changed.origin,
+        &changed.command,
+        &changed.host,
+        &changed.pid,
+        &changed.repo,
+        &changed.branch,
+        &changed.commit_sha,
+        &changed.message,
+        &changed.started_at,
+        &changed.ended_at,
+        &changed.duration_ms,
+        &changed.last_event_at,
+        &changed.last_event_id,
+        &changed.last_seq,
+        &changed.heartbeat_timeout_secs,
+        // Stages: $45–$52.
+        &stage_runs,
+        &stage_names,
+        &stage_positions,
+        &stage_statuses,
+        &stage_started,
+        &stage_ended,
+        &stage_durations,
+        &stage_messages,
+        // Events: $53–$60.
+        &event_ids,
+        &event_runs,
+        &event_projects,
+        &event_seqs,
+        &event_types,
+        &event_client_ids,
+        &event_payloads,
+        &now.0,
+        // Jobs: $61–$71.
+        &job_runs,
+        &job_projects,
+        &job_steps,
+        &job_positions,
+        &job_states,
+        &job_priorities,
+        &job_depends,
+        &job_labels,
+        &job_specs,
+        &job_created,
+        &job_queued,
+        // The counter and the notification: $72, $73.
+        &next_id,
+        &channel,
+        // The builds' metrics: $74, $75.
+        &created.metrics,
+        &changed.metrics,
+        // The jobs' avoided agents: $76.
+        &job_avoided,
+    ];
+    let row = prepared
+        .client
+        .query_one(&prepared.write, &parameters)
         .await?;
     let new_ids: Vec<i64> = row.try_get("new_ids")?;
     if new_ids.len() != created.run_id.len() {

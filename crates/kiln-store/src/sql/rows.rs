@@ -57,8 +57,8 @@ pub(crate) fn token_from_row(row: &Row) -> StoreResult<TokenRecord> {
     })
 }
 
-/// Named column access shared by `db` rows (reads on both engines), native PostgreSQL
-/// rows (ingest) and rusqlite rows (the SQLite writer), so one mapping serves all.
+/// Named column access shared by `db` rows (reads on both engines), tokio-postgres rows
+/// (PostgreSQL ingest) and rusqlite rows (the SQLite writer), so one mapping serves all.
 pub(crate) trait Columns {
     fn int(&self, name: &str) -> StoreResult<i64>;
     fn opt_int(&self, name: &str) -> StoreResult<Option<i64>>;
@@ -66,7 +66,7 @@ pub(crate) trait Columns {
     fn opt_text(&self, name: &str) -> StoreResult<Option<String>>;
 }
 
-/// `Columns` for the rows of `db` and the native PostgreSQL rows of `pg_ingest`.
+/// `Columns` for the rows of `db`.
 macro_rules! sqlx_columns {
     ($($row:ty),*) => {$(
         impl Columns for $row {
@@ -87,18 +87,18 @@ macro_rules! sqlx_columns {
 }
 sqlx_columns!(Row);
 
-impl Columns for sqlx::postgres::PgRow {
+impl Columns for tokio_postgres::Row {
     fn int(&self, name: &str) -> StoreResult<i64> {
-        Ok(<Self as sqlx::Row>::try_get(self, name)?)
+        Ok(self.try_get(name)?)
     }
     fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
-        Ok(<Self as sqlx::Row>::try_get(self, name)?)
+        Ok(self.try_get(name)?)
     }
     fn text(&self, name: &str) -> StoreResult<String> {
-        Ok(<Self as sqlx::Row>::try_get(self, name)?)
+        Ok(self.try_get(name)?)
     }
     fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
-        Ok(<Self as sqlx::Row>::try_get(self, name)?)
+        Ok(self.try_get(name)?)
     }
 }
 
