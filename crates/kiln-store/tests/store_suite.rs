@@ -20,6 +20,7 @@ engine_test!(builds_are_listed_newest_first_with_filters);
 engine_test!(stale_builds_are_found_and_failed_once);
 engine_test!(concurrent_writers_on_two_stores_leave_no_gaps);
 engine_test!(two_stores_writing_one_build_keep_its_sequence);
+engine_test!(overlapping_group_commits_on_one_build_keep_its_sequence);
 engine_test!(migrations_are_idempotent_across_reopen);
 engine_test!(a_database_of_the_previous_release_upgrades);
 engine_test!(a_group_commit_of_5000_events);
@@ -617,6 +618,57 @@ async fn concurrent_writers_on_two_stores_leave_no_gaps(engine: Engine) {
         let unique: HashSet<i64> = events.iter().map(|e| e.id).collect();
         assert_eq!(unique.len(), REQUESTS * 2);
     }
+}
+
+/// Group commits in flight at once on one store (PostgreSQL overlaps two: the second's
+/// reads must wait for the first's commit, or both would number their events from the
+/// same last seq) all extend one build without a gap or a repeat.
+async fn overlapping_group_commits_on_one_build_keep_its_sequence(engine: Engine) {
+    let database = TestDatabase::create(engine).await;
+    let store = database.open_dyn().await;
+    let web = project(&*store, "web").await;
+    ingest_one(
+        &*store,
+        request(&web, vec![event("shared", "build_started")]),
+        1,
+    )
+    .await;
+    const TASKS: usize = 8;
+    const REQUESTS: usize = 20;
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let store = store.clone();
+        let web = web.clone();
+        tasks.push(tokio::spawn(async move {
+            for index in 0..REQUESTS {
+                let outcome = ingest_one(
+                    &*store,
+                    request(
+                        &web,
+                        vec![with_id(
+                            event("shared", "heartbeat"),
+                            &format!("{task}-{index}"),
+                        )],
+                    ),
+                    2 + index as i64,
+                )
+                .await;
+                assert_eq!(outcome[0].status, OutcomeStatus::Stored);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let build = store.build_by_run_id("shared").await.unwrap().unwrap();
+    let events = store.events_after(build.id, 0, 1000).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=(TASKS * REQUESTS) as i64 + 1).collect::<Vec<_>>()
+    );
+    assert_eq!(build.state.last_seq, (TASKS * REQUESTS) as i64 + 1);
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|pair| pair[1] == pair[0] + 1), "{ids:?}");
 }
 
 /// A writer that remembers builds between transactions (SQLite's) must notice that
