@@ -309,7 +309,27 @@ impl Writer {
         now: Millis,
     ) -> StoreResult<Results> {
         with_busy_retry(|| {
-            let result = ingest(&mut self.connection, &mut self.cache, requests, now);
+            // First without looking up the group's eventIds: the events' unique index
+            // finds a repeated one while they are inserted, and only then (a client's
+            // retry: rare) is the group run again with the lookups.
+            let mut result = ingest(
+                &mut self.connection,
+                &mut self.cache,
+                requests,
+                now,
+                Dedup::OnInsert,
+            );
+            if matches!(result, Err(StoreError::Conflict(_))) {
+                // Rolled back before its commit: the cache, updated only after a commit,
+                // still holds.
+                result = ingest(
+                    &mut self.connection,
+                    &mut self.cache,
+                    requests,
+                    now,
+                    Dedup::LookUp,
+                );
+            }
             if result.is_err() {
                 // The transaction rolled back, or its commit failed: what the cache holds
                 // may no longer match; it is re-read next time.
@@ -320,11 +340,34 @@ impl Writer {
     }
 }
 
+/// Whether every request was accepted with no event ignored.
+fn all_accepted(results: &Results) -> bool {
+    results.iter().all(|result| {
+        result.as_ref().is_ok_and(|outcomes| {
+            outcomes
+                .iter()
+                .all(|outcome| outcome.status != crate::records::OutcomeStatus::Ignored)
+        })
+    })
+}
+
+/// How a group finds the eventIds stored before.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dedup {
+    /// One index probe per (build, eventId) before the replay.
+    LookUp,
+    /// None: an insert that meets a stored eventId fails the group with `Conflict`
+    /// (rolled back, nothing written), to be run again with `LookUp`; so does a group
+    /// with a refused request or an ignored event, which a retry may explain.
+    OnInsert,
+}
+
 fn ingest(
     connection: &mut Connection,
     cache: &mut BuildCache,
     requests: &[IngestRequest],
     now: Millis,
+    dedup: Dedup,
 ) -> StoreResult<Results> {
     let started = Instant::now();
     // IMMEDIATE takes the write lock now: the counter read below cannot go stale.
@@ -341,9 +384,17 @@ fn ingest(
     }
     let locked = started.elapsed();
 
-    let prefetched = prefetch(&transaction, cache, requests)?;
+    let prefetched = prefetch(&transaction, cache, requests, dedup)?;
     let fetched = started.elapsed();
     let (mut batch, results, next_id) = simulate_all(&prefetched, requests, now, last_id);
+    if dedup == Dedup::OnInsert && !all_accepted(&results) {
+        // A refused request or an ignored event may be the retry of one stored before
+        // (a terminal event sent twice is a duplicate, not "the build has ended"): only
+        // the lookups can tell.
+        return Err(StoreError::Conflict(
+            "run again with the eventId lookups".into(),
+        ));
+    }
     let simulated = started.elapsed();
 
     let mut build_ids: HashMap<String, i64> = HashMap::new();
@@ -440,11 +491,13 @@ fn ingest(
 }
 
 /// Phase 0: running builds from the cache, others with one indexed point lookup per
-/// build and per build's stages; then one probe per (build, eventId) pair.
+/// build and per build's stages; then, with `Dedup::LookUp`, one probe per (build,
+/// eventId) pair.
 fn prefetch(
     connection: &Connection,
     cache: &BuildCache,
     requests: &[IngestRequest],
+    dedup: Dedup,
 ) -> StoreResult<Prefetched> {
     let mut prefetched = Prefetched::default();
     let mut build = connection.prepare_cached(&format!("{BUILD_SELECT} WHERE b.run_id = ?1"))?;
@@ -464,6 +517,9 @@ fn prefetch(
             working.state.stages.push(stage_from_row(stage)?);
         }
         prefetched.builds.insert(run_id.to_owned(), working);
+    }
+    if dedup == Dedup::OnInsert {
+        return Ok(prefetched);
     }
 
     let mut earlier = connection.prepare_cached(
