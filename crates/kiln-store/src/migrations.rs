@@ -4,6 +4,7 @@
 //! applies, the others wait and find nothing left to do.
 
 use crate::sql::db::{self, Conn};
+use crate::sql::trusted;
 
 use crate::{Engine, StoreResult};
 
@@ -367,7 +368,7 @@ async fn apply_pending(
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            db::query(statement.to_owned())
+            db::query(trusted(statement.to_owned()))
                 .unprepared()
                 .execute(&mut *connection)
                 .await?;

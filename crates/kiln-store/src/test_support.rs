@@ -6,6 +6,7 @@ use std::sync::Arc;
 use sqlx::{Connection, Executor};
 
 use crate::sql::db;
+use crate::sql::trusted;
 
 use crate::{Engine, SqlStore, Store};
 
@@ -168,7 +169,7 @@ impl TestDatabase {
             .await
             .expect("earlier migrations apply");
         for statement in setup {
-            db::query(statement.to_string())
+            db::query(trusted(statement.to_string()))
                 .unprepared()
                 .execute(&mut connection)
                 .await
@@ -183,7 +184,7 @@ impl TestDatabase {
         let mut connection = db::Conn::open(&self.url)
             .await
             .expect("connect to the test database");
-        let values = db::query_scalar::<i64>(sql.to_owned())
+        let values = db::query_scalar::<i64>(trusted(sql.to_owned()))
             .fetch_all(&mut connection)
             .await
             .expect("test query (integers)");
@@ -197,7 +198,7 @@ impl TestDatabase {
         let mut connection = db::Conn::open(&self.url)
             .await
             .expect("connect to the test database");
-        let rows = db::query(sql.to_owned())
+        let rows = db::query(trusted(sql.to_owned()))
             .fetch_all(&mut connection)
             .await
             .expect("test query (rows)");

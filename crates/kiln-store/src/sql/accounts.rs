@@ -1,11 +1,11 @@
 //! Accounts in SQL: users, sessions, memberships, user tokens and the audit log.
 
-use super::db::{self, Row};
 use crate::AccountStore;
 use async_trait::async_trait;
 use kiln_core::token::Scope;
 use kiln_core::{Millis, Role};
 
+use super::db::{self, Row};
 use super::{SqlStore, rows, trusted};
 use crate::accounts::*;
 use crate::records::{NewToken, TokenRecord};

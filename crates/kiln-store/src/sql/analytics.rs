@@ -6,11 +6,11 @@
 use async_trait::async_trait;
 use std::collections::{BTreeSet, HashMap};
 
-use super::db;
 use kiln_core::analytics::{Samples, StageSample};
 use kiln_core::{BuildStatus, Millis, StageStatus};
 
 use super::analytics_days::{DayBuild, Plan, Span, assemble, decode_rows};
+use super::db;
 use super::rows::corrupt;
 use super::{SqlStore, trusted};
 use crate::{AnalyticsFilter, AnalyticsStore, HistoryBuild, PipelineKey, StoreResult};

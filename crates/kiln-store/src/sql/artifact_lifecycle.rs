@@ -2,10 +2,10 @@
 //! a project's builds with artifacts, manifests deleted in one transaction and blob rows
 //! forgotten only while no manifest row names them, verification rebuilds.
 
-use super::db::{self, Row};
 use async_trait::async_trait;
 use kiln_core::Millis;
 
+use super::db::{self, Row};
 use super::{SqlStore, trusted};
 use crate::{
     ArtifactLifecycleStore, BlobRecord, BuildArtifactUsage, PinRecord, RetentionRecord,

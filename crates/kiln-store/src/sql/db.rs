@@ -33,7 +33,7 @@ const SESSION_IDLE: Duration = Duration::from_secs(30);
 /// Read-only SQLite connections (threads) per store.
 const SQLITE_READERS: usize = 4;
 
-/// A statement's text: built only from this crate's constants, never from input.
+/// A statement's text: a constant, or `trusted` text built from constants.
 #[derive(Clone, Debug)]
 pub(crate) struct Sql(Arc<str>);
 
@@ -43,15 +43,10 @@ impl From<&'static str> for Sql {
     }
 }
 
-impl From<String> for Sql {
-    fn from(text: String) -> Self {
-        Sql(Arc::from(text))
-    }
-}
-
-/// Marks a statement assembled only from this crate's constants, never from input.
+/// Marks a statement assembled only from this crate's constants, never from input (the
+/// one way a `String` becomes a statement).
 pub(crate) fn trusted(sql: String) -> Sql {
-    Sql::from(sql)
+    Sql(Arc::from(sql))
 }
 
 /// The type of a bound NULL (PostgreSQL wants one).

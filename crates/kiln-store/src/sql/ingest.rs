@@ -192,11 +192,30 @@ pub(super) fn wanted_client_ids<'r>(
 
 pub(super) type Results = Vec<Result<Vec<EventOutcome>, IngestRejection>>;
 
+/// The stored JSON of every event of every request, in order: made before the
+/// transaction (off the SQLite writer's thread, before PostgreSQL's lock), since it
+/// depends on the event alone.
+pub(super) type Payloads = Vec<Vec<String>>;
+
+pub(super) fn payloads(requests: &[IngestRequest]) -> Payloads {
+    requests
+        .iter()
+        .map(|request| {
+            request
+                .events
+                .iter()
+                .map(|event| event.to_json().to_string())
+                .collect()
+        })
+        .collect()
+}
+
 /// Phase 1: replays every request on the prefetched builds, in order, without a query.
 /// Returns the batch to write, one result per request and the last event id used.
 pub(super) fn simulate_all(
     prefetched: &Prefetched,
     requests: &[IngestRequest],
+    payloads: &Payloads,
     now: Millis,
     last_id: i64,
 ) -> (Batch, Results, i64) {
@@ -204,7 +223,10 @@ pub(super) fn simulate_all(
     let mut next_id = last_id;
     let results = requests
         .iter()
-        .map(|request| simulate(prefetched, &mut batch, &mut next_id, request, now))
+        .zip(payloads)
+        .map(|(request, payloads)| {
+            simulate(prefetched, &mut batch, &mut next_id, request, payloads, now)
+        })
         .collect();
     (batch, results, next_id)
 }
@@ -232,6 +254,7 @@ fn simulate(
     batch: &mut Batch,
     next_id: &mut i64,
     request: &IngestRequest,
+    payloads: &[String],
     now: Millis,
 ) -> Result<Vec<EventOutcome>, IngestRejection> {
     let mut local_builds: HashMap<String, WorkingBuild> = HashMap::new();
@@ -312,7 +335,10 @@ fn simulate(
                         .client_event_id
                         .as_ref()
                         .map(|c| c.as_str().to_owned()),
-                    payload: event.to_json().to_string(),
+                    payload: payloads
+                        .get(index)
+                        .cloned()
+                        .unwrap_or_else(|| event.to_json().to_string()),
                 });
                 outcomes.push(outcome(
                     event,

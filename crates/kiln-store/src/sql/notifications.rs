@@ -4,11 +4,11 @@
 //! use `ON CONFLICT DO NOTHING`: replaying events (after a crash, or by a second
 //! replica's notifier) never notifies anyone twice.
 
-use super::db::{self, Row};
 use crate::NotificationStore;
 use async_trait::async_trait;
 use kiln_core::Millis;
 
+use super::db::{self, Row};
 use super::{SqlStore, trusted};
 use crate::notifications::*;
 use crate::{StoreError, StoreResult};

@@ -32,7 +32,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::ingest::{
-    Batch, Prefetched, Results, WorkingBuild, progress_to_hundredths, run_ids, simulate_all,
+    Batch, Payloads, Prefetched, Results, WorkingBuild, payloads, progress_to_hundredths, run_ids,
+    simulate_all,
 };
 use super::rows::{Columns, build_from_row, stage_from_row};
 use crate::records::*;
@@ -222,6 +223,7 @@ impl PgIngest {
         requests: &[IngestRequest],
         now: Millis,
     ) -> StoreResult<Results> {
+        let payloads = payloads(requests);
         // A free connection, or the first once it is free.
         let free = self
             .connections
@@ -257,7 +259,7 @@ impl PgIngest {
                 }
             }
         };
-        let result = transaction(prepared, channel, requests, now).await;
+        let result = transaction(prepared, channel, requests, &payloads, now).await;
         if result.is_err() && prepared.client.batch_execute("ROLLBACK").await.is_err() {
             // The connection may have died with the database: check it, and make a
             // new one next time (this one's session state is unknown).
@@ -300,6 +302,7 @@ async fn transaction(
     prepared: &Prepared,
     channel: &str,
     requests: &[IngestRequest],
+    payloads: &Payloads,
     now: Millis,
 ) -> StoreResult<Results> {
     let started = std::time::Instant::now();
@@ -340,7 +343,7 @@ async fn transaction(
     let locked = started.elapsed();
     let prefetched = prefetched(&build_rows, &event_rows)?;
     let fetched = started.elapsed();
-    let (mut batch, results, next_id) = simulate_all(&prefetched, requests, now, last_id);
+    let (mut batch, results, next_id) = simulate_all(&prefetched, requests, payloads, now, last_id);
     let simulated = started.elapsed();
     if next_id > last_id {
         number_new_builds(prepared, &mut batch).await?;

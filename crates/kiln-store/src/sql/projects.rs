@@ -1,12 +1,12 @@
 //! Projects in SQL: projects, their tokens, and the secret a project's GitHub webhooks
 //! are signed with (kept as is: verifying an HMAC needs the key itself).
 
-use super::db;
 use async_trait::async_trait;
 use kiln_core::token::Scope;
 use kiln_core::{Millis, ProjectSlug};
 use sqlx::Connection;
 
+use super::db;
 use super::rows::{project_from_row, token_from_row};
 use super::{SqlStore, rows, trusted};
 use crate::records::*;

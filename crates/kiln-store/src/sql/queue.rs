@@ -7,10 +7,10 @@ use crate::QueueStore;
 use async_trait::async_trait;
 use std::collections::HashMap;
 
-use super::db::{self, Row};
 use kiln_core::{JobState, Millis};
 use serde_json::Value;
 
+use super::db::{self, Row};
 use super::ingest::{JobRow, insert_jobs};
 use super::{SqlStore, rows, trusted};
 use crate::queue::*;

@@ -1,12 +1,12 @@
 //! Project secrets and repository credentials: ciphertext in, ciphertext out. The server
 //! encrypts and decrypts; this module never sees a secret's value.
 
-use super::db;
 use crate::SecretStore;
 use async_trait::async_trait;
 use kiln_core::Millis;
 
 use super::SqlStore;
+use super::db;
 use crate::records::SecretRecord;
 use crate::{StoreError, StoreResult};
 

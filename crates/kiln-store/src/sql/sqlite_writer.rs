@@ -35,8 +35,8 @@ use tokio::sync::oneshot;
 use super::db::{Session, SqliteWork, run_session};
 use super::ingest::{
     BUILD_COLUMN_COUNT, BUILD_COLUMNS, BUILD_UPSERT, EVENT_COLUMNS, JOB_COLUMN_COUNT, JOB_COLUMNS,
-    JOB_CONFLICT, Prefetched, Results, STAGE_COLUMNS, STAGE_UPSERT, WorkingBuild, job_rows,
-    progress_to_hundredths, run_ids, simulate_all, wanted_client_ids,
+    JOB_CONFLICT, Payloads, Prefetched, Results, STAGE_COLUMNS, STAGE_UPSERT, WorkingBuild,
+    job_rows, payloads, progress_to_hundredths, run_ids, simulate_all, wanted_client_ids,
 };
 use super::rows::{BUILD_SELECT, STAGES_OF_BUILD, build_from_row, stage_from_row};
 use crate::records::IngestRequest;
@@ -45,6 +45,8 @@ use crate::{StoreError, StoreResult};
 enum Job {
     Ingest {
         requests: Vec<IngestRequest>,
+        /// The events' stored JSON, made by the sender (off this thread).
+        payloads: Payloads,
         now: Millis,
         reply: oneshot::Sender<StoreResult<Results>>,
     },
@@ -117,10 +119,11 @@ impl SqliteWriter {
                     match job {
                         Job::Ingest {
                             requests,
+                            payloads,
                             now,
                             reply,
                         } => {
-                            let result = writer.ingest_with_retry(&requests, now);
+                            let result = writer.ingest_with_retry(&requests, &payloads, now);
                             let _ = reply.send(result);
                         }
                         Job::Run(work) => work(&mut writer.connection),
@@ -168,6 +171,7 @@ impl SqliteWriter {
         self.jobs
             .send(Job::Ingest {
                 requests: requests.to_vec(),
+                payloads: payloads(requests),
                 now,
                 reply,
             })
@@ -306,6 +310,7 @@ impl Writer {
     fn ingest_with_retry(
         &mut self,
         requests: &[IngestRequest],
+        payloads: &Payloads,
         now: Millis,
     ) -> StoreResult<Results> {
         with_busy_retry(|| {
@@ -316,6 +321,7 @@ impl Writer {
                 &mut self.connection,
                 &mut self.cache,
                 requests,
+                payloads,
                 now,
                 Dedup::OnInsert,
             );
@@ -326,6 +332,7 @@ impl Writer {
                     &mut self.connection,
                     &mut self.cache,
                     requests,
+                    payloads,
                     now,
                     Dedup::LookUp,
                 );
@@ -366,6 +373,7 @@ fn ingest(
     connection: &mut Connection,
     cache: &mut BuildCache,
     requests: &[IngestRequest],
+    payloads: &Payloads,
     now: Millis,
     dedup: Dedup,
 ) -> StoreResult<Results> {
@@ -386,7 +394,7 @@ fn ingest(
 
     let prefetched = prefetch(&transaction, cache, requests, dedup)?;
     let fetched = started.elapsed();
-    let (mut batch, results, next_id) = simulate_all(&prefetched, requests, now, last_id);
+    let (mut batch, results, next_id) = simulate_all(&prefetched, requests, payloads, now, last_id);
     if dedup == Dedup::OnInsert && !all_accepted(&results) {
         // A refused request or an ignored event may be the retry of one stored before
         // (a terminal event sent twice is a duplicate, not "the build has ended"): only

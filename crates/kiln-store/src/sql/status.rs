@@ -3,10 +3,10 @@
 //! table (agents), and the public page reads a bounded window of a project's newest
 //! builds, so neither grows with the history.
 
-use super::db;
 use async_trait::async_trait;
 use kiln_core::{BuildStatus, JobState, Millis};
 
+use super::db;
 use super::rows::{self, project_from_row};
 use super::{SqlStore, trusted};
 use crate::records::Project;

@@ -1,11 +1,11 @@
 //! Test results on both engines: a report's cases inserted in batches of fixed shape
 //! inside one transaction, and read by build or by project along their indexes.
 
-use super::db;
 use async_trait::async_trait;
 use kiln_core::Millis;
 use kiln_core::junit::{TestCase, TestStatus};
 
+use super::db;
 use super::rows::corrupt;
 use super::{SqlStore, trusted};
 use crate::{StoreResult, TestHistoryRow, TestResultRecord, TestResultStore};

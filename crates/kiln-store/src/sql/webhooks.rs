@@ -6,11 +6,11 @@
 //! receives its events in order: event N+1 waits while N is pending or retrying, and an
 //! endpoint never has two deliveries in flight.
 
-use super::db::{self, Row};
 use crate::WebhookStore;
 use async_trait::async_trait;
 use kiln_core::Millis;
 
+use super::db::{self, Row};
 use super::{SqlStore, trusted};
 use crate::webhooks::*;
 use crate::{StoreError, StoreResult};
