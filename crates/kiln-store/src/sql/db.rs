@@ -449,24 +449,22 @@ impl DerefMut for Tx {
 
 impl Tx {
     pub(crate) async fn commit(self) -> StoreResult<()> {
-        match self.conn {
-            Conn::Postgres(PgConn::Tx(transaction)) => Ok(transaction.commit().await?),
-            Conn::Postgres(PgConn::Detached(_)) => Ok(()),
-            Conn::Sqlite(session) => {
-                session
-                    .call(|connection| Ok(connection.execute_batch("COMMIT")?))
-                    .await
-            }
-        }
+        self.end(true).await
     }
 
     pub(crate) async fn rollback(self) -> StoreResult<()> {
+        self.end(false).await
+    }
+
+    async fn end(self, commit: bool) -> StoreResult<()> {
         match self.conn {
+            Conn::Postgres(PgConn::Tx(transaction)) if commit => Ok(transaction.commit().await?),
             Conn::Postgres(PgConn::Tx(transaction)) => Ok(transaction.rollback().await?),
             Conn::Postgres(PgConn::Detached(_)) => Ok(()),
             Conn::Sqlite(session) => {
+                let statement = if commit { "COMMIT" } else { "ROLLBACK" };
                 session
-                    .call(|connection| Ok(connection.execute_batch("ROLLBACK")?))
+                    .call(move |connection| Ok(connection.execute_batch(statement)?))
                     .await
             }
         }

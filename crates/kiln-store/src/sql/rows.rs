@@ -66,56 +66,28 @@ pub(crate) trait Columns {
     fn opt_text(&self, name: &str) -> StoreResult<Option<String>>;
 }
 
-/// `Columns` for the rows of `db`.
-macro_rules! sqlx_columns {
-    ($($row:ty),*) => {$(
+/// `Columns` for each row type, by the method that reads a column by name.
+macro_rules! columns {
+    ($($row:ty => $get:ident),*) => {$(
+        // `Ok(…?)` converts each driver's error; for `db::Row` it already is a store error.
+        #[allow(clippy::needless_question_mark)]
         impl Columns for $row {
             fn int(&self, name: &str) -> StoreResult<i64> {
-                self.try_get(name)
+                Ok(self.$get(name)?)
             }
             fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
-                self.try_get(name)
+                Ok(self.$get(name)?)
             }
             fn text(&self, name: &str) -> StoreResult<String> {
-                self.try_get(name)
+                Ok(self.$get(name)?)
             }
             fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
-                self.try_get(name)
+                Ok(self.$get(name)?)
             }
         }
     )*};
 }
-sqlx_columns!(Row);
-
-impl Columns for tokio_postgres::Row {
-    fn int(&self, name: &str) -> StoreResult<i64> {
-        Ok(self.try_get(name)?)
-    }
-    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
-        Ok(self.try_get(name)?)
-    }
-    fn text(&self, name: &str) -> StoreResult<String> {
-        Ok(self.try_get(name)?)
-    }
-    fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
-        Ok(self.try_get(name)?)
-    }
-}
-
-impl Columns for rusqlite::Row<'_> {
-    fn int(&self, name: &str) -> StoreResult<i64> {
-        Ok(self.get(name)?)
-    }
-    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
-        Ok(self.get(name)?)
-    }
-    fn text(&self, name: &str) -> StoreResult<String> {
-        Ok(self.get(name)?)
-    }
-    fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
-        Ok(self.get(name)?)
-    }
-}
+columns!(Row => try_get, tokio_postgres::Row => try_get, rusqlite::Row<'_> => get);
 
 pub(crate) fn build_from_row(row: &impl Columns) -> StoreResult<BuildRecord> {
     let run_id = row.text("run_id")?;

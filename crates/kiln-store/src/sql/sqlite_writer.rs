@@ -166,16 +166,24 @@ impl SqliteWriter {
         requests: &[IngestRequest],
         now: Millis,
     ) -> StoreResult<Results> {
+        let (requests, payloads) = (requests.to_vec(), payloads(requests));
+        self.ask(|reply| Job::Ingest {
+            requests,
+            payloads,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends the job `make` builds around a reply channel, and waits for the answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Job,
+    ) -> StoreResult<T> {
         let (reply, answer) = oneshot::channel();
         let stopped = || StoreError::Unavailable("the SQLite writer thread stopped".into());
-        self.jobs
-            .send(Job::Ingest {
-                requests: requests.to_vec(),
-                payloads: payloads(requests),
-                now,
-                reply,
-            })
-            .map_err(|_| stopped())?;
+        self.jobs.send(make(reply)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -185,26 +193,20 @@ impl SqliteWriter {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the SQLite writer thread stopped".into());
-        self.jobs
-            .send(Job::Write(Box::new(move |connection| {
+        self.ask(|reply| {
+            Job::Write(Box::new(move |connection| {
                 let _ = reply.send(work(connection));
-            })))
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            }))
+        })
+        .await
     }
 
     /// Holds the writer for one caller until the returned session is dropped; `begin`
     /// starts a transaction (`BEGIN IMMEDIATE`) first.
     pub(super) async fn session(&self, begin: bool) -> StoreResult<Session> {
         let (sender, work) = mpsc::channel();
-        let (ready, answer) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the SQLite writer thread stopped".into());
-        self.jobs
-            .send(Job::Session { begin, work, ready })
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())??;
+        self.ask(|ready| Job::Session { begin, work, ready })
+            .await?;
         Ok(Session::new(sender))
     }
 
@@ -216,14 +218,12 @@ impl SqliteWriter {
         T: Send + 'static,
         F: FnMut(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the SQLite writer thread stopped".into());
-        self.jobs
-            .send(Job::Run(Box::new(move |connection| {
+        self.ask(|reply| {
+            Job::Run(Box::new(move |connection| {
                 let _ = reply.send(with_busy_retry(|| work(connection)));
-            })))
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            }))
+        })
+        .await
     }
 }
 
